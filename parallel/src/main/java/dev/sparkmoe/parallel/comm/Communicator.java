@@ -1,0 +1,92 @@
+package dev.sparkmoe.parallel.comm;
+
+/**
+ * A process group: the collectives that FSDP and expert parallelism need, over a fixed set of ranks.
+ *
+ * <p>Every collective is called by every member of the group, in the same order (lockstep), with arguments that
+ * agree (lengths, roots, split sizes). Buffers are plain arrays with offsets; results are written in rank order.
+ * Reductions are deterministic: for a given set of inputs every member receives the same bits, and two runs with
+ * the same inputs produce the same bits. A member that does not arrive within the communicator's timeout turns
+ * the collective into a {@link CollectiveTimeoutException} on every member that did arrive, naming the collective
+ * and the missing ranks; nothing hangs.
+ *
+ * <p>Implementations: the in-JVM one (ranks as threads, Spark {@code local[N]}), TCP (CPU processes), NCCL (GPUs).
+ */
+public interface Communicator extends AutoCloseable {
+
+    /** This member's rank within the group, 0..size-1. */
+    int rank();
+
+    /** Number of members. */
+    int size();
+
+    /** A human-readable name for logs and errors, e.g. "ep" or "world". */
+    String name();
+
+    /** In-place sum over all members of {@code buf[off, off+len)}. */
+    void allReduceSum(float[] buf, int off, int len);
+
+    /** In-place sum of doubles (metrics, norms); deterministic like the float version. */
+    void allReduceSum(double[] buf, int off, int len);
+
+    /** In-place sum of longs (token counts). */
+    void allReduceSum(long[] buf, int off, int len);
+
+    /** In-place maximum over all members. */
+    void allReduceMax(float[] buf, int off, int len);
+
+    /**
+     * Gathers {@code len} floats from every member: {@code recv[rOff + r*len, rOff + (r+1)*len)} receives rank r's
+     * {@code send[sOff, sOff+len)}.
+     */
+    void allGather(float[] send, int sOff, int len, float[] recv, int rOff);
+
+    /** Integer all-gather, laid out like the float one. */
+    void allGather(int[] send, int sOff, int len, int[] recv, int rOff);
+
+    /** Gathers one byte array of any length from every member (metadata, checkpoint manifests). */
+    byte[][] allGatherBytes(byte[] mine);
+
+    /**
+     * Reduce-scatter with sum: {@code send} holds {@code size * recvLen} floats starting at {@code sOff}; member r
+     * receives the sum over all members of the slice {@code [sOff + r*recvLen, sOff + (r+1)*recvLen)}.
+     */
+    void reduceScatterSum(float[] send, int sOff, float[] recv, int rOff, int recvLen);
+
+    /**
+     * All-to-all with uneven splits, as {@code torch.distributed.all_to_all_single}: {@code send} holds, back to
+     * back from offset 0, {@code sendCounts[p]} floats for each peer p in rank order; {@code recv} receives, back to
+     * back from offset 0, {@code recvCounts[p]} floats from each peer p. {@code recvCounts[p]} must equal peer p's
+     * {@code sendCounts[rank()]}; a mismatch is an error naming both.
+     */
+    void allToAll(float[] send, int[] sendCounts, float[] recv, int[] recvCounts);
+
+    /** Integer all-to-all (token counts per expert), same layout as the float one. */
+    void allToAll(int[] send, int[] sendCounts, int[] recv, int[] recvCounts);
+
+    /** Copies {@code buf[off, off+len)} of member {@code root} to every member. */
+    void broadcast(float[] buf, int off, int len, int root);
+
+    /** Byte broadcast (configs, unique ids): returns root's array on every member ({@code mine} ignored elsewhere). */
+    byte[] broadcastBytes(byte[] mine, int root);
+
+    /** Returns once every member has called it. */
+    void barrier();
+
+    /** Point-to-point: sends {@code buf[off, off+len)} to {@code peer}, which must call {@link #recv}. */
+    void send(float[] buf, int off, int len, int peer);
+
+    /** Point-to-point: receives exactly {@code len} floats from {@code peer} into {@code buf[off, off+len)}. */
+    void recv(float[] buf, int off, int len, int peer);
+
+    /**
+     * Collective over this group: splits it into sub-groups, one per distinct {@code color}, ordered within each by
+     * ({@code key}, old rank), as {@code MPI_Comm_split} and {@code ncclCommSplit}. The result is owned by the caller
+     * and closed by it. {@code name} labels the new group in logs and errors.
+     */
+    Communicator split(int color, int key, String name);
+
+    /** Releases resources. Idempotent. */
+    @Override
+    void close();
+}
