@@ -1,0 +1,42 @@
+package dev.sparkmoe.parallel.train;
+
+import java.io.Serializable;
+
+/**
+ * Everything a rank needs to build its {@link RankTrainer}: identical on every rank of a job, serialisable so that
+ * the Spark driver can ship it inside the barrier task closure.
+ *
+ * @param hfConfigJson      the model's Hugging Face config.json text
+ * @param initCheckpointDir a local directory holding Hugging Face safetensors weights (single or sharded), or null
+ *                          for random initialisation from {@code seed}
+ * @param seed              seed for random initialisation (and anything else random in the trainer)
+ * @param dpShard           FSDP degree (equals the world size)
+ * @param ep                expert-parallel degree (divides dpShard and num_experts)
+ * @param seqLen            tokens per training sequence (each sequence handed to {@link RankTrainer#step} has
+ *                          seqLen + 1 ids)
+ * @param optimizer         AdamW, schedule, clipping and accumulation settings
+ * @param backend           "auto", "cpu" or "cuda"
+ * @param deviceId          GPU ordinal for the cuda backend (-1 when none)
+ */
+public record TrainerSpec(String hfConfigJson, String initCheckpointDir, long seed, int dpShard, int ep, int seqLen,
+                          OptimizerSettings optimizer, String backend, int deviceId) implements Serializable {
+
+    /**
+     * @param lr             peak learning rate
+     * @param minLr          learning rate at the end of the decay
+     * @param warmupSteps    linear warm-up steps from 0 to lr
+     * @param totalSteps     steps of the whole run (the decay ends here)
+     * @param schedule       "cosine", "linear" or "constant" decay after warm-up
+     * @param beta1          AdamW beta1
+     * @param beta2          AdamW beta2
+     * @param eps            AdamW epsilon
+     * @param weightDecay    decoupled weight decay
+     * @param clipNorm       clip the global gradient norm to this value (0 or less: no clipping)
+     * @param gradAccumSteps micro-batches per optimizer step: a rank's sequences are split into this many parts,
+     *                       whose gradients are summed before the update
+     */
+    public record OptimizerSettings(double lr, double minLr, long warmupSteps, long totalSteps, String schedule,
+                                    double beta1, double beta2, double eps, double weightDecay, double clipNorm,
+                                    int gradAccumSteps) implements Serializable {
+    }
+}
