@@ -106,18 +106,64 @@ class Qwen3MoeParityTest {
             assertClose("grad " + e.getKey(), e.getValue(), hubGrads.get(e.getKey()), 1e-5);
         }
 
-        @SuppressWarnings("unchecked")
-        Map<String, Object> ad = (Map<String, Object>) reference.get("adamw");
-        List<?> betas = (List<?>) ad.get("betas");
-        AdamW opt = new AdamW(new AdamW.Hyper(num(betas.get(0)), num(betas.get(1)), num(ad.get("eps")),
-                num(ad.get("weight_decay"))));
+        AdamW opt = referenceAdamW();
+        double lr = num(((Map<?, ?>) reference.get("adamw")).get("lr"));
         for (Parameter p : model.parameters()) {
-            opt.step(model.backend(), p.value(), p.grad(), new AdamW.State(p.shape()), num(ad.get("lr")), 1);
+            opt.step(model.backend(), p.value(), p.grad(), new AdamW.State(p.shape()), lr, 1);
         }
         Map<String, Tensor> after = HfCheckpoint.unstackExperts(model.state());
         Map<String, Tensor> refAfter = SafeTensors.read(dir.resolve("after_adamw_step.safetensors")).tensors();
+        // AdamW's first step moves each weight by about lr * g / (|g| + eps). Where the reference gradient is
+        // within 10 eps of zero this amplifies a gradient difference of 1e-10 (f32 rounding upstream, about 1e-8
+        // of the largest gradient) into an lr-sized change, so those few elements are checked against the bound
+        // of one step instead; AdamW itself is checked strictly on reference gradients in adamWOnReferenceGrads.
+        double eps = opt.hyper().eps();
+        int illConditioned = 0;
+        int total = 0;
         for (Map.Entry<String, Tensor> e : refAfter.entrySet()) {
-            assertClose("param after AdamW " + e.getKey(), e.getValue(), after.get(e.getKey()), 1e-5);
+            Tensor ref = e.getValue();
+            Tensor ours = after.get(e.getKey());
+            float[] g = refGrads.get(e.getKey()).floats();
+            float[] r = ref.floats();
+            float[] o = ours.floats();
+            double tol = 1e-5 * ref.maxAbs();
+            total += r.length;
+            for (int i = 0; i < r.length; i++) {
+                double d = Math.abs((double) r[i] - o[i]);
+                if (g[i] != 0 && Math.abs(g[i]) < 10 * eps) {
+                    illConditioned++;
+                    assertTrue(d <= 2 * lr, e.getKey() + "[" + i + "] moved more than one step away");
+                } else {
+                    int at = i;
+                    assertTrue(d <= tol, () -> "param after AdamW " + e.getKey() + "[" + at + "]: expected "
+                            + r[at] + ", got " + o[at] + " (tolerance " + tol + ")");
+                }
+            }
+        }
+        assertTrue(illConditioned <= total / 2000, "too many ill-conditioned elements: " + illConditioned);
+    }
+
+    @SuppressWarnings("unchecked")
+    static AdamW referenceAdamW() {
+        Map<String, Object> ad = (Map<String, Object>) reference.get("adamw");
+        List<?> betas = (List<?>) ad.get("betas");
+        return new AdamW(new AdamW.Hyper(num(betas.get(0)), num(betas.get(1)), num(ad.get("eps")),
+                num(ad.get("weight_decay"))));
+    }
+
+    /** AdamW alone, fed transformers' own gradients: every parameter within 1e-5 of the largest magnitude. */
+    @Test
+    void adamWOnReferenceGradsMatchesTorch() throws Exception {
+        Map<String, Tensor> params = SafeTensors.read(dir.resolve("model.safetensors")).tensors();
+        Map<String, Tensor> grads = SafeTensors.read(dir.resolve("grads.safetensors")).tensors();
+        Map<String, Tensor> refAfter = SafeTensors.read(dir.resolve("after_adamw_step.safetensors")).tensors();
+        AdamW opt = referenceAdamW();
+        double lr = num(((Map<?, ?>) reference.get("adamw")).get("lr"));
+        CpuBackend be = new CpuBackend();
+        for (Map.Entry<String, Tensor> e : params.entrySet()) {
+            Tensor p = e.getValue().copy();
+            opt.step(be, p, grads.get(e.getKey()), new AdamW.State(p.shape()), lr, 1);
+            assertClose("AdamW " + e.getKey(), refAfter.get(e.getKey()), p, 1e-5);
         }
     }
 }
