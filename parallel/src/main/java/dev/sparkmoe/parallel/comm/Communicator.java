@@ -11,6 +11,7 @@ package dev.sparkmoe.parallel.comm;
  * and the missing ranks; nothing hangs.
  *
  * <p>Implementations: the in-JVM one (ranks as threads, Spark {@code local[N]}), TCP (CPU processes), NCCL (GPUs).
+ * Each must pass {@link CommunicatorConformance#runAll(Communicator)}, run by every member at once.
  */
 public interface Communicator extends AutoCloseable {
 
