@@ -7,7 +7,7 @@ import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.core.model.Qwen3MoeModel;
 import dev.sparkmoe.core.tensor.Tensor;
 import dev.sparkmoe.parallel.comm.Communicator;
-import dev.sparkmoe.parallel.comm.InJvmWorld;
+import dev.sparkmoe.parallel.comm.InJvmRanks;
 import dev.sparkmoe.parallel.dtensor.DTensor;
 import dev.sparkmoe.parallel.fsdp.FsdpParam;
 import dev.sparkmoe.parallel.train.DistributedTrainer;
@@ -23,9 +23,6 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.TreeMap;
-import java.util.concurrent.ExecutorService;
-import java.util.concurrent.Executors;
-import java.util.concurrent.Future;
 
 /**
  * {@code spark-moe step}: one forward and backward (and optionally one AdamW step from zero state) on a Hugging Face
@@ -131,35 +128,9 @@ public final class StepCommand {
                 "constant", ad.get("beta1"), ad.get("beta2"), ad.get("eps"), ad.get("weight_decay"), 0, 1);
         TrainerSpec spec = new TrainerSpec(configJson, o.checkpoint.toString(), 0, o.dpShard, o.ep, seqLen, opt,
                 "cpu", -1);
-        int world = o.dpShard;
-        InJvmWorld w = InJvmWorld.create(world, Duration.ofMinutes(5));
-        ExecutorService pool = Executors.newFixedThreadPool(world);
-        try {
-            List<Future<Map<String, Tensor>>> results = new ArrayList<>();
-            for (int r = 0; r < world; r++) {
-                Communicator comm = w.rank(r);
-                results.add(pool.submit(() -> rankStep(spec, comm, full, ids, batch, seqLen, o.adamw != null)));
-            }
-            Map<String, Tensor> out = null;
-            for (Future<Map<String, Tensor>> f : results) {
-                Map<String, Tensor> m = f.get();
-                if (out == null) {
-                    out = m;
-                }
-            }
-            return out;
-        } catch (java.util.concurrent.ExecutionException e) {
-            Throwable c = e.getCause();
-            if (c instanceof RuntimeException) {
-                throw (RuntimeException) c;
-            }
-            throw new IllegalStateException(c);
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            throw new IllegalStateException(e);
-        } finally {
-            pool.shutdownNow();
-        }
+        List<Map<String, Tensor>> perRank = InJvmRanks.run(o.dpShard, Duration.ofMinutes(5),
+                comm -> rankStep(spec, comm, full, ids, batch, seqLen, o.adamw != null));
+        return perRank.get(0);
     }
 
     private static Map<String, Tensor> rankStep(TrainerSpec spec, Communicator comm, Map<String, Tensor> full,

@@ -290,6 +290,34 @@ public final class DistributedTrainer implements RankTrainer {
         return local;
     }
 
+    /**
+     * Where this rank's shard of {@code p} sits in the full (stacked) tensor: {@code [dim][begin, end)}. Experts
+     * under expert parallelism are split on dim 0 by the ep rank and on dim 1 by FSDP; everything else by FSDP on
+     * its shard dim.
+     */
+    public int[][] shardRegion(FsdpParam p) {
+        int[] local = p.parameter().shape();
+        int[][] region = new int[local.length][];
+        for (int d = 0; d < local.length; d++) {
+            region[d] = new int[] {0, local[d]};
+        }
+        region[p.layout().dim()] = p.layout().range(p.group().rank());
+        if (isExpertParam(p.parameter()) && dims.epEnabled()) {
+            int epRank = mesh.get(DeviceMesh.EP).localRank();
+            region[0] = new int[] {epRank * local[0], (epRank + 1) * local[0]};
+        }
+        return region;
+    }
+
+    /** The full (stacked) shape of {@code p}. */
+    public int[] globalShape(FsdpParam p) {
+        int[] s = p.parameter().shape();
+        if (isExpertParam(p.parameter()) && dims.epEnabled()) {
+            s[0] = config.numExperts();
+        }
+        return s;
+    }
+
     static boolean isExpertParam(Parameter p) {
         return p.name().contains(".mlp.experts.");
     }

@@ -9,7 +9,7 @@ import dev.sparkmoe.core.io.SafeTensors;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.core.tensor.Tensor;
 import dev.sparkmoe.parallel.comm.Communicator;
-import dev.sparkmoe.parallel.comm.InJvmWorld;
+import dev.sparkmoe.parallel.comm.InJvmRanks;
 import dev.sparkmoe.parallel.dtensor.DTensor;
 import dev.sparkmoe.parallel.fsdp.FsdpParam;
 import java.nio.file.Files;
@@ -19,9 +19,6 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.TreeMap;
-import java.util.concurrent.ExecutorService;
-import java.util.concurrent.Executors;
-import java.util.concurrent.Future;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
@@ -78,24 +75,8 @@ class LayoutEquivalenceTest {
         return new TrainerSpec(configJson, null, 0, dp, ep, SEQ, opt, "cpu", -1);
     }
 
-    static Result run(int dp, int ep) throws Exception {
-        InJvmWorld world = InJvmWorld.create(dp, Duration.ofSeconds(60));
-        ExecutorService pool = Executors.newFixedThreadPool(dp);
-        try {
-            List<Future<Result>> fs = new ArrayList<>();
-            for (int r = 0; r < dp; r++) {
-                Communicator c = world.rank(r);
-                fs.add(pool.submit(() -> rank(c, dp, ep)));
-            }
-            Result first = null;
-            for (Future<Result> f : fs) {
-                Result res = f.get();
-                first = first == null ? res : first;
-            }
-            return first;
-        } finally {
-            pool.shutdownNow();
-        }
+    static Result run(int dp, int ep) {
+        return InJvmRanks.run(dp, Duration.ofSeconds(60), c -> rank(c, dp, ep)).get(0);
     }
 
     static Result rank(Communicator c, int dp, int ep) {
