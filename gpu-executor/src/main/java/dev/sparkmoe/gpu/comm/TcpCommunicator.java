@@ -722,8 +722,8 @@ public final class TcpCommunicator implements Communicator {
                     + arrayLength + " elements");
         }
         if (len * 8 > Integer.MAX_VALUE - 64) {
-            throw new IllegalArgumentException(what + " length " + len
-                    + " exceeds the 2 GiB message limit of the TCP communicator; hint: split the buffer");
+            throw new IllegalArgumentException(what + " length " + len + " exceeds " + ((Integer.MAX_VALUE - 64) / 8)
+                    + " elements, the per-call limit of the TCP communicator (2 GiB frames); hint: split the buffer");
         }
     }
 
