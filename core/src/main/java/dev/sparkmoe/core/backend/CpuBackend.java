@@ -2,7 +2,7 @@ package dev.sparkmoe.core.backend;
 
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
-import java.nio.FloatBuffer;
+import org.bytedeco.javacpp.FloatPointer;
 import java.util.logging.Logger;
 import org.bytedeco.openblas.global.openblas_nolapack;
 
@@ -136,13 +136,66 @@ public final class CpuBackend implements Backend {
         checkSpan("A", af.length, aOff, transA ? k : m, transA ? m : k, lda);
         checkSpan("B", bf.length, bOff, transB ? n : k, transB ? k : n, ldb);
         checkSpan("C", cf.length, cOff, m, n, ldc);
+        // Only the operand spans travel to native memory: handing OpenBLAS the heap arrays themselves would make
+        // JNI copy each whole array (a whole stacked expert tensor for one expert's slice) in and out per call.
+        Scratch s = SCRATCH.get();
+        long aLen = span(transA ? k : m, transA ? m : k, lda);
+        long bLen = span(transB ? n : k, transB ? k : n, ldb);
+        long cLen = span(m, n, ldc);
+        FloatPointer ap = s.a(aLen);
+        FloatPointer bp = s.b(bLen);
+        FloatPointer cp = s.c(cLen);
+        ap.position(0).put(af, aOff, (int) aLen);
+        bp.position(0).put(bf, bOff, (int) bLen);
+        if (beta != 0f) {
+            cp.position(0).put(cf, cOff, (int) cLen);
+        }
         openblas_nolapack.cblas_sgemm(openblas_nolapack.CblasRowMajor,
                 transA ? openblas_nolapack.CblasTrans : openblas_nolapack.CblasNoTrans,
                 transB ? openblas_nolapack.CblasTrans : openblas_nolapack.CblasNoTrans,
-                m, n, k, alpha, FloatBuffer.wrap(af, aOff, af.length - aOff), lda,
-                FloatBuffer.wrap(bf, bOff, bf.length - bOff), ldb, beta,
-                FloatBuffer.wrap(cf, cOff, cf.length - cOff), ldc);
+                m, n, k, alpha, ap.position(0), lda, bp.position(0), ldb, beta, cp.position(0), ldc);
+        if (ldc == n || beta != 0f) {
+            cp.position(0).get(cf, cOff, (int) cLen);
+        } else {
+            for (int i = 0; i < m; i++) {
+                cp.position((long) i * ldc).get(cf, cOff + i * ldc, n);
+            }
+        }
     }
+
+    /** Elements from the first to one past the last element of a rows x cols block with row stride ld. */
+    private static long span(int rows, int cols, int ld) {
+        return (long) (rows - 1) * ld + cols;
+    }
+
+    /** Per-thread native operand buffers, grown on demand and reused across calls. */
+    private static final class Scratch {
+        private FloatPointer a = new FloatPointer(0L);
+        private FloatPointer b = new FloatPointer(0L);
+        private FloatPointer c = new FloatPointer(0L);
+
+        private static FloatPointer ensure(FloatPointer p, long n) {
+            if (p.capacity() >= n) {
+                return p;
+            }
+            p.close();
+            return new FloatPointer(Math.max(n, 1024L));
+        }
+
+        FloatPointer a(long n) {
+            return a = ensure(a, n);
+        }
+
+        FloatPointer b(long n) {
+            return b = ensure(b, n);
+        }
+
+        FloatPointer c(long n) {
+            return c = ensure(c, n);
+        }
+    }
+
+    private static final ThreadLocal<Scratch> SCRATCH = ThreadLocal.withInitial(Scratch::new);
 
     private static void scaleRange(float[] c, int off, int m, int n, int ldc, float beta) {
         for (int i = 0; i < m; i++) {

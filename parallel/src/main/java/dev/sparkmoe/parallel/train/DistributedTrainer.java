@@ -224,8 +224,13 @@ public final class DistributedTrainer implements RankTrainer {
             inputs.add(java.util.Arrays.copyOfRange(s, 0, seqLen));
             targets.add(java.util.Arrays.copyOfRange(s, 1, seqLen + 1));
         }
-        Gradients g = computeGradients(inputs, targets, seqLen);
-        double lr = applyGradients(g.gradNorm());
+        Gradients g;
+        double lr;
+        // One step is one allocation scope: activations, gathered weights and gradients are released at its end.
+        try (Backend.Scope scope = model.backend().openScope()) {
+            g = computeGradients(inputs, targets, seqLen);
+            lr = applyGradients(g.gradNorm());
+        }
         return new StepMetrics(steps, g.lmLoss(), g.auxLoss(), lr, g.gradNorm(), g.globalPredicted(),
                 (System.nanoTime() - t0) / 1e9);
     }
