@@ -272,26 +272,6 @@ public final class CheckpointStore implements Serializable {
         }
     }
 
-    /** Writes the final model in Hugging Face layout: DIR/config.json and DIR/model.safetensors. */
-    public static void writeHfModel(String modelDir, Configuration conf, String configJson,
-                                    Map<String, Tensor> weights) throws IOException {
-        Path fin = new Path(modelDir);
-        FileSystem fs = fin.getFileSystem(conf);
-        Path tmp = new Path(fin.getParent(), "_tmp-" + fin.getName() + "-" + System.nanoTime());
-        try (FSDataOutputStream os = fs.create(new Path(tmp, "config.json"), true)) {
-            os.write(configJson.getBytes(StandardCharsets.UTF_8));
-        }
-        try (FSDataOutputStream os = fs.create(new Path(tmp, "model.safetensors"), true)) {
-            SafeTensorsWriter.write(os, weights, Map.of("format", "pt"));
-        }
-        if (fs.exists(fin)) {
-            fs.delete(fin, true);
-        }
-        if (!fs.rename(tmp, fin)) {
-            throw new IOException("could not move " + tmp + " to " + fin);
-        }
-    }
-
     private static final class CountingCheckedStream extends CheckedOutputStream {
         long count;
 

@@ -1,0 +1,27 @@
+package dev.sparkmoe.spark.kryo;
+
+import com.esotericsoftware.kryo.Kryo;
+import org.apache.spark.serializer.KryoRegistrator;
+
+/**
+ * Registers every class of ours that Spark's serializer moves: shuffled documents, task results, collected
+ * statistics. Tests run with {@code spark.kryo.registrationRequired=true} to prove the list is complete.
+ */
+public final class SparkMoeKryoRegistrator implements KryoRegistrator {
+    @Override
+    public void registerClasses(Kryo kryo) {
+        kryo.register(int[].class);
+        kryo.register(long[].class);
+        kryo.register(int[][].class);
+        kryo.register(java.util.ArrayList.class);
+        kryo.register(java.util.Collections.emptyList().getClass());
+        kryo.register(java.util.List.of().getClass());
+        kryo.register(java.util.List.of(1).getClass());
+        kryo.register(java.util.List.of(1, 2, 3).getClass());
+        kryo.register(dev.sparkmoe.parallel.train.StepMetrics.class);
+        kryo.register(dev.sparkmoe.spark.data.RankDataStats.class);
+        kryo.register(dev.sparkmoe.spark.data.RankDataStats[].class);
+        kryo.register(dev.sparkmoe.spark.stage.RankOutcome.class);
+        kryo.register(dev.sparkmoe.spark.stage.RankOutcome[].class);
+    }
+}
