@@ -226,6 +226,7 @@ public final class SparkMoeTrainer {
                         ? Paths.get(c.getString(ConfigKey.OUTPUT_METRICS_FILE)) : null;
                 try (ProgressListener progress = new ProgressListener(steps, c.getBool(ConfigKey.OUTPUT_PROGRESS),
                         System.out, metricsFile, b.onStep)) {
+                    progress.failuresOf(jobGroup());
                     sc.addSparkListener(progress);
                     try {
                         return attempts(sc, byRank, spec, factory, connector, store, packer, counts, steps, modelDir,
@@ -258,6 +259,7 @@ public final class SparkMoeTrainer {
                                      Configuration hconf, ProgressListener progress, List<RankDataStats> stats) {
             int max = c.getInt(ConfigKey.TRAINING_MAX_ATTEMPTS);
             Throwable last = null;
+            String lastWhy = null;
             for (int attempt = 1; attempt <= max; attempt++) {
                 MetricsAccumulator acc = new MetricsAccumulator();
                 sc.register(acc, "spark-moe metrics (run " + runId + ", attempt " + attempt + ")");
@@ -281,10 +283,12 @@ public final class SparkMoeTrainer {
                     }
                     return new TrainResult(modelDir, history, r0.stepsTaken(), attempt, r0.resumedFrom(),
                             store.dir(), r0.device(), stats);
-                } catch (RuntimeException e) {
+                } catch (Exception e) { // SparkException is checked, but Scala throws it anyway
                     last = e;
-                    LOG.warn("spark-moe run {}: attempt {}/{} failed: {}", runId, attempt, max, firstLine(e));
                     waitForStragglers(sc);
+                    String why = progress.takeFailure(3000);
+                    lastWhy = why != null ? why : rootMessage(e);
+                    LOG.warn("spark-moe run {}: attempt {}/{} failed: {}", runId, attempt, max, lastWhy);
                 }
             }
             String ckpt;
@@ -297,7 +301,7 @@ public final class SparkMoeTrainer {
                 ckpt = "Could not list checkpoints in " + store.dir() + ": " + e.getMessage();
             }
             throw new TrainingFailedException("training failed in all " + max + " attempts (training.max_attempts); "
-                    + "last error: " + rootMessage(last) + ". " + ckpt, last);
+                    + "last error: " + lastWhy + ". " + ckpt, last);
         }
 
         /** A failed job returns before all its tasks have stopped; the next attempt waits for them. */

@@ -1,6 +1,7 @@
 package dev.sparkmoe.spark.kryo;
 
 import com.esotericsoftware.kryo.Kryo;
+import com.esotericsoftware.kryo.serializers.JavaSerializer;
 import org.apache.spark.serializer.KryoRegistrator;
 
 /**
@@ -18,10 +19,13 @@ public final class SparkMoeKryoRegistrator implements KryoRegistrator {
         kryo.register(java.util.List.of().getClass());
         kryo.register(java.util.List.of(1).getClass());
         kryo.register(java.util.List.of(1, 2, 3).getClass());
-        kryo.register(dev.sparkmoe.parallel.train.StepMetrics.class);
-        kryo.register(dev.sparkmoe.spark.data.RankDataStats.class);
+        // Kryo 4's field serializer cannot read record fields (no Unsafe offsets on records): records go through
+        // Java serialization inside Kryo; they are few and small (per-rank results and statistics).
+        JavaSerializer java = new JavaSerializer();
+        kryo.register(dev.sparkmoe.parallel.train.StepMetrics.class, java);
+        kryo.register(dev.sparkmoe.spark.data.RankDataStats.class, java);
         kryo.register(dev.sparkmoe.spark.data.RankDataStats[].class);
-        kryo.register(dev.sparkmoe.spark.stage.RankOutcome.class);
+        kryo.register(dev.sparkmoe.spark.stage.RankOutcome.class, java);
         kryo.register(dev.sparkmoe.spark.stage.RankOutcome[].class);
     }
 }

@@ -37,6 +37,9 @@ public final class ProgressListener extends SparkListener implements AutoCloseab
     private final Consumer<StepMetrics> callback;
     private final TreeMap<Long, StepMetrics> seen = new TreeMap<>();
     private volatile long accumulatorId = -1;
+    private String jobGroup;
+    private final java.util.Set<Integer> stages = java.util.concurrent.ConcurrentHashMap.newKeySet();
+    private final List<String> failures = new java.util.ArrayList<>();
     private volatile int attempt;
 
     public ProgressListener(long totalSteps, boolean console, PrintStream out, Path metricsFile,
@@ -74,8 +77,58 @@ public final class ProgressListener extends SparkListener implements AutoCloseab
         }
     }
 
+    /** Task failures of this job group are recorded, so that the driver can say what really went wrong. */
+    public synchronized void failuresOf(String group) {
+        this.jobGroup = group;
+    }
+
+    @Override
+    public void onJobStart(org.apache.spark.scheduler.SparkListenerJobStart e) {
+        java.util.Properties p = e.properties();
+        if (p != null && jobGroup != null && jobGroup.equals(p.getProperty("spark.jobGroup.id"))) {
+            for (Object s : CollectionConverters.asJava(e.stageIds())) {
+                stages.add((Integer) s);
+            }
+        }
+    }
+
+    /**
+     * The most telling task failure recorded since the last call (a rank's own exception rather than a peer's
+     * report that it aborted), waiting up to {@code waitMs} for the listener bus to deliver it; null when none.
+     */
+    public String takeFailure(long waitMs) {
+        long deadline = System.currentTimeMillis() + waitMs;
+        while (true) {
+            synchronized (this) {
+                if (!failures.isEmpty() || System.currentTimeMillis() >= deadline) {
+                    String best = null;
+                    for (String f : failures) {
+                        if (best == null || (best.contains("CommunicatorException") && !f.contains("CommunicatorException"))) {
+                            best = f;
+                        }
+                    }
+                    failures.clear();
+                    return best;
+                }
+            }
+            try {
+                Thread.sleep(50);
+            } catch (InterruptedException ex) {
+                Thread.currentThread().interrupt();
+                return null;
+            }
+        }
+    }
+
     @Override
     public void onTaskEnd(SparkListenerTaskEnd e) {
+        if (e.reason() instanceof org.apache.spark.ExceptionFailure ef && stages.contains(e.stageId())) {
+            String what = ef.className().substring(ef.className().lastIndexOf('.') + 1) + ": " + ef.description()
+                    + " (task of rank " + e.taskInfo().partitionId() + ")";
+            synchronized (this) {
+                failures.add(what);
+            }
+        }
         if (e.taskInfo() == null) {
             return;
         }

@@ -22,6 +22,7 @@ import java.util.Iterator;
 import java.util.List;
 import java.util.Map;
 import java.util.Optional;
+import static java.nio.charset.StandardCharsets.UTF_8;
 import org.apache.hadoop.fs.FileSystem;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -51,8 +52,10 @@ public final class RankRunner {
         int[] order = SequencePacker.order(sequences.size(), plan.seed(), rank, plan.shuffle());
 
         // every rank must see what the driver validated: same partition contents, same step count
-        String[] counts = ctl.allGather(Long.toString(sequences.size()));
-        List<Long> seen = Arrays.stream(counts).map(Long::parseLong).toList();
+        // one barrier-context round for all start-up facts: where each rank runs, how much data it has
+        String[] gathered = ctl.allGather(sequences.size() + " " + WorldConnector.whereAmI());
+        List<Long> seen = Arrays.stream(gathered).map(g -> Long.parseLong(g.substring(0, g.indexOf(' ')))).toList();
+        String[] where = Arrays.stream(gathered).map(g -> g.substring(g.indexOf(' ') + 1)).toArray(String[]::new);
         if (!seen.equals(plan.rankSequenceCounts())) {
             throw new IllegalStateException("the ranks packed " + seen + " sequences, but the driver's validation "
                     + "counted " + plan.rankSequenceCounts() + ": the input is not deterministic (e.g. a "
@@ -80,7 +83,7 @@ public final class RankRunner {
                 base.ep(), base.seqLen(), base.optimizer(), backend, deviceId);
 
         Duration timeout = Duration.ofSeconds(plan.commTimeoutS());
-        Communicator comm = plan.connector().connect(ctl, timeout);
+        Communicator comm = plan.connector().connect(ctl, where, timeout);
         RankTrainer trainer = null;
         try {
             trainer = plan.factory().create(spec, comm);
@@ -92,7 +95,7 @@ public final class RankRunner {
                 Optional<CheckpointStore.Manifest> latest = store.latest();
                 pick = latest.map(m -> Long.toString(m.step())).orElse("");
             }
-            String chosen = ctl.allGather(pick)[0];
+            String chosen = new String(comm.broadcastBytes(pick.getBytes(UTF_8), 0), UTF_8);
             List<String> history = new ArrayList<>();
             long start = 0;
             if (!chosen.isEmpty()) {
@@ -132,7 +135,7 @@ public final class RankRunner {
                 }
                 long done = k + 1;
                 if (done == steps || (plan.checkpointEvery() > 0 && done % plan.checkpointEvery() == 0)) {
-                    checkpoint(trainer, done, history, seen);
+                    checkpoint(trainer, comm, done, history, seen);
                 }
             }
 
@@ -140,7 +143,7 @@ public final class RankRunner {
             if (rank == 0) {
                 writeModel(trainer.hfConfigJson(), full);
             }
-            ctl.barrier();
+            comm.barrier();
             return new RankOutcome(rank, resumedFrom, trainer.stepsTaken(), rank == 0 ? history : List.of(), device);
         } catch (Throwable t) {
             WorldConnector.abort(comm, rank, t);
@@ -182,14 +185,14 @@ public final class RankRunner {
         }
     }
 
-    private void checkpoint(RankTrainer trainer, long step, List<String> history, List<Long> counts)
+    private void checkpoint(RankTrainer trainer, Communicator comm, long step, List<String> history, List<Long> counts)
             throws Exception {
         CheckpointStore store = plan.store();
         CheckpointStore.FileInfo mine = store.writeRank(step, ctl.jobKey(), ctl.rank(), trainer.rankState());
-        String[] all = ctl.allGather(JSON.writeValueAsString(mine));
+        byte[][] all = comm.allGatherBytes(JSON.writeValueAsBytes(mine));
         if (ctl.rank() == 0) {
             List<CheckpointStore.FileInfo> files = new ArrayList<>();
-            for (String s : all) {
+            for (byte[] s : all) {
                 files.add(JSON.readValue(s, CheckpointStore.FileInfo.class));
             }
             CheckpointStore.Manifest m = new CheckpointStore.Manifest(1, step, ctl.worldSize(), plan.spec().ep(),
@@ -200,7 +203,7 @@ public final class RankRunner {
             store.commit(m, plan.keepLast());
             LOG.info("checkpoint {} committed", store.stepPath(step));
         }
-        ctl.barrier();
+        comm.barrier();
     }
 
     /** config.json and model.safetensors (core.io's writer, on local disk) copied through a Hadoop stream. */

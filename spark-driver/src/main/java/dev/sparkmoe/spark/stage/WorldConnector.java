@@ -36,7 +36,7 @@ public final class WorldConnector implements Serializable {
     }
 
     /** What one rank reports in the rendezvous round. */
-    static String whereAmI() {
+    public static String whereAmI() {
         String host;
         try {
             host = InetAddress.getLocalHost().getHostName();
@@ -46,10 +46,13 @@ public final class WorldConnector implements Serializable {
         return host + "/" + ManagementFactory.getRuntimeMXBean().getPid();
     }
 
-    public Communicator connect(RankControl ctl, Duration timeout) {
+    /**
+     * Collective. {@code where} holds every rank's {@link #whereAmI()} answer, gathered by the caller (it shares
+     * that round with other start-up facts: each barrier-context round trip costs about a second).
+     */
+    public Communicator connect(RankControl ctl, String[] where, Duration timeout) {
         int rank = ctl.rank();
         int size = ctl.worldSize();
-        String[] where = ctl.allGather(whereAmI());
         boolean oneJvm = Arrays.stream(where).distinct().count() == 1;
         Mode m = mode == Mode.AUTO ? (oneJvm ? Mode.IN_JVM : Mode.TCP) : mode;
         if (m == Mode.IN_JVM) {
