@@ -85,6 +85,7 @@ public final class SparkMoeTrainer {
         private Tokenizer tokenizer;
         private Consumer<StepMetrics> onStep;
         private WorldConnector.Mode transport = WorldConnector.Mode.AUTO;
+        private java.io.PrintStream console = System.out;
 
         /** A loaded config; later {@link #set} calls override its values. */
         public Builder config(TrainConfig c) {
@@ -135,6 +136,12 @@ public final class SparkMoeTrainer {
         /** Called on the driver for every step as its metrics arrive. */
         public Builder onStep(Consumer<StepMetrics> c) {
             this.onStep = c;
+            return this;
+        }
+
+        /** Where the progress lines go (standard output by default; output.progress=false silences them). */
+        public Builder console(java.io.PrintStream out) {
+            this.console = out;
             return this;
         }
 
@@ -225,7 +232,7 @@ public final class SparkMoeTrainer {
                 java.nio.file.Path metricsFile = c.has(ConfigKey.OUTPUT_METRICS_FILE)
                         ? Paths.get(c.getString(ConfigKey.OUTPUT_METRICS_FILE)) : null;
                 try (ProgressListener progress = new ProgressListener(steps, c.getBool(ConfigKey.OUTPUT_PROGRESS),
-                        System.out, metricsFile, b.onStep)) {
+                        b.console, metricsFile, b.onStep)) {
                     progress.failuresOf(jobGroup());
                     sc.addSparkListener(progress);
                     try {

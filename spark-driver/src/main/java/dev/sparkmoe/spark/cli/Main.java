@@ -74,7 +74,7 @@ public final class Main {
         }
         try {
             TrainConfig c = TrainConfig.load(Path.of(file), sets);
-            TrainResult r = SparkMoeTrainer.builder().config(c).fit();
+            TrainResult r = SparkMoeTrainer.builder().config(c).console(out).fit();
             out.printf("trained %d steps in %d attempt(s); final loss %.4f; model: %s%n", r.steps(), r.attempts(),
                     r.history().isEmpty() ? Double.NaN : r.last().loss(), r.modelDir());
             return 0;

@@ -153,7 +153,13 @@ public enum ConfigKey {
         String best = null;
         int bestD = Integer.MAX_VALUE;
         for (ConfigKey k : values()) {
-            int d = Math.min(distance(name, k.key), distance(leaf(name), leaf(k.key)) + 1);
+            int d = distance(name, k.key);
+            if (k.key.startsWith(name) || name.startsWith(k.key)) {
+                d = Math.min(d, 1); // a truncated or over-long key
+            }
+            if (!section(name).equals(section(k.key))) {
+                d += 2; // prefer keys of the section the user wrote
+            }
             if (d < bestD) {
                 bestD = d;
                 best = k.key;
@@ -162,9 +168,9 @@ public enum ConfigKey {
         return bestD <= Math.max(3, name.length() / 3) ? best : null;
     }
 
-    private static String leaf(String s) {
-        int i = s.lastIndexOf('.');
-        return i < 0 ? s : s.substring(i + 1);
+    private static String section(String s) {
+        int i = s.indexOf('.');
+        return i < 0 ? s : s.substring(0, i);
     }
 
     static int distance(String a, String b) {
