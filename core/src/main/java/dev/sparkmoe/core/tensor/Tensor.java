@@ -16,6 +16,17 @@ public final class Tensor {
     private final float[] f;
     private final long[] l;
     private final int[] i;
+    private final Object device;
+
+    private Tensor(DType dtype, int[] shape, Object device) {
+        this.dtype = dtype;
+        this.shape = shape.clone();
+        this.f = null;
+        this.l = null;
+        this.i = null;
+        this.device = device;
+        checkedSize(shape);
+    }
 
     private Tensor(DType dtype, int[] shape, float[] f, long[] l, int[] i) {
         this.dtype = dtype;
@@ -23,6 +34,7 @@ public final class Tensor {
         this.f = f;
         this.l = l;
         this.i = i;
+        this.device = null;
         long n = numel(shape);
         long have = f != null ? f.length : l != null ? l.length : i.length;
         if (n != have) {
@@ -90,6 +102,38 @@ public final class Tensor {
         return new Tensor(DType.I32, shape, null, null, values);
     }
 
+    /**
+     * A tensor whose elements live in a backend's device memory; {@code handle} is that backend's own description of
+     * the memory (a device pointer and its owner). Its host accessors throw: download it first.
+     */
+    public static Tensor onDevice(DType dtype, Object handle, int... shape) {
+        if (handle == null) {
+            throw new IllegalArgumentException("device tensor needs a handle");
+        }
+        return new Tensor(dtype, shape, handle);
+    }
+
+    /** True when the elements are on the JVM heap. */
+    public boolean isHost() {
+        return device == null;
+    }
+
+    /** The backend's handle of a device tensor (null for host tensors). */
+    public Object deviceHandle() {
+        return device;
+    }
+
+    private void hostOnly() {
+        if (device != null) {
+            throw onDeviceError();
+        }
+    }
+
+    private IllegalStateException onDeviceError() {
+        return new IllegalStateException("tensor " + this + " lives in device memory (" + device
+                + "); download it through its backend before reading it on the host");
+    }
+
     public static Tensor scalar(float v) {
         return of(new float[] {v});
     }
@@ -111,15 +155,18 @@ public final class Tensor {
     }
 
     public int numel() {
-        return f != null ? f.length : l != null ? l.length : i.length;
+        return f != null ? f.length : l != null ? l.length : i != null ? i.length : (int) numel(shape);
     }
 
     public boolean isFloating() {
-        return f != null;
+        return dtype.isFloating();
     }
 
     /** The f32 storage of a floating tensor (shared, not copied). */
     public float[] floats() {
+        if (device != null) {
+            throw onDeviceError();
+        }
         if (f == null) {
             throw new IllegalStateException("tensor of dtype " + dtype + " has no float storage");
         }
@@ -127,6 +174,9 @@ public final class Tensor {
     }
 
     public long[] longs() {
+        if (device != null) {
+            throw onDeviceError();
+        }
         if (l == null) {
             throw new IllegalStateException("tensor of dtype " + dtype + " has no I64 storage");
         }
@@ -134,6 +184,9 @@ public final class Tensor {
     }
 
     public int[] ints() {
+        if (device != null) {
+            throw onDeviceError();
+        }
         if (i == null) {
             throw new IllegalStateException("tensor of dtype " + dtype + " has no I32 storage");
         }
@@ -142,6 +195,9 @@ public final class Tensor {
 
     /** Token ids and other integer data as long values, whatever the integer dtype. */
     public long longAt(int k) {
+        if (device != null) {
+            throw onDeviceError();
+        }
         return l != null ? l[k] : i != null ? i[k] : (long) f[k];
     }
 
@@ -151,11 +207,12 @@ public final class Tensor {
             throw new IllegalArgumentException("cannot view shape " + Arrays.toString(shape) + " as "
                     + Arrays.toString(newShape) + ": element counts differ");
         }
-        return new Tensor(dtype, newShape, f, l, i);
+        return device != null ? new Tensor(dtype, newShape, device) : new Tensor(dtype, newShape, f, l, i);
     }
 
     /** The same values relabelled with another floating dtype, rounding as needed; shares nothing. */
     public Tensor to(DType target) {
+        hostOnly();
         if (target == dtype) {
             return copy();
         }
@@ -184,12 +241,14 @@ public final class Tensor {
     }
 
     public Tensor copy() {
+        hostOnly();
         return new Tensor(dtype, shape, f == null ? null : f.clone(), l == null ? null : l.clone(),
                 i == null ? null : i.clone());
     }
 
     /** Rows [from, to) of the first dimension, copied. */
     public Tensor sliceRows(int from, int to) {
+        hostOnly();
         int rowSize = shape.length == 0 ? 1 : numel() / Math.max(1, shape[0]);
         int[] s = shape.clone();
         s[0] = to - from;
@@ -204,6 +263,7 @@ public final class Tensor {
 
     /** Bitwise equality of dtype, shape and contents. */
     public boolean bitwiseEquals(Tensor o) {
+        hostOnly();
         if (o == null || o.dtype != dtype || !Arrays.equals(o.shape, shape)) {
             return false;
         }

@@ -137,7 +137,7 @@ class DTypeConversionTest {
     @Test
     void f16IsNearestOnRandomInputs() {
         SplittableRandom r = new SplittableRandom(42);
-        for (int k = 0; k < 200_000; k++) {
+        for (int k = 0; k < 50_000; k++) {
             float f = Float.intBitsToFloat(r.nextInt(0x00000000, 0x477FF000 + 0x2000)) * (r.nextBoolean() ? 1 : -1);
             short got = h(f);
             float g = DType.f16ToFloat(got);
@@ -163,7 +163,7 @@ class DTypeConversionTest {
     @Test
     void bf16IsNearestOnRandomInputs() {
         SplittableRandom r = new SplittableRandom(7);
-        for (int k = 0; k < 200_000; k++) {
+        for (int k = 0; k < 50_000; k++) {
             float f = Float.intBitsToFloat(r.nextInt(0, 0x7F7F8000)) * (r.nextBoolean() ? 1 : -1);
             short got = bf(f);
             float g = DType.bf16ToFloat(got);

@@ -567,17 +567,39 @@ public final class TcpCommunicator implements Communicator {
         Link l = link(peer);
         String why = l.failure();
         if (why != null) {
-            throw new CommunicatorException(where(op) + ": cannot send: " + rankNames(List.of(peer)) + " dropped: " + why);
+            throw new CommunicatorException(where(op) + ": cannot send: " + downMembers());
         }
         return l;
     }
 
+    /** Posts to every live member, then fails naming every member that has dropped (if any). */
     private void postToAll(Call c, int phase, int aux, byte[] payload) {
+        boolean anyDown = false;
         for (int p = 0; p < size(); p++) {
             if (p != rank) {
-                post(c, p, phase, aux, payload);
+                Link l = link(p);
+                if (l.failure() != null) {
+                    anyDown = true;
+                } else {
+                    l.post(new Frame(groupId, c.seq, c.op.code, (byte) phase, aux, false, payload));
+                }
             }
         }
+        if (anyDown) {
+            throw new CommunicatorException(where(c.op) + ": cannot send: " + downMembers());
+        }
+    }
+
+    /** "rank 1 dropped: why; rank 3 dropped: why" for every member whose link is down. */
+    private String downMembers() {
+        List<String> parts = new ArrayList<>();
+        for (int p = 0; p < size(); p++) {
+            String why = p == rank ? null : link(p).failure();
+            if (why != null) {
+                parts.add(rankNames(List.of(p)) + " dropped: " + why);
+            }
+        }
+        return String.join("; ", parts);
     }
 
     /**
@@ -639,8 +661,7 @@ public final class TcpCommunicator implements Communicator {
                     if (f != null) {
                         return f;
                     }
-                    int gr = groupRankOf(l.peer);
-                    throw new CommunicatorException(where(op) + ": " + rankNames(List.of(gr)) + " dropped: " + why);
+                    throw new CommunicatorException(where(op) + ": " + downMembers());
                 }
                 if (transport.isClosed()) {
                     throw new CommunicatorException(where(op) + ": the world communicator was closed");
@@ -701,8 +722,8 @@ public final class TcpCommunicator implements Communicator {
                     + arrayLength + " elements");
         }
         if (len * 8 > Integer.MAX_VALUE - 64) {
-            throw new IllegalArgumentException(what + " length " + len
-                    + " exceeds the 2 GiB message limit of the TCP communicator; hint: split the buffer");
+            throw new IllegalArgumentException(what + " length " + len + " exceeds " + ((Integer.MAX_VALUE - 64) / 8)
+                    + " elements, the per-call limit of the TCP communicator (2 GiB frames); hint: split the buffer");
         }
     }
 

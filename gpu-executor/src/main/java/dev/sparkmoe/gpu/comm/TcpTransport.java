@@ -10,7 +10,6 @@ import java.io.EOFException;
 import java.io.IOException;
 import java.io.InputStream;
 import java.net.ConnectException;
-import java.net.InetAddress;
 import java.net.InetSocketAddress;
 import java.net.ServerSocket;
 import java.net.Socket;
@@ -769,9 +768,5 @@ final class TcpTransport {
                 l.finishClose(deadline);
             }
         }
-    }
-
-    static InetAddress loopback() {
-        return InetAddress.getLoopbackAddress();
     }
 }

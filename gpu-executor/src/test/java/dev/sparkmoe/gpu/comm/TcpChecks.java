@@ -1,6 +1,7 @@
 package dev.sparkmoe.gpu.comm;
 
 import dev.sparkmoe.parallel.comm.Communicator;
+import dev.sparkmoe.parallel.comm.CommunicatorConformance;
 import java.nio.ByteBuffer;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
@@ -18,8 +19,18 @@ public final class TcpChecks {
     private TcpChecks() {
     }
 
-    /** Runs every check; throws AssertionError on a mismatch; returns a hex digest of all results. */
+    /**
+     * Runs the shared {@link CommunicatorConformance} suite, then these extra checks (rank-order bitwise sums on the
+     * large all-reduce path, self send/recv, interleaved groups); throws AssertionError on a mismatch; returns a hex
+     * digest of the extra checks' results.
+     */
     public static String runAll(Communicator c) {
+        CommunicatorConformance.runAll(c);
+        return runExtra(c);
+    }
+
+    /** Only this class's checks. */
+    public static String runExtra(Communicator c) {
         Digest d = new Digest();
         int n = c.size();
         int r = c.rank();
@@ -196,6 +207,10 @@ public final class TcpChecks {
             checkBits(fval(prev, 100 + i), pr[i], "send/recv from " + prev + " [" + i + "]");
         }
         d.floats(pr);
+        float[] selfIn = new float[2];
+        c.send(new float[] {1.5f, -2.5f}, 0, 2, r);
+        c.recv(selfIn, 0, 2, r);
+        check(selfIn[0] == 1.5f && selfIn[1] == -2.5f, "send/recv to self");
 
         // split: parity colors, keys reverse the order
         try (Communicator sub = c.split(r % 2, -r, "parity")) {

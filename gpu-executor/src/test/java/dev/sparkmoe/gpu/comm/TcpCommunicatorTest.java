@@ -142,8 +142,10 @@ class TcpCommunicatorTest {
     void droppedPeerIsNamed() {
         JobSecret secret = JobSecret.generate();
         int port = TcpHarness.freePort();
-        var outs = TcpHarness.withWorld(3, r -> TcpHarness.rendezvous(3, r, port, secret)
-                .collectiveTimeout(Duration.ofSeconds(10)).build(), Duration.ofSeconds(30), c -> {
+        CountDownLatch survivors = new CountDownLatch(2);
+        var outs = TcpHarness.runRanks(3, Duration.ofSeconds(30), r -> {
+            try (TcpCommunicator c = TcpCommunicator.connect(TcpHarness.rendezvous(3, r, port, secret)
+                    .collectiveTimeout(Duration.ofSeconds(10)).build())) {
                     c.barrier();
                     if (c.rank() == 1) {
                         c.close();
@@ -157,8 +159,11 @@ class TcpCommunicatorTest {
                     // the group is unusable afterwards, with a clear error
                     CommunicatorException again = assertThrows(CommunicatorException.class, c::barrier);
                     assertTrue(again.getMessage().contains("unusable"), again.getMessage());
+                    survivors.countDown();
+                    survivors.await(10, TimeUnit.SECONDS);
                     return null;
-                });
+            }
+        });
         TcpHarness.values(outs);
     }
 

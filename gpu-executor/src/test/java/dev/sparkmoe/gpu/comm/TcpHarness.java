@@ -57,8 +57,14 @@ final class TcpHarness {
 
     /** Runs {@code body} for ranks 0..n-1 concurrently; waits at most {@code limit}. */
     static <T> List<Outcome<T>> runRanks(int n, Duration limit, RankBody<T> body) {
-        ExecutorService pool = Executors.newFixedThreadPool(n);
+        return runRanks(n, limit, body, () -> { });
+    }
+
+    /** As above, with {@code sidecar} running concurrently in one more thread (e.g. strangers knocking). */
+    static <T> List<Outcome<T>> runRanks(int n, Duration limit, RankBody<T> body, Runnable sidecar) {
+        ExecutorService pool = Executors.newFixedThreadPool(n + 1);
         try {
+            pool.submit(sidecar);
             List<Future<T>> fs = new ArrayList<>();
             for (int r = 0; r < n; r++) {
                 int rank = r;

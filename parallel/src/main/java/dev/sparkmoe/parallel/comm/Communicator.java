@@ -1,5 +1,7 @@
 package dev.sparkmoe.parallel.comm;
 
+import dev.sparkmoe.core.tensor.Tensor;
+
 /**
  * A process group: the collectives that FSDP and expert parallelism need, over a fixed set of ranks.
  *
@@ -11,6 +13,7 @@ package dev.sparkmoe.parallel.comm;
  * and the missing ranks; nothing hangs.
  *
  * <p>Implementations: the in-JVM one (ranks as threads, Spark {@code local[N]}), TCP (CPU processes), NCCL (GPUs).
+ * Each must pass {@link CommunicatorConformance#runAll(Communicator)}, run by every member at once.
  */
 public interface Communicator extends AutoCloseable {
 
@@ -85,6 +88,34 @@ public interface Communicator extends AutoCloseable {
      * and closed by it. {@code name} labels the new group in logs and errors.
      */
     Communicator split(int color, int key, String name);
+
+    // ---- tensor forms: the buffers FSDP and expert parallelism hand over. Host tensors go to the array forms above;
+    // a communicator that moves device memory (NCCL) overrides these for device tensors.
+
+    /** In-place sum of {@code len} elements of a float tensor starting at {@code off}. */
+    default void allReduceSum(Tensor buf, int off, int len) {
+        allReduceSum(buf.floats(), off, len);
+    }
+
+    /** All-gather of float tensors, laid out as {@link #allGather(float[], int, int, float[], int)}. */
+    default void allGather(Tensor send, int sOff, int len, Tensor recv, int rOff) {
+        allGather(send.floats(), sOff, len, recv.floats(), rOff);
+    }
+
+    /** Reduce-scatter of float tensors, laid out as {@link #reduceScatterSum(float[], int, float[], int, int)}. */
+    default void reduceScatterSum(Tensor send, int sOff, Tensor recv, int rOff, int recvLen) {
+        reduceScatterSum(send.floats(), sOff, recv.floats(), rOff, recvLen);
+    }
+
+    /** All-to-all of float tensors with uneven splits, as {@link #allToAll(float[], int[], float[], int[])}. */
+    default void allToAll(Tensor send, int[] sendCounts, Tensor recv, int[] recvCounts) {
+        allToAll(send.floats(), sendCounts, recv.floats(), recvCounts);
+    }
+
+    /** Broadcast of a float tensor range from {@code root}. */
+    default void broadcast(Tensor buf, int off, int len, int root) {
+        broadcast(buf.floats(), off, len, root);
+    }
 
     /** Releases resources. Idempotent. */
     @Override

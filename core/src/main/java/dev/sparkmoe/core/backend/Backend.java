@@ -1,0 +1,182 @@
+package dev.sparkmoe.core.backend;
+
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+
+/**
+ * The compute kernels the model, the loss, the MoE routing and the optimizer are written in, and the memory they
+ * run on. Every kernel has a plain-Java reference in {@link CpuBackend}; other backends are tested against it op by
+ * op with a tolerance stated per dtype.
+ *
+ * <p>Tensors passed to a backend live on that backend ({@link #zeros}, {@link #upload}); kernels never allocate
+ * their outputs (the caller owns every buffer) except where a method says it returns a new tensor. Shapes are given
+ * explicitly; offsets and strides count elements. Integer index tensors are I32.
+ *
+ * <p>Memory: allocations made while a {@link Scope} is open belong to it and are released when it closes (one
+ * training step is one scope); allocations made outside any scope persist until {@link #release}. On the CPU both
+ * are the garbage collector's business and these calls do nothing.
+ *
+ * <p>Naming: N = tokens (B*T), H = hidden size, D = head dim, V = vocab, E = experts, K = experts per token.
+ */
+public interface Backend {
+
+    /** A short name for logs ("cpu", "cuda:0"). */
+    String name();
+
+    // ------------------------------------------------------------------ memory
+
+    /** A zero-filled tensor on this backend. */
+    Tensor zeros(DType dtype, int... shape);
+
+    /** A copy of a host tensor on this backend (the CPU backend returns the tensor itself). */
+    Tensor upload(Tensor host);
+
+    /** A host copy of a tensor of this backend (the CPU backend returns the tensor itself). */
+    Tensor download(Tensor t);
+
+    /** dst[dstOff + i] = src[srcOff + i] for i in [0, n); same dtype. */
+    void copy(Tensor src, int srcOff, Tensor dst, int dstOff, int n);
+
+    /** Strided copy of {@code rows} runs of {@code rowLen} elements (a 2-D block copy). */
+    void copyRows(Tensor src, int srcOff, int srcStride, Tensor dst, int dstOff, int dstStride, int rows,
+                  int rowLen);
+
+    /** Sets every element to {@code value}. */
+    void fill(Tensor t, float value);
+
+    /** Gives a tensor's memory back now; the tensor must not be used again. */
+    void release(Tensor t);
+
+    /** Opens an allocation scope (nested scopes allowed); closing it releases what was allocated inside. */
+    Scope openScope();
+
+    /** Waits for all queued work of this backend. */
+    void synchronize();
+
+    /** An allocation scope. */
+    interface Scope extends AutoCloseable {
+        @Override
+        void close();
+    }
+
+    // ------------------------------------------------------------------ dense algebra
+
+    /**
+     * C = alpha * op(A) * op(B) + beta * C, row-major, as BLAS sgemm. op(A) is [m, k], op(B) is [k, n], C is [m, n];
+     * lda/ldb/ldc are the row strides of A, B and C as stored.
+     */
+    void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, Tensor a, int aOff, int lda,
+              Tensor b, int bOff, int ldb, float beta, Tensor c, int cOff, int ldc);
+
+    /**
+     * Many independent GEMMs of possibly different sizes in one call (the experts of a rank): for each group g with
+     * m[g], n[g] and k[g] all positive, C_g = alpha * op(A_g) * op(B_g) + beta * C_g with A_g at aOff[g], B_g at
+     * bOff[g], C_g at cOff[g]. Groups with m, n or k = 0 are skipped (with k = 0, C_g is scaled by beta).
+     */
+    void groupedGemm(boolean transA, boolean transB, int groups, int[] m, int[] n, int[] k, float alpha, Tensor a,
+                     int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta, Tensor c, int[] cOff, int ldc);
+
+    /** y[yOff..] += alpha * x[xOff..] over n elements. */
+    void axpy(float alpha, Tensor x, int xOff, Tensor y, int yOff, int n);
+
+    /** x *= alpha over all elements. */
+    void scale(Tensor x, float alpha);
+
+    /** Sum of squares of all elements, in double. */
+    double sumSquares(Tensor x);
+
+    // ------------------------------------------------------------------ transformer layers
+
+    /** y[r] = w * x[r] / sqrt(mean(x[r]^2) + eps) for each of {@code rows} rows of {@code dim}; rstd[r] saved. */
+    void rmsNormForward(Tensor x, Tensor w, float eps, int rows, int dim, Tensor y, Tensor rstd);
+
+    /** dx of the above given dy (written), dw += its weight gradient (accumulated). */
+    void rmsNormBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, int rows, int dim, Tensor dx, Tensor dw);
+
+    /**
+     * Rotary embedding in place on x [B*T, heads, D] with the rotate-half convention of Hugging Face; token n has
+     * position n % seqLen. {@code inverse} applies the transpose rotation (the backward pass).
+     */
+    void rope(Tensor x, int tokens, int heads, int headDim, int seqLen, float theta, boolean inverse);
+
+    /**
+     * Causal grouped-query attention. q [B*T, Hq*D], k and v [B*T, Hkv*D], out [B*T, Hq*D]; query head h reads kv
+     * head h / (Hq/Hkv). lse [B*Hq*T] receives the log-sum-exp of each score row (scores scaled by {@code scale}),
+     * which is all the backward pass keeps: no T x T matrix outlives a call.
+     */
+    void attentionForward(Tensor q, Tensor k, Tensor v, int batch, int seqLen, int qHeads, int kvHeads, int headDim,
+                          float scale, Tensor out, Tensor lse);
+
+    /** Backward of {@link #attentionForward}: dq, dk, dv are written (not accumulated). */
+    void attentionBackward(Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int batch, int seqLen,
+                           int qHeads, int kvHeads, int headDim, float scale, Tensor dq, Tensor dk, Tensor dv);
+
+    /** out = silu(gate) * up over n elements at the given offset. */
+    void siluMulForward(Tensor gate, Tensor up, Tensor out, int off, int n);
+
+    /** dGate, dUp of the above given dOut (written). */
+    void siluMulBackward(Tensor dOut, Tensor gate, Tensor up, Tensor dGate, Tensor dUp, int off, int n);
+
+    /** out[n] = table[ids[n]] for rows of width H; ids is I32 [N]. Out-of-range ids are an error. */
+    void embeddingForward(Tensor table, Tensor ids, int tokens, int hidden, Tensor out);
+
+    /** dTable[ids[n]] += dOut[n] (accumulated). */
+    void embeddingBackward(Tensor dOut, Tensor ids, int tokens, int hidden, Tensor dTable);
+
+    /**
+     * Cross-entropy of logits [rows, V] against targets (I32 [rows], ignore index -100): returns the summed loss over
+     * rows with a target, and writes dLogits = (softmax - onehot) * gradScale for those rows, 0 for ignored rows.
+     * A target outside [0, V) is an error.
+     */
+    double crossEntropy(Tensor logits, Tensor targets, int rows, int vocab, float gradScale, Tensor dLogits);
+
+    // ------------------------------------------------------------------ mixture of experts
+
+    /** Row-wise softmax of [rows, cols], in f32. */
+    void softmaxRows(Tensor x, int rows, int cols, Tensor out);
+
+    /**
+     * Router top-k over probs [rows, E]: topIdx (I32 [rows*K]) and topVal [rows*K] in descending order (ties to the
+     * lower expert id), and weights [rows*K] = topVal, divided by the row's sum of topVal when {@code normalize}.
+     */
+    void routerTopK(Tensor probs, int rows, int experts, int k, boolean normalize, Tensor topIdx, Tensor topVal,
+                    Tensor weights);
+
+    /**
+     * Adds this batch's router statistics to {@code stats} (host, length 2E): stats[e] += times expert e was chosen,
+     * stats[E + e] += sum over rows of probs[row, e].
+     */
+    void routerStats(Tensor topIdx, Tensor probs, int rows, int experts, int k, double[] stats);
+
+    /**
+     * Backward of softmax + top-k (+ renormalisation): from dWeights [rows*K] and the load-balancing gradient
+     * auxGrad [E] (added to d probs[row, e] for every row), writes dLogits [rows, E].
+     */
+    void routerBackward(Tensor dWeights, Tensor topIdx, Tensor topVal, Tensor probs, Tensor auxGrad, int rows,
+                        int experts, int k, boolean normalize, Tensor dLogits);
+
+    /** dst[j] = src[index[j] / divisor] for j in [0, n), rows of {@code width}. */
+    void gatherRows(Tensor src, Tensor index, int n, int width, int divisor, Tensor dst);
+
+    /** dst[index[j]] = src[j] for j in [0, n), rows of {@code width}. */
+    void scatterRows(Tensor src, Tensor index, int n, int width, Tensor dst);
+
+    /** y[t] = sum over k of weights[t*K + k] * slots[t*K + k], rows of {@code width}; y is written. */
+    void moeCombine(Tensor slots, Tensor weights, int tokens, int k, int width, Tensor y);
+
+    /** Backward of {@link #moeCombine}: dSlots = w * dy (written), dWeights[s] = dot(dy[t], slots[s]) (written). */
+    void moeCombineBackward(Tensor dy, Tensor slots, Tensor weights, int tokens, int k, int width, Tensor dSlots,
+                            Tensor dWeights);
+
+    /** dst[t] += sum over k of src[t*K + k], rows of {@code width} (the gradient of copying a token K times). */
+    void sumSlots(Tensor src, int tokens, int k, int width, Tensor dst);
+
+    // ------------------------------------------------------------------ optimizer
+
+    /**
+     * One AdamW step (torch.optim.AdamW semantics, single-tensor path) on n elements: decoupled weight decay,
+     * moments updated in place, bias correction for step {@code step} (1-based).
+     */
+    void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, int n, float lr, float beta1, float beta2, float eps,
+               float weightDecay, long step);
+}

@@ -1,0 +1,109 @@
+package dev.sparkmoe.core.model;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.nn.Module;
+import dev.sparkmoe.core.nn.Parameter;
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import java.util.List;
+
+/**
+ * Qwen3 attention: q/k/v projections, per-head RMSNorm of q and k (q_norm, k_norm), rotary embedding, causal
+ * grouped-query attention, output projection. No biases.
+ */
+public final class Attention extends Module {
+    final Parameter qProj;   // [Hq*D, H]
+    final Parameter kProj;   // [Hkv*D, H]
+    final Parameter vProj;   // [Hkv*D, H]
+    final Parameter oProj;   // [H, Hq*D]
+    final Parameter qNorm;   // [D]
+    final Parameter kNorm;   // [D]
+    private final int hidden;
+    private final int qHeads;
+    private final int kvHeads;
+    private final int headDim;
+    private final float eps;
+    private final float theta;
+
+    Attention(String path, Qwen3MoeConfig c, Backend be) {
+        super(path);
+        hidden = c.hiddenSize();
+        qHeads = c.numAttentionHeads();
+        kvHeads = c.numKeyValueHeads();
+        headDim = c.headDim();
+        eps = (float) c.rmsNormEps();
+        theta = (float) c.ropeTheta();
+        qProj = new Parameter(path + ".q_proj.weight", be.zeros(DType.F32, qHeads * headDim, hidden), be);
+        kProj = new Parameter(path + ".k_proj.weight", be.zeros(DType.F32, kvHeads * headDim, hidden), be);
+        vProj = new Parameter(path + ".v_proj.weight", be.zeros(DType.F32, kvHeads * headDim, hidden), be);
+        oProj = new Parameter(path + ".o_proj.weight", be.zeros(DType.F32, hidden, qHeads * headDim), be);
+        qNorm = new Parameter(path + ".q_norm.weight", be.zeros(DType.F32, headDim), be);
+        kNorm = new Parameter(path + ".k_norm.weight", be.zeros(DType.F32, headDim), be);
+    }
+
+    @Override
+    public List<Parameter> ownParameters() {
+        return List.of(qProj, kProj, vProj, oProj, qNorm, kNorm);
+    }
+
+    /** Saved activations of one forward. */
+    static final class Cache {
+        Tensor x;        // [N, H] input
+        Tensor qRaw;     // [N, Hq*D] before q_norm
+        Tensor kRaw;     // [N, Hkv*D] before k_norm
+        Tensor qRstd;    // [N*Hq]
+        Tensor kRstd;    // [N*Hkv]
+        Tensor q;        // [N, Hq*D] after norm and rope
+        Tensor k;        // [N, Hkv*D] after norm and rope
+        Tensor v;        // [N, Hkv*D]
+        Tensor lse;      // [B*Hq*T] log-sum-exp of each attention score row
+        Tensor attn;     // [N, Hq*D] attention output before o_proj
+    }
+
+    float scale() {
+        return (float) Math.pow(headDim, -0.5);
+    }
+
+    Tensor forward(Backend be, Tensor x, int batch, int seqLen, Cache c) {
+        int n = batch * seqLen;
+        c.x = x;
+        c.qRaw = Linear.forward(be, x, n, qProj);
+        c.kRaw = Linear.forward(be, x, n, kProj);
+        c.v = Linear.forward(be, x, n, vProj);
+        c.q = be.zeros(DType.F32, n, qHeads * headDim);
+        c.k = be.zeros(DType.F32, n, kvHeads * headDim);
+        c.qRstd = be.zeros(DType.F32, n * qHeads);
+        c.kRstd = be.zeros(DType.F32, n * kvHeads);
+        be.rmsNormForward(c.qRaw, qNorm.value(), eps, n * qHeads, headDim, c.q, c.qRstd);
+        be.rmsNormForward(c.kRaw, kNorm.value(), eps, n * kvHeads, headDim, c.k, c.kRstd);
+        be.rope(c.q, n, qHeads, headDim, seqLen, theta, false);
+        be.rope(c.k, n, kvHeads, headDim, seqLen, theta, false);
+        c.attn = be.zeros(DType.F32, n, qHeads * headDim);
+        c.lse = be.zeros(DType.F32, batch * qHeads * seqLen);
+        be.attentionForward(c.q, c.k, c.v, batch, seqLen, qHeads, kvHeads, headDim, scale(), c.attn, c.lse);
+        return Linear.forward(be, c.attn, n, oProj);
+    }
+
+    /** Returns dx [N, H] and accumulates the parameter gradients. */
+    Tensor backward(Backend be, Tensor dy, int batch, int seqLen, Cache c) {
+        int n = batch * seqLen;
+        Tensor dAttn = Linear.backward(be, dy, c.attn, n, oProj);
+        Tensor dq = be.zeros(DType.F32, n, qHeads * headDim);
+        Tensor dk = be.zeros(DType.F32, n, kvHeads * headDim);
+        Tensor dv = be.zeros(DType.F32, n, kvHeads * headDim);
+        be.attentionBackward(dAttn, c.q, c.k, c.v, c.attn, c.lse, batch, seqLen, qHeads, kvHeads, headDim, scale(),
+                dq, dk, dv);
+        be.rope(dq, n, qHeads, headDim, seqLen, theta, true);
+        be.rope(dk, n, kvHeads, headDim, seqLen, theta, true);
+        Tensor dqRaw = be.zeros(DType.F32, n, qHeads * headDim);
+        Tensor dkRaw = be.zeros(DType.F32, n, kvHeads * headDim);
+        be.rmsNormBackward(dq, c.qRaw, qNorm.value(), c.qRstd, n * qHeads, headDim, dqRaw, qNorm.grad());
+        be.rmsNormBackward(dk, c.kRaw, kNorm.value(), c.kRstd, n * kvHeads, headDim, dkRaw, kNorm.grad());
+        Tensor dx = Linear.backward(be, dqRaw, c.x, n, qProj);
+        Tensor dxk = Linear.backward(be, dkRaw, c.x, n, kProj);
+        Tensor dxv = Linear.backward(be, dv, c.x, n, vProj);
+        be.axpy(1f, dxk, 0, dx, 0, dx.numel());
+        be.axpy(1f, dxv, 0, dx, 0, dx.numel());
+        return dx;
+    }
+}

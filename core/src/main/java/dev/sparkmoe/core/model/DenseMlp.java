@@ -1,0 +1,57 @@
+package dev.sparkmoe.core.model;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.nn.Module;
+import dev.sparkmoe.core.nn.Parameter;
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import java.util.List;
+
+/** The dense SwiGLU MLP of the layers that {@code mlp_only_layers} / {@code decoder_sparse_step} make dense. */
+public final class DenseMlp extends Module {
+    final Parameter gateProj; // [I, H]
+    final Parameter upProj;   // [I, H]
+    final Parameter downProj; // [H, I]
+    private final int inter;
+
+    DenseMlp(String path, Qwen3MoeConfig c, Backend be) {
+        super(path);
+        int hidden = c.hiddenSize();
+        inter = c.intermediateSize();
+        gateProj = new Parameter(path + ".gate_proj.weight", be.zeros(DType.F32, inter, hidden), be);
+        upProj = new Parameter(path + ".up_proj.weight", be.zeros(DType.F32, inter, hidden), be);
+        downProj = new Parameter(path + ".down_proj.weight", be.zeros(DType.F32, hidden, inter), be);
+    }
+
+    @Override
+    public List<Parameter> ownParameters() {
+        return List.of(gateProj, upProj, downProj);
+    }
+
+    static final class Cache {
+        Tensor x;
+        Tensor gate;
+        Tensor up;
+        Tensor act;
+    }
+
+    Tensor forward(Backend be, Tensor x, int tokens, Cache c) {
+        c.x = x;
+        c.gate = Linear.forward(be, x, tokens, gateProj);
+        c.up = Linear.forward(be, x, tokens, upProj);
+        c.act = be.zeros(DType.F32, tokens, inter);
+        be.siluMulForward(c.gate, c.up, c.act, 0, tokens * inter);
+        return Linear.forward(be, c.act, tokens, downProj);
+    }
+
+    Tensor backward(Backend be, Tensor dy, int tokens, Cache c) {
+        Tensor dAct = Linear.backward(be, dy, c.act, tokens, downProj);
+        Tensor dGate = be.zeros(DType.F32, tokens, inter);
+        Tensor dUp = be.zeros(DType.F32, tokens, inter);
+        be.siluMulBackward(dAct, c.gate, c.up, dGate, dUp, 0, tokens * inter);
+        Tensor dx = Linear.backward(be, dGate, c.x, tokens, gateProj);
+        Tensor dxUp = Linear.backward(be, dUp, c.x, tokens, upProj);
+        be.axpy(1f, dxUp, 0, dx, 0, dx.numel());
+        return dx;
+    }
+}

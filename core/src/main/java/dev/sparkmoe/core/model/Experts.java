@@ -1,0 +1,168 @@
+package dev.sparkmoe.core.model;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.model.moe.LocalTokenDispatcher;
+import dev.sparkmoe.core.model.moe.TokenDispatcher;
+import dev.sparkmoe.core.model.moe.TokenDispatcher.Dispatch;
+import dev.sparkmoe.core.nn.Module;
+import dev.sparkmoe.core.nn.Parameter;
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import java.util.List;
+
+/**
+ * The stacked SwiGLU experts of one MoE layer, run as one grouped GEMM over rows grouped by expert. Holds the
+ * experts {@code [firstExpert, firstExpert + localExperts)}: all of them without expert parallelism, a contiguous
+ * slice of them under it. The {@link TokenDispatcher} decides where rows come from (its dispatch is this module's
+ * input transform, its combine the output transform).
+ */
+public final class Experts extends Module {
+    final Parameter gateProj; // [E_local, I, H]
+    final Parameter upProj;   // [E_local, I, H]
+    final Parameter downProj; // [E_local, H, I]
+    private final int hidden;
+    private final int inter;
+    private final int numExperts;
+    private int localExperts;
+    private int firstExpert;
+    private TokenDispatcher dispatcher = LocalTokenDispatcher.INSTANCE;
+
+    Experts(String path, Qwen3MoeConfig c, Backend be) {
+        super(path);
+        hidden = c.hiddenSize();
+        inter = c.moeIntermediateSize();
+        numExperts = c.numExperts();
+        localExperts = numExperts;
+        gateProj = new Parameter(path + ".gate_proj", be.zeros(DType.F32, numExperts, inter, hidden), be);
+        upProj = new Parameter(path + ".up_proj", be.zeros(DType.F32, numExperts, inter, hidden), be);
+        downProj = new Parameter(path + ".down_proj", be.zeros(DType.F32, numExperts, hidden, inter), be);
+    }
+
+    @Override
+    public List<Parameter> ownParameters() {
+        return List.of(gateProj, upProj, downProj);
+    }
+
+    public int numExperts() {
+        return numExperts;
+    }
+
+    public int localExperts() {
+        return localExperts;
+    }
+
+    public int firstExpert() {
+        return firstExpert;
+    }
+
+    public TokenDispatcher dispatcher() {
+        return dispatcher;
+    }
+
+    /**
+     * Keeps only experts [first, first + count) on this module (expert parallelism's partition function). The
+     * parameters lose their values; the caller installs the local slices.
+     */
+    public void partition(int first, int count, TokenDispatcher newDispatcher) {
+        if (first < 0 || count <= 0 || first + count > numExperts) {
+            throw new IllegalArgumentException("expert slice [" + first + ", " + (first + count)
+                    + ") does not fit " + numExperts + " experts in " + path());
+        }
+        this.firstExpert = first;
+        this.localExperts = count;
+        this.dispatcher = newDispatcher;
+        gateProj.reshape(new int[] {count, inter, hidden});
+        upProj.reshape(new int[] {count, inter, hidden});
+        downProj.reshape(new int[] {count, hidden, inter});
+    }
+
+    static final class Cache {
+        Dispatch dispatch;
+        Tensor gate;  // [rows, I]
+        Tensor up;    // [rows, I]
+        Tensor act;   // [rows, I]
+    }
+
+    /** Per-expert GEMM geometry of one dispatch: row counts and element offsets of each expert's blocks. */
+    private final class Groups {
+        final int n = localExperts;
+        final int[] rows;       // tokens of each local expert
+        final int[] inter;      // I for every expert (a GEMM dimension)
+        final int[] hid;        // H for every expert
+        final int[] xOff;       // offset of the expert's first row in [rows, H] buffers
+        final int[] iOff;       // offset of the expert's first row in [rows, I] buffers
+        final int[] wIH;        // offset of the expert's [I, H] weight
+        final int[] wHI;        // offset of the expert's [H, I] weight
+
+        Groups(int[] counts) {
+            rows = counts.clone();
+            inter = new int[n];
+            hid = new int[n];
+            xOff = new int[n];
+            iOff = new int[n];
+            wIH = new int[n];
+            wHI = new int[n];
+            int row = 0;
+            for (int e = 0; e < n; e++) {
+                inter[e] = Experts.this.inter;
+                hid[e] = hidden;
+                xOff[e] = row * hidden;
+                iOff[e] = row * Experts.this.inter;
+                wIH[e] = e * Experts.this.inter * hidden;
+                wHI[e] = e * hidden * Experts.this.inter;
+                row += counts[e];
+            }
+        }
+    }
+
+    /** hidden [N, H], expertIds [N*K] -> expert outputs in slot order [N*K, H]. */
+    Tensor forward(Backend be, Tensor hiddenStates, int[] expertIds, int tokens, int topK, Cache c) {
+        Dispatch d = dispatcher.dispatch(be, hiddenStates, expertIds, tokens, topK, hidden, numExperts);
+        c.dispatch = d;
+        int rows = d.rows();
+        Groups g = new Groups(d.localCounts());
+        c.gate = be.zeros(DType.F32, rows, inter);
+        c.up = be.zeros(DType.F32, rows, inter);
+        c.act = be.zeros(DType.F32, rows, inter);
+        Tensor out = be.zeros(DType.F32, rows, hidden);
+        // gate/up [rows_e, I] = x_e [rows_e, H] * W_e^T ; out [rows_e, H] = act_e [rows_e, I] * Wd_e^T
+        be.groupedGemm(false, true, g.n, g.rows, g.inter, g.hid, 1f, d.routed(), g.xOff, hidden, gateProj.value(),
+                g.wIH, hidden, 0f, c.gate, g.iOff, inter);
+        be.groupedGemm(false, true, g.n, g.rows, g.inter, g.hid, 1f, d.routed(), g.xOff, hidden, upProj.value(),
+                g.wIH, hidden, 0f, c.up, g.iOff, inter);
+        be.siluMulForward(c.gate, c.up, c.act, 0, rows * inter);
+        be.groupedGemm(false, true, g.n, g.rows, g.hid, g.inter, 1f, c.act, g.iOff, inter, downProj.value(),
+                g.wHI, inter, 0f, out, g.xOff, hidden);
+        Tensor slots = dispatcher.combine(be, out, d);
+        be.release(out);
+        return slots;
+    }
+
+    /** dSlots [N*K, H] -> accumulates into dHidden [N, H] and the expert weight gradients. */
+    void backward(Backend be, Tensor dSlots, Cache c, Tensor dHidden) {
+        Dispatch d = c.dispatch;
+        Tensor dOut = dispatcher.combineBackward(be, dSlots, d);
+        int rows = d.rows();
+        Groups g = new Groups(d.localCounts());
+        Tensor dAct = be.zeros(DType.F32, rows, inter);
+        Tensor dGate = be.zeros(DType.F32, rows, inter);
+        Tensor dUp = be.zeros(DType.F32, rows, inter);
+        Tensor dRouted = be.zeros(DType.F32, rows, hidden);
+        // dAct = dOut Wd_e ; dWd_e += dOut^T act
+        be.groupedGemm(false, false, g.n, g.rows, g.inter, g.hid, 1f, dOut, g.xOff, hidden, downProj.value(),
+                g.wHI, inter, 0f, dAct, g.iOff, inter);
+        be.groupedGemm(true, false, g.n, g.hid, g.inter, g.rows, 1f, dOut, g.xOff, hidden, c.act, g.iOff, inter,
+                1f, downProj.grad(), g.wHI, inter);
+        be.siluMulBackward(dAct, c.gate, c.up, dGate, dUp, 0, rows * inter);
+        // dRouted = dGate Wg_e + dUp Wu_e ; dWg_e += dGate^T x ; dWu_e += dUp^T x
+        be.groupedGemm(false, false, g.n, g.rows, g.hid, g.inter, 1f, dGate, g.iOff, inter, gateProj.value(),
+                g.wIH, hidden, 0f, dRouted, g.xOff, hidden);
+        be.groupedGemm(false, false, g.n, g.rows, g.hid, g.inter, 1f, dUp, g.iOff, inter, upProj.value(),
+                g.wIH, hidden, 1f, dRouted, g.xOff, hidden);
+        be.groupedGemm(true, false, g.n, g.inter, g.hid, g.rows, 1f, dGate, g.iOff, inter, d.routed(), g.xOff,
+                hidden, 1f, gateProj.grad(), g.wIH, hidden);
+        be.groupedGemm(true, false, g.n, g.inter, g.hid, g.rows, 1f, dUp, g.iOff, inter, d.routed(), g.xOff,
+                hidden, 1f, upProj.grad(), g.wIH, hidden);
+        dispatcher.dispatchBackward(be, dRouted, d, dHidden);
+    }
+}

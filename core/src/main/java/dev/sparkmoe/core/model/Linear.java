@@ -1,0 +1,45 @@
+package dev.sparkmoe.core.model;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.nn.Parameter;
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+
+/** y = x W^T for W [out, in] (no bias), with the matching backward; weights may be slices of a stacked tensor. */
+final class Linear {
+    private Linear() {
+    }
+
+    /** y [rows, out] = x [rows, in] * W^T, W at element offset {@code wOff}. */
+    static Tensor forward(Backend be, Tensor x, int xOff, int rows, Tensor w, int wOff, int in, int out) {
+        Tensor y = be.zeros(DType.F32, rows, out);
+        be.gemm(false, true, rows, out, in, 1f, x, xOff, in, w, wOff, in, 0f, y, 0, out);
+        return y;
+    }
+
+    static Tensor forward(Backend be, Tensor x, int rows, Parameter w) {
+        int[] s = w.shape();
+        return forward(be, x, 0, rows, w.value(), 0, s[1], s[0]);
+    }
+
+    /** dx [rows, in] (+)= dy [rows, out] * W; beta 0 writes, 1 accumulates. */
+    static void backwardInput(Backend be, Tensor dy, int dyOff, int rows, Tensor w, int wOff, int in, int out,
+                              Tensor dx, int dxOff, float beta) {
+        be.gemm(false, false, rows, in, out, 1f, dy, dyOff, out, w, wOff, in, beta, dx, dxOff, in);
+    }
+
+    /** dW [out, in] += dy^T [out, rows] * x [rows, in]. */
+    static void backwardWeight(Backend be, Tensor dy, int dyOff, int rows, Tensor x, int xOff, int in, int out,
+                               Tensor dw, int dwOff) {
+        be.gemm(true, false, out, in, rows, 1f, dy, dyOff, out, x, xOff, in, 1f, dw, dwOff, in);
+    }
+
+    /** Full backward for a plain parameter: returns dx [rows, in] and accumulates the weight gradient. */
+    static Tensor backward(Backend be, Tensor dy, Tensor x, int rows, Parameter w) {
+        int[] s = w.shape();
+        Tensor dx = be.zeros(DType.F32, rows, s[1]);
+        backwardInput(be, dy, 0, rows, w.value(), 0, s[1], s[0], dx, 0, 0f);
+        backwardWeight(be, dy, 0, rows, x, 0, s[1], s[0], w.grad(), 0);
+        return dx;
+    }
+}

@@ -1,0 +1,108 @@
+package dev.sparkmoe.core.model;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.nn.Module;
+import dev.sparkmoe.core.nn.Parameter;
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import java.util.List;
+
+/**
+ * The sparse MoE block of Qwen3-MoE: router linear, softmax in f32, top-k, optional renormalisation of the top-k
+ * weights ({@code norm_topk_prob}), the experts, and the weighted sum of the chosen experts' outputs.
+ */
+public final class MoeBlock extends Module {
+    final Parameter router; // [E, H]
+    final Experts experts;
+    private final int hidden;
+    private final int numExperts;
+    private final int topK;
+    private final boolean normTopk;
+
+    MoeBlock(String path, Qwen3MoeConfig c, Backend be) {
+        super(path);
+        hidden = c.hiddenSize();
+        numExperts = c.numExperts();
+        topK = c.numExpertsPerTok();
+        normTopk = c.normTopkProb();
+        router = new Parameter(path + ".gate.weight", be.zeros(DType.F32, numExperts, hidden), be);
+        experts = new Experts(path + ".experts", c, be);
+    }
+
+    @Override
+    public List<Parameter> ownParameters() {
+        return List.of(router);
+    }
+
+    @Override
+    public List<Module> children() {
+        return List.of(experts);
+    }
+
+    public Experts experts() {
+        return experts;
+    }
+
+    static final class Cache {
+        Tensor x;             // [N, H]
+        Tensor routerLogits;  // [N, E]
+        Tensor probs;         // [N, E]
+        Tensor topIdx;        // I32 [N*K] expert of each slot
+        Tensor topVal;        // [N*K] router probability of each slot (before renormalisation)
+        Tensor weights;       // [N*K] combine weight of each slot
+        Tensor slots;         // [N*K, H] expert outputs in slot order
+        final Experts.Cache experts = new Experts.Cache();
+    }
+
+    Tensor forward(Backend be, Tensor x, int tokens, Cache c) {
+        c.x = x;
+        c.routerLogits = Linear.forward(be, x, tokens, router);
+        c.probs = be.zeros(DType.F32, tokens, numExperts);
+        be.softmaxRows(c.routerLogits, tokens, numExperts, c.probs);
+        c.topIdx = be.zeros(DType.I32, tokens * topK);
+        c.topVal = be.zeros(DType.F32, tokens * topK);
+        c.weights = be.zeros(DType.F32, tokens * topK);
+        be.routerTopK(c.probs, tokens, numExperts, topK, normTopk, c.topIdx, c.topVal, c.weights);
+        // The routing decides how many rows each expert GEMM has: the only device-to-host copy of the layer.
+        int[] expertOfSlot = be.download(c.topIdx).ints();
+        experts.beforeForward();
+        c.slots = experts.forward(be, x, expertOfSlot, tokens, topK, c.experts);
+        experts.afterForward();
+        Tensor y = be.zeros(DType.F32, tokens, hidden);
+        be.moeCombine(c.slots, c.weights, tokens, topK, hidden, y);
+        return y;
+    }
+
+    /** Adds this layer's routing counts and probability sums to {@code stats} (length 2E). */
+    void routerStats(Backend be, int tokens, Cache c, double[] stats) {
+        be.routerStats(c.topIdx, c.probs, tokens, numExperts, topK, stats);
+    }
+
+    /**
+     * dy [N, H] -> dx [N, H]. {@code auxGrad} [E] is d(loss)/d(probs[n, e]) contributed by the load-balancing loss
+     * (the same for every token n of this layer).
+     */
+    Tensor backward(Backend be, Tensor dy, int tokens, Cache c, Tensor auxGrad) {
+        Tensor dSlots = be.zeros(DType.F32, tokens * topK, hidden);
+        Tensor dWeights = be.zeros(DType.F32, tokens * topK);
+        be.moeCombineBackward(dy, c.slots, c.weights, tokens, topK, hidden, dSlots, dWeights);
+        Tensor dx = be.zeros(DType.F32, tokens, hidden);
+        experts.beforeBackward();
+        experts.backward(be, dSlots, c.experts, dx);
+        experts.afterBackward();
+        Tensor dLogits = be.zeros(DType.F32, tokens, numExperts);
+        be.routerBackward(dWeights, c.topIdx, c.topVal, c.probs, auxGrad, tokens, numExperts, topK, normTopk,
+                dLogits);
+        Tensor dxRouter = Linear.backward(be, dLogits, c.x, tokens, router);
+        be.axpy(1f, dxRouter, 0, dx, 0, dx.numel());
+        return dx;
+    }
+
+    int topK() {
+        return topK;
+    }
+
+    int numExperts() {
+        return numExperts;
+    }
+}

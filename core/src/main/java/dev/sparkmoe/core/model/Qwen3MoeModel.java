@@ -1,0 +1,328 @@
+package dev.sparkmoe.core.model;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.nn.Module;
+import dev.sparkmoe.core.nn.Parameter;
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.SplittableRandom;
+import java.util.TreeSet;
+
+/**
+ * Qwen3MoeForCausalLM as transformers defines it, with an explicit backward pass: token embedding, decoder layers,
+ * final RMSNorm, LM head (tied or untied), causal-LM cross-entropy and the load-balancing auxiliary loss.
+ *
+ * <p>Parameter names are the Hub names, except that each MoE layer's experts are stacked:
+ * {@code model.layers.L.mlp.experts.gate_proj} [E, I, H], {@code up_proj} [E, I, H], {@code down_proj} [E, H, I].
+ *
+ * <p>The root module owns the embedding, the final norm and the LM head; FSDP and other wrappers hook the root and
+ * each decoder layer. The model never refers to ranks or meshes: global statistics go through a {@link StatsReducer}.
+ */
+public final class Qwen3MoeModel extends Module {
+    private final Qwen3MoeConfig config;
+    private final Backend backend;
+    final Parameter embed;     // [V, H]
+    final Parameter finalNorm; // [H]
+    final Parameter lmHead;    // [V, H], or the embedding when tied
+    final DecoderLayer[] layers;
+
+    public Qwen3MoeModel(Qwen3MoeConfig config, Backend backend) {
+        super("");
+        this.config = config;
+        this.backend = backend;
+        int v = config.vocabSize();
+        int h = config.hiddenSize();
+        embed = new Parameter("model.embed_tokens.weight", backend.zeros(DType.F32, v, h), backend);
+        finalNorm = new Parameter("model.norm.weight", backend.zeros(DType.F32, h), backend);
+        lmHead = config.tieWordEmbeddings() ? embed : new Parameter("lm_head.weight", backend.zeros(DType.F32, v, h), backend);
+        layers = new DecoderLayer[config.numHiddenLayers()];
+        for (int i = 0; i < layers.length; i++) {
+            layers[i] = new DecoderLayer(i, config, backend);
+        }
+    }
+
+    public Qwen3MoeConfig config() {
+        return config;
+    }
+
+    public Backend backend() {
+        return backend;
+    }
+
+    @Override
+    public List<Parameter> ownParameters() {
+        return config.tieWordEmbeddings() ? List.of(embed, finalNorm) : List.of(embed, finalNorm, lmHead);
+    }
+
+    @Override
+    public List<Module> children() {
+        return List.of(layers);
+    }
+
+    public List<DecoderLayer> layers() {
+        return List.of(layers);
+    }
+
+    /** Parameters by name, in declaration order. */
+    public Map<String, Parameter> namedParameters() {
+        Map<String, Parameter> out = new LinkedHashMap<>();
+        for (Parameter p : parameters()) {
+            out.put(p.name(), p);
+        }
+        return out;
+    }
+
+    /** Number of MoE layers (the first dimension of the router-logits output). */
+    public int moeLayerCount() {
+        int n = 0;
+        for (DecoderLayer l : layers) {
+            n += l.isMoe() ? 1 : 0;
+        }
+        return n;
+    }
+
+    // ------------------------------------------------------------------ weights
+
+    /**
+     * Random initialisation as transformers does it for this model: normal(0, initializer_range) for linear and
+     * embedding weights, ones for norms. Deterministic for a seed; each parameter draws from its own stream derived
+     * from the seed and its name, so the result does not depend on the order of initialisation.
+     */
+    public void initRandom(long seed, double std) {
+        for (Parameter p : parameters()) {
+            float[] f = new float[p.numel()];
+            if (p.name().endsWith("norm.weight") || p.name().endsWith("layernorm.weight")) {
+                Arrays.fill(f, 1f);
+            } else {
+                SplittableRandom r = new SplittableRandom(seed ^ (p.name().hashCode() * 0x9E3779B97F4A7C15L));
+                for (int i = 0; i < f.length; i++) {
+                    f[i] = (float) (gaussian(r) * std);
+                }
+            }
+            backend.copy(backend.upload(Tensor.of(f, p.shape())), 0, p.value(), 0, f.length);
+        }
+    }
+
+    private static double gaussian(SplittableRandom r) {
+        // Box-Muller; SplittableRandom has no nextGaussian in Java 17.
+        double u1 = r.nextDouble();
+        double u2 = r.nextDouble();
+        return Math.sqrt(-2.0 * Math.log(1.0 - u1)) * Math.cos(2.0 * Math.PI * u2);
+    }
+
+    /**
+     * Copies full weights (stacked-expert naming, see the class comment) into the parameters. Every parameter must
+     * be present with its exact shape and nothing else may be given; all is checked before anything is written.
+     */
+    public void loadState(Map<String, Tensor> state) {
+        Map<String, Parameter> params = namedParameters();
+        List<String> problems = new ArrayList<>();
+        for (Map.Entry<String, Parameter> e : params.entrySet()) {
+            Tensor t = state.get(e.getKey());
+            if (t == null) {
+                problems.add("missing " + e.getKey() + " " + Arrays.toString(e.getValue().shape()));
+            } else if (!Arrays.equals(t.shape(), e.getValue().shape())) {
+                problems.add(e.getKey() + ": expected shape " + Arrays.toString(e.getValue().shape()) + ", got "
+                        + Arrays.toString(t.shape()));
+            } else if (!t.isFloating()) {
+                problems.add(e.getKey() + ": expected a floating dtype, got " + t.dtype());
+            }
+        }
+        TreeSet<String> unexpected = new TreeSet<>(state.keySet());
+        unexpected.removeAll(params.keySet());
+        if (config.tieWordEmbeddings()) {
+            unexpected.remove("lm_head.weight"); // some checkpoints store the tied head anyway
+        }
+        for (String u : unexpected) {
+            problems.add("unexpected tensor " + u + " (not a parameter of this config)");
+        }
+        if (!problems.isEmpty()) {
+            throw new IllegalArgumentException("weights do not match the model config (" + problems.size()
+                    + " problems): " + String.join("; ", problems.subList(0, Math.min(12, problems.size())))
+                    + (problems.size() > 12 ? "; ..." : "")
+                    + ". Check that config.json belongs to this checkpoint.");
+        }
+        for (Map.Entry<String, Parameter> e : params.entrySet()) {
+            Parameter p = e.getValue();
+            Tensor src = state.get(e.getKey());
+            Tensor f32 = src.dtype() == DType.F32 ? src : Tensor.of(src.floats().clone(), src.shape());
+            if (!p.isMaterialised()) {
+                p.setValue(backend.zeros(DType.F32, p.shape()));
+            }
+            backend.copy(backend.upload(f32), 0, p.value(), 0, p.numel());
+        }
+    }
+
+    /** Host copies of the full weights, stacked-expert naming. Requires materialised parameters. */
+    public Map<String, Tensor> state() {
+        Map<String, Tensor> out = new LinkedHashMap<>();
+        for (Parameter p : parameters()) {
+            Tensor host = backend.download(p.value());
+            out.put(p.name(), host == p.value() ? host.copy() : host);
+        }
+        return out;
+    }
+
+    // ------------------------------------------------------------------ forward / backward
+
+    /** One forward pass over a batch, holding what the backward pass needs. */
+    public static final class Pass {
+        final int batch;
+        final int seqLen;
+        final Tensor ids;      // I32 [N] on the backend
+        final Tensor targets;  // I32 [N] on the backend
+        final DecoderLayer.Cache[] caches;
+        Tensor finalIn;     // [N, H] input of the final norm
+        Tensor finalRstd;   // [N]
+        Tensor finalOut;    // [N, H]
+        Tensor logits;      // [N, V]
+        Tensor dLogits;     // [N, V]
+        double lmLossSum;
+        double auxLoss;
+        Tensor auxGrad;     // [E] d(loss)/d(probs[row, e]) from the load-balancing loss
+        long localPredicted;
+        final List<Tensor> routerLogits = new ArrayList<>();
+
+        Pass(int batch, int seqLen, Tensor ids, Tensor targets, int layers) {
+            this.batch = batch;
+            this.seqLen = seqLen;
+            this.ids = ids;
+            this.targets = targets;
+            caches = new DecoderLayer.Cache[layers];
+        }
+
+        /** Logits [B*T, V]. */
+        public Tensor logits() {
+            return logits;
+        }
+
+        /** Sum over this rank's predicted tokens of the cross-entropy. */
+        public double lmLossSum() {
+            return lmLossSum;
+        }
+
+        /** The load-balancing loss over the global batch (before the coefficient). */
+        public double auxLoss() {
+            return auxLoss;
+        }
+
+        /** Tokens with a target on this rank. */
+        public long localPredicted() {
+            return localPredicted;
+        }
+
+        /** Router logits of each MoE layer, [B*T, E] each, in layer order. */
+        public List<Tensor> routerLogits() {
+            return routerLogits;
+        }
+    }
+
+    /**
+     * Forward pass with losses. {@code targets[n]} is the token that position n must predict, or -100.
+     *
+     * @param lmNormalizer  the global number of predicted tokens the LM loss is averaged over (the gradient of
+     *                      the summed cross-entropy is scaled by its inverse)
+     * @param auxWeight     the weight of the auxiliary loss in the total loss whose gradient backward computes
+     *                      (router_aux_loss_coef, divided by the number of accumulated micro-batches)
+     * @param reducer       sums router statistics over data-parallel ranks
+     */
+    public Pass forward(int[] ids, int[] targets, int batch, int seqLen, double lmNormalizer, double auxWeight,
+                        StatsReducer reducer) {
+        int n = batch * seqLen;
+        if (ids.length != n || targets.length != n) {
+            throw new IllegalArgumentException("expected " + n + " ids and targets for batch " + batch + " x seq "
+                    + seqLen + ", got " + ids.length + " ids and " + targets.length + " targets");
+        }
+        if (seqLen > config.maxPositionEmbeddings()) {
+            throw new IllegalArgumentException("sequence length " + seqLen + " exceeds max_position_embeddings ("
+                    + config.maxPositionEmbeddings() + ")");
+        }
+        Backend be = backend;
+        int h = config.hiddenSize();
+        int v = config.vocabSize();
+        Pass pass = new Pass(batch, seqLen, be.upload(Tensor.ofInts(ids.clone(), n)),
+                be.upload(Tensor.ofInts(targets.clone(), n)), layers.length);
+        for (int t : targets) {
+            pass.localPredicted += t == -100 ? 0 : 1;
+        }
+        beforeForward();
+        Tensor x = be.zeros(DType.F32, n, h);
+        be.embeddingForward(embed.value(), pass.ids, n, h, x);
+        for (int i = 0; i < layers.length; i++) {
+            layers[i].beforeForward();
+            pass.caches[i] = new DecoderLayer.Cache();
+            x = layers[i].forward(be, x, batch, seqLen, pass.caches[i]);
+            if (layers[i].isMoe()) {
+                pass.routerLogits.add(pass.caches[i].moe.routerLogits);
+            }
+            layers[i].afterForward();
+        }
+        pass.finalIn = x;
+        pass.finalOut = be.zeros(DType.F32, n, h);
+        pass.finalRstd = be.zeros(DType.F32, n);
+        be.rmsNormForward(x, finalNorm.value(), (float) config.rmsNormEps(), n, h, pass.finalOut, pass.finalRstd);
+        pass.logits = Linear.forward(be, pass.finalOut, n, lmHead);
+        pass.dLogits = be.zeros(DType.F32, n, v);
+        pass.lmLossSum = be.crossEntropy(pass.logits, pass.targets, n, v, (float) (1.0 / lmNormalizer),
+                pass.dLogits);
+        computeAux(pass, auxWeight, reducer);
+        afterForward();
+        return pass;
+    }
+
+    /**
+     * transformers' load_balancing_loss_func over the concatenated router logits of all MoE layers:
+     * aux = E * sum_e (selections of e / rows) * (mean probability of e), with rows = layers * tokens, both over the
+     * global batch. Its gradient with respect to probs[row, e] is E * count_e / rows^2 for every row.
+     */
+    private void computeAux(Pass pass, double auxWeight, StatsReducer reducer) {
+        int e = config.numExperts();
+        double[] stats = new double[2 * e + 1]; // counts[E], prob sums[E], rows
+        int n = pass.batch * pass.seqLen;
+        for (int i = 0; i < layers.length; i++) {
+            if (layers[i].isMoe()) {
+                layers[i].moe().routerStats(backend, n, pass.caches[i].moe, stats);
+                stats[2 * e] += n;
+            }
+        }
+        reducer.sum(stats);
+        double rows = stats[2 * e];
+        float[] auxGrad = new float[e];
+        double aux = 0;
+        if (rows > 0) {
+            for (int j = 0; j < e; j++) {
+                aux += (stats[j] / rows) * (stats[e + j] / rows);
+                auxGrad[j] = (float) (auxWeight * e * (stats[j] / rows) / rows);
+            }
+        }
+        pass.auxLoss = aux * e;
+        pass.auxGrad = backend.upload(Tensor.of(auxGrad, e));
+    }
+
+    /** Backward of {@link #forward}: accumulates d(lm_loss + auxWeight * aux) into every parameter's grad. */
+    public void backward(Pass pass) {
+        Backend be = backend;
+        int n = pass.batch * pass.seqLen;
+        int h = config.hiddenSize();
+        int v = config.vocabSize();
+        beforeBackward();
+        Tensor dFinal = be.zeros(DType.F32, n, h);
+        Linear.backwardInput(be, pass.dLogits, 0, n, lmHead.value(), 0, h, v, dFinal, 0, 0f);
+        Linear.backwardWeight(be, pass.dLogits, 0, n, pass.finalOut, 0, h, v, lmHead.grad(), 0);
+        Tensor dx = be.zeros(DType.F32, n, h);
+        be.rmsNormBackward(dFinal, pass.finalIn, finalNorm.value(), pass.finalRstd, n, h, dx, finalNorm.grad());
+        for (int i = layers.length - 1; i >= 0; i--) {
+            layers[i].beforeBackward();
+            dx = layers[i].backward(be, dx, pass.batch, pass.seqLen, pass.caches[i], pass.auxGrad);
+            layers[i].afterBackward();
+            pass.caches[i] = null; // activations of this layer are no longer needed
+        }
+        be.embeddingBackward(dx, pass.ids, n, h, embed.grad());
+        afterBackward();
+    }
+}

@@ -1,0 +1,47 @@
+package dev.sparkmoe.core.model.moe;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.tensor.Tensor;
+
+/**
+ * Moves routed tokens to the experts that process them and back. {@link #dispatch} turns the token-slot rows
+ * (token n, choice k; slot = n * topK + k) into rows grouped by local expert; {@link #combine} returns the experts'
+ * outputs to slot order. The backward methods run the same movements in reverse. Implementations hold no per-step
+ * state: everything combine and the backward methods need is in the immutable {@link Dispatch} that dispatch returns.
+ *
+ * <p>{@link LocalTokenDispatcher} keeps every expert on this rank; expert parallelism (module parallel) sends rows
+ * to the ranks owning their experts by all-to-all.
+ */
+public interface TokenDispatcher {
+
+    /**
+     * @param hidden     [N, H] token activations
+     * @param expertIds  [N * topK] chosen expert of each slot (global expert ids)
+     * @param numExperts experts in the whole model
+     */
+    Dispatch dispatch(Backend backend, Tensor hidden, int[] expertIds, int tokens, int topK, int hiddenSize,
+                      int numExperts);
+
+    /** expertOut [rows, H] (rows as in the dispatch) back to slot order: [N * topK, H]. */
+    Tensor combine(Backend backend, Tensor expertOut, Dispatch d);
+
+    /** Gradient of {@link #combine}: dSlots [N * topK, H] to [rows, H]. */
+    Tensor combineBackward(Backend backend, Tensor dSlots, Dispatch d);
+
+    /** Gradient of {@link #dispatch}: dRouted [rows, H] summed back into dHidden [N, H] (accumulated). */
+    void dispatchBackward(Backend backend, Tensor dRouted, Dispatch d, Tensor dHidden);
+
+    /**
+     * What a dispatch produced.
+     *
+     * @param routed       [rows, H] inputs of the local experts, grouped by local expert
+     * @param localCounts  rows per local expert (sums to rows)
+     * @param firstExpert  global id of local expert 0
+     * @param meta         implementation-specific metadata (permutations, split sizes); immutable
+     */
+    record Dispatch(Tensor routed, int[] localCounts, int firstExpert, Object meta) {
+        public int rows() {
+            return routed.dim(0);
+        }
+    }
+}

@@ -1,0 +1,95 @@
+package dev.sparkmoe.core.nn;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import java.util.Arrays;
+
+/**
+ * A trainable tensor of a module. {@link #value()} is the full (unsharded) weight that the kernels compute with and
+ * {@link #grad()} the full-size gradient that backward accumulates into. Without parallelism both are always there;
+ * under FSDP they exist only between a unit's pre- and post-hooks (the FSDP wrapper swaps them in and out), and
+ * under expert parallelism "full" means the rank's local experts.
+ */
+public final class Parameter {
+    private final String name;
+    private int[] shape;
+    private Tensor value;
+    private Tensor grad;
+    private final Backend backend;
+
+    /** A parameter whose value and gradient live on {@code backend}. */
+    public Parameter(String name, Tensor value, Backend backend) {
+        this.name = name;
+        this.shape = value.shape();
+        this.value = value;
+        this.backend = backend;
+    }
+
+    public Backend backend() {
+        return backend;
+    }
+
+    /** Hub-style name with stacked experts, e.g. "model.layers.0.mlp.experts.gate_proj". */
+    public String name() {
+        return name;
+    }
+
+    /** The shape {@link #value()} has when materialised. */
+    public int[] shape() {
+        return shape.clone();
+    }
+
+    public int numel() {
+        return (int) Tensor.numel(shape);
+    }
+
+    public Tensor value() {
+        if (value == null) {
+            throw new IllegalStateException("parameter " + name + " is not materialised (sharded and not gathered)");
+        }
+        return value;
+    }
+
+    public boolean isMaterialised() {
+        return value != null;
+    }
+
+    /** Installs a new full value (FSDP all-gather, EP re-partition, checkpoint load). */
+    public void setValue(Tensor v) {
+        if (v != null && !Arrays.equals(v.shape(), shape)) {
+            throw new IllegalArgumentException("parameter " + name + " has shape " + Arrays.toString(shape)
+                    + " but was given " + Arrays.toString(v.shape()));
+        }
+        this.value = v;
+    }
+
+    /** Changes the logical shape (expert parallelism keeps only the local experts). Drops value and grad. */
+    public void reshape(int[] newShape) {
+        this.shape = newShape.clone();
+        this.value = null;
+        this.grad = null;
+    }
+
+    /** The full-size gradient accumulator, created zeroed on first use. */
+    public Tensor grad() {
+        if (grad == null) {
+            grad = backend.zeros(DType.F32, shape);
+        }
+        return grad;
+    }
+
+    public boolean hasGrad() {
+        return grad != null;
+    }
+
+    /** Drops the gradient buffer (after it was reduced into a shard, or after the optimizer step). */
+    public void clearGrad() {
+        grad = null;
+    }
+
+    @Override
+    public String toString() {
+        return "Parameter(" + name + ", " + Arrays.toString(shape) + ")";
+    }
+}

@@ -1,0 +1,89 @@
+package dev.sparkmoe.parallel.fsdp;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.nn.Parameter;
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.parallel.comm.Communicator;
+
+/**
+ * One parameter under FSDP: the rank's shard of the weight (the master copy the optimizer updates), the shard of the
+ * accumulated gradient, and the layout that gathers and scatters them over the group.
+ */
+public final class FsdpParam {
+    private final Parameter param;
+    private final Communicator group;
+    private final ShardLayout layout;
+    private Tensor shard;
+    private Tensor shardGrad;
+
+    FsdpParam(Parameter param, Communicator group, int shardDim) {
+        this.param = param;
+        this.group = group;
+        this.layout = new ShardLayout(param.shape(), shardDim, group.size());
+        this.shard = layout.slice(param.backend(), param.value(), group.rank());
+    }
+
+    public Parameter parameter() {
+        return param;
+    }
+
+    public Communicator group() {
+        return group;
+    }
+
+    public ShardLayout layout() {
+        return layout;
+    }
+
+    /** The local shard of the weight (updated in place by the optimizer). */
+    public Tensor shard() {
+        return shard;
+    }
+
+    /** Replaces the shard (checkpoint load); the shape must match this rank's shard shape. */
+    public void setShard(Tensor t) {
+        if (!java.util.Arrays.equals(t.shape(), layout.shardShape(group.rank()))) {
+            throw new IllegalArgumentException(param.name() + ": shard shape " + java.util.Arrays.toString(t.shape())
+                    + " does not match " + java.util.Arrays.toString(layout.shardShape(group.rank())));
+        }
+        Backend be = param.backend();
+        be.copy(be.upload(t), 0, shard, 0, shard.numel());
+    }
+
+    /** The accumulated gradient shard, zero when none was reduced since the last {@link #zeroGrad()}. */
+    public Tensor shardGrad() {
+        if (shardGrad == null) {
+            shardGrad = param.backend().zeros(DType.F32, shard.shape());
+        }
+        return shardGrad;
+    }
+
+    public void zeroGrad() {
+        shardGrad = null;
+    }
+
+    void unshard() {
+        if (!param.isMaterialised()) {
+            param.setValue(layout.allGather(param.backend(), group, shard));
+        }
+    }
+
+    void reshard() {
+        if (param.isMaterialised()) {
+            param.backend().release(param.value());
+        }
+        param.setValue(null);
+    }
+
+    /** Reduce-scatters the full gradient into the shard gradient (accumulating) and frees the full one. */
+    void reduceGrad() {
+        Backend be = param.backend();
+        Tensor full = param.grad(); // zeros when backward never touched it (an expert without tokens)
+        Tensor part = layout.reduceScatter(be, group, full, 1f);
+        be.axpy(1f, part, 0, shardGrad(), 0, part.numel());
+        be.release(part);
+        be.release(full);
+        param.clearGrad();
+    }
+}

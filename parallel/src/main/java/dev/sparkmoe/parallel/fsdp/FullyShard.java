@@ -1,0 +1,66 @@
+package dev.sparkmoe.parallel.fsdp;
+
+import dev.sparkmoe.core.nn.Module;
+import dev.sparkmoe.core.nn.Parameter;
+import dev.sparkmoe.parallel.comm.Communicator;
+import java.util.ArrayList;
+import java.util.IdentityHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.function.ToIntFunction;
+import java.util.logging.Logger;
+
+/**
+ * {@code fully_shard} for this codebase: makes a module an FSDP unit over a group. Apply it bottom-up (experts, then
+ * decoder layers, then the root) as torchtitan does: each call takes the parameters of the module's subtree that no
+ * earlier call took. Parameters are sharded along the dim that {@code shardPlacement} picks (0 by default, 1 for
+ * stacked experts whose dim 0 expert parallelism already split). Every parameter must be materialised (full) when
+ * this runs; afterwards it holds only the local shard until a hook gathers it.
+ */
+public final class FullyShard {
+    private static final Logger LOG = Logger.getLogger(FullyShard.class.getName());
+    private final Map<Parameter, FsdpParam> managed = new IdentityHashMap<>();
+    private final List<FsdpUnit> units = new ArrayList<>();
+
+    /** Shards every parameter on dim 0. */
+    public static final ToIntFunction<Parameter> SHARD_DIM_0 = p -> 0;
+
+    public FsdpUnit fullyShard(Module module, Communicator group, ToIntFunction<Parameter> shardPlacement,
+                               MixedPrecisionPolicy policy, boolean reshardAfterForward) {
+        List<FsdpParam> params = new ArrayList<>();
+        for (Parameter p : module.parameters()) {
+            if (managed.containsKey(p)) {
+                continue;
+            }
+            FsdpParam fp = new FsdpParam(p, group, shardPlacement.applyAsInt(p));
+            managed.put(p, fp);
+            params.add(fp);
+        }
+        FsdpUnit unit = new FsdpUnit(module.path().isEmpty() ? "<root>" : module.path(), params, reshardAfterForward);
+        unit.reshard();
+        module.addHook(unit);
+        units.add(unit);
+        if (policy.paramDtype() != dev.sparkmoe.core.tensor.DType.F32) {
+            LOG.fine(() -> "FSDP unit " + unit.path() + ": param dtype " + policy.paramDtype()
+                    + " requested; kernels of a backend without it compute in f32");
+        }
+        return unit;
+    }
+
+    /** Every managed parameter, in the order units were created. */
+    public List<FsdpParam> params() {
+        List<FsdpParam> out = new ArrayList<>();
+        for (FsdpUnit u : units) {
+            out.addAll(u.params());
+        }
+        return out;
+    }
+
+    public List<FsdpUnit> units() {
+        return List.copyOf(units);
+    }
+
+    public FsdpParam get(Parameter p) {
+        return managed.get(p);
+    }
+}

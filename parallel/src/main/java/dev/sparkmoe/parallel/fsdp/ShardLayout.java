@@ -1,0 +1,116 @@
+package dev.sparkmoe.parallel.fsdp;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.parallel.comm.Communicator;
+import dev.sparkmoe.parallel.dtensor.DTensor;
+
+/**
+ * How one tensor is split along one dimension over a group, with torch.chunk semantics (chunk = ceil(n / world);
+ * the last shards may be smaller or empty), and the collectives that move between the full tensor and the shards.
+ * Shards are padded to the chunk size on the wire, as FSDP2 does, so every collective has equal-sized pieces.
+ */
+public final class ShardLayout {
+    private final int[] fullShape;
+    private final int dim;
+    private final int world;
+    private final int outer;
+    private final int inner;
+    private final int chunk;
+
+    public ShardLayout(int[] fullShape, int dim, int world) {
+        if (dim < 0 || dim >= fullShape.length) {
+            throw new IllegalArgumentException("cannot shard a tensor of rank " + fullShape.length + " on dim " + dim);
+        }
+        this.fullShape = fullShape.clone();
+        this.dim = dim;
+        this.world = world;
+        int o = 1;
+        for (int i = 0; i < dim; i++) {
+            o *= fullShape[i];
+        }
+        int in = 1;
+        for (int i = dim + 1; i < fullShape.length; i++) {
+            in *= fullShape[i];
+        }
+        this.outer = o;
+        this.inner = in;
+        this.chunk = (fullShape[dim] + world - 1) / world;
+    }
+
+    public int dim() {
+        return dim;
+    }
+
+    /** [begin, end) of rank r's rows along the sharded dim. */
+    public int[] range(int r) {
+        return DTensor.chunkRange(fullShape[dim], world, r);
+    }
+
+    public int[] shardShape(int r) {
+        int[] s = fullShape.clone();
+        int[] rg = range(r);
+        s[dim] = rg[1] - rg[0];
+        return s;
+    }
+
+    /** Rank r's shard of a full tensor (a copy on the same backend). */
+    public Tensor slice(Backend be, Tensor full, int r) {
+        int[] rg = range(r);
+        int rows = rg[1] - rg[0];
+        Tensor out = be.zeros(DType.F32, shardShape(r));
+        be.copyRows(full, rg[0] * inner, fullShape[dim] * inner, out, 0, rows * inner, outer, rows * inner);
+        return out;
+    }
+
+    /** Collective over {@code group}: every rank's shard to the full tensor on every rank. */
+    public Tensor allGather(Backend be, Communicator group, Tensor shard) {
+        int piece = outer * chunk * inner;
+        int myRows = rows(group.rank());
+        Tensor send = be.zeros(DType.F32, piece);
+        be.copyRows(shard, 0, myRows * inner, send, 0, chunk * inner, outer, myRows * inner);
+        Tensor recv = be.zeros(DType.F32, piece * world);
+        group.allGather(send, 0, piece, recv, 0);
+        be.release(send);
+        Tensor full = be.zeros(DType.F32, fullShape);
+        int n = fullShape[dim];
+        for (int r = 0; r < world; r++) {
+            int[] rg = range(r);
+            be.copyRows(recv, r * piece, chunk * inner, full, rg[0] * inner, n * inner, outer, rows(r) * inner);
+        }
+        be.release(recv);
+        return full;
+    }
+
+    /**
+     * Collective over {@code group}: sums the full tensors of all ranks and returns this rank's shard of the sum,
+     * multiplied by {@code scale}.
+     */
+    public Tensor reduceScatter(Backend be, Communicator group, Tensor full, float scale) {
+        int piece = outer * chunk * inner;
+        Tensor send = be.zeros(DType.F32, piece * world);
+        int n = fullShape[dim];
+        for (int r = 0; r < world; r++) {
+            int[] rg = range(r);
+            be.copyRows(full, rg[0] * inner, n * inner, send, r * piece, chunk * inner, outer, rows(r) * inner);
+        }
+        Tensor recv = be.zeros(DType.F32, piece);
+        group.reduceScatterSum(send, 0, recv, 0, piece);
+        be.release(send);
+        int me = group.rank();
+        int myRows = rows(me);
+        Tensor shard = be.zeros(DType.F32, shardShape(me));
+        be.copyRows(recv, 0, chunk * inner, shard, 0, myRows * inner, outer, myRows * inner);
+        be.release(recv);
+        if (scale != 1f) {
+            be.scale(shard, scale);
+        }
+        return shard;
+    }
+
+    private int rows(int r) {
+        int[] rg = range(r);
+        return rg[1] - rg[0];
+    }
+}

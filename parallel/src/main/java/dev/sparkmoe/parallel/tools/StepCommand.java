@@ -1,0 +1,215 @@
+package dev.sparkmoe.parallel.tools;
+
+import dev.sparkmoe.core.backend.CpuBackend;
+import dev.sparkmoe.core.io.HfCheckpoint;
+import dev.sparkmoe.core.io.SafeTensors;
+import dev.sparkmoe.core.model.Qwen3MoeConfig;
+import dev.sparkmoe.core.model.Qwen3MoeModel;
+import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.parallel.comm.Communicator;
+import dev.sparkmoe.parallel.comm.InJvmRanks;
+import dev.sparkmoe.parallel.dtensor.DTensor;
+import dev.sparkmoe.parallel.fsdp.FsdpParam;
+import dev.sparkmoe.parallel.train.DistributedTrainer;
+import dev.sparkmoe.parallel.train.TrainerSpec;
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
+
+/**
+ * {@code spark-moe step}: one forward and backward (and optionally one AdamW step from zero state) on a Hugging Face
+ * checkpoint, for people who port or debug models. Labels equal the inputs, shifted inside the loss. With
+ * {@code --dp-shard N --ep M} the same step runs on N in-JVM ranks; outputs are gathered to full Hub-named tensors,
+ * so they can be compared with a single-rank run or with transformers.
+ */
+public final class StepCommand {
+
+    /** Parsed options. */
+    public record Options(Path checkpoint, Path inputs, Path out, Map<String, Double> adamw, int dpShard, int ep) {
+    }
+
+    public static final String USAGE = String.join("\n",
+            "usage: spark-moe step --checkpoint DIR --inputs FILE --out FILE",
+            "                      [--adamw lr=..,beta1=..,beta2=..,eps=..,weight_decay=..] [--dp-shard N --ep M]",
+            "  --checkpoint DIR  config.json plus model.safetensors (or a sharded index)",
+            "  --inputs FILE     safetensors with input_ids I64 [B, T]",
+            "  --out FILE        safetensors written with logits, router_logits, lm_loss, aux_loss, grad.<name>",
+            "                    and, with --adamw, param.<name> after one AdamW step from zero state",
+            "  --dp-shard N      ranks (in-JVM threads), default 1; --ep M expert-parallel degree, default 1");
+
+    public static Options parse(String[] args) {
+        Path ckpt = null;
+        Path inputs = null;
+        Path out = null;
+        Map<String, Double> adamw = null;
+        int dp = 1;
+        int ep = 1;
+        for (int i = 0; i < args.length; i++) {
+            String a = args[i];
+            if (a.equals("-h") || a.equals("--help")) {
+                throw new IllegalArgumentException(USAGE);
+            }
+            if (i + 1 >= args.length) {
+                throw new IllegalArgumentException("option " + a + " needs a value\n" + USAGE);
+            }
+            String v = args[++i];
+            switch (a) {
+                case "--checkpoint": ckpt = Path.of(v); break;
+                case "--inputs": inputs = Path.of(v); break;
+                case "--out": out = Path.of(v); break;
+                case "--adamw": adamw = parseAdamw(v); break;
+                case "--dp-shard": dp = parseInt(a, v); break;
+                case "--ep": ep = parseInt(a, v); break;
+                default: throw new IllegalArgumentException("unknown option " + a + "\n" + USAGE);
+            }
+        }
+        if (ckpt == null || inputs == null || out == null) {
+            throw new IllegalArgumentException("--checkpoint, --inputs and --out are required\n" + USAGE);
+        }
+        return new Options(ckpt, inputs, out, adamw, dp, ep);
+    }
+
+    private static int parseInt(String opt, String v) {
+        try {
+            return Integer.parseInt(v);
+        } catch (NumberFormatException e) {
+            throw new IllegalArgumentException(opt + " takes a whole number, got '" + v + "'");
+        }
+    }
+
+    static Map<String, Double> parseAdamw(String spec) {
+        Map<String, Double> m = new LinkedHashMap<>();
+        m.put("lr", 1e-3);
+        m.put("beta1", 0.9);
+        m.put("beta2", 0.999);
+        m.put("eps", 1e-8);
+        m.put("weight_decay", 0.01);
+        for (String kv : spec.split(",")) {
+            if (kv.isBlank()) {
+                continue;
+            }
+            String[] p = kv.split("=", 2);
+            String k = p[0].trim();
+            if (p.length != 2 || !m.containsKey(k)) {
+                throw new IllegalArgumentException("--adamw takes lr=..,beta1=..,beta2=..,eps=..,weight_decay=..; "
+                        + "cannot read '" + kv + "'");
+            }
+            try {
+                m.put(k, Double.parseDouble(p[1].trim()));
+            } catch (NumberFormatException e) {
+                throw new IllegalArgumentException("--adamw " + k + " must be a number, got '" + p[1] + "'");
+            }
+        }
+        return m;
+    }
+
+    /** Runs the step and returns the tensors that {@link #run} writes. */
+    public static Map<String, Tensor> compute(Options o) throws IOException {
+        String configJson = Files.readString(o.checkpoint.resolve("config.json"));
+        Qwen3MoeConfig config = Qwen3MoeConfig.parse(configJson);
+        Map<String, Tensor> full = HfCheckpoint.loadStacked(o.checkpoint, config.numExperts());
+        Tensor ids = SafeTensors.read(o.inputs).tensors().get("input_ids");
+        if (ids == null || ids.rank() != 2 || ids.isFloating()) {
+            throw new IllegalArgumentException(o.inputs + " must hold input_ids, an integer tensor [B, T]"
+                    + (ids == null ? "; it has none" : "; got " + ids));
+        }
+        int batch = ids.dim(0);
+        int seqLen = ids.dim(1);
+        Map<String, Double> ad = o.adamw != null ? o.adamw : parseAdamw("");
+        TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(ad.get("lr"), ad.get("lr"), 0, 1,
+                "constant", ad.get("beta1"), ad.get("beta2"), ad.get("eps"), ad.get("weight_decay"), 0, 1);
+        TrainerSpec spec = new TrainerSpec(configJson, o.checkpoint.toString(), 0, o.dpShard, o.ep, seqLen, opt,
+                "cpu", -1);
+        List<Map<String, Tensor>> perRank = InJvmRanks.run(o.dpShard, Duration.ofMinutes(5),
+                comm -> rankStep(spec, comm, full, ids, batch, seqLen, o.adamw != null));
+        return perRank.get(0);
+    }
+
+    private static Map<String, Tensor> rankStep(TrainerSpec spec, Communicator comm, Map<String, Tensor> full,
+                                                Tensor ids, int batch, int seqLen, boolean step) {
+        try (DistributedTrainer trainer = new DistributedTrainer(spec, comm, new CpuBackend(), full)) {
+            Qwen3MoeConfig config = trainer.config();
+            int[] mine = DTensor.chunkRange(batch, comm.size(), comm.rank());
+            List<int[]> inputs = new ArrayList<>();
+            List<int[]> targets = new ArrayList<>();
+            for (int b = mine[0]; b < mine[1]; b++) {
+                int[] in = new int[seqLen];
+                int[] tg = new int[seqLen];
+                for (int t = 0; t < seqLen; t++) {
+                    in[t] = Math.toIntExact(ids.longAt(b * seqLen + t));
+                    tg[t] = t + 1 < seqLen ? Math.toIntExact(ids.longAt(b * seqLen + t + 1)) : -100;
+                }
+                inputs.add(in);
+                targets.add(tg);
+            }
+            List<Qwen3MoeModel.Pass> passes = new ArrayList<>();
+            DistributedTrainer.Gradients g = trainer.computeGradients(inputs, targets, seqLen, passes::add);
+            Qwen3MoeModel.Pass pass = passes.get(0);
+            Map<String, Tensor> out = new LinkedHashMap<>();
+            int v = config.vocabSize();
+            int e = config.numExperts();
+            out.put("logits", Tensor.of(gatherRows(comm, pass.logits().floats()), batch, seqLen, v));
+            int layers = pass.routerLogits().size();
+            float[] router = new float[layers * batch * seqLen * e];
+            for (int l = 0; l < layers; l++) {
+                float[] all = gatherRows(comm, pass.routerLogits().get(l).floats());
+                System.arraycopy(all, 0, router, l * all.length, all.length);
+            }
+            out.put("router_logits", Tensor.of(router, layers, batch * seqLen, e));
+            out.put("lm_loss", Tensor.of(new float[] {(float) g.lmLoss()}));
+            out.put("aux_loss", Tensor.of(new float[] {(float) g.auxLoss()}));
+            Map<String, Tensor> grads = new TreeMap<>();
+            for (FsdpParam p : trainer.shardedParameters()) {
+                grads.put(p.parameter().name(), trainer.gatherFull(p, p.shardGrad()));
+            }
+            for (Map.Entry<String, Tensor> en : HfCheckpoint.unstackExperts(grads).entrySet()) {
+                out.put("grad." + en.getKey(), en.getValue());
+            }
+            if (step) {
+                trainer.applyGradients(g.gradNorm());
+                for (Map.Entry<String, Tensor> en : trainer.fullModelState().entrySet()) {
+                    out.put("param." + en.getKey(), en.getValue());
+                }
+            }
+            return out;
+        }
+    }
+
+    /** Concatenates every rank's float rows in rank order (ranks may hold different numbers of rows). */
+    static float[] gatherRows(Communicator comm, float[] mine) {
+        ByteBuffer bb = ByteBuffer.allocate(mine.length * 4).order(ByteOrder.LITTLE_ENDIAN);
+        bb.asFloatBuffer().put(mine);
+        byte[][] all = comm.allGatherBytes(bb.array());
+        int total = 0;
+        for (byte[] a : all) {
+            total += a.length / 4;
+        }
+        float[] out = new float[total];
+        int at = 0;
+        for (byte[] a : all) {
+            ByteBuffer.wrap(a).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().get(out, at, a.length / 4);
+            at += a.length / 4;
+        }
+        return out;
+    }
+
+    /** Runs the command; returns a process exit code. */
+    public static int run(String[] args) throws IOException {
+        Options o = parse(args);
+        long t0 = System.nanoTime();
+        Map<String, Tensor> out = compute(o);
+        SafeTensors.write(o.out, out, Map.of("format", "pt", "producer", "spark-moe step"));
+        System.out.printf("spark-moe step: lm_loss %.6f  aux_loss %.6f  (%d tensors written to %s in %.1f s,"
+                        + " dp_shard=%d ep=%d)%n", out.get("lm_loss").floats()[0], out.get("aux_loss").floats()[0],
+                out.size(), o.out, (System.nanoTime() - t0) / 1e9, o.dpShard, o.ep);
+        return 0;
+    }
+}

@@ -1,0 +1,370 @@
+package dev.sparkmoe.parallel.train;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.io.HfCheckpoint;
+import dev.sparkmoe.core.model.Qwen3MoeConfig;
+import dev.sparkmoe.core.model.Qwen3MoeModel;
+import dev.sparkmoe.core.model.StatsReducer;
+import dev.sparkmoe.core.nn.Parameter;
+import dev.sparkmoe.core.optim.AdamW;
+import dev.sparkmoe.core.optim.LrSchedule;
+import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.parallel.comm.Communicator;
+import dev.sparkmoe.parallel.dtensor.DTensor;
+import dev.sparkmoe.parallel.fsdp.FsdpParam;
+import dev.sparkmoe.parallel.fsdp.FullyShard;
+import dev.sparkmoe.parallel.fsdp.MixedPrecisionPolicy;
+import dev.sparkmoe.parallel.fsdp.ShardLayout;
+import dev.sparkmoe.parallel.mesh.DeviceMesh;
+import dev.sparkmoe.parallel.mesh.ParallelDims;
+import dev.sparkmoe.parallel.plan.ModelRegistry;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.logging.Logger;
+
+/**
+ * The training loop of one rank: a Qwen3-MoE model parallelised by its registered plan (expert parallelism and
+ * FSDP over the device mesh), AdamW on the local shards, an LR schedule, gradient clipping by the global norm and
+ * gradient accumulation. Losses are normalised by the global count of predicted tokens and the load-balancing loss
+ * uses global router statistics, so every layout computes what a single rank computes on the same global batch.
+ */
+public final class DistributedTrainer implements RankTrainer {
+    private static final Logger LOG = Logger.getLogger(DistributedTrainer.class.getName());
+
+    private final TrainerSpec spec;
+    private final Communicator world;
+    private final Qwen3MoeConfig config;
+    private final Qwen3MoeModel model;
+    private final DeviceMesh mesh;
+    private final ParallelDims dims;
+    private final FullyShard fsdp = new FullyShard();
+    private final List<FsdpParam> params;
+    private final Map<FsdpParam, AdamW.State> optState = new LinkedHashMap<>();
+    private final AdamW adamw;
+    private final LrSchedule schedule;
+    private final StatsReducer reducer;
+    private long steps;
+
+    /** Builds the model on every rank from full weights, then parallelises it. Collective over {@code world}. */
+    public DistributedTrainer(TrainerSpec spec, Communicator world, Backend backend, Map<String, Tensor> fullState) {
+        this.spec = spec;
+        this.world = world;
+        String modelType = modelType(spec.hfConfigJson());
+        this.config = Qwen3MoeConfig.parse(spec.hfConfigJson());
+        this.dims = new ParallelDims(spec.dpShard(), spec.ep(), world.size()).validateFor(config.numExperts());
+        this.model = new Qwen3MoeModel(config, backend);
+        if (fullState != null) {
+            model.loadState(fullState);
+        } else {
+            model.initRandom(spec.seed(), initializerRange(config));
+        }
+        this.mesh = DeviceMesh.forTraining(world, dims);
+        MixedPrecisionPolicy policy = MixedPrecisionPolicy.FULL_F32;
+        ModelRegistry.parallelizer(modelType).parallelize(model, mesh, dims, policy, fsdp);
+        this.params = fsdp.params();
+        for (FsdpParam p : params) {
+            optState.put(p, new AdamW.State(backend, p.shard().shape()));
+        }
+        TrainerSpec.OptimizerSettings o = spec.optimizer();
+        this.adamw = new AdamW(new AdamW.Hyper(o.beta1(), o.beta2(), o.eps(), o.weightDecay()));
+        this.schedule = new LrSchedule(o.lr(), o.minLr(), o.warmupSteps(), Math.max(1, o.totalSteps()),
+                LrSchedule.Decay.parse(o.schedule()));
+        this.reducer = buf -> world.allReduceSum(buf, 0, buf.length);
+        if (world.rank() == 0) {
+            LOG.info(() -> "trainer ready: " + dims + ", backend " + backend.name() + ", " + params.size()
+                    + " sharded parameters");
+        }
+    }
+
+    /**
+     * The config's {@code model_type}, looked up in the registry before the config is parsed so that an unknown
+     * type fails with the list of supported ones.
+     */
+    static String modelType(String hfConfigJson) {
+        Object parsed = dev.sparkmoe.core.json.Json.parse(hfConfigJson);
+        Object type = parsed instanceof Map ? ((Map<?, ?>) parsed).get("model_type") : null;
+        if (!(type instanceof String)) {
+            throw new IllegalArgumentException("config.json has no model_type; supported model types: "
+                    + ModelRegistry.supported());
+        }
+        ModelRegistry.parallelizer((String) type);
+        return (String) type;
+    }
+
+    /** transformers' initializer_range (0.02 when the config does not say). */
+    static double initializerRange(Qwen3MoeConfig c) {
+        Object r = c.extras().get("initializer_range");
+        return r instanceof Number ? ((Number) r).doubleValue() : 0.02;
+    }
+
+    /** Loads the initial weights named by the spec (Hugging Face checkpoint directory), or null for random init. */
+    public static Map<String, Tensor> initialState(TrainerSpec spec, Qwen3MoeConfig config) {
+        if (spec.initCheckpointDir() == null) {
+            return null;
+        }
+        try {
+            return HfCheckpoint.stackExperts(HfCheckpoint.load(Path.of(spec.initCheckpointDir())),
+                    config.numExperts());
+        } catch (java.io.IOException e) {
+            throw new java.io.UncheckedIOException("cannot load checkpoint " + spec.initCheckpointDir(), e);
+        }
+    }
+
+    public Qwen3MoeModel model() {
+        return model;
+    }
+
+    public DeviceMesh mesh() {
+        return mesh;
+    }
+
+    public List<FsdpParam> shardedParameters() {
+        return params;
+    }
+
+    public Map<FsdpParam, AdamW.State> optimizerState() {
+        return optState;
+    }
+
+    /** Result of the forward/backward part of a step, before the optimizer runs. */
+    public record Gradients(double lmLoss, double auxLoss, long globalPredicted, double gradNorm) {
+    }
+
+    /**
+     * Collective. Forward and backward over this rank's sequences (split into the configured micro-batches), with
+     * gradients reduce-scattered into the shards. Sequences hold seq_len + 1 ids (inputs then shifted labels)
+     * unless {@code targets} are given explicitly.
+     */
+    public Gradients computeGradients(List<int[]> inputs, List<int[]> targets, int seqLen) {
+        return computeGradients(inputs, targets, seqLen, p -> { });
+    }
+
+    /** As above; {@code afterForward} sees each micro-batch's forward pass (logits, router logits) before backward. */
+    public Gradients computeGradients(List<int[]> inputs, List<int[]> targets, int seqLen,
+                                      java.util.function.Consumer<Qwen3MoeModel.Pass> afterForward) {
+        for (FsdpParam p : params) {
+            p.zeroGrad();
+        }
+        long localPredicted = 0;
+        for (int[] t : targets) {
+            for (int v : t) {
+                localPredicted += v == -100 ? 0 : 1;
+            }
+        }
+        long[] pred = {localPredicted};
+        world.allReduceSum(pred, 0, 1);
+        long globalPredicted = pred[0];
+        int micro = Math.max(1, spec.optimizer().gradAccumSteps());
+        double lmSum = 0;
+        double auxSum = 0;
+        double auxWeight = config.routerAuxLossCoef() / micro;
+        for (int m = 0; m < micro; m++) {
+            int[] range = DTensor.chunkRange(inputs.size(), micro, m);
+            int b = range[1] - range[0];
+            int[] ids = new int[b * seqLen];
+            int[] tg = new int[b * seqLen];
+            for (int i = 0; i < b; i++) {
+                System.arraycopy(inputs.get(range[0] + i), 0, ids, i * seqLen, seqLen);
+                System.arraycopy(targets.get(range[0] + i), 0, tg, i * seqLen, seqLen);
+            }
+            Qwen3MoeModel.Pass pass = model.forward(ids, tg, b, seqLen, Math.max(1, globalPredicted), auxWeight,
+                    reducer);
+            afterForward.accept(pass);
+            lmSum += pass.lmLossSum();
+            auxSum += pass.auxLoss();
+            model.backward(pass);
+        }
+        double[] loss = {lmSum};
+        world.allReduceSum(loss, 0, 1);
+        double sq = 0;
+        for (FsdpParam p : params) {
+            sq += model.backend().sumSquares(p.shardGrad());
+        }
+        double[] norm = {sq};
+        world.allReduceSum(norm, 0, 1);
+        return new Gradients(loss[0] / Math.max(1, globalPredicted), auxSum / micro, globalPredicted,
+                Math.sqrt(norm[0]));
+    }
+
+    /** Clips by the global norm (as torch.nn.utils.clip_grad_norm_) and takes one AdamW step on the shards. */
+    public double applyGradients(double gradNorm) {
+        long step = steps + 1;
+        double lr = schedule.lr(step);
+        double clip = spec.optimizer().clipNorm();
+        if (clip > 0) {
+            double coef = clip / (gradNorm + 1e-6);
+            if (coef < 1.0) {
+                for (FsdpParam p : params) {
+                    model.backend().scale(p.shardGrad(), (float) coef);
+                }
+            }
+        }
+        for (FsdpParam p : params) {
+            adamw.step(model.backend(), p.shard(), p.shardGrad(), optState.get(p), lr, step);
+            p.zeroGrad();
+        }
+        steps = step;
+        return lr;
+    }
+
+    @Override
+    public StepMetrics step(List<int[]> sequences) {
+        long t0 = System.nanoTime();
+        int seqLen = spec.seqLen();
+        List<int[]> inputs = new ArrayList<>(sequences.size());
+        List<int[]> targets = new ArrayList<>(sequences.size());
+        for (int[] s : sequences) {
+            if (s.length != seqLen + 1) {
+                throw new IllegalArgumentException("each sequence must hold seq_len + 1 = " + (seqLen + 1)
+                        + " token ids, got " + s.length);
+            }
+            inputs.add(java.util.Arrays.copyOfRange(s, 0, seqLen));
+            targets.add(java.util.Arrays.copyOfRange(s, 1, seqLen + 1));
+        }
+        Gradients g = computeGradients(inputs, targets, seqLen);
+        double lr = applyGradients(g.gradNorm());
+        return new StepMetrics(steps, g.lmLoss(), g.auxLoss(), lr, g.gradNorm(), g.globalPredicted(),
+                (System.nanoTime() - t0) / 1e9);
+    }
+
+    @Override
+    public long stepsTaken() {
+        return steps;
+    }
+
+    @Override
+    public Map<String, Tensor> rankState() {
+        Map<String, Tensor> out = new LinkedHashMap<>();
+        for (FsdpParam p : params) {
+            String n = p.parameter().name();
+            AdamW.State s = optState.get(p);
+            out.put("param/" + n, hostCopy(p.shard()));
+            out.put("exp_avg/" + n, hostCopy(s.m));
+            out.put("exp_avg_sq/" + n, hostCopy(s.v));
+        }
+        out.put("trainer/steps", Tensor.ofLongs(new long[] {steps}, 1));
+        return out;
+    }
+
+    @Override
+    public void loadState(Map<String, Tensor> state) {
+        List<String> missing = new ArrayList<>();
+        for (FsdpParam p : params) {
+            for (String k : new String[] {"param/", "exp_avg/", "exp_avg_sq/"}) {
+                if (!state.containsKey(k + p.parameter().name())) {
+                    missing.add(k + p.parameter().name());
+                }
+            }
+        }
+        if (!state.containsKey("trainer/steps")) {
+            missing.add("trainer/steps");
+        }
+        if (!missing.isEmpty()) {
+            throw new IllegalArgumentException("rank state is missing " + missing.size() + " entries, e.g. "
+                    + missing.subList(0, Math.min(5, missing.size())) + "; was it saved at another layout?");
+        }
+        for (FsdpParam p : params) {
+            String n = p.parameter().name();
+            p.setShard(state.get("param/" + n));
+            AdamW.State s = optState.get(p);
+            Backend be = model.backend();
+            be.copy(be.upload(state.get("exp_avg/" + n)), 0, s.m, 0, s.m.numel());
+            be.copy(be.upload(state.get("exp_avg_sq/" + n)), 0, s.v, 0, s.v.numel());
+        }
+        steps = state.get("trainer/steps").longAt(0);
+    }
+
+    /** A host copy that shares nothing with the trainer's live buffers. */
+    private Tensor hostCopy(Tensor t) {
+        Tensor h = model.backend().download(t);
+        return h == t ? t.copy() : h;
+    }
+
+    /** Collective. The full value of one sharded tensor (a weight, or an optimizer moment), on every rank. */
+    public Tensor gatherFull(FsdpParam p, Tensor shardOfP) {
+        Backend be = model.backend();
+        Tensor local = p.layout().allGather(be, p.group(), shardOfP);
+        Parameter param = p.parameter();
+        if (isExpertParam(param) && dims.epEnabled() && model.moeLayerCount() > 0) {
+            Communicator ep = mesh.get(DeviceMesh.EP).communicator();
+            int[] s = local.shape();
+            int[] full = s.clone();
+            full[0] = s[0] * ep.size();
+            Tensor all = new ShardLayout(full, 0, ep.size()).allGather(be, ep, local);
+            be.release(local);
+            return all;
+        }
+        return local;
+    }
+
+    /**
+     * Where this rank's shard of {@code p} sits in the full (stacked) tensor: {@code [dim][begin, end)}. Experts
+     * under expert parallelism are split on dim 0 by the ep rank and on dim 1 by FSDP; everything else by FSDP on
+     * its shard dim.
+     */
+    public int[][] shardRegion(FsdpParam p) {
+        int[] local = p.parameter().shape();
+        int[][] region = new int[local.length][];
+        for (int d = 0; d < local.length; d++) {
+            region[d] = new int[] {0, local[d]};
+        }
+        region[p.layout().dim()] = p.layout().range(p.group().rank());
+        if (isExpertParam(p.parameter()) && dims.epEnabled()) {
+            int epRank = mesh.get(DeviceMesh.EP).localRank();
+            region[0] = new int[] {epRank * local[0], (epRank + 1) * local[0]};
+        }
+        return region;
+    }
+
+    /** The full (stacked) shape of {@code p}. */
+    public int[] globalShape(FsdpParam p) {
+        int[] s = p.parameter().shape();
+        if (isExpertParam(p.parameter()) && dims.epEnabled()) {
+            s[0] = config.numExperts();
+        }
+        return s;
+    }
+
+    static boolean isExpertParam(Parameter p) {
+        return p.name().contains(".mlp.experts.");
+    }
+
+    /** Collective. Full weights with stacked experts, on every rank. */
+    public Map<String, Tensor> fullStackedState() {
+        Map<String, Tensor> out = new java.util.TreeMap<>();
+        for (FsdpParam p : params) {
+            out.put(p.parameter().name(), model.backend().download(gatherFull(p, p.shard())));
+        }
+        return out;
+    }
+
+    @Override
+    public Map<String, Tensor> fullModelState() {
+        return HfCheckpoint.unstackExperts(fullStackedState());
+    }
+
+    @Override
+    public String hfConfigJson() {
+        return config.toJson();
+    }
+
+    public Qwen3MoeConfig config() {
+        return config;
+    }
+
+    public ParallelDims dims() {
+        return dims;
+    }
+
+    public Communicator world() {
+        return world;
+    }
+
+    @Override
+    public void close() {
+        mesh.close();
+    }
+}
