@@ -1,0 +1,89 @@
+package dev.sparkmoe.spark.cli;
+
+import dev.sparkmoe.spark.SparkMoeTrainer;
+import dev.sparkmoe.spark.TrainResult;
+import dev.sparkmoe.spark.TrainingFailedException;
+import dev.sparkmoe.spark.config.ConfigException;
+import dev.sparkmoe.spark.config.ConfigKey;
+import dev.sparkmoe.spark.config.TrainConfig;
+import java.io.PrintStream;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * The command line, in-process ({@code java -cp ... dev.sparkmoe.spark.cli.Main train run.yaml}, local[N]) and under
+ * {@code spark-submit --class dev.sparkmoe.spark.cli.Main job.jar train run.yaml} (the master then comes from
+ * spark-submit unless the YAML sets spark.master).
+ *
+ * <pre>
+ * train CONFIG.yaml [--set key=value ...]   train; exit 0 on success, 1 when training failed, 2 on bad input
+ * keys                                       print the configuration reference (Markdown)
+ * </pre>
+ */
+public final class Main {
+    private Main() {
+    }
+
+    public static void main(String[] args) {
+        System.exit(run(args, System.out, System.err));
+    }
+
+    static final String USAGE = "usage: train CONFIG.yaml [--set key=value ...]\n       keys";
+
+    public static int run(String[] args, PrintStream out, PrintStream err) {
+        if (args.length == 0 || "-h".equals(args[0]) || "--help".equals(args[0])) {
+            out.println(USAGE);
+            return args.length == 0 ? 2 : 0;
+        }
+        switch (args[0]) {
+            case "keys":
+                out.print(ConfigKey.markdownTable());
+                return 0;
+            case "train":
+                return train(args, out, err);
+            default:
+                err.println("unknown command '" + args[0] + "'\n" + USAGE);
+                return 2;
+        }
+    }
+
+    private static int train(String[] args, PrintStream out, PrintStream err) {
+        String file = null;
+        List<String> sets = new ArrayList<>();
+        for (int i = 1; i < args.length; i++) {
+            String a = args[i];
+            if ("--set".equals(a)) {
+                if (i + 1 >= args.length) {
+                    err.println("--set needs key=value\n" + USAGE);
+                    return 2;
+                }
+                sets.add(args[++i]);
+            } else if (a.startsWith("--set=")) {
+                sets.add(a.substring("--set=".length()));
+            } else if (file == null && !a.startsWith("--")) {
+                file = a;
+            } else {
+                err.println("unexpected argument '" + a + "'\n" + USAGE);
+                return 2;
+            }
+        }
+        if (file == null) {
+            err.println("train needs a config file\n" + USAGE);
+            return 2;
+        }
+        try {
+            TrainConfig c = TrainConfig.load(Path.of(file), sets);
+            TrainResult r = SparkMoeTrainer.builder().config(c).console(out).fit();
+            out.printf("trained %d steps in %d attempt(s); final loss %.4f; model: %s%n", r.steps(), r.attempts(),
+                    r.history().isEmpty() ? Double.NaN : r.last().loss(), r.modelDir());
+            return 0;
+        } catch (ConfigException e) {
+            err.println("error: " + e.getMessage());
+            return 2;
+        } catch (TrainingFailedException e) {
+            err.println("error: " + e.getMessage());
+            return 1;
+        }
+    }
+}

@@ -1,0 +1,59 @@
+package dev.sparkmoe.spark.progress;
+
+import com.fasterxml.jackson.databind.ObjectMapper;
+import dev.sparkmoe.parallel.train.StepMetrics;
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.util.LinkedHashMap;
+import java.util.Map;
+
+/** One JSON object per step: the metrics file's line format, also kept in checkpoint manifests. */
+public final class MetricsJson {
+    private static final ObjectMapper JSON = new ObjectMapper();
+
+    private MetricsJson() {
+    }
+
+    public static String toJson(StepMetrics m) {
+        return toJson(m, 0);
+    }
+
+    /** With {@code attempt > 0} the line also names the barrier-stage attempt that produced it. */
+    public static String toJson(StepMetrics m, int attempt) {
+        Map<String, Object> o = new LinkedHashMap<>();
+        o.put("step", m.step());
+        o.put("loss", m.loss());
+        o.put("aux_loss", m.auxLoss());
+        o.put("lr", m.lr());
+        o.put("grad_norm", m.gradNorm());
+        o.put("tokens", m.tokens());
+        o.put("seconds", m.seconds());
+        o.put("tokens_per_second", m.tokensPerSecond());
+        if (attempt > 0) {
+            o.put("attempt", attempt);
+        }
+        try {
+            return JSON.writeValueAsString(o);
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
+    public static StepMetrics fromJson(String line) {
+        try {
+            Map<?, ?> o = JSON.readValue(line, Map.class);
+            return new StepMetrics(((Number) o.get("step")).longValue(), num(o, "loss"), num(o, "aux_loss"),
+                    num(o, "lr"), num(o, "grad_norm"), ((Number) o.get("tokens")).longValue(), num(o, "seconds"));
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
+    private static double num(Map<?, ?> o, String k) {
+        Object v = o.get(k);
+        if (v instanceof Number n) {
+            return n.doubleValue();
+        }
+        return Double.parseDouble(String.valueOf(v)); // NaN / Infinity are written as strings
+    }
+}

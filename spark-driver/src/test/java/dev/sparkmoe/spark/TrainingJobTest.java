@@ -1,0 +1,163 @@
+package dev.sparkmoe.spark;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.sparkmoe.core.io.SafeTensors;
+import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.parallel.train.StepMetrics;
+import dev.sparkmoe.spark.ckpt.CheckpointStore;
+import dev.sparkmoe.spark.testing.BigramFactory;
+import dev.sparkmoe.spark.testing.Faults;
+import dev.sparkmoe.spark.testing.SparkTestSession;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import org.apache.hadoop.conf.Configuration;
+import org.apache.spark.sql.Dataset;
+import org.apache.spark.sql.Encoders;
+import org.apache.spark.sql.Row;
+import org.apache.spark.sql.SparkSession;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** End to end on local[4] with the bigram test double: training, retry and resume, checkpoint integrity. */
+class TrainingJobTest {
+    static SparkSession spark;
+    static Dataset<Row> corpus;
+
+    @TempDir
+    Path tmp;
+
+    @BeforeAll
+    static void start() {
+        spark = SparkTestSession.start();
+        List<String> lines = new ArrayList<>();
+        String[] words = {"the quick brown fox", "jumps over the lazy dog", "spark moe trains experts",
+            "a barrier stage has one task per rank", "checkpoints are committed last"};
+        for (int i = 0; i < 80; i++) {
+            lines.add(words[i % words.length] + " " + words[(i * 3 + 1) % words.length] + " #" + (i % 7));
+        }
+        corpus = spark.createDataset(lines, Encoders.STRING()).toDF("text");
+    }
+
+    @AfterAll
+    static void stop() {
+        spark.stop();
+    }
+
+    SparkMoeTrainer.Builder job(Path out, int steps) {
+        return SparkMoeTrainer.builder()
+                .spark(spark)
+                .dataset(corpus)
+                .trainerFactory(new BigramFactory())
+                .set("model.preset", "qwen3-moe-tiny")
+                .set("model.config.vocab_size", 260)
+                .set("data.eos_id", 257)
+                .set("layout.world_size", 4)
+                .set("layout.ep", 2)
+                .set("training.steps", steps)
+                .set("training.batch_sequences", 2)
+                .set("training.seq_len", 16)
+                .set("training.lr", 50.0)
+                .set("training.min_lr", 5.0)
+                .set("training.warmup_steps", 1)
+                .set("training.clip", 5.0)
+                .set("training.comm_timeout_s", 30)
+                .set("output.progress", false)
+                .set("output.dir", out.toUri().toString());
+    }
+
+    static Map<String, Tensor> model(TrainResult r) throws Exception {
+        Path dir = Path.of(java.net.URI.create(r.modelDir()));
+        assertTrue(Files.isRegularFile(dir.resolve("config.json")), "config.json in " + dir);
+        return SafeTensors.read(dir.resolve("model.safetensors")).tensors();
+    }
+
+    @Test
+    void trainsEndToEndWithFallingLossCheckpointsAndMetrics() throws Exception {
+        List<StepMetrics> live = new ArrayList<>();
+        Path metrics = tmp.resolve("metrics.jsonl");
+        TrainResult r = job(tmp.resolve("run"), 12)
+                .set("checkpoint.every", 4)
+                .set("checkpoint.keep_last", 2)
+                .set("output.metrics_file", metrics.toString())
+                .onStep(live::add)
+                .fit();
+        assertEquals(12, r.steps());
+        assertEquals(1, r.attempts());
+        assertEquals(12, r.history().size());
+        double first = r.history().get(0).loss();
+        double last = r.last().loss();
+        assertTrue(last < first * 0.8, "loss should fall: first " + first + ", last " + last);
+        assertEquals(List.of(8L, 12L), new CheckpointStore(r.checkpointDir(), new Configuration()).committedSteps());
+        Tensor w = model(r).get("lm_head.weight");
+        assertEquals(260, w.dim(0));
+        List<String> lines = Files.readAllLines(metrics);
+        assertEquals(12, lines.size(), String.join("\n", lines));
+        assertTrue(lines.get(0).contains("\"step\":1"));
+        assertEquals(12, live.size());
+    }
+
+    @Test
+    void failedAttemptIsRetriedFromCheckpointAndEndsBitwiseEqual() throws Exception {
+        TrainResult ref = job(tmp.resolve("ref"), 10).set("checkpoint.every", 3).fit();
+        Faults.Plan once = Faults.plan("retry-once", 2, 7, "step", 1);
+        TrainResult r = job(tmp.resolve("faulty"), 10).set("checkpoint.every", 3)
+                .trainerFactory(new BigramFactory(once)).fit();
+        assertEquals(1, Faults.fired("retry-once", 1));
+        assertEquals(2, r.attempts());
+        assertEquals(6, r.resumedFrom());
+        assertTrue(model(ref).get("lm_head.weight").bitwiseEquals(model(r).get("lm_head.weight")),
+                "resumed run must end bitwise equal to the uninterrupted one");
+        for (int i = 0; i < 10; i++) {
+            assertEquals(ref.history().get(i).loss(), r.history().get(i).loss(), 0.0, "loss of step " + (i + 1));
+        }
+        CheckpointStore a = new CheckpointStore(ref.checkpointDir(), new Configuration());
+        CheckpointStore b = new CheckpointStore(r.checkpointDir(), new Configuration());
+        for (int rank = 0; rank < 4; rank++) {
+            Map<String, Tensor> sa = a.readRank(a.latest().orElseThrow(), rank);
+            Map<String, Tensor> sb = b.readRank(b.latest().orElseThrow(), rank);
+            for (String k : sa.keySet()) {
+                assertTrue(sa.get(k).bitwiseEquals(sb.get(k)), "rank " + rank + " state " + k);
+            }
+        }
+    }
+
+    @Test
+    void everyAttemptFailingLeavesTheLastCompleteCheckpointIntact() throws Exception {
+        Faults.Plan always = Faults.plan("always", 1, 5, "step", Integer.MAX_VALUE);
+        Path out = tmp.resolve("doomed");
+        TrainingFailedException e = assertThrows(TrainingFailedException.class, () -> job(out, 8)
+                .set("checkpoint.every", 2).set("training.max_attempts", 2)
+                .trainerFactory(new BigramFactory(always)).fit());
+        assertTrue(e.getMessage().contains("all 2 attempts"), e.getMessage());
+        assertTrue(e.getMessage().contains("injected failure on rank 1 at step 5"), e.getMessage());
+        assertTrue(e.getMessage().contains("step 4"), e.getMessage());
+        CheckpointStore store = new CheckpointStore(out.toUri() + "/checkpoints", new Configuration());
+        assertEquals(4, store.latest().orElseThrow().step());
+        // the checkpoint really is usable: a healthy run resumes from it and finishes
+        TrainResult r = job(out, 8).set("checkpoint.every", 2).fit();
+        assertEquals(4, r.resumedFrom());
+        assertEquals(8, r.steps());
+        assertEquals(8, r.history().size());
+    }
+
+    @Test
+    void crashWhileCheckpointingNeverLeavesALoadableCheckpoint() throws Exception {
+        Faults.Plan ckpt = Faults.plan("ckpt-crash", 3, 4, "checkpoint", Integer.MAX_VALUE);
+        Path out = tmp.resolve("ckpt");
+        assertThrows(TrainingFailedException.class, () -> job(out, 6).set("checkpoint.every", 2)
+                .set("training.max_attempts", 1).trainerFactory(new BigramFactory(ckpt)).fit());
+        CheckpointStore store = new CheckpointStore(out.toUri() + "/checkpoints", new Configuration());
+        assertEquals(List.of(2L), store.committedSteps());
+        assertEquals(2, store.latest().orElseThrow().step());
+        assertFalse(Files.exists(out.resolve("checkpoints/step-00000004/_COMMITTED")));
+    }
+}

@@ -1,0 +1,99 @@
+package dev.sparkmoe.spark.config;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.util.List;
+import org.junit.jupiter.api.Test;
+
+class TrainConfigTest {
+    static final String YAML = String.join("\n",
+            "model:",
+            "  preset: qwen3-moe-tiny",
+            "  config: {num_experts: 4}",
+            "data:",
+            "  path: file:/data/corpus",
+            "  format: json",
+            "layout: {world_size: 4, ep: 2}",
+            "training:",
+            "  steps: 1_000",
+            "  lr: 1e-3",
+            "  min_lr: 0.0001",
+            "training.seq_len: 128",
+            "output: {dir: 'file:/tmp/out/'}",
+            "");
+
+    @Test
+    void nestedSectionsDottedKeysOverridesAndDefaults() {
+        TrainConfig c = TrainConfig.parse(YAML, "run.yaml", List.of("training.steps=20", "model.config.vocab_size=300",
+                "spark.conf.spark.executor.memory=4g"));
+        assertEquals(20, c.steps());
+        assertEquals(128, c.seqLen());
+        assertEquals(1e-3, c.lr());
+        assertEquals(4, c.worldSize());
+        assertEquals("json", c.getString(ConfigKey.DATA_FORMAT));
+        assertEquals(8, c.batchSequences(), "default");
+        assertEquals("file:/tmp/out", c.outputDir());
+        assertEquals("file:/tmp/out/checkpoints", c.checkpointDir());
+        assertEquals(4, c.getMap(ConfigKey.MODEL_CONFIG).get("num_experts"));
+        assertEquals(300, c.getMap(ConfigKey.MODEL_CONFIG).get("vocab_size"));
+        assertEquals("4g", c.getMap(ConfigKey.SPARK_CONF).get("spark.executor.memory"));
+        ModelSource m = ModelSource.resolve(c);
+        assertEquals(300, m.vocabSize());
+        assertEquals(4, m.numExperts());
+    }
+
+    @Test
+    void unknownKeysAreRejectedWithASuggestion() {
+        ConfigException e = assertThrows(ConfigException.class,
+                () -> TrainConfig.parse(YAML + "training:\n  warmup: 10\n", "run.yaml", List.of()));
+        assertTrue(e.getMessage().contains("unknown configuration key 'training.warmup'")
+                && e.getMessage().contains("did you mean 'training.warmup_steps'"), e.getMessage());
+        ConfigException e2 = assertThrows(ConfigException.class,
+                () -> TrainConfig.parse(YAML, "run.yaml", List.of("layout.wrld_size=2")));
+        assertTrue(e2.getMessage().contains("did you mean 'layout.world_size'"), e2.getMessage());
+    }
+
+    @Test
+    void badValuesNameKeyValueAndFix() {
+        String[][] cases = {
+            {"training.steps=ten", "training.steps = 'ten': expected an integer"},
+            {"training.schedule=exp", "training.schedule = 'exp': expected one of [cosine, linear, constant]"},
+            {"data.shuffle=maybe", "data.shuffle = 'maybe': expected true or false"},
+            {"training.batch_sequences=0", "training.batch_sequences = 0: must be positive"},
+            {"training.grad_accum=3", "training.grad_accum = 3: must divide training.batch_sequences (8)"},
+            {"layout.ep=3", "layout.ep = 3: must divide layout.world_size (4); choose one of [1, 2, 4]"},
+            {"training.min_lr=1", "training.min_lr = 1.0: must lie in [0, training.lr = 0.001]"},
+        };
+        for (String[] c : cases) {
+            ConfigException e = assertThrows(ConfigException.class, () -> TrainConfig.parse(YAML, "run.yaml",
+                    List.of(c[0])), c[0]);
+            assertTrue(e.getMessage().contains(c[1]), c[0] + " -> " + e.getMessage());
+        }
+        ConfigException e = assertThrows(ConfigException.class,
+                () -> TrainConfig.parse("model: {preset: qwen3-moe-tiny}", "x.yaml", List.of()));
+        assertTrue(e.getMessage().contains("output.dir is not set"), e.getMessage());
+        ConfigException y = assertThrows(ConfigException.class, () -> TrainConfig.parse("a: [", "x.yaml", List.of()));
+        assertTrue(y.getMessage().contains("x.yaml is not valid YAML"), y.getMessage());
+    }
+
+    @Test
+    void modelErrors() {
+        TrainConfig none = TrainConfig.parse("output: {dir: /tmp/o}", "x", List.of());
+        assertTrue(assertThrows(ConfigException.class, () -> ModelSource.resolve(none)).getMessage()
+                .contains("no model: set model.preset"));
+        TrainConfig badEp = TrainConfig.parse(YAML, "x", List.of("model.config.num_experts=6", "layout.ep=4"));
+        assertTrue(assertThrows(ConfigException.class, () -> ModelSource.resolve(badEp)).getMessage()
+                .contains("ep (4) must divide num_experts (6)"));
+    }
+
+    @Test
+    void referenceTableListsEveryKey() {
+        String md = ConfigKey.markdownTable();
+        for (ConfigKey k : ConfigKey.values()) {
+            assertTrue(md.contains("| `" + k.key() + "` |"), k.key());
+        }
+        assertEquals(ConfigKey.values().length + 2, md.split("\n").length);
+    }
+}
