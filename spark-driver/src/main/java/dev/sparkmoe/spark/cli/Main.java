@@ -19,6 +19,7 @@ import java.util.List;
  * <pre>
  * train CONFIG.yaml [--set key=value ...]   train; exit 0 on success, 1 when training failed, 2 on bad input
  * keys                                       print the configuration reference (Markdown)
+ * step --checkpoint DIR --inputs FILE ...     one forward/backward (and AdamW step) for model porting
  * </pre>
  */
 public final class Main {
@@ -29,7 +30,10 @@ public final class Main {
         System.exit(run(args, System.out, System.err));
     }
 
-    static final String USAGE = "usage: train CONFIG.yaml [--set key=value ...]\n       keys";
+    static final String USAGE = String.join("\n",
+            "usage: spark-moe train CONFIG.yaml [--set key=value ...]   train on Spark (local[N] by default)",
+            "       spark-moe step --checkpoint DIR --inputs FILE --out FILE [--adamw ...] [--dp-shard N --ep M]",
+            "       spark-moe keys                                      print the configuration reference");
 
     public static int run(String[] args, PrintStream out, PrintStream err) {
         if (args.length == 0 || "-h".equals(args[0]) || "--help".equals(args[0])) {
@@ -42,9 +46,23 @@ public final class Main {
                 return 0;
             case "train":
                 return train(args, out, err);
+            case "step":
+                return step(java.util.Arrays.copyOfRange(args, 1, args.length), err);
             default:
                 err.println("unknown command '" + args[0] + "'\n" + USAGE);
                 return 2;
+        }
+    }
+
+    private static int step(String[] args, PrintStream err) {
+        try {
+            return dev.sparkmoe.parallel.tools.StepCommand.run(args);
+        } catch (IllegalArgumentException e) {
+            err.println("spark-moe step: " + e.getMessage());
+            return 2;
+        } catch (java.io.IOException | RuntimeException e) {
+            err.println("spark-moe step failed: " + e);
+            return 1;
         }
     }
 

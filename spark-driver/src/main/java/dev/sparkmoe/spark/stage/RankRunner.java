@@ -130,7 +130,7 @@ public final class RankRunner {
                 history.add(js);
                 if (rank == 0) {
                     plan.metrics().add(sm);
-                    LOG.info("step {}/{} loss {} lr {} grad_norm {}", sm.step(), steps, sm.loss(), sm.lr(),
+                    LOG.debug("step {}/{} loss {} lr {} grad_norm {}", sm.step(), steps, sm.loss(), sm.lr(),
                             sm.gradNorm());
                 }
                 long done = k + 1;
