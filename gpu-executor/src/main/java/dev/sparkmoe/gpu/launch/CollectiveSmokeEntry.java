@@ -2,7 +2,7 @@ package dev.sparkmoe.gpu.launch;
 
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
-import dev.sparkmoe.gpu.nccl.DeviceBuffer;
+import dev.sparkmoe.gpu.nccl.DeviceAllocation;
 import dev.sparkmoe.gpu.nccl.NcclCommunicator;
 import dev.sparkmoe.gpu.nccl.NcclWork;
 import dev.sparkmoe.parallel.comm.Communicator;
@@ -85,7 +85,7 @@ public final class CollectiveSmokeEntry implements RankEntry {
         int dev = c.device();
         // all-reduce
         int len = 1000;
-        try (DeviceBuffer b = DeviceBuffer.allocate(dev, 4L * len)) {
+        try (DeviceAllocation b = DeviceAllocation.allocate(dev, 4L * len)) {
             float[] h = new float[len];
             float[] want = new float[len];
             for (int k = 0; k < len; k++) {
@@ -107,7 +107,7 @@ public final class CollectiveSmokeEntry implements RankEntry {
         }
         // all-gather into the middle of a larger tensor
         int g = 5;
-        try (DeviceBuffer s = DeviceBuffer.allocate(dev, 4L * g); DeviceBuffer r = DeviceBuffer.allocate(dev, 4L * (n * g + 3))) {
+        try (DeviceAllocation s = DeviceAllocation.allocate(dev, 4L * g); DeviceAllocation r = DeviceAllocation.allocate(dev, 4L * (n * g + 3))) {
             float[] h = new float[g];
             for (int k = 0; k < g; k++) {
                 h[k] = me * 100 + k;
@@ -126,7 +126,7 @@ public final class CollectiveSmokeEntry implements RankEntry {
         }
         // reduce-scatter
         int rs = 4;
-        try (DeviceBuffer s = DeviceBuffer.allocate(dev, 4L * n * rs); DeviceBuffer r = DeviceBuffer.allocate(dev, 4L * rs)) {
+        try (DeviceAllocation s = DeviceAllocation.allocate(dev, 4L * n * rs); DeviceAllocation r = DeviceAllocation.allocate(dev, 4L * rs)) {
             float[] h = new float[n * rs];
             for (int k = 0; k < n * rs; k++) {
                 h[k] = (me + 1) * k;
@@ -152,7 +152,7 @@ public final class CollectiveSmokeEntry implements RankEntry {
             st += sc[p];
             rt += rc[p];
         }
-        try (DeviceBuffer s = DeviceBuffer.allocate(dev, 4L * st); DeviceBuffer r = DeviceBuffer.allocate(dev, 4L * rt)) {
+        try (DeviceAllocation s = DeviceAllocation.allocate(dev, 4L * st); DeviceAllocation r = DeviceAllocation.allocate(dev, 4L * rt)) {
             float[] h = new float[st];
             int o = 0;
             for (int p = 0; p < n; p++) {
@@ -174,7 +174,7 @@ public final class CollectiveSmokeEntry implements RankEntry {
             expect("device allToAll (uneven)", want, got);
         }
         // broadcast from the last rank
-        try (DeviceBuffer b = DeviceBuffer.allocate(dev, 4L * 7)) {
+        try (DeviceAllocation b = DeviceAllocation.allocate(dev, 4L * 7)) {
             float[] h = new float[7];
             float[] want = new float[7];
             for (int k = 0; k < 7; k++) {
@@ -188,7 +188,7 @@ public final class CollectiveSmokeEntry implements RankEntry {
             expect("device broadcast", want, got);
         }
         // a split (one communicator per mesh dimension): parity groups
-        try (Communicator sub = c.split(me % 2, me, "parity"); DeviceBuffer b = DeviceBuffer.allocate(dev, 4)) {
+        try (Communicator sub = c.split(me % 2, me, "parity"); DeviceAllocation b = DeviceAllocation.allocate(dev, 4)) {
             b.upload(new float[] {me}, 0, 1, 0);
             sub.allReduceSum(Tensor.onDevice(DType.F32, b, 1), 0, 1);
             float[] got = new float[1];
@@ -204,7 +204,7 @@ public final class CollectiveSmokeEntry implements RankEntry {
     /** nccl-tests' all_reduce_perf busbw for one size, float32 sum, in place. */
     public static void busBandwidth(RankContext ctx, NcclCommunicator c, long bytes, int warmup, int iters) {
         long count = bytes / 4;
-        try (DeviceBuffer b = DeviceBuffer.allocate(c.device(), 4 * count)) {
+        try (DeviceAllocation b = DeviceAllocation.allocate(c.device(), 4 * count)) {
             b.fill(0);
             for (int i = 0; i < warmup; i++) {
                 c.allReduceSumAsync(b, count, DType.F32).await();

@@ -243,6 +243,11 @@ public final class NcclCommunicator implements Communicator {
         this.computeStream = streamAddress == 0 ? null : new CUstream_st(RawPointer.of(streamAddress, 0));
     }
 
+    /** {@link #setComputeStream(long)} with a JavaCPP stream (e.g. {@code CudaBackend.stream()}); null = default. */
+    public void setComputeStream(CUstream_st s) {
+        setComputeStream(s == null ? 0 : s.address());
+    }
+
     public long computeStream() {
         return computeStreamAddress;
     }

@@ -8,20 +8,20 @@ import org.bytedeco.javacpp.Pointer;
  * A plain {@code cudaMalloc} allocation on one device (tests, the bandwidth measurement, and anyone without the CUDA
  * backend). Freed by {@link #close()}.
  */
-public final class DeviceBuffer implements DevicePointer, AutoCloseable {
+public final class DeviceAllocation implements DevicePointer, AutoCloseable {
 
     private final int device;
     private final long bytes;
     private Pointer ptr;
 
-    private DeviceBuffer(int device, long bytes, Pointer ptr) {
+    private DeviceAllocation(int device, long bytes, Pointer ptr) {
         this.device = device;
         this.bytes = bytes;
         this.ptr = ptr;
     }
 
     /** {@code cudaMalloc(bytes)} on {@code device}. */
-    public static DeviceBuffer allocate(int device, long bytes) {
+    public static DeviceAllocation allocate(int device, long bytes) {
         if (bytes <= 0) {
             throw new IllegalArgumentException("device buffer size (" + bytes + " bytes) must be positive");
         }
@@ -29,7 +29,7 @@ public final class DeviceBuffer implements DevicePointer, AutoCloseable {
         Pointer p = new Pointer();
         NcclCommunicator.cudaCheck("cudaMalloc", cudart.cudaMalloc(p, bytes), "allocating " + bytes + " bytes on device "
                 + device, "hint: the device may be out of memory");
-        return new DeviceBuffer(device, bytes, p);
+        return new DeviceAllocation(device, bytes, p);
     }
 
     @Override
@@ -94,6 +94,6 @@ public final class DeviceBuffer implements DevicePointer, AutoCloseable {
 
     @Override
     public String toString() {
-        return "DeviceBuffer[device " + device + ", " + bytes + " bytes" + (ptr == null ? ", freed" : "") + "]";
+        return "DeviceAllocation[device " + device + ", " + bytes + " bytes" + (ptr == null ? ", freed" : "") + "]";
     }
 }
