@@ -130,6 +130,10 @@ class NcclCommunicatorGpuTest {
         assertTrue(e.getMessage().contains("ncclCommAbort"), e.getMessage());
         assertTrue(cs[0].isAborted());
         cs[0].close();
-        cs[1].close();
+        try {
+            cs[1].close(); // its peer aborted: finalising may fail (and abort) instead
+        } catch (RuntimeException ignored) {
+            assertTrue(cs[1].isAborted());
+        }
     }
 }
