@@ -1,0 +1,139 @@
+package dev.sparkmoe.gpu.nccl;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+import dev.sparkmoe.gpu.launch.CollectiveSmokeEntry;
+import dev.sparkmoe.gpu.launch.Launcher;
+import dev.sparkmoe.parallel.comm.CollectiveTimeoutException;
+import dev.sparkmoe.parallel.comm.CommunicatorConformance;
+import java.io.ByteArrayOutputStream;
+import java.io.PrintStream;
+import java.nio.charset.StandardCharsets;
+import java.time.Duration;
+import org.junit.jupiter.api.Test;
+
+/**
+ * Needs a GPU and libnccl.so.2 (skipped otherwise): a one-rank NCCL world through the conformance suite and the
+ * device-tensor checks; with two or more GPUs, the launcher with --backend cuda (conformance, device checks, a small
+ * bus-bandwidth run) and a collective that one rank never joins, which must time out and abort, not hang.
+ */
+class NcclCommunicatorGpuTest {
+
+    private static Nccl.Availability gpu() {
+        Nccl.Availability a = Nccl.probe();
+        assumeTrue(a.ok(), () -> "no NCCL here: " + a.reason());
+        assumeTrue("0".equals(System.getenv(NcclCommunicator.ENV_NVLS)), "NCCL_NVLS_ENABLE=0 is not set");
+        return a;
+    }
+
+    private static NcclBootstrap single() {
+        return new NcclBootstrap() {
+            @Override
+            public int rank() {
+                return 0;
+            }
+
+            @Override
+            public int size() {
+                return 1;
+            }
+
+            @Override
+            public byte[] broadcastFromRank0(byte[] mine) {
+                return mine;
+            }
+        };
+    }
+
+    @Test
+    void oneRankWorldPassesConformanceAndDeviceChecks() {
+        gpu();
+        try (NcclCommunicator c = NcclCommunicator.create(single(), NcclOptions.defaults(0))) {
+            assertEquals(0, c.rank());
+            assertEquals(1, c.size());
+            assertTrue(c.stream() != 0);
+            CommunicatorConformance.runAll(c);
+            CollectiveSmokeEntry.deviceChecks(c);
+        }
+    }
+
+    @Test
+    void twoGpusThroughTheLauncher() {
+        Nccl.Availability a = gpu();
+        assumeTrue(a.deviceCount() >= 2, "needs 2 GPUs");
+        ByteArrayOutputStream out = new ByteArrayOutputStream();
+        ByteArrayOutputStream err = new ByteArrayOutputStream();
+        int code = Launcher.run(new String[] {"--nproc", "2", "--backend", "cuda", "--", "--busbw-bytes",
+            Long.toString(64L << 20)}, new PrintStream(out, true, StandardCharsets.UTF_8),
+                new PrintStream(err, true, StandardCharsets.UTF_8));
+        String o = out.toString(StandardCharsets.UTF_8);
+        assertEquals(0, code, () -> o + "\n" + err.toString(StandardCharsets.UTF_8));
+        assertTrue(o.contains("NCCL conformance passed"), o);
+        assertTrue(o.contains("busbw"), o);
+    }
+
+    @Test
+    void aCollectiveNobodyElseJoinsTimesOutAndAborts() {
+        Nccl.Availability a = gpu();
+        assumeTrue(a.deviceCount() >= 2, "needs 2 GPUs");
+        // two ranks in this JVM on devices 0 and 1; only rank 0 calls the all-reduce
+        java.util.concurrent.atomic.AtomicReference<byte[]> id = new java.util.concurrent.atomic.AtomicReference<>();
+        java.util.concurrent.CountDownLatch have = new java.util.concurrent.CountDownLatch(1);
+        NcclCommunicator[] cs = new NcclCommunicator[2];
+        Thread[] ts = new Thread[2];
+        for (int r = 0; r < 2; r++) {
+            int rank = r;
+            ts[r] = new Thread(() -> {
+                NcclBootstrap b = new NcclBootstrap() {
+                    @Override
+                    public int rank() {
+                        return rank;
+                    }
+
+                    @Override
+                    public int size() {
+                        return 2;
+                    }
+
+                    @Override
+                    public byte[] broadcastFromRank0(byte[] mine) {
+                        if (rank == 0) {
+                            id.set(mine);
+                            have.countDown();
+                            return mine;
+                        }
+                        try {
+                            have.await();
+                        } catch (InterruptedException e) {
+                            throw new IllegalStateException(e);
+                        }
+                        return id.get();
+                    }
+                };
+                cs[rank] = NcclCommunicator.create(b, NcclOptions.defaults(rank).withTimeout(Duration.ofSeconds(3)));
+            });
+            ts[r].start();
+        }
+        for (Thread t : ts) {
+            try {
+                t.join(120_000);
+            } catch (InterruptedException e) {
+                throw new AssertionError(e);
+            }
+        }
+        CollectiveTimeoutException e = assertThrows(CollectiveTimeoutException.class,
+                () -> cs[0].allReduceSum(new float[8], 0, 8));
+        assertTrue(e.getMessage().contains("allReduceSum(float[8])"), e.getMessage());
+        assertTrue(e.getMessage().contains("ncclCommAbort"), e.getMessage());
+        assertTrue(cs[0].isAborted());
+        cs[0].close();
+        try {
+            cs[1].close(); // its peer aborted: finalising may fail (and abort) instead
+        } catch (RuntimeException ignored) {
+            assertTrue(cs[1].isAborted());
+        }
+    }
+}
