@@ -24,7 +24,7 @@ import org.openjdk.jmh.annotations.Warmup;
 /**
  * sgemm at the model's shapes: CpuBackend.gemm (heap float[] wrapped in FloatBuffers, which JavaCPP hands to
  * OpenBLAS through JNI array access) against cblas_sgemm called directly on off-heap FloatPointer buffers.
- * Shape strings are {@code name:AB:m,n,k} with A/B = N or T (row-major, as Backend.gemm); the "flop" counter is
+ * Shape strings are {@code name:AB:mxnxk} with A/B = N or T (row-major, as Backend.gemm); the "flop" counter is
  * 2mnk per call, reported per second (GFLOP/s = flop/s / 1e9).
  *
  * <p>fix.* shapes: the tiny fixture at 32 tokens (2 x 16): hidden 64, q 4x16, kv 2x16, 8 experts top-2 (8 rows per
@@ -40,17 +40,17 @@ import org.openjdk.jmh.annotations.Warmup;
 public class GemmBench {
 
     @Param({
-        "fix.q_proj:NT:32,64,64",
-        "fix.expert_gate:NT:8,32,64",
-        "fix.lm_head:NT:32,512,64",
-        "fix.lm_head_dW:TN:512,64,32",
-        "m20.q_proj:NT:1024,256,256",
-        "m20.k_proj:NT:1024,128,256",
-        "m20.expert_gate:NT:256,256,256",
-        "m20.expert_dW:TN:256,256,256",
-        "m20.lm_head:NT:1024,8192,256",
-        "m20.lm_head_dX:NN:1024,256,8192",
-        "m20.lm_head_dW:TN:8192,256,1024",
+        "fix.q_proj:NT:32x64x64",
+        "fix.expert_gate:NT:8x32x64",
+        "fix.lm_head:NT:32x512x64",
+        "fix.lm_head_dW:TN:512x64x32",
+        "m20.q_proj:NT:1024x256x256",
+        "m20.k_proj:NT:1024x128x256",
+        "m20.expert_gate:NT:256x256x256",
+        "m20.expert_dW:TN:256x256x256",
+        "m20.lm_head:NT:1024x8192x256",
+        "m20.lm_head_dX:NN:1024x256x8192",
+        "m20.lm_head_dW:TN:8192x256x1024",
     })
     public String shape;
 
@@ -88,7 +88,7 @@ public class GemmBench {
         String[] parts = shape.split(":");
         transA = parts[1].charAt(0) == 'T';
         transB = parts[1].charAt(1) == 'T';
-        String[] dims = parts[2].split(",");
+        String[] dims = parts[2].split("x"); // no commas: JMH's -p splits values on them
         m = Integer.parseInt(dims[0]);
         n = Integer.parseInt(dims[1]);
         k = Integer.parseInt(dims[2]);
