@@ -1,0 +1,131 @@
+package dev.sparkmoe.core.backend;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.sparkmoe.core.tensor.Tensor;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+import org.junit.jupiter.api.Test;
+
+/**
+ * CpuBackend.gemm against a naive double-precision triple loop: all four transpose combinations, element offsets and
+ * padded leading dimensions on A, B and C, beta 0 and 1, alpha != 1. Tolerance per element of C:
+ * 1e-5 * (sum_p |alpha a_ip b_pj| + |beta c_ij|), above the f32 worst-case bound k * 2^-24 * sum|ab| for k <= 64.
+ * Elements of C outside the [m, n] window (offset prefix, row padding, tail) must keep their exact bits.
+ */
+class CpuBackendGemmTest {
+    private final CpuBackend be = new CpuBackend();
+
+    @ParameterizedTest(name = "transA={0} transB={1} beta={2} m={3} n={4} k={5}")
+    @CsvSource({
+        "false, false, 0, 7, 5, 9",
+        "false, true,  0, 7, 5, 9",
+        "true,  false, 0, 7, 5, 9",
+        "true,  true,  0, 7, 5, 9",
+        "false, false, 1, 13, 17, 33",
+        "false, true,  1, 13, 17, 33",
+        "true,  false, 1, 13, 17, 33",
+        "true,  true,  1, 13, 17, 33",
+        "false, true,  1, 1, 64, 3",
+        "true,  false, 0, 64, 1, 64",
+    })
+    void matchesDoubleTripleLoop(boolean transA, boolean transB, float beta, int m, int n, int k) {
+        Rand rnd = new Rand(31L * m + 7L * n + k + (transA ? 1000 : 0) + (transB ? 2000 : 0) + (long) beta * 5000);
+        float alpha = 0.75f;
+        int aRows = transA ? k : m;
+        int aCols = transA ? m : k;
+        int bRows = transB ? n : k;
+        int bCols = transB ? k : n;
+        int lda = aCols + 3;
+        int ldb = bCols + 2;
+        int ldc = n + 5;
+        int aOff = 11;
+        int bOff = 4;
+        int cOff = 9;
+        Tensor a = rnd.tensor(1, aOff + aRows * lda + 6);
+        Tensor b = rnd.tensor(1, bOff + bRows * ldb + 3);
+        Tensor c = rnd.tensor(1, cOff + m * ldc + 7);
+        float[] c0 = c.floats().clone();
+        float[] af = a.floats();
+        float[] bf = b.floats();
+
+        be.gemm(transA, transB, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+
+        float[] cf = c.floats();
+        boolean[] inWindow = new boolean[cf.length];
+        for (int i = 0; i < m; i++) {
+            for (int j = 0; j < n; j++) {
+                double acc = 0;
+                double mag = 0;
+                for (int p = 0; p < k; p++) {
+                    double av = transA ? af[aOff + p * lda + i] : af[aOff + i * lda + p];
+                    double bv = transB ? bf[bOff + j * ldb + p] : bf[bOff + p * ldb + j];
+                    acc += av * bv;
+                    mag += Math.abs(av * bv);
+                }
+                int ci = cOff + i * ldc + j;
+                inWindow[ci] = true;
+                double expected = alpha * acc + beta * (double) c0[ci];
+                double tol = 1e-5 * (Math.abs(alpha) * mag + Math.abs(beta * c0[ci]));
+                double diff = Math.abs(expected - cf[ci]);
+                int ii = i;
+                int jj = j;
+                assertTrue(diff <= tol, () -> "C[" + ii + "," + jj + "]: expected " + expected + ", got " + cf[ci]
+                        + " (|diff| " + diff + " > " + tol + ")");
+            }
+        }
+        for (int x = 0; x < cf.length; x++) {
+            if (!inWindow[x]) {
+                assertEquals(Float.floatToRawIntBits(c0[x]), Float.floatToRawIntBits(cf[x]),
+                        "C element " + x + " outside the [m, n] window was written");
+            }
+        }
+    }
+
+    @Test
+    void zeroKScalesCByBeta() {
+        Rand rnd = new Rand(3);
+        Tensor a = rnd.tensor(1, 4);
+        Tensor c = rnd.tensor(1, 2, 3);
+        float[] c0 = c.floats().clone();
+        be.gemm(false, false, 2, 3, 0, 1f, a, 0, 1, a, 0, 3, 0.5f, c, 0, 3);
+        for (int i = 0; i < 6; i++) {
+            assertEquals(c0[i] * 0.5f, c.floats()[i]);
+        }
+    }
+
+    @Test
+    void wrongSpansThrowJavaExceptions() {
+        Rand rnd = new Rand(5);
+        int m = 4;
+        int n = 3;
+        int k = 5;
+        Tensor a = rnd.tensor(1, m * k);
+        Tensor b = rnd.tensor(1, k * n);
+        Tensor c = rnd.tensor(1, m * n);
+        // Exact fit works.
+        be.gemm(false, false, m, n, k, 1f, a, 0, k, b, 0, n, 0f, c, 0, n);
+        // A one element too short through its offset.
+        assertThrows(IndexOutOfBoundsException.class,
+                () -> be.gemm(false, false, m, n, k, 1f, a, 1, k, b, 0, n, 0f, c, 0, n));
+        // B too small for the transposed reading with a padded stride.
+        assertThrows(IndexOutOfBoundsException.class,
+                () -> be.gemm(false, true, m, n, k, 1f, a, 0, k, b, 0, k + 1, 0f, c, 0, n));
+        // C: stride too large for the buffer.
+        assertThrows(IndexOutOfBoundsException.class,
+                () -> be.gemm(false, false, m, n, k, 1f, a, 0, k, b, 0, n, 0f, c, 0, n + 1));
+        // Negative offset.
+        assertThrows(IndexOutOfBoundsException.class,
+                () -> be.gemm(false, false, m, n, k, 1f, a, -1, k, b, 0, n, 0f, c, 0, n));
+        // Far out of range offset on C (would be a native write past the array).
+        assertThrows(IndexOutOfBoundsException.class,
+                () -> be.gemm(false, false, m, n, k, 1f, a, 0, k, b, 0, n, 1f, c, 1 << 20, n));
+        // Leading dimension smaller than the row length.
+        assertThrows(IllegalArgumentException.class,
+                () -> be.gemm(false, false, m, n, k, 1f, a, 0, k - 1, b, 0, n, 0f, c, 0, n));
+        assertThrows(IllegalArgumentException.class,
+                () -> be.gemm(true, false, m, n, k, 1f, a, 0, m - 1, b, 0, n, 0f, c, 0, n));
+    }
+}
