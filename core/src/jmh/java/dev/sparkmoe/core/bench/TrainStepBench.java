@@ -77,7 +77,7 @@ public class TrainStepBench {
         long count = 0;
         states = new AdamW.State[params.size()];
         for (int i = 0; i < states.length; i++) {
-            states[i] = new AdamW.State(params.get(i).shape());
+            states[i] = new AdamW.State(model.backend(), params.get(i).shape());
             count += params.get(i).numel();
         }
         System.out.println("# " + setup + ": " + count + " parameters");

@@ -67,13 +67,31 @@ class CpuBackendForwardTest {
         Tensor k = Tensor.of(r.floats(batch * t * hkv * d, 1.5), batch * t, hkv * d);
         Tensor v = Tensor.of(r.floats(batch * t * hkv * d, 1), batch * t, hkv * d);
         Tensor out = Tensor.zeros(DType.F32, batch * t, hq * d);
-        Tensor probs = Tensor.of(r.floats(batch * hq * t * t, 1), batch, hq, t, t); // garbage in: must be overwritten
-        be.attentionForward(q, k, v, batch, t, hq, hkv, d, scale, out, probs);
-        double[] pRef = new double[batch * hq * t * t];
+        Tensor lse = Tensor.of(r.floats(batch * hq * t, 1), batch * hq * t); // garbage in: must be overwritten
+        be.attentionForward(q, k, v, batch, t, hq, hkv, d, scale, out, lse);
         double[] ref = Refs.attention(toDouble(q.floats()), toDouble(k.floats()), toDouble(v.floats()), batch, t, hq,
-                hkv, d, scale, pRef);
+                hkv, d, scale, null);
         assertClose("attention out", ref, out.floats(), 2e-6);
-        assertClose("attention probs", pRef, probs.floats(), 1e-6); // includes exact 0 above the diagonal
+        // log-sum-exp of each causal score row, in double
+        double[] lseRef = new double[batch * hq * t];
+        int g = hq / hkv;
+        for (int b = 0; b < batch; b++) {
+            for (int h = 0; h < hq; h++) {
+                for (int i = 0; i < t; i++) {
+                    double sum = 0;
+                    for (int j = 0; j <= i; j++) {
+                        double sc = 0;
+                        for (int e = 0; e < d; e++) {
+                            sc += (double) q.floats()[(b * t + i) * hq * d + h * d + e]
+                                    * k.floats()[(b * t + j) * hkv * d + (h / g) * d + e];
+                        }
+                        sum += Math.exp(sc * scale);
+                    }
+                    lseRef[(b * hq + h) * t + i] = Math.log(sum);
+                }
+            }
+        }
+        assertClose("attention lse", lseRef, lse.floats(), 2e-6);
     }
 
     @Test
@@ -106,7 +124,7 @@ class CpuBackendForwardTest {
         targets[7] = -100;
         Tensor logits = Tensor.of(l0, rows, vocab);
         Tensor dl = Tensor.of(r.floats(rows * vocab, 1), rows, vocab); // garbage in: must be overwritten
-        double loss = be.crossEntropy(logits, targets, rows, vocab, 0.125f, dl);
+        double loss = be.crossEntropy(logits, Tensor.ofInts(targets, rows), rows, vocab, 0.125f, dl);
         double ref = Refs.crossEntropySum(toDouble(l0), targets, rows, vocab);
         assertEquals(ref, loss, 1e-6 * Math.abs(ref)); // per-row log-sum-exp is in double; logits are f32 exact
         for (int j = 0; j < vocab; j++) {
@@ -115,7 +133,8 @@ class CpuBackendForwardTest {
         }
         int[] bad = targets.clone();
         bad[0] = vocab;
-        assertThrows(IllegalArgumentException.class, () -> be.crossEntropy(logits, bad, rows, vocab, 1f, dl));
+        assertThrows(IllegalArgumentException.class,
+                () -> be.crossEntropy(logits, Tensor.ofInts(bad, rows), rows, vocab, 1f, dl));
     }
 
     @Test
@@ -177,13 +196,14 @@ class CpuBackendForwardTest {
         Tensor table = Tensor.of(r.floats(7 * hidden, 1), 7, hidden);
         int[] ids = {3, 0, 6, 3};
         Tensor emb = Tensor.zeros(DType.F32, ids.length, hidden);
-        be.embeddingForward(table, ids, hidden, emb);
+        be.embeddingForward(table, Tensor.ofInts(ids, ids.length), ids.length, hidden, emb);
         for (int t = 0; t < ids.length; t++) {
             for (int j = 0; j < hidden; j++) {
                 assertEquals(table.floats()[ids[t] * hidden + j], emb.floats()[t * hidden + j]);
             }
         }
-        assertThrows(IllegalArgumentException.class, () -> be.embeddingForward(table, new int[] {7}, hidden, emb));
+        assertThrows(IllegalArgumentException.class,
+                () -> be.embeddingForward(table, Tensor.ofInts(new int[] {7}, 1), 1, hidden, emb));
 
         float[] x = r.floats(100, 1);
         float[] y = r.floats(100, 1);

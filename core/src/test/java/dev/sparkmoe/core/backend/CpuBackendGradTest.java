@@ -114,12 +114,12 @@ class CpuBackendGradTest {
         Tensor k = Tensor.of(kf, batch * t, hkv * d);
         Tensor v = Tensor.of(vf, batch * t, hkv * d);
         Tensor out = Tensor.zeros(DType.F32, batch * t, hq * d);
-        Tensor probs = Tensor.zeros(DType.F32, batch, hq, t, t);
-        be.attentionForward(q, k, v, batch, t, hq, hkv, d, (float) scale, out, probs);
+        Tensor lse = Tensor.zeros(DType.F32, batch * hq * t);
+        be.attentionForward(q, k, v, batch, t, hq, hkv, d, (float) scale, out, lse);
         Tensor dq = Tensor.of(r.floats(qf.length, 1), batch * t, hq * d); // all written, garbage in
         Tensor dk = Tensor.of(r.floats(kf.length, 1), batch * t, hkv * d);
         Tensor dv = Tensor.of(r.floats(vf.length, 1), batch * t, hkv * d);
-        be.attentionBackward(Tensor.of(toFloat(wts), batch * t, hq * d), q, k, v, probs, batch, t, hq, hkv, d,
+        be.attentionBackward(Tensor.of(toFloat(wts), batch * t, hq * d), q, k, v, out, lse, batch, t, hq, hkv, d,
                 (float) scale, dq, dk, dv);
         double[] qd = toDouble(qf);
         double[] kd = toDouble(kf);
@@ -162,7 +162,7 @@ class CpuBackendGradTest {
         int[] targets = {2, -100, 6, 0, 2};
         float gradScale = 0.25f;
         Tensor dl = Tensor.zeros(DType.F32, rows, vocab);
-        be.crossEntropy(Tensor.of(lf, rows, vocab), targets, rows, vocab, gradScale, dl);
+        be.crossEntropy(Tensor.of(lf, rows, vocab), Tensor.ofInts(targets, rows), rows, vocab, gradScale, dl);
         // The objective here is the loss itself (scaled): dLogits = gradScale * d(sum CE)/d(logits).
         assertGrad("crossEntropy dLogits", numericGrad(toDouble(lf),
                 x -> gradScale * Refs.crossEntropySum(x, targets, rows, vocab)), dl.floats(), 0);
@@ -178,7 +178,8 @@ class CpuBackendGradTest {
         double[] wts = toDouble(r.floats(ids.length * hidden, 1));
         float[] d0 = r.floats(vocab * hidden, 1);
         Tensor dTable = Tensor.of(d0.clone(), vocab, hidden);
-        be.embeddingBackward(Tensor.of(toFloat(wts), ids.length, hidden), ids, hidden, dTable);
+        be.embeddingBackward(Tensor.of(toFloat(wts), ids.length, hidden), Tensor.ofInts(ids, ids.length), ids.length,
+                hidden, dTable);
         float[] added = new float[d0.length];
         for (int i = 0; i < d0.length; i++) {
             added[i] = dTable.floats()[i] - d0[i];

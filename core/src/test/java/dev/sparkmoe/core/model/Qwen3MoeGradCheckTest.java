@@ -48,7 +48,7 @@ class Qwen3MoeGradCheckTest {
         List<int[]> out = new ArrayList<>();
         for (DecoderLayer.Cache c : p.caches) {
             if (c.moe.topIdx != null) {
-                out.add(c.moe.topIdx.clone());
+                out.add(c.moe.topIdx.ints().clone());
             }
         }
         return out.toArray(new int[0][]);
