@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.sparkmoe.core.model.Fixtures;
 import dev.sparkmoe.core.backend.CpuBackend;
 import dev.sparkmoe.core.io.HfCheckpoint;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
@@ -30,8 +31,7 @@ class ReshardingTest {
 
     @BeforeAll
     static void setUp() throws Exception {
-        Path dir = Path.of(ReshardingTest.class.getResource("/fixtures/qwen3moe-tiny/config.json").toURI())
-                .getParent();
+        Path dir = Fixtures.tiny();
         configJson = Files.readString(dir.resolve("config.json"));
         full = HfCheckpoint.loadStacked(dir, Qwen3MoeConfig.parse(configJson).numExperts());
     }

@@ -3,6 +3,7 @@ package dev.sparkmoe.parallel.plan;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.sparkmoe.core.model.Fixtures;
 import dev.sparkmoe.core.backend.CpuBackend;
 import dev.sparkmoe.parallel.comm.InJvmRanks;
 import dev.sparkmoe.parallel.train.DistributedTrainer;
@@ -19,8 +20,7 @@ class ValidationTest {
 
     @BeforeAll
     static void load() throws Exception {
-        configJson = Files.readString(Path.of(ValidationTest.class
-                .getResource("/fixtures/qwen3moe-tiny/config.json").toURI()));
+        configJson = Files.readString(Fixtures.tiny().resolve("config.json"));
     }
 
     static TrainerSpec spec(String cfg, int dp, int ep) {

@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.sparkmoe.core.model.Fixtures;
 import dev.sparkmoe.core.io.SafeTensors;
 import dev.sparkmoe.core.json.Json;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -22,7 +23,7 @@ import org.junit.jupiter.api.Test;
 class StepCommandTest {
 
     static Path fixture() throws Exception {
-        return Path.of(StepCommandTest.class.getResource("/fixtures/qwen3moe-tiny/config.json").toURI()).getParent();
+        return Fixtures.tiny();
     }
 
     static void close(String what, Tensor ref, Tensor got, Tensor refGrad, double eps, double lr) {

@@ -3,6 +3,7 @@ package dev.sparkmoe.parallel.train;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.sparkmoe.core.model.Fixtures;
 import dev.sparkmoe.core.backend.CpuBackend;
 import dev.sparkmoe.core.io.HfCheckpoint;
 import dev.sparkmoe.core.io.SafeTensors;
@@ -40,8 +41,7 @@ class LayoutEquivalenceTest {
     }
 
     static Path fixture() throws Exception {
-        return Path.of(LayoutEquivalenceTest.class.getResource("/fixtures/qwen3moe-tiny/config.json").toURI())
-                .getParent();
+        return Fixtures.tiny();
     }
 
     @BeforeAll
