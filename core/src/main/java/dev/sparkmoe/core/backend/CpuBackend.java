@@ -1,5 +1,6 @@
 package dev.sparkmoe.core.backend;
 
+import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import java.nio.FloatBuffer;
 import java.util.logging.Logger;
@@ -32,6 +33,90 @@ public final class CpuBackend implements Backend {
     @Override
     public String name() {
         return "cpu";
+    }
+
+    // ------------------------------------------------------------------ memory
+
+    private static final Scope NO_SCOPE = () -> { };
+
+    @Override
+    public Tensor zeros(DType dtype, int... shape) {
+        return Tensor.zeros(dtype, shape);
+    }
+
+    @Override
+    public Tensor upload(Tensor host) {
+        if (!host.isHost()) {
+            throw new IllegalArgumentException("the CPU backend cannot read " + host + ": download it through the "
+                    + "backend that owns it first");
+        }
+        return host;
+    }
+
+    @Override
+    public Tensor download(Tensor t) {
+        return upload(t);
+    }
+
+    @Override
+    public void copy(Tensor src, int srcOff, Tensor dst, int dstOff, int n) {
+        if (src.dtype() != dst.dtype()) {
+            throw new IllegalArgumentException("copy from " + src + " to " + dst + ": dtypes differ");
+        }
+        switch (src.dtype()) {
+            case I32: System.arraycopy(src.ints(), srcOff, dst.ints(), dstOff, n); break;
+            case I64: System.arraycopy(src.longs(), srcOff, dst.longs(), dstOff, n); break;
+            default: System.arraycopy(src.floats(), srcOff, dst.floats(), dstOff, n);
+        }
+    }
+
+    @Override
+    public void copyRows(Tensor src, int srcOff, int srcStride, Tensor dst, int dstOff, int dstStride, int rows,
+                         int rowLen) {
+        if (rowLen == 0) {
+            return;
+        }
+        for (int r = 0; r < rows; r++) {
+            copy(src, srcOff + r * srcStride, dst, dstOff + r * dstStride, rowLen);
+        }
+    }
+
+    @Override
+    public void fill(Tensor t, float value) {
+        switch (t.dtype()) {
+            case I32: java.util.Arrays.fill(t.ints(), (int) value); break;
+            case I64: java.util.Arrays.fill(t.longs(), (long) value); break;
+            default: java.util.Arrays.fill(t.floats(), value);
+        }
+    }
+
+    @Override
+    public void release(Tensor t) {
+        // heap memory: the garbage collector frees it once unreachable
+    }
+
+    @Override
+    public Scope openScope() {
+        return NO_SCOPE;
+    }
+
+    @Override
+    public void synchronize() {
+        // every CPU kernel has finished when it returns
+    }
+
+    // ------------------------------------------------------------------ dense algebra
+
+    @Override
+    public void groupedGemm(boolean transA, boolean transB, int groups, int[] m, int[] n, int[] k, float alpha,
+                            Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta, Tensor c,
+                            int[] cOff, int ldc) {
+        for (int g = 0; g < groups; g++) {
+            if (m[g] > 0 && n[g] > 0) {
+                gemm(transA, transB, m[g], n[g], k[g], alpha, a, aOff[g], lda, b, bOff[g], ldb, beta, c, cOff[g],
+                        ldc);
+            }
+        }
     }
 
     @Override
@@ -171,57 +256,50 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void attentionForward(Tensor q, Tensor k, Tensor v, int batch, int seqLen, int qHeads, int kvHeads,
-                                 int headDim, float scale, Tensor out, Tensor probs) {
+                                 int headDim, float scale, Tensor out, Tensor lse) {
         float[] qf = q.floats();
         float[] kf = k.floats();
         float[] vf = v.floats();
         float[] of = out.floats();
-        float[] pf = probs.floats();
+        float[] lf = lse.floats();
         int group = qHeads / kvHeads;
         int qStride = qHeads * headDim;
         int kvStride = kvHeads * headDim;
         Par.range(batch * qHeads, (long) seqLen * seqLen * headDim, (from, to) -> {
+            float[] p = new float[seqLen];
             for (int bh = from; bh < to; bh++) {
                 int b = bh / qHeads;
                 int h = bh % qHeads;
                 int g = h / group;
-                int pBase = bh * seqLen * seqLen;
                 for (int i = 0; i < seqLen; i++) {
                     int qo = (b * seqLen + i) * qStride + h * headDim;
-                    int prow = pBase + i * seqLen;
                     float max = Float.NEGATIVE_INFINITY;
                     for (int j = 0; j <= i; j++) {
                         int ko = (b * seqLen + j) * kvStride + g * headDim;
-                        float s = 0f;
+                        float sc = 0f;
                         for (int d = 0; d < headDim; d++) {
-                            s += qf[qo + d] * kf[ko + d];
+                            sc += qf[qo + d] * kf[ko + d];
                         }
-                        s *= scale;
-                        pf[prow + j] = s;
-                        max = Math.max(max, s);
+                        sc *= scale;
+                        p[j] = sc;
+                        max = Math.max(max, sc);
                     }
                     float sum = 0f;
                     for (int j = 0; j <= i; j++) {
-                        float e = (float) Math.exp(pf[prow + j] - max);
-                        pf[prow + j] = e;
+                        float e = (float) Math.exp(p[j] - max);
+                        p[j] = e;
                         sum += e;
                     }
                     float inv = 1f / sum;
-                    for (int j = 0; j <= i; j++) {
-                        pf[prow + j] *= inv;
-                    }
-                    for (int j = i + 1; j < seqLen; j++) {
-                        pf[prow + j] = 0f;
-                    }
-                    int oo = (b * seqLen + i) * qStride + h * headDim;
+                    lf[bh * seqLen + i] = max + (float) Math.log(sum);
                     for (int d = 0; d < headDim; d++) {
-                        of[oo + d] = 0f;
+                        of[qo + d] = 0f;
                     }
                     for (int j = 0; j <= i; j++) {
-                        float p = pf[prow + j];
+                        float pj = p[j] * inv;
                         int vo = (b * seqLen + j) * kvStride + g * headDim;
                         for (int d = 0; d < headDim; d++) {
-                            of[oo + d] += p * vf[vo + d];
+                            of[qo + d] += pj * vf[vo + d];
                         }
                     }
                 }
@@ -230,23 +308,25 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
-    public void attentionBackward(Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor probs, int batch, int seqLen,
-                                  int qHeads, int kvHeads, int headDim, float scale, Tensor dq, Tensor dk, Tensor dv) {
+    public void attentionBackward(Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int batch,
+                                  int seqLen, int qHeads, int kvHeads, int headDim, float scale, Tensor dq, Tensor dk,
+                                  Tensor dv) {
         float[] dof = dOut.floats();
         float[] qf = q.floats();
         float[] kf = k.floats();
         float[] vf = v.floats();
-        float[] pf = probs.floats();
+        float[] of = out.floats();
+        float[] lf = lse.floats();
         float[] dqf = dq.floats();
         float[] dkf = dk.floats();
         float[] dvf = dv.floats();
         int group = qHeads / kvHeads;
         int qStride = qHeads * headDim;
         int kvStride = kvHeads * headDim;
-        // Parallel over (batch, kv head): each task owns the dk/dv rows of its kv head and the dq rows of the
-        // query heads in its group, so no two tasks write the same element.
-        Par.range(batch * kvHeads, (long) group * seqLen * seqLen * headDim * 3, (from, to) -> {
-            float[] dp = new float[seqLen];
+        // Parallel over (batch, kv head): each task owns the dk/dv rows of its kv head and the dq rows of the query
+        // heads in its group, so no two tasks write the same element. Probabilities are recomputed from the saved
+        // log-sum-exp: p_ij = exp(scale * q_i.k_j - lse_i).
+        Par.range(batch * kvHeads, (long) group * seqLen * seqLen * headDim * 4, (from, to) -> {
             for (int bg = from; bg < to; bg++) {
                 int b = bg / kvHeads;
                 int g = bg % kvHeads;
@@ -258,27 +338,24 @@ public final class CpuBackend implements Backend {
                     }
                 }
                 for (int h = g * group; h < (g + 1) * group; h++) {
-                    int pBase = (b * qHeads + h) * seqLen * seqLen;
                     for (int i = 0; i < seqLen; i++) {
                         int qo = (b * seqLen + i) * qStride + h * headDim;
-                        int prow = pBase + i * seqLen;
+                        float li = lf[(b * qHeads + h) * seqLen + i];
                         float rowDot = 0f;
-                        for (int j = 0; j <= i; j++) {
-                            int vo = (b * seqLen + j) * kvStride + g * headDim;
-                            float s = 0f;
-                            for (int d = 0; d < headDim; d++) {
-                                s += dof[qo + d] * vf[vo + d];
-                            }
-                            dp[j] = s;
-                            rowDot += s * pf[prow + j];
-                        }
                         for (int d = 0; d < headDim; d++) {
+                            rowDot += dof[qo + d] * of[qo + d];
                             dqf[qo + d] = 0f;
                         }
                         for (int j = 0; j <= i; j++) {
-                            float p = pf[prow + j];
-                            float ds = p * (dp[j] - rowDot) * scale;
                             int ko = (b * seqLen + j) * kvStride + g * headDim;
+                            float sc = 0f;
+                            float dp = 0f;
+                            for (int d = 0; d < headDim; d++) {
+                                sc += qf[qo + d] * kf[ko + d];
+                                dp += dof[qo + d] * vf[ko + d];
+                            }
+                            float p = (float) Math.exp(sc * scale - li);
+                            float ds = p * (dp - rowDot) * scale;
                             for (int d = 0; d < headDim; d++) {
                                 dqf[qo + d] += ds * kf[ko + d];
                                 dkf[ko + d] += ds * qf[qo + d];
@@ -352,7 +429,9 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
-    public double crossEntropy(Tensor logits, int[] targets, int rows, int vocab, float gradScale, Tensor dLogits) {
+    public double crossEntropy(Tensor logits, Tensor targetTensor, int rows, int vocab, float gradScale,
+                               Tensor dLogits) {
+        int[] targets = targetTensor.ints();
         float[] lf = logits.floats();
         float[] df = dLogits.floats();
         double[] rowLoss = new double[rows];
@@ -394,11 +473,12 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
-    public void embeddingForward(Tensor table, int[] ids, int hidden, Tensor out) {
+    public void embeddingForward(Tensor table, Tensor idTensor, int tokens, int hidden, Tensor out) {
+        int[] ids = idTensor.ints();
         float[] tf = table.floats();
         float[] of = out.floats();
         int rows = table.numel() / hidden;
-        for (int n = 0; n < ids.length; n++) {
+        for (int n = 0; n < tokens; n++) {
             if (ids[n] < 0 || ids[n] >= rows) {
                 throw new IllegalArgumentException("token id " + ids[n] + " at position " + n
                         + " is outside the vocabulary [0, " + rows + ")");
@@ -408,10 +488,11 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
-    public void embeddingBackward(Tensor dOut, int[] ids, int hidden, Tensor dTable) {
+    public void embeddingBackward(Tensor dOut, Tensor idTensor, int tokens, int hidden, Tensor dTable) {
+        int[] ids = idTensor.ints();
         float[] df = dOut.floats();
         float[] tf = dTable.floats();
-        for (int n = 0; n < ids.length; n++) {
+        for (int n = 0; n < tokens; n++) {
             int o = ids[n] * hidden;
             int s = n * hidden;
             for (int j = 0; j < hidden; j++) {
@@ -419,6 +500,188 @@ public final class CpuBackend implements Backend {
             }
         }
     }
+
+    // ------------------------------------------------------------------ mixture of experts
+
+    @Override
+    public void routerTopK(Tensor probs, int rows, int experts, int k, boolean normalize, Tensor topIdx,
+                           Tensor topVal, Tensor weights) {
+        float[] p = probs.floats();
+        int[] idx = topIdx.ints();
+        float[] val = topVal.floats();
+        float[] w = weights.floats();
+        Par.range(rows, (long) experts * k, (from, to) -> {
+            for (int r = from; r < to; r++) {
+                int o = r * experts;
+                for (int j = 0; j < k; j++) {
+                    int best = -1;
+                    float bv = Float.NEGATIVE_INFINITY;
+                    for (int e = 0; e < experts; e++) {
+                        boolean taken = false;
+                        for (int q = 0; q < j; q++) {
+                            if (idx[r * k + q] == e) {
+                                taken = true;
+                                break;
+                            }
+                        }
+                        if (!taken && (best < 0 || p[o + e] > bv)) {
+                            best = e;
+                            bv = p[o + e];
+                        }
+                    }
+                    idx[r * k + j] = best;
+                    val[r * k + j] = bv;
+                }
+                float sum = 0f;
+                for (int j = 0; j < k; j++) {
+                    sum += val[r * k + j];
+                }
+                for (int j = 0; j < k; j++) {
+                    w[r * k + j] = normalize ? val[r * k + j] / sum : val[r * k + j];
+                }
+            }
+        });
+    }
+
+    @Override
+    public void routerStats(Tensor topIdx, Tensor probs, int rows, int experts, int k, double[] stats) {
+        int[] idx = topIdx.ints();
+        float[] p = probs.floats();
+        for (int i = 0; i < rows * k; i++) {
+            stats[idx[i]] += 1;
+        }
+        for (int r = 0; r < rows; r++) {
+            for (int e = 0; e < experts; e++) {
+                stats[experts + e] += p[r * experts + e];
+            }
+        }
+    }
+
+    @Override
+    public void routerBackward(Tensor dWeights, Tensor topIdx, Tensor topVal, Tensor probs, Tensor auxGrad,
+                               int rows, int experts, int k, boolean normalize, Tensor dLogits) {
+        float[] dw = dWeights.floats();
+        int[] idx = topIdx.ints();
+        float[] val = topVal.floats();
+        float[] p = probs.floats();
+        float[] aux = auxGrad.floats();
+        float[] dl = dLogits.floats();
+        Par.range(rows, (long) experts * 4, (from, to) -> {
+            float[] dp = new float[experts];
+            for (int n = from; n < to; n++) {
+                System.arraycopy(aux, 0, dp, 0, experts);
+                if (normalize) {
+                    // w_j = v_j / S: dv_j = dw_j / S - sum_i dw_i v_i / S^2
+                    float sum = 0f;
+                    float dotWv = 0f;
+                    for (int j = 0; j < k; j++) {
+                        sum += val[n * k + j];
+                        dotWv += dw[n * k + j] * val[n * k + j];
+                    }
+                    for (int j = 0; j < k; j++) {
+                        dp[idx[n * k + j]] += dw[n * k + j] / sum - dotWv / (sum * sum);
+                    }
+                } else {
+                    for (int j = 0; j < k; j++) {
+                        dp[idx[n * k + j]] += dw[n * k + j];
+                    }
+                }
+                float dotP = 0f;
+                for (int e = 0; e < experts; e++) {
+                    dotP += dp[e] * p[n * experts + e];
+                }
+                for (int e = 0; e < experts; e++) {
+                    dl[n * experts + e] = p[n * experts + e] * (dp[e] - dotP);
+                }
+            }
+        });
+    }
+
+    @Override
+    public void gatherRows(Tensor src, Tensor index, int n, int width, int divisor, Tensor dst) {
+        float[] sf = src.floats();
+        float[] df = dst.floats();
+        int[] idx = index.ints();
+        Par.range(n, width, (from, to) -> {
+            for (int j = from; j < to; j++) {
+                System.arraycopy(sf, (idx[j] / divisor) * width, df, j * width, width);
+            }
+        });
+    }
+
+    @Override
+    public void scatterRows(Tensor src, Tensor index, int n, int width, Tensor dst) {
+        float[] sf = src.floats();
+        float[] df = dst.floats();
+        int[] idx = index.ints();
+        Par.range(n, width, (from, to) -> {
+            for (int j = from; j < to; j++) {
+                System.arraycopy(sf, j * width, df, idx[j] * width, width);
+            }
+        });
+    }
+
+    @Override
+    public void moeCombine(Tensor slots, Tensor weights, int tokens, int k, int width, Tensor y) {
+        float[] sf = slots.floats();
+        float[] w = weights.floats();
+        float[] yf = y.floats();
+        Par.range(tokens, (long) k * width, (from, to) -> {
+            for (int t = from; t < to; t++) {
+                for (int j = 0; j < width; j++) {
+                    yf[t * width + j] = 0f;
+                }
+                for (int q = 0; q < k; q++) {
+                    float wq = w[t * k + q];
+                    int so = (t * k + q) * width;
+                    for (int j = 0; j < width; j++) {
+                        yf[t * width + j] += wq * sf[so + j];
+                    }
+                }
+            }
+        });
+    }
+
+    @Override
+    public void moeCombineBackward(Tensor dy, Tensor slots, Tensor weights, int tokens, int k, int width,
+                                   Tensor dSlots, Tensor dWeights) {
+        float[] dyf = dy.floats();
+        float[] sf = slots.floats();
+        float[] w = weights.floats();
+        float[] dsf = dSlots.floats();
+        float[] dwf = dWeights.floats();
+        Par.range(tokens, (long) k * width * 2, (from, to) -> {
+            for (int t = from; t < to; t++) {
+                for (int q = 0; q < k; q++) {
+                    int s = t * k + q;
+                    float dot = 0f;
+                    for (int j = 0; j < width; j++) {
+                        dsf[s * width + j] = w[s] * dyf[t * width + j];
+                        dot += dyf[t * width + j] * sf[s * width + j];
+                    }
+                    dwf[s] = dot;
+                }
+            }
+        });
+    }
+
+    @Override
+    public void sumSlots(Tensor src, int tokens, int k, int width, Tensor dst) {
+        float[] sf = src.floats();
+        float[] df = dst.floats();
+        Par.range(tokens, (long) k * width, (from, to) -> {
+            for (int t = from; t < to; t++) {
+                for (int q = 0; q < k; q++) {
+                    int so = (t * k + q) * width;
+                    for (int j = 0; j < width; j++) {
+                        df[t * width + j] += sf[so + j];
+                    }
+                }
+            }
+        });
+    }
+
+    // ------------------------------------------------------------------ optimizer and helpers
 
     @Override
     public void axpy(float alpha, Tensor x, int xOff, Tensor y, int yOff, int n) {

@@ -25,7 +25,7 @@ public final class Attention extends Module {
     private final float eps;
     private final float theta;
 
-    Attention(String path, Qwen3MoeConfig c) {
+    Attention(String path, Qwen3MoeConfig c, Backend be) {
         super(path);
         hidden = c.hiddenSize();
         qHeads = c.numAttentionHeads();
@@ -33,12 +33,12 @@ public final class Attention extends Module {
         headDim = c.headDim();
         eps = (float) c.rmsNormEps();
         theta = (float) c.ropeTheta();
-        qProj = new Parameter(path + ".q_proj.weight", Tensor.zeros(DType.F32, qHeads * headDim, hidden));
-        kProj = new Parameter(path + ".k_proj.weight", Tensor.zeros(DType.F32, kvHeads * headDim, hidden));
-        vProj = new Parameter(path + ".v_proj.weight", Tensor.zeros(DType.F32, kvHeads * headDim, hidden));
-        oProj = new Parameter(path + ".o_proj.weight", Tensor.zeros(DType.F32, hidden, qHeads * headDim));
-        qNorm = new Parameter(path + ".q_norm.weight", Tensor.zeros(DType.F32, headDim));
-        kNorm = new Parameter(path + ".k_norm.weight", Tensor.zeros(DType.F32, headDim));
+        qProj = new Parameter(path + ".q_proj.weight", be.zeros(DType.F32, qHeads * headDim, hidden), be);
+        kProj = new Parameter(path + ".k_proj.weight", be.zeros(DType.F32, kvHeads * headDim, hidden), be);
+        vProj = new Parameter(path + ".v_proj.weight", be.zeros(DType.F32, kvHeads * headDim, hidden), be);
+        oProj = new Parameter(path + ".o_proj.weight", be.zeros(DType.F32, hidden, qHeads * headDim), be);
+        qNorm = new Parameter(path + ".q_norm.weight", be.zeros(DType.F32, headDim), be);
+        kNorm = new Parameter(path + ".k_norm.weight", be.zeros(DType.F32, headDim), be);
     }
 
     @Override
@@ -56,7 +56,7 @@ public final class Attention extends Module {
         Tensor q;        // [N, Hq*D] after norm and rope
         Tensor k;        // [N, Hkv*D] after norm and rope
         Tensor v;        // [N, Hkv*D]
-        Tensor probs;    // [B, Hq, T, T]
+        Tensor lse;      // [B*Hq*T] log-sum-exp of each attention score row
         Tensor attn;     // [N, Hq*D] attention output before o_proj
     }
 
@@ -70,17 +70,17 @@ public final class Attention extends Module {
         c.qRaw = Linear.forward(be, x, n, qProj);
         c.kRaw = Linear.forward(be, x, n, kProj);
         c.v = Linear.forward(be, x, n, vProj);
-        c.q = Tensor.zeros(DType.F32, n, qHeads * headDim);
-        c.k = Tensor.zeros(DType.F32, n, kvHeads * headDim);
-        c.qRstd = Tensor.zeros(DType.F32, n * qHeads);
-        c.kRstd = Tensor.zeros(DType.F32, n * kvHeads);
+        c.q = be.zeros(DType.F32, n, qHeads * headDim);
+        c.k = be.zeros(DType.F32, n, kvHeads * headDim);
+        c.qRstd = be.zeros(DType.F32, n * qHeads);
+        c.kRstd = be.zeros(DType.F32, n * kvHeads);
         be.rmsNormForward(c.qRaw, qNorm.value(), eps, n * qHeads, headDim, c.q, c.qRstd);
         be.rmsNormForward(c.kRaw, kNorm.value(), eps, n * kvHeads, headDim, c.k, c.kRstd);
         be.rope(c.q, n, qHeads, headDim, seqLen, theta, false);
         be.rope(c.k, n, kvHeads, headDim, seqLen, theta, false);
-        c.attn = Tensor.zeros(DType.F32, n, qHeads * headDim);
-        c.probs = Tensor.zeros(DType.F32, batch, qHeads, seqLen, seqLen);
-        be.attentionForward(c.q, c.k, c.v, batch, seqLen, qHeads, kvHeads, headDim, scale(), c.attn, c.probs);
+        c.attn = be.zeros(DType.F32, n, qHeads * headDim);
+        c.lse = be.zeros(DType.F32, batch * qHeads * seqLen);
+        be.attentionForward(c.q, c.k, c.v, batch, seqLen, qHeads, kvHeads, headDim, scale(), c.attn, c.lse);
         return Linear.forward(be, c.attn, n, oProj);
     }
 
@@ -88,15 +88,15 @@ public final class Attention extends Module {
     Tensor backward(Backend be, Tensor dy, int batch, int seqLen, Cache c) {
         int n = batch * seqLen;
         Tensor dAttn = Linear.backward(be, dy, c.attn, n, oProj);
-        Tensor dq = Tensor.zeros(DType.F32, n, qHeads * headDim);
-        Tensor dk = Tensor.zeros(DType.F32, n, kvHeads * headDim);
-        Tensor dv = Tensor.zeros(DType.F32, n, kvHeads * headDim);
-        be.attentionBackward(dAttn, c.q, c.k, c.v, c.probs, batch, seqLen, qHeads, kvHeads, headDim, scale(),
+        Tensor dq = be.zeros(DType.F32, n, qHeads * headDim);
+        Tensor dk = be.zeros(DType.F32, n, kvHeads * headDim);
+        Tensor dv = be.zeros(DType.F32, n, kvHeads * headDim);
+        be.attentionBackward(dAttn, c.q, c.k, c.v, c.attn, c.lse, batch, seqLen, qHeads, kvHeads, headDim, scale(),
                 dq, dk, dv);
         be.rope(dq, n, qHeads, headDim, seqLen, theta, true);
         be.rope(dk, n, kvHeads, headDim, seqLen, theta, true);
-        Tensor dqRaw = Tensor.zeros(DType.F32, n, qHeads * headDim);
-        Tensor dkRaw = Tensor.zeros(DType.F32, n, kvHeads * headDim);
+        Tensor dqRaw = be.zeros(DType.F32, n, qHeads * headDim);
+        Tensor dkRaw = be.zeros(DType.F32, n, kvHeads * headDim);
         be.rmsNormBackward(dq, c.qRaw, qNorm.value(), c.qRstd, n * qHeads, headDim, dqRaw, qNorm.grad());
         be.rmsNormBackward(dk, c.kRaw, kNorm.value(), c.kRstd, n * kvHeads, headDim, dkRaw, kNorm.grad());
         Tensor dx = Linear.backward(be, dqRaw, c.x, n, qProj);

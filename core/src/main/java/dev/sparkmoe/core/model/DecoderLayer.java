@@ -17,19 +17,19 @@ public final class DecoderLayer extends Module {
     private final int hidden;
     private final float eps;
 
-    DecoderLayer(int index, Qwen3MoeConfig c) {
+    DecoderLayer(int index, Qwen3MoeConfig c, Backend be) {
         super("model.layers." + index);
         hidden = c.hiddenSize();
         eps = (float) c.rmsNormEps();
-        inputNorm = new Parameter(path() + ".input_layernorm.weight", Tensor.zeros(DType.F32, hidden));
-        postNorm = new Parameter(path() + ".post_attention_layernorm.weight", Tensor.zeros(DType.F32, hidden));
-        attention = new Attention(path() + ".self_attn", c);
+        inputNorm = new Parameter(path() + ".input_layernorm.weight", be.zeros(DType.F32, hidden), be);
+        postNorm = new Parameter(path() + ".post_attention_layernorm.weight", be.zeros(DType.F32, hidden), be);
+        attention = new Attention(path() + ".self_attn", c, be);
         if (c.isMoeLayer(index)) {
-            moe = new MoeBlock(path() + ".mlp", c);
+            moe = new MoeBlock(path() + ".mlp", c, be);
             mlp = null;
         } else {
             moe = null;
-            mlp = new DenseMlp(path() + ".mlp", c);
+            mlp = new DenseMlp(path() + ".mlp", c, be);
         }
     }
 
@@ -66,33 +66,33 @@ public final class DecoderLayer extends Module {
     Tensor forward(Backend be, Tensor x, int batch, int seqLen, Cache c) {
         int n = batch * seqLen;
         c.x = x;
-        c.h1 = Tensor.zeros(DType.F32, n, hidden);
-        c.rstd1 = Tensor.zeros(DType.F32, n);
+        c.h1 = be.zeros(DType.F32, n, hidden);
+        c.rstd1 = be.zeros(DType.F32, n);
         be.rmsNormForward(x, inputNorm.value(), eps, n, hidden, c.h1, c.rstd1);
         Tensor a = attention.forward(be, c.h1, batch, seqLen, c.attn);
-        c.x2 = x.copy();
-        be.axpy(1f, a, 0, c.x2, 0, c.x2.numel());
-        c.h2 = Tensor.zeros(DType.F32, n, hidden);
-        c.rstd2 = Tensor.zeros(DType.F32, n);
+        c.x2 = a; // x2 = x + attn(norm(x)), accumulated in place into the attention output
+        be.axpy(1f, x, 0, c.x2, 0, c.x2.numel());
+        c.h2 = be.zeros(DType.F32, n, hidden);
+        c.rstd2 = be.zeros(DType.F32, n);
         be.rmsNormForward(c.x2, postNorm.value(), eps, n, hidden, c.h2, c.rstd2);
         Tensor m = moe != null ? moe.forward(be, c.h2, n, c.moe) : mlp.forward(be, c.h2, n, c.mlp);
-        Tensor out = c.x2.copy();
-        be.axpy(1f, m, 0, out, 0, out.numel());
-        return out;
+        be.axpy(1f, c.x2, 0, m, 0, m.numel()); // out = x2 + mlp(norm(x2)), in place into the mlp output
+        return m;
     }
 
-    Tensor backward(Backend be, Tensor dOut, int batch, int seqLen, Cache c, float[] auxGradPerExpert) {
+    Tensor backward(Backend be, Tensor dOut, int batch, int seqLen, Cache c, Tensor auxGrad) {
         int n = batch * seqLen;
-        Tensor dh2 = moe != null ? moe.backward(be, dOut, n, c.moe, auxGradPerExpert)
+        Tensor dh2 = moe != null ? moe.backward(be, dOut, n, c.moe, auxGrad)
                 : mlp.backward(be, dOut, n, c.mlp);
-        Tensor dx2 = dOut.copy();
-        Tensor tmp = Tensor.zeros(DType.F32, n, hidden);
-        be.rmsNormBackward(dh2, c.x2, postNorm.value(), c.rstd2, n, hidden, tmp, postNorm.grad());
-        be.axpy(1f, tmp, 0, dx2, 0, dx2.numel());
+        // dx2 = dOut + norm2'(dh2), accumulated into the norm's output buffer
+        Tensor dx2 = be.zeros(DType.F32, n, hidden);
+        be.rmsNormBackward(dh2, c.x2, postNorm.value(), c.rstd2, n, hidden, dx2, postNorm.grad());
+        be.axpy(1f, dOut, 0, dx2, 0, dx2.numel());
         Tensor dh1 = attention.backward(be, dx2, batch, seqLen, c.attn);
-        Tensor dx = dx2.copy();
-        be.rmsNormBackward(dh1, c.x, inputNorm.value(), c.rstd1, n, hidden, tmp, inputNorm.grad());
-        be.axpy(1f, tmp, 0, dx, 0, dx.numel());
+        // dx = dx2 + norm1'(dh1)
+        Tensor dx = be.zeros(DType.F32, n, hidden);
+        be.rmsNormBackward(dh1, c.x, inputNorm.value(), c.rstd1, n, hidden, dx, inputNorm.grad());
+        be.axpy(1f, dx2, 0, dx, 0, dx.numel());
         return dx;
     }
 }

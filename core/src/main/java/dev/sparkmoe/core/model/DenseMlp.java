@@ -14,13 +14,13 @@ public final class DenseMlp extends Module {
     final Parameter downProj; // [H, I]
     private final int inter;
 
-    DenseMlp(String path, Qwen3MoeConfig c) {
+    DenseMlp(String path, Qwen3MoeConfig c, Backend be) {
         super(path);
         int hidden = c.hiddenSize();
         inter = c.intermediateSize();
-        gateProj = new Parameter(path + ".gate_proj.weight", Tensor.zeros(DType.F32, inter, hidden));
-        upProj = new Parameter(path + ".up_proj.weight", Tensor.zeros(DType.F32, inter, hidden));
-        downProj = new Parameter(path + ".down_proj.weight", Tensor.zeros(DType.F32, hidden, inter));
+        gateProj = new Parameter(path + ".gate_proj.weight", be.zeros(DType.F32, inter, hidden), be);
+        upProj = new Parameter(path + ".up_proj.weight", be.zeros(DType.F32, inter, hidden), be);
+        downProj = new Parameter(path + ".down_proj.weight", be.zeros(DType.F32, hidden, inter), be);
     }
 
     @Override
@@ -39,15 +39,15 @@ public final class DenseMlp extends Module {
         c.x = x;
         c.gate = Linear.forward(be, x, tokens, gateProj);
         c.up = Linear.forward(be, x, tokens, upProj);
-        c.act = Tensor.zeros(DType.F32, tokens, inter);
+        c.act = be.zeros(DType.F32, tokens, inter);
         be.siluMulForward(c.gate, c.up, c.act, 0, tokens * inter);
         return Linear.forward(be, c.act, tokens, downProj);
     }
 
     Tensor backward(Backend be, Tensor dy, int tokens, Cache c) {
         Tensor dAct = Linear.backward(be, dy, c.act, tokens, downProj);
-        Tensor dGate = Tensor.zeros(DType.F32, tokens, inter);
-        Tensor dUp = Tensor.zeros(DType.F32, tokens, inter);
+        Tensor dGate = be.zeros(DType.F32, tokens, inter);
+        Tensor dUp = be.zeros(DType.F32, tokens, inter);
         be.siluMulBackward(dAct, c.gate, c.up, dGate, dUp, 0, tokens * inter);
         Tensor dx = Linear.backward(be, dGate, c.x, tokens, gateProj);
         Tensor dxUp = Linear.backward(be, dUp, c.x, tokens, upProj);

@@ -27,15 +27,15 @@ public final class Experts extends Module {
     private int firstExpert;
     private TokenDispatcher dispatcher = LocalTokenDispatcher.INSTANCE;
 
-    Experts(String path, Qwen3MoeConfig c) {
+    Experts(String path, Qwen3MoeConfig c, Backend be) {
         super(path);
         hidden = c.hiddenSize();
         inter = c.moeIntermediateSize();
         numExperts = c.numExperts();
         localExperts = numExperts;
-        gateProj = new Parameter(path + ".gate_proj", Tensor.zeros(DType.F32, numExperts, inter, hidden));
-        upProj = new Parameter(path + ".up_proj", Tensor.zeros(DType.F32, numExperts, inter, hidden));
-        downProj = new Parameter(path + ".down_proj", Tensor.zeros(DType.F32, numExperts, hidden, inter));
+        gateProj = new Parameter(path + ".gate_proj", be.zeros(DType.F32, numExperts, inter, hidden), be);
+        upProj = new Parameter(path + ".up_proj", be.zeros(DType.F32, numExperts, inter, hidden), be);
+        downProj = new Parameter(path + ".down_proj", be.zeros(DType.F32, numExperts, hidden, inter), be);
     }
 
     @Override
@@ -83,35 +83,59 @@ public final class Experts extends Module {
         Tensor act;   // [rows, I]
     }
 
+    /** Per-expert GEMM geometry of one dispatch: row counts and element offsets of each expert's blocks. */
+    private final class Groups {
+        final int n = localExperts;
+        final int[] rows;       // tokens of each local expert
+        final int[] inter;      // I for every expert (a GEMM dimension)
+        final int[] hid;        // H for every expert
+        final int[] xOff;       // offset of the expert's first row in [rows, H] buffers
+        final int[] iOff;       // offset of the expert's first row in [rows, I] buffers
+        final int[] wIH;        // offset of the expert's [I, H] weight
+        final int[] wHI;        // offset of the expert's [H, I] weight
+
+        Groups(int[] counts) {
+            rows = counts.clone();
+            inter = new int[n];
+            hid = new int[n];
+            xOff = new int[n];
+            iOff = new int[n];
+            wIH = new int[n];
+            wHI = new int[n];
+            int row = 0;
+            for (int e = 0; e < n; e++) {
+                inter[e] = Experts.this.inter;
+                hid[e] = hidden;
+                xOff[e] = row * hidden;
+                iOff[e] = row * Experts.this.inter;
+                wIH[e] = e * Experts.this.inter * hidden;
+                wHI[e] = e * hidden * Experts.this.inter;
+                row += counts[e];
+            }
+        }
+    }
+
     /** hidden [N, H], expertIds [N*K] -> expert outputs in slot order [N*K, H]. */
     Tensor forward(Backend be, Tensor hiddenStates, int[] expertIds, int tokens, int topK, Cache c) {
         Dispatch d = dispatcher.dispatch(be, hiddenStates, expertIds, tokens, topK, hidden, numExperts);
         c.dispatch = d;
         int rows = d.rows();
-        c.gate = Tensor.zeros(DType.F32, rows, inter);
-        c.up = Tensor.zeros(DType.F32, rows, inter);
-        c.act = Tensor.zeros(DType.F32, rows, inter);
-        Tensor out = Tensor.zeros(DType.F32, rows, hidden);
-        Tensor wg = gateProj.value();
-        Tensor wu = upProj.value();
-        Tensor wd = downProj.value();
-        int row = 0;
-        for (int e = 0; e < localExperts; e++) {
-            int cnt = d.localCounts()[e];
-            if (cnt > 0) {
-                int xo = row * hidden;
-                int io = row * inter;
-                be.gemm(false, true, cnt, inter, hidden, 1f, d.routed(), xo, hidden, wg, e * inter * hidden, hidden,
-                        0f, c.gate, io, inter);
-                be.gemm(false, true, cnt, inter, hidden, 1f, d.routed(), xo, hidden, wu, e * inter * hidden, hidden,
-                        0f, c.up, io, inter);
-                be.siluMulForward(c.gate, c.up, c.act, io, cnt * inter);
-                be.gemm(false, true, cnt, hidden, inter, 1f, c.act, io, inter, wd, e * hidden * inter, inter,
-                        0f, out, xo, hidden);
-            }
-            row += cnt;
-        }
-        return dispatcher.combine(be, out, d);
+        Groups g = new Groups(d.localCounts());
+        c.gate = be.zeros(DType.F32, rows, inter);
+        c.up = be.zeros(DType.F32, rows, inter);
+        c.act = be.zeros(DType.F32, rows, inter);
+        Tensor out = be.zeros(DType.F32, rows, hidden);
+        // gate/up [rows_e, I] = x_e [rows_e, H] * W_e^T ; out [rows_e, H] = act_e [rows_e, I] * Wd_e^T
+        be.groupedGemm(false, true, g.n, g.rows, g.inter, g.hid, 1f, d.routed(), g.xOff, hidden, gateProj.value(),
+                g.wIH, hidden, 0f, c.gate, g.iOff, inter);
+        be.groupedGemm(false, true, g.n, g.rows, g.inter, g.hid, 1f, d.routed(), g.xOff, hidden, upProj.value(),
+                g.wIH, hidden, 0f, c.up, g.iOff, inter);
+        be.siluMulForward(c.gate, c.up, c.act, 0, rows * inter);
+        be.groupedGemm(false, true, g.n, g.rows, g.hid, g.inter, 1f, c.act, g.iOff, inter, downProj.value(),
+                g.wHI, inter, 0f, out, g.xOff, hidden);
+        Tensor slots = dispatcher.combine(be, out, d);
+        be.release(out);
+        return slots;
     }
 
     /** dSlots [N*K, H] -> accumulates into dHidden [N, H] and the expert weight gradients. */
@@ -119,40 +143,26 @@ public final class Experts extends Module {
         Dispatch d = c.dispatch;
         Tensor dOut = dispatcher.combineBackward(be, dSlots, d);
         int rows = d.rows();
-        Tensor dAct = Tensor.zeros(DType.F32, rows, inter);
-        Tensor dGate = Tensor.zeros(DType.F32, rows, inter);
-        Tensor dUp = Tensor.zeros(DType.F32, rows, inter);
-        Tensor dRouted = Tensor.zeros(DType.F32, rows, hidden);
-        Tensor wg = gateProj.value();
-        Tensor wu = upProj.value();
-        Tensor wd = downProj.value();
-        Tensor gg = gateProj.grad();
-        Tensor gu = upProj.grad();
-        Tensor gd = downProj.grad();
-        int row = 0;
-        for (int e = 0; e < localExperts; e++) {
-            int cnt = d.localCounts()[e];
-            if (cnt > 0) {
-                int xo = row * hidden;
-                int io = row * inter;
-                // dAct = dOut Wd_e ; dWd_e += dOut^T act
-                be.gemm(false, false, cnt, inter, hidden, 1f, dOut, xo, hidden, wd, e * hidden * inter, inter,
-                        0f, dAct, io, inter);
-                be.gemm(true, false, hidden, inter, cnt, 1f, dOut, xo, hidden, c.act, io, inter,
-                        1f, gd, e * hidden * inter, inter);
-                be.siluMulBackward(dAct, c.gate, c.up, dGate, dUp, io, cnt * inter);
-                // dRouted = dGate Wg_e + dUp Wu_e ; dWg_e += dGate^T x ; dWu_e += dUp^T x
-                be.gemm(false, false, cnt, hidden, inter, 1f, dGate, io, inter, wg, e * inter * hidden, hidden,
-                        0f, dRouted, xo, hidden);
-                be.gemm(false, false, cnt, hidden, inter, 1f, dUp, io, inter, wu, e * inter * hidden, hidden,
-                        1f, dRouted, xo, hidden);
-                be.gemm(true, false, inter, hidden, cnt, 1f, dGate, io, inter, d.routed(), xo, hidden,
-                        1f, gg, e * inter * hidden, hidden);
-                be.gemm(true, false, inter, hidden, cnt, 1f, dUp, io, inter, d.routed(), xo, hidden,
-                        1f, gu, e * inter * hidden, hidden);
-            }
-            row += cnt;
-        }
+        Groups g = new Groups(d.localCounts());
+        Tensor dAct = be.zeros(DType.F32, rows, inter);
+        Tensor dGate = be.zeros(DType.F32, rows, inter);
+        Tensor dUp = be.zeros(DType.F32, rows, inter);
+        Tensor dRouted = be.zeros(DType.F32, rows, hidden);
+        // dAct = dOut Wd_e ; dWd_e += dOut^T act
+        be.groupedGemm(false, false, g.n, g.rows, g.inter, g.hid, 1f, dOut, g.xOff, hidden, downProj.value(),
+                g.wHI, inter, 0f, dAct, g.iOff, inter);
+        be.groupedGemm(true, false, g.n, g.hid, g.inter, g.rows, 1f, dOut, g.xOff, hidden, c.act, g.iOff, inter,
+                1f, downProj.grad(), g.wHI, inter);
+        be.siluMulBackward(dAct, c.gate, c.up, dGate, dUp, 0, rows * inter);
+        // dRouted = dGate Wg_e + dUp Wu_e ; dWg_e += dGate^T x ; dWu_e += dUp^T x
+        be.groupedGemm(false, false, g.n, g.rows, g.hid, g.inter, 1f, dGate, g.iOff, inter, gateProj.value(),
+                g.wIH, hidden, 0f, dRouted, g.xOff, hidden);
+        be.groupedGemm(false, false, g.n, g.rows, g.hid, g.inter, 1f, dUp, g.iOff, inter, upProj.value(),
+                g.wIH, hidden, 1f, dRouted, g.xOff, hidden);
+        be.groupedGemm(true, false, g.n, g.inter, g.hid, g.rows, 1f, dGate, g.iOff, inter, d.routed(), g.xOff,
+                hidden, 1f, gateProj.grad(), g.wIH, hidden);
+        be.groupedGemm(true, false, g.n, g.inter, g.hid, g.rows, 1f, dUp, g.iOff, inter, d.routed(), g.xOff,
+                hidden, 1f, upProj.grad(), g.wIH, hidden);
         dispatcher.dispatchBackward(be, dRouted, d, dHidden);
     }
 }

@@ -37,12 +37,12 @@ public final class Qwen3MoeModel extends Module {
         this.backend = backend;
         int v = config.vocabSize();
         int h = config.hiddenSize();
-        embed = new Parameter("model.embed_tokens.weight", Tensor.zeros(DType.F32, v, h));
-        finalNorm = new Parameter("model.norm.weight", Tensor.zeros(DType.F32, h));
-        lmHead = config.tieWordEmbeddings() ? embed : new Parameter("lm_head.weight", Tensor.zeros(DType.F32, v, h));
+        embed = new Parameter("model.embed_tokens.weight", backend.zeros(DType.F32, v, h), backend);
+        finalNorm = new Parameter("model.norm.weight", backend.zeros(DType.F32, h), backend);
+        lmHead = config.tieWordEmbeddings() ? embed : new Parameter("lm_head.weight", backend.zeros(DType.F32, v, h), backend);
         layers = new DecoderLayer[config.numHiddenLayers()];
         for (int i = 0; i < layers.length; i++) {
-            layers[i] = new DecoderLayer(i, config);
+            layers[i] = new DecoderLayer(i, config, backend);
         }
     }
 
@@ -95,7 +95,7 @@ public final class Qwen3MoeModel extends Module {
      */
     public void initRandom(long seed, double std) {
         for (Parameter p : parameters()) {
-            float[] f = p.value().floats();
+            float[] f = new float[p.numel()];
             if (p.name().endsWith("norm.weight") || p.name().endsWith("layernorm.weight")) {
                 Arrays.fill(f, 1f);
             } else {
@@ -104,6 +104,7 @@ public final class Qwen3MoeModel extends Module {
                     f[i] = (float) (gaussian(r) * std);
                 }
             }
+            backend.copy(backend.upload(Tensor.of(f, p.shape())), 0, p.value(), 0, f.length);
         }
     }
 
@@ -148,20 +149,21 @@ public final class Qwen3MoeModel extends Module {
         }
         for (Map.Entry<String, Parameter> e : params.entrySet()) {
             Parameter p = e.getValue();
-            float[] src = state.get(e.getKey()).floats();
-            if (p.isMaterialised()) {
-                System.arraycopy(src, 0, p.value().floats(), 0, src.length);
-            } else {
-                p.setValue(Tensor.of(src.clone(), p.shape()));
+            Tensor src = state.get(e.getKey());
+            Tensor f32 = src.dtype() == DType.F32 ? src : Tensor.of(src.floats().clone(), src.shape());
+            if (!p.isMaterialised()) {
+                p.setValue(backend.zeros(DType.F32, p.shape()));
             }
+            backend.copy(backend.upload(f32), 0, p.value(), 0, p.numel());
         }
     }
 
-    /** The full weights (copies), stacked-expert naming. Requires materialised parameters. */
+    /** Host copies of the full weights, stacked-expert naming. Requires materialised parameters. */
     public Map<String, Tensor> state() {
         Map<String, Tensor> out = new LinkedHashMap<>();
         for (Parameter p : parameters()) {
-            out.put(p.name(), p.value().copy());
+            Tensor host = backend.download(p.value());
+            out.put(p.name(), host == p.value() ? host.copy() : host);
         }
         return out;
     }
@@ -172,8 +174,8 @@ public final class Qwen3MoeModel extends Module {
     public static final class Pass {
         final int batch;
         final int seqLen;
-        final int[] ids;
-        final int[] targets;
+        final Tensor ids;      // I32 [N] on the backend
+        final Tensor targets;  // I32 [N] on the backend
         final DecoderLayer.Cache[] caches;
         Tensor finalIn;     // [N, H] input of the final norm
         Tensor finalRstd;   // [N]
@@ -182,11 +184,11 @@ public final class Qwen3MoeModel extends Module {
         Tensor dLogits;     // [N, V]
         double lmLossSum;
         double auxLoss;
-        float[] auxGradPerExpert;
+        Tensor auxGrad;     // [E] d(loss)/d(probs[row, e]) from the load-balancing loss
         long localPredicted;
         final List<Tensor> routerLogits = new ArrayList<>();
 
-        Pass(int batch, int seqLen, int[] ids, int[] targets, int layers) {
+        Pass(int batch, int seqLen, Tensor ids, Tensor targets, int layers) {
             this.batch = batch;
             this.seqLen = seqLen;
             this.ids = ids;
@@ -243,10 +245,14 @@ public final class Qwen3MoeModel extends Module {
         Backend be = backend;
         int h = config.hiddenSize();
         int v = config.vocabSize();
-        Pass pass = new Pass(batch, seqLen, ids, targets, layers.length);
+        Pass pass = new Pass(batch, seqLen, be.upload(Tensor.ofInts(ids.clone(), n)),
+                be.upload(Tensor.ofInts(targets.clone(), n)), layers.length);
+        for (int t : targets) {
+            pass.localPredicted += t == -100 ? 0 : 1;
+        }
         beforeForward();
-        Tensor x = Tensor.zeros(DType.F32, n, h);
-        be.embeddingForward(embed.value(), ids, h, x);
+        Tensor x = be.zeros(DType.F32, n, h);
+        be.embeddingForward(embed.value(), pass.ids, n, h, x);
         for (int i = 0; i < layers.length; i++) {
             layers[i].beforeForward();
             pass.caches[i] = new DecoderLayer.Cache();
@@ -257,15 +263,13 @@ public final class Qwen3MoeModel extends Module {
             layers[i].afterForward();
         }
         pass.finalIn = x;
-        pass.finalOut = Tensor.zeros(DType.F32, n, h);
-        pass.finalRstd = Tensor.zeros(DType.F32, n);
+        pass.finalOut = be.zeros(DType.F32, n, h);
+        pass.finalRstd = be.zeros(DType.F32, n);
         be.rmsNormForward(x, finalNorm.value(), (float) config.rmsNormEps(), n, h, pass.finalOut, pass.finalRstd);
         pass.logits = Linear.forward(be, pass.finalOut, n, lmHead);
-        pass.dLogits = Tensor.zeros(DType.F32, n, v);
-        for (int t : targets) {
-            pass.localPredicted += t == -100 ? 0 : 1;
-        }
-        pass.lmLossSum = be.crossEntropy(pass.logits, targets, n, v, (float) (1.0 / lmNormalizer), pass.dLogits);
+        pass.dLogits = be.zeros(DType.F32, n, v);
+        pass.lmLossSum = be.crossEntropy(pass.logits, pass.targets, n, v, (float) (1.0 / lmNormalizer),
+                pass.dLogits);
         computeAux(pass, auxWeight, reducer);
         afterForward();
         return pass;
@@ -280,34 +284,24 @@ public final class Qwen3MoeModel extends Module {
         int e = config.numExperts();
         double[] stats = new double[2 * e + 1]; // counts[E], prob sums[E], rows
         int n = pass.batch * pass.seqLen;
-        for (DecoderLayer.Cache c : pass.caches) {
-            if (c.moe.probs == null) {
-                continue;
+        for (int i = 0; i < layers.length; i++) {
+            if (layers[i].isMoe()) {
+                layers[i].moe().routerStats(backend, n, pass.caches[i].moe, stats);
+                stats[2 * e] += n;
             }
-            for (int idx : c.moe.topIdx) {
-                stats[idx] += 1;
-            }
-            float[] p = c.moe.probs.floats();
-            for (int r = 0; r < n; r++) {
-                for (int j = 0; j < e; j++) {
-                    stats[e + j] += p[r * e + j];
-                }
-            }
-            stats[2 * e] += n;
         }
         reducer.sum(stats);
         double rows = stats[2 * e];
-        pass.auxGradPerExpert = new float[e];
-        if (rows == 0 || moeLayerCount() == 0) {
-            pass.auxLoss = 0;
-            return;
-        }
+        float[] auxGrad = new float[e];
         double aux = 0;
-        for (int j = 0; j < e; j++) {
-            aux += (stats[j] / rows) * (stats[e + j] / rows);
-            pass.auxGradPerExpert[j] = (float) (auxWeight * e * (stats[j] / rows) / rows);
+        if (rows > 0) {
+            for (int j = 0; j < e; j++) {
+                aux += (stats[j] / rows) * (stats[e + j] / rows);
+                auxGrad[j] = (float) (auxWeight * e * (stats[j] / rows) / rows);
+            }
         }
         pass.auxLoss = aux * e;
+        pass.auxGrad = backend.upload(Tensor.of(auxGrad, e));
     }
 
     /** Backward of {@link #forward}: accumulates d(lm_loss + auxWeight * aux) into every parameter's grad. */
@@ -317,18 +311,18 @@ public final class Qwen3MoeModel extends Module {
         int h = config.hiddenSize();
         int v = config.vocabSize();
         beforeBackward();
-        Tensor dFinal = Tensor.zeros(DType.F32, n, h);
+        Tensor dFinal = be.zeros(DType.F32, n, h);
         Linear.backwardInput(be, pass.dLogits, 0, n, lmHead.value(), 0, h, v, dFinal, 0, 0f);
         Linear.backwardWeight(be, pass.dLogits, 0, n, pass.finalOut, 0, h, v, lmHead.grad(), 0);
-        Tensor dx = Tensor.zeros(DType.F32, n, h);
+        Tensor dx = be.zeros(DType.F32, n, h);
         be.rmsNormBackward(dFinal, pass.finalIn, finalNorm.value(), pass.finalRstd, n, h, dx, finalNorm.grad());
         for (int i = layers.length - 1; i >= 0; i--) {
             layers[i].beforeBackward();
-            dx = layers[i].backward(be, dx, pass.batch, pass.seqLen, pass.caches[i], pass.auxGradPerExpert);
+            dx = layers[i].backward(be, dx, pass.batch, pass.seqLen, pass.caches[i], pass.auxGrad);
             layers[i].afterBackward();
             pass.caches[i] = null; // activations of this layer are no longer needed
         }
-        be.embeddingBackward(dx, pass.ids, h, embed.grad());
+        be.embeddingBackward(dx, pass.ids, n, h, embed.grad());
         afterBackward();
     }
 }

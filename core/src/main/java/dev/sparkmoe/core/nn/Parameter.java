@@ -1,5 +1,6 @@
 package dev.sparkmoe.core.nn;
 
+import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import java.util.Arrays;
@@ -15,11 +16,18 @@ public final class Parameter {
     private int[] shape;
     private Tensor value;
     private Tensor grad;
+    private final Backend backend;
 
-    public Parameter(String name, Tensor value) {
+    /** A parameter whose value and gradient live on {@code backend}. */
+    public Parameter(String name, Tensor value, Backend backend) {
         this.name = name;
         this.shape = value.shape();
         this.value = value;
+        this.backend = backend;
+    }
+
+    public Backend backend() {
+        return backend;
     }
 
     /** Hub-style name with stacked experts, e.g. "model.layers.0.mlp.experts.gate_proj". */
@@ -66,7 +74,7 @@ public final class Parameter {
     /** The full-size gradient accumulator, created zeroed on first use. */
     public Tensor grad() {
         if (grad == null) {
-            grad = Tensor.zeros(DType.F32, shape);
+            grad = backend.zeros(DType.F32, shape);
         }
         return grad;
     }

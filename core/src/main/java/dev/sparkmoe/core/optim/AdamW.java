@@ -43,9 +43,9 @@ public final class AdamW {
         public final Tensor m;
         public final Tensor v;
 
-        public State(int... shape) {
-            m = Tensor.zeros(DType.F32, shape);
-            v = Tensor.zeros(DType.F32, shape);
+        public State(Backend backend, int... shape) {
+            m = backend.zeros(DType.F32, shape);
+            v = backend.zeros(DType.F32, shape);
         }
 
         public State(Tensor m, Tensor v) {

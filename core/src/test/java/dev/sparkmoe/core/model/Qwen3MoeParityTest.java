@@ -109,7 +109,7 @@ class Qwen3MoeParityTest {
         AdamW opt = referenceAdamW();
         double lr = num(((Map<?, ?>) reference.get("adamw")).get("lr"));
         for (Parameter p : model.parameters()) {
-            opt.step(model.backend(), p.value(), p.grad(), new AdamW.State(p.shape()), lr, 1);
+            opt.step(model.backend(), p.value(), p.grad(), new AdamW.State(model.backend(), p.shape()), lr, 1);
         }
         Map<String, Tensor> after = HfCheckpoint.unstackExperts(model.state());
         Map<String, Tensor> refAfter = SafeTensors.read(dir.resolve("after_adamw_step.safetensors")).tensors();
@@ -162,7 +162,7 @@ class Qwen3MoeParityTest {
         CpuBackend be = new CpuBackend();
         for (Map.Entry<String, Tensor> e : params.entrySet()) {
             Tensor p = e.getValue().copy();
-            opt.step(be, p, grads.get(e.getKey()), new AdamW.State(p.shape()), lr, 1);
+            opt.step(be, p, grads.get(e.getKey()), new AdamW.State(be, p.shape()), lr, 1);
             assertClose("AdamW " + e.getKey(), refAfter.get(e.getKey()), p, 1e-5);
         }
     }

@@ -40,14 +40,18 @@ public final class AllToAllTokenDispatcher implements TokenDispatcher {
     /**
      * Everything combine and the backward passes need.
      *
-     * @param slotOfRow       send order: row j of the send buffer holds token slot slotOfRow[j] (sorted by expert)
+     * @param slotOfRow       send order: row j of the send buffer holds token slot slotOfRow[j] (sorted by expert),
+     *                        I32 on the backend
+     * @param sendTotal       rows sent in all
      * @param sendRowsPerPeer rows sent to each ep rank
      * @param recvRowsPerPeer rows received from each ep rank
      * @param recvCounts      [source rank][local expert] rows received
-     * @param localOfRecv     received row r (source-major order) sits at local row localOfRecv[r] (expert-major)
+     * @param localOfRecv     received row r (source-major order) sits at local row localOfRecv[r] (expert-major),
+     *                        I32 on the backend
+     * @param recvTotal       rows received in all
      */
-    public record Meta(int[] slotOfRow, int[] sendRowsPerPeer, int[] recvRowsPerPeer, int[][] recvCounts,
-                       int[] localOfRecv, int tokens, int topK) {
+    public record Meta(Tensor slotOfRow, int sendTotal, int[] sendRowsPerPeer, int[] recvRowsPerPeer,
+                       int[][] recvCounts, Tensor localOfRecv, int recvTotal, int tokens, int topK) {
     }
 
     /**
@@ -111,26 +115,19 @@ public final class AllToAllTokenDispatcher implements TokenDispatcher {
                 sendRows[p] += counts[p * localExperts + e];
             }
         }
-        // Rows in expert order are already grouped by destination rank.
-        float[] src = hidden.floats();
-        float[] sendBuf = new float[slotOfRow.length * hiddenSize];
-        for (int j = 0; j < slotOfRow.length; j++) {
-            System.arraycopy(src, (slotOfRow[j] / topK) * hiddenSize, sendBuf, j * hiddenSize, hiddenSize);
-        }
         int totalRecv = 0;
         for (int r : recvRows) {
             totalRecv += r;
         }
-        float[] recvBuf = new float[totalRecv * hiddenSize];
-        ep.allToAll(sendBuf, scaled(sendRows, hiddenSize), recvBuf, scaled(recvRows, hiddenSize));
         int[] localCounts = new int[localExperts];
         int[] localOf = localOrder(recvCounts, localExperts, localCounts);
-        Tensor routed = Tensor.zeros(DType.F32, totalRecv, hiddenSize);
-        float[] dst = routed.floats();
-        for (int r = 0; r < totalRecv; r++) {
-            System.arraycopy(recvBuf, r * hiddenSize, dst, localOf[r] * hiddenSize, hiddenSize);
-        }
-        Meta meta = new Meta(slotOfRow, sendRows, recvRows, recvCounts, localOf, tokens, topK);
+        Meta meta = new Meta(backend.upload(Tensor.ofInts(slotOfRow, slotOfRow.length)), slotOfRow.length,
+                sendRows, recvRows, recvCounts, backend.upload(Tensor.ofInts(localOf, totalRecv)), totalRecv,
+                tokens, topK);
+        // Rows in expert order are already grouped by destination rank.
+        Tensor sendBuf = backend.zeros(DType.F32, slotOfRow.length, hiddenSize);
+        backend.gatherRows(hidden, meta.slotOfRow, slotOfRow.length, hiddenSize, topK, sendBuf);
+        Tensor routed = exchange(backend, sendBuf, sendRows, recvRows, meta.localOfRecv, totalRecv, hiddenSize);
         return new Dispatch(routed, localCounts, firstLocalExpert(), meta);
     }
 
@@ -142,55 +139,55 @@ public final class AllToAllTokenDispatcher implements TokenDispatcher {
         return out;
     }
 
+    /** Sends rows out by all-to-all and scatters what arrives to {@code placeOf} (local-expert-major order). */
+    private Tensor exchange(Backend backend, Tensor sendBuf, int[] sendRows, int[] recvRows, Tensor placeOf,
+                            int totalRecv, int h) {
+        Tensor recvBuf = backend.zeros(DType.F32, totalRecv, h);
+        ep.allToAll(sendBuf, scaled(sendRows, h), recvBuf, scaled(recvRows, h));
+        backend.release(sendBuf);
+        Tensor local = backend.zeros(DType.F32, totalRecv, h);
+        backend.scatterRows(recvBuf, placeOf, totalRecv, h, local);
+        backend.release(recvBuf);
+        return local;
+    }
+
     /** Local-expert-major rows back to receive order, sent home, placed in slot order. */
-    private Tensor homeInSlotOrder(Tensor localRows, Meta m) {
+    private Tensor homeInSlotOrder(Backend backend, Tensor localRows, Meta m) {
         int h = localRows.dim(1);
-        float[] lf = localRows.floats();
-        float[] back = new float[m.localOfRecv.length * h];
-        for (int r = 0; r < m.localOfRecv.length; r++) {
-            System.arraycopy(lf, m.localOfRecv[r] * h, back, r * h, h);
-        }
-        float[] home = new float[m.slotOfRow.length * h];
+        Tensor back = backend.zeros(DType.F32, m.recvTotal, h);
+        backend.gatherRows(localRows, m.localOfRecv, m.recvTotal, h, 1, back);
+        Tensor home = backend.zeros(DType.F32, m.sendTotal, h);
         ep.allToAll(back, scaled(m.recvRowsPerPeer, h), home, scaled(m.sendRowsPerPeer, h));
-        Tensor slots = Tensor.zeros(DType.F32, m.tokens * m.topK, h);
-        float[] sf = slots.floats();
-        for (int j = 0; j < m.slotOfRow.length; j++) {
-            System.arraycopy(home, j * h, sf, m.slotOfRow[j] * h, h);
-        }
+        backend.release(back);
+        Tensor slots = backend.zeros(DType.F32, m.tokens * m.topK, h);
+        backend.scatterRows(home, m.slotOfRow, m.sendTotal, h, slots);
+        backend.release(home);
         return slots;
     }
 
     /** Slot-ordered rows sent to the experts' ranks and placed in local-expert-major order. */
-    private Tensor awayInLocalOrder(Tensor slotRows, Meta m) {
+    private Tensor awayInLocalOrder(Backend backend, Tensor slotRows, Meta m) {
         int h = slotRows.dim(1);
-        float[] sf = slotRows.floats();
-        float[] sendBuf = new float[m.slotOfRow.length * h];
-        for (int j = 0; j < m.slotOfRow.length; j++) {
-            System.arraycopy(sf, m.slotOfRow[j] * h, sendBuf, j * h, h);
-        }
-        float[] recvBuf = new float[m.localOfRecv.length * h];
-        ep.allToAll(sendBuf, scaled(m.sendRowsPerPeer, h), recvBuf, scaled(m.recvRowsPerPeer, h));
-        Tensor local = Tensor.zeros(DType.F32, m.localOfRecv.length, h);
-        float[] lf = local.floats();
-        for (int r = 0; r < m.localOfRecv.length; r++) {
-            System.arraycopy(recvBuf, r * h, lf, m.localOfRecv[r] * h, h);
-        }
-        return local;
+        Tensor sendBuf = backend.zeros(DType.F32, m.sendTotal, h);
+        backend.gatherRows(slotRows, m.slotOfRow, m.sendTotal, h, 1, sendBuf);
+        return exchange(backend, sendBuf, m.sendRowsPerPeer, m.recvRowsPerPeer, m.localOfRecv, m.recvTotal, h);
     }
 
     @Override
     public Tensor combine(Backend backend, Tensor expertOut, Dispatch d) {
-        return homeInSlotOrder(expertOut, (Meta) d.meta());
+        return homeInSlotOrder(backend, expertOut, (Meta) d.meta());
     }
 
     @Override
     public Tensor combineBackward(Backend backend, Tensor dSlots, Dispatch d) {
-        return awayInLocalOrder(dSlots, (Meta) d.meta());
+        return awayInLocalOrder(backend, dSlots, (Meta) d.meta());
     }
 
     @Override
     public void dispatchBackward(Backend backend, Tensor dRouted, Dispatch d, Tensor dHidden) {
         Meta m = (Meta) d.meta();
-        LocalTokenDispatcher.addSlotsToTokens(homeInSlotOrder(dRouted, m), m.tokens, m.topK, dHidden);
+        Tensor dSlots = homeInSlotOrder(backend, dRouted, m);
+        backend.sumSlots(dSlots, m.tokens, m.topK, dRouted.dim(1), dHidden);
+        backend.release(dSlots);
     }
 }

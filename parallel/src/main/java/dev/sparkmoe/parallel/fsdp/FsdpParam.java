@@ -1,5 +1,6 @@
 package dev.sparkmoe.parallel.fsdp;
 
+import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -20,7 +21,7 @@ public final class FsdpParam {
         this.param = param;
         this.group = group;
         this.layout = new ShardLayout(param.shape(), shardDim, group.size());
-        this.shard = layout.slice(param.value(), group.rank());
+        this.shard = layout.slice(param.backend(), param.value(), group.rank());
     }
 
     public Parameter parameter() {
@@ -46,13 +47,14 @@ public final class FsdpParam {
             throw new IllegalArgumentException(param.name() + ": shard shape " + java.util.Arrays.toString(t.shape())
                     + " does not match " + java.util.Arrays.toString(layout.shardShape(group.rank())));
         }
-        System.arraycopy(t.floats(), 0, shard.floats(), 0, shard.numel());
+        Backend be = param.backend();
+        be.copy(be.upload(t), 0, shard, 0, shard.numel());
     }
 
     /** The accumulated gradient shard, zero when none was reduced since the last {@link #zeroGrad()}. */
     public Tensor shardGrad() {
         if (shardGrad == null) {
-            shardGrad = Tensor.zeros(DType.F32, shard.shape());
+            shardGrad = param.backend().zeros(DType.F32, shard.shape());
         }
         return shardGrad;
     }
@@ -63,23 +65,25 @@ public final class FsdpParam {
 
     void unshard() {
         if (!param.isMaterialised()) {
-            param.setValue(layout.allGather(group, shard));
+            param.setValue(layout.allGather(param.backend(), group, shard));
         }
     }
 
     void reshard() {
+        if (param.isMaterialised()) {
+            param.backend().release(param.value());
+        }
         param.setValue(null);
     }
 
     /** Reduce-scatters the full gradient into the shard gradient (accumulating) and frees the full one. */
     void reduceGrad() {
-        Tensor full = param.hasGrad() ? param.grad() : Tensor.zeros(DType.F32, param.shape());
-        Tensor part = layout.reduceScatter(group, full, 1f);
-        float[] acc = shardGrad().floats();
-        float[] pf = part.floats();
-        for (int i = 0; i < acc.length; i++) {
-            acc[i] += pf[i];
-        }
+        Backend be = param.backend();
+        Tensor full = param.grad(); // zeros when backward never touched it (an expert without tokens)
+        Tensor part = layout.reduceScatter(be, group, full, 1f);
+        be.axpy(1f, part, 0, shardGrad(), 0, part.numel());
+        be.release(part);
+        be.release(full);
         param.clearGrad();
     }
 }

@@ -1,5 +1,6 @@
 package dev.sparkmoe.parallel.fsdp;
 
+import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import dev.sparkmoe.parallel.comm.Communicator;
@@ -54,43 +55,31 @@ public final class ShardLayout {
         return s;
     }
 
-    /** Rank r's shard of a full tensor (a copy). */
-    public Tensor slice(Tensor full, int r) {
+    /** Rank r's shard of a full tensor (a copy on the same backend). */
+    public Tensor slice(Backend be, Tensor full, int r) {
         int[] rg = range(r);
         int rows = rg[1] - rg[0];
-        Tensor out = Tensor.zeros(DType.F32, shardShape(r));
-        float[] src = full.floats();
-        float[] dst = out.floats();
-        int n = fullShape[dim];
-        for (int o = 0; o < outer; o++) {
-            System.arraycopy(src, (o * n + rg[0]) * inner, dst, o * rows * inner, rows * inner);
-        }
+        Tensor out = be.zeros(DType.F32, shardShape(r));
+        be.copyRows(full, rg[0] * inner, fullShape[dim] * inner, out, 0, rows * inner, outer, rows * inner);
         return out;
     }
 
     /** Collective over {@code group}: every rank's shard to the full tensor on every rank. */
-    public Tensor allGather(Communicator group, Tensor shard) {
+    public Tensor allGather(Backend be, Communicator group, Tensor shard) {
         int piece = outer * chunk * inner;
-        int me = group.rank();
-        int[] myRange = range(me);
-        int myRows = myRange[1] - myRange[0];
-        float[] send = new float[piece];
-        float[] sf = shard.floats();
-        for (int o = 0; o < outer; o++) {
-            System.arraycopy(sf, o * myRows * inner, send, o * chunk * inner, myRows * inner);
-        }
-        float[] recv = new float[piece * world];
+        int myRows = rows(group.rank());
+        Tensor send = be.zeros(DType.F32, piece);
+        be.copyRows(shard, 0, myRows * inner, send, 0, chunk * inner, outer, myRows * inner);
+        Tensor recv = be.zeros(DType.F32, piece * world);
         group.allGather(send, 0, piece, recv, 0);
-        Tensor full = Tensor.zeros(DType.F32, fullShape);
-        float[] ff = full.floats();
+        be.release(send);
+        Tensor full = be.zeros(DType.F32, fullShape);
         int n = fullShape[dim];
         for (int r = 0; r < world; r++) {
             int[] rg = range(r);
-            int rows = rg[1] - rg[0];
-            for (int o = 0; o < outer; o++) {
-                System.arraycopy(recv, r * piece + o * chunk * inner, ff, (o * n + rg[0]) * inner, rows * inner);
-            }
+            be.copyRows(recv, r * piece, chunk * inner, full, rg[0] * inner, n * inner, outer, rows(r) * inner);
         }
+        be.release(recv);
         return full;
     }
 
@@ -98,33 +87,30 @@ public final class ShardLayout {
      * Collective over {@code group}: sums the full tensors of all ranks and returns this rank's shard of the sum,
      * multiplied by {@code scale}.
      */
-    public Tensor reduceScatter(Communicator group, Tensor full, float scale) {
+    public Tensor reduceScatter(Backend be, Communicator group, Tensor full, float scale) {
         int piece = outer * chunk * inner;
-        float[] send = new float[piece * world];
-        float[] ff = full.floats();
+        Tensor send = be.zeros(DType.F32, piece * world);
         int n = fullShape[dim];
         for (int r = 0; r < world; r++) {
             int[] rg = range(r);
-            int rows = rg[1] - rg[0];
-            for (int o = 0; o < outer; o++) {
-                System.arraycopy(ff, (o * n + rg[0]) * inner, send, r * piece + o * chunk * inner, rows * inner);
-            }
+            be.copyRows(full, rg[0] * inner, n * inner, send, r * piece, chunk * inner, outer, rows(r) * inner);
         }
-        float[] recv = new float[piece];
+        Tensor recv = be.zeros(DType.F32, piece);
         group.reduceScatterSum(send, 0, recv, 0, piece);
+        be.release(send);
         int me = group.rank();
-        Tensor shard = Tensor.zeros(DType.F32, shardShape(me));
-        int[] myRange = range(me);
-        int myRows = myRange[1] - myRange[0];
-        float[] sf = shard.floats();
-        for (int o = 0; o < outer; o++) {
-            System.arraycopy(recv, o * chunk * inner, sf, o * myRows * inner, myRows * inner);
-        }
+        int myRows = rows(me);
+        Tensor shard = be.zeros(DType.F32, shardShape(me));
+        be.copyRows(recv, 0, chunk * inner, shard, 0, myRows * inner, outer, myRows * inner);
+        be.release(recv);
         if (scale != 1f) {
-            for (int i = 0; i < sf.length; i++) {
-                sf[i] *= scale;
-            }
+            be.scale(shard, scale);
         }
         return shard;
+    }
+
+    private int rows(int r) {
+        int[] rg = range(r);
+        return rg[1] - rg[0];
     }
 }

@@ -29,7 +29,10 @@ public final class ExpertParallel implements ParallelStyle {
         AllToAllTokenDispatcher dispatcher = new AllToAllTokenDispatcher(ep, experts.numExperts());
         List<Tensor> local = new ArrayList<>();
         for (Parameter p : experts.ownParameters()) {
-            local.add(new ShardLayout(p.shape(), 0, ep.size()).slice(p.value(), ep.rank()));
+            local.add(new ShardLayout(p.shape(), 0, ep.size()).slice(p.backend(), p.value(), ep.rank()));
+        }
+        for (Parameter p : experts.ownParameters()) {
+            p.backend().release(p.value());
         }
         experts.partition(dispatcher.firstLocalExpert(), dispatcher.localExperts(), dispatcher);
         List<Parameter> params = experts.ownParameters();

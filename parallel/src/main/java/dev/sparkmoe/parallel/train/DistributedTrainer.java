@@ -66,7 +66,7 @@ public final class DistributedTrainer implements RankTrainer {
         ModelRegistry.parallelizer(modelType).parallelize(model, mesh, dims, policy, fsdp);
         this.params = fsdp.params();
         for (FsdpParam p : params) {
-            optState.put(p, new AdamW.State(p.shard().shape()));
+            optState.put(p, new AdamW.State(backend, p.shard().shape()));
         }
         TrainerSpec.OptimizerSettings o = spec.optimizer();
         this.adamw = new AdamW(new AdamW.Hyper(o.beta1(), o.beta2(), o.eps(), o.weightDecay()));
@@ -240,10 +240,10 @@ public final class DistributedTrainer implements RankTrainer {
         Map<String, Tensor> out = new LinkedHashMap<>();
         for (FsdpParam p : params) {
             String n = p.parameter().name();
-            out.put("param/" + n, p.shard().copy());
             AdamW.State s = optState.get(p);
-            out.put("exp_avg/" + n, s.m.copy());
-            out.put("exp_avg_sq/" + n, s.v.copy());
+            out.put("param/" + n, hostCopy(p.shard()));
+            out.put("exp_avg/" + n, hostCopy(s.m));
+            out.put("exp_avg_sq/" + n, hostCopy(s.v));
         }
         out.put("trainer/steps", Tensor.ofLongs(new long[] {steps}, 1));
         return out;
@@ -270,22 +270,32 @@ public final class DistributedTrainer implements RankTrainer {
             String n = p.parameter().name();
             p.setShard(state.get("param/" + n));
             AdamW.State s = optState.get(p);
-            System.arraycopy(state.get("exp_avg/" + n).floats(), 0, s.m.floats(), 0, s.m.numel());
-            System.arraycopy(state.get("exp_avg_sq/" + n).floats(), 0, s.v.floats(), 0, s.v.numel());
+            Backend be = model.backend();
+            be.copy(be.upload(state.get("exp_avg/" + n)), 0, s.m, 0, s.m.numel());
+            be.copy(be.upload(state.get("exp_avg_sq/" + n)), 0, s.v, 0, s.v.numel());
         }
         steps = state.get("trainer/steps").longAt(0);
     }
 
+    /** A host copy that shares nothing with the trainer's live buffers. */
+    private Tensor hostCopy(Tensor t) {
+        Tensor h = model.backend().download(t);
+        return h == t ? t.copy() : h;
+    }
+
     /** Collective. The full value of one sharded tensor (a weight, or an optimizer moment), on every rank. */
     public Tensor gatherFull(FsdpParam p, Tensor shardOfP) {
-        Tensor local = p.layout().allGather(p.group(), shardOfP);
+        Backend be = model.backend();
+        Tensor local = p.layout().allGather(be, p.group(), shardOfP);
         Parameter param = p.parameter();
         if (isExpertParam(param) && dims.epEnabled() && model.moeLayerCount() > 0) {
             Communicator ep = mesh.get(DeviceMesh.EP).communicator();
             int[] s = local.shape();
             int[] full = s.clone();
             full[0] = s[0] * ep.size();
-            return new ShardLayout(full, 0, ep.size()).allGather(ep, local);
+            Tensor all = new ShardLayout(full, 0, ep.size()).allGather(be, ep, local);
+            be.release(local);
+            return all;
         }
         return local;
     }
@@ -326,7 +336,7 @@ public final class DistributedTrainer implements RankTrainer {
     public Map<String, Tensor> fullStackedState() {
         Map<String, Tensor> out = new java.util.TreeMap<>();
         for (FsdpParam p : params) {
-            out.put(p.parameter().name(), gatherFull(p, p.shard()));
+            out.put(p.parameter().name(), model.backend().download(gatherFull(p, p.shard())));
         }
         return out;
     }

@@ -8,8 +8,8 @@ import dev.sparkmoe.core.tensor.Tensor;
 public final class LocalTokenDispatcher implements TokenDispatcher {
     public static final LocalTokenDispatcher INSTANCE = new LocalTokenDispatcher();
 
-    /** Row j of the routed tensor holds slot {@code slotOfRow[j]}. */
-    record Meta(int[] slotOfRow, int tokens, int topK) {
+    /** Row j of the routed tensor holds slot {@code slotOfRow[j]} (I32 on the backend). */
+    record Meta(Tensor slotOfRow, int rows, int tokens, int topK) {
     }
 
     /**
@@ -39,25 +39,19 @@ public final class LocalTokenDispatcher implements TokenDispatcher {
                              int numExperts) {
         int[] counts = new int[numExperts];
         int[] slotOfRow = sortSlotsByExpert(expertIds, numExperts, counts);
-        Tensor routed = Tensor.zeros(DType.F32, slotOfRow.length, hiddenSize);
-        float[] src = hidden.floats();
-        float[] dst = routed.floats();
-        for (int j = 0; j < slotOfRow.length; j++) {
-            System.arraycopy(src, (slotOfRow[j] / topK) * hiddenSize, dst, j * hiddenSize, hiddenSize);
-        }
-        return new Dispatch(routed, counts, 0, new Meta(slotOfRow, tokens, topK));
+        int rows = slotOfRow.length;
+        Tensor index = backend.upload(Tensor.ofInts(slotOfRow, rows));
+        Tensor routed = backend.zeros(DType.F32, rows, hiddenSize);
+        backend.gatherRows(hidden, index, rows, hiddenSize, topK, routed);
+        return new Dispatch(routed, counts, 0, new Meta(index, rows, tokens, topK));
     }
 
     @Override
     public Tensor combine(Backend backend, Tensor expertOut, Dispatch d) {
         Meta m = (Meta) d.meta();
         int h = expertOut.dim(1);
-        Tensor slots = Tensor.zeros(DType.F32, m.tokens * m.topK, h);
-        float[] src = expertOut.floats();
-        float[] dst = slots.floats();
-        for (int j = 0; j < m.slotOfRow.length; j++) {
-            System.arraycopy(src, j * h, dst, m.slotOfRow[j] * h, h);
-        }
+        Tensor slots = backend.zeros(DType.F32, m.tokens * m.topK, h);
+        backend.scatterRows(expertOut, m.slotOfRow, m.rows, h, slots);
         return slots;
     }
 
@@ -65,37 +59,17 @@ public final class LocalTokenDispatcher implements TokenDispatcher {
     public Tensor combineBackward(Backend backend, Tensor dSlots, Dispatch d) {
         Meta m = (Meta) d.meta();
         int h = dSlots.dim(1);
-        Tensor dOut = Tensor.zeros(DType.F32, m.slotOfRow.length, h);
-        float[] src = dSlots.floats();
-        float[] dst = dOut.floats();
-        for (int j = 0; j < m.slotOfRow.length; j++) {
-            System.arraycopy(src, m.slotOfRow[j] * h, dst, j * h, h);
-        }
+        Tensor dOut = backend.zeros(DType.F32, m.rows, h);
+        backend.gatherRows(dSlots, m.slotOfRow, m.rows, h, 1, dOut);
         return dOut;
     }
 
     @Override
     public void dispatchBackward(Backend backend, Tensor dRouted, Dispatch d, Tensor dHidden) {
         Meta m = (Meta) d.meta();
-        addSlotsToTokens(combine(backend, dRouted, d), m.tokens, m.topK, dHidden);
-    }
-
-    /**
-     * dHidden[n] += sum over k of dSlots[n * topK + k]: the gradient of copying each token to its topK slots. Each
-     * token adds its contributions in slot order, so the result does not depend on where the experts ran.
-     */
-    public static void addSlotsToTokens(Tensor dSlots, int tokens, int topK, Tensor dHidden) {
-        int h = dSlots.dim(1);
-        float[] s = dSlots.floats();
-        float[] dh = dHidden.floats();
-        for (int n = 0; n < tokens; n++) {
-            for (int k = 0; k < topK; k++) {
-                int so = (n * topK + k) * h;
-                int o = n * h;
-                for (int j = 0; j < h; j++) {
-                    dh[o + j] += s[so + j];
-                }
-            }
-        }
+        Tensor dSlots = combine(backend, dRouted, d);
+        // Each token adds its K contributions in slot order, whatever rank its experts ran on.
+        backend.sumSlots(dSlots, m.tokens, m.topK, dRouted.dim(1), dHidden);
+        backend.release(dSlots);
     }
 }
