@@ -863,7 +863,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
             for (int i = 0; i < half; i++) {
                 invFreq[i] = 1f / (float) Math.pow(theta, (float) (2 * i) / headDim);
             }
-            CudaScope saved = null;
             // persistent: allocate outside any scope
             ArrayDeque<CudaScope> hold = new ArrayDeque<>(scopes);
             scopes.clear();
