@@ -35,10 +35,11 @@ import java.util.logging.Logger;
  * <p>Matrix products: row-major C = op(A) op(B) is computed as the column-major C^T = op(B)^T op(A)^T by
  * {@code cublasGemmEx} with f32 storage and the compute type of {@link GemmPrecision} (default
  * {@code CUBLAS_COMPUTE_32F}, exact f32; TF32 and BF16 tensor-core modes are switchable through
- * {@link #setGemmPrecision} or {@code -Dsparkmoe.cuda.gemm=f32|tf32|bf16}). {@link #groupedGemm} issues one
- * {@code cublasGemmGroupedBatchedEx} call for all non-empty groups (group size 1 each, the pointer arrays uploaded to
- * the device on the stream); with {@link GroupedMode#LOOP} (or {@code -Dsparkmoe.cuda.grouped=loop}), or if cuBLAS
- * answers NOT_SUPPORTED, it issues one {@code cublasGemmEx} per group on the stream instead.
+ * {@link #setGemmPrecision} or {@code -Dsparkmoe.cuda.gemm=f32|tf32|bf16}). {@link #groupedGemm} issues, by default
+ * ({@link GroupedMode#LOOP}), one {@code cublasGemmEx} per non-empty group on the stream. The presets do bind
+ * {@code cublasGemmGroupedBatchedEx}, and {@link GroupedMode#CUBLAS_GROUPED} (or {@code -Dsparkmoe.cuda.grouped=cublas})
+ * issues one such call for all groups (group size 1 each, pointer arrays uploaded to the device on the stream), but it
+ * is experimental: its first run on an H200 (cuBLAS 13.1) ended in an illegal memory access, cause not yet found.
  *
  * <p>Errors: every native status is checked ({@link Cuda}). Index errors found by kernels (an embedding id, a
  * cross-entropy target, a gather/scatter index out of range) are recorded in a device error word and thrown as
@@ -131,8 +132,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
             argPtrs.put(i, new DevicePointer(argBytes.address() + 8L * i));
         }
         this.gemmPrecision = GemmPrecision.valueOf(System.getProperty("sparkmoe.cuda.gemm", "f32").toUpperCase(Locale.ROOT));
-        this.groupedMode = "loop".equalsIgnoreCase(System.getProperty("sparkmoe.cuda.grouped", "cublas"))
-                ? GroupedMode.LOOP : GroupedMode.CUBLAS_GROUPED;
+        this.groupedMode = "cublas".equalsIgnoreCase(System.getProperty("sparkmoe.cuda.grouped", "loop"))
+                ? GroupedMode.CUBLAS_GROUPED : GroupedMode.LOOP;
         this.errorWord = allocate(16);
         Cuda.check(cudart.cudaMemsetAsync(ptr(errorWord, 0), 0, 16, stream), "cudaMemsetAsync(error word)");
         LOG.info(String.format("CUDA backend %s: %s, %s, %d SMs, gemm %s, grouped gemm %s", name, deviceName,

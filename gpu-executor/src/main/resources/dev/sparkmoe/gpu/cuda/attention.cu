@@ -10,6 +10,9 @@
 // deterministic.
 
 #define FULL 0xffffffffu
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)  // NVRTC has no math.h
+#endif
 
 __device__ __forceinline__ float aWarpSum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL, v, o);

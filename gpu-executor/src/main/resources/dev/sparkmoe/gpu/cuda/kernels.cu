@@ -4,6 +4,10 @@
 // computed in long long. Index errors are recorded in the error word err[4] = {code, a, b, c} (first one wins) and
 // thrown by the Java side at its next synchronisation point.
 
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)  // NVRTC has no math.h
+#endif
+
 #define ERR_EMBED_ID 1
 #define ERR_CE_TARGET 2
 #define ERR_EMBED_BWD_ID 3
