@@ -39,7 +39,8 @@ import java.util.logging.Logger;
  * ({@link GroupedMode#LOOP}), one {@code cublasGemmEx} per non-empty group on the stream. The presets do bind
  * {@code cublasGemmGroupedBatchedEx}, and {@link GroupedMode#CUBLAS_GROUPED} (or {@code -Dsparkmoe.cuda.grouped=cublas})
  * issues one such call for all groups (group size 1 each, pointer arrays uploaded to the device on the stream), but it
- * is experimental: its first run on an H200 (cuBLAS 13.1) ended in an illegal memory access, cause not yet found.
+ * is experimental: on an H200 (cuBLAS 13.1, driver 580) it failed (an illegal memory access; with blocking launches
+ * CUBLAS_STATUS_EXECUTION_FAILED), cause not yet found.
  *
  * <p>Errors: every native status is checked ({@link Cuda}). Index errors found by kernels (an embedding id, a
  * cross-entropy target, a gather/scatter index out of range) are recorded in a device error word and thrown as

@@ -175,8 +175,10 @@ class CudaBackendTest {
         gpu.gemm(false, false, 6, 5, 0, 1f, up(a, 24), 0, 4, up(b, 20), 0, 5, 0.5f, gc, 0, 5);
         cpu.gemm(false, false, 6, 5, 0, 1f, host(a, 24), 0, 4, host(b, 20), 0, 5, 0.5f, cc, 0, 5);
         assertClose(cc.floats(), down(gc), 1e-6, "gemm k=0");
-        assertThrows(IndexOutOfBoundsException.class, () -> gpu.gemm(false, false, 6, 5, 5, 1f, up(a, 24), 0, 4,
-                up(b, 20), 0, 5, 0f, gc, 0, 5));
+        assertThrows(IndexOutOfBoundsException.class, () -> gpu.gemm(false, false, 7, 5, 4, 1f, up(a, 24), 0, 4,
+                up(b, 20), 0, 5, 0f, gc, 0, 5), "C [7 x 5] does not fit 30 elements");
+        assertThrows(IllegalArgumentException.class, () -> gpu.gemm(false, false, 6, 5, 5, 1f, up(a, 24), 0, 4,
+                up(b, 20), 0, 5, 0f, gc, 0, 5), "lda 4 < k 5");
     }
 
     @Test
