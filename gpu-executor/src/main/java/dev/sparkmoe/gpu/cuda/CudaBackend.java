@@ -1,0 +1,1194 @@
+package dev.sparkmoe.gpu.cuda;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import org.bytedeco.cuda.cublas.cublasContext;
+import org.bytedeco.cuda.cudart.CUevent_st;
+import org.bytedeco.cuda.cudart.CUfunc_st;
+import org.bytedeco.cuda.cudart.CUstream_st;
+import org.bytedeco.cuda.cudart.cudaDeviceProp;
+import org.bytedeco.cuda.global.cublas;
+import org.bytedeco.cuda.global.cudart;
+import org.bytedeco.javacpp.BytePointer;
+import org.bytedeco.javacpp.DoublePointer;
+import org.bytedeco.javacpp.FloatPointer;
+import org.bytedeco.javacpp.IntPointer;
+import org.bytedeco.javacpp.LongPointer;
+import org.bytedeco.javacpp.Pointer;
+import org.bytedeco.javacpp.PointerPointer;
+
+import java.util.ArrayDeque;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.logging.Logger;
+
+/**
+ * The CUDA backend: f32 device storage (BF16/F16 tensors are kept as f32 values, as on the host; I32 as int32, I64
+ * as int64), a caching allocator ({@link CachingAllocator}) with allocation scopes, one non-blocking CUDA stream on
+ * which every copy, kernel and cuBLAS call is queued in order, NVRTC-compiled kernels ({@code kernels.cu},
+ * {@code attention.cu} in this package) launched through the driver API, and cuBLAS for the matrix products.
+ *
+ * <p>Matrix products: row-major C = op(A) op(B) is computed as the column-major C^T = op(B)^T op(A)^T by
+ * {@code cublasGemmEx} with f32 storage and the compute type of {@link GemmPrecision} (default
+ * {@code CUBLAS_COMPUTE_32F}, exact f32; TF32 and BF16 tensor-core modes are switchable through
+ * {@link #setGemmPrecision} or {@code -Dsparkmoe.cuda.gemm=f32|tf32|bf16}). {@link #groupedGemm} issues, by default
+ * ({@link GroupedMode#LOOP}), one {@code cublasGemmEx} per non-empty group on the stream. The presets do bind
+ * {@code cublasGemmGroupedBatchedEx}, and {@link GroupedMode#CUBLAS_GROUPED} (or {@code -Dsparkmoe.cuda.grouped=cublas})
+ * issues one such call for all groups (group size 1 each, pointer arrays uploaded to the device on the stream), but it
+ * is experimental: on an H200 (cuBLAS 13.1, driver 580) it failed (an illegal memory access; with blocking launches
+ * CUBLAS_STATUS_EXECUTION_FAILED), cause not yet found.
+ *
+ * <p>Errors: every native status is checked ({@link Cuda}). Index errors found by kernels (an embedding id, a
+ * cross-entropy target, a gather/scatter index out of range) are recorded in a device error word and thrown as
+ * {@link IllegalArgumentException} at the next synchronisation point ({@link #synchronize}, {@link #download},
+ * {@link #crossEntropy}, {@link #sumSquares}, {@link #routerStats}) rather than at the call, so that no kernel
+ * launch waits for the device. Shapes and offsets are checked on the host before launch.
+ *
+ * <p>Determinism: every kernel sums in a fixed order except {@link #embeddingBackward} (atomicAdd into repeated
+ * rows) and the expert counts of {@link #routerStats} (exact integer counts, so order does not matter).
+ *
+ * <p>Threads: the backend may be called from any thread but not from two at once (its methods are synchronized);
+ * the device is made current for the calling thread when it changes.
+ */
+public final class CudaBackend implements Backend, AutoCloseable {
+    private static final Logger LOG = Logger.getLogger(CudaBackend.class.getName());
+    private static final String K = "kernels.cu";
+    private static final String A = "attention.cu";
+    private static final int THREADS = 256;
+
+    /** Compute type of the f32 matrix products. */
+    public enum GemmPrecision {
+        /** CUBLAS_COMPUTE_32F: exact f32 (the CPU reference's arithmetic up to summation order). */
+        F32(cublas.CUBLAS_COMPUTE_32F),
+        /** CUBLAS_COMPUTE_32F_FAST_TF32: tensor cores with tf32 inputs, f32 accumulation (about 3e-4 relative). */
+        TF32(cublas.CUBLAS_COMPUTE_32F_FAST_TF32),
+        /** CUBLAS_COMPUTE_32F_FAST_16BF: tensor cores with bf16 inputs, f32 accumulation (about 1e-2 relative). */
+        BF16(cublas.CUBLAS_COMPUTE_32F_FAST_16BF);
+
+        final int cublasCompute;
+
+        GemmPrecision(int c) {
+            this.cublasCompute = c;
+        }
+    }
+
+    /** How {@link #groupedGemm} reaches cuBLAS. */
+    public enum GroupedMode { CUBLAS_GROUPED, LOOP }
+
+    private final int device;
+    private final String name;
+    private final String deviceName;
+    private final int smCount;
+    private final CUstream_st stream;
+    private final cublasContext cublasHandle;
+    private final KernelLibrary kernels;
+    private final CachingAllocator allocator = new CachingAllocator();
+    private final ArrayDeque<CudaScope> scopes = new ArrayDeque<>();
+    private final FloatPointer alphaP = new FloatPointer(1);
+    private final FloatPointer betaP = new FloatPointer(1);
+    private final BytePointer argBytes = new BytePointer(8 * 32);
+    private final PointerPointer<Pointer> argPtrs = new PointerPointer<>(32);
+    private final DeviceBuffer errorWord;
+    private final Map<String, DeviceBuffer> ropeFreqs = new HashMap<>();
+    private final Map<String, Boolean> sharedRaised = new HashMap<>();
+    private GemmPrecision gemmPrecision;
+    private GroupedMode groupedMode;
+    private long nextBufferId;
+    private long nextScopeId;
+    private Thread lastThread;
+    private boolean closed;
+
+    /** A backend on device 0. */
+    public CudaBackend() {
+        this(0);
+    }
+
+    public CudaBackend(int device) {
+        if (!Cuda.available()) {
+            throw new IllegalStateException("CUDA is not available: " + Cuda.unavailableReason()
+                    + " (run with -Dorg.bytedeco.javacpp.pathsFirst=true and LD_LIBRARY_PATH naming the CUDA 13 libraries)");
+        }
+        this.device = device;
+        this.name = "cuda:" + device;
+        Cuda.check(cudart.cudaSetDevice(device), "cudaSetDevice(" + device + ")");
+        Cuda.check(cudart.cudaFree(null), "cudaFree(null) (context creation)");
+        Cuda.checkDriver(cudart.cuInit(0), "cuInit(0)");
+        lastThread = Thread.currentThread();
+        cudaDeviceProp props = new cudaDeviceProp();
+        Cuda.check(cudart.cudaGetDeviceProperties(props, device), "cudaGetDeviceProperties(" + device + ")");
+        this.deviceName = props.name().getString();
+        this.smCount = props.multiProcessorCount();
+        this.kernels = new KernelLibrary(props.major(), props.minor());
+        this.stream = new CUstream_st();
+        Cuda.check(cudart.cudaStreamCreateWithFlags(stream, cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+        this.cublasHandle = new cublasContext();
+        Cuda.checkCublas(cublas.cublasCreate_v2(cublasHandle), "cublasCreate");
+        Cuda.checkCublas(cublas.cublasSetStream_v2(cublasHandle, stream), "cublasSetStream");
+        Cuda.checkCublas(cublas.cublasSetMathMode(cublasHandle, cublas.CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+        for (int i = 0; i < 32; i++) {
+            argPtrs.put(i, new DevicePointer(argBytes.address() + 8L * i));
+        }
+        this.gemmPrecision = GemmPrecision.valueOf(System.getProperty("sparkmoe.cuda.gemm", "f32").toUpperCase(Locale.ROOT));
+        this.groupedMode = "cublas".equalsIgnoreCase(System.getProperty("sparkmoe.cuda.grouped", "loop"))
+                ? GroupedMode.CUBLAS_GROUPED : GroupedMode.LOOP;
+        this.errorWord = allocate(16);
+        Cuda.check(cudart.cudaMemsetAsync(ptr(errorWord, 0), 0, 16, stream), "cudaMemsetAsync(error word)");
+        LOG.info(String.format("CUDA backend %s: %s, %s, %d SMs, gemm %s, grouped gemm %s", name, deviceName,
+                kernels.arch(), smCount, gemmPrecision, groupedMode));
+    }
+
+    @Override
+    public String name() {
+        return name;
+    }
+
+    /** The device's name as the driver reports it ("NVIDIA H100 80GB HBM3"). */
+    public String deviceName() {
+        return deviceName;
+    }
+
+    /** "sm_90" and the like. */
+    public String arch() {
+        return kernels.arch();
+    }
+
+    public synchronized void setGemmPrecision(GemmPrecision p) {
+        LOG.info(name + ": gemm precision " + gemmPrecision + " -> " + p);
+        this.gemmPrecision = p;
+    }
+
+    public synchronized GemmPrecision gemmPrecision() {
+        return gemmPrecision;
+    }
+
+    public synchronized void setGroupedMode(GroupedMode m) {
+        this.groupedMode = m;
+    }
+
+    public synchronized GroupedMode groupedMode() {
+        return groupedMode;
+    }
+
+    /** Allocator statistics (bytes counted in allocator blocks). */
+    public synchronized MemoryStats memoryStats() {
+        return allocator.stats();
+    }
+
+    /** Peak bytes in use restarts from the current bytes in use. */
+    public synchronized void resetPeakMemory() {
+        allocator.resetPeak();
+    }
+
+    /** Gives every cached (free) block back to the device. */
+    public synchronized void emptyCache() {
+        current();
+        allocator.emptyCache();
+    }
+
+    /** The stream every operation is queued on (for NCCL and other libraries that must share it). */
+    public CUstream_st stream() {
+        return stream;
+    }
+
+    /** The device address of element {@code offset} of a tensor of this backend. */
+    public long address(Tensor t, long offset) {
+        DeviceBuffer b = buf(t, "tensor");
+        return b.address() + offset * elementBytes(t.dtype());
+    }
+
+    /**
+     * Milliseconds of device time taken by the work {@code body} queues, measured with CUDA events on the stream
+     * (waits for it).
+     */
+    public synchronized float timeMillis(Runnable body) {
+        current();
+        CUevent_st start = new CUevent_st();
+        CUevent_st end = new CUevent_st();
+        Cuda.check(cudart.cudaEventCreate(start), "cudaEventCreate");
+        Cuda.check(cudart.cudaEventCreate(end), "cudaEventCreate");
+        try {
+            Cuda.check(cudart.cudaEventRecord(start, stream), "cudaEventRecord");
+            body.run();
+            Cuda.check(cudart.cudaEventRecord(end, stream), "cudaEventRecord");
+            Cuda.check(cudart.cudaEventSynchronize(end), "cudaEventSynchronize");
+            float[] ms = new float[1];
+            Cuda.check(cudart.cudaEventElapsedTime(ms, start, end), "cudaEventElapsedTime");
+            return ms[0];
+        } finally {
+            Cuda.check(cudart.cudaEventDestroy(start), "cudaEventDestroy");
+            Cuda.check(cudart.cudaEventDestroy(end), "cudaEventDestroy");
+        }
+    }
+
+    @Override
+    public synchronized void close() {
+        if (closed) {
+            return;
+        }
+        current();
+        Cuda.check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+        closed = true;
+        Cuda.checkCublas(cublas.cublasDestroy_v2(cublasHandle), "cublasDestroy");
+        Cuda.check(cudart.cudaStreamDestroy(stream), "cudaStreamDestroy");
+        allocator.emptyCache();
+    }
+
+    // ------------------------------------------------------------------ memory
+
+    private void current() {
+        if (closed) {
+            throw new IllegalStateException("backend " + name + " is closed");
+        }
+        Thread t = Thread.currentThread();
+        if (t != lastThread) {
+            Cuda.check(cudart.cudaSetDevice(device), "cudaSetDevice(" + device + ")");
+            lastThread = t;
+        }
+    }
+
+    static int elementBytes(DType d) {
+        return d == DType.I64 ? 8 : 4;
+    }
+
+    private DeviceBuffer allocate(long bytes) {
+        long[] block = new long[1];
+        long address = allocator.allocate(bytes, block);
+        DeviceBuffer b = new DeviceBuffer(address, bytes, block[0], this, nextBufferId++);
+        CudaScope s = scopes.peek();
+        if (s != null) {
+            b.scope = s;
+            s.buffers.add(b);
+        }
+        return b;
+    }
+
+    private void free(DeviceBuffer b) {
+        if (b.released) {
+            throw new IllegalStateException("double release of " + b);
+        }
+        b.released = true;
+        allocator.release(b.address(), b.blockBytes());
+    }
+
+    private Tensor newTensor(DType dtype, int... shape) {
+        long n = Tensor.numel(shape);
+        return Tensor.onDevice(dtype, allocate(n * elementBytes(dtype)), shape);
+    }
+
+    private DeviceBuffer buf(Tensor t, String what) {
+        if (t == null) {
+            throw new IllegalArgumentException(what + " is null");
+        }
+        if (t.isHost()) {
+            throw new IllegalArgumentException(what + " " + t + " is a host tensor; upload it to " + name + " first");
+        }
+        if (!(t.deviceHandle() instanceof DeviceBuffer) || ((DeviceBuffer) t.deviceHandle()).owner() != this) {
+            throw new IllegalArgumentException(what + " " + t + " lives on another backend (" + t.deviceHandle()
+                    + "), not on " + name);
+        }
+        DeviceBuffer b = (DeviceBuffer) t.deviceHandle();
+        if (b.released) {
+            throw new IllegalStateException(what + " " + t + " was released (" + b + ")");
+        }
+        return b;
+    }
+
+    /** Device pointer to element {@code off} of t, after checking that [off, off + n) lies inside it. */
+    private Pointer ptr(Tensor t, String what, long off, long n) {
+        DeviceBuffer b = buf(t, what);
+        if (off < 0 || n < 0 || off + n > t.numel()) {
+            throw new IndexOutOfBoundsException(what + ": elements [" + off + ", " + (off + n) + ") of " + t
+                    + " (" + t.numel() + " elements)");
+        }
+        return new DevicePointer(b.address() + off * elementBytes(t.dtype()));
+    }
+
+    private long addr(Tensor t, String what, long off, long n) {
+        return ptr(t, what, off, n).address();
+    }
+
+    private static Pointer ptr(DeviceBuffer b, long byteOff) {
+        return new DevicePointer(b.address() + byteOff);
+    }
+
+    private static void requireF32Storage(Tensor t, String what) {
+        if (!t.dtype().isFloating()) {
+            throw new IllegalArgumentException(what + " must be a floating tensor, got " + t);
+        }
+    }
+
+    private static void requireI32(Tensor t, String what) {
+        if (t.dtype() != DType.I32) {
+            throw new IllegalArgumentException(what + " must be I32, got " + t);
+        }
+    }
+
+    @Override
+    public synchronized Tensor zeros(DType dtype, int... shape) {
+        current();
+        Tensor t = newTensor(dtype, shape);
+        DeviceBuffer b = (DeviceBuffer) t.deviceHandle();
+        if (b.bytes() > 0) {
+            Cuda.check(cudart.cudaMemsetAsync(ptr(b, 0), 0, b.bytes(), stream), "cudaMemsetAsync(" + b + ")");
+        }
+        return t;
+    }
+
+    @Override
+    public synchronized Tensor upload(Tensor host) {
+        if (!host.isHost()) {
+            throw new IllegalArgumentException("upload needs a host tensor, got " + host + " (" + host.deviceHandle() + ")");
+        }
+        current();
+        Tensor t = newTensor(host.dtype(), host.shape());
+        DeviceBuffer b = (DeviceBuffer) t.deviceHandle();
+        int n = host.numel();
+        if (n == 0) {
+            return t;
+        }
+        Pointer src;
+        switch (host.dtype()) {
+            case I32: src = new IntPointer(host.ints()); break;
+            case I64: src = new LongPointer(host.longs()); break;
+            default: src = new FloatPointer(host.floats());
+        }
+        try {
+            // Pageable source: the call returns once the bytes are staged, so the host buffer may be freed after it.
+            Cuda.check(cudart.cudaMemcpyAsync(ptr(b, 0), src, b.bytes(), cudart.cudaMemcpyHostToDevice, stream),
+                    "cudaMemcpyAsync(host -> " + b + ")");
+        } finally {
+            src.close();
+        }
+        return t;
+    }
+
+    @Override
+    public synchronized Tensor download(Tensor t) {
+        current();
+        DeviceBuffer b = buf(t, "download source");
+        Tensor host = Tensor.zeros(t.dtype(), t.shape());
+        int n = t.numel();
+        if (n > 0) {
+            Pointer dst;
+            switch (t.dtype()) {
+                case I32: dst = new IntPointer(n); break;
+                case I64: dst = new LongPointer(n); break;
+                default: dst = new FloatPointer(n);
+            }
+            try {
+                Cuda.check(cudart.cudaMemcpyAsync(dst, ptr(b, 0), (long) n * elementBytes(t.dtype()),
+                        cudart.cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync(" + b + " -> host)");
+                syncAndCheck();
+                switch (t.dtype()) {
+                    case I32: ((IntPointer) dst).get(host.ints()); break;
+                    case I64: ((LongPointer) dst).get(host.longs()); break;
+                    default: ((FloatPointer) dst).get(host.floats());
+                }
+            } finally {
+                dst.close();
+            }
+        } else {
+            syncAndCheck();
+        }
+        return host;
+    }
+
+    @Override
+    public synchronized void copy(Tensor src, int srcOff, Tensor dst, int dstOff, int n) {
+        if (src.dtype() != dst.dtype()) {
+            throw new IllegalArgumentException("copy from " + src + " to " + dst + ": dtypes differ");
+        }
+        current();
+        if (n == 0) {
+            return;
+        }
+        long bytes = (long) n * elementBytes(src.dtype());
+        Cuda.check(cudart.cudaMemcpyAsync(ptr(dst, "copy dst", dstOff, n), ptr(src, "copy src", srcOff, n), bytes,
+                cudart.cudaMemcpyDeviceToDevice, stream), "cudaMemcpyAsync(device -> device, " + bytes + " B)");
+    }
+
+    @Override
+    public synchronized void copyRows(Tensor src, int srcOff, int srcStride, Tensor dst, int dstOff, int dstStride,
+                                      int rows, int rowLen) {
+        if (src.dtype() != dst.dtype()) {
+            throw new IllegalArgumentException("copyRows from " + src + " to " + dst + ": dtypes differ");
+        }
+        current();
+        if (rowLen == 0 || rows == 0) {
+            return;
+        }
+        if (srcStride < rowLen || dstStride < rowLen) {
+            throw new IllegalArgumentException("copyRows: strides (" + srcStride + ", " + dstStride
+                    + ") must be at least the row length " + rowLen);
+        }
+        int es = elementBytes(src.dtype());
+        long srcSpan = (long) (rows - 1) * srcStride + rowLen;
+        long dstSpan = (long) (rows - 1) * dstStride + rowLen;
+        Cuda.check(cudart.cudaMemcpy2DAsync(ptr(dst, "copyRows dst", dstOff, dstSpan), (long) dstStride * es,
+                ptr(src, "copyRows src", srcOff, srcSpan), (long) srcStride * es, (long) rowLen * es, rows,
+                cudart.cudaMemcpyDeviceToDevice, stream), "cudaMemcpy2DAsync(" + rows + " rows of " + rowLen + ")");
+    }
+
+    @Override
+    public synchronized void fill(Tensor t, float value) {
+        current();
+        long n = t.numel();
+        if (n == 0) {
+            return;
+        }
+        switch (t.dtype()) {
+            case I32: launch1D(K, "fill_i32", n, addr(t, "fill", 0, n), n, (int) value); break;
+            case I64: launch1D(K, "fill_i64", n, addr(t, "fill", 0, n), n, (long) value); break;
+            default: launch1D(K, "fill_f32", n, addr(t, "fill", 0, n), n, value);
+        }
+    }
+
+    @Override
+    public synchronized void release(Tensor t) {
+        current();
+        DeviceBuffer b = buf(t, "release");
+        free(b);
+        if (b.scope != null) {
+            b.scope.buffers.remove(b);
+        }
+    }
+
+    @Override
+    public synchronized Scope openScope() {
+        current();
+        CudaScope s = new CudaScope(nextScopeId++);
+        scopes.push(s);
+        return s;
+    }
+
+    @Override
+    public synchronized void synchronize() {
+        current();
+        syncAndCheck();
+    }
+
+    /** Scopes in use (innermost first), for diagnostics. */
+    public synchronized int openScopes() {
+        return scopes.size();
+    }
+
+    /** An allocation scope of this backend; closing it releases the buffers allocated in it that are still live. */
+    public final class CudaScope implements Scope {
+        final long id;
+        final List<DeviceBuffer> buffers = new ArrayList<>();
+        private boolean open = true;
+
+        CudaScope(long id) {
+            this.id = id;
+        }
+
+        @Override
+        public void close() {
+            synchronized (CudaBackend.this) {
+                if (!open) {
+                    return;
+                }
+                if (scopes.peek() != this) {
+                    throw new IllegalStateException("scope #" + id + " closed while an inner scope #"
+                            + scopes.peek().id + " is still open; close scopes innermost first");
+                }
+                scopes.pop();
+                open = false;
+                for (DeviceBuffer b : buffers) {
+                    if (!b.released) {
+                        free(b);
+                    }
+                }
+                buffers.clear();
+            }
+        }
+
+        /** Buffers allocated in this scope and not yet released. */
+        public int liveBuffers() {
+            synchronized (CudaBackend.this) {
+                return (int) buffers.stream().filter(b -> !b.released).count();
+            }
+        }
+    }
+
+    private void syncAndCheck() {
+        Cuda.check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+        checkErrorWord();
+    }
+
+    private void checkErrorWord() {
+        int[] w = new int[4];
+        try (IntPointer p = new IntPointer(4)) {
+            Cuda.check(cudart.cudaMemcpyAsync(p, ptr(errorWord, 0), 16, cudart.cudaMemcpyDeviceToHost, stream),
+                    "cudaMemcpyAsync(error word)");
+            Cuda.check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+            p.get(w);
+        }
+        if (w[0] == 0) {
+            return;
+        }
+        Cuda.check(cudart.cudaMemsetAsync(ptr(errorWord, 0), 0, 16, stream), "cudaMemsetAsync(error word)");
+        String msg;
+        switch (w[0]) {
+            case 1: msg = "embeddingForward: token id " + w[2] + " at position " + w[1]
+                    + " is outside the vocabulary [0, " + w[3] + ")"; break;
+            case 2: msg = "crossEntropy: target id " + w[2] + " at row " + w[1] + " is outside the vocabulary [0, "
+                    + w[3] + ") (use -100 to ignore a position)"; break;
+            case 3: msg = "embeddingBackward: token id " + w[2] + " at position " + w[1]
+                    + " is outside the table [0, " + w[3] + ")"; break;
+            case 4: msg = "gatherRows: index " + w[2] + " at " + w[1] + " selects a row outside the source [0, "
+                    + w[3] + ") (after division by the divisor)"; break;
+            case 5: msg = "scatterRows: index " + w[2] + " at " + w[1] + " is outside the destination rows [0, "
+                    + w[3] + ")"; break;
+            case 6: msg = "routerStats: expert id " + w[2] + " at " + w[1] + " is outside [0, " + w[3] + ")"; break;
+            default: msg = "kernel error code " + w[0] + " (" + w[1] + ", " + w[2] + ", " + w[3] + ")";
+        }
+        throw new IllegalArgumentException(msg + " (found on " + name + " by a kernel queued before this call)");
+    }
+
+    // ------------------------------------------------------------------ launching
+
+    private static int blocksFor(long n, int threads) {
+        long b = (n + threads - 1) / threads;
+        return (int) Math.max(1, Math.min(b, 65535L * 16));
+    }
+
+    private void launch1D(String file, String kernel, long n, Object... args) {
+        launch(file, kernel, blocksFor(n, THREADS), 1, THREADS, 0, args);
+    }
+
+    /** Launches {@code kernel} with args packed one per 8-byte slot (Integer, Long, Float, Double). */
+    private void launch(String file, String kernel, int gridX, int gridY, int block, int sharedBytes, Object... args) {
+        if (args.length > 32) {
+            throw new IllegalArgumentException("too many kernel arguments");
+        }
+        CUfunc_st f = kernels.function(file, kernel);
+        if (sharedBytes > 48 * 1024 && sharedRaised.putIfAbsent(file + "#" + kernel + "#" + sharedBytes, true) == null) {
+            Cuda.checkDriver(cudart.cuFuncSetAttribute(f, cudart.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    sharedBytes), "cuFuncSetAttribute(" + kernel + ", max dynamic shared = " + sharedBytes + ")");
+        }
+        for (int i = 0; i < args.length; i++) {
+            Object a = args[i];
+            long o = 8L * i;
+            if (a instanceof Integer) {
+                argBytes.putInt(o, (Integer) a);
+            } else if (a instanceof Long) {
+                argBytes.putLong(o, (Long) a);
+            } else if (a instanceof Float) {
+                argBytes.putFloat(o, (Float) a);
+            } else if (a instanceof Double) {
+                argBytes.putDouble(o, (Double) a);
+            } else {
+                throw new IllegalArgumentException("kernel argument " + i + " of " + kernel + " has type "
+                        + (a == null ? "null" : a.getClass().getName()));
+            }
+        }
+        Cuda.checkDriver(cudart.cuLaunchKernel(f, gridX, gridY, 1, block, 1, 1, sharedBytes, stream, argPtrs,
+                (PointerPointer<?>) null), "cuLaunchKernel(" + kernel + ", grid " + gridX + "x" + gridY + ", block "
+                + block + ", shared " + sharedBytes + ")");
+    }
+
+    private void launch2D(String file, String kernel, int gridX, int gridY, int bx, int by, Object... args) {
+        CUfunc_st f = kernels.function(file, kernel);
+        for (int i = 0; i < args.length; i++) {
+            Object a = args[i];
+            long o = 8L * i;
+            if (a instanceof Integer) {
+                argBytes.putInt(o, (Integer) a);
+            } else if (a instanceof Long) {
+                argBytes.putLong(o, (Long) a);
+            } else {
+                argBytes.putFloat(o, (Float) a);
+            }
+        }
+        Cuda.checkDriver(cudart.cuLaunchKernel(f, gridX, gridY, 1, bx, by, 1, 0, stream, argPtrs,
+                (PointerPointer<?>) null), "cuLaunchKernel(" + kernel + ")");
+    }
+
+    private Tensor scratch(DType dtype, int n) {
+        return newTensor(dtype, n);
+    }
+
+    private void dispose(Tensor t) {
+        DeviceBuffer b = (DeviceBuffer) t.deviceHandle();
+        free(b);
+        if (b.scope != null) {
+            b.scope.buffers.remove(b);
+        }
+    }
+
+    // ------------------------------------------------------------------ dense algebra
+
+    private static void checkSpan(String what, Tensor t, int off, int rows, int cols, int ld) {
+        if (ld < cols) {
+            throw new IllegalArgumentException("gemm: leading dimension of " + what + " (" + ld
+                    + ") is smaller than its row length (" + cols + ")");
+        }
+        long last = (long) off + (long) (rows - 1) * ld + cols;
+        if (off < 0 || last > t.numel()) {
+            throw new IndexOutOfBoundsException("gemm: " + what + " [" + rows + " x " + cols + "] at offset " + off
+                    + " with stride " + ld + " needs " + last + " elements but the buffer has " + t.numel());
+        }
+    }
+
+    @Override
+    public synchronized void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, Tensor a, int aOff,
+                                  int lda, Tensor b, int bOff, int ldb, float beta, Tensor c, int cOff, int ldc) {
+        current();
+        if (m == 0 || n == 0) {
+            return;
+        }
+        checkSpan("C", c, cOff, m, n, ldc);
+        if (k == 0) {
+            launch1D(K, "scale_rows_f32", (long) m * n, addr(c, "C", cOff, 0), m, n, ldc, beta);
+            return;
+        }
+        checkSpan("A", a, aOff, transA ? k : m, transA ? m : k, lda);
+        checkSpan("B", b, bOff, transB ? n : k, transB ? k : n, ldb);
+        gemmEx(transA, transB, m, n, k, alpha, addr(a, "A", aOff, 0), lda, addr(b, "B", bOff, 0), ldb, beta,
+                addr(c, "C", cOff, 0), ldc);
+    }
+
+    private void gemmEx(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b,
+                        int ldb, float beta, long c, int ldc) {
+        alphaP.put(alpha);
+        betaP.put(beta);
+        // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
+        Cuda.checkCublas(cublas.cublasGemmEx(cublasHandle, transB ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N,
+                transA ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N, n, m, k, alphaP, new DevicePointer(b),
+                cudart.CUDA_R_32F, ldb, new DevicePointer(a), cudart.CUDA_R_32F, lda, betaP, new DevicePointer(c),
+                cudart.CUDA_R_32F, ldc, gemmPrecision.cublasCompute, cublas.CUBLAS_GEMM_DEFAULT),
+                "cublasGemmEx(m=" + m + ", n=" + n + ", k=" + k + ", transA=" + transA + ", transB=" + transB + ", "
+                        + gemmPrecision + ")");
+    }
+
+    @Override
+    public synchronized void groupedGemm(boolean transA, boolean transB, int groups, int[] m, int[] n, int[] k,
+                                         float alpha, Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb,
+                                         float beta, Tensor c, int[] cOff, int ldc) {
+        current();
+        int[] active = new int[groups];
+        int count = 0;
+        for (int g = 0; g < groups; g++) {
+            if (m[g] == 0 || n[g] == 0) {
+                continue;
+            }
+            checkSpan("C[" + g + "]", c, cOff[g], m[g], n[g], ldc);
+            if (k[g] == 0) {
+                launch1D(K, "scale_rows_f32", (long) m[g] * n[g], addr(c, "C", cOff[g], 0), m[g], n[g], ldc, beta);
+                continue;
+            }
+            checkSpan("A[" + g + "]", a, aOff[g], transA ? k[g] : m[g], transA ? m[g] : k[g], lda);
+            checkSpan("B[" + g + "]", b, bOff[g], transB ? n[g] : k[g], transB ? k[g] : n[g], ldb);
+            active[count++] = g;
+        }
+        if (count == 0) {
+            return;
+        }
+        if (groupedMode == GroupedMode.CUBLAS_GROUPED) {
+            try {
+                groupedCublas(transA, transB, active, count, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff,
+                        ldc);
+                return;
+            } catch (CudaException e) {
+                if (e.status() != cublas.CUBLAS_STATUS_NOT_SUPPORTED || !"cublas".equals(e.library())) {
+                    throw e;
+                }
+                LOG.warning(name + ": cublasGemmGroupedBatchedEx is not supported here (" + e.getMessage()
+                        + "); using one cublasGemmEx per group from now on");
+                groupedMode = GroupedMode.LOOP;
+            }
+        }
+        for (int q = 0; q < count; q++) {
+            int g = active[q];
+            gemmEx(transA, transB, m[g], n[g], k[g], alpha, addr(a, "A", aOff[g], 0), lda, addr(b, "B", bOff[g], 0),
+                    ldb, beta, addr(c, "C", cOff[g], 0), ldc);
+        }
+    }
+
+    private void groupedCublas(boolean transA, boolean transB, int[] active, int count, int[] m, int[] n, int[] k,
+                               float alpha, Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta,
+                               Tensor c, int[] cOff, int ldc) {
+        int[] opB = new int[count];
+        int[] opA = new int[count];
+        int[] mm = new int[count];
+        int[] nn = new int[count];
+        int[] kk = new int[count];
+        int[] ldaA = new int[count];
+        int[] ldbA = new int[count];
+        int[] ldcA = new int[count];
+        int[] ones = new int[count];
+        float[] alphas = new float[count];
+        float[] betas = new float[count];
+        long[] ptrs = new long[3 * count];
+        for (int q = 0; q < count; q++) {
+            int g = active[q];
+            opB[q] = transB ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N;
+            opA[q] = transA ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N;
+            mm[q] = n[g];
+            nn[q] = m[g];
+            kk[q] = k[g];
+            ldaA[q] = ldb;
+            ldbA[q] = lda;
+            ldcA[q] = ldc;
+            ones[q] = 1;
+            alphas[q] = alpha;
+            betas[q] = beta;
+            ptrs[q] = addr(b, "B", bOff[g], 0);
+            ptrs[count + q] = addr(a, "A", aOff[g], 0);
+            ptrs[2 * count + q] = addr(c, "C", cOff[g], 0);
+        }
+        DeviceBuffer table = allocate(8L * 3 * count);
+        try (LongPointer host = new LongPointer(ptrs); FloatPointer al = new FloatPointer(alphas);
+             FloatPointer be = new FloatPointer(betas)) {
+            Cuda.check(cudart.cudaMemcpyAsync(ptr(table, 0), host, 8L * 3 * count, cudart.cudaMemcpyHostToDevice,
+                    stream), "cudaMemcpyAsync(grouped gemm pointer table)");
+            Cuda.checkCublas(cublas.cublasGemmGroupedBatchedEx(cublasHandle, opB, opA, mm, nn, kk, al,
+                    ptr(table, 0), cudart.CUDA_R_32F, ldaA, ptr(table, 8L * count), cudart.CUDA_R_32F, ldbA, be,
+                    ptr(table, 16L * count), cudart.CUDA_R_32F, ldcA, count, ones, gemmPrecision.cublasCompute),
+                    "cublasGemmGroupedBatchedEx(" + count + " groups, " + gemmPrecision + ")");
+        } finally {
+            // Stream-ordered: a later user of this block queues behind the GEMMs that read it.
+            if (table.scope != null) {
+                table.scope.buffers.remove(table);
+            }
+            free(table);
+        }
+    }
+
+    @Override
+    public synchronized void axpy(float alpha, Tensor x, int xOff, Tensor y, int yOff, int n) {
+        current();
+        if (n == 0) {
+            return;
+        }
+        launch1D(K, "axpy_f32", n, alpha, addr(x, "x", xOff, n), addr(y, "y", yOff, n), n);
+    }
+
+    @Override
+    public synchronized void scale(Tensor x, float alpha) {
+        current();
+        long n = x.numel();
+        if (n == 0) {
+            return;
+        }
+        launch1D(K, "scale_f32", n, addr(x, "x", 0, n), n, alpha);
+    }
+
+    @Override
+    public synchronized double sumSquares(Tensor x) {
+        current();
+        long n = x.numel();
+        int blocks = (int) Math.max(1, Math.min((n + THREADS - 1) / THREADS, 4L * smCount));
+        Tensor partial = scratch(DType.I64, blocks + 1); // 8-byte elements: doubles
+        try {
+            long p = addr(partial, "partial", 0, blocks + 1);
+            launch(K, "sum_squares_partial", blocks, 1, THREADS, 0, addr(x, "x", 0, n), n, p);
+            launch(K, "sum_partials_f64", 1, 1, 1024, 0, p, blocks, p + 8L * blocks);
+            return readDouble(p + 8L * blocks);
+        } finally {
+            dispose(partial);
+        }
+    }
+
+    private double readDouble(long address) {
+        try (DoublePointer d = new DoublePointer(1)) {
+            Cuda.check(cudart.cudaMemcpyAsync(d, new DevicePointer(address), 8, cudart.cudaMemcpyDeviceToHost, stream),
+                    "cudaMemcpyAsync(device -> host, 8 B)");
+            syncAndCheck();
+            return d.get();
+        }
+    }
+
+    // ------------------------------------------------------------------ transformer layers
+
+    @Override
+    public synchronized void rmsNormForward(Tensor x, Tensor w, float eps, int rows, int dim, Tensor y, Tensor rstd) {
+        current();
+        if (rows == 0) {
+            return;
+        }
+        long n = (long) rows * dim;
+        launch(K, "rmsnorm_fwd", rows, 1, rowThreads(dim), 0, addr(x, "x", 0, n), addr(w, "w", 0, dim), eps, rows,
+                dim, addr(y, "y", 0, n), addr(rstd, "rstd", 0, rows));
+    }
+
+    private static int rowThreads(int dim) {
+        if (dim >= 1024) {
+            return 256;
+        }
+        return Math.max(32, Math.min(256, (dim + 31) / 32 * 32));
+    }
+
+    @Override
+    public synchronized void rmsNormBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, int rows, int dim, Tensor dx,
+                                             Tensor dw) {
+        current();
+        if (rows == 0) {
+            return;
+        }
+        long n = (long) rows * dim;
+        long dyA = addr(dy, "dy", 0, n);
+        long xA = addr(x, "x", 0, n);
+        long rA = addr(rstd, "rstd", 0, rows);
+        launch(K, "rmsnorm_bwd_dx", rows, 1, rowThreads(dim), 0, dyA, xA, addr(w, "w", 0, dim), rA, rows, dim,
+                addr(dx, "dx", 0, n));
+        int rowsPerChunk = 256;
+        int chunks = (rows + rowsPerChunk - 1) / rowsPerChunk;
+        Tensor partial = scratch(DType.F32, chunks * dim);
+        try {
+            long pA = addr(partial, "partial", 0, (long) chunks * dim);
+            launch2D(K, "rmsnorm_bwd_dw_partial", (dim + 31) / 32, chunks, 32, 8, dyA, xA, rA, rows, dim,
+                    rowsPerChunk, pA);
+            launch1D(K, "sum_chunks_accumulate", dim, pA, chunks, dim, addr(dw, "dw", 0, dim));
+        } finally {
+            dispose(partial);
+        }
+    }
+
+    @Override
+    public synchronized void rope(Tensor x, int tokens, int heads, int headDim, int seqLen, float theta,
+                                  boolean inverse) {
+        current();
+        if (tokens == 0) {
+            return;
+        }
+        int half = headDim / 2;
+        String key = theta + "/" + headDim;
+        DeviceBuffer freq = ropeFreqs.get(key);
+        if (freq == null) {
+            float[] invFreq = new float[half];
+            for (int i = 0; i < half; i++) {
+                invFreq[i] = 1f / (float) Math.pow(theta, (float) (2 * i) / headDim);
+            }
+            // persistent: allocate outside any scope
+            ArrayDeque<CudaScope> hold = new ArrayDeque<>(scopes);
+            scopes.clear();
+            try {
+                freq = allocate(4L * Math.max(1, half));
+            } finally {
+                scopes.addAll(hold);
+            }
+            try (FloatPointer h = new FloatPointer(invFreq)) {
+                Cuda.check(cudart.cudaMemcpyAsync(ptr(freq, 0), h, 4L * half, cudart.cudaMemcpyHostToDevice, stream),
+                        "cudaMemcpyAsync(rope frequencies)");
+            }
+            ropeFreqs.put(key, freq);
+        }
+        long n = (long) tokens * heads * headDim;
+        launch1D(K, "rope_f32", (long) tokens * half, addr(x, "x", 0, n), freq.address(), tokens, heads, headDim,
+                seqLen, inverse ? -1f : 1f);
+    }
+
+    private static final int ATTN_WARPS = 8;
+
+    private static int attnDmax(int headDim) {
+        for (int d : new int[] {32, 64, 128, 256}) {
+            if (headDim <= d) {
+                return d;
+            }
+        }
+        throw new IllegalArgumentException("attention: head dim " + headDim + " is larger than 256, the largest the "
+                + "CUDA kernels are built for");
+    }
+
+    private static void checkHeads(int qHeads, int kvHeads) {
+        if (kvHeads <= 0 || qHeads % kvHeads != 0) {
+            throw new IllegalArgumentException("attention: kv heads (" + kvHeads + ") must divide query heads ("
+                    + qHeads + ")");
+        }
+    }
+
+    @Override
+    public synchronized void attentionForward(Tensor q, Tensor k, Tensor v, int batch, int seqLen, int qHeads,
+                                              int kvHeads, int headDim, float scale, Tensor out, Tensor lse) {
+        current();
+        checkHeads(qHeads, kvHeads);
+        if (batch == 0 || seqLen == 0) {
+            return;
+        }
+        int dm = attnDmax(headDim);
+        long nq = (long) batch * seqLen * qHeads * headDim;
+        long nkv = (long) batch * seqLen * kvHeads * headDim;
+        int shared = 4 * (32 * (dm + 1) + 32 * dm + ATTN_WARPS * dm);
+        launch(A, "attn_fwd_" + dm, (seqLen + ATTN_WARPS - 1) / ATTN_WARPS, batch * qHeads, 32 * ATTN_WARPS, shared,
+                addr(q, "q", 0, nq), addr(k, "k", 0, nkv), addr(v, "v", 0, nkv), batch, seqLen, qHeads, kvHeads,
+                headDim, scale, addr(out, "out", 0, nq), addr(lse, "lse", 0, (long) batch * qHeads * seqLen));
+    }
+
+    @Override
+    public synchronized void attentionBackward(Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,
+                                               int batch, int seqLen, int qHeads, int kvHeads, int headDim,
+                                               float scale, Tensor dq, Tensor dk, Tensor dv) {
+        current();
+        checkHeads(qHeads, kvHeads);
+        if (batch == 0 || seqLen == 0) {
+            return;
+        }
+        int dm = attnDmax(headDim);
+        long nq = (long) batch * seqLen * qHeads * headDim;
+        long nkv = (long) batch * seqLen * kvHeads * headDim;
+        int rowsL = batch * qHeads * seqLen;
+        long dOutA = addr(dOut, "dOut", 0, nq);
+        long qA = addr(q, "q", 0, nq);
+        long kA = addr(k, "k", 0, nkv);
+        long vA = addr(v, "v", 0, nkv);
+        long lseA = addr(lse, "lse", 0, rowsL);
+        Tensor di = scratch(DType.F32, rowsL);
+        try {
+            long diA = addr(di, "di", 0, rowsL);
+            long warps = (long) batch * seqLen * qHeads;
+            launch(A, "attn_bwd_di", blocksFor(warps * 32, THREADS), 1, THREADS, 0, dOutA, addr(out, "out", 0, nq),
+                    batch, seqLen, qHeads, headDim, diA);
+            int sharedDq = 4 * (2 * 32 * (dm + 1) + 2 * ATTN_WARPS * dm);
+            launch(A, "attn_bwd_dq_" + dm, (seqLen + ATTN_WARPS - 1) / ATTN_WARPS, batch * qHeads, 32 * ATTN_WARPS,
+                    sharedDq, dOutA, qA, kA, vA, lseA, diA, batch, seqLen, qHeads, kvHeads, headDim, scale,
+                    addr(dq, "dq", 0, nq));
+            int sharedKv = 4 * (2 * 32 * (dm + 1) + 2 * ATTN_WARPS * dm + 64);
+            launch(A, "attn_bwd_dkdv_" + dm, (seqLen + ATTN_WARPS - 1) / ATTN_WARPS, batch * kvHeads,
+                    32 * ATTN_WARPS, sharedKv, dOutA, qA, kA, vA, lseA, diA, batch, seqLen, qHeads, kvHeads, headDim,
+                    scale, addr(dk, "dk", 0, nkv), addr(dv, "dv", 0, nkv));
+        } finally {
+            dispose(di);
+        }
+    }
+
+    @Override
+    public synchronized void siluMulForward(Tensor gate, Tensor up, Tensor out, int off, int n) {
+        current();
+        if (n == 0) {
+            return;
+        }
+        launch1D(K, "silu_mul_fwd", n, addr(gate, "gate", off, n), addr(up, "up", off, n), addr(out, "out", off, n), n);
+    }
+
+    @Override
+    public synchronized void siluMulBackward(Tensor dOut, Tensor gate, Tensor up, Tensor dGate, Tensor dUp, int off,
+                                             int n) {
+        current();
+        if (n == 0) {
+            return;
+        }
+        launch1D(K, "silu_mul_bwd", n, addr(dOut, "dOut", off, n), addr(gate, "gate", off, n), addr(up, "up", off, n),
+                addr(dGate, "dGate", off, n), addr(dUp, "dUp", off, n), n);
+    }
+
+    @Override
+    public synchronized void embeddingForward(Tensor table, Tensor ids, int tokens, int hidden, Tensor out) {
+        current();
+        requireI32(ids, "ids");
+        if (tokens == 0) {
+            return;
+        }
+        int rows = table.numel() / hidden;
+        long n = (long) tokens * hidden;
+        launch1D(K, "embedding_fwd", n, addr(table, "table", 0, (long) rows * hidden), rows, addr(ids, "ids", 0, tokens),
+                tokens, hidden, addr(out, "out", 0, n), errorWord.address());
+    }
+
+    @Override
+    public synchronized void embeddingBackward(Tensor dOut, Tensor ids, int tokens, int hidden, Tensor dTable) {
+        current();
+        requireI32(ids, "ids");
+        if (tokens == 0) {
+            return;
+        }
+        int rows = dTable.numel() / hidden;
+        long n = (long) tokens * hidden;
+        launch1D(K, "embedding_bwd", n, addr(dOut, "dOut", 0, n), addr(ids, "ids", 0, tokens), tokens, hidden,
+                addr(dTable, "dTable", 0, (long) rows * hidden), rows, errorWord.address());
+    }
+
+    @Override
+    public synchronized double crossEntropy(Tensor logits, Tensor targets, int rows, int vocab, float gradScale,
+                                            Tensor dLogits) {
+        current();
+        requireI32(targets, "targets");
+        if (rows == 0) {
+            syncAndCheck();
+            return 0.0;
+        }
+        long n = (long) rows * vocab;
+        Tensor rowLoss = scratch(DType.I64, rows + 1); // doubles
+        try {
+            long rl = addr(rowLoss, "rowLoss", 0, rows + 1);
+            launch(K, "cross_entropy_fwd_bwd", rows, 1, vocab >= 4096 ? 512 : rowThreads(vocab), 0,
+                    addr(logits, "logits", 0, n), addr(targets, "targets", 0, rows), rows, vocab, gradScale,
+                    addr(dLogits, "dLogits", 0, n), rl, errorWord.address());
+            launch(K, "sum_partials_f64", 1, 1, 1024, 0, rl, rows, rl + 8L * rows);
+            return readDouble(rl + 8L * rows);
+        } finally {
+            dispose(rowLoss);
+        }
+    }
+
+    // ------------------------------------------------------------------ mixture of experts
+
+    @Override
+    public synchronized void softmaxRows(Tensor x, int rows, int cols, Tensor out) {
+        current();
+        if (rows == 0) {
+            return;
+        }
+        long n = (long) rows * cols;
+        launch(K, "softmax_rows", blocksFor(32L * rows, THREADS), 1, THREADS, 0, addr(x, "x", 0, n), rows, cols,
+                addr(out, "out", 0, n));
+    }
+
+    @Override
+    public synchronized void routerTopK(Tensor probs, int rows, int experts, int k, boolean normalize, Tensor topIdx,
+                                        Tensor topVal, Tensor weights) {
+        current();
+        requireI32(topIdx, "topIdx");
+        if (rows == 0) {
+            return;
+        }
+        if (k > experts) {
+            throw new IllegalArgumentException("routerTopK: k (" + k + ") is larger than the number of experts ("
+                    + experts + ")");
+        }
+        long nk = (long) rows * k;
+        launch(K, "router_topk", blocksFor(rows, 128), 1, 128, 0, addr(probs, "probs", 0, (long) rows * experts), rows,
+                experts, k, normalize ? 1 : 0, addr(topIdx, "topIdx", 0, nk), addr(topVal, "topVal", 0, nk),
+                addr(weights, "weights", 0, nk));
+    }
+
+    @Override
+    public synchronized void routerStats(Tensor topIdx, Tensor probs, int rows, int experts, int k, double[] stats) {
+        current();
+        requireI32(topIdx, "topIdx");
+        if (stats.length < 2 * experts) {
+            throw new IllegalArgumentException("routerStats: stats has " + stats.length + " entries, needs 2E = "
+                    + 2 * experts);
+        }
+        Tensor acc = scratch(DType.I64, 2 * experts); // doubles
+        try {
+            long a = addr(acc, "stats", 0, 2L * experts);
+            Cuda.check(cudart.cudaMemsetAsync(new DevicePointer(a), 0, 16L * experts, stream), "cudaMemsetAsync(stats)");
+            long nk = (long) rows * k;
+            if (nk > 0) {
+                launch1D(K, "router_stats_counts", nk, addr(topIdx, "topIdx", 0, nk), (int) nk, experts, a,
+                        errorWord.address());
+                launch(K, "router_stats_colsum", experts, 1, THREADS, 0, addr(probs, "probs", 0, (long) rows * experts),
+                        rows, experts, a);
+            }
+            try (DoublePointer h = new DoublePointer(2L * experts)) {
+                Cuda.check(cudart.cudaMemcpyAsync(h, new DevicePointer(a), 16L * experts, cudart.cudaMemcpyDeviceToHost,
+                        stream), "cudaMemcpyAsync(stats -> host)");
+                syncAndCheck();
+                for (int i = 0; i < 2 * experts; i++) {
+                    stats[i] += h.get(i);
+                }
+            }
+        } finally {
+            dispose(acc);
+        }
+    }
+
+    @Override
+    public synchronized void routerBackward(Tensor dWeights, Tensor topIdx, Tensor topVal, Tensor probs,
+                                            Tensor auxGrad, int rows, int experts, int k, boolean normalize,
+                                            Tensor dLogits) {
+        current();
+        requireI32(topIdx, "topIdx");
+        if (rows == 0) {
+            return;
+        }
+        long nk = (long) rows * k;
+        long ne = (long) rows * experts;
+        int warps = 4;
+        launch(K, "router_bwd", (rows + warps - 1) / warps, 1, 32 * warps, 4 * warps * experts,
+                addr(dWeights, "dWeights", 0, nk), addr(topIdx, "topIdx", 0, nk), addr(topVal, "topVal", 0, nk),
+                addr(probs, "probs", 0, ne), addr(auxGrad, "auxGrad", 0, experts), rows, experts, k,
+                normalize ? 1 : 0, addr(dLogits, "dLogits", 0, ne));
+    }
+
+    @Override
+    public synchronized void gatherRows(Tensor src, Tensor index, int n, int width, int divisor, Tensor dst) {
+        current();
+        requireI32(index, "index");
+        if (n == 0 || width == 0) {
+            return;
+        }
+        int srcRows = src.numel() / width;
+        launch1D(K, "gather_rows", (long) n * width, addr(src, "src", 0, (long) srcRows * width), srcRows,
+                addr(index, "index", 0, n), n, width, divisor, addr(dst, "dst", 0, (long) n * width),
+                errorWord.address());
+    }
+
+    @Override
+    public synchronized void scatterRows(Tensor src, Tensor index, int n, int width, Tensor dst) {
+        current();
+        requireI32(index, "index");
+        if (n == 0 || width == 0) {
+            return;
+        }
+        int dstRows = dst.numel() / width;
+        launch1D(K, "scatter_rows", (long) n * width, addr(src, "src", 0, (long) n * width), addr(index, "index", 0, n),
+                n, width, addr(dst, "dst", 0, (long) dstRows * width), dstRows, errorWord.address());
+    }
+
+    @Override
+    public synchronized void moeCombine(Tensor slots, Tensor weights, int tokens, int k, int width, Tensor y) {
+        current();
+        if (tokens == 0 || width == 0) {
+            return;
+        }
+        long nt = (long) tokens * width;
+        launch1D(K, "moe_combine", nt, addr(slots, "slots", 0, nt * k), addr(weights, "weights", 0, (long) tokens * k),
+                tokens, k, width, addr(y, "y", 0, nt));
+    }
+
+    @Override
+    public synchronized void moeCombineBackward(Tensor dy, Tensor slots, Tensor weights, int tokens, int k, int width,
+                                                Tensor dSlots, Tensor dWeights) {
+        current();
+        if (tokens == 0 || k == 0) {
+            return;
+        }
+        long nt = (long) tokens * width;
+        long ns = (long) tokens * k;
+        launch(K, "moe_combine_bwd", (int) ns, 1, rowThreads(width), 0, addr(dy, "dy", 0, nt),
+                addr(slots, "slots", 0, ns * width), addr(weights, "weights", 0, ns), tokens, k, width,
+                addr(dSlots, "dSlots", 0, ns * width), addr(dWeights, "dWeights", 0, ns));
+    }
+
+    @Override
+    public synchronized void sumSlots(Tensor src, int tokens, int k, int width, Tensor dst) {
+        current();
+        if (tokens == 0 || width == 0) {
+            return;
+        }
+        long nt = (long) tokens * width;
+        launch1D(K, "sum_slots", nt, addr(src, "src", 0, nt * k), tokens, k, width, addr(dst, "dst", 0, nt));
+    }
+
+    // ------------------------------------------------------------------ optimizer
+
+    @Override
+    public synchronized void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, int n, float lr, float beta1,
+                                   float beta2, float eps, float weightDecay, long step) {
+        current();
+        if (n == 0) {
+            return;
+        }
+        float decay = (float) (1.0 - (double) lr * weightDecay);
+        float w1 = 1f - beta1;
+        float w2 = 1f - beta2;
+        double bc1 = 1.0 - Math.pow(beta1, step);
+        double bc2 = 1.0 - Math.pow(beta2, step);
+        float stepSize = (float) (lr / bc1);
+        float bc2Sqrt = (float) Math.sqrt(bc2);
+        launch1D(K, "adamw_f32", n, addr(param, "param", 0, n), addr(grad, "grad", 0, n), addr(m, "m", 0, n),
+                addr(v, "v", 0, n), n, decay, weightDecay != 0f ? 1 : 0, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+    }
+
+    @Override
+    public String toString() {
+        return "CudaBackend(" + name + ", " + deviceName + ", " + kernels.arch() + ")";
+    }
+}

@@ -1,0 +1,197 @@
+package dev.sparkmoe.gpu.cuda;
+
+import org.bytedeco.cuda.cudart.CUfunc_st;
+import org.bytedeco.cuda.cudart.CUmod_st;
+import org.bytedeco.cuda.global.cudart;
+import org.bytedeco.cuda.global.nvrtc;
+import org.bytedeco.cuda.nvrtc._nvrtcProgram;
+import org.bytedeco.javacpp.BytePointer;
+import org.bytedeco.javacpp.PointerPointer;
+import org.bytedeco.javacpp.SizeTPointer;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.nio.file.StandardCopyOption;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.HashMap;
+import java.util.HexFormat;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.logging.Logger;
+
+/**
+ * Loads the {@code .cu} resources of this package, compiles them with NVRTC for the device's architecture
+ * ({@code --gpu-architecture=sm_XY} from cudaGetDeviceProperties), loads the cubin with cuModuleLoadData and hands
+ * out kernel functions (cuModuleGetFunction). Compiled cubins are cached per process (by source hash, options and
+ * architecture) and on disk under {@code sparkmoe.cuda.cacheDir} (default {@code java.io.tmpdir/spark-moe-cubin};
+ * {@code -Dsparkmoe.cuda.cacheDir=} (empty) turns the disk cache off). A compile error throws with NVRTC's log.
+ *
+ * <p>The include path is {@code $CUDA_HOME/include} (else {@code /usr/local/cuda/include}); the kernels need no
+ * header, but it is passed so that future ones may include CUDA headers.
+ */
+final class KernelLibrary {
+    private static final Logger LOG = Logger.getLogger(KernelLibrary.class.getName());
+    private static final Map<String, byte[]> PROCESS_CACHE = new ConcurrentHashMap<>();
+
+    private final int smMajor;
+    private final int smMinor;
+    private final Map<String, CUmod_st> modules = new HashMap<>();
+    private final Map<String, CUfunc_st> functions = new HashMap<>();
+
+    KernelLibrary(int smMajor, int smMinor) {
+        this.smMajor = smMajor;
+        this.smMinor = smMinor;
+    }
+
+    String arch() {
+        return "sm_" + smMajor + smMinor;
+    }
+
+    /** The kernel {@code name} of resource {@code file} (e.g. "kernels.cu"), compiling and loading it on first use. */
+    synchronized CUfunc_st function(String file, String name) {
+        String key = file + "#" + name;
+        CUfunc_st f = functions.get(key);
+        if (f != null) {
+            return f;
+        }
+        CUmod_st mod = modules.get(file);
+        if (mod == null) {
+            byte[] cubin = cubin(file);
+            mod = new CUmod_st();
+            BytePointer image = new BytePointer(cubin.length);
+            image.put(cubin);
+            Cuda.checkDriver(cudart.cuModuleLoadData(mod, image), "cuModuleLoadData(" + file + ", " + arch() + ")");
+            image.close();
+            modules.put(file, mod);
+        }
+        f = new CUfunc_st();
+        Cuda.checkDriver(cudart.cuModuleGetFunction(f, mod, name), "cuModuleGetFunction(" + file + ", " + name + ")");
+        functions.put(key, f);
+        return f;
+    }
+
+    private static String includePath() {
+        String home = System.getenv("CUDA_HOME");
+        if (home == null || home.isEmpty()) {
+            home = System.getenv("CUDA_PATH");
+        }
+        return (home == null || home.isEmpty() ? "/usr/local/cuda" : home) + "/include";
+    }
+
+    private byte[] cubin(String file) {
+        String source = readResource(file);
+        String[] options = {"--gpu-architecture=" + arch(), "--include-path=" + includePath(), "--std=c++17",
+            "-default-device", "-lineinfo"};
+        String key = sha256(source + "\n" + String.join(" ", options) + "\n" + nvrtcVersion());
+        byte[] cached = PROCESS_CACHE.get(key);
+        if (cached != null) {
+            return cached;
+        }
+        Path disk = diskPath(file, key);
+        if (disk != null && Files.isRegularFile(disk)) {
+            try {
+                cached = Files.readAllBytes(disk);
+                PROCESS_CACHE.put(key, cached);
+                return cached;
+            } catch (IOException e) {
+                LOG.warning("cannot read cached cubin " + disk + ": " + e + "; compiling again");
+            }
+        }
+        long t0 = System.nanoTime();
+        byte[] bin = compile(file, source, options);
+        LOG.info(String.format("NVRTC compiled %s for %s in %.0f ms (%d bytes of cubin)", file, arch(),
+                (System.nanoTime() - t0) / 1e6, bin.length));
+        PROCESS_CACHE.put(key, bin);
+        if (disk != null) {
+            try {
+                Files.createDirectories(disk.getParent());
+                Path tmp = Files.createTempFile(disk.getParent(), "cubin", ".tmp");
+                Files.write(tmp, bin);
+                Files.move(tmp, disk, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+            } catch (IOException e) {
+                LOG.warning("cannot write cubin cache " + disk + ": " + e);
+            }
+        }
+        return bin;
+    }
+
+    private Path diskPath(String file, String key) {
+        String dir = System.getProperty("sparkmoe.cuda.cacheDir",
+                Paths.get(System.getProperty("java.io.tmpdir"), "spark-moe-cubin").toString());
+        if (dir.isEmpty()) {
+            return null;
+        }
+        return Paths.get(dir, file.replace('.', '_') + "-" + arch() + "-" + key.substring(0, 24) + ".cubin");
+    }
+
+    static byte[] compile(String file, String source, String[] options) {
+        _nvrtcProgram prog = new _nvrtcProgram();
+        Cuda.checkNvrtc(nvrtc.nvrtcCreateProgram(prog, new BytePointer(source), new BytePointer(file), 0,
+                (PointerPointer<?>) null, (PointerPointer<?>) null), "nvrtcCreateProgram(" + file + ")");
+        try {
+            PointerPointer<BytePointer> opts = new PointerPointer<>(options);
+            int st = nvrtc.nvrtcCompileProgram(prog, options.length, opts);
+            String log = programLog(prog);
+            if (st != nvrtc.NVRTC_SUCCESS) {
+                String decoded;
+                BytePointer p = nvrtc.nvrtcGetErrorString(st);
+                decoded = p == null ? "?" : p.getString();
+                throw new CudaException("nvrtc", "nvrtcCompileProgram(" + file + ", " + String.join(" ", options) + ")",
+                        st, decoded, "compiler log:\n" + log);
+            }
+            if (!log.isBlank()) {
+                LOG.warning("NVRTC log for " + file + ":\n" + log);
+            }
+            SizeTPointer size = new SizeTPointer(1);
+            Cuda.checkNvrtc(nvrtc.nvrtcGetCUBINSize(prog, size), "nvrtcGetCUBINSize(" + file + ")");
+            byte[] bin = new byte[(int) size.get()];
+            Cuda.checkNvrtc(nvrtc.nvrtcGetCUBIN(prog, bin), "nvrtcGetCUBIN(" + file + ")");
+            return bin;
+        } finally {
+            nvrtc.nvrtcDestroyProgram(prog);
+        }
+    }
+
+    private static String programLog(_nvrtcProgram prog) {
+        SizeTPointer size = new SizeTPointer(1);
+        Cuda.checkNvrtc(nvrtc.nvrtcGetProgramLogSize(prog, size), "nvrtcGetProgramLogSize");
+        if (size.get() <= 1) {
+            return "";
+        }
+        byte[] log = new byte[(int) size.get()];
+        Cuda.checkNvrtc(nvrtc.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog");
+        return new String(log, 0, log.length - 1, StandardCharsets.UTF_8);
+    }
+
+    static String nvrtcVersion() {
+        int[] major = new int[1];
+        int[] minor = new int[1];
+        Cuda.checkNvrtc(nvrtc.nvrtcVersion(major, minor), "nvrtcVersion");
+        return major[0] + "." + minor[0];
+    }
+
+    static String readResource(String file) {
+        try (InputStream in = KernelLibrary.class.getResourceAsStream(file)) {
+            if (in == null) {
+                throw new IllegalStateException("kernel source " + file + " is missing from the classpath (package "
+                        + KernelLibrary.class.getPackageName() + ")");
+            }
+            return new String(in.readAllBytes(), StandardCharsets.UTF_8);
+        } catch (IOException e) {
+            throw new IllegalStateException("cannot read kernel source " + file, e);
+        }
+    }
+
+    private static String sha256(String s) {
+        try {
+            return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(s.getBytes(StandardCharsets.UTF_8)));
+        } catch (NoSuchAlgorithmException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+}

@@ -1,0 +1,115 @@
+package dev.sparkmoe.gpu.cuda;
+
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import org.junit.jupiter.api.Test;
+
+import java.util.Arrays;
+import java.util.Random;
+
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+/**
+ * Short timings at C1-like shapes (tokens 8192, hidden 1024, 16 query / 4 kv heads of dim 64, T 2048), run only with
+ * {@code -Dsparkmoe.cuda.bench=true}: device time from CUDA events, median of 10 after 2 warm-ups, on random data.
+ */
+class CudaTimingTest {
+
+    private static float median(CudaBackend gpu, Runnable body) {
+        for (int i = 0; i < 2; i++) {
+            gpu.timeMillis(body);
+        }
+        float[] t = new float[10];
+        for (int i = 0; i < t.length; i++) {
+            t[i] = gpu.timeMillis(body);
+        }
+        Arrays.sort(t);
+        return (t[4] + t[5]) / 2;
+    }
+
+    private static Tensor rand(CudaBackend gpu, Random r, int n) {
+        float[] a = new float[n];
+        for (int i = 0; i < n; i++) {
+            a[i] = (float) r.nextGaussian();
+        }
+        return gpu.upload(Tensor.of(a, n));
+    }
+
+    @Test
+    void timings() {
+        assumeTrue(Boolean.getBoolean("sparkmoe.cuda.bench"), "timings run with -Dsparkmoe.cuda.bench=true");
+        CudaBackend gpu = GpuTestSupport.backend();
+        Random r = new Random(1);
+        StringBuilder out = new StringBuilder("\n=== timings on " + gpu.deviceName() + " (" + gpu.arch() + ") ===\n");
+        try (var scope = gpu.openScope()) {
+            int[][] gemms = {{8192, 1536, 1024}, {8192, 1024, 1024}, {8192, 768, 1024}, {8192, 8192, 8192}};
+            for (CudaBackend.GemmPrecision p : CudaBackend.GemmPrecision.values()) {
+                gpu.setGemmPrecision(p);
+                for (int[] s : gemms) {
+                    int m = s[0], n = s[1], k = s[2];
+                    Tensor a = rand(gpu, r, m * k);
+                    Tensor b = rand(gpu, r, n * k);
+                    Tensor c = gpu.zeros(DType.F32, m * n);
+                    float ms = median(gpu, () -> gpu.gemm(false, true, m, n, k, 1f, a, 0, k, b, 0, k, 0f, c, 0, n));
+                    out.append(String.format("gemm %-5s m=%5d n=%5d k=%5d (A B^T): %8.3f ms  %7.1f TFLOP/s%n", p, m, n,
+                            k, ms, 2.0 * m * n * k / ms / 1e9));
+                    gpu.release(a);
+                    gpu.release(b);
+                    gpu.release(c);
+                }
+            }
+            gpu.setGemmPrecision(CudaBackend.GemmPrecision.F32);
+
+            int experts = 16, tokens = 8192 * 8 / experts, hidden = 1024, inter = 768;
+            int[] m = new int[experts], n = new int[experts], k = new int[experts];
+            int[] aOff = new int[experts], bOff = new int[experts], cOff = new int[experts];
+            for (int e = 0; e < experts; e++) {
+                m[e] = tokens;
+                n[e] = inter;
+                k[e] = hidden;
+                aOff[e] = e * tokens * hidden;
+                bOff[e] = e * inter * hidden;
+                cOff[e] = e * tokens * inter;
+            }
+            Tensor ga = rand(gpu, r, experts * tokens * hidden);
+            Tensor gb = rand(gpu, r, experts * inter * hidden);
+            Tensor gc = gpu.zeros(DType.F32, experts * tokens * inter);
+            for (CudaBackend.GroupedMode mode : new CudaBackend.GroupedMode[] {CudaBackend.GroupedMode.LOOP}) {
+                gpu.setGroupedMode(mode);
+                float ms = median(gpu, () -> gpu.groupedGemm(false, true, experts, m, n, k, 1f, ga, aOff, hidden, gb,
+                        bOff, hidden, 0f, gc, cOff, inter));
+                out.append(String.format("groupedGemm %-14s %d x [%d x %d x %d] f32: %8.3f ms  %7.1f TFLOP/s%n", mode,
+                        experts, tokens, inter, hidden, ms, 2.0 * experts * tokens * inter * hidden / ms / 1e9));
+            }
+
+            int b = 4, t = 2048, hq = 16, hkv = 4, d = 64;
+            int nq = b * t * hq * d, nkv = b * t * hkv * d;
+            Tensor q = rand(gpu, r, nq), kk = rand(gpu, r, nkv), v = rand(gpu, r, nkv), dout = rand(gpu, r, nq);
+            Tensor o = gpu.zeros(DType.F32, nq), lse = gpu.zeros(DType.F32, b * hq * t);
+            Tensor dq = gpu.zeros(DType.F32, nq), dk = gpu.zeros(DType.F32, nkv), dv = gpu.zeros(DType.F32, nkv);
+            float scale = 0.125f;
+            double pairs = (double) b * hq * t * (t + 1) / 2;
+            float fwd = median(gpu, () -> gpu.attentionForward(q, kk, v, b, t, hq, hkv, d, scale, o, lse));
+            out.append(String.format("attention fwd B=%d T=%d Hq=%d Hkv=%d D=%d: %8.3f ms  %7.2f TFLOP/s (4*D flop per"
+                    + " causal pair)%n", b, t, hq, hkv, d, fwd, pairs * 4 * d / fwd / 1e9));
+            float bwd = median(gpu, () -> gpu.attentionBackward(dout, q, kk, v, o, lse, b, t, hq, hkv, d, scale, dq, dk,
+                    dv));
+            out.append(String.format("attention bwd B=%d T=%d Hq=%d Hkv=%d D=%d: %8.3f ms  %7.2f TFLOP/s (10*D flop per"
+                    + " causal pair)%n", b, t, hq, hkv, d, bwd, pairs * 10 * d / bwd / 1e9));
+
+            int rows = 8192;
+            Tensor x = rand(gpu, r, rows * hidden), w = rand(gpu, r, hidden), y = gpu.zeros(DType.F32, rows * hidden);
+            Tensor rs = gpu.zeros(DType.F32, rows);
+            float rms = median(gpu, () -> gpu.rmsNormForward(x, w, 1e-6f, rows, hidden, y, rs));
+            out.append(String.format("rmsNorm fwd %d x %d: %8.3f ms  %7.1f GB/s%n", rows, hidden, rms,
+                    2.0 * 4 * rows * hidden / rms / 1e6));
+            Tensor big = rand(gpu, r, 64 << 20), big2 = gpu.zeros(DType.F32, 64 << 20);
+            float cp = median(gpu, () -> gpu.copy(big, 0, big2, 0, 64 << 20));
+            out.append(String.format("device copy 256 MiB: %8.3f ms  %7.1f GB/s (read + write)%n", cp,
+                    2.0 * 4 * (64 << 20) / cp / 1e6));
+            out.append("memory: ").append(gpu.memoryStats()).append('\n');
+        }
+        out.append("after scope: ").append(gpu.memoryStats()).append('\n');
+        System.out.println(out);
+    }
+}

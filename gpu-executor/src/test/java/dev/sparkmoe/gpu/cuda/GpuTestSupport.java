@@ -1,0 +1,66 @@
+package dev.sparkmoe.gpu.cuda;
+
+import dev.sparkmoe.core.tensor.Tensor;
+
+import java.util.Random;
+
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+/** Shared set-up of the CUDA tests: one backend per JVM, skipped (not failed) where no GPU or CUDA library is. */
+final class GpuTestSupport {
+    private static CudaBackend backend;
+
+    private GpuTestSupport() {
+    }
+
+    static synchronized CudaBackend backend() {
+        assumeTrue(Cuda.available(), () -> "no CUDA device: " + Cuda.unavailableReason());
+        if (backend == null) {
+            backend = new CudaBackend();
+        }
+        return backend;
+    }
+
+    static float[] rnd(Random r, int n, float scale) {
+        float[] a = new float[n];
+        for (int i = 0; i < n; i++) {
+            a[i] = (float) (r.nextGaussian() * scale);
+        }
+        return a;
+    }
+
+    static float maxAbs(float[] a) {
+        float m = 0;
+        for (float v : a) {
+            m = Math.max(m, Math.abs(v));
+        }
+        return m;
+    }
+
+    /** max |e - a| <= tol * max(|e|) (max magnitude of the reference, at least 1e-30); NaN never passes. */
+    static void assertClose(float[] expected, float[] actual, double tol, String what) {
+        assertTrue(expected.length == actual.length, what + ": lengths " + expected.length + " vs " + actual.length);
+        double scale = Math.max(1e-30, maxAbs(expected));
+        double worst = 0;
+        int at = -1;
+        for (int i = 0; i < expected.length; i++) {
+            double d = Math.abs((double) expected[i] - actual[i]);
+            if (Double.isNaN(actual[i]) || Double.isNaN(d)) {
+                throw new AssertionError(what + ": NaN at " + i + " (expected " + expected[i] + ")");
+            }
+            if (d > worst) {
+                worst = d;
+                at = i;
+            }
+        }
+        double rel = worst / scale;
+        assertTrue(rel <= tol, what + ": max error " + worst + " at " + at + " (expected " + (at >= 0 ? expected[at] : 0)
+                + ", got " + (at >= 0 ? actual[at] : 0) + ") is " + rel + " of the max magnitude " + scale
+                + ", over the tolerance " + tol);
+    }
+
+    static Tensor host(float[] a, int... shape) {
+        return Tensor.of(a.clone(), shape);
+    }
+}
