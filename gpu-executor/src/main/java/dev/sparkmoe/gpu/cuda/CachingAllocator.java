@@ -86,7 +86,7 @@ final class CachingAllocator {
     void emptyCache() {
         for (Map.Entry<Long, ArrayDeque<Long>> e : free.entrySet()) {
             for (long a : e.getValue()) {
-                Cuda.check(cudart.cudaFree(new DevicePointer(a)), "cudaFree");
+                Cuda.check(cudart.cudaFree(RawPointer.of(a, 0)), "cudaFree");
                 bytesReserved -= e.getKey();
                 bytesCached -= e.getKey();
             }

@@ -130,7 +130,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
         Cuda.checkCublas(cublas.cublasSetStream_v2(cublasHandle, stream), "cublasSetStream");
         Cuda.checkCublas(cublas.cublasSetMathMode(cublasHandle, cublas.CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
         for (int i = 0; i < 32; i++) {
-            argPtrs.put(i, new DevicePointer(argBytes.address() + 8L * i));
+            argPtrs.put(i, RawPointer.of(argBytes.address() + 8L * i, 0));
         }
         this.gemmPrecision = GemmPrecision.valueOf(System.getProperty("sparkmoe.cuda.gemm", "f32").toUpperCase(Locale.ROOT));
         this.groupedMode = "cublas".equalsIgnoreCase(System.getProperty("sparkmoe.cuda.grouped", "loop"))
@@ -304,7 +304,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
             throw new IndexOutOfBoundsException(what + ": elements [" + off + ", " + (off + n) + ") of " + t
                     + " (" + t.numel() + " elements)");
         }
-        return new DevicePointer(b.address() + off * elementBytes(t.dtype()));
+        return RawPointer.of(b.address() + off * elementBytes(t.dtype()), 0);
     }
 
     private long addr(Tensor t, String what, long off, long n) {
@@ -312,7 +312,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     private static Pointer ptr(DeviceBuffer b, long byteOff) {
-        return new DevicePointer(b.address() + byteOff);
+        return RawPointer.of(b.address() + byteOff, 0);
     }
 
     private static void requireF32Storage(Tensor t, String what) {
@@ -659,8 +659,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
         betaP.put(beta);
         // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
         Cuda.checkCublas(cublas.cublasGemmEx(cublasHandle, transB ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N,
-                transA ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N, n, m, k, alphaP, new DevicePointer(b),
-                cudart.CUDA_R_32F, ldb, new DevicePointer(a), cudart.CUDA_R_32F, lda, betaP, new DevicePointer(c),
+                transA ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N, n, m, k, alphaP, RawPointer.of(b, 0),
+                cudart.CUDA_R_32F, ldb, RawPointer.of(a, 0), cudart.CUDA_R_32F, lda, betaP, RawPointer.of(c, 0),
                 cudart.CUDA_R_32F, ldc, gemmPrecision.cublasCompute, cublas.CUBLAS_GEMM_DEFAULT),
                 "cublasGemmEx(m=" + m + ", n=" + n + ", k=" + k + ", transA=" + transA + ", transB=" + transB + ", "
                         + gemmPrecision + ")");
@@ -797,7 +797,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
 
     private double readDouble(long address) {
         try (DoublePointer d = new DoublePointer(1)) {
-            Cuda.check(cudart.cudaMemcpyAsync(d, new DevicePointer(address), 8, cudart.cudaMemcpyDeviceToHost, stream),
+            Cuda.check(cudart.cudaMemcpyAsync(d, RawPointer.of(address, 0), 8, cudart.cudaMemcpyDeviceToHost, stream),
                     "cudaMemcpyAsync(device -> host, 8 B)");
             syncAndCheck();
             return d.get();
@@ -1068,7 +1068,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
         Tensor acc = scratch(DType.I64, 2 * experts); // doubles
         try {
             long a = addr(acc, "stats", 0, 2L * experts);
-            Cuda.check(cudart.cudaMemsetAsync(new DevicePointer(a), 0, 16L * experts, stream), "cudaMemsetAsync(stats)");
+            Cuda.check(cudart.cudaMemsetAsync(RawPointer.of(a, 0), 0, 16L * experts, stream), "cudaMemsetAsync(stats)");
             long nk = (long) rows * k;
             if (nk > 0) {
                 launch1D(K, "router_stats_counts", nk, addr(topIdx, "topIdx", 0, nk), (int) nk, experts, a,
@@ -1077,7 +1077,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
                         rows, experts, a);
             }
             try (DoublePointer h = new DoublePointer(2L * experts)) {
-                Cuda.check(cudart.cudaMemcpyAsync(h, new DevicePointer(a), 16L * experts, cudart.cudaMemcpyDeviceToHost,
+                Cuda.check(cudart.cudaMemcpyAsync(h, RawPointer.of(a, 0), 16L * experts, cudart.cudaMemcpyDeviceToHost,
                         stream), "cudaMemcpyAsync(stats -> host)");
                 syncAndCheck();
                 for (int i = 0; i < 2 * experts; i++) {

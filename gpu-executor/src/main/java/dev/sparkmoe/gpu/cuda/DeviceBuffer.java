@@ -5,7 +5,7 @@ package dev.sparkmoe.gpu.cuda;
  * ({@code Tensor.deviceHandle()}): a device pointer, the bytes asked for, the size of the allocator block holding
  * them, the owning backend, and whether the memory was given back. Views of a tensor share its buffer.
  */
-public final class DeviceBuffer {
+public final class DeviceBuffer implements DeviceMemory {
     private final long address;
     private final long bytes;
     private final long blockBytes;
@@ -23,11 +23,13 @@ public final class DeviceBuffer {
     }
 
     /** The device address of the first element. */
+    @Override
     public long address() {
         return address;
     }
 
     /** The bytes the tensor needs. */
+    @Override
     public long bytes() {
         return bytes;
     }

@@ -1,5 +1,8 @@
 package dev.sparkmoe.gpu.nccl;
 
+import dev.sparkmoe.gpu.cuda.DeviceMemory;
+import dev.sparkmoe.gpu.cuda.RawPointer;
+
 import org.bytedeco.cuda.global.cudart;
 import org.bytedeco.javacpp.FloatPointer;
 import org.bytedeco.javacpp.Pointer;
@@ -8,7 +11,7 @@ import org.bytedeco.javacpp.Pointer;
  * A plain {@code cudaMalloc} allocation on one device (tests, the bandwidth measurement, and anyone without the CUDA
  * backend). Freed by {@link #close()}.
  */
-public final class DeviceAllocation implements DevicePointer, AutoCloseable {
+public final class DeviceAllocation implements DeviceMemory, AutoCloseable {
 
     private final int device;
     private final long bytes;

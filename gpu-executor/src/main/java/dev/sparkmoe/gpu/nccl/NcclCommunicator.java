@@ -1,5 +1,8 @@
 package dev.sparkmoe.gpu.nccl;
 
+import dev.sparkmoe.gpu.cuda.DeviceMemory;
+import dev.sparkmoe.gpu.cuda.RawPointer;
+
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import dev.sparkmoe.parallel.comm.CollectiveTimeoutException;
@@ -41,7 +44,7 @@ import org.bytedeco.javacpp.Pointer;
  * afterwards (FSDP prefetch). The {@link Communicator} methods block the host until the collective completed.
  *
  * <p><b>Buffers.</b> Tensor forms with device tensors ({@link Tensor#deviceHandle()} implementing
- * {@link DevicePointer}) run natively on device memory, in the tensor's dtype (F32, BF16, F16, I32, I64). Array forms
+ * {@link DeviceMemory}) run natively on device memory, in the tensor's dtype (F32, BF16, F16, I32, I64). Array forms
  * and host tensors are staged through pinned host memory and device buffers of this communicator, so the conformance
  * suite runs on it unchanged.
  *
@@ -482,7 +485,7 @@ public final class NcclCommunicator implements Communicator {
     }
 
     /** In-place sum of {@code count} elements of {@code dtype} at a raw device pointer, enqueued. */
-    public NcclWork allReduceSumAsync(DevicePointer buf, long count, DType dtype) {
+    public NcclWork allReduceSumAsync(DeviceMemory buf, long count, DType dtype) {
         String what = "allReduceSum(" + dtype + " x " + count + ")";
         if (count < 0 || count * dtype.byteSize() > buf.bytes()) {
             throw new IndexOutOfBoundsException(what + ": " + count + " elements do not fit " + buf.bytes() + " bytes");
@@ -933,12 +936,12 @@ public final class NcclCommunicator implements Communicator {
                     + "pass both on the device (or both on the host)");
         }
         Object h = t.deviceHandle();
-        if (!(h instanceof DevicePointer)) {
+        if (!(h instanceof DeviceMemory)) {
             throw new IllegalArgumentException(what + " on group '" + name + "': the tensor's device handle ("
-                    + h.getClass().getName() + ") does not implement " + DevicePointer.class.getName()
+                    + h.getClass().getName() + ") does not implement " + DeviceMemory.class.getName()
                     + "; hint: the CUDA backend's handle must expose its device pointer");
         }
-        DevicePointer dp = (DevicePointer) h;
+        DeviceMemory dp = (DeviceMemory) h;
         long es = t.dtype().byteSize();
         if (off < 0 || len < 0 || (off + len) * es > dp.bytes()) {
             throw new IndexOutOfBoundsException(what + " on group '" + name + "': elements [" + off + ", " + (off + len)

@@ -13,7 +13,7 @@
  * host's GPUs out of service for a long time): the launcher and {@code bin/spark-moe-gpu} set it, and
  * {@code create} refuses to run without it. Nothing here calls {@code cuMulticastCreate}.
  *
- * <p>Device tensors reach NCCL through {@link dev.sparkmoe.gpu.nccl.DevicePointer}, which the CUDA backend's device
+ * <p>Device tensors reach NCCL through {@link dev.sparkmoe.gpu.cuda.DeviceMemory}, which the CUDA backend's device
  * handle implements.
  */
 package dev.sparkmoe.gpu.nccl;
