@@ -190,6 +190,11 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     /** The stream every operation is queued on (for NCCL and other libraries that must share it). */
+    /** The CUDA device ordinal this backend runs on. */
+    public int device() {
+        return device;
+    }
+
     public CUstream_st stream() {
         return stream;
     }

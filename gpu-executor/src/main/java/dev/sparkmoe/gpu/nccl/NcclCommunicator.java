@@ -426,7 +426,9 @@ public final class NcclCommunicator implements Communicator {
         // a non-blocking split: the parent reports completion, then the child must become ready
         waitComm(what, deadline);
         waitReady(child, nccl.ncclSuccess, "ncclCommSplit", ctx, deadline, options);
-        return new NcclCommunicator(child, device, newName, options.withName(newName));
+        NcclCommunicator sub = new NcclCommunicator(child, device, newName, options.withName(newName));
+        sub.setComputeStream(computeStreamAddress); // sub-groups order their collectives with the same compute stream
+        return sub;
     }
 
     // ------------------------------------------------------------------------------------------------ tensors

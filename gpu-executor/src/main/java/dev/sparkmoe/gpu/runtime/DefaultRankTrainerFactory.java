@@ -1,25 +1,102 @@
 package dev.sparkmoe.gpu.runtime;
 
+import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.gpu.cuda.CudaBackend;
+import dev.sparkmoe.gpu.nccl.NcclCommunicator;
 import dev.sparkmoe.parallel.comm.Communicator;
 import dev.sparkmoe.parallel.train.DistributedTrainer;
 import dev.sparkmoe.parallel.train.RankTrainer;
 import dev.sparkmoe.parallel.train.RankTrainerFactory;
+import dev.sparkmoe.parallel.train.StepMetrics;
 import dev.sparkmoe.parallel.train.TrainerSpec;
+import java.time.Duration;
+import java.util.List;
 import java.util.Map;
 
 /**
  * The trainer every launcher uses (Spark barrier tasks, the standalone launcher): picks the backend for this rank,
- * loads the initial weights (or initialises them from the seed) and builds the distributed trainer over the world.
+ * on a GPU builds the NCCL world over the given host world, loads the initial weights (or initialises them from the
+ * seed) and builds the distributed trainer.
  */
 public final class DefaultRankTrainerFactory implements RankTrainerFactory {
     private static final long serialVersionUID = 1L;
 
     @Override
-    public RankTrainer create(TrainerSpec spec, Communicator world) {
+    public RankTrainer create(TrainerSpec spec, Communicator hostWorld) {
         Qwen3MoeConfig config = Qwen3MoeConfig.parse(spec.hfConfigJson());
+        Backend backend = Backends.create(spec.backend(), spec.deviceId());
         Map<String, Tensor> initial = DistributedTrainer.initialState(spec, config);
-        return new DistributedTrainer(spec, world, Backends.create(spec.backend(), spec.deviceId()), initial);
+        if (!(backend instanceof CudaBackend)) {
+            return new DistributedTrainer(spec, hostWorld, backend, initial);
+        }
+        CudaBackend cuda = (CudaBackend) backend;
+        NcclCommunicator deviceWorld = GpuWorld.create(hostWorld, cuda, Duration.ofMinutes(10));
+        DistributedTrainer trainer;
+        try {
+            trainer = new DistributedTrainer(spec, deviceWorld, cuda, initial);
+        } catch (RuntimeException e) {
+            deviceWorld.close();
+            cuda.close();
+            throw e;
+        }
+        return new GpuRankTrainer(trainer, deviceWorld, cuda);
+    }
+
+    /** A GPU rank's trainer: closes the NCCL world and the device backend with it. */
+    static final class GpuRankTrainer implements RankTrainer {
+        private final DistributedTrainer trainer;
+        private final NcclCommunicator world;
+        private final CudaBackend backend;
+
+        GpuRankTrainer(DistributedTrainer trainer, NcclCommunicator world, CudaBackend backend) {
+            this.trainer = trainer;
+            this.world = world;
+            this.backend = backend;
+        }
+
+        @Override
+        public StepMetrics step(List<int[]> sequences) {
+            return trainer.step(sequences);
+        }
+
+        @Override
+        public long stepsTaken() {
+            return trainer.stepsTaken();
+        }
+
+        @Override
+        public Map<String, Tensor> rankState() {
+            return trainer.rankState();
+        }
+
+        @Override
+        public void loadState(Map<String, Tensor> state) {
+            trainer.loadState(state);
+        }
+
+        @Override
+        public Map<String, Tensor> fullModelState() {
+            return trainer.fullModelState();
+        }
+
+        @Override
+        public String hfConfigJson() {
+            return trainer.hfConfigJson();
+        }
+
+        @Override
+        public void close() {
+            try {
+                trainer.close();
+            } finally {
+                try {
+                    world.close();
+                } finally {
+                    backend.close();
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,148 @@
+package dev.sparkmoe.gpu.bench;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.backend.CpuBackend;
+import dev.sparkmoe.core.json.Json;
+import dev.sparkmoe.core.model.Qwen3MoeConfig;
+import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.gpu.cuda.CudaBackend;
+import dev.sparkmoe.gpu.launch.RankContext;
+import dev.sparkmoe.gpu.launch.RankEntry;
+import dev.sparkmoe.parallel.fsdp.FsdpParam;
+import dev.sparkmoe.parallel.train.DistributedTrainer;
+import dev.sparkmoe.parallel.train.StepMetrics;
+import dev.sparkmoe.parallel.train.TrainerSpec;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.SplittableRandom;
+
+/**
+ * The GPU training benchmark, run on every rank by the launcher:
+ * {@code spark-moe launch --nproc N --entry dev.sparkmoe.gpu.bench.TrainBench -- --config qwen3moe-c1.json}.
+ * It trains the given config from random weights on random token ids (B sequences of T tokens per GPU, as the
+ * PyTorch baselines of shared/bench do), times {@code --steps} steps after {@code --warmup} and prints one JSON line
+ * with the baselines' fields: tokens/s (per GPU), model FLOPs utilisation against 989 TFLOP/s dense bf16 with the
+ * baselines' FLOP count, peak device memory, the last loss.
+ *
+ * <p>Options: --config FILE|JSON, --batch B (4), --seq T (2048), --steps N (8), --warmup N (3), --ep M (1),
+ * --gemm f32|tf32|bf16 (bf16: tensor cores with f32 accumulation), --seed S (0), --out FILE (JSON also written).
+ */
+public final class TrainBench implements RankEntry {
+
+    @Override
+    public int run(RankContext ctx, String[] args) throws Exception {
+        Map<String, String> o = options(args);
+        String cfgArg = o.getOrDefault("config", "");
+        String cfgText = Files.exists(Path.of(cfgArg)) ? Files.readString(Path.of(cfgArg)) : cfgArg;
+        Map<String, Object> cfg = Json.parseObject(cfgText);
+        cfg.putIfAbsent("model_type", "qwen3_moe");
+        Qwen3MoeConfig config = Qwen3MoeConfig.parse(Json.write(cfg, false));
+        int batch = Integer.parseInt(o.getOrDefault("batch", "4"));
+        int seq = Integer.parseInt(o.getOrDefault("seq", "2048"));
+        int steps = Integer.parseInt(o.getOrDefault("steps", "8"));
+        int warmup = Integer.parseInt(o.getOrDefault("warmup", "3"));
+        int ep = Integer.parseInt(o.getOrDefault("ep", "1"));
+        long seed = Long.parseLong(o.getOrDefault("seed", "0"));
+        String gemm = o.getOrDefault("gemm", "bf16");
+
+        Backend backend;
+        if (ctx.isCuda()) {
+            CudaBackend cuda = new CudaBackend(ctx.device());
+            cuda.setGemmPrecision(CudaBackend.GemmPrecision.valueOf(gemm.toUpperCase(Locale.ROOT)));
+            ctx.nccl().ifPresent(n -> n.setComputeStream(cuda.stream()));
+            backend = cuda;
+        } else {
+            backend = new CpuBackend();
+        }
+        TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-4, 0, warmup + steps,
+                "constant", 0.9, 0.999, 1e-8, 0.01, 0, 1);
+        TrainerSpec spec = new TrainerSpec(config.toJson(), null, seed, ctx.worldSize(), ep, seq, opt,
+                ctx.backend(), ctx.device());
+        try (DistributedTrainer trainer = new DistributedTrainer(spec, ctx.world(), backend, null)) {
+            SplittableRandom r = new SplittableRandom(seed * 1_000_003L + ctx.rank());
+            List<int[]> data = new ArrayList<>();
+            for (int b = 0; b < batch; b++) {
+                int[] s = new int[seq + 1];
+                for (int i = 0; i <= seq; i++) {
+                    s[i] = r.nextInt(config.vocabSize());
+                }
+                data.add(s);
+            }
+            StepMetrics last = null;
+            for (int i = 0; i < warmup; i++) {
+                last = trainer.step(data);
+            }
+            backend.synchronize();
+            ctx.world().barrier();
+            long t0 = System.nanoTime();
+            for (int i = 0; i < steps; i++) {
+                last = trainer.step(data);
+            }
+            backend.synchronize();
+            double dt = (System.nanoTime() - t0) / 1e9 / steps;
+            long params = 0;
+            for (FsdpParam p : trainer.shardedParameters()) {
+                params += Tensor.numel(trainer.globalShape(p));
+            }
+            int l = config.numHiddenLayers();
+            int e = config.numExperts();
+            int k = config.numExpertsPerTok();
+            long active = params - (long) l * (e - k) * 3L * config.hiddenSize() * config.moeIntermediateSize();
+            double flopsPerToken = 6.0 * active + 12.0 * l * config.numAttentionHeads() * config.headDim() * seq;
+            double tokPerGpu = batch * (double) seq / dt;
+            long peak = backend instanceof CudaBackend ? ((CudaBackend) backend).memoryStats().peakBytesInUse() : -1;
+            float[] peakGb = {(float) (peak / 1e9)};
+            ctx.world().allReduceMax(peakGb, 0, 1); // the largest rank's peak
+            Map<String, Object> out = new LinkedHashMap<>();
+            out.put("impl", "spark-moe");
+            out.put("world", (long) ctx.worldSize());
+            out.put("ep", (long) ep);
+            out.put("gemm", gemm);
+            out.put("B", (long) batch);
+            out.put("T", (long) seq);
+            out.put("step_s", round(dt, 4));
+            out.put("tokens_per_s", Math.round(tokPerGpu * ctx.worldSize()));
+            out.put("tokens_per_s_per_gpu", Math.round(tokPerGpu));
+            out.put("params", params);
+            out.put("active_params", active);
+            out.put("mfu_bf16_dense_989", round(flopsPerToken * tokPerGpu / 989e12, 4));
+            out.put("loss", last == null ? null : round(last.loss(), 4));
+            out.put("peak_mem_gb", round(peakGb[0], 2));
+            out.put("device", backend instanceof CudaBackend ? ((CudaBackend) backend).deviceName() : "cpu");
+            String line = Json.write(out, false);
+            if (ctx.rank() == 0) {
+                System.out.println(line);
+                if (o.containsKey("out")) {
+                    Files.writeString(Path.of(o.get("out")), line + "\n");
+                }
+            }
+        } finally {
+            if (backend instanceof CudaBackend) {
+                ((CudaBackend) backend).close();
+            }
+        }
+        return 0;
+    }
+
+    private static double round(double v, int digits) {
+        double f = Math.pow(10, digits);
+        return Math.round(v * f) / f;
+    }
+
+    static Map<String, String> options(String[] args) {
+        Map<String, String> o = new LinkedHashMap<>();
+        for (int i = 0; i < args.length; i++) {
+            if (!args[i].startsWith("--") || i + 1 >= args.length) {
+                throw new IllegalArgumentException("TrainBench options are --name value pairs; cannot read '"
+                        + args[i] + "'");
+            }
+            o.put(args[i].substring(2), args[++i]);
+        }
+        return o;
+    }
+}

@@ -1,0 +1,186 @@
+package dev.sparkmoe.gpu.training;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+import dev.sparkmoe.core.io.HfCheckpoint;
+import dev.sparkmoe.core.io.SafeTensors;
+import dev.sparkmoe.core.json.Json;
+import dev.sparkmoe.core.model.Fixtures;
+import dev.sparkmoe.core.model.Qwen3MoeConfig;
+import dev.sparkmoe.core.model.Qwen3MoeModel;
+import dev.sparkmoe.core.model.StatsReducer;
+import dev.sparkmoe.core.nn.Parameter;
+import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.gpu.cuda.Cuda;
+import dev.sparkmoe.gpu.cuda.CudaBackend;
+import dev.sparkmoe.gpu.nccl.NcclCommunicator;
+import dev.sparkmoe.gpu.runtime.GpuWorld;
+import dev.sparkmoe.parallel.comm.InJvmRanks;
+import dev.sparkmoe.parallel.dtensor.DTensor;
+import dev.sparkmoe.parallel.fsdp.FsdpParam;
+import dev.sparkmoe.parallel.train.DistributedTrainer;
+import dev.sparkmoe.parallel.train.TrainerSpec;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
+import org.bytedeco.cuda.global.cudart;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+
+/**
+ * Training on GPUs in f32 mode (exact f32 GEMMs): the fixture model on one GPU matches transformers as the CPU
+ * backend does, and the distributed trainer on two GPUs (NCCL, one thread per GPU) at (dp_shard, ep) = (2,1) and
+ * (2,2) matches one GPU within the parallel tolerances. Skipped without CUDA (or with fewer than two GPUs for the
+ * layouts).
+ */
+class GpuTrainingTest {
+    static Path dir;
+    static String configJson;
+    static Qwen3MoeConfig config;
+    static Map<String, Tensor> full;
+
+    @BeforeAll
+    static void load() throws Exception {
+        assumeTrue(Cuda.available(), () -> "no CUDA: " + Cuda.unavailableReason());
+        dir = Fixtures.tiny();
+        configJson = Files.readString(dir.resolve("config.json"));
+        config = Qwen3MoeConfig.parse(configJson);
+        full = HfCheckpoint.loadStacked(dir, config.numExperts());
+    }
+
+    static int gpus() {
+        int[] n = new int[1];
+        return cudart.cudaGetDeviceCount(n) == cudart.cudaSuccess ? n[0] : 0;
+    }
+
+    static void close(String what, Tensor ref, Tensor got, double tol) {
+        assertEquals(java.util.Arrays.toString(ref.shape()), java.util.Arrays.toString(got.shape()), what);
+        float[] r = ref.floats();
+        float[] g = got.floats();
+        double limit = tol * Math.max(ref.maxAbs(), 1e-30);
+        for (int i = 0; i < r.length; i++) {
+            int at = i;
+            assertTrue(Math.abs((double) r[i] - g[i]) <= limit, () -> what + "[" + at + "]: expected " + r[at]
+                    + ", got " + g[at] + " (tolerance " + limit + ")");
+        }
+    }
+
+    @Test
+    void fixtureParityOnOneGpu() throws Exception {
+        try (CudaBackend be = new CudaBackend(0)) {
+            be.setGemmPrecision(CudaBackend.GemmPrecision.F32);
+            Qwen3MoeModel model = new Qwen3MoeModel(config, be);
+            model.loadState(full);
+            Map<String, Tensor> io = SafeTensors.read(dir.resolve("io.safetensors")).tensors();
+            Tensor ids = io.get("input_ids");
+            int b = ids.dim(0);
+            int t = ids.dim(1);
+            int[] in = new int[b * t];
+            int[] tg = new int[b * t];
+            for (int i = 0; i < b * t; i++) {
+                in[i] = (int) ids.longAt(i);
+            }
+            for (int s = 0; s < b; s++) {
+                for (int p = 0; p < t; p++) {
+                    tg[s * t + p] = p + 1 < t ? in[s * t + p + 1] : -100;
+                }
+            }
+            int predicted = b * (t - 1);
+            Qwen3MoeModel.Pass pass = model.forward(in, tg, b, t, predicted, config.routerAuxLossCoef(),
+                    StatsReducer.LOCAL);
+            close("logits", io.get("logits"), be.download(pass.logits()).view(b, t, config.vocabSize()), 1e-5);
+            Map<String, Object> ref = Json.parseObject(Files.readString(dir.resolve("reference.json")));
+            double lm = ((Number) ref.get("lm_loss")).doubleValue();
+            double aux = ((Number) ref.get("aux_loss")).doubleValue();
+            assertEquals(lm, pass.lmLossSum() / predicted, 1e-5 * lm, "lm_loss");
+            assertEquals(aux, pass.auxLoss(), 1e-5 * aux, "aux_loss");
+            model.backward(pass);
+            Map<String, Tensor> grads = new LinkedHashMap<>();
+            for (Parameter p : model.parameters()) {
+                grads.put(p.name(), be.download(p.grad()));
+            }
+            Map<String, Tensor> hub = HfCheckpoint.unstackExperts(grads);
+            for (Map.Entry<String, Tensor> e : SafeTensors.read(dir.resolve("grads.safetensors")).tensors()
+                    .entrySet()) {
+                close("grad " + e.getKey(), e.getValue(), hub.get(e.getKey()), 1e-5);
+            }
+        }
+    }
+
+    /** What one layout computed on GPUs: losses of 3 steps, first-step gradients, final parameters. */
+    record Result(double[] lm, double[] aux, Map<String, Tensor> grads, Map<String, Tensor> params) {
+    }
+
+    static List<int[]> batch() {
+        List<int[]> out = new ArrayList<>();
+        for (int s = 0; s < 4; s++) {
+            int[] seq = new int[17];
+            for (int i = 0; i < 17; i++) {
+                seq[i] = (s * 131 + i * 29) % config.vocabSize();
+            }
+            out.add(seq);
+        }
+        return out;
+    }
+
+    static Result run(int dp, int ep) {
+        TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-5, 1, 3, "cosine", 0.9, 0.95,
+                1e-6, 0.1, 1.0, 1);
+        TrainerSpec spec = new TrainerSpec(configJson, null, 0, dp, ep, 16, opt, "cuda", -1);
+        return InJvmRanks.run(dp, Duration.ofMinutes(2), host -> {
+            try (CudaBackend be = new CudaBackend(host.rank());
+                 NcclCommunicator world = GpuWorld.create(host, be, Duration.ofMinutes(2))) {
+                be.setGemmPrecision(CudaBackend.GemmPrecision.F32);
+                try (DistributedTrainer t = new DistributedTrainer(spec, world, be, full)) {
+                    int[] mine = DTensor.chunkRange(4, dp, host.rank());
+                    List<int[]> in = new ArrayList<>();
+                    List<int[]> tg = new ArrayList<>();
+                    for (int[] s : batch().subList(mine[0], mine[1])) {
+                        in.add(java.util.Arrays.copyOfRange(s, 0, 16));
+                        tg.add(java.util.Arrays.copyOfRange(s, 1, 17));
+                    }
+                    double[] lm = new double[3];
+                    double[] aux = new double[3];
+                    Map<String, Tensor> grads = new TreeMap<>();
+                    for (int step = 0; step < 3; step++) {
+                        DistributedTrainer.Gradients g = t.computeGradients(in, tg, 16);
+                        lm[step] = g.lmLoss();
+                        aux[step] = g.auxLoss();
+                        if (step == 0) {
+                            for (FsdpParam p : t.shardedParameters()) {
+                                grads.put(p.parameter().name(), be.download(t.gatherFull(p, p.shardGrad())));
+                            }
+                        }
+                        t.applyGradients(g.gradNorm());
+                    }
+                    return new Result(lm, aux, grads, t.fullStackedState());
+                }
+            }
+        }).get(0);
+    }
+
+    @ParameterizedTest(name = "dp_shard={0}, ep={1}")
+    @CsvSource({"2,1", "2,2"})
+    void twoGpusMatchOneGpu(int dp, int ep) {
+        assumeTrue(gpus() >= 2, "needs two GPUs");
+        Result one = run(1, 1);
+        Result two = run(dp, ep);
+        for (int s = 0; s < 3; s++) {
+            assertEquals(one.lm[s], two.lm[s], 1e-6 * Math.abs(one.lm[s]), "lm loss, step " + (s + 1));
+            assertEquals(one.aux[s], two.aux[s], 1e-6 * Math.abs(one.aux[s]), "aux loss, step " + (s + 1));
+        }
+        for (String k : one.grads.keySet()) {
+            close("grad " + k, one.grads.get(k), two.grads.get(k), 1e-5);
+            close("param after 3 steps " + k, one.params.get(k), two.params.get(k), 1e-5);
+        }
+    }
+}
