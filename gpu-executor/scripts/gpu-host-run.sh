@@ -1,0 +1,50 @@
+#!/bin/bash
+# Runs spark-moe on a GPU host from a carry folder, the way the closing notes' numbers were taken:
+#   $D/spark-moe-bundle.tgz   the self-contained bundle (mvn -q -pl gpu-executor -am -Pbundle package -DskipTests)
+#   $D/junit-console.jar      junit-platform-console-standalone
+#   $D/gpu-tests.jar          gpu-executor's test classes;  $D/core-tests.jar  core's test-jar (fixtures)
+#   $D/bench/                 shared/bench: the PyTorch baselines and qwen3moe-c1.json
+# Usage: D=.device-carry/run bash gpu-executor/scripts/gpu-host-run.sh tests|smoke|bench|all
+set -o pipefail
+D=${D:-.device-carry/run}
+OUT=${OUT:-/tmp/out}
+MODE=${1:-all}
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+mkdir -p /tmp/sm "$OUT" && tar xzf "$D/spark-moe-bundle.tgz" -C /tmp/sm || { echo "cannot unpack the bundle"; exit 1; }
+B=/tmp/sm/spark-moe
+NCCL=$(python3 -c 'import nvidia.nccl,os;print(os.path.dirname(nvidia.nccl.__file__)+"/lib")' 2>/dev/null)
+export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:$NCCL${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+J=$B/runtime/bin/java
+GPUS=$(nvidia-smi -L | wc -l)
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpus.txt"
+rc=0
+if [ "$MODE" = tests ] || [ "$MODE" = all ]; then
+  CP=$(ls $B/lib/*.jar | tr '\n' :)$D/gpu-tests.jar:$D/core-tests.jar
+  timeout ${TEST_LIMIT:-300} $J -Xmx24g -Dorg.bytedeco.javacpp.pathsFirst=true -Dsparkmoe.cuda.cacheDir=/tmp/cubin \
+    -jar $D/junit-console.jar execute -cp "$CP" --select-package dev.sparkmoe.gpu.cuda \
+    --select-package dev.sparkmoe.gpu.training --select-package dev.sparkmoe.gpu.nccl \
+    --details=tree --disable-banner --reports-dir="$OUT/reports" > "$OUT/tests.log" 2>&1 || rc=1
+  grep -E "✘|tests (successful|failed|skipped|aborted)" "$OUT/tests.log" | head -30
+  grep -B2 -A12 "✘" "$OUT/tests.log" | grep -vE "^\s+at " | head -60
+fi
+if [ "$MODE" = smoke ] || [ "$MODE" = all ]; then
+  timeout 180 $B/bin/spark-moe-gpu launch --nproc "$GPUS" --backend cuda > "$OUT/smoke.log" 2>&1 || rc=1
+  grep -E "busbw|SMOKE|passed|FAIL|Exception|error" "$OUT/smoke.log" | head -12
+fi
+if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
+  CFG=$D/bench/qwen3moe-c1.json
+  for n in 1 $GPUS; do
+    timeout ${BENCH_LIMIT:-240} $B/bin/spark-moe-gpu launch --nproc $n --backend cuda \
+      --entry dev.sparkmoe.gpu.bench.TrainBench -- --config "$CFG" --batch 4 --seq 2048 --steps ${STEPS:-8} \
+      --gemm ${GEMM:-bf16} --ep ${EP:-1} > "$OUT/ours-$n.log" 2>&1 || { rc=1; tail -20 "$OUT/ours-$n.log"; }
+    grep '"impl"' "$OUT/ours-$n.log" | sed 's/^\[rank 0\] //' | tee -a "$OUT/bench.jsonl"
+    if [ "${BASELINES:-1}" = 1 ]; then
+      for py in torch_fsdp2_baseline.py torch_native_moe_baseline.py; do
+        BENCH_CFG=$CFG B=4 T=2048 timeout ${BENCH_LIMIT:-240} torchrun --standalone --nproc_per_node=$n \
+          "$D/bench/$py" > "$OUT/$py-$n.log" 2>&1 || { rc=1; tail -5 "$OUT/$py-$n.log"; }
+        grep '"impl"' "$OUT/$py-$n.log" | tee -a "$OUT/bench.jsonl"
+      done
+    fi
+  done
+fi
+exit $rc
