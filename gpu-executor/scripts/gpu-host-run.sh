@@ -19,9 +19,11 @@ GPUS=$(nvidia-smi -L | wc -l)
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpus.txt"
 rc=0
 if [ "$MODE" = tests ] || [ "$MODE" = all ]; then
-  CP=$(ls $B/lib/*.jar | tr '\n' :)$D/gpu-tests.jar:$D/core-tests.jar
+  # the console launcher on the class path (not -jar), so that tests which start ranks see the whole class path
+  CP=$(ls $B/lib/*.jar | tr '\n' :)$D/gpu-tests.jar:$D/core-tests.jar:$D/junit-console.jar
   timeout ${TEST_LIMIT:-300} $J -Xmx24g -Dorg.bytedeco.javacpp.pathsFirst=true -Dsparkmoe.cuda.cacheDir=/tmp/cubin \
-    -jar $D/junit-console.jar execute -cp "$CP" --select-package dev.sparkmoe.gpu.cuda \
+    -cp "$CP" org.junit.platform.console.ConsoleLauncher execute --scan-class-path="$D/gpu-tests.jar" \
+    --select-package dev.sparkmoe.gpu.cuda \
     --select-package dev.sparkmoe.gpu.training --select-package dev.sparkmoe.gpu.nccl \
     --details=tree --disable-banner --reports-dir="$OUT/reports" > "$OUT/tests.log" 2>&1 || rc=1
   grep -E "✘|tests (successful|failed|skipped|aborted)" "$OUT/tests.log" | head -30

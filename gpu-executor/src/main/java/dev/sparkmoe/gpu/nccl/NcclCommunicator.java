@@ -25,6 +25,7 @@ import org.bytedeco.javacpp.IntPointer;
 import org.bytedeco.javacpp.Loader;
 import org.bytedeco.javacpp.LongPointer;
 import org.bytedeco.javacpp.Pointer;
+import org.bytedeco.javacpp.PointerPointer;
 
 /**
  * A {@link Communicator} over NCCL, one per process and GPU (as {@code torch.distributed}'s NCCL process group).
@@ -416,8 +417,10 @@ public final class NcclCommunicator implements Communicator {
             throw new IllegalArgumentException(what + " on group '" + name + "': color must be >= 0 (ncclCommSplit)");
         }
         begin(what);
-        ncclComm child = new ncclComm();
-        int r = nccl.ncclCommSplit(comm, color, key, child, config(newName));
+        // With a non-blocking parent NCCL writes the new handle when the split completes, after ncclCommSplit has
+        // returned: the out-parameter must outlive the call (a heap PointerPointer, not a temporary of the binding).
+        PointerPointer<ncclComm> out = new PointerPointer<>(1);
+        int r = nccl.ncclCommSplit(comm, color, key, out, config(newName));
         long deadline = System.nanoTime() + options.initTimeout().toNanos();
         String ctx = what + " of group '" + name + "' (rank " + rank + " of " + size + ", device " + device + ")";
         if (r != nccl.ncclSuccess && r != nccl.ncclInProgress) {
@@ -425,6 +428,11 @@ public final class NcclCommunicator implements Communicator {
         }
         // a non-blocking split: the parent reports completion, then the child must become ready
         waitComm(what, deadline);
+        ncclComm child = new ncclComm(out.get(0));
+        if (child.isNull()) {
+            throw new NcclException("ncclCommSplit", nccl.ncclInternalError, ctx
+                    + ": NCCL reported the split complete but returned no communicator");
+        }
         waitReady(child, nccl.ncclSuccess, "ncclCommSplit", ctx, deadline, options);
         NcclCommunicator sub = new NcclCommunicator(child, device, newName, options.withName(newName));
         sub.setComputeStream(computeStreamAddress); // sub-groups order their collectives with the same compute stream
