@@ -22,7 +22,7 @@ if [ "$MODE" = tests ] || [ "$MODE" = all ]; then
   # the console launcher on the class path (not -jar), so that tests which start ranks see the whole class path
   CP=$(ls $B/lib/*.jar | tr '\n' :)$D/gpu-tests.jar:$D/core-tests.jar:$D/junit-console.jar
   timeout ${TEST_LIMIT:-300} $J -Xmx24g -Dorg.bytedeco.javacpp.pathsFirst=true -Dsparkmoe.cuda.cacheDir=/tmp/cubin \
-    -cp "$CP" org.junit.platform.console.ConsoleLauncher execute --scan-class-path="$D/gpu-tests.jar" \
+    -cp "$CP" org.junit.platform.console.ConsoleLauncher execute \
     --select-package dev.sparkmoe.gpu.cuda \
     --select-package dev.sparkmoe.gpu.training --select-package dev.sparkmoe.gpu.nccl \
     --details=tree --disable-banner --reports-dir="$OUT/reports" > "$OUT/tests.log" 2>&1 || rc=1
