@@ -13,7 +13,7 @@ class ReadmeReferenceTest {
 
     @Test
     void readmeReferenceMatchesTheKeyTable() throws Exception {
-        Path readme = Path.of("README.md");
+        Path readme = Path.of("..", "README.md"); // the repository README, read from the module directory
         String text = Files.readString(readme, StandardCharsets.UTF_8);
         int at = text.indexOf("| key | type |", text.indexOf(HEADING));
         String table = ConfigKey.markdownTable();
