@@ -34,19 +34,24 @@ if [ "$MODE" = smoke ] || [ "$MODE" = all ]; then
   grep -E "busbw|SMOKE|passed|FAIL|Exception|error" "$OUT/smoke.log" | head -12
 fi
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
+  # OURS: "gpus:ep" runs of spark-moe; BASE: "script:gpus" runs of the PyTorch baselines (fsdp2 = Hugging Face +
+  # FSDP2, native = the grouped-GEMM trainer), all in this one call so that they share the machine.
   CFG=$D/bench/qwen3moe-c1.json
-  for n in 1 $GPUS; do
+  OURS=${OURS:-"1:1 $GPUS:1"}
+  BASE=${BASE:-"fsdp2:1 fsdp2:$GPUS native:$GPUS"}
+  for run in $OURS; do
+    n=${run%%:*}; ep=${run##*:}
     timeout ${BENCH_LIMIT:-240} $B/bin/spark-moe-gpu launch --nproc $n --backend cuda \
       --entry dev.sparkmoe.gpu.bench.TrainBench -- --config "$CFG" --batch 4 --seq 2048 --steps ${STEPS:-8} \
-      --gemm ${GEMM:-bf16} --ep ${EP:-1} > "$OUT/ours-$n.log" 2>&1 || { rc=1; tail -20 "$OUT/ours-$n.log"; }
-    grep '"impl"' "$OUT/ours-$n.log" | sed 's/^\[rank 0\] //' | tee -a "$OUT/bench.jsonl"
-    if [ "${BASELINES:-1}" = 1 ]; then
-      for py in torch_fsdp2_baseline.py torch_native_moe_baseline.py; do
-        BENCH_CFG=$CFG B=4 T=2048 timeout ${BENCH_LIMIT:-240} torchrun --standalone --nproc_per_node=$n \
-          "$D/bench/$py" > "$OUT/$py-$n.log" 2>&1 || { rc=1; tail -5 "$OUT/$py-$n.log"; }
-        grep '"impl"' "$OUT/$py-$n.log" | tee -a "$OUT/bench.jsonl"
-      done
-    fi
+      --gemm ${GEMM:-bf16} --ep $ep > "$OUT/ours-$n-$ep.log" 2>&1 || { rc=1; tail -20 "$OUT/ours-$n-$ep.log"; }
+    grep '"impl"' "$OUT/ours-$n-$ep.log" | sed 's/^\[rank 0\] //' | tee -a "$OUT/bench.jsonl"
+  done
+  for run in $BASE; do
+    py=${run%%:*}; n=${run##*:}
+    [ "$py" = fsdp2 ] && script=torch_fsdp2_baseline.py || script=torch_native_moe_baseline.py
+    BENCH_CFG=$CFG B=4 T=2048 STEPS=${STEPS:-8} timeout ${BENCH_LIMIT:-240} torchrun --standalone \
+      --nproc_per_node=$n "$D/bench/$script" > "$OUT/$py-$n.log" 2>&1 || { rc=1; tail -5 "$OUT/$py-$n.log"; }
+    grep '"impl"' "$OUT/$py-$n.log" | tee -a "$OUT/bench.jsonl"
   done
 fi
 exit $rc

@@ -8,6 +8,7 @@ import dev.sparkmoe.core.tensor.Tensor;
 import dev.sparkmoe.gpu.cuda.CudaBackend;
 import dev.sparkmoe.gpu.launch.RankContext;
 import dev.sparkmoe.gpu.launch.RankEntry;
+import dev.sparkmoe.parallel.comm.TimedCommunicator;
 import dev.sparkmoe.parallel.fsdp.FsdpParam;
 import dev.sparkmoe.parallel.train.DistributedTrainer;
 import dev.sparkmoe.parallel.train.StepMetrics;
@@ -63,7 +64,11 @@ public final class TrainBench implements RankEntry {
                 "constant", 0.9, 0.999, 1e-8, 0.01, 0, 1);
         TrainerSpec spec = new TrainerSpec(config.toJson(), null, seed, ctx.worldSize(), ep, seq, opt,
                 ctx.backend(), ctx.device());
-        try (DistributedTrainer trainer = new DistributedTrainer(spec, ctx.world(), backend, null)) {
+        // Collectives are timed by a wrapper that first drains the compute stream, so each collective's time is its
+        // own; the throughput figures come from steps with the timer switched off.
+        TimedCommunicator timed = new TimedCommunicator(ctx.world(), backend::synchronize);
+        timed.setEnabled(false);
+        try (DistributedTrainer trainer = new DistributedTrainer(spec, timed, backend, null)) {
             SplittableRandom r = new SplittableRandom(seed * 1_000_003L + ctx.rank());
             List<int[]> data = new ArrayList<>();
             for (int b = 0; b < batch; b++) {
@@ -85,6 +90,14 @@ public final class TrainBench implements RankEntry {
             }
             backend.synchronize();
             double dt = (System.nanoTime() - t0) / 1e9 / steps;
+            int timedSteps = 2;
+            timed.reset();
+            timed.setEnabled(true);
+            for (int i = 0; i < timedSteps; i++) {
+                trainer.step(data);
+            }
+            timed.setEnabled(false);
+            Map<String, double[]> comm = timed.snapshot();
             long params = 0;
             for (FsdpParam p : trainer.shardedParameters()) {
                 params += Tensor.numel(trainer.globalShape(p));
@@ -114,6 +127,11 @@ public final class TrainBench implements RankEntry {
             out.put("loss", last == null ? null : round(last.loss(), 4));
             out.put("peak_mem_gb", round(peakGb[0], 2));
             out.put("device", backend instanceof CudaBackend ? ((CudaBackend) backend).deviceName() : "cpu");
+            Map<String, Object> perStep = new LinkedHashMap<>();
+            for (Map.Entry<String, double[]> c : comm.entrySet()) {
+                perStep.put(c.getKey() + "_ms", round(c.getValue()[0] * 1000 / timedSteps, 2));
+            }
+            out.put("comm_per_step", perStep);
             String line = Json.write(out, false);
             if (ctx.rank() == 0) {
                 System.out.println(line);

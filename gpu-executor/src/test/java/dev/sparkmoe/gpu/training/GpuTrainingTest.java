@@ -38,9 +38,9 @@ import org.junit.jupiter.params.provider.CsvSource;
 
 /**
  * Training on GPUs in f32 mode (exact f32 GEMMs): the fixture model on one GPU matches transformers as the CPU
- * backend does, and the distributed trainer on two GPUs (NCCL, one thread per GPU) at (dp_shard, ep) = (2,1) and
- * (2,2) matches one GPU within the parallel tolerances. Skipped without CUDA (or with fewer than two GPUs for the
- * layouts).
+ * backend does, and the distributed trainer on several GPUs (NCCL, one thread per GPU) at (dp_shard, ep) = (2,1),
+ * (2,2), (4,1), (4,2) and (4,4) matches one GPU within the parallel tolerances. Skipped without CUDA (and each
+ * layout without as many GPUs as it has ranks).
  */
 class GpuTrainingTest {
     static Path dir;
@@ -169,9 +169,9 @@ class GpuTrainingTest {
     }
 
     @ParameterizedTest(name = "dp_shard={0}, ep={1}")
-    @CsvSource({"2,1", "2,2"})
-    void twoGpusMatchOneGpu(int dp, int ep) {
-        assumeTrue(gpus() >= 2, "needs two GPUs");
+    @CsvSource({"2,1", "2,2", "4,1", "4,2", "4,4"})
+    void severalGpusMatchOneGpu(int dp, int ep) {
+        assumeTrue(gpus() >= dp, () -> "needs " + dp + " GPUs, found " + gpus());
         Result one = run(1, 1);
         Result two = run(dp, ep);
         for (int s = 0; s < 3; s++) {
