@@ -42,6 +42,10 @@ import java.util.logging.Logger;
  * is experimental: on an H200 (cuBLAS 13.1, driver 580) it failed (an illegal memory access; with blocking launches
  * CUBLAS_STATUS_EXECUTION_FAILED), cause not yet found.
  *
+ * <p>Attention: by default ({@link AttentionMode#GEMM}) chunked strided-batched cuBLAS products on the tensor cores
+ * (current {@link GemmPrecision}) with row kernels for the causal softmax and its gradient; the fused f32 CUDA-core
+ * kernels stay available as {@link AttentionMode#FUSED} ({@code -Dsparkmoe.cuda.attention=fused}).
+ *
  * <p>Errors: every native status is checked ({@link Cuda}). Index errors found by kernels (an embedding id, a
  * cross-entropy target, a gather/scatter index out of range) are recorded in a device error word and thrown as
  * {@link IllegalArgumentException} at the next synchronisation point ({@link #synchronize}, {@link #download},
@@ -79,6 +83,17 @@ public final class CudaBackend implements Backend, AutoCloseable {
     /** How {@link #groupedGemm} reaches cuBLAS. */
     public enum GroupedMode { CUBLAS_GROUPED, LOOP }
 
+    /**
+     * How {@link #attentionForward} and {@link #attentionBackward} run: {@link #GEMM} (default) chunked batched cuBLAS
+     * products with the current {@link GemmPrecision} plus row kernels; {@link #FUSED} the fused one-warp-per-row
+     * f32 kernels on the CUDA cores. Chosen by {@code -Dsparkmoe.cuda.attention=gemm|fused} or
+     * {@link #setAttentionMode}.
+     */
+    public enum AttentionMode { GEMM, FUSED }
+
+    /** Default bound of the transient score buffers of {@link AttentionMode#GEMM} attention (bytes per call). */
+    public static final long DEFAULT_ATTENTION_CHUNK_BYTES = 512L << 20;
+
     private final int device;
     private final String name;
     private final String deviceName;
@@ -97,6 +112,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private final Map<String, Boolean> sharedRaised = new HashMap<>();
     private GemmPrecision gemmPrecision;
     private GroupedMode groupedMode;
+    private AttentionMode attentionMode;
+    private long attentionChunkBytes;
     private long nextBufferId;
     private long nextScopeId;
     private Thread lastThread;
@@ -135,10 +152,14 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.gemmPrecision = GemmPrecision.valueOf(System.getProperty("sparkmoe.cuda.gemm", "f32").toUpperCase(Locale.ROOT));
         this.groupedMode = "cublas".equalsIgnoreCase(System.getProperty("sparkmoe.cuda.grouped", "loop"))
                 ? GroupedMode.CUBLAS_GROUPED : GroupedMode.LOOP;
+        this.attentionMode = AttentionMode.valueOf(System.getProperty("sparkmoe.cuda.attention", "gemm")
+                .toUpperCase(Locale.ROOT));
+        this.attentionChunkBytes = Long.getLong("sparkmoe.cuda.attention.chunkBytes", DEFAULT_ATTENTION_CHUNK_BYTES);
         this.errorWord = allocate(16);
         Cuda.check(cudart.cudaMemsetAsync(ptr(errorWord, 0), 0, 16, stream), "cudaMemsetAsync(error word)");
-        LOG.info(String.format("CUDA backend %s: %s, %s, %d SMs, gemm %s, grouped gemm %s", name, deviceName,
-                kernels.arch(), smCount, gemmPrecision, groupedMode));
+        LOG.info(String.format("CUDA backend %s: %s, %s, %d SMs, gemm %s, grouped gemm %s, attention %s "
+                        + "(score chunk %d MiB)", name, deviceName, kernels.arch(), smCount, gemmPrecision, groupedMode,
+                attentionMode, attentionChunkBytes >> 20));
     }
 
     @Override
@@ -171,6 +192,32 @@ public final class CudaBackend implements Backend, AutoCloseable {
 
     public synchronized GroupedMode groupedMode() {
         return groupedMode;
+    }
+
+    public synchronized void setAttentionMode(AttentionMode m) {
+        if (m != attentionMode) {
+            LOG.info(name + ": attention " + attentionMode + " -> " + m);
+        }
+        this.attentionMode = m;
+    }
+
+    public synchronized AttentionMode attentionMode() {
+        return attentionMode;
+    }
+
+    /**
+     * Bound, in bytes, of the transient T x T score buffers of {@link AttentionMode#GEMM} attention (at least one
+     * head's worth is always used).
+     */
+    public synchronized void setAttentionChunkBytes(long bytes) {
+        if (bytes <= 0) {
+            throw new IllegalArgumentException("attention chunk bytes must be positive, got " + bytes);
+        }
+        this.attentionChunkBytes = bytes;
+    }
+
+    public synchronized long attentionChunkBytes() {
+        return attentionChunkBytes;
     }
 
     /** Allocator statistics (bytes counted in allocator blocks). */
@@ -908,6 +955,20 @@ public final class CudaBackend implements Backend, AutoCloseable {
         }
     }
 
+    /**
+     * Causal GQA attention (SPI semantics in {@link Backend#attentionForward}). In {@link AttentionMode#GEMM} mode
+     * (the default) this is a batched-GEMM first version on the tensor cores (with the current {@link GemmPrecision}):
+     * per chunk of heads of one batch row, {@code cublasGemmStridedBatchedEx} computes S = scale * Q K^T into a
+     * transient [heads, T, T] buffer (bounded by {@link #setAttentionChunkBytes}, default 512 MiB), a row kernel
+     * turns S into the causal softmax P in place (f32, {@code -inf} above the diagonal, lse saved), and a second
+     * batched GEMM gives O = P V. The T x T buffer lives only inside the call. The full T x T products are computed
+     * (twice the causal work) and S makes a round trip through device memory: a fused flash-attention kernel on the
+     * tensor cores would avoid both. {@link AttentionMode#FUSED} keeps the fused one-warp-per-row CUDA-core kernel.
+     * Measured on an H200 (B=4, T=2048, Hq=16, Hkv=4, D=64, BF16 precision, median of 15 by CUDA events): forward
+     * 1.51 ms (fused 5.21 ms), backward 2.96 ms (fused 14.62 ms), peak score buffers 2 x 256 MiB. There the BF16
+     * and TF32 settings gave bit-identical attention outputs and timings (cuBLAS chose the same kernels for these
+     * strided-batched f32 products; cause not investigated), max error about 7e-4 of the max magnitude.
+     */
     @Override
     public synchronized void attentionForward(Tensor q, Tensor k, Tensor v, int batch, int seqLen, int qHeads,
                                               int kvHeads, int headDim, float scale, Tensor out, Tensor lse) {
@@ -916,15 +977,20 @@ public final class CudaBackend implements Backend, AutoCloseable {
         if (batch == 0 || seqLen == 0) {
             return;
         }
-        int dm = attnDmax(headDim);
-        long nq = (long) batch * seqLen * qHeads * headDim;
-        long nkv = (long) batch * seqLen * kvHeads * headDim;
-        int shared = 4 * (32 * (dm + 1) + 32 * dm + ATTN_WARPS * dm);
-        launch(A, "attn_fwd_" + dm, (seqLen + ATTN_WARPS - 1) / ATTN_WARPS, batch * qHeads, 32 * ATTN_WARPS, shared,
-                addr(q, "q", 0, nq), addr(k, "k", 0, nkv), addr(v, "v", 0, nkv), batch, seqLen, qHeads, kvHeads,
-                headDim, scale, addr(out, "out", 0, nq), addr(lse, "lse", 0, (long) batch * qHeads * seqLen));
+        if (attentionMode == AttentionMode.FUSED) {
+            attentionForwardFused(q, k, v, batch, seqLen, qHeads, kvHeads, headDim, scale, out, lse);
+        } else {
+            attentionForwardGemm(q, k, v, batch, seqLen, qHeads, kvHeads, headDim, scale, out, lse);
+        }
     }
 
+    /**
+     * Backward of {@link #attentionForward}. In {@link AttentionMode#GEMM} mode, per chunk of heads: S = scale Q K^T
+     * and dP = dO V^T (batched GEMMs), a row kernel writes P = exp(S - lse) (masked) and dS = P (dP - D) scale in
+     * place (D = rowsum(dO * O) from a small kernel), then dV += P^T dO and dK += dS^T Q (dk, dv zeroed first, each
+     * kv head summed over the query heads of its group in stream order: deterministic) and dQ = dS K. Two transient
+     * [heads, T, T] buffers share the chunk budget.
+     */
     @Override
     public synchronized void attentionBackward(Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,
                                                int batch, int seqLen, int qHeads, int kvHeads, int headDim,
@@ -934,6 +1000,175 @@ public final class CudaBackend implements Backend, AutoCloseable {
         if (batch == 0 || seqLen == 0) {
             return;
         }
+        if (attentionMode == AttentionMode.FUSED) {
+            attentionBackwardFused(dOut, q, k, v, out, lse, batch, seqLen, qHeads, kvHeads, headDim, scale, dq, dk, dv);
+        } else {
+            attentionBackwardGemm(dOut, q, k, v, out, lse, batch, seqLen, qHeads, kvHeads, headDim, scale, dq, dk, dv);
+        }
+    }
+
+    /**
+     * Row-major strided-batched C_i = alpha op(A_i) op(B_i) + beta C_i (byte addresses, strides in elements), through
+     * the column-major C^T = op(B)^T op(A)^T like {@link #gemmEx}.
+     */
+    private void gemmStrided(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda,
+                             long strideA, long b, int ldb, long strideB, float beta, long c, int ldc, long strideC,
+                             int count) {
+        alphaP.put(alpha);
+        betaP.put(beta);
+        Cuda.checkCublas(cublas.cublasGemmStridedBatchedEx(cublasHandle, transB ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N,
+                transA ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N, n, m, k, alphaP, RawPointer.of(b, 0),
+                cudart.CUDA_R_32F, ldb, strideB, RawPointer.of(a, 0), cudart.CUDA_R_32F, lda, strideA, betaP,
+                RawPointer.of(c, 0), cudart.CUDA_R_32F, ldc, strideC, count, gemmPrecision.cublasCompute,
+                cublas.CUBLAS_GEMM_DEFAULT),
+                "cublasGemmStridedBatchedEx(m=" + m + ", n=" + n + ", k=" + k + ", batch=" + count + ", transA="
+                        + transA + ", transB=" + transB + ", " + gemmPrecision + ")");
+    }
+
+    /**
+     * Heads per chunk (nHH query heads of each group times nG kv heads) for {@code buffers} T x T f32 buffers per
+     * head under the chunk budget: {nHH, nG}. At least one head.
+     */
+    private int[] attentionChunk(int seqLen, int group, int kvHeads, int buffers) {
+        long perHead = (long) seqLen * seqLen * 4L * buffers;
+        long maxHeads = Math.max(1, attentionChunkBytes / perHead);
+        int nG = (int) Math.min(kvHeads, maxHeads);
+        int nHH = nG == kvHeads ? (int) Math.max(1, Math.min(group, maxHeads / kvHeads)) : 1;
+        return new int[] {nHH, nG};
+    }
+
+    private DeviceBuffer attentionScratch(long elements) {
+        return allocate(elements * 4L);
+    }
+
+    private void releaseScratch(DeviceBuffer b) {
+        free(b);
+        if (b.scope != null) {
+            b.scope.buffers.remove(b);
+        }
+    }
+
+    private void attentionForwardGemm(Tensor q, Tensor k, Tensor v, int batch, int seqLen, int qHeads, int kvHeads,
+                                      int headDim, float scale, Tensor out, Tensor lse) {
+        final int T = seqLen, D = headDim, G = qHeads / kvHeads;
+        long nq = (long) batch * T * qHeads * D;
+        long nkv = (long) batch * T * kvHeads * D;
+        long qA = addr(q, "q", 0, nq), kA = addr(k, "k", 0, nkv), vA = addr(v, "v", 0, nkv);
+        long oA = addr(out, "out", 0, nq), lseA = addr(lse, "lse", 0, (long) batch * qHeads * T);
+        int[] ch = attentionChunk(T, G, kvHeads, 1);
+        long tt = (long) T * T;
+        DeviceBuffer sBuf = attentionScratch((long) ch[0] * ch[1] * tt);
+        try {
+            long sA = sBuf.address();
+            for (int b = 0; b < batch; b++) {
+                for (int hh0 = 0; hh0 < G; hh0 += ch[0]) {
+                    int nHH = Math.min(ch[0], G - hh0);
+                    for (int g0 = 0; g0 < kvHeads; g0 += ch[1]) {
+                        int nG = Math.min(ch[1], kvHeads - g0);
+                        for (int hl = 0; hl < nHH; hl++) {
+                            int hh = hh0 + hl;
+                            long qOff = (long) b * T * qHeads * D + (long) (g0 * G + hh) * D;
+                            long kOff = (long) b * T * kvHeads * D + (long) g0 * D;
+                            gemmStrided(false, true, T, T, D, scale, qA + 4 * qOff, qHeads * D, (long) G * D,
+                                    kA + 4 * kOff, kvHeads * D, D, 0f, sA + 4 * hl * nG * tt, T, tt, nG);
+                        }
+                        long rows = (long) nHH * nG * T;
+                        launch(A, "attn_gemm_softmax", (int) rows, 1, rowThreads(T), 0, sA, T, b, hh0, g0, nG, G,
+                                qHeads, lseA);
+                        for (int hl = 0; hl < nHH; hl++) {
+                            int hh = hh0 + hl;
+                            long qOff = (long) b * T * qHeads * D + (long) (g0 * G + hh) * D;
+                            long kOff = (long) b * T * kvHeads * D + (long) g0 * D;
+                            gemmStrided(false, false, T, D, T, 1f, sA + 4 * hl * nG * tt, T, tt, vA + 4 * kOff,
+                                    kvHeads * D, D, 0f, oA + 4 * qOff, qHeads * D, (long) G * D, nG);
+                        }
+                    }
+                }
+            }
+        } finally {
+            releaseScratch(sBuf);
+        }
+    }
+
+    private void attentionBackwardGemm(Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int batch,
+                                       int seqLen, int qHeads, int kvHeads, int headDim, float scale, Tensor dq,
+                                       Tensor dk, Tensor dv) {
+        final int T = seqLen, D = headDim, G = qHeads / kvHeads;
+        long nq = (long) batch * T * qHeads * D;
+        long nkv = (long) batch * T * kvHeads * D;
+        int rowsL = batch * qHeads * T;
+        long dOA = addr(dOut, "dOut", 0, nq), qA = addr(q, "q", 0, nq), kA = addr(k, "k", 0, nkv);
+        long vA = addr(v, "v", 0, nkv), lseA = addr(lse, "lse", 0, rowsL);
+        long dqA = addr(dq, "dq", 0, nq), dkA = addr(dk, "dk", 0, nkv), dvA = addr(dv, "dv", 0, nkv);
+        long outA = addr(out, "out", 0, nq);
+        Cuda.check(cudart.cudaMemsetAsync(RawPointer.of(dkA, 0), 0, 4 * nkv, stream), "cudaMemsetAsync(dk)");
+        Cuda.check(cudart.cudaMemsetAsync(RawPointer.of(dvA, 0), 0, 4 * nkv, stream), "cudaMemsetAsync(dv)");
+        int[] ch = attentionChunk(T, G, kvHeads, 2);
+        long tt = (long) T * T;
+        long chunkElems = (long) ch[0] * ch[1] * tt;
+        Tensor di = scratch(DType.F32, rowsL);
+        DeviceBuffer sBuf = attentionScratch(chunkElems);
+        DeviceBuffer pBuf = attentionScratch(chunkElems);
+        try {
+            long diA = addr(di, "di", 0, rowsL);
+            long warps = (long) batch * T * qHeads;
+            launch(A, "attn_bwd_di", blocksFor(warps * 32, THREADS), 1, THREADS, 0, dOA, outA, batch, T, qHeads, D,
+                    diA);
+            long sA = sBuf.address(), pA = pBuf.address();
+            int qld = qHeads * D, kld = kvHeads * D;
+            long qStr = (long) G * D;
+            for (int b = 0; b < batch; b++) {
+                for (int hh0 = 0; hh0 < G; hh0 += ch[0]) {
+                    int nHH = Math.min(ch[0], G - hh0);
+                    for (int g0 = 0; g0 < kvHeads; g0 += ch[1]) {
+                        int nG = Math.min(ch[1], kvHeads - g0);
+                        long kOff = 4 * ((long) b * T * kvHeads * D + (long) g0 * D);
+                        for (int hl = 0; hl < nHH; hl++) {
+                            long qOff = 4 * ((long) b * T * qHeads * D + (long) (g0 * G + hh0 + hl) * D);
+                            long sl = 4 * hl * nG * tt;
+                            gemmStrided(false, true, T, T, D, scale, qA + qOff, qld, qStr, kA + kOff, kld, D, 0f,
+                                    sA + sl, T, tt, nG);
+                            gemmStrided(false, true, T, T, D, 1f, dOA + qOff, qld, qStr, vA + kOff, kld, D, 0f,
+                                    pA + sl, T, tt, nG);
+                        }
+                        long rows = (long) nHH * nG * T;
+                        launch(A, "attn_gemm_ds", (int) rows, 1, rowThreads(T), 0, sA, pA, T, b, hh0, g0, nG, G,
+                                qHeads, lseA, diA, scale);
+                        for (int hl = 0; hl < nHH; hl++) {
+                            long qOff = 4 * ((long) b * T * qHeads * D + (long) (g0 * G + hh0 + hl) * D);
+                            long sl = 4 * hl * nG * tt;
+                            // dV_g += P^T dO_h, dK_g += dS^T Q_h (kv head g of each batch item), dQ_h = dS K_g.
+                            gemmStrided(true, false, T, D, T, 1f, sA + sl, T, tt, dOA + qOff, qld, qStr, 1f,
+                                    dvA + kOff, kld, D, nG);
+                            gemmStrided(true, false, T, D, T, 1f, pA + sl, T, tt, qA + qOff, qld, qStr, 1f,
+                                    dkA + kOff, kld, D, nG);
+                            gemmStrided(false, false, T, D, T, 1f, pA + sl, T, tt, kA + kOff, kld, D, 0f,
+                                    dqA + qOff, qld, qStr, nG);
+                        }
+                    }
+                }
+            }
+        } finally {
+            releaseScratch(pBuf);
+            releaseScratch(sBuf);
+            dispose(di);
+        }
+    }
+
+    private void attentionForwardFused(Tensor q, Tensor k, Tensor v, int batch, int seqLen, int qHeads,
+                                              int kvHeads, int headDim, float scale, Tensor out, Tensor lse) {
+        int dm = attnDmax(headDim);
+        long nq = (long) batch * seqLen * qHeads * headDim;
+        long nkv = (long) batch * seqLen * kvHeads * headDim;
+        int shared = 4 * (32 * (dm + 1) + 32 * dm + ATTN_WARPS * dm);
+        launch(A, "attn_fwd_" + dm, (seqLen + ATTN_WARPS - 1) / ATTN_WARPS, batch * qHeads, 32 * ATTN_WARPS, shared,
+                addr(q, "q", 0, nq), addr(k, "k", 0, nkv), addr(v, "v", 0, nkv), batch, seqLen, qHeads, kvHeads,
+                headDim, scale, addr(out, "out", 0, nq), addr(lse, "lse", 0, (long) batch * qHeads * seqLen));
+    }
+
+    private void attentionBackwardFused(Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,
+                                               int batch, int seqLen, int qHeads, int kvHeads, int headDim,
+                                               float scale, Tensor dq, Tensor dk, Tensor dv) {
         int dm = attnDmax(headDim);
         long nq = (long) batch * seqLen * qHeads * headDim;
         long nkv = (long) batch * seqLen * kvHeads * headDim;

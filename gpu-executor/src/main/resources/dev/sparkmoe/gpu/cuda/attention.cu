@@ -286,4 +286,73 @@ ATTN_INSTANCES(64)
 ATTN_INSTANCES(128)
 ATTN_INSTANCES(256)
 
+// ---------------------------------------------------------------------------------------------------------------
+// Row kernels of the batched-GEMM path (CudaBackend, attention mode GEMM). A chunk holds the score matrices of
+// nHH x nG heads of batch b, laid out [hhl][gl][T][T]: head h = (g0 + gl) * G + hh0 + hhl (G = Hq / Hkv). One block
+// per score row r = ((hhl * nG + gl) * T + i); columns j > i are masked (written 0). lse/di index (b*Hq + h)*T + i.
+
+__device__ __forceinline__ long long attn_row_stat_index(long long r, int T, int b, int hh0, int g0, int nG, int G,
+                                                         int Hq, int* iOut) {
+    const int i = (int)(r % T);
+    const long long sl = r / T;
+    const int hhl = (int)(sl / nG), gl = (int)(sl % nG);
+    const int h = (g0 + gl) * G + hh0 + hhl;
+    *iOut = i;
+    return ((long long)b * Hq + h) * T + i;
+}
+
+// Block-wide reduction over blockDim.x (a multiple of 32, at most 1024); every thread gets the result.
+__device__ __forceinline__ float attn_block_reduce(float v, bool isMax, float* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = isMax ? aWarpMax(v) : aWarpSum(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float x = lane < nw ? red[lane] : (isMax ? -INFINITY : 0.f);
+    x = isMax ? aWarpMax(x) : aWarpSum(x);
+    return x;
+}
+
+// S holds scale * q.k (the GEMM applied the scale). Writes P = softmax over j <= i in place (0 for j > i) and lse.
+__global__ void attn_gemm_softmax(float* __restrict__ S, int T, int b, int hh0, int g0, int nG, int G, int Hq,
+                                  float* __restrict__ lse) {
+    __shared__ float red[32];
+    const long long r = blockIdx.x;
+    int i;
+    const long long li = attn_row_stat_index(r, T, b, hh0, g0, nG, G, Hq, &i);
+    float* row = S + r * (long long)T;
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j <= i; j += blockDim.x) m = fmaxf(m, row[j]);
+    m = attn_block_reduce(m, true, red);
+    float s = 0.f;
+    for (int j = threadIdx.x; j <= i; j += blockDim.x) s += expf(row[j] - m);
+    s = attn_block_reduce(s, false, red);
+    const float inv = 1.f / s;
+    for (int j = threadIdx.x; j < T; j += blockDim.x) row[j] = j <= i ? expf(row[j] - m) * inv : 0.f;
+    if (threadIdx.x == 0) lse[li] = m + logf(s);
+}
+
+// S holds scale * q.k, dP holds dO.v. Writes P = exp(S - lse) into S and dS = P * (dP - di) * scale into dP
+// (both 0 for j > i).
+__global__ void attn_gemm_ds(float* __restrict__ S, float* __restrict__ dP, int T, int b, int hh0, int g0, int nG,
+                             int G, int Hq, const float* __restrict__ lse, const float* __restrict__ di,
+                             float scale) {
+    const long long r = blockIdx.x;
+    int i;
+    const long long li = attn_row_stat_index(r, T, b, hh0, g0, nG, G, Hq, &i);
+    const float l = lse[li], d = di[li];
+    float* srow = S + r * (long long)T;
+    float* drow = dP + r * (long long)T;
+    for (int j = threadIdx.x; j < T; j += blockDim.x) {
+        float p = 0.f, ds = 0.f;
+        if (j <= i) {
+            p = expf(srow[j] - l);
+            ds = p * (drow[j] - d) * scale;
+        }
+        srow[j] = p;
+        drow[j] = ds;
+    }
+}
+
 } // extern "C"
+

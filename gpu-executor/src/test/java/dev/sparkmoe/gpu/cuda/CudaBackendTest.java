@@ -24,7 +24,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  *   <li>element-wise ops, copies, gathers, AdamW, top-k: 1e-6 (the same f32 arithmetic; exact for data movement);
  *   <li>row reductions (RMSNorm, softmax, cross-entropy, combine backward, router backward) and f32 GEMM: 1e-5
  *       (summation order differs);
- *   <li>attention forward and backward: 1e-4 (fast exp, online softmax, and sums over up to T terms in another order).
+ *   <li>attention forward and backward: 1e-4 for the fused kernels and the F32 batched-GEMM path (fast exp, online
+ *       softmax, and sums over up to T terms in another order); 5e-3 for the TF32 and 2e-2 for the BF16 GEMM path.
  * </ul>
  * Skipped where no GPU or CUDA library is present.
  */
@@ -302,32 +303,90 @@ class CudaBackendTest {
         }
     }
 
+    /** One way of running attention on the GPU and the tolerance it is held to. */
+    private record AttnConfig(CudaBackend.AttentionMode mode, CudaBackend.GemmPrecision precision, long chunkBytes,
+                              double tol) {
+        @Override
+        public String toString() {
+            return mode + "/" + precision + (chunkBytes > 0 ? "/chunk=" + chunkBytes : "");
+        }
+    }
+
+    /**
+     * Attention against the CPU reference in every mode: the fused f32 kernels, and the batched-GEMM path in F32
+     * (1e-4, like the fused kernels), TF32 (5e-3: tf32 operands, about 5e-4 relative each, through two products and
+     * an exp) and BF16 (2e-2: bf16 operands, about 4e-3 relative each), plus F32 with a one-head chunk budget so that
+     * the chunk loops (query heads of a group and kv heads split across chunks) are exercised.
+     */
     @Test
     void attentionForwardBackward() {
-        int[][] shapes = {{2, 37, 4, 2, 16}, {1, 70, 4, 1, 64}, {2, 33, 2, 2, 128}, {1, 65, 8, 2, 100}, {1, 5, 2, 1, 256}};
-        for (int[] s : shapes) {
-            int b = s[0], t = s[1], hq = s[2], hkv = s[3], d = s[4];
-            float scale = (float) (1 / Math.sqrt(d));
-            int nq = b * t * hq * d, nkv = b * t * hkv * d, nl = b * hq * t;
-            float[] q = rnd(r, nq, 1), k = rnd(r, nkv, 1), v = rnd(r, nkv, 1), dout = rnd(r, nq, 1);
-            Tensor co = Tensor.zeros(DType.F32, nq);
-            Tensor cl = Tensor.zeros(DType.F32, nl);
-            cpu.attentionForward(host(q, nq), host(k, nkv), host(v, nkv), b, t, hq, hkv, d, scale, co, cl);
-            Tensor gq = up(q, nq), gk = up(k, nkv), gv = up(v, nkv);
-            Tensor go = poisoned(nq), gl = poisoned(nl);
-            gpu.attentionForward(gq, gk, gv, b, t, hq, hkv, d, scale, go, gl);
-            String shape = java.util.Arrays.toString(s);
-            assertClose(co.floats(), down(go), 1e-4, "attention out " + shape);
-            assertClose(cl.floats(), down(gl), 1e-4, "attention lse " + shape);
-            Tensor cdq = Tensor.zeros(DType.F32, nq), cdk = Tensor.zeros(DType.F32, nkv), cdv = Tensor.zeros(DType.F32, nkv);
-            cpu.attentionBackward(host(dout, nq), host(q, nq), host(k, nkv), host(v, nkv), co, cl, b, t, hq, hkv, d,
-                    scale, cdq, cdk, cdv);
-            Tensor gdq = poisoned(nq), gdk = poisoned(nkv), gdv = poisoned(nkv);
-            gpu.attentionBackward(up(dout, nq), gq, gk, gv, go, gl, b, t, hq, hkv, d, scale, gdq, gdk, gdv);
-            assertClose(cdq.floats(), down(gdq), 1e-4, "attention dq " + shape);
-            assertClose(cdk.floats(), down(gdk), 1e-4, "attention dk " + shape);
-            assertClose(cdv.floats(), down(gdv), 1e-4, "attention dv " + shape);
+        int[][] shapes = {{2, 37, 4, 2, 16}, {1, 70, 4, 1, 64}, {2, 33, 2, 2, 128}, {1, 65, 8, 2, 100}, {1, 5, 2, 1, 256},
+            {2, 77, 6, 2, 64}, {1, 100, 3, 1, 16}, {2, 129, 6, 3, 64}};
+        AttnConfig[] configs = {
+            new AttnConfig(CudaBackend.AttentionMode.FUSED, CudaBackend.GemmPrecision.F32, 0, 1e-4),
+            new AttnConfig(CudaBackend.AttentionMode.GEMM, CudaBackend.GemmPrecision.F32, 0, 1e-4),
+            new AttnConfig(CudaBackend.AttentionMode.GEMM, CudaBackend.GemmPrecision.F32, 1, 1e-4),
+            new AttnConfig(CudaBackend.AttentionMode.GEMM, CudaBackend.GemmPrecision.TF32, 0, 5e-3),
+            new AttnConfig(CudaBackend.AttentionMode.GEMM, CudaBackend.GemmPrecision.BF16, 0, 2e-2),
+        };
+        CudaBackend.AttentionMode mode0 = gpu.attentionMode();
+        CudaBackend.GemmPrecision prec0 = gpu.gemmPrecision();
+        long chunk0 = gpu.attentionChunkBytes();
+        StringBuilder log = new StringBuilder("\n=== attention max error / max |ref| ===\n");
+        try {
+            for (int[] s : shapes) {
+                int b = s[0], t = s[1], hq = s[2], hkv = s[3], d = s[4];
+                float scale = (float) (1 / Math.sqrt(d));
+                int nq = b * t * hq * d, nkv = b * t * hkv * d, nl = b * hq * t;
+                float[] q = rnd(r, nq, 1), k = rnd(r, nkv, 1), v = rnd(r, nkv, 1), dout = rnd(r, nq, 1);
+                Tensor co = Tensor.zeros(DType.F32, nq);
+                Tensor cl = Tensor.zeros(DType.F32, nl);
+                cpu.attentionForward(host(q, nq), host(k, nkv), host(v, nkv), b, t, hq, hkv, d, scale, co, cl);
+                Tensor cdq = Tensor.zeros(DType.F32, nq), cdk = Tensor.zeros(DType.F32, nkv);
+                Tensor cdv = Tensor.zeros(DType.F32, nkv);
+                cpu.attentionBackward(host(dout, nq), host(q, nq), host(k, nkv), host(v, nkv), co, cl, b, t, hq, hkv,
+                        d, scale, cdq, cdk, cdv);
+                for (AttnConfig c : configs) {
+                    if (c.mode() == CudaBackend.AttentionMode.FUSED && d > 256) {
+                        continue;
+                    }
+                    gpu.setAttentionMode(c.mode());
+                    gpu.setGemmPrecision(c.precision());
+                    gpu.setAttentionChunkBytes(c.chunkBytes() > 0 ? c.chunkBytes() : chunk0);
+                    Tensor gq = up(q, nq), gk = up(k, nkv), gv = up(v, nkv);
+                    Tensor go = poisoned(nq), gl = poisoned(nl);
+                    gpu.attentionForward(gq, gk, gv, b, t, hq, hkv, d, scale, go, gl);
+                    String what = java.util.Arrays.toString(s) + " " + c;
+                    Tensor gdq = poisoned(nq), gdk = poisoned(nkv), gdv = poisoned(nkv);
+                    gpu.attentionBackward(up(dout, nq), gq, gk, gv, go, gl, b, t, hq, hkv, d, scale, gdq, gdk, gdv);
+                    float[][] ref = {co.floats(), cl.floats(), cdq.floats(), cdk.floats(), cdv.floats()};
+                    float[][] got = {down(go), down(gl), down(gdq), down(gdk), down(gdv)};
+                    String[] names = {"out", "lse", "dq", "dk", "dv"};
+                    log.append(String.format("%-22s %-28s", java.util.Arrays.toString(s), c));
+                    for (int i = 0; i < names.length; i++) {
+                        log.append(String.format(" %s %.2e", names[i], relError(ref[i], got[i])));
+                    }
+                    log.append('\n');
+                    for (int i = 0; i < names.length; i++) {
+                        assertClose(ref[i], got[i], c.tol(), "attention " + names[i] + " " + what);
+                    }
+                }
+            }
+        } finally {
+            System.out.println(log);
+            gpu.setAttentionMode(mode0);
+            gpu.setGemmPrecision(prec0);
+            gpu.setAttentionChunkBytes(chunk0);
         }
+    }
+
+    private static double relError(float[] expected, float[] actual) {
+        double scale = Math.max(1e-30, GpuTestSupport.maxAbs(expected)), worst = 0;
+        for (int i = 0; i < expected.length; i++) {
+            double e = Math.abs((double) expected[i] - actual[i]);
+            worst = Double.isNaN(e) ? Double.NaN : Math.max(worst, e);
+        }
+        return worst / scale;
     }
 
     @Test

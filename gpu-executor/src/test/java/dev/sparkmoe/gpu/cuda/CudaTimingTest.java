@@ -112,4 +112,75 @@ class CudaTimingTest {
         out.append("after scope: ").append(gpu.memoryStats()).append('\n');
         System.out.println(out);
     }
+
+    private static float median(CudaBackend gpu, Runnable body, int warm, int reps) {
+        for (int i = 0; i < warm; i++) {
+            gpu.timeMillis(body);
+        }
+        float[] t = new float[reps];
+        for (int i = 0; i < reps; i++) {
+            t[i] = gpu.timeMillis(body);
+        }
+        Arrays.sort(t);
+        return reps % 2 == 1 ? t[reps / 2] : (t[reps / 2 - 1] + t[reps / 2]) / 2;
+    }
+
+    /**
+     * Attention at B=4, T=2048, Hq=16, Hkv=4, D=64: the fused kernels against the batched-GEMM path (BF16 and TF32
+     * products), device time from CUDA events, median of 15 after 3 warm-ups; run with
+     * {@code -Dsparkmoe.cuda.attnBench=true}. Also prints the max difference of the GEMM path's outputs from the fused
+     * one's (over the max magnitude).
+     */
+    @Test
+    void attentionTimings() {
+        assumeTrue(Boolean.getBoolean("sparkmoe.cuda.attnBench"), "run with -Dsparkmoe.cuda.attnBench=true");
+        CudaBackend gpu = GpuTestSupport.backend();
+        CudaBackend.AttentionMode mode0 = gpu.attentionMode();
+        CudaBackend.GemmPrecision prec0 = gpu.gemmPrecision();
+        Random r = new Random(7);
+        StringBuilder out = new StringBuilder("\n=== attention timings on " + gpu.deviceName() + " ===\n");
+        int b = 4, t = 2048, hq = 16, hkv = 4, d = 64;
+        int nq = b * t * hq * d, nkv = b * t * hkv * d;
+        float scale = 0.125f;
+        double pairs = (double) b * hq * t * (t + 1) / 2;
+        try (var scope = gpu.openScope()) {
+            Tensor q = rand(gpu, r, nq), kk = rand(gpu, r, nkv), v = rand(gpu, r, nkv), dout = rand(gpu, r, nq);
+            Object[][] runs = {{CudaBackend.AttentionMode.FUSED, CudaBackend.GemmPrecision.BF16},
+                {CudaBackend.AttentionMode.GEMM, CudaBackend.GemmPrecision.BF16},
+                {CudaBackend.AttentionMode.GEMM, CudaBackend.GemmPrecision.TF32}};
+            float[][] ref = null;
+            for (Object[] run : runs) {
+                gpu.setAttentionMode((CudaBackend.AttentionMode) run[0]);
+                gpu.setGemmPrecision((CudaBackend.GemmPrecision) run[1]);
+                Tensor o = gpu.zeros(DType.F32, nq), lse = gpu.zeros(DType.F32, b * hq * t);
+                Tensor dq = gpu.zeros(DType.F32, nq), dk = gpu.zeros(DType.F32, nkv), dv = gpu.zeros(DType.F32, nkv);
+                gpu.resetPeakMemory();
+                float fwd = median(gpu, () -> gpu.attentionForward(q, kk, v, b, t, hq, hkv, d, scale, o, lse), 3, 15);
+                float bwd = median(gpu, () -> gpu.attentionBackward(dout, q, kk, v, o, lse, b, t, hq, hkv, d, scale,
+                        dq, dk, dv), 3, 15);
+                out.append(String.format("attention %-5s %-4s B=%d T=%d Hq=%d Hkv=%d D=%d: fwd %8.3f ms (%6.1f TFLOP/s"
+                        + " causal)  bwd %8.3f ms (%6.1f TFLOP/s causal)  peak %s%n", run[0], run[1], b, t, hq, hkv, d,
+                        fwd, pairs * 4 * d / fwd / 1e9, bwd, pairs * 10 * d / bwd / 1e9, gpu.memoryStats()));
+                float[][] got = {gpu.download(o).floats(), gpu.download(lse).floats(), gpu.download(dq).floats(),
+                    gpu.download(dk).floats(), gpu.download(dv).floats()};
+                if (ref == null) {
+                    ref = got;
+                } else {
+                    out.append("  max |diff| / max |fused| out, lse, dq, dk, dv:");
+                    for (int i = 0; i < got.length; i++) {
+                        double worst = 0;
+                        for (int j = 0; j < got[i].length; j++) {
+                            worst = Math.max(worst, Math.abs((double) got[i][j] - ref[i][j]));
+                        }
+                        out.append(String.format(" %.2e", worst / Math.max(1e-30, GpuTestSupport.maxAbs(ref[i]))));
+                    }
+                    out.append('\n');
+                }
+            }
+        } finally {
+            gpu.setAttentionMode(mode0);
+            gpu.setGemmPrecision(prec0);
+        }
+        System.out.println(out);
+    }
 }
