@@ -4,7 +4,7 @@
 #   $D/junit-console.jar      junit-platform-console-standalone
 #   $D/gpu-tests.jar          gpu-executor's test classes;  $D/core-tests.jar  core's test-jar (fixtures)
 #   $D/bench/                 shared/bench: the PyTorch baselines and qwen3moe-c1.json
-# Usage: D=.device-carry/run bash gpu-executor/scripts/gpu-host-run.sh tests|smoke|bench|all
+# Usage: D=.device-carry/run bash gpu-executor/scripts/gpu-host-run.sh tests|smoke|bench|all|curve
 set -o pipefail
 D=${D:-.device-carry/run}
 OUT=${OUT:-/tmp/out}
@@ -53,5 +53,17 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
       --nproc_per_node=$n "$D/bench/$script" > "$OUT/$py-$n.log" 2>&1 || { rc=1; tail -5 "$OUT/$py-$n.log"; }
     grep '"impl"' "$OUT/$py-$n.log" | tee -a "$OUT/bench.jsonl"
   done
+fi
+if [ "$MODE" = curve ]; then
+  # Convergence: PyTorch FSDP2 exports its initial weights and trains; spark-moe starts from them on the same data.
+  N=${CURVE_GPUS:-2}; LC=/tmp/lc; mkdir -p $LC
+  timeout ${CURVE_LIMIT:-240} torchrun --standalone --nproc_per_node=$N gpu-executor/scripts/torch_loss_curve.py \
+    $D/bench/qwen3moe-c1.json data/europarl-en.txt $LC ${CURVE_STEPS:-200} 4 2048 > "$OUT/torch-curve.log" 2>&1 \
+    || { rc=1; tail -20 "$OUT/torch-curve.log"; }
+  timeout ${CURVE_LIMIT:-240} $B/bin/spark-moe-gpu launch --nproc $N --backend cuda \
+    --entry dev.sparkmoe.gpu.bench.LossCurve -- --init $LC/init --data data/europarl-en.txt --out $LC/ours.json \
+    --steps ${CURVE_STEPS:-200} --torch $LC/torch_losses.json > "$OUT/ours-curve.log" 2>&1 || rc=1
+  grep -E "losses|loss curve|Exception|FAILED" "$OUT/torch-curve.log" "$OUT/ours-curve.log" | head -20
+  cp $LC/*.json "$OUT/" 2>/dev/null
 fi
 exit $rc
