@@ -39,7 +39,9 @@ if rank == 0:
     save_file(state, f"{out}/init/model.safetensors", metadata={"format": "pt"})
     model.config.save_pretrained(f"{out}/init")
 dist.barrier()
-mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+# MP=0 trains in f32 throughout (a reference for how sensitive the curve is to bf16 compute)
+mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if os.environ.get("MP", "1") == "1" \
+    else MixedPrecisionPolicy()
 for layer in model.model.layers:
     fully_shard(layer, mp_policy=mp)
 fully_shard(model, mp_policy=mp)
@@ -59,7 +61,7 @@ for s in range(steps):
     opt.step(); opt.zero_grad(set_to_none=True)
     l = loss.detach().clone(); dist.all_reduce(l); losses.append(l.item() / world)
 if rank == 0:
-    json.dump({"impl": "pytorch-fsdp2-hf", "world": world, "B": B, "T": T, "losses": losses,
+    json.dump({"impl": "pytorch-fsdp2-hf" + ("" if os.environ.get("MP", "1") == "1" else "-f32"), "world": world, "B": B, "T": T, "losses": losses,
                "seconds": time.time() - t0}, open(f"{out}/torch_losses.json", "w"))
     print("torch losses", [round(x, 4) for x in losses[:5]], "...", [round(x, 4) for x in losses[-3:]])
 dist.destroy_process_group()
