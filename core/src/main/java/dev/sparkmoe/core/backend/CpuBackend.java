@@ -1,5 +1,6 @@
 package dev.sparkmoe.core.backend;
 
+import dev.sparkmoe.core.optim.AdamW;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import org.bytedeco.javacpp.FloatPointer;
@@ -788,13 +789,12 @@ public final class CpuBackend implements Backend {
         float[] gf = grad.floats();
         float[] mf = m.floats();
         float[] vf = v.floats();
-        float decay = (float) (1.0 - (double) lr * weightDecay);
-        float w1 = 1f - beta1;
-        float w2 = 1f - beta2;
-        double bc1 = 1.0 - Math.pow(beta1, step);
-        double bc2 = 1.0 - Math.pow(beta2, step);
-        float stepSize = (float) (lr / bc1);
-        float bc2Sqrt = (float) Math.sqrt(bc2);
+        AdamW.Coefficients c = AdamW.Coefficients.of(lr, beta1, beta2, weightDecay, step);
+        float decay = c.decay();
+        float w1 = c.w1();
+        float w2 = c.w2();
+        float stepSize = c.stepSize();
+        float bc2Sqrt = c.bc2Sqrt();
         Par.range(n, 12, (from, to) -> {
             for (int i = from; i < to; i++) {
                 float p = weightDecay != 0f ? pf[i] * decay : pf[i];

@@ -38,6 +38,20 @@ public final class AdamW {
         }
     }
 
+    /**
+     * The scalars of one torch.optim.AdamW step (single-tensor path), computed once on the host in the precision
+     * torch uses, so that every backend's kernel applies the same numbers:
+     * {@code p = p * decay; m += w1 * (g - m); v = v * beta2 + w2 * g^2; p -= stepSize * m / (sqrt(v) / bc2Sqrt + eps)}.
+     */
+    public record Coefficients(float decay, float w1, float w2, float stepSize, float bc2Sqrt) {
+        public static Coefficients of(float lr, float beta1, float beta2, float weightDecay, long step) {
+            double bc1 = 1.0 - Math.pow(beta1, step);
+            double bc2 = 1.0 - Math.pow(beta2, step);
+            return new Coefficients((float) (1.0 - (double) lr * weightDecay), 1f - beta1, 1f - beta2,
+                    (float) (lr / bc1), (float) Math.sqrt(bc2));
+        }
+    }
+
     /** Optimizer state of one tensor. */
     public static final class State {
         public final Tensor m;

@@ -1,6 +1,7 @@
 package dev.sparkmoe.gpu.cuda;
 
 import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.optim.AdamW;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import org.bytedeco.cuda.cublas.cublasContext;
@@ -1416,15 +1417,10 @@ public final class CudaBackend implements Backend, AutoCloseable {
         if (n == 0) {
             return;
         }
-        float decay = (float) (1.0 - (double) lr * weightDecay);
-        float w1 = 1f - beta1;
-        float w2 = 1f - beta2;
-        double bc1 = 1.0 - Math.pow(beta1, step);
-        double bc2 = 1.0 - Math.pow(beta2, step);
-        float stepSize = (float) (lr / bc1);
-        float bc2Sqrt = (float) Math.sqrt(bc2);
+        AdamW.Coefficients c = AdamW.Coefficients.of(lr, beta1, beta2, weightDecay, step);
         launch1D(K, "adamw_f32", n, addr(param, "param", 0, n), addr(grad, "grad", 0, n), addr(m, "m", 0, n),
-                addr(v, "v", 0, n), n, decay, weightDecay != 0f ? 1 : 0, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+                addr(v, "v", 0, n), n, c.decay(), weightDecay != 0f ? 1 : 0, c.w1(), beta2, c.w2(), c.stepSize(),
+                c.bc2Sqrt(), eps);
     }
 
     @Override
