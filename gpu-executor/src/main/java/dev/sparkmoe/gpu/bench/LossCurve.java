@@ -24,7 +24,7 @@ import java.util.Map;
  * difference at every step after {@code --after} (20) must stay within {@code --tolerance} (0.02).
  *
  * <p>Options: --init DIR, --data FILE, --out FILE, --steps (200), --batch (4), --seq (2048), --ep (1),
- * --torch FILE, --after N, --tolerance X.
+ * --gemm f32|tf32|bf16 (bf16), --torch FILE, --after N, --tolerance X.
  */
 public final class LossCurve implements RankEntry {
 
@@ -42,7 +42,8 @@ public final class LossCurve implements RankEntry {
         Backend backend;
         if (ctx.isCuda()) {
             CudaBackend cuda = new CudaBackend(ctx.device());
-            cuda.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
+            cuda.setGemmPrecision(CudaBackend.GemmPrecision.valueOf(o.getOrDefault("gemm", "bf16")
+                    .toUpperCase(java.util.Locale.ROOT)));
             ctx.nccl().ifPresent(n -> n.setComputeStream(cuda.stream()));
             backend = cuda;
         } else {
