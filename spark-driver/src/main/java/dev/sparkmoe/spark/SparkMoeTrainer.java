@@ -221,7 +221,8 @@ public final class SparkMoeTrainer {
                         c.getDouble(ConfigKey.TRAINING_WEIGHT_DECAY), c.getDouble(ConfigKey.TRAINING_CLIP),
                         c.gradAccum());
                 TrainerSpec spec = new TrainerSpec(model.hfConfigJson(), model.initCheckpointDir(), c.seed(), world,
-                        c.ep(), c.seqLen(), opt, c.getString(ConfigKey.TRAINING_BACKEND), -1);
+                        c.ep(), c.seqLen(), opt, c.getString(ConfigKey.TRAINING_BACKEND), -1,
+                        c.getString(ConfigKey.TRAINING_PRECISION));
                 CheckpointStore store = new CheckpointStore(c.checkpointDir(), hconf);
                 String modelDir = c.outputDir() + "/model";
                 WorldConnector connector = new WorldConnector(b.transport, JobSecret.generate());

@@ -32,6 +32,8 @@ public final class DefaultRankTrainerFactory implements RankTrainerFactory {
             return new DistributedTrainer(spec, hostWorld, backend, initial);
         }
         CudaBackend cuda = (CudaBackend) backend;
+        cuda.setGemmPrecision("bf16".equals(spec.precision()) ? CudaBackend.GemmPrecision.BF16
+                : CudaBackend.GemmPrecision.F32);
         NcclCommunicator deviceWorld = GpuWorld.create(hostWorld, cuda, Duration.ofMinutes(10));
         DistributedTrainer trainer;
         try {

@@ -62,7 +62,13 @@ public final class DistributedTrainer implements RankTrainer {
             model.initRandom(spec.seed(), initializerRange(config));
         }
         this.mesh = DeviceMesh.forTraining(world, dims);
-        MixedPrecisionPolicy policy = MixedPrecisionPolicy.FULL_F32;
+        MixedPrecisionPolicy policy = "bf16".equals(spec.precision()) ? MixedPrecisionPolicy.BF16
+                : MixedPrecisionPolicy.FULL_F32;
+        if (policy.paramDtype() != dev.sparkmoe.core.tensor.DType.F32 && world.rank() == 0
+                && backend.name().startsWith("cpu")) {
+            LOG.info(() -> "mixed precision " + policy + " requested: the " + backend.name() + " backend has no bf16 "
+                    + "kernels and computes in f32 (master weights, moments and reductions are f32 in any case)");
+        }
         ModelRegistry.parallelizer(modelType).parallelize(model, mesh, dims, policy, fsdp);
         this.params = fsdp.params();
         for (FsdpParam p : params) {

@@ -17,9 +17,31 @@ import java.io.Serializable;
  * @param optimizer         AdamW, schedule, clipping and accumulation settings
  * @param backend           "auto", "cpu" or "cuda"
  * @param deviceId          GPU ordinal for the cuda backend (-1 when none)
+ * @param precision         "f32" or "bf16": the mixed-precision policy's compute dtype (master weights, optimizer
+ *                          state and gradient reduction stay f32). A backend without bf16 kernels (the CPU backend)
+ *                          computes in f32 and logs that it does.
  */
 public record TrainerSpec(String hfConfigJson, String initCheckpointDir, long seed, int dpShard, int ep, int seqLen,
-                          OptimizerSettings optimizer, String backend, int deviceId) implements Serializable {
+                          OptimizerSettings optimizer, String backend, int deviceId, String precision)
+        implements Serializable {
+
+    public TrainerSpec {
+        if (precision == null || !(precision.equals("f32") || precision.equals("bf16"))) {
+            throw new IllegalArgumentException("precision must be f32 or bf16, got '" + precision + "'");
+        }
+    }
+
+    /** A spec in full f32 precision. */
+    public TrainerSpec(String hfConfigJson, String initCheckpointDir, long seed, int dpShard, int ep, int seqLen,
+                       OptimizerSettings optimizer, String backend, int deviceId) {
+        this(hfConfigJson, initCheckpointDir, seed, dpShard, ep, seqLen, optimizer, backend, deviceId, "f32");
+    }
+
+    /** The same spec for another backend and device (what a Spark task knows once it has its GPU). */
+    public TrainerSpec onDevice(String newBackend, int newDeviceId) {
+        return new TrainerSpec(hfConfigJson, initCheckpointDir, seed, dpShard, ep, seqLen, optimizer, newBackend,
+                newDeviceId, precision);
+    }
 
     /**
      * @param lr             peak learning rate

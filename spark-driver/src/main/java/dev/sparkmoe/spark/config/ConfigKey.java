@@ -73,6 +73,11 @@ public enum ConfigKey {
     TRAINING_EPS("training.eps", Type.DOUBLE, "1e-8", "AdamW epsilon."),
     TRAINING_BACKEND("training.backend", Type.ENUM, "auto",
             "auto: cuda when the task was given a GPU, else cpu.", "auto", "cpu", "cuda"),
+    TRAINING_PRECISION("training.precision", Type.ENUM, "bf16",
+            "Compute precision (FSDP2's MixedPrecisionPolicy): bf16 runs the GPU's matrix products on tensor cores with "
+            + "bf16 inputs and f32 accumulation; f32 computes exactly. Master weights, AdamW state and gradient "
+            + "reductions are f32 either way; the CPU backend always computes in f32 (and logs it).",
+            "bf16", "f32"),
     TRAINING_MAX_ATTEMPTS("training.max_attempts", Type.INT, "3",
             "Barrier-stage attempts; every attempt after the first resumes from the newest committed checkpoint."),
     TRAINING_COMM_TIMEOUT("training.comm_timeout_s", Type.INT, "600",

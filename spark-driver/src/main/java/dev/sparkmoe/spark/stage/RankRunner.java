@@ -79,8 +79,7 @@ public final class RankRunner {
             backend = "cpu";
         }
         String device = deviceId >= 0 ? "cuda:" + deviceId : "cpu";
-        TrainerSpec spec = new TrainerSpec(base.hfConfigJson(), base.initCheckpointDir(), base.seed(), base.dpShard(),
-                base.ep(), base.seqLen(), base.optimizer(), backend, deviceId);
+        TrainerSpec spec = base.onDevice(backend, deviceId);
 
         Duration timeout = Duration.ofSeconds(plan.commTimeoutS());
         Communicator comm = plan.connector().connect(ctl, where, timeout);
