@@ -20,6 +20,7 @@ import java.util.List;
  * train CONFIG.yaml [--set key=value ...]   train; exit 0 on success, 1 when training failed, 2 on bad input
  * keys                                       print the configuration reference (Markdown)
  * step --checkpoint DIR --inputs FILE ...     one forward/backward (and AdamW step) for model porting
+ * launch --nproc N ... [-- ARGS]              N ranks on this host without Spark (the torchrun equivalent)
  * </pre>
  */
 public final class Main {
@@ -33,6 +34,7 @@ public final class Main {
     static final String USAGE = String.join("\n",
             "usage: spark-moe train CONFIG.yaml [--set key=value ...]   train on Spark (local[N] by default)",
             "       spark-moe step --checkpoint DIR --inputs FILE --out FILE [--adamw ...] [--dp-shard N --ep M]",
+            "       spark-moe launch --nproc N [--backend auto|cpu|cuda] [--entry CLASS] [-- ARGS]   one process per GPU",
             "       spark-moe keys                                      print the configuration reference");
 
     public static int run(String[] args, PrintStream out, PrintStream err) {
@@ -48,6 +50,9 @@ public final class Main {
                 return train(args, out, err);
             case "step":
                 return step(java.util.Arrays.copyOfRange(args, 1, args.length), err);
+            case "launch":
+                return dev.sparkmoe.gpu.launch.Launcher.run(java.util.Arrays.copyOfRange(args, 1, args.length), out,
+                        err);
             default:
                 err.println("unknown command '" + args[0] + "'\n" + USAGE);
                 return 2;

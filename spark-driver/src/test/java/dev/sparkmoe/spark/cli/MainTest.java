@@ -71,4 +71,27 @@ class MainTest {
         assertEquals(0, run(keys, new ByteArrayOutputStream(), "keys"));
         assertTrue(keys.toString().contains("`layout.ep`"));
     }
+
+    @Test
+    void stepAndLaunchAreSubcommandsOfTheSameCli() throws Exception {
+        Path fixture = dev.sparkmoe.core.model.Fixtures.tiny();
+        Path stepOut = tmp.resolve("step.safetensors");
+        ByteArrayOutputStream out = new ByteArrayOutputStream();
+        ByteArrayOutputStream err = new ByteArrayOutputStream();
+        int rc = run(out, err, "step", "--checkpoint", fixture.toString(), "--inputs",
+                fixture.resolve("io.safetensors").toString(), "--out", stepOut.toString());
+        assertEquals(0, rc, err.toString());
+        assertTrue(Files.size(stepOut) > 0);
+        // launch: two CPU ranks in separate processes running the collective smoke test
+        out.reset();
+        err.reset();
+        rc = run(out, err, "launch", "--nproc", "2", "--backend", "cpu");
+        String o = out.toString(StandardCharsets.UTF_8);
+        assertEquals(0, rc, o + err);
+        assertTrue(o.contains("[rank 1] rank 1/2: SMOKE OK"), o);
+        // bad options are usage errors (exit 2) naming the problem
+        err.reset();
+        assertEquals(2, run(out, err, "step", "--checkpoint", fixture.toString()));
+        assertTrue(err.toString().contains("--out"), err.toString());
+    }
 }

@@ -1,0 +1,57 @@
+package dev.sparkmoe.gpu.bench;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.sparkmoe.core.json.Json;
+import dev.sparkmoe.gpu.launch.Launcher;
+import java.io.ByteArrayOutputStream;
+import java.io.PrintStream;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Map;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * The training benchmark through the launcher, on CPU ranks (two processes, TCP world, expert parallelism 2): it
+ * trains, and its JSON line carries the baselines' fields and the per-collective times.
+ */
+class TrainBenchTest {
+    static final String TINY = "{\"vocab_size\": 512, \"hidden_size\": 64, \"intermediate_size\": 128, "
+            + "\"moe_intermediate_size\": 32, \"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+            + "\"num_key_value_heads\": 2, \"head_dim\": 16, \"num_experts\": 8, \"num_experts_per_tok\": 2, "
+            + "\"norm_topk_prob\": true, \"max_position_embeddings\": 256}";
+
+    @Test
+    void twoCpuRanksReportThroughputAndCollectiveTimes(@TempDir Path tmp) throws Exception {
+        Path cfg = tmp.resolve("c.json");
+        Files.writeString(cfg, TINY);
+        Path out = tmp.resolve("bench.json");
+        ByteArrayOutputStream o = new ByteArrayOutputStream();
+        ByteArrayOutputStream e = new ByteArrayOutputStream();
+        int code;
+        try (PrintStream po = new PrintStream(o, true, StandardCharsets.UTF_8);
+             PrintStream pe = new PrintStream(e, true, StandardCharsets.UTF_8)) {
+            code = Launcher.run(new String[] {"--nproc", "2", "--backend", "cpu", "--entry", TrainBench.class.getName(),
+                "--", "--config", cfg.toString(), "--batch", "2", "--seq", "32", "--steps", "2", "--warmup", "1",
+                "--ep", "2", "--out", out.toString()}, po, pe);
+        }
+        String stdout = o.toString(StandardCharsets.UTF_8);
+        assertEquals(0, code, () -> stdout + "\n" + e.toString(StandardCharsets.UTF_8));
+        Map<String, Object> r = Json.parseObject(Files.readString(out));
+        assertEquals("spark-moe", r.get("impl"));
+        assertEquals(2L, r.get("world"));
+        assertEquals(2L, r.get("ep"));
+        assertTrue(((Number) r.get("tokens_per_s_per_gpu")).doubleValue() > 0, r.toString());
+        assertEquals(189824L, r.get("params")); // the tiny config's parameter count, before sharding
+        double loss = ((Number) r.get("loss")).doubleValue();
+        assertTrue(loss > 5 && loss < 7, "loss of a random tiny model on random ids is near ln 512: " + loss);
+        @SuppressWarnings("unchecked")
+        Map<String, Object> comm = (Map<String, Object>) r.get("comm_per_step");
+        for (String k : new String[] {"all_gather_ms", "reduce_scatter_ms", "all_to_all_ms"}) {
+            assertTrue(comm.containsKey(k), k + " missing from " + comm);
+        }
+    }
+}
