@@ -63,17 +63,24 @@ public final class Experts extends Module {
      * Keeps only experts [first, first + count) on this module (expert parallelism's partition function). The
      * parameters lose their values; the caller installs the local slices.
      */
-    public void partition(int first, int count, TokenDispatcher newDispatcher) {
+    public void partition(int first, int count) {
         if (first < 0 || count <= 0 || first + count > numExperts) {
             throw new IllegalArgumentException("expert slice [" + first + ", " + (first + count)
                     + ") does not fit " + numExperts + " experts in " + path());
         }
         this.firstExpert = first;
         this.localExperts = count;
-        this.dispatcher = newDispatcher;
         gateProj.reshape(new int[] {count, inter, hidden});
         upProj.reshape(new int[] {count, inter, hidden});
         downProj.reshape(new int[] {count, hidden, inter});
+    }
+
+    /**
+     * Replaces how rows reach the experts and come back (the input and output transforms of this module). Its
+     * dispatch must deliver rows for exactly this module's local experts.
+     */
+    public void setDispatcher(TokenDispatcher newDispatcher) {
+        this.dispatcher = newDispatcher;
     }
 
     static final class Cache {
@@ -118,6 +125,11 @@ public final class Experts extends Module {
     /** hidden [N, H], expertIds [N*K] -> expert outputs in slot order [N*K, H]. */
     Tensor forward(Backend be, Tensor hiddenStates, int[] expertIds, int tokens, int topK, Cache c) {
         Dispatch d = dispatcher.dispatch(be, hiddenStates, expertIds, tokens, topK, hidden, numExperts);
+        if (d.localCounts().length != localExperts || d.firstExpert() != firstExpert) {
+            throw new IllegalStateException(path() + " holds experts [" + firstExpert + ", " + (firstExpert
+                    + localExperts) + ") but its dispatcher delivered rows for " + d.localCounts().length
+                    + " experts from " + d.firstExpert() + "; partition and dispatcher disagree");
+        }
         c.dispatch = d;
         int rows = d.rows();
         Groups g = new Groups(d.localCounts());

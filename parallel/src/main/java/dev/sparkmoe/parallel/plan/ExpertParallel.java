@@ -12,32 +12,46 @@ import java.util.ArrayList;
 import java.util.List;
 
 /**
- * Expert parallelism for stacked experts: the partition function shards each stacked weight Shard(0) over the
- * mesh's {@code ep} dimension (rank i keeps experts [i * E/ep, (i+1) * E/ep)); the input and output transforms are
- * the all-to-all dispatch and combine of {@link AllToAllTokenDispatcher}.
+ * Expert parallelism for stacked experts. Partition: each stacked weight Shard(0) over the mesh's {@code ep}
+ * dimension (ep rank i keeps experts [i * E/ep, (i+1) * E/ep)). Transforms: the input transform is the all-to-all
+ * dispatch of {@link AllToAllTokenDispatcher} (token rows to the ranks of their experts, permuted into
+ * local-expert-major order) and the output transform its combine (back home, into slot order).
  */
 public final class ExpertParallel implements ParallelStyle {
 
-    @Override
-    public void apply(Module module, DeviceMesh mesh) {
+    private static Experts experts(Module module) {
         if (!(module instanceof Experts)) {
             throw new IllegalArgumentException("ExpertParallel applies to stacked experts modules, not to "
                     + module.getClass().getSimpleName() + " at " + module.path());
         }
-        Experts experts = (Experts) module;
+        return (Experts) module;
+    }
+
+    @Override
+    public void partition(Module module, DeviceMesh mesh) {
+        Experts experts = experts(module);
         Communicator ep = mesh.get(DeviceMesh.EP).communicator();
-        AllToAllTokenDispatcher dispatcher = new AllToAllTokenDispatcher(ep, experts.numExperts());
-        List<Tensor> local = new ArrayList<>();
-        for (Parameter p : experts.ownParameters()) {
-            local.add(new ShardLayout(p.shape(), 0, ep.size()).slice(p.backend(), p.value(), ep.rank()));
+        if (experts.numExperts() % ep.size() != 0) {
+            throw new IllegalArgumentException("ep (" + ep.size() + ") must divide num_experts ("
+                    + experts.numExperts() + ") of " + module.path());
         }
+        int local = experts.numExperts() / ep.size();
+        List<Tensor> slices = new ArrayList<>();
         for (Parameter p : experts.ownParameters()) {
+            slices.add(new ShardLayout(p.shape(), 0, ep.size()).slice(p.backend(), p.value(), ep.rank()));
             p.backend().release(p.value());
         }
-        experts.partition(dispatcher.firstLocalExpert(), dispatcher.localExperts(), dispatcher);
+        experts.partition(ep.rank() * local, local);
         List<Parameter> params = experts.ownParameters();
         for (int i = 0; i < params.size(); i++) {
-            params.get(i).setValue(local.get(i));
+            params.get(i).setValue(slices.get(i));
         }
+    }
+
+    @Override
+    public void installTransforms(Module module, DeviceMesh mesh) {
+        Experts experts = experts(module);
+        experts.setDispatcher(new AllToAllTokenDispatcher(mesh.get(DeviceMesh.EP).communicator(),
+                experts.numExperts()));
     }
 }
