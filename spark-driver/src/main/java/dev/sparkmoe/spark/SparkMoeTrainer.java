@@ -16,6 +16,7 @@ import dev.sparkmoe.spark.data.HfBpeTokenizer;
 import dev.sparkmoe.spark.data.RankDataStats;
 import dev.sparkmoe.spark.data.SequencePacker;
 import dev.sparkmoe.spark.data.Tokenizer;
+import dev.sparkmoe.spark.data.Tokenizers;
 import dev.sparkmoe.spark.progress.MetricsAccumulator;
 import dev.sparkmoe.spark.progress.MetricsJson;
 import dev.sparkmoe.spark.progress.ProgressListener;
@@ -441,19 +442,7 @@ public final class SparkMoeTrainer {
     }
 
     static Tokenizer loadTokenizer(TrainConfig c, Configuration hconf) {
-        String t = c.getString(ConfigKey.DATA_TOKENIZER);
-        if ("byte".equals(t)) {
-            return new ByteLevelTokenizer();
-        }
-        Path p = new Path(t);
-        try (InputStream in = p.getFileSystem(hconf).open(p)) {
-            return HfBpeTokenizer.load(in, t);
-        } catch (IOException e) {
-            throw new ConfigException(ConfigKey.DATA_TOKENIZER.key(), t, "cannot read it: " + e.getMessage()
-                    + "; give byte or the path of a tokenizer.json");
-        } catch (IllegalArgumentException e) {
-            throw new ConfigException(ConfigKey.DATA_TOKENIZER.key(), t, e.getMessage());
-        }
+        return Tokenizers.load(c.getString(ConfigKey.DATA_TOKENIZER), hconf);
     }
 
     /** A session per the config: master from spark.master, else from spark-submit, else local[world_size]. */
