@@ -20,12 +20,23 @@ public final class CpuBackend implements Backend {
         initBlas();
     }
 
+    /**
+     * OpenBLAS runs single-threaded unless {@code -Dsparkmoe.blas.threads} / {@code SPARKMOE_BLAS_THREADS} says
+     * otherwise: the cores are already busy with the kernels' own parallel loops and, under Spark {@code local[N]},
+     * with N ranks in one JVM, and BLAS threads on top of them made a training step 1.6x (one rank) to 2.6x (four
+     * ranks) slower on a 2-core machine.
+     */
     private static synchronized void initBlas() {
         if (!blasReady) {
             String threads = System.getProperty("sparkmoe.blas.threads", System.getenv("SPARKMOE_BLAS_THREADS"));
-            if (threads != null) {
-                org.bytedeco.openblas.presets.openblas_nolapack.blas_set_num_threads(Integer.parseInt(threads.trim()));
+            int n;
+            try {
+                n = threads == null ? 1 : Integer.parseInt(threads.trim());
+            } catch (NumberFormatException e) {
+                throw new IllegalArgumentException("SPARKMOE_BLAS_THREADS / sparkmoe.blas.threads must be a whole "
+                        + "number, got '" + threads + "'");
             }
+            org.bytedeco.openblas.presets.openblas_nolapack.blas_set_num_threads(Math.max(1, n));
             LOG.fine(() -> "OpenBLAS ready, threads=" + org.bytedeco.openblas.presets.openblas_nolapack.blas_get_num_threads());
             blasReady = true;
         }
@@ -155,9 +166,11 @@ public final class CpuBackend implements Backend {
                 transA ? openblas_nolapack.CblasTrans : openblas_nolapack.CblasNoTrans,
                 transB ? openblas_nolapack.CblasTrans : openblas_nolapack.CblasNoTrans,
                 m, n, k, alpha, ap.position(0), lda, bp.position(0), ldb, beta, cp.position(0), ldc);
-        if (ldc == n || beta != 0f) {
+        if (ldc == n) {
             cp.position(0).get(cf, cOff, (int) cLen);
         } else {
+            // Only C's own m x n block goes back: the gaps between its rows may belong to other threads' blocks
+            // (the heads of one attention row), and writing the whole span back would undo their updates.
             for (int i = 0; i < m; i++) {
                 cp.position((long) i * ldc).get(cf, cOff + i * ldc, n);
             }
@@ -308,115 +321,118 @@ public final class CpuBackend implements Backend {
         });
     }
 
+    /**
+     * Causal GQA attention, one (batch, query head) at a time: S = Q K^T by GEMM, a masked softmax per row (f32, the
+     * log-sum-exp kept), then O = P V by GEMM. The T x T scores live only in a per-task scratch buffer.
+     */
     @Override
     public void attentionForward(Tensor q, Tensor k, Tensor v, int batch, int seqLen, int qHeads, int kvHeads,
                                  int headDim, float scale, Tensor out, Tensor lse) {
-        float[] qf = q.floats();
-        float[] kf = k.floats();
-        float[] vf = v.floats();
-        float[] of = out.floats();
         float[] lf = lse.floats();
         int group = qHeads / kvHeads;
         int qStride = qHeads * headDim;
         int kvStride = kvHeads * headDim;
         Par.range(batch * qHeads, (long) seqLen * seqLen * headDim, (from, to) -> {
-            float[] p = new float[seqLen];
+            Tensor scores = Tensor.zeros(DType.F32, seqLen, seqLen);
+            float[] sf = scores.floats();
             for (int bh = from; bh < to; bh++) {
                 int b = bh / qHeads;
                 int h = bh % qHeads;
                 int g = h / group;
+                int qOff = b * seqLen * qStride + h * headDim;
+                int kvOff = b * seqLen * kvStride + g * headDim;
+                gemm(false, true, seqLen, seqLen, headDim, scale, q, qOff, qStride, k, kvOff, kvStride, 0f, scores,
+                        0, seqLen);
                 for (int i = 0; i < seqLen; i++) {
-                    int qo = (b * seqLen + i) * qStride + h * headDim;
+                    int row = i * seqLen;
                     float max = Float.NEGATIVE_INFINITY;
                     for (int j = 0; j <= i; j++) {
-                        int ko = (b * seqLen + j) * kvStride + g * headDim;
-                        float sc = 0f;
-                        for (int d = 0; d < headDim; d++) {
-                            sc += qf[qo + d] * kf[ko + d];
-                        }
-                        sc *= scale;
-                        p[j] = sc;
-                        max = Math.max(max, sc);
+                        max = Math.max(max, sf[row + j]);
                     }
                     float sum = 0f;
                     for (int j = 0; j <= i; j++) {
-                        float e = (float) Math.exp(p[j] - max);
-                        p[j] = e;
+                        float e = (float) Math.exp(sf[row + j] - max);
+                        sf[row + j] = e;
                         sum += e;
                     }
                     float inv = 1f / sum;
-                    lf[bh * seqLen + i] = max + (float) Math.log(sum);
-                    for (int d = 0; d < headDim; d++) {
-                        of[qo + d] = 0f;
-                    }
                     for (int j = 0; j <= i; j++) {
-                        float pj = p[j] * inv;
-                        int vo = (b * seqLen + j) * kvStride + g * headDim;
-                        for (int d = 0; d < headDim; d++) {
-                            of[qo + d] += pj * vf[vo + d];
-                        }
+                        sf[row + j] *= inv;
                     }
+                    for (int j = i + 1; j < seqLen; j++) {
+                        sf[row + j] = 0f;
+                    }
+                    lf[bh * seqLen + i] = max + (float) Math.log(sum);
                 }
+                gemm(false, false, seqLen, headDim, seqLen, 1f, scores, 0, seqLen, v, kvOff, kvStride, 0f, out, qOff,
+                        qStride);
             }
         });
     }
 
+    /**
+     * Backward of {@link #attentionForward}, one (batch, kv head) per task so that the task owns its dk/dv rows and
+     * the dq rows of its query heads: P is recomputed from Q, K and the log-sum-exp, then dV += P^T dO,
+     * dP = dO V^T, dS = P (dP - rowsum(dO * O)) scale, dQ = dS K, dK += dS^T Q, all products by GEMM.
+     */
     @Override
     public void attentionBackward(Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int batch,
                                   int seqLen, int qHeads, int kvHeads, int headDim, float scale, Tensor dq, Tensor dk,
                                   Tensor dv) {
         float[] dof = dOut.floats();
-        float[] qf = q.floats();
-        float[] kf = k.floats();
-        float[] vf = v.floats();
         float[] of = out.floats();
         float[] lf = lse.floats();
-        float[] dqf = dq.floats();
         float[] dkf = dk.floats();
         float[] dvf = dv.floats();
         int group = qHeads / kvHeads;
         int qStride = qHeads * headDim;
         int kvStride = kvHeads * headDim;
-        // Parallel over (batch, kv head): each task owns the dk/dv rows of its kv head and the dq rows of the query
-        // heads in its group, so no two tasks write the same element. Probabilities are recomputed from the saved
-        // log-sum-exp: p_ij = exp(scale * q_i.k_j - lse_i).
         Par.range(batch * kvHeads, (long) group * seqLen * seqLen * headDim * 4, (from, to) -> {
+            Tensor p = Tensor.zeros(DType.F32, seqLen, seqLen);
+            Tensor dp = Tensor.zeros(DType.F32, seqLen, seqLen);
+            float[] pf = p.floats();
+            float[] dpf = dp.floats();
             for (int bg = from; bg < to; bg++) {
                 int b = bg / kvHeads;
                 int g = bg % kvHeads;
+                int kvOff = b * seqLen * kvStride + g * headDim;
                 for (int j = 0; j < seqLen; j++) {
-                    int ko = (b * seqLen + j) * kvStride + g * headDim;
-                    for (int d = 0; d < headDim; d++) {
-                        dkf[ko + d] = 0f;
-                        dvf[ko + d] = 0f;
-                    }
+                    int o = kvOff + j * kvStride;
+                    java.util.Arrays.fill(dkf, o, o + headDim, 0f);
+                    java.util.Arrays.fill(dvf, o, o + headDim, 0f);
                 }
                 for (int h = g * group; h < (g + 1) * group; h++) {
+                    int qOff = b * seqLen * qStride + h * headDim;
+                    int lOff = (b * qHeads + h) * seqLen;
+                    gemm(false, true, seqLen, seqLen, headDim, scale, q, qOff, qStride, k, kvOff, kvStride, 0f, p, 0,
+                            seqLen);
+                    gemm(false, true, seqLen, seqLen, headDim, 1f, dOut, qOff, qStride, v, kvOff, kvStride, 0f, dp,
+                            0, seqLen);
                     for (int i = 0; i < seqLen; i++) {
-                        int qo = (b * seqLen + i) * qStride + h * headDim;
-                        float li = lf[(b * qHeads + h) * seqLen + i];
-                        float rowDot = 0f;
+                        int row = i * seqLen;
+                        float li = lf[lOff + i];
+                        float di = 0f;
+                        int o = qOff + i * qStride;
                         for (int d = 0; d < headDim; d++) {
-                            rowDot += dof[qo + d] * of[qo + d];
-                            dqf[qo + d] = 0f;
+                            di += dof[o + d] * of[o + d];
                         }
                         for (int j = 0; j <= i; j++) {
-                            int ko = (b * seqLen + j) * kvStride + g * headDim;
-                            float sc = 0f;
-                            float dp = 0f;
-                            for (int d = 0; d < headDim; d++) {
-                                sc += qf[qo + d] * kf[ko + d];
-                                dp += dof[qo + d] * vf[ko + d];
-                            }
-                            float p = (float) Math.exp(sc * scale - li);
-                            float ds = p * (dp - rowDot) * scale;
-                            for (int d = 0; d < headDim; d++) {
-                                dqf[qo + d] += ds * kf[ko + d];
-                                dkf[ko + d] += ds * qf[qo + d];
-                                dvf[ko + d] += p * dof[qo + d];
-                            }
+                            float pij = (float) Math.exp(pf[row + j] - li);
+                            pf[row + j] = pij;
+                            dpf[row + j] = pij * (dpf[row + j] - di) * scale;
+                        }
+                        for (int j = i + 1; j < seqLen; j++) {
+                            pf[row + j] = 0f;
+                            dpf[row + j] = 0f;
                         }
                     }
+                    // dV += P^T dO ; dQ = dS K ; dK += dS^T Q   (dp now holds dS)
+                    gemm(true, false, seqLen, headDim, seqLen, 1f, p, 0, seqLen, dOut, qOff, qStride, 1f, dv, kvOff,
+                            kvStride);
+                    gemm(false, false, seqLen, headDim, seqLen, 1f, dp, 0, seqLen, k, kvOff, kvStride, 0f, dq, qOff,
+                            qStride);
+                    gemm(true, false, seqLen, headDim, seqLen, 1f, dp, 0, seqLen, q, qOff, qStride, 1f, dk, kvOff,
+                            kvStride);
                 }
             }
         });
