@@ -23,6 +23,33 @@ public final class Fixtures {
     private Fixtures() {
     }
 
+    /**
+     * A batch as transformers' causal-LM loss sees it, labels = inputs: {@code ids()} are the b x t ids from
+     * {@code from}, {@code targets()} position p's next token, -100 at the end of each sequence.
+     */
+    public record Batch(int[] ids, int[] targets, int batch, int seqLen) {
+        public int predicted() {
+            return batch * (seqLen - 1);
+        }
+    }
+
+    /** The {@code index}-th [b, t] block of an integer tensor of shape [..., b, t] as a {@link Batch}. */
+    public static Batch batch(dev.sparkmoe.core.tensor.Tensor ids, int index) {
+        int b = ids.dim(-2);
+        int t = ids.dim(-1);
+        int[] in = new int[b * t];
+        int[] tg = new int[b * t];
+        for (int i = 0; i < b * t; i++) {
+            in[i] = (int) ids.longAt(index * b * t + i);
+        }
+        for (int s = 0; s < b; s++) {
+            for (int q = 0; q < t; q++) {
+                tg[s * t + q] = q + 1 < t ? in[s * t + q + 1] : -100;
+            }
+        }
+        return new Batch(in, tg, b, t);
+    }
+
     public static synchronized Path tiny() {
         URL u = Fixtures.class.getResource(DIR + "config.json");
         if (u == null) {

@@ -46,18 +46,9 @@ class Qwen3MoeTrainingParityTest {
         double worstLm = 0;
         double worstAux = 0;
         for (int s = 0; s < steps; s++) {
-            int[] in = new int[b * t];
-            int[] tg = new int[b * t];
-            for (int i = 0; i < b * t; i++) {
-                in[i] = (int) ids.longAt(s * b * t + i);
-            }
-            for (int r = 0; r < b; r++) {
-                for (int p = 0; p < t; p++) {
-                    tg[r * t + p] = p + 1 < t ? in[r * t + p + 1] : -100;
-                }
-            }
-            int predicted = b * (t - 1);
-            Qwen3MoeModel.Pass pass = model.forward(in, tg, b, t, predicted, config.routerAuxLossCoef(),
+            Fixtures.Batch batch = Fixtures.batch(ids, s);
+            int predicted = batch.predicted();
+            Qwen3MoeModel.Pass pass = model.forward(batch.ids(), batch.targets(), b, t, predicted, config.routerAuxLossCoef(),
                     StatsReducer.LOCAL);
             double lm = pass.lmLossSum() / predicted;
             worstLm = Math.max(worstLm, Math.abs(lm - ref.get("lm_loss").floats()[s]) / ref.get("lm_loss").floats()[s]);

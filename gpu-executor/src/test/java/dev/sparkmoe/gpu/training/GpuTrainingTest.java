@@ -81,21 +81,11 @@ class GpuTrainingTest {
             Qwen3MoeModel model = new Qwen3MoeModel(config, be);
             model.loadState(full);
             Map<String, Tensor> io = SafeTensors.read(dir.resolve("io.safetensors")).tensors();
-            Tensor ids = io.get("input_ids");
-            int b = ids.dim(0);
-            int t = ids.dim(1);
-            int[] in = new int[b * t];
-            int[] tg = new int[b * t];
-            for (int i = 0; i < b * t; i++) {
-                in[i] = (int) ids.longAt(i);
-            }
-            for (int s = 0; s < b; s++) {
-                for (int p = 0; p < t; p++) {
-                    tg[s * t + p] = p + 1 < t ? in[s * t + p + 1] : -100;
-                }
-            }
-            int predicted = b * (t - 1);
-            Qwen3MoeModel.Pass pass = model.forward(in, tg, b, t, predicted, config.routerAuxLossCoef(),
+            Fixtures.Batch batch = Fixtures.batch(io.get("input_ids"), 0);
+            int b = batch.batch();
+            int t = batch.seqLen();
+            int predicted = batch.predicted();
+            Qwen3MoeModel.Pass pass = model.forward(batch.ids(), batch.targets(), b, t, predicted, config.routerAuxLossCoef(),
                     StatsReducer.LOCAL);
             close("logits", io.get("logits"), be.download(pass.logits()).view(b, t, config.vocabSize()), 1e-5);
             Map<String, Object> ref = Json.parseObject(Files.readString(dir.resolve("reference.json")));
