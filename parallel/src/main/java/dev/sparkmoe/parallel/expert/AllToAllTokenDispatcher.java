@@ -139,7 +139,10 @@ public final class AllToAllTokenDispatcher implements TokenDispatcher {
         return out;
     }
 
-    /** Sends rows out by all-to-all and scatters what arrives to {@code placeOf} (local-expert-major order). */
+    /**
+     * Sends rows by all-to-all ({@code sendRows[p]} to each peer p, {@code recvRows[p]} from it) and scatters what
+     * arrives to the positions {@code placeOf} (local-expert-major order going out, slot order coming home).
+     */
     private Tensor exchange(Backend backend, Tensor sendBuf, int[] sendRows, int[] recvRows, Tensor placeOf,
                             int totalRecv, int h) {
         Tensor recvBuf = backend.zeros(DType.F32, totalRecv, h);
@@ -156,13 +159,8 @@ public final class AllToAllTokenDispatcher implements TokenDispatcher {
         int h = localRows.dim(1);
         Tensor back = backend.zeros(DType.F32, m.recvTotal, h);
         backend.gatherRows(localRows, m.localOfRecv, m.recvTotal, h, 1, back);
-        Tensor home = backend.zeros(DType.F32, m.sendTotal, h);
-        ep.allToAll(back, scaled(m.recvRowsPerPeer, h), home, scaled(m.sendRowsPerPeer, h));
-        backend.release(back);
-        Tensor slots = backend.zeros(DType.F32, m.tokens * m.topK, h);
-        backend.scatterRows(home, m.slotOfRow, m.sendTotal, h, slots);
-        backend.release(home);
-        return slots;
+        // every token slot was sent exactly once, so the rows coming home fill all tokens * topK slots
+        return exchange(backend, back, m.recvRowsPerPeer, m.sendRowsPerPeer, m.slotOfRow, m.sendTotal, h);
     }
 
     /** Slot-ordered rows sent to the experts' ranks and placed in local-expert-major order. */
