@@ -50,6 +50,32 @@ public final class Fixtures {
         return new Batch(in, tg, b, t);
     }
 
+    /**
+     * The parity tolerance of the fixtures' README: every element within {@code tol} of the largest magnitude of
+     * {@code expected} (shapes equal, NaN never passes); the message names the worst element.
+     */
+    public static void assertClose(String what, dev.sparkmoe.core.tensor.Tensor expected,
+                                   dev.sparkmoe.core.tensor.Tensor actual, double tol) {
+        org.junit.jupiter.api.Assertions.assertEquals(java.util.Arrays.toString(expected.shape()), java.util.Arrays.toString(actual.shape()),
+                what + " shape");
+        float[] e = expected.floats();
+        float[] a = actual.floats();
+        double scale = Math.max(expected.maxAbs(), 1e-30);
+        double worst = 0;
+        int at = -1;
+        for (int i = 0; i < e.length; i++) {
+            double d = Math.abs((double) e[i] - a[i]);
+            if (!(d <= worst) || Double.isNaN(a[i])) {
+                worst = Double.isNaN(a[i]) ? Double.POSITIVE_INFINITY : d;
+                at = i;
+            }
+        }
+        double w = worst;
+        int idx = at;
+        org.junit.jupiter.api.Assertions.assertTrue(worst <= tol * scale, () -> what + ": max |diff| " + w + " at " + idx + " exceeds " + tol
+                + " x max|ref| (" + scale + "); expected " + e[idx] + ", got " + a[idx]);
+    }
+
     public static synchronized Path tiny() {
         URL u = Fixtures.class.getResource(DIR + "config.json");
         if (u == null) {

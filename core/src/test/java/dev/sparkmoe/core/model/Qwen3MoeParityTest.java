@@ -37,27 +37,6 @@ class Qwen3MoeParityTest {
         reference = (Map<String, Object>) Json.parse(Files.readString(dir.resolve("reference.json")));
     }
 
-    static void assertClose(String what, Tensor expected, Tensor actual, double tol) {
-        assertEquals(java.util.Arrays.toString(expected.shape()), java.util.Arrays.toString(actual.shape()),
-                what + " shape");
-        float[] e = expected.floats();
-        float[] a = actual.floats();
-        double scale = Math.max(expected.maxAbs(), 1e-30);
-        double worst = 0;
-        int at = -1;
-        for (int i = 0; i < e.length; i++) {
-            double d = Math.abs((double) e[i] - a[i]);
-            if (!(d <= worst) || Double.isNaN(a[i])) {
-                worst = Double.isNaN(a[i]) ? Double.POSITIVE_INFINITY : d;
-                at = i;
-            }
-        }
-        double w = worst;
-        int idx = at;
-        assertTrue(worst <= tol * scale, () -> what + ": max |diff| " + w + " at " + idx + " exceeds " + tol
-                + " x max|ref| (" + scale + "); expected " + e[idx] + ", got " + a[idx]);
-    }
-
     static double num(Object o) {
         return ((Number) o).doubleValue();
     }
@@ -72,11 +51,11 @@ class Qwen3MoeParityTest {
         int predicted = batch.predicted();
         Qwen3MoeModel.Pass pass = model.forward(batch.ids(), batch.targets(), b, t, predicted, config.routerAuxLossCoef(),
                 StatsReducer.LOCAL);
-        assertClose("logits", io.get("logits"), pass.logits().view(b, t, config.vocabSize()), 1e-5);
+        Fixtures.assertClose("logits", io.get("logits"), pass.logits().view(b, t, config.vocabSize()), 1e-5);
         List<Tensor> routers = pass.routerLogits();
         Tensor refRouter = io.get("router_logits");
         for (int l = 0; l < routers.size(); l++) {
-            assertClose("router_logits[" + l + "]", refRouter.sliceRows(l, l + 1).view(routers.get(l).shape()),
+            Fixtures.assertClose("router_logits[" + l + "]", refRouter.sliceRows(l, l + 1).view(routers.get(l).shape()),
                     routers.get(l), 1e-5);
         }
         double lm = pass.lmLossSum() / predicted;
@@ -93,7 +72,7 @@ class Qwen3MoeParityTest {
         Map<String, Tensor> hubGrads = HfCheckpoint.unstackExperts(grads);
         assertEquals(refGrads.keySet(), hubGrads.keySet());
         for (Map.Entry<String, Tensor> e : refGrads.entrySet()) {
-            assertClose("grad " + e.getKey(), e.getValue(), hubGrads.get(e.getKey()), 1e-5);
+            Fixtures.assertClose("grad " + e.getKey(), e.getValue(), hubGrads.get(e.getKey()), 1e-5);
         }
 
         AdamW opt = referenceAdamW();
@@ -153,7 +132,7 @@ class Qwen3MoeParityTest {
         for (Map.Entry<String, Tensor> e : params.entrySet()) {
             Tensor p = e.getValue().copy();
             opt.step(be, p, grads.get(e.getKey()), new AdamW.State(be, p.shape()), lr, 1);
-            assertClose("AdamW " + e.getKey(), refAfter.get(e.getKey()), p, 1e-5);
+            Fixtures.assertClose("AdamW " + e.getKey(), refAfter.get(e.getKey()), p, 1e-5);
         }
     }
 }

@@ -62,18 +62,6 @@ class GpuTrainingTest {
         return cudart.cudaGetDeviceCount(n) == cudart.cudaSuccess ? n[0] : 0;
     }
 
-    static void close(String what, Tensor ref, Tensor got, double tol) {
-        assertEquals(java.util.Arrays.toString(ref.shape()), java.util.Arrays.toString(got.shape()), what);
-        float[] r = ref.floats();
-        float[] g = got.floats();
-        double limit = tol * Math.max(ref.maxAbs(), 1e-30);
-        for (int i = 0; i < r.length; i++) {
-            int at = i;
-            assertTrue(Math.abs((double) r[i] - g[i]) <= limit, () -> what + "[" + at + "]: expected " + r[at]
-                    + ", got " + g[at] + " (tolerance " + limit + ")");
-        }
-    }
-
     @Test
     void fixtureParityOnOneGpu() throws Exception {
         try (CudaBackend be = new CudaBackend(0)) {
@@ -87,7 +75,7 @@ class GpuTrainingTest {
             int predicted = batch.predicted();
             Qwen3MoeModel.Pass pass = model.forward(batch.ids(), batch.targets(), b, t, predicted, config.routerAuxLossCoef(),
                     StatsReducer.LOCAL);
-            close("logits", io.get("logits"), be.download(pass.logits()).view(b, t, config.vocabSize()), 1e-5);
+            Fixtures.assertClose("logits", io.get("logits"), be.download(pass.logits()).view(b, t, config.vocabSize()), 1e-5);
             Map<String, Object> ref = Json.parseObject(Files.readString(dir.resolve("reference.json")));
             double lm = ((Number) ref.get("lm_loss")).doubleValue();
             double aux = ((Number) ref.get("aux_loss")).doubleValue();
@@ -101,7 +89,7 @@ class GpuTrainingTest {
             Map<String, Tensor> hub = HfCheckpoint.unstackExperts(grads);
             for (Map.Entry<String, Tensor> e : SafeTensors.read(dir.resolve("grads.safetensors")).tensors()
                     .entrySet()) {
-                close("grad " + e.getKey(), e.getValue(), hub.get(e.getKey()), 1e-5);
+                Fixtures.assertClose("grad " + e.getKey(), e.getValue(), hub.get(e.getKey()), 1e-5);
             }
         }
     }
@@ -169,8 +157,8 @@ class GpuTrainingTest {
             assertEquals(one.aux[s], two.aux[s], 1e-6 * Math.abs(one.aux[s]), "aux loss, step " + (s + 1));
         }
         for (String k : one.grads.keySet()) {
-            close("grad " + k, one.grads.get(k), two.grads.get(k), 1e-5);
-            close("param after 3 steps " + k, one.params.get(k), two.params.get(k), 1e-5);
+            Fixtures.assertClose("grad " + k, one.grads.get(k), two.grads.get(k), 1e-5);
+            Fixtures.assertClose("param after 3 steps " + k, one.params.get(k), two.params.get(k), 1e-5);
         }
     }
 }

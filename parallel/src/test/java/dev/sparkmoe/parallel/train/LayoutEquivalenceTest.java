@@ -107,17 +107,6 @@ class LayoutEquivalenceTest {
         }
     }
 
-    static void assertClose(String what, Tensor expected, Tensor actual) {
-        float[] e = expected.floats();
-        float[] a = actual.floats();
-        double tol = 1e-5 * Math.max(expected.maxAbs(), 1e-30);
-        for (int i = 0; i < e.length; i++) {
-            int at = i;
-            assertTrue(Math.abs((double) e[i] - a[i]) <= tol, () -> what + "[" + at + "]: world 1 " + e[at]
-                    + ", layout " + a[at] + " (tolerance " + tol + ")");
-        }
-    }
-
     @ParameterizedTest(name = "dp_shard={0}, ep={1}")
     @CsvSource({"2,1", "4,1", "2,2", "4,2", "4,4", "8,2"})
     void layoutMatchesWorldOne(int dp, int ep) throws Exception {
@@ -128,8 +117,8 @@ class LayoutEquivalenceTest {
         }
         assertEquals(reference.grads.keySet(), r.grads.keySet());
         for (String k : reference.grads.keySet()) {
-            assertClose("grad " + k, reference.grads.get(k), r.grads.get(k));
-            assertClose("param after 3 steps " + k, reference.params.get(k), r.params.get(k));
+            Fixtures.assertClose("grad " + k, reference.grads.get(k), r.grads.get(k), 1e-5);
+            Fixtures.assertClose("param after 3 steps " + k, reference.params.get(k), r.params.get(k), 1e-5);
         }
     }
 }
