@@ -43,7 +43,7 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
     n=${run%%:*}; ep=${run##*:}
     timeout ${BENCH_LIMIT:-240} $B/bin/spark-moe-gpu launch --nproc $n --backend cuda \
       --entry dev.sparkmoe.gpu.bench.TrainBench -- --config "$CFG" --batch 4 --seq 2048 --steps ${STEPS:-8} \
-      --gemm ${GEMM:-bf16} --ep $ep > "$OUT/ours-$n-$ep.log" 2>&1 || { rc=1; tail -20 "$OUT/ours-$n-$ep.log"; }
+      --gemm ${GEMM:-bf16} --ep $ep ${BENCH_ARGS:-} > "$OUT/ours-$n-$ep.log" 2>&1 || { rc=1; tail -20 "$OUT/ours-$n-$ep.log"; }
     grep '"impl"' "$OUT/ours-$n-$ep.log" | sed 's/^\[rank 0\] //' | tee -a "$OUT/bench.jsonl"
   done
   for run in $BASE; do

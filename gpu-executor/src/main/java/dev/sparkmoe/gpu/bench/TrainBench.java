@@ -31,7 +31,9 @@ import java.util.SplittableRandom;
  * baselines' FLOP count, peak device memory, the last loss.
  *
  * <p>Options: --config FILE|JSON, --batch B (4), --seq T (2048), --steps N (8), --warmup N (3), --ep M (1),
- * --gemm f32|tf32|bf16 (bf16: tensor cores with f32 accumulation), --seed S (0), --out FILE (JSON also written).
+ * --gemm f32|tf32|bf16 (bf16: tensor cores with f32 accumulation), --seed S (0), --out FILE (JSON also written),
+ * --profile 1 (after the timed steps, one step with every backend call timed on the host and one timed on the device;
+ * see {@link OpProfiler}).
  */
 public final class TrainBench implements RankEntry {
 
@@ -52,11 +54,13 @@ public final class TrainBench implements RankEntry {
         String gemm = o.getOrDefault("gemm", "bf16");
 
         Backend backend;
+        CudaBackend cudaBackend = null;
         if (ctx.isCuda()) {
             CudaBackend cuda = new CudaBackend(ctx.device());
+            cudaBackend = cuda;
             cuda.setGemmPrecision(CudaBackend.GemmPrecision.valueOf(gemm.toUpperCase(Locale.ROOT)));
             ctx.nccl().ifPresent(n -> n.setComputeStream(cuda.stream()));
-            backend = cuda;
+            backend = o.containsKey("profile") ? OpProfiler.wrap(cuda) : cuda;
         } else {
             backend = new CpuBackend();
         }
@@ -98,6 +102,22 @@ public final class TrainBench implements RankEntry {
             }
             timed.setEnabled(false);
             Map<String, double[]> comm = timed.snapshot();
+            if (o.containsKey("profile") && ctx.isCuda()) {
+                OpProfiler prof = OpProfiler.handler(backend);
+                for (OpProfiler.Mode m : new OpProfiler.Mode[] {OpProfiler.Mode.HOST, OpProfiler.Mode.DEVICE}) {
+                    backend.synchronize();
+                    prof.start(m);
+                    long p0 = System.nanoTime();
+                    trainer.step(data);
+                    backend.synchronize();
+                    long p1 = System.nanoTime();
+                    prof.stop();
+                    if (ctx.rank() == 0) {
+                        System.out.printf(Locale.ROOT, "profiled step wall %.2f ms%n%s", (p1 - p0) / 1e6,
+                                prof.report(1));
+                    }
+                }
+            }
             long params = 0;
             for (FsdpParam p : trainer.shardedParameters()) {
                 params += Tensor.numel(trainer.globalShape(p));
@@ -108,7 +128,7 @@ public final class TrainBench implements RankEntry {
             long active = params - (long) l * (e - k) * 3L * config.hiddenSize() * config.moeIntermediateSize();
             double flopsPerToken = 6.0 * active + 12.0 * l * config.numAttentionHeads() * config.headDim() * seq;
             double tokPerGpu = batch * (double) seq / dt;
-            long peak = backend instanceof CudaBackend ? ((CudaBackend) backend).memoryStats().peakBytesInUse() : -1;
+            long peak = cudaBackend != null ? cudaBackend.memoryStats().peakBytesInUse() : -1;
             float[] peakGb = {(float) (peak / 1e9)};
             ctx.world().allReduceMax(peakGb, 0, 1); // the largest rank's peak
             Map<String, Object> out = new LinkedHashMap<>();
@@ -126,7 +146,7 @@ public final class TrainBench implements RankEntry {
             out.put("mfu_bf16_dense_989", round(flopsPerToken * tokPerGpu / 989e12, 4));
             out.put("loss", last == null ? null : round(last.loss(), 4));
             out.put("peak_mem_gb", round(peakGb[0], 2));
-            out.put("device", backend instanceof CudaBackend ? ((CudaBackend) backend).deviceName() : "cpu");
+            out.put("device", cudaBackend != null ? cudaBackend.deviceName() : "cpu");
             Map<String, Object> perStep = new LinkedHashMap<>();
             for (Map.Entry<String, double[]> c : comm.entrySet()) {
                 perStep.put(c.getKey() + "_ms", round(c.getValue()[0] * 1000 / timedSteps, 2));
@@ -140,8 +160,8 @@ public final class TrainBench implements RankEntry {
                 }
             }
         } finally {
-            if (backend instanceof CudaBackend) {
-                ((CudaBackend) backend).close();
+            if (cudaBackend != null) {
+                cudaBackend.close();
             }
         }
         return 0;
