@@ -28,6 +28,15 @@ public interface Backend {
     /** A zero-filled tensor on this backend. */
     Tensor zeros(DType dtype, int... shape);
 
+    /**
+     * A tensor whose contents are unspecified (a GPU backend skips the zero fill): for outputs that a kernel writes
+     * completely before anything reads them (a GEMM with beta = 0, a collective's receive buffer). The default is
+     * {@link #zeros}.
+     */
+    default Tensor empty(DType dtype, int... shape) {
+        return zeros(dtype, shape);
+    }
+
     /** A copy of a host tensor on this backend (the CPU backend returns the tensor itself). */
     Tensor upload(Tensor host);
 

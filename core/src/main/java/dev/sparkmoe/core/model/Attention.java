@@ -70,16 +70,16 @@ public final class Attention extends Module {
         c.qRaw = Linear.forward(be, x, n, qProj);
         c.kRaw = Linear.forward(be, x, n, kProj);
         c.v = Linear.forward(be, x, n, vProj);
-        c.q = be.zeros(DType.F32, n, qHeads * headDim);
-        c.k = be.zeros(DType.F32, n, kvHeads * headDim);
-        c.qRstd = be.zeros(DType.F32, n * qHeads);
-        c.kRstd = be.zeros(DType.F32, n * kvHeads);
+        c.q = be.empty(DType.F32, n, qHeads * headDim);
+        c.k = be.empty(DType.F32, n, kvHeads * headDim);
+        c.qRstd = be.empty(DType.F32, n * qHeads);
+        c.kRstd = be.empty(DType.F32, n * kvHeads);
         be.rmsNormForward(c.qRaw, qNorm.value(), eps, n * qHeads, headDim, c.q, c.qRstd);
         be.rmsNormForward(c.kRaw, kNorm.value(), eps, n * kvHeads, headDim, c.k, c.kRstd);
         be.rope(c.q, n, qHeads, headDim, seqLen, theta, false);
         be.rope(c.k, n, kvHeads, headDim, seqLen, theta, false);
-        c.attn = be.zeros(DType.F32, n, qHeads * headDim);
-        c.lse = be.zeros(DType.F32, batch * qHeads * seqLen);
+        c.attn = be.empty(DType.F32, n, qHeads * headDim);
+        c.lse = be.empty(DType.F32, batch * qHeads * seqLen);
         be.attentionForward(c.q, c.k, c.v, batch, seqLen, qHeads, kvHeads, headDim, scale(), c.attn, c.lse);
         return Linear.forward(be, c.attn, n, oProj);
     }
@@ -88,22 +88,20 @@ public final class Attention extends Module {
     Tensor backward(Backend be, Tensor dy, int batch, int seqLen, Cache c) {
         int n = batch * seqLen;
         Tensor dAttn = Linear.backward(be, dy, c.attn, n, oProj);
-        Tensor dq = be.zeros(DType.F32, n, qHeads * headDim);
-        Tensor dk = be.zeros(DType.F32, n, kvHeads * headDim);
-        Tensor dv = be.zeros(DType.F32, n, kvHeads * headDim);
+        Tensor dq = be.empty(DType.F32, n, qHeads * headDim);
+        Tensor dk = be.empty(DType.F32, n, kvHeads * headDim);
+        Tensor dv = be.empty(DType.F32, n, kvHeads * headDim);
         be.attentionBackward(dAttn, c.q, c.k, c.v, c.attn, c.lse, batch, seqLen, qHeads, kvHeads, headDim, scale(),
                 dq, dk, dv);
         be.rope(dq, n, qHeads, headDim, seqLen, theta, true);
         be.rope(dk, n, kvHeads, headDim, seqLen, theta, true);
-        Tensor dqRaw = be.zeros(DType.F32, n, qHeads * headDim);
-        Tensor dkRaw = be.zeros(DType.F32, n, kvHeads * headDim);
+        Tensor dqRaw = be.empty(DType.F32, n, qHeads * headDim);
+        Tensor dkRaw = be.empty(DType.F32, n, kvHeads * headDim);
         be.rmsNormBackward(dq, c.qRaw, qNorm.value(), c.qRstd, n * qHeads, headDim, dqRaw, qNorm.grad());
         be.rmsNormBackward(dk, c.kRaw, kNorm.value(), c.kRstd, n * kvHeads, headDim, dkRaw, kNorm.grad());
         Tensor dx = Linear.backward(be, dqRaw, c.x, n, qProj);
-        Tensor dxk = Linear.backward(be, dkRaw, c.x, n, kProj);
-        Tensor dxv = Linear.backward(be, dv, c.x, n, vProj);
-        be.axpy(1f, dxk, 0, dx, 0, dx.numel());
-        be.axpy(1f, dxv, 0, dx, 0, dx.numel());
+        Linear.backward(be, dkRaw, c.x, n, kProj, dx, 1f);
+        Linear.backward(be, dv, c.x, n, vProj, dx, 1f);
         return dx;
     }
 }

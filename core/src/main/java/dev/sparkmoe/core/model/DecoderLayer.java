@@ -66,14 +66,14 @@ public final class DecoderLayer extends Module {
     Tensor forward(Backend be, Tensor x, int batch, int seqLen, Cache c) {
         int n = batch * seqLen;
         c.x = x;
-        c.h1 = be.zeros(DType.F32, n, hidden);
-        c.rstd1 = be.zeros(DType.F32, n);
+        c.h1 = be.empty(DType.F32, n, hidden);
+        c.rstd1 = be.empty(DType.F32, n);
         be.rmsNormForward(x, inputNorm.value(), eps, n, hidden, c.h1, c.rstd1);
         Tensor a = attention.forward(be, c.h1, batch, seqLen, c.attn);
         c.x2 = a; // x2 = x + attn(norm(x)), accumulated in place into the attention output
         be.axpy(1f, x, 0, c.x2, 0, c.x2.numel());
-        c.h2 = be.zeros(DType.F32, n, hidden);
-        c.rstd2 = be.zeros(DType.F32, n);
+        c.h2 = be.empty(DType.F32, n, hidden);
+        c.rstd2 = be.empty(DType.F32, n);
         be.rmsNormForward(c.x2, postNorm.value(), eps, n, hidden, c.h2, c.rstd2);
         Tensor m = moe != null ? moe.forward(be, c.h2, n, c.moe) : mlp.forward(be, c.h2, n, c.mlp);
         be.axpy(1f, c.x2, 0, m, 0, m.numel()); // out = x2 + mlp(norm(x2)), in place into the mlp output
@@ -85,12 +85,12 @@ public final class DecoderLayer extends Module {
         Tensor dh2 = moe != null ? moe.backward(be, dOut, n, c.moe, auxGrad)
                 : mlp.backward(be, dOut, n, c.mlp);
         // dx2 = dOut + norm2'(dh2), accumulated into the norm's output buffer
-        Tensor dx2 = be.zeros(DType.F32, n, hidden);
+        Tensor dx2 = be.empty(DType.F32, n, hidden);
         be.rmsNormBackward(dh2, c.x2, postNorm.value(), c.rstd2, n, hidden, dx2, postNorm.grad());
         be.axpy(1f, dOut, 0, dx2, 0, dx2.numel());
         Tensor dh1 = attention.backward(be, dx2, batch, seqLen, c.attn);
         // dx = dx2 + norm1'(dh1)
-        Tensor dx = be.zeros(DType.F32, n, hidden);
+        Tensor dx = be.empty(DType.F32, n, hidden);
         be.rmsNormBackward(dh1, c.x, inputNorm.value(), c.rstd1, n, hidden, dx, inputNorm.grad());
         be.axpy(1f, dx2, 0, dx, 0, dx.numel());
         return dx;

@@ -39,19 +39,18 @@ public final class DenseMlp extends Module {
         c.x = x;
         c.gate = Linear.forward(be, x, tokens, gateProj);
         c.up = Linear.forward(be, x, tokens, upProj);
-        c.act = be.zeros(DType.F32, tokens, inter);
+        c.act = be.empty(DType.F32, tokens, inter);
         be.siluMulForward(c.gate, c.up, c.act, 0, tokens * inter);
         return Linear.forward(be, c.act, tokens, downProj);
     }
 
     Tensor backward(Backend be, Tensor dy, int tokens, Cache c) {
         Tensor dAct = Linear.backward(be, dy, c.act, tokens, downProj);
-        Tensor dGate = be.zeros(DType.F32, tokens, inter);
-        Tensor dUp = be.zeros(DType.F32, tokens, inter);
+        Tensor dGate = be.empty(DType.F32, tokens, inter);
+        Tensor dUp = be.empty(DType.F32, tokens, inter);
         be.siluMulBackward(dAct, c.gate, c.up, dGate, dUp, 0, tokens * inter);
         Tensor dx = Linear.backward(be, dGate, c.x, tokens, gateProj);
-        Tensor dxUp = Linear.backward(be, dUp, c.x, tokens, upProj);
-        be.axpy(1f, dxUp, 0, dx, 0, dx.numel());
+        Linear.backward(be, dUp, c.x, tokens, upProj, dx, 1f);
         return dx;
     }
 }

@@ -133,10 +133,10 @@ public final class Experts extends Module {
         c.dispatch = d;
         int rows = d.rows();
         Groups g = new Groups(d.localCounts());
-        c.gate = be.zeros(DType.F32, rows, inter);
-        c.up = be.zeros(DType.F32, rows, inter);
-        c.act = be.zeros(DType.F32, rows, inter);
-        Tensor out = be.zeros(DType.F32, rows, hidden);
+        c.gate = be.empty(DType.F32, rows, inter);
+        c.up = be.empty(DType.F32, rows, inter);
+        c.act = be.empty(DType.F32, rows, inter);
+        Tensor out = be.empty(DType.F32, rows, hidden);
         // gate/up [rows_e, I] = x_e [rows_e, H] * W_e^T ; out [rows_e, H] = act_e [rows_e, I] * Wd_e^T
         be.groupedGemm(false, true, g.n, g.rows, g.inter, g.hid, 1f, d.routed(), g.xOff, hidden, gateProj.value(),
                 g.wIH, hidden, 0f, c.gate, g.iOff, inter);
@@ -156,10 +156,10 @@ public final class Experts extends Module {
         Tensor dOut = dispatcher.combineBackward(be, dSlots, d);
         int rows = d.rows();
         Groups g = new Groups(d.localCounts());
-        Tensor dAct = be.zeros(DType.F32, rows, inter);
-        Tensor dGate = be.zeros(DType.F32, rows, inter);
-        Tensor dUp = be.zeros(DType.F32, rows, inter);
-        Tensor dRouted = be.zeros(DType.F32, rows, hidden);
+        Tensor dAct = be.empty(DType.F32, rows, inter);
+        Tensor dGate = be.empty(DType.F32, rows, inter);
+        Tensor dUp = be.empty(DType.F32, rows, inter);
+        Tensor dRouted = be.empty(DType.F32, rows, hidden);
         // dAct = dOut Wd_e ; dWd_e += dOut^T act
         be.groupedGemm(false, false, g.n, g.rows, g.inter, g.hid, 1f, dOut, g.xOff, hidden, downProj.value(),
                 g.wHI, inter, 0f, dAct, g.iOff, inter);

@@ -12,7 +12,7 @@ final class Linear {
 
     /** y [rows, out] = x [rows, in] * W^T, W at element offset {@code wOff}. */
     static Tensor forward(Backend be, Tensor x, int xOff, int rows, Tensor w, int wOff, int in, int out) {
-        Tensor y = be.zeros(DType.F32, rows, out);
+        Tensor y = be.empty(DType.F32, rows, out);
         be.gemm(false, true, rows, out, in, 1f, x, xOff, in, w, wOff, in, 0f, y, 0, out);
         return y;
     }
@@ -36,10 +36,18 @@ final class Linear {
 
     /** Full backward for a plain parameter: returns dx [rows, in] and accumulates the weight gradient. */
     static Tensor backward(Backend be, Tensor dy, Tensor x, int rows, Parameter w) {
-        int[] s = w.shape();
-        Tensor dx = be.zeros(DType.F32, rows, s[1]);
-        backwardInput(be, dy, 0, rows, w.value(), 0, s[1], s[0], dx, 0, 0f);
-        backwardWeight(be, dy, 0, rows, x, 0, s[1], s[0], w.grad(), 0);
+        Tensor dx = be.empty(DType.F32, rows, w.shape()[1]);
+        backward(be, dy, x, rows, w, dx, 0f);
         return dx;
+    }
+
+    /**
+     * Full backward into a given dx [rows, in]: beta 0 writes it, 1 adds to it (several projections of one input);
+     * accumulates the weight gradient.
+     */
+    static void backward(Backend be, Tensor dy, Tensor x, int rows, Parameter w, Tensor dx, float beta) {
+        int[] s = w.shape();
+        backwardInput(be, dy, 0, rows, w.value(), 0, s[1], s[0], dx, 0, beta);
+        backwardWeight(be, dy, 0, rows, x, 0, s[1], s[0], w.grad(), 0);
     }
 }

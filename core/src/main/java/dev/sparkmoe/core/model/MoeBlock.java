@@ -57,18 +57,18 @@ public final class MoeBlock extends Module {
     Tensor forward(Backend be, Tensor x, int tokens, Cache c) {
         c.x = x;
         c.routerLogits = Linear.forward(be, x, tokens, router);
-        c.probs = be.zeros(DType.F32, tokens, numExperts);
+        c.probs = be.empty(DType.F32, tokens, numExperts);
         be.softmaxRows(c.routerLogits, tokens, numExperts, c.probs);
-        c.topIdx = be.zeros(DType.I32, tokens * topK);
-        c.topVal = be.zeros(DType.F32, tokens * topK);
-        c.weights = be.zeros(DType.F32, tokens * topK);
+        c.topIdx = be.empty(DType.I32, tokens * topK);
+        c.topVal = be.empty(DType.F32, tokens * topK);
+        c.weights = be.empty(DType.F32, tokens * topK);
         be.routerTopK(c.probs, tokens, numExperts, topK, normTopk, c.topIdx, c.topVal, c.weights);
         // The routing decides how many rows each expert GEMM has: the only device-to-host copy of the layer.
         int[] expertOfSlot = be.download(c.topIdx).ints();
         experts.beforeForward();
         c.slots = experts.forward(be, x, expertOfSlot, tokens, topK, c.experts);
         experts.afterForward();
-        Tensor y = be.zeros(DType.F32, tokens, hidden);
+        Tensor y = be.empty(DType.F32, tokens, hidden);
         be.moeCombine(c.slots, c.weights, tokens, topK, hidden, y);
         return y;
     }
@@ -83,18 +83,17 @@ public final class MoeBlock extends Module {
      * (the same for every token n of this layer).
      */
     Tensor backward(Backend be, Tensor dy, int tokens, Cache c, Tensor auxGrad) {
-        Tensor dSlots = be.zeros(DType.F32, tokens * topK, hidden);
-        Tensor dWeights = be.zeros(DType.F32, tokens * topK);
+        Tensor dSlots = be.empty(DType.F32, tokens * topK, hidden);
+        Tensor dWeights = be.empty(DType.F32, tokens * topK);
         be.moeCombineBackward(dy, c.slots, c.weights, tokens, topK, hidden, dSlots, dWeights);
         Tensor dx = be.zeros(DType.F32, tokens, hidden);
         experts.beforeBackward();
         experts.backward(be, dSlots, c.experts, dx);
         experts.afterBackward();
-        Tensor dLogits = be.zeros(DType.F32, tokens, numExperts);
+        Tensor dLogits = be.empty(DType.F32, tokens, numExperts);
         be.routerBackward(dWeights, c.topIdx, c.topVal, c.probs, auxGrad, tokens, numExperts, topK, normTopk,
                 dLogits);
-        Tensor dxRouter = Linear.backward(be, dLogits, c.x, tokens, router);
-        be.axpy(1f, dxRouter, 0, dx, 0, dx.numel());
+        Linear.backward(be, dLogits, c.x, tokens, router, dx, 1f);
         return dx;
     }
 

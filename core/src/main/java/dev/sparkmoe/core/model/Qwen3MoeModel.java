@@ -251,7 +251,7 @@ public final class Qwen3MoeModel extends Module {
             pass.localPredicted += t == -100 ? 0 : 1;
         }
         beforeForward();
-        Tensor x = be.zeros(DType.F32, n, h);
+        Tensor x = be.empty(DType.F32, n, h);
         be.embeddingForward(embed.value(), pass.ids, n, h, x);
         for (int i = 0; i < layers.length; i++) {
             layers[i].beforeForward();
@@ -263,11 +263,11 @@ public final class Qwen3MoeModel extends Module {
             layers[i].afterForward();
         }
         pass.finalIn = x;
-        pass.finalOut = be.zeros(DType.F32, n, h);
-        pass.finalRstd = be.zeros(DType.F32, n);
+        pass.finalOut = be.empty(DType.F32, n, h);
+        pass.finalRstd = be.empty(DType.F32, n);
         be.rmsNormForward(x, finalNorm.value(), (float) config.rmsNormEps(), n, h, pass.finalOut, pass.finalRstd);
         pass.logits = Linear.forward(be, pass.finalOut, n, lmHead);
-        pass.dLogits = be.zeros(DType.F32, n, v);
+        pass.dLogits = be.empty(DType.F32, n, v);
         pass.lmLossSum = be.crossEntropy(pass.logits, pass.targets, n, v, (float) (1.0 / lmNormalizer),
                 pass.dLogits);
         computeAux(pass, auxWeight, reducer);
@@ -311,10 +311,10 @@ public final class Qwen3MoeModel extends Module {
         int h = config.hiddenSize();
         int v = config.vocabSize();
         beforeBackward();
-        Tensor dFinal = be.zeros(DType.F32, n, h);
+        Tensor dFinal = be.empty(DType.F32, n, h);
         Linear.backwardInput(be, pass.dLogits, 0, n, lmHead.value(), 0, h, v, dFinal, 0, 0f);
         Linear.backwardWeight(be, pass.dLogits, 0, n, pass.finalOut, 0, h, v, lmHead.grad(), 0);
-        Tensor dx = be.zeros(DType.F32, n, h);
+        Tensor dx = be.empty(DType.F32, n, h);
         be.rmsNormBackward(dFinal, pass.finalIn, finalNorm.value(), pass.finalRstd, n, h, dx, finalNorm.grad());
         for (int i = layers.length - 1; i >= 0; i--) {
             layers[i].beforeBackward();

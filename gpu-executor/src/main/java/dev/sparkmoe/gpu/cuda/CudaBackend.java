@@ -64,6 +64,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private static final String K = "kernels.cu";
     private static final String A = "attention.cu";
     private static final int THREADS = 256;
+    private static final boolean POISON = Boolean.getBoolean("sparkmoe.cuda.poison");
 
     /** Compute type of the f32 matrix products. */
     public enum GemmPrecision {
@@ -387,6 +388,21 @@ public final class CudaBackend implements Backend, AutoCloseable {
         DeviceBuffer b = (DeviceBuffer) t.deviceHandle();
         if (b.bytes() > 0) {
             Cuda.check(cudart.cudaMemsetAsync(ptr(b, 0), 0, b.bytes(), stream), "cudaMemsetAsync(" + b + ")");
+        }
+        return t;
+    }
+
+    /**
+     * Without the zero fill. With {@code -Dsparkmoe.cuda.poison=true} (the GPU tests set it) the memory is filled
+     * with NaN (f32) or -1 (integers) instead, so that a caller that reads before writing fails loudly.
+     */
+    @Override
+    public synchronized Tensor empty(DType dtype, int... shape) {
+        current();
+        Tensor t = newTensor(dtype, shape);
+        if (POISON && t.numel() > 0) {
+            DeviceBuffer b = (DeviceBuffer) t.deviceHandle();
+            Cuda.check(cudart.cudaMemsetAsync(ptr(b, 0), 0xff, b.bytes(), stream), "cudaMemsetAsync(" + b + ")");
         }
         return t;
     }

@@ -63,27 +63,41 @@ public final class FsdpParam {
         shardGrad = null;
     }
 
+    /** A group of one: the shard is the full tensor, so gathering is aliasing and reducing is adding. */
+    private boolean alone() {
+        return group.size() == 1;
+    }
+
     void unshard() {
         if (!param.isMaterialised()) {
-            param.setValue(layout.allGather(param.backend(), group, shard));
+            param.setValue(alone() ? shard : layout.allGather(param.backend(), group, shard));
         }
     }
 
     void reshard() {
-        if (param.isMaterialised()) {
+        if (param.isMaterialised() && param.value() != shard) {
             param.backend().release(param.value());
         }
         param.setValue(null);
     }
 
-    /** Reduce-scatters the full gradient into the shard gradient (accumulating) and frees the full one. */
+    /**
+     * Reduce-scatters the full gradient into the shard gradient and frees the full one. The first reduction after
+     * {@link #zeroGrad()} adopts the result as the shard gradient; later ones (gradient accumulation) add to it.
+     */
     void reduceGrad() {
         Backend be = param.backend();
         Tensor full = param.grad(); // zeros when backward never touched it (an expert without tokens)
-        Tensor part = layout.reduceScatter(be, group, full, 1f);
-        be.axpy(1f, part, 0, shardGrad(), 0, part.numel());
-        be.release(part);
-        be.release(full);
         param.clearGrad();
+        Tensor part = alone() ? full : layout.reduceScatter(be, group, full, 1f);
+        if (part != full) {
+            be.release(full);
+        }
+        if (shardGrad == null) {
+            shardGrad = part;
+        } else {
+            be.axpy(1f, part, 0, shardGrad, 0, part.numel());
+            be.release(part);
+        }
     }
 }

@@ -59,21 +59,39 @@ public final class ShardLayout {
     public Tensor slice(Backend be, Tensor full, int r) {
         int[] rg = range(r);
         int rows = rg[1] - rg[0];
-        Tensor out = be.zeros(DType.F32, shardShape(r));
+        Tensor out = be.empty(DType.F32, shardShape(r));
         be.copyRows(full, rg[0] * inner, fullShape[dim] * inner, out, 0, rows * inner, outer, rows * inner);
         return out;
     }
 
+    /**
+     * True when every rank's shard is a whole chunk and the shards are contiguous slices of the full tensor (dim 0,
+     * or nothing before the sharded dim): then the collectives need no padding and no copies, because the wire
+     * layout is the full tensor's own.
+     */
+    public boolean contiguousEven() {
+        return outer == 1 && (long) chunk * world == fullShape[dim];
+    }
+
     /** Collective over {@code group}: every rank's shard to the full tensor on every rank. */
     public Tensor allGather(Backend be, Communicator group, Tensor shard) {
+        Tensor full = be.empty(DType.F32, fullShape);
         int piece = outer * chunk * inner;
+        if (contiguousEven()) {
+            group.allGather(shard, 0, piece, full, 0);
+            return full;
+        }
         int myRows = rows(group.rank());
-        Tensor send = be.zeros(DType.F32, piece);
-        be.copyRows(shard, 0, myRows * inner, send, 0, chunk * inner, outer, myRows * inner);
-        Tensor recv = be.zeros(DType.F32, piece * world);
+        Tensor send = shard;
+        if (myRows != chunk) { // pad to the chunk on the wire
+            send = be.zeros(DType.F32, piece);
+            be.copyRows(shard, 0, myRows * inner, send, 0, chunk * inner, outer, myRows * inner);
+        }
+        Tensor recv = be.empty(DType.F32, piece * world);
         group.allGather(send, 0, piece, recv, 0);
-        be.release(send);
-        Tensor full = be.zeros(DType.F32, fullShape);
+        if (send != shard) {
+            be.release(send);
+        }
         int n = fullShape[dim];
         for (int r = 0; r < world; r++) {
             int[] rg = range(r);
@@ -89,20 +107,24 @@ public final class ShardLayout {
      */
     public Tensor reduceScatter(Backend be, Communicator group, Tensor full, float scale) {
         int piece = outer * chunk * inner;
-        Tensor send = be.zeros(DType.F32, piece * world);
-        int n = fullShape[dim];
-        for (int r = 0; r < world; r++) {
-            int[] rg = range(r);
-            be.copyRows(full, rg[0] * inner, n * inner, send, r * piece, chunk * inner, outer, rows(r) * inner);
-        }
-        Tensor recv = be.zeros(DType.F32, piece);
-        group.reduceScatterSum(send, 0, recv, 0, piece);
-        be.release(send);
         int me = group.rank();
-        int myRows = rows(me);
-        Tensor shard = be.zeros(DType.F32, shardShape(me));
-        be.copyRows(recv, 0, chunk * inner, shard, 0, myRows * inner, outer, myRows * inner);
-        be.release(recv);
+        Tensor shard = be.empty(DType.F32, shardShape(me));
+        if (contiguousEven()) {
+            group.reduceScatterSum(full, 0, shard, 0, piece);
+        } else {
+            Tensor send = be.zeros(DType.F32, piece * world); // the padding must be zero: it is summed
+            int n = fullShape[dim];
+            for (int r = 0; r < world; r++) {
+                int[] rg = range(r);
+                be.copyRows(full, rg[0] * inner, n * inner, send, r * piece, chunk * inner, outer, rows(r) * inner);
+            }
+            Tensor recv = be.empty(DType.F32, piece);
+            group.reduceScatterSum(send, 0, recv, 0, piece);
+            be.release(send);
+            int myRows = rows(me);
+            be.copyRows(recv, 0, chunk * inner, shard, 0, myRows * inner, outer, myRows * inner);
+            be.release(recv);
+        }
         if (scale != 1f) {
             be.scale(shard, scale);
         }

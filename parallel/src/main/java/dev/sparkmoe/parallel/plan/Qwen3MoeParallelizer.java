@@ -13,7 +13,9 @@ import java.util.Map;
 /**
  * The Qwen3-MoE plan, as LMMs-Engine's Qwen3-MoE strategy and torchtitan apply it: the experts are already stacked;
  * with ep > 1 the experts of every MoE layer get {@link ExpertParallel} over {@code ep}; then FSDP bottom-up: each
- * layer's experts on {@code dp_shard_mod_ep} with Shard(1) (dim 0 belongs to EP), each decoder layer on the full
+ * layer's experts on {@code dp_shard_mod_ep}, with Shard(0) over the local experts when there are at least as many
+ * of them as ranks in that group, else Shard(1) (torchtitan's rule: Shard(0) keeps whole experts on a rank and
+ * lets the collectives run on the parameters' own memory, with no copies), each decoder layer on the full
  * {@code fsdp} mesh with Shard(0), and the root (embedding, final norm, LM head) on {@code fsdp}, kept gathered
  * between forward and backward.
  */
@@ -37,7 +39,8 @@ public final class Qwen3MoeParallelizer implements ModelParallelizer {
         Communicator fsdpGroup = mesh.get(DeviceMesh.FSDP).communicator();
         for (DecoderLayer layer : model.layers()) {
             if (layer.isMoe()) {
-                fsdp.fullyShard(layer.moe().experts(), expertGroup, p -> 1, policy, true);
+                int expertDim = layer.moe().experts().localExperts() >= expertGroup.size() ? 0 : 1;
+                fsdp.fullyShard(layer.moe().experts(), expertGroup, p -> expertDim, policy, true);
             }
             fsdp.fullyShard(layer, fsdpGroup, FullyShard.SHARD_DIM_0, policy, true);
         }

@@ -325,7 +325,8 @@ public final class DistributedTrainer implements RankTrainer {
         region[p.layout().dim()] = p.layout().range(p.group().rank());
         if (isExpertParam(p.parameter()) && dims.epEnabled()) {
             int epRank = mesh.get(DeviceMesh.EP).localRank();
-            region[0] = new int[] {epRank * local[0], (epRank + 1) * local[0]};
+            int first = epRank * local[0]; // this rank's experts; FSDP may split them further on dim 0
+            region[0] = new int[] {first + region[0][0], first + region[0][1]};
         }
         return region;
     }

@@ -41,7 +41,7 @@ public final class LocalTokenDispatcher implements TokenDispatcher {
         int[] slotOfRow = sortSlotsByExpert(expertIds, numExperts, counts);
         int rows = slotOfRow.length;
         Tensor index = backend.upload(Tensor.ofInts(slotOfRow, rows));
-        Tensor routed = backend.zeros(DType.F32, rows, hiddenSize);
+        Tensor routed = backend.empty(DType.F32, rows, hiddenSize);
         backend.gatherRows(hidden, index, rows, hiddenSize, topK, routed);
         return new Dispatch(routed, counts, 0, new Meta(index, rows, tokens, topK));
     }
@@ -50,7 +50,7 @@ public final class LocalTokenDispatcher implements TokenDispatcher {
     public Tensor combine(Backend backend, Tensor expertOut, Dispatch d) {
         Meta m = (Meta) d.meta();
         int h = expertOut.dim(1);
-        Tensor slots = backend.zeros(DType.F32, m.tokens * m.topK, h);
+        Tensor slots = backend.empty(DType.F32, m.tokens * m.topK, h);
         backend.scatterRows(expertOut, m.slotOfRow, m.rows, h, slots);
         return slots;
     }
@@ -59,7 +59,7 @@ public final class LocalTokenDispatcher implements TokenDispatcher {
     public Tensor combineBackward(Backend backend, Tensor dSlots, Dispatch d) {
         Meta m = (Meta) d.meta();
         int h = dSlots.dim(1);
-        Tensor dOut = backend.zeros(DType.F32, m.rows, h);
+        Tensor dOut = backend.empty(DType.F32, m.rows, h);
         backend.gatherRows(dSlots, m.slotOfRow, m.rows, h, 1, dOut);
         return dOut;
     }
