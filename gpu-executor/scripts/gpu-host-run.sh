@@ -21,7 +21,9 @@ rc=0
 if [ "$MODE" = tests ] || [ "$MODE" = all ]; then
   # the console launcher on the class path (not -jar), so that tests which start ranks see the whole class path
   CP=$(ls $B/lib/*.jar | tr '\n' :)$D/gpu-tests.jar:$D/core-tests.jar:$D/junit-console.jar
+  # -Dsparkmoe.cuda.poison: uninitialised device memory (Backend.empty) reads as NaN, so a missed write fails a test
   timeout ${TEST_LIMIT:-300} $J -Xmx24g -Dorg.bytedeco.javacpp.pathsFirst=true -Dsparkmoe.cuda.cacheDir=/tmp/cubin \
+    -Dsparkmoe.cuda.poison=true ${TEST_PROPS:-} \
     -cp "$CP" org.junit.platform.console.ConsoleLauncher execute \
     --select-package dev.sparkmoe.gpu.cuda \
     --select-package dev.sparkmoe.gpu.training --select-package dev.sparkmoe.gpu.nccl \

@@ -41,8 +41,10 @@ import org.bytedeco.javacpp.PointerPointer;
  * Device-tensor collectives are ordered after the work already enqueued on the compute stream
  * ({@link #setComputeStream(long)}, default the legacy default stream) and the compute stream is made to wait for them,
  * with events; so compute enqueued before a collective and collectives on other groups overlap with it. The
- * {@code *Async} methods return an {@link NcclWork} instead of blocking the host, for overlap with compute enqueued
- * afterwards (FSDP prefetch). The {@link Communicator} methods block the host until the collective completed.
+ * {@code *Async} methods return an {@link NcclWork} for the caller to wait on. The {@link Communicator} methods on
+ * device tensors do not block the host either: the result is ready for everything enqueued afterwards on the compute
+ * stream (and for the host after a synchronisation of it), so the host runs ahead and keeps the GPU fed, as
+ * {@code torch.distributed} does. Host arrays and host tensors are staged and block until done.
  *
  * <p><b>Buffers.</b> Tensor forms with device tensors ({@link Tensor#deviceHandle()} implementing
  * {@link DeviceMemory}) run natively on device memory, in the tensor's dtype (F32, BF16, F16, I32, I64). Array forms
@@ -54,7 +56,9 @@ import org.bytedeco.javacpp.PointerPointer;
  * ({@code ncclGetErrorString}, {@code ncclGetLastError}) and a hint. A collective that does not complete within the
  * timeout, or an asynchronous error reported by {@code ncclCommGetAsyncError} while waiting, aborts the communicator
  * ({@code ncclCommAbort}) and throws ({@link CollectiveTimeoutException} for the timeout) instead of hanging; an
- * aborted communicator refuses further calls.
+ * aborted communicator refuses further calls. Collectives that the host did not wait for are watched by a daemon
+ * thread (the watchdog, as in {@code ProcessGroupNCCL}): one still running past the timeout aborts the communicator,
+ * which releases the streams waiting on it, and the next call on this communicator throws, naming it.
  *
  * <p>Not thread-safe: one thread drives a communicator (as the collectives' lockstep order requires anyway).
  */
@@ -74,8 +78,11 @@ public final class NcclCommunicator implements Communicator {
     private CUstream_st computeStream; // null: the legacy default stream
     private long computeStreamAddress;
     private final Staging staging = new Staging();
-    private String abortedBecause;
-    private boolean closed;
+    private volatile String abortedBecause;
+    private volatile boolean closed;
+    /** Device collectives enqueued by the blocking-API methods and not yet seen complete, oldest first. */
+    private final java.util.ArrayDeque<NcclWork> inFlight = new java.util.ArrayDeque<>();
+    private Thread watchdog;
 
     private NcclCommunicator(ncclComm comm, int device, String name, NcclOptions options) {
         this.comm = comm;
@@ -447,7 +454,7 @@ public final class NcclCommunicator implements Communicator {
             Communicator.super.allReduceSum(buf, off, len);
             return;
         }
-        allReduceSumAsync(buf, off, len).await();
+        track(allReduceSumAsync(buf, off, len));
     }
 
     @Override
@@ -456,7 +463,7 @@ public final class NcclCommunicator implements Communicator {
             Communicator.super.allGather(send, sOff, len, recv, rOff);
             return;
         }
-        allGatherAsync(send, sOff, len, recv, rOff).await();
+        track(allGatherAsync(send, sOff, len, recv, rOff));
     }
 
     @Override
@@ -465,7 +472,7 @@ public final class NcclCommunicator implements Communicator {
             Communicator.super.reduceScatterSum(send, sOff, recv, rOff, recvLen);
             return;
         }
-        reduceScatterSumAsync(send, sOff, recv, rOff, recvLen).await();
+        track(reduceScatterSumAsync(send, sOff, recv, rOff, recvLen));
     }
 
     @Override
@@ -474,7 +481,7 @@ public final class NcclCommunicator implements Communicator {
             Communicator.super.allToAll(send, sendCounts, recv, recvCounts);
             return;
         }
-        allToAllAsync(send, sendCounts, recv, recvCounts).await();
+        track(allToAllAsync(send, sendCounts, recv, recvCounts));
     }
 
     @Override
@@ -483,7 +490,7 @@ public final class NcclCommunicator implements Communicator {
             Communicator.super.broadcast(buf, off, len, root);
             return;
         }
-        broadcastAsync(buf, off, len, root).await();
+        track(broadcastAsync(buf, off, len, root));
     }
 
     /** In-place sum of device tensor elements {@code [off, off+len)}, enqueued; see {@link NcclWork}. */
@@ -549,6 +556,66 @@ public final class NcclCommunicator implements Communicator {
         return deviceOp(what, () -> groupedExchange(what, s, sendCounts, r, recvCounts, es, type));
     }
 
+    /**
+     * Keeps a collective that nobody waits on under watch: completed ones are retired here (surfacing asynchronous
+     * errors on the calling thread), and the watchdog aborts the communicator if the oldest outlives the timeout.
+     */
+    private void track(NcclWork w) {
+        synchronized (inFlight) {
+            inFlight.addLast(w);
+            retireCompleted();
+            if (watchdog == null) {
+                watchdog = new Thread(this::watch, "nccl-watchdog-" + name + "-r" + rank);
+                watchdog.setDaemon(true);
+                watchdog.start();
+            }
+        }
+    }
+
+    /** Under the inFlight lock: closes the completed works at the head of the queue. */
+    private void retireCompleted() {
+        while (!inFlight.isEmpty() && inFlight.peekFirst().isCompleted()) {
+            inFlight.pollFirst().close();
+        }
+    }
+
+    /** Collectives enqueued without waiting that are not yet known to be complete. */
+    public int inFlight() {
+        synchronized (inFlight) {
+            return inFlight.size();
+        }
+    }
+
+    private void watch() {
+        long period = Math.max(1, Math.min(50, options.timeout().toMillis() / 10)) * 1_000_000L;
+        while (!closed && abortedBecause == null) {
+            java.util.concurrent.locks.LockSupport.parkNanos(period);
+            synchronized (inFlight) {
+                if (closed) {
+                    return;
+                }
+                try {
+                    retireCompleted();
+                    NcclWork oldest = inFlight.peekFirst();
+                    if (oldest != null && oldest.pastDeadline()) {
+                        java.util.logging.Logger.getLogger(NcclCommunicator.class.getName()).severe(
+                                "watchdog: " + oldest.what() + " on group '" + name + "' (rank " + rank + " of "
+                                        + size + ") did not complete within " + options.timeout().toMillis()
+                                        + " ms; aborting the communicator");
+                        abort("timeout in " + oldest.what() + " (watchdog)");
+                    }
+                } catch (RuntimeException e) {
+                    // retireCompleted found a CUDA or NCCL error and aborted the communicator; the next call throws
+                    java.util.logging.Logger.getLogger(NcclCommunicator.class.getName()).severe(
+                            "watchdog: " + e.getMessage());
+                    if (abortedBecause == null) {
+                        abort("watchdog: " + e.getMessage());
+                    }
+                }
+            }
+        }
+    }
+
     // ------------------------------------------------------------------------------------------------ close
 
     @Override
@@ -571,6 +638,12 @@ public final class NcclCommunicator implements Communicator {
             }
         }
         cudart.cudaStreamSynchronize(stream);
+        synchronized (inFlight) {
+            for (NcclWork w : inFlight) {
+                w.close();
+            }
+            inFlight.clear();
+        }
         staging.free();
         cudart.cudaEventDestroy(done);
         cudart.cudaEventDestroy(computeReady);
@@ -857,7 +930,7 @@ public final class NcclCommunicator implements Communicator {
         cudaCheck("cudaSetDevice", cudart.cudaSetDevice(device), ctx(what), "");
     }
 
-    private void abort(String reason) {
+    private synchronized void abort(String reason) {
         if (abortedBecause == null) {
             abortedBecause = reason;
             abortQuietly(comm);

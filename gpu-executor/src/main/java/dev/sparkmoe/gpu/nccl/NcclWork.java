@@ -30,6 +30,11 @@ public final class NcclWork implements AutoCloseable {
         return what;
     }
 
+    /** True once the communicator's timeout has passed since this collective was enqueued. */
+    boolean pastDeadline() {
+        return System.nanoTime() > deadlineNanos;
+    }
+
     /** Non-blocking completion test ({@code cudaEventQuery}); also surfaces asynchronous NCCL errors. */
     public synchronized boolean isCompleted() {
         if (completed) {

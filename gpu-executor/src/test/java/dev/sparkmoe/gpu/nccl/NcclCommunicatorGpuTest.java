@@ -77,9 +77,58 @@ class NcclCommunicatorGpuTest {
 
     @Test
     void aCollectiveNobodyElseJoinsTimesOutAndAborts() {
+        NcclCommunicator[] cs = twoRanksInThisJvm(Duration.ofSeconds(3));
+        CollectiveTimeoutException e = assertThrows(CollectiveTimeoutException.class,
+                () -> cs[0].allReduceSum(new float[8], 0, 8));
+        assertTrue(e.getMessage().contains("allReduceSum(float[8])"), e.getMessage());
+        assertTrue(e.getMessage().contains("ncclCommAbort"), e.getMessage());
+        assertTrue(cs[0].isAborted());
+        closeBoth(cs);
+    }
+
+    /**
+     * A device collective returns before it completes; when nobody joins it, the watchdog aborts the communicator
+     * after the timeout, a stream waiting on it is released (no hang), and the next call names what happened.
+     */
+    @Test
+    void theWatchdogAbortsADeviceCollectiveNobodyJoins() throws Exception {
+        NcclCommunicator[] cs = twoRanksInThisJvm(Duration.ofSeconds(3));
+        try (dev.sparkmoe.gpu.cuda.CudaBackend be = new dev.sparkmoe.gpu.cuda.CudaBackend(0)) {
+            cs[0].setComputeStream(be.stream());
+            dev.sparkmoe.core.tensor.Tensor t = be.upload(dev.sparkmoe.core.tensor.Tensor.of(new float[1024], 1024));
+            long t0 = System.nanoTime();
+            cs[0].allReduceSum(t, 0, 1024); // enqueued; returns at once
+            assertTrue(System.nanoTime() - t0 < 2_000_000_000L, "the device form must not wait for its peer");
+            assertEquals(1, cs[0].inFlight());
+            be.synchronize(); // the compute stream waits for the all-reduce until the watchdog aborts it
+            assertTrue(System.nanoTime() - t0 < 60_000_000_000L);
+            assertTrue(cs[0].isAborted());
+            dev.sparkmoe.parallel.comm.CommunicatorException next = assertThrows(
+                    dev.sparkmoe.parallel.comm.CommunicatorException.class, () -> cs[0].allReduceSum(t, 0, 1024));
+            assertTrue(next.getMessage().contains("watchdog") && next.getMessage().contains("allReduceSum"),
+                    next.getMessage());
+        } finally {
+            closeBoth(cs);
+        }
+    }
+
+    private static void closeBoth(NcclCommunicator[] cs) {
+        try {
+            cs[0].close();
+        } catch (RuntimeException ignored) {
+            assertTrue(cs[0].isAborted());
+        }
+        try {
+            cs[1].close(); // its peer aborted: finalising may fail (and abort) instead
+        } catch (RuntimeException ignored) {
+            assertTrue(cs[1].isAborted());
+        }
+    }
+
+    /** Two ranks in this JVM on devices 0 and 1 (skips without two GPUs). */
+    private static NcclCommunicator[] twoRanksInThisJvm(Duration timeout) {
         Nccl.Availability a = gpu();
         assumeTrue(a.deviceCount() >= 2, "needs 2 GPUs");
-        // two ranks in this JVM on devices 0 and 1; only rank 0 calls the all-reduce
         java.util.concurrent.atomic.AtomicReference<byte[]> id = new java.util.concurrent.atomic.AtomicReference<>();
         java.util.concurrent.CountDownLatch have = new java.util.concurrent.CountDownLatch(1);
         NcclCommunicator[] cs = new NcclCommunicator[2];
@@ -113,7 +162,7 @@ class NcclCommunicatorGpuTest {
                         return id.get();
                     }
                 };
-                cs[rank] = NcclCommunicator.create(b, NcclOptions.defaults(rank).withTimeout(Duration.ofSeconds(3)));
+                cs[rank] = NcclCommunicator.create(b, NcclOptions.defaults(rank).withTimeout(timeout));
             });
             ts[r].start();
         }
@@ -124,16 +173,6 @@ class NcclCommunicatorGpuTest {
                 throw new AssertionError(e);
             }
         }
-        CollectiveTimeoutException e = assertThrows(CollectiveTimeoutException.class,
-                () -> cs[0].allReduceSum(new float[8], 0, 8));
-        assertTrue(e.getMessage().contains("allReduceSum(float[8])"), e.getMessage());
-        assertTrue(e.getMessage().contains("ncclCommAbort"), e.getMessage());
-        assertTrue(cs[0].isAborted());
-        cs[0].close();
-        try {
-            cs[1].close(); // its peer aborted: finalising may fail (and abort) instead
-        } catch (RuntimeException ignored) {
-            assertTrue(cs[1].isAborted());
-        }
+        return cs;
     }
 }

@@ -10,8 +10,9 @@ import java.util.concurrent.atomic.AtomicLong;
 /**
  * A communicator that measures where collective time goes: wall time and call count per collective kind
  * (all-gather, reduce-scatter, all-to-all, all-reduce, ...), summed over this group and every group split from it.
- * {@code drain} runs before each timed call (for a GPU: synchronise the compute stream) so that the time is the
- * collective's own and not the compute queued before it.
+ * {@code drain} runs before and after each timed call (for a GPU: synchronise the compute stream, which waits for
+ * the collective) so that the time is the collective's own, neither the compute queued before it nor cut short by a
+ * collective that returns before it completed.
  */
 public final class TimedCommunicator implements Communicator {
     private final Communicator inner;
@@ -59,6 +60,7 @@ public final class TimedCommunicator implements Communicator {
         if (t0 < 0) {
             return;
         }
+        drain.run(); // a device collective may return before it completed
         AtomicLong[] s = stats.computeIfAbsent(kind, k -> new AtomicLong[] {new AtomicLong(), new AtomicLong()});
         s[0].addAndGet(System.nanoTime() - t0);
         s[1].incrementAndGet();
