@@ -94,6 +94,18 @@ public interface Backend {
     /** Sum of squares of all elements, in double. */
     double sumSquares(Tensor x);
 
+    /**
+     * {@link #sumSquares(Tensor)} of each tensor, in one round trip where the backend can (a GPU reads all the sums
+     * back at once instead of waiting once per tensor).
+     */
+    default double[] sumSquares(java.util.List<Tensor> xs) {
+        double[] out = new double[xs.size()];
+        for (int i = 0; i < out.length; i++) {
+            out[i] = sumSquares(xs.get(i));
+        }
+        return out;
+    }
+
     // ------------------------------------------------------------------ transformer layers
 
     /** y[r] = w * x[r] / sqrt(mean(x[r]^2) + eps) for each of {@code rows} rows of {@code dim}; rstd[r] saved. */

@@ -864,6 +864,44 @@ public final class CudaBackend implements Backend, AutoCloseable {
         }
     }
 
+    @Override
+    public synchronized double[] sumSquares(java.util.List<Tensor> xs) {
+        current();
+        int count = xs.size();
+        if (count == 0) {
+            return new double[0];
+        }
+        int[] blocks = new int[count];
+        long total = count;
+        for (int i = 0; i < count; i++) {
+            long n = xs.get(i).numel();
+            blocks[i] = (int) Math.max(1, Math.min((n + THREADS - 1) / THREADS, 4L * smCount));
+            total += blocks[i];
+        }
+        Tensor partial = scratch(DType.I64, (int) total); // 8-byte elements: doubles; the sums first, then partials
+        try {
+            long base = addr(partial, "partial", 0, total);
+            long p = base + 8L * count;
+            for (int i = 0; i < count; i++) {
+                Tensor x = xs.get(i);
+                long n = x.numel();
+                launch(K, "sum_squares_partial", blocks[i], 1, THREADS, 0, addr(x, "x[" + i + "]", 0, n), n, p);
+                launch(K, "sum_partials_f64", 1, 1, 1024, 0, p, blocks[i], base + 8L * i);
+                p += 8L * blocks[i];
+            }
+            double[] out = new double[count];
+            try (DoublePointer d = new DoublePointer(Math.max(1, count))) {
+                Cuda.check(cudart.cudaMemcpyAsync(d, RawPointer.of(base, 0), 8L * count,
+                        cudart.cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync(device -> host, sums of squares)");
+                syncAndCheck();
+                d.get(out);
+            }
+            return out;
+        } finally {
+            dispose(partial);
+        }
+    }
+
     private double readDouble(long address) {
         try (DoublePointer d = new DoublePointer(1)) {
             Cuda.check(cudart.cudaMemcpyAsync(d, RawPointer.of(address, 0), 8, cudart.cudaMemcpyDeviceToHost, stream),

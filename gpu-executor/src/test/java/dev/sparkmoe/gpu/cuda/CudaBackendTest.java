@@ -259,6 +259,25 @@ class CudaBackendTest {
         assertEquals(e, g, Math.abs(e) * 1e-10, "sumSquares (both in double)");
     }
 
+    @Test
+    void sumSquaresOfManyTensorsInOneRoundTrip() {
+        int[] sizes = {1, 255, 256, 257, 70_001, 1_000_003, 3};
+        java.util.List<Tensor> gs = new java.util.ArrayList<>();
+        double[] expected = new double[sizes.length];
+        for (int i = 0; i < sizes.length; i++) {
+            float[] v = rnd(r, sizes[i], 1 + i);
+            expected[i] = cpu.sumSquares(host(v, v.length));
+            gs.add(up(v, v.length));
+        }
+        double[] got = gpu.sumSquares(gs);
+        assertEquals(sizes.length, got.length);
+        for (int i = 0; i < sizes.length; i++) {
+            assertEquals(expected[i], got[i], Math.abs(expected[i]) * 1e-10, "tensor " + i + " of " + sizes[i]);
+            assertEquals(gpu.sumSquares(gs.get(i)), got[i], 0.0, "same kernels as the single form");
+        }
+        assertEquals(0, gpu.sumSquares(java.util.List.of()).length);
+    }
+
     // ------------------------------------------------------------------ transformer layers
 
     @Test

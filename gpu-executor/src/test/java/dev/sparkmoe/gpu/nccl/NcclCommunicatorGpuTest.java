@@ -96,6 +96,12 @@ class NcclCommunicatorGpuTest {
         try (dev.sparkmoe.gpu.cuda.CudaBackend be = new dev.sparkmoe.gpu.cuda.CudaBackend(0)) {
             cs[0].setComputeStream(be.stream());
             dev.sparkmoe.core.tensor.Tensor t = be.upload(dev.sparkmoe.core.tensor.Tensor.of(new float[1024], 1024));
+            // one all-reduce that both join, so that NCCL has connected the peers: a first collective without its
+            // peer is refused at enqueue time (the test above), a later one is accepted and then waits on the GPU
+            Thread peer = new Thread(() -> cs[1].allReduceSum(new float[1024], 0, 1024));
+            peer.start();
+            cs[0].allReduceSum(new float[1024], 0, 1024);
+            peer.join(60_000);
             long t0 = System.nanoTime();
             cs[0].allReduceSum(t, 0, 1024); // enqueued; returns at once
             assertTrue(System.nanoTime() - t0 < 2_000_000_000L, "the device form must not wait for its peer");

@@ -185,9 +185,13 @@ public final class DistributedTrainer implements RankTrainer {
         }
         double[] loss = {lmSum};
         world.allReduceSum(loss, 0, 1);
-        double sq = 0;
+        List<Tensor> grads = new ArrayList<>(params.size());
         for (FsdpParam p : params) {
-            sq += model.backend().sumSquares(p.shardGrad());
+            grads.add(p.shardGrad());
+        }
+        double sq = 0;
+        for (double v : model.backend().sumSquares(grads)) { // one device round trip; summed in parameter order
+            sq += v;
         }
         double[] norm = {sq};
         world.allReduceSum(norm, 0, 1);
