@@ -8,6 +8,7 @@ import dev.sparkmoe.core.tensor.Tensor;
 import dev.sparkmoe.parallel.comm.CollectiveTimeoutException;
 import dev.sparkmoe.parallel.comm.Communicator;
 import dev.sparkmoe.parallel.comm.CommunicatorException;
+import dev.sparkmoe.parallel.comm.Pending;
 import java.util.Arrays;
 import java.util.Objects;
 import java.util.concurrent.locks.LockSupport;
@@ -522,6 +523,43 @@ public final class NcclCommunicator implements Communicator {
                 ncclType(what, send.dtype()), comm, stream)));
     }
 
+    /**
+     * Started, not waited for: the compute stream is made to wait only at {@link Pending#complete()}, so compute
+     * enqueued in between overlaps the all-gather (FSDP's prefetch). The watchdog watches it from now on.
+     */
+    @Override
+    public Pending allGatherStart(Tensor send, int sOff, int len, Tensor recv, int rOff) {
+        if (send.isHost() && recv.isHost()) {
+            return Communicator.super.allGatherStart(send, sOff, len, recv, rOff);
+        }
+        String what = "allGather(" + send.dtype() + " x " + len + ", started)";
+        sameDtype(what, send, recv);
+        long s = devAddress(what + " send", send, sOff, len);
+        long r = devAddress(what + " recv", recv, rOff, (long) size * len);
+        return started(deviceOp(what, false, () -> enqueued(what, "ncclAllGather", nccl.ncclAllGather(raw(s), raw(r),
+                len, ncclType(what, send.dtype()), comm, stream))));
+    }
+
+    /** Started, not waited for, as {@link #allGatherStart}: a reduce-scatter under the next layer's backward. */
+    @Override
+    public Pending reduceScatterSumStart(Tensor send, int sOff, Tensor recv, int rOff, int recvLen) {
+        if (send.isHost() && recv.isHost()) {
+            return Communicator.super.reduceScatterSumStart(send, sOff, recv, rOff, recvLen);
+        }
+        String what = "reduceScatterSum(" + send.dtype() + " x " + size + " x " + recvLen + ", started)";
+        sameDtype(what, send, recv);
+        long s = devAddress(what + " send", send, sOff, (long) size * recvLen);
+        long r = devAddress(what + " recv", recv, rOff, recvLen);
+        return started(deviceOp(what, false, () -> enqueued(what, "ncclReduceScatter", nccl.ncclReduceScatter(raw(s),
+                raw(r), recvLen, ncclType(what, send.dtype()), nccl.ncclSum, comm, stream))));
+    }
+
+    private Pending started(NcclWork w) {
+        track(w);
+        long computeAddress = computeStreamAddress;
+        return () -> w.waitOn(computeAddress);
+    }
+
     /** Reduce-scatter with sum of device tensors, laid out as the array form; enqueued. */
     public NcclWork reduceScatterSumAsync(Tensor send, int sOff, Tensor recv, int rOff, int recvLen) {
         String what = "reduceScatterSum(" + send.dtype() + " x " + size + " x " + recvLen + ")";
@@ -813,6 +851,11 @@ public final class NcclCommunicator implements Communicator {
 
     /** Orders a device collective after the compute stream, enqueues it, and returns its work handle. */
     private NcclWork deviceOp(String what, Enqueue body) {
+        return deviceOp(what, true, body);
+    }
+
+    /** As above; {@code computeWaits} false leaves the compute stream's wait to the caller ({@link NcclWork#waitOn}). */
+    private NcclWork deviceOp(String what, boolean computeWaits, Enqueue body) {
         begin(what);
         long deadline = System.nanoTime() + options.timeout().toNanos();
         cudaCheck("cudaEventRecord", cudart.cudaEventRecord(computeReady, computeStream), ctx(what), "");
@@ -820,7 +863,9 @@ public final class NcclCommunicator implements Communicator {
         body.run();
         CUevent_st ev = newEvent(what);
         cudaCheck("cudaEventRecord", cudart.cudaEventRecord(ev, stream), ctx(what), "");
-        cudaCheck("cudaStreamWaitEvent", cudart.cudaStreamWaitEvent(computeStream, ev, 0), ctx(what), "");
+        if (computeWaits) {
+            cudaCheck("cudaStreamWaitEvent", cudart.cudaStreamWaitEvent(computeStream, ev, 0), ctx(what), "");
+        }
         return new NcclWork(this, what, ev, deadline);
     }
 

@@ -107,6 +107,25 @@ public interface Communicator extends AutoCloseable {
         reduceScatterSum(send.floats(), sOff, recv.floats(), rOff, recvLen);
     }
 
+    /**
+     * Starts {@link #allGather(Tensor, int, int, Tensor, int)}: {@code recv} may be read only after the returned
+     * handle's {@link Pending#complete()}, and {@code send} must not change before then. Ordered after the work
+     * issued before this call. The default runs it at once.
+     */
+    default Pending allGatherStart(Tensor send, int sOff, int len, Tensor recv, int rOff) {
+        allGather(send, sOff, len, recv, rOff);
+        return Pending.DONE;
+    }
+
+    /**
+     * Starts {@link #reduceScatterSum(Tensor, int, Tensor, int, int)}: {@code recv} may be read, and {@code send}
+     * freed or changed, only after the returned handle's {@link Pending#complete()}. The default runs it at once.
+     */
+    default Pending reduceScatterSumStart(Tensor send, int sOff, Tensor recv, int rOff, int recvLen) {
+        reduceScatterSum(send, sOff, recv, rOff, recvLen);
+        return Pending.DONE;
+    }
+
     /** All-to-all of float tensors with uneven splits, as {@link #allToAll(float[], int[], float[], int[])}. */
     default void allToAll(Tensor send, int[] sendCounts, Tensor recv, int[] recvCounts) {
         allToAll(send.floats(), sendCounts, recv.floats(), recvCounts);

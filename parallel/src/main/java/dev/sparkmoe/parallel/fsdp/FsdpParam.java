@@ -5,6 +5,7 @@ import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import dev.sparkmoe.parallel.comm.Communicator;
+import dev.sparkmoe.parallel.comm.Pending;
 
 /**
  * One parameter under FSDP: the rank's shard of the weight (the master copy the optimizer updates), the shard of the
@@ -16,6 +17,9 @@ public final class FsdpParam {
     private final ShardLayout layout;
     private Tensor shard;
     private Tensor shardGrad;
+    private Pending gathering;    // a started all-gather into param.value()
+    private Pending reducing;     // a started reduce-scatter into shardGrad
+    private Tensor reducingFrom;  // the full gradient it reads, freed once it completed
 
     FsdpParam(Parameter param, Communicator group, int shardDim) {
         this.param = param;
@@ -53,6 +57,7 @@ public final class FsdpParam {
 
     /** The accumulated gradient shard, zero when none was reduced since the last {@link #zeroGrad()}. */
     public Tensor shardGrad() {
+        finishReduce();
         if (shardGrad == null) {
             shardGrad = param.backend().zeros(DType.F32, shard.shape());
         }
@@ -60,6 +65,7 @@ public final class FsdpParam {
     }
 
     public void zeroGrad() {
+        finishReduce();
         shardGrad = null;
     }
 
@@ -68,13 +74,34 @@ public final class FsdpParam {
         return group.size() == 1;
     }
 
+    /**
+     * Starts gathering the full weight ahead of its use (the next unit's prefetch), where the layout allows a
+     * started collective; {@link #unshard()} completes it. Does nothing when already gathered or gathering.
+     */
+    void prefetch() {
+        if (param.isMaterialised() || alone() || !layout.contiguousEven()) {
+            return;
+        }
+        Tensor full = param.backend().empty(DType.F32, param.shape());
+        gathering = layout.allGatherStart(group, shard, full);
+        param.setValue(full);
+    }
+
     void unshard() {
+        if (gathering != null) {
+            gathering.complete();
+            gathering = null;
+        }
         if (!param.isMaterialised()) {
             param.setValue(alone() ? shard : layout.allGather(param.backend(), group, shard));
         }
     }
 
     void reshard() {
+        if (gathering != null) { // prefetched but never used: order the release after the gather
+            gathering.complete();
+            gathering = null;
+        }
         if (param.isMaterialised() && param.value() != shard) {
             param.backend().release(param.value());
         }
@@ -89,6 +116,14 @@ public final class FsdpParam {
         Backend be = param.backend();
         Tensor full = param.grad(); // zeros when backward never touched it (an expert without tokens)
         param.clearGrad();
+        finishReduce();
+        if (!alone() && shardGrad == null && layout.contiguousEven()) {
+            // started: it runs under the next unit's backward; shardGrad() or finishReduce() completes it
+            shardGrad = be.empty(DType.F32, shard.shape());
+            reducing = layout.reduceScatterStart(group, full, shardGrad);
+            reducingFrom = full;
+            return;
+        }
         Tensor part = alone() ? full : layout.reduceScatter(be, group, full, 1f);
         if (part != full) {
             be.release(full);
@@ -98,6 +133,16 @@ public final class FsdpParam {
         } else {
             be.axpy(1f, part, 0, shardGrad, 0, part.numel());
             be.release(part);
+        }
+    }
+
+    /** Completes a started reduce-scatter (no-op without one) and frees the full gradient it read. */
+    void finishReduce() {
+        if (reducing != null) {
+            reducing.complete();
+            reducing = null;
+            param.backend().release(reducingFrom);
+            reducingFrom = null;
         }
     }
 }

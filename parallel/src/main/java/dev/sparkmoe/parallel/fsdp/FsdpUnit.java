@@ -8,16 +8,23 @@ import java.util.List;
  * The FSDP hooks of one module (a "unit", as fully_shard makes one): all-gather its parameters before forward and
  * before backward, free them after forward (unless {@code reshardAfterForward} is off, as for the root), and after
  * backward reduce-scatter the gradients into the shards and free the gathered weights.
+ *
+ * <p>Overlap, as FSDP2 does it: the units' order of use is recorded on the first forward and backward; afterwards a
+ * unit that gathers starts the next unit's all-gather too (prefetch), so that it runs while this unit computes, and a
+ * unit's reduce-scatter is started and completed only when the next unit finishes its backward. On a communicator
+ * whose collectives are synchronous this changes nothing but the order of calls.
  */
 public final class FsdpUnit implements ModuleHook {
     private final String path;
     private final List<FsdpParam> params;
     private final boolean reshardAfterForward;
+    private final Schedule schedule;
 
-    FsdpUnit(String path, List<FsdpParam> params, boolean reshardAfterForward) {
+    FsdpUnit(String path, List<FsdpParam> params, boolean reshardAfterForward, Schedule schedule) {
         this.path = path;
         this.params = List.copyOf(params);
         this.reshardAfterForward = reshardAfterForward;
+        this.schedule = schedule;
     }
 
     public String path() {
@@ -40,9 +47,20 @@ public final class FsdpUnit implements ModuleHook {
         }
     }
 
+    /** Starts gathering this unit's parameters ahead of use. */
+    public void prefetch() {
+        for (FsdpParam p : params) {
+            p.prefetch();
+        }
+    }
+
     @Override
     public void beforeForward(Module m) {
         unshard();
+        FsdpUnit next = schedule.next(schedule.forward, this);
+        if (next != null) {
+            next.prefetch();
+        }
     }
 
     @Override
@@ -55,6 +73,10 @@ public final class FsdpUnit implements ModuleHook {
     @Override
     public void beforeBackward(Module m) {
         unshard();
+        FsdpUnit next = schedule.next(schedule.backward, this);
+        if (next != null) {
+            next.prefetch();
+        }
     }
 
     @Override
@@ -63,5 +85,30 @@ public final class FsdpUnit implements ModuleHook {
             p.reduceGrad();
         }
         reshard();
+        // the previous unit's reduce-scatters ran under this unit's backward: complete them, freeing their inputs
+        FsdpUnit previous = schedule.reducing;
+        if (previous != null && previous != this) {
+            for (FsdpParam p : previous.params) {
+                p.finishReduce();
+            }
+        }
+        schedule.reducing = this;
+    }
+
+    /** The order in which the units of one model are used, recorded on first use; shared by the units. */
+    static final class Schedule {
+        final List<FsdpUnit> forward = new java.util.ArrayList<>();
+        final List<FsdpUnit> backward = new java.util.ArrayList<>();
+        FsdpUnit reducing;
+
+        /** The unit after {@code u} in {@code order}, recording {@code u} at the end when it is new. */
+        FsdpUnit next(List<FsdpUnit> order, FsdpUnit u) {
+            int i = order.indexOf(u);
+            if (i < 0) {
+                order.add(u);
+                return null;
+            }
+            return i + 1 < order.size() ? order.get(i + 1) : null;
+        }
     }
 }

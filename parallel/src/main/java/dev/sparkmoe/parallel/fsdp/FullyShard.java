@@ -21,6 +21,7 @@ public final class FullyShard {
     private static final Logger LOG = Logger.getLogger(FullyShard.class.getName());
     private final Map<Parameter, FsdpParam> managed = new IdentityHashMap<>();
     private final List<FsdpUnit> units = new ArrayList<>();
+    private final FsdpUnit.Schedule schedule = new FsdpUnit.Schedule();
 
     /** Shards every parameter on dim 0. */
     public static final ToIntFunction<Parameter> SHARD_DIM_0 = p -> 0;
@@ -36,7 +37,8 @@ public final class FullyShard {
             managed.put(p, fp);
             params.add(fp);
         }
-        FsdpUnit unit = new FsdpUnit(module.path().isEmpty() ? "<root>" : module.path(), params, reshardAfterForward);
+        FsdpUnit unit = new FsdpUnit(module.path().isEmpty() ? "<root>" : module.path(), params, reshardAfterForward,
+                schedule);
         unit.reshard();
         module.addHook(unit);
         units.add(unit);

@@ -4,6 +4,7 @@ import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import dev.sparkmoe.parallel.comm.Communicator;
+import dev.sparkmoe.parallel.comm.Pending;
 import dev.sparkmoe.parallel.dtensor.DTensor;
 
 /**
@@ -71,6 +72,31 @@ public final class ShardLayout {
      */
     public boolean contiguousEven() {
         return outer == 1 && (long) chunk * world == fullShape[dim];
+    }
+
+    /**
+     * Starts the all-gather of a {@link #contiguousEven()} layout into {@code full} (the full shape); see
+     * {@link Communicator#allGatherStart}.
+     */
+    public Pending allGatherStart(Communicator group, Tensor shard, Tensor full) {
+        requireContiguousEven("allGatherStart");
+        return group.allGatherStart(shard, 0, chunk * inner, full, 0);
+    }
+
+    /**
+     * Starts the reduce-scatter (sum) of a {@link #contiguousEven()} layout from {@code full} into {@code shard};
+     * see {@link Communicator#reduceScatterSumStart}.
+     */
+    public Pending reduceScatterStart(Communicator group, Tensor full, Tensor shard) {
+        requireContiguousEven("reduceScatterStart");
+        return group.reduceScatterSumStart(full, 0, shard, 0, chunk * inner);
+    }
+
+    private void requireContiguousEven(String what) {
+        if (!contiguousEven()) {
+            throw new IllegalStateException(what + " needs even contiguous shards; " + java.util.Arrays.toString(
+                    fullShape) + " on dim " + dim + " over " + world + " ranks is not: use the blocking form");
+        }
     }
 
     /** Collective over {@code group}: every rank's shard to the full tensor on every rank. */

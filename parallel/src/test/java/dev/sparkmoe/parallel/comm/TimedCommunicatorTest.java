@@ -13,7 +13,7 @@ import org.junit.jupiter.api.Test;
 class TimedCommunicatorTest {
 
     @Test
-    void countsEveryCollectiveOfTheGroupAndItsSplitsAndDrainsFirst() {
+    void countsEveryCollectiveOfTheGroupAndItsSplitsAndDrainsAround() {
         AtomicInteger drains = new AtomicInteger();
         List<Map<String, double[]>> stats = InJvmRanks.run(2, Duration.ofSeconds(10), c -> {
             TimedCommunicator t = new TimedCommunicator(c, drains::incrementAndGet);
@@ -34,6 +34,27 @@ class TimedCommunicatorTest {
         assertEquals(1, s.get("barrier")[1]);
         assertEquals(1, s.get("all_to_all")[1]);
         assertTrue(s.get("all_reduce")[0] >= 0);
-        assertEquals(8, drains.get()); // 4 timed collectives on each of 2 ranks
+        assertEquals(16, drains.get()); // before and after 4 timed collectives on each of 2 ranks
+    }
+
+    @Test
+    void startedCollectivesAreTimedWholeOrPassedThrough() {
+        AtomicInteger drains = new AtomicInteger();
+        List<Map<String, double[]>> stats = InJvmRanks.run(2, Duration.ofSeconds(10), c -> {
+            TimedCommunicator t = new TimedCommunicator(c, drains::incrementAndGet);
+            dev.sparkmoe.core.tensor.Tensor send = dev.sparkmoe.core.tensor.Tensor.of(new float[] {c.rank() + 1f}, 1);
+            dev.sparkmoe.core.tensor.Tensor recv = dev.sparkmoe.core.tensor.Tensor.of(new float[2], 2);
+            t.allGatherStart(send, 0, 1, recv, 0).complete();
+            assertArrayEquals(new float[] {1f, 2f}, recv.floats());
+            dev.sparkmoe.core.tensor.Tensor part = dev.sparkmoe.core.tensor.Tensor.of(new float[1], 1);
+            t.setEnabled(false);
+            t.reduceScatterSumStart(dev.sparkmoe.core.tensor.Tensor.of(new float[] {1f, 2f}, 2), 0, part, 0, 1)
+                    .complete();
+            assertArrayEquals(new float[] {2f * (c.rank() + 1)}, part.floats());
+            return t.snapshot();
+        });
+        assertEquals(1, stats.get(0).get("all_gather")[1]);
+        assertTrue(!stats.get(0).containsKey("reduce_scatter"), "not timed while disabled");
+        assertEquals(4, drains.get());
     }
 }
