@@ -36,12 +36,16 @@ import java.util.logging.Logger;
  * <p>Matrix products: row-major C = op(A) op(B) is computed as the column-major C^T = op(B)^T op(A)^T by
  * {@code cublasGemmEx} with f32 storage and the compute type of {@link GemmPrecision} (default
  * {@code CUBLAS_COMPUTE_32F}, exact f32; TF32 and BF16 tensor-core modes are switchable through
- * {@link #setGemmPrecision} or {@code -Dsparkmoe.cuda.gemm=f32|tf32|bf16}). {@link #groupedGemm} issues, by default
- * ({@link GroupedMode#LOOP}), one {@code cublasGemmEx} per non-empty group on the stream. The presets do bind
- * {@code cublasGemmGroupedBatchedEx}, and {@link GroupedMode#CUBLAS_GROUPED} (or {@code -Dsparkmoe.cuda.grouped=cublas})
- * issues one such call for all groups (group size 1 each, pointer arrays uploaded to the device on the stream), but it
- * is experimental: on an H200 (cuBLAS 13.1, driver 580) it failed (an illegal memory access; with blocking launches
- * CUBLAS_STATUS_EXECUTION_FAILED), cause not yet found.
+ * {@link #setGemmPrecision} or {@code -Dsparkmoe.cuda.gemm=f32|tf32|bf16}). {@link #groupedGemm} (the experts of a MoE
+ * layer) runs, by default ({@link GroupedMode#AUTO}), as ONE launch of the bf16 tensor-core grouped GEMM kernel of
+ * {@code grouped_gemm.cu} ({@link GroupedMode#KERNEL}) when the precision is {@link GemmPrecision#BF16} (and the
+ * device is sm_80 or newer), and otherwise ({@link GroupedMode#LOOP}: F32 and TF32, the exact-parity modes) as one
+ * {@code cublasGemmEx} per non-empty group on the stream; one cuBLAS call per group is launch-bound (about 16 us of
+ * host time each on an H200, 32 groups x 9 grouped GEMMs per layer). Forced with {@link #setGroupedMode} or
+ * {@code -Dsparkmoe.cuda.grouped=auto|kernel|loop|cublas}. The presets also bind {@code cublasGemmGroupedBatchedEx},
+ * and {@link GroupedMode#CUBLAS_GROUPED} issues one such call for all groups (group size 1 each, pointer arrays
+ * uploaded to the device on the stream), but it is experimental: on an H200 (cuBLAS 13.1, driver 580) it failed (an
+ * illegal memory access; with blocking launches CUBLAS_STATUS_EXECUTION_FAILED), cause not yet found.
  *
  * <p>Attention: by default ({@link AttentionMode#GEMM}) chunked strided-batched cuBLAS products on the tensor cores
  * (current {@link GemmPrecision}) with row kernels for the causal softmax and its gradient; the fused f32 CUDA-core
@@ -63,6 +67,21 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private static final Logger LOG = Logger.getLogger(CudaBackend.class.getName());
     private static final String K = "kernels.cu";
     private static final String A = "attention.cu";
+    private static final String G = "grouped_gemm.cu";
+    /** Groups per launch of the grouped GEMM kernel and the byte layout of its GGParams (see grouped_gemm.cu). */
+    private static final int GG_MAX_GROUPS = 64;
+    private static final int GG_TILE_M = 128;
+    private static final int GG_TILE_N = 128;
+    private static final int GG_THREADS = 256;
+    private static final long GG_OFF_A = 24;
+    private static final long GG_OFF_B = GG_OFF_A + 8L * GG_MAX_GROUPS;
+    private static final long GG_OFF_C = GG_OFF_B + 8L * GG_MAX_GROUPS;
+    private static final long GG_OFF_M = GG_OFF_C + 8L * GG_MAX_GROUPS;
+    private static final long GG_OFF_N = GG_OFF_M + 4L * GG_MAX_GROUPS;
+    private static final long GG_OFF_K = GG_OFF_N + 4L * GG_MAX_GROUPS;
+    private static final long GG_OFF_TILE = GG_OFF_K + 4L * GG_MAX_GROUPS;
+    private static final long GG_OFF_FLAGS = GG_OFF_TILE + 4L * GG_MAX_GROUPS;
+    private static final long GG_PARAMS_BYTES = GG_OFF_FLAGS + 4L * GG_MAX_GROUPS; // 2840, as static_assert'ed there
     private static final int THREADS = 256;
     private static final boolean POISON = Boolean.getBoolean("sparkmoe.cuda.poison");
 
@@ -82,8 +101,20 @@ public final class CudaBackend implements Backend, AutoCloseable {
         }
     }
 
-    /** How {@link #groupedGemm} reaches cuBLAS. */
-    public enum GroupedMode { CUBLAS_GROUPED, LOOP }
+    /** How {@link #groupedGemm} runs. */
+    public enum GroupedMode {
+        /** One {@code cublasGemmGroupedBatchedEx} for all groups (experimental, opt-in). */
+        CUBLAS_GROUPED,
+        /** One {@code cublasGemmEx} per group with the current {@link GemmPrecision}. */
+        LOOP,
+        /**
+         * One launch of the grouped GEMM kernel ({@code grouped_gemm.cu}) per 64 groups: bf16 inputs (rounded to
+         * nearest even), f32 accumulation and output, whatever the {@link GemmPrecision}; needs sm_80 or newer.
+         */
+        KERNEL,
+        /** {@link #KERNEL} when the precision is {@link GemmPrecision#BF16} on sm_80 or newer, else {@link #LOOP}. */
+        AUTO
+    }
 
     /**
      * How {@link #attentionForward} and {@link #attentionBackward} run: {@link #GEMM} (default) chunked batched cuBLAS
@@ -109,6 +140,9 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private final FloatPointer betaP = new FloatPointer(1);
     private final BytePointer argBytes = new BytePointer(8 * 32);
     private final PointerPointer<Pointer> argPtrs = new PointerPointer<>(32);
+    /** The grouped GEMM kernel's only parameter, a GGParams struct passed by value, and its kernelParams array. */
+    private final BytePointer ggParams = new BytePointer(GG_PARAMS_BYTES);
+    private final PointerPointer<Pointer> ggArgPtrs = new PointerPointer<>(1);
     private final DeviceBuffer errorWord;
     private final Map<String, DeviceBuffer> ropeFreqs = new HashMap<>();
     private final Map<String, Boolean> sharedRaised = new HashMap<>();
@@ -152,16 +186,16 @@ public final class CudaBackend implements Backend, AutoCloseable {
             argPtrs.put(i, RawPointer.of(argBytes.address() + 8L * i, 0));
         }
         this.gemmPrecision = GemmPrecision.valueOf(System.getProperty("sparkmoe.cuda.gemm", "f32").toUpperCase(Locale.ROOT));
-        this.groupedMode = "cublas".equalsIgnoreCase(System.getProperty("sparkmoe.cuda.grouped", "loop"))
-                ? GroupedMode.CUBLAS_GROUPED : GroupedMode.LOOP;
+        ggArgPtrs.put(0, ggParams);
+        this.groupedMode = parseGroupedMode(System.getProperty("sparkmoe.cuda.grouped", "auto"));
         this.attentionMode = AttentionMode.valueOf(System.getProperty("sparkmoe.cuda.attention", "gemm")
                 .toUpperCase(Locale.ROOT));
         this.attentionChunkBytes = Long.getLong("sparkmoe.cuda.attention.chunkBytes", DEFAULT_ATTENTION_CHUNK_BYTES);
         this.errorWord = allocate(16);
         Cuda.check(cudart.cudaMemsetAsync(ptr(errorWord, 0), 0, 16, stream), "cudaMemsetAsync(error word)");
-        LOG.info(String.format("CUDA backend %s: %s, %s, %d SMs, gemm %s, grouped gemm %s, attention %s "
+        LOG.info(String.format("CUDA backend %s: %s, %s, %d SMs, gemm %s, grouped gemm %s (now %s), attention %s "
                         + "(score chunk %d MiB)", name, deviceName, kernels.arch(), smCount, gemmPrecision, groupedMode,
-                attentionMode, attentionChunkBytes >> 20));
+                effectiveGroupedMode(), attentionMode, attentionChunkBytes >> 20));
     }
 
     @Override
@@ -188,12 +222,34 @@ public final class CudaBackend implements Backend, AutoCloseable {
         return gemmPrecision;
     }
 
+    /** {@link GroupedMode#AUTO} (the default) follows the {@link GemmPrecision}; the others force a path. */
     public synchronized void setGroupedMode(GroupedMode m) {
-        this.groupedMode = m;
+        this.groupedMode = java.util.Objects.requireNonNull(m, "grouped mode");
     }
 
+    /** The mode as set (possibly {@link GroupedMode#AUTO}); {@link #effectiveGroupedMode} says what runs. */
     public synchronized GroupedMode groupedMode() {
         return groupedMode;
+    }
+
+    /** The path {@link #groupedGemm} takes now: never {@link GroupedMode#AUTO}. */
+    public synchronized GroupedMode effectiveGroupedMode() {
+        if (groupedMode != GroupedMode.AUTO) {
+            return groupedMode;
+        }
+        return gemmPrecision == GemmPrecision.BF16 && kernels.smMajor() >= 8 ? GroupedMode.KERNEL : GroupedMode.LOOP;
+    }
+
+    static GroupedMode parseGroupedMode(String s) {
+        switch (s.trim().toLowerCase(Locale.ROOT)) {
+            case "auto": return GroupedMode.AUTO;
+            case "kernel": return GroupedMode.KERNEL;
+            case "loop": return GroupedMode.LOOP;
+            case "cublas": case "cublas_grouped": return GroupedMode.CUBLAS_GROUPED;
+            default:
+                throw new IllegalArgumentException("sparkmoe.cuda.grouped must be auto, kernel, loop or cublas, got '"
+                        + s + "'");
+        }
     }
 
     public synchronized void setAttentionMode(AttentionMode m) {
@@ -740,6 +796,13 @@ public final class CudaBackend implements Backend, AutoCloseable {
                                          float alpha, Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb,
                                          float beta, Tensor c, int[] cOff, int ldc) {
         current();
+        GroupedMode mode = effectiveGroupedMode();
+        if (mode == GroupedMode.KERNEL && kernels.smMajor() < 8) {
+            throw new IllegalStateException("GroupedMode.KERNEL needs bf16 tensor cores (sm_80 or newer); " + name
+                    + " is " + kernels.arch());
+        }
+        // The kernel computes row * ld + col in 32 bits inside a 128-row slice; absurd strides take the loop.
+        boolean kernel = mode == GroupedMode.KERNEL && 128L * Math.max(Math.max(lda, ldb), 1) <= Integer.MAX_VALUE;
         int[] active = new int[groups];
         int count = 0;
         for (int g = 0; g < groups; g++) {
@@ -748,7 +811,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
             }
             checkSpan("C[" + g + "]", c, cOff[g], m[g], n[g], ldc);
             if (k[g] == 0) {
-                launch1D(K, "scale_rows_f32", (long) m[g] * n[g], addr(c, "C", cOff[g], 0), m[g], n[g], ldc, beta);
+                if (kernel) {
+                    active[count++] = g; // the kernel scales C_g by beta itself (and never reads it when beta == 0)
+                } else {
+                    launch1D(K, "scale_rows_f32", (long) m[g] * n[g], addr(c, "C", cOff[g], 0), m[g], n[g], ldc,
+                            beta);
+                }
                 continue;
             }
             checkSpan("A[" + g + "]", a, aOff[g], transA ? k[g] : m[g], transA ? m[g] : k[g], lda);
@@ -758,7 +826,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
         if (count == 0) {
             return;
         }
-        if (groupedMode == GroupedMode.CUBLAS_GROUPED) {
+        if (kernel) {
+            groupedKernel(transA, transB, active, count, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff,
+                    ldc);
+            return;
+        }
+        if (mode == GroupedMode.CUBLAS_GROUPED) {
             try {
                 groupedCublas(transA, transB, active, count, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff,
                         ldc);
@@ -776,6 +849,56 @@ public final class CudaBackend implements Backend, AutoCloseable {
             int g = active[q];
             gemmEx(transA, transB, m[g], n[g], k[g], alpha, addr(a, "A", aOff[g], 0), lda, addr(b, "B", bOff[g], 0),
                     ldb, beta, addr(c, "C", cOff[g], 0), ldc);
+        }
+    }
+
+    /**
+     * {@link GroupedMode#KERNEL}: one launch of {@code grouped_gemm_<ta><tb>} per 64 groups (the active ones: m, n >
+     * 0; k may be 0). The per-group descriptors travel BY VALUE as the kernel's only parameter, a 2840-byte GGParams
+     * struct (under the classic 4 KB kernel-parameter limit, so no device table, upload or stream-ordered allocation
+     * is needed, and the launch is the only host cost): cuLaunchKernel copies it from {@link #ggParams} at launch
+     * time, so the buffer is reused by the next launch. Layout: int lda, ldb, ldc, groups; float alpha, beta; then
+     * arrays of 64: long long a, b, c (device byte addresses of A_g, B_g, C_g); int m, n, k, tileStart (prefix sum of
+     * the groups' 128 x 128 tiles; the grid is the total) and flags (bit 0: A_g's address is 16-byte aligned and lda a
+     * multiple of 4, so the kernel may use float4 loads; bit 1: the same for B_g). Groups write disjoint C_g in
+     * parallel (overlapping C_g would race, where the loop would apply them in order).
+     */
+    private void groupedKernel(boolean transA, boolean transB, int[] active, int count, int[] m, int[] n, int[] k,
+                               float alpha, Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta,
+                               Tensor c, int[] cOff, int ldc) {
+        String kernel = "grouped_gemm_" + (transA ? "t" : "n") + (transB ? "t" : "n");
+        CUfunc_st f = kernels.function(G, kernel);
+        for (int start = 0; start < count; start += GG_MAX_GROUPS) {
+            int here = Math.min(GG_MAX_GROUPS, count - start);
+            ggParams.putInt(0, lda);
+            ggParams.putInt(4, ldb);
+            ggParams.putInt(8, ldc);
+            ggParams.putInt(12, here);
+            ggParams.putFloat(16, alpha);
+            ggParams.putFloat(20, beta);
+            long tiles = 0;
+            for (int q = 0; q < here; q++) {
+                int g = active[start + q];
+                boolean readsAB = k[g] > 0; // k == 0: A_g and B_g are never read (and their offsets not checked)
+                long aAddr = readsAB ? addr(a, "A", aOff[g], 0) : 0;
+                long bAddr = readsAB ? addr(b, "B", bOff[g], 0) : 0;
+                int flags = (aAddr % 16 == 0 && lda % 4 == 0 ? 1 : 0) | (bAddr % 16 == 0 && ldb % 4 == 0 ? 2 : 0);
+                ggParams.putLong(GG_OFF_A + 8L * q, aAddr);
+                ggParams.putLong(GG_OFF_B + 8L * q, bAddr);
+                ggParams.putLong(GG_OFF_C + 8L * q, addr(c, "C", cOff[g], 0));
+                ggParams.putInt(GG_OFF_M + 4L * q, m[g]);
+                ggParams.putInt(GG_OFF_N + 4L * q, n[g]);
+                ggParams.putInt(GG_OFF_K + 4L * q, k[g]);
+                ggParams.putInt(GG_OFF_TILE + 4L * q, (int) tiles);
+                ggParams.putInt(GG_OFF_FLAGS + 4L * q, flags);
+                tiles += (long) ((m[g] + GG_TILE_M - 1) / GG_TILE_M) * ((n[g] + GG_TILE_N - 1) / GG_TILE_N);
+                if (tiles > Integer.MAX_VALUE) {
+                    throw new IllegalArgumentException("groupedGemm: more than 2^31 - 1 tiles in one launch");
+                }
+            }
+            Cuda.checkDriver(cudart.cuLaunchKernel(f, (int) tiles, 1, 1, GG_THREADS, 1, 1, 0, stream, ggArgPtrs,
+                    (PointerPointer<?>) null), "cuLaunchKernel(" + kernel + ", " + here + " groups, " + tiles
+                    + " tiles)");
         }
     }
 

@@ -31,8 +31,8 @@ import java.util.logging.Logger;
  * architecture) and on disk under {@code sparkmoe.cuda.cacheDir} (default {@code java.io.tmpdir/spark-moe-cubin};
  * {@code -Dsparkmoe.cuda.cacheDir=} (empty) turns the disk cache off). A compile error throws with NVRTC's log.
  *
- * <p>The include path is {@code $CUDA_HOME/include} (else {@code /usr/local/cuda/include}); the kernels need no
- * header, but it is passed so that future ones may include CUDA headers.
+ * <p>The include path is {@code $CUDA_HOME/include} (else {@code /usr/local/cuda/include}): {@code grouped_gemm.cu}
+ * includes {@code mma.h} and {@code cuda_bf16.h} from it; the other kernels need no header.
  */
 final class KernelLibrary {
     private static final Logger LOG = Logger.getLogger(KernelLibrary.class.getName());
@@ -50,6 +50,11 @@ final class KernelLibrary {
 
     String arch() {
         return "sm_" + smMajor + smMinor;
+    }
+
+    /** The compute capability's major number (8 for sm_80 and sm_86, 9 for sm_90). */
+    int smMajor() {
+        return smMajor;
     }
 
     /** The kernel {@code name} of resource {@code file} (e.g. "kernels.cu"), compiling and loading it on first use. */

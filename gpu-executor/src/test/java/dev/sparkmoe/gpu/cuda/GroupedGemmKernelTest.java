@@ -1,0 +1,460 @@
+package dev.sparkmoe.gpu.cuda;
+
+import dev.sparkmoe.core.backend.CpuBackend;
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import org.junit.jupiter.api.Test;
+
+import java.util.Arrays;
+import java.util.Random;
+
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.host;
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.rnd;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+/**
+ * {@link CudaBackend.GroupedMode#KERNEL} (the one-launch bf16 tensor-core grouped GEMM of {@code grouped_gemm.cu})
+ * against {@link CpuBackend#groupedGemm} on random data. Each case is checked twice:
+ * <ul>
+ *   <li>tight: against the CPU reference computed on the bf16-ROUNDED inputs ({@link DType#roundToBf16}, the same
+ *       rounding as the kernel's {@code __float2bfloat16}): bf16 x bf16 products are exact in f32, so only the f32
+ *       summation order differs: max |gpu - ref| <= 1e-4 * max |ref| + 1e-5. A wrong index, a missing or doubled
+ *       K slice, a wrong transposition or a misplaced tile gives errors of the order of the values themselves;
+ *   <li>loose: against the CPU reference on the f32 inputs (what the caller asked for): max |gpu - ref| <= 2e-2 *
+ *       max |ref| + 1e-5 (bf16 keeps 8 significant bits: about 4e-3 relative per product).
+ * </ul>
+ * Elements outside every C_g (padding between groups, stride gaps) must be left untouched, NaN included, and with
+ * beta == 0 the NaN that fills C must not leak into the result. Skipped where no GPU or CUDA library is present;
+ * {@link #timings} runs only with {@code -Dsparkmoe.cuda.bench=true}.
+ */
+class GroupedGemmKernelTest {
+    private static final double TIGHT = 1e-4;
+    private static final double LOOSE = 2e-2;
+    private static final double ABS = 1e-5;
+
+    private final CpuBackend cpu = new CpuBackend();
+
+    /** A grouped problem laid out in three flat buffers. */
+    private record Problem(String name, boolean tA, boolean tB, int[] m, int[] n, int[] k, int[] aOff, int lda,
+                           int aLen, int[] bOff, int ldb, int bLen, int[] cOff, int ldc, int cLen) {
+        int groups() {
+            return m.length;
+        }
+
+        double flops() {
+            double f = 0;
+            for (int g = 0; g < m.length; g++) {
+                f += 2.0 * m[g] * n[g] * k[g];
+            }
+            return f;
+        }
+    }
+
+    // ------------------------------------------------------------------ layouts
+
+    /**
+     * Each group's operands packed one after the other with gaps, the row strides a little wider than the widest
+     * group. aligned: strides and offsets multiples of 4 (the kernel's float4 path, ragged edges included);
+     * otherwise odd strides and odd offsets (the scalar path).
+     */
+    private static Problem packed(String name, boolean tA, boolean tB, int[] m, int[] n, int[] k, boolean aligned) {
+        int groups = m.length;
+        int[] aRows = new int[groups], aCols = new int[groups], bRows = new int[groups], bCols = new int[groups];
+        for (int g = 0; g < groups; g++) {
+            aRows[g] = tA ? k[g] : m[g];
+            aCols[g] = tA ? m[g] : k[g];
+            bRows[g] = tB ? n[g] : k[g];
+            bCols[g] = tB ? k[g] : n[g];
+        }
+        int lda = stride(aCols, aligned);
+        int ldb = stride(bCols, aligned);
+        int ldc = stride(n, aligned);
+        int[] aOff = new int[groups], bOff = new int[groups], cOff = new int[groups];
+        int aLen = place(aRows, aCols, lda, aligned, aOff);
+        int bLen = place(bRows, bCols, ldb, aligned, bOff);
+        int cLen = place(m, n, ldc, aligned, cOff);
+        return new Problem(name + (aligned ? " (aligned)" : " (odd offsets and strides)"), tA, tB, m, n, k, aOff, lda,
+                aLen, bOff, ldb, bLen, cOff, ldc, cLen);
+    }
+
+    private static int stride(int[] cols, boolean aligned) {
+        int w = Math.max(1, Arrays.stream(cols).max().orElse(1));
+        return aligned ? (w + 3) / 4 * 4 + 4 : (w % 2 == 0 ? w + 3 : w + 2);
+    }
+
+    /** Offsets (into off) of rows x cols blocks with stride ld, with gaps; returns the buffer length. */
+    private static int place(int[] rows, int[] cols, int ld, boolean aligned, int[] off) {
+        int at = aligned ? 4 : 1;
+        for (int g = 0; g < rows.length; g++) {
+            if (aligned) {
+                at = (at + 3) / 4 * 4;
+            } else if (at % 2 == 0) {
+                at++;
+            }
+            off[g] = at;
+            int span = rows[g] == 0 || cols[g] == 0 ? 0 : (rows[g] - 1) * ld + cols[g];
+            at += span + (aligned ? 8 : 5);
+        }
+        return at + 8;
+    }
+
+    /**
+     * The model's expert GEMMs (B=4 x T=2048 tokens, top-4 of 32 experts: ragged rows summing to 32768, one expert
+     * with no rows, one with about 3000), laid out as the MoE layer does: token rows contiguous, experts' weights
+     * stacked. kind: "NT" (forward, A = tokens [rows, k], B = weights [n, k]), "NN" (data gradient, B = weights
+     * [k, n]), "TN" (weight gradient: m x n += tokens^T [m, rows] x grads [rows, n], k = rows).
+     */
+    private static Problem model(String kind, int[] rows, int outer, int inner) {
+        int e = rows.length;
+        int[] m = new int[e], n = new int[e], k = new int[e];
+        int[] aOff = new int[e], bOff = new int[e], cOff = new int[e];
+        int start = 0;
+        for (int g = 0; g < e; g++) {
+            switch (kind) {
+                case "NT":
+                case "NN":
+                    m[g] = rows[g];
+                    n[g] = outer;
+                    k[g] = inner;
+                    aOff[g] = start * inner;
+                    bOff[g] = g * outer * inner;
+                    cOff[g] = start * outer;
+                    break;
+                case "TN":
+                    m[g] = outer;
+                    n[g] = inner;
+                    k[g] = rows[g];
+                    aOff[g] = start * outer;
+                    bOff[g] = start * inner;
+                    cOff[g] = g * outer * inner;
+                    break;
+                default:
+                    throw new IllegalArgumentException(kind);
+            }
+            start += rows[g];
+        }
+        int total = start;
+        String name = kind + " model shape m=" + (kind.equals("TN") ? outer : "rows") + " n="
+                + (kind.equals("TN") ? inner : outer) + " k=" + (kind.equals("TN") ? "rows" : inner);
+        switch (kind) {
+            case "NT":
+                return new Problem(name, false, true, m, n, k, aOff, inner, total * inner, bOff, inner,
+                        e * outer * inner, cOff, outer, total * outer);
+            case "NN":
+                return new Problem(name, false, false, m, n, k, aOff, inner, total * inner, bOff, outer,
+                        e * outer * inner, cOff, outer, total * outer);
+            default:
+                return new Problem(name, true, false, m, n, k, aOff, outer, total * outer, bOff, inner,
+                        total * inner, cOff, inner, e * outer * inner);
+        }
+    }
+
+    /** 32 ragged expert row counts summing to 32768, one of them 0 and one near 3000. */
+    private static int[] modelRows(Random r) {
+        int experts = 32, total = 32768;
+        double[] w = new double[experts];
+        double sum = 0;
+        for (int e = 0; e < experts; e++) {
+            w[e] = e == 5 ? 0 : e == 11 ? 3.0 : 0.4 + 1.2 * r.nextDouble();
+            sum += w[e];
+        }
+        int[] rows = new int[experts];
+        int used = 0;
+        for (int e = 0; e < experts; e++) {
+            rows[e] = (int) Math.floor(w[e] / sum * total);
+            used += rows[e];
+        }
+        rows[0] += total - used;
+        return rows;
+    }
+
+    // ------------------------------------------------------------------ checking
+
+    private static float[] roundedToBf16(float[] a) {
+        float[] o = new float[a.length];
+        for (int i = 0; i < a.length; i++) {
+            o[i] = DType.roundToBf16(a[i]);
+        }
+        return o;
+    }
+
+    private void cpuGroupedGemm(Problem p, float alpha, float[] a, float[] b, float beta, float[] c) {
+        cpu.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, alpha, Tensor.of(a, a.length), p.aOff, p.lda,
+                Tensor.of(b, b.length), p.bOff, p.ldb, beta, Tensor.of(c, c.length), p.cOff, p.ldc);
+    }
+
+    /**
+     * Runs p in KERNEL mode on random A, B and C (C all NaN when nanC) and checks it against both CPU references.
+     */
+    private void check(CudaBackend gpu, Problem p, float alpha, float beta, boolean nanC, long seed) {
+        Random r = new Random(seed);
+        float[] a = rnd(r, p.aLen, 1);
+        float[] b = rnd(r, p.bLen, 1);
+        float[] c0 = nanC ? nans(p.cLen) : rnd(r, p.cLen, 1);
+        String what = p.name + " tA=" + p.tA + " tB=" + p.tB + " alpha=" + alpha + " beta=" + beta
+                + (nanC ? " (C filled with NaN)" : "") + " seed=" + seed;
+
+        float[] exact = c0.clone();
+        cpuGroupedGemm(p, alpha, a, b, beta, exact);
+        float[] rounded = c0.clone();
+        cpuGroupedGemm(p, alpha, roundedToBf16(a), roundedToBf16(b), beta, rounded);
+
+        CudaBackend.GroupedMode saved = gpu.groupedMode();
+        gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
+        float[] got;
+        try (var scope = gpu.openScope()) {
+            Tensor gc = gpu.upload(host(c0, c0.length));
+            gpu.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, alpha, gpu.upload(host(a, a.length)), p.aOff,
+                    p.lda, gpu.upload(host(b, b.length)), p.bOff, p.ldb, beta, gc, p.cOff, p.ldc);
+            got = gpu.download(gc).floats();
+        } finally {
+            gpu.setGroupedMode(saved);
+        }
+        assertMatches(rounded, got, TIGHT, what + ": vs the CPU on bf16-rounded inputs");
+        assertMatches(exact, got, LOOSE, what + ": vs the CPU on f32 inputs");
+    }
+
+    private static float[] nans(int n) {
+        float[] f = new float[n];
+        Arrays.fill(f, Float.NaN);
+        return f;
+    }
+
+    /**
+     * Where expected is NaN (elements no group writes, left as they were), actual must be NaN too; elsewhere
+     * |expected - actual| <= tol * max |expected| + ABS, and never NaN or infinite.
+     */
+    static void assertMatches(float[] expected, float[] actual, double tol, String what) {
+        assertEquals(expected.length, actual.length, what + ": lengths");
+        double scale = 0;
+        for (float e : expected) {
+            if (Float.isFinite(e)) {
+                scale = Math.max(scale, Math.abs(e));
+            }
+        }
+        double bound = tol * scale + ABS;
+        double worst = 0;
+        int at = -1;
+        for (int i = 0; i < expected.length; i++) {
+            float e = expected[i], x = actual[i];
+            if (Float.isNaN(e)) {
+                if (!Float.isNaN(x)) {
+                    throw new AssertionError(what + ": element " + i + " should be untouched (NaN) but is " + x);
+                }
+                continue;
+            }
+            if (!Float.isFinite(x)) {
+                throw new AssertionError(what + ": element " + i + " is " + x + " (expected " + e + ")");
+            }
+            double d = Math.abs((double) e - x);
+            if (d > worst) {
+                worst = d;
+                at = i;
+            }
+        }
+        double w = worst, sc = scale;
+        int idx = at;
+        assertTrue(w <= bound, () -> what + ": max error " + w + " at " + idx + " (expected " + expected[idx]
+                + ", got " + actual[idx] + ") exceeds " + tol + " * " + sc + " (max |expected|) + " + ABS);
+    }
+
+    private static final boolean[][] TRANS = {{false, false}, {false, true}, {true, false}, {true, true}};
+
+    // ------------------------------------------------------------------ tests
+
+    @Test
+    void raggedGroupsEveryTransposition() {
+        CudaBackend gpu = GpuTestSupport.backend();
+        // empty (m = 0), k = 0, tiny (m = 1, 3, 17), n and k off the tile grid (40, 72, 129, 300), a multi-tile group.
+        int[] m = {37, 0, 1, 3, 17, 130, 256, 5, 64};
+        int[] n = {40, 72, 40, 129, 16, 72, 40, 200, 8};
+        int[] k = {72, 50, 0, 33, 40, 300, 31, 1, 129};
+        long seed = System.nanoTime();
+        for (boolean[] t : TRANS) {
+            for (boolean aligned : new boolean[] {true, false}) {
+                check(gpu, packed("ragged", t[0], t[1], m, n, k, aligned), 1.3f, 0.5f, false, seed++);
+            }
+        }
+    }
+
+    @Test
+    void betaZeroNeverReadsNaNFilledC() {
+        CudaBackend gpu = GpuTestSupport.backend();
+        int[] m = {3, 129, 0, 40, 1};
+        int[] n = {72, 40, 10, 129, 17};
+        int[] k = {40, 0, 20, 72, 257};
+        long seed = System.nanoTime();
+        for (boolean[] t : TRANS) {
+            check(gpu, packed("beta 0 over NaN", t[0], t[1], m, n, k, false), 0.75f, 0f, true, seed++);
+            check(gpu, packed("beta 0 over NaN", t[0], t[1], m, n, k, true), 1f, 0f, true, seed++);
+        }
+    }
+
+    @Test
+    void betaOneAccumulatesAndAlphaScales() {
+        CudaBackend gpu = GpuTestSupport.backend();
+        int[] m = {130, 7, 64, 200};
+        int[] n = {64, 72, 40, 128};
+        int[] k = {96, 500, 33, 128};
+        long seed = System.nanoTime();
+        for (boolean[] t : TRANS) {
+            check(gpu, packed("beta 1", t[0], t[1], m, n, k, true), -0.7f, 1f, false, seed++);
+            check(gpu, packed("beta 1", t[0], t[1], m, n, k, false), 2.5f, 1f, false, seed++);
+        }
+    }
+
+    @Test
+    void kZeroGroupsScaleCByBeta() {
+        CudaBackend gpu = GpuTestSupport.backend();
+        int[] m = {20, 33, 130};
+        int[] n = {40, 129, 7};
+        int[] k = {0, 64, 0};
+        long seed = System.nanoTime();
+        for (boolean[] t : TRANS) {
+            check(gpu, packed("k = 0", t[0], t[1], m, n, k, false), 1.3f, 1f, false, seed++);
+            check(gpu, packed("k = 0", t[0], t[1], m, n, k, true), 1.3f, 0.5f, false, seed++);
+            check(gpu, packed("k = 0", t[0], t[1], m, n, k, false), 1.3f, 0f, true, seed++);
+        }
+    }
+
+    @Test
+    void moreGroupsThanOneLaunchHolds() {
+        CudaBackend gpu = GpuTestSupport.backend();
+        int groups = 150; // three launches of up to 64 groups
+        Random r = new Random(7);
+        int[] m = new int[groups], n = new int[groups], k = new int[groups];
+        for (int g = 0; g < groups; g++) {
+            m[g] = g % 9 == 4 ? 0 : 1 + r.nextInt(150);
+            n[g] = 1 + r.nextInt(140);
+            k[g] = g % 13 == 6 ? 0 : 1 + r.nextInt(100);
+        }
+        long seed = System.nanoTime();
+        check(gpu, packed("150 groups", false, true, m, n, k, true), 1f, 0.5f, false, seed++);
+        check(gpu, packed("150 groups", true, false, m, n, k, false), 1f, 0f, true, seed);
+    }
+
+    @Test
+    void modelShapes() {
+        CudaBackend gpu = GpuTestSupport.backend();
+        long seed = System.nanoTime();
+        int[] rows = modelRows(new Random(seed));
+        assertEquals(32768, Arrays.stream(rows).sum());
+        int hidden = 1024, inter = 512;
+        check(gpu, model("NT", rows, inter, hidden), 1f, 0f, true, seed++);    // gate / up
+        check(gpu, model("NT", rows, hidden, inter), 1f, 0f, true, seed++);    // down
+        check(gpu, model("NN", rows, inter, hidden), 1f, 0f, false, seed++);   // d(inter act) from d(hidden)
+        check(gpu, model("NN", rows, hidden, inter), 1f, 0f, false, seed++);
+        check(gpu, model("TN", rows, hidden, inter), 1f, 1f, false, seed++);   // weight gradients accumulate
+        check(gpu, model("TN", rows, inter, hidden), 1f, 1f, false, seed);
+    }
+
+    @Test
+    void autoModeFollowsThePrecision() {
+        CudaBackend gpu = GpuTestSupport.backend();
+        CudaBackend.GroupedMode savedMode = gpu.groupedMode();
+        CudaBackend.GemmPrecision savedPrecision = gpu.gemmPrecision();
+        try {
+            gpu.setGroupedMode(CudaBackend.GroupedMode.AUTO);
+            gpu.setGemmPrecision(CudaBackend.GemmPrecision.F32);
+            assertEquals(CudaBackend.GroupedMode.LOOP, gpu.effectiveGroupedMode());
+            gpu.setGemmPrecision(CudaBackend.GemmPrecision.TF32);
+            assertEquals(CudaBackend.GroupedMode.LOOP, gpu.effectiveGroupedMode());
+            gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
+            boolean sm80 = Integer.parseInt(gpu.arch().substring(3)) >= 80;
+            assertEquals(sm80 ? CudaBackend.GroupedMode.KERNEL : CudaBackend.GroupedMode.LOOP,
+                    gpu.effectiveGroupedMode());
+            gpu.setGroupedMode(CudaBackend.GroupedMode.LOOP);
+            assertEquals(CudaBackend.GroupedMode.LOOP, gpu.effectiveGroupedMode());
+            // The span checks still run in KERNEL mode.
+            gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
+            try (var scope = gpu.openScope()) {
+                Tensor a = gpu.zeros(DType.F32, 10 * 8);
+                Tensor b = gpu.zeros(DType.F32, 8 * 4);
+                Tensor c = gpu.zeros(DType.F32, 10 * 4);
+                assertThrows(IndexOutOfBoundsException.class, () -> gpu.groupedGemm(false, false, 1, new int[] {11},
+                        new int[] {4}, new int[] {8}, 1f, a, new int[] {0}, 8, b, new int[] {0}, 4, 0f, c,
+                        new int[] {0}, 4));
+                assertThrows(IllegalArgumentException.class, () -> gpu.groupedGemm(false, false, 1, new int[] {10},
+                        new int[] {4}, new int[] {8}, 1f, a, new int[] {0}, 7, b, new int[] {0}, 4, 0f, c,
+                        new int[] {0}, 4));
+            }
+        } finally {
+            gpu.setGroupedMode(savedMode);
+            gpu.setGemmPrecision(savedPrecision);
+        }
+    }
+
+    @Test
+    void groupedModeProperty() {
+        // No GPU needed: the parser behind -Dsparkmoe.cuda.grouped.
+        assertEquals(CudaBackend.GroupedMode.AUTO, CudaBackend.parseGroupedMode("auto"));
+        assertEquals(CudaBackend.GroupedMode.KERNEL, CudaBackend.parseGroupedMode("Kernel"));
+        assertEquals(CudaBackend.GroupedMode.LOOP, CudaBackend.parseGroupedMode("loop"));
+        assertEquals(CudaBackend.GroupedMode.CUBLAS_GROUPED, CudaBackend.parseGroupedMode("cublas"));
+        assertThrows(IllegalArgumentException.class, () -> CudaBackend.parseGroupedMode("fast"));
+    }
+
+    // ------------------------------------------------------------------ timing (opt-in)
+
+    private static float median(CudaBackend gpu, Runnable body) {
+        for (int i = 0; i < 3; i++) {
+            gpu.timeMillis(body);
+        }
+        float[] t = new float[11];
+        for (int i = 0; i < t.length; i++) {
+            t[i] = gpu.timeMillis(body);
+        }
+        Arrays.sort(t);
+        return t[t.length / 2];
+    }
+
+    /**
+     * KERNEL vs LOOP (cublasGemmEx per group, BF16 and F32 compute) on the model's six expert GEMM shapes: device
+     * time between CUDA events around one groupedGemm call (so LOOP's host launch gaps count), median of 11.
+     */
+    @Test
+    void timings() {
+        assumeTrue(Boolean.getBoolean("sparkmoe.cuda.bench"), "timings run with -Dsparkmoe.cuda.bench=true");
+        CudaBackend gpu = GpuTestSupport.backend();
+        CudaBackend.GroupedMode savedMode = gpu.groupedMode();
+        CudaBackend.GemmPrecision savedPrecision = gpu.gemmPrecision();
+        int[] rows = modelRows(new Random(1));
+        int hidden = 1024, inter = 512;
+        Problem[] shapes = {model("NT", rows, inter, hidden), model("NT", rows, hidden, inter),
+            model("NN", rows, inter, hidden), model("NN", rows, hidden, inter), model("TN", rows, hidden, inter),
+            model("TN", rows, inter, hidden)};
+        StringBuilder out = new StringBuilder("\n=== grouped GEMM on " + gpu.deviceName() + " (" + gpu.arch()
+                + "), 32 experts, rows " + Arrays.toString(rows) + " ===\n");
+        Random r = new Random(2);
+        try (var scope = gpu.openScope()) {
+            for (Problem p : shapes) {
+                Tensor a = gpu.upload(host(rnd(r, p.aLen, 1), p.aLen));
+                Tensor b = gpu.upload(host(rnd(r, p.bLen, 1), p.bLen));
+                Tensor c = gpu.upload(host(rnd(r, p.cLen, 1), p.cLen));
+                float beta = p.tA ? 1f : 0f;
+                Runnable call = () -> gpu.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, 1f, a, p.aOff, p.lda, b,
+                        p.bOff, p.ldb, beta, c, p.cOff, p.ldc);
+                Object[][] configs = {{CudaBackend.GroupedMode.KERNEL, CudaBackend.GemmPrecision.BF16},
+                    {CudaBackend.GroupedMode.LOOP, CudaBackend.GemmPrecision.BF16},
+                    {CudaBackend.GroupedMode.LOOP, CudaBackend.GemmPrecision.F32}};
+                for (Object[] cfg : configs) {
+                    gpu.setGroupedMode((CudaBackend.GroupedMode) cfg[0]);
+                    gpu.setGemmPrecision((CudaBackend.GemmPrecision) cfg[1]);
+                    float ms = median(gpu, call);
+                    out.append(String.format("%-40s %-6s %-4s beta=%.0f: %8.3f ms  %7.1f TFLOP/s%n", p.name, cfg[0],
+                            cfg[1], beta, ms, p.flops() / ms / 1e9));
+                }
+                gpu.release(a);
+                gpu.release(b);
+                gpu.release(c);
+            }
+        } finally {
+            gpu.setGroupedMode(savedMode);
+            gpu.setGemmPrecision(savedPrecision);
+        }
+        System.out.println(out);
+    }
+}
