@@ -58,6 +58,11 @@ __device__ __forceinline__ float fa_exp2(float x) {
     return y;
 }
 
+// x rounded to bf16 (round to nearest even), as an f32.
+__device__ __forceinline__ float fa_round(float x) {
+    return __int_as_float((int)(fa_pack(x, 0.f) << 16));
+}
+
 __device__ __forceinline__ fa_u32 fa_ld32(const fa_bf16* p) {
     return *reinterpret_cast<const fa_u32*>(p);
 }
@@ -276,7 +281,10 @@ __device__ __forceinline__ void fa_fwd_impl(const float* __restrict__ q, const f
 }
 
 // ------------------------------------------------------------------------------------------------------------- di
-// di[(b*Hq + h)*T + i] = dot(dOut[b*T + i, h], out[b*T + i, h]); one warp per (token, head), grid-stride (any grid).
+// di[(b*Hq + h)*T + i] = dot(bf16(dOut[b*T + i, h]), out[b*T + i, h]); one warp per (token, head), grid-stride (any
+// grid). dO is rounded to bf16 as the dq and dk/dv kernels round it for dP = dO V^T, so that Di matches
+// sum_j P_ij dP_ij (O already holds the bf16-rounded V): then dS = P (dP - Di) has no error from the rounding of dO
+// along O (for a row with one key, dS is 0 as in exact arithmetic instead of the rounding error of dO.V).
 __device__ __forceinline__ void fa_bwd_di_impl(const float* __restrict__ dOut, const float* __restrict__ out, int B,
                                                int T, int Hq, int D, float* __restrict__ di) {
     const int lane = threadIdx.x & 31;
@@ -286,7 +294,7 @@ __device__ __forceinline__ void fa_bwd_di_impl(const float* __restrict__ dOut, c
         const int h = (int)(wid % Hq);
         const long long o = tok * Hq * D + (long long)h * D;
         float s = 0.f;
-        for (int d = lane; d < D; d += 32) s += dOut[o + d] * out[o + d];
+        for (int d = lane; d < D; d += 32) s += fa_round(dOut[o + d]) * out[o + d];
         for (int w = 16; w > 0; w >>= 1) s += __shfl_xor_sync(FA_FULL, s, w);
         const long long b = tok / T, i = tok % T;
         if (lane == 0) di[(b * Hq + h) * T + i] = s;
