@@ -28,6 +28,8 @@
 // each and dq by one CTA per row block: no atomics, deterministic.
 //
 // NVRTC source: no headers, device code only; bf16 conversion, exp2, ldmatrix and mma through inline PTX (sm_80+).
+// gpu-executor/scripts/flash_attention_emulator.py transliterates these kernels lane by lane (with mma and ldmatrix
+// emulated from the PTX definitions above) and checks them against an f64 reference on the host; keep it in step.
 
 typedef unsigned int fa_u32;
 typedef unsigned short fa_bf16;  // bf16 bits
