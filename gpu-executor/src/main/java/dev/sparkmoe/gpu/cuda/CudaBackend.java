@@ -47,9 +47,14 @@ import java.util.logging.Logger;
  * uploaded to the device on the stream), but it is experimental: on an H200 (cuBLAS 13.1, driver 580) it failed (an
  * illegal memory access; with blocking launches CUBLAS_STATUS_EXECUTION_FAILED), cause not yet found.
  *
- * <p>Attention: by default ({@link AttentionMode#GEMM}) chunked strided-batched cuBLAS products on the tensor cores
- * (current {@link GemmPrecision}) with row kernels for the causal softmax and its gradient; the fused f32 CUDA-core
- * kernels stay available as {@link AttentionMode#FUSED} ({@code -Dsparkmoe.cuda.attention=fused}).
+ * <p>Attention ({@link AttentionMode}, {@code -Dsparkmoe.cuda.attention=auto|gemm|flash|fused}): by default
+ * ({@link AttentionMode#AUTO}) the bf16 tensor-core flash-attention kernels ({@link AttentionMode#FLASH},
+ * {@code flash_attention.cu}: no T x T matrix in device memory, bf16 operands, f32 softmax and accumulation) when the
+ * GEMM precision is {@link GemmPrecision#BF16}, the head dim is 64 or 128 and the device is sm_80 or newer;
+ * otherwise (F32 and TF32, the parity settings, or another head dim) chunked strided-batched cuBLAS products with the
+ * current {@link GemmPrecision} and row kernels for the causal softmax and its gradient ({@link AttentionMode#GEMM}).
+ * The fused f32 CUDA-core kernels stay available as {@link AttentionMode#FUSED}. The choice is made at every call, so
+ * a later {@link #setGemmPrecision} changes it.
  *
  * <p>Errors: every native status is checked ({@link Cuda}). Index errors found by kernels (an embedding id, a
  * cross-entropy target, a gather/scatter index out of range) are recorded in a device error word and thrown as
@@ -67,6 +72,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private static final Logger LOG = Logger.getLogger(CudaBackend.class.getName());
     private static final String K = "kernels.cu";
     private static final String A = "attention.cu";
+    private static final String FA = "flash_attention.cu";
     private static final String G = "grouped_gemm.cu";
     /** Groups per launch of the grouped GEMM kernel and the byte layout of its GGParams (see grouped_gemm.cu). */
     private static final int GG_MAX_GROUPS = 64;
@@ -117,12 +123,27 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     /**
-     * How {@link #attentionForward} and {@link #attentionBackward} run: {@link #GEMM} (default) chunked batched cuBLAS
-     * products with the current {@link GemmPrecision} plus row kernels; {@link #FUSED} the fused one-warp-per-row
-     * f32 kernels on the CUDA cores. Chosen by {@code -Dsparkmoe.cuda.attention=gemm|fused} or
-     * {@link #setAttentionMode}.
+     * How {@link #attentionForward} and {@link #attentionBackward} run. Chosen by
+     * {@code -Dsparkmoe.cuda.attention=auto|gemm|flash|fused} (default auto) or {@link #setAttentionMode}; see
+     * {@link #effectiveAttentionMode} for what a call actually runs.
      */
-    public enum AttentionMode { GEMM, FUSED }
+    public enum AttentionMode {
+        /**
+         * The default: {@link #FLASH} when the GEMM precision is {@link GemmPrecision#BF16} (the benchmark setting)
+         * and FLASH supports the head dim and device, else {@link #GEMM}. Resolved at every call.
+         */
+        AUTO,
+        /** Chunked strided-batched cuBLAS products with the current {@link GemmPrecision} plus row kernels. */
+        GEMM,
+        /** The fused one-warp-per-row f32 kernels on the CUDA cores (slow; head dim up to 256). */
+        FUSED,
+        /**
+         * The flash-attention kernels on the tensor cores ({@code flash_attention.cu}): bf16 operands (inputs rounded
+         * when staged), f32 online softmax, lse and accumulators, whatever the GEMM precision. Head dim 64 or 128 on
+         * sm_80 or newer; other head dims fall back to {@link #GEMM}.
+         */
+        FLASH
+    }
 
     /** Default bound of the transient score buffers of {@link AttentionMode#GEMM} attention (bytes per call). */
     public static final long DEFAULT_ATTENTION_CHUNK_BYTES = 512L << 20;
@@ -131,6 +152,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private final String name;
     private final String deviceName;
     private final int smCount;
+    private final int smMajor;
     private final CUstream_st stream;
     private final cublasContext cublasHandle;
     private final KernelLibrary kernels;
@@ -175,6 +197,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
         Cuda.check(cudart.cudaGetDeviceProperties(props, device), "cudaGetDeviceProperties(" + device + ")");
         this.deviceName = props.name().getString();
         this.smCount = props.multiProcessorCount();
+        this.smMajor = props.major();
         this.kernels = new KernelLibrary(props.major(), props.minor());
         this.stream = new CUstream_st();
         Cuda.check(cudart.cudaStreamCreateWithFlags(stream, cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
@@ -188,7 +211,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.gemmPrecision = GemmPrecision.valueOf(System.getProperty("sparkmoe.cuda.gemm", "f32").toUpperCase(Locale.ROOT));
         ggArgPtrs.put(0, ggParams);
         this.groupedMode = parseGroupedMode(System.getProperty("sparkmoe.cuda.grouped", "auto"));
-        this.attentionMode = AttentionMode.valueOf(System.getProperty("sparkmoe.cuda.attention", "gemm")
+        this.attentionMode = AttentionMode.valueOf(System.getProperty("sparkmoe.cuda.attention", "auto")
                 .toUpperCase(Locale.ROOT));
         this.attentionChunkBytes = Long.getLong("sparkmoe.cuda.attention.chunkBytes", DEFAULT_ATTENTION_CHUNK_BYTES);
         this.errorWord = allocate(16);
@@ -259,8 +282,33 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.attentionMode = m;
     }
 
+    /** The configured mode ({@link AttentionMode#AUTO} unless set); {@link #effectiveAttentionMode} says what runs. */
     public synchronized AttentionMode attentionMode() {
         return attentionMode;
+    }
+
+    /**
+     * The mode an attention call with this head dim runs now: {@link AttentionMode#GEMM},
+     * {@link AttentionMode#FUSED} or {@link AttentionMode#FLASH} ({@link AttentionMode#AUTO} resolved against the
+     * current {@link GemmPrecision}; FLASH falls back to GEMM where it does not support the head dim or device).
+     */
+    public synchronized AttentionMode effectiveAttentionMode(int headDim) {
+        switch (attentionMode) {
+            case FUSED:
+                return AttentionMode.FUSED;
+            case GEMM:
+                return AttentionMode.GEMM;
+            case FLASH:
+                return flashSupported(headDim) ? AttentionMode.FLASH : AttentionMode.GEMM;
+            default:
+                return gemmPrecision == GemmPrecision.BF16 && flashSupported(headDim) ? AttentionMode.FLASH
+                        : AttentionMode.GEMM;
+        }
+    }
+
+    /** Whether the flash kernels are built for this head dim (64, 128) and the device has bf16 mma (sm_80+). */
+    private boolean flashSupported(int headDim) {
+        return (headDim == 64 || headDim == 128) && smMajor >= 8;
     }
 
     /**
@@ -1134,14 +1182,26 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     /**
-     * Causal GQA attention (SPI semantics in {@link Backend#attentionForward}). In {@link AttentionMode#GEMM} mode
-     * (the default) this is a batched-GEMM first version on the tensor cores (with the current {@link GemmPrecision}):
+     * Causal GQA attention (SPI semantics in {@link Backend#attentionForward}); {@link #effectiveAttentionMode} picks
+     * the kernels at each call (by default FLASH with {@link GemmPrecision#BF16} and head dim 64 or 128, else GEMM).
+     *
+     * <p>{@link AttentionMode#FLASH} ({@code flash_attention.cu}, FlashAttention-2 style): one CTA of 8 warps per
+     * (block of 128 query rows, batch item, query head), each warp owning 16 rows; K and V tiles of 64 keys are
+     * rounded to bf16 into shared memory ([64][D+8], 18 KiB at D=64, 34 KiB at D=128) and the CTA walks the key
+     * tiles up to the diagonal (tiles wholly after a warp's rows are skipped, the diagonal tile masked). S = Q K^T and
+     * O += P V are {@code mma.sync.m16n8k16} bf16 products with f32 accumulators (Q kept as register fragments, V^T
+     * fragments by {@code ldmatrix.trans}); the online softmax (running max and sum, exp2 domain) is f32 and P is
+     * rounded to bf16 only as the operand of P V. O and lse = max + log(sum) are written in f32. Error against the
+     * f32 reference: bf16 rounding of q, k, v and P (about 4e-3 relative each), so about 1e-2 of the max magnitude.
+     *
+     * <p>In {@link AttentionMode#GEMM} mode this is a batched-GEMM version on the tensor cores (with the current
+     * {@link GemmPrecision}):
      * per chunk of heads of one batch row, {@code cublasGemmStridedBatchedEx} computes S = scale * Q K^T into a
      * transient [heads, T, T] buffer (bounded by {@link #setAttentionChunkBytes}, default 512 MiB), a row kernel
      * turns S into the causal softmax P in place (f32, {@code -inf} above the diagonal, lse saved), and a second
      * batched GEMM gives O = P V. The T x T buffer lives only inside the call. The full T x T products are computed
-     * (twice the causal work) and S makes a round trip through device memory: a fused flash-attention kernel on the
-     * tensor cores would avoid both. {@link AttentionMode#FUSED} keeps the fused one-warp-per-row CUDA-core kernel.
+     * (twice the causal work) and S makes a round trip through device memory, which FLASH avoids.
+     * {@link AttentionMode#FUSED} keeps the fused one-warp-per-row CUDA-core kernel.
      * Measured on an H200 (B=4, T=2048, Hq=16, Hkv=4, D=64, BF16 precision, median of 15 by CUDA events): forward
      * 1.51 ms (fused 5.21 ms), backward 2.96 ms (fused 14.62 ms), peak score buffers 2 x 256 MiB. There the BF16
      * and TF32 settings gave bit-identical attention outputs and timings (cuBLAS chose the same kernels for these
@@ -1155,15 +1215,29 @@ public final class CudaBackend implements Backend, AutoCloseable {
         if (batch == 0 || seqLen == 0) {
             return;
         }
-        if (attentionMode == AttentionMode.FUSED) {
+        AttentionMode mode = effectiveAttentionMode(headDim);
+        if (mode == AttentionMode.FUSED) {
             attentionForwardFused(q, k, v, batch, seqLen, qHeads, kvHeads, headDim, scale, out, lse);
-        } else {
+        } else if (mode != AttentionMode.FLASH
+                || !attentionForwardFlash(q, k, v, batch, seqLen, qHeads, kvHeads, headDim, scale, out, lse)) {
+            // GEMM, or FLASH where the flash kernels cannot take these tensors (see flashUsable)
             attentionForwardGemm(q, k, v, batch, seqLen, qHeads, kvHeads, headDim, scale, out, lse);
         }
     }
 
     /**
-     * Backward of {@link #attentionForward}. In {@link AttentionMode#GEMM} mode, per chunk of heads: S = scale Q K^T
+     * Backward of {@link #attentionForward} (mode chosen the same way; lse from any mode serves any other: it is the
+     * natural-log log-sum-exp of the scaled scores everywhere). dq, dk and dv are written, not accumulated.
+     *
+     * <p>{@link AttentionMode#FLASH}: a small kernel writes Di = rowsum(dO * O) (f32); then one CTA of 4 warps per
+     * (block of 64 keys, batch item, kv head) recomputes, for every query head of the group and every 64-row (32 at
+     * D=128) query block at or after the key block, S^T = K Q^T, P^T = exp(scale S^T - lse), dV += P^T dO,
+     * dP^T = V dO^T, dS^T = P^T (dP^T - Di), dK += dS^T Q, and writes dk = scale dK and dv (each owned by one CTA: no
+     * atomics, deterministic); a third kernel, one CTA of 4 warps per (block of 64 query rows, batch item, query
+     * head), recomputes S, P, dP, dS over the key tiles (64 keys, 32 at D=128) up to the diagonal and writes
+     * dq = scale dS K. bf16 operands and f32 accumulation as in the forward pass.
+     *
+     * <p>In {@link AttentionMode#GEMM} mode, per chunk of heads: S = scale Q K^T
      * and dP = dO V^T (batched GEMMs), a row kernel writes P = exp(S - lse) (masked) and dS = P (dP - D) scale in
      * place (D = rowsum(dO * O) from a small kernel), then dV += P^T dO and dK += dS^T Q (dk, dv zeroed first, each
      * kv head summed over the query heads of its group in stream order: deterministic) and dQ = dS K. Two transient
@@ -1178,9 +1252,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
         if (batch == 0 || seqLen == 0) {
             return;
         }
-        if (attentionMode == AttentionMode.FUSED) {
+        AttentionMode mode = effectiveAttentionMode(headDim);
+        if (mode == AttentionMode.FUSED) {
             attentionBackwardFused(dOut, q, k, v, out, lse, batch, seqLen, qHeads, kvHeads, headDim, scale, dq, dk, dv);
-        } else {
+        } else if (mode != AttentionMode.FLASH || !attentionBackwardFlash(dOut, q, k, v, out, lse, batch, seqLen,
+                qHeads, kvHeads, headDim, scale, dq, dk, dv)) {
+            // GEMM, or FLASH where the flash kernels cannot take these tensors (see flashUsable)
             attentionBackwardGemm(dOut, q, k, v, out, lse, batch, seqLen, qHeads, kvHeads, headDim, scale, dq, dk, dv);
         }
     }
@@ -1331,6 +1408,84 @@ public final class CudaBackend implements Backend, AutoCloseable {
             releaseScratch(sBuf);
             dispose(di);
         }
+    }
+
+    // Tile configuration of flash_attention.cu (its FA_INSTANCES lines): threads = 32 * warps; a forward / dq CTA
+    // owns 16 * warps query rows, a dk/dv CTA 16 * warps key rows.
+    private static final int FLASH_FWD_WARPS = 8;
+    private static final int FLASH_FWD_BN = 64;
+    private static final int FLASH_DQ_WARPS = 4;
+    private static final int FLASH_DKDV_WARPS = 4;
+
+    private static int flashDqBn(int headDim) {
+        return headDim == 64 ? 64 : 32;
+    }
+
+    private static int flashDkdvBm(int headDim) {
+        return headDim == 64 ? 64 : 32;
+    }
+
+    private static int ceilDiv(int a, int b) {
+        return (a + b - 1) / b;
+    }
+
+    /**
+     * Whether the flash kernels can take these tensors: 16-byte aligned addresses (their 16- and 8-byte vector loads
+     * and stores; the allocator's blocks are 512-byte aligned) and grid rows within the 65535 limit.
+     */
+    private static boolean flashUsable(int seqLen, long... addresses) {
+        for (long a : addresses) {
+            if ((a & 15) != 0) {
+                return false;
+            }
+        }
+        return ceilDiv(seqLen, 64) <= 65535;
+    }
+
+    private boolean attentionForwardFlash(Tensor q, Tensor k, Tensor v, int batch, int seqLen, int qHeads,
+                                          int kvHeads, int headDim, float scale, Tensor out, Tensor lse) {
+        final int T = seqLen, D = headDim, ld = D + 8;
+        long nq = (long) batch * T * qHeads * D;
+        long nkv = (long) batch * T * kvHeads * D;
+        long qA = addr(q, "q", 0, nq), kA = addr(k, "k", 0, nkv), vA = addr(v, "v", 0, nkv);
+        long oA = addr(out, "out", 0, nq), lseA = addr(lse, "lse", 0, (long) batch * qHeads * T);
+        if (!flashUsable(T, qA, kA, vA, oA)) {
+            return false;
+        }
+        int bm = 16 * FLASH_FWD_WARPS;
+        launch(FA, "fa_fwd_d" + D, batch * qHeads, ceilDiv(T, bm), 32 * FLASH_FWD_WARPS, 4 * FLASH_FWD_BN * ld, qA, kA,
+                vA, T, qHeads, kvHeads, scale, oA, lseA);
+        return true;
+    }
+
+    private boolean attentionBackwardFlash(Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,
+                                           int batch, int seqLen, int qHeads, int kvHeads, int headDim, float scale,
+                                           Tensor dq, Tensor dk, Tensor dv) {
+        final int T = seqLen, D = headDim, ld = D + 8;
+        long nq = (long) batch * T * qHeads * D;
+        long nkv = (long) batch * T * kvHeads * D;
+        int rowsL = batch * qHeads * T;
+        long dOA = addr(dOut, "dOut", 0, nq), qA = addr(q, "q", 0, nq), kA = addr(k, "k", 0, nkv);
+        long vA = addr(v, "v", 0, nkv), lseA = addr(lse, "lse", 0, rowsL), outA = addr(out, "out", 0, nq);
+        long dqA = addr(dq, "dq", 0, nq), dkA = addr(dk, "dk", 0, nkv), dvA = addr(dv, "dv", 0, nkv);
+        if (!flashUsable(T, dOA, qA, kA, vA, dqA, dkA, dvA)) {
+            return false;
+        }
+        Tensor di = scratch(DType.F32, rowsL);
+        try {
+            long diA = addr(di, "di", 0, rowsL);
+            launch(FA, "fa_bwd_di", blocksFor((long) rowsL * 32, THREADS), 1, THREADS, 0, dOA, outA, batch, T, qHeads,
+                    D, diA);
+            int bnKv = 16 * FLASH_DKDV_WARPS, bmKv = flashDkdvBm(D);
+            launch(FA, "fa_bwd_dkdv_d" + D, batch * kvHeads, ceilDiv(T, bnKv), 32 * FLASH_DKDV_WARPS,
+                    4 * (bnKv + bmKv) * ld + 8 * bmKv, dOA, qA, kA, vA, lseA, diA, T, qHeads, kvHeads, scale, dkA, dvA);
+            int bmQ = 16 * FLASH_DQ_WARPS;
+            launch(FA, "fa_bwd_dq_d" + D, batch * qHeads, ceilDiv(T, bmQ), 32 * FLASH_DQ_WARPS, 4 * flashDqBn(D) * ld,
+                    dOA, qA, kA, vA, lseA, diA, T, qHeads, kvHeads, scale, dqA);
+        } finally {
+            dispose(di);
+        }
+        return true;
     }
 
     private void attentionForwardFused(Tensor q, Tensor k, Tensor v, int batch, int seqLen, int qHeads,

@@ -25,7 +25,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  *   <li>row reductions (RMSNorm, softmax, cross-entropy, combine backward, router backward) and f32 GEMM: 1e-5
  *       (summation order differs);
  *   <li>attention forward and backward: 1e-4 for the fused kernels and the F32 batched-GEMM path (fast exp, online
- *       softmax, and sums over up to T terms in another order); 5e-3 for the TF32 and 2e-2 for the BF16 GEMM path.
+ *       softmax, and sums over up to T terms in another order); 5e-3 for the TF32 and 2e-2 for the BF16 GEMM path
+ *       and the bf16 flash kernels.
  * </ul>
  * Skipped where no GPU or CUDA library is present.
  */
@@ -337,7 +338,8 @@ class CudaBackendTest {
      * Attention against the CPU reference in every mode: the fused f32 kernels, and the batched-GEMM path in F32
      * (1e-4, like the fused kernels), TF32 (5e-3: tf32 operands, about 5e-4 relative each, through two products and
      * an exp) and BF16 (2e-2: bf16 operands, about 4e-3 relative each), plus F32 with a one-head chunk budget so that
-     * the chunk loops (query heads of a group and kv heads split across chunks) are exercised.
+     * the chunk loops (query heads of a group and kv heads split across chunks) are exercised, and the flash kernels
+     * (2e-2, bf16 operands; head dims other than 64 and 128 run the GEMM path; more cases in FlashAttentionTest).
      */
     @Test
     void attentionForwardBackward() {
@@ -349,6 +351,7 @@ class CudaBackendTest {
             new AttnConfig(CudaBackend.AttentionMode.GEMM, CudaBackend.GemmPrecision.F32, 1, 1e-4),
             new AttnConfig(CudaBackend.AttentionMode.GEMM, CudaBackend.GemmPrecision.TF32, 0, 5e-3),
             new AttnConfig(CudaBackend.AttentionMode.GEMM, CudaBackend.GemmPrecision.BF16, 0, 2e-2),
+            new AttnConfig(CudaBackend.AttentionMode.FLASH, CudaBackend.GemmPrecision.BF16, 0, 2e-2),
         };
         CudaBackend.AttentionMode mode0 = gpu.attentionMode();
         CudaBackend.GemmPrecision prec0 = gpu.gemmPrecision();

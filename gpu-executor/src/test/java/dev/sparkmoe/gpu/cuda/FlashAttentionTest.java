@@ -1,0 +1,268 @@
+package dev.sparkmoe.gpu.cuda;
+
+import dev.sparkmoe.core.backend.CpuBackend;
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+
+import java.util.Arrays;
+import java.util.Random;
+
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.host;
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.maxAbs;
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.rnd;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+/**
+ * The tensor-core flash-attention kernels ({@link CudaBackend.AttentionMode#FLASH}, {@code flash_attention.cu})
+ * against the f32 {@link CpuBackend} twin: forward (out, lse) and backward (dq, dk, dv) on N(0, 1) inputs (the scale
+ * of q and k after RMSNorm), for head dims 64 and 128, sequence lengths that are not multiples of the tiles (1, 37,
+ * 200) and ones that are (64, 128), grouped (Hq = 4, Hkv = 2) and ungrouped (Hq = Hkv) heads, and the benchmark shape
+ * B=4, T=2048, Hq=16, Hkv=4, D=64.
+ *
+ * <p>Tolerance: the kernels round q, k, v, dO, P and dS to bf16 (8 significant bits, 2^-9 relative) as MMA operands
+ * and accumulate in f32, so each tensor is held to max |gpu - cpu| <= 2e-2 * max(max |cpu|, 1e-2) (the floor only
+ * matters for T = 1, where dq and dk are 0 in exact arithmetic). A numpy emulation of the same rounding points gave
+ * 2e-3 to 7e-3 at these shapes. Every output must be finite (the GPU outputs are poisoned with NaN first, so an
+ * unwritten element fails too). Skipped without a GPU, or on one older than sm_80.
+ *
+ * <p>{@link #flashTimings} (only with {@code -Dsparkmoe.cuda.attnBench=true}) prints FLASH against GEMM (BF16)
+ * forward and backward times at the benchmark shape.
+ */
+class FlashAttentionTest {
+    static final double TOL = 2e-2;
+    static final double FLOOR = 1e-2;
+
+    private final CpuBackend cpu = new CpuBackend();
+    private CudaBackend gpu;
+    private CudaBackend.AttentionMode mode0;
+    private CudaBackend.GemmPrecision prec0;
+
+    @BeforeEach
+    void setUp() {
+        gpu = GpuTestSupport.backend();
+        mode0 = gpu.attentionMode();
+        prec0 = gpu.gemmPrecision();
+        gpu.setAttentionMode(CudaBackend.AttentionMode.FLASH);
+        assumeTrue(gpu.effectiveAttentionMode(64) == CudaBackend.AttentionMode.FLASH,
+                () -> "flash attention needs sm_80 or newer, the device is " + gpu.arch());
+    }
+
+    @AfterEach
+    void tearDown() {
+        if (gpu != null) {
+            gpu.setAttentionMode(mode0);
+            gpu.setGemmPrecision(prec0);
+        }
+    }
+
+    private Tensor up(float[] a) {
+        return gpu.upload(host(a, a.length));
+    }
+
+    private Tensor poisoned(int n) {
+        Tensor t = gpu.zeros(DType.F32, n);
+        gpu.fill(t, Float.NaN);
+        return t;
+    }
+
+    private float[] down(Tensor t) {
+        return gpu.download(t).floats();
+    }
+
+    /** out, lse, dq, dk, dv of one shape on both backends: {cpu[5], gpu[5]}. */
+    private float[][][] run(long seed, int b, int t, int hq, int hkv, int d) {
+        Random r = new Random(seed);
+        float scale = (float) (1 / Math.sqrt(d));
+        int nq = b * t * hq * d, nkv = b * t * hkv * d, nl = b * hq * t;
+        float[] q = rnd(r, nq, 1), k = rnd(r, nkv, 1), v = rnd(r, nkv, 1), dout = rnd(r, nq, 1);
+        Tensor co = Tensor.zeros(DType.F32, nq), cl = Tensor.zeros(DType.F32, nl);
+        cpu.attentionForward(host(q, nq), host(k, nkv), host(v, nkv), b, t, hq, hkv, d, scale, co, cl);
+        Tensor cdq = Tensor.zeros(DType.F32, nq), cdk = Tensor.zeros(DType.F32, nkv), cdv = Tensor.zeros(DType.F32, nkv);
+        cpu.attentionBackward(host(dout, nq), host(q, nq), host(k, nkv), host(v, nkv), co, cl, b, t, hq, hkv, d, scale,
+                cdq, cdk, cdv);
+        float[][] ref = {co.floats(), cl.floats(), cdq.floats(), cdk.floats(), cdv.floats()};
+        try (var scope = gpu.openScope()) {
+            Tensor gq = up(q), gk = up(k), gv = up(v), gdout = up(dout);
+            Tensor go = poisoned(nq), gl = poisoned(nl);
+            gpu.attentionForward(gq, gk, gv, b, t, hq, hkv, d, scale, go, gl);
+            Tensor gdq = poisoned(nq), gdk = poisoned(nkv), gdv = poisoned(nkv);
+            gpu.attentionBackward(gdout, gq, gk, gv, go, gl, b, t, hq, hkv, d, scale, gdq, gdk, gdv);
+            float[][] got = {down(go), down(gl), down(gdq), down(gdk), down(gdv)};
+            return new float[][][] {ref, got};
+        }
+    }
+
+    private static final String[] NAMES = {"out", "lse", "dq", "dk", "dv"};
+
+    /** Checks every output of {@link #run} (finite, within the tolerance) and returns a log line of the errors. */
+    private String check(int b, int t, int hq, int hkv, int d, float[][][] rg) {
+        String what = "B=" + b + " T=" + t + " Hq=" + hq + " Hkv=" + hkv + " D=" + d;
+        StringBuilder line = new StringBuilder(String.format("%-32s", what));
+        for (int i = 0; i < NAMES.length; i++) {
+            String name = NAMES[i];
+            float[] ref = rg[0][i], got = rg[1][i];
+            assertEquals(ref.length, got.length, name + " length, " + what);
+            double scale = Math.max(maxAbs(ref), FLOOR), worst = 0;
+            int at = -1;
+            for (int j = 0; j < ref.length; j++) {
+                if (!Float.isFinite(got[j])) {
+                    throw new AssertionError("flash " + what + ": " + name + "[" + j + "] = " + got[j] + " (cpu "
+                            + ref[j] + ")");
+                }
+                double e = Math.abs((double) ref[j] - got[j]);
+                if (e > worst) {
+                    worst = e;
+                    at = j;
+                }
+            }
+            double rel = worst / scale;
+            line.append(String.format(" %s %.2e", name, rel));
+            if (rel > TOL) {
+                throw new AssertionError("flash " + what + ": " + name + " max error " + worst + " at " + at + " (cpu "
+                        + ref[at] + ", gpu " + got[at] + ") is " + rel + " of " + scale + ", over " + TOL + " ("
+                        + line + ")");
+            }
+        }
+        return line.toString();
+    }
+
+    @Test
+    void forwardBackwardAgainstCpu() {
+        int[][] shapes = {
+            // B, T, Hq, Hkv, D
+            {2, 1, 4, 2, 64}, {2, 37, 4, 2, 64}, {2, 200, 4, 2, 64}, {1, 64, 4, 2, 64}, {1, 128, 3, 1, 64},
+            {2, 37, 4, 4, 64}, {2, 200, 4, 4, 64},
+            {2, 1, 4, 2, 128}, {2, 37, 4, 2, 128}, {2, 200, 4, 2, 128}, {1, 64, 2, 1, 128}, {2, 200, 4, 4, 128},
+        };
+        StringBuilder log = new StringBuilder("\n=== flash attention max error / max(max |cpu|, " + FLOOR + ") ===\n");
+        try {
+            long seed = 11;
+            for (int[] s : shapes) {
+                float[][][] rg = run(seed++, s[0], s[1], s[2], s[3], s[4]);
+                log.append(check(s[0], s[1], s[2], s[3], s[4], rg)).append('\n');
+            }
+        } finally {
+            System.out.println(log);
+        }
+    }
+
+    @Test
+    void benchmarkShapeAgainstCpu() {
+        int b = 4, t = 2048, hq = 16, hkv = 4, d = 64;
+        float[][][] rg = run(2048, b, t, hq, hkv, d);
+        System.out.println("\n=== flash attention at the benchmark shape ===\n" + check(b, t, hq, hkv, d, rg));
+    }
+
+    /** Each dk/dv and dq element is owned by one CTA (no atomics): two backward passes agree bit for bit. */
+    @Test
+    void backwardIsDeterministic() {
+        int b = 2, t = 300, hq = 8, hkv = 2, d = 64;
+        Random r = new Random(5);
+        float scale = 0.125f;
+        int nq = b * t * hq * d, nkv = b * t * hkv * d, nl = b * hq * t;
+        try (var scope = gpu.openScope()) {
+            Tensor q = up(rnd(r, nq, 1)), k = up(rnd(r, nkv, 1)), v = up(rnd(r, nkv, 1)), dout = up(rnd(r, nq, 1));
+            Tensor o = poisoned(nq), l = poisoned(nl);
+            gpu.attentionForward(q, k, v, b, t, hq, hkv, d, scale, o, l);
+            float[][] first = null;
+            for (int rep = 0; rep < 2; rep++) {
+                Tensor dq = poisoned(nq), dk = poisoned(nkv), dv = poisoned(nkv);
+                gpu.attentionBackward(dout, q, k, v, o, l, b, t, hq, hkv, d, scale, dq, dk, dv);
+                float[][] got = {down(dq), down(dk), down(dv)};
+                if (first == null) {
+                    first = got;
+                } else {
+                    for (int i = 0; i < got.length; i++) {
+                        assertArrayEquals(first[i], got[i], "flash backward " + NAMES[2 + i] + " differs between runs");
+                    }
+                }
+            }
+        }
+    }
+
+    /** AUTO picks FLASH only with BF16 GEMMs and a supported head dim; FLASH falls back to GEMM elsewhere. */
+    @Test
+    void modeResolution() {
+        gpu.setAttentionMode(CudaBackend.AttentionMode.AUTO);
+        gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
+        assertEquals(CudaBackend.AttentionMode.FLASH, gpu.effectiveAttentionMode(64));
+        assertEquals(CudaBackend.AttentionMode.FLASH, gpu.effectiveAttentionMode(128));
+        assertEquals(CudaBackend.AttentionMode.GEMM, gpu.effectiveAttentionMode(100));
+        gpu.setGemmPrecision(CudaBackend.GemmPrecision.F32);
+        assertEquals(CudaBackend.AttentionMode.GEMM, gpu.effectiveAttentionMode(64));
+        gpu.setGemmPrecision(CudaBackend.GemmPrecision.TF32);
+        assertEquals(CudaBackend.AttentionMode.GEMM, gpu.effectiveAttentionMode(64));
+        gpu.setAttentionMode(CudaBackend.AttentionMode.FLASH);
+        assertEquals(CudaBackend.AttentionMode.FLASH, gpu.effectiveAttentionMode(64));
+        assertEquals(CudaBackend.AttentionMode.GEMM, gpu.effectiveAttentionMode(32));
+        gpu.setAttentionMode(CudaBackend.AttentionMode.FUSED);
+        assertEquals(CudaBackend.AttentionMode.FUSED, gpu.effectiveAttentionMode(64));
+    }
+
+    private static float median(CudaBackend gpu, Runnable body, int warm, int reps) {
+        for (int i = 0; i < warm; i++) {
+            gpu.timeMillis(body);
+        }
+        float[] t = new float[reps];
+        for (int i = 0; i < reps; i++) {
+            t[i] = gpu.timeMillis(body);
+        }
+        Arrays.sort(t);
+        return t[reps / 2];
+    }
+
+    /**
+     * FLASH against GEMM (BF16 products) at B=4, T=2048, Hq=16, Hkv=4, D=64: device time from CUDA events, median of
+     * 15 after 3 warm-ups; run with {@code -Dsparkmoe.cuda.attnBench=true}. Also prints the max difference of FLASH's
+     * outputs from GEMM's (over GEMM's max magnitude).
+     */
+    @Test
+    void flashTimings() {
+        assumeTrue(Boolean.getBoolean("sparkmoe.cuda.attnBench"), "run with -Dsparkmoe.cuda.attnBench=true");
+        Random r = new Random(7);
+        int b = 4, t = 2048, hq = 16, hkv = 4, d = 64;
+        int nq = b * t * hq * d, nkv = b * t * hkv * d;
+        float scale = 0.125f;
+        double pairs = (double) b * hq * t * (t + 1) / 2;
+        StringBuilder out = new StringBuilder("\n=== flash attention timings on " + gpu.deviceName() + " ("
+                + gpu.arch() + ") ===\n");
+        gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
+        try (var scope = gpu.openScope()) {
+            Tensor q = up(rnd(r, nq, 1)), kk = up(rnd(r, nkv, 1)), v = up(rnd(r, nkv, 1)), dout = up(rnd(r, nq, 1));
+            float[][] ref = null;
+            for (CudaBackend.AttentionMode m : new CudaBackend.AttentionMode[] {CudaBackend.AttentionMode.GEMM,
+                CudaBackend.AttentionMode.FLASH}) {
+                gpu.setAttentionMode(m);
+                Tensor o = gpu.zeros(DType.F32, nq), lse = gpu.zeros(DType.F32, b * hq * t);
+                Tensor dq = gpu.zeros(DType.F32, nq), dk = gpu.zeros(DType.F32, nkv), dv = gpu.zeros(DType.F32, nkv);
+                float fwd = median(gpu, () -> gpu.attentionForward(q, kk, v, b, t, hq, hkv, d, scale, o, lse), 3, 15);
+                float bwd = median(gpu, () -> gpu.attentionBackward(dout, q, kk, v, o, lse, b, t, hq, hkv, d, scale,
+                        dq, dk, dv), 3, 15);
+                out.append(String.format("attention %-5s BF16 B=%d T=%d Hq=%d Hkv=%d D=%d: fwd %8.3f ms (%6.1f TFLOP/s"
+                        + " causal)  bwd %8.3f ms (%6.1f TFLOP/s causal)%n", m, b, t, hq, hkv, d, fwd,
+                        pairs * 4 * d / fwd / 1e9, bwd, pairs * 10 * d / bwd / 1e9));
+                float[][] got = {down(o), down(lse), down(dq), down(dk), down(dv)};
+                if (ref == null) {
+                    ref = got;
+                } else {
+                    out.append("  max |flash - gemm| / max |gemm| out, lse, dq, dk, dv:");
+                    for (int i = 0; i < got.length; i++) {
+                        double worst = 0;
+                        for (int j = 0; j < got[i].length; j++) {
+                            worst = Math.max(worst, Math.abs((double) got[i][j] - ref[i][j]));
+                        }
+                        out.append(String.format(" %.2e", worst / Math.max(1e-30, maxAbs(ref[i]))));
+                    }
+                    out.append('\n');
+                }
+            }
+        }
+        System.out.println(out);
+    }
+}
