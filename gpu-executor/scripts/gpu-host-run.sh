@@ -5,6 +5,8 @@
 #   $D/gpu-tests.jar          gpu-executor's test classes;  $D/core-tests.jar  core's test-jar (fixtures)
 #   $D/bench/                 shared/bench: the PyTorch baselines and qwen3moe-c1.json
 # Usage: D=.device-carry/run bash gpu-executor/scripts/gpu-host-run.sh tests|smoke|bench|all|curve
+# Env: TEST_SELECT (console-launcher selectors, default the GPU test packages), TEST_PROPS (extra -D for tests),
+#      OURS/BASE/STEPS/GEMM/BENCH_ARGS (bench runs), CURVE_GPUS/CURVE_STEPS (curve).
 set -o pipefail
 D=${D:-.device-carry/run}
 OUT=${OUT:-/tmp/out}
@@ -25,8 +27,8 @@ if [ "$MODE" = tests ] || [ "$MODE" = all ]; then
   timeout ${TEST_LIMIT:-300} $J -Xmx24g -Dorg.bytedeco.javacpp.pathsFirst=true -Dsparkmoe.cuda.cacheDir=/tmp/cubin \
     -Dsparkmoe.cuda.poison=true ${TEST_PROPS:-} \
     -cp "$CP" org.junit.platform.console.ConsoleLauncher execute \
-    --select-package dev.sparkmoe.gpu.cuda \
-    --select-package dev.sparkmoe.gpu.training --select-package dev.sparkmoe.gpu.nccl \
+    ${TEST_SELECT:---select-package dev.sparkmoe.gpu.cuda --select-package dev.sparkmoe.gpu.training \
+      --select-package dev.sparkmoe.gpu.nccl} \
     --details=tree --disable-banner --reports-dir="$OUT/reports" > "$OUT/tests.log" 2>&1 || rc=1
   grep -E "✘|tests (successful|failed|skipped|aborted)" "$OUT/tests.log" | head -30
   grep -B2 -A12 "✘" "$OUT/tests.log" | grep -vE "^\s+at " | head -60

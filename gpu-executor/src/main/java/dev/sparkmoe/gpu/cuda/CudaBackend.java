@@ -1680,6 +1680,17 @@ public final class CudaBackend implements Backend, AutoCloseable {
                 normalize ? 1 : 0, addr(dLogits, "dLogits", 0, ne));
     }
 
+    /** 1 when rows of {@code width} floats at these base addresses can move as float4 (16-byte aligned rows). */
+    private static int rowVector(int width, long a, long b) {
+        return width % 4 == 0 && a % 16 == 0 && b % 16 == 0 ? 1 : 0;
+    }
+
+    /** Threads for one row copy: one per float4 (or float), a multiple of 32, at most 256. */
+    private static int rowThreadsFor(int width, int vec) {
+        int units = vec == 1 ? width / 4 : width;
+        return Math.max(32, Math.min(256, (units + 31) / 32 * 32));
+    }
+
     @Override
     public synchronized void gatherRows(Tensor src, Tensor index, int n, int width, int divisor, Tensor dst) {
         current();
@@ -1688,9 +1699,11 @@ public final class CudaBackend implements Backend, AutoCloseable {
             return;
         }
         int srcRows = src.numel() / width;
-        launch1D(K, "gather_rows", (long) n * width, addr(src, "src", 0, (long) srcRows * width), srcRows,
-                addr(index, "index", 0, n), n, width, divisor, addr(dst, "dst", 0, (long) n * width),
-                errorWord.address());
+        long from = addr(src, "src", 0, (long) srcRows * width);
+        long to = addr(dst, "dst", 0, (long) n * width);
+        int vec = rowVector(width, from, to);
+        launch(K, "gather_rows", n, 1, rowThreadsFor(width, vec), 0, from, srcRows, addr(index, "index", 0, n), n,
+                width, divisor, to, errorWord.address(), vec);
     }
 
     @Override
@@ -1701,8 +1714,11 @@ public final class CudaBackend implements Backend, AutoCloseable {
             return;
         }
         int dstRows = dst.numel() / width;
-        launch1D(K, "scatter_rows", (long) n * width, addr(src, "src", 0, (long) n * width), addr(index, "index", 0, n),
-                n, width, addr(dst, "dst", 0, (long) dstRows * width), dstRows, errorWord.address());
+        long from = addr(src, "src", 0, (long) n * width);
+        long to = addr(dst, "dst", 0, (long) dstRows * width);
+        int vec = rowVector(width, from, to);
+        launch(K, "scatter_rows", n, 1, rowThreadsFor(width, vec), 0, from, addr(index, "index", 0, n), n, width, to,
+                dstRows, errorWord.address(), vec);
     }
 
     @Override

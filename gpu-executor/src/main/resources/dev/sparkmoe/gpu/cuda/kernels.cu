@@ -376,29 +376,40 @@ __global__ void router_bwd(const float* dw, const int* topIdx, const float* topV
 
 // ------------------------------------------------------------------ MoE data movement
 
-__global__ void gather_rows(const float* src, int srcRows, const int* index, int n, int width, int divisor,
-                            float* dst, int* err) {
-    GRID_STRIDE(i, (long long)n * width) {
-        int j = (int)(i / width), c = (int)(i % width);
-        int s = index[j] / divisor;
-        if (index[j] < 0 || s >= srcRows) {
-            if (c == 0) report(err, ERR_GATHER_INDEX, j, index[j], srcRows);
-            continue;
-        }
-        dst[i] = src[(long long)s * width + c];
+// Row copies, one block per row: float4 moves when vec (width % 4 == 0, 16-byte aligned rows), else floats.
+__device__ __forceinline__ void copy_row(const float* __restrict__ from, float* __restrict__ to, int width, int vec) {
+    if (vec) {
+        const float4* f = reinterpret_cast<const float4*>(from);
+        float4* t = reinterpret_cast<float4*>(to);
+        for (int c = threadIdx.x; c < (width >> 2); c += blockDim.x) t[c] = f[c];
+    } else {
+        for (int c = threadIdx.x; c < width; c += blockDim.x) to[c] = from[c];
     }
 }
 
-__global__ void scatter_rows(const float* src, const int* index, int n, int width, float* dst, int dstRows, int* err) {
-    GRID_STRIDE(i, (long long)n * width) {
-        int j = (int)(i / width), c = (int)(i % width);
-        int d = index[j];
-        if (d < 0 || d >= dstRows) {
-            if (c == 0) report(err, ERR_SCATTER_INDEX, j, d, dstRows);
-            continue;
-        }
-        dst[(long long)d * width + c] = src[i];
+// grid (n): dst[j] = src[index[j] / divisor]
+__global__ void gather_rows(const float* src, int srcRows, const int* index, int n, int width, int divisor,
+                            float* dst, int* err, int vec) {
+    int j = blockIdx.x;
+    int raw = index[j];
+    int s = raw / divisor;
+    if (raw < 0 || s >= srcRows) {
+        if (threadIdx.x == 0) report(err, ERR_GATHER_INDEX, j, raw, srcRows);
+        return;
     }
+    copy_row(src + (long long)s * width, dst + (long long)j * width, width, vec);
+}
+
+// grid (n): dst[index[j]] = src[j]
+__global__ void scatter_rows(const float* src, const int* index, int n, int width, float* dst, int dstRows, int* err,
+                             int vec) {
+    int j = blockIdx.x;
+    int d = index[j];
+    if (d < 0 || d >= dstRows) {
+        if (threadIdx.x == 0) report(err, ERR_SCATTER_INDEX, j, d, dstRows);
+        return;
+    }
+    copy_row(src + (long long)j * width, dst + (long long)d * width, width, vec);
 }
 
 __global__ void moe_combine(const float* slots, const float* weights, int tokens, int k, int width, float* y) {

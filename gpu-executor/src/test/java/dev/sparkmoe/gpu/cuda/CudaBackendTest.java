@@ -524,7 +524,12 @@ class CudaBackendTest {
 
     @Test
     void gatherScatterCombineSumSlots() {
-        int tokens = 200, k = 4, width = 72, n = tokens * k;
+        gatherScatterCombineSumSlots(72); // rows move as float4
+        gatherScatterCombineSumSlots(37); // one float at a time
+    }
+
+    private void gatherScatterCombineSumSlots(int width) {
+        int tokens = 200, k = 4, n = tokens * k;
         float[] x = rnd(r, tokens * width, 1);
         int[] idx = new int[n];
         int[] perm = new int[n];
