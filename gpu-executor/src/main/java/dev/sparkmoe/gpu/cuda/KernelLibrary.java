@@ -88,10 +88,32 @@ final class KernelLibrary {
         return (home == null || home.isEmpty() ? "/usr/local/cuda" : home) + "/include";
     }
 
+    /**
+     * Kernel tuning macros from {@code -Dsparkmoe.cuda.defines=NAME=VALUE,...} (e.g. {@code GG_MIN_BLOCKS=1}) as
+     * NVRTC {@code -D} options; they take part in the cache key.
+     */
+    static java.util.List<String> defines(String spec) {
+        java.util.List<String> out = new java.util.ArrayList<>();
+        for (String d : spec.split(",")) {
+            String t = d.trim();
+            if (t.isEmpty()) {
+                continue;
+            }
+            if (!t.matches("[A-Za-z_][A-Za-z0-9_]*(=[A-Za-z0-9_.+-]*)?")) {
+                throw new IllegalArgumentException("sparkmoe.cuda.defines: '" + t + "' is not NAME or NAME=VALUE "
+                        + "(letters, digits, underscores); example: -Dsparkmoe.cuda.defines=GG_MIN_BLOCKS=1");
+            }
+            out.add("-D" + t);
+        }
+        return out;
+    }
+
     private byte[] cubin(String file) {
         String source = readResource(file);
-        String[] options = {"--gpu-architecture=" + arch(), "--include-path=" + includePath(), "--std=c++17",
-            "-default-device", "-lineinfo"};
+        java.util.List<String> opts = new java.util.ArrayList<>(java.util.List.of("--gpu-architecture=" + arch(),
+                "--include-path=" + includePath(), "--std=c++17", "-default-device", "-lineinfo"));
+        opts.addAll(defines(System.getProperty("sparkmoe.cuda.defines", "")));
+        String[] options = opts.toArray(new String[0]);
         String key = sha256(source + "\n" + String.join(" ", options) + "\n" + nvrtcVersion());
         byte[] cached = PROCESS_CACHE.get(key);
         if (cached != null) {

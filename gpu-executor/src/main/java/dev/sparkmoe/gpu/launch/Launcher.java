@@ -207,7 +207,7 @@ public final class Launcher {
         cmd.add("-Xss4m");
         boolean pathsFirst = false;
         for (String p : System.getProperties().stringPropertyNames()) {
-            if (p.startsWith("org.bytedeco.")) {
+            if (p.startsWith("org.bytedeco.") || p.startsWith("sparkmoe.")) { // JavaCPP and our own -D settings
                 cmd.add("-D" + p + "=" + System.getProperty(p));
                 pathsFirst |= p.equals("org.bytedeco.javacpp.pathsFirst");
             }

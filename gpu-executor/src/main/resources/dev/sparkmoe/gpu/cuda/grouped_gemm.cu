@@ -33,6 +33,9 @@
 #define GG_BK 32
 #define GG_PAD 8
 #define GG_THREADS 256
+#ifndef GG_MIN_BLOCKS  // blocks per SM the compiler must fit (registers): 2 caps them at 128, 1 lets them grow
+#define GG_MIN_BLOCKS 2
+#endif
 #define GG_STAGE_LD 36  // f32 epilogue staging row stride (multiple of 4 as wmma needs for float)
 
 // Layout shared with CudaBackend.groupedKernel (byte offsets listed below).
@@ -255,9 +258,9 @@ __device__ __forceinline__ void gg_impl(const GGParams& p) {
 
 extern "C" {
 
-__global__ void __launch_bounds__(GG_THREADS, 2) grouped_gemm_nn(const GGParams p) { gg_impl<false, false>(p); }
-__global__ void __launch_bounds__(GG_THREADS, 2) grouped_gemm_nt(const GGParams p) { gg_impl<false, true>(p); }
-__global__ void __launch_bounds__(GG_THREADS, 2) grouped_gemm_tn(const GGParams p) { gg_impl<true, false>(p); }
-__global__ void __launch_bounds__(GG_THREADS, 2) grouped_gemm_tt(const GGParams p) { gg_impl<true, true>(p); }
+__global__ void __launch_bounds__(GG_THREADS, GG_MIN_BLOCKS) grouped_gemm_nn(const GGParams p) { gg_impl<false, false>(p); }
+__global__ void __launch_bounds__(GG_THREADS, GG_MIN_BLOCKS) grouped_gemm_nt(const GGParams p) { gg_impl<false, true>(p); }
+__global__ void __launch_bounds__(GG_THREADS, GG_MIN_BLOCKS) grouped_gemm_tn(const GGParams p) { gg_impl<true, false>(p); }
+__global__ void __launch_bounds__(GG_THREADS, GG_MIN_BLOCKS) grouped_gemm_tt(const GGParams p) { gg_impl<true, true>(p); }
 
 }  // extern "C"

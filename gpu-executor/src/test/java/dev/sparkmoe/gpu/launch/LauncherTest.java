@@ -117,4 +117,15 @@ class LauncherTest {
             assertFalse(a.contains("SECRET") || a.contains("SPARK_MOE_RANK"), a);
         }
     }
+
+    @Test
+    void ranksInheritTheLaunchersSparkMoeSettings() {
+        System.setProperty("sparkmoe.cuda.defines", "GG_MIN_BLOCKS=1");
+        try {
+            List<String> cmd = Launcher.childCommand(Launcher.parse(new String[] {"--nproc", "2"}));
+            assertTrue(cmd.contains("-Dsparkmoe.cuda.defines=GG_MIN_BLOCKS=1"), cmd.toString());
+        } finally {
+            System.clearProperty("sparkmoe.cuda.defines");
+        }
+    }
 }
