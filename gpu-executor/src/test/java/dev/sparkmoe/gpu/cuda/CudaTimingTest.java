@@ -1,5 +1,7 @@
 package dev.sparkmoe.gpu.cuda;
 
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.medianMillis;
+
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import org.junit.jupiter.api.Test;
@@ -14,18 +16,6 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
  * {@code -Dsparkmoe.cuda.bench=true}: device time from CUDA events, median of 10 after 2 warm-ups, on random data.
  */
 class CudaTimingTest {
-
-    private static float median(CudaBackend gpu, Runnable body) {
-        for (int i = 0; i < 2; i++) {
-            gpu.timeMillis(body);
-        }
-        float[] t = new float[10];
-        for (int i = 0; i < t.length; i++) {
-            t[i] = gpu.timeMillis(body);
-        }
-        Arrays.sort(t);
-        return (t[4] + t[5]) / 2;
-    }
 
     private static Tensor rand(CudaBackend gpu, Random r, int n) {
         float[] a = new float[n];
@@ -50,7 +40,7 @@ class CudaTimingTest {
                     Tensor a = rand(gpu, r, m * k);
                     Tensor b = rand(gpu, r, n * k);
                     Tensor c = gpu.zeros(DType.F32, m * n);
-                    float ms = median(gpu, () -> gpu.gemm(false, true, m, n, k, 1f, a, 0, k, b, 0, k, 0f, c, 0, n));
+                    float ms = medianMillis(gpu, () -> gpu.gemm(false, true, m, n, k, 1f, a, 0, k, b, 0, k, 0f, c, 0, n));
                     out.append(String.format("gemm %-5s m=%5d n=%5d k=%5d (A B^T): %8.3f ms  %7.1f TFLOP/s%n", p, m, n,
                             k, ms, 2.0 * m * n * k / ms / 1e9));
                     gpu.release(a);
@@ -76,7 +66,7 @@ class CudaTimingTest {
             Tensor gc = gpu.zeros(DType.F32, experts * tokens * inter);
             for (CudaBackend.GroupedMode mode : new CudaBackend.GroupedMode[] {CudaBackend.GroupedMode.LOOP}) {
                 gpu.setGroupedMode(mode);
-                float ms = median(gpu, () -> gpu.groupedGemm(false, true, experts, m, n, k, 1f, ga, aOff, hidden, gb,
+                float ms = medianMillis(gpu, () -> gpu.groupedGemm(false, true, experts, m, n, k, 1f, ga, aOff, hidden, gb,
                         bOff, hidden, 0f, gc, cOff, inter));
                 out.append(String.format("groupedGemm %-14s %d x [%d x %d x %d] f32: %8.3f ms  %7.1f TFLOP/s%n", mode,
                         experts, tokens, inter, hidden, ms, 2.0 * experts * tokens * inter * hidden / ms / 1e9));
@@ -89,10 +79,10 @@ class CudaTimingTest {
             Tensor dq = gpu.zeros(DType.F32, nq), dk = gpu.zeros(DType.F32, nkv), dv = gpu.zeros(DType.F32, nkv);
             float scale = 0.125f;
             double pairs = (double) b * hq * t * (t + 1) / 2;
-            float fwd = median(gpu, () -> gpu.attentionForward(q, kk, v, b, t, hq, hkv, d, scale, o, lse));
+            float fwd = medianMillis(gpu, () -> gpu.attentionForward(q, kk, v, b, t, hq, hkv, d, scale, o, lse));
             out.append(String.format("attention fwd B=%d T=%d Hq=%d Hkv=%d D=%d: %8.3f ms  %7.2f TFLOP/s (4*D flop per"
                     + " causal pair)%n", b, t, hq, hkv, d, fwd, pairs * 4 * d / fwd / 1e9));
-            float bwd = median(gpu, () -> gpu.attentionBackward(dout, q, kk, v, o, lse, b, t, hq, hkv, d, scale, dq, dk,
+            float bwd = medianMillis(gpu, () -> gpu.attentionBackward(dout, q, kk, v, o, lse, b, t, hq, hkv, d, scale, dq, dk,
                     dv));
             out.append(String.format("attention bwd B=%d T=%d Hq=%d Hkv=%d D=%d: %8.3f ms  %7.2f TFLOP/s (10*D flop per"
                     + " causal pair)%n", b, t, hq, hkv, d, bwd, pairs * 10 * d / bwd / 1e9));
@@ -100,29 +90,17 @@ class CudaTimingTest {
             int rows = 8192;
             Tensor x = rand(gpu, r, rows * hidden), w = rand(gpu, r, hidden), y = gpu.zeros(DType.F32, rows * hidden);
             Tensor rs = gpu.zeros(DType.F32, rows);
-            float rms = median(gpu, () -> gpu.rmsNormForward(x, w, 1e-6f, rows, hidden, y, rs));
+            float rms = medianMillis(gpu, () -> gpu.rmsNormForward(x, w, 1e-6f, rows, hidden, y, rs));
             out.append(String.format("rmsNorm fwd %d x %d: %8.3f ms  %7.1f GB/s%n", rows, hidden, rms,
                     2.0 * 4 * rows * hidden / rms / 1e6));
             Tensor big = rand(gpu, r, 64 << 20), big2 = gpu.zeros(DType.F32, 64 << 20);
-            float cp = median(gpu, () -> gpu.copy(big, 0, big2, 0, 64 << 20));
+            float cp = medianMillis(gpu, () -> gpu.copy(big, 0, big2, 0, 64 << 20));
             out.append(String.format("device copy 256 MiB: %8.3f ms  %7.1f GB/s (read + write)%n", cp,
                     2.0 * 4 * (64 << 20) / cp / 1e6));
             out.append("memory: ").append(gpu.memoryStats()).append('\n');
         }
         out.append("after scope: ").append(gpu.memoryStats()).append('\n');
         System.out.println(out);
-    }
-
-    private static float median(CudaBackend gpu, Runnable body, int warm, int reps) {
-        for (int i = 0; i < warm; i++) {
-            gpu.timeMillis(body);
-        }
-        float[] t = new float[reps];
-        for (int i = 0; i < reps; i++) {
-            t[i] = gpu.timeMillis(body);
-        }
-        Arrays.sort(t);
-        return reps % 2 == 1 ? t[reps / 2] : (t[reps / 2 - 1] + t[reps / 2]) / 2;
     }
 
     /**
@@ -155,8 +133,8 @@ class CudaTimingTest {
                 Tensor o = gpu.zeros(DType.F32, nq), lse = gpu.zeros(DType.F32, b * hq * t);
                 Tensor dq = gpu.zeros(DType.F32, nq), dk = gpu.zeros(DType.F32, nkv), dv = gpu.zeros(DType.F32, nkv);
                 gpu.resetPeakMemory();
-                float fwd = median(gpu, () -> gpu.attentionForward(q, kk, v, b, t, hq, hkv, d, scale, o, lse), 3, 15);
-                float bwd = median(gpu, () -> gpu.attentionBackward(dout, q, kk, v, o, lse, b, t, hq, hkv, d, scale,
+                float fwd = medianMillis(gpu, () -> gpu.attentionForward(q, kk, v, b, t, hq, hkv, d, scale, o, lse), 3, 15);
+                float bwd = medianMillis(gpu, () -> gpu.attentionBackward(dout, q, kk, v, o, lse, b, t, hq, hkv, d, scale,
                         dq, dk, dv), 3, 15);
                 out.append(String.format("attention %-5s %-4s B=%d T=%d Hq=%d Hkv=%d D=%d: fwd %8.3f ms (%6.1f TFLOP/s"
                         + " causal)  bwd %8.3f ms (%6.1f TFLOP/s causal)  peak %s%n", run[0], run[1], b, t, hq, hkv, d,

@@ -1,5 +1,7 @@
 package dev.sparkmoe.gpu.cuda;
 
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.medianMillis;
+
 import dev.sparkmoe.core.backend.CpuBackend;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -205,18 +207,6 @@ class FlashAttentionTest {
         assertEquals(CudaBackend.AttentionMode.FUSED, gpu.effectiveAttentionMode(64));
     }
 
-    private static float median(CudaBackend gpu, Runnable body, int warm, int reps) {
-        for (int i = 0; i < warm; i++) {
-            gpu.timeMillis(body);
-        }
-        float[] t = new float[reps];
-        for (int i = 0; i < reps; i++) {
-            t[i] = gpu.timeMillis(body);
-        }
-        Arrays.sort(t);
-        return t[reps / 2];
-    }
-
     /**
      * FLASH against GEMM (BF16 products) at B=4, T=2048, Hq=16, Hkv=4, D=64: device time from CUDA events, median of
      * 15 after 3 warm-ups; run with {@code -Dsparkmoe.cuda.attnBench=true}. Also prints the max difference of FLASH's
@@ -241,8 +231,8 @@ class FlashAttentionTest {
                 gpu.setAttentionMode(m);
                 Tensor o = gpu.zeros(DType.F32, nq), lse = gpu.zeros(DType.F32, b * hq * t);
                 Tensor dq = gpu.zeros(DType.F32, nq), dk = gpu.zeros(DType.F32, nkv), dv = gpu.zeros(DType.F32, nkv);
-                float fwd = median(gpu, () -> gpu.attentionForward(q, kk, v, b, t, hq, hkv, d, scale, o, lse), 3, 15);
-                float bwd = median(gpu, () -> gpu.attentionBackward(dout, q, kk, v, o, lse, b, t, hq, hkv, d, scale,
+                float fwd = medianMillis(gpu, () -> gpu.attentionForward(q, kk, v, b, t, hq, hkv, d, scale, o, lse), 3, 15);
+                float bwd = medianMillis(gpu, () -> gpu.attentionBackward(dout, q, kk, v, o, lse, b, t, hq, hkv, d, scale,
                         dq, dk, dv), 3, 15);
                 out.append(String.format("attention %-5s BF16 B=%d T=%d Hq=%d Hkv=%d D=%d: fwd %8.3f ms (%6.1f TFLOP/s"
                         + " causal)  bwd %8.3f ms (%6.1f TFLOP/s causal)%n", m, b, t, hq, hkv, d, fwd,

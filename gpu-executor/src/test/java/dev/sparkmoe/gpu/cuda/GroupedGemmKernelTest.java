@@ -1,5 +1,7 @@
 package dev.sparkmoe.gpu.cuda;
 
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.medianMillis;
+
 import dev.sparkmoe.core.backend.CpuBackend;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -399,18 +401,6 @@ class GroupedGemmKernelTest {
 
     // ------------------------------------------------------------------ timing (opt-in)
 
-    private static float median(CudaBackend gpu, Runnable body) {
-        for (int i = 0; i < 3; i++) {
-            gpu.timeMillis(body);
-        }
-        float[] t = new float[11];
-        for (int i = 0; i < t.length; i++) {
-            t[i] = gpu.timeMillis(body);
-        }
-        Arrays.sort(t);
-        return t[t.length / 2];
-    }
-
     /**
      * KERNEL vs LOOP (cublasGemmEx per group, BF16 and F32 compute) on the model's six expert GEMM shapes: device
      * time between CUDA events around one groupedGemm call (so LOOP's host launch gaps count), median of 11.
@@ -443,7 +433,7 @@ class GroupedGemmKernelTest {
                 for (Object[] cfg : configs) {
                     gpu.setGroupedMode((CudaBackend.GroupedMode) cfg[0]);
                     gpu.setGemmPrecision((CudaBackend.GemmPrecision) cfg[1]);
-                    float ms = median(gpu, call);
+                    float ms = medianMillis(gpu, call, 3, 11);
                     out.append(String.format("%-40s %-6s %-4s beta=%.0f: %8.3f ms  %7.1f TFLOP/s%n", p.name, cfg[0],
                             cfg[1], beta, ms, p.flops() / ms / 1e9));
                 }

@@ -14,8 +14,7 @@ import java.util.concurrent.atomic.AtomicLong;
  * the collective) so that the time is the collective's own, neither the compute queued before it nor cut short by a
  * collective that returns before it completed.
  */
-public final class TimedCommunicator implements Communicator {
-    private final Communicator inner;
+public final class TimedCommunicator extends ForwardingCommunicator {
     private final Runnable drain;
     private final Map<String, AtomicLong[]> stats;
     private final AtomicBoolean enabled;
@@ -26,7 +25,7 @@ public final class TimedCommunicator implements Communicator {
 
     private TimedCommunicator(Communicator inner, Runnable drain, Map<String, AtomicLong[]> stats,
                               AtomicBoolean enabled) {
-        this.inner = inner;
+        super(inner);
         this.drain = drain;
         this.stats = stats;
         this.enabled = enabled;
@@ -64,21 +63,6 @@ public final class TimedCommunicator implements Communicator {
         AtomicLong[] s = stats.computeIfAbsent(kind, k -> new AtomicLong[] {new AtomicLong(), new AtomicLong()});
         s[0].addAndGet(System.nanoTime() - t0);
         s[1].incrementAndGet();
-    }
-
-    @Override
-    public int rank() {
-        return inner.rank();
-    }
-
-    @Override
-    public int size() {
-        return inner.size();
-    }
-
-    @Override
-    public String name() {
-        return inner.name();
     }
 
     @Override
@@ -251,10 +235,5 @@ public final class TimedCommunicator implements Communicator {
     @Override
     public Communicator split(int color, int key, String name) {
         return new TimedCommunicator(inner.split(color, key, name), drain, stats, enabled);
-    }
-
-    @Override
-    public void close() {
-        inner.close();
     }
 }

@@ -10,8 +10,7 @@ import java.util.concurrent.atomic.AtomicInteger;
  * until then. A caller that uses a result before completing it, or never completes it, computes NaN or misses the
  * result. Every rank runs the same program, so deferred collectives still meet in the same order on every rank.
  */
-public final class DeferringCommunicator implements Communicator {
-    private final Communicator inner;
+public final class DeferringCommunicator extends ForwardingCommunicator {
     private final AtomicInteger open;
 
     public DeferringCommunicator(Communicator inner) {
@@ -19,7 +18,7 @@ public final class DeferringCommunicator implements Communicator {
     }
 
     private DeferringCommunicator(Communicator inner, AtomicInteger open) {
-        this.inner = inner;
+        super(inner);
         this.open = open;
     }
 
@@ -53,102 +52,7 @@ public final class DeferringCommunicator implements Communicator {
     }
 
     @Override
-    public int rank() {
-        return inner.rank();
-    }
-
-    @Override
-    public int size() {
-        return inner.size();
-    }
-
-    @Override
-    public String name() {
-        return inner.name();
-    }
-
-    @Override
-    public void allReduceSum(float[] buf, int off, int len) {
-        inner.allReduceSum(buf, off, len);
-    }
-
-    @Override
-    public void allReduceSum(double[] buf, int off, int len) {
-        inner.allReduceSum(buf, off, len);
-    }
-
-    @Override
-    public void allReduceSum(long[] buf, int off, int len) {
-        inner.allReduceSum(buf, off, len);
-    }
-
-    @Override
-    public void allReduceMax(float[] buf, int off, int len) {
-        inner.allReduceMax(buf, off, len);
-    }
-
-    @Override
-    public void allGather(float[] send, int sOff, int len, float[] recv, int rOff) {
-        inner.allGather(send, sOff, len, recv, rOff);
-    }
-
-    @Override
-    public void allGather(int[] send, int sOff, int len, int[] recv, int rOff) {
-        inner.allGather(send, sOff, len, recv, rOff);
-    }
-
-    @Override
-    public byte[][] allGatherBytes(byte[] mine) {
-        return inner.allGatherBytes(mine);
-    }
-
-    @Override
-    public void reduceScatterSum(float[] send, int sOff, float[] recv, int rOff, int recvLen) {
-        inner.reduceScatterSum(send, sOff, recv, rOff, recvLen);
-    }
-
-    @Override
-    public void allToAll(float[] send, int[] sendCounts, float[] recv, int[] recvCounts) {
-        inner.allToAll(send, sendCounts, recv, recvCounts);
-    }
-
-    @Override
-    public void allToAll(int[] send, int[] sendCounts, int[] recv, int[] recvCounts) {
-        inner.allToAll(send, sendCounts, recv, recvCounts);
-    }
-
-    @Override
-    public void broadcast(float[] buf, int off, int len, int root) {
-        inner.broadcast(buf, off, len, root);
-    }
-
-    @Override
-    public byte[] broadcastBytes(byte[] mine, int root) {
-        return inner.broadcastBytes(mine, root);
-    }
-
-    @Override
-    public void barrier() {
-        inner.barrier();
-    }
-
-    @Override
-    public void send(float[] buf, int off, int len, int peer) {
-        inner.send(buf, off, len, peer);
-    }
-
-    @Override
-    public void recv(float[] buf, int off, int len, int peer) {
-        inner.recv(buf, off, len, peer);
-    }
-
-    @Override
     public Communicator split(int color, int key, String name) {
         return new DeferringCommunicator(inner.split(color, key, name), open);
-    }
-
-    @Override
-    public void close() {
-        inner.close();
     }
 }
