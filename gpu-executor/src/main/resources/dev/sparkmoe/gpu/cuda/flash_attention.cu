@@ -92,6 +92,27 @@ __device__ __forceinline__ void fa_mma(float (&c)[4], fa_u32 a0, fa_u32 a1, fa_u
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// acc (16 x 8*DT) += P B: P (16 x 8*NT) is a warp's f32 accumulator fragments p[NT][4] (a score or score-gradient
+// tile), rounded to bf16 as the A operand; B [8*NT][8*DT] is a bf16 tile in shared memory (row stride ld), read by
+// ldmatrix.trans. The one product shape of every P.V, dS.K, P^T.dO and dS^T.Q in this file.
+template <int NT, int DT>
+__device__ __forceinline__ void fa_mma_p_tile(float (&acc)[DT][4], const float (&p)[NT][4], const fa_bf16* tile,
+                                              int ld, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; kk++) {
+        const fa_u32 a0 = fa_pack(p[2 * kk][0], p[2 * kk][1]), a1 = fa_pack(p[2 * kk][2], p[2 * kk][3]);
+        const fa_u32 a2 = fa_pack(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+        const fa_u32 a3 = fa_pack(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+#pragma unroll
+        for (int d2 = 0; d2 < DT / 2; d2++) {
+            fa_u32 bb[4];
+            fa_ldsm_t(bb, tile + (kk * 16 + (lane & 15)) * ld + d2 * 16 + (lane >> 4) * 8);
+            fa_mma(acc[2 * d2], a0, a1, a2, a3, bb[0], bb[1]);
+            fa_mma(acc[2 * d2 + 1], a0, a1, a2, a3, bb[2], bb[3]);
+        }
+    }
+}
+
 __device__ __forceinline__ fa_u32 fa_dyn_smem() {
     fa_u32 r;
     asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
@@ -245,19 +266,7 @@ __device__ __forceinline__ void fa_fwd_impl(const float* __restrict__ q, const f
             o[dt][3] *= corrB;
         }
         // O += P V: P (16 x BN) from the S fragments, V^T fragments by ldmatrix.trans from Vs [key][d].
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) {
-            const fa_u32 a0 = fa_pack(s[2 * kk][0], s[2 * kk][1]), a1 = fa_pack(s[2 * kk][2], s[2 * kk][3]);
-            const fa_u32 a2 = fa_pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            const fa_u32 a3 = fa_pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int dp = 0; dp < DT / 2; dp++) {
-                fa_u32 bb[4];
-                fa_ldsm_t(bb, Vs + (kk * 16 + (lane & 15)) * LD + dp * 16 + (lane >> 4) * 8);
-                fa_mma(o[2 * dp], a0, a1, a2, a3, bb[0], bb[1]);
-                fa_mma(o[2 * dp + 1], a0, a1, a2, a3, bb[2], bb[3]);
-            }
-        }
+        fa_mma_p_tile(o, s, Vs, LD, lane);
     }
 
     lA = fa_quad_sum(lA);
@@ -376,19 +385,7 @@ __device__ __forceinline__ void fa_bwd_dq_impl(const float* __restrict__ dOut, c
             }
         }
         // dQ += dS K: dS (16 x BN) from the fragments, K fragments (B[key][d]) by ldmatrix.trans from Ks [key][d].
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) {
-            const fa_u32 a0 = fa_pack(s[2 * kk][0], s[2 * kk][1]), a1 = fa_pack(s[2 * kk][2], s[2 * kk][3]);
-            const fa_u32 a2 = fa_pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            const fa_u32 a3 = fa_pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int dq2 = 0; dq2 < DT / 2; dq2++) {
-                fa_u32 bb[4];
-                fa_ldsm_t(bb, Ks + (kk * 16 + (lane & 15)) * LD + dq2 * 16 + (lane >> 4) * 8);
-                fa_mma(acc[2 * dq2], a0, a1, a2, a3, bb[0], bb[1]);
-                fa_mma(acc[2 * dq2 + 1], a0, a1, a2, a3, bb[2], bb[3]);
-            }
-        }
+        fa_mma_p_tile(acc, s, Ks, LD, lane);
     }
 
     float* op = dq + qOff;
@@ -498,19 +495,7 @@ __device__ __forceinline__ void fa_bwd_dkdv_impl(const float* __restrict__ dOut,
                 }
             }
             // dV += P^T dO (dO fragments B[query][d] by ldmatrix.trans from dOs [query][d]).
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; kk++) {
-                const fa_u32 a0 = fa_pack(s[2 * kk][0], s[2 * kk][1]), a1 = fa_pack(s[2 * kk][2], s[2 * kk][3]);
-                const fa_u32 a2 = fa_pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-                const fa_u32 a3 = fa_pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-                for (int dp2 = 0; dp2 < DT / 2; dp2++) {
-                    fa_u32 bb[4];
-                    fa_ldsm_t(bb, dOs + (kk * 16 + (lane & 15)) * LD + dp2 * 16 + (lane >> 4) * 8);
-                    fa_mma(accV[2 * dp2], a0, a1, a2, a3, bb[0], bb[1]);
-                    fa_mma(accV[2 * dp2 + 1], a0, a1, a2, a3, bb[2], bb[3]);
-                }
-            }
+            fa_mma_p_tile(accV, s, dOs, LD, lane);
             // dP^T (16 keys x BM queries) = V dO^T.
             float dpt[MT][4];
 #pragma unroll
@@ -537,19 +522,7 @@ __device__ __forceinline__ void fa_bwd_dkdv_impl(const float* __restrict__ dOut,
                 }
             }
             // dK += dS^T Q (Q fragments B[query][d] by ldmatrix.trans from Qs [query][d]).
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; kk++) {
-                const fa_u32 a0 = fa_pack(s[2 * kk][0], s[2 * kk][1]), a1 = fa_pack(s[2 * kk][2], s[2 * kk][3]);
-                const fa_u32 a2 = fa_pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-                const fa_u32 a3 = fa_pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-                for (int dp2 = 0; dp2 < DT / 2; dp2++) {
-                    fa_u32 bb[4];
-                    fa_ldsm_t(bb, Qs + (kk * 16 + (lane & 15)) * LD + dp2 * 16 + (lane >> 4) * 8);
-                    fa_mma(accK[2 * dp2], a0, a1, a2, a3, bb[0], bb[1]);
-                    fa_mma(accK[2 * dp2 + 1], a0, a1, a2, a3, bb[2], bb[3]);
-                }
-            }
+            fa_mma_p_tile(accK, s, Qs, LD, lane);
         }
     }
 
