@@ -1021,18 +1021,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
 
     @Override
     public synchronized double sumSquares(Tensor x) {
-        current();
-        long n = x.numel();
-        int blocks = (int) Math.max(1, Math.min((n + THREADS - 1) / THREADS, 4L * smCount));
-        Tensor partial = scratch(DType.I64, blocks + 1); // 8-byte elements: doubles
-        try {
-            long p = addr(partial, "partial", 0, blocks + 1);
-            launch(K, "sum_squares_partial", blocks, 1, THREADS, 0, addr(x, "x", 0, n), n, p);
-            launch(K, "sum_partials_f64", 1, 1, 1024, 0, p, blocks, p + 8L * blocks);
-            return readDouble(p + 8L * blocks);
-        } finally {
-            dispose(partial);
-        }
+        return sumSquares(java.util.List.of(x))[0];
     }
 
     @Override

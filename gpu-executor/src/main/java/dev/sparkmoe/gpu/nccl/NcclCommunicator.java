@@ -515,12 +515,17 @@ public final class NcclCommunicator implements Communicator {
 
     /** All-gather of device tensors, laid out as the array form; enqueued. */
     public NcclWork allGatherAsync(Tensor send, int sOff, int len, Tensor recv, int rOff) {
-        String what = "allGather(" + send.dtype() + " x " + len + ")";
+        return allGatherWork(send, sOff, len, recv, rOff, true);
+    }
+
+    /** The device all-gather; {@code computeWaits} as in {@link #deviceOp(String, boolean, Enqueue)}. */
+    private NcclWork allGatherWork(Tensor send, int sOff, int len, Tensor recv, int rOff, boolean computeWaits) {
+        String what = "allGather(" + send.dtype() + " x " + len + (computeWaits ? ")" : ", started)");
         sameDtype(what, send, recv);
         long s = devAddress(what + " send", send, sOff, len);
         long r = devAddress(what + " recv", recv, rOff, (long) size * len);
-        return deviceOp(what, () -> enqueued(what, "ncclAllGather", nccl.ncclAllGather(raw(s), raw(r), len,
-                ncclType(what, send.dtype()), comm, stream)));
+        return deviceOp(what, computeWaits, () -> enqueued(what, "ncclAllGather", nccl.ncclAllGather(raw(s), raw(r),
+                len, ncclType(what, send.dtype()), comm, stream)));
     }
 
     /**
@@ -532,12 +537,7 @@ public final class NcclCommunicator implements Communicator {
         if (send.isHost() && recv.isHost()) {
             return Communicator.super.allGatherStart(send, sOff, len, recv, rOff);
         }
-        String what = "allGather(" + send.dtype() + " x " + len + ", started)";
-        sameDtype(what, send, recv);
-        long s = devAddress(what + " send", send, sOff, len);
-        long r = devAddress(what + " recv", recv, rOff, (long) size * len);
-        return started(deviceOp(what, false, () -> enqueued(what, "ncclAllGather", nccl.ncclAllGather(raw(s), raw(r),
-                len, ncclType(what, send.dtype()), comm, stream))));
+        return started(allGatherWork(send, sOff, len, recv, rOff, false));
     }
 
     /** Started, not waited for, as {@link #allGatherStart}: a reduce-scatter under the next layer's backward. */
@@ -546,12 +546,7 @@ public final class NcclCommunicator implements Communicator {
         if (send.isHost() && recv.isHost()) {
             return Communicator.super.reduceScatterSumStart(send, sOff, recv, rOff, recvLen);
         }
-        String what = "reduceScatterSum(" + send.dtype() + " x " + size + " x " + recvLen + ", started)";
-        sameDtype(what, send, recv);
-        long s = devAddress(what + " send", send, sOff, (long) size * recvLen);
-        long r = devAddress(what + " recv", recv, rOff, recvLen);
-        return started(deviceOp(what, false, () -> enqueued(what, "ncclReduceScatter", nccl.ncclReduceScatter(raw(s),
-                raw(r), recvLen, ncclType(what, send.dtype()), nccl.ncclSum, comm, stream))));
+        return started(reduceScatterWork(send, sOff, recv, rOff, recvLen, false));
     }
 
     private Pending started(NcclWork w) {
@@ -562,12 +557,19 @@ public final class NcclCommunicator implements Communicator {
 
     /** Reduce-scatter with sum of device tensors, laid out as the array form; enqueued. */
     public NcclWork reduceScatterSumAsync(Tensor send, int sOff, Tensor recv, int rOff, int recvLen) {
-        String what = "reduceScatterSum(" + send.dtype() + " x " + size + " x " + recvLen + ")";
+        return reduceScatterWork(send, sOff, recv, rOff, recvLen, true);
+    }
+
+    /** The device reduce-scatter (sum); {@code computeWaits} as in {@link #deviceOp(String, boolean, Enqueue)}. */
+    private NcclWork reduceScatterWork(Tensor send, int sOff, Tensor recv, int rOff, int recvLen,
+                                       boolean computeWaits) {
+        String what = "reduceScatterSum(" + send.dtype() + " x " + size + " x " + recvLen
+                + (computeWaits ? ")" : ", started)");
         sameDtype(what, send, recv);
         long s = devAddress(what + " send", send, sOff, (long) size * recvLen);
         long r = devAddress(what + " recv", recv, rOff, recvLen);
-        return deviceOp(what, () -> enqueued(what, "ncclReduceScatter", nccl.ncclReduceScatter(raw(s), raw(r), recvLen,
-                ncclType(what, send.dtype()), nccl.ncclSum, comm, stream)));
+        return deviceOp(what, computeWaits, () -> enqueued(what, "ncclReduceScatter", nccl.ncclReduceScatter(raw(s),
+                raw(r), recvLen, ncclType(what, send.dtype()), nccl.ncclSum, comm, stream)));
     }
 
     /** Broadcast of device tensor elements from {@code root}; enqueued. */

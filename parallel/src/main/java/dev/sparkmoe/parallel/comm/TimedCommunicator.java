@@ -193,28 +193,25 @@ public final class TimedCommunicator extends ForwardingCommunicator {
         end("reduce_scatter", t);
     }
 
-    /** Started collectives are timed whole (start, complete, drain) while timing is on, else passed through. */
     @Override
     public Pending allGatherStart(Tensor send, int sOff, int len, Tensor recv, int rOff) {
-        long t = start();
-        Pending p = inner.allGatherStart(send, sOff, len, recv, rOff);
-        if (t < 0) {
-            return p;
-        }
-        p.complete();
-        end("all_gather", t);
-        return Pending.DONE;
+        return timedStart("all_gather", () -> inner.allGatherStart(send, sOff, len, recv, rOff));
     }
 
     @Override
     public Pending reduceScatterSumStart(Tensor send, int sOff, Tensor recv, int rOff, int recvLen) {
+        return timedStart("reduce_scatter", () -> inner.reduceScatterSumStart(send, sOff, recv, rOff, recvLen));
+    }
+
+    /** Started collectives are timed whole (start, complete, drain) while timing is on, else passed through. */
+    private Pending timedStart(String kind, java.util.function.Supplier<Pending> begin) {
         long t = start();
-        Pending p = inner.reduceScatterSumStart(send, sOff, recv, rOff, recvLen);
+        Pending p = begin.get();
         if (t < 0) {
             return p;
         }
         p.complete();
-        end("reduce_scatter", t);
+        end(kind, t);
         return Pending.DONE;
     }
 

@@ -88,20 +88,14 @@ public final class FsdpParam {
     }
 
     void unshard() {
-        if (gathering != null) {
-            gathering.complete();
-            gathering = null;
-        }
+        finishGather();
         if (!param.isMaterialised()) {
             param.setValue(alone() ? shard : layout.allGather(param.backend(), group, shard));
         }
     }
 
     void reshard() {
-        if (gathering != null) { // prefetched but never used: order the release after the gather
-            gathering.complete();
-            gathering = null;
-        }
+        finishGather(); // prefetched but never used: order the release after the gather
         if (param.isMaterialised() && param.value() != shard) {
             param.backend().release(param.value());
         }
@@ -133,6 +127,14 @@ public final class FsdpParam {
         } else {
             be.axpy(1f, part, 0, shardGrad, 0, part.numel());
             be.release(part);
+        }
+    }
+
+    /** Completes a started all-gather (no-op without one). */
+    private void finishGather() {
+        if (gathering != null) {
+            gathering.complete();
+            gathering = null;
         }
     }
 
