@@ -21,68 +21,43 @@ __device__ __forceinline__ void report(int* err, int code, int a, int b, int c) 
     }
 }
 
-__device__ __forceinline__ float warpSum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ double warpSumD(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warpMax(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+struct SumOp {
+    template <class T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+struct MaxOp {
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+// Butterfly reduction over the 32 lanes of a warp; every lane gets the result.
+template <class T, class Op> __device__ __forceinline__ T warpReduce(T v, Op op) {
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
-// Block-wide sum (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-__device__ float blockSum(float v) {
-    __shared__ float sh[32];
-    __shared__ float total;
+// Block-wide reduction (blockDim.x a multiple of 32, at most 1024); every thread gets the result. Lanes beyond the
+// block's warps contribute identity. Each instantiation has its own shared memory.
+template <class T, class Op> __device__ T blockReduce(T v, T identity, Op op) {
+    __shared__ T sh[32];
+    __shared__ T total;
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    v = warpSum(v);
+    v = warpReduce(v, op);
     __syncthreads();
     if (lane == 0) sh[w] = v;
     __syncthreads();
     if (w == 0) {
-        float x = lane < (blockDim.x >> 5) ? sh[lane] : 0.f;
-        x = warpSum(x);
+        T x = lane < (blockDim.x >> 5) ? sh[lane] : identity;
+        x = warpReduce(x, op);
         if (lane == 0) total = x;
     }
     __syncthreads();
     return total;
 }
-__device__ double blockSumD(double v) {
-    __shared__ double shd[32];
-    __shared__ double totald;
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    v = warpSumD(v);
-    __syncthreads();
-    if (lane == 0) shd[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        double x = lane < (blockDim.x >> 5) ? shd[lane] : 0.0;
-        x = warpSumD(x);
-        if (lane == 0) totald = x;
-    }
-    __syncthreads();
-    return totald;
-}
-__device__ float blockMax(float v) {
-    __shared__ float shm[32];
-    __shared__ float totalm;
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    v = warpMax(v);
-    __syncthreads();
-    if (lane == 0) shm[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        float x = lane < (blockDim.x >> 5) ? shm[lane] : -INFINITY;
-        x = warpMax(x);
-        if (lane == 0) totalm = x;
-    }
-    __syncthreads();
-    return totalm;
-}
+
+__device__ __forceinline__ float warpSum(float v) { return warpReduce(v, SumOp()); }
+__device__ __forceinline__ float warpMax(float v) { return warpReduce(v, MaxOp()); }
+__device__ float blockSum(float v) { return blockReduce(v, 0.f, SumOp()); }
+__device__ double blockSumD(double v) { return blockReduce(v, 0.0, SumOp()); }
+__device__ float blockMax(float v) { return blockReduce(v, -INFINITY, MaxOp()); }
 
 #define GRID_STRIDE(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
                                i += (long long)gridDim.x * blockDim.x)
