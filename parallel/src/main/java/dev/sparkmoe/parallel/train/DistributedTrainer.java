@@ -259,9 +259,20 @@ public final class DistributedTrainer implements RankTrainer {
             out.put("param/" + n, hostCopy(p.shard()));
             out.put("exp_avg/" + n, hostCopy(s.m));
             out.put("exp_avg_sq/" + n, hostCopy(s.v));
+            out.put("region/" + n, regionTensor(shardRegion(p)));
         }
         out.put("trainer/steps", Tensor.ofLongs(new long[] {steps}, 1));
         return out;
+    }
+
+    /** A shard region ([begin, end) per dim of the global tensor) as I32 [dims * 2], as rank states record it. */
+    private static Tensor regionTensor(int[][] region) {
+        int[] flat = new int[region.length * 2];
+        for (int d = 0; d < region.length; d++) {
+            flat[2 * d] = region[d][0];
+            flat[2 * d + 1] = region[d][1];
+        }
+        return Tensor.ofInts(flat, flat.length);
     }
 
     @Override
@@ -282,6 +293,9 @@ public final class DistributedTrainer implements RankTrainer {
                     + missing.subList(0, Math.min(5, missing.size())) + "; was it saved at another layout?");
         }
         for (FsdpParam p : params) {
+            checkSamePlacement(p, state);
+        }
+        for (FsdpParam p : params) {
             String n = p.parameter().name();
             p.setShard(state.get("param/" + n));
             AdamW.State s = optState.get(p);
@@ -290,6 +304,39 @@ public final class DistributedTrainer implements RankTrainer {
             be.copy(be.upload(state.get("exp_avg_sq/" + n)), 0, s.v, 0, s.v.numel());
         }
         steps = state.get("trainer/steps").longAt(0);
+    }
+
+    /**
+     * A rank state restores only at the shard placement it was saved with: its recorded region (states written
+     * before regions were recorded: its shapes) must be this rank's. Checked for every parameter before anything
+     * is loaded, so a refused state changes nothing.
+     */
+    private void checkSamePlacement(FsdpParam p, Map<String, Tensor> state) {
+        String n = p.parameter().name();
+        int[][] mine = shardRegion(p);
+        Tensor region = state.get("region/" + n);
+        String saved = null;
+        if (region != null) {
+            if (!java.util.Arrays.equals(region.ints(), regionTensor(mine).ints())) {
+                saved = "covers " + java.util.Arrays.toString(region.ints());
+            }
+        } else {
+            for (String k : new String[] {"param/", "exp_avg/", "exp_avg_sq/"}) {
+                if (!java.util.Arrays.equals(state.get(k + n).shape(), p.shard().shape())) {
+                    saved = "has shape " + java.util.Arrays.toString(state.get(k + n).shape()) + " (" + k + ")";
+                    break;
+                }
+            }
+        }
+        if (saved != null) {
+            throw new IllegalStateException("rank state: the shard of " + n + " " + saved + ", but this rank's "
+                    + "shard of " + java.util.Arrays.toString(globalShape(p)) + " covers "
+                    + java.util.Arrays.toString(regionTensor(mine).ints()) + " (shape "
+                    + java.util.Arrays.toString(p.shard().shape()) + "): it was saved with another shard placement "
+                    + "(spark-moe before 2026-11-27 split stacked experts on dim 1; now on dim 0 when the FSDP group "
+                    + "has no more ranks than local experts). Resume it with the version that wrote it, or start "
+                    + "afresh in another checkpoint directory");
+        }
     }
 
     /** A host copy that shares nothing with the trainer's live buffers. */

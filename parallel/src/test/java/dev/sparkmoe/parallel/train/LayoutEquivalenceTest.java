@@ -46,6 +46,15 @@ class LayoutEquivalenceTest {
 
     @BeforeAll
     static void setUp() throws Exception {
+        loadFixture();
+        reference = run(1, 1);
+    }
+
+    /** The fixture's config, weights and a global batch, loaded once for the tests of this package. */
+    static synchronized void loadFixture() throws Exception {
+        if (full != null) {
+            return;
+        }
         Path dir = fixture();
         configJson = Files.readString(dir.resolve("config.json"));
         Qwen3MoeConfig config = Qwen3MoeConfig.parse(configJson);
@@ -62,7 +71,6 @@ class LayoutEquivalenceTest {
             }
             batch.add(seq);
         }
-        reference = run(1, 1);
     }
 
     static TrainerSpec spec(int dp, int ep) {
