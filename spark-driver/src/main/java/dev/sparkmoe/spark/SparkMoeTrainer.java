@@ -4,6 +4,7 @@ import dev.sparkmoe.gpu.comm.JobSecret;
 import dev.sparkmoe.parallel.train.RankTrainerFactory;
 import dev.sparkmoe.parallel.train.StepMetrics;
 import dev.sparkmoe.parallel.train.TrainerSpec;
+import dev.sparkmoe.spark.ckpt.CheckpointMismatchException;
 import dev.sparkmoe.spark.ckpt.CheckpointStore;
 import dev.sparkmoe.spark.ckpt.SerializableHadoopConf;
 import dev.sparkmoe.spark.config.ConfigException;
@@ -303,7 +304,12 @@ public final class SparkMoeTrainer {
             String ckpt;
             try {
                 Optional<CheckpointStore.Manifest> m = store.latest();
-                ckpt = m.map(x -> "The newest complete checkpoint, step " + x.step() + " at " + store.stepPath(x.step())
+                boolean mismatch = lastWhy != null && lastWhy.contains(CheckpointMismatchException.class.getSimpleName());
+                ckpt = m.map(x -> mismatch
+                        ? "The newest checkpoint, step " + x.step() + " at " + store.stepPath(x.step()) + ", is intact "
+                        + "but this run cannot resume from it: use another checkpoint.dir (or output.dir) to start "
+                        + "afresh, or resume it with the settings and version that wrote it."
+                        : "The newest complete checkpoint, step " + x.step() + " at " + store.stepPath(x.step())
                         + ", is intact: run again with the same settings to resume from it.")
                         .orElse("No checkpoint was committed in " + store.dir() + ".");
             } catch (IOException e) {

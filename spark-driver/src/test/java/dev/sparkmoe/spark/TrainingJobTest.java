@@ -150,6 +150,21 @@ class TrainingJobTest {
     }
 
     @Test
+    void aCheckpointThisRunCannotResumeIsNamedAndNotOfferedForAnotherTry() throws Exception {
+        Path out = tmp.resolve("other-layout");
+        job(out, 4).set("checkpoint.every", 2).fit();
+        TrainingFailedException e = assertThrows(TrainingFailedException.class, () -> job(out, 6)
+                .set("checkpoint.every", 2).set("training.max_attempts", 1)
+                .set("layout.world_size", 2).set("layout.ep", 1).fit());
+        assertTrue(e.getMessage().contains("CheckpointMismatchException") && e.getMessage().contains("world_size 4"),
+                e.getMessage());
+        assertTrue(e.getMessage().contains("cannot resume from it: use another checkpoint.dir"), e.getMessage());
+        assertFalse(e.getMessage().contains("run again with the same settings"), e.getMessage());
+        // untouched: the run that wrote it still resumes from it
+        assertEquals(4, job(out, 6).set("checkpoint.every", 2).fit().resumedFrom());
+    }
+
+    @Test
     void crashWhileCheckpointingNeverLeavesALoadableCheckpoint() throws Exception {
         Faults.Plan ckpt = Faults.plan("ckpt-crash", 3, 4, "checkpoint", Integer.MAX_VALUE);
         Path out = tmp.resolve("ckpt");

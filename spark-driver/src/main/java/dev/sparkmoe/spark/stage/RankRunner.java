@@ -7,6 +7,7 @@ import dev.sparkmoe.parallel.comm.Communicator;
 import dev.sparkmoe.parallel.train.RankTrainer;
 import dev.sparkmoe.parallel.train.StepMetrics;
 import dev.sparkmoe.parallel.train.TrainerSpec;
+import dev.sparkmoe.spark.ckpt.CheckpointMismatchException;
 import dev.sparkmoe.spark.ckpt.CheckpointStore;
 import dev.sparkmoe.spark.data.SequencePacker;
 import dev.sparkmoe.spark.progress.MetricsJson;
@@ -100,7 +101,12 @@ public final class RankRunner {
             if (!chosen.isEmpty()) {
                 CheckpointStore.Manifest m = manifestAt(store, Long.parseLong(chosen));
                 checkCompatible(m, world);
-                trainer.loadState(store.readRank(m, rank));
+                try {
+                    trainer.loadState(store.readRank(m, rank));
+                } catch (IllegalArgumentException | IllegalStateException e) {
+                    throw new CheckpointMismatchException("cannot resume from checkpoint " + store.stepPath(m.step())
+                            + ": " + e.getMessage(), e);
+                }
                 if (trainer.stepsTaken() != m.step()) {
                     throw new IllegalStateException("after loading checkpoint step " + m.step() + " the trainer "
                             + "reports " + trainer.stepsTaken() + " steps taken; its loadState must restore the "
@@ -171,13 +177,13 @@ public final class RankRunner {
 
     private void checkCompatible(CheckpointStore.Manifest m, int world) {
         if (m.worldSize() != world || m.ep() != plan.spec().ep()) {
-            throw new IllegalStateException("checkpoint " + plan.store().stepPath(m.step()) + " was written with "
+            throw new CheckpointMismatchException("checkpoint " + plan.store().stepPath(m.step()) + " was written with "
                     + "world_size " + m.worldSize() + ", ep " + m.ep() + "; this run has world_size " + world + ", ep "
                     + plan.spec().ep() + ". Resume with the same layout or use another checkpoint.dir");
         }
         if (m.seed() != plan.seed() || m.sequencesPerStep() != plan.batchSequences()
                 || !m.rankSequenceCounts().equals(plan.rankSequenceCounts())) {
-            throw new IllegalStateException("checkpoint " + plan.store().stepPath(m.step()) + " belongs to other "
+            throw new CheckpointMismatchException("checkpoint " + plan.store().stepPath(m.step()) + " belongs to other "
                     + "data or settings (seed " + m.seed() + ", batch " + m.sequencesPerStep() + ", sequences per rank "
                     + m.rankSequenceCounts() + "; now seed " + plan.seed() + ", batch " + plan.batchSequences()
                     + ", " + plan.rankSequenceCounts() + "); use another checkpoint.dir to start afresh");
