@@ -2,6 +2,7 @@ package dev.sparkmoe.gpu.bench;
 
 import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.backend.CpuBackend;
+import dev.sparkmoe.core.backend.MemoryTracker;
 import dev.sparkmoe.core.json.Json;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -33,7 +34,8 @@ import java.util.SplittableRandom;
  * <p>Options: --config FILE|JSON, --batch B (4), --seq T (2048), --steps N (8), --warmup N (3), --ep M (1),
  * --gemm f32|tf32|bf16 (bf16: tensor cores with f32 accumulation), --seed S (0), --out FILE (JSON also written),
  * --profile 1 (after the timed steps, one step with every backend call timed on the host and one timed on the device;
- * see {@link OpProfiler}).
+ * see {@link OpProfiler}), --memory 1 (after the timed steps, one step with every allocation followed: the peak of
+ * live tensor bytes and who held them at that moment, see {@link MemoryTracker}; works on the CPU backend too).
  */
 public final class TrainBench implements RankEntry {
 
@@ -54,15 +56,19 @@ public final class TrainBench implements RankEntry {
         String gemm = o.getOrDefault("gemm", "bf16");
 
         Backend backend;
+        Backend profiled = null; // the OpProfiler-wrapped backend, with --profile
         CudaBackend cudaBackend = null;
         if (ctx.isCuda()) {
             CudaBackend cuda = new CudaBackend(ctx.device());
             cudaBackend = cuda;
             cuda.setGemmPrecision(CudaBackend.GemmPrecision.valueOf(gemm.toUpperCase(Locale.ROOT)));
             ctx.nccl().ifPresent(n -> n.setComputeStream(cuda.stream()));
-            backend = o.containsKey("profile") ? OpProfiler.wrap(cuda) : cuda;
+            backend = o.containsKey("profile") ? profiled = OpProfiler.wrap(cuda) : cuda;
         } else {
             backend = new CpuBackend();
+        }
+        if (o.containsKey("memory")) {
+            backend = MemoryTracker.wrap(backend);
         }
         TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-4, 0, warmup + steps,
                 "constant", 0.9, 0.999, 1e-8, 0.01, 0, 1);
@@ -102,8 +108,16 @@ public final class TrainBench implements RankEntry {
             }
             timed.setEnabled(false);
             Map<String, double[]> comm = timed.snapshot();
-            if (o.containsKey("profile") && ctx.isCuda()) {
-                OpProfiler prof = OpProfiler.handler(backend);
+            if (o.containsKey("memory")) {
+                MemoryTracker tracker = MemoryTracker.of(backend);
+                tracker.resetPeak();
+                trainer.step(data);
+                if (ctx.rank() == 0) {
+                    System.out.print(tracker.report());
+                }
+            }
+            if (profiled != null) {
+                OpProfiler prof = OpProfiler.handler(profiled);
                 for (OpProfiler.Mode m : new OpProfiler.Mode[] {OpProfiler.Mode.HOST, OpProfiler.Mode.DEVICE}) {
                     backend.synchronize();
                     prof.start(m);
