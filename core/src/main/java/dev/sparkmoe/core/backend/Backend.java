@@ -40,6 +40,18 @@ public interface Backend {
     /** A copy of a host tensor on this backend (the CPU backend returns the tensor itself). */
     Tensor upload(Tensor host);
 
+    /**
+     * dst[i] = host[i] for every element of {@code host} (same dtype): the upload goes through a temporary that is
+     * released at once, so nothing is left behind outside a scope.
+     */
+    default void copyFromHost(Tensor host, Tensor dst) {
+        Tensor d = upload(host);
+        copy(d, 0, dst, 0, host.numel());
+        if (d != host) {
+            release(d);
+        }
+    }
+
     /** A host copy of a tensor of this backend (the CPU backend returns the tensor itself). */
     Tensor download(Tensor t);
 
@@ -147,7 +159,8 @@ public interface Backend {
     /**
      * Cross-entropy of logits [rows, V] against targets (I32 [rows], ignore index -100): returns the summed loss over
      * rows with a target, and writes dLogits = (softmax - onehot) * gradScale for those rows, 0 for ignored rows.
-     * A target outside [0, V) is an error.
+     * A target outside [0, V) is an error. {@code dLogits} may be {@code logits} itself (the gradient is then written
+     * over the logits, which training does to save a [rows, V] buffer).
      */
     double crossEntropy(Tensor logits, Tensor targets, int rows, int vocab, float gradScale, Tensor dLogits);
 

@@ -84,7 +84,10 @@ public final class Attention extends Module {
         return Linear.forward(be, c.attn, n, oProj);
     }
 
-    /** Returns dx [N, H] and accumulates the parameter gradients. */
+    /**
+     * Returns dx [N, H] and accumulates the parameter gradients. Releases every tensor of the cache except its input
+     * {@code c.x} (owned by the caller) and every temporary as soon as it is consumed.
+     */
     Tensor backward(Backend be, Tensor dy, int batch, int seqLen, Cache c) {
         int n = batch * seqLen;
         Tensor dAttn = Linear.backward(be, dy, c.attn, n, oProj);
@@ -93,15 +96,18 @@ public final class Attention extends Module {
         Tensor dv = be.empty(DType.F32, n, kvHeads * headDim);
         be.attentionBackward(dAttn, c.q, c.k, c.v, c.attn, c.lse, batch, seqLen, qHeads, kvHeads, headDim, scale(),
                 dq, dk, dv);
+        Release.all(be, dAttn, c.attn, c.q, c.k, c.v, c.lse);
         be.rope(dq, n, qHeads, headDim, seqLen, theta, true);
         be.rope(dk, n, kvHeads, headDim, seqLen, theta, true);
         Tensor dqRaw = be.empty(DType.F32, n, qHeads * headDim);
         Tensor dkRaw = be.empty(DType.F32, n, kvHeads * headDim);
         be.rmsNormBackward(dq, c.qRaw, qNorm.value(), c.qRstd, n * qHeads, headDim, dqRaw, qNorm.grad());
         be.rmsNormBackward(dk, c.kRaw, kNorm.value(), c.kRstd, n * kvHeads, headDim, dkRaw, kNorm.grad());
+        Release.all(be, dq, dk, c.qRaw, c.kRaw, c.qRstd, c.kRstd);
         Tensor dx = Linear.backward(be, dqRaw, c.x, n, qProj);
         Linear.backward(be, dkRaw, c.x, n, kProj, dx, 1f);
         Linear.backward(be, dv, c.x, n, vProj, dx, 1f);
+        Release.all(be, dqRaw, dkRaw, dv);
         return dx;
     }
 }

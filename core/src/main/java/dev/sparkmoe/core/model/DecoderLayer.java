@@ -80,6 +80,11 @@ public final class DecoderLayer extends Module {
         return m;
     }
 
+    /**
+     * dOut [N, H] -> dx [N, H] (a new tensor; dOut stays the caller's). Releases the whole cache, the layer's input
+     * {@code c.x} included, and every temporary once consumed: after the backward of layer i only the activations of
+     * layers below i are still held.
+     */
     Tensor backward(Backend be, Tensor dOut, int batch, int seqLen, Cache c, Tensor auxGrad) {
         int n = batch * seqLen;
         Tensor dh2 = moe != null ? moe.backward(be, dOut, n, c.moe, auxGrad)
@@ -87,12 +92,15 @@ public final class DecoderLayer extends Module {
         // dx2 = dOut + norm2'(dh2), accumulated into the norm's output buffer
         Tensor dx2 = be.empty(DType.F32, n, hidden);
         be.rmsNormBackward(dh2, c.x2, postNorm.value(), c.rstd2, n, hidden, dx2, postNorm.grad());
+        Release.all(be, dh2, c.x2, c.rstd2, c.h2);
         be.axpy(1f, dOut, 0, dx2, 0, dx2.numel());
         Tensor dh1 = attention.backward(be, dx2, batch, seqLen, c.attn);
         // dx = dx2 + norm1'(dh1)
         Tensor dx = be.empty(DType.F32, n, hidden);
         be.rmsNormBackward(dh1, c.x, inputNorm.value(), c.rstd1, n, hidden, dx, inputNorm.grad());
+        Release.all(be, dh1, c.h1, c.rstd1, c.x);
         be.axpy(1f, dx2, 0, dx, 0, dx.numel());
+        be.release(dx2);
         return dx;
     }
 }

@@ -44,13 +44,16 @@ public final class DenseMlp extends Module {
         return Linear.forward(be, c.act, tokens, downProj);
     }
 
+    /** dy [N, H] -> dx [N, H]; releases the cache (not its input {@code c.x}, the caller's) and temporaries. */
     Tensor backward(Backend be, Tensor dy, int tokens, Cache c) {
         Tensor dAct = Linear.backward(be, dy, c.act, tokens, downProj);
         Tensor dGate = be.empty(DType.F32, tokens, inter);
         Tensor dUp = be.empty(DType.F32, tokens, inter);
         be.siluMulBackward(dAct, c.gate, c.up, dGate, dUp, 0, tokens * inter);
+        Release.all(be, dAct, c.act, c.gate, c.up);
         Tensor dx = Linear.backward(be, dGate, c.x, tokens, gateProj);
         Linear.backward(be, dUp, c.x, tokens, upProj, dx, 1f);
+        Release.all(be, dGate, dUp);
         return dx;
     }
 }

@@ -83,11 +83,17 @@ public final class Experts extends Module {
         this.dispatcher = newDispatcher;
     }
 
+    /**
+     * What the backward pass needs. silu(gate) * up is not kept (the backward makes it again from gate and up: one
+     * elementwise pass instead of [rows, I] held per layer), nor are the routed rows where the dispatcher can gather
+     * them again locally.
+     */
     static final class Cache {
         Dispatch dispatch;
-        Tensor gate;  // [rows, I]
-        Tensor up;    // [rows, I]
-        Tensor act;   // [rows, I]
+        Tensor hidden; // [N, H] the input (the caller's)
+        Tensor routed; // [rows, H] the dispatch's routed rows, or null when the dispatcher regathers them
+        Tensor gate;   // [rows, I]
+        Tensor up;     // [rows, I]
     }
 
     /** Per-expert GEMM geometry of one dispatch: row counts and element offsets of each expert's blocks. */
@@ -131,26 +137,42 @@ public final class Experts extends Module {
                     + " experts from " + d.firstExpert() + "; partition and dispatcher disagree");
         }
         c.dispatch = d;
+        c.hidden = hiddenStates;
         int rows = d.rows();
         Groups g = new Groups(d.localCounts());
         c.gate = be.empty(DType.F32, rows, inter);
         c.up = be.empty(DType.F32, rows, inter);
-        c.act = be.empty(DType.F32, rows, inter);
-        Tensor out = be.empty(DType.F32, rows, hidden);
         // gate/up [rows_e, I] = x_e [rows_e, H] * W_e^T ; out [rows_e, H] = act_e [rows_e, I] * Wd_e^T
         be.groupedGemm(false, true, g.n, g.rows, g.inter, g.hid, 1f, d.routed(), g.xOff, hidden, gateProj.value(),
                 g.wIH, hidden, 0f, c.gate, g.iOff, inter);
         be.groupedGemm(false, true, g.n, g.rows, g.inter, g.hid, 1f, d.routed(), g.xOff, hidden, upProj.value(),
                 g.wIH, hidden, 0f, c.up, g.iOff, inter);
-        be.siluMulForward(c.gate, c.up, c.act, 0, rows * inter);
-        be.groupedGemm(false, true, g.n, g.rows, g.hid, g.inter, 1f, c.act, g.iOff, inter, downProj.value(),
+        if (dispatcher.canRegather()) {
+            be.release(d.routed());
+        } else {
+            c.routed = d.routed();
+        }
+        Tensor act = activation(be, c, rows);
+        Tensor out = be.empty(DType.F32, rows, hidden);
+        be.groupedGemm(false, true, g.n, g.rows, g.hid, g.inter, 1f, act, g.iOff, inter, downProj.value(),
                 g.wHI, inter, 0f, out, g.xOff, hidden);
+        be.release(act);
         Tensor slots = dispatcher.combine(be, out, d);
         be.release(out);
         return slots;
     }
 
-    /** dSlots [N*K, H] -> accumulates into dHidden [N, H] and the expert weight gradients. */
+    /** silu(gate) * up [rows, I], a new tensor. */
+    private Tensor activation(Backend be, Cache c, int rows) {
+        Tensor act = be.empty(DType.F32, rows, inter);
+        be.siluMulForward(c.gate, c.up, act, 0, rows * inter);
+        return act;
+    }
+
+    /**
+     * dSlots [N*K, H] -> accumulates into dHidden [N, H] and the expert weight gradients. Releases the cache (the
+     * dispatcher's index tensors through {@link TokenDispatcher#release}) and temporaries; dSlots stays the caller's.
+     */
     void backward(Backend be, Tensor dSlots, Cache c, Tensor dHidden) {
         Dispatch d = c.dispatch;
         Tensor dOut = dispatcher.combineBackward(be, dSlots, d);
@@ -163,18 +185,28 @@ public final class Experts extends Module {
         // dAct = dOut Wd_e ; dWd_e += dOut^T act
         be.groupedGemm(false, false, g.n, g.rows, g.inter, g.hid, 1f, dOut, g.xOff, hidden, downProj.value(),
                 g.wHI, inter, 0f, dAct, g.iOff, inter);
-        be.groupedGemm(true, false, g.n, g.hid, g.inter, g.rows, 1f, dOut, g.xOff, hidden, c.act, g.iOff, inter,
+        Tensor act = activation(be, c, rows);
+        be.groupedGemm(true, false, g.n, g.hid, g.inter, g.rows, 1f, dOut, g.xOff, hidden, act, g.iOff, inter,
                 1f, downProj.grad(), g.wHI, inter);
+        Release.all(be, dOut, act);
         be.siluMulBackward(dAct, c.gate, c.up, dGate, dUp, 0, rows * inter);
+        Release.all(be, dAct, c.gate, c.up);
         // dRouted = dGate Wg_e + dUp Wu_e ; dWg_e += dGate^T x ; dWu_e += dUp^T x
         be.groupedGemm(false, false, g.n, g.rows, g.hid, g.inter, 1f, dGate, g.iOff, inter, gateProj.value(),
                 g.wIH, hidden, 0f, dRouted, g.xOff, hidden);
         be.groupedGemm(false, false, g.n, g.rows, g.hid, g.inter, 1f, dUp, g.iOff, inter, upProj.value(),
                 g.wIH, hidden, 1f, dRouted, g.xOff, hidden);
-        be.groupedGemm(true, false, g.n, g.inter, g.hid, g.rows, 1f, dGate, g.iOff, inter, d.routed(), g.xOff,
+        Tensor routed = c.routed != null ? c.routed : dispatcher.regather(be, c.hidden, d);
+        be.groupedGemm(true, false, g.n, g.inter, g.hid, g.rows, 1f, dGate, g.iOff, inter, routed, g.xOff,
                 hidden, 1f, gateProj.grad(), g.wIH, hidden);
-        be.groupedGemm(true, false, g.n, g.inter, g.hid, g.rows, 1f, dUp, g.iOff, inter, d.routed(), g.xOff,
+        be.groupedGemm(true, false, g.n, g.inter, g.hid, g.rows, 1f, dUp, g.iOff, inter, routed, g.xOff,
                 hidden, 1f, upProj.grad(), g.wIH, hidden);
+        Release.all(be, dGate, dUp, routed);
         dispatcher.dispatchBackward(be, dRouted, d, dHidden);
+        be.release(dRouted);
+        dispatcher.release(be, d);
+        c.dispatch = null;
+        c.routed = null;
+        c.hidden = null;
     }
 }

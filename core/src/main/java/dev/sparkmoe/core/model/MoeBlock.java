@@ -79,22 +79,26 @@ public final class MoeBlock extends Module {
     }
 
     /**
-     * dy [N, H] -> dx [N, H]. {@code auxGrad} [E] is d(loss)/d(probs[n, e]) contributed by the load-balancing loss
+     * dy [N, H] -> dx [N, H]; releases the cache (except the input {@code c.x} and the router logits) and temporaries. {@code auxGrad} [E] is d(loss)/d(probs[n, e]) contributed by the load-balancing loss
      * (the same for every token n of this layer).
      */
     Tensor backward(Backend be, Tensor dy, int tokens, Cache c, Tensor auxGrad) {
         Tensor dSlots = be.empty(DType.F32, tokens * topK, hidden);
         Tensor dWeights = be.empty(DType.F32, tokens * topK);
         be.moeCombineBackward(dy, c.slots, c.weights, tokens, topK, hidden, dSlots, dWeights);
+        Release.all(be, c.slots, c.weights);
         Tensor dx = be.zeros(DType.F32, tokens, hidden);
         experts.beforeBackward();
         experts.backward(be, dSlots, c.experts, dx);
         experts.afterBackward();
+        be.release(dSlots);
         Tensor dLogits = be.empty(DType.F32, tokens, numExperts);
         be.routerBackward(dWeights, c.topIdx, c.topVal, c.probs, auxGrad, tokens, numExperts, topK, normTopk,
                 dLogits);
+        Release.all(be, dWeights, c.topIdx, c.topVal, c.probs);
         Linear.backward(be, dLogits, c.x, tokens, router, dx, 1f);
-        return dx;
+        be.release(dLogits);
+        return dx; // c.x is the caller's; c.routerLogits stay with the pass (its router-logits output)
     }
 
     int topK() {

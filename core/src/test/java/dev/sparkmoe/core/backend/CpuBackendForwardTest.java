@@ -135,6 +135,14 @@ class CpuBackendForwardTest {
         bad[0] = vocab;
         assertThrows(IllegalArgumentException.class,
                 () -> be.crossEntropy(logits, Tensor.ofInts(bad, rows), rows, vocab, 1f, dl));
+        // in place (dLogits = logits, as training calls it): the same loss and gradient
+        Tensor inPlace = Tensor.of(l0.clone(), rows, vocab);
+        double again = be.crossEntropy(inPlace, Tensor.ofInts(targets, rows), rows, vocab, 0.125f, inPlace);
+        Tensor separate = Tensor.zeros(DType.F32, rows, vocab);
+        be.crossEntropy(Tensor.of(l0.clone(), rows, vocab), Tensor.ofInts(targets, rows), rows, vocab, 0.125f,
+                separate);
+        assertEquals(loss, again);
+        assertArrayEquals(separate.floats(), inPlace.floats());
     }
 
     @Test

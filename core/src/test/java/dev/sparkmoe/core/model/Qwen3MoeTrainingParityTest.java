@@ -2,7 +2,9 @@ package dev.sparkmoe.core.model;
 
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.backend.CpuBackend;
+import dev.sparkmoe.core.backend.MemoryTracker;
 import dev.sparkmoe.core.io.HfCheckpoint;
 import dev.sparkmoe.core.io.SafeTensors;
 import dev.sparkmoe.core.nn.Parameter;
@@ -33,7 +35,7 @@ class Qwen3MoeTrainingParityTest {
         Path dir = dir();
         Path init = Fixtures.tiny(); // the same model, config and initial weights (see the fixture's README)
         Qwen3MoeConfig config = Qwen3MoeConfig.parse(Files.readString(init.resolve("config.json")));
-        CpuBackend be = new CpuBackend();
+        Backend be = MemoryTracker.wrap(new CpuBackend()); // and no tensor used after its release
         Qwen3MoeModel model = new Qwen3MoeModel(config, be);
         model.loadState(HfCheckpoint.loadStacked(init, config.numExperts()));
         Map<String, Tensor> ref = SafeTensors.read(dir.resolve("training.safetensors")).tensors();

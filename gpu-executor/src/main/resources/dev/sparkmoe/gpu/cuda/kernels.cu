@@ -244,6 +244,9 @@ __global__ void cross_entropy_fwd_bwd(const float* logits, const int* targets, i
         if (threadIdx.x == 0) { report(err, ERR_CE_TARGET, r, t, vocab); rowLoss[r] = 0.0; }
         return;
     }
+    // dLogits may alias logits: the target's logit is read before the reductions' barriers, after which threads
+    // start overwriting the row.
+    float target = logits[o + t];
     float mx = -INFINITY;
     for (int j = threadIdx.x; j < vocab; j += blockDim.x) mx = fmaxf(mx, logits[o + j]);
     mx = blockMax(mx);
@@ -251,7 +254,7 @@ __global__ void cross_entropy_fwd_bwd(const float* logits, const int* targets, i
     for (int j = threadIdx.x; j < vocab; j += blockDim.x) sum += exp((double)(logits[o + j] - mx));
     sum = blockSumD(sum);
     double logSum = log(sum);
-    if (threadIdx.x == 0) rowLoss[r] = logSum - (double)(logits[o + t] - mx);
+    if (threadIdx.x == 0) rowLoss[r] = logSum - (double)(target - mx);
     for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
         float d = (float)exp((double)(logits[o + j] - mx) - logSum) * gradScale;
         if (j == t) d -= gradScale;

@@ -468,6 +468,11 @@ class CudaBackendTest {
         double ge = gpu.crossEntropy(up(l, l.length), upInts(t), rows, vocab, 0.01f, gd);
         assertEquals(ce, ge, Math.abs(ce) * 1e-6, "summed loss");
         assertClose(cd.floats(), down(gd), 1e-5, "dLogits");
+        // in place: the gradient written over the logits (what training does), same loss and gradient
+        Tensor inPlace = up(l, l.length);
+        double gi = gpu.crossEntropy(inPlace, upInts(t), rows, vocab, 0.01f, inPlace);
+        assertEquals(ce, gi, Math.abs(ce) * 1e-6, "summed loss, in place");
+        assertClose(cd.floats(), down(inPlace), 1e-5, "dLogits, in place");
         t[10] = vocab + 5;
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
                 () -> gpu.crossEntropy(up(l, l.length), upInts(t), rows, vocab, 0.01f, gd));

@@ -74,7 +74,7 @@ class GpuTrainingTest {
             int t = batch.seqLen();
             int predicted = batch.predicted();
             Qwen3MoeModel.Pass pass = model.forward(batch.ids(), batch.targets(), b, t, predicted, config.routerAuxLossCoef(),
-                    StatsReducer.LOCAL);
+                    StatsReducer.LOCAL, true);
             Fixtures.assertClose("logits", io.get("logits"), be.download(pass.logits()).view(b, t, config.vocabSize()), 1e-5);
             Map<String, Object> ref = Json.parseObject(Files.readString(dir.resolve("reference.json")));
             double lm = ((Number) ref.get("lm_loss")).doubleValue();

@@ -172,6 +172,13 @@ public final class AllToAllTokenDispatcher implements TokenDispatcher {
     }
 
     @Override
+    public void release(Backend backend, Dispatch d) {
+        Meta m = (Meta) d.meta();
+        backend.release(m.slotOfRow);
+        backend.release(m.localOfRecv);
+    }
+
+    @Override
     public Tensor combine(Backend backend, Tensor expertOut, Dispatch d) {
         return homeInSlotOrder(backend, expertOut, (Meta) d.meta());
     }

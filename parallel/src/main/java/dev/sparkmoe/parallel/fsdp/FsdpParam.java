@@ -52,7 +52,7 @@ public final class FsdpParam {
                     + " does not match " + java.util.Arrays.toString(layout.shardShape(group.rank())));
         }
         Backend be = param.backend();
-        be.copy(be.upload(t), 0, shard, 0, shard.numel());
+        be.copyFromHost(t, shard);
     }
 
     /** The accumulated gradient shard, zero when none was reduced since the last {@link #zeroGrad()}. */

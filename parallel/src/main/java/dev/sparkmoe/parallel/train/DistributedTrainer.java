@@ -145,10 +145,13 @@ public final class DistributedTrainer implements RankTrainer {
      * unless {@code targets} are given explicitly.
      */
     public Gradients computeGradients(List<int[]> inputs, List<int[]> targets, int seqLen) {
-        return computeGradients(inputs, targets, seqLen, p -> { });
+        return computeGradients(inputs, targets, seqLen, null);
     }
 
-    /** As above; {@code afterForward} sees each micro-batch's forward pass (logits, router logits) before backward. */
+    /**
+     * As above; {@code afterForward} (when not null) sees each micro-batch's forward pass before backward, with its
+     * logits retained (readable until the caller's scope closes) and its router logits.
+     */
     public Gradients computeGradients(List<int[]> inputs, List<int[]> targets, int seqLen,
                                       java.util.function.Consumer<Qwen3MoeModel.Pass> afterForward) {
         for (FsdpParam p : params) {
@@ -177,8 +180,10 @@ public final class DistributedTrainer implements RankTrainer {
                 System.arraycopy(targets.get(range[0] + i), 0, tg, i * seqLen, seqLen);
             }
             Qwen3MoeModel.Pass pass = model.forward(ids, tg, b, seqLen, Math.max(1, globalPredicted), auxWeight,
-                    reducer);
-            afterForward.accept(pass);
+                    reducer, afterForward != null);
+            if (afterForward != null) {
+                afterForward.accept(pass);
+            }
             lmSum += pass.lmLossSum();
             auxSum += pass.auxLoss();
             model.backward(pass);
@@ -300,8 +305,8 @@ public final class DistributedTrainer implements RankTrainer {
             p.setShard(state.get("param/" + n));
             AdamW.State s = optState.get(p);
             Backend be = model.backend();
-            be.copy(be.upload(state.get("exp_avg/" + n)), 0, s.m, 0, s.m.numel());
-            be.copy(be.upload(state.get("exp_avg_sq/" + n)), 0, s.v, 0, s.v.numel());
+            be.copyFromHost(state.get("exp_avg/" + n), s.m);
+            be.copyFromHost(state.get("exp_avg_sq/" + n), s.v);
         }
         steps = state.get("trainer/steps").longAt(0);
     }

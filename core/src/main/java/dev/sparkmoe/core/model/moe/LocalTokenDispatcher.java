@@ -40,10 +40,29 @@ public final class LocalTokenDispatcher implements TokenDispatcher {
         int[] counts = new int[numExperts];
         int[] slotOfRow = sortSlotsByExpert(expertIds, numExperts, counts);
         int rows = slotOfRow.length;
-        Tensor index = backend.upload(Tensor.ofInts(slotOfRow, rows));
-        Tensor routed = backend.empty(DType.F32, rows, hiddenSize);
-        backend.gatherRows(hidden, index, rows, hiddenSize, topK, routed);
-        return new Dispatch(routed, counts, 0, new Meta(index, rows, tokens, topK));
+        Meta meta = new Meta(backend.upload(Tensor.ofInts(slotOfRow, rows)), rows, tokens, topK);
+        return new Dispatch(gather(backend, hidden, meta, hiddenSize), counts, 0, meta);
+    }
+
+    private static Tensor gather(Backend backend, Tensor hidden, Meta m, int hiddenSize) {
+        Tensor routed = backend.empty(DType.F32, m.rows, hiddenSize);
+        backend.gatherRows(hidden, m.slotOfRow, m.rows, hiddenSize, m.topK, routed);
+        return routed;
+    }
+
+    @Override
+    public boolean canRegather() {
+        return true;
+    }
+
+    @Override
+    public Tensor regather(Backend backend, Tensor hidden, Dispatch d) {
+        return gather(backend, hidden, (Meta) d.meta(), hidden.dim(1));
+    }
+
+    @Override
+    public void release(Backend backend, Dispatch d) {
+        backend.release(((Meta) d.meta()).slotOfRow());
     }
 
     @Override

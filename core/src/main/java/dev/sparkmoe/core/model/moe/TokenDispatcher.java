@@ -32,6 +32,27 @@ public interface TokenDispatcher {
     void dispatchBackward(Backend backend, Tensor dRouted, Dispatch d, Tensor dHidden);
 
     /**
+     * Whether {@link #regather} is cheap (a local row gather, no communication). Then the experts give the routed
+     * rows back after their forward GEMMs and make them again for the weight gradients, instead of holding
+     * [rows, H] per layer from the forward to the backward pass.
+     */
+    default boolean canRegather() {
+        return false;
+    }
+
+    /** The routed rows of {@code d} made again from the same hidden states; only where {@link #canRegather}. */
+    default Tensor regather(Backend backend, Tensor hidden, Dispatch d) {
+        throw new UnsupportedOperationException(getClass().getSimpleName() + " cannot regather routed rows");
+    }
+
+    /**
+     * Gives back the implementation's device tensors in {@code d.meta()} once the backward pass is done with the
+     * dispatch (the routed rows are the experts' to release); the dispatch must not be used afterwards.
+     */
+    default void release(Backend backend, Dispatch d) {
+    }
+
+    /**
      * What a dispatch produced.
      *
      * @param routed       [rows, H] inputs of the local experts, grouped by local expert
