@@ -1710,6 +1710,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
                     + experts + ")");
         }
         long nk = (long) rows * k;
+        if (experts <= 32 * TOPK_EPL) {
+            launch(K, "router_topk_warp", blocksFor(32L * rows, THREADS), 1, THREADS, 0,
+                    addr(probs, "probs", 0, (long) rows * experts), rows, experts, k, normalize ? 1 : 0,
+                    addr(topIdx, "topIdx", 0, nk), addr(topVal, "topVal", 0, nk), addr(weights, "weights", 0, nk));
+            return;
+        }
         launch(K, "router_topk", blocksFor(rows, 128), 1, 128, 0, addr(probs, "probs", 0, (long) rows * experts), rows,
                 experts, k, normalize ? 1 : 0, addr(topIdx, "topIdx", 0, nk), addr(topVal, "topVal", 0, nk),
                 addr(weights, "weights", 0, nk));
@@ -1764,6 +1770,9 @@ public final class CudaBackend implements Backend, AutoCloseable {
                 addr(probs, "probs", 0, ne), addr(auxGrad, "auxGrad", 0, experts), rows, experts, k,
                 normalize ? 1 : 0, addr(dLogits, "dLogits", 0, ne));
     }
+
+    /** router_topk_warp's experts per lane (TOPK_EPL in kernels.cu). */
+    private static final int TOPK_EPL = 8;
 
     /** Whether every address is 16-byte aligned (float4 loads and stores). */
     private static boolean aligned16(long... addresses) {

@@ -617,6 +617,66 @@ __global__ void router_topk(const float* probs, int rows, int experts, int k, in
     }
 }
 
+// Warp per row (experts <= 32 * TOPK_EPL, lane l holding experts l, l + 32, ...): each of the k rounds takes the
+// warp's largest untaken value, the lowest index among equals, which is what router_topk's scan picks when the row
+// holds no NaN; a row with a NaN runs router_topk's scan on lane 0.
+#define TOPK_EPL 8
+__global__ void router_topk_warp(const float* probs, int rows, int experts, int k, int normalize, int* topIdx,
+                                 float* topVal, float* weights) {
+    int r = (int)(((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    const float* p = probs + r * (long long)experts;
+    int* idx = topIdx + r * (long long)k;
+    float* val = topVal + r * (long long)k;
+    float pv[TOPK_EPL];
+    unsigned taken = 0;
+    bool nan = false;
+#pragma unroll
+    for (int q = 0; q < TOPK_EPL; q++) {
+        int e = lane + 32 * q;
+        pv[q] = e < experts ? p[e] : -INFINITY;
+        if (e >= experts) taken |= 1u << q;
+        else nan |= pv[q] != pv[q];
+    }
+    if (__any_sync(0xffffffffu, nan)) {
+        if (lane == 0) {
+            for (int j = 0; j < k; j++) {
+                int best = -1;
+                float bv = -INFINITY;
+                for (int e = 0; e < experts; e++) {
+                    bool t = false;
+                    for (int q = 0; q < j; q++) if (idx[q] == e) { t = true; break; }
+                    if (!t && (best < 0 || p[e] > bv)) { best = e; bv = p[e]; }
+                }
+                idx[j] = best;
+                val[j] = bv;
+            }
+        }
+    } else {
+        for (int j = 0; j < k; j++) {
+            float bv = -INFINITY;
+            int be = 0x7fffffff;
+#pragma unroll
+            for (int q = 0; q < TOPK_EPL; q++) {
+                if (!((taken >> q) & 1u) && (be == 0x7fffffff || pv[q] > bv)) { bv = pv[q]; be = lane + 32 * q; }
+            }
+            for (int o = 16; o > 0; o >>= 1) {
+                float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+                int oe = __shfl_xor_sync(0xffffffffu, be, o);
+                if (ov > bv || (ov == bv && oe < be)) { bv = ov; be = oe; }
+            }
+            if (lane == 0) { idx[j] = be; val[j] = bv; }
+            if ((be & 31) == lane) taken |= 1u << (be >> 5);
+        }
+    }
+    if (lane == 0) {
+        float sum = 0.f;
+        for (int j = 0; j < k; j++) sum += val[j];
+        float* w = weights + r * (long long)k;
+        for (int j = 0; j < k; j++) w[j] = normalize ? val[j] / sum : val[j];
+    }
+}
+
 // out[e] = times chosen, out[E + e] = column sums of probs, as doubles (counts are exact integers).
 __global__ void router_stats_counts(const int* topIdx, int n, int experts, double* out, int* err) {
     GRID_STRIDE(i, n) {
