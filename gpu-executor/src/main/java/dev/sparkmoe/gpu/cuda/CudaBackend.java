@@ -1048,16 +1048,42 @@ public final class CudaBackend implements Backend, AutoCloseable {
             blocks[i] = (int) Math.max(1, Math.min((n + THREADS - 1) / THREADS, 4L * smCount));
             total += blocks[i];
         }
-        Tensor partial = scratch(DType.I64, (int) total); // 8-byte elements: doubles; the sums first, then partials
+        boolean multi = count > 1 && count <= 65535;
+        // 8-byte elements: the sums (doubles) first, then the partials, then (multi) {x, n, blocks, partial} per tensor
+        long cells = total + (multi ? 4L * count : 0);
+        Tensor partial = scratch(DType.I64, (int) cells);
         try {
-            long base = addr(partial, "partial", 0, total);
+            long base = addr(partial, "partial", 0, cells);
             long p = base + 8L * count;
-            for (int i = 0; i < count; i++) {
-                Tensor x = xs.get(i);
-                long n = x.numel();
-                launch(K, "sum_squares_partial", blocks[i], 1, THREADS, 0, addr(x, "x[" + i + "]", 0, n), n, p);
-                launch(K, "sum_partials_f64", 1, 1, 1024, 0, p, blocks[i], base + 8L * i);
-                p += 8L * blocks[i];
+            if (multi) {
+                // one launch per pass for the whole list (a step's gradient norm: hundreds of tensors)
+                long[] desc = new long[4 * count];
+                int maxBlocks = 1;
+                for (int i = 0; i < count; i++) {
+                    Tensor x = xs.get(i);
+                    long n = x.numel();
+                    desc[4 * i] = n == 0 ? 0 : addr(x, "x[" + i + "]", 0, n);
+                    desc[4 * i + 1] = n;
+                    desc[4 * i + 2] = blocks[i];
+                    desc[4 * i + 3] = p;
+                    maxBlocks = Math.max(maxBlocks, blocks[i]);
+                    p += 8L * blocks[i];
+                }
+                long d = base + 8L * total;
+                try (LongPointer h = new LongPointer(desc)) {
+                    Cuda.check(cudart.cudaMemcpyAsync(RawPointer.of(d, 0), h, 8L * desc.length,
+                            cudart.cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync(sum of squares table)");
+                }
+                launch(K, "sum_squares_partial_multi", maxBlocks, count, THREADS, 0, d);
+                launch(K, "sum_partials_f64_multi", count, 1, 1024, 0, d, base);
+            } else {
+                for (int i = 0; i < count; i++) {
+                    Tensor x = xs.get(i);
+                    long n = x.numel();
+                    launch(K, "sum_squares_partial", blocks[i], 1, THREADS, 0, addr(x, "x[" + i + "]", 0, n), n, p);
+                    launch(K, "sum_partials_f64", 1, 1, 1024, 0, p, blocks[i], base + 8L * i);
+                    p += 8L * blocks[i];
+                }
             }
             double[] out = new double[count];
             try (DoublePointer d = new DoublePointer(Math.max(1, count))) {

@@ -61,6 +61,9 @@ __device__ float blockMax(float v) { return blockReduce(v, -INFINITY, MaxOp()); 
 
 #define GRID_STRIDE(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
                                i += (long long)gridDim.x * blockDim.x)
+// Warp-stride loop: warp-uniform, so the whole warp stays together for shuffles.
+#define WARP_STRIDE(j, n) for (long long j = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; j < (n); \
+                               j += ((long long)gridDim.x * blockDim.x) >> 5)
 
 // Sum over aligned groups of L lanes (L a power of two <= 32); every lane of a group gets its group's sum. All 32
 // lanes of the warp must call it.
@@ -71,6 +74,19 @@ template <int L> __device__ __forceinline__ float groupSum(float v) {
 
 __device__ __forceinline__ float4 ld4(const float* p, int c) { return reinterpret_cast<const float4*>(p)[c]; }
 __device__ __forceinline__ void st4(float* p, int c, float4 v) { reinterpret_cast<float4*>(p)[c] = v; }
+// Streaming (evict-first) forms, for data read or written for the last time by the kernel: the load may move
+// like any load (no volatile), the store is kept (volatile) but claims no other memory, so that loads of later
+// iterations can be issued before it; neither may touch memory the kernel accesses otherwise.
+__device__ __forceinline__ float4 ld4cs(const float* p, int c) {
+    float4 v;
+    asm("ld.global.cs.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+        : "l"(p + 4LL * c));
+    return v;
+}
+__device__ __forceinline__ void st4cs(float* p, int c, float4 v) {
+    asm volatile("st.global.cs.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p + 4LL * c), "f"(v.x), "f"(v.y), "f"(v.z),
+                 "f"(v.w));
+}
 
 // ------------------------------------------------------------------ RMSNorm, vectorised (dim % 4 == 0, 16-byte
 // aligned rows): a group of L lanes per row, each lane holding V float4 of the row in registers (column float4
@@ -236,6 +252,35 @@ __global__ void sum_partials_f64(const double* partial, int n, double* out) {
     for (int i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
     s = blockSumD(s);
     if (threadIdx.x == 0) out[0] = s;
+}
+
+// Both passes for many tensors in one launch each. desc[4 * i ..] = {x, n, blocks, partial} of tensor i (grid y);
+// every tensor's arithmetic is sum_squares_partial's with its own grid of `blocks` and sum_partials_f64's, so the
+// results equal those of the two kernels launched per tensor, whatever else is in the list.
+__global__ void sum_squares_partial_multi(const long long* desc) {
+    const long long* d = desc + 4LL * blockIdx.y;
+    const float* x = reinterpret_cast<const float*>(d[0]);
+    long long n = d[1];
+    int blocks = (int)d[2];
+    if ((int)blockIdx.x >= blocks) return;  // the whole block
+    double* partial = reinterpret_cast<double*>(d[3]);
+    double s = 0;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)blocks * blockDim.x) {
+        double v = x[i];
+        s += v * v;
+    }
+    s = blockSumD(s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+// grid (count), 1024 threads: out[i] = sum of tensor i's partials.
+__global__ void sum_partials_f64_multi(const long long* desc, double* out) {
+    const long long* d = desc + 4LL * blockIdx.x;
+    int n = (int)d[2];
+    const double* partial = reinterpret_cast<const double*>(d[3]);
+    double s = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
+    s = blockSumD(s);
+    if (threadIdx.x == 0) out[blockIdx.x] = s;
 }
 
 // ------------------------------------------------------------------ RMSNorm (block per row)
@@ -518,6 +563,7 @@ __global__ void cross_entropy_fwd_bwd(const float* logits, const int* targets, i
 // The loss is the double log-sum-exp as above; the gradient pass re-reads the row (from L2) and takes
 // expf(x - M) * (1 / sum) in f32 (a few ulp from the double exp of cross_entropy_fwd_bwd).
 __device__ __forceinline__ void ce_acc(float v, float m, double& s) { s += exp((double)(v - m)); }
+#define CE_U 4
 
 __global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4(const float* __restrict__ logits,
         const int* __restrict__ targets, int rows, int vocab, float gradScale, float* __restrict__ dLogits,
@@ -529,7 +575,7 @@ __global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4(const float* 
     int v4 = vocab >> 2;
     int t = targets[r];
     if (t == -100) {
-        for (int c = threadIdx.x; c < v4; c += blockDim.x) __stcs(reinterpret_cast<float4*>(dr) + c, make_float4(0.f, 0.f, 0.f, 0.f));
+        for (int c = threadIdx.x; c < v4; c += blockDim.x) st4cs(dr, c, make_float4(0.f, 0.f, 0.f, 0.f));
         if (threadIdx.x == 0) rowLoss[r] = 0.0;
         return;
     }
@@ -539,15 +585,26 @@ __global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4(const float* 
     }
     float m = -INFINITY;
     double s = 0.0;
-    for (int c = threadIdx.x; c < v4; c += blockDim.x) {
-        float4 a = ld4(lr, c);
-        float m4 = fmaxf(fmaxf(a.x, a.y), fmaxf(a.z, a.w));
-        if (m4 > m) {
-            if (s != 0.0) s *= exp((double)m - (double)m4);
-            m = m4;
+    // CE_U float4 loads in flight per thread, then their values in order
+    for (int c0 = threadIdx.x; c0 < v4; c0 += CE_U * blockDim.x) {
+        float4 b[CE_U];
+#pragma unroll
+        for (int u = 0; u < CE_U; u++) {
+            int c = c0 + u * blockDim.x;
+            b[u] = c < v4 ? ld4(lr, c) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
         }
-        if (m != -INFINITY) {  // else all values so far are -inf: they add exp(-inf) = 0 once the max is finite
-            ce_acc(a.x, m, s); ce_acc(a.y, m, s); ce_acc(a.z, m, s); ce_acc(a.w, m, s);
+#pragma unroll
+        for (int u = 0; u < CE_U; u++) {
+            if (c0 + u * blockDim.x >= v4) break;
+            float4 a = b[u];
+            float m4 = fmaxf(fmaxf(a.x, a.y), fmaxf(a.z, a.w));
+            if (m4 > m) {
+                if (s != 0.0) s *= exp((double)m - (double)m4);
+                m = m4;
+            }
+            if (m != -INFINITY) {  // else all values so far are -inf: they add exp(-inf) = 0 once the max is finite
+                ce_acc(a.x, m, s); ce_acc(a.y, m, s); ce_acc(a.z, m, s); ce_acc(a.w, m, s);
+            }
         }
     }
     float mx = blockMax(m);
@@ -557,18 +614,29 @@ __global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4(const float* 
     double logSum = log(sum);
     if (threadIdx.x == 0) rowLoss[r] = logSum - (double)(lr[t] - mx);
     float inv = (float)(1.0 / sum);
-    for (int c = threadIdx.x; c < v4; c += blockDim.x) {
-        float4 a = __ldcs(reinterpret_cast<const float4*>(lr) + c), d;
-        d.x = expf(a.x - mx) * inv * gradScale;
-        d.y = expf(a.y - mx) * inv * gradScale;
-        d.z = expf(a.z - mx) * inv * gradScale;
-        d.w = expf(a.w - mx) * inv * gradScale;
-        int j = 4 * c;
-        if (t >= j && t < j + 4) {
-            if (t == j) d.x -= gradScale; else if (t == j + 1) d.y -= gradScale;
-            else if (t == j + 2) d.z -= gradScale; else d.w -= gradScale;
+    for (int c0 = threadIdx.x; c0 < v4; c0 += CE_U * blockDim.x) {
+        float4 b[CE_U];
+#pragma unroll
+        for (int u = 0; u < CE_U; u++) {
+            int c = c0 + u * blockDim.x;
+            if (c < v4) b[u] = ld4cs(lr, c);
         }
-        __stcs(reinterpret_cast<float4*>(dr) + c, d);
+#pragma unroll
+        for (int u = 0; u < CE_U; u++) {
+            int c = c0 + u * blockDim.x;
+            if (c >= v4) break;
+            float4 a = b[u], d;
+            d.x = expf(a.x - mx) * inv * gradScale;
+            d.y = expf(a.y - mx) * inv * gradScale;
+            d.z = expf(a.z - mx) * inv * gradScale;
+            d.w = expf(a.w - mx) * inv * gradScale;
+            int j = 4 * c;
+            if (t >= j && t < j + 4) {
+                if (t == j) d.x -= gradScale; else if (t == j + 1) d.y -= gradScale;
+                else if (t == j + 2) d.z -= gradScale; else d.w -= gradScale;
+            }
+            st4cs(dr, c, d);
+        }
     }
 }
 
@@ -623,57 +691,58 @@ __global__ void router_topk(const float* probs, int rows, int experts, int k, in
 #define TOPK_EPL 8
 __global__ void router_topk_warp(const float* probs, int rows, int experts, int k, int normalize, int* topIdx,
                                  float* topVal, float* weights) {
-    int r = (int)(((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
-    if (r >= rows) return;
-    const float* p = probs + r * (long long)experts;
-    int* idx = topIdx + r * (long long)k;
-    float* val = topVal + r * (long long)k;
-    float pv[TOPK_EPL];
-    unsigned taken = 0;
-    bool nan = false;
+    int lane = threadIdx.x & 31;
+    WARP_STRIDE(r, rows) {
+        const float* p = probs + r * (long long)experts;
+        int* idx = topIdx + r * (long long)k;
+        float* val = topVal + r * (long long)k;
+        float pv[TOPK_EPL];
+        unsigned taken = 0;
+        bool nan = false;
 #pragma unroll
-    for (int q = 0; q < TOPK_EPL; q++) {
-        int e = lane + 32 * q;
-        pv[q] = e < experts ? p[e] : -INFINITY;
-        if (e >= experts) taken |= 1u << q;
-        else nan |= pv[q] != pv[q];
-    }
-    if (__any_sync(0xffffffffu, nan)) {
-        if (lane == 0) {
-            for (int j = 0; j < k; j++) {
-                int best = -1;
-                float bv = -INFINITY;
-                for (int e = 0; e < experts; e++) {
-                    bool t = false;
-                    for (int q = 0; q < j; q++) if (idx[q] == e) { t = true; break; }
-                    if (!t && (best < 0 || p[e] > bv)) { best = e; bv = p[e]; }
+        for (int q = 0; q < TOPK_EPL; q++) {
+            int e = lane + 32 * q;
+            pv[q] = e < experts ? p[e] : -INFINITY;
+            if (e >= experts) taken |= 1u << q;
+            else nan |= pv[q] != pv[q];
+        }
+        if (__any_sync(0xffffffffu, nan)) {
+            if (lane == 0) {
+                for (int j = 0; j < k; j++) {
+                    int best = -1;
+                    float bv = -INFINITY;
+                    for (int e = 0; e < experts; e++) {
+                        bool t = false;
+                        for (int q = 0; q < j; q++) if (idx[q] == e) { t = true; break; }
+                        if (!t && (best < 0 || p[e] > bv)) { best = e; bv = p[e]; }
+                    }
+                    idx[j] = best;
+                    val[j] = bv;
                 }
-                idx[j] = best;
-                val[j] = bv;
             }
-        }
-    } else {
-        for (int j = 0; j < k; j++) {
-            float bv = -INFINITY;
-            int be = 0x7fffffff;
+        } else {
+            for (int j = 0; j < k; j++) {
+                float bv = -INFINITY;
+                int be = 0x7fffffff;
 #pragma unroll
-            for (int q = 0; q < TOPK_EPL; q++) {
-                if (!((taken >> q) & 1u) && (be == 0x7fffffff || pv[q] > bv)) { bv = pv[q]; be = lane + 32 * q; }
+                for (int q = 0; q < TOPK_EPL; q++) {
+                    if (!((taken >> q) & 1u) && (be == 0x7fffffff || pv[q] > bv)) { bv = pv[q]; be = lane + 32 * q; }
+                }
+                for (int o = 16; o > 0; o >>= 1) {
+                    float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+                    int oe = __shfl_xor_sync(0xffffffffu, be, o);
+                    if (ov > bv || (ov == bv && oe < be)) { bv = ov; be = oe; }
+                }
+                if (lane == 0) { idx[j] = be; val[j] = bv; }
+                if ((be & 31) == lane) taken |= 1u << (be >> 5);
             }
-            for (int o = 16; o > 0; o >>= 1) {
-                float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-                int oe = __shfl_xor_sync(0xffffffffu, be, o);
-                if (ov > bv || (ov == bv && oe < be)) { bv = ov; be = oe; }
-            }
-            if (lane == 0) { idx[j] = be; val[j] = bv; }
-            if ((be & 31) == lane) taken |= 1u << (be >> 5);
         }
-    }
-    if (lane == 0) {
-        float sum = 0.f;
-        for (int j = 0; j < k; j++) sum += val[j];
-        float* w = weights + r * (long long)k;
-        for (int j = 0; j < k; j++) w[j] = normalize ? val[j] / sum : val[j];
+        if (lane == 0) {
+            float sum = 0.f;
+            for (int j = 0; j < k; j++) sum += val[j];
+            float* w = weights + r * (long long)k;
+            for (int j = 0; j < k; j++) w[j] = normalize ? val[j] / sum : val[j];
+        }
     }
 }
 
@@ -774,27 +843,29 @@ __device__ __forceinline__ void copy_row_warp(const float* __restrict__ from, fl
 
 __global__ void gather_rows_warp(const float* src, int srcRows, const int* index, int n, int width, int divisor,
                                  float* dst, int* err) {
-    int j = (int)(((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
-    if (j >= n) return;
-    int raw = index[j];
-    int s = raw / divisor;
-    if (raw < 0 || s >= srcRows) {
-        if (lane == 0) report(err, ERR_GATHER_INDEX, j, raw, srcRows);
-        return;
+    int lane = threadIdx.x & 31;
+    WARP_STRIDE(j, n) {
+        int raw = index[j];
+        int s = raw / divisor;
+        if (raw < 0 || s >= srcRows) {
+            if (lane == 0) report(err, ERR_GATHER_INDEX, (int)j, raw, srcRows);
+            continue;
+        }
+        copy_row_warp(src + (long long)s * width, dst + j * width, width >> 2, lane);
     }
-    copy_row_warp(src + (long long)s * width, dst + (long long)j * width, width >> 2, lane);
 }
 
 __global__ void scatter_rows_warp(const float* src, const int* index, int n, int width, float* dst, int dstRows,
                                   int* err) {
-    int j = (int)(((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
-    if (j >= n) return;
-    int d = index[j];
-    if (d < 0 || d >= dstRows) {
-        if (lane == 0) report(err, ERR_SCATTER_INDEX, j, d, dstRows);
-        return;
+    int lane = threadIdx.x & 31;
+    WARP_STRIDE(j, n) {
+        int d = index[j];
+        if (d < 0 || d >= dstRows) {
+            if (lane == 0) report(err, ERR_SCATTER_INDEX, (int)j, d, dstRows);
+            continue;
+        }
+        copy_row_warp(src + j * width, dst + (long long)d * width, width >> 2, lane);
     }
-    copy_row_warp(src + (long long)j * width, dst + (long long)d * width, width >> 2, lane);
 }
 
 __global__ void moe_combine(const float* slots, const float* weights, int tokens, int k, int width, float* y) {
@@ -843,25 +914,25 @@ __global__ void moe_combine_bwd(const float* dy, const float* slots, const float
 __global__ void moe_combine_bwd_warp(const float* __restrict__ dy, const float* __restrict__ slots,
                                      const float* __restrict__ weights, int tokens, int k, int width,
                                      float* __restrict__ dSlots, float* __restrict__ dWeights) {
-    long long s = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
-    if (s >= (long long)tokens * k) return;
-    long long t = s / k;
-    float ws = weights[s];
     int w4 = width >> 2;
-    const float* dyr = dy + t * width;
-    const float* sr = slots + s * width;
-    float* dsr = dSlots + s * width;
-    float dot = 0.f;
+    WARP_STRIDE(s, (long long)tokens * k) {
+        long long t = s / k;
+        float ws = weights[s];
+        const float* dyr = dy + t * width;
+        const float* sr = slots + s * width;
+        float* dsr = dSlots + s * width;
+        float dot = 0.f;
 #pragma unroll 4
-    for (int c = lane; c < w4; c += 32) {
-        float4 d = ld4(dyr, c), v = ld4(sr, c), o;
-        o.x = ws * d.x; o.y = ws * d.y; o.z = ws * d.z; o.w = ws * d.w;
-        st4(dsr, c, o);
-        dot += d.x * v.x; dot += d.y * v.y; dot += d.z * v.z; dot += d.w * v.w;
+        for (int c = lane; c < w4; c += 32) {
+            float4 d = ld4(dyr, c), v = ld4(sr, c), o;
+            o.x = ws * d.x; o.y = ws * d.y; o.z = ws * d.z; o.w = ws * d.w;
+            st4(dsr, c, o);
+            dot += d.x * v.x; dot += d.y * v.y; dot += d.z * v.z; dot += d.w * v.w;
+        }
+        dot = warpSum(dot);
+        if (lane == 0) dWeights[s] = dot;
     }
-    dot = warpSum(dot);
-    if (lane == 0) dWeights[s] = dot;
 }
 
 __global__ void sum_slots(const float* src, int tokens, int k, int width, float* dst) {
