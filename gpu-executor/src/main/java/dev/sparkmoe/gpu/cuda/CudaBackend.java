@@ -167,6 +167,10 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private final PointerPointer<Pointer> ggArgPtrs = new PointerPointer<>(1);
     private final DeviceBuffer errorWord;
     private final Map<String, DeviceBuffer> ropeFreqs = new HashMap<>();
+    /** rope's cos and sin tables (seqLen x headDim / 2 each, one buffer) by theta / headDim / seqLen. */
+    private final Map<String, DeviceBuffer> ropeTables = new HashMap<>();
+    /** The largest rope table, in (position, i) cells: 16 MiB of cos and sin. */
+    private static final long ROPE_TABLE_MAX = 1L << 21;
     private final Map<String, Boolean> sharedRaised = new HashMap<>();
     private GemmPrecision gemmPrecision;
     private GroupedMode groupedMode;
@@ -1006,7 +1010,13 @@ public final class CudaBackend implements Backend, AutoCloseable {
         if (n == 0) {
             return;
         }
-        launch1D(K, "axpy_f32", n, alpha, addr(x, "x", xOff, n), addr(y, "y", yOff, n), n);
+        long xa = addr(x, "x", xOff, n);
+        long ya = addr(y, "y", yOff, n);
+        if (aligned16(xa, ya)) {
+            launch1D(K, "axpy_f32x4", Math.max(n / 4, n % 4), alpha, xa, ya, n);
+        } else {
+            launch1D(K, "axpy_f32", n, alpha, xa, ya, n);
+        }
     }
 
     @Override
@@ -1038,16 +1048,42 @@ public final class CudaBackend implements Backend, AutoCloseable {
             blocks[i] = (int) Math.max(1, Math.min((n + THREADS - 1) / THREADS, 4L * smCount));
             total += blocks[i];
         }
-        Tensor partial = scratch(DType.I64, (int) total); // 8-byte elements: doubles; the sums first, then partials
+        boolean multi = count > 1 && count <= 65535;
+        // 8-byte elements: the sums (doubles) first, then the partials, then (multi) {x, n, blocks, partial} per tensor
+        long cells = total + (multi ? 4L * count : 0);
+        Tensor partial = scratch(DType.I64, (int) cells);
         try {
-            long base = addr(partial, "partial", 0, total);
+            long base = addr(partial, "partial", 0, cells);
             long p = base + 8L * count;
-            for (int i = 0; i < count; i++) {
-                Tensor x = xs.get(i);
-                long n = x.numel();
-                launch(K, "sum_squares_partial", blocks[i], 1, THREADS, 0, addr(x, "x[" + i + "]", 0, n), n, p);
-                launch(K, "sum_partials_f64", 1, 1, 1024, 0, p, blocks[i], base + 8L * i);
-                p += 8L * blocks[i];
+            if (multi) {
+                // one launch per pass for the whole list (a step's gradient norm: hundreds of tensors)
+                long[] desc = new long[4 * count];
+                int maxBlocks = 1;
+                for (int i = 0; i < count; i++) {
+                    Tensor x = xs.get(i);
+                    long n = x.numel();
+                    desc[4 * i] = n == 0 ? 0 : addr(x, "x[" + i + "]", 0, n);
+                    desc[4 * i + 1] = n;
+                    desc[4 * i + 2] = blocks[i];
+                    desc[4 * i + 3] = p;
+                    maxBlocks = Math.max(maxBlocks, blocks[i]);
+                    p += 8L * blocks[i];
+                }
+                long d = base + 8L * total;
+                try (LongPointer h = new LongPointer(desc)) {
+                    Cuda.check(cudart.cudaMemcpyAsync(RawPointer.of(d, 0), h, 8L * desc.length,
+                            cudart.cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync(sum of squares table)");
+                }
+                launch(K, "sum_squares_partial_multi", maxBlocks, count, THREADS, 0, d);
+                launch(K, "sum_partials_f64_multi", count, 1, 1024, 0, d, base);
+            } else {
+                for (int i = 0; i < count; i++) {
+                    Tensor x = xs.get(i);
+                    long n = x.numel();
+                    launch(K, "sum_squares_partial", blocks[i], 1, THREADS, 0, addr(x, "x[" + i + "]", 0, n), n, p);
+                    launch(K, "sum_partials_f64", 1, 1, 1024, 0, p, blocks[i], base + 8L * i);
+                    p += 8L * blocks[i];
+                }
             }
             double[] out = new double[count];
             try (DoublePointer d = new DoublePointer(Math.max(1, count))) {
@@ -1080,9 +1116,42 @@ public final class CudaBackend implements Backend, AutoCloseable {
             return;
         }
         long n = (long) rows * dim;
-        launch(K, "rmsnorm_fwd", rows, 1, rowThreads(dim), 0, addr(x, "x", 0, n), addr(w, "w", 0, dim), eps, rows,
-                dim, addr(y, "y", 0, n), addr(rstd, "rstd", 0, rows));
+        long xA = addr(x, "x", 0, n);
+        long wA = addr(w, "w", 0, dim);
+        long yA = addr(y, "y", 0, n);
+        long rA = addr(rstd, "rstd", 0, rows);
+        int[] lv = rmsNormVec(dim, xA, wA, yA);
+        if (lv != null) {
+            int rowsPerBlock = THREADS / lv[0];
+            launch(K, "rmsnorm_fwd_l" + lv[0] + "v" + lv[1], ceilDiv(rows, rowsPerBlock), 1, THREADS, 0, xA, wA, eps,
+                    rows, dim, yA, rA);
+            return;
+        }
+        launch(K, "rmsnorm_fwd", rows, 1, rowThreads(dim), 0, xA, wA, eps, rows, dim, yA, rA);
     }
+
+    /**
+     * The vectorised RMSNorm kernels' {lanes per row, float4 per lane} for rows of {@code dim} floats (dim % 4 == 0,
+     * at most 1024, every address 16-byte aligned), else null (the block-per-row kernels).
+     */
+    private static int[] rmsNormVec(int dim, long... addresses) {
+        if (dim % 4 != 0 || dim > 1024 || !aligned16(addresses)) {
+            return null;
+        }
+        int d4 = dim / 4;
+        int lanes = 4;
+        while (lanes < 32 && lanes < d4) {
+            lanes *= 2;
+        }
+        int v = 1;
+        while (v * lanes < d4) {
+            v *= 2;
+        }
+        return new int[] {lanes, v};
+    }
+
+    /** Row blocks of the vectorised RMSNorm backward (and so dW partials) aimed at: fixed, so the sum order is. */
+    private static final int RMSNORM_BWD_BLOCKS = 512;
 
     private static int rowThreads(int dim) {
         if (dim >= 1024) {
@@ -1102,8 +1171,27 @@ public final class CudaBackend implements Backend, AutoCloseable {
         long dyA = addr(dy, "dy", 0, n);
         long xA = addr(x, "x", 0, n);
         long rA = addr(rstd, "rstd", 0, rows);
-        launch(K, "rmsnorm_bwd_dx", rows, 1, rowThreads(dim), 0, dyA, xA, addr(w, "w", 0, dim), rA, rows, dim,
-                addr(dx, "dx", 0, n));
+        long wA = addr(w, "w", 0, dim);
+        long dxA = addr(dx, "dx", 0, n);
+        int[] lv = rmsNormVec(dim, dyA, xA, wA, dxA);
+        if (lv != null) {
+            // dx and each block's dW partial in one pass over x and dy; then the partials summed in a fixed order
+            int groups = THREADS / lv[0];
+            int rowsPerBlock = groups * Math.max(1, ceilDiv(rows, groups * RMSNORM_BWD_BLOCKS));
+            int blocks = ceilDiv(rows, rowsPerBlock);
+            Tensor partial = scratch(DType.F32, blocks * dim);
+            try {
+                long pA = addr(partial, "partial", 0, (long) blocks * dim);
+                launch(K, "rmsnorm_bwd_l" + lv[0] + "v" + lv[1], blocks, 1, THREADS, 4 * groups * dim, dyA, xA, wA,
+                        rA, rows, dim, rowsPerBlock, dxA, pA);
+                launch2D(K, "sum_chunks_accumulate_2d", ceilDiv(dim, 32), 1, 32, 32, pA, blocks, dim,
+                        addr(dw, "dw", 0, dim));
+            } finally {
+                dispose(partial);
+            }
+            return;
+        }
+        launch(K, "rmsnorm_bwd_dx", rows, 1, rowThreads(dim), 0, dyA, xA, wA, rA, rows, dim, dxA);
         int rowsPerChunk = 256;
         int chunks = (rows + rowsPerChunk - 1) / rowsPerChunk;
         Tensor partial = scratch(DType.F32, chunks * dim);
@@ -1147,7 +1235,29 @@ public final class CudaBackend implements Backend, AutoCloseable {
             ropeFreqs.put(key, freq);
         }
         long n = (long) tokens * heads * headDim;
-        launch1D(K, "rope_f32", (long) tokens * half, addr(x, "x", 0, n), freq.address(), tokens, heads, headDim,
+        long xA = addr(x, "x", 0, n);
+        long cells = (long) seqLen * half;
+        if (half % 4 == 0 && aligned16(xA) && cells <= ROPE_TABLE_MAX) {
+            // cos and sin per (position, i) computed once per (theta, headDim, seqLen) with rope_f32's arithmetic
+            String tkey = key + "/" + seqLen;
+            DeviceBuffer table = ropeTables.get(tkey);
+            if (table == null) {
+                ArrayDeque<CudaScope> hold = new ArrayDeque<>(scopes);
+                scopes.clear();
+                try {
+                    table = allocate(8L * cells);
+                } finally {
+                    scopes.addAll(hold);
+                }
+                launch1D(K, "rope_table", cells, freq.address(), seqLen, half, table.address(),
+                        table.address() + 4L * cells);
+                ropeTables.put(tkey, table);
+            }
+            launch1D(K, "rope_tab_v4", (long) tokens * heads * (half / 4), xA, table.address(),
+                    table.address() + 4L * cells, tokens, heads, headDim, seqLen, inverse ? -1f : 1f);
+            return;
+        }
+        launch1D(K, "rope_f32", (long) tokens * half, xA, freq.address(), tokens, heads, headDim,
                 seqLen, inverse ? -1f : 1f);
     }
 
@@ -1525,7 +1635,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
         if (n == 0) {
             return;
         }
-        launch1D(K, "silu_mul_fwd", n, addr(gate, "gate", off, n), addr(up, "up", off, n), addr(out, "out", off, n), n);
+        long g = addr(gate, "gate", off, n), u = addr(up, "up", off, n), o = addr(out, "out", off, n);
+        if (aligned16(g, u, o)) {
+            launch1D(K, "silu_mul_fwd_x4", Math.max(n / 4, n % 4), g, u, o, n);
+        } else {
+            launch1D(K, "silu_mul_fwd", n, g, u, o, n);
+        }
     }
 
     @Override
@@ -1535,8 +1650,13 @@ public final class CudaBackend implements Backend, AutoCloseable {
         if (n == 0) {
             return;
         }
-        launch1D(K, "silu_mul_bwd", n, addr(dOut, "dOut", off, n), addr(gate, "gate", off, n), addr(up, "up", off, n),
-                addr(dGate, "dGate", off, n), addr(dUp, "dUp", off, n), n);
+        long d = addr(dOut, "dOut", off, n), g = addr(gate, "gate", off, n), u = addr(up, "up", off, n);
+        long dg = addr(dGate, "dGate", off, n), du = addr(dUp, "dUp", off, n);
+        if (aligned16(d, g, u, dg, du)) {
+            launch1D(K, "silu_mul_bwd_x4", Math.max(n / 4, n % 4), d, g, u, dg, du, n);
+        } else {
+            launch1D(K, "silu_mul_bwd", n, d, g, u, dg, du, n);
+        }
     }
 
     @Override
@@ -1578,9 +1698,11 @@ public final class CudaBackend implements Backend, AutoCloseable {
         Tensor rowLoss = scratch(DType.I64, rows + 1); // doubles
         try {
             long rl = addr(rowLoss, "rowLoss", 0, rows + 1);
-            launch(K, "cross_entropy_fwd_bwd", rows, 1, vocab >= 4096 ? 512 : rowThreads(vocab), 0,
-                    addr(logits, "logits", 0, n), addr(targets, "targets", 0, rows), rows, vocab, gradScale,
-                    addr(dLogits, "dLogits", 0, n), rl, errorWord.address());
+            long la = addr(logits, "logits", 0, n), da = addr(dLogits, "dLogits", 0, n);
+            boolean vec = vocab % 4 == 0 && vocab >= 4096 && aligned16(la, da);
+            launch(K, vec ? "cross_entropy_fwd_bwd_v4" : "cross_entropy_fwd_bwd", rows, 1,
+                    vocab >= 4096 ? 512 : rowThreads(vocab), 0, la, addr(targets, "targets", 0, rows), rows, vocab,
+                    gradScale, da, rl, errorWord.address());
             launch(K, "sum_partials_f64", 1, 1, 1024, 0, rl, rows, rl + 8L * rows);
             return readDouble(rl + 8L * rows);
         } finally {
@@ -1614,6 +1736,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
                     + experts + ")");
         }
         long nk = (long) rows * k;
+        if (experts <= 32 * TOPK_EPL) {
+            launch(K, "router_topk_warp", blocksFor(32L * rows, THREADS), 1, THREADS, 0,
+                    addr(probs, "probs", 0, (long) rows * experts), rows, experts, k, normalize ? 1 : 0,
+                    addr(topIdx, "topIdx", 0, nk), addr(topVal, "topVal", 0, nk), addr(weights, "weights", 0, nk));
+            return;
+        }
         launch(K, "router_topk", blocksFor(rows, 128), 1, 128, 0, addr(probs, "probs", 0, (long) rows * experts), rows,
                 experts, k, normalize ? 1 : 0, addr(topIdx, "topIdx", 0, nk), addr(topVal, "topVal", 0, nk),
                 addr(weights, "weights", 0, nk));
@@ -1669,6 +1797,19 @@ public final class CudaBackend implements Backend, AutoCloseable {
                 normalize ? 1 : 0, addr(dLogits, "dLogits", 0, ne));
     }
 
+    /** router_topk_warp's experts per lane (TOPK_EPL in kernels.cu). */
+    private static final int TOPK_EPL = 8;
+
+    /** Whether every address is 16-byte aligned (float4 loads and stores). */
+    private static boolean aligned16(long... addresses) {
+        for (long a : addresses) {
+            if (a % 16 != 0) {
+                return false;
+            }
+        }
+        return true;
+    }
+
     /** 1 when rows of {@code width} floats at these base addresses can move as float4 (16-byte aligned rows). */
     private static int rowVector(int width, long a, long b) {
         return width % 4 == 0 && a % 16 == 0 && b % 16 == 0 ? 1 : 0;
@@ -1691,6 +1832,11 @@ public final class CudaBackend implements Backend, AutoCloseable {
         long from = addr(src, "src", 0, (long) srcRows * width);
         long to = addr(dst, "dst", 0, (long) n * width);
         int vec = rowVector(width, from, to);
+        if (vec == 1) {
+            launch(K, "gather_rows_warp", blocksFor(32L * n, THREADS), 1, THREADS, 0, from, srcRows,
+                    addr(index, "index", 0, n), n, width, divisor, to, errorWord.address());
+            return;
+        }
         launch(K, "gather_rows", n, 1, rowThreadsFor(width, vec), 0, from, srcRows, addr(index, "index", 0, n), n,
                 width, divisor, to, errorWord.address(), vec);
     }
@@ -1706,6 +1852,11 @@ public final class CudaBackend implements Backend, AutoCloseable {
         long from = addr(src, "src", 0, (long) n * width);
         long to = addr(dst, "dst", 0, (long) dstRows * width);
         int vec = rowVector(width, from, to);
+        if (vec == 1) {
+            launch(K, "scatter_rows_warp", blocksFor(32L * n, THREADS), 1, THREADS, 0, from,
+                    addr(index, "index", 0, n), n, width, to, dstRows, errorWord.address());
+            return;
+        }
         launch(K, "scatter_rows", n, 1, rowThreadsFor(width, vec), 0, from, addr(index, "index", 0, n), n, width, to,
                 dstRows, errorWord.address(), vec);
     }
@@ -1717,8 +1868,13 @@ public final class CudaBackend implements Backend, AutoCloseable {
             return;
         }
         long nt = (long) tokens * width;
-        launch1D(K, "moe_combine", nt, addr(slots, "slots", 0, nt * k), addr(weights, "weights", 0, (long) tokens * k),
-                tokens, k, width, addr(y, "y", 0, nt));
+        long sa = addr(slots, "slots", 0, nt * k), wa = addr(weights, "weights", 0, (long) tokens * k);
+        long ya = addr(y, "y", 0, nt);
+        if (width % 4 == 0 && aligned16(sa, ya)) {
+            launch1D(K, "moe_combine_v4", nt / 4, sa, wa, tokens, k, width, ya);
+        } else {
+            launch1D(K, "moe_combine", nt, sa, wa, tokens, k, width, ya);
+        }
     }
 
     @Override
@@ -1730,9 +1886,15 @@ public final class CudaBackend implements Backend, AutoCloseable {
         }
         long nt = (long) tokens * width;
         long ns = (long) tokens * k;
-        launch(K, "moe_combine_bwd", (int) ns, 1, rowThreads(width), 0, addr(dy, "dy", 0, nt),
-                addr(slots, "slots", 0, ns * width), addr(weights, "weights", 0, ns), tokens, k, width,
-                addr(dSlots, "dSlots", 0, ns * width), addr(dWeights, "dWeights", 0, ns));
+        long dya = addr(dy, "dy", 0, nt), sa = addr(slots, "slots", 0, ns * width);
+        long wa = addr(weights, "weights", 0, ns), dsa = addr(dSlots, "dSlots", 0, ns * width);
+        long dwa = addr(dWeights, "dWeights", 0, ns);
+        if (width % 4 == 0 && aligned16(dya, sa, dsa)) {
+            launch(K, "moe_combine_bwd_warp", blocksFor(32L * ns, THREADS), 1, THREADS, 0, dya, sa, wa, tokens, k,
+                    width, dsa, dwa);
+        } else {
+            launch(K, "moe_combine_bwd", (int) ns, 1, rowThreads(width), 0, dya, sa, wa, tokens, k, width, dsa, dwa);
+        }
     }
 
     @Override
@@ -1742,7 +1904,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
             return;
         }
         long nt = (long) tokens * width;
-        launch1D(K, "sum_slots", nt, addr(src, "src", 0, nt * k), tokens, k, width, addr(dst, "dst", 0, nt));
+        long sa = addr(src, "src", 0, nt * k), da = addr(dst, "dst", 0, nt);
+        if (width % 4 == 0 && aligned16(sa, da)) {
+            launch1D(K, "sum_slots_v4", nt / 4, sa, tokens, k, width, da);
+        } else {
+            launch1D(K, "sum_slots", nt, sa, tokens, k, width, da);
+        }
     }
 
     // ------------------------------------------------------------------ optimizer
@@ -1755,9 +1922,11 @@ public final class CudaBackend implements Backend, AutoCloseable {
             return;
         }
         AdamW.Coefficients c = AdamW.Coefficients.of(lr, beta1, beta2, weightDecay, step);
-        launch1D(K, "adamw_f32", n, addr(param, "param", 0, n), addr(grad, "grad", 0, n), addr(m, "m", 0, n),
-                addr(v, "v", 0, n), n, c.decay(), weightDecay != 0f ? 1 : 0, c.w1(), beta2, c.w2(), c.stepSize(),
-                c.bc2Sqrt(), eps);
+        long pa = addr(param, "param", 0, n), ga = addr(grad, "grad", 0, n), ma = addr(m, "m", 0, n);
+        long va = addr(v, "v", 0, n);
+        boolean vec = aligned16(pa, ga, ma, va);
+        launch1D(K, vec ? "adamw_f32x4" : "adamw_f32", vec ? Math.max(n / 4, n % 4) : n, pa, ga, ma, va, n, c.decay(),
+                weightDecay != 0f ? 1 : 0, c.w1(), beta2, c.w2(), c.stepSize(), c.bc2Sqrt(), eps);
     }
 
     @Override

@@ -61,6 +61,150 @@ __device__ float blockMax(float v) { return blockReduce(v, -INFINITY, MaxOp()); 
 
 #define GRID_STRIDE(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
                                i += (long long)gridDim.x * blockDim.x)
+// Warp-stride loop: warp-uniform, so the whole warp stays together for shuffles.
+#define WARP_STRIDE(j, n) for (long long j = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; j < (n); \
+                               j += ((long long)gridDim.x * blockDim.x) >> 5)
+
+// Sum over aligned groups of L lanes (L a power of two <= 32); every lane of a group gets its group's sum. All 32
+// lanes of the warp must call it.
+template <int L> __device__ __forceinline__ float groupSum(float v) {
+    for (int o = L / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float4 ld4(const float* p, int c) { return reinterpret_cast<const float4*>(p)[c]; }
+__device__ __forceinline__ void st4(float* p, int c, float4 v) { reinterpret_cast<float4*>(p)[c] = v; }
+// Streaming (evict-first) forms, for data read or written for the last time by the kernel: the load may move
+// like any load (no volatile), the store is kept (volatile) but claims no other memory, so that loads of later
+// iterations can be issued before it; neither may touch memory the kernel accesses otherwise.
+__device__ __forceinline__ float4 ld4cs(const float* p, int c) {
+    float4 v;
+    asm("ld.global.cs.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+        : "l"(p + 4LL * c));
+    return v;
+}
+__device__ __forceinline__ void st4cs(float* p, int c, float4 v) {
+    asm volatile("st.global.cs.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p + 4LL * c), "f"(v.x), "f"(v.y), "f"(v.z),
+                 "f"(v.w));
+}
+
+// ------------------------------------------------------------------ RMSNorm, vectorised (dim % 4 == 0, 16-byte
+// aligned rows): a group of L lanes per row, each lane holding V float4 of the row in registers (column float4
+// c = lane + q * L), so dim <= 4 * L * V. A block of 256 threads holds 256 / L row groups.
+template <int L, int V> __device__ __forceinline__ void rmsnorm_fwd_vec(const float* __restrict__ x,
+        const float* __restrict__ w, float eps, int rows, int dim, float* __restrict__ y, float* __restrict__ rstd) {
+    int lane = threadIdx.x % L;
+    int r = blockIdx.x * (blockDim.x / L) + threadIdx.x / L;
+    bool ok = r < rows;
+    int d4 = dim >> 2;
+    const float* xr = x + (long long)(ok ? r : 0) * dim;
+    float4 xv[V];
+    float ss = 0.f;
+#pragma unroll
+    for (int q = 0; q < V; q++) {
+        int c = lane + q * L;
+        xv[q] = ok && c < d4 ? ld4(xr, c) : make_float4(0.f, 0.f, 0.f, 0.f);
+        ss += xv[q].x * xv[q].x;
+        ss += xv[q].y * xv[q].y;
+        ss += xv[q].z * xv[q].z;
+        ss += xv[q].w * xv[q].w;
+    }
+    ss = groupSum<L>(ss);
+    if (!ok) return;
+    float rs = (float)(1.0 / sqrt((double)(ss / dim + eps)));
+    if (lane == 0) rstd[r] = rs;
+    float* yr = y + (long long)r * dim;
+#pragma unroll
+    for (int q = 0; q < V; q++) {
+        int c = lane + q * L;
+        if (c < d4) {
+            float4 wv = ld4(w, c), o;
+            o.x = wv.x * (xv[q].x * rs);
+            o.y = wv.y * (xv[q].y * rs);
+            o.z = wv.z * (xv[q].z * rs);
+            o.w = wv.w * (xv[q].w * rs);
+            st4(yr, c, o);
+        }
+    }
+}
+
+// Backward, same layout: dx per row with x and dy kept in registers between the dot and the write, and the dW
+// contribution of the rows of this block (a contiguous chunk of rowsPerBlock rows) reduced in a fixed order into
+// partial[blockIdx.x * dim + col]: per lane over its rows, then over the block's row groups through shared memory.
+template <int L, int V> __device__ __forceinline__ void rmsnorm_bwd_vec(const float* __restrict__ dy,
+        const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ rstd, int rows, int dim,
+        int rowsPerBlock, float* __restrict__ dx, float* __restrict__ partial) {
+    extern __shared__ float4 shDw[];  // [groups][d4]
+    constexpr int MAXG = 256 / L;
+    int groups = blockDim.x / L;
+    int g = threadIdx.x / L, lane = threadIdx.x % L;
+    int d4 = dim >> 2;
+    int r0 = blockIdx.x * rowsPerBlock;
+    int r1 = min(rows, r0 + rowsPerBlock);
+    float4 acc[V];
+#pragma unroll
+    for (int q = 0; q < V; q++) acc[q] = make_float4(0.f, 0.f, 0.f, 0.f);
+    // every group runs the same number of iterations (shuffles need the whole warp)
+    for (int rb = r0; rb < r1; rb += groups) {
+        int r = rb + g;
+        bool ok = r < r1;
+        long long o = (long long)(ok ? r : r0) * dim;
+        float rs = ok ? rstd[r] : 0.f;
+        float4 xv[V], dv[V];
+        float dot = 0.f;
+#pragma unroll
+        for (int q = 0; q < V; q++) {
+            int c = lane + q * L;
+            bool in = ok && c < d4;
+            xv[q] = in ? ld4(x + o, c) : make_float4(0.f, 0.f, 0.f, 0.f);
+            dv[q] = in ? ld4(dy + o, c) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int q = 0; q < V; q++) {
+            int c = lane + q * L;
+            float4 wv = c < d4 ? ld4(w, c) : make_float4(0.f, 0.f, 0.f, 0.f);
+            dot += dv[q].x * wv.x * xv[q].x * rs;
+            dot += dv[q].y * wv.y * xv[q].y * rs;
+            dot += dv[q].z * wv.z * xv[q].z * rs;
+            dot += dv[q].w * wv.w * xv[q].w * rs;
+        }
+        dot = groupSum<L>(dot);
+        if (ok) {
+            float mean = dot / dim;
+#pragma unroll
+            for (int q = 0; q < V; q++) {
+                int c = lane + q * L;
+                if (c < d4) {
+                    float4 wv = ld4(w, c), xh, out;
+                    xh.x = xv[q].x * rs; xh.y = xv[q].y * rs; xh.z = xv[q].z * rs; xh.w = xv[q].w * rs;
+                    out.x = rs * (dv[q].x * wv.x - xh.x * mean);
+                    out.y = rs * (dv[q].y * wv.y - xh.y * mean);
+                    out.z = rs * (dv[q].z * wv.z - xh.z * mean);
+                    out.w = rs * (dv[q].w * wv.w - xh.w * mean);
+                    st4(dx + o, c, out);
+                    acc[q].x += dv[q].x * xh.x;
+                    acc[q].y += dv[q].y * xh.y;
+                    acc[q].z += dv[q].z * xh.z;
+                    acc[q].w += dv[q].w * xh.w;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int q = 0; q < V; q++) {
+        int c = lane + q * L;
+        if (c < d4) shDw[g * d4 + c] = acc[q];
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < d4; c += blockDim.x) {
+        float4 s = shDw[c];
+        for (int q = 1; q < groups && q < MAXG; q++) {
+            float4 t = shDw[q * d4 + c];
+            s.x += t.x; s.y += t.y; s.z += t.z; s.w += t.w;
+        }
+        st4(partial + (long long)blockIdx.x * dim, c, s);
+    }
+}
 
 extern "C" {
 
@@ -71,6 +215,18 @@ __global__ void fill_i32(int* x, long long n, int v) { GRID_STRIDE(i, n) x[i] = 
 __global__ void fill_i64(long long* x, long long n, long long v) { GRID_STRIDE(i, n) x[i] = v; }
 
 __global__ void axpy_f32(float alpha, const float* x, float* y, int n) { GRID_STRIDE(i, n) y[i] += alpha * x[i]; }
+
+// axpy with float4 moves (x and y 16-byte aligned); the n % 4 tail by the first threads of the grid.
+__global__ void axpy_f32x4(float alpha, const float* __restrict__ x, float* __restrict__ y, int n) {
+    int n4 = n >> 2;
+    GRID_STRIDE(i, n4) {
+        float4 a = ld4(x, (int)i), b = ld4(y, (int)i);
+        b.x += alpha * a.x; b.y += alpha * a.y; b.z += alpha * a.z; b.w += alpha * a.w;
+        st4(y, (int)i, b);
+    }
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < n - 4 * n4) y[4 * n4 + t] += alpha * x[4 * n4 + t];
+}
 
 __global__ void scale_f32(float* x, long long n, float alpha) { GRID_STRIDE(i, n) x[i] *= alpha; }
 
@@ -96,6 +252,35 @@ __global__ void sum_partials_f64(const double* partial, int n, double* out) {
     for (int i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
     s = blockSumD(s);
     if (threadIdx.x == 0) out[0] = s;
+}
+
+// Both passes for many tensors in one launch each. desc[4 * i ..] = {x, n, blocks, partial} of tensor i (grid y);
+// every tensor's arithmetic is sum_squares_partial's with its own grid of `blocks` and sum_partials_f64's, so the
+// results equal those of the two kernels launched per tensor, whatever else is in the list.
+__global__ void sum_squares_partial_multi(const long long* desc) {
+    const long long* d = desc + 4LL * blockIdx.y;
+    const float* x = reinterpret_cast<const float*>(d[0]);
+    long long n = d[1];
+    int blocks = (int)d[2];
+    if ((int)blockIdx.x >= blocks) return;  // the whole block
+    double* partial = reinterpret_cast<double*>(d[3]);
+    double s = 0;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)blocks * blockDim.x) {
+        double v = x[i];
+        s += v * v;
+    }
+    s = blockSumD(s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+// grid (count), 1024 threads: out[i] = sum of tensor i's partials.
+__global__ void sum_partials_f64_multi(const long long* desc, double* out) {
+    const long long* d = desc + 4LL * blockIdx.x;
+    int n = (int)d[2];
+    const double* partial = reinterpret_cast<const double*>(d[3]);
+    double s = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
+    s = blockSumD(s);
+    if (threadIdx.x == 0) out[blockIdx.x] = s;
 }
 
 // ------------------------------------------------------------------ RMSNorm (block per row)
@@ -158,6 +343,40 @@ __global__ void sum_chunks_accumulate(const float* partial, int chunks, int dim,
     }
 }
 
+// The same sum with more parallelism: block (32, 32) per 32 columns; thread y sums chunks y, y + 32, ... and the 32
+// sums are added in order of y.
+__global__ void sum_chunks_accumulate_2d(const float* partial, int chunks, int dim, float* dw) {
+    __shared__ float sh[32][33];
+    int col = blockIdx.x * 32 + threadIdx.x;
+    float s = 0.f;
+    if (col < dim) {
+        for (int c = threadIdx.y; c < chunks; c += 32) s += partial[(long long)c * dim + col];
+    }
+    sh[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < dim) {
+        float t = 0.f;
+        for (int q = 0; q < 32; q++) t += sh[q][threadIdx.x];
+        dw[col] += t;
+    }
+}
+
+// Vectorised RMSNorm (see rmsnorm_fwd_vec / rmsnorm_bwd_vec): L lanes per row, V float4 per lane, 256 threads.
+#define RMSNORM_VEC(L, V)                                                                                             \
+    __global__ void __launch_bounds__(256) rmsnorm_fwd_l##L##v##V(const float* x, const float* w, float eps,      \
+            int rows, int dim, float* y, float* rstd) { rmsnorm_fwd_vec<L, V>(x, w, eps, rows, dim, y, rstd); }    \
+    __global__ void __launch_bounds__(256) rmsnorm_bwd_l##L##v##V(const float* dy, const float* x, const float* w, \
+            const float* rstd, int rows, int dim, int rowsPerBlock, float* dx, float* partial) {                   \
+        rmsnorm_bwd_vec<L, V>(dy, x, w, rstd, rows, dim, rowsPerBlock, dx, partial);                               \
+    }
+RMSNORM_VEC(4, 1)
+RMSNORM_VEC(8, 1)
+RMSNORM_VEC(16, 1)
+RMSNORM_VEC(32, 1)
+RMSNORM_VEC(32, 2)
+RMSNORM_VEC(32, 4)
+RMSNORM_VEC(32, 8)
+
 // ------------------------------------------------------------------ RoPE (rotate-half), in place
 
 // One thread per (token, i < half); loops over heads. invFreq[half] computed on the host exactly as CpuBackend does.
@@ -175,6 +394,37 @@ __global__ void rope_f32(float* x, const float* invFreq, int tokens, int heads, 
             x[o + i] = a * c - b * s;
             x[o + i + half] = b * c + a * s;
         }
+    }
+}
+
+// The rotation table of rope_tab_v4: cosT/sinT[pos * half + i] for pos < seqLen, with rope_f32's arithmetic.
+__global__ void rope_table(const float* invFreq, int seqLen, int half, float* cosT, float* sinT) {
+    GRID_STRIDE(t, (long long)seqLen * half) {
+        int pos = (int)(t / half), i = (int)(t % half);
+        float angle = (float)pos * invFreq[i];
+        cosT[t] = (float)cos((double)angle);
+        sinT[t] = (float)sin((double)angle);
+    }
+}
+
+// rope_f32 from the table: thread per (token, head, 4 consecutive i < half); half % 4 == 0, x 16-byte aligned.
+__global__ void rope_tab_v4(float* __restrict__ x, const float* __restrict__ cosT, const float* __restrict__ sinT,
+                            int tokens, int heads, int headDim, int seqLen, float sign) {
+    int half = headDim / 2, h4 = half >> 2;
+    GRID_STRIDE(t, (long long)tokens * heads * h4) {
+        int ti = (int)t;
+        int i4 = ti % h4, nh = ti / h4;
+        int pos = (nh / heads) % seqLen;
+        float4 c = ld4(cosT + (long long)pos * half, i4), sn = ld4(sinT + (long long)pos * half, i4);
+        sn.x *= sign; sn.y *= sign; sn.z *= sign; sn.w *= sign;
+        float* xr = x + (long long)nh * headDim;
+        float4 a = ld4(xr, i4), b = ld4(xr + half, i4), p, q;
+        p.x = a.x * c.x - b.x * sn.x; q.x = b.x * c.x + a.x * sn.x;
+        p.y = a.y * c.y - b.y * sn.y; q.y = b.y * c.y + a.y * sn.y;
+        p.z = a.z * c.z - b.z * sn.z; q.z = b.z * c.z + a.z * sn.z;
+        p.w = a.w * c.w - b.w * sn.w; q.w = b.w * c.w + a.w * sn.w;
+        st4(xr, i4, p);
+        st4(xr + half, i4, q);
     }
 }
 
@@ -196,6 +446,55 @@ __global__ void silu_mul_bwd(const float* dOut, const float* gate, const float* 
         float d = dOut[i];
         dUp[i] = d * silu;
         dGate[i] = d * up[i] * (s * (1.f + g * (1.f - s)));
+    }
+}
+
+__device__ __forceinline__ float silu_sig(float g) { return (float)(1.0 / (1.0 + exp(-(double)g))); }
+
+// float4 forms of silu_mul_fwd/bwd (all pointers 16-byte aligned); the n % 4 tail by the first threads of the grid.
+__global__ void silu_mul_fwd_x4(const float* __restrict__ gate, const float* __restrict__ up, float* __restrict__ out,
+                                int n) {
+    int n4 = n >> 2;
+    GRID_STRIDE(i, n4) {
+        float4 g = ld4(gate, (int)i), u = ld4(up, (int)i), o;
+        o.x = g.x * silu_sig(g.x) * u.x;
+        o.y = g.y * silu_sig(g.y) * u.y;
+        o.z = g.z * silu_sig(g.z) * u.z;
+        o.w = g.w * silu_sig(g.w) * u.w;
+        st4(out, (int)i, o);
+    }
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < n - 4 * n4) {
+        int i = 4 * n4 + (int)t;
+        float g = gate[i];
+        out[i] = g * silu_sig(g) * up[i];
+    }
+}
+
+__device__ __forceinline__ void silu_bwd_one(float d, float g, float u, float& dg, float& du) {
+    float s = silu_sig(g);
+    float silu = g * s;
+    du = d * silu;
+    dg = d * u * (s * (1.f + g * (1.f - s)));
+}
+
+__global__ void silu_mul_bwd_x4(const float* __restrict__ dOut, const float* __restrict__ gate,
+                                const float* __restrict__ up, float* __restrict__ dGate, float* __restrict__ dUp,
+                                int n) {
+    int n4 = n >> 2;
+    GRID_STRIDE(i, n4) {
+        float4 d = ld4(dOut, (int)i), g = ld4(gate, (int)i), u = ld4(up, (int)i), dg, du;
+        silu_bwd_one(d.x, g.x, u.x, dg.x, du.x);
+        silu_bwd_one(d.y, g.y, u.y, dg.y, du.y);
+        silu_bwd_one(d.z, g.z, u.z, dg.z, du.z);
+        silu_bwd_one(d.w, g.w, u.w, dg.w, du.w);
+        st4(dUp, (int)i, du);
+        st4(dGate, (int)i, dg);
+    }
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < n - 4 * n4) {
+        int i = 4 * n4 + (int)t;
+        silu_bwd_one(dOut[i], gate[i], up[i], dGate[i], dUp[i]);
     }
 }
 
@@ -262,6 +561,88 @@ __global__ void cross_entropy_fwd_bwd(const float* logits, const int* targets, i
     }
 }
 
+// One read of the row from DRAM: (vocab % 4 == 0, 16-byte aligned rows) each thread keeps a running max m and a
+// double sum of exp(x - m) over its float4s (rescaled when m grows); the block combines them as sum * exp(m - M).
+// The loss is the double log-sum-exp as above; the gradient pass re-reads the row (from L2) and takes
+// expf(x - M) * (1 / sum) in f32 (a few ulp from the double exp of cross_entropy_fwd_bwd).
+__device__ __forceinline__ void ce_acc(float v, float m, double& s) { s += exp((double)(v - m)); }
+#define CE_U 4
+
+__global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4(const float* __restrict__ logits,
+        const int* __restrict__ targets, int rows, int vocab, float gradScale, float* __restrict__ dLogits,
+        double* rowLoss, int* err) {
+    int r = blockIdx.x;
+    long long o = (long long)r * vocab;
+    const float* lr = logits + o;
+    float* dr = dLogits + o;
+    int v4 = vocab >> 2;
+    int t = targets[r];
+    if (t == -100) {
+        for (int c = threadIdx.x; c < v4; c += blockDim.x) st4cs(dr, c, make_float4(0.f, 0.f, 0.f, 0.f));
+        if (threadIdx.x == 0) rowLoss[r] = 0.0;
+        return;
+    }
+    if (t < 0 || t >= vocab) {
+        if (threadIdx.x == 0) { report(err, ERR_CE_TARGET, r, t, vocab); rowLoss[r] = 0.0; }
+        return;
+    }
+    float m = -INFINITY;
+    double s = 0.0;
+    // CE_U float4 loads in flight per thread, then their values in order
+    for (int c0 = threadIdx.x; c0 < v4; c0 += CE_U * blockDim.x) {
+        float4 b[CE_U];
+#pragma unroll
+        for (int u = 0; u < CE_U; u++) {
+            int c = c0 + u * blockDim.x;
+            b[u] = c < v4 ? ld4(lr, c) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+        }
+#pragma unroll
+        for (int u = 0; u < CE_U; u++) {
+            if (c0 + u * blockDim.x >= v4) break;
+            float4 a = b[u];
+            float m4 = fmaxf(fmaxf(a.x, a.y), fmaxf(a.z, a.w));
+            if (m4 > m) {
+                if (s != 0.0) s *= exp((double)m - (double)m4);
+                m = m4;
+            }
+            if (m != -INFINITY) {  // else all values so far are -inf: they add exp(-inf) = 0 once the max is finite
+                ce_acc(a.x, m, s); ce_acc(a.y, m, s); ce_acc(a.z, m, s); ce_acc(a.w, m, s);
+            }
+        }
+    }
+    float mx = blockMax(m);
+    double part = s == 0.0 ? 0.0 : s * exp((double)m - (double)mx);
+    double sum = blockSumD(part);
+    if (mx == -INFINITY || mx != mx) sum = __longlong_as_double(0x7ff8000000000000LL);  // as exp(-inf - -inf): NaN
+    double logSum = log(sum);
+    if (threadIdx.x == 0) rowLoss[r] = logSum - (double)(lr[t] - mx);
+    float inv = (float)(1.0 / sum);
+    for (int c0 = threadIdx.x; c0 < v4; c0 += CE_U * blockDim.x) {
+        float4 b[CE_U];
+#pragma unroll
+        for (int u = 0; u < CE_U; u++) {
+            int c = c0 + u * blockDim.x;
+            if (c < v4) b[u] = ld4cs(lr, c);
+        }
+#pragma unroll
+        for (int u = 0; u < CE_U; u++) {
+            int c = c0 + u * blockDim.x;
+            if (c >= v4) break;
+            float4 a = b[u], d;
+            d.x = expf(a.x - mx) * inv * gradScale;
+            d.y = expf(a.y - mx) * inv * gradScale;
+            d.z = expf(a.z - mx) * inv * gradScale;
+            d.w = expf(a.w - mx) * inv * gradScale;
+            int j = 4 * c;
+            if (t >= j && t < j + 4) {
+                if (t == j) d.x -= gradScale; else if (t == j + 1) d.y -= gradScale;
+                else if (t == j + 2) d.z -= gradScale; else d.w -= gradScale;
+            }
+            st4cs(dr, c, d);
+        }
+    }
+}
+
 // ------------------------------------------------------------------ softmax / router (warp per row)
 
 __global__ void softmax_rows(const float* x, int rows, int cols, float* out) {
@@ -304,6 +685,67 @@ __global__ void router_topk(const float* probs, int rows, int experts, int k, in
         for (int j = 0; j < k; j++) sum += val[j];
         float* w = weights + r * (long long)k;
         for (int j = 0; j < k; j++) w[j] = normalize ? val[j] / sum : val[j];
+    }
+}
+
+// Warp per row (experts <= 32 * TOPK_EPL, lane l holding experts l, l + 32, ...): each of the k rounds takes the
+// warp's largest untaken value, the lowest index among equals, which is what router_topk's scan picks when the row
+// holds no NaN; a row with a NaN runs router_topk's scan on lane 0.
+#define TOPK_EPL 8
+__global__ void router_topk_warp(const float* probs, int rows, int experts, int k, int normalize, int* topIdx,
+                                 float* topVal, float* weights) {
+    int lane = threadIdx.x & 31;
+    WARP_STRIDE(r, rows) {
+        const float* p = probs + r * (long long)experts;
+        int* idx = topIdx + r * (long long)k;
+        float* val = topVal + r * (long long)k;
+        float pv[TOPK_EPL];
+        unsigned taken = 0;
+        bool nan = false;
+#pragma unroll
+        for (int q = 0; q < TOPK_EPL; q++) {
+            int e = lane + 32 * q;
+            pv[q] = e < experts ? p[e] : -INFINITY;
+            if (e >= experts) taken |= 1u << q;
+            else nan |= pv[q] != pv[q];
+        }
+        if (__any_sync(0xffffffffu, nan)) {
+            if (lane == 0) {
+                for (int j = 0; j < k; j++) {
+                    int best = -1;
+                    float bv = -INFINITY;
+                    for (int e = 0; e < experts; e++) {
+                        bool t = false;
+                        for (int q = 0; q < j; q++) if (idx[q] == e) { t = true; break; }
+                        if (!t && (best < 0 || p[e] > bv)) { best = e; bv = p[e]; }
+                    }
+                    idx[j] = best;
+                    val[j] = bv;
+                }
+            }
+        } else {
+            for (int j = 0; j < k; j++) {
+                float bv = -INFINITY;
+                int be = 0x7fffffff;
+#pragma unroll
+                for (int q = 0; q < TOPK_EPL; q++) {
+                    if (!((taken >> q) & 1u) && (be == 0x7fffffff || pv[q] > bv)) { bv = pv[q]; be = lane + 32 * q; }
+                }
+                for (int o = 16; o > 0; o >>= 1) {
+                    float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+                    int oe = __shfl_xor_sync(0xffffffffu, be, o);
+                    if (ov > bv || (ov == bv && oe < be)) { bv = ov; be = oe; }
+                }
+                if (lane == 0) { idx[j] = be; val[j] = bv; }
+                if ((be & 31) == lane) taken |= 1u << (be >> 5);
+            }
+        }
+        if (lane == 0) {
+            float sum = 0.f;
+            for (int j = 0; j < k; j++) sum += val[j];
+            float* w = weights + r * (long long)k;
+            for (int j = 0; j < k; j++) w[j] = normalize ? val[j] / sum : val[j];
+        }
     }
 }
 
@@ -390,12 +832,68 @@ __global__ void scatter_rows(const float* src, const int* index, int n, int widt
     copy_row(src + (long long)j * width, dst + (long long)d * width, width, vec);
 }
 
+// Warp per row, float4 moves (width % 4 == 0, 16-byte aligned rows), four loads in flight per lane.
+__device__ __forceinline__ void copy_row_warp(const float* __restrict__ from, float* __restrict__ to, int w4, int lane) {
+    const float4* f = reinterpret_cast<const float4*>(from);
+    float4* t = reinterpret_cast<float4*>(to);
+    int c = lane;
+    for (; c + 96 < w4; c += 128) {
+        float4 a = f[c], b = f[c + 32], d = f[c + 64], e = f[c + 96];
+        t[c] = a; t[c + 32] = b; t[c + 64] = d; t[c + 96] = e;
+    }
+    for (; c < w4; c += 32) t[c] = f[c];
+}
+
+__global__ void gather_rows_warp(const float* src, int srcRows, const int* index, int n, int width, int divisor,
+                                 float* dst, int* err) {
+    int lane = threadIdx.x & 31;
+    WARP_STRIDE(j, n) {
+        int raw = index[j];
+        int s = raw / divisor;
+        if (raw < 0 || s >= srcRows) {
+            if (lane == 0) report(err, ERR_GATHER_INDEX, (int)j, raw, srcRows);
+            continue;
+        }
+        copy_row_warp(src + (long long)s * width, dst + j * width, width >> 2, lane);
+    }
+}
+
+__global__ void scatter_rows_warp(const float* src, const int* index, int n, int width, float* dst, int dstRows,
+                                  int* err) {
+    int lane = threadIdx.x & 31;
+    WARP_STRIDE(j, n) {
+        int d = index[j];
+        if (d < 0 || d >= dstRows) {
+            if (lane == 0) report(err, ERR_SCATTER_INDEX, (int)j, d, dstRows);
+            continue;
+        }
+        copy_row_warp(src + j * width, dst + (long long)d * width, width >> 2, lane);
+    }
+}
+
 __global__ void moe_combine(const float* slots, const float* weights, int tokens, int k, int width, float* y) {
     GRID_STRIDE(i, (long long)tokens * width) {
         long long t = i / width, c = i % width;
         float acc = 0.f;
         for (int q = 0; q < k; q++) acc += weights[t * k + q] * slots[(t * k + q) * width + c];
         y[i] = acc;
+    }
+}
+
+// float4 form (width % 4 == 0, 16-byte aligned): thread per (token, 4 columns), the same order over q.
+__global__ void moe_combine_v4(const float* __restrict__ slots, const float* __restrict__ weights, int tokens, int k,
+                               int width, float* __restrict__ y) {
+    int w4 = width >> 2;
+    GRID_STRIDE(i, (long long)tokens * w4) {
+        int t = (int)(i / w4), c = (int)(i - (long long)t * w4);
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int q = 0; q < k; q++) {
+            long long s = (long long)t * k + q;
+            float wq = weights[s];
+            float4 v = ld4(slots + s * width, c);
+            acc.x += wq * v.x; acc.y += wq * v.y; acc.z += wq * v.z; acc.w += wq * v.w;
+        }
+        st4(y + (long long)t * width, c, acc);
     }
 }
 
@@ -415,6 +913,31 @@ __global__ void moe_combine_bwd(const float* dy, const float* slots, const float
     if (threadIdx.x == 0) dWeights[s] = dot;
 }
 
+// Warp per slot, float4 moves (width % 4 == 0, 16-byte aligned).
+__global__ void moe_combine_bwd_warp(const float* __restrict__ dy, const float* __restrict__ slots,
+                                     const float* __restrict__ weights, int tokens, int k, int width,
+                                     float* __restrict__ dSlots, float* __restrict__ dWeights) {
+    int lane = threadIdx.x & 31;
+    int w4 = width >> 2;
+    WARP_STRIDE(s, (long long)tokens * k) {
+        long long t = s / k;
+        float ws = weights[s];
+        const float* dyr = dy + t * width;
+        const float* sr = slots + s * width;
+        float* dsr = dSlots + s * width;
+        float dot = 0.f;
+#pragma unroll 4
+        for (int c = lane; c < w4; c += 32) {
+            float4 d = ld4(dyr, c), v = ld4(sr, c), o;
+            o.x = ws * d.x; o.y = ws * d.y; o.z = ws * d.z; o.w = ws * d.w;
+            st4(dsr, c, o);
+            dot += d.x * v.x; dot += d.y * v.y; dot += d.z * v.z; dot += d.w * v.w;
+        }
+        dot = warpSum(dot);
+        if (lane == 0) dWeights[s] = dot;
+    }
+}
+
 __global__ void sum_slots(const float* src, int tokens, int k, int width, float* dst) {
     GRID_STRIDE(i, (long long)tokens * width) {
         long long t = i / width, c = i % width;
@@ -424,20 +947,65 @@ __global__ void sum_slots(const float* src, int tokens, int k, int width, float*
     }
 }
 
+__global__ void sum_slots_v4(const float* __restrict__ src, int tokens, int k, int width, float* __restrict__ dst) {
+    int w4 = width >> 2;
+    GRID_STRIDE(i, (long long)tokens * w4) {
+        int t = (int)(i / w4), c = (int)(i - (long long)t * w4);
+        float* dr = dst + (long long)t * width;
+        float4 acc = ld4(dr, c);
+        for (int q = 0; q < k; q++) {
+            float4 v = ld4(src + ((long long)t * k + q) * width, c);
+            acc.x += v.x; acc.y += v.y; acc.z += v.z; acc.w += v.w;
+        }
+        st4(dr, c, acc);
+    }
+}
+
 // ------------------------------------------------------------------ AdamW (scalars prepared on the host as CpuBackend)
+
+// One element of torch.optim.AdamW as CpuBackend.adamw; sqrtf is correctly rounded, as (float) Math.sqrt(float).
+__device__ __forceinline__ float adamw_one(float p, float g, float& mi, float& vi, float decay, int doDecay, float w1,
+                                           float beta2, float w2, float stepSize, float bc2Sqrt, float eps) {
+    p = doDecay ? p * decay : p;
+    mi = w1 < 0.5f ? mi + w1 * (g - mi) : g - (g - mi) * (1.f - w1);
+    vi = vi * beta2 + w2 * g * g;
+    float denom = sqrtf(vi) / bc2Sqrt + eps;
+    return p + (-stepSize) * (mi / denom);
+}
 
 __global__ void adamw_f32(float* param, const float* grad, float* m, float* v, int n, float decay, int doDecay,
                           float w1, float beta2, float w2, float stepSize, float bc2Sqrt, float eps) {
     GRID_STRIDE(i, n) {
-        float p = doDecay ? param[i] * decay : param[i];
-        float g = grad[i];
-        float mi = m[i];
-        mi = w1 < 0.5f ? mi + w1 * (g - mi) : g - (g - mi) * (1.f - w1);
-        float vi = v[i] * beta2 + w2 * g * g;
+        float mi = m[i], vi = v[i];
+        param[i] = adamw_one(param[i], grad[i], mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
         m[i] = mi;
         v[i] = vi;
-        float denom = (float)sqrt((double)vi) / bc2Sqrt + eps;
-        param[i] = p + (-stepSize) * (mi / denom);
+    }
+}
+
+// float4 form (all four 16-byte aligned); the n % 4 tail by the first threads of the grid.
+__global__ void adamw_f32x4(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m,
+                            float* __restrict__ v, int n, float decay, int doDecay, float w1, float beta2, float w2,
+                            float stepSize, float bc2Sqrt, float eps) {
+    int n4 = n >> 2;
+    GRID_STRIDE(i, n4) {
+        int c = (int)i;
+        float4 p = ld4(param, c), g = ld4(grad, c), mi = ld4(m, c), vi = ld4(v, c);
+        p.x = adamw_one(p.x, g.x, mi.x, vi.x, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        p.y = adamw_one(p.y, g.y, mi.y, vi.y, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        p.z = adamw_one(p.z, g.z, mi.z, vi.z, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        p.w = adamw_one(p.w, g.w, mi.w, vi.w, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        st4(param, c, p);
+        st4(m, c, mi);
+        st4(v, c, vi);
+    }
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < n - 4 * n4) {
+        int i = 4 * n4 + (int)t;
+        float mi = m[i], vi = v[i];
+        param[i] = adamw_one(param[i], grad[i], mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        m[i] = mi;
+        v[i] = vi;
     }
 }
 

@@ -253,6 +253,9 @@ class CudaBackendTest {
         cpu.axpy(-0.3f, host(x, x.length), 11, cy, 17, 2900);
         gpu.axpy(-0.3f, up(x, x.length), 11, gy, 17, 2900);
         assertClose(cy.floats(), down(gy), 1e-6, "axpy");
+        cpu.axpy(0.7f, host(x, x.length), 12, cy, 16, 2903); // aligned: float4 with a tail of 3
+        gpu.axpy(0.7f, up(x, x.length), 12, gy, 16, 2903);
+        assertClose(cy.floats(), down(gy), 1e-6, "axpy (float4)");
         cpu.scale(cy, 1.7f);
         gpu.scale(gy, 1.7f);
         assertClose(cy.floats(), down(gy), 1e-6, "scale");
@@ -285,8 +288,11 @@ class CudaBackendTest {
 
     @Test
     void rmsNormForwardBackward() {
-        for (int dim : new int[] {64, 1000, 2048}) {
-            int rows = 300;
+        // {dim, rows}: lanes per row 16 and 32 (float4 kernels, several row blocks and rows per block), and 2048
+        // (block per row)
+        for (int[] dr : new int[][] {{64, 300}, {1000, 300}, {2048, 300}, {64, 9001}, {1024, 4500}, {12, 77}}) {
+            int dim = dr[0];
+            int rows = dr[1];
             float[] x = rnd(r, rows * dim, 1);
             float[] w = rnd(r, dim, 1);
             float[] dy = rnd(r, rows * dim, 1);
@@ -314,7 +320,12 @@ class CudaBackendTest {
 
     @Test
     void ropeForwardAndInverse() {
-        int tokens = 2 * 50, heads = 3, d = 64, seq = 50;
+        ropeForwardAndInverse(64); // from the cos/sin table, float4
+        ropeForwardAndInverse(36); // half % 4 != 0: rope_f32
+    }
+
+    private void ropeForwardAndInverse(int d) {
+        int tokens = 2 * 50, heads = 3, seq = 50;
         float[] x = rnd(r, tokens * heads * d, 1);
         for (boolean inverse : new boolean[] {false, true}) {
             Tensor c = host(x, x.length);
@@ -428,6 +439,23 @@ class CudaBackendTest {
         gpu.siluMulBackward(up(d, n), up(g, n), up(u, n), gdg, gdu, off, len);
         assertClose(cdg.floats(), down(gdg), 1e-6, "siluMul dGate");
         assertClose(cdu.floats(), down(gdu), 1e-6, "siluMul dUp");
+        siluMulFloat4(n, g, u, d);
+    }
+
+    /** The float4 kernels: aligned offset, a length with a tail of 2. */
+    private void siluMulFloat4(int n, float[] g, float[] u, float[] d) {
+        int off = 124, len = 4002;
+        Tensor co = Tensor.zeros(DType.F32, n);
+        cpu.siluMulForward(host(g, n), host(u, n), co, off, len);
+        Tensor go = gpu.zeros(DType.F32, n);
+        gpu.siluMulForward(up(g, n), up(u, n), go, off, len);
+        assertClose(co.floats(), down(go), 1e-6, "siluMul forward (float4)");
+        Tensor cdg = Tensor.zeros(DType.F32, n), cdu = Tensor.zeros(DType.F32, n);
+        cpu.siluMulBackward(host(d, n), host(g, n), host(u, n), cdg, cdu, off, len);
+        Tensor gdg = gpu.zeros(DType.F32, n), gdu = gpu.zeros(DType.F32, n);
+        gpu.siluMulBackward(up(d, n), up(g, n), up(u, n), gdg, gdu, off, len);
+        assertClose(cdg.floats(), down(gdg), 1e-6, "siluMul dGate (float4)");
+        assertClose(cdu.floats(), down(gdu), 1e-6, "siluMul dUp (float4)");
     }
 
     @Test
@@ -457,7 +485,12 @@ class CudaBackendTest {
 
     @Test
     void crossEntropy() {
-        int rows = 77, vocab = 5003;
+        crossEntropy(5003); // block per row, three passes
+        crossEntropy(5004); // float4, one pass for max and sum
+    }
+
+    private void crossEntropy(int vocab) {
+        int rows = 77;
         float[] l = rnd(r, rows * vocab, 4);
         int[] t = r.ints(rows, 0, vocab).toArray();
         t[3] = -100;
@@ -527,10 +560,34 @@ class CudaBackendTest {
         }
     }
 
+    /** Top-k by warp (<= 256 experts) and by thread (more), and rows with a NaN (the scan's picks, bit for bit). */
+    @Test
+    void routerTopKWarpThreadAndNaN() {
+        for (int experts : new int[] {32, 40, 300}) {
+            int rows = 65, k = 4;
+            float[] probs = rnd(r, rows * experts, 1);
+            probs[0] = Float.NaN; // chosen first: nothing is greater than NaN
+            probs[experts + 5] = Float.NaN;
+            probs[2 * experts + 3] = probs[2 * experts + 9] = 7f; // a tie at the top
+            for (boolean normalize : new boolean[] {false, true}) {
+                Tensor ci = Tensor.zeros(DType.I32, rows * k), cv = Tensor.zeros(DType.F32, rows * k),
+                        cw = Tensor.zeros(DType.F32, rows * k);
+                cpu.routerTopK(host(probs, probs.length), rows, experts, k, normalize, ci, cv, cw);
+                Tensor gi = gpu.zeros(DType.I32, rows * k), gv = poisoned(rows * k), gw = poisoned(rows * k);
+                gpu.routerTopK(up(probs, probs.length), rows, experts, k, normalize, gi, gv, gw);
+                String what = "experts " + experts + " normalize=" + normalize;
+                assertArrayEquals(ci.ints(), gpu.download(gi).ints(), "topIdx " + what);
+                assertArrayEquals(cv.floats(), down(gv), "topVal " + what);
+                assertArrayEquals(cw.floats(), down(gw), 1e-6f, "weights " + what);
+            }
+        }
+    }
+
     @Test
     void gatherScatterCombineSumSlots() {
         gatherScatterCombineSumSlots(72); // rows move as float4
         gatherScatterCombineSumSlots(37); // one float at a time
+        gatherScatterCombineSumSlots(1032); // float4, four loads in flight per lane
     }
 
     private void gatherScatterCombineSumSlots(int width) {
