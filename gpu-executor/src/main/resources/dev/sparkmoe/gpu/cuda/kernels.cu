@@ -568,8 +568,10 @@ __global__ void cross_entropy_fwd_bwd(const float* logits, const int* targets, i
 __device__ __forceinline__ void ce_acc(float v, float m, double& s) { s += exp((double)(v - m)); }
 #define CE_U 4
 
-__global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4(const float* __restrict__ logits,
-        const int* __restrict__ targets, int rows, int vocab, float gradScale, float* __restrict__ dLogits,
+// dLogits may alias logits (no __restrict__ on either): each element is read by the thread that later writes it, and
+// the target's logit is read before the first barrier.
+__global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4(const float* logits,
+        const int* __restrict__ targets, int rows, int vocab, float gradScale, float* dLogits,
         double* rowLoss, int* err) {
     int r = blockIdx.x;
     long long o = (long long)r * vocab;
@@ -586,6 +588,7 @@ __global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4(const float* 
         if (threadIdx.x == 0) { report(err, ERR_CE_TARGET, r, t, vocab); rowLoss[r] = 0.0; }
         return;
     }
+    float target = lr[t];
     float m = -INFINITY;
     double s = 0.0;
     // CE_U float4 loads in flight per thread, then their values in order
@@ -615,7 +618,7 @@ __global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4(const float* 
     double sum = blockSumD(part);
     if (mx == -INFINITY || mx != mx) sum = __longlong_as_double(0x7ff8000000000000LL);  // as exp(-inf - -inf): NaN
     double logSum = log(sum);
-    if (threadIdx.x == 0) rowLoss[r] = logSum - (double)(lr[t] - mx);
+    if (threadIdx.x == 0) rowLoss[r] = logSum - (double)(target - mx);
     float inv = (float)(1.0 / sum);
     for (int c0 = threadIdx.x; c0 < v4; c0 += CE_U * blockDim.x) {
         float4 b[CE_U];
