@@ -125,7 +125,7 @@ public final class AllToAllTokenDispatcher implements TokenDispatcher {
                 sendRows, recvRows, recvCounts, backend.upload(Tensor.ofInts(localOf, totalRecv)), totalRecv,
                 tokens, topK);
         // Rows in expert order are already grouped by destination rank.
-        Tensor sendBuf = backend.zeros(DType.F32, slotOfRow.length, hiddenSize);
+        Tensor sendBuf = backend.empty(DType.F32, slotOfRow.length, hiddenSize);
         backend.gatherRows(hidden, meta.slotOfRow, slotOfRow.length, hiddenSize, topK, sendBuf);
         Tensor routed = exchange(backend, sendBuf, sendRows, recvRows, meta.localOfRecv, totalRecv, hiddenSize);
         return new Dispatch(routed, localCounts, firstLocalExpert(), meta);
@@ -145,10 +145,10 @@ public final class AllToAllTokenDispatcher implements TokenDispatcher {
      */
     private Tensor exchange(Backend backend, Tensor sendBuf, int[] sendRows, int[] recvRows, Tensor placeOf,
                             int totalRecv, int h) {
-        Tensor recvBuf = backend.zeros(DType.F32, totalRecv, h);
+        Tensor recvBuf = backend.empty(DType.F32, totalRecv, h); // every row arrives
         ep.allToAll(sendBuf, scaled(sendRows, h), recvBuf, scaled(recvRows, h));
         backend.release(sendBuf);
-        Tensor local = backend.zeros(DType.F32, totalRecv, h);
+        Tensor local = backend.empty(DType.F32, totalRecv, h); // placeOf is a permutation
         backend.scatterRows(recvBuf, placeOf, totalRecv, h, local);
         backend.release(recvBuf);
         return local;
@@ -157,7 +157,7 @@ public final class AllToAllTokenDispatcher implements TokenDispatcher {
     /** Local-expert-major rows back to receive order, sent home, placed in slot order. */
     private Tensor homeInSlotOrder(Backend backend, Tensor localRows, Meta m) {
         int h = localRows.dim(1);
-        Tensor back = backend.zeros(DType.F32, m.recvTotal, h);
+        Tensor back = backend.empty(DType.F32, m.recvTotal, h);
         backend.gatherRows(localRows, m.localOfRecv, m.recvTotal, h, 1, back);
         // every token slot was sent exactly once, so the rows coming home fill all tokens * topK slots
         return exchange(backend, back, m.recvRowsPerPeer, m.sendRowsPerPeer, m.slotOfRow, m.sendTotal, h);
@@ -166,7 +166,7 @@ public final class AllToAllTokenDispatcher implements TokenDispatcher {
     /** Slot-ordered rows sent to the experts' ranks and placed in local-expert-major order. */
     private Tensor awayInLocalOrder(Backend backend, Tensor slotRows, Meta m) {
         int h = slotRows.dim(1);
-        Tensor sendBuf = backend.zeros(DType.F32, m.sendTotal, h);
+        Tensor sendBuf = backend.empty(DType.F32, m.sendTotal, h);
         backend.gatherRows(slotRows, m.slotOfRow, m.sendTotal, h, 1, sendBuf);
         return exchange(backend, sendBuf, m.sendRowsPerPeer, m.recvRowsPerPeer, m.localOfRecv, m.recvTotal, h);
     }
