@@ -44,6 +44,7 @@ public final class MemoryTracker implements InvocationHandler {
     private final Map<Tensor, String> released = new WeakHashMap<>(); // identity: Tensor does not override equals
     private final Deque<List<Tensor>> scopes = new ArrayDeque<>();
     private final Map<String, long[]> siteLive = new HashMap<>(); // site -> {bytes, tensors}
+    private boolean following = true;
     private long liveBytes;
     private long peakBytes;
     private String peakSite = "";
@@ -75,6 +76,14 @@ public final class MemoryTracker implements InvocationHandler {
 
     public long peakBytes() {
         return peakBytes;
+    }
+
+    /**
+     * Whether new allocations record their call site (a stack walk each, about as costly as a small kernel launch).
+     * Off, they are still counted and checked, under the site "(not followed)": for steps whose speed matters.
+     */
+    public void setFollowing(boolean on) {
+        following = on;
     }
 
     /** Starts a new peak from what is live now. */
@@ -158,7 +167,7 @@ public final class MemoryTracker implements InvocationHandler {
     }
 
     private void track(Tensor t) {
-        String site = site();
+        String site = following ? site() : "(not followed)";
         boolean scoped = !scopes.isEmpty();
         Alloc a = new Alloc(deviceBytes(t.dtype(), t.numel()), site, scoped);
         live.put(t, a);

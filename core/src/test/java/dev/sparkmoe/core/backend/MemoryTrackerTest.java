@@ -90,6 +90,9 @@ class MemoryTrackerTest {
         assertTrue(report.startsWith("memory: peak 0.004 GB live (reached at MemoryTrackerTest.bigAllocation"), report);
         assertTrue(report.contains("MemoryTrackerTest.bigAllocation"), report);
         assertTrue(report.contains("4.0 MB      1 tensors"), report);
+        m.setFollowing(false);
+        be.zeros(DType.F32, 2000, 1000);
+        assertTrue(m.report().contains("8.0 MB      1 tensors  (not followed)"), m.report());
     }
 
     private static Tensor bigAllocation(Backend be) {

@@ -68,7 +68,7 @@ public final class TrainBench implements RankEntry {
             backend = new CpuBackend();
         }
         if (o.containsKey("memory")) {
-            backend = MemoryTracker.wrap(backend);
+            backend = MemoryTracker.wrap(backend); // sites followed while the trainer is built and in the memory step
         }
         TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-4, 0, warmup + steps,
                 "constant", 0.9, 0.999, 1e-8, 0.01, 0, 1);
@@ -87,6 +87,9 @@ public final class TrainBench implements RankEntry {
                     s[i] = r.nextInt(config.vocabSize());
                 }
                 data.add(s);
+            }
+            if (o.containsKey("memory")) {
+                MemoryTracker.of(backend).setFollowing(false); // no stack walks in the timed steps
             }
             StepMetrics last = null;
             for (int i = 0; i < warmup; i++) {
@@ -110,8 +113,10 @@ public final class TrainBench implements RankEntry {
             Map<String, double[]> comm = timed.snapshot();
             if (o.containsKey("memory")) {
                 MemoryTracker tracker = MemoryTracker.of(backend);
+                tracker.setFollowing(true);
                 tracker.resetPeak();
                 trainer.step(data);
+                tracker.setFollowing(false);
                 if (ctx.rank() == 0) {
                     System.out.print(tracker.report());
                 }
