@@ -141,6 +141,63 @@ public final class CollectiveSmokeEntry implements RankEntry {
             }
             expect("device reduceScatterSum", want, got);
         }
+        // grouped and started (FSDP's per-unit form): three all-gathers, then three reduce-scatters, of different
+        // sizes at different offsets, each group one NCCL launch completed by one Pending
+        int[] lens = {5, 1, 300};
+        DeviceAllocation[] gs = new DeviceAllocation[3];
+        DeviceAllocation[] gr = new DeviceAllocation[3];
+        try {
+            java.util.List<Communicator.Part> gather = new java.util.ArrayList<>();
+            java.util.List<Communicator.Part> reduce = new java.util.ArrayList<>();
+            for (int i = 0; i < 3; i++) {
+                int l = lens[i];
+                gs[i] = DeviceAllocation.allocate(dev, 4L * (n * l + 2));
+                gr[i] = DeviceAllocation.allocate(dev, 4L * (n * l + 2));
+                float[] h = new float[l];
+                for (int k = 0; k < l; k++) {
+                    h[k] = me * 1000 + i * 100 + k % 100;
+                }
+                gs[i].upload(h, 0, l, 1);
+                gather.add(new Communicator.Part(Tensor.onDevice(DType.F32, gs[i], n * l + 2), 1,
+                        Tensor.onDevice(DType.F32, gr[i], n * l + 2), 2, l));
+            }
+            c.allGatherStart(gather).complete();
+            for (int i = 0; i < 3; i++) {
+                int l = lens[i];
+                float[] got = new float[n * l];
+                gr[i].download(got, 0, n * l, 2);
+                float[] want = new float[n * l];
+                for (int q = 0; q < n; q++) {
+                    for (int k = 0; k < l; k++) {
+                        want[q * l + k] = q * 1000 + i * 100 + k % 100;
+                    }
+                }
+                expect("device allGatherStart(group) part " + i, want, got);
+                // reduce-scatter the gathered buffers back (the same on every rank): n times each rank's chunk
+                reduce.add(new Communicator.Part(Tensor.onDevice(DType.F32, gr[i], n * l + 2), 2,
+                        Tensor.onDevice(DType.F32, gs[i], n * l + 2), 0, l));
+            }
+            c.reduceScatterSumStart(reduce).complete();
+            for (int i = 0; i < 3; i++) {
+                int l = lens[i];
+                float[] got = new float[l];
+                gs[i].download(got, 0, l, 0);
+                float[] want = new float[l];
+                for (int k = 0; k < l; k++) {
+                    want[k] = n * (me * 1000 + i * 100 + k % 100);
+                }
+                expect("device reduceScatterSumStart(group) part " + i, want, got);
+            }
+        } finally {
+            for (int i = 0; i < 3; i++) {
+                if (gs[i] != null) {
+                    gs[i].close();
+                }
+                if (gr[i] != null) {
+                    gr[i].close();
+                }
+            }
+        }
         // uneven all-to-all: rank q sends (q + p) % 3 + 1 elements to p
         int[] sc = new int[n];
         int[] rc = new int[n];

@@ -10,6 +10,7 @@ import dev.sparkmoe.parallel.comm.Communicator;
 import dev.sparkmoe.parallel.comm.CommunicatorException;
 import dev.sparkmoe.parallel.comm.Pending;
 import java.util.Arrays;
+import java.util.List;
 import java.util.Objects;
 import java.util.concurrent.locks.LockSupport;
 import org.bytedeco.cuda.cudart.CUevent_st;
@@ -549,6 +550,56 @@ public final class NcclCommunicator implements Communicator {
         return started(reduceScatterWork(send, sOff, recv, rOff, recvLen, false));
     }
 
+    /**
+     * The all-gathers of a unit's parameters as ONE NCCL group: one launch, one event, one wait at
+     * {@link Pending#complete()}; started as {@link #allGatherStart(Tensor, int, int, Tensor, int)} is.
+     */
+    @Override
+    public Pending allGatherStart(List<Part> parts) {
+        if (parts.isEmpty() || parts.stream().allMatch(p -> p.send().isHost() && p.recv().isHost())) {
+            return Communicator.super.allGatherStart(parts);
+        }
+        return started(groupedCollective(true, parts));
+    }
+
+    /** The reduce-scatters (sum) of a unit's gradients as one NCCL group, as {@link #allGatherStart(List)}. */
+    @Override
+    public Pending reduceScatterSumStart(List<Part> parts) {
+        if (parts.isEmpty() || parts.stream().allMatch(p -> p.send().isHost() && p.recv().isHost())) {
+            return Communicator.super.reduceScatterSumStart(parts);
+        }
+        return started(groupedCollective(false, parts));
+    }
+
+    private NcclWork groupedCollective(boolean gather, List<Part> parts) {
+        String what = (gather ? "allGather" : "reduceScatterSum") + "(group of " + parts.size() + ", started)";
+        int n = parts.size();
+        long[] s = new long[n];
+        long[] r = new long[n];
+        int[] type = new int[n];
+        for (int i = 0; i < n; i++) {
+            Part p = parts.get(i);
+            String part = what + " part " + i;
+            sameDtype(part, p.send(), p.recv());
+            long full = (long) size * p.len();
+            s[i] = devAddress(part + " send", p.send(), p.sOff(), gather ? p.len() : full);
+            r[i] = devAddress(part + " recv", p.recv(), p.rOff(), gather ? full : p.len());
+            type[i] = ncclType(part, p.send().dtype());
+        }
+        return deviceOp(what, false, () -> inGroup(what, () -> {
+            for (int i = 0; i < n; i++) {
+                int len = parts.get(i).len();
+                if (gather) {
+                    groupCall("ncclAllGather", nccl.ncclAllGather(raw(s[i]), raw(r[i]), len, type[i], comm, stream),
+                            what + " part " + i);
+                } else {
+                    groupCall("ncclReduceScatter", nccl.ncclReduceScatter(raw(s[i]), raw(r[i]), len, type[i],
+                            nccl.ncclSum, comm, stream), what + " part " + i);
+                }
+            }
+        }));
+    }
+
     private Pending started(NcclWork w) {
         track(w);
         long computeAddress = computeStreamAddress;
@@ -818,28 +869,34 @@ public final class NcclCommunicator implements Communicator {
 
     private void groupedExchange(String what, long sendBase, int[] sendCounts, long recvBase, int[] recvCounts,
                                  int elemBytes, int type) {
-        check("ncclGroupStart", nccl.ncclGroupStart(), what);
-        int endResult;
-        RuntimeException inside = null;
-        try {
+        inGroup(what, () -> {
             long so = 0;
             long ro = 0;
             for (int p = 0; p < size; p++) {
                 if (sendCounts[p] > 0) {
-                    int r = nccl.ncclSend(raw(sendBase + so * elemBytes), sendCounts[p], type, p, comm, stream);
-                    if (r != nccl.ncclSuccess && r != nccl.ncclInProgress) {
-                        throw failure("ncclSend", r, what + " to rank " + p);
-                    }
+                    groupCall("ncclSend", nccl.ncclSend(raw(sendBase + so * elemBytes), sendCounts[p], type, p, comm,
+                            stream), what + " to rank " + p);
                 }
                 if (recvCounts[p] > 0) {
-                    int r = nccl.ncclRecv(raw(recvBase + ro * elemBytes), recvCounts[p], type, p, comm, stream);
-                    if (r != nccl.ncclSuccess && r != nccl.ncclInProgress) {
-                        throw failure("ncclRecv", r, what + " from rank " + p);
-                    }
+                    groupCall("ncclRecv", nccl.ncclRecv(raw(recvBase + ro * elemBytes), recvCounts[p], type, p, comm,
+                            stream), what + " from rank " + p);
                 }
                 so += sendCounts[p];
                 ro += recvCounts[p];
             }
+        });
+    }
+
+    /**
+     * Runs {@code calls} between ncclGroupStart and ncclGroupEnd (one fused launch on the stream); the group is
+     * ended even when a call fails, and the failure is rethrown after it.
+     */
+    private void inGroup(String what, Enqueue calls) {
+        check("ncclGroupStart", nccl.ncclGroupStart(), what);
+        int endResult;
+        RuntimeException inside = null;
+        try {
+            calls.run();
         } catch (RuntimeException e) {
             inside = e;
         } finally {
@@ -849,6 +906,13 @@ public final class NcclCommunicator implements Communicator {
             throw inside;
         }
         enqueued(what, "ncclGroupEnd", endResult);
+    }
+
+    /** Checks a call made inside a group: ncclInProgress is fine there (the group end reports the outcome). */
+    private void groupCall(String call, int r, String what) {
+        if (r != nccl.ncclSuccess && r != nccl.ncclInProgress) {
+            throw failure(call, r, what);
+        }
     }
 
     /** Orders a device collective after the compute stream, enqueues it, and returns its work handle. */

@@ -126,6 +126,37 @@ public interface Communicator extends AutoCloseable {
         return Pending.DONE;
     }
 
+    /**
+     * One collective of a group started together: {@code len} elements per rank from {@code send} at {@code sOff}
+     * to {@code recv} at {@code rOff} (an all-gather reads len and writes size * len; a reduce-scatter reads
+     * size * len and writes len).
+     */
+    record Part(Tensor send, int sOff, Tensor recv, int rOff, int len) {
+    }
+
+    /**
+     * Starts the all-gathers of {@code parts} as one collective: where the transport can (NCCL's group calls), one
+     * launch moves them all, which is what FSDP wants for the parameters of one unit (many tensors, some small).
+     * Same contract as {@link #allGatherStart(Tensor, int, int, Tensor, int)} for each part. The default starts
+     * them one by one.
+     */
+    default Pending allGatherStart(java.util.List<Part> parts) {
+        java.util.List<Pending> started = new java.util.ArrayList<>(parts.size());
+        for (Part p : parts) {
+            started.add(allGatherStart(p.send(), p.sOff(), p.len(), p.recv(), p.rOff()));
+        }
+        return Pending.all(started);
+    }
+
+    /** The reduce-scatters (sum) of {@code parts} started as one collective, as {@link #allGatherStart(java.util.List)}. */
+    default Pending reduceScatterSumStart(java.util.List<Part> parts) {
+        java.util.List<Pending> started = new java.util.ArrayList<>(parts.size());
+        for (Part p : parts) {
+            started.add(reduceScatterSumStart(p.send(), p.sOff(), p.recv(), p.rOff(), p.len()));
+        }
+        return Pending.all(started);
+    }
+
     /** All-to-all of float tensors with uneven splits, as {@link #allToAll(float[], int[], float[], int[])}. */
     default void allToAll(Tensor send, int[] sendCounts, Tensor recv, int[] recvCounts) {
         allToAll(send.floats(), sendCounts, recv.floats(), recvCounts);

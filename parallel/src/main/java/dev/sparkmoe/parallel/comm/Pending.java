@@ -15,4 +15,21 @@ public interface Pending {
 
     /** An already completed collective. */
     Pending DONE = () -> { };
+
+    /** {@code p}, completed on the first {@link #complete()} only (a handle shared by several waiters). */
+    static Pending once(Pending p) {
+        boolean[] done = {false};
+        return () -> {
+            if (!done[0]) {
+                done[0] = true;
+                p.complete();
+            }
+        };
+    }
+
+    /** Completes each of {@code parts} in order. */
+    static Pending all(java.util.List<Pending> parts) {
+        java.util.List<Pending> copy = java.util.List.copyOf(parts);
+        return () -> copy.forEach(Pending::complete);
+    }
 }

@@ -203,6 +203,16 @@ public final class TimedCommunicator extends ForwardingCommunicator {
         return timedStart("reduce_scatter", () -> inner.reduceScatterSumStart(send, sOff, recv, rOff, recvLen));
     }
 
+    @Override
+    public Pending allGatherStart(java.util.List<Part> parts) {
+        return timedStart("all_gather", () -> inner.allGatherStart(parts));
+    }
+
+    @Override
+    public Pending reduceScatterSumStart(java.util.List<Part> parts) {
+        return timedStart("reduce_scatter", () -> inner.reduceScatterSumStart(parts));
+    }
+
     /** Started collectives are timed whole (start, complete, drain) while timing is on, else passed through. */
     private Pending timedStart(String kind, java.util.function.Supplier<Pending> begin) {
         long t = start();

@@ -75,16 +75,22 @@ public final class FsdpParam {
     }
 
     /**
-     * Starts gathering the full weight ahead of its use (the next unit's prefetch), where the layout allows a
-     * started collective; {@link #unshard()} completes it. Does nothing when already gathered or gathering.
+     * Makes the full weight's buffer and returns the part of the unit's started all-gather that fills it
+     * ({@link #gatherStarted} then hands over the started group, {@link #unshard()} completes it); null when this
+     * parameter needs none: gathered or gathering already, alone in its group, or a layout that only the blocking
+     * gather handles.
      */
-    void prefetch() {
+    Communicator.Part beginGather() {
         if (param.isMaterialised() || alone() || !layout.contiguousEven()) {
-            return;
+            return null;
         }
         Tensor full = param.backend().empty(DType.F32, param.shape());
-        gathering = layout.allGatherStart(group, shard, full);
         param.setValue(full);
+        return layout.gatherPart(shard, full);
+    }
+
+    void gatherStarted(Pending group) {
+        gathering = group;
     }
 
     void unshard() {
@@ -105,18 +111,19 @@ public final class FsdpParam {
     /**
      * Reduce-scatters the full gradient into the shard gradient and frees the full one. The first reduction after
      * {@link #zeroGrad()} adopts the result as the shard gradient; later ones (gradient accumulation) add to it.
+     * Where the reduction can run under the next unit's backward, nothing is reduced here: the returned part joins
+     * the unit's started reduce-scatter ({@link #reduceStarted}), which {@link #shardGrad()} or
+     * {@link #finishReduce()} completes. Otherwise it is done here and the result is null.
      */
-    void reduceGrad() {
+    Communicator.Part beginReduce() {
         Backend be = param.backend();
         Tensor full = param.grad(); // zeros when backward never touched it (an expert without tokens)
         param.clearGrad();
         finishReduce();
         if (!alone() && shardGrad == null && layout.contiguousEven()) {
-            // started: it runs under the next unit's backward; shardGrad() or finishReduce() completes it
             shardGrad = be.empty(DType.F32, shard.shape());
-            reducing = layout.reduceScatterStart(group, full, shardGrad);
             reducingFrom = full;
-            return;
+            return layout.reducePart(full, shardGrad);
         }
         Tensor part = alone() ? full : layout.reduceScatter(be, group, full, 1f);
         if (part != full) {
@@ -128,6 +135,11 @@ public final class FsdpParam {
             be.axpy(1f, part, 0, shardGrad, 0, part.numel());
             be.release(part);
         }
+        return null;
+    }
+
+    void reduceStarted(Pending group) {
+        reducing = group;
     }
 
     /** Completes a started all-gather (no-op without one). */

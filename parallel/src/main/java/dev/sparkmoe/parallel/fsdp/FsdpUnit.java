@@ -2,7 +2,15 @@ package dev.sparkmoe.parallel.fsdp;
 
 import dev.sparkmoe.core.nn.Module;
 import dev.sparkmoe.core.nn.ModuleHook;
+import dev.sparkmoe.parallel.comm.Communicator;
+import dev.sparkmoe.parallel.comm.Pending;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
+import java.util.function.BiConsumer;
+import java.util.function.BiFunction;
+import java.util.function.Function;
 
 /**
  * The FSDP hooks of one module (a "unit", as fully_shard makes one): all-gather its parameters before forward and
@@ -35,7 +43,9 @@ public final class FsdpUnit implements ModuleHook {
         return params;
     }
 
+    /** Gathers the parameters: one started group for those that allow it, then the blocking gather for the rest. */
     public void unshard() {
+        prefetch();
         for (FsdpParam p : params) {
             p.unshard();
         }
@@ -47,10 +57,35 @@ public final class FsdpUnit implements ModuleHook {
         }
     }
 
-    /** Starts gathering this unit's parameters ahead of use. */
+    /**
+     * Starts gathering this unit's parameters ahead of use, as one grouped all-gather per communicator (FSDP2 gathers
+     * a unit in one collective too): one launch instead of one per tensor, many of them small.
+     */
     public void prefetch() {
+        startGrouped(FsdpParam::beginGather, Communicator::allGatherStart, FsdpParam::gatherStarted);
+    }
+
+    /**
+     * Collects each parameter's part ({@code begin}, null for none), starts the parts of each communicator as one
+     * group ({@code start}) and hands every parameter its group's handle ({@code started}), completed once.
+     */
+    private void startGrouped(Function<FsdpParam, Communicator.Part> begin,
+                              BiFunction<Communicator, List<Communicator.Part>, Pending> start,
+                              BiConsumer<FsdpParam, Pending> started) {
+        Map<Communicator, List<FsdpParam>> who = new LinkedHashMap<>();
+        Map<Communicator, List<Communicator.Part>> parts = new LinkedHashMap<>();
         for (FsdpParam p : params) {
-            p.prefetch();
+            Communicator.Part part = begin.apply(p);
+            if (part != null) {
+                who.computeIfAbsent(p.group(), g -> new ArrayList<>()).add(p);
+                parts.computeIfAbsent(p.group(), g -> new ArrayList<>()).add(part);
+            }
+        }
+        for (Map.Entry<Communicator, List<Communicator.Part>> e : parts.entrySet()) {
+            Pending group = Pending.once(start.apply(e.getKey(), e.getValue()));
+            for (FsdpParam p : who.get(e.getKey())) {
+                started.accept(p, group);
+            }
         }
     }
 
@@ -81,9 +116,7 @@ public final class FsdpUnit implements ModuleHook {
 
     @Override
     public void afterBackward(Module m) {
-        for (FsdpParam p : params) {
-            p.reduceGrad();
-        }
+        startGrouped(FsdpParam::beginReduce, Communicator::reduceScatterSumStart, FsdpParam::reduceStarted);
         reshard();
         // the previous unit's reduce-scatters ran under this unit's backward: complete them, freeing their inputs
         FsdpUnit previous = schedule.reducing;

@@ -75,21 +75,21 @@ public final class ShardLayout {
     }
 
     /**
-     * Starts the all-gather of a {@link #contiguousEven()} layout into {@code full} (the full shape); see
-     * {@link Communicator#allGatherStart}.
+     * The all-gather of a {@link #contiguousEven()} layout from {@code shard} into {@code full} (the full shape), as
+     * one part of a started group ({@link Communicator#allGatherStart(java.util.List)}).
      */
-    public Pending allGatherStart(Communicator group, Tensor shard, Tensor full) {
-        requireContiguousEven("allGatherStart");
-        return group.allGatherStart(shard, 0, chunk * inner, full, 0);
+    public Communicator.Part gatherPart(Tensor shard, Tensor full) {
+        requireContiguousEven("gatherPart");
+        return new Communicator.Part(shard, 0, full, 0, chunk * inner);
     }
 
     /**
-     * Starts the reduce-scatter (sum) of a {@link #contiguousEven()} layout from {@code full} into {@code shard};
-     * see {@link Communicator#reduceScatterSumStart}.
+     * The reduce-scatter (sum) of a {@link #contiguousEven()} layout from {@code full} into {@code shard}, as one
+     * part of a started group ({@link Communicator#reduceScatterSumStart(java.util.List)}).
      */
-    public Pending reduceScatterStart(Communicator group, Tensor full, Tensor shard) {
-        requireContiguousEven("reduceScatterStart");
-        return group.reduceScatterSumStart(full, 0, shard, 0, chunk * inner);
+    public Communicator.Part reducePart(Tensor full, Tensor shard) {
+        requireContiguousEven("reducePart");
+        return new Communicator.Part(full, 0, shard, 0, chunk * inner);
     }
 
     private void requireContiguousEven(String what) {

@@ -2,6 +2,7 @@ package dev.sparkmoe.parallel.comm;
 
 import dev.sparkmoe.core.tensor.Tensor;
 import java.util.Arrays;
+import java.util.List;
 import java.util.concurrent.atomic.AtomicInteger;
 
 /**
@@ -12,14 +13,19 @@ import java.util.concurrent.atomic.AtomicInteger;
  */
 public final class DeferringCommunicator extends ForwardingCommunicator {
     private final AtomicInteger open;
+    private final AtomicInteger singles;
+    private final AtomicInteger groups;
 
     public DeferringCommunicator(Communicator inner) {
-        this(inner, new AtomicInteger());
+        this(inner, new AtomicInteger(), new AtomicInteger(), new AtomicInteger());
     }
 
-    private DeferringCommunicator(Communicator inner, AtomicInteger open) {
+    private DeferringCommunicator(Communicator inner, AtomicInteger open, AtomicInteger singles,
+                                  AtomicInteger groups) {
         super(inner);
         this.open = open;
+        this.singles = singles;
+        this.groups = groups;
     }
 
     /** Started collectives of this group and its splits not completed yet. */
@@ -27,16 +33,48 @@ public final class DeferringCommunicator extends ForwardingCommunicator {
         return open.get();
     }
 
+    /** Collectives started one by one (not as part of a group), over this group and its splits. */
+    public int singlesStarted() {
+        return singles.get();
+    }
+
+    /** Groups started ({@link #allGatherStart(List)}, {@link #reduceScatterSumStart(List)}). */
+    public int groupsStarted() {
+        return groups.get();
+    }
+
     @Override
     public Pending allGatherStart(Tensor send, int sOff, int len, Tensor recv, int rOff) {
+        singles.incrementAndGet();
         Arrays.fill(recv.floats(), rOff, rOff + len * size(), Float.NaN);
         return defer(() -> inner.allGather(send, sOff, len, recv, rOff));
     }
 
     @Override
     public Pending reduceScatterSumStart(Tensor send, int sOff, Tensor recv, int rOff, int recvLen) {
+        singles.incrementAndGet();
         Arrays.fill(recv.floats(), rOff, rOff + recvLen, Float.NaN);
         return defer(() -> inner.reduceScatterSum(send, sOff, recv, rOff, recvLen));
+    }
+
+    /** The whole group runs at its one complete(); until then every part's receive buffer reads NaN. */
+    @Override
+    public Pending allGatherStart(List<Part> parts) {
+        groups.incrementAndGet();
+        for (Part p : parts) {
+            Arrays.fill(p.recv().floats(), p.rOff(), p.rOff() + p.len() * size(), Float.NaN);
+        }
+        return defer(() -> parts.forEach(p -> inner.allGather(p.send(), p.sOff(), p.len(), p.recv(), p.rOff())));
+    }
+
+    @Override
+    public Pending reduceScatterSumStart(List<Part> parts) {
+        groups.incrementAndGet();
+        for (Part p : parts) {
+            Arrays.fill(p.recv().floats(), p.rOff(), p.rOff() + p.len(), Float.NaN);
+        }
+        return defer(() -> parts.forEach(p -> inner.reduceScatterSum(p.send(), p.sOff(), p.recv(), p.rOff(),
+                p.len())));
     }
 
     private Pending defer(Runnable collective) {
@@ -53,6 +91,6 @@ public final class DeferringCommunicator extends ForwardingCommunicator {
 
     @Override
     public Communicator split(int color, int key, String name) {
-        return new DeferringCommunicator(inner.split(color, key, name), open);
+        return new DeferringCommunicator(inner.split(color, key, name), open, singles, groups);
     }
 }

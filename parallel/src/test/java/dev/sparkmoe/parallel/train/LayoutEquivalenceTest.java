@@ -91,7 +91,7 @@ class LayoutEquivalenceTest {
     /**
      * FSDP's overlap (prefetched all-gathers, reduce-scatters completed one unit later) against a communicator that
      * runs a started collective only when it is completed and shows NaN until then: the same bits as the blocking
-     * run, and nothing left uncompleted.
+     * run, and nothing left uncompleted. FSDP starts each unit's gathers and reductions as groups, never one by one.
      */
     @ParameterizedTest(name = "dp_shard={0}, ep={1}")
     @CsvSource({"2,1", "4,2"})
@@ -100,11 +100,13 @@ class LayoutEquivalenceTest {
         List<Object[]> out = InJvmRanks.run(dp, Duration.ofSeconds(60), c -> {
             dev.sparkmoe.parallel.comm.DeferringCommunicator d = new dev.sparkmoe.parallel.comm.DeferringCommunicator(c);
             Result r = rank(d, dp, ep);
-            return new Object[] {r, d.open()};
+            return new Object[] {r, d.open(), d.singlesStarted(), d.groupsStarted()};
         });
         Result r = (Result) out.get(0)[0];
         for (Object[] o : out) {
             assertEquals(0, (Integer) o[1], "started collectives never completed");
+            assertEquals(0, (Integer) o[2], "collectives started one by one instead of as a unit's group");
+            assertTrue((Integer) o[3] > 0, "no grouped collectives started");
         }
         assertTrue(java.util.Arrays.equals(plain.lm, r.lm), "lm losses");
         assertTrue(java.util.Arrays.equals(plain.aux, r.aux), "aux losses");
