@@ -8,10 +8,10 @@ stores and guards) and of CudaBackend.groupedKernel's host side (64 groups per l
 flags), run on small ragged problems for all four transpositions and compared with numpy on bf16-rounded inputs.
 The bf16 tiles start as NaN so that a fragment reading an element no thread stored fails; ldmatrix row addresses are
 checked for 16-byte alignment and bank conflicts. It checks the arithmetic, not the hardware (nor the pipeline's
-timing): keep it in step with the .cu when either changes. Needs numpy; about 30 s:  python3 grouped_gemm_emulate.py
+timing): keep it in step with the .cu when either changes. Needs numpy; about 30 s:  [GG_BN=128] python3 grouped_gemm_emulate.py
 """
-import numpy as np
-BM=128; BN=256; BK=32; PAD=8; T=256; MAXG=64
+import numpy as np, os
+BM=128; BN=int(os.environ.get("GG_BN", 256)); BK=32; PAD=8; T=256; MAXG=64; WN=BN//4; NJ=WN//8
 A_CH=BM*BK//4//T; B_CH=BN*BK//4//T
 A_TILE=max(BM*(BK+PAD),BK*(BM+PAD)); B_TILE=max(BN*(BK+PAD),BK*(BN+PAD))
 
@@ -24,6 +24,13 @@ def gg_copy(G, base, ld, rows, cols, vec, ROWS, COLS):
     """ring chunks [i][tid][4] as cp.async leaves them"""
     VPR=COLS//4; N=ROWS*COLS//4//T
     r=np.full((N,T,4),np.nan,np.float32)
+    if vec and rows>=ROWS and cols>=COLS:  # whole slice in range: 16-byte copies only
+        for tid in range(T):
+            for i in range(N):
+                v=tid+i*T; q=base+(v//VPR)*ld+(v%VPR)*4
+                assert q%4==0, "misaligned 16-byte cp.async"
+                r[i,tid,:]=G[q:q+4]
+        return r
     for tid in range(T):
         for i in range(N):
             v=tid+i*T; row=v//VPR; col=(v%VPR)*4
@@ -80,9 +87,9 @@ def warp_mma(S, acc, TA, TB, aLane, bLane):
     LDB_S = BK+PAD if TB else BN+PAD
     for ks in range(0,BK,16):
         a=[ldmatrix_x4(S,[x+(ks*LDA_S+i*16 if TA else i*16*LDA_S+ks) for x in aLane],TA) for i in range(4)]
-        b=[ldmatrix_x4(S,[x+(j*16*LDB_S+ks if TB else ks*LDB_S+j*16) for x in bLane],not TB) for j in range(4)]
+        b=[ldmatrix_x4(S,[x+(j*16*LDB_S+ks if TB else ks*LDB_S+j*16) for x in bLane],not TB) for j in range(NJ//2)]
         for i in range(4):
-            for j in range(8):
+            for j in range(NJ):
                 mma(acc[:,i,j],a[i],b[j>>1][:,(j&1)*2],b[j>>1][:,(j&1)*2+1])
 
 def kernel(TA,TB,P,Ag,Bg,Cg):
@@ -102,7 +109,7 @@ def kernel(TA,TB,P,Ag,Bg,Cg):
         vecA=P['flags'][g]&1; vecB=P['flags'][g]&2; lda,ldb=P['lda'],P['ldb']
         LDA_S = BM+PAD if TA else BK+PAD
         LDB_S = BK+PAD if TB else BN+PAD
-        acc=np.zeros((8,32,4,8,4),np.float64)  # warp, lane, i, j, e
+        acc=np.zeros((8,32,4,NJ,4),np.float64)  # warp, lane, i, j, e
         numK=(K+BK-1)//BK
         if numK>0:
             aPtr = A+m0 if TA else A+m0*lda
@@ -122,7 +129,7 @@ def kernel(TA,TB,P,Ag,Bg,Cg):
                     wm=warp>>2; wn=warp&3
                     aLane=[]; bLane=[]
                     for lane in range(32):
-                        r8=lane&7; j0=(lane>>3)&1; j1=lane>>4; aRow=wm*64; bCol=wn*64
+                        r8=lane&7; j0=(lane>>3)&1; j1=lane>>4; aRow=wm*64; bCol=wn*WN
                         aLane.append((j1*8+r8)*LDA_S+aRow+j0*8 if TA else (aRow+j0*8+r8)*LDA_S+j1*8)
                         bLane.append(A_TILE+((bCol+j1*8+r8)*LDB_S+j0*8 if TB else (j0*8+r8)*LDB_S+bCol+j1*8))
                     warp_mma(S,acc[warp],TA,TB,aLane,bLane)
@@ -131,13 +138,13 @@ def kernel(TA,TB,P,Ag,Bg,Cg):
         for warp in range(8):
             wm=warp>>2; wn=warp&3
             for lane in range(32):
-                colBase=n0+wn*64+2*(lane&3)
+                colBase=n0+wn*WN+2*(lane&3)
                 for i in range(4):
                     for h in range(2):
                         row=m0+wm*64+i*16+h*8+(lane>>2)
                         if row>=M: continue
                         crow=C+row*ldc
-                        for j in range(8):
+                        for j in range(NJ):
                             col=colBase+j*8
                             v=[alpha*np.float32(acc[warp,lane,i,j,2*h]),alpha*np.float32(acc[warp,lane,i,j,2*h+1])]
                             if vecC and col+1<N: assert (crow+col)%2==0, "misaligned float2"
@@ -195,7 +202,7 @@ def main():
         lda,ldb,ldc=stride(aC,aligned),stride(bC,aligned),stride(n,aligned)
         aOff,aLen=place(aR,aC,lda,aligned); bOff,bLen=place(bR,bC,ldb,aligned); cOff,cLen=place(m,n,ldc,aligned)
         return run(TA,TB,m,n,k,lda,ldb,ldc,aOff,bOff,cOff,aLen,bLen,cLen,alpha,beta,nanC,seed)
-    m=[37,0,1,130,17]; n=[40,72,257,9,3]; k=[72,50,0,33,40]
+    m=[37,0,1,130,17,128]; n=[40,72,257,9,3,256]; k=[72,50,0,33,40,64]
     s=0
     for TA in (False,True):
         for TB in (False,True):

@@ -77,7 +77,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
     /** Groups per launch of the grouped GEMM kernel and the byte layout of its GGParams (see grouped_gemm.cu). */
     private static final int GG_MAX_GROUPS = 64;
     private static final int GG_TILE_M = 128;
-    private static final int GG_TILE_N = 256;
     private static final int GG_THREADS = 256;
     private static final long GG_OFF_A = 24;
     private static final long GG_OFF_B = GG_OFF_A + 8L * GG_MAX_GROUPS;
@@ -153,7 +152,9 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private final String deviceName;
     private final int smCount;
     private final int smMajor;
-    /** Dynamic shared memory of grouped_gemm.cu (GG_SMEM_BYTES: 3 f32 ring stages on sm_90+, 2 below). */
+    /** grouped_gemm.cu's GG_BN (tile columns: 256, or 128 by sparkmoe.cuda.defines) and GG_SMEM_BYTES (dynamic
+     *  shared memory: GG_STAGES f32 ring slots, 3 on sm_90+ and 2 below unless defined, and two bf16 tiles). */
+    private final int ggTileN;
     private final int ggSharedBytes;
     /** Whether this device grants a block ggSharedBytes of shared memory (not sm_86 / sm_89: 99 KB). */
     private final boolean ggFits;
@@ -202,7 +203,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.deviceName = props.name().getString();
         this.smCount = props.multiProcessorCount();
         this.smMajor = props.major();
-        this.ggSharedBytes = props.major() >= 9 ? 208896 : 159744;
+        this.ggTileN = KernelLibrary.defineValue("GG_BN", 256);
+        int ggStages = KernelLibrary.defineValue("GG_STAGES", props.major() >= 9 ? 3 : 2);
+        int bk = 32, pad = 8;
+        this.ggSharedBytes = ggStages * (GG_TILE_M + ggTileN) * bk * 4
+                + 2 * 2 * (Math.max(GG_TILE_M * (bk + pad), bk * (GG_TILE_M + pad))
+                + Math.max(ggTileN * (bk + pad), bk * (ggTileN + pad)));
         this.ggFits = props.major() >= 8 && props.sharedMemPerBlockOptin() >= ggSharedBytes;
         this.kernels = new KernelLibrary(props.major(), props.minor());
         this.stream = new CUstream_st();
@@ -964,7 +970,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
                 ggParams.putInt(GG_OFF_K + 4L * q, k[g]);
                 ggParams.putInt(GG_OFF_TILE + 4L * q, (int) tiles);
                 ggParams.putInt(GG_OFF_FLAGS + 4L * q, flags);
-                tiles += (long) ((m[g] + GG_TILE_M - 1) / GG_TILE_M) * ((n[g] + GG_TILE_N - 1) / GG_TILE_N);
+                tiles += (long) ((m[g] + GG_TILE_M - 1) / GG_TILE_M) * ((n[g] + ggTileN - 1) / ggTileN);
                 if (tiles > Integer.MAX_VALUE) {
                     throw new IllegalArgumentException("groupedGemm: more than 2^31 - 1 tiles in one launch");
                 }

@@ -42,11 +42,18 @@
 
 #define GG_MAX_GROUPS 64
 #define GG_BM 128  // CTA tile rows (m); CudaBackend.GG_TILE_M
-#define GG_BN 256  // CTA tile columns (n); CudaBackend.GG_TILE_N
+#ifndef GG_BN      // CTA tile columns (n): 256 (warp tiles 64 x 64) or 128 (64 x 32); CudaBackend.ggTileN mirrors it
+#define GG_BN 256
+#endif
+#define GG_WN (GG_BN / 4)  // warp tile columns
+#define GG_NJ (GG_WN / 8)  // 16 x 8 mma blocks per warp row block
+#ifndef GG_MIN_BLOCKS      // CTAs per SM the registers must allow (2 caps them at 128: for GG_BN 128, GG_STAGES 2)
+#define GG_MIN_BLOCKS 1
+#endif
 #define GG_BK 32
 #define GG_PAD 8   // bf16 elements of padding per shared tile row
 #define GG_THREADS 256
-#ifndef GG_STAGES  // f32 ring slots; CudaBackend.ggSharedBytes mirrors this choice
+#ifndef GG_STAGES  // f32 ring slots (2 or 3); CudaBackend.ggSharedBytes mirrors this choice
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 #define GG_STAGES 3
 #else
@@ -81,11 +88,13 @@ static_assert(sizeof(GGParams) == 2840, "GGParams layout changed: update CudaBac
 #define GG_A_TILE GG_MAX(GG_BM * (GG_BK + GG_PAD), GG_BK * (GG_BM + GG_PAD))
 #define GG_B_TILE GG_MAX(GG_BN * (GG_BK + GG_PAD), GG_BK * (GG_BN + GG_PAD))
 #define GG_RING_BYTES (GG_STAGES * GG_RING_SLOT * 16)
-#define GG_SMEM_BYTES (GG_RING_BYTES + 2 * (GG_A_TILE + GG_B_TILE) * 2)  // 208896 (3 stages), 159744 (2)
+// 208896 (3 stages), 159744 (2); GG_BN 128: 139264 (3), 106496 (2: two CTAs per SM)
+#define GG_SMEM_BYTES (GG_RING_BYTES + 2 * (GG_A_TILE + GG_B_TILE) * 2)
 static_assert(GG_A_CHUNKS * 4 * GG_THREADS == GG_BM * GG_BK && GG_B_CHUNKS * 4 * GG_THREADS == GG_BN * GG_BK,
               "tiles do not split evenly into 16-byte chunks");
 static_assert((GG_A_TILE * 2) % 128 == 0 && (GG_B_TILE * 2) % 128 == 0, "tile alignment");
-static_assert(GG_BM == 2 * 64 && GG_BN == 4 * 64 && GG_THREADS == 8 * 32, "8 warps of 64 x 64 in 2 x 4");
+static_assert(GG_BM == 2 * 64 && (GG_BN == 256 || GG_BN == 128) && GG_THREADS == 8 * 32, "8 warps in 2 x 4");
+static_assert(GG_STAGES >= 2 && GG_BK == 32, "ring of 2+ slots; two 16-wide MMA halves per K step");
 
 // ---------------------------------------------------------------- PTX wrappers
 
@@ -109,15 +118,17 @@ __device__ __forceinline__ void gg_cp_commit() { asm volatile("cp.async.commit_g
 template <int N>
 __device__ __forceinline__ void gg_cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
-// Four 8x8 b16 matrices; lanes 8j .. 8j+7 give the row addresses of matrix j, which lands in r[j].
+// Four 8x8 b16 matrices; lanes 8j .. 8j+7 give the row addresses of matrix j, which lands in r[j]. Volatile (kept
+// in order with the barriers and cp.async waits) without a memory clobber, so that ptxas may interleave the
+// conversion's shared loads and stores with the fragment loads and MMAs.
 template <bool TRANS>
 __device__ __forceinline__ void gg_ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
     if constexpr (TRANS) {
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
     } else {
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
     }
 }
 
@@ -139,6 +150,14 @@ template <int ROWS, int COLS>
 __device__ __forceinline__ void gg_copy(unsigned ring, const float* base, int ld, int rows, int cols, bool vec) {
     constexpr int VPR = COLS / 4;
     constexpr int N = ROWS * COLS / 4 / GG_THREADS;
+    if (vec && rows >= ROWS && cols >= COLS) {  // the whole slice in range (every slice but a group's last ones)
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            const int v = threadIdx.x + i * GG_THREADS;
+            gg_cp16(ring + (i * GG_THREADS + threadIdx.x) * 16, base + ((v / VPR) * ld + (v % VPR) * 4), 16);
+        }
+        return;
+    }
 #pragma unroll
     for (int i = 0; i < N; i++) {
         const int v = threadIdx.x + i * GG_THREADS;
@@ -183,29 +202,29 @@ __device__ __forceinline__ void gg_convert(__nv_bfloat16* tile, const float4* ri
     }
 }
 
-// One warp's MMAs over a bf16 tile buffer (k = 0 .. GG_BK-1) into its 64 x 64 accumulators. aLane / bLane: the
+// One warp's MMAs over k = KS .. KS+15 of a bf16 tile buffer into its 64 x GG_WN accumulators. aLane / bLane: the
 // shared byte address of this lane's ldmatrix row for fragment (0, 0) at k = 0 (see gg_impl).
-template <bool TA, bool TB>
-__device__ __forceinline__ void gg_warp_mma(float (&acc)[4][8][4], unsigned aLane, unsigned bLane) {
+template <bool TA, bool TB, int KS>
+__device__ __forceinline__ void gg_warp_mma(float (&acc)[4][GG_NJ][4], unsigned aLane, unsigned bLane) {
     constexpr int LDA_S = TA ? GG_BM + GG_PAD : GG_BK + GG_PAD;
     constexpr int LDB_S = TB ? GG_BK + GG_PAD : GG_BN + GG_PAD;
-#pragma unroll
-    for (int ks = 0; ks < GG_BK; ks += 16) {
-        unsigned a[4][4], b[4][4];
+    constexpr int ks = KS;
+    {
+        unsigned a[4][4], b[GG_NJ / 2][4];
 #pragma unroll
         for (int i = 0; i < 4; i++) {  // rows i*16 .. +15 of the warp tile; element (row, kk) of op(A) is at
             // [row][kk] (A stored [m, k]) or [kk][row] (stored [k, m], loaded transposed)
             gg_ldmatrix_x4<TA>(a[i], aLane + 2 * (TA ? ks * LDA_S + i * 16 : i * 16 * LDA_S + ks));
         }
 #pragma unroll
-        for (int j = 0; j < 4; j++) {  // columns j*16 .. +15: b[j][0..1] the first 8, b[j][2..3] the next 8;
+        for (int j = 0; j < GG_NJ / 2; j++) {  // columns j*16 .. +15: b[j][0..1] the first 8, b[j][2..3] the next 8;
             // element (kk, col) of op(B) is at [col][kk] (B stored [n, k]) or [kk][col] (stored [k, n], transposed)
             gg_ldmatrix_x4<!TB>(b[j], bLane + 2 * (TB ? j * 16 * LDB_S + ks : ks * LDB_S + j * 16));
         }
 #pragma unroll
         for (int i = 0; i < 4; i++) {
 #pragma unroll
-            for (int j = 0; j < 8; j++) gg_mma(acc[i][j], a[i], b[j >> 1][(j & 1) * 2], b[j >> 1][(j & 1) * 2 + 1]);
+            for (int j = 0; j < GG_NJ; j++) gg_mma(acc[i][j], a[i], b[j >> 1][(j & 1) * 2], b[j >> 1][(j & 1) * 2 + 1]);
         }
     }
 }
@@ -256,13 +275,13 @@ __device__ __forceinline__ void gg_impl(const GGParams& p) {
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wm = warp >> 2;  // 0..1: rows wm*64 .. +63 of the tile
-    const int wn = warp & 3;   // 0..3: columns wn*64 .. +63
+    const int wn = warp & 3;   // 0..3: columns wn*WN .. +WN-1
 
-    float acc[4][8][4];
+    float acc[4][GG_NJ][4];
 #pragma unroll
     for (int i = 0; i < 4; i++) {
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
+        for (int j = 0; j < GG_NJ; j++) {
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
         }
@@ -280,7 +299,7 @@ __device__ __forceinline__ void gg_impl(const GGParams& p) {
         // rows (j & 1) * 8 .. +7, k (j >> 1) * 8 .. +7 (the a0..a3 order of mma.m16n8k16); of a B pair (16 x 16,
         // two 16 x 8 fragments) columns (j >> 1) * 8 .. +7, k (j & 1) * 8 .. +7.
         const int r8 = lane & 7, j0 = (lane >> 3) & 1, j1 = lane >> 4;
-        const int aRow = wm * 64, bCol = wn * 64;
+        const int aRow = wm * 64, bCol = wn * GG_WN;
         const unsigned aLane = 2 * (TA ? (j1 * 8 + r8) * LDA_S + aRow + j0 * 8    // [k][m]: row k, 8 m
                                        : (aRow + j0 * 8 + r8) * LDA_S + j1 * 8);  // [m][k]: row m, 8 k
         const unsigned bLane = 2 * (TB ? (bCol + j1 * 8 + r8) * LDB_S + j0 * 8    // [n][k]: row n, 8 k
@@ -315,23 +334,24 @@ __device__ __forceinline__ void gg_impl(const GGParams& p) {
             else gg_convert<GG_BN, GG_BK, LDB_S>(bs, slot + GG_A_CHUNKS * GG_THREADS);
         };
 
-        // Prologue: slices 0 .. STAGES-1 in flight, slice 0 converted. Committed groups before the wait in step
-        // kt: STAGES + kt, the last one slice kt + STAGES - 1; wait_group STAGES - 2 leaves slice kt + 1 complete.
+        // Prologue: slices 0 .. STAGES-1 in flight, slice 0 converted.
 #pragma unroll
-        for (int s = 0; s < GG_STAGES - 1; s++) issue(s);
-        gg_cp_wait<GG_STAGES - 2>();
+        for (int s = 0; s < GG_STAGES; s++) issue(s);
+        gg_cp_wait<GG_STAGES - 1>();
         convert(0);
-        issue(GG_STAGES - 1);
         __syncthreads();
+        // Step kt: committed groups after its issue: STAGES + kt + 1, the last one slice kt + STAGES; wait_group
+        // STAGES - 1 leaves slice kt + 1 complete. The conversion of slice kt + 1 into buffer (kt+1) & 1 (last read
+        // in step kt-1, before the barrier that ended it) sits between the two 16-wide halves of the MMAs, so that
+        // the tensor cores have queued work while it runs; in the last step it converts a stale slot into a buffer
+        // nobody reads again (harmless, and it keeps the step one basic block).
         for (int kt = 0; kt < numK; kt++) {
             const unsigned buf = tilesAddr + (kt & 1) * ((GG_A_TILE + GG_B_TILE) * 2);
-            gg_warp_mma<TA, TB>(acc, buf + aLane, buf + GG_A_TILE * 2 + bLane);
-            if (kt + 1 < numK) {
-                // buffer (kt+1) & 1 was last read in step kt-1, before the barrier that ended it
-                gg_cp_wait<GG_STAGES - 2>();
-                convert(kt + 1);
-            }
             issue(kt + GG_STAGES);  // into slot kt % STAGES, which only this thread read (convert(kt), earlier)
+            gg_cp_wait<GG_STAGES - 1>();
+            gg_warp_mma<TA, TB, 0>(acc, buf + aLane, buf + GG_A_TILE * 2 + bLane);
+            convert(kt + 1);
+            gg_warp_mma<TA, TB, 16>(acc, buf + aLane, buf + GG_A_TILE * 2 + bLane);
             __syncthreads();
         }
     }
@@ -340,7 +360,7 @@ __device__ __forceinline__ void gg_impl(const GGParams& p) {
     const float alpha = p.alpha, beta = p.beta;
     const int ldc = p.ldc;
     const bool vecC = (reinterpret_cast<unsigned long long>(C) & 7) == 0 && (ldc & 1) == 0;
-    const int colBase = n0 + wn * 64 + 2 * (lane & 3);
+    const int colBase = n0 + wn * GG_WN + 2 * (lane & 3);
 #pragma unroll
     for (int i = 0; i < 4; i++) {
 #pragma unroll
@@ -349,7 +369,7 @@ __device__ __forceinline__ void gg_impl(const GGParams& p) {
             if (row < M) {
                 float* crow = C + (long long)row * ldc;
 #pragma unroll
-                for (int j = 0; j < 8; j++) {
+                for (int j = 0; j < GG_NJ; j++) {
                     gg_store_pair(crow, colBase + j * 8, N, acc[i][j][2 * h], acc[i][j][2 * h + 1], alpha, beta,
                                   vecC);
                 }
@@ -363,9 +383,9 @@ __device__ __forceinline__ void gg_impl(const GGParams& p) {
 
 extern "C" {
 
-__global__ void __launch_bounds__(GG_THREADS, 1) grouped_gemm_nn(const GGParams p) { gg_impl<false, false>(p); }
-__global__ void __launch_bounds__(GG_THREADS, 1) grouped_gemm_nt(const GGParams p) { gg_impl<false, true>(p); }
-__global__ void __launch_bounds__(GG_THREADS, 1) grouped_gemm_tn(const GGParams p) { gg_impl<true, false>(p); }
-__global__ void __launch_bounds__(GG_THREADS, 1) grouped_gemm_tt(const GGParams p) { gg_impl<true, true>(p); }
+__global__ void __launch_bounds__(GG_THREADS, GG_MIN_BLOCKS) grouped_gemm_nn(const GGParams p) { gg_impl<false, false>(p); }
+__global__ void __launch_bounds__(GG_THREADS, GG_MIN_BLOCKS) grouped_gemm_nt(const GGParams p) { gg_impl<false, true>(p); }
+__global__ void __launch_bounds__(GG_THREADS, GG_MIN_BLOCKS) grouped_gemm_tn(const GGParams p) { gg_impl<true, false>(p); }
+__global__ void __launch_bounds__(GG_THREADS, GG_MIN_BLOCKS) grouped_gemm_tt(const GGParams p) { gg_impl<true, true>(p); }
 
 }  // extern "C"
