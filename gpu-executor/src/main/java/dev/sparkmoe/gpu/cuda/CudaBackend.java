@@ -153,7 +153,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private final int smCount;
     private final int smMajor;
     /** grouped_gemm.cu's GG_BN (tile columns: 256, or 128 by sparkmoe.cuda.defines) and GG_SMEM_BYTES (dynamic
-     *  shared memory: GG_STAGES f32 ring slots, 3 on sm_90+ and 2 below unless defined, and two bf16 tiles). */
+     *  shared memory: two bf16 tiles, and with GG_RING=1 GG_STAGES f32 ring slots, 3 on sm_90+ and 2 below). */
     private final int ggTileN;
     private final int ggSharedBytes;
     /** Whether this device grants a block ggSharedBytes of shared memory (not sm_86 / sm_89: 99 KB). */
@@ -204,7 +204,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.smCount = props.multiProcessorCount();
         this.smMajor = props.major();
         this.ggTileN = KernelLibrary.defineValue("GG_BN", 256);
-        int ggStages = KernelLibrary.defineValue("GG_STAGES", props.major() >= 9 ? 3 : 2);
+        int ggStages = KernelLibrary.defineValue("GG_RING", 0) == 0 ? 0
+                : KernelLibrary.defineValue("GG_STAGES", props.major() >= 9 ? 3 : 2);
         int bk = 32, pad = 8;
         this.ggSharedBytes = ggStages * (GG_TILE_M + ggTileN) * bk * 4
                 + 2 * 2 * (Math.max(GG_TILE_M * (bk + pad), bk * (GG_TILE_M + pad))

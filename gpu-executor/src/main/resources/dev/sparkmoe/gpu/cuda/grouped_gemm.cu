@@ -10,25 +10,30 @@
 //
 // Tiling: a CTA of 256 threads (8 warps, 2 x 4) computes a 128 x 256 tile of one group's C (one CTA per SM: the
 // wide tile halves the f32 bytes each MMA needs from L2 compared with 128 x 128); each warp a 64 x 64 sub-tile
-// (4 x 8 mma accumulators of 16 x 8: 128 f32 registers). K is walked in steps of GG_BK = 32.
-//
-// Pipeline, per K step kt (one __syncthreads):
-//   1. f32 ring (GG_STAGES slots in shared memory): cp.async copies the 128x32 slice of A and the 256x32 slice of B
-//      from global memory, GG_STAGES - 1 steps ahead. Each thread copies 16-byte chunks into its OWN chunks of the
-//      slot (chunk i of thread t at float4 index i * 256 + t) and is the only thread that ever reads them back, so
-//      the ring needs no barrier: cp.async.wait_group alone makes a thread's own copies visible to it. cp.async.cg
-//      of 16 bytes where the group's base is 16-byte aligned and its stride a multiple of 4 (flags), 4-byte
-//      cp.async.ca per element otherwise and at ragged edges; out-of-range elements are zero-filled (src-size 0).
-//   2. conversion: after the MMAs of step kt, each thread rounds its chunks of slice kt+1 to bf16 and stores them
-//      into bf16 tile buffer (kt+1) & 1 (two buffers), which keeps the operand's stored layout (contiguous dimension
-//      contiguous) with rows padded by 8 bf16 (16 bytes), so that ldmatrix rows fall in distinct bank groups.
-//   3. MMAs of step kt: per 16-wide k slice, a warp loads its 4 A fragments (16x16) and 8 B fragments (16x8) with
-//      ldmatrix.x4, .trans where the stored layout is the transpose of the fragment's (A stored [k, m]; B stored
-//      [k, n]), and issues 32 mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32.
+// (4 x 8 mma accumulators of 16 x 8: 128 f32 registers). K is walked in steps of GG_BK = 32, one __syncthreads each,
+// through two bf16 tile buffers in shared memory: the MMAs of step kt read buffer kt & 1 while slice kt + 1 of A
+// (128 x 32) and B (256 x 32) is fetched, rounded to bf16 and stored into buffer (kt+1) & 1. The bf16 tiles keep
+// the operand's stored layout (contiguous dimension contiguous) with rows padded by 8 bf16 (16 bytes), so that the
+// 8 rows of an ldmatrix fall in distinct bank groups. Thread t handles the 16-byte chunks v = t + 256 i of a slice
+// (row v / (COLS/4), columns 4 (v % (COLS/4)) .. +3 of the stored layout): 16-byte loads where the group's base is
+// 16-byte aligned and its stride a multiple of 4 (flags), 4-byte loads otherwise and at ragged edges; out-of-range
+// elements are zero. Two ways to fetch (GG_RING):
+//   0 (default): register staging. The 12 float4 loads of slice kt + 1 are issued at the top of step kt, the MMAs
+//      of step kt hide their latency, and after them the thread rounds the registers into buffer (kt+1) & 1.
+//      Shared-memory traffic per step: the bf16 stores and the ldmatrix reads only. 60 KB of shared memory.
+//   1: an f32 ring of GG_STAGES slots in shared memory filled by cp.async, GG_STAGES - 1 steps ahead (cp.async.cg
+//      of 16 bytes, cp.async.ca of 4 at edges, zero fill by src-size 0). Each thread copies into its OWN chunks of
+//      a slot and is the only one to read them back, so the ring needs no barrier (cp.async.wait_group makes a
+//      thread's own copies visible to it); between the two 16-wide MMA halves of step kt it rounds slice kt + 1
+//      from the ring into buffer (kt+1) & 1. Deeper prefetch for twice the shared-memory traffic (the f32 written
+//      and read back). 204 KB of shared memory on sm_90.
+// MMAs: per 16-wide k slice a warp loads its 4 B fragment pairs (16 x 16) and, one at a time, its 4 A fragments
+// (16 x 16) with ldmatrix.x4, .trans where the stored layout is the transpose of the fragment's (A stored [k, m];
+// B stored [k, n]), and issues 32 mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32.
 // The epilogue writes straight from the accumulators: lane (g = lane / 4, q = lane % 4) holds rows g and g + 8,
 // columns 2q and 2q + 1 of each 16 x 8 block; float2 loads / stores where C_g is 8-byte aligned and ldc even,
-// scalar ones otherwise and at the last odd column. Shared memory: GG_STAGES x 48 KB of f32 ring + 2 x 30 KB of
-// bf16 tiles (dynamic, 204 KB with 3 stages on sm_90; 2 stages, 156 KB, below sm_90: A100 has 164 KB).
+// scalar ones otherwise and at the last odd column. Tuning macros (sparkmoe.cuda.defines; the host mirrors GG_BN,
+// GG_RING and GG_STAGES): GG_BN 128 (warp tiles 64 x 32) with GG_MIN_BLOCKS 2 runs two CTAs per SM.
 //
 // Group mapping: blockIdx.x is a flat tile index over all groups of the launch. GGParams (passed BY VALUE as the
 // only kernel parameter, 2840 bytes, under the classic 4 KB parameter limit) holds per group the device addresses of
@@ -47,12 +52,15 @@
 #endif
 #define GG_WN (GG_BN / 4)  // warp tile columns
 #define GG_NJ (GG_WN / 8)  // 16 x 8 mma blocks per warp row block
-#ifndef GG_MIN_BLOCKS      // CTAs per SM the registers must allow (2 caps them at 128: for GG_BN 128, GG_STAGES 2)
+#ifndef GG_MIN_BLOCKS      // CTAs per SM the registers must allow (2 caps them at 128: GG_BN 128 only)
 #define GG_MIN_BLOCKS 1
 #endif
 #define GG_BK 32
 #define GG_PAD 8   // bf16 elements of padding per shared tile row
 #define GG_THREADS 256
+#ifndef GG_RING    // 1: f32 operands staged through the cp.async ring in shared memory; 0: through registers
+#define GG_RING 0
+#endif
 #ifndef GG_STAGES  // f32 ring slots (2 or 3); CudaBackend.ggSharedBytes mirrors this choice
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 #define GG_STAGES 3
@@ -87,8 +95,9 @@ static_assert(sizeof(GGParams) == 2840, "GGParams layout changed: update CudaBac
 #define GG_MAX(x, y) ((x) > (y) ? (x) : (y))
 #define GG_A_TILE GG_MAX(GG_BM * (GG_BK + GG_PAD), GG_BK * (GG_BM + GG_PAD))
 #define GG_B_TILE GG_MAX(GG_BN * (GG_BK + GG_PAD), GG_BK * (GG_BN + GG_PAD))
-#define GG_RING_BYTES (GG_STAGES * GG_RING_SLOT * 16)
-// 208896 (3 stages), 159744 (2); GG_BN 128: 139264 (3), 106496 (2: two CTAs per SM)
+#define GG_RING_BYTES (GG_RING ? GG_STAGES * GG_RING_SLOT * 16 : 0)
+// GG_RING 0: 61440 (GG_BN 256), 40960 (128). GG_RING 1: 208896 (3 stages), 159744 (2); GG_BN 128: 139264 (3),
+// 106496 (2: two CTAs per SM)
 #define GG_SMEM_BYTES (GG_RING_BYTES + 2 * (GG_A_TILE + GG_B_TILE) * 2)
 static_assert(GG_A_CHUNKS * 4 * GG_THREADS == GG_BM * GG_BK && GG_B_CHUNKS * 4 * GG_THREADS == GG_BN * GG_BK,
               "tiles do not split evenly into 16-byte chunks");
@@ -180,26 +189,71 @@ __device__ __forceinline__ void gg_copy(unsigned ring, const float* base, int ld
     }
 }
 
-// Rounds this thread's chunks of a ROWS x COLS slice (as gg_copy placed them) to bf16 and stores them into a shared
-// tile with row stride LD (elements), same row / column as in memory.
+// Rounds chunk v of a slice with COLS columns (row v / (COLS/4), columns 4 * (v % (COLS/4)) .. +3) to bf16 and
+// stores it into a shared tile with row stride LD (elements), same row / column as in memory.
+template <int COLS, int LD>
+__device__ __forceinline__ void gg_put(__nv_bfloat16* tile, int v, float4 x) {
+    static_assert(LD % 8 == 0, "shared rows must stay 16-byte aligned");
+    const int row = v / (COLS / 4);
+    const int col = (v % (COLS / 4)) * 4;
+    __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y);  // .x = first (lower address)
+    __nv_bfloat162 hi = __floats2bfloat162_rn(x.z, x.w);
+    uint2 u;
+    u.x = *reinterpret_cast<unsigned*>(&lo);
+    u.y = *reinterpret_cast<unsigned*>(&hi);
+    *reinterpret_cast<uint2*>(tile + row * LD + col) = u;  // 8-byte aligned: LD * 2 % 16 == 0, col % 4 == 0
+}
+
+// GG_RING: rounds this thread's chunks of a ROWS x COLS slice (as gg_copy placed them) into a bf16 tile.
 template <int ROWS, int COLS, int LD>
 __device__ __forceinline__ void gg_convert(__nv_bfloat16* tile, const float4* ring) {
+    constexpr int N = ROWS * COLS / 4 / GG_THREADS;
+#pragma unroll
+    for (int i = 0; i < N; i++) gg_put<COLS, LD>(tile, threadIdx.x + i * GG_THREADS, ring[i * GG_THREADS + threadIdx.x]);
+}
+
+// Register staging (GG_RING 0): loads the same chunks as gg_copy into registers, r[i] = chunk i (zeros out of
+// range, never read; a slice wholly past the end reads nothing).
+template <int ROWS, int COLS>
+__device__ __forceinline__ void gg_load(const float* __restrict__ base, int ld, int rows, int cols, bool vec,
+                                        float4 (&r)[ROWS * COLS / 4 / GG_THREADS]) {
     constexpr int VPR = COLS / 4;
     constexpr int N = ROWS * COLS / 4 / GG_THREADS;
-    static_assert(LD % 8 == 0, "shared rows must stay 16-byte aligned");
+    if (vec && rows >= ROWS && cols >= COLS) {  // the whole slice in range (every slice but a group's last ones)
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            const int v = threadIdx.x + i * GG_THREADS;
+            r[i] = __ldg(reinterpret_cast<const float4*>(base + ((v / VPR) * ld + (v % VPR) * 4)));
+        }
+        return;
+    }
 #pragma unroll
     for (int i = 0; i < N; i++) {
         const int v = threadIdx.x + i * GG_THREADS;
         const int row = v / VPR;
         const int col = (v % VPR) * 4;
-        const float4 x = ring[i * GG_THREADS + threadIdx.x];
-        __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y);  // .x = first (lower address)
-        __nv_bfloat162 hi = __floats2bfloat162_rn(x.z, x.w);
-        uint2 u;
-        u.x = *reinterpret_cast<unsigned*>(&lo);
-        u.y = *reinterpret_cast<unsigned*>(&hi);
-        *reinterpret_cast<uint2*>(tile + row * LD + col) = u;  // 8-byte aligned: LD * 2 % 16 == 0, col % 4 == 0
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (row < rows) {
+            const float* q = base + (row * ld + col);  // < 2^31: the host keeps 256 * ld below it
+            if (vec && col + 3 < cols) {
+                x = __ldg(reinterpret_cast<const float4*>(q));
+            } else {
+                if (col < cols) x.x = __ldg(q);
+                if (col + 1 < cols) x.y = __ldg(q + 1);
+                if (col + 2 < cols) x.z = __ldg(q + 2);
+                if (col + 3 < cols) x.w = __ldg(q + 3);
+            }
+        }
+        r[i] = x;
     }
+}
+
+// Register staging: rounds the registers of gg_load into a bf16 tile.
+template <int ROWS, int COLS, int LD>
+__device__ __forceinline__ void gg_store(__nv_bfloat16* tile, const float4 (&r)[ROWS * COLS / 4 / GG_THREADS]) {
+    constexpr int N = ROWS * COLS / 4 / GG_THREADS;
+#pragma unroll
+    for (int i = 0; i < N; i++) gg_put<COLS, LD>(tile, threadIdx.x + i * GG_THREADS, r[i]);
 }
 
 // One warp's MMAs over k = KS .. KS+15 of a bf16 tile buffer into its 64 x GG_WN accumulators. aLane / bLane: the
@@ -209,23 +263,20 @@ __device__ __forceinline__ void gg_warp_mma(float (&acc)[4][GG_NJ][4], unsigned 
     constexpr int LDA_S = TA ? GG_BM + GG_PAD : GG_BK + GG_PAD;
     constexpr int LDB_S = TB ? GG_BK + GG_PAD : GG_BN + GG_PAD;
     constexpr int ks = KS;
-    {
-        unsigned a[4][4], b[GG_NJ / 2][4];
+    unsigned b[GG_NJ / 2][4];
 #pragma unroll
-        for (int i = 0; i < 4; i++) {  // rows i*16 .. +15 of the warp tile; element (row, kk) of op(A) is at
-            // [row][kk] (A stored [m, k]) or [kk][row] (stored [k, m], loaded transposed)
-            gg_ldmatrix_x4<TA>(a[i], aLane + 2 * (TA ? ks * LDA_S + i * 16 : i * 16 * LDA_S + ks));
-        }
+    for (int j = 0; j < GG_NJ / 2; j++) {  // columns j*16 .. +15: b[j][0..1] the first 8, b[j][2..3] the next 8;
+        // element (kk, col) of op(B) is at [col][kk] (B stored [n, k]) or [kk][col] (stored [k, n], transposed)
+        gg_ldmatrix_x4<!TB>(b[j], bLane + 2 * (TB ? j * 16 * LDB_S + ks : ks * LDB_S + j * 16));
+    }
 #pragma unroll
-        for (int j = 0; j < GG_NJ / 2; j++) {  // columns j*16 .. +15: b[j][0..1] the first 8, b[j][2..3] the next 8;
-            // element (kk, col) of op(B) is at [col][kk] (B stored [n, k]) or [kk][col] (stored [k, n], transposed)
-            gg_ldmatrix_x4<!TB>(b[j], bLane + 2 * (TB ? j * 16 * LDB_S + ks : ks * LDB_S + j * 16));
-        }
+    for (int i = 0; i < 4; i++) {  // rows i*16 .. +15 of the warp tile; element (row, kk) of op(A) is at
+        // [row][kk] (A stored [m, k]) or [kk][row] (stored [k, m], loaded transposed). One A fragment live at a
+        // time keeps the registers for the staged loads.
+        unsigned a[4];
+        gg_ldmatrix_x4<TA>(a, aLane + 2 * (TA ? ks * LDA_S + i * 16 : i * 16 * LDA_S + ks));
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-#pragma unroll
-            for (int j = 0; j < GG_NJ; j++) gg_mma(acc[i][j], a[i], b[j >> 1][(j & 1) * 2], b[j >> 1][(j & 1) * 2 + 1]);
-        }
+        for (int j = 0; j < GG_NJ; j++) gg_mma(acc[i][j], a, b[j >> 1][(j & 1) * 2], b[j >> 1][(j & 1) * 2 + 1]);
     }
 }
 
@@ -334,6 +385,43 @@ __device__ __forceinline__ void gg_impl(const GGParams& p) {
             else gg_convert<GG_BN, GG_BK, LDB_S>(bs, slot + GG_A_CHUNKS * GG_THREADS);
         };
 
+#if !GG_RING
+        // Register staging: the loads of slice kt + 1 are in flight during the MMAs of step kt, then rounded into
+        // buffer (kt+1) & 1 (last read in step kt-1, before the barrier that ended it). In the last step, slice numK
+        // lies wholly past the end: its loads read nothing and its buffer is never read (no branch in the step).
+        (void)ring;
+        (void)convert;
+        (void)issue;
+        float4 ra[GG_A_CHUNKS], rb[GG_B_CHUNKS];
+        auto load = [&](int kt) {
+            const int kLeft = K - kt * GG_BK;
+            const float* a = aPtr + kt * aStep;
+            const float* b = bPtr + kt * bStep;
+            if constexpr (!TA) gg_load<GG_BM, GG_BK>(a, lda, M - m0, kLeft, vecA, ra);
+            else gg_load<GG_BK, GG_BM>(a, lda, kLeft, M - m0, vecA, ra);
+            if constexpr (!TB) gg_load<GG_BK, GG_BN>(b, ldb, kLeft, N - n0, vecB, rb);
+            else gg_load<GG_BN, GG_BK>(b, ldb, N - n0, kLeft, vecB, rb);
+        };
+        auto store = [&](int kt) {
+            __nv_bfloat16* as = tiles + (kt & 1) * (GG_A_TILE + GG_B_TILE);
+            __nv_bfloat16* bs = as + GG_A_TILE;
+            if constexpr (!TA) gg_store<GG_BM, GG_BK, LDA_S>(as, ra);
+            else gg_store<GG_BK, GG_BM, LDA_S>(as, ra);
+            if constexpr (!TB) gg_store<GG_BK, GG_BN, LDB_S>(bs, rb);
+            else gg_store<GG_BN, GG_BK, LDB_S>(bs, rb);
+        };
+        load(0);
+        store(0);
+        __syncthreads();
+        for (int kt = 0; kt < numK; kt++) {
+            const unsigned buf = tilesAddr + (kt & 1) * ((GG_A_TILE + GG_B_TILE) * 2);
+            load(kt + 1);
+            gg_warp_mma<TA, TB, 0>(acc, buf + aLane, buf + GG_A_TILE * 2 + bLane);
+            gg_warp_mma<TA, TB, 16>(acc, buf + aLane, buf + GG_A_TILE * 2 + bLane);
+            store(kt + 1);
+            __syncthreads();
+        }
+#else
         // Prologue: slices 0 .. STAGES-1 in flight, slice 0 converted.
 #pragma unroll
         for (int s = 0; s < GG_STAGES; s++) issue(s);
@@ -354,6 +442,7 @@ __device__ __forceinline__ void gg_impl(const GGParams& p) {
             gg_warp_mma<TA, TB, 16>(acc, buf + aLane, buf + GG_A_TILE * 2 + bLane);
             __syncthreads();
         }
+#endif
     }
 
     // ---- epilogue straight from the accumulators
