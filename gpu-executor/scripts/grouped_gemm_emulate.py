@@ -8,10 +8,10 @@ stores and guards) and of CudaBackend.groupedKernel's host side (64 groups per l
 flags), run on small ragged problems for all four transpositions and compared with numpy on bf16-rounded inputs.
 The bf16 tiles start as NaN so that a fragment reading an element no thread stored fails; ldmatrix row addresses are
 checked for 16-byte alignment and bank conflicts. It checks the arithmetic, not the hardware (nor the pipeline's
-timing): keep it in step with the .cu when either changes. Needs numpy; about 30 s:  [GG_BN=128] python3 grouped_gemm_emulate.py
+timing): keep it in step with the .cu when either changes. Needs numpy; about 30 s:  [GG_BN=256] python3 grouped_gemm_emulate.py
 """
 import numpy as np, os
-BM=128; BN=int(os.environ.get("GG_BN", 256)); BK=32; PAD=8; T=256; MAXG=64; WN=BN//4; NJ=WN//8
+BM=128; BN=int(os.environ.get("GG_BN", 128)); BK=32; PAD=8; T=256; MAXG=64; WN=BN//4; NJ=WN//8
 A_CH=BM*BK//4//T; B_CH=BN*BK//4//T
 A_TILE=max(BM*(BK+PAD),BK*(BM+PAD)); B_TILE=max(BN*(BK+PAD),BK*(BN+PAD))
 

@@ -152,11 +152,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private final String deviceName;
     private final int smCount;
     private final int smMajor;
-    /** grouped_gemm.cu's GG_BN (tile columns: 256, or 128 by sparkmoe.cuda.defines) and GG_SMEM_BYTES (dynamic
-     *  shared memory: two bf16 tiles, and with GG_RING=1 GG_STAGES f32 ring slots, 3 on sm_90+ and 2 below). */
+    /** grouped_gemm.cu's GG_BN (tile columns: 128, or 256 by sparkmoe.cuda.defines) and GG_SMEM_BYTES (dynamic
+     *  shared memory: two bf16 tiles and, with GG_RING 1 (the default), GG_STAGES (2) f32 ring slots: 104 KB). */
     private final int ggTileN;
     private final int ggSharedBytes;
-    /** Whether this device grants a block ggSharedBytes of shared memory (not sm_86 / sm_89: 99 KB). */
+    /** Whether this device grants a block ggSharedBytes of shared memory (sm_86 / sm_89 grant 99 KB: there
+     *  -Dsparkmoe.cuda.defines=GG_RING=0,GG_BN=256 needs 60 KB). */
     private final boolean ggFits;
     private final CUstream_st stream;
     private final cublasContext cublasHandle;
@@ -203,9 +204,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.deviceName = props.name().getString();
         this.smCount = props.multiProcessorCount();
         this.smMajor = props.major();
-        this.ggTileN = KernelLibrary.defineValue("GG_BN", 256);
-        int ggStages = KernelLibrary.defineValue("GG_RING", 0) == 0 ? 0
-                : KernelLibrary.defineValue("GG_STAGES", props.major() >= 9 ? 3 : 2);
+        this.ggTileN = KernelLibrary.defineValue("GG_BN", 128);
+        int ggStages = KernelLibrary.defineValue("GG_RING", 1) == 0 ? 0 : KernelLibrary.defineValue("GG_STAGES", 2);
         int bk = 32, pad = 8;
         this.ggSharedBytes = ggStages * (GG_TILE_M + ggTileN) * bk * 4
                 + 2 * 2 * (Math.max(GG_TILE_M * (bk + pad), bk * (GG_TILE_M + pad))
@@ -865,7 +865,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
         GroupedMode mode = effectiveGroupedMode();
         if (mode == GroupedMode.KERNEL && !groupedKernelSupported()) {
             throw new IllegalStateException("GroupedMode.KERNEL needs bf16 tensor cores (sm_80 or newer) and "
-                    + ggSharedBytes + " bytes of shared memory per block; " + name + " is " + kernels.arch());
+                    + ggSharedBytes + " bytes of shared memory per block; " + name + " is " + kernels.arch()
+                    + " (with less shared memory, try -Dsparkmoe.cuda.defines=GG_RING=0,GG_BN=256: 61440 bytes)");
         }
         // The kernel computes row * ld + col in 32 bits inside a 256-row slice; absurd strides take the loop.
         boolean kernel = mode == GroupedMode.KERNEL && 256L * Math.max(Math.max(lda, ldb), 1) <= Integer.MAX_VALUE;
@@ -925,9 +926,9 @@ public final class CudaBackend implements Backend, AutoCloseable {
      * is needed, and the launch is the only host cost): cuLaunchKernel copies it from {@link #ggParams} at launch
      * time, so the buffer is reused by the next launch. Layout: int lda, ldb, ldc, groups; float alpha, beta; then
      * arrays of 64: long long a, b, c (device byte addresses of A_g, B_g, C_g); int m, n, k, tileStart (prefix sum of
-     * the groups' 128 x 256 tiles; the grid is the total) and flags (bit 0: A_g's address is 16-byte aligned and lda a
-     * multiple of 4, so the kernel may use float4 loads; bit 1: the same for B_g). Groups write disjoint C_g in
-     * parallel (overlapping C_g would race, where the loop would apply them in order). The kernel takes
+     * the groups' 128 x ggTileN tiles; the grid is the total) and flags (bit 0: A_g's address is 16-byte aligned and
+     * lda a multiple of 4, so the kernel may use 16-byte loads; bit 1: the same for B_g). Groups write disjoint C_g
+     * in parallel (overlapping C_g would race, where the loop would apply them in order). The kernel takes
      * {@link #ggSharedBytes} of dynamic shared memory (raised once per function); groups are passed largest k first.
      */
     private void groupedKernel(boolean transA, boolean transB, int[] active, int count, int[] m, int[] n, int[] k,

@@ -8,32 +8,38 @@
 // bf16 shared tiles; products accumulate in f32 (mma.sync m16n8k16 bf16); the epilogue applies alpha and beta in
 // f32. With beta == 0, C is never read (it may hold NaN). k == 0 gives C_g = beta * C_g (0 where beta == 0).
 //
-// Tiling: a CTA of 256 threads (8 warps, 2 x 4) computes a 128 x 256 tile of one group's C (one CTA per SM: the
-// wide tile halves the f32 bytes each MMA needs from L2 compared with 128 x 128); each warp a 64 x 64 sub-tile
-// (4 x 8 mma accumulators of 16 x 8: 128 f32 registers). K is walked in steps of GG_BK = 32, one __syncthreads each,
-// through two bf16 tile buffers in shared memory: the MMAs of step kt read buffer kt & 1 while slice kt + 1 of A
-// (128 x 32) and B (256 x 32) is fetched, rounded to bf16 and stored into buffer (kt+1) & 1. The bf16 tiles keep
-// the operand's stored layout (contiguous dimension contiguous) with rows padded by 8 bf16 (16 bytes), so that the
-// 8 rows of an ldmatrix fall in distinct bank groups. Thread t handles the 16-byte chunks v = t + 256 i of a slice
-// (row v / (COLS/4), columns 4 (v % (COLS/4)) .. +3 of the stored layout): 16-byte loads where the group's base is
-// 16-byte aligned and its stride a multiple of 4 (flags), 4-byte loads otherwise and at ragged edges; out-of-range
-// elements are zero. Two ways to fetch (GG_RING):
-//   0 (default): register staging. The 12 float4 loads of slice kt + 1 are issued at the top of step kt, the MMAs
-//      of step kt hide their latency, and after them the thread rounds the registers into buffer (kt+1) & 1.
-//      Shared-memory traffic per step: the bf16 stores and the ldmatrix reads only. 60 KB of shared memory.
-//   1: an f32 ring of GG_STAGES slots in shared memory filled by cp.async, GG_STAGES - 1 steps ahead (cp.async.cg
-//      of 16 bytes, cp.async.ca of 4 at edges, zero fill by src-size 0). Each thread copies into its OWN chunks of
-//      a slot and is the only one to read them back, so the ring needs no barrier (cp.async.wait_group makes a
-//      thread's own copies visible to it); between the two 16-wide MMA halves of step kt it rounds slice kt + 1
-//      from the ring into buffer (kt+1) & 1. Deeper prefetch for twice the shared-memory traffic (the f32 written
-//      and read back). 204 KB of shared memory on sm_90.
-// MMAs: per 16-wide k slice a warp loads its 4 B fragment pairs (16 x 16) and, one at a time, its 4 A fragments
-// (16 x 16) with ldmatrix.x4, .trans where the stored layout is the transpose of the fragment's (A stored [k, m];
-// B stored [k, n]), and issues 32 mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32.
+// Tiling (defaults; the tuning macros below choose others): a CTA of 256 threads (8 warps, 2 x 4) computes a
+// GG_BM x GG_BN = 128 x 128 tile of one group's C, two CTAs per SM; each warp a 64 x GG_WN = 64 x 32 sub-tile (4 x 4
+// mma accumulators of 16 x 8). K is walked in steps of GG_BK = 32, one __syncthreads each, through two bf16 tile
+// buffers in shared memory: the MMAs of step kt read buffer kt & 1 while slice kt + 1 of A (128 x 32) and B
+// (GG_BN x 32) is rounded to bf16 into buffer (kt+1) & 1. The bf16 tiles keep the operand's stored layout
+// (contiguous dimension contiguous) with rows padded by 8 bf16 (16 bytes), so that the 8 rows of an ldmatrix fall in
+// distinct bank groups. Thread t handles the 16-byte chunks v = t + 256 i of a slice (row v / (COLS/4), columns
+// 4 (v % (COLS/4)) .. +3 of the stored layout): 16-byte accesses where the group's base is 16-byte aligned and its
+// stride a multiple of 4 (flags), 4-byte ones otherwise and at ragged edges; out-of-range elements are zero and never
+// read. Two ways to fetch the f32 slices (GG_RING):
+//   1 (default): an f32 ring of GG_STAGES = 2 slots in shared memory filled by cp.async, GG_STAGES - 1 steps ahead
+//      (cp.async.cg of 16 bytes, cp.async.ca of 4 at edges, zero fill by src-size 0). Each thread copies into its
+//      OWN chunks of a slot and is the only one to read them back, so the ring needs no barrier (cp.async.wait_group
+//      makes a thread's own copies visible to it); between the two 16-wide MMA halves of step kt it rounds slice
+//      kt + 1 from the ring into buffer (kt+1) & 1.
+//   0: register staging: the float4 loads of slice kt + 1 are issued at the top of step kt, the MMAs of step kt
+//      hide their latency, and after them the thread rounds the registers into buffer (kt+1) & 1. Half the shared
+//      memory traffic, one step of prefetch. With GG_BN 256 (60 KB of shared memory) the choice for devices that
+//      grant a block less than the default's 104 KB (sm_86 / sm_89: 99 KB).
+// Measured on an H200 (GroupedGemmKernelTest.timings, the model's six shapes, two runs): the default 98-134
+// TFLOP/s, 1.67-1.73 ms for the six; GG_BN 256 (8 warps of 64 x 64, one CTA per SM, 204 KB) with GG_STAGES 3
+// 102-134 TFLOP/s, 1.78-1.79 ms; GG_BN 256 with GG_RING 0 100-117 TFLOP/s, 1.94 ms; GG_BN 128 with GG_STAGES 3 and
+// one CTA per SM 89-108 TFLOP/s. Per K step, not the L2 or shared-memory bandwidth, the limit seems to be latency
+// that one or two CTAs of 8 warps in lock step (one barrier per step) cannot hide.
+// MMAs: per 16-wide k slice a warp loads its GG_NJ / 2 B fragment pairs (16 x 16) and, one at a time, its 4 A
+// fragments (16 x 16) with ldmatrix.x4, .trans where the stored layout is the transpose of the fragment's (A stored
+// [k, m]; B stored [k, n]), and issues 4 x GG_NJ mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32.
 // The epilogue writes straight from the accumulators: lane (g = lane / 4, q = lane % 4) holds rows g and g + 8,
 // columns 2q and 2q + 1 of each 16 x 8 block; float2 loads / stores where C_g is 8-byte aligned and ldc even,
-// scalar ones otherwise and at the last odd column. Tuning macros (sparkmoe.cuda.defines; the host mirrors GG_BN,
-// GG_RING and GG_STAGES): GG_BN 128 (warp tiles 64 x 32) with GG_MIN_BLOCKS 2 runs two CTAs per SM.
+// scalar ones otherwise and at the last odd column. Tuning macros (-Dsparkmoe.cuda.defines=...; the host mirrors
+// GG_BN, GG_RING and GG_STAGES in its tile count and dynamic shared-memory size): GG_BN (128 or 256), GG_RING (0 or
+// 1), GG_STAGES (2 or 3), GG_MIN_BLOCKS (CTAs per SM the registers must allow).
 //
 // Group mapping: blockIdx.x is a flat tile index over all groups of the launch. GGParams (passed BY VALUE as the
 // only kernel parameter, 2840 bytes, under the classic 4 KB parameter limit) holds per group the device addresses of
@@ -47,26 +53,22 @@
 
 #define GG_MAX_GROUPS 64
 #define GG_BM 128  // CTA tile rows (m); CudaBackend.GG_TILE_M
-#ifndef GG_BN      // CTA tile columns (n): 256 (warp tiles 64 x 64) or 128 (64 x 32); CudaBackend.ggTileN mirrors it
-#define GG_BN 256
+#ifndef GG_BN      // CTA tile columns (n): 128 (warp tiles 64 x 32) or 256 (64 x 64); CudaBackend.ggTileN mirrors it
+#define GG_BN 128
 #endif
 #define GG_WN (GG_BN / 4)  // warp tile columns
 #define GG_NJ (GG_WN / 8)  // 16 x 8 mma blocks per warp row block
-#ifndef GG_MIN_BLOCKS      // CTAs per SM the registers must allow (2 caps them at 128: GG_BN 128 only)
-#define GG_MIN_BLOCKS 1
-#endif
 #define GG_BK 32
 #define GG_PAD 8   // bf16 elements of padding per shared tile row
 #define GG_THREADS 256
 #ifndef GG_RING    // 1: f32 operands staged through the cp.async ring in shared memory; 0: through registers
-#define GG_RING 0
+#define GG_RING 1
 #endif
-#ifndef GG_STAGES  // f32 ring slots (2 or 3); CudaBackend.ggSharedBytes mirrors this choice
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-#define GG_STAGES 3
-#else
+#ifndef GG_STAGES  // f32 ring slots (2 or 3); CudaBackend.ggSharedBytes mirrors it
 #define GG_STAGES 2
 #endif
+#ifndef GG_MIN_BLOCKS      // CTAs per SM the registers must allow (2 caps them at 128: fits GG_BN 128 with GG_RING 1)
+#define GG_MIN_BLOCKS (GG_BN == 128 && GG_RING ? 2 : 1)
 #endif
 
 // Layout shared with CudaBackend.groupedKernel (byte offsets listed below).
@@ -209,7 +211,9 @@ template <int ROWS, int COLS, int LD>
 __device__ __forceinline__ void gg_convert(__nv_bfloat16* tile, const float4* ring) {
     constexpr int N = ROWS * COLS / 4 / GG_THREADS;
 #pragma unroll
-    for (int i = 0; i < N; i++) gg_put<COLS, LD>(tile, threadIdx.x + i * GG_THREADS, ring[i * GG_THREADS + threadIdx.x]);
+    for (int i = 0; i < N; i++) {
+        gg_put<COLS, LD>(tile, threadIdx.x + i * GG_THREADS, ring[i * GG_THREADS + threadIdx.x]);
+    }
 }
 
 // Register staging (GG_RING 0): loads the same chunks as gg_copy into registers, r[i] = chunk i (zeros out of
