@@ -77,7 +77,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
     /** Groups per launch of the grouped GEMM kernel and the byte layout of its GGParams (see grouped_gemm.cu). */
     private static final int GG_MAX_GROUPS = 64;
     private static final int GG_TILE_M = 128;
-    private static final int GG_TILE_N = 128;
     private static final int GG_THREADS = 256;
     private static final long GG_OFF_A = 24;
     private static final long GG_OFF_B = GG_OFF_A + 8L * GG_MAX_GROUPS;
@@ -153,6 +152,13 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private final String deviceName;
     private final int smCount;
     private final int smMajor;
+    /** grouped_gemm.cu's GG_BN (tile columns: 128, or 256 by sparkmoe.cuda.defines) and GG_SMEM_BYTES (dynamic
+     *  shared memory: two bf16 tiles and, with GG_RING 1 (the default), GG_STAGES (2) f32 ring slots: 104 KB). */
+    private final int ggTileN;
+    private final int ggSharedBytes;
+    /** Whether this device grants a block ggSharedBytes of shared memory (sm_86 / sm_89 grant 99 KB: there
+     *  -Dsparkmoe.cuda.defines=GG_RING=0,GG_BN=256 needs 60 KB). */
+    private final boolean ggFits;
     private final CUstream_st stream;
     private final cublasContext cublasHandle;
     private final KernelLibrary kernels;
@@ -202,6 +208,13 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.deviceName = props.name().getString();
         this.smCount = props.multiProcessorCount();
         this.smMajor = props.major();
+        this.ggTileN = KernelLibrary.defineValue("GG_BN", 128);
+        int ggStages = KernelLibrary.defineValue("GG_RING", 1) == 0 ? 0 : KernelLibrary.defineValue("GG_STAGES", 2);
+        int bk = 32, pad = 8;
+        this.ggSharedBytes = ggStages * (GG_TILE_M + ggTileN) * bk * 4
+                + 2 * 2 * (Math.max(GG_TILE_M * (bk + pad), bk * (GG_TILE_M + pad))
+                + Math.max(ggTileN * (bk + pad), bk * (ggTileN + pad)));
+        this.ggFits = props.major() >= 8 && props.sharedMemPerBlockOptin() >= ggSharedBytes;
         this.kernels = new KernelLibrary(props.major(), props.minor());
         this.stream = new CUstream_st();
         Cuda.check(cudart.cudaStreamCreateWithFlags(stream, cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
@@ -264,7 +277,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
         if (groupedMode != GroupedMode.AUTO) {
             return groupedMode;
         }
-        return gemmPrecision == GemmPrecision.BF16 && kernels.smMajor() >= 8 ? GroupedMode.KERNEL : GroupedMode.LOOP;
+        return gemmPrecision == GemmPrecision.BF16 && groupedKernelSupported() ? GroupedMode.KERNEL : GroupedMode.LOOP;
+    }
+
+    /** Whether {@link GroupedMode#KERNEL} can run here: bf16 tensor cores (sm_80+) and its shared memory. */
+    synchronized boolean groupedKernelSupported() {
+        return kernels.smMajor() >= 8 && ggFits;
     }
 
     static GroupedMode parseGroupedMode(String s) {
@@ -849,12 +867,13 @@ public final class CudaBackend implements Backend, AutoCloseable {
                                          float beta, Tensor c, int[] cOff, int ldc) {
         current();
         GroupedMode mode = effectiveGroupedMode();
-        if (mode == GroupedMode.KERNEL && kernels.smMajor() < 8) {
-            throw new IllegalStateException("GroupedMode.KERNEL needs bf16 tensor cores (sm_80 or newer); " + name
-                    + " is " + kernels.arch());
+        if (mode == GroupedMode.KERNEL && !groupedKernelSupported()) {
+            throw new IllegalStateException("GroupedMode.KERNEL needs bf16 tensor cores (sm_80 or newer) and "
+                    + ggSharedBytes + " bytes of shared memory per block; " + name + " is " + kernels.arch()
+                    + " (with less shared memory, try -Dsparkmoe.cuda.defines=GG_RING=0,GG_BN=256: 61440 bytes)");
         }
-        // The kernel computes row * ld + col in 32 bits inside a 128-row slice; absurd strides take the loop.
-        boolean kernel = mode == GroupedMode.KERNEL && 128L * Math.max(Math.max(lda, ldb), 1) <= Integer.MAX_VALUE;
+        // The kernel computes row * ld + col in 32 bits inside a 256-row slice; absurd strides take the loop.
+        boolean kernel = mode == GroupedMode.KERNEL && 256L * Math.max(Math.max(lda, ldb), 1) <= Integer.MAX_VALUE;
         int[] active = new int[groups];
         int count = 0;
         for (int g = 0; g < groups; g++) {
@@ -911,15 +930,29 @@ public final class CudaBackend implements Backend, AutoCloseable {
      * is needed, and the launch is the only host cost): cuLaunchKernel copies it from {@link #ggParams} at launch
      * time, so the buffer is reused by the next launch. Layout: int lda, ldb, ldc, groups; float alpha, beta; then
      * arrays of 64: long long a, b, c (device byte addresses of A_g, B_g, C_g); int m, n, k, tileStart (prefix sum of
-     * the groups' 128 x 128 tiles; the grid is the total) and flags (bit 0: A_g's address is 16-byte aligned and lda a
-     * multiple of 4, so the kernel may use float4 loads; bit 1: the same for B_g). Groups write disjoint C_g in
-     * parallel (overlapping C_g would race, where the loop would apply them in order).
+     * the groups' 128 x ggTileN tiles; the grid is the total) and flags (bit 0: A_g's address is 16-byte aligned and
+     * lda a multiple of 4, so the kernel may use 16-byte loads; bit 1: the same for B_g). Groups write disjoint C_g
+     * in parallel (overlapping C_g would race, where the loop would apply them in order). The kernel takes
+     * {@link #ggSharedBytes} of dynamic shared memory (raised once per function); groups are passed largest k first.
      */
     private void groupedKernel(boolean transA, boolean transB, int[] active, int count, int[] m, int[] n, int[] k,
                                float alpha, Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta,
                                Tensor c, int[] cOff, int ldc) {
         String kernel = "grouped_gemm_" + (transA ? "t" : "n") + (transB ? "t" : "n");
         CUfunc_st f = kernels.function(G, kernel);
+        if (sharedRaised.putIfAbsent(G + "#" + kernel + "#" + ggSharedBytes, true) == null) {
+            Cuda.checkDriver(cudart.cuFuncSetAttribute(f, cudart.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    ggSharedBytes), "cuFuncSetAttribute(" + kernel + ", max dynamic shared = " + ggSharedBytes + ")");
+        }
+        // Largest k first (stable): a CTA's time grows with k, so the longest tiles start in the first wave and the
+        // short ones fill the tail (weight gradients: k is the expert's ragged row count).
+        for (int i = 1; i < count; i++) {
+            int g = active[i], j = i;
+            for (; j > 0 && k[active[j - 1]] < k[g]; j--) {
+                active[j] = active[j - 1];
+            }
+            active[j] = g;
+        }
         for (int start = 0; start < count; start += GG_MAX_GROUPS) {
             int here = Math.min(GG_MAX_GROUPS, count - start);
             ggParams.putInt(0, lda);
@@ -943,14 +976,14 @@ public final class CudaBackend implements Backend, AutoCloseable {
                 ggParams.putInt(GG_OFF_K + 4L * q, k[g]);
                 ggParams.putInt(GG_OFF_TILE + 4L * q, (int) tiles);
                 ggParams.putInt(GG_OFF_FLAGS + 4L * q, flags);
-                tiles += (long) ((m[g] + GG_TILE_M - 1) / GG_TILE_M) * ((n[g] + GG_TILE_N - 1) / GG_TILE_N);
+                tiles += (long) ((m[g] + GG_TILE_M - 1) / GG_TILE_M) * ((n[g] + ggTileN - 1) / ggTileN);
                 if (tiles > Integer.MAX_VALUE) {
                     throw new IllegalArgumentException("groupedGemm: more than 2^31 - 1 tiles in one launch");
                 }
             }
-            Cuda.checkDriver(cudart.cuLaunchKernel(f, (int) tiles, 1, 1, GG_THREADS, 1, 1, 0, stream, ggArgPtrs,
-                    (PointerPointer<?>) null), "cuLaunchKernel(" + kernel + ", " + here + " groups, " + tiles
-                    + " tiles)");
+            Cuda.checkDriver(cudart.cuLaunchKernel(f, (int) tiles, 1, 1, GG_THREADS, 1, 1, ggSharedBytes, stream,
+                    ggArgPtrs, (PointerPointer<?>) null), "cuLaunchKernel(" + kernel + ", " + here + " groups, "
+                    + tiles + " tiles)");
         }
     }
 

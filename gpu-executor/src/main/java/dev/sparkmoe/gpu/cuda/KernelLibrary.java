@@ -92,6 +92,19 @@ final class KernelLibrary {
      * Kernel tuning macros from {@code -Dsparkmoe.cuda.defines=NAME=VALUE,...} (e.g. {@code GG_MIN_BLOCKS=1}) as
      * NVRTC {@code -D} options; they take part in the cache key.
      */
+    /**
+     * The integer value of tuning macro {@code name} in {@code -Dsparkmoe.cuda.defines}, or {@code dflt} where it is
+     * not set (for host code that must mirror a kernel's tile or shared-memory choice).
+     */
+    static int defineValue(String name, int dflt) {
+        for (String d : defines(System.getProperty("sparkmoe.cuda.defines", ""))) {
+            if (d.startsWith("-D" + name + "=")) {
+                return Integer.parseInt(d.substring(name.length() + 3));
+            }
+        }
+        return dflt;
+    }
+
     static java.util.List<String> defines(String spec) {
         java.util.List<String> out = new java.util.ArrayList<>();
         for (String d : spec.split(",")) {
