@@ -64,7 +64,8 @@ import org.slf4j.LoggerFactory;
  *
  * The driver validates everything it can (config, layout, slots, data) before launching the barrier stage; a failed
  * stage is retried from the driver up to {@code training.max_attempts} times, each attempt resuming from the newest
- * committed checkpoint.
+ * committed checkpoint; a checkpoint this run cannot resume (a {@code CheckpointMismatchException}) ends the run at
+ * once, since every attempt would fail the same way.
  */
 public final class SparkMoeTrainer {
     private static final Logger LOG = LoggerFactory.getLogger(SparkMoeTrainer.class);
@@ -270,7 +271,10 @@ public final class SparkMoeTrainer {
             int max = c.getInt(ConfigKey.TRAINING_MAX_ATTEMPTS);
             Throwable last = null;
             String lastWhy = null;
-            for (int attempt = 1; attempt <= max; attempt++) {
+            int attempts = 0;
+            boolean mismatch = false;
+            for (int attempt = 1; attempt <= max && !mismatch; attempt++) {
+                attempts = attempt;
                 MetricsAccumulator acc = new MetricsAccumulator();
                 sc.register(acc, "spark-moe metrics (run " + runId + ", attempt " + attempt + ")");
                 progress.watch(acc, attempt);
@@ -298,14 +302,17 @@ public final class SparkMoeTrainer {
                     waitForStragglers(sc);
                     String why = progress.takeFailure(3000);
                     lastWhy = why != null ? why : rootMessage(e);
-                    LOG.warn("spark-moe run {}: attempt {}/{} failed: {}", runId, attempt, max, lastWhy);
+                    // a checkpoint this run cannot resume fails the same way every time: no point in trying again
+                    mismatch = lastWhy != null && lastWhy.contains(CheckpointMismatchException.class.getSimpleName());
+                    LOG.warn("spark-moe run {}: attempt {}/{} failed{}: {}", runId, attempt, max,
+                            mismatch ? " (not retried: the checkpoint does not fit this run)" : "", lastWhy);
                 }
             }
             String ckpt;
+            boolean notResumable = mismatch;
             try {
                 Optional<CheckpointStore.Manifest> m = store.latest();
-                boolean mismatch = lastWhy != null && lastWhy.contains(CheckpointMismatchException.class.getSimpleName());
-                ckpt = m.map(x -> mismatch
+                ckpt = m.map(x -> notResumable
                         ? "The newest checkpoint, step " + x.step() + " at " + store.stepPath(x.step()) + ", is intact "
                         + "but this run cannot resume from it: use another checkpoint.dir (or output.dir) to start "
                         + "afresh, or resume it with the settings and version that wrote it."
@@ -315,8 +322,10 @@ public final class SparkMoeTrainer {
             } catch (IOException e) {
                 ckpt = "Could not list checkpoints in " + store.dir() + ": " + e.getMessage();
             }
-            throw new TrainingFailedException("training failed in all " + max + " attempts (training.max_attempts); "
-                    + "last error: " + lastWhy + ". " + ckpt, last);
+            String tried = mismatch ? "training failed in attempt " + attempts + " of " + max + " and was not retried "
+                    + "(the same checkpoint would fail every attempt)" : "training failed in all " + max
+                    + " attempts (training.max_attempts)";
+            throw new TrainingFailedException(tried + "; last error: " + lastWhy + ". " + ckpt, last);
         }
 
         /** A failed job returns before all its tasks have stopped; the next attempt waits for them. */

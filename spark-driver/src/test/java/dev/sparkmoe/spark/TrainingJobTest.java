@@ -154,10 +154,12 @@ class TrainingJobTest {
         Path out = tmp.resolve("other-layout");
         job(out, 4).set("checkpoint.every", 2).fit();
         TrainingFailedException e = assertThrows(TrainingFailedException.class, () -> job(out, 6)
-                .set("checkpoint.every", 2).set("training.max_attempts", 1)
+                .set("checkpoint.every", 2).set("training.max_attempts", 3)
                 .set("layout.world_size", 2).set("layout.ep", 1).fit());
         assertTrue(e.getMessage().contains("CheckpointMismatchException") && e.getMessage().contains("world_size 4"),
                 e.getMessage());
+        // deterministic: one attempt, not three
+        assertTrue(e.getMessage().startsWith("training failed in attempt 1 of 3 and was not retried"), e.getMessage());
         assertTrue(e.getMessage().contains("cannot resume from it: use another checkpoint.dir"), e.getMessage());
         assertFalse(e.getMessage().contains("run again with the same settings"), e.getMessage());
         // untouched: the run that wrote it still resumes from it

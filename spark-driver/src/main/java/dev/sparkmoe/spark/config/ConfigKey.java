@@ -79,7 +79,8 @@ public enum ConfigKey {
             + "reductions are f32 either way; the CPU backend always computes in f32 (and logs it).",
             "bf16", "f32"),
     TRAINING_MAX_ATTEMPTS("training.max_attempts", Type.INT, "3",
-            "Barrier-stage attempts; every attempt after the first resumes from the newest committed checkpoint."),
+            "Barrier-stage attempts; every attempt after the first resumes from the newest committed checkpoint (one "
+                    + "this run cannot resume ends the run at once)."),
     TRAINING_COMM_TIMEOUT("training.comm_timeout_s", Type.INT, "600",
             "Seconds a rank waits for its peers (rendezvous and collectives) before failing the attempt."),
     TRAINING_TRAINER_FACTORY("training.trainer_factory", Type.STRING,
