@@ -1012,4 +1012,30 @@ __global__ void adamw_f32x4(float* __restrict__ param, const float* __restrict__
     }
 }
 
+// ------------------------------------------------------------------ bf16 operand copies (GemmPrecision.BF16)
+
+// src [rows][cols] f32 with row stride ld -> dst [rows][cols] bf16 bits, dense (row stride cols), rounded to nearest
+// even as cuBLAS's FAST_16BF compute rounds its f32 inputs: the operand copies of a bf16-storage cublasGemmEx. Two
+// neighbours per thread; one bf16x2 store where the pair is 4-byte aligned in dst (cols even), two halves otherwise.
+__global__ void f32_to_bf16_rows(const float* src, long long ld, int rows, int cols, unsigned short* dst) {
+    long long pairsPerRow = (cols + 1) >> 1;
+    GRID_STRIDE(p, (long long)rows * pairsPerRow) {
+        long long r = p / pairsPerRow;
+        int c = (int)(p - r * pairsPerRow) * 2;
+        const float* s = src + r * ld + c;
+        bool two = c + 1 < cols;
+        float lo = s[0];
+        float hi = two ? s[1] : 0.f;
+        unsigned int packed;
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(hi), "f"(lo));
+        long long o = r * cols + c;
+        if (two && (o & 1) == 0) {
+            *reinterpret_cast<unsigned int*>(dst + o) = packed;
+        } else {
+            dst[o] = (unsigned short)(packed & 0xffffu);
+            if (two) dst[o + 1] = (unsigned short)(packed >> 16);
+        }
+    }
+}
+
 } // extern "C"

@@ -244,6 +244,53 @@ class CudaBackendTest {
         }
     }
 
+    /**
+     * BF16 GEMMs run on dense bf16 copies of A and B (f32_to_bf16_rows, then a bf16-storage cublasGemmEx): the same
+     * as f32 GEMMs of the bf16-rounded operands, up to the order of the f32 sums, for every transposition, offsets,
+     * row strides, odd widths (the copy's unpaired last column) and beta 0 over NaN.
+     */
+    @Test
+    void bf16GemmEqualsF32GemmOfRoundedOperands() {
+        int m = 37, n = 53, k = 71;
+        gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
+        try {
+            for (boolean ta : new boolean[] {false, true}) {
+                for (boolean tb : new boolean[] {false, true}) {
+                    int lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 2, ldc = n + 5;
+                    int aOff = 5, bOff = 7, cOff = 2;
+                    float[] a = rnd(r, aOff + (ta ? k : m) * lda, 1);
+                    float[] b = rnd(r, bOff + (tb ? n : k) * ldb, 1);
+                    float[] c = rnd(r, cOff + m * ldc, 1);
+                    for (float beta : new float[] {0.3f, 0f}) {
+                        Tensor cc = host(c.clone(), c.length);
+                        cpu.gemm(ta, tb, m, n, k, 0.7f, host(bf16(a), a.length), aOff, lda, host(bf16(b), b.length),
+                                bOff, ldb, beta, cc, cOff, ldc);
+                        Tensor gc = beta == 0f ? poisoned(c.length) : up(c, c.length);
+                        gpu.gemm(ta, tb, m, n, k, 0.7f, up(a, a.length), aOff, lda, up(b, b.length), bOff, ldb, beta,
+                                gc, cOff, ldc);
+                        float[] got = down(gc);
+                        float[] want = cc.floats();
+                        for (int i = 0; i < m; i++) { // only C's block: the rest of a poisoned C stays NaN
+                            float[] wr = java.util.Arrays.copyOfRange(want, cOff + i * ldc, cOff + i * ldc + n);
+                            float[] gr = java.util.Arrays.copyOfRange(got, cOff + i * ldc, cOff + i * ldc + n);
+                            assertClose(wr, gr, 1e-5, "bf16 gemm ta=" + ta + " tb=" + tb + " beta=" + beta + " row " + i);
+                        }
+                    }
+                }
+            }
+        } finally {
+            gpu.setGemmPrecision(CudaBackend.GemmPrecision.F32);
+        }
+    }
+
+    private static float[] bf16(float[] x) {
+        float[] y = new float[x.length];
+        for (int i = 0; i < x.length; i++) {
+            y[i] = DType.roundToBf16(x[i]);
+        }
+        return y;
+    }
+
     @Test
     void axpyScaleSumSquares() {
         float[] x = rnd(r, 3000, 1);
