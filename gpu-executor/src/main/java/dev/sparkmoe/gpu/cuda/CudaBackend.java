@@ -179,8 +179,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private static final long ROPE_TABLE_MAX = 1L << 21;
     private final Map<String, Boolean> sharedRaised = new HashMap<>();
     private GemmPrecision gemmPrecision;
-    /** Largest operand (elements) that {@link #gemm} copies to bf16 in {@link GemmPrecision#BF16}: 32 MB copies. */
-    static final long BF16_COPY_MAX_ELEMENTS = 16L << 20;
     /** BF16 GEMMs through dense bf16 operand copies ({@code -Dsparkmoe.cuda.bf16Operands=false}: FAST_16BF on f32). */
     private final boolean bf16Operands = !"false".equals(System.getProperty("sparkmoe.cuda.bf16Operands"));
     private GroupedMode groupedMode;
@@ -848,8 +846,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
         }
         checkSpan("A", a, aOff, transA ? k : m, transA ? m : k, lda);
         checkSpan("B", b, bOff, transB ? n : k, transB ? k : n, ldb);
-        if (gemmPrecision == GemmPrecision.BF16 && bf16Operands && (long) m * k <= BF16_COPY_MAX_ELEMENTS
-                && (long) k * n <= BF16_COPY_MAX_ELEMENTS) {
+        if (gemmPrecision == GemmPrecision.BF16 && bf16Operands) {
             gemmBf16Operands(transA, transB, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
             return;
         }
@@ -861,9 +858,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
      * {@link GemmPrecision#BF16} as cuBLAS runs it fastest: A and B copied to dense bf16 (rounded to nearest even,
      * as FAST_16BF rounds them) and one bf16-storage cublasGemmEx with f32 output and f32 compute. Same products and
      * rounding as FAST_16BF on f32 storage, which cuBLAS runs at about a third of the speed on these shapes (90-100
-     * TFLOP/s against 300+ on an H200 for 8192 x 1024 x 1024); the two copies cost a pass over each operand. Only for
-     * operands of at most {@link #BF16_COPY_MAX_ELEMENTS}: the LM head's products (a [tokens, vocab] operand) already
-     * run at 230-370 TFLOP/s from f32, and a copy of their operands would add 0.5 GB to the step's peak.
+     * TFLOP/s against 300+ on an H200 for 8192 x 1024 x 1024); the two copies cost a pass over each operand.
      */
     private void gemmBf16Operands(boolean transA, boolean transB, int m, int n, int k, float alpha, Tensor a,
                                   int aOff, int lda, Tensor b, int bOff, int ldb, float beta, Tensor c, int cOff,
