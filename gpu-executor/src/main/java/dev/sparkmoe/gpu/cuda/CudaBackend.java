@@ -179,8 +179,13 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private static final long ROPE_TABLE_MAX = 1L << 21;
     private final Map<String, Boolean> sharedRaised = new HashMap<>();
     private GemmPrecision gemmPrecision;
-    /** BF16 GEMMs through dense bf16 operand copies ({@code -Dsparkmoe.cuda.bf16Operands=false}: FAST_16BF on f32). */
-    private final boolean bf16Operands = !"false".equals(System.getProperty("sparkmoe.cuda.bf16Operands"));
+    /**
+     * BF16 GEMMs through dense bf16 operand copies ({@code -Dsparkmoe.cuda.bf16Operands=true}); off by default. On
+     * 2 x H200 (one call) they gained 1-2% (1 GPU 141.4k -> 142.8k tokens/s, 2 GPUs 121.1k -> 123.7k per GPU) and
+     * added 0.55 GB to the peak (the copy of the LM head's [tokens, vocab] operand); copying only operands up to 16M
+     * elements gained nothing measurable, so the gain is the LM head's.
+     */
+    private boolean bf16Operands = Boolean.getBoolean("sparkmoe.cuda.bf16Operands");
     private GroupedMode groupedMode;
     private AttentionMode attentionMode;
     private long attentionChunkBytes;
@@ -262,6 +267,11 @@ public final class CudaBackend implements Backend, AutoCloseable {
 
     public synchronized GemmPrecision gemmPrecision() {
         return gemmPrecision;
+    }
+
+    /** Whether {@link GemmPrecision#BF16} GEMMs run on bf16 copies of their operands (see the field's note). */
+    public synchronized void setBf16Operands(boolean on) {
+        bf16Operands = on;
     }
 
     /** {@link GroupedMode#AUTO} (the default) follows the {@link GemmPrecision}; the others force a path. */
@@ -857,8 +867,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
     /**
      * {@link GemmPrecision#BF16} as cuBLAS runs it fastest: A and B copied to dense bf16 (rounded to nearest even,
      * as FAST_16BF rounds them) and one bf16-storage cublasGemmEx with f32 output and f32 compute. Same products and
-     * rounding as FAST_16BF on f32 storage, which cuBLAS runs at about a third of the speed on these shapes (90-100
-     * TFLOP/s against 300+ on an H200 for 8192 x 1024 x 1024); the two copies cost a pass over each operand.
+     * rounding as FAST_16BF on f32 storage; the two copies cost a pass over each operand and their memory until
+     * the GEMM is done. Opt-in (see {@link #bf16Operands}): a little faster, more memory.
      */
     private void gemmBf16Operands(boolean transA, boolean transB, int m, int n, int k, float alpha, Tensor a,
                                   int aOff, int lda, Tensor b, int bOff, int ldb, float beta, Tensor c, int cOff,

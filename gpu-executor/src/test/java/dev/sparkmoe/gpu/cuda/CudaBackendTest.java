@@ -245,14 +245,15 @@ class CudaBackendTest {
     }
 
     /**
-     * BF16 GEMMs run on dense bf16 copies of A and B (f32_to_bf16_rows, then a bf16-storage cublasGemmEx): the same
-     * as f32 GEMMs of the bf16-rounded operands, up to the order of the f32 sums, for every transposition, offsets,
-     * row strides, odd widths (the copy's unpaired last column) and beta 0 over NaN.
+     * BF16 GEMMs on dense bf16 copies of A and B (opt-in: f32_to_bf16_rows, then a bf16-storage cublasGemmEx): the
+     * same as f32 GEMMs of the bf16-rounded operands, up to the order of the f32 sums, for every transposition,
+     * offsets, row strides, odd widths (the copy's unpaired last column) and beta 0 over NaN.
      */
     @Test
     void bf16GemmEqualsF32GemmOfRoundedOperands() {
         int m = 37, n = 53, k = 71;
         gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
+        gpu.setBf16Operands(true);
         try {
             for (boolean ta : new boolean[] {false, true}) {
                 for (boolean tb : new boolean[] {false, true}) {
@@ -280,6 +281,7 @@ class CudaBackendTest {
             }
         } finally {
             gpu.setGemmPrecision(CudaBackend.GemmPrecision.F32);
+            gpu.setBf16Operands(Boolean.getBoolean("sparkmoe.cuda.bf16Operands"));
         }
     }
 
