@@ -475,36 +475,24 @@ class CudaBackendTest {
 
     @Test
     void siluMul() {
-        int n = 5000, off = 123, len = 4000;
+        int n = 5000;
         float[] g = rnd(r, n, 3), u = rnd(r, n, 1), d = rnd(r, n, 1);
-        Tensor co = Tensor.zeros(DType.F32, n);
-        cpu.siluMulForward(host(g, n), host(u, n), co, off, len);
-        Tensor go = gpu.zeros(DType.F32, n);
-        gpu.siluMulForward(up(g, n), up(u, n), go, off, len);
-        assertClose(co.floats(), down(go), 1e-6, "siluMul forward");
-        Tensor cdg = Tensor.zeros(DType.F32, n), cdu = Tensor.zeros(DType.F32, n);
-        cpu.siluMulBackward(host(d, n), host(g, n), host(u, n), cdg, cdu, off, len);
-        Tensor gdg = gpu.zeros(DType.F32, n), gdu = gpu.zeros(DType.F32, n);
-        gpu.siluMulBackward(up(d, n), up(g, n), up(u, n), gdg, gdu, off, len);
-        assertClose(cdg.floats(), down(gdg), 1e-6, "siluMul dGate");
-        assertClose(cdu.floats(), down(gdu), 1e-6, "siluMul dUp");
-        siluMulFloat4(n, g, u, d);
+        siluMulAt(n, g, u, d, 123, 4000, "");
+        siluMulAt(n, g, u, d, 124, 4002, " (float4)"); // aligned offset, a length with a tail of 2
     }
 
-    /** The float4 kernels: aligned offset, a length with a tail of 2. */
-    private void siluMulFloat4(int n, float[] g, float[] u, float[] d) {
-        int off = 124, len = 4002;
+    private void siluMulAt(int n, float[] g, float[] u, float[] d, int off, int len, String what) {
         Tensor co = Tensor.zeros(DType.F32, n);
         cpu.siluMulForward(host(g, n), host(u, n), co, off, len);
         Tensor go = gpu.zeros(DType.F32, n);
         gpu.siluMulForward(up(g, n), up(u, n), go, off, len);
-        assertClose(co.floats(), down(go), 1e-6, "siluMul forward (float4)");
+        assertClose(co.floats(), down(go), 1e-6, "siluMul forward" + what);
         Tensor cdg = Tensor.zeros(DType.F32, n), cdu = Tensor.zeros(DType.F32, n);
         cpu.siluMulBackward(host(d, n), host(g, n), host(u, n), cdg, cdu, off, len);
         Tensor gdg = gpu.zeros(DType.F32, n), gdu = gpu.zeros(DType.F32, n);
         gpu.siluMulBackward(up(d, n), up(g, n), up(u, n), gdg, gdu, off, len);
-        assertClose(cdg.floats(), down(gdg), 1e-6, "siluMul dGate (float4)");
-        assertClose(cdu.floats(), down(gdu), 1e-6, "siluMul dUp (float4)");
+        assertClose(cdg.floats(), down(gdg), 1e-6, "siluMul dGate" + what);
+        assertClose(cdu.floats(), down(gdu), 1e-6, "siluMul dUp" + what);
     }
 
     @Test
