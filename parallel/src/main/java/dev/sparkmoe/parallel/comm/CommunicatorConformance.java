@@ -1,5 +1,6 @@
 package dev.sparkmoe.parallel.comm;
 
+import dev.sparkmoe.core.tensor.Tensor;
 import java.util.Arrays;
 
 /**
@@ -32,6 +33,7 @@ public final class CommunicatorConformance {
         allGatherInt(c);
         allGatherBytes(c);
         reduceScatter(c);
+        startedGroups(c);
         allToAllFloat(c, 0);
         allToAllFloat(c, 1);
         allToAllInt(c);
@@ -313,6 +315,48 @@ public final class CommunicatorConformance {
         guardsIntact(c, check, recv, 2, recvLen);
         if (!Arrays.equals(send, sendCopy)) {
             throw fail(c, check, "the send buffer was modified");
+        }
+    }
+
+    /** FSDP's form: a group of all-gathers, then of reduce-scatters, started and then completed once each. */
+    private static void startedGroups(Communicator c) {
+        String check = "allGatherStart / reduceScatterSumStart (groups of 2)";
+        int n = c.size();
+        int[] lens = {3, 1};
+        float[][] send = new float[2][];
+        float[][] recv = new float[2][];
+        java.util.List<Communicator.Part> gather = new java.util.ArrayList<>();
+        for (int i = 0; i < 2; i++) {
+            send[i] = guarded(1, lens[i], 1);
+            for (int k = 0; k < lens[i]; k++) {
+                send[i][1 + k] = c.rank() * 10 + i * 100 + k;
+            }
+            recv[i] = guarded(2, n * lens[i], 1);
+            gather.add(new Communicator.Part(Tensor.of(send[i], send[i].length), 1,
+                    Tensor.of(recv[i], recv[i].length), 2, lens[i]));
+        }
+        c.allGatherStart(gather).complete();
+        java.util.List<Communicator.Part> reduce = new java.util.ArrayList<>();
+        float[][] out = new float[2][];
+        for (int i = 0; i < 2; i++) {
+            for (int r = 0; r < n; r++) {
+                for (int k = 0; k < lens[i]; k++) {
+                    eqF(c, check, "gathered part " + i + " recv[" + (2 + r * lens[i] + k) + "]", r * 10 + i * 100 + k,
+                            recv[i][2 + r * lens[i] + k]);
+                }
+            }
+            guardsIntact(c, check, recv[i], 2, n * lens[i]);
+            out[i] = guarded(1, lens[i], 1);
+            reduce.add(new Communicator.Part(Tensor.of(recv[i], recv[i].length), 2, Tensor.of(out[i], out[i].length),
+                    1, lens[i]));
+        }
+        c.reduceScatterSumStart(reduce).complete();
+        for (int i = 0; i < 2; i++) {
+            for (int k = 0; k < lens[i]; k++) { // every rank sent the same gathered buffer: n times this rank's chunk
+                eqF(c, check, "reduced part " + i + " out[" + (1 + k) + "]", n * (c.rank() * 10 + i * 100 + k),
+                        out[i][1 + k]);
+            }
+            guardsIntact(c, check, out[i], 1, lens[i]);
         }
     }
 
