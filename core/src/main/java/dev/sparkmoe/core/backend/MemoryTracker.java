@@ -2,12 +2,11 @@ package dev.sparkmoe.core.backend;
 
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
-import java.lang.reflect.InvocationHandler;
-import java.lang.reflect.InvocationTargetException;
 import java.lang.reflect.Method;
 import java.lang.reflect.Proxy;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.Collection;
 import java.util.Deque;
 import java.util.HashMap;
@@ -34,12 +33,11 @@ import java.util.WeakHashMap;
  *
  * <p>Not thread-safe; wrap one backend per rank.
  */
-public final class MemoryTracker implements InvocationHandler {
+public final class MemoryTracker extends BackendInterceptor {
 
-    private record Alloc(long bytes, String site, boolean scoped) {
+    private record Alloc(long bytes, String site) {
     }
 
-    private final Backend inner;
     private final Map<Tensor, Alloc> live = new IdentityHashMap<>();
     private final Map<Tensor, String> released = new WeakHashMap<>(); // identity: Tensor does not override equals
     private final Deque<List<Tensor>> scopes = new ArrayDeque<>();
@@ -51,18 +49,17 @@ public final class MemoryTracker implements InvocationHandler {
     private Map<String, long[]> atPeak = new HashMap<>();
 
     private MemoryTracker(Backend inner) {
-        this.inner = inner;
+        super(inner);
     }
 
     /** A backend that forwards to {@code inner} and is tracked by {@link #of}. */
     public static Backend wrap(Backend inner) {
-        return (Backend) Proxy.newProxyInstance(Backend.class.getClassLoader(), new Class<?>[] {Backend.class},
-                new MemoryTracker(inner));
+        return new MemoryTracker(inner).proxy();
     }
 
     /** The tracker behind a backend made by {@link #wrap}. */
     public static MemoryTracker of(Backend wrapped) {
-        return (MemoryTracker) Proxy.getInvocationHandler(wrapped);
+        return handlerOf(wrapped, MemoryTracker.class);
     }
 
     /** Bytes a device backend holds for a tensor of this dtype and size. */
@@ -96,12 +93,13 @@ public final class MemoryTracker implements InvocationHandler {
     @Override
     public Object invoke(Object proxy, Method method, Object[] args) throws Throwable {
         if (method.getDeclaringClass() == Object.class) {
-            return call(method, args);
+            return forward(method, args);
         }
         String name = method.getName();
         if (name.equals("release") && released.containsKey((Tensor) args[0])) {
-            throw new IllegalStateException("tensor " + java.util.Arrays.toString(((Tensor) args[0]).shape())
-                    + " released twice; it was " + released.get((Tensor) args[0]));
+            Tensor t = (Tensor) args[0];
+            throw new IllegalStateException("tensor " + Arrays.toString(t.shape()) + " released twice; it was "
+                    + released.get(t));
         }
         if (args != null && !name.equals("upload")) { // upload takes a host tensor (on the CPU, maybe a released one)
             for (Object a : args) {
@@ -111,12 +109,12 @@ public final class MemoryTracker implements InvocationHandler {
         switch (name) {
             case "release": {
                 Tensor t = (Tensor) args[0];
-                Object r = call(method, args);
+                Object r = forward(method, args);
                 forget(t, true);
                 return r;
             }
             case "openScope": {
-                Backend.Scope s = (Backend.Scope) call(method, args);
+                Backend.Scope s = (Backend.Scope) forward(method, args);
                 List<Tensor> owned = new ArrayList<>();
                 scopes.push(owned);
                 return (Backend.Scope) () -> {
@@ -133,22 +131,14 @@ public final class MemoryTracker implements InvocationHandler {
                 };
             }
             case "zeros": case "empty": case "upload": {
-                Tensor t = (Tensor) call(method, args);
+                Tensor t = (Tensor) forward(method, args);
                 if (!live.containsKey(t)) {
                     track(t);
                 }
                 return t;
             }
             default:
-                return call(method, args);
-        }
-    }
-
-    private Object call(Method method, Object[] args) throws Throwable {
-        try {
-            return method.invoke(inner, args);
-        } catch (InvocationTargetException e) {
-            throw e.getCause();
+                return forward(method, args);
         }
     }
 
@@ -156,7 +146,7 @@ public final class MemoryTracker implements InvocationHandler {
         if (a instanceof Tensor t) {
             String where = released.get(t);
             if (where != null) {
-                throw new IllegalStateException(call + " was given a tensor " + java.util.Arrays.toString(t.shape())
+                throw new IllegalStateException(call + " was given a tensor " + Arrays.toString(t.shape())
                         + " that was " + where);
             }
         } else if (a instanceof Collection<?> c) {
@@ -168,10 +158,9 @@ public final class MemoryTracker implements InvocationHandler {
 
     private void track(Tensor t) {
         String site = following ? site() : "(not followed)";
-        boolean scoped = !scopes.isEmpty();
-        Alloc a = new Alloc(deviceBytes(t.dtype(), t.numel()), site, scoped);
+        Alloc a = new Alloc(deviceBytes(t.dtype(), t.numel()), site);
         live.put(t, a);
-        if (scoped) {
+        if (!scopes.isEmpty()) {
             scopes.peek().add(t);
         }
         long[] s = siteLive.computeIfAbsent(site, k -> new long[2]);

@@ -1,10 +1,8 @@
 package dev.sparkmoe.gpu.bench;
 
 import dev.sparkmoe.core.backend.Backend;
-import java.lang.reflect.InvocationHandler;
-import java.lang.reflect.InvocationTargetException;
+import dev.sparkmoe.core.backend.BackendInterceptor;
 import java.lang.reflect.Method;
-import java.lang.reflect.Proxy;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
@@ -17,29 +15,27 @@ import java.util.Map;
  * that copy to the host); in {@link Mode#DEVICE} it drains the device before and after each call, so the time is
  * the op's own device time plus one launch. Off, it only forwards. GEMMs are keyed by their shape.
  */
-public final class OpProfiler implements InvocationHandler {
+public final class OpProfiler extends BackendInterceptor {
 
     /** What {@link #handler} measures while on. */
     public enum Mode { OFF, HOST, DEVICE }
 
-    private final Backend inner;
     private final Map<String, long[]> stats = new HashMap<>();
     private Mode mode = Mode.OFF;
     private Mode measured = Mode.OFF;
 
     private OpProfiler(Backend inner) {
-        this.inner = inner;
+        super(inner);
     }
 
     /** A backend that forwards to {@code inner} and can be profiled through {@link #handler}. */
     public static Backend wrap(Backend inner) {
-        return (Backend) Proxy.newProxyInstance(Backend.class.getClassLoader(), new Class<?>[] {Backend.class},
-                new OpProfiler(inner));
+        return new OpProfiler(inner).proxy();
     }
 
     /** The profiler behind a backend made by {@link #wrap}. */
     public static OpProfiler handler(Backend wrapped) {
-        return (OpProfiler) Proxy.getInvocationHandler(wrapped);
+        return handlerOf(wrapped, OpProfiler.class);
     }
 
     public void start(Mode m) {
@@ -55,13 +51,13 @@ public final class OpProfiler implements InvocationHandler {
     @Override
     public Object invoke(Object proxy, Method method, Object[] args) throws Throwable {
         if (mode == Mode.OFF || method.getName().equals("synchronize") || method.getDeclaringClass() == Object.class) {
-            return call(method, args);
+            return forward(method, args);
         }
         if (mode == Mode.DEVICE) {
             inner.synchronize();
         }
         long t0 = System.nanoTime();
-        Object r = call(method, args);
+        Object r = forward(method, args);
         if (mode == Mode.DEVICE) {
             inner.synchronize();
         }
@@ -70,14 +66,6 @@ public final class OpProfiler implements InvocationHandler {
         s[0] += dt;
         s[1]++;
         return r;
-    }
-
-    private Object call(Method method, Object[] args) throws Throwable {
-        try {
-            return method.invoke(inner, args);
-        } catch (InvocationTargetException e) {
-            throw e.getCause();
-        }
     }
 
     private static String key(Method m, Object[] a) {
