@@ -79,8 +79,9 @@ public final class MoeBlock extends Module {
     }
 
     /**
-     * dy [N, H] -> dx [N, H]; releases the cache (except the input {@code c.x} and the router logits) and temporaries. {@code auxGrad} [E] is d(loss)/d(probs[n, e]) contributed by the load-balancing loss
-     * (the same for every token n of this layer).
+     * dy [N, H] -> dx [N, H]; releases the cache (except the input {@code c.x} and the router logits) and
+     * temporaries. {@code auxGrad} [E] is d(loss)/d(probs[n, e]) contributed by the load-balancing loss (the same for
+     * every token n of this layer).
      */
     Tensor backward(Backend be, Tensor dy, int tokens, Cache c, Tensor auxGrad) {
         Tensor dSlots = be.empty(DType.F32, tokens * topK, hidden);

@@ -556,7 +556,7 @@ public final class NcclCommunicator implements Communicator {
      */
     @Override
     public Pending allGatherStart(List<Part> parts) {
-        if (parts.isEmpty() || parts.stream().allMatch(p -> p.send().isHost() && p.recv().isHost())) {
+        if (onHost(parts)) {
             return Communicator.super.allGatherStart(parts);
         }
         return started(groupedCollective(true, parts));
@@ -565,10 +565,15 @@ public final class NcclCommunicator implements Communicator {
     /** The reduce-scatters (sum) of a unit's gradients as one NCCL group, as {@link #allGatherStart(List)}. */
     @Override
     public Pending reduceScatterSumStart(List<Part> parts) {
-        if (parts.isEmpty() || parts.stream().allMatch(p -> p.send().isHost() && p.recv().isHost())) {
+        if (onHost(parts)) {
             return Communicator.super.reduceScatterSumStart(parts);
         }
         return started(groupedCollective(false, parts));
+    }
+
+    /** Nothing to do on the device: no parts, or every buffer on the host (the host-staged forms take them). */
+    private static boolean onHost(List<Part> parts) {
+        return parts.stream().allMatch(p -> p.send().isHost() && p.recv().isHost());
     }
 
     private NcclWork groupedCollective(boolean gather, List<Part> parts) {

@@ -141,18 +141,19 @@ public interface Communicator extends AutoCloseable {
      * them one by one.
      */
     default Pending allGatherStart(java.util.List<Part> parts) {
-        java.util.List<Pending> started = new java.util.ArrayList<>(parts.size());
-        for (Part p : parts) {
-            started.add(allGatherStart(p.send(), p.sOff(), p.len(), p.recv(), p.rOff()));
-        }
-        return Pending.all(started);
+        return startEach(parts, p -> allGatherStart(p.send(), p.sOff(), p.len(), p.recv(), p.rOff()));
     }
 
     /** The reduce-scatters (sum) of {@code parts} started as one collective, as {@link #allGatherStart(java.util.List)}. */
     default Pending reduceScatterSumStart(java.util.List<Part> parts) {
+        return startEach(parts, p -> reduceScatterSumStart(p.send(), p.sOff(), p.recv(), p.rOff(), p.len()));
+    }
+
+    /** Starts each part on its own; the handle completes them in order. */
+    private static Pending startEach(java.util.List<Part> parts, java.util.function.Function<Part, Pending> start) {
         java.util.List<Pending> started = new java.util.ArrayList<>(parts.size());
         for (Part p : parts) {
-            started.add(reduceScatterSumStart(p.send(), p.sOff(), p.recv(), p.rOff(), p.len()));
+            started.add(start.apply(p));
         }
         return Pending.all(started);
     }
