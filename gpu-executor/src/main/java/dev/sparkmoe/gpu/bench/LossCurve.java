@@ -37,14 +37,14 @@ public final class LossCurve implements RankEntry {
         int batch = Integer.parseInt(o.getOrDefault("batch", "4"));
         int seq = Integer.parseInt(o.getOrDefault("seq", "2048"));
         int ep = Integer.parseInt(o.getOrDefault("ep", "1"));
+        String gemm = o.getOrDefault("gemm", "bf16");
         String configJson = Files.readString(init.resolve("config.json"));
         Qwen3MoeConfig.parse(configJson);
         Backend backend;
         if (ctx.isCuda()) {
             CudaBackend cuda = new CudaBackend(ctx.device());
-            cuda.setGemmPrecision(CudaBackend.GemmPrecision.valueOf(o.getOrDefault("gemm", "bf16")
-                    .toUpperCase(java.util.Locale.ROOT)));
-            ctx.nccl().ifPresent(n -> n.setComputeStream(cuda.stream()));
+            cuda.setGemmPrecision(CudaBackend.GemmPrecision.valueOf(gemm.toUpperCase(java.util.Locale.ROOT)));
+            ctx.nccl().ifPresent(n -> n.attach(cuda));
             backend = cuda;
         } else {
             backend = new CpuBackend();
@@ -52,7 +52,7 @@ public final class LossCurve implements RankEntry {
         TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(3e-4, 3e-4, 0, steps, "constant", 0.9,
                 0.95, 1e-8, 0.1, 0, 1);
         TrainerSpec spec = new TrainerSpec(configJson, init.toString(), 0, ctx.worldSize(), ep, seq, opt,
-                ctx.backend(), ctx.device());
+                ctx.backend(), ctx.device(), "bf16".equals(gemm) ? "bf16" : "f32");
         List<Object> losses = new ArrayList<>();
         long t0 = System.nanoTime();
         try (DistributedTrainer trainer = new DistributedTrainer(spec, ctx.world(), backend,

@@ -62,7 +62,7 @@ public final class TrainBench implements RankEntry {
             CudaBackend cuda = new CudaBackend(ctx.device());
             cudaBackend = cuda;
             cuda.setGemmPrecision(CudaBackend.GemmPrecision.valueOf(gemm.toUpperCase(Locale.ROOT)));
-            ctx.nccl().ifPresent(n -> n.setComputeStream(cuda.stream()));
+            ctx.nccl().ifPresent(n -> n.attach(cuda));
             backend = o.containsKey("profile") ? profiled = OpProfiler.wrap(cuda) : cuda;
         } else {
             backend = new CpuBackend();
@@ -72,8 +72,9 @@ public final class TrainBench implements RankEntry {
         }
         TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-4, 0, warmup + steps,
                 "constant", 0.9, 0.999, 1e-8, 0.01, 0, 1);
+        // bf16 GEMMs come with FSDP's bf16 param dtype, as a job's precision: bf16 sets both (DefaultRankTrainerFactory)
         TrainerSpec spec = new TrainerSpec(config.toJson(), null, seed, ctx.worldSize(), ep, seq, opt,
-                ctx.backend(), ctx.device());
+                ctx.backend(), ctx.device(), "bf16".equals(gemm) ? "bf16" : "f32");
         // Collectives are timed by a wrapper that first drains the compute stream, so each collective's time is its
         // own; the throughput figures come from steps with the timer switched off.
         TimedCommunicator timed = new TimedCommunicator(ctx.world(), backend::synchronize);

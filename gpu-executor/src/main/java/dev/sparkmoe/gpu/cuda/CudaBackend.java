@@ -770,6 +770,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
 
     /** Launches {@code kernel} with args packed one per 8-byte slot (Integer, Long, Float, Double). */
     private void launch(String file, String kernel, int gridX, int gridY, int block, int sharedBytes, Object... args) {
+        launchOn(stream, file, kernel, gridX, gridY, block, sharedBytes, args);
+    }
+
+    /** {@link #launch} on stream {@code on} of this device. */
+    private void launchOn(CUstream_st on, String file, String kernel, int gridX, int gridY, int block,
+                          int sharedBytes, Object... args) {
         if (args.length > 32) {
             throw new IllegalArgumentException("too many kernel arguments");
         }
@@ -794,7 +800,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
                         + (a == null ? "null" : a.getClass().getName()));
             }
         }
-        Cuda.checkDriver(cudart.cuLaunchKernel(f, gridX, gridY, 1, block, 1, 1, sharedBytes, stream, argPtrs,
+        Cuda.checkDriver(cudart.cuLaunchKernel(f, gridX, gridY, 1, block, 1, 1, sharedBytes, on, argPtrs,
                 (PointerPointer<?>) null), "cuLaunchKernel(" + kernel + ", grid " + gridX + "x" + gridY + ", block "
                 + block + ", shared " + sharedBytes + ")");
     }
@@ -1085,6 +1091,28 @@ public final class CudaBackend implements Backend, AutoCloseable {
                     "cublasGemmGroupedBatchedEx(" + count + " groups, " + gemmPrecision + ")");
         } finally {
             releaseScratch(table); // stream-ordered: a later user of this block queues behind the GEMMs that read it
+        }
+    }
+
+    /**
+     * Rounds {@code n} f32 values at device address {@code src} to bf16 (nearest even) at {@code dst} (2 bytes each),
+     * enqueued on {@code on}, a stream of this device: a communicator's, for its bf16 wire. Ordering against this
+     * backend's stream is the caller's (the communicator's stream waits for the compute stream before a collective).
+     */
+    public synchronized void roundToBf16(long src, long dst, long n, CUstream_st on) {
+        current();
+        if (n > 0) {
+            launchOn(on, K, "f32_to_bf16_flat", blocksFor(Math.max(n / 4, n % 4), THREADS), 1, THREADS, 0, src, dst,
+                    n, src % 16 == 0 && dst % 8 == 0 ? 1 : 0);
+        }
+    }
+
+    /** Widens {@code n} bf16 values at {@code src} to f32 at {@code dst} (exactly), enqueued on {@code on}. */
+    public synchronized void widenBf16(long src, long dst, long n, CUstream_st on) {
+        current();
+        if (n > 0) {
+            launchOn(on, K, "bf16_to_f32_flat", blocksFor(Math.max(n / 4, n % 4), THREADS), 1, THREADS, 0, src, dst,
+                    n, src % 8 == 0 && dst % 16 == 0 ? 1 : 0);
         }
     }
 

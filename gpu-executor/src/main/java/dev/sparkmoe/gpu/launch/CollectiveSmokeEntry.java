@@ -61,6 +61,61 @@ public final class CollectiveSmokeEntry implements RankEntry {
         return 0;
     }
 
+    /**
+     * FSDP's bf16 param gather ({@link NcclCommunicator#allGatherStart(java.util.List, DType)}): parts of odd sizes
+     * at odd offsets, values that bf16 cannot hold. Every rank must receive exactly each sender's values rounded to
+     * bf16 (nearest even), its own included, the send buffers unchanged, and the wire buffer back in the allocator.
+     */
+    static void bf16WireCheck(NcclCommunicator c) {
+        int n = c.size();
+        int me = c.rank();
+        long computeStream = c.computeStream();
+        try (dev.sparkmoe.gpu.cuda.CudaBackend be = new dev.sparkmoe.gpu.cuda.CudaBackend(c.device())) {
+            c.attach(be);
+            int[] lens = {5, 1, 300, 4099};
+            Tensor[] send = new Tensor[lens.length];
+            Tensor[] recv = new Tensor[lens.length];
+            float[][] mine = new float[lens.length][];
+            java.util.List<Communicator.Part> parts = new java.util.ArrayList<>();
+            for (int i = 0; i < lens.length; i++) {
+                int l = lens[i];
+                mine[i] = new float[l + 1];
+                for (int k = 0; k < l; k++) {
+                    mine[i][k + 1] = value(me, i, k);
+                }
+                send[i] = be.upload(Tensor.of(mine[i], l + 1));
+                recv[i] = be.zeros(DType.F32, n * l + 3);
+                parts.add(new Communicator.Part(send[i], 1, recv[i], 3, l));
+            }
+            long inUse = be.memoryStats().bytesInUse();
+            c.allGatherStart(parts, DType.BF16).complete();
+            for (int i = 0; i < lens.length; i++) {
+                int l = lens[i];
+                float[] got = be.download(recv[i]).floats();
+                float[] want = new float[n * l + 3];
+                for (int q = 0; q < n; q++) {
+                    for (int k = 0; k < l; k++) {
+                        want[3 + q * l + k] = DType.roundToBf16(value(q, i, k));
+                    }
+                }
+                expect("device allGatherStart(group, bf16 wire) part " + i, want, got);
+                expect("bf16-wire send buffer " + i + " unchanged", mine[i], be.download(send[i]).floats());
+            }
+            if (be.memoryStats().bytesInUse() != inUse) {
+                throw new AssertionError("bf16-wire all-gather left " + (be.memoryStats().bytesInUse() - inUse)
+                        + " bytes allocated after complete()");
+            }
+        } finally {
+            c.detach();
+            c.setComputeStream(computeStream);
+        }
+    }
+
+    /** Distinct per rank, part and element, and not a bf16 value. */
+    private static float value(int rank, int part, int k) {
+        return (rank * 1000 + part * 100 + k % 97) * 1.001f + 1f / 3;
+    }
+
     private static void say(RankContext ctx, String msg) {
         System.out.println(ctx.tag() + ": " + msg);
         System.out.flush();
@@ -198,6 +253,7 @@ public final class CollectiveSmokeEntry implements RankEntry {
                 }
             }
         }
+        bf16WireCheck(c);
         // uneven all-to-all: rank q sends (q + p) % 3 + 1 elements to p
         int[] sc = new int[n];
         int[] rc = new int[n];

@@ -1,5 +1,6 @@
 package dev.sparkmoe.gpu.nccl;
 
+import dev.sparkmoe.gpu.cuda.CudaBackend;
 import dev.sparkmoe.gpu.cuda.DeviceMemory;
 import dev.sparkmoe.gpu.cuda.RawPointer;
 
@@ -80,6 +81,7 @@ public final class NcclCommunicator implements Communicator {
     private CUstream_st computeStream; // null: the legacy default stream
     private long computeStreamAddress;
     private final Staging staging = new Staging();
+    private CudaBackend wireBackend; // set by attach: converts and allocates for bf16-wire all-gathers
     private volatile String abortedBecause;
     private volatile boolean closed;
     /** Device collectives enqueued by the blocking-API methods and not yet seen complete, oldest first. */
@@ -265,6 +267,22 @@ public final class NcclCommunicator implements Communicator {
         return computeStreamAddress;
     }
 
+    /**
+     * Orders this communicator's device collectives after {@code backend}'s stream ({@link #setComputeStream}) and
+     * lets its all-gathers honour a {@link DType#BF16} wire ({@link #allGatherStart(List, DType)}) with the backend's
+     * conversion kernels and allocator. Sub-groups split afterwards inherit both.
+     */
+    public void attach(CudaBackend backend) {
+        setComputeStream(backend.stream());
+        this.wireBackend = backend;
+    }
+
+    /** Undoes {@link #attach}: the legacy default stream again, and all-gathers in f32 only. */
+    public void detach() {
+        setComputeStream(0);
+        this.wireBackend = null;
+    }
+
     /** True once a failure or timeout aborted this communicator. */
     public boolean isAborted() {
         return abortedBecause != null;
@@ -445,6 +463,7 @@ public final class NcclCommunicator implements Communicator {
         waitReady(child, nccl.ncclSuccess, "ncclCommSplit", ctx, deadline, options);
         NcclCommunicator sub = new NcclCommunicator(child, device, newName, options.withName(newName));
         sub.setComputeStream(computeStreamAddress); // sub-groups order their collectives with the same compute stream
+        sub.wireBackend = wireBackend;
         return sub;
     }
 
@@ -560,6 +579,70 @@ public final class NcclCommunicator implements Communicator {
             return Communicator.super.allGatherStart(parts);
         }
         return started(groupedCollective(true, parts));
+    }
+
+    /**
+     * {@link #allGatherStart(List)} with the values on the wire as bf16 where {@code wire} is {@link DType#BF16}, the
+     * communicator is {@link #attach attached} to a CUDA backend and every part is an f32 device tensor (otherwise
+     * the f32 gather): on this communicator's stream each part's {@code send} slice is rounded (nearest even) into
+     * its rank's slot of a bf16 buffer, one NCCL group gathers every part in place in bf16, and each part is widened
+     * back into its f32 {@code recv}. Half the bytes of the f32 gather; every received element, this rank's own slice
+     * included, is the bf16 rounding of what was sent. The bf16 buffer (all parts, 256-byte aligned slots) comes from
+     * the backend's allocator and goes back to it at {@link Pending#complete()}, once the compute stream waits for
+     * the gather, so the next user of that memory is ordered after it.
+     */
+    @Override
+    public Pending allGatherStart(List<Part> parts, DType wire) {
+        if (wire != DType.BF16 || wireBackend == null || size == 1 || onHost(parts)
+                || !parts.stream().allMatch(p -> p.send().dtype() == DType.F32 && p.recv().dtype() == DType.F32)) {
+            return allGatherStart(parts);
+        }
+        String what = "allGather(group of " + parts.size() + ", bf16 wire, started)";
+        int n = parts.size();
+        long[] s = new long[n];
+        long[] r = new long[n];
+        long[] slot = new long[n];
+        long bytes = 0;
+        for (int i = 0; i < n; i++) {
+            Part p = parts.get(i);
+            String part = what + " part " + i;
+            long full = (long) size * p.len();
+            s[i] = devAddress(part + " send", p.send(), p.sOff(), p.len());
+            r[i] = devAddress(part + " recv", p.recv(), p.rOff(), full);
+            slot[i] = bytes;
+            bytes += (2 * full + 255) & ~255L;
+        }
+        Tensor buffer = wireBackend.empty(DType.F32, (int) Math.max(1, (bytes + 3) / 4));
+        long base = ((DeviceMemory) buffer.deviceHandle()).address();
+        NcclWork w;
+        try {
+            w = deviceOp(what, false, () -> {
+                for (int i = 0; i < n; i++) {
+                    long len = parts.get(i).len();
+                    wireBackend.roundToBf16(s[i], base + slot[i] + 2 * rank * len, len, stream);
+                }
+                inGroup(what, () -> {
+                    for (int i = 0; i < n; i++) {
+                        long len = parts.get(i).len();
+                        long mine = base + slot[i] + 2 * rank * len;
+                        groupCall("ncclAllGather", nccl.ncclAllGather(raw(mine), raw(base + slot[i]), len,
+                                nccl.ncclBfloat16, comm, stream), what + " part " + i);
+                    }
+                });
+                for (int i = 0; i < n; i++) {
+                    wireBackend.widenBf16(base + slot[i], r[i], (long) size * parts.get(i).len(), stream);
+                }
+            });
+        } catch (RuntimeException e) {
+            wireBackend.release(buffer);
+            throw e;
+        }
+        track(w);
+        long computeAddress = computeStreamAddress;
+        return Pending.once(() -> {
+            w.waitOn(computeAddress);
+            wireBackend.release(buffer);
+        });
     }
 
     /** The reduce-scatters (sum) of a unit's gradients as one NCCL group, as {@link #allGatherStart(List)}. */

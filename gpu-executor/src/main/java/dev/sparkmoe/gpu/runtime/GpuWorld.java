@@ -21,7 +21,7 @@ public final class GpuWorld {
         NcclCommunicator.requireNvlsDisabled();
         NcclOptions options = NcclOptions.defaults(backend.device()).withName("world").withTimeout(timeout);
         NcclCommunicator world = NcclCommunicator.create(NcclBootstrap.over(host), options);
-        world.setComputeStream(backend.stream());
+        world.attach(backend);
         return world;
     }
 }

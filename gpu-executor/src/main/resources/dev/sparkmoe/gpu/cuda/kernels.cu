@@ -1038,4 +1038,38 @@ __global__ void f32_to_bf16_rows(const float* src, long long ld, int rows, int c
     }
 }
 
+// Flat conversions for a communicator's bf16 wire (NcclCommunicator's all-gather with a BF16 wire dtype): n values,
+// rounded to nearest even on the way to bf16 (as f32_to_bf16_rows), widened exactly on the way back. With vec != 0
+// (the host checked the f32 side 16-byte and the bf16 side 8-byte aligned) each thread moves four neighbours, the
+// tail of n % 4 one at a time; otherwise every thread moves one.
+__global__ void f32_to_bf16_flat(const float* src, unsigned short* dst, long long n, int vec) {
+    long long quads = vec ? n >> 2 : 0;
+    GRID_STRIDE(q, quads) {
+        float4 v = reinterpret_cast<const float4*>(src)[q];
+        unsigned int lo, hi;
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(lo) : "f"(v.y), "f"(v.x));
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(hi) : "f"(v.w), "f"(v.z));
+        reinterpret_cast<uint2*>(dst)[q] = make_uint2(lo, hi);
+    }
+    GRID_STRIDE(i, n - 4 * quads) {
+        long long e = 4 * quads + i;
+        unsigned int packed;
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(0.f), "f"(src[e]));
+        dst[e] = (unsigned short)(packed & 0xffffu);
+    }
+}
+
+__global__ void bf16_to_f32_flat(const unsigned short* src, float* dst, long long n, int vec) {
+    long long quads = vec ? n >> 2 : 0;
+    GRID_STRIDE(q, quads) {
+        uint2 b = reinterpret_cast<const uint2*>(src)[q];
+        reinterpret_cast<float4*>(dst)[q] = make_float4(__uint_as_float(b.x << 16), __uint_as_float(b.x & 0xffff0000u),
+                                                        __uint_as_float(b.y << 16), __uint_as_float(b.y & 0xffff0000u));
+    }
+    GRID_STRIDE(i, n - 4 * quads) {
+        long long e = 4 * quads + i;
+        dst[e] = __uint_as_float((unsigned int)src[e] << 16);
+    }
+}
+
 } // extern "C"

@@ -1,5 +1,6 @@
 package dev.sparkmoe.parallel.comm;
 
+import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 
 /**
@@ -142,6 +143,18 @@ public interface Communicator extends AutoCloseable {
      */
     default Pending allGatherStart(java.util.List<Part> parts) {
         return startEach(parts, p -> allGatherStart(p.send(), p.sOff(), p.len(), p.recv(), p.rOff()));
+    }
+
+    /**
+     * {@link #allGatherStart(java.util.List)} where the values may travel as {@code wire}, a narrower floating type
+     * (FSDP's mixed-precision param dtype: {@link DType#BF16} halves the bytes on the wire). A communicator that
+     * honours it rounds every element to {@code wire} (round to nearest even) before it travels, so each part's
+     * {@code recv} holds the rounded values, this rank's own slice included, and {@code send} is left unchanged. It
+     * is a permission, not an order: the default (and any communicator that moves only f32, as the CPU ones do)
+     * gathers exact f32 values, which is what a backend that computes in f32 wants anyway.
+     */
+    default Pending allGatherStart(java.util.List<Part> parts, DType wire) {
+        return allGatherStart(parts);
     }
 
     /** The reduce-scatters (sum) of {@code parts} started as one collective, as {@link #allGatherStart(java.util.List)}. */

@@ -209,6 +209,11 @@ public final class TimedCommunicator extends ForwardingCommunicator {
     }
 
     @Override
+    public Pending allGatherStart(java.util.List<Part> parts, dev.sparkmoe.core.tensor.DType wire) {
+        return timedStart("all_gather", () -> inner.allGatherStart(parts, wire));
+    }
+
+    @Override
     public Pending reduceScatterSumStart(java.util.List<Part> parts) {
         return timedStart("reduce_scatter", () -> inner.reduceScatterSumStart(parts));
     }

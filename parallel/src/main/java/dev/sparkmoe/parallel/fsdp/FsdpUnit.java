@@ -2,6 +2,7 @@ package dev.sparkmoe.parallel.fsdp;
 
 import dev.sparkmoe.core.nn.Module;
 import dev.sparkmoe.core.nn.ModuleHook;
+import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.parallel.comm.Communicator;
 import dev.sparkmoe.parallel.comm.Pending;
 import java.util.ArrayList;
@@ -26,12 +27,14 @@ public final class FsdpUnit implements ModuleHook {
     private final String path;
     private final List<FsdpParam> params;
     private final boolean reshardAfterForward;
+    private final DType paramDtype;
     private final Schedule schedule;
 
-    FsdpUnit(String path, List<FsdpParam> params, boolean reshardAfterForward, Schedule schedule) {
+    FsdpUnit(String path, List<FsdpParam> params, boolean reshardAfterForward, DType paramDtype, Schedule schedule) {
         this.path = path;
         this.params = List.copyOf(params);
         this.reshardAfterForward = reshardAfterForward;
+        this.paramDtype = paramDtype;
         this.schedule = schedule;
     }
 
@@ -59,10 +62,14 @@ public final class FsdpUnit implements ModuleHook {
 
     /**
      * Starts gathering this unit's parameters ahead of use, as one grouped all-gather per communicator (FSDP2 gathers
-     * a unit in one collective too): one launch instead of one per tensor, many of them small.
+     * a unit in one collective too): one launch instead of one per tensor, many of them small. The values travel as
+     * the policy's param dtype where the communicator can ({@link Communicator#allGatherStart(List, DType)}: NCCL
+     * sends bf16, so the gathered weights hold bf16-rounded values, as FSDP2's bf16 param dtype computes with), exact
+     * f32 elsewhere. The master shards stay f32 in every case.
      */
     public void prefetch() {
-        startGrouped(FsdpParam::beginGather, Communicator::allGatherStart, FsdpParam::gatherStarted);
+        startGrouped(FsdpParam::beginGather, (c, parts) -> c.allGatherStart(parts, paramDtype),
+                FsdpParam::gatherStarted);
     }
 
     /**

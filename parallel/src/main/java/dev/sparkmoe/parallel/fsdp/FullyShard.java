@@ -38,13 +38,14 @@ public final class FullyShard {
             params.add(fp);
         }
         FsdpUnit unit = new FsdpUnit(module.path().isEmpty() ? "<root>" : module.path(), params, reshardAfterForward,
-                schedule);
+                policy.paramDtype(), schedule);
         unit.reshard();
         module.addHook(unit);
         units.add(unit);
         if (policy.paramDtype() != dev.sparkmoe.core.tensor.DType.F32) {
             LOG.fine(() -> "FSDP unit " + unit.path() + ": param dtype " + policy.paramDtype()
-                    + " requested; kernels of a backend without it compute in f32");
+                    + " requested: gathered in it where the communicator can; kernels of a backend without it compute "
+                    + "in f32");
         }
         return unit;
     }

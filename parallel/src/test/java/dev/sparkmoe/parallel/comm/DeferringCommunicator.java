@@ -1,5 +1,6 @@
 package dev.sparkmoe.parallel.comm;
 
+import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import java.util.Arrays;
 import java.util.List;
@@ -15,17 +16,24 @@ public final class DeferringCommunicator extends ForwardingCommunicator {
     private final AtomicInteger open;
     private final AtomicInteger singles;
     private final AtomicInteger groups;
+    private final AtomicInteger wireGroups;
 
     public DeferringCommunicator(Communicator inner) {
-        this(inner, new AtomicInteger(), new AtomicInteger(), new AtomicInteger());
+        this(inner, new AtomicInteger(), new AtomicInteger(), new AtomicInteger(), new AtomicInteger());
     }
 
     private DeferringCommunicator(Communicator inner, AtomicInteger open, AtomicInteger singles,
-                                  AtomicInteger groups) {
+                                  AtomicInteger groups, AtomicInteger wireGroups) {
         super(inner);
         this.open = open;
         this.singles = singles;
         this.groups = groups;
+        this.wireGroups = wireGroups;
+    }
+
+    /** Grouped all-gathers started with a BF16 wire ({@link #allGatherStart(List, DType)}). */
+    public int wireGroups() {
+        return wireGroups.get();
     }
 
     /** Started collectives of this group and its splits not completed yet. */
@@ -67,6 +75,31 @@ public final class DeferringCommunicator extends ForwardingCommunicator {
         return defer(() -> parts.forEach(p -> inner.allGather(p.send(), p.sOff(), p.len(), p.recv(), p.rOff())));
     }
 
+    /**
+     * As {@link #allGatherStart(List)}, honouring a {@link DType#BF16} wire the way NCCL does: every gathered element
+     * rounded to bf16, the sender's own slice included, {@code send} untouched. Counted by {@link #wireGroups}.
+     */
+    @Override
+    public Pending allGatherStart(List<Part> parts, DType wire) {
+        if (wire == DType.F32) {
+            return allGatherStart(parts);
+        }
+        if (wire != DType.BF16) {
+            throw new IllegalArgumentException("wire dtype " + wire + ": this test communicator rounds to BF16 only");
+        }
+        wireGroups.incrementAndGet();
+        Pending gather = allGatherStart(parts);
+        return () -> {
+            gather.complete();
+            for (Part p : parts) {
+                float[] r = p.recv().floats();
+                for (int i = p.rOff(); i < p.rOff() + p.len() * size(); i++) {
+                    r[i] = DType.roundToBf16(r[i]);
+                }
+            }
+        };
+    }
+
     @Override
     public Pending reduceScatterSumStart(List<Part> parts) {
         groups.incrementAndGet();
@@ -91,6 +124,6 @@ public final class DeferringCommunicator extends ForwardingCommunicator {
 
     @Override
     public Communicator split(int color, int key, String name) {
-        return new DeferringCommunicator(inner.split(color, key, name), open, singles, groups);
+        return new DeferringCommunicator(inner.split(color, key, name), open, singles, groups, wireGroups);
     }
 }

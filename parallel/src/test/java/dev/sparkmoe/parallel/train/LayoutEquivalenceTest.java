@@ -100,13 +100,16 @@ class LayoutEquivalenceTest {
         List<Object[]> out = InJvmRanks.run(dp, Duration.ofSeconds(60), c -> {
             dev.sparkmoe.parallel.comm.DeferringCommunicator d = new dev.sparkmoe.parallel.comm.DeferringCommunicator(c);
             Result r = rank(d, dp, ep);
-            return new Object[] {r, d.open(), d.singlesStarted(), d.groupsStarted()};
+            return new Object[] {r, d.open(), d.singlesStarted(), d.groupsStarted(), d.wireGroups()};
         });
         Result r = (Result) out.get(0)[0];
         for (Object[] o : out) {
             assertEquals(0, (Integer) o[1], "started collectives never completed");
             assertEquals(0, (Integer) o[2], "collectives started one by one instead of as a unit's group");
             assertTrue((Integer) o[3] > 0, "no grouped collectives started");
+        }
+        for (Object[] o : out) {
+            assertEquals(0, (Integer) o[4], "an f32 run asked for a narrower wire");
         }
         assertTrue(java.util.Arrays.equals(plain.lm, r.lm), "lm losses");
         assertTrue(java.util.Arrays.equals(plain.aux, r.aux), "aux losses");
@@ -117,8 +120,13 @@ class LayoutEquivalenceTest {
     }
 
     static Result rank(Communicator c, int dp, int ep) {
+        return rank(c, spec(dp, ep), full);
+    }
+
+    static Result rank(Communicator c, TrainerSpec spec, Map<String, Tensor> state) {
+        int dp = spec.dpShard();
         // tracked: a tensor used after its release (FSDP, expert dispatch, the model) fails the test
-        try (DistributedTrainer t = new DistributedTrainer(spec(dp, ep), c, MemoryTracker.wrap(new CpuBackend()), full)) {
+        try (DistributedTrainer t = new DistributedTrainer(spec, c, MemoryTracker.wrap(new CpuBackend()), state)) {
             int[] mine = DTensor.chunkRange(batch.size(), dp, c.rank());
             List<int[]> share = batch.subList(mine[0], mine[1]);
             double[] lm = new double[3];
@@ -158,5 +166,49 @@ class LayoutEquivalenceTest {
             Fixtures.assertClose("grad " + k, reference.grads.get(k), r.grads.get(k), 1e-5);
             Fixtures.assertClose("param after 3 steps " + k, reference.params.get(k), r.params.get(k), 1e-5);
         }
+    }
+
+    /**
+     * FSDP's bf16 param dtype on a communicator that honours a bf16 wire (as NCCL does; the CPU ones gather f32):
+     * every weight a rank gathers holds its value rounded to bf16, so the first step at (dp_shard, ep) = (2, 1),
+     * where every weight is gathered, computes exactly what world 1 computes on the weights rounded to bf16 (and
+     * not what it computes on the f32 weights).
+     */
+    @org.junit.jupiter.api.Test
+    void bf16ParamDtypeGathersBf16RoundedWeights() {
+        // the fixture's weights are bf16 values already: scaled by 1 + 2^-10 most are not
+        Map<String, Tensor> scaled = new TreeMap<>();
+        Map<String, Tensor> rounded = new TreeMap<>();
+        for (Map.Entry<String, Tensor> e : full.entrySet()) {
+            float[] v = e.getValue().floats().clone();
+            float[] w = new float[v.length];
+            for (int i = 0; i < v.length; i++) {
+                v[i] *= 1f + 0x1p-10f;
+                w[i] = dev.sparkmoe.core.tensor.DType.roundToBf16(v[i]);
+            }
+            scaled.put(e.getKey(), Tensor.of(v, e.getValue().shape()));
+            rounded.put(e.getKey(), Tensor.of(w, e.getValue().shape()));
+        }
+        Result onScaled = InJvmRanks.run(1, Duration.ofSeconds(60), c -> rank(c, spec(1, 1), scaled)).get(0);
+        Result onRounded = InJvmRanks.run(1, Duration.ofSeconds(60), c -> rank(c, spec(1, 1), rounded)).get(0);
+        TrainerSpec f32 = spec(2, 1);
+        TrainerSpec bf16 = new TrainerSpec(f32.hfConfigJson(), null, 0, 2, 1, SEQ, f32.optimizer(), "cpu", -1, "bf16");
+        List<Object[]> out = InJvmRanks.run(2, Duration.ofSeconds(60), c -> {
+            dev.sparkmoe.parallel.comm.DeferringCommunicator d = new dev.sparkmoe.parallel.comm.DeferringCommunicator(c);
+            Result r = rank(d, bf16, scaled);
+            return new Object[] {r, d.wireGroups(), d.open()};
+        });
+        Result r = (Result) out.get(0)[0];
+        for (Object[] o : out) {
+            assertTrue((Integer) o[1] > 0, "no all-gather asked for a bf16 wire");
+            assertEquals(0, (Integer) o[2], "started collectives never completed");
+        }
+        assertEquals(onRounded.lm[0], r.lm[0], 1e-6 * Math.abs(onRounded.lm[0]), "step 1 lm loss on bf16 weights");
+        assertEquals(onRounded.aux[0], r.aux[0], 1e-6 * Math.abs(onRounded.aux[0]), "step 1 aux loss on bf16 weights");
+        for (String k : onRounded.grads.keySet()) {
+            Fixtures.assertClose("step 1 grad " + k, onRounded.grads.get(k), r.grads.get(k), 1e-5);
+        }
+        assertTrue(Math.abs(onScaled.lm[0] - r.lm[0]) > 1e-5 * Math.abs(onScaled.lm[0]),
+                "the bf16-gathered step gave the f32 loss " + r.lm[0] + ": the weights were not rounded");
     }
 }
