@@ -82,6 +82,8 @@ public final class NcclCommunicator implements Communicator {
     private long computeStreamAddress;
     private final Staging staging = new Staging();
     private CudaBackend wireBackend; // set by attach: converts and allocates for bf16-wire all-gathers
+    /** {@code -Dsparkmoe.nccl.bf16Wire=false} gathers f32 whatever the caller's wire (to compare the two). */
+    private static final boolean BF16_WIRE = !"false".equals(System.getProperty("sparkmoe.nccl.bf16Wire"));
     private volatile String abortedBecause;
     private volatile boolean closed;
     /** Device collectives enqueued by the blocking-API methods and not yet seen complete, oldest first. */
@@ -593,7 +595,7 @@ public final class NcclCommunicator implements Communicator {
      */
     @Override
     public Pending allGatherStart(List<Part> parts, DType wire) {
-        if (wire != DType.BF16 || wireBackend == null || size == 1 || onHost(parts)
+        if (wire != DType.BF16 || !BF16_WIRE || wireBackend == null || size == 1 || onHost(parts)
                 || !parts.stream().allMatch(p -> p.send().dtype() == DType.F32 && p.recv().dtype() == DType.F32)) {
             return allGatherStart(parts);
         }
