@@ -13,14 +13,21 @@ import java.util.Map;
  * Where a training step's time goes, op by op: a {@link Backend} wrapper that, while switched on, times every
  * backend call. In {@link Mode#HOST} it measures the host time of each call (launch cost, and the waits of calls
  * that copy to the host); in {@link Mode#DEVICE} it drains the device before and after each call, so the time is
- * the op's own device time plus one launch. Off, it only forwards. GEMMs are keyed by their shape.
+ * the op's own device time plus one launch. In {@link Mode#TRACE} nothing is drained: a mark on the device's
+ * timeline ({@link Timeline}: CUDA events on the backend's stream) before and after each call gives each op's device
+ * time as the step really ran it, and the time between one op's end and the next op's start is the device's idle
+ * time, charged to the op it waited for ("idle before ..."): the host enqueueing too slowly (after a copy to the
+ * host drained the queue) or the stream waiting on another one (a collective's event). Off, it only forwards. GEMMs
+ * are keyed by their shape.
  */
 public final class OpProfiler extends BackendInterceptor {
 
     /** What {@link #handler} measures while on. */
-    public enum Mode { OFF, HOST, DEVICE }
+    public enum Mode { OFF, HOST, DEVICE, TRACE }
 
     private final Map<String, long[]> stats = new HashMap<>();
+    private final List<String> traced = new ArrayList<>(); // TRACE: the key of each call, marks 2i and 2i + 1
+    private Timeline timeline;
     private Mode mode = Mode.OFF;
     private Mode measured = Mode.OFF;
 
@@ -40,18 +47,47 @@ public final class OpProfiler extends BackendInterceptor {
 
     public void start(Mode m) {
         stats.clear();
+        traced.clear();
+        if (m == Mode.TRACE && timeline == null) {
+            timeline = Timeline.of(inner);
+        }
         mode = m;
         measured = m;
     }
 
+    /** Stops; in {@link Mode#TRACE} waits for the device and turns the marks into the report's rows. */
     public void stop() {
+        if (mode == Mode.TRACE) {
+            double[] ms = timeline.drain();
+            for (int i = 0; i < traced.size(); i++) {
+                String k = traced.get(i);
+                add(k, Math.round((ms[2 * i + 1] - ms[2 * i]) * 1e6));
+                if (i > 0) {
+                    add("idle before " + k, Math.round(Math.max(0, ms[2 * i] - ms[2 * i - 1]) * 1e6));
+                }
+            }
+            traced.clear();
+        }
         mode = Mode.OFF;
+    }
+
+    private void add(String key, long nanos) {
+        long[] s = stats.computeIfAbsent(key, x -> new long[2]);
+        s[0] += nanos;
+        s[1]++;
     }
 
     @Override
     public Object invoke(Object proxy, Method method, Object[] args) throws Throwable {
         if (mode == Mode.OFF || method.getName().equals("synchronize") || method.getDeclaringClass() == Object.class) {
             return forward(method, args);
+        }
+        if (mode == Mode.TRACE) {
+            timeline.mark();
+            Object r = forward(method, args);
+            timeline.mark();
+            traced.add(key(method, args));
+            return r;
         }
         if (mode == Mode.DEVICE) {
             inner.synchronize();
@@ -61,10 +97,7 @@ public final class OpProfiler extends BackendInterceptor {
         if (mode == Mode.DEVICE) {
             inner.synchronize();
         }
-        long dt = System.nanoTime() - t0;
-        long[] s = stats.computeIfAbsent(key(method, args), k -> new long[2]);
-        s[0] += dt;
-        s[1]++;
+        add(key(method, args), System.nanoTime() - t0);
         return r;
     }
 
@@ -96,8 +129,18 @@ public final class OpProfiler extends BackendInterceptor {
             total += r.getValue()[0];
         }
         StringBuilder sb = new StringBuilder();
-        sb.append(String.format(Locale.ROOT, "op profile (%s): %.2f ms per step in backend calls%n", measured,
-                total / 1e6 / steps));
+        if (measured == Mode.TRACE) {
+            long idle = 0;
+            for (Map.Entry<String, long[]> r : rows) {
+                idle += r.getKey().startsWith("idle before ") ? r.getValue()[0] : 0;
+            }
+            sb.append(String.format(Locale.ROOT, "op trace (TRACE): %.2f ms per step on the device from the first "
+                    + "call to the last: %.2f ms in calls, %.2f ms idle between them%n", total / 1e6 / steps,
+                    (total - idle) / 1e6 / steps, idle / 1e6 / steps));
+        } else {
+            sb.append(String.format(Locale.ROOT, "op profile (%s): %.2f ms per step in backend calls%n", measured,
+                    total / 1e6 / steps));
+        }
         for (Map.Entry<String, long[]> r : rows) {
             sb.append(String.format(Locale.ROOT, "  %9.3f ms %7d calls  %s%n", r.getValue()[0] / 1e6 / steps,
                     r.getValue()[1] / steps, r.getKey()));

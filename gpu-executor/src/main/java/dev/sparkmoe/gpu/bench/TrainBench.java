@@ -33,8 +33,8 @@ import java.util.SplittableRandom;
  *
  * <p>Options: --config FILE|JSON, --batch B (4), --seq T (2048), --steps N (8), --warmup N (3), --ep M (1),
  * --gemm f32|tf32|bf16 (bf16: tensor cores with f32 accumulation), --seed S (0), --out FILE (JSON also written),
- * --profile 1 (after the timed steps, one step with every backend call timed on the host and one timed on the device;
- * see {@link OpProfiler}), --memory 1 (after the timed steps, one step with every allocation followed: the peak of
+ * --profile 1 (after the timed steps, one step traced on the device's timeline, one with every backend call timed on the
+ * host and one timed on the device alone; see {@link OpProfiler}), --memory 1 (after the timed steps, one step with every allocation followed: the peak of
  * live tensor bytes and who held them at that moment, see {@link MemoryTracker}; works on the CPU backend too).
  */
 public final class TrainBench implements RankEntry {
@@ -124,7 +124,8 @@ public final class TrainBench implements RankEntry {
             }
             if (profiled != null) {
                 OpProfiler prof = OpProfiler.handler(profiled);
-                for (OpProfiler.Mode m : new OpProfiler.Mode[] {OpProfiler.Mode.HOST, OpProfiler.Mode.DEVICE}) {
+                for (OpProfiler.Mode m : new OpProfiler.Mode[] {OpProfiler.Mode.TRACE, OpProfiler.Mode.HOST,
+                    OpProfiler.Mode.DEVICE}) {
                     backend.synchronize();
                     prof.start(m);
                     long p0 = System.nanoTime();

@@ -36,4 +36,31 @@ class OpProfilerTest {
         Tensor bad = Tensor.ofInts(new int[] {5, 0}, 2); // target 5 outside a vocabulary of 2
         assertThrows(IllegalArgumentException.class, () -> be.crossEntropy(a, bad, 2, 2, 1f, c));
     }
+
+    /**
+     * TRACE on a host backend (its timeline is the host clock): each call's time is its own, and the time between
+     * calls, here a sleep of the caller, is reported as idle before the call that followed it.
+     */
+    @Test
+    void traceChargesTheGapBetweenCallsToTheCallAfterIt() throws InterruptedException {
+        Backend be = OpProfiler.wrap(new CpuBackend());
+        OpProfiler prof = OpProfiler.handler(be);
+        Tensor a = Tensor.of(new float[] {1, 2, 3, 4}, 2, 2);
+        Tensor c = be.zeros(DType.F32, 2, 2);
+        prof.start(OpProfiler.Mode.TRACE);
+        be.axpy(1f, a, 0, c, 0, 4);
+        Thread.sleep(40);
+        be.scale(c, 2f);
+        prof.stop();
+        assertArrayEquals(new float[] {2, 4, 6, 8}, c.floats());
+        String report = prof.report(1);
+        assertTrue(report.startsWith("op trace (TRACE)"), report);
+        java.util.regex.Matcher idle = java.util.regex.Pattern
+                .compile("([0-9.]+) ms idle between them").matcher(report);
+        assertTrue(idle.find(), report);
+        double ms = Double.parseDouble(idle.group(1));
+        assertTrue(ms >= 39 && ms < 1000, report);
+        assertTrue(report.contains("1 calls  idle before scale"), report);
+        assertFalse(report.contains("idle before axpy"), report); // nothing ran before the first call
+    }
 }
