@@ -59,17 +59,29 @@ public final class OpProfiler extends BackendInterceptor {
     public void stop() {
         if (mode == Mode.TRACE) {
             double[] ms = timeline.drain();
+            gaps.clear();
             for (int i = 0; i < traced.size(); i++) {
                 String k = traced.get(i);
                 add(k, Math.round((ms[2 * i + 1] - ms[2 * i]) * 1e6));
                 if (i > 0) {
-                    add("idle before " + k, Math.round(Math.max(0, ms[2 * i] - ms[2 * i - 1]) * 1e6));
+                    double idle = Math.max(0, ms[2 * i] - ms[2 * i - 1]);
+                    add("idle before " + k, Math.round(idle * 1e6));
+                    gaps.add(new Gap(idle, i, ms[2 * i], traced.get(i - 1), k));
                 }
             }
+            gaps.sort((a, b) -> Double.compare(b.ms, a.ms));
+            gaps.subList(Math.min(gaps.size(), LONGEST_GAPS), gaps.size()).clear();
             traced.clear();
         }
         mode = Mode.OFF;
     }
+
+    /** The longest idle times of the last trace: where (call index, ms into the trace) and between which calls. */
+    private record Gap(double ms, int call, double at, String after, String before) {
+    }
+
+    private static final int LONGEST_GAPS = 16;
+    private final List<Gap> gaps = new ArrayList<>();
 
     private void add(String key, long nanos) {
         long[] s = stats.computeIfAbsent(key, x -> new long[2]);
@@ -144,6 +156,13 @@ public final class OpProfiler extends BackendInterceptor {
         for (Map.Entry<String, long[]> r : rows) {
             sb.append(String.format(Locale.ROOT, "  %9.3f ms %7d calls  %s%n", r.getValue()[0] / 1e6 / steps,
                     r.getValue()[1] / steps, r.getKey()));
+        }
+        if (measured == Mode.TRACE && !gaps.isEmpty()) {
+            sb.append(String.format(Locale.ROOT, "longest idle times (of the last traced step)%n"));
+            for (Gap g : gaps) {
+                sb.append(String.format(Locale.ROOT, "  %9.3f ms at %8.3f ms, call %6d: after %s, before %s%n", g.ms,
+                        g.at, g.call, g.after, g.before));
+            }
         }
         return sb.toString();
     }

@@ -62,5 +62,6 @@ class OpProfilerTest {
         assertTrue(ms >= 39 && ms < 1000, report);
         assertTrue(report.contains("1 calls  idle before scale"), report);
         assertFalse(report.contains("idle before axpy"), report); // nothing ran before the first call
+        assertTrue(report.contains("call      1: after axpy, before scale"), report);
     }
 }
