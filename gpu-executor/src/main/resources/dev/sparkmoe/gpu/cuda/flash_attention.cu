@@ -27,9 +27,16 @@
 // rows are all masked in a tile skip its arithmetic (but not the block barriers). dk and dv are owned by one CTA
 // each and dq by one CTA per row block: no atomics, deterministic.
 //
+// Two kernel sets (CudaBackend.FlashKernels): the first ones (V1: fa_fwd_d*, fa_bwd_di, fa_bwd_dq_d*,
+// fa_bwd_dkdv_d*), which read the f32 tensors and round while staging, and the "v2" ones after them (fa_bwd_prep,
+// fa_fwd2*, fa_bwd_dq2*, fa_bwd_dkdv2*; V2, V2_S2, V2_W8, V2_W8 the default), which read bf16 copies through cp.async
+// (see the v2 section). Both give the same bits.
+//
 // NVRTC source: no headers, device code only; bf16 conversion, exp2, ldmatrix and mma through inline PTX (sm_80+).
-// gpu-executor/scripts/flash_attention_emulator.py transliterates these kernels lane by lane (with mma and ldmatrix
+// gpu-executor/scripts/flash_attention_emulator.py transliterates the V1 kernels lane by lane (with mma and ldmatrix
 // emulated from the PTX definitions above) and checks them against an f64 reference on the host; keep it in step.
+// It does not transliterate the v2 kernels (cp.async ring, ldmatrix B operands): they are covered through their
+// bitwise equality with V1, which FlashAttentionTest checks on the GPU for every shape it runs.
 
 typedef unsigned int fa_u32;
 typedef unsigned short fa_bf16;  // bf16 bits
@@ -551,8 +558,8 @@ __device__ __forceinline__ void fa_bwd_dkdv_impl(const float* __restrict__ dOut,
 }
 
 // ============================================================================================================ v2
-// The "v2" kernels (CudaBackend FlashKernels V2, V2_W8; the default): the same products, rounding points, tile
-// orders and accumulation orders as the kernels above, but their inputs are bf16 copies made once per call
+// The "v2" kernels (CudaBackend FlashKernels V2, V2_S2, V2_W8; V2_W8 the default): the same products, rounding
+// points, tile orders and accumulation orders as the kernels above, but their inputs are bf16 copies made once per call
 // (q, k, v by f32_to_bf16_rows in kernels.cu; dO by fa_bwd_prep, which also writes Di exactly as fa_bwd_di does),
 // staged into shared memory with 16-byte cp.async copies (no conversion in the loops), in a ring of STAGES tiles
 // (2 or 3: the next STAGES - 1 tiles are in flight while the current one is multiplied; one block barrier per
@@ -561,7 +568,9 @@ __device__ __forceinline__ void fa_bwd_dkdv_impl(const float* __restrict__ dOut,
 // (K in S = Q K^T, V in dP = dO V^T, Q and dO in S^T = K Q^T and dP^T = V dO^T) and the dk/dv kernel's K, V A
 // operands read by ldmatrix.x4 instead of 32-bit shared loads. With the same tile sizes the outputs equal those of
 // the kernels above bit for bit (the emulator, which transliterates the kernels above, covers these by that
-// equality; the GPU test checks it).
+// equality; the GPU test checks it). Measured on an H200 (B=4, T=2048, Hq=16, Hkv=4, D=64, CUDA events, median of
+// 15), forward / backward per call: V1 0.332 / 1.538 ms; V2 0.226 / 0.699; V2_S2 0.217 / 0.690; V2_W8 0.223 /
+// 0.631 ms (backward parts of V2_W8: copies and Di 0.089, dk/dv 0.314, dq 0.231 ms; V1's dk/dv 0.912, dq 0.561).
 //
 // ldmatrix.x4 (non-transposed) as a B operand pair: lanes address rows n0 + (lane & 7) + 8 * (lane >> 4) at column
 // k0 + 8 * ((lane >> 3) & 1) of a row-major [n][k] tile; r0, r1 = b0, b1 of the n-tile at n0, r2, r3 = those of the

@@ -24,8 +24,8 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
  * The tensor-core flash-attention kernels ({@link CudaBackend.AttentionMode#FLASH}, {@code flash_attention.cu})
  * against the f32 {@link CpuBackend} twin: forward (out, lse) and backward (dq, dk, dv) on N(0, 1) inputs (the scale
  * of q and k after RMSNorm), for head dims 64 and 128, sequence lengths that are not multiples of the tiles (1, 37,
- * 200) and ones that are (64, 128), grouped (Hq = 4, Hkv = 2) and ungrouped (Hq = Hkv) heads, and the benchmark shape
- * B=4, T=2048, Hq=16, Hkv=4, D=64.
+ * 129, 200, 300) and ones that are (64, 128), grouped (Hq / Hkv = 2, 3, 4) and ungrouped (Hq = Hkv) heads, and the
+ * benchmark shape B=4, T=2048, Hq=16, Hkv=4, D=64.
  *
  * <p>Tolerance: the kernels round q, k, v, dO, P and dS to bf16 (8 significant bits, 2^-9 relative) as MMA operands
  * and accumulate in f32, so each tensor is held to max |gpu - cpu| <= 2e-2 * max(max |cpu|, 1e-2) (the floor only
@@ -33,8 +33,8 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
  * 2e-3 to 7e-3 at these shapes. Every output must be finite (the GPU outputs are poisoned with NaN first, so an
  * unwritten element fails too). Skipped without a GPU, or on one older than sm_80.
  *
- * <p>Every FLASH case runs with each {@link CudaBackend.FlashKernels} set (V1, the first kernels; V2 and V2_W8, the
- * bf16-staged ones), and the log says whether a set's outputs equal V1's bit for bit (they should: same products,
+ * <p>Every FLASH case runs with each {@link CudaBackend.FlashKernels} set (V1, the first kernels; V2, V2_S2 and V2_W8,
+ * the bf16-staged ones), and the log says whether a set's outputs equal V1's bit for bit (they should: same products,
  * rounding points and accumulation orders). {@link #flashTimings} (only with {@code -Dsparkmoe.cuda.attnBench=true})
  * prints GEMM (BF16) and each FLASH kernel set's forward and backward times at the benchmark shape, with a
  * breakdown of the backward (bf16 copies and Di, dk/dv, dq).
