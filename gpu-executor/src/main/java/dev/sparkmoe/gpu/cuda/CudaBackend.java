@@ -144,6 +144,44 @@ public final class CudaBackend implements Backend, AutoCloseable {
         FLASH
     }
 
+    /**
+     * Which kernels of {@code flash_attention.cu} {@link AttentionMode#FLASH} runs. Chosen by
+     * {@code -Dsparkmoe.cuda.flashKernels=v1|v2|v2_s2|v2_w8} (default v2_w8, the fastest measured) or
+     * {@link #setFlashKernels}. All give the same bits (same products, rounding points and accumulation orders); they
+     * differ in speed only.
+     */
+    public enum FlashKernels {
+        /** The first kernels: f32 inputs rounded to bf16 while staging each tile (synchronous loads). */
+        V1("", 0, 0),
+        /**
+         * bf16 copies of q, k, v (and dO with Di, in the backward) made once per call, tiles staged by cp.async in a
+         * ring of 3, B operands by ldmatrix; same tile sizes as V1.
+         */
+        V2("", 3, 4),
+        /** V2 with a ring of 2 tiles. */
+        V2_S2("s2", 2, 4),
+        /**
+         * V2 with 8-warp backward CTAs (128 query rows per dq CTA, 128 key rows per dk/dv CTA); the default (fastest
+         * measured, see {@link #attentionBackward}).
+         */
+        V2_W8("w8", 3, 8);
+
+        final String backwardSuffix;
+        final int stages;
+        final int backwardWarps;
+
+        FlashKernels(String backwardSuffix, int stages, int backwardWarps) {
+            this.backwardSuffix = backwardSuffix;
+            this.stages = stages;
+            this.backwardWarps = backwardWarps;
+        }
+
+        /** Suffix of the v2 forward kernel's name: "s2" for V2_S2, else "". */
+        String forwardSuffix() {
+            return stages == 2 ? "s2" : "";
+        }
+    }
+
     /** Default bound of the transient score buffers of {@link AttentionMode#GEMM} attention (bytes per call). */
     public static final long DEFAULT_ATTENTION_CHUNK_BYTES = 512L << 20;
 
@@ -188,6 +226,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private boolean bf16Operands = Boolean.getBoolean("sparkmoe.cuda.bf16Operands");
     private GroupedMode groupedMode;
     private AttentionMode attentionMode;
+    private FlashKernels flashKernels;
+    /**
+     * Timing hook for the tests (package-private): which stages of a FLASH backward run, as bits (1: the bf16 copies
+     * and Di, 2: dk/dv, 4: dq); 7 (all) unless a timing test changes it. Any other value leaves outputs unwritten.
+     */
+    int flashBackwardStages = 7;
     private long attentionChunkBytes;
     private long nextBufferId;
     private long nextScopeId;
@@ -238,6 +282,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.attentionMode = AttentionMode.valueOf(System.getProperty("sparkmoe.cuda.attention", "auto")
                 .toUpperCase(Locale.ROOT));
         this.attentionChunkBytes = Long.getLong("sparkmoe.cuda.attention.chunkBytes", DEFAULT_ATTENTION_CHUNK_BYTES);
+        this.flashKernels = FlashKernels.valueOf(System.getProperty("sparkmoe.cuda.flashKernels", "v2_w8")
+                .toUpperCase(Locale.ROOT));
         this.errorWord = allocate(16);
         Cuda.check(cudart.cudaMemsetAsync(ptr(errorWord, 0), 0, 16, stream), "cudaMemsetAsync(error word)");
         LOG.info(String.format("CUDA backend %s: %s, %s, %d SMs, gemm %s, grouped gemm %s (now %s), attention %s "
@@ -314,6 +360,18 @@ public final class CudaBackend implements Backend, AutoCloseable {
             LOG.info(name + ": attention " + attentionMode + " -> " + m);
         }
         this.attentionMode = m;
+    }
+
+    public synchronized void setFlashKernels(FlashKernels k) {
+        if (k != flashKernels) {
+            LOG.info(name + ": flash kernels " + flashKernels + " -> " + k);
+        }
+        this.flashKernels = k;
+    }
+
+    /** The kernels {@link AttentionMode#FLASH} runs ({@link FlashKernels#V2_W8} unless set). */
+    public synchronized FlashKernels flashKernels() {
+        return flashKernels;
     }
 
     /** The configured mode ({@link AttentionMode#AUTO} unless set); {@link #effectiveAttentionMode} says what runs. */
@@ -1404,6 +1462,9 @@ public final class CudaBackend implements Backend, AutoCloseable {
      * fragments by {@code ldmatrix.trans}); the online softmax (running max and sum, exp2 domain) is f32 and P is
      * rounded to bf16 only as the operand of P V. O and lse = max + log(sum) are written in f32. Error against the
      * f32 reference: bf16 rounding of q, k, v and P (about 4e-3 relative each), so about 1e-2 of the max magnitude.
+     * {@link FlashKernels} picks the kernel set: the default v2 sets copy q, k, v to bf16 once per call (scratch,
+     * released stream-ordered) and stage the K, V tiles by {@code cp.async} in a ring of 3; V1 rounds while staging.
+     * Same bits either way. Forward on an H200 at the benchmark shape below: V1 0.332 ms, V2_W8 0.223 ms.
      *
      * <p>In {@link AttentionMode#GEMM} mode this is a batched-GEMM version on the tensor cores (with the current
      * {@link GemmPrecision}):
@@ -1446,7 +1507,13 @@ public final class CudaBackend implements Backend, AutoCloseable {
      * dP^T = V dO^T, dS^T = P^T (dP^T - Di), dK += dS^T Q, and writes dk = scale dK and dv (each owned by one CTA: no
      * atomics, deterministic); a third kernel, one CTA of 4 warps per (block of 64 query rows, batch item, query
      * head), recomputes S, P, dP, dS over the key tiles (64 keys, 32 at D=128) up to the diagonal and writes
-     * dq = scale dS K. bf16 operands and f32 accumulation as in the forward pass.
+     * dq = scale dS K. bf16 operands and f32 accumulation as in the forward pass. With the v2 {@link FlashKernels}
+     * (default {@link FlashKernels#V2_W8}) q, k, v are copied to bf16 and a prep kernel writes bf16 dO with Di; the
+     * dk/dv and dq kernels stage their streamed tiles by {@code cp.async} in a ring of 3 and read B operands by
+     * ldmatrix; V2_W8's CTAs have 8 warps (128 key rows per dk/dv CTA, 128 query rows per dq CTA). Same bits as V1.
+     * Measured on an H200 (B=4, T=2048, Hq=16, Hkv=4, D=64, median of 15 by CUDA events, FlashAttentionTest
+     * flashTimings): V1 1.538 ms (dk/dv 0.912, dq 0.561, Di 0.045), V2 0.699 ms, V2_S2 0.690 ms, V2_W8 0.631 ms
+     * (dk/dv 0.314, dq 0.231, copies and Di 0.089).
      *
      * <p>In {@link AttentionMode#GEMM} mode, per chunk of heads: S = scale Q K^T
      * and dP = dO V^T (batched GEMMs), a row kernel writes P = exp(S - lse) (masked) and dS = P (dP - D) scale in
@@ -1664,8 +1731,24 @@ public final class CudaBackend implements Backend, AutoCloseable {
             return false;
         }
         int bm = 16 * FLASH_FWD_WARPS;
-        launch(FA, "fa_fwd_d" + D, batch * qHeads, ceilDiv(T, bm), 32 * FLASH_FWD_WARPS, 4 * FLASH_FWD_BN * ld, qA, kA,
-                vA, T, qHeads, kvHeads, scale, oA, lseA);
+        if (flashKernels == FlashKernels.V1) {
+            launch(FA, "fa_fwd_d" + D, batch * qHeads, ceilDiv(T, bm), 32 * FLASH_FWD_WARPS, 4 * FLASH_FWD_BN * ld, qA,
+                    kA, vA, T, qHeads, kvHeads, scale, oA, lseA);
+            return true;
+        }
+        DeviceBuffer q16 = bf16Copy(q, "q", 0, qHeads * D, batch * T, qHeads * D);
+        DeviceBuffer k16 = bf16Copy(k, "k", 0, kvHeads * D, batch * T, kvHeads * D);
+        DeviceBuffer v16 = bf16Copy(v, "v", 0, kvHeads * D, batch * T, kvHeads * D);
+        try {
+            launch(FA, "fa_fwd2" + flashKernels.forwardSuffix() + "_d" + D, batch * qHeads, ceilDiv(T, bm),
+                    32 * FLASH_FWD_WARPS, 4 * flashKernels.stages * FLASH_FWD_BN * ld,
+                    q16.address(), k16.address(), v16.address(), T, qHeads, kvHeads, scale, oA, lseA);
+        } finally {
+            // stream-ordered: a later user of these blocks queues behind the kernel that reads them
+            releaseScratch(q16);
+            releaseScratch(k16);
+            releaseScratch(v16);
+        }
         return true;
     }
 
@@ -1682,21 +1765,75 @@ public final class CudaBackend implements Backend, AutoCloseable {
         if (!flashUsable(T, dOA, qA, kA, vA, dqA, dkA, dvA)) {
             return false;
         }
+        if (flashKernels != FlashKernels.V1) {
+            attentionBackwardFlash2(dOA, outA, q, k, v, lseA, batch, T, qHeads, kvHeads, D, scale, dqA, dkA, dvA);
+            return true;
+        }
         Tensor di = scratch(DType.F32, rowsL);
         try {
             long diA = addr(di, "di", 0, rowsL);
-            launch(FA, "fa_bwd_di", blocksFor((long) rowsL * 32, THREADS), 1, THREADS, 0, dOA, outA, batch, T, qHeads,
-                    D, diA);
+            if ((flashBackwardStages & 1) != 0) {
+                launch(FA, "fa_bwd_di", blocksFor((long) rowsL * 32, THREADS), 1, THREADS, 0, dOA, outA, batch, T,
+                        qHeads, D, diA);
+            }
             int bnKv = 16 * FLASH_DKDV_WARPS, bmKv = flashDkdvBm(D);
-            launch(FA, "fa_bwd_dkdv_d" + D, batch * kvHeads, ceilDiv(T, bnKv), 32 * FLASH_DKDV_WARPS,
-                    4 * (bnKv + bmKv) * ld + 8 * bmKv, dOA, qA, kA, vA, lseA, diA, T, qHeads, kvHeads, scale, dkA, dvA);
+            if ((flashBackwardStages & 2) != 0) {
+                launch(FA, "fa_bwd_dkdv_d" + D, batch * kvHeads, ceilDiv(T, bnKv), 32 * FLASH_DKDV_WARPS,
+                        4 * (bnKv + bmKv) * ld + 8 * bmKv, dOA, qA, kA, vA, lseA, diA, T, qHeads, kvHeads, scale, dkA,
+                        dvA);
+            }
             int bmQ = 16 * FLASH_DQ_WARPS;
-            launch(FA, "fa_bwd_dq_d" + D, batch * qHeads, ceilDiv(T, bmQ), 32 * FLASH_DQ_WARPS, 4 * flashDqBn(D) * ld,
-                    dOA, qA, kA, vA, lseA, diA, T, qHeads, kvHeads, scale, dqA);
+            if ((flashBackwardStages & 4) != 0) {
+                launch(FA, "fa_bwd_dq_d" + D, batch * qHeads, ceilDiv(T, bmQ), 32 * FLASH_DQ_WARPS,
+                        4 * flashDqBn(D) * ld, dOA, qA, kA, vA, lseA, diA, T, qHeads, kvHeads, scale, dqA);
+            }
         } finally {
             dispose(di);
         }
         return true;
+    }
+
+    /** The backward of the v2 {@link FlashKernels}: bf16 copies, dO copy with Di, dk/dv, dq. */
+    private void attentionBackwardFlash2(long dOA, long outA, Tensor q, Tensor k, Tensor v, long lseA, int batch,
+                                         int T, int qHeads, int kvHeads, int D, float scale, long dqA, long dkA,
+                                         long dvA) {
+        final int ld = D + 8, rowsL = batch * qHeads * T;
+        String suf = flashKernels.backwardSuffix;
+        int warps = flashKernels.backwardWarps, stages = flashKernels.stages;
+        final int rows = batch * T, qCols = qHeads * D, kvCols = kvHeads * D;
+        DeviceBuffer di = allocate(4L * rowsL);
+        DeviceBuffer dO16 = allocate(2L * rows * qCols);
+        boolean prep = (flashBackwardStages & 1) != 0;  // else (timing hook) the copies are left unwritten
+        DeviceBuffer q16 = prep ? bf16Copy(q, "q", 0, qCols, rows, qCols) : allocate(2L * rows * qCols);
+        DeviceBuffer k16 = prep ? bf16Copy(k, "k", 0, kvCols, rows, kvCols) : allocate(2L * rows * kvCols);
+        DeviceBuffer v16 = prep ? bf16Copy(v, "v", 0, kvCols, rows, kvCols) : allocate(2L * rows * kvCols);
+        try {
+            long diA = di.address();
+            if (prep) {
+                launch(FA, "fa_bwd_prep", blocksFor((long) rowsL * 32, THREADS), 1, THREADS, 0, dOA, outA, batch, T,
+                        qHeads, D, diA, dO16.address());
+            }
+            long dO16A = dO16.address(), q16A = q16.address(), k16A = k16.address(), v16A = v16.address();
+            int bnKv = 16 * warps, bmKv = flashDkdvBm(D);
+            if ((flashBackwardStages & 2) != 0) {
+                launch(FA, "fa_bwd_dkdv2" + suf + "_d" + D, batch * kvHeads, ceilDiv(T, bnKv), 32 * warps,
+                        2 * (2 * bnKv + 2 * stages * bmKv) * ld + 8 * stages * bmKv, dO16A, q16A, k16A, v16A, lseA,
+                        diA, T, qHeads, kvHeads, scale, dkA, dvA);
+            }
+            int bmQ = 16 * warps;
+            if ((flashBackwardStages & 4) != 0) {
+                launch(FA, "fa_bwd_dq2" + suf + "_d" + D, batch * qHeads, ceilDiv(T, bmQ), 32 * warps,
+                        4 * stages * flashDqBn(D) * ld, dO16A, q16A, k16A, v16A, lseA, diA, T, qHeads, kvHeads, scale,
+                        dqA);
+            }
+        } finally {
+            // stream-ordered: a later user of these blocks queues behind the kernels that read them
+            releaseScratch(di);
+            releaseScratch(dO16);
+            releaseScratch(q16);
+            releaseScratch(k16);
+            releaseScratch(v16);
+        }
     }
 
     private void attentionForwardFused(Tensor q, Tensor k, Tensor v, int batch, int seqLen, int qHeads,

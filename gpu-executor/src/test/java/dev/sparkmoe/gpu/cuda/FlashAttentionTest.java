@@ -24,8 +24,8 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
  * The tensor-core flash-attention kernels ({@link CudaBackend.AttentionMode#FLASH}, {@code flash_attention.cu})
  * against the f32 {@link CpuBackend} twin: forward (out, lse) and backward (dq, dk, dv) on N(0, 1) inputs (the scale
  * of q and k after RMSNorm), for head dims 64 and 128, sequence lengths that are not multiples of the tiles (1, 37,
- * 200) and ones that are (64, 128), grouped (Hq = 4, Hkv = 2) and ungrouped (Hq = Hkv) heads, and the benchmark shape
- * B=4, T=2048, Hq=16, Hkv=4, D=64.
+ * 129, 200, 300) and ones that are (64, 128), grouped (Hq / Hkv = 2, 3, 4) and ungrouped (Hq = Hkv) heads, and the
+ * benchmark shape B=4, T=2048, Hq=16, Hkv=4, D=64.
  *
  * <p>Tolerance: the kernels round q, k, v, dO, P and dS to bf16 (8 significant bits, 2^-9 relative) as MMA operands
  * and accumulate in f32, so each tensor is held to max |gpu - cpu| <= 2e-2 * max(max |cpu|, 1e-2) (the floor only
@@ -33,8 +33,11 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
  * 2e-3 to 7e-3 at these shapes. Every output must be finite (the GPU outputs are poisoned with NaN first, so an
  * unwritten element fails too). Skipped without a GPU, or on one older than sm_80.
  *
- * <p>{@link #flashTimings} (only with {@code -Dsparkmoe.cuda.attnBench=true}) prints FLASH against GEMM (BF16)
- * forward and backward times at the benchmark shape.
+ * <p>Every FLASH case runs with each {@link CudaBackend.FlashKernels} set (V1, the first kernels; V2, V2_S2 and V2_W8,
+ * the bf16-staged ones), and the log says whether a set's outputs equal V1's bit for bit (they should: same products,
+ * rounding points and accumulation orders). {@link #flashTimings} (only with {@code -Dsparkmoe.cuda.attnBench=true})
+ * prints GEMM (BF16) and each FLASH kernel set's forward and backward times at the benchmark shape, with a
+ * breakdown of the backward (bf16 copies and Di, dk/dv, dq).
  */
 class FlashAttentionTest {
     static final double TOL = 2e-2;
@@ -44,12 +47,14 @@ class FlashAttentionTest {
     private CudaBackend gpu;
     private CudaBackend.AttentionMode mode0;
     private CudaBackend.GemmPrecision prec0;
+    private CudaBackend.FlashKernels kernels0;
 
     @BeforeEach
     void setUp() {
         gpu = GpuTestSupport.backend();
         mode0 = gpu.attentionMode();
         prec0 = gpu.gemmPrecision();
+        kernels0 = gpu.flashKernels();
         gpu.setAttentionMode(CudaBackend.AttentionMode.FLASH);
         assumeTrue(gpu.effectiveAttentionMode(64) == CudaBackend.AttentionMode.FLASH,
                 () -> "flash attention needs sm_80 or newer, the device is " + gpu.arch());
@@ -60,6 +65,7 @@ class FlashAttentionTest {
         if (gpu != null) {
             gpu.setAttentionMode(mode0);
             gpu.setGemmPrecision(prec0);
+            gpu.setFlashKernels(kernels0);
         }
     }
 
@@ -77,38 +83,82 @@ class FlashAttentionTest {
         return gpu.download(t).floats();
     }
 
-    /** out, lse, dq, dk, dv of one shape on both backends: {cpu[5], gpu[5]}. */
+    static final CudaBackend.FlashKernels[] KERNELS = CudaBackend.FlashKernels.values();
+
+    /**
+     * out, lse, dq, dk, dv of one shape: {cpu[5], gpu[5] per {@link #KERNELS} entry} (the same inputs for every
+     * kernel set).
+     */
     private float[][][] run(long seed, int b, int t, int hq, int hkv, int d) {
         Random r = new Random(seed);
         float scale = (float) (1 / Math.sqrt(d));
-        int nq = b * t * hq * d, nkv = b * t * hkv * d, nl = b * hq * t;
+        int nq = b * t * hq * d, nkv = b * t * hkv * d;
         float[] q = rnd(r, nq, 1), k = rnd(r, nkv, 1), v = rnd(r, nkv, 1), dout = rnd(r, nq, 1);
+        float[][][] all = new float[1 + KERNELS.length][][];
+        all[0] = cpuRun(q, k, v, dout, b, t, hq, hkv, d, scale);
+        CudaBackend.FlashKernels k0 = gpu.flashKernels();
+        try {
+            for (int i = 0; i < KERNELS.length; i++) {
+                gpu.setFlashKernels(KERNELS[i]);
+                all[1 + i] = gpuRun(q, k, v, dout, b, t, hq, hkv, d, scale);
+            }
+        } finally {
+            gpu.setFlashKernels(k0);
+        }
+        return all;
+    }
+
+    private float[][] cpuRun(float[] q, float[] k, float[] v, float[] dout, int b, int t, int hq, int hkv, int d,
+                             float scale) {
+        int nq = b * t * hq * d, nkv = b * t * hkv * d, nl = b * hq * t;
         Tensor co = Tensor.zeros(DType.F32, nq), cl = Tensor.zeros(DType.F32, nl);
         cpu.attentionForward(host(q, nq), host(k, nkv), host(v, nkv), b, t, hq, hkv, d, scale, co, cl);
         Tensor cdq = Tensor.zeros(DType.F32, nq), cdk = Tensor.zeros(DType.F32, nkv), cdv = Tensor.zeros(DType.F32, nkv);
         cpu.attentionBackward(host(dout, nq), host(q, nq), host(k, nkv), host(v, nkv), co, cl, b, t, hq, hkv, d, scale,
                 cdq, cdk, cdv);
-        float[][] ref = {co.floats(), cl.floats(), cdq.floats(), cdk.floats(), cdv.floats()};
+        return new float[][] {co.floats(), cl.floats(), cdq.floats(), cdk.floats(), cdv.floats()};
+    }
+
+    private float[][] gpuRun(float[] q, float[] k, float[] v, float[] dout, int b, int t, int hq, int hkv, int d,
+                             float scale) {
+        int nq = b * t * hq * d, nl = b * hq * t;
         try (var scope = gpu.openScope()) {
             Tensor gq = up(q), gk = up(k), gv = up(v), gdout = up(dout);
             Tensor go = poisoned(nq), gl = poisoned(nl);
             gpu.attentionForward(gq, gk, gv, b, t, hq, hkv, d, scale, go, gl);
+            int nkv = k.length;
             Tensor gdq = poisoned(nq), gdk = poisoned(nkv), gdv = poisoned(nkv);
             gpu.attentionBackward(gdout, gq, gk, gv, go, gl, b, t, hq, hkv, d, scale, gdq, gdk, gdv);
-            float[][] got = {down(go), down(gl), down(gdq), down(gdk), down(gdv)};
-            return new float[][][] {ref, got};
+            return new float[][] {down(go), down(gl), down(gdq), down(gdk), down(gdv)};
         }
     }
 
     private static final String[] NAMES = {"out", "lse", "dq", "dk", "dv"};
 
-    /** Checks every output of {@link #run} (finite, within the tolerance) and returns a log line of the errors. */
+    /**
+     * Checks every kernel set's outputs of {@link #run} (finite, within the tolerance) and returns log lines of the
+     * errors, each with whether its outputs equal V1's bit for bit.
+     */
     private String check(int b, int t, int hq, int hkv, int d, float[][][] rg) {
-        String what = "B=" + b + " T=" + t + " Hq=" + hq + " Hkv=" + hkv + " D=" + d;
-        StringBuilder line = new StringBuilder(String.format("%-32s", what));
+        StringBuilder out = new StringBuilder();
+        for (int kk = 0; kk < KERNELS.length; kk++) {
+            String line = check(b, t, hq, hkv, d, KERNELS[kk], rg[0], rg[1 + kk]);
+            boolean same = true;
+            for (int i = 0; i < NAMES.length; i++) {
+                same &= Arrays.equals(rg[1][i], rg[1 + kk][i]);
+            }
+            out.append(line).append(kk == 0 ? "" : same ? "  (= V1 bitwise)" : "  (differs from V1)").append('\n');
+        }
+        return out.toString();
+    }
+
+    private String check(int b, int t, int hq, int hkv, int d, CudaBackend.FlashKernels kernels, float[][] refs,
+                         float[][] gots) {
+        String what = kernels + " B=" + b + " T=" + t + " Hq=" + hq + " Hkv=" + hkv + " D=" + d;
+        StringBuilder line = new StringBuilder(String.format("%-38s", what));
         for (int i = 0; i < NAMES.length; i++) {
             String name = NAMES[i];
-            float[] ref = rg[0][i], got = rg[1][i];
+            float[] ref = refs[i], got = gots[i];
             assertEquals(ref.length, got.length, name + " length, " + what);
             double scale = Math.max(maxAbs(ref), FLOOR), worst = 0;
             int at = -1;
@@ -139,15 +189,16 @@ class FlashAttentionTest {
         int[][] shapes = {
             // B, T, Hq, Hkv, D
             {2, 1, 4, 2, 64}, {2, 37, 4, 2, 64}, {2, 200, 4, 2, 64}, {1, 64, 4, 2, 64}, {1, 128, 3, 1, 64},
-            {2, 37, 4, 4, 64}, {2, 200, 4, 4, 64},
+            {2, 37, 4, 4, 64}, {2, 200, 4, 4, 64}, {1, 300, 8, 2, 64}, {1, 129, 4, 1, 64},
             {2, 1, 4, 2, 128}, {2, 37, 4, 2, 128}, {2, 200, 4, 2, 128}, {1, 64, 2, 1, 128}, {2, 200, 4, 4, 128},
+            {1, 300, 8, 2, 128},
         };
         StringBuilder log = new StringBuilder("\n=== flash attention max error / max(max |cpu|, " + FLOOR + ") ===\n");
         try {
             long seed = 11;
             for (int[] s : shapes) {
                 float[][][] rg = run(seed++, s[0], s[1], s[2], s[3], s[4]);
-                log.append(check(s[0], s[1], s[2], s[3], s[4], rg)).append('\n');
+                log.append(check(s[0], s[1], s[2], s[3], s[4], rg));
             }
         } finally {
             System.out.println(log);
@@ -172,17 +223,32 @@ class FlashAttentionTest {
             Tensor q = up(rnd(r, nq, 1)), k = up(rnd(r, nkv, 1)), v = up(rnd(r, nkv, 1)), dout = up(rnd(r, nq, 1));
             Tensor o = poisoned(nq), l = poisoned(nl);
             gpu.attentionForward(q, k, v, b, t, hq, hkv, d, scale, o, l);
-            float[][] first = null;
-            for (int rep = 0; rep < 2; rep++) {
-                Tensor dq = poisoned(nq), dk = poisoned(nkv), dv = poisoned(nkv);
-                gpu.attentionBackward(dout, q, k, v, o, l, b, t, hq, hkv, d, scale, dq, dk, dv);
-                float[][] got = {down(dq), down(dk), down(dv)};
-                if (first == null) {
-                    first = got;
-                } else {
-                    for (int i = 0; i < got.length; i++) {
-                        assertArrayEquals(first[i], got[i], "flash backward " + NAMES[2 + i] + " differs between runs");
-                    }
+            CudaBackend.FlashKernels k0 = gpu.flashKernels();
+            try {
+                for (CudaBackend.FlashKernels kern : KERNELS) {
+                    gpu.setFlashKernels(kern);
+                    backwardTwice(kern, dout, q, k, v, o, l, b, t, hq, hkv, d, scale);
+                }
+            } finally {
+                gpu.setFlashKernels(k0);
+            }
+        }
+    }
+
+    private void backwardTwice(CudaBackend.FlashKernels kern, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o,
+                               Tensor l, int b, int t, int hq, int hkv, int d, float scale) {
+        int nq = b * t * hq * d, nkv = b * t * hkv * d;
+        float[][] first = null;
+        for (int rep = 0; rep < 2; rep++) {
+            Tensor dq = poisoned(nq), dk = poisoned(nkv), dv = poisoned(nkv);
+            gpu.attentionBackward(dout, q, k, v, o, l, b, t, hq, hkv, d, scale, dq, dk, dv);
+            float[][] got = {down(dq), down(dk), down(dv)};
+            if (first == null) {
+                first = got;
+            } else {
+                for (int i = 0; i < got.length; i++) {
+                    assertArrayEquals(first[i], got[i], "flash " + kern + " backward " + NAMES[2 + i]
+                            + " differs between runs");
                 }
             }
         }
@@ -226,22 +292,44 @@ class FlashAttentionTest {
         try (var scope = gpu.openScope()) {
             Tensor q = up(rnd(r, nq, 1)), kk = up(rnd(r, nkv, 1)), v = up(rnd(r, nkv, 1)), dout = up(rnd(r, nq, 1));
             float[][] ref = null;
-            for (CudaBackend.AttentionMode m : new CudaBackend.AttentionMode[] {CudaBackend.AttentionMode.GEMM,
-                CudaBackend.AttentionMode.FLASH}) {
+            CudaBackend.FlashKernels k0 = gpu.flashKernels();
+            for (int run = 0; run <= KERNELS.length; run++) {
+                CudaBackend.AttentionMode m = run == 0 ? CudaBackend.AttentionMode.GEMM
+                        : CudaBackend.AttentionMode.FLASH;
+                String label = run == 0 ? "GEMM" : "FLASH " + KERNELS[run - 1];
                 gpu.setAttentionMode(m);
+                gpu.setFlashKernels(run == 0 ? k0 : KERNELS[run - 1]);
                 Tensor o = gpu.zeros(DType.F32, nq), lse = gpu.zeros(DType.F32, b * hq * t);
                 Tensor dq = gpu.zeros(DType.F32, nq), dk = gpu.zeros(DType.F32, nkv), dv = gpu.zeros(DType.F32, nkv);
                 float fwd = medianMillis(gpu, () -> gpu.attentionForward(q, kk, v, b, t, hq, hkv, d, scale, o, lse), 3, 15);
                 float bwd = medianMillis(gpu, () -> gpu.attentionBackward(dout, q, kk, v, o, lse, b, t, hq, hkv, d, scale,
                         dq, dk, dv), 3, 15);
-                out.append(String.format("attention %-5s BF16 B=%d T=%d Hq=%d Hkv=%d D=%d: fwd %8.3f ms (%6.1f TFLOP/s"
-                        + " causal)  bwd %8.3f ms (%6.1f TFLOP/s causal)%n", m, b, t, hq, hkv, d, fwd,
+                out.append(String.format("attention %-12s BF16 B=%d T=%d Hq=%d Hkv=%d D=%d: fwd %8.3f ms (%6.1f "
+                        + "TFLOP/s causal)  bwd %8.3f ms (%6.1f TFLOP/s causal)%n", label, b, t, hq, hkv, d, fwd,
                         pairs * 4 * d / fwd / 1e9, bwd, pairs * 10 * d / bwd / 1e9));
+                if (run > 0) {
+                    // backward breakdown: the copies and Di alone, then with dk/dv, then with dq (timing hook)
+                    float[] part = new float[3];
+                    int[] stages = {1, 3, 5};
+                    try {
+                        for (int p = 0; p < 3; p++) {
+                            gpu.flashBackwardStages = stages[p];
+                            part[p] = medianMillis(gpu, () -> gpu.attentionBackward(dout, q, kk, v, o, lse, b, t, hq,
+                                    hkv, d, scale, dq, dk, dv), 3, 15);
+                        }
+                    } finally {
+                        gpu.flashBackwardStages = 7;
+                    }
+                    out.append(String.format("  bwd parts: copies+Di %.3f ms, dk/dv %.3f ms, dq %.3f ms%n", part[0],
+                            part[1] - part[0], part[2] - part[0]));
+                    // the timed stages above overwrote some outputs: run the whole backward again before comparing
+                    gpu.attentionBackward(dout, q, kk, v, o, lse, b, t, hq, hkv, d, scale, dq, dk, dv);
+                }
                 float[][] got = {down(o), down(lse), down(dq), down(dk), down(dv)};
                 if (ref == null) {
                     ref = got;
                 } else {
-                    out.append("  max |flash - gemm| / max |gemm| out, lse, dq, dk, dv:");
+                    out.append("  max |" + label + " - GEMM| / max |GEMM| out, lse, dq, dk, dv:");
                     for (int i = 0; i < got.length; i++) {
                         double worst = 0;
                         for (int j = 0; j < got[i].length; j++) {
