@@ -14,12 +14,13 @@ KERNEL=bf16 emulates grouped_gemm_bf16.cu and CudaBackend's GroupedOperands.BF16
 grouped_cast_bf16 scratch layout (groups packed, rows padded with zeros to a multiple of 8, the scratch starting as
 NaN so that an element the cast misses shows), the kernel's 16-byte cp.async chunk map with zero fill (alignment
 asserted), GB_BK slices (32 or 64) and the same ldmatrix / mma / epilogue maps; the stage ring's timing is not
-emulated (one fresh NaN stage per K step):  KERNEL=bf16 [GB_BN=256] [GB_BK=64] python3 grouped_gemm_emulate.py
+emulated (one fresh NaN stage per K step):  KERNEL=bf16 [GB_BN=256] [GB_BK=64] [GB_WARPS_N=2] python3 grouped_gemm_emulate.py
 """
 import numpy as np, os
 BF16=os.environ.get("KERNEL","f32")=="bf16"
 BM=128; BN=int(os.environ.get("GB_BN" if BF16 else "GG_BN", 128)); BK=int(os.environ.get("GB_BK",32)) if BF16 else 32
-PAD=8; T=256; MAXG=64; WN=BN//4; NJ=WN//8
+WARPS_N=int(os.environ.get("GB_WARPS_N",4)) if BF16 else 4; WARPS=2*WARPS_N
+PAD=8; T=32*WARPS; MAXG=64; WN=BN//WARPS_N; NJ=WN//8
 A_CH=BM*BK//4//T; B_CH=BN*BK//4//T
 A_TILE=max(BM*(BK+PAD),BK*(BM+PAD)); B_TILE=max(BN*(BK+PAD),BK*(BN+PAD))
 
@@ -149,7 +150,7 @@ def kernel(TA,TB,P,Ag,Bg,Cg):
         vecA=P['flags'][g]&1; vecB=P['flags'][g]&2; lda,ldb=P['lda'],P['ldb']
         LDA_S = BM+PAD if TA else BK+PAD
         LDB_S = BK+PAD if TB else BN+PAD
-        acc=np.zeros((8,32,4,NJ,4),np.float64)  # warp, lane, i, j, e
+        acc=np.zeros((WARPS,32,4,NJ,4),np.float64)  # warp, lane, i, j, e
         numK=(K+BK-1)//BK
         if numK>0:
             aPtr = A+m0 if TA else A+m0*lda
@@ -172,8 +173,8 @@ def kernel(TA,TB,P,Ag,Bg,Cg):
                     else: gg_convert(S,0,ra,BM,BK,LDA_S)
                     if TB: gg_convert(S,A_TILE,rb,BN,BK,LDB_S)
                     else: gg_convert(S,A_TILE,rb,BK,BN,LDB_S)
-                for warp in range(8):
-                    wm=warp>>2; wn=warp&3
+                for warp in range(WARPS):
+                    wm=warp//WARPS_N; wn=warp%WARPS_N
                     aLane=[]; bLane=[]
                     for lane in range(32):
                         r8=lane&7; j0=(lane>>3)&1; j1=lane>>4; aRow=wm*64; bCol=wn*WN
@@ -182,8 +183,8 @@ def kernel(TA,TB,P,Ag,Bg,Cg):
                     warp_mma(S,acc[warp],TA,TB,aLane,bLane)
         alpha,beta=np.float32(P['alpha']),np.float32(P['beta']); ldc=P['ldc']
         vecC=C%2==0 and ldc%2==0
-        for warp in range(8):
-            wm=warp>>2; wn=warp&3
+        for warp in range(WARPS):
+            wm=warp//WARPS_N; wn=warp%WARPS_N
             for lane in range(32):
                 colBase=n0+wn*WN+2*(lane&3)
                 for i in range(4):

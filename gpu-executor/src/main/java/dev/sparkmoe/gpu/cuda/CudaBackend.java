@@ -186,6 +186,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
     /** grouped_gemm_bf16.cu's GB_BN, and its dynamic shared memory (GB_STAGES stages of bf16 A and B tiles; the
      *  default 4 x 20 KB) and whether the device grants it. */
     private final int gbTileN;
+    private final int gbThreads;
     private final int gbSharedBytes;
     private final boolean gbFits;
     private final CUstream_st stream;
@@ -255,6 +256,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
                 + Math.max(ggTileN * (bk + pad), bk * (ggTileN + pad)));
         this.ggFits = props.major() >= 8 && props.sharedMemPerBlockOptin() >= ggSharedBytes;
         this.gbTileN = KernelLibrary.defineValue("GB_BN", 128);
+        this.gbThreads = 64 * KernelLibrary.defineValue("GB_WARPS_N", 4);
         int gbBk = KernelLibrary.defineValue("GB_BK", 32);
         this.gbSharedBytes = KernelLibrary.defineValue("GB_STAGES", 4) * 2
                 * (Math.max(GG_TILE_M * (gbBk + pad), gbBk * (GG_TILE_M + pad))
@@ -1128,7 +1130,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
                         throw new IllegalArgumentException("groupedGemm: more than 2^31 - 1 tiles in one launch");
                     }
                 }
-                Cuda.checkDriver(cudart.cuLaunchKernel(f, (int) tiles, 1, 1, GG_THREADS, 1, 1, shared, stream,
+                Cuda.checkDriver(cudart.cuLaunchKernel(f, (int) tiles, 1, 1, bf16 ? gbThreads : GG_THREADS, 1, 1,
+                        shared, stream,
                         ggArgPtrs, (PointerPointer<?>) null), "cuLaunchKernel(" + kernel + ", " + here + " groups, "
                         + tiles + " tiles)");
             } finally {

@@ -41,10 +41,13 @@
 #ifndef GB_STAGES
 #define GB_STAGES 4
 #endif
-#define GB_WN (GB_BN / 4)
+#ifndef GB_WARPS_N  // warps across n (2 rows of them across m): 4 (8 warps) or 2 (4 warps of 64 x GB_BN/2)
+#define GB_WARPS_N 4
+#endif
+#define GB_WN (GB_BN / GB_WARPS_N)  // warp tile columns: 32 or 64
 #define GB_NJ (GB_WN / 8)
 #define GB_PAD 8
-#define GB_THREADS 256
+#define GB_THREADS (64 * GB_WARPS_N)  // CudaBackend mirrors it in the launch
 #ifndef GB_MIN_BLOCKS
 #define GB_MIN_BLOCKS (GB_BN == 128 ? 2 : 1)
 #endif
@@ -82,7 +85,8 @@ static_assert(sizeof(GCParams) == 1552, "GCParams layout changed: update CudaBac
 #define GB_STAGE (GB_A_TILE + GB_B_TILE)
 #define GB_SMEM_BYTES (GB_STAGES * GB_STAGE * 2)
 static_assert((GB_A_TILE * 2) % 128 == 0 && (GB_B_TILE * 2) % 128 == 0, "tile alignment");
-static_assert(GB_BM == 2 * 64 && (GB_BN == 256 || GB_BN == 128) && GB_THREADS == 8 * 32, "8 warps in 2 x 4");
+static_assert(GB_BM == 2 * 64 && (GB_BN == 256 || GB_BN == 128) && (GB_WN == 32 || GB_WN == 64),
+              "2 x GB_WARPS_N warps of 64 x 32 or 64 x 64");
 static_assert(GB_STAGES >= 2 && (GB_BK == 32 || GB_BK == 64), "ring of 2+ stages; K slices of 32 or 64");
 
 // ---------------------------------------------------------------- PTX wrappers
@@ -121,6 +125,8 @@ __device__ __forceinline__ void gb_mma(float (&d)[4], const unsigned (&a)[4], un
 
 // ---------------------------------------------------------------- the cast
 
+#define GC_UNROLL 4  // chunks a thread loads before it stores any (memory-level parallelism)
+
 extern "C" __global__ void __launch_bounds__(256) grouped_cast_bf16(const GCParams p) {
     const int e = blockIdx.y;
     const int rows = p.rows[e], cols = p.cols[e];
@@ -130,27 +136,42 @@ extern "C" __global__ void __launch_bounds__(256) grouped_cast_bf16(const GCPara
     __nv_bfloat16* __restrict__ dst = reinterpret_cast<__nv_bfloat16*>(p.dst[e]);
     const long long srcLd = p.srcLd;
     const bool vec = (reinterpret_cast<unsigned long long>(src) & 15) == 0 && (p.srcLd & 3) == 0;
-    for (unsigned c = blockIdx.x * 256u + threadIdx.x; c < total; c += gridDim.x * 256u) {
-        const unsigned r = c / cpr;
-        const int col = (int)(c - r * cpr) * 8;
-        const float* s = src + r * srcLd + col;
-        float v[8];
-        if (vec && col + 8 <= cols) {
-            const float4 x = __ldg(reinterpret_cast<const float4*>(s));
-            const float4 y = __ldg(reinterpret_cast<const float4*>(s) + 1);
-            v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
-            v[4] = y.x; v[5] = y.y; v[6] = y.z; v[7] = y.w;
-        } else {
+    for (unsigned c0 = blockIdx.x * (256u * GC_UNROLL) + threadIdx.x; c0 < total; c0 += gridDim.x * (256u * GC_UNROLL)) {
+        float v[GC_UNROLL][8];
 #pragma unroll
-            for (int i = 0; i < 8; i++) v[i] = col + i < cols ? __ldg(s + i) : 0.f;
+        for (int u = 0; u < GC_UNROLL; u++) {
+            const unsigned c = c0 + u * 256u;
+            const unsigned r = c / cpr;
+            const int col = (int)(c - r * cpr) * 8;
+            const float* s = src + r * srcLd + col;
+            if (c >= total) {
+#pragma unroll
+                for (int i = 0; i < 8; i++) v[u][i] = 0.f;
+            } else if (vec && col + 8 <= cols) {
+                const float4 x = __ldg(reinterpret_cast<const float4*>(s));
+                const float4 y = __ldg(reinterpret_cast<const float4*>(s) + 1);
+                v[u][0] = x.x; v[u][1] = x.y; v[u][2] = x.z; v[u][3] = x.w;
+                v[u][4] = y.x; v[u][5] = y.y; v[u][6] = y.z; v[u][7] = y.w;
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) v[u][i] = col + i < cols ? __ldg(s + i) : 0.f;
+            }
         }
-        uint4 u;
-        __nv_bfloat162 h;
-        h = __floats2bfloat162_rn(v[0], v[1]); u.x = *reinterpret_cast<unsigned*>(&h);
-        h = __floats2bfloat162_rn(v[2], v[3]); u.y = *reinterpret_cast<unsigned*>(&h);
-        h = __floats2bfloat162_rn(v[4], v[5]); u.z = *reinterpret_cast<unsigned*>(&h);
-        h = __floats2bfloat162_rn(v[6], v[7]); u.w = *reinterpret_cast<unsigned*>(&h);
-        *reinterpret_cast<uint4*>(dst + (long long)r * p.dstLd + col) = u;
+#pragma unroll
+        for (int u = 0; u < GC_UNROLL; u++) {
+            const unsigned c = c0 + u * 256u;
+            if (c < total) {
+                const unsigned r = c / cpr;
+                const int col = (int)(c - r * cpr) * 8;
+                uint4 w;
+                __nv_bfloat162 h;
+                h = __floats2bfloat162_rn(v[u][0], v[u][1]); w.x = *reinterpret_cast<unsigned*>(&h);
+                h = __floats2bfloat162_rn(v[u][2], v[u][3]); w.y = *reinterpret_cast<unsigned*>(&h);
+                h = __floats2bfloat162_rn(v[u][4], v[u][5]); w.z = *reinterpret_cast<unsigned*>(&h);
+                h = __floats2bfloat162_rn(v[u][6], v[u][7]); w.w = *reinterpret_cast<unsigned*>(&h);
+                *reinterpret_cast<uint4*>(dst + (long long)r * p.dstLd + col) = w;
+            }
+        }
     }
 }
 
@@ -244,8 +265,8 @@ __device__ __forceinline__ void gb_impl(const GBParams& p) {
     const int lda = p.lda, ldb = p.ldb;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int wm = warp >> 2;
-    const int wn = warp & 3;
+    const int wm = warp / GB_WARPS_N;  // rows wm * 64 .. +63 of the tile
+    const int wn = warp % GB_WARPS_N;  // columns wn * GB_WN .. +GB_WN-1
 
     float acc[4][GB_NJ][4];
 #pragma unroll

@@ -445,6 +445,9 @@ class GroupedGemmKernelTest {
      * KERNEL with F32 operands, KERNEL with BF16 operands (their casts included), the casts alone, and LOOP
      * (cublasGemmEx per group, BF16 compute) on the model's six expert GEMM shapes: device time between CUDA events
      * around one groupedGemm call (so LOOP's host launch gaps count), median of 11; then the totals of the six.
+     * {@code -Dsparkmoe.cuda.bench.variants=DEFINES;DEFINES;...} (each as {@code sparkmoe.cuda.defines}, e.g.
+     * {@code GB_BN=256;GB_BK=64,GB_STAGES=3}) also times the BF16 path compiled with each, on a backend of its own in
+     * this process, after checking its result on every shape against the F32-operand kernel's.
      */
     @Test
     void timings() {
@@ -453,56 +456,130 @@ class GroupedGemmKernelTest {
         CudaBackend.GroupedMode savedMode = gpu.groupedMode();
         CudaBackend.GemmPrecision savedPrecision = gpu.gemmPrecision();
         CudaBackend.GroupedOperands savedOps = gpu.groupedOperands();
+        String baseDefines = System.getProperty("sparkmoe.cuda.defines", "");
+        java.util.List<String> variants = new java.util.ArrayList<>();
+        for (String v : System.getProperty("sparkmoe.cuda.bench.variants", "").split(";")) {
+            if (!v.isBlank()) {
+                variants.add(v.trim());
+            }
+        }
+        CudaBackend[] vb = new CudaBackend[variants.size()];
         int[] rows = modelRows(new Random(1));
         int hidden = 1024, inter = 512;
         Problem[] shapes = {model("NT", rows, inter, hidden), model("NT", rows, hidden, inter),
             model("NN", rows, inter, hidden), model("NN", rows, hidden, inter), model("TN", rows, hidden, inter),
             model("TN", rows, inter, hidden)};
         StringBuilder out = new StringBuilder("\n=== grouped GEMM on " + gpu.deviceName() + " (" + gpu.arch()
-                + "), defines '" + System.getProperty("sparkmoe.cuda.defines", "") + "', 32 experts, rows "
-                + Arrays.toString(rows) + " ===\n");
-        double[] total = new double[5];
+                + "), defines '" + baseDefines + "', 32 experts, rows " + Arrays.toString(rows) + " ===\n");
         String[] labels = {"KERNEL f32 operands", "KERNEL bf16 operands (cast incl.)", "  of which the bf16 casts",
             "  bf16 kernel alone (difference)", "LOOP   BF16 (cuBLAS per group)"};
-        Random r = new Random(2);
-        try (var scope = gpu.openScope()) {
+        double[] total = new double[labels.length];
+        double[][] vTotal = new double[variants.size()][2];
+        java.util.List<String> failures = new java.util.ArrayList<>();
+        try {
             for (Problem p : shapes) {
-                Tensor a = gpu.upload(host(rnd(r, p.aLen, 1), p.aLen));
-                Tensor b = gpu.upload(host(rnd(r, p.bLen, 1), p.bLen));
-                Tensor c = gpu.upload(host(rnd(r, p.cLen, 1), p.cLen));
+                float[] ha = fastRnd(p.aLen, 11), hb = fastRnd(p.bLen, 12), hc = fastRnd(p.cLen, 13);
                 float beta = p.tA ? 1f : 0f;
-                Runnable call = () -> gpu.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, 1f, a, p.aOff, p.lda, b,
-                        p.bOff, p.ldb, beta, c, p.cOff, p.ldc);
-                Runnable cast = () -> gpu.groupedOperandCastOnly(p.tA, p.tB, p.groups(), p.m, p.n, p.k, a, p.aOff,
-                        p.lda, b, p.bOff, p.ldb);
-                gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
-                gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
-                gpu.setGroupedOperands(CudaBackend.GroupedOperands.F32);
-                double[] ms = new double[5];
-                ms[0] = medianMillis(gpu, call, 3, 11);
-                gpu.setGroupedOperands(CudaBackend.GroupedOperands.BF16);
-                ms[1] = medianMillis(gpu, call, 3, 11);
-                ms[2] = medianMillis(gpu, cast, 3, 11);
-                ms[3] = ms[1] - ms[2];
-                gpu.setGroupedMode(CudaBackend.GroupedMode.LOOP);
-                ms[4] = medianMillis(gpu, call, 3, 11);
-                for (int i = 0; i < ms.length; i++) {
-                    total[i] += ms[i];
-                    out.append(String.format("%-36s %-34s beta=%.0f: %8.3f ms", p.name, labels[i], beta, ms[i]));
-                    out.append(i == 2 ? String.format("%n") : String.format("  %7.1f TFLOP/s%n", p.flops() / ms[i] / 1e9));
+                float[] reference;
+                try (var scope = gpu.openScope()) {
+                    Tensor a = gpu.upload(host(ha, p.aLen));
+                    Tensor b = gpu.upload(host(hb, p.bLen));
+                    Tensor c = gpu.upload(host(hc, p.cLen));
+                    Runnable call = () -> gpu.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, 1f, a, p.aOff, p.lda,
+                            b, p.bOff, p.ldb, beta, c, p.cOff, p.ldc);
+                    Runnable cast = () -> gpu.groupedOperandCastOnly(p.tA, p.tB, p.groups(), p.m, p.n, p.k, a,
+                            p.aOff, p.lda, b, p.bOff, p.ldb);
+                    gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
+                    gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
+                    gpu.setGroupedOperands(CudaBackend.GroupedOperands.F32);
+                    call.run();
+                    reference = gpu.download(c).floats();
+                    double[] ms = new double[labels.length];
+                    ms[0] = medianMillis(gpu, call, 3, 11);
+                    gpu.setGroupedOperands(CudaBackend.GroupedOperands.BF16);
+                    ms[1] = medianMillis(gpu, call, 3, 11);
+                    ms[2] = medianMillis(gpu, cast, 3, 11);
+                    ms[3] = ms[1] - ms[2];
+                    gpu.setGroupedMode(CudaBackend.GroupedMode.LOOP);
+                    ms[4] = medianMillis(gpu, call, 3, 11);
+                    for (int i = 0; i < ms.length; i++) {
+                        total[i] += ms[i];
+                        out.append(String.format("%-36s %-34s beta=%.0f: %8.3f ms", p.name, labels[i], beta, ms[i]));
+                        out.append(i == 2 ? String.format("%n")
+                                : String.format("  %7.1f TFLOP/s%n", p.flops() / ms[i] / 1e9));
+                    }
+                } finally {
+                    gpu.setGroupedMode(savedMode);
+                    gpu.setGemmPrecision(savedPrecision);
+                    gpu.setGroupedOperands(savedOps);
                 }
-                gpu.release(a);
-                gpu.release(b);
-                gpu.release(c);
+                for (int v = 0; v < vb.length; v++) {
+                    System.setProperty("sparkmoe.cuda.defines", variants.get(v));
+                    try {
+                        if (vb[v] == null) {
+                            vb[v] = new CudaBackend();
+                        }
+                        CudaBackend x = vb[v];
+                        x.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
+                        x.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
+                        x.setGroupedOperands(CudaBackend.GroupedOperands.BF16);
+                        try (var scope = x.openScope()) {
+                            Tensor a = x.upload(host(ha, p.aLen));
+                            Tensor b = x.upload(host(hb, p.bLen));
+                            Tensor c = x.upload(host(hc, p.cLen));
+                            Runnable call = () -> x.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, 1f, a, p.aOff,
+                                    p.lda, b, p.bOff, p.ldb, beta, c, p.cOff, p.ldc);
+                            call.run();
+                            try {
+                                assertMatches(reference, x.download(c).floats(), TWIN, p.name + " with defines '"
+                                        + variants.get(v) + "' vs the F32-operand kernel");
+                            } catch (AssertionError e) {
+                                failures.add(e.getMessage());
+                                out.append("MISMATCH ").append(e.getMessage()).append('\n');
+                                continue;
+                            }
+                            double ms = medianMillis(x, call, 3, 11);
+                            double castMs = medianMillis(x, () -> x.groupedOperandCastOnly(p.tA, p.tB, p.groups(),
+                                    p.m, p.n, p.k, a, p.aOff, p.lda, b, p.bOff, p.ldb), 3, 11);
+                            vTotal[v][0] += ms;
+                            vTotal[v][1] += ms - castMs;
+                            out.append(String.format("%-36s bf16 [%s] beta=%.0f: %8.3f ms  %7.1f TFLOP/s (kernel "
+                                    + "alone %7.3f ms, %7.1f TFLOP/s)%n", p.name, variants.get(v), beta, ms,
+                                    p.flops() / ms / 1e9, ms - castMs, p.flops() / (ms - castMs) / 1e9));
+                        }
+                    } finally {
+                        System.setProperty("sparkmoe.cuda.defines", baseDefines);
+                    }
+                }
             }
         } finally {
-            gpu.setGroupedMode(savedMode);
-            gpu.setGemmPrecision(savedPrecision);
-            gpu.setGroupedOperands(savedOps);
+            for (CudaBackend x : vb) {
+                if (x != null) {
+                    x.close();
+                }
+            }
         }
         for (int i = 0; i < total.length; i++) {
             out.append(String.format("six shapes, %-34s %8.3f ms%n", labels[i], total[i]));
         }
+        for (int v = 0; v < vb.length; v++) {
+            out.append(String.format("six shapes, bf16 [%s]: %8.3f ms (kernels alone %8.3f ms)%n", variants.get(v),
+                    vTotal[v][0], vTotal[v][1]));
+        }
         System.out.println(out);
+        assertTrue(failures.isEmpty(), () -> "variants that differ from the F32-operand kernel: " + failures);
+    }
+
+    /** Cheap uniform values in [-1, 1) (xorshift): the timings' operands, where nextGaussian takes seconds. */
+    private static float[] fastRnd(int n, long seed) {
+        float[] f = new float[n];
+        long x = seed * 0x9E3779B97F4A7C15L + 1;
+        for (int i = 0; i < n; i++) {
+            x ^= x << 13;
+            x ^= x >>> 7;
+            x ^= x << 17;
+            f[i] = (x >>> 40) * 0x1p-23f - 1f;
+        }
+        return f;
     }
 }
