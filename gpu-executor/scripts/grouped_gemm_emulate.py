@@ -14,11 +14,11 @@ KERNEL=bf16 emulates grouped_gemm_bf16.cu and CudaBackend's GroupedOperands.BF16
 grouped_cast_bf16 scratch layout (groups packed, rows padded with zeros to a multiple of 8, the scratch starting as
 NaN so that an element the cast misses shows), the kernel's 16-byte cp.async chunk map with zero fill (alignment
 asserted), GB_BK slices (32 or 64) and the same ldmatrix / mma / epilogue maps; the stage ring's timing is not
-emulated (one fresh NaN stage per K step):  KERNEL=bf16 [GB_BN=256] [GB_BK=64] [GB_WARPS_N=2] python3 grouped_gemm_emulate.py
+emulated (one fresh NaN stage per K step):  KERNEL=bf16 [GB_BN=256] [GB_BK=32] [GB_WARPS_N=2] python3 grouped_gemm_emulate.py
 """
 import numpy as np, os
 BF16=os.environ.get("KERNEL","f32")=="bf16"
-BM=128; BN=int(os.environ.get("GB_BN" if BF16 else "GG_BN", 128)); BK=int(os.environ.get("GB_BK",32)) if BF16 else 32
+BM=128; BN=int(os.environ.get("GB_BN" if BF16 else "GG_BN", 128)); BK=int(os.environ.get("GB_BK",64)) if BF16 else 32
 WARPS_N=int(os.environ.get("GB_WARPS_N",4)) if BF16 else 4; WARPS=2*WARPS_N
 PAD=8; T=32*WARPS; MAXG=64; WN=BN//WARPS_N; NJ=WN//8
 A_CH=BM*BK//4//T; B_CH=BN*BK//4//T

@@ -187,6 +187,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
      *  default 4 x 20 KB) and whether the device grants it. */
     private final int gbTileN;
     private final int gbThreads;
+    private final int gcUnroll;
     private final int gbSharedBytes;
     private final boolean gbFits;
     private final CUstream_st stream;
@@ -257,8 +258,9 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.ggFits = props.major() >= 8 && props.sharedMemPerBlockOptin() >= ggSharedBytes;
         this.gbTileN = KernelLibrary.defineValue("GB_BN", 128);
         this.gbThreads = 64 * KernelLibrary.defineValue("GB_WARPS_N", 4);
-        int gbBk = KernelLibrary.defineValue("GB_BK", 32);
-        this.gbSharedBytes = KernelLibrary.defineValue("GB_STAGES", 4) * 2
+        this.gcUnroll = Math.max(1, KernelLibrary.defineValue("GC_UNROLL", 4));
+        int gbBk = KernelLibrary.defineValue("GB_BK", 64);
+        this.gbSharedBytes = KernelLibrary.defineValue("GB_STAGES", 3) * 2
                 * (Math.max(GG_TILE_M * (gbBk + pad), gbBk * (GG_TILE_M + pad))
                 + Math.max(gbTileN * (gbBk + pad), gbBk * (gbTileN + pad)));
         this.gbFits = props.major() >= 8 && props.sharedMemPerBlockOptin() >= gbSharedBytes;
@@ -1209,7 +1211,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
         }
         gcParams.putInt(8, entries);
         gcParams.putInt(12, 0);
-        int gridX = (int) Math.max(1, Math.min(65535, (maxChunks + 1023) / 1024)); // about 4 chunks a thread
+        long perBlock = 256L * gcUnroll; // GC_UNROLL chunks a thread
+        int gridX = (int) Math.max(1, Math.min(65535, (maxChunks + perBlock - 1) / perBlock));
         CUfunc_st f = kernels.function(GB, "grouped_cast_bf16");
         Cuda.checkDriver(cudart.cuLaunchKernel(f, gridX, entries, 1, 256, 1, 1, 0, stream, gcArgPtrs,
                 (PointerPointer<?>) null), "cuLaunchKernel(grouped_cast_bf16, " + what + ", " + entries + " groups)");

@@ -36,10 +36,10 @@
 #define GB_BN 128
 #endif
 #ifndef GB_BK
-#define GB_BK 32
+#define GB_BK 64
 #endif
 #ifndef GB_STAGES
-#define GB_STAGES 4
+#define GB_STAGES 3
 #endif
 #ifndef GB_WARPS_N  // warps across n (2 rows of them across m): 4 (8 warps) or 2 (4 warps of 64 x GB_BN/2)
 #define GB_WARPS_N 4
@@ -125,7 +125,9 @@ __device__ __forceinline__ void gb_mma(float (&d)[4], const unsigned (&a)[4], un
 
 // ---------------------------------------------------------------- the cast
 
-#define GC_UNROLL 4  // chunks a thread loads before it stores any (memory-level parallelism)
+#ifndef GC_UNROLL
+#define GC_UNROLL 4  // chunks a thread loads before it stores any (memory-level parallelism); CudaBackend mirrors it
+#endif
 
 extern "C" __global__ void __launch_bounds__(256) grouped_cast_bf16(const GCParams p) {
     const int e = blockIdx.y;
