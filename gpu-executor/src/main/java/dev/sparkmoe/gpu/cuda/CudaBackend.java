@@ -37,9 +37,9 @@ import java.util.logging.Logger;
  * {@code cublasGemmEx} with f32 storage and the compute type of {@link GemmPrecision} (default
  * {@code CUBLAS_COMPUTE_32F}, exact f32; TF32 and BF16 tensor-core modes are switchable through
  * {@link #setGemmPrecision} or {@code -Dsparkmoe.cuda.gemm=f32|tf32|bf16}). {@link #groupedGemm} (the experts of a MoE
- * layer) runs, by default ({@link GroupedMode#AUTO}), as ONE launch of the bf16 tensor-core grouped GEMM kernel of
- * {@code grouped_gemm.cu} ({@link GroupedMode#KERNEL}) when the precision is {@link GemmPrecision#BF16} (and the
- * device is sm_80 or newer), and otherwise ({@link GroupedMode#LOOP}: F32 and TF32, the exact-parity modes) as one
+ * layer) runs, by default ({@link GroupedMode#AUTO}), as ONE launch (per 64 groups) of a bf16 tensor-core grouped GEMM
+ * kernel ({@link GroupedMode#KERNEL}) when the precision is {@link GemmPrecision#BF16} (and the device is sm_80 or
+ * newer), and otherwise ({@link GroupedMode#LOOP}: F32 and TF32, the exact-parity modes) as one
  * {@code cublasGemmEx} per non-empty group on the stream; one cuBLAS call per group is launch-bound (about 16 us of
  * host time each on an H200, 32 groups x 9 grouped GEMMs per layer). Forced with {@link #setGroupedMode} or
  * {@code -Dsparkmoe.cuda.grouped=auto|kernel|loop|cublas}. The presets also bind {@code cublasGemmGroupedBatchedEx},
@@ -47,6 +47,19 @@ import java.util.logging.Logger;
  * uploaded to the device on the stream), but it is experimental: on an H200 (cuBLAS 13.1, driver 580) it failed (an
  * illegal memory access; with blocking launches CUBLAS_STATUS_EXECUTION_FAILED), cause not yet found.
  *
+ * <p>{@link GroupedMode#KERNEL} has two operand paths ({@link GroupedOperands}, {@link #setGroupedOperands} or
+ * {@code -Dsparkmoe.cuda.groupedOperands=bf16|f32}), with the same products (operands rounded to nearest even, f32
+ * accumulation of the same k16 products in the same order) and the same semantics (beta == 0 never reads C; k == 0
+ * scales C_g by beta). {@link GroupedOperands#BF16} (the default): per launch, one {@code grouped_cast_bf16} per
+ * operand rounds every group's block of A and of B into a stream-ordered scratch buffer (groups packed, rows padded
+ * to 16 bytes with zeros, so any offset and stride works), then {@code grouped_gemm_bf16.cu} reads the bf16 copies
+ * through a 3-stage cp.async ring (128 x 128 x 64 tiles). {@link GroupedOperands#F32}: {@code grouped_gemm.cu}
+ * reads the f32 operands and rounds them while staging. On an H200 ({@code GroupedGemmKernelTest.timings}, the
+ * model's six expert shapes, 32 experts, ~32k rows) the six took 1.411 ms on BF16, casts included (124-167
+ * TFLOP/s; the casts 0.06-0.10 ms a call, the bf16 kernel alone 181-247 TFLOP/s), against 1.577 ms on F32 (111-143
+ * TFLOP/s) and 2.94 ms for the cuBLAS loop: 1.12x end to end (the weight-gradient TN shapes gain least, one of them
+ * 0.277 against 0.257 ms), because the casts are an extra pass over both operands at every call. BF16 costs scratch
+ * memory for the duration of a launch (2 bytes per operand element used: 96 MiB for the model's largest call).
  * <p>Attention ({@link AttentionMode}, {@code -Dsparkmoe.cuda.attention=auto|gemm|flash|fused}): by default
  * ({@link AttentionMode#AUTO}) the bf16 tensor-core flash-attention kernels ({@link AttentionMode#FLASH},
  * {@code flash_attention.cu}: no T x T matrix in device memory, bf16 operands, f32 softmax and accumulation) when the
@@ -121,8 +134,9 @@ public final class CudaBackend implements Backend, AutoCloseable {
         /** One {@code cublasGemmEx} per group with the current {@link GemmPrecision}. */
         LOOP,
         /**
-         * One launch of the grouped GEMM kernel ({@code grouped_gemm.cu}) per 64 groups: bf16 inputs (rounded to
-         * nearest even), f32 accumulation and output, whatever the {@link GemmPrecision}; needs sm_80 or newer.
+         * One launch of the grouped GEMM kernel per 64 groups ({@code grouped_gemm_bf16.cu} after bf16 casts of the
+         * operands, or {@code grouped_gemm.cu}: see {@link GroupedOperands}): bf16 inputs (rounded to nearest even),
+         * f32 accumulation and output, whatever the {@link GemmPrecision}; needs sm_80 or newer.
          */
         KERNEL,
         /** {@link #KERNEL} when the precision is {@link GemmPrecision#BF16} on sm_80 or newer, else {@link #LOOP}. */
@@ -184,7 +198,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
      *  -Dsparkmoe.cuda.defines=GG_RING=0,GG_BN=256 needs 60 KB). */
     private final boolean ggFits;
     /** grouped_gemm_bf16.cu's GB_BN, and its dynamic shared memory (GB_STAGES stages of bf16 A and B tiles; the
-     *  default 4 x 20 KB) and whether the device grants it. */
+     *  default 3 x 36 KB) and whether the device grants it; its block size (64 x GB_WARPS_N) and the cast's
+     *  GC_UNROLL. */
     private final int gbTileN;
     private final int gbThreads;
     private final int gcUnroll;
@@ -1048,16 +1063,19 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     /**
-     * {@link GroupedMode#KERNEL}: one launch of {@code grouped_gemm_<ta><tb>} per 64 groups (the active ones: m, n >
-     * 0; k may be 0). The per-group descriptors travel BY VALUE as the kernel's only parameter, a 2840-byte GGParams
+     * {@link GroupedMode#KERNEL}: one launch of {@code grouped_gemm_bf16_<ta><tb>} ({@link GroupedOperands#BF16},
+     * after {@link #castGroupedOperand} of A and of B; a and b then address the scratch copies and lda, ldb are their
+     * padded strides) or {@code grouped_gemm_<ta><tb>} ({@link GroupedOperands#F32}) per 64 groups (the active
+     * ones: m, n > 0; k may be 0; the scratch is released stream-ordered after each launch). The per-group descriptors travel BY VALUE as the kernel's only parameter, a 2840-byte GGParams
      * struct (under the classic 4 KB kernel-parameter limit, so no device table, upload or stream-ordered allocation
      * is needed, and the launch is the only host cost): cuLaunchKernel copies it from {@link #ggParams} at launch
      * time, so the buffer is reused by the next launch. Layout: int lda, ldb, ldc, groups; float alpha, beta; then
      * arrays of 64: long long a, b, c (device byte addresses of A_g, B_g, C_g); int m, n, k, tileStart (prefix sum of
-     * the groups' 128 x ggTileN tiles; the grid is the total) and flags (bit 0: A_g's address is 16-byte aligned and
+     * the groups' 128 x ggTileN (gbTileN) tiles; the grid is the total) and flags (bit 0: A_g's address is 16-byte aligned and
      * lda a multiple of 4, so the kernel may use 16-byte loads; bit 1: the same for B_g). Groups write disjoint C_g
      * in parallel (overlapping C_g would race, where the loop would apply them in order). The kernel takes
-     * {@link #ggSharedBytes} of dynamic shared memory (raised once per function); groups are passed largest k first.
+     * {@link #ggSharedBytes} ({@link #gbSharedBytes}) of dynamic shared memory (raised once per function); groups are
+     * passed largest k first.
      */
     private void groupedKernel(boolean transA, boolean transB, int[] active, int count, int[] m, int[] n, int[] k,
                                float alpha, Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta,

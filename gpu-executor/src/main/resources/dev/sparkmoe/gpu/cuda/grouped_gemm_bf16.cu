@@ -14,19 +14,34 @@
 //     dstLd, a / b the scratch addresses, flags unused), same group mapping (flat tile index, binary search over
 //     tileStart) and the same epilogue.
 //
-// Tiling (defaults; tuning macros below): a CTA of 256 threads (8 warps, 2 x 4) computes a GB_BM x GB_BN = 128 x 128
-// tile of one group's C; each warp a 64 x GB_BN/4 sub-tile (4 x GB_BN/32 mma accumulators of 16 x 8). K is walked
-// in slices of GB_BK through a ring of GB_STAGES shared-memory stages filled by cp.async.cg (16 bytes, zero fill by
-// src-size 0 past a group's rows / columns), GB_STAGES - 1 slices ahead: step kt waits for slice kt
-// (cp.async.wait_group GB_STAGES - 2), passes the step's ONE barrier (after which every warp is done with step
-// kt - 1's stage), issues slice kt + GB_STAGES - 1 into that stage and runs the MMAs of slice kt. The bf16 tiles
-// keep the operand's stored layout (contiguous dimension contiguous) with rows padded by 8 bf16 (16 bytes), so the 8
-// rows of an ldmatrix fall in distinct bank groups; ldmatrix(.trans) x4 + mma.sync.m16n8k16 bf16 as in
-// grouped_gemm.cu. Tuning macros (-Dsparkmoe.cuda.defines=...; CudaBackend mirrors GB_BN, GB_BK and GB_STAGES in its
-// tile count and dynamic shared-memory size): GB_BN (128 or 256), GB_BK (32 or 64), GB_STAGES (2..5),
-// GB_MIN_BLOCKS (CTAs per SM the registers must allow).
-// Measured: see CudaBackend's javadoc and GroupedGemmKernelTest.timings. gpu-executor/scripts/grouped_gemm_emulate.py
-// emulates grouped_gemm.cu (the f32-operand kernel) only, not this file.
+// Tiling (defaults; tuning macros below): a CTA of 2 x GB_WARPS_N = 8 warps (256 threads) computes a GB_BM x GB_BN =
+// 128 x 128 tile of one group's C; each warp a 64 x GB_BN/GB_WARPS_N = 64 x 32 sub-tile (4 x 4 mma accumulators of
+// 16 x 8). K is walked in slices of GB_BK = 64 through a ring of GB_STAGES = 3 shared-memory stages (36 KB each,
+// 108 KB: two CTAs per SM on sm_90) filled by cp.async.cg (16 bytes, zero fill by src-size 0 past a group's rows /
+// columns), GB_STAGES - 1 slices ahead: step kt waits for slice kt (cp.async.wait_group GB_STAGES - 2), passes the
+// step's ONE barrier (after which every warp is done with step kt - 1's stage), issues slice kt + GB_STAGES - 1 into
+// that stage and runs the MMAs of slice kt (GB_BK / 16 k16 steps). The bf16 tiles keep the operand's stored layout
+// (contiguous dimension contiguous) with rows padded by 8 bf16 (16 bytes), so the 8 rows of an ldmatrix fall in
+// distinct bank groups; ldmatrix(.trans) x4 + mma.sync.m16n8k16 bf16 as in grouped_gemm.cu, so the k16 products
+// accumulate in the same order as there (the two paths agree to f32 rounding; GroupedGemmKernelTest compares them).
+// Tuning macros (-Dsparkmoe.cuda.defines=...; CudaBackend mirrors GB_BN, GB_BK, GB_STAGES, GB_WARPS_N and GC_UNROLL
+// in its tile count, dynamic shared-memory size, block size and cast grid): GB_BN (128 or 256), GB_BK (32 or 64),
+// GB_STAGES (2 or more, within the shared memory), GB_WARPS_N (4, or 2: 4 warps of 64 x 64 at GB_BN 128),
+// GB_MIN_BLOCKS (CTAs per SM the registers must allow), GC_UNROLL (chunks a cast thread loads before storing).
+//
+// Measured on an H200 (GroupedGemmKernelTest.timings: the model's six expert shapes, 32 experts, ~32k routed rows,
+// median of 11, one process; the casts included unless said): F32-operand kernel 1.577 ms for the six (111-143
+// TFLOP/s); this path with the defaults 1.411 ms (124-167 TFLOP/s; NT 0.231 / 0.205 ms, NN 0.224 / 0.209, TN
+// 0.277 / 0.264 against 0.309 / 0.244, 0.255 / 0.240, 0.257 / 0.273), of which the casts 0.06-0.10 ms a call
+// (about 0.46 ms for the six, roughly 3-3.4 TB/s) and the kernel alone 0.948 ms (181-247 TFLOP/s). Other define
+// sets, same run, six shapes with casts (kernels alone): GB_BK 32 with 4 stages 1.529 (1.047), 32 / 3 stages 1.508
+// (1.026), 32 / 5 stages 1.466 (1.003), GB_WARPS_N 2 1.543 (1.075), GB_WARPS_N 2 with 64 / 3 stages 1.559 (1.093),
+// GB_BN 256 1.661 (1.199), GB_BN 256 with 3 stages 1.683 (1.224), GB_BN 256 with 64 / 3 stages 1.591 (1.125). So
+// the bf16 kernel is about 1.66x the F32-operand kernel, but the per-call casts (a full extra pass over A and B)
+// leave 1.12x end to end; the weight-gradient shapes (TN, ragged k) gain least. Removing the casts (operands that
+// arrive in bf16, or one cast reused by the several grouped GEMMs that read the same tensor) is the next step.
+// gpu-executor/scripts/grouped_gemm_emulate.py emulates this file's index arithmetic with KERNEL=bf16 (and
+// grouped_gemm.cu without it).
 
 #include <cuda_bf16.h>
 
@@ -48,7 +63,7 @@
 #define GB_NJ (GB_WN / 8)
 #define GB_PAD 8
 #define GB_THREADS (64 * GB_WARPS_N)  // CudaBackend mirrors it in the launch
-#ifndef GB_MIN_BLOCKS
+#ifndef GB_MIN_BLOCKS  // 2 caps the registers at 128 a thread (8 warps of 64 x 32: no spills)
 #define GB_MIN_BLOCKS (GB_BN == 128 ? 2 : 1)
 #endif
 
