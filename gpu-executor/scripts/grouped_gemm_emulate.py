@@ -9,9 +9,18 @@ flags), run on small ragged problems for all four transpositions and compared wi
 The bf16 tiles start as NaN so that a fragment reading an element no thread stored fails; ldmatrix row addresses are
 checked for 16-byte alignment and bank conflicts. It checks the arithmetic, not the hardware (nor the pipeline's
 timing): keep it in step with the .cu when either changes. Needs numpy; about 30 s:  [GG_BN=256] python3 grouped_gemm_emulate.py
+
+KERNEL=bf16 emulates grouped_gemm_bf16.cu and CudaBackend's GroupedOperands.BF16 host side instead: the
+grouped_cast_bf16 scratch layout (groups packed, rows padded with zeros to a multiple of 8, the scratch starting as
+NaN so that an element the cast misses shows), the kernel's 16-byte cp.async chunk map with zero fill (alignment
+asserted), GB_BK slices (32 or 64) and the same ldmatrix / mma / epilogue maps; the stage ring's timing is not
+emulated (one fresh NaN stage per K step):  KERNEL=bf16 [GB_BN=256] [GB_BK=32] [GB_WARPS_N=2] python3 grouped_gemm_emulate.py
 """
 import numpy as np, os
-BM=128; BN=int(os.environ.get("GG_BN", 128)); BK=32; PAD=8; T=256; MAXG=64; WN=BN//4; NJ=WN//8
+BF16=os.environ.get("KERNEL","f32")=="bf16"
+BM=128; BN=int(os.environ.get("GB_BN" if BF16 else "GG_BN", 128)); BK=int(os.environ.get("GB_BK",64)) if BF16 else 32
+WARPS_N=int(os.environ.get("GB_WARPS_N",4)) if BF16 else 4; WARPS=2*WARPS_N
+PAD=8; T=32*WARPS; MAXG=64; WN=BN//WARPS_N; NJ=WN//8
 A_CH=BM*BK//4//T; B_CH=BN*BK//4//T
 A_TILE=max(BM*(BK+PAD),BK*(BM+PAD)); B_TILE=max(BN*(BK+PAD),BK*(BN+PAD))
 
@@ -44,6 +53,38 @@ def gg_copy(G, base, ld, rows, cols, vec, ROWS, COLS):
                 for e in range(4):
                     r[i,tid,e]=G[q+e] if rowIn and col+e<cols else 0
     return r
+
+def gb_copy(S, sbase, G, base, ld, rows, cols, ROWS, COLS, LD):
+    """grouped_gemm_bf16.cu's gb_copy: 16-byte (8 bf16) chunks straight into the stage tile, zero fill past rows/cols"""
+    CPR=COLS//8; N=ROWS*COLS//8//T
+    assert N*8*T==ROWS*COLS and LD%8==0
+    for tid in range(T):
+        for i in range(N):
+            v=tid+i*T; row=v//CPR; col=(v%CPR)*8
+            o=sbase+row*LD+col
+            if row<rows and col<cols:
+                q=base+row*ld+col
+                assert q%8==0, "misaligned 16-byte cp.async"
+                S[o:o+8]=G[q:q+8]
+            else:
+                S[o:o+8]=0
+
+def cast_operand(G, offs, ld, rows, cols, ks):
+    """grouped_cast_bf16 + CudaBackend.castGroupedOperand: returns (scratch, per-group offsets, dstLd)"""
+    dstLd=(max([c for c,kk in zip(cols,ks) if kk>0],default=0)+7)//8*8
+    at=[]; total=0
+    for r,kk in zip(rows,ks):
+        at.append(total if kk>0 else 0); total+=r*dstLd if kk>0 else 0
+    S=np.full(max(total,8),np.nan,np.float32)
+    for o,src,r,c,kk in zip(at,offs,rows,cols,ks):
+        if kk==0: continue
+        for row in range(r):
+            for ch in range(dstLd//8):
+                col=ch*8
+                v=[G[src+row*ld+col+e] if col+e<c else 0 for e in range(8)]
+                S[o+row*dstLd+col:o+row*dstLd+col+8]=bf16(np.array(v,np.float32))
+    assert not np.isnan(S[:total]).any(), "cast left scratch unwritten"
+    return S,at,dstLd
 
 def gg_convert(S, sbase, r, ROWS, COLS, LD):
     VPR=COLS//4; N=ROWS*COLS//4//T
@@ -109,7 +150,7 @@ def kernel(TA,TB,P,Ag,Bg,Cg):
         vecA=P['flags'][g]&1; vecB=P['flags'][g]&2; lda,ldb=P['lda'],P['ldb']
         LDA_S = BM+PAD if TA else BK+PAD
         LDB_S = BK+PAD if TB else BN+PAD
-        acc=np.zeros((8,32,4,NJ,4),np.float64)  # warp, lane, i, j, e
+        acc=np.zeros((WARPS,32,4,NJ,4),np.float64)  # warp, lane, i, j, e
         numK=(K+BK-1)//BK
         if numK>0:
             aPtr = A+m0 if TA else A+m0*lda
@@ -118,15 +159,22 @@ def kernel(TA,TB,P,Ag,Bg,Cg):
             bStep = BK if TB else BK*ldb
             for kt in range(numK):
                 kl=K-kt*BK; a=aPtr+kt*aStep; b=bPtr+kt*bStep
-                ra = gg_copy(Ag,a,lda,kl,M-m0,vecA,BK,BM) if TA else gg_copy(Ag,a,lda,M-m0,kl,vecA,BM,BK)
-                rb = gg_copy(Bg,b,ldb,N-n0,kl,vecB,BN,BK) if TB else gg_copy(Bg,b,ldb,kl,N-n0,vecB,BK,BN)
-                S=np.full(A_TILE+B_TILE,np.nan,np.float32)  # a fresh NaN buffer per step
-                if TA: gg_convert(S,0,ra,BK,BM,LDA_S)
-                else: gg_convert(S,0,ra,BM,BK,LDA_S)
-                if TB: gg_convert(S,A_TILE,rb,BN,BK,LDB_S)
-                else: gg_convert(S,A_TILE,rb,BK,BN,LDB_S)
-                for warp in range(8):
-                    wm=warp>>2; wn=warp&3
+                if BF16:
+                    S=np.full(A_TILE+B_TILE,np.nan,np.float32)
+                    if TA: gb_copy(S,0,Ag,a,lda,kl,M-m0,BK,BM,LDA_S)
+                    else: gb_copy(S,0,Ag,a,lda,M-m0,kl,BM,BK,LDA_S)
+                    if TB: gb_copy(S,A_TILE,Bg,b,ldb,N-n0,kl,BN,BK,LDB_S)
+                    else: gb_copy(S,A_TILE,Bg,b,ldb,kl,N-n0,BK,BN,LDB_S)
+                ra = None if BF16 else gg_copy(Ag,a,lda,kl,M-m0,vecA,BK,BM) if TA else gg_copy(Ag,a,lda,M-m0,kl,vecA,BM,BK)
+                rb = None if BF16 else gg_copy(Bg,b,ldb,N-n0,kl,vecB,BN,BK) if TB else gg_copy(Bg,b,ldb,kl,N-n0,vecB,BK,BN)
+                if not BF16: S=np.full(A_TILE+B_TILE,np.nan,np.float32)  # a fresh NaN buffer per step
+                if not BF16:
+                    if TA: gg_convert(S,0,ra,BK,BM,LDA_S)
+                    else: gg_convert(S,0,ra,BM,BK,LDA_S)
+                    if TB: gg_convert(S,A_TILE,rb,BN,BK,LDB_S)
+                    else: gg_convert(S,A_TILE,rb,BK,BN,LDB_S)
+                for warp in range(WARPS):
+                    wm=warp//WARPS_N; wn=warp%WARPS_N
                     aLane=[]; bLane=[]
                     for lane in range(32):
                         r8=lane&7; j0=(lane>>3)&1; j1=lane>>4; aRow=wm*64; bCol=wn*WN
@@ -135,8 +183,8 @@ def kernel(TA,TB,P,Ag,Bg,Cg):
                     warp_mma(S,acc[warp],TA,TB,aLane,bLane)
         alpha,beta=np.float32(P['alpha']),np.float32(P['beta']); ldc=P['ldc']
         vecC=C%2==0 and ldc%2==0
-        for warp in range(8):
-            wm=warp>>2; wn=warp&3
+        for warp in range(WARPS):
+            wm=warp//WARPS_N; wn=warp%WARPS_N
             for lane in range(32):
                 colBase=n0+wn*WN+2*(lane&3)
                 for i in range(4):
@@ -179,7 +227,15 @@ def run(TA,TB,m,n,k,lda,ldb,ldc,aOff,bOff,cOff,aLen,bLen,cLen,alpha,beta,nanC,se
             P['m'].append(m[g]); P['n'].append(n[g]); P['k'].append(k[g]); P['tileStart'].append(tiles)
             P['flags'].append((1 if aA%4==0 and lda%4==0 else 0)|(2 if bA%4==0 and ldb%4==0 else 0))
             tiles+=((m[g]+BM-1)//BM)*((n[g]+BN-1)//BN)
-        kernel(TA,TB,P,Ag,Bg,Cg)
+        if BF16:
+            aR=[k[g] if TA else m[g] for g in here]; aC=[m[g] if TA else k[g] for g in here]
+            bR=[n[g] if TB else k[g] for g in here]; bC=[k[g] if TB else n[g] for g in here]
+            ks=[k[g] for g in here]
+            SA,aAt,lda16=cast_operand(Ag,P['a'],lda,aR,aC,ks); SB,bAt,ldb16=cast_operand(Bg,P['b'],ldb,bR,bC,ks)
+            P['a']=aAt; P['b']=bAt; P['lda']=lda16; P['ldb']=ldb16
+            kernel(TA,TB,P,SA,SB,Cg)
+        else:
+            kernel(TA,TB,P,Ag,Bg,Cg)
     nanref=np.isnan(ref); assert (np.isnan(Cg)==nanref).all(), "NaN pattern differs"
     err=np.abs(Cg[~nanref]-ref[~nanref]).max() if (~nanref).any() else 0
     scale=np.abs(ref[~nanref]).max() if (~nanref).any() else 1

@@ -37,9 +37,9 @@ import java.util.logging.Logger;
  * {@code cublasGemmEx} with f32 storage and the compute type of {@link GemmPrecision} (default
  * {@code CUBLAS_COMPUTE_32F}, exact f32; TF32 and BF16 tensor-core modes are switchable through
  * {@link #setGemmPrecision} or {@code -Dsparkmoe.cuda.gemm=f32|tf32|bf16}). {@link #groupedGemm} (the experts of a MoE
- * layer) runs, by default ({@link GroupedMode#AUTO}), as ONE launch of the bf16 tensor-core grouped GEMM kernel of
- * {@code grouped_gemm.cu} ({@link GroupedMode#KERNEL}) when the precision is {@link GemmPrecision#BF16} (and the
- * device is sm_80 or newer), and otherwise ({@link GroupedMode#LOOP}: F32 and TF32, the exact-parity modes) as one
+ * layer) runs, by default ({@link GroupedMode#AUTO}), as ONE launch (per 64 groups) of a bf16 tensor-core grouped GEMM
+ * kernel ({@link GroupedMode#KERNEL}) when the precision is {@link GemmPrecision#BF16} (and the device is sm_80 or
+ * newer), and otherwise ({@link GroupedMode#LOOP}: F32 and TF32, the exact-parity modes) as one
  * {@code cublasGemmEx} per non-empty group on the stream; one cuBLAS call per group is launch-bound (about 16 us of
  * host time each on an H200, 32 groups x 9 grouped GEMMs per layer). Forced with {@link #setGroupedMode} or
  * {@code -Dsparkmoe.cuda.grouped=auto|kernel|loop|cublas}. The presets also bind {@code cublasGemmGroupedBatchedEx},
@@ -47,6 +47,19 @@ import java.util.logging.Logger;
  * uploaded to the device on the stream), but it is experimental: on an H200 (cuBLAS 13.1, driver 580) it failed (an
  * illegal memory access; with blocking launches CUBLAS_STATUS_EXECUTION_FAILED), cause not yet found.
  *
+ * <p>{@link GroupedMode#KERNEL} has two operand paths ({@link GroupedOperands}, {@link #setGroupedOperands} or
+ * {@code -Dsparkmoe.cuda.groupedOperands=bf16|f32}), with the same products (operands rounded to nearest even, f32
+ * accumulation of the same k16 products in the same order) and the same semantics (beta == 0 never reads C; k == 0
+ * scales C_g by beta). {@link GroupedOperands#BF16} (the default): per launch, one {@code grouped_cast_bf16} per
+ * operand rounds every group's block of A and of B into a stream-ordered scratch buffer (groups packed, rows padded
+ * to 16 bytes with zeros, so any offset and stride works), then {@code grouped_gemm_bf16.cu} reads the bf16 copies
+ * through a 3-stage cp.async ring (128 x 128 x 64 tiles). {@link GroupedOperands#F32}: {@code grouped_gemm.cu}
+ * reads the f32 operands and rounds them while staging. On an H200 ({@code GroupedGemmKernelTest.timings}, the
+ * model's six expert shapes, 32 experts, ~32k rows) the six took 1.411 ms on BF16, casts included (124-167
+ * TFLOP/s; the casts 0.06-0.10 ms a call, the bf16 kernel alone 181-247 TFLOP/s), against 1.577 ms on F32 (111-143
+ * TFLOP/s) and 2.94 ms for the cuBLAS loop: 1.12x end to end (the weight-gradient TN shapes gain least, one of them
+ * 0.277 against 0.257 ms), because the casts are an extra pass over both operands at every call. BF16 costs scratch
+ * memory for the duration of a launch (2 bytes per operand element used: 96 MiB for the model's largest call).
  * <p>Attention ({@link AttentionMode}, {@code -Dsparkmoe.cuda.attention=auto|gemm|flash|fused}): by default
  * ({@link AttentionMode#AUTO}) the bf16 tensor-core flash-attention kernels ({@link AttentionMode#FLASH},
  * {@code flash_attention.cu}: no T x T matrix in device memory, bf16 operands, f32 softmax and accumulation) when the
@@ -74,6 +87,14 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private static final String A = "attention.cu";
     private static final String FA = "flash_attention.cu";
     private static final String G = "grouped_gemm.cu";
+    private static final String GB = "grouped_gemm_bf16.cu";
+    /** grouped_cast_bf16's GCParams (see grouped_gemm_bf16.cu): srcLd, dstLd, count, pad, src[64], dst[64],
+     *  rows[64], cols[64]. */
+    private static final long GC_OFF_SRC = 16;
+    private static final long GC_OFF_DST = GC_OFF_SRC + 8L * 64;
+    private static final long GC_OFF_ROWS = GC_OFF_DST + 8L * 64;
+    private static final long GC_OFF_COLS = GC_OFF_ROWS + 4L * 64;
+    private static final long GC_PARAMS_BYTES = GC_OFF_COLS + 4L * 64; // 1552
     /** Groups per launch of the grouped GEMM kernel and the byte layout of its GGParams (see grouped_gemm.cu). */
     private static final int GG_MAX_GROUPS = 64;
     private static final int GG_TILE_M = 128;
@@ -113,12 +134,29 @@ public final class CudaBackend implements Backend, AutoCloseable {
         /** One {@code cublasGemmEx} per group with the current {@link GemmPrecision}. */
         LOOP,
         /**
-         * One launch of the grouped GEMM kernel ({@code grouped_gemm.cu}) per 64 groups: bf16 inputs (rounded to
-         * nearest even), f32 accumulation and output, whatever the {@link GemmPrecision}; needs sm_80 or newer.
+         * One launch of the grouped GEMM kernel per 64 groups ({@code grouped_gemm_bf16.cu} after bf16 casts of the
+         * operands, or {@code grouped_gemm.cu}: see {@link GroupedOperands}): bf16 inputs (rounded to nearest even),
+         * f32 accumulation and output, whatever the {@link GemmPrecision}; needs sm_80 or newer.
          */
         KERNEL,
         /** {@link #KERNEL} when the precision is {@link GemmPrecision#BF16} on sm_80 or newer, else {@link #LOOP}. */
         AUTO
+    }
+
+    /**
+     * Where {@link GroupedMode#KERNEL} rounds its f32 operands to bf16 ({@link #setGroupedOperands},
+     * {@code -Dsparkmoe.cuda.groupedOperands=bf16|f32}). Both give the same products (round-to-nearest-even, f32
+     * accumulation); only the f32 summation order may differ.
+     */
+    public enum GroupedOperands {
+        /**
+         * {@code grouped_gemm_bf16.cu}: per launch, the groups' blocks of A and B are first cast to bf16 scratch
+         * copies (one {@code grouped_cast_bf16} launch per operand, rows padded to 16 bytes), then the kernel reads
+         * bf16 through a cp.async ring; the copies are released stream-ordered after it.
+         */
+        BF16,
+        /** {@code grouped_gemm.cu}: the kernel reads the f32 operands and rounds them while staging. */
+        F32
     }
 
     /**
@@ -197,6 +235,14 @@ public final class CudaBackend implements Backend, AutoCloseable {
     /** Whether this device grants a block ggSharedBytes of shared memory (sm_86 / sm_89 grant 99 KB: there
      *  -Dsparkmoe.cuda.defines=GG_RING=0,GG_BN=256 needs 60 KB). */
     private final boolean ggFits;
+    /** grouped_gemm_bf16.cu's GB_BN, and its dynamic shared memory (GB_STAGES stages of bf16 A and B tiles; the
+     *  default 3 x 36 KB) and whether the device grants it; its block size (64 x GB_WARPS_N) and the cast's
+     *  GC_UNROLL. */
+    private final int gbTileN;
+    private final int gbThreads;
+    private final int gcUnroll;
+    private final int gbSharedBytes;
+    private final boolean gbFits;
     private final CUstream_st stream;
     private final cublasContext cublasHandle;
     private final KernelLibrary kernels;
@@ -209,6 +255,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
     /** The grouped GEMM kernel's only parameter, a GGParams struct passed by value, and its kernelParams array. */
     private final BytePointer ggParams = new BytePointer(GG_PARAMS_BYTES);
     private final PointerPointer<Pointer> ggArgPtrs = new PointerPointer<>(1);
+    private final BytePointer gcParams = new BytePointer(GC_PARAMS_BYTES);
+    private final PointerPointer<Pointer> gcArgPtrs = new PointerPointer<>(1);
     private final DeviceBuffer errorWord;
     private final Map<String, DeviceBuffer> ropeFreqs = new HashMap<>();
     /** rope's cos and sin tables (seqLen x headDim / 2 each, one buffer) by theta / headDim / seqLen. */
@@ -225,6 +273,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
      */
     private boolean bf16Operands = Boolean.getBoolean("sparkmoe.cuda.bf16Operands");
     private GroupedMode groupedMode;
+    private GroupedOperands groupedOperands;
     private AttentionMode attentionMode;
     private FlashKernels flashKernels;
     /**
@@ -266,6 +315,14 @@ public final class CudaBackend implements Backend, AutoCloseable {
                 + 2 * 2 * (Math.max(GG_TILE_M * (bk + pad), bk * (GG_TILE_M + pad))
                 + Math.max(ggTileN * (bk + pad), bk * (ggTileN + pad)));
         this.ggFits = props.major() >= 8 && props.sharedMemPerBlockOptin() >= ggSharedBytes;
+        this.gbTileN = KernelLibrary.defineValue("GB_BN", 128);
+        this.gbThreads = 64 * KernelLibrary.defineValue("GB_WARPS_N", 4);
+        this.gcUnroll = Math.max(1, KernelLibrary.defineValue("GC_UNROLL", 4));
+        int gbBk = KernelLibrary.defineValue("GB_BK", 64);
+        this.gbSharedBytes = KernelLibrary.defineValue("GB_STAGES", 3) * 2
+                * (Math.max(GG_TILE_M * (gbBk + pad), gbBk * (GG_TILE_M + pad))
+                + Math.max(gbTileN * (gbBk + pad), gbBk * (gbTileN + pad)));
+        this.gbFits = props.major() >= 8 && props.sharedMemPerBlockOptin() >= gbSharedBytes;
         this.kernels = new KernelLibrary(props.major(), props.minor());
         this.stream = new CUstream_st();
         Cuda.check(cudart.cudaStreamCreateWithFlags(stream, cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
@@ -278,6 +335,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
         }
         this.gemmPrecision = GemmPrecision.valueOf(System.getProperty("sparkmoe.cuda.gemm", "f32").toUpperCase(Locale.ROOT));
         ggArgPtrs.put(0, ggParams);
+        gcArgPtrs.put(0, gcParams);
+        this.groupedOperands = parseGroupedOperands(System.getProperty("sparkmoe.cuda.groupedOperands", "bf16"));
         this.groupedMode = parseGroupedMode(System.getProperty("sparkmoe.cuda.grouped", "auto"));
         this.attentionMode = AttentionMode.valueOf(System.getProperty("sparkmoe.cuda.attention", "auto")
                 .toUpperCase(Locale.ROOT));
@@ -338,9 +397,28 @@ public final class CudaBackend implements Backend, AutoCloseable {
         return gemmPrecision == GemmPrecision.BF16 && groupedKernelSupported() ? GroupedMode.KERNEL : GroupedMode.LOOP;
     }
 
-    /** Whether {@link GroupedMode#KERNEL} can run here: bf16 tensor cores (sm_80+) and its shared memory. */
+    /** Whether {@link GroupedMode#KERNEL} can run here: bf16 tensor cores (sm_80+) and the shared memory of the
+     *  kernel that {@link #groupedOperands} selects. */
     synchronized boolean groupedKernelSupported() {
-        return kernels.smMajor() >= 8 && ggFits;
+        return kernels.smMajor() >= 8 && (groupedOperands == GroupedOperands.BF16 ? gbFits : ggFits);
+    }
+
+    /** Which operand path {@link GroupedMode#KERNEL} takes (see {@link GroupedOperands}). */
+    public synchronized void setGroupedOperands(GroupedOperands o) {
+        this.groupedOperands = java.util.Objects.requireNonNull(o, "grouped operands");
+    }
+
+    public synchronized GroupedOperands groupedOperands() {
+        return groupedOperands;
+    }
+
+    static GroupedOperands parseGroupedOperands(String s) {
+        switch (s.trim().toLowerCase(Locale.ROOT)) {
+            case "bf16": return GroupedOperands.BF16;
+            case "f32": return GroupedOperands.F32;
+            default:
+                throw new IllegalArgumentException("sparkmoe.cuda.groupedOperands must be bf16 or f32, got '" + s + "'");
+        }
     }
 
     static GroupedMode parseGroupedMode(String s) {
@@ -954,8 +1032,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
                     + ", transA=" + transA + ", transB=" + transB + ")");
         } finally {
             // stream-ordered: a later user of these blocks queues behind the GEMM that reads them
-            releaseScratch(a16);
-            releaseScratch(b16);
+            if (a16 != null) {
+                releaseScratch(a16);
+            }
+            if (b16 != null) {
+                releaseScratch(b16);
+            }
         }
     }
 
@@ -988,8 +1070,10 @@ public final class CudaBackend implements Backend, AutoCloseable {
         GroupedMode mode = effectiveGroupedMode();
         if (mode == GroupedMode.KERNEL && !groupedKernelSupported()) {
             throw new IllegalStateException("GroupedMode.KERNEL needs bf16 tensor cores (sm_80 or newer) and "
-                    + ggSharedBytes + " bytes of shared memory per block; " + name + " is " + kernels.arch()
-                    + " (with less shared memory, try -Dsparkmoe.cuda.defines=GG_RING=0,GG_BN=256: 61440 bytes)");
+                    + (groupedOperands == GroupedOperands.BF16 ? gbSharedBytes : ggSharedBytes)
+                    + " bytes of shared memory per block; " + name + " is " + kernels.arch()
+                    + " (with less shared memory, try -Dsparkmoe.cuda.defines=GB_STAGES=2, or groupedOperands=f32 "
+                    + "with GG_RING=0,GG_BN=256: 61440 bytes)");
         }
         // The kernel computes row * ld + col in 32 bits inside a 256-row slice; absurd strides take the loop.
         boolean kernel = mode == GroupedMode.KERNEL && 256L * Math.max(Math.max(lda, ldb), 1) <= Integer.MAX_VALUE;
@@ -1043,25 +1127,35 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     /**
-     * {@link GroupedMode#KERNEL}: one launch of {@code grouped_gemm_<ta><tb>} per 64 groups (the active ones: m, n >
-     * 0; k may be 0). The per-group descriptors travel BY VALUE as the kernel's only parameter, a 2840-byte GGParams
+     * {@link GroupedMode#KERNEL}: one launch of {@code grouped_gemm_bf16_<ta><tb>} ({@link GroupedOperands#BF16},
+     * after {@link #castGroupedOperand} of A and of B; a and b then address the scratch copies and lda, ldb are their
+     * padded strides) or {@code grouped_gemm_<ta><tb>} ({@link GroupedOperands#F32}) per 64 groups (the active
+     * ones: m, n > 0; k may be 0; the scratch is released stream-ordered after each launch). The per-group descriptors travel BY VALUE as the kernel's only parameter, a 2840-byte GGParams
      * struct (under the classic 4 KB kernel-parameter limit, so no device table, upload or stream-ordered allocation
      * is needed, and the launch is the only host cost): cuLaunchKernel copies it from {@link #ggParams} at launch
      * time, so the buffer is reused by the next launch. Layout: int lda, ldb, ldc, groups; float alpha, beta; then
      * arrays of 64: long long a, b, c (device byte addresses of A_g, B_g, C_g); int m, n, k, tileStart (prefix sum of
-     * the groups' 128 x ggTileN tiles; the grid is the total) and flags (bit 0: A_g's address is 16-byte aligned and
+     * the groups' 128 x ggTileN (gbTileN) tiles; the grid is the total) and flags (bit 0: A_g's address is 16-byte aligned and
      * lda a multiple of 4, so the kernel may use 16-byte loads; bit 1: the same for B_g). Groups write disjoint C_g
      * in parallel (overlapping C_g would race, where the loop would apply them in order). The kernel takes
-     * {@link #ggSharedBytes} of dynamic shared memory (raised once per function); groups are passed largest k first.
+     * {@link #ggSharedBytes} ({@link #gbSharedBytes}) of dynamic shared memory (raised once per function); groups are
+     * passed largest k first.
      */
     private void groupedKernel(boolean transA, boolean transB, int[] active, int count, int[] m, int[] n, int[] k,
                                float alpha, Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta,
                                Tensor c, int[] cOff, int ldc) {
-        String kernel = "grouped_gemm_" + (transA ? "t" : "n") + (transB ? "t" : "n");
-        CUfunc_st f = kernels.function(G, kernel);
-        if (sharedRaised.putIfAbsent(G + "#" + kernel + "#" + ggSharedBytes, true) == null) {
+        // bf16 operands: the scratch's padded strides stay below max(lda, ldb) + 8; the kernel's 32-bit slice
+        // offsets need 256 of them below 2^31 (else the f32-operand kernel, under its own check in groupedGemm).
+        boolean bf16 = groupedOperands == GroupedOperands.BF16
+                && 256L * (Math.max(Math.max(lda, ldb), 1) + 8) <= Integer.MAX_VALUE;
+        String kernel = (bf16 ? "grouped_gemm_bf16_" : "grouped_gemm_") + (transA ? "t" : "n") + (transB ? "t" : "n");
+        String file = bf16 ? GB : G;
+        int shared = bf16 ? gbSharedBytes : ggSharedBytes;
+        int tileN = bf16 ? gbTileN : ggTileN;
+        CUfunc_st f = kernels.function(file, kernel);
+        if (sharedRaised.putIfAbsent(file + "#" + kernel + "#" + shared, true) == null) {
             Cuda.checkDriver(cudart.cuFuncSetAttribute(f, cudart.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    ggSharedBytes), "cuFuncSetAttribute(" + kernel + ", max dynamic shared = " + ggSharedBytes + ")");
+                    shared), "cuFuncSetAttribute(" + kernel + ", max dynamic shared = " + shared + ")");
         }
         // Largest k first (stable): a CTA's time grows with k, so the longest tiles start in the first wave and the
         // short ones fill the tail (weight gradients: k is the expert's ragged row count).
@@ -1072,37 +1166,167 @@ public final class CudaBackend implements Backend, AutoCloseable {
             }
             active[j] = g;
         }
+        int[][] dims = bf16 ? operandDims(transA, transB, m, n, k) : null;
+        long[] aAt = new long[GG_MAX_GROUPS + 1], bAt = new long[GG_MAX_GROUPS + 1];
         for (int start = 0; start < count; start += GG_MAX_GROUPS) {
             int here = Math.min(GG_MAX_GROUPS, count - start);
-            ggParams.putInt(0, lda);
-            ggParams.putInt(4, ldb);
-            ggParams.putInt(8, ldc);
-            ggParams.putInt(12, here);
-            ggParams.putFloat(16, alpha);
-            ggParams.putFloat(20, beta);
-            long tiles = 0;
-            for (int q = 0; q < here; q++) {
-                int g = active[start + q];
-                boolean readsAB = k[g] > 0; // k == 0: A_g and B_g are never read (and their offsets not checked)
-                long aAddr = readsAB ? addr(a, "A", aOff[g], 0) : 0;
-                long bAddr = readsAB ? addr(b, "B", bOff[g], 0) : 0;
-                int flags = (aAddr % 16 == 0 && lda % 4 == 0 ? 1 : 0) | (bAddr % 16 == 0 && ldb % 4 == 0 ? 2 : 0);
-                ggParams.putLong(GG_OFF_A + 8L * q, aAddr);
-                ggParams.putLong(GG_OFF_B + 8L * q, bAddr);
-                ggParams.putLong(GG_OFF_C + 8L * q, addr(c, "C", cOff[g], 0));
-                ggParams.putInt(GG_OFF_M + 4L * q, m[g]);
-                ggParams.putInt(GG_OFF_N + 4L * q, n[g]);
-                ggParams.putInt(GG_OFF_K + 4L * q, k[g]);
-                ggParams.putInt(GG_OFF_TILE + 4L * q, (int) tiles);
-                ggParams.putInt(GG_OFF_FLAGS + 4L * q, flags);
-                tiles += (long) ((m[g] + GG_TILE_M - 1) / GG_TILE_M) * ((n[g] + ggTileN - 1) / ggTileN);
-                if (tiles > Integer.MAX_VALUE) {
-                    throw new IllegalArgumentException("groupedGemm: more than 2^31 - 1 tiles in one launch");
+            DeviceBuffer a16 = null, b16 = null;
+            try {
+                int lda16 = lda, ldb16 = ldb;
+                if (bf16) {
+                    a16 = castGroupedOperand(a, "A", aOff, lda, dims[0], dims[1], k, active, start, here, aAt);
+                    lda16 = (int) aAt[GG_MAX_GROUPS];
+                    b16 = castGroupedOperand(b, "B", bOff, ldb, dims[2], dims[3], k, active, start, here, bAt);
+                    ldb16 = (int) bAt[GG_MAX_GROUPS];
+                }
+                ggParams.putInt(0, bf16 ? lda16 : lda);
+                ggParams.putInt(4, bf16 ? ldb16 : ldb);
+                ggParams.putInt(8, ldc);
+                ggParams.putInt(12, here);
+                ggParams.putFloat(16, alpha);
+                ggParams.putFloat(20, beta);
+                long tiles = 0;
+                for (int q = 0; q < here; q++) {
+                    int g = active[start + q];
+                    boolean readsAB = k[g] > 0; // k == 0: A_g and B_g are never read (and their offsets not checked)
+                    long aAddr, bAddr;
+                    if (!readsAB) {
+                        aAddr = 0;
+                        bAddr = 0;
+                    } else if (bf16) {
+                        aAddr = a16.address() + 2 * aAt[q];
+                        bAddr = b16.address() + 2 * bAt[q];
+                    } else {
+                        aAddr = addr(a, "A", aOff[g], 0);
+                        bAddr = addr(b, "B", bOff[g], 0);
+                    }
+                    int flags = (aAddr % 16 == 0 && lda % 4 == 0 ? 1 : 0) | (bAddr % 16 == 0 && ldb % 4 == 0 ? 2 : 0);
+                    ggParams.putLong(GG_OFF_A + 8L * q, aAddr);
+                    ggParams.putLong(GG_OFF_B + 8L * q, bAddr);
+                    ggParams.putLong(GG_OFF_C + 8L * q, addr(c, "C", cOff[g], 0));
+                    ggParams.putInt(GG_OFF_M + 4L * q, m[g]);
+                    ggParams.putInt(GG_OFF_N + 4L * q, n[g]);
+                    ggParams.putInt(GG_OFF_K + 4L * q, k[g]);
+                    ggParams.putInt(GG_OFF_TILE + 4L * q, (int) tiles);
+                    ggParams.putInt(GG_OFF_FLAGS + 4L * q, flags);
+                    tiles += (long) ((m[g] + GG_TILE_M - 1) / GG_TILE_M) * ((n[g] + tileN - 1) / tileN);
+                    if (tiles > Integer.MAX_VALUE) {
+                        throw new IllegalArgumentException("groupedGemm: more than 2^31 - 1 tiles in one launch");
+                    }
+                }
+                Cuda.checkDriver(cudart.cuLaunchKernel(f, (int) tiles, 1, 1, bf16 ? gbThreads : GG_THREADS, 1, 1,
+                        shared, stream,
+                        ggArgPtrs, (PointerPointer<?>) null), "cuLaunchKernel(" + kernel + ", " + here + " groups, "
+                        + tiles + " tiles)");
+            } finally {
+                // stream-ordered: a later user of these blocks queues behind the kernel that reads them
+                if (a16 != null) {
+                    releaseScratch(a16);
+                }
+                if (b16 != null) {
+                    releaseScratch(b16);
                 }
             }
-            Cuda.checkDriver(cudart.cuLaunchKernel(f, (int) tiles, 1, 1, GG_THREADS, 1, 1, ggSharedBytes, stream,
-                    ggArgPtrs, (PointerPointer<?>) null), "cuLaunchKernel(" + kernel + ", " + here + " groups, "
-                    + tiles + " tiles)");
+        }
+    }
+
+    /** The stored [rows, cols] of every group's A and B: {aRows, aCols, bRows, bCols}. */
+    private static int[][] operandDims(boolean transA, boolean transB, int[] m, int[] n, int[] k) {
+        int groups = m.length;
+        int[][] d = new int[4][groups];
+        for (int g = 0; g < groups; g++) {
+            d[0][g] = transA ? k[g] : m[g];
+            d[1][g] = transA ? m[g] : k[g];
+            d[2][g] = transB ? n[g] : k[g];
+            d[3][g] = transB ? k[g] : n[g];
+        }
+        return d;
+    }
+
+    /**
+     * {@link GroupedOperands#BF16}: one {@code grouped_cast_bf16} launch rounding the [rows, cols] block of every
+     * group active[start .. start + here) that reads its operands (k > 0) from f32 {@code t} (offset off[g], stride
+     * ld) into a new bf16 scratch buffer, packed group after group with row stride dstLd = the widest cols rounded
+     * up to 8 (the padding columns written as zeros), so that every block and row is 16-byte aligned whatever off
+     * and ld are. Fills at[q] with the element offset of group active[start + q]'s block in the scratch and
+     * at[64] with dstLd. Returns null where no group reads the operand. Chunk counts stay below 2^31: rows * ld
+     * is an int span and dstLd <= ld + 7.
+     */
+    private DeviceBuffer castGroupedOperand(Tensor t, String what, int[] off, int ld, int[] rows, int[] cols, int[] k,
+                                            int[] active, int start, int here, long[] at) {
+        int dstLd = 0, entries = 0;
+        long total = 0, maxChunks = 0;
+        for (int q = 0; q < here; q++) {
+            int g = active[start + q];
+            if (k[g] > 0) {
+                dstLd = Math.max(dstLd, cols[g]);
+            }
+        }
+        dstLd = (dstLd + 7) / 8 * 8;
+        for (int q = 0; q < here; q++) {
+            int g = active[start + q];
+            if (k[g] == 0) {
+                at[q] = 0;
+                continue;
+            }
+            at[q] = total;
+            total += (long) rows[g] * dstLd;
+            maxChunks = Math.max(maxChunks, (long) rows[g] * dstLd / 8);
+        }
+        at[GG_MAX_GROUPS] = dstLd;
+        if (total == 0) {
+            return null;
+        }
+        DeviceBuffer d = allocate(2 * total);
+        gcParams.putInt(0, ld);
+        gcParams.putInt(4, dstLd);
+        for (int q = 0; q < here; q++) {
+            int g = active[start + q];
+            if (k[g] == 0) {
+                continue;
+            }
+            gcParams.putLong(GC_OFF_SRC + 8L * entries, addr(t, what, off[g], 0));
+            gcParams.putLong(GC_OFF_DST + 8L * entries, d.address() + 2 * at[q]);
+            gcParams.putInt(GC_OFF_ROWS + 4L * entries, rows[g]);
+            gcParams.putInt(GC_OFF_COLS + 4L * entries, cols[g]);
+            entries++;
+        }
+        gcParams.putInt(8, entries);
+        gcParams.putInt(12, 0);
+        long perBlock = 256L * gcUnroll; // GC_UNROLL chunks a thread
+        int gridX = (int) Math.max(1, Math.min(65535, (maxChunks + perBlock - 1) / perBlock));
+        CUfunc_st f = kernels.function(GB, "grouped_cast_bf16");
+        Cuda.checkDriver(cudart.cuLaunchKernel(f, gridX, entries, 1, 256, 1, 1, 0, stream, gcArgPtrs,
+                (PointerPointer<?>) null), "cuLaunchKernel(grouped_cast_bf16, " + what + ", " + entries + " groups)");
+        return d;
+    }
+
+    /**
+     * Test hook for timing: only the bf16 operand casts that {@link GroupedOperands#BF16} runs before its kernels
+     * (same grouping: m, n, k > 0, largest k first, 64 groups a launch), the scratch released at once.
+     */
+    synchronized void groupedOperandCastOnly(boolean transA, boolean transB, int groups, int[] m, int[] n, int[] k,
+                                             Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb) {
+        current();
+        int[] active = new int[groups];
+        int count = 0;
+        for (int g = 0; g < groups; g++) {
+            if (m[g] > 0 && n[g] > 0 && k[g] > 0) {
+                active[count++] = g;
+            }
+        }
+        int[][] dims = operandDims(transA, transB, m, n, k);
+        long[] at = new long[GG_MAX_GROUPS + 1];
+        for (int start = 0; start < count; start += GG_MAX_GROUPS) {
+            int here = Math.min(GG_MAX_GROUPS, count - start);
+            DeviceBuffer a16 = castGroupedOperand(a, "A", aOff, lda, dims[0], dims[1], k, active, start, here, at);
+            DeviceBuffer b16 = castGroupedOperand(b, "B", bOff, ldb, dims[2], dims[3], k, active, start, here, at);
+            if (a16 != null) {
+                releaseScratch(a16);
+            }
+            if (b16 != null) {
+                releaseScratch(b16);
+            }
         }
     }
 
