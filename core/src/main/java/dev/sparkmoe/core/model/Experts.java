@@ -182,25 +182,27 @@ public final class Experts extends Module {
         Tensor dGate = be.empty(DType.F32, rows, inter);
         Tensor dUp = be.empty(DType.F32, rows, inter);
         Tensor dRouted = be.empty(DType.F32, rows, hidden);
+        // Neighbouring grouped GEMMs share an operand (dOut; dGate; the routed rows; dUp), so that a backend that
+        // converts operands (CudaBackend's bf16 copies) converts each once: act and the routed rows are made first.
         // dAct = dOut Wd_e ; dWd_e += dOut^T act
+        Tensor act = activation(be, c, rows);
         be.groupedGemm(false, false, g.n, g.rows, g.inter, g.hid, 1f, dOut, g.xOff, hidden, downProj.value(),
                 g.wHI, inter, 0f, dAct, g.iOff, inter);
-        Tensor act = activation(be, c, rows);
         be.groupedGemm(true, false, g.n, g.hid, g.inter, g.rows, 1f, dOut, g.xOff, hidden, act, g.iOff, inter,
                 1f, downProj.grad(), g.wHI, inter);
         Release.all(be, dOut, act);
         be.siluMulBackward(dAct, c.gate, c.up, dGate, dUp, 0, rows * inter);
         Release.all(be, dAct, c.gate, c.up);
         // dRouted = dGate Wg_e + dUp Wu_e ; dWg_e += dGate^T x ; dWu_e += dUp^T x
+        Tensor routed = c.routed != null ? c.routed : dispatcher.regather(be, c.hidden, d);
         be.groupedGemm(false, false, g.n, g.rows, g.hid, g.inter, 1f, dGate, g.iOff, inter, gateProj.value(),
                 g.wIH, hidden, 0f, dRouted, g.xOff, hidden);
-        be.groupedGemm(false, false, g.n, g.rows, g.hid, g.inter, 1f, dUp, g.iOff, inter, upProj.value(),
-                g.wIH, hidden, 1f, dRouted, g.xOff, hidden);
-        Tensor routed = c.routed != null ? c.routed : dispatcher.regather(be, c.hidden, d);
         be.groupedGemm(true, false, g.n, g.inter, g.hid, g.rows, 1f, dGate, g.iOff, inter, routed, g.xOff,
                 hidden, 1f, gateProj.grad(), g.wIH, hidden);
         be.groupedGemm(true, false, g.n, g.inter, g.hid, g.rows, 1f, dUp, g.iOff, inter, routed, g.xOff,
                 hidden, 1f, upProj.grad(), g.wIH, hidden);
+        be.groupedGemm(false, false, g.n, g.rows, g.hid, g.inter, 1f, dUp, g.iOff, inter, upProj.value(),
+                g.wIH, hidden, 1f, dRouted, g.xOff, hidden);
         Release.all(be, dGate, dUp, routed);
         dispatcher.dispatchBackward(be, dRouted, d, dHidden);
         be.release(dRouted);

@@ -21,6 +21,7 @@ import org.bytedeco.javacpp.PointerPointer;
 
 import java.util.ArrayDeque;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Locale;
@@ -256,6 +257,23 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private final BytePointer ggParams = new BytePointer(GG_PARAMS_BYTES);
     private final PointerPointer<Pointer> ggArgPtrs = new PointerPointer<>(1);
     private final BytePointer gcParams = new BytePointer(GC_PARAMS_BYTES);
+    /**
+     * {@link GroupedOperands#BF16}: the bf16 copies of the last grouped GEMM's operands, kept for the very next
+     * backend call only. Where that call is a grouped GEMM that would convert the same f32 blocks (same source
+     * addresses, block shapes and stride), it reads the kept copy instead of converting again: {@code Experts} orders
+     * its grouped GEMMs so that neighbours share an operand (the routed rows of the gate and up projections, the
+     * output gradient of the down projection's input and weight gradients, ...). Any other backend call in between
+     * (counted by {@link #ops}, in {@link #current()}), a scope closing or the backend closing drops them, released
+     * stream-ordered. Nothing but a backend call can write a tensor's memory in between (collectives write only
+     * buffers the caller made or chose with backend calls), so a kept copy is still exact when it is reused.
+     */
+    private final List<HeldCast> heldCasts = new ArrayList<>(2);
+    private long ops; // backend calls so far
+    private long operandCasts; // grouped_cast_bf16 launches so far
+
+    /** A kept operand copy: what it converted ({@link #castKey}), where each group's block is, and when. */
+    private record HeldCast(DeviceBuffer copy, long[] key, long[] at, long op) {
+    }
     private final PointerPointer<Pointer> gcArgPtrs = new PointerPointer<>(1);
     private final DeviceBuffer errorWord;
     private final Map<String, DeviceBuffer> ropeFreqs = new HashMap<>();
@@ -558,6 +576,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
             return;
         }
         current();
+        dropHeldCasts();
         Cuda.check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize");
         closed = true;
         Cuda.checkCublas(cublas.cublasDestroy_v2(cublasHandle), "cublasDestroy");
@@ -570,6 +589,10 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private void current() {
         if (closed) {
             throw new IllegalStateException("backend " + name + " is closed");
+        }
+        ops++;
+        if (!heldCasts.isEmpty() && heldCasts.get(0).op() < ops - 1) {
+            dropHeldCasts(); // a call came between: the copies may be stale
         }
         Thread t = Thread.currentThread();
         if (t != lastThread) {
@@ -839,6 +862,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
                     throw new IllegalStateException("scope #" + id + " closed while an inner scope #"
                             + scopes.peek().id + " is still open; close scopes innermost first");
                 }
+                dropHeldCasts(); // kept operand copies may belong to this scope
                 scopes.pop();
                 open = false;
                 for (DeviceBuffer b : buffers) {
@@ -1168,15 +1192,23 @@ public final class CudaBackend implements Backend, AutoCloseable {
         }
         int[][] dims = bf16 ? operandDims(transA, transB, m, n, k) : null;
         long[] aAt = new long[GG_MAX_GROUPS + 1], bAt = new long[GG_MAX_GROUPS + 1];
+        boolean keep = bf16 && count <= GG_MAX_GROUPS; // one launch: its copies may serve the next call
+        List<HeldCast> offered = new ArrayList<>(heldCasts);
+        heldCasts.clear();
         for (int start = 0; start < count; start += GG_MAX_GROUPS) {
             int here = Math.min(GG_MAX_GROUPS, count - start);
             DeviceBuffer a16 = null, b16 = null;
+            HeldCast aCast = null, bCast = null;
             try {
                 int lda16 = lda, ldb16 = ldb;
                 if (bf16) {
-                    a16 = castGroupedOperand(a, "A", aOff, lda, dims[0], dims[1], k, active, start, here, aAt);
+                    aCast = castGroupedOperand(a, "A", aOff, lda, dims[0], dims[1], k, active, start, here, aAt,
+                            offered);
+                    a16 = aCast == null ? null : aCast.copy();
                     lda16 = (int) aAt[GG_MAX_GROUPS];
-                    b16 = castGroupedOperand(b, "B", bOff, ldb, dims[2], dims[3], k, active, start, here, bAt);
+                    bCast = castGroupedOperand(b, "B", bOff, ldb, dims[2], dims[3], k, active, start, here, bAt,
+                            offered);
+                    b16 = bCast == null ? null : bCast.copy();
                     ldb16 = (int) bAt[GG_MAX_GROUPS];
                 }
                 ggParams.putInt(0, bf16 ? lda16 : lda);
@@ -1218,16 +1250,47 @@ public final class CudaBackend implements Backend, AutoCloseable {
                         shared, stream,
                         ggArgPtrs, (PointerPointer<?>) null), "cuLaunchKernel(" + kernel + ", " + here + " groups, "
                         + tiles + " tiles)");
+                if (keep) {
+                    for (HeldCast h : new HeldCast[] {aCast, bCast}) {
+                        if (h != null && !heldCasts.contains(h)) {
+                            heldCasts.add(new HeldCast(h.copy(), h.key(), h.at(), ops));
+                        }
+                    }
+                }
             } finally {
                 // stream-ordered: a later user of these blocks queues behind the kernel that reads them
-                if (a16 != null) {
-                    releaseScratch(a16);
-                }
-                if (b16 != null) {
-                    releaseScratch(b16);
+                for (DeviceBuffer d : new DeviceBuffer[] {a16, b16 == a16 ? null : b16}) {
+                    if (d != null && !d.released && heldCasts.stream().noneMatch(h -> h.copy() == d)) {
+                        releaseScratch(d);
+                    }
                 }
             }
         }
+        for (HeldCast h : offered) { // kept by the previous call and not used by this one
+            if (!h.copy().released && heldCasts.stream().noneMatch(x -> x.copy() == h.copy())) {
+                releaseScratch(h.copy());
+            }
+        }
+    }
+
+    /** Releases the kept operand copies (stream-ordered). */
+    private void dropHeldCasts() {
+        for (HeldCast h : heldCasts) {
+            if (!h.copy().released) {
+                releaseScratch(h.copy());
+            }
+        }
+        heldCasts.clear();
+    }
+
+    /** Number of kept operand copies (tests). */
+    synchronized int heldOperandCopies() {
+        return heldCasts.size();
+    }
+
+    /** Operand blocks converted to bf16 so far (grouped_cast_bf16 launches; tests). */
+    synchronized long operandCasts() {
+        return operandCasts;
     }
 
     /** The stored [rows, cols] of every group's A and B: {aRows, aCols, bRows, bCols}. */
@@ -1252,8 +1315,15 @@ public final class CudaBackend implements Backend, AutoCloseable {
      * at[64] with dstLd. Returns null where no group reads the operand. Chunk counts stay below 2^31: rows * ld
      * is an int span and dstLd <= ld + 7.
      */
-    private DeviceBuffer castGroupedOperand(Tensor t, String what, int[] off, int ld, int[] rows, int[] cols, int[] k,
-                                            int[] active, int start, int here, long[] at) {
+    private HeldCast castGroupedOperand(Tensor t, String what, int[] off, int ld, int[] rows, int[] cols, int[] k,
+                                        int[] active, int start, int here, long[] at, List<HeldCast> offered) {
+        long[] key = castKey(t, what, off, ld, rows, cols, k, active, start, here);
+        for (HeldCast h : offered) {
+            if (Arrays.equals(h.key(), key)) {
+                System.arraycopy(h.at(), 0, at, 0, at.length);
+                return h;
+            }
+        }
         int dstLd = 0, entries = 0;
         long total = 0, maxChunks = 0;
         for (int q = 0; q < here; q++) {
@@ -1278,6 +1348,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
             return null;
         }
         DeviceBuffer d = allocate(2 * total);
+        HeldCast made = new HeldCast(d, key, at.clone(), ops);
+        operandCasts++;
         gcParams.putInt(0, ld);
         gcParams.putInt(4, dstLd);
         for (int q = 0; q < here; q++) {
@@ -1298,7 +1370,27 @@ public final class CudaBackend implements Backend, AutoCloseable {
         CUfunc_st f = kernels.function(GB, "grouped_cast_bf16");
         Cuda.checkDriver(cudart.cuLaunchKernel(f, gridX, entries, 1, 256, 1, 1, 0, stream, gcArgPtrs,
                 (PointerPointer<?>) null), "cuLaunchKernel(grouped_cast_bf16, " + what + ", " + entries + " groups)");
-        return d;
+        return made;
+    }
+
+    /**
+     * What a {@link #castGroupedOperand} converts, as numbers: the stride, then per group (in launch order) the
+     * source block's device address, rows and columns (0, 0, 0 for a group that reads no operand). Equal keys give
+     * equal copies while the source memory is unchanged.
+     */
+    private long[] castKey(Tensor t, String what, int[] off, int ld, int[] rows, int[] cols, int[] k, int[] active,
+                           int start, int here) {
+        long[] key = new long[1 + 3 * here];
+        key[0] = ld;
+        for (int q = 0; q < here; q++) {
+            int g = active[start + q];
+            if (k[g] > 0) {
+                key[1 + 3 * q] = addr(t, what, off[g], 0);
+                key[2 + 3 * q] = rows[g];
+                key[3 + 3 * q] = cols[g];
+            }
+        }
+        return key;
     }
 
     /**
@@ -1319,13 +1411,15 @@ public final class CudaBackend implements Backend, AutoCloseable {
         long[] at = new long[GG_MAX_GROUPS + 1];
         for (int start = 0; start < count; start += GG_MAX_GROUPS) {
             int here = Math.min(GG_MAX_GROUPS, count - start);
-            DeviceBuffer a16 = castGroupedOperand(a, "A", aOff, lda, dims[0], dims[1], k, active, start, here, at);
-            DeviceBuffer b16 = castGroupedOperand(b, "B", bOff, ldb, dims[2], dims[3], k, active, start, here, at);
+            HeldCast a16 = castGroupedOperand(a, "A", aOff, lda, dims[0], dims[1], k, active, start, here, at,
+                    List.of());
+            HeldCast b16 = castGroupedOperand(b, "B", bOff, ldb, dims[2], dims[3], k, active, start, here, at,
+                    List.of());
             if (a16 != null) {
-                releaseScratch(a16);
+                releaseScratch(a16.copy());
             }
             if (b16 != null) {
-                releaseScratch(b16);
+                releaseScratch(b16.copy());
             }
         }
     }

@@ -374,6 +374,74 @@ class GroupedGemmKernelTest {
         check(gpu, packed("150 groups", true, false, m, n, k, false), 1f, 0f, true, seed);
     }
 
+    /**
+     * BF16 operands: a grouped GEMM right after another that converted the same operand block reads the kept copy
+     * (Experts' dOut of the down projection's input gradient (NN) and weight gradient (TN)); a backend call that
+     * writes the operand in between makes it convert again, and the result follows the new values.
+     */
+    @Test
+    void theNextGroupedGemmReusesAnOperandCopyOnlyWhileNothingCameBetween() {
+        CudaBackend gpu = GpuTestSupport.backend();
+        CudaBackend.GroupedMode savedMode = gpu.groupedMode();
+        CudaBackend.GroupedOperands savedOps = gpu.groupedOperands();
+        gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
+        gpu.setGroupedOperands(CudaBackend.GroupedOperands.BF16);
+        int[] rows = {40, 0, 70, 9};
+        int e = rows.length, hidden = 64, inter = 40, total = Arrays.stream(rows).sum();
+        int[] xOff = new int[e], dOff = new int[e], wOff = new int[e], hid = new int[e], in = new int[e];
+        for (int g = 0, at = 0; g < e; at += rows[g], g++) {
+            xOff[g] = at * hidden;
+            dOff[g] = at * inter;
+            wOff[g] = g * hidden * inter;
+            hid[g] = hidden;
+            in[g] = inter;
+        }
+        Random r = new Random(7);
+        float[] x = rnd(r, total * hidden, 1);
+        float[] w = rnd(r, e * hidden * inter, 1);
+        float[] dy = rnd(r, total * inter, 1);
+        try (var scope = gpu.openScope()) {
+            Tensor gx = gpu.upload(host(x, x.length));
+            Tensor gw = gpu.upload(host(w, w.length));
+            Tensor gd = gpu.upload(host(dy, dy.length));
+            Tensor c1 = gpu.empty(DType.F32, total * inter);
+            Tensor c2 = gpu.empty(DType.F32, e * hidden * inter);
+            long casts = gpu.operandCasts();
+            // NN: c1[rows_g, inter] = x_g [rows_g, hidden] w_g [hidden, inter]
+            gpu.groupedGemm(false, false, e, rows, in, hid, 1f, gx, xOff, hidden, gw, wOff, inter, 0f, c1, dOff, inter);
+            assertEquals(casts + 2, gpu.operandCasts(), "the first call converts A and B");
+            assertEquals(2, gpu.heldOperandCopies());
+            // TN: c2[hidden, inter] = x_g^T [hidden, rows_g] dy_g [rows_g, inter]: the same stored block of x
+            gpu.groupedGemm(true, false, e, hid, in, rows, 1f, gx, xOff, hidden, gd, dOff, inter, 0f, c2, wOff, inter);
+            assertEquals(casts + 3, gpu.operandCasts(), "x's copy is reused: only dy is converted");
+            float[] want1 = new float[total * inter];
+            cpu.groupedGemm(false, false, e, rows, in, hid, 1f, Tensor.of(roundedToBf16(x), x.length), xOff, hidden,
+                    Tensor.of(roundedToBf16(w), w.length), wOff, inter, 0f, Tensor.of(want1, want1.length), dOff,
+                    inter);
+            float[] want2 = new float[e * hidden * inter];
+            cpu.groupedGemm(true, false, e, hid, in, rows, 1f, Tensor.of(roundedToBf16(x), x.length), xOff, hidden,
+                    Tensor.of(roundedToBf16(dy), dy.length), dOff, inter, 0f, Tensor.of(want2, want2.length), wOff,
+                    inter);
+            assertMatches(want1, gpu.download(c1).floats(), TIGHT, "NN before the reuse");
+            assertMatches(want2, gpu.download(c2).floats(), TIGHT, "TN on the reused copy of x");
+            // x written by a backend call between two neighbours: converted again, the new values used
+            gpu.groupedGemm(false, false, e, rows, in, hid, 1f, gx, xOff, hidden, gw, wOff, inter, 0f, c1, dOff, inter);
+            gpu.scale(gx, 2f);
+            long before = gpu.operandCasts();
+            gpu.groupedGemm(true, false, e, hid, in, rows, 1f, gx, xOff, hidden, gd, dOff, inter, 0f, c2, wOff, inter);
+            assertEquals(before + 2, gpu.operandCasts(), "x changed: converted again");
+            float[] got2 = gpu.download(c2).floats();
+            for (int i = 0; i < want2.length; i++) {
+                want2[i] *= 2; // exact: scaling by 2 commutes with bf16 rounding
+            }
+            assertMatches(want2, got2, TIGHT, "TN after x was doubled");
+        } finally {
+            gpu.setGroupedMode(savedMode);
+            gpu.setGroupedOperands(savedOps);
+        }
+        assertEquals(0, gpu.heldOperandCopies(), "closing the scope drops kept copies");
+    }
+
     @Test
     void modelShapes() {
         CudaBackend gpu = GpuTestSupport.backend();
