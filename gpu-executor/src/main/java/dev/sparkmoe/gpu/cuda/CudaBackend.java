@@ -272,7 +272,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private long operandCasts; // grouped_cast_bf16 launches so far
 
     /** A kept operand copy: what it converted ({@link #castKey}), where each group's block is, and when. */
-    private record HeldCast(DeviceBuffer copy, long[] key, long[] at, long op) {
+    private record HeldCast(DeviceBuffer copy, long[] key, long op) {
     }
     private final PointerPointer<Pointer> gcArgPtrs = new PointerPointer<>(1);
     private final DeviceBuffer errorWord;
@@ -1253,7 +1253,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
                 if (keep) {
                     for (HeldCast h : new HeldCast[] {aCast, bCast}) {
                         if (h != null && !heldCasts.contains(h)) {
-                            heldCasts.add(new HeldCast(h.copy(), h.key(), h.at(), ops));
+                            heldCasts.add(new HeldCast(h.copy(), h.key(), ops));
                         }
                     }
                 }
@@ -1309,7 +1309,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
     /**
      * {@link GroupedOperands#BF16}: one {@code grouped_cast_bf16} launch rounding the [rows, cols] block of every
      * group active[start .. start + here) that reads its operands (k > 0) from f32 {@code t} (offset off[g], stride
-     * ld) into a new bf16 scratch buffer, packed group after group with row stride dstLd = the widest cols rounded
+     * ld) into a new bf16 scratch buffer, packed group after group in group order with row stride dstLd = the widest cols rounded
      * up to 8 (the padding columns written as zeros), so that every block and row is 16-byte aligned whatever off
      * and ld are. Fills at[q] with the element offset of group active[start + q]'s block in the scratch and
      * at[64] with dstLd. Returns null where no group reads the operand. Chunk counts stay below 2^31: rows * ld
@@ -1317,48 +1317,56 @@ public final class CudaBackend implements Backend, AutoCloseable {
      */
     private HeldCast castGroupedOperand(Tensor t, String what, int[] off, int ld, int[] rows, int[] cols, int[] k,
                                         int[] active, int start, int here, long[] at, List<HeldCast> offered) {
-        long[] key = castKey(t, what, off, ld, rows, cols, k, active, start, here);
+        // Blocks are packed in group order (not launch order), so that a neighbour with another launch order (a
+        // weight gradient sorts its groups by k) finds the same copy: the key and the layout depend only on which
+        // groups read the operand, where their blocks are and how large they are.
+        int[] reading = new int[here];
+        int count = 0;
+        for (int q = 0; q < here; q++) {
+            if (k[active[start + q]] > 0) {
+                reading[count++] = active[start + q];
+            }
+        }
+        reading = Arrays.copyOf(reading, count);
+        Arrays.sort(reading);
+        long[] key = castKey(t, what, off, ld, rows, cols, reading);
+        HeldCast found = null;
         for (HeldCast h : offered) {
             if (Arrays.equals(h.key(), key)) {
-                System.arraycopy(h.at(), 0, at, 0, at.length);
-                return h;
+                found = h;
+                break;
             }
         }
         int dstLd = 0, entries = 0;
         long total = 0, maxChunks = 0;
-        for (int q = 0; q < here; q++) {
-            int g = active[start + q];
-            if (k[g] > 0) {
-                dstLd = Math.max(dstLd, cols[g]);
-            }
+        for (int g : reading) {
+            dstLd = Math.max(dstLd, cols[g]);
         }
         dstLd = (dstLd + 7) / 8 * 8;
-        for (int q = 0; q < here; q++) {
-            int g = active[start + q];
-            if (k[g] == 0) {
-                at[q] = 0;
-                continue;
-            }
-            at[q] = total;
+        java.util.Map<Integer, Long> blockAt = new HashMap<>();
+        for (int g : reading) {
+            blockAt.put(g, total);
             total += (long) rows[g] * dstLd;
             maxChunks = Math.max(maxChunks, (long) rows[g] * dstLd / 8);
+        }
+        for (int q = 0; q < here; q++) {
+            at[q] = blockAt.getOrDefault(active[start + q], 0L);
         }
         at[GG_MAX_GROUPS] = dstLd;
         if (total == 0) {
             return null;
         }
+        if (found != null) {
+            return found; // the same blocks, converted by the previous call: the same layout
+        }
         DeviceBuffer d = allocate(2 * total);
-        HeldCast made = new HeldCast(d, key, at.clone(), ops);
+        HeldCast made = new HeldCast(d, key, ops);
         operandCasts++;
         gcParams.putInt(0, ld);
         gcParams.putInt(4, dstLd);
-        for (int q = 0; q < here; q++) {
-            int g = active[start + q];
-            if (k[g] == 0) {
-                continue;
-            }
+        for (int g : reading) {
             gcParams.putLong(GC_OFF_SRC + 8L * entries, addr(t, what, off[g], 0));
-            gcParams.putLong(GC_OFF_DST + 8L * entries, d.address() + 2 * at[q]);
+            gcParams.putLong(GC_OFF_DST + 8L * entries, d.address() + 2 * blockAt.get(g));
             gcParams.putInt(GC_OFF_ROWS + 4L * entries, rows[g]);
             gcParams.putInt(GC_OFF_COLS + 4L * entries, cols[g]);
             entries++;
@@ -1374,21 +1382,19 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     /**
-     * What a {@link #castGroupedOperand} converts, as numbers: the stride, then per group (in launch order) the
-     * source block's device address, rows and columns (0, 0, 0 for a group that reads no operand). Equal keys give
-     * equal copies while the source memory is unchanged.
+     * What a {@link #castGroupedOperand} converts, as numbers: the stride, then for each group that reads the
+     * operand, in group order, its index and its source block's device address, rows and columns. Equal keys give
+     * equal copies, laid out alike, while the source memory is unchanged.
      */
-    private long[] castKey(Tensor t, String what, int[] off, int ld, int[] rows, int[] cols, int[] k, int[] active,
-                           int start, int here) {
-        long[] key = new long[1 + 3 * here];
+    private long[] castKey(Tensor t, String what, int[] off, int ld, int[] rows, int[] cols, int[] reading) {
+        long[] key = new long[1 + 4 * reading.length];
         key[0] = ld;
-        for (int q = 0; q < here; q++) {
-            int g = active[start + q];
-            if (k[g] > 0) {
-                key[1 + 3 * q] = addr(t, what, off[g], 0);
-                key[2 + 3 * q] = rows[g];
-                key[3 + 3 * q] = cols[g];
-            }
+        for (int i = 0; i < reading.length; i++) {
+            int g = reading[i];
+            key[1 + 4 * i] = g;
+            key[2 + 4 * i] = addr(t, what, off[g], 0);
+            key[3 + 4 * i] = rows[g];
+            key[4 + 4 * i] = cols[g];
         }
         return key;
     }

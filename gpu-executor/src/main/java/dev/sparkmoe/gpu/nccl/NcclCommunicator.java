@@ -595,7 +595,7 @@ public final class NcclCommunicator implements Communicator {
      */
     @Override
     public Pending allGatherStart(List<Part> parts, DType wire) {
-        if (wire != DType.BF16 || !BF16_WIRE || wireBackend == null || size == 1 || onHost(parts)
+        if (wire != DType.BF16 || !BF16_WIRE || wireBackend == null || onHost(parts)
                 || !parts.stream().allMatch(p -> p.send().dtype() == DType.F32 && p.recv().dtype() == DType.F32)) {
             return allGatherStart(parts);
         }
