@@ -66,7 +66,11 @@ public final class OpProfiler extends BackendInterceptor {
                 if (i > 0) {
                     double idle = Math.max(0, ms[2 * i] - ms[2 * i - 1]);
                     add("idle before " + k, Math.round(idle * 1e6));
-                    gaps.add(new Gap(idle, i, ms[2 * i], traced.get(i - 1), k));
+                    StringBuilder before = new StringBuilder();
+                    for (int j = Math.max(0, i - 4); j < i; j++) {
+                        before.append(before.length() == 0 ? "" : " > ").append(traced.get(j));
+                    }
+                    gaps.add(new Gap(idle, i, ms[2 * i], before.toString(), k));
                 }
             }
             gaps.sort((a, b) -> Double.compare(b.ms, a.ms));
@@ -76,7 +80,7 @@ public final class OpProfiler extends BackendInterceptor {
         mode = Mode.OFF;
     }
 
-    /** The longest idle times of the last trace: where (call index, ms into the trace) and between which calls. */
+    /** The longest idle times of the last trace: where (call index, ms into the trace), the calls before, the next. */
     private record Gap(double ms, int call, double at, String after, String before) {
     }
 
