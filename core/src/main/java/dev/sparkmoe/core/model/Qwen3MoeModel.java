@@ -20,15 +20,19 @@ import java.util.TreeSet;
  * <p>Parameter names are the Hub names, except that each MoE layer's experts are stacked:
  * {@code model.layers.L.mlp.experts.gate_proj} [E, I, H], {@code up_proj} [E, I, H], {@code down_proj} [E, H, I].
  *
- * <p>The root module owns the embedding, the final norm and the LM head; FSDP and other wrappers hook the root and
- * each decoder layer. The model never refers to ranks or meshes: global statistics go through a {@link StatsReducer}.
+ * <p>The root module owns the embedding; its children are the {@link LmHead} (final norm and LM head, whose weight
+ * is the embedding when tied) and the decoder layers. FSDP and other wrappers hook the root, the head and each
+ * decoder layer: the root's hooks enclose the whole forward and the whole backward, the head's the final norm and
+ * the LM head projection (forward, after the last layer) and their gradients (backward, before the last layer's).
+ * {@link #parameters()} lists the embedding, the final norm, the LM head, then the layers' parameters (the order
+ * they had when the root owned all three). The model never refers to ranks or meshes: global statistics go through
+ * a {@link StatsReducer}.
  */
 public final class Qwen3MoeModel extends Module {
     private final Qwen3MoeConfig config;
     private final Backend backend;
     final Parameter embed;     // [V, H]
-    final Parameter finalNorm; // [H]
-    final Parameter lmHead;    // [V, H], or the embedding when tied
+    final LmHead head;         // final norm [H] and LM head [V, H] (the embedding when tied)
     final DecoderLayer[] layers;
 
     public Qwen3MoeModel(Qwen3MoeConfig config, Backend backend) {
@@ -38,8 +42,7 @@ public final class Qwen3MoeModel extends Module {
         int v = config.vocabSize();
         int h = config.hiddenSize();
         embed = new Parameter("model.embed_tokens.weight", backend.zeros(DType.F32, v, h), backend);
-        finalNorm = new Parameter("model.norm.weight", backend.zeros(DType.F32, h), backend);
-        lmHead = config.tieWordEmbeddings() ? embed : new Parameter("lm_head.weight", backend.zeros(DType.F32, v, h), backend);
+        head = new LmHead(config, backend, embed);
         layers = new DecoderLayer[config.numHiddenLayers()];
         for (int i = 0; i < layers.length; i++) {
             layers[i] = new DecoderLayer(i, config, backend);
@@ -54,14 +57,28 @@ public final class Qwen3MoeModel extends Module {
         return backend;
     }
 
+    /** The embedding (the LM head weight too when tied); the final norm and an untied LM head are the head's. */
     @Override
     public List<Parameter> ownParameters() {
-        return config.tieWordEmbeddings() ? List.of(embed, finalNorm) : List.of(embed, finalNorm, lmHead);
+        return List.of(embed);
     }
 
+    /**
+     * The head, then the decoder layers: the head comes first so that {@link #parameters()} (and with it
+     * {@link #namedParameters()}, {@link #state()}) keeps the order it had when the root owned the final norm and the
+     * LM head. Forward and backward call the modules' hooks in execution order, whatever this order.
+     */
     @Override
     public List<Module> children() {
-        return List.of(layers);
+        List<Module> out = new ArrayList<>(layers.length + 1);
+        out.add(head);
+        out.addAll(List.of(layers));
+        return out;
+    }
+
+    /** The final norm and LM head, a module of its own (an FSDP unit under the parallel plan). */
+    public LmHead head() {
+        return head;
     }
 
     public List<DecoderLayer> layers() {
@@ -276,11 +293,13 @@ public final class Qwen3MoeModel extends Module {
             }
             layers[i].afterForward();
         }
+        head.beforeForward();
         pass.finalIn = x;
         pass.finalOut = be.empty(DType.F32, n, h);
         pass.finalRstd = be.empty(DType.F32, n);
-        be.rmsNormForward(x, finalNorm.value(), (float) config.rmsNormEps(), n, h, pass.finalOut, pass.finalRstd);
-        Tensor logits = Linear.forward(be, pass.finalOut, n, lmHead);
+        be.rmsNormForward(x, head.norm.value(), (float) config.rmsNormEps(), n, h, pass.finalOut, pass.finalRstd);
+        Tensor logits = Linear.forward(be, pass.finalOut, n, head.weight);
+        head.afterForward();
         pass.logits = retainLogits ? logits : null;
         pass.dLogits = retainLogits ? be.empty(DType.F32, n, v) : logits;
         pass.lmLossSum = be.crossEntropy(logits, pass.targets, n, v, (float) (1.0 / lmNormalizer), pass.dLogits);
@@ -330,14 +349,16 @@ public final class Qwen3MoeModel extends Module {
         int h = config.hiddenSize();
         int v = config.vocabSize();
         beforeBackward();
+        head.beforeBackward();
         Tensor dFinal = be.empty(DType.F32, n, h);
-        Linear.backwardInput(be, pass.dLogits, 0, n, lmHead.value(), 0, h, v, dFinal, 0, 0f);
-        Linear.backwardWeight(be, pass.dLogits, 0, n, pass.finalOut, 0, h, v, lmHead.grad(), 0);
+        Linear.backwardInput(be, pass.dLogits, 0, n, head.weight.value(), 0, h, v, dFinal, 0, 0f);
+        Linear.backwardWeight(be, pass.dLogits, 0, n, pass.finalOut, 0, h, v, head.weight.grad(), 0);
         Release.all(be, pass.dLogits, pass.finalOut);
         pass.dLogits = null;
         Tensor dx = be.empty(DType.F32, n, h);
-        be.rmsNormBackward(dFinal, pass.finalIn, finalNorm.value(), pass.finalRstd, n, h, dx, finalNorm.grad());
+        be.rmsNormBackward(dFinal, pass.finalIn, head.norm.value(), pass.finalRstd, n, h, dx, head.norm.grad());
         Release.all(be, dFinal, pass.finalIn, pass.finalRstd);
+        head.afterBackward();
         for (int i = layers.length - 1; i >= 0; i--) {
             layers[i].beforeBackward();
             Tensor dIn = layers[i].backward(be, dx, pass.batch, pass.seqLen, pass.caches[i], pass.auxGrad);

@@ -15,13 +15,18 @@ import java.util.function.Function;
 
 /**
  * The FSDP hooks of one module (a "unit", as fully_shard makes one): all-gather its parameters before forward and
- * before backward, free them after forward (unless {@code reshardAfterForward} is off, as for the root), and after
- * backward reduce-scatter the gradients into the shards and free the gathered weights.
+ * before backward, free them after forward (unless {@code reshardAfterForward} is off, as for the root and the
+ * output head), and after backward reduce-scatter the gradients into the shards and free the gathered weights.
  *
  * <p>Overlap, as FSDP2 does it: the units' order of use is recorded on the first forward and backward; afterwards a
  * unit that gathers starts the next unit's all-gather too (prefetch), so that it runs while this unit computes, and a
- * unit's reduce-scatter is started and completed only when the next unit finishes its backward. On a communicator
- * whose collectives are synchronous this changes nothing but the order of calls.
+ * unit's reduce-scatter is started when its backward ends and completed only when the next unit finishes its
+ * backward. On a communicator whose collectives are synchronous this changes nothing but the order of calls.
+ *
+ * <p>For the Qwen3-MoE plan the recorded orders are: forward root, then each layer and its experts, then the head
+ * (so the last layer, or its experts, prefetches the head); backward root, head, then the layers from the last (so
+ * the head's reduce-scatter, started first, runs under the last layer's backward). The root's reduce-scatter starts
+ * at its afterBackward, the end of the backward; the trainer completes it when it reads the shard gradients.
  */
 public final class FsdpUnit implements ModuleHook {
     private final String path;

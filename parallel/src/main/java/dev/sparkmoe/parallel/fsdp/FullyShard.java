@@ -12,10 +12,10 @@ import java.util.logging.Logger;
 
 /**
  * {@code fully_shard} for this codebase: makes a module an FSDP unit over a group. Apply it bottom-up (experts, then
- * decoder layers, then the root) as torchtitan does: each call takes the parameters of the module's subtree that no
- * earlier call took. Parameters are sharded along the dim that {@code shardPlacement} picks (0 by default, 1 for
- * stacked experts whose dim 0 expert parallelism already split). Every parameter must be materialised (full) when
- * this runs; afterwards it holds only the local shard until a hook gathers it.
+ * decoder layers, then the output head, then the root) as torchtitan does: each call takes the parameters of the
+ * module's subtree that no earlier call took. Parameters are sharded along the dim that {@code shardPlacement} picks
+ * (0 by default, 1 for stacked experts whose dim 0 expert parallelism already split). Every parameter must be
+ * materialised (full) when this runs; afterwards it holds only the local shard until a hook gathers it.
  */
 public final class FullyShard {
     private static final Logger LOG = Logger.getLogger(FullyShard.class.getName());
@@ -50,7 +50,10 @@ public final class FullyShard {
         return unit;
     }
 
-    /** Every managed parameter, in the order units were created. */
+    /**
+     * Every managed parameter, in the order units were created (for the Qwen3-MoE plan: each layer's experts and
+     * the layer, the head, then the root's embedding), each unit's in its module's {@code parameters()} order.
+     */
     public List<FsdpParam> params() {
         List<FsdpParam> out = new ArrayList<>();
         for (FsdpUnit u : units) {

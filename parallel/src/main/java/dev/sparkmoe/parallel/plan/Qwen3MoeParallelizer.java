@@ -16,8 +16,23 @@ import java.util.Map;
  * layer's experts on {@code dp_shard_mod_ep}, with Shard(0) over the local experts when there are at least as many
  * of them as ranks in that group, else Shard(1) (torchtitan's rule: Shard(0) keeps whole experts on a rank and
  * lets the collectives run on the parameters' own memory, with no copies), each decoder layer on the full
- * {@code fsdp} mesh with Shard(0), and the root (embedding, final norm, LM head) on {@code fsdp}, kept gathered
- * between forward and backward.
+ * {@code fsdp} mesh with Shard(0), the head (final norm and LM head, {@link Qwen3MoeModel#head()}) as a unit of its
+ * own on {@code fsdp}, as torchtitan's {@code fully_shard([model.norm, model.output])}, and last the root, which
+ * then holds only the embedding, on {@code fsdp}.
+ *
+ * <p>Why the head is a unit of its own: as part of the root, its weights were gathered with the embedding at the
+ * start of the step, exposed, and its gradients (the LM head's backward is the first of the backward pass) were
+ * reduced only at the root's afterBackward, after the whole backward, exposed again. As a unit, the FSDP schedule
+ * gathers it while the last decoder layer computes (the last layer, or its experts, prefetches the next unit in the
+ * recorded forward order) and starts its reduce-scatter as soon as its own backward is done, under the last layer's
+ * backward. With tied word embeddings the LM head weight is the embedding: the head unit then holds only the final
+ * norm, and the tied weight is gathered and reduced with the root as before.
+ *
+ * <p>Neither the head nor the root reshards after forward. The head is the last unit of the forward and the first of
+ * the backward: resharding it would only gather it again at once. The root's hooks enclose the whole backward, so a
+ * resharded embedding would be gathered again, exposed, at the very start of the backward, although the backward
+ * reads only its gradient (untied) or needs it right then for the LM head (tied); keeping it costs the memory of the
+ * full embedding through the step, as before.
  */
 public final class Qwen3MoeParallelizer implements ModelParallelizer {
     public static final String EXPERTS_PATTERN = "model.layers.*.mlp.experts";
@@ -44,6 +59,7 @@ public final class Qwen3MoeParallelizer implements ModelParallelizer {
             }
             fsdp.fullyShard(layer, fsdpGroup, FullyShard.SHARD_DIM_0, policy, true);
         }
+        fsdp.fullyShard(model.head(), fsdpGroup, FullyShard.SHARD_DIM_0, policy, false);
         fsdp.fullyShard(model, fsdpGroup, FullyShard.SHARD_DIM_0, policy, false);
     }
 }

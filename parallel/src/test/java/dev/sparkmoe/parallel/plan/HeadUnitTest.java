@@ -1,0 +1,334 @@
+package dev.sparkmoe.parallel.plan;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.backend.CpuBackend;
+import dev.sparkmoe.core.backend.MemoryTracker;
+import dev.sparkmoe.core.json.Json;
+import dev.sparkmoe.core.model.Fixtures;
+import dev.sparkmoe.core.model.LmHead;
+import dev.sparkmoe.core.model.Qwen3MoeConfig;
+import dev.sparkmoe.core.model.Qwen3MoeModel;
+import dev.sparkmoe.core.model.StatsReducer;
+import dev.sparkmoe.core.nn.Module;
+import dev.sparkmoe.core.nn.ModuleHook;
+import dev.sparkmoe.core.nn.Parameter;
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.parallel.comm.Communicator;
+import dev.sparkmoe.parallel.comm.DeferringCommunicator;
+import dev.sparkmoe.parallel.comm.ForwardingCommunicator;
+import dev.sparkmoe.parallel.comm.InJvmRanks;
+import dev.sparkmoe.parallel.comm.Pending;
+import dev.sparkmoe.parallel.fsdp.FsdpParam;
+import dev.sparkmoe.parallel.fsdp.FsdpUnit;
+import dev.sparkmoe.parallel.fsdp.FullyShard;
+import dev.sparkmoe.parallel.fsdp.MixedPrecisionPolicy;
+import dev.sparkmoe.parallel.mesh.DeviceMesh;
+import dev.sparkmoe.parallel.mesh.ParallelDims;
+import java.nio.file.Files;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.IdentityHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.SplittableRandom;
+import java.util.TreeMap;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+
+/**
+ * The Qwen3-MoE plan makes the head (final norm and LM head) an FSDP unit of its own, as torchtitan's
+ * {@code fully_shard([model.norm, model.output])}: the root then holds only the embedding (the LM head weight too,
+ * when tied). Its overlap, on the fixture's config (untied, and tied) with the collectives deferred until completed
+ * ({@link DeferringCommunicator}) and each started group and each unit's hooks logged in order, in the second step
+ * (the first records the units' order):
+ * <ul>
+ *   <li>forward: the head's all-gather starts while the last decoder layer computes (prefetch), the root's gathers
+ *       the embedding alone, and the head is gathered once in the step (kept from forward to backward);</li>
+ *   <li>backward: the head's reduce-scatter starts at the end of its own backward, before the last layer's backward
+ *       begins, and is completed before that layer's backward ends; the root's, of the embedding alone, starts
+ *       last.</li>
+ * </ul>
+ * The gradients gathered from the shards match one rank's on the global batch.
+ */
+class HeadUnitTest {
+    static final int SEQ = 8;
+
+    @ParameterizedTest(name = "dp_shard={0}, ep={1}, tied={2}")
+    @CsvSource({"2,1,false", "2,1,true", "4,2,false", "4,2,true"})
+    void headIsAUnitGatheredUnderTheLastLayerAndReducedBeforeTheLayersBackward(int dp, int ep, boolean tied)
+            throws Exception {
+        Qwen3MoeConfig config = config(tied);
+        int last = config.numHiddenLayers() - 1;
+        List<int[]> seqs = new ArrayList<>();
+        SplittableRandom r = new SplittableRandom(5);
+        for (int s = 0; s < dp; s++) {
+            int[] seq = new int[SEQ + 1];
+            for (int t = 0; t <= SEQ; t++) {
+                seq[t] = r.nextInt(config.vocabSize());
+            }
+            seqs.add(seq);
+        }
+        Map<String, Tensor> reference = worldOneGrads(config, seqs);
+
+        List<Object[]> out = InJvmRanks.run(dp, Duration.ofSeconds(60), c -> rank(c, config, dp, ep, seqs));
+        List<String> headNames = tied ? List.of("model.norm.weight") : List.of("model.norm.weight", "lm_head.weight");
+        String head = headNames.toString();
+        String embed = List.of("model.embed_tokens.weight").toString();
+        for (Object[] o : out) {
+            @SuppressWarnings("unchecked")
+            List<String> units = (List<String>) o[0];
+            @SuppressWarnings("unchecked")
+            List<String> log = (List<String>) o[1];
+            @SuppressWarnings("unchecked")
+            Map<String, Tensor> grads = (Map<String, Tensor>) o[2];
+            int open = (Integer) o[3];
+
+            // the units: ..., the head (final norm, untied LM head), the root (embedding) last
+            assertEquals(LmHead.PATH + " " + head, units.get(units.size() - 2), "units " + units);
+            assertEquals("<root> " + embed, units.get(units.size() - 1), "units " + units);
+
+            String msg = "log of step 2:\n" + String.join("\n", log);
+            // forward: the root gathers the embedding alone, first; the head's gather starts under the last layer
+            assertEquals("AG+ " + embed, log.get(0), msg);
+            int headGather = index(log, "AG+ " + head, msg);
+            assertTrue(index(log, "fwd+ model.layers." + last, msg) < headGather
+                    && headGather < index(log, "fwd- model.layers." + last, msg),
+                    "the head's all-gather did not start during the last layer's forward\n" + msg);
+            assertTrue(index(log, "AG- " + head, msg) < index(log, "fwd+ head", msg), msg);
+            assertEquals(1, count(log, "AG+ " + head), "the head must be gathered once in a step\n" + msg);
+            // backward: the head's reduce-scatter starts right after its backward, before the layers'
+            int headReduce = index(log, "RS+ " + head, msg);
+            assertTrue(index(log, "bwd- head", msg) < headReduce
+                    && headReduce < index(log, "bwd+ model.layers." + last, msg),
+                    "the head's reduce-scatter did not start between its backward and the last layer's\n" + msg);
+            assertTrue(index(log, "RS- " + head, msg) < index(log, "bwd- model.layers." + last, msg),
+                    "the head's reduce-scatter was not completed under the last layer's backward\n" + msg);
+            int rootReduce = index(log, "RS+ " + embed, msg);
+            assertTrue(index(log, "bwd- model.layers.0", msg) < rootReduce, msg);
+            assertEquals(0, open, "started collectives never completed");
+
+            assertEquals(reference.keySet(), grads.keySet());
+            for (String k : reference.keySet()) {
+                Fixtures.assertClose("grad " + k, reference.get(k), grads.get(k), 1e-5);
+            }
+        }
+    }
+
+    static Qwen3MoeConfig config(boolean tied) throws Exception {
+        Map<String, Object> json = Json.parseObject(Files.readString(Fixtures.tiny().resolve("config.json")));
+        json.put("tie_word_embeddings", tied);
+        return Qwen3MoeConfig.parse(Json.write(json, false));
+    }
+
+    static Qwen3MoeModel model(Qwen3MoeConfig config, Backend be) {
+        Qwen3MoeModel model = new Qwen3MoeModel(config, be);
+        model.initRandom(11, 0.05);
+        return model;
+    }
+
+    static int[][] batch(List<int[]> seqs) {
+        int[] ids = new int[seqs.size() * SEQ];
+        int[] targets = new int[ids.length];
+        for (int s = 0; s < seqs.size(); s++) {
+            System.arraycopy(seqs.get(s), 0, ids, s * SEQ, SEQ);
+            System.arraycopy(seqs.get(s), 1, targets, s * SEQ, SEQ);
+        }
+        return new int[][] {ids, targets};
+    }
+
+    /** One rank's gradients of the whole batch, non-expert parameters (those FSDP shards on the fsdp mesh). */
+    static Map<String, Tensor> worldOneGrads(Qwen3MoeConfig config, List<int[]> seqs) {
+        Qwen3MoeModel model = model(config, new CpuBackend());
+        int[][] b = batch(seqs);
+        Qwen3MoeModel.Pass pass = model.forward(b[0], b[1], seqs.size(), SEQ, b[0].length, 0.01,
+                StatsReducer.LOCAL);
+        model.backward(pass);
+        Map<String, Tensor> out = new TreeMap<>();
+        for (Parameter p : model.parameters()) {
+            if (!p.name().contains(".mlp.experts.")) {
+                out.put(p.name(), p.grad().copy());
+            }
+        }
+        return out;
+    }
+
+    /** Units (path and parameters), the log of step 2, its gathered non-expert gradients, collectives left open. */
+    static Object[] rank(Communicator c, Qwen3MoeConfig config, int dp, int ep, List<int[]> seqs) {
+        List<String> log = new ArrayList<>();
+        Map<Tensor, String> gradOwner = new IdentityHashMap<>();
+        Backend be = MemoryTracker.wrap(new CpuBackend());
+        Qwen3MoeModel model = model(config, be);
+        DeferringCommunicator deferring = new DeferringCommunicator(c);
+        Recording world = new Recording(deferring, log, model, gradOwner);
+        ParallelDims dims = new ParallelDims(dp, ep, c.size()).validateFor(config.numExperts());
+        try (DeviceMesh mesh = DeviceMesh.forTraining(world, dims)) {
+            FullyShard fsdp = new FullyShard();
+            ModelRegistry.parallelizer("qwen3_moe").parallelize(model, mesh, dims, MixedPrecisionPolicy.FULL_F32,
+                    fsdp);
+            List<String> units = new ArrayList<>();
+            for (FsdpUnit u : fsdp.units()) {
+                units.add(u.path() + " " + names(u.params()));
+            }
+            for (Module m : model.modules()) { // after FSDP's hooks: before-hooks run after its, after-hooks before
+                String name = m.path().isEmpty() ? "root" : m.path();
+                m.addHook(new ModuleHook() {
+                    @Override
+                    public void beforeForward(Module x) {
+                        log.add("fwd+ " + name);
+                    }
+
+                    @Override
+                    public void afterForward(Module x) {
+                        log.add("fwd- " + name);
+                    }
+
+                    @Override
+                    public void beforeBackward(Module x) {
+                        log.add("bwd+ " + name);
+                    }
+
+                    @Override
+                    public void afterBackward(Module x) {
+                        log.add("bwd- " + name);
+                        for (Parameter p : x.parameters()) { // the full gradients FSDP reduce-scatters next
+                            if (p.hasGrad()) {
+                                gradOwner.put(p.grad(), p.name());
+                            }
+                        }
+                    }
+                });
+            }
+            int[][] b = batch(seqs.subList(c.rank(), c.rank() + 1));
+            StatsReducer reducer = buf -> world.allReduceSum(buf, 0, buf.length);
+            List<String> stepLog = null;
+            Map<String, Tensor> grads = new TreeMap<>();
+            for (int step = 0; step < 2; step++) {
+                log.clear();
+                // one step, one allocation scope, as DistributedTrainer.step: the gradient shards are read and
+                // dropped in it (reading one completes its reduce-scatter)
+                try (Backend.Scope scope = be.openScope()) {
+                    Qwen3MoeModel.Pass pass = model.forward(b[0], b[1], 1, SEQ, seqs.size() * SEQ, 0.01, reducer);
+                    model.backward(pass);
+                    stepLog = List.copyOf(log);
+                    for (FsdpParam p : fsdp.params()) {
+                        Tensor shardGrad = p.shardGrad();
+                        if (step == 1 && !p.parameter().name().contains(".mlp.experts.")) {
+                            Tensor full = p.layout().allGather(be, p.group(), shardGrad);
+                            grads.put(p.parameter().name(), be.download(full).copy());
+                        }
+                    }
+                    for (FsdpParam p : fsdp.params()) {
+                        p.zeroGrad();
+                    }
+                }
+            }
+            return new Object[] {units, stepLog, grads, deferring.open()};
+        }
+    }
+
+    static List<String> names(List<FsdpParam> ps) {
+        List<String> out = new ArrayList<>();
+        for (FsdpParam p : ps) {
+            out.add(p.parameter().name());
+        }
+        return out;
+    }
+
+    static int index(List<String> log, String entry, String msg) {
+        int i = log.indexOf(entry);
+        assertTrue(i >= 0, "no '" + entry + "' in the " + msg);
+        return i;
+    }
+
+    static int count(List<String> log, String entry) {
+        int n = 0;
+        for (String s : log) {
+            n += s.equals(entry) ? 1 : 0;
+        }
+        return n;
+    }
+
+    /**
+     * Logs each started group of collectives as "AG+ [names]" / "RS+ [names]" and its completion as "AG- [names]" /
+     * "RS- [names]": an all-gather's parameters are those whose value is a receive buffer, a reduce-scatter's those
+     * whose gradient (as the module hooks recorded it) is a send buffer. Splits log into the same list.
+     */
+    static final class Recording extends ForwardingCommunicator {
+        private final List<String> log;
+        private final Qwen3MoeModel model;
+        private final Map<Tensor, String> gradOwner;
+
+        Recording(Communicator inner, List<String> log, Qwen3MoeModel model, Map<Tensor, String> gradOwner) {
+            super(inner);
+            this.log = log;
+            this.model = model;
+            this.gradOwner = gradOwner;
+        }
+
+        @Override
+        public Pending allGatherStart(Tensor send, int sOff, int len, Tensor recv, int rOff) {
+            log.add("AG+ single");
+            return inner.allGatherStart(send, sOff, len, recv, rOff);
+        }
+
+        @Override
+        public Pending reduceScatterSumStart(Tensor send, int sOff, Tensor recv, int rOff, int recvLen) {
+            log.add("RS+ single");
+            return inner.reduceScatterSumStart(send, sOff, recv, rOff, recvLen);
+        }
+
+        @Override
+        public Pending allGatherStart(List<Part> parts) {
+            return logged("AG", gathered(parts), inner.allGatherStart(parts));
+        }
+
+        @Override
+        public Pending allGatherStart(List<Part> parts, DType wire) {
+            return logged("AG", gathered(parts), inner.allGatherStart(parts, wire));
+        }
+
+        @Override
+        public Pending reduceScatterSumStart(List<Part> parts) {
+            List<String> names = new ArrayList<>();
+            for (Part p : parts) {
+                names.add(gradOwner.getOrDefault(p.send(), "?"));
+            }
+            return logged("RS", names, inner.reduceScatterSumStart(parts));
+        }
+
+        private List<String> gathered(List<Part> parts) {
+            List<String> names = new ArrayList<>();
+            for (Part part : parts) {
+                String name = "?";
+                for (Parameter p : model.parameters()) {
+                    if (p.isMaterialised() && p.value() == part.recv()) {
+                        name = p.name();
+                    }
+                }
+                names.add(name);
+            }
+            return names;
+        }
+
+        private Pending logged(String kind, List<String> names, Pending started) {
+            log.add(kind + "+ " + names);
+            boolean[] done = {false};
+            return () -> {
+                if (!done[0]) {
+                    done[0] = true;
+                    log.add(kind + "- " + names);
+                }
+                started.complete();
+            };
+        }
+
+        @Override
+        public Communicator split(int color, int key, String name) {
+            return new Recording(inner.split(color, key, name), log, model, gradOwner);
+        }
+    }
+}
