@@ -63,9 +63,11 @@ public final class MoeBlock extends Module {
         c.topVal = be.empty(DType.F32, tokens * topK);
         c.weights = be.empty(DType.F32, tokens * topK);
         be.routerTopK(c.probs, tokens, numExperts, topK, normTopk, c.topIdx, c.topVal, c.weights);
+        // The experts' hooks (FSDP: wait for their gathered weights, start the next gather) run before the routing's
+        // copy to the host, while the device still has this layer's work queued, not in the idle that follows it.
+        experts.beforeForward();
         // The routing decides how many rows each expert GEMM has: the only device-to-host copy of the layer.
         int[] expertOfSlot = be.download(c.topIdx).ints();
-        experts.beforeForward();
         c.slots = experts.forward(be, x, expertOfSlot, tokens, topK, c.experts);
         experts.afterForward();
         Tensor y = be.empty(DType.F32, tokens, hidden);

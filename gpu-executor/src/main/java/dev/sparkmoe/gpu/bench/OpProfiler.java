@@ -99,10 +99,13 @@ public final class OpProfiler extends BackendInterceptor {
             return forward(method, args);
         }
         if (mode == Mode.TRACE) {
+            // the key is made before the first mark: host time between two calls' marks is idle time, and the
+            // first String.format of a run alone takes milliseconds (class loading)
+            String k = key(method, args);
             timeline.mark();
             Object r = forward(method, args);
             timeline.mark();
-            traced.add(key(method, args));
+            traced.add(k);
             return r;
         }
         if (mode == Mode.DEVICE) {

@@ -19,7 +19,8 @@ import java.util.function.Function;
  * output head), and after backward reduce-scatter the gradients into the shards and free the gathered weights.
  *
  * <p>Overlap, as FSDP2 does it: the units' order of use is recorded on the first forward and backward; afterwards a
- * unit that gathers starts the next unit's all-gather too (prefetch), so that it runs while this unit computes, and a
+ * unit that gathers starts the next units' all-gathers too ({@link #PREFETCH} of them), so that they run while this
+ * unit computes, and a
  * unit's reduce-scatter is started when its backward ends and completed only when the next unit finishes its
  * backward. On a communicator whose collectives are synchronous this changes nothing but the order of calls.
  *
@@ -101,11 +102,18 @@ public final class FsdpUnit implements ModuleHook {
         }
     }
 
+    /**
+     * How many units ahead a unit starts gathering: 2 by default ({@code -Dsparkmoe.fsdp.prefetch=N}, 1 is FSDP2's
+     * default). In the MoE plan a layer's attention unit is small and its experts unit large, so with one unit of
+     * look-ahead the experts' gather has only the attention's compute to hide under; with two it starts a whole
+     * experts unit earlier. The cost is one more unit's gathered weights alive at a time.
+     */
+    static final int PREFETCH = Math.max(1, Integer.getInteger("sparkmoe.fsdp.prefetch", 2));
+
     @Override
     public void beforeForward(Module m) {
         unshard();
-        FsdpUnit next = schedule.next(schedule.forward, this);
-        if (next != null) {
+        for (FsdpUnit next : schedule.next(schedule.forward, this, PREFETCH)) {
             next.prefetch();
         }
     }
@@ -120,8 +128,7 @@ public final class FsdpUnit implements ModuleHook {
     @Override
     public void beforeBackward(Module m) {
         unshard();
-        FsdpUnit next = schedule.next(schedule.backward, this);
-        if (next != null) {
+        for (FsdpUnit next : schedule.next(schedule.backward, this, PREFETCH)) {
             next.prefetch();
         }
     }
@@ -146,14 +153,14 @@ public final class FsdpUnit implements ModuleHook {
         final List<FsdpUnit> backward = new java.util.ArrayList<>();
         FsdpUnit reducing;
 
-        /** The unit after {@code u} in {@code order}, recording {@code u} at the end when it is new. */
-        FsdpUnit next(List<FsdpUnit> order, FsdpUnit u) {
+        /** Up to {@code ahead} units after {@code u} in {@code order}, recording {@code u} at the end when it is new. */
+        List<FsdpUnit> next(List<FsdpUnit> order, FsdpUnit u, int ahead) {
             int i = order.indexOf(u);
             if (i < 0) {
                 order.add(u);
-                return null;
+                return List.of();
             }
-            return i + 1 < order.size() ? order.get(i + 1) : null;
+            return order.subList(i + 1, Math.min(order.size(), i + 1 + ahead));
         }
     }
 }

@@ -95,10 +95,20 @@ class HeadUnitTest {
             // forward: the root gathers the embedding alone, first; the head's gather starts under the last layer
             assertEquals("AG+ " + embed, log.get(0), msg);
             int headGather = index(log, "AG+ " + head, msg);
-            assertTrue(index(log, "fwd+ model.layers." + last, msg) < headGather
+            // (FsdpUnit.PREFETCH = 2 units ahead: the last layer's own hook, which runs before its "fwd+", starts it)
+            assertTrue(index(log, "fwd- model.layers." + (last - 1), msg) < headGather
                     && headGather < index(log, "fwd- model.layers." + last, msg),
                     "the head's all-gather did not start during the last layer's forward\n" + msg);
             assertTrue(index(log, "AG- " + head, msg) < index(log, "fwd+ head", msg), msg);
+            // two units ahead: the last layer's experts start gathering while the layer before it still computes
+            int lastExperts = -1;
+            for (int i = 0; i < log.size() && lastExperts < 0; i++) {
+                if (log.get(i).startsWith("AG+ [model.layers." + last + ".mlp.experts.")) {
+                    lastExperts = i;
+                }
+            }
+            assertTrue(lastExperts >= 0 && lastExperts < index(log, "fwd- model.layers." + (last - 1), msg),
+                    "the last layer's experts were not gathered two units ahead\n" + msg);
             assertEquals(1, count(log, "AG+ " + head), "the head must be gathered once in a step\n" + msg);
             // backward: the head's reduce-scatter starts right after its backward, before the layers'
             int headReduce = index(log, "RS+ " + head, msg);
