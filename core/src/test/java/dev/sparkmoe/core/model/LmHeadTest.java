@@ -64,28 +64,7 @@ class LmHeadTest {
         List<Module> hooked = new ArrayList<>(List.of(model, model.head()));
         hooked.addAll(model.layers());
         for (Module m : hooked) {
-            String name = m.path().isEmpty() ? "root" : m.path();
-            m.addHook(new ModuleHook() {
-                @Override
-                public void beforeForward(Module x) {
-                    log.add("fwd+ " + name);
-                }
-
-                @Override
-                public void afterForward(Module x) {
-                    log.add("fwd- " + name);
-                }
-
-                @Override
-                public void beforeBackward(Module x) {
-                    log.add("bwd+ " + name);
-                }
-
-                @Override
-                public void afterBackward(Module x) {
-                    log.add("bwd- " + name);
-                }
-            });
+            m.addHook(new dev.sparkmoe.core.nn.LoggingHook(log, m));
         }
         // the head's hooks bracket its work: its gradients are complete at its afterBackward
         model.head().addHook(new ModuleHook() {

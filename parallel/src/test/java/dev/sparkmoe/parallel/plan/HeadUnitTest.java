@@ -13,7 +13,6 @@ import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.core.model.Qwen3MoeModel;
 import dev.sparkmoe.core.model.StatsReducer;
 import dev.sparkmoe.core.nn.Module;
-import dev.sparkmoe.core.nn.ModuleHook;
 import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -184,33 +183,13 @@ class HeadUnitTest {
                 units.add(u.path() + " " + names(u.params()));
             }
             for (Module m : model.modules()) { // after FSDP's hooks: before-hooks run after its, after-hooks before
-                String name = m.path().isEmpty() ? "root" : m.path();
-                m.addHook(new ModuleHook() {
-                    @Override
-                    public void beforeForward(Module x) {
-                        log.add("fwd+ " + name);
-                    }
-
-                    @Override
-                    public void afterForward(Module x) {
-                        log.add("fwd- " + name);
-                    }
-
-                    @Override
-                    public void beforeBackward(Module x) {
-                        log.add("bwd+ " + name);
-                    }
-
-                    @Override
-                    public void afterBackward(Module x) {
-                        log.add("bwd- " + name);
-                        for (Parameter p : x.parameters()) { // the full gradients FSDP reduce-scatters next
-                            if (p.hasGrad()) {
-                                gradOwner.put(p.grad(), p.name());
-                            }
+                m.addHook(new dev.sparkmoe.core.nn.LoggingHook(log, m, x -> {
+                    for (Parameter p : x.parameters()) { // the full gradients FSDP reduce-scatters next
+                        if (p.hasGrad()) {
+                            gradOwner.put(p.grad(), p.name());
                         }
                     }
-                });
+                }));
             }
             int[][] b = batch(seqs.subList(c.rank(), c.rank() + 1));
             StatsReducer reducer = buf -> world.allReduceSum(buf, 0, buf.length);
