@@ -268,11 +268,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
      * buffers the caller made or chose with backend calls), so a kept copy is still exact when it is reused.
      */
     private final List<HeldCast> heldCasts = new ArrayList<>(2);
+    private long heldAt; // the backend call that made or last used the kept copies
     private long ops; // backend calls so far
     private long operandCasts; // grouped_cast_bf16 launches so far
 
-    /** A kept operand copy: what it converted ({@link #castKey}), where each group's block is, and when. */
-    private record HeldCast(DeviceBuffer copy, long[] key, long op) {
+    /** An operand copy and what it converted ({@link #castKey}). */
+    private record HeldCast(DeviceBuffer copy, long[] key) {
     }
     private final PointerPointer<Pointer> gcArgPtrs = new PointerPointer<>(1);
     private final DeviceBuffer errorWord;
@@ -591,7 +592,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
             throw new IllegalStateException("backend " + name + " is closed");
         }
         ops++;
-        if (!heldCasts.isEmpty() && heldCasts.get(0).op() < ops - 1) {
+        if (!heldCasts.isEmpty() && heldAt < ops - 1) {
             dropHeldCasts(); // a call came between: the copies may be stale
         }
         Thread t = Thread.currentThread();
@@ -1253,9 +1254,10 @@ public final class CudaBackend implements Backend, AutoCloseable {
                 if (keep) {
                     for (HeldCast h : new HeldCast[] {aCast, bCast}) {
                         if (h != null && !heldCasts.contains(h)) {
-                            heldCasts.add(new HeldCast(h.copy(), h.key(), ops));
+                            heldCasts.add(h);
                         }
                     }
+                    heldAt = ops;
                 }
             } finally {
                 // stream-ordered: a later user of these blocks queues behind the kernel that reads them
@@ -1360,7 +1362,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
             return found; // the same blocks, converted by the previous call: the same layout
         }
         DeviceBuffer d = allocate(2 * total);
-        HeldCast made = new HeldCast(d, key, ops);
+        HeldCast made = new HeldCast(d, key);
         operandCasts++;
         gcParams.putInt(0, ld);
         gcParams.putInt(4, dstLd);

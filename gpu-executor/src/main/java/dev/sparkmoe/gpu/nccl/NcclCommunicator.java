@@ -639,10 +639,9 @@ public final class NcclCommunicator implements Communicator {
             wireBackend.release(buffer);
             throw e;
         }
-        track(w);
-        long computeAddress = computeStreamAddress;
+        Pending gathered = started(w);
         return Pending.once(() -> {
-            w.waitOn(computeAddress);
+            gathered.complete();
             wireBackend.release(buffer);
         });
     }
