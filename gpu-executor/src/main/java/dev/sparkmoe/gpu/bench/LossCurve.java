@@ -42,17 +42,14 @@ public final class LossCurve implements RankEntry {
         Qwen3MoeConfig.parse(configJson);
         Backend backend;
         if (ctx.isCuda()) {
-            CudaBackend cuda = new CudaBackend(ctx.device());
-            cuda.setGemmPrecision(CudaBackend.GemmPrecision.valueOf(gemm.toUpperCase(java.util.Locale.ROOT)));
-            ctx.nccl().ifPresent(n -> n.attach(cuda));
-            backend = cuda;
+            backend = TrainBench.cudaBackend(ctx, gemm);
         } else {
             backend = new CpuBackend();
         }
         TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(3e-4, 3e-4, 0, steps, "constant", 0.9,
                 0.95, 1e-8, 0.1, 0, 1);
         TrainerSpec spec = new TrainerSpec(configJson, init.toString(), 0, ctx.worldSize(), ep, seq, opt,
-                ctx.backend(), ctx.device(), "bf16".equals(gemm) ? "bf16" : "f32");
+                ctx.backend(), ctx.device(), TrainBench.precision(gemm));
         List<Object> losses = new ArrayList<>();
         long t0 = System.nanoTime();
         try (DistributedTrainer trainer = new DistributedTrainer(spec, ctx.world(), backend,

@@ -33,11 +33,31 @@ import java.util.SplittableRandom;
  *
  * <p>Options: --config FILE|JSON, --batch B (4), --seq T (2048), --steps N (8), --warmup N (3), --ep M (1),
  * --gemm f32|tf32|bf16 (bf16: tensor cores with f32 accumulation), --seed S (0), --out FILE (JSON also written),
- * --profile 1 (after the timed steps, one step traced on the device's timeline, one with every backend call timed on the
- * host and one timed on the device alone; see {@link OpProfiler}), --memory 1 (after the timed steps, one step with every allocation followed: the peak of
+ * --profile 1 (after the timed steps, one step traced on the device's timeline, one with every backend call timed on
+ * the host and one timed on the device alone; see {@link OpProfiler}), --memory 1 (after the timed steps, one step
+ * with every allocation followed: the peak of
  * live tensor bytes and who held them at that moment, see {@link MemoryTracker}; works on the CPU backend too).
  */
 public final class TrainBench implements RankEntry {
+
+    /**
+     * The CUDA backend of the benchmark entries: GEMMs in {@code gemm} (f32, tf32 or bf16), and the launcher's NCCL
+     * world, if any, attached to it (ordered after its stream, its kernels for bf16 gathers).
+     */
+    static CudaBackend cudaBackend(RankContext ctx, String gemm) {
+        CudaBackend cuda = new CudaBackend(ctx.device());
+        cuda.setGemmPrecision(CudaBackend.GemmPrecision.valueOf(gemm.toUpperCase(Locale.ROOT)));
+        ctx.nccl().ifPresent(n -> n.attach(cuda));
+        return cuda;
+    }
+
+    /**
+     * The trainer precision that goes with {@code --gemm}: bf16 GEMMs come with FSDP's bf16 param dtype, as a job's
+     * {@code training.precision: bf16} sets both (DefaultRankTrainerFactory).
+     */
+    static String precision(String gemm) {
+        return "bf16".equals(gemm) ? "bf16" : "f32";
+    }
 
     @Override
     public int run(RankContext ctx, String[] args) throws Exception {
@@ -59,10 +79,8 @@ public final class TrainBench implements RankEntry {
         Backend profiled = null; // the OpProfiler-wrapped backend, with --profile
         CudaBackend cudaBackend = null;
         if (ctx.isCuda()) {
-            CudaBackend cuda = new CudaBackend(ctx.device());
+            CudaBackend cuda = cudaBackend(ctx, gemm);
             cudaBackend = cuda;
-            cuda.setGemmPrecision(CudaBackend.GemmPrecision.valueOf(gemm.toUpperCase(Locale.ROOT)));
-            ctx.nccl().ifPresent(n -> n.attach(cuda));
             backend = o.containsKey("profile") ? profiled = OpProfiler.wrap(cuda) : cuda;
         } else {
             backend = new CpuBackend();
@@ -72,9 +90,8 @@ public final class TrainBench implements RankEntry {
         }
         TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-4, 0, warmup + steps,
                 "constant", 0.9, 0.999, 1e-8, 0.01, 0, 1);
-        // bf16 GEMMs come with FSDP's bf16 param dtype, as a job's precision: bf16 sets both (DefaultRankTrainerFactory)
         TrainerSpec spec = new TrainerSpec(config.toJson(), null, seed, ctx.worldSize(), ep, seq, opt,
-                ctx.backend(), ctx.device(), "bf16".equals(gemm) ? "bf16" : "f32");
+                ctx.backend(), ctx.device(), precision(gemm));
         // Collectives are timed by a wrapper that first drains the compute stream, so each collective's time is its
         // own; the throughput figures come from steps with the timer switched off.
         TimedCommunicator timed = new TimedCommunicator(ctx.world(), backend::synchronize);
