@@ -20,12 +20,12 @@ import java.util.function.Function;
  *
  * <p>Overlap, as FSDP2 does it: the units' order of use is recorded on the first forward and backward; afterwards a
  * unit that gathers starts the next units' all-gathers too ({@link #PREFETCH} of them), so that they run while this
- * unit computes, and a
- * unit's reduce-scatter is started when its backward ends and completed only when the next unit finishes its
- * backward. On a communicator whose collectives are synchronous this changes nothing but the order of calls.
+ * unit computes, and a unit's reduce-scatter is started when its backward ends and completed only when the next unit
+ * finishes its backward. On a communicator whose collectives are synchronous this changes nothing but the order of
+ * calls.
  *
  * <p>For the Qwen3-MoE plan the recorded orders are: forward root, then each layer and its experts, then the head
- * (so the last layer, or its experts, prefetches the head); backward root, head, then the layers from the last (so
+ * (so the last layer prefetches the head, two units ahead); backward root, head, then the layers from the last (so
  * the head's reduce-scatter, started first, runs under the last layer's backward). The root's reduce-scatter starts
  * at its afterBackward, the end of the backward; the trainer completes it when it reads the shard gradients.
  */

@@ -23,8 +23,8 @@ import java.util.Map;
  * <p>Why the head is a unit of its own: as part of the root, its weights were gathered with the embedding at the
  * start of the step, exposed, and its gradients (the LM head's backward is the first of the backward pass) were
  * reduced only at the root's afterBackward, after the whole backward, exposed again. As a unit, the FSDP schedule
- * gathers it while the last decoder layer computes (the last layer, or its experts, prefetches the next unit in the
- * recorded forward order) and starts its reduce-scatter as soon as its own backward is done, under the last layer's
+ * gathers it while the last decoder layer computes (the units prefetch the next ones in the recorded forward
+ * order) and starts its reduce-scatter as soon as its own backward is done, under the last layer's
  * backward. With tied word embeddings the LM head weight is the embedding: the head unit then holds only the final
  * norm, and the tied weight is gathered and reduced with the root as before.
  *
