@@ -4,6 +4,7 @@ import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.backend.BackendInterceptor;
 import java.lang.reflect.Method;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Locale;
@@ -27,6 +28,7 @@ public final class OpProfiler extends BackendInterceptor {
 
     private final Map<String, long[]> stats = new HashMap<>();
     private final List<String> traced = new ArrayList<>(); // TRACE: the key of each call, marks 2i and 2i + 1
+    private long[] hostTimes = new long[256]; // TRACE: host clock when call i began (2i) and returned (2i + 1)
     private Timeline timeline;
     private Mode mode = Mode.OFF;
     private Mode measured = Mode.OFF;
@@ -70,7 +72,8 @@ public final class OpProfiler extends BackendInterceptor {
                     for (int j = Math.max(0, i - 4); j < i; j++) {
                         before.append(before.length() == 0 ? "" : " > ").append(traced.get(j));
                     }
-                    gaps.add(new Gap(idle, i, ms[2 * i], before.toString(), k));
+                    double host = (hostTimes[2 * i] - hostTimes[2 * i - 1]) / 1e6;
+                    gaps.add(new Gap(idle, i, ms[2 * i], host, before.toString(), k));
                 }
             }
             gaps.sort((a, b) -> Double.compare(b.ms, a.ms));
@@ -80,8 +83,12 @@ public final class OpProfiler extends BackendInterceptor {
         mode = Mode.OFF;
     }
 
-    /** The longest idle times of the last trace: where (call index, ms into the trace), the calls before, the next. */
-    private record Gap(double ms, int call, double at, String after, String before) {
+    /**
+     * The longest idle times of the last trace: where (call index, ms into the trace), the host time between the two
+     * calls (outside the backend: model code, hooks, collectives), the calls before, the next. An idle time about as
+     * long as the host's says the host was late; a much longer one, that the stream waited (another stream's event).
+     */
+    private record Gap(double ms, int call, double at, double hostMs, String after, String before) {
     }
 
     private static final int LONGEST_GAPS = 16;
@@ -102,10 +109,16 @@ public final class OpProfiler extends BackendInterceptor {
             // the key is made before the first mark: host time between two calls' marks is idle time, and the
             // first String.format of a run alone takes milliseconds (class loading)
             String k = key(method, args);
+            int i = traced.size();
+            if (2 * i + 2 > hostTimes.length) {
+                hostTimes = Arrays.copyOf(hostTimes, 2 * hostTimes.length);
+            }
+            hostTimes[2 * i] = System.nanoTime();
             timeline.mark();
             Object r = forward(method, args);
             timeline.mark();
             traced.add(k);
+            hostTimes[2 * i + 1] = System.nanoTime();
             return r;
         }
         if (mode == Mode.DEVICE) {
@@ -167,8 +180,8 @@ public final class OpProfiler extends BackendInterceptor {
         if (measured == Mode.TRACE && !gaps.isEmpty()) {
             sb.append(String.format(Locale.ROOT, "longest idle times (of the last traced step)%n"));
             for (Gap g : gaps) {
-                sb.append(String.format(Locale.ROOT, "  %9.3f ms at %8.3f ms, call %6d: after %s, before %s%n", g.ms,
-                        g.at, g.call, g.after, g.before));
+                sb.append(String.format(Locale.ROOT, "  %9.3f ms at %8.3f ms, call %6d (host between calls %.3f ms): "
+                        + "after %s, before %s%n", g.ms, g.at, g.call, g.hostMs, g.after, g.before));
             }
         }
         return sb.toString();

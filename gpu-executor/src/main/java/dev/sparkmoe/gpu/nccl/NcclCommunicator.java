@@ -36,7 +36,12 @@ import org.bytedeco.javacpp.PointerPointer;
  * <p><b>Creation.</b> {@link #create(NcclBootstrap, NcclOptions)}: rank 0 makes the unique id, the bootstrap carries it
  * to the other ranks, every rank calls {@code ncclCommInitRankConfig} with a <em>non-blocking</em> config and polls
  * {@code ncclCommGetAsyncError} until the communicator is ready, or aborts it after the init timeout. Sub-groups (one
- * per mesh dimension) come from {@link #split(int, int, String)} = {@code ncclCommSplit}. {@code NCCL_NVLS_ENABLE} must
+ * per mesh dimension) come from {@link #split(int, int, String)} = {@code ncclCommSplit}, non-blocking and polled the
+ * same way. With {@link NcclOptions#blockingCollectives()} (the default) each of these non-blocking communicators only
+ * makes communicators: the collectives run on a blocking twin split from it, whose peers are connected right away by a
+ * few small collectives (a non-blocking communicator answers every {@code ncclGroupEnd} with {@code ncclInProgress}
+ * from a helper thread, to be polled: hundreds of microseconds of host time per collective, which a training step
+ * with dozens of them pays in device idle time). {@code NCCL_NVLS_ENABLE} must
  * be {@code 0} in the environment (NVLink SHARP multicast can take a shared host's GPUs out of service); creation
  * refuses to run otherwise. Nothing here calls {@code cuMulticastCreate}.
  *
@@ -61,7 +66,9 @@ import org.bytedeco.javacpp.PointerPointer;
  * ({@code ncclCommAbort}) and throws ({@link CollectiveTimeoutException} for the timeout) instead of hanging; an
  * aborted communicator refuses further calls. Collectives that the host did not wait for are watched by a daemon
  * thread (the watchdog, as in {@code ProcessGroupNCCL}): one still running past the timeout aborts the communicator,
- * which releases the streams waiting on it, and the next call on this communicator throws, naming it.
+ * which releases the streams waiting on it, and the next call on this communicator throws, naming it. The watchdog
+ * also aborts a blocking communicator's call that has kept the host waiting past the timeout (an enqueue whose peer
+ * never connects, a finalize), which makes the call return, and throw.
  *
  * <p>Not thread-safe: one thread drives a communicator (as the collectives' lockstep order requires anyway).
  */
@@ -69,7 +76,8 @@ public final class NcclCommunicator implements Communicator {
 
     private static final int UNDEF_INT = Integer.MIN_VALUE; // NCCL_CONFIG_UNDEF_INT
 
-    private final ncclComm comm;
+    private final ncclComm comm;    // runs the collectives: blocking (options.blockingCollectives()) or the control one
+    private final ncclComm control; // non-blocking: made (init, split) by polling against a timeout; splits start here
     private final int rank;
     private final int size;
     private final int device;
@@ -86,11 +94,16 @@ public final class NcclCommunicator implements Communicator {
     private static final boolean BF16_WIRE = !"false".equals(System.getProperty("sparkmoe.nccl.bf16Wire"));
     private volatile String abortedBecause;
     private volatile boolean closed;
+    private volatile boolean watched = true; // the watchdog runs until close has finalised the communicators
     /** Device collectives enqueued by the blocking-API methods and not yet seen complete, oldest first. */
     private final java.util.ArrayDeque<NcclWork> inFlight = new java.util.ArrayDeque<>();
     private Thread watchdog;
+    /** The call the host is in that may block (a blocking communicator's enqueue), for the watchdog; null when none. */
+    private volatile String blockedIn;
+    private volatile long blockedSince;
 
-    private NcclCommunicator(ncclComm comm, int device, String name, NcclOptions options) {
+    private NcclCommunicator(ncclComm control, ncclComm comm, int device, String name, NcclOptions options) {
+        this.control = control;
         this.comm = comm;
         this.device = device;
         this.name = name;
@@ -156,21 +169,81 @@ public final class NcclCommunicator implements Communicator {
                     + " bytes") + " as the unique id; expected " + nccl.NCCL_UNIQUE_ID_BYTES);
         }
         idView.put(got);
-        ncclConfig_t cfg = config(options.name());
+        ncclConfig_t cfg = config(false);
         ncclComm c = new ncclComm();
         int r = nccl.ncclCommInitRankConfig(c, n, id, me, cfg);
         long deadline = System.nanoTime() + options.initTimeout().toNanos();
         waitReady(c, r, "ncclCommInitRankConfig", ctx, deadline, options);
-        return new NcclCommunicator(c, options.device(), options.name(), options);
+        return withCollectives(c, me, options, ctx, deadline);
     }
 
-    /** A non-blocking config, as {@code NCCL_CONFIG_INITIALIZER} with {@code blocking = 0}. */
-    private static ncclConfig_t config(String commName) {
+    /**
+     * The communicator over a ready non-blocking {@code control}: its collectives run on {@code control} itself, or,
+     * with {@link NcclOptions#blockingCollectives()}, on a blocking twin split from it (a non-blocking split, polled
+     * until {@code deadline}), which then connects its peers at once (see {@link #connectPeers()}).
+     */
+    private static NcclCommunicator withCollectives(ncclComm control, int key, NcclOptions options, String ctx,
+                                                    long deadline) {
+        ncclComm work = control;
+        if (options.blockingCollectives()) {
+            try {
+                work = splitReady(control, 0, key, true, "split(blocking twin)", ctx, deadline, options);
+            } catch (RuntimeException e) {
+                abortQuietly(control);
+                throw e;
+            }
+        }
+        NcclCommunicator made = new NcclCommunicator(control, work, options.device(), options.name(), options);
+        if (work != control) {
+            made.connectPeers();
+        }
+        return made;
+    }
+
+    /**
+     * {@code ncclCommSplit} of a non-blocking {@code parent}: polls the parent until the split is done, then the child
+     * until it is ready; on failure or past {@code deadline} aborts (the parent through {@link #waitReady}, which
+     * also names the call).
+     */
+    private static ncclComm splitReady(ncclComm parent, int color, int key, boolean blocking, String what, String ctx,
+                                       long deadline, NcclOptions options) {
+        // With a non-blocking parent NCCL writes the new handle when the split completes, after ncclCommSplit has
+        // returned: the out-parameter must outlive the call (a heap PointerPointer, not a temporary of the binding).
+        PointerPointer<ncclComm> out = new PointerPointer<>(1);
+        int r = nccl.ncclCommSplit(parent, color, key, out, config(blocking));
+        waitReady(parent, r, "ncclCommSplit", ctx + ": " + what, deadline, options);
+        ncclComm child = new ncclComm(out.get(0));
+        if (child.isNull()) {
+            throw new NcclException("ncclCommSplit", nccl.ncclInternalError, ctx + ": " + what
+                    + ": NCCL reported the split complete but returned no communicator");
+        }
+        waitReady(child, nccl.ncclSuccess, "ncclCommSplit", ctx + ": " + what, deadline, options);
+        return child;
+    }
+
+    /**
+     * A blocking communicator connects its peers at its first collectives (NCCL's runtime connection), blocking the
+     * host until every peer has joined them. They are made here, while every rank is known to be alive (all of them
+     * just finished the split): an all-reduce, an all-gather and a reduce-scatter, small and of a few MiB (the
+     * protocols NCCL picks by size), so that the training's collectives find their connections made. A rank that
+     * dies later is caught by the watchdog (a collective that does not complete) as on a non-blocking communicator.
+     */
+    private void connectPeers() {
+        for (int len : new int[] {1, 1 << 20}) {
+            float[] a = new float[len * size];
+            allReduceSum(a, 0, len);
+            allGather(new float[len], 0, len, a, 0);
+            reduceScatterSum(a, 0, new float[len], 0, len);
+        }
+    }
+
+    /** A config as {@code NCCL_CONFIG_INITIALIZER} with {@code blocking} 0 or 1. */
+    private static ncclConfig_t config(boolean blocking) {
         ncclConfig_t cfg = new ncclConfig_t();
         cfg.size(Loader.sizeof(ncclConfig_t.class));
         cfg.magic(nccl.NCCL_API_MAGIC);
         cfg.version(nccl.NCCL_VERSION_CODE);
-        cfg.blocking(0);
+        cfg.blocking(blocking ? 1 : 0);
         cfg.cgaClusterSize(UNDEF_INT);
         cfg.minCTAs(UNDEF_INT);
         cfg.maxCTAs(UNDEF_INT);
@@ -370,7 +443,7 @@ public final class NcclCommunicator implements Communicator {
         staging.ensure(inBytes, outBytes);
         toPinned(send, sOff, size * recvLen, 0);
         h2d(staging.devIn, inBytes, what);
-        enqueued(what, "ncclReduceScatter", nccl.ncclReduceScatter(staging.devIn, staging.devOut, recvLen,
+        enqueue(what, "ncclReduceScatter", () -> nccl.ncclReduceScatter(staging.devIn, staging.devOut, recvLen,
                 nccl.ncclFloat32, nccl.ncclSum, comm, stream));
         d2h(staging.devOut, outBytes, what);
         awaitDone(what);
@@ -417,7 +490,7 @@ public final class NcclCommunicator implements Communicator {
         staging.ensure(Math.max(bytes, 1), 1);
         toPinned(buf, off, len, 0);
         h2d(staging.devIn, bytes, what);
-        enqueued(what, "ncclSend", nccl.ncclSend(staging.devIn, len, nccl.ncclFloat32, peer, comm, stream));
+        enqueue(what, "ncclSend", () -> nccl.ncclSend(staging.devIn, len, nccl.ncclFloat32, peer, comm, stream));
         awaitDone(what);
     }
 
@@ -432,7 +505,7 @@ public final class NcclCommunicator implements Communicator {
         begin(what);
         long bytes = 4L * len;
         staging.ensure(1, Math.max(bytes, 1));
-        enqueued(what, "ncclRecv", nccl.ncclRecv(staging.devOut, len, nccl.ncclFloat32, peer, comm, stream));
+        enqueue(what, "ncclRecv", () -> nccl.ncclRecv(staging.devOut, len, nccl.ncclFloat32, peer, comm, stream));
         d2h(staging.devOut, bytes, what);
         awaitDone(what);
         fromPinned(buf, off, len, 0);
@@ -446,24 +519,17 @@ public final class NcclCommunicator implements Communicator {
             throw new IllegalArgumentException(what + " on group '" + name + "': color must be >= 0 (ncclCommSplit)");
         }
         begin(what);
-        // With a non-blocking parent NCCL writes the new handle when the split completes, after ncclCommSplit has
-        // returned: the out-parameter must outlive the call (a heap PointerPointer, not a temporary of the binding).
-        PointerPointer<ncclComm> out = new PointerPointer<>(1);
-        int r = nccl.ncclCommSplit(comm, color, key, out, config(newName));
         long deadline = System.nanoTime() + options.initTimeout().toNanos();
         String ctx = what + " of group '" + name + "' (rank " + rank + " of " + size + ", device " + device + ")";
-        if (r != nccl.ncclSuccess && r != nccl.ncclInProgress) {
-            throw failure("ncclCommSplit", r, what);
+        ncclComm child;
+        try {
+            // from the non-blocking control communicator: the split is polled against the init timeout
+            child = splitReady(control, color, key, false, what, ctx, deadline, options);
+        } catch (RuntimeException e) {
+            abort(what + " failed"); // waitReady aborted the control communicator: this group is unusable
+            throw e;
         }
-        // a non-blocking split: the parent reports completion, then the child must become ready
-        waitComm(what, deadline);
-        ncclComm child = new ncclComm(out.get(0));
-        if (child.isNull()) {
-            throw new NcclException("ncclCommSplit", nccl.ncclInternalError, ctx
-                    + ": NCCL reported the split complete but returned no communicator");
-        }
-        waitReady(child, nccl.ncclSuccess, "ncclCommSplit", ctx, deadline, options);
-        NcclCommunicator sub = new NcclCommunicator(child, device, newName, options.withName(newName));
+        NcclCommunicator sub = withCollectives(child, key, options.withName(newName), ctx, deadline);
         sub.setComputeStream(computeStreamAddress); // sub-groups order their collectives with the same compute stream
         sub.wireBackend = wireBackend;
         return sub;
@@ -520,7 +586,7 @@ public final class NcclCommunicator implements Communicator {
     public NcclWork allReduceSumAsync(Tensor buf, int off, int len) {
         String what = "allReduceSum(" + buf.dtype() + " x " + len + ")";
         long p = devAddress(what, buf, off, len);
-        return deviceOp(what, () -> enqueued(what, "ncclAllReduce", nccl.ncclAllReduce(raw(p), raw(p), len,
+        return deviceOp(what, () -> enqueue(what, "ncclAllReduce", () -> nccl.ncclAllReduce(raw(p), raw(p), len,
                 ncclType(what, buf.dtype()), nccl.ncclSum, comm, stream)));
     }
 
@@ -531,7 +597,7 @@ public final class NcclCommunicator implements Communicator {
             throw new IndexOutOfBoundsException(what + ": " + count + " elements do not fit " + buf.bytes() + " bytes");
         }
         long p = buf.address();
-        return deviceOp(what, () -> enqueued(what, "ncclAllReduce", nccl.ncclAllReduce(raw(p), raw(p), count,
+        return deviceOp(what, () -> enqueue(what, "ncclAllReduce", () -> nccl.ncclAllReduce(raw(p), raw(p), count,
                 ncclType(what, dtype), nccl.ncclSum, comm, stream)));
     }
 
@@ -546,8 +612,8 @@ public final class NcclCommunicator implements Communicator {
         sameDtype(what, send, recv);
         long s = devAddress(what + " send", send, sOff, len);
         long r = devAddress(what + " recv", recv, rOff, (long) size * len);
-        return deviceOp(what, computeWaits, () -> enqueued(what, "ncclAllGather", nccl.ncclAllGather(raw(s), raw(r),
-                len, ncclType(what, send.dtype()), comm, stream)));
+        return deviceOp(what, computeWaits, () -> enqueue(what, "ncclAllGather",
+                () -> nccl.ncclAllGather(raw(s), raw(r), len, ncclType(what, send.dtype()), comm, stream)));
     }
 
     /**
@@ -708,8 +774,8 @@ public final class NcclCommunicator implements Communicator {
         sameDtype(what, send, recv);
         long s = devAddress(what + " send", send, sOff, (long) size * recvLen);
         long r = devAddress(what + " recv", recv, rOff, recvLen);
-        return deviceOp(what, computeWaits, () -> enqueued(what, "ncclReduceScatter", nccl.ncclReduceScatter(raw(s),
-                raw(r), recvLen, ncclType(what, send.dtype()), nccl.ncclSum, comm, stream)));
+        return deviceOp(what, computeWaits, () -> enqueue(what, "ncclReduceScatter", () -> nccl.ncclReduceScatter(
+                raw(s), raw(r), recvLen, ncclType(what, send.dtype()), nccl.ncclSum, comm, stream)));
     }
 
     /** Broadcast of device tensor elements from {@code root}; enqueued. */
@@ -717,7 +783,7 @@ public final class NcclCommunicator implements Communicator {
         String what = "broadcast(" + buf.dtype() + " x " + len + ", root " + root + ")";
         checkPeer(what, root);
         long p = devAddress(what, buf, off, len);
-        return deviceOp(what, () -> enqueued(what, "ncclBroadcast", nccl.ncclBroadcast(raw(p), raw(p), len,
+        return deviceOp(what, () -> enqueue(what, "ncclBroadcast", () -> nccl.ncclBroadcast(raw(p), raw(p), len,
                 ncclType(what, buf.dtype()), root, comm, stream)));
     }
 
@@ -744,11 +810,41 @@ public final class NcclCommunicator implements Communicator {
         synchronized (inFlight) {
             inFlight.addLast(w);
             retireCompleted();
-            if (watchdog == null) {
-                watchdog = new Thread(this::watch, "nccl-watchdog-" + name + "-r" + rank);
-                watchdog.setDaemon(true);
-                watchdog.start();
-            }
+            startWatchdog();
+        }
+    }
+
+    /** Under the inFlight lock: starts the watchdog thread on first use. */
+    private void startWatchdog() {
+        if (watchdog == null) {
+            watchdog = new Thread(this::watch, "nccl-watchdog-" + name + "-r" + rank);
+            watchdog.setDaemon(true);
+            watchdog.start();
+        }
+    }
+
+    /**
+     * An NCCL call that may block the host (the enqueue of a collective on a blocking communicator waits for peers
+     * that are not connected yet): the watchdog aborts the communicator if it has not returned within the timeout,
+     * which makes it return with an error instead of hanging.
+     */
+    private void enqueue(String what, String name, java.util.function.IntSupplier call) {
+        enqueued(what, name, blocking(what, call));
+    }
+
+    private int blocking(String what, java.util.function.IntSupplier call) {
+        if (comm == control) {
+            return call.getAsInt(); // non-blocking: the caller polls with its deadline
+        }
+        synchronized (inFlight) {
+            startWatchdog();
+        }
+        blockedSince = System.nanoTime();
+        blockedIn = what;
+        try {
+            return call.getAsInt();
+        } finally {
+            blockedIn = null;
         }
     }
 
@@ -768,10 +864,10 @@ public final class NcclCommunicator implements Communicator {
 
     private void watch() {
         long period = Math.max(1, Math.min(50, options.timeout().toMillis() / 10)) * 1_000_000L;
-        while (!closed && abortedBecause == null) {
+        while (watched && abortedBecause == null) {
             java.util.concurrent.locks.LockSupport.parkNanos(period);
             synchronized (inFlight) {
-                if (closed) {
+                if (!watched) {
                     return;
                 }
                 try {
@@ -783,6 +879,15 @@ public final class NcclCommunicator implements Communicator {
                                         + size + ") did not complete within " + options.timeout().toMillis()
                                         + " ms; aborting the communicator");
                         abort("timeout in " + oldest.what() + " (watchdog)");
+                    }
+                    String in = blockedIn;
+                    if (in != null && abortedBecause == null
+                            && System.nanoTime() - blockedSince > options.timeout().toNanos()) {
+                        java.util.logging.Logger.getLogger(NcclCommunicator.class.getName()).severe(
+                                "watchdog: the host has been blocked enqueueing " + in + " on group '" + name
+                                        + "' (rank " + rank + " of " + size + ") for more than "
+                                        + options.timeout().toMillis() + " ms; aborting the communicator");
+                        abort("timeout enqueueing " + in + " (watchdog)");
                     }
                 } catch (RuntimeException e) {
                     // retireCompleted found a CUDA or NCCL error and aborted the communicator; the next call throws
@@ -807,16 +912,26 @@ public final class NcclCommunicator implements Communicator {
         cudart.cudaSetDevice(device);
         RuntimeException failure = null;
         if (abortedBecause == null) {
+            String ctx = "closing group '" + name + "' (rank " + rank + " of " + size + ")";
             try {
-                int r = nccl.ncclCommFinalize(comm);
-                waitReady(comm, r, "ncclCommFinalize", "closing group '" + name + "' (rank " + rank + " of " + size
-                        + ")", System.nanoTime() + options.timeout().toNanos(), options);
-                check("ncclCommDestroy", nccl.ncclCommDestroy(comm), "closing group '" + name + "'");
+                if (comm != control) {
+                    // a blocking finalize flushes what the peers still owe: the watchdog (still running) bounds it
+                    int r = blocking("ncclCommFinalize (closing)", () -> nccl.ncclCommFinalize(comm));
+                    if (r != nccl.ncclSuccess) {
+                        throw new NcclException("ncclCommFinalize", r, describe("ncclCommFinalize", r, ctx, comm));
+                    }
+                    check("ncclCommDestroy", nccl.ncclCommDestroy(comm), ctx);
+                }
+                int r = nccl.ncclCommFinalize(control);
+                waitReady(control, r, "ncclCommFinalize", ctx, System.nanoTime() + options.timeout().toNanos(),
+                        options);
+                check("ncclCommDestroy", nccl.ncclCommDestroy(control), ctx);
             } catch (RuntimeException e) {
                 failure = e; // waitReady aborted the communicator
                 abortedBecause = "close failed: " + e.getMessage();
             }
         }
+        watched = false;
         cudart.cudaStreamSynchronize(stream);
         synchronized (inFlight) {
             for (NcclWork w : inFlight) {
@@ -866,11 +981,11 @@ public final class NcclCommunicator implements Communicator {
             h2d(staging.devIn, bytes, what);
         }
         if (root >= 0) {
-            enqueued(what, "ncclBroadcast", nccl.ncclBroadcast(staging.devIn, staging.devIn, len, k.type, root, comm,
-                    stream));
+            enqueue(what, "ncclBroadcast", () -> nccl.ncclBroadcast(staging.devIn, staging.devIn, len, k.type, root,
+                    comm, stream));
         } else {
-            enqueued(what, "ncclAllReduce", nccl.ncclAllReduce(staging.devIn, staging.devIn, len, k.type, op, comm,
-                    stream));
+            enqueue(what, "ncclAllReduce", () -> nccl.ncclAllReduce(staging.devIn, staging.devIn, len, k.type, op,
+                    comm, stream));
         }
         d2h(staging.devIn, bytes, what);
         awaitDone(what);
@@ -889,7 +1004,8 @@ public final class NcclCommunicator implements Communicator {
         staging.ensure(inBytes, outBytes);
         toPinned(send, sOff, len, 0);
         h2d(staging.devIn, inBytes, what);
-        enqueued(what, "ncclAllGather", nccl.ncclAllGather(staging.devIn, staging.devOut, len, k.type, comm, stream));
+        enqueue(what, "ncclAllGather",
+                () -> nccl.ncclAllGather(staging.devIn, staging.devOut, len, k.type, comm, stream));
         d2h(staging.devOut, outBytes, what);
         awaitDone(what);
         fromPinned(recv, rOff, size * len, 0);
@@ -989,7 +1105,7 @@ public final class NcclCommunicator implements Communicator {
         } catch (RuntimeException e) {
             inside = e;
         } finally {
-            endResult = nccl.ncclGroupEnd();
+            endResult = blocking(what, nccl::ncclGroupEnd);
         }
         if (inside != null) {
             throw inside;
@@ -1088,6 +1204,13 @@ public final class NcclCommunicator implements Communicator {
             return;
         }
         if (r != nccl.ncclSuccess) {
+            String earlier = abortedBecause;
+            if (earlier != null && earlier.startsWith("timeout")) { // the watchdog aborted the blocked call
+                throw new CollectiveTimeoutException(what + " on group '" + name + "' (rank " + rank + " of " + size
+                        + ") was not enqueued within " + options.timeout().toMillis() + " ms (" + call + " blocked: "
+                        + "a peer never joined); the communicator was aborted (ncclCommAbort); hint: a rank did not "
+                        + "call it or died; look at the other ranks' logs");
+            }
             NcclException e = failure(call, r, what);
             abort(call + " failed in " + what);
             throw e;
@@ -1134,6 +1257,9 @@ public final class NcclCommunicator implements Communicator {
         if (abortedBecause == null) {
             abortedBecause = reason;
             abortQuietly(comm);
+            if (control != comm) {
+                abortQuietly(control);
+            }
         }
     }
 

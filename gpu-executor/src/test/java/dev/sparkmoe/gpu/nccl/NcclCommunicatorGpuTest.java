@@ -75,13 +75,32 @@ class NcclCommunicatorGpuTest {
         assertTrue(o.contains("busbw"), o);
     }
 
-    @Test
-    void aCollectiveNobodyElseJoinsTimesOutAndAborts() {
-        NcclCommunicator[] cs = twoRanksInThisJvm(Duration.ofSeconds(3));
+    /** Both modes: collectives on the non-blocking communicators, and on their blocking twins (the default). */
+    @org.junit.jupiter.params.ParameterizedTest
+    @org.junit.jupiter.params.provider.ValueSource(booleans = {false, true})
+    void aCollectiveNobodyElseJoinsTimesOutAndAborts(boolean blockingCollectives) {
+        NcclCommunicator[] cs = twoRanksInThisJvm(Duration.ofSeconds(3), blockingCollectives);
         CollectiveTimeoutException e = assertThrows(CollectiveTimeoutException.class,
                 () -> cs[0].allReduceSum(new float[8], 0, 8));
         assertTrue(e.getMessage().contains("allReduceSum(float[8])"), e.getMessage());
         assertTrue(e.getMessage().contains("ncclCommAbort"), e.getMessage());
+        assertTrue(cs[0].isAborted());
+        closeBoth(cs);
+    }
+
+    /**
+     * On a blocking communicator the host itself can block in NCCL: a send whose peer never receives waits in the
+     * connection setup. The watchdog aborts it after the timeout; the call returns and throws, naming it.
+     */
+    @Test
+    @org.junit.jupiter.api.Timeout(value = 90, threadMode = org.junit.jupiter.api.Timeout.ThreadMode.SEPARATE_THREAD)
+    void theWatchdogAbortsAnEnqueueThatBlocksTheHost() {
+        NcclCommunicator[] cs = twoRanksInThisJvm(Duration.ofSeconds(3), true);
+        long t0 = System.nanoTime();
+        RuntimeException e = assertThrows(RuntimeException.class, () -> cs[0].send(new float[8], 0, 8, 1));
+        assertTrue(System.nanoTime() - t0 < 60_000_000_000L);
+        assertTrue(e.getMessage().contains("send"), e.getMessage());
+        assertTrue(e.getMessage().contains("ncclCommAbort") || e.getMessage().contains("abort"), e.getMessage());
         assertTrue(cs[0].isAborted());
         closeBoth(cs);
     }
@@ -92,7 +111,7 @@ class NcclCommunicatorGpuTest {
      */
     @Test
     void theWatchdogAbortsADeviceCollectiveNobodyJoins() throws Exception {
-        NcclCommunicator[] cs = twoRanksInThisJvm(Duration.ofSeconds(3));
+        NcclCommunicator[] cs = twoRanksInThisJvm(Duration.ofSeconds(3), true);
         try (dev.sparkmoe.gpu.cuda.CudaBackend be = new dev.sparkmoe.gpu.cuda.CudaBackend(0)) {
             cs[0].setComputeStream(be.stream());
             dev.sparkmoe.core.tensor.Tensor t = be.upload(dev.sparkmoe.core.tensor.Tensor.of(new float[1024], 1024));
@@ -132,7 +151,7 @@ class NcclCommunicatorGpuTest {
     }
 
     /** Two ranks in this JVM on devices 0 and 1 (skips without two GPUs). */
-    private static NcclCommunicator[] twoRanksInThisJvm(Duration timeout) {
+    private static NcclCommunicator[] twoRanksInThisJvm(Duration timeout, boolean blockingCollectives) {
         Nccl.Availability a = gpu();
         assumeTrue(a.deviceCount() >= 2, "needs 2 GPUs");
         java.util.concurrent.atomic.AtomicReference<byte[]> id = new java.util.concurrent.atomic.AtomicReference<>();
@@ -168,7 +187,8 @@ class NcclCommunicatorGpuTest {
                         return id.get();
                     }
                 };
-                cs[rank] = NcclCommunicator.create(b, NcclOptions.defaults(rank).withTimeout(timeout));
+                cs[rank] = NcclCommunicator.create(b, NcclOptions.defaults(rank).withTimeout(timeout)
+                        .withBlockingCollectives(blockingCollectives));
             });
             ts[r].start();
         }
