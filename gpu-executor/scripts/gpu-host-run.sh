@@ -6,7 +6,8 @@
 #   $D/bench/                 shared/bench: the PyTorch baselines and qwen3moe-c1.json
 # Usage: D=.device-carry/run bash gpu-executor/scripts/gpu-host-run.sh tests|smoke|bench|all|curve
 # Env: TEST_SELECT (console-launcher selectors, default the GPU test packages), TEST_PROPS (extra -D for tests),
-#      OURS/BASE/STEPS/GEMM/BENCH_ARGS (bench runs), CURVE_GPUS/CURVE_STEPS (curve).
+#      OURS/BASE/STEPS/GEMM/BENCH_ARGS (bench runs; LAUNCH_ARGS: extra launcher options such as
+#      "--jvm-opt -XX:StartFlightRecording=filename=/tmp/jfr/,settings=profile"), CURVE_GPUS/CURVE_STEPS (curve).
 set -o pipefail
 D=${D:-.device-carry/run}
 OUT=${OUT:-/tmp/out}
@@ -45,7 +46,7 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   BASE=${BASE:-"fsdp2:1 fsdp2:$GPUS native:$GPUS"}
   for run in $OURS; do
     n=${run%%:*}; ep=${run##*:}
-    timeout ${BENCH_LIMIT:-240} $B/bin/spark-moe-gpu launch --nproc $n --backend cuda \
+    timeout ${BENCH_LIMIT:-240} $B/bin/spark-moe-gpu launch --nproc $n --backend cuda ${LAUNCH_ARGS:-} \
       --entry dev.sparkmoe.gpu.bench.TrainBench -- --config "$CFG" --batch 4 --seq 2048 --steps ${STEPS:-8} \
       --gemm ${GEMM:-bf16} --ep $ep ${BENCH_ARGS:-} > "$OUT/ours-$n-$ep.log" 2>&1 || { rc=1; tail -20 "$OUT/ours-$n-$ep.log"; }
     grep '"impl"' "$OUT/ours-$n-$ep.log" | sed 's/^\[rank 0\] //' | tee -a "$OUT/bench.jsonl"

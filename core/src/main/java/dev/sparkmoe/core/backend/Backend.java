@@ -189,6 +189,44 @@ public interface Backend {
     void routerBackward(Tensor dWeights, Tensor topIdx, Tensor topVal, Tensor probs, Tensor auxGrad, int rows,
                         int experts, int k, boolean normalize, Tensor dLogits);
 
+    /**
+     * Groups token slots by expert, as a stable counting sort: {@code slotOfRow} (I32 [n], written) lists the slots
+     * of expert 0 in slot order, then those of expert 1, and so on; returns {@code counts} (host, length
+     * {@code experts}) with the number of slots of each expert. {@code expertOfSlot} is I32 [n] on this backend; an id
+     * outside [0, experts) is an error. The counts are all that comes back to the host (they size the expert GEMMs):
+     * a device backend sorts on the device. The default downloads the ids and sorts them with
+     * {@link #sortSlotsByExpert}.
+     */
+    default int[] groupByExpert(Tensor expertOfSlot, int n, int experts, Tensor slotOfRow) {
+        int[] ids = java.util.Arrays.copyOf(download(expertOfSlot).ints(), n);
+        int[] counts = new int[experts];
+        copyFromHost(Tensor.ofInts(sortSlotsByExpert(ids, experts, counts), n), slotOfRow);
+        return counts;
+    }
+
+    /**
+     * The host reference of {@link #groupByExpert}: returns slotOfRow for {@code expertIds} and fills
+     * {@code counts[e]}. Slots of one expert keep their slot order (token-major), which makes results independent of
+     * anything but the routing.
+     */
+    static int[] sortSlotsByExpert(int[] expertIds, int numExperts, int[] counts) {
+        for (int e : expertIds) {
+            if (e < 0 || e >= numExperts) {
+                throw new IllegalArgumentException("expert id " + e + " outside [0, " + numExperts + ")");
+            }
+            counts[e]++;
+        }
+        int[] start = new int[numExperts];
+        for (int e = 1; e < numExperts; e++) {
+            start[e] = start[e - 1] + counts[e - 1];
+        }
+        int[] slotOfRow = new int[expertIds.length];
+        for (int s = 0; s < expertIds.length; s++) {
+            slotOfRow[start[expertIds[s]]++] = s;
+        }
+        return slotOfRow;
+    }
+
     /** dst[j] = src[index[j] / divisor] for j in [0, n), rows of {@code width}. */
     void gatherRows(Tensor src, Tensor index, int n, int width, int divisor, Tensor dst);
 

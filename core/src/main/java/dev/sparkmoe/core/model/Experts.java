@@ -128,8 +128,8 @@ public final class Experts extends Module {
         }
     }
 
-    /** hidden [N, H], expertIds [N*K] -> expert outputs in slot order [N*K, H]. */
-    Tensor forward(Backend be, Tensor hiddenStates, int[] expertIds, int tokens, int topK, Cache c) {
+    /** hidden [N, H], expertIds (I32 [N*K], on the backend) -> expert outputs in slot order [N*K, H]. */
+    Tensor forward(Backend be, Tensor hiddenStates, Tensor expertIds, int tokens, int topK, Cache c) {
         Dispatch d = dispatcher.dispatch(be, hiddenStates, expertIds, tokens, topK, hidden, numExperts);
         if (d.localCounts().length != localExperts || d.firstExpert() != firstExpert) {
             throw new IllegalStateException(path() + " holds experts [" + firstExpert + ", " + (firstExpert

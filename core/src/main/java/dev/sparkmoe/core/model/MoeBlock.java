@@ -66,9 +66,9 @@ public final class MoeBlock extends Module {
         // The experts' hooks (FSDP: wait for their gathered weights, start the next gather) run before the routing's
         // copy to the host, while the device still has this layer's work queued, not in the idle that follows it.
         experts.beforeForward();
-        // The routing decides how many rows each expert GEMM has: the only device-to-host copy of the layer.
-        int[] expertOfSlot = be.download(c.topIdx).ints();
-        c.slots = experts.forward(be, x, expertOfSlot, tokens, topK, c.experts);
+        // The routing decides how many rows each expert GEMM has: the dispatch's expert counts are the only
+        // device-to-host copy of the layer.
+        c.slots = experts.forward(be, x, c.topIdx, tokens, topK, c.experts);
         experts.afterForward();
         Tensor y = be.empty(DType.F32, tokens, hidden);
         be.moeCombine(c.slots, c.weights, tokens, topK, hidden, y);

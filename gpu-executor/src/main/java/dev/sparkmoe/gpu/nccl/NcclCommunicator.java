@@ -684,22 +684,25 @@ public final class NcclCommunicator implements Communicator {
         long base = ((DeviceMemory) buffer.deviceHandle()).address();
         NcclWork w;
         try {
+            long[] mine = new long[n];
+            long[] lens = new long[n];
+            long[] wire16 = new long[n];
+            long[] fulls = new long[n];
+            for (int i = 0; i < n; i++) {
+                lens[i] = parts.get(i).len();
+                mine[i] = base + slot[i] + 2 * rank * lens[i];
+                wire16[i] = base + slot[i];
+                fulls[i] = (long) size * lens[i];
+            }
             w = deviceOp(what, false, () -> {
-                for (int i = 0; i < n; i++) {
-                    long len = parts.get(i).len();
-                    wireBackend.roundToBf16(s[i], base + slot[i] + 2 * rank * len, len, stream);
-                }
+                wireBackend.roundToBf16(s, mine, lens, stream); // every part in one launch
                 inGroup(what, () -> {
                     for (int i = 0; i < n; i++) {
-                        long len = parts.get(i).len();
-                        long mine = base + slot[i] + 2 * rank * len;
-                        groupCall("ncclAllGather", nccl.ncclAllGather(raw(mine), raw(base + slot[i]), len,
-                                nccl.ncclBfloat16, comm, stream), what + " part " + i);
+                        groupCall("ncclAllGather", nccl.ncclAllGather(raw(mine[i]), raw(wire16[i]), lens[i],
+                                nccl.ncclBfloat16, comm, stream), what, " part ", i);
                     }
                 });
-                for (int i = 0; i < n; i++) {
-                    wireBackend.widenBf16(base + slot[i], r[i], (long) size * parts.get(i).len(), stream);
-                }
+                wireBackend.widenBf16(wire16, r, fulls, stream);
             });
         } catch (RuntimeException e) {
             wireBackend.release(buffer);
@@ -746,10 +749,10 @@ public final class NcclCommunicator implements Communicator {
                 int len = parts.get(i).len();
                 if (gather) {
                     groupCall("ncclAllGather", nccl.ncclAllGather(raw(s[i]), raw(r[i]), len, type[i], comm, stream),
-                            what + " part " + i);
+                            what, " part ", i);
                 } else {
                     groupCall("ncclReduceScatter", nccl.ncclReduceScatter(raw(s[i]), raw(r[i]), len, type[i],
-                            nccl.ncclSum, comm, stream), what + " part " + i);
+                            nccl.ncclSum, comm, stream), what, " part ", i);
                 }
             }
         }));
@@ -1080,11 +1083,11 @@ public final class NcclCommunicator implements Communicator {
             for (int p = 0; p < size; p++) {
                 if (sendCounts[p] > 0) {
                     groupCall("ncclSend", nccl.ncclSend(raw(sendBase + so * elemBytes), sendCounts[p], type, p, comm,
-                            stream), what + " to rank " + p);
+                            stream), what, " to rank ", p);
                 }
                 if (recvCounts[p] > 0) {
                     groupCall("ncclRecv", nccl.ncclRecv(raw(recvBase + ro * elemBytes), recvCounts[p], type, p, comm,
-                            stream), what + " from rank " + p);
+                            stream), what, " from rank ", p);
                 }
                 so += sendCounts[p];
                 ro += recvCounts[p];
@@ -1114,9 +1117,9 @@ public final class NcclCommunicator implements Communicator {
     }
 
     /** Checks a call made inside a group: ncclInProgress is fine there (the group end reports the outcome). */
-    private void groupCall(String call, int r, String what) {
+    private void groupCall(String call, int r, String what, String which, int index) {
         if (r != nccl.ncclSuccess && r != nccl.ncclInProgress) {
-            throw failure(call, r, what);
+            throw failure(call, r, what + which + index); // the message is made only on failure
         }
     }
 

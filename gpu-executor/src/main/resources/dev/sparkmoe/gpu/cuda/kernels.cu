@@ -14,6 +14,7 @@
 #define ERR_GATHER_INDEX 4
 #define ERR_SCATTER_INDEX 5
 #define ERR_STATS_INDEX 6
+#define ERR_SORT_INDEX 7
 
 __device__ __forceinline__ void report(int* err, int code, int a, int b, int c) {
     if (atomicCAS(err, 0, code) == 0) {
@@ -769,6 +770,61 @@ __global__ void router_stats_colsum(const float* probs, int rows, int experts, d
     if (threadIdx.x == 0) out[experts + e] = s;
 }
 
+// Grouping the token slots by expert (Backend.groupByExpert), on the device: the host then reads E counts instead
+// of copying every slot's expert out and a permutation back. counts[e] = slots choosing expert e (counts zeroed by the
+// caller; per-block tallies in shared memory, E ints of dynamic shared memory); an id outside [0, E) is reported.
+__global__ void expert_counts(const int* ids, long long n, int experts, int* counts, int* err) {
+    extern __shared__ int tally[];
+    for (int e = threadIdx.x; e < experts; e += blockDim.x) tally[e] = 0;
+    __syncthreads();
+    GRID_STRIDE(i, n) {
+        int e = ids[i];
+        if (e < 0 || e >= experts) { report(err, ERR_SORT_INDEX, (int)i, e, experts); continue; }
+        atomicAdd(tally + e, 1);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < experts; e += blockDim.x) {
+        if (tally[e] != 0) atomicAdd(counts + e, tally[e]);
+    }
+}
+
+// Block e writes the slots that chose expert e, in slot order (a stable counting sort), from row
+// counts[0] + ... + counts[e - 1] on: chunks of blockDim.x slots (a multiple of 32, at most 1024), each placed by a
+// block-wide exclusive scan (ballot within warps, a warp over the warps' totals).
+__global__ void expert_rows(const int* ids, long long n, int experts, const int* counts, int* slotOfRow) {
+    __shared__ int warpBase[32];
+    __shared__ int chunkTotal;
+    __shared__ long long base;
+    int e = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    if (threadIdx.x == 0) {
+        long long b = 0;
+        for (int q = 0; q < e; q++) b += counts[q];
+        base = b;
+    }
+    __syncthreads();
+    for (long long chunk = 0; chunk < n; chunk += blockDim.x) {
+        long long i = chunk + threadIdx.x;
+        int mine = i < n && ids[i] == e;
+        unsigned int ballot = __ballot_sync(0xffffffffu, mine);
+        if (lane == 0) warpBase[warp] = __popc(ballot);
+        __syncthreads();
+        if (warp == 0) {
+            int v = lane < warps ? warpBase[lane] : 0, incl = v;
+            for (int d = 1; d < 32; d <<= 1) {
+                int up = __shfl_up_sync(0xffffffffu, incl, d);
+                if (lane >= d) incl += up;
+            }
+            if (lane < warps) warpBase[lane] = incl - v; // exclusive: rows before this warp's in the chunk
+            if (lane == 31) chunkTotal = incl;
+        }
+        __syncthreads();
+        if (mine) slotOfRow[base + warpBase[warp] + __popc(ballot & ((1u << lane) - 1u))] = (int)i;
+        __syncthreads();
+        if (threadIdx.x == 0) base += chunkTotal;
+        __syncthreads();
+    }
+}
+
 // Warp per row; dp lives in dynamic shared memory (experts floats per warp).
 __global__ void router_bwd(const float* dw, const int* topIdx, const float* topVal, const float* probs,
                            const float* aux, int rows, int experts, int k, int normalize, float* dLogits) {
@@ -1038,37 +1094,71 @@ __global__ void f32_to_bf16_rows(const float* src, long long ld, int rows, int c
     }
 }
 
-// Flat conversions for a communicator's bf16 wire (NcclCommunicator's all-gather with a BF16 wire dtype): n values,
-// rounded to nearest even on the way to bf16 (as f32_to_bf16_rows), widened exactly on the way back. With vec != 0
-// (the host checked the f32 side 16-byte and the bf16 side 8-byte aligned) each thread moves four neighbours, the
-// tail of n % 4 one at a time; otherwise every thread moves one.
-__global__ void f32_to_bf16_flat(const float* src, unsigned short* dst, long long n, int vec) {
-    long long quads = vec ? n >> 2 : 0;
-    GRID_STRIDE(q, quads) {
-        float4 v = reinterpret_cast<const float4*>(src)[q];
-        unsigned int lo, hi;
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(lo) : "f"(v.y), "f"(v.x));
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(hi) : "f"(v.w), "f"(v.z));
-        reinterpret_cast<uint2*>(dst)[q] = make_uint2(lo, hi);
+// Conversions for a communicator's bf16 wire (NcclCommunicator's all-gather with a BF16 wire dtype), many parts in
+// one launch (a unit's parameters: some of millions of values, some of a few hundred): part i converts n[i] values
+// from src[i] to dst[i], rounded to nearest even on the way to bf16 (as f32_to_bf16_rows), widened exactly on the way
+// back. A part with vec[i] != 0 (the host checked the f32 side 16-byte and the bf16 side 8-byte aligned) moves its
+// first n / 4 * 4 values four at a time, the rest one at a time. The parts' work units (quads, then single values)
+// are numbered one after the other (unitStart: prefix sums, unitStart[count] the total); a thread finds its part by
+// binary search. The descriptor travels by value (2,328 bytes, under the 4 KB parameter limit).
+#define BFP_MAX 64
+struct BfParts {
+    int count;
+    int pad;
+    long long unitStart[BFP_MAX + 1];
+    long long src[BFP_MAX];
+    long long dst[BFP_MAX];
+    long long n[BFP_MAX];
+    int vec[BFP_MAX];
+};
+
+// The part of unit u and the unit's index inside it.
+__device__ __forceinline__ int bfp_part(const BfParts& p, long long u) {
+    int lo = 0, hi = p.count - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (p.unitStart[mid] <= u) lo = mid; else hi = mid - 1;
     }
-    GRID_STRIDE(i, n - 4 * quads) {
-        long long e = 4 * quads + i;
-        unsigned int packed;
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(0.f), "f"(src[e]));
-        dst[e] = (unsigned short)(packed & 0xffffu);
+    return lo;
+}
+
+__global__ void f32_to_bf16_parts(const BfParts p) {
+    GRID_STRIDE(u, p.unitStart[p.count]) {
+        int i = bfp_part(p, u);
+        long long local = u - p.unitStart[i];
+        const float* src = reinterpret_cast<const float*>(p.src[i]);
+        unsigned short* dst = reinterpret_cast<unsigned short*>(p.dst[i]);
+        long long quads = p.vec[i] ? p.n[i] >> 2 : 0;
+        if (local < quads) {
+            float4 v = reinterpret_cast<const float4*>(src)[local];
+            unsigned int lo, hi;
+            asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(lo) : "f"(v.y), "f"(v.x));
+            asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(hi) : "f"(v.w), "f"(v.z));
+            reinterpret_cast<uint2*>(dst)[local] = make_uint2(lo, hi);
+        } else {
+            long long e = 4 * quads + (local - quads);
+            unsigned int packed;
+            asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(0.f), "f"(src[e]));
+            dst[e] = (unsigned short)(packed & 0xffffu);
+        }
     }
 }
 
-__global__ void bf16_to_f32_flat(const unsigned short* src, float* dst, long long n, int vec) {
-    long long quads = vec ? n >> 2 : 0;
-    GRID_STRIDE(q, quads) {
-        uint2 b = reinterpret_cast<const uint2*>(src)[q];
-        reinterpret_cast<float4*>(dst)[q] = make_float4(__uint_as_float(b.x << 16), __uint_as_float(b.x & 0xffff0000u),
-                                                        __uint_as_float(b.y << 16), __uint_as_float(b.y & 0xffff0000u));
-    }
-    GRID_STRIDE(i, n - 4 * quads) {
-        long long e = 4 * quads + i;
-        dst[e] = __uint_as_float((unsigned int)src[e] << 16);
+__global__ void bf16_to_f32_parts(const BfParts p) {
+    GRID_STRIDE(u, p.unitStart[p.count]) {
+        int i = bfp_part(p, u);
+        long long local = u - p.unitStart[i];
+        const unsigned short* src = reinterpret_cast<const unsigned short*>(p.src[i]);
+        float* dst = reinterpret_cast<float*>(p.dst[i]);
+        long long quads = p.vec[i] ? p.n[i] >> 2 : 0;
+        if (local < quads) {
+            uint2 b = reinterpret_cast<const uint2*>(src)[local];
+            reinterpret_cast<float4*>(dst)[local] = make_float4(__uint_as_float(b.x << 16),
+                    __uint_as_float(b.x & 0xffff0000u), __uint_as_float(b.y << 16), __uint_as_float(b.y & 0xffff0000u));
+        } else {
+            long long e = 4 * quads + (local - quads);
+            dst[e] = __uint_as_float((unsigned int)src[e] << 16);
+        }
     }
 }
 

@@ -61,6 +61,87 @@ class CudaBackendTest {
 
     // ------------------------------------------------------------------ memory
 
+    /**
+     * The device's stable counting sort of slots by expert against the host reference: the benchmark's size (8192
+     * tokens, top-4 of 32, some experts never chosen), sizes that end mid-chunk and a single slot; an id outside the
+     * experts is refused, naming it.
+     */
+    @Test
+    void groupByExpertMatchesTheHostSort() {
+        for (int[] c : new int[][] {{32768, 32}, {4097, 7}, {1, 3}, {2500, 128}}) {
+            int n = c[0], experts = c[1];
+            int[] ids = new int[n];
+            for (int i = 0; i < n; i++) {
+                ids[i] = experts > 4 && r.nextInt(4) == 0 ? 1 : r.nextInt(experts) & ~1; // odd experts mostly empty
+            }
+            int[] want = new int[experts];
+            int[] wantRows = dev.sparkmoe.core.backend.Backend.sortSlotsByExpert(ids, experts, want);
+            Tensor rows = gpu.empty(DType.I32, n);
+            int[] got = gpu.groupByExpert(upInts(ids), n, experts, rows);
+            assertArrayEquals(want, got, n + " slots, " + experts + " experts: counts");
+            assertArrayEquals(wantRows, gpu.download(rows).ints(), n + " slots, " + experts + " experts: rows");
+        }
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> gpu.groupByExpert(upInts(new int[] {0, 1, 2, 3, 4, 40, 1}), 7, 32, gpu.empty(DType.I32, 7)));
+        assertTrue(e.getMessage().contains("groupByExpert: expert id 40 at slot 5 is outside [0, 32)"),
+                e.getMessage());
+    }
+
+    /**
+     * The bf16 wire's part-wise conversions: parts of every size (empty, below and above a vector of four, large),
+     * f32 sides aligned and not (the vector path and the scalar one), more parts than one launch takes; rounding to
+     * nearest even (ties among the values) and exact widening, checked against the host's rounding bit for bit.
+     */
+    @Test
+    void partWiseBf16ConversionsRoundToNearestEvenAndWidenExactly() {
+        int[] lens = new int[CudaBackend.BFP_MAX + 9];
+        int[] sizes = {0, 1, 3, 4, 5, 7, 1024, 100_003, 2, 9};
+        for (int i = 0; i < lens.length; i++) {
+            lens[i] = sizes[i % sizes.length];
+        }
+        int total = 0;
+        for (int len : lens) {
+            total += len + 11; // room to start every part on 8 elements and misalign it
+        }
+        float[] x = rnd(r, total, 3f);
+        for (int i = 0; i < total; i += 7) { // exact ties: the kept half is even or odd
+            x[i] = Float.intBitsToFloat((Float.floatToRawIntBits(x[i]) & 0xffff0000) | 0x8000);
+        }
+        Tensor src = up(x, total);
+        Tensor wire = gpu.zeros(DType.F32, total); // raw storage: 2 bytes per bf16 value, half of it used
+        Tensor back = poisoned(total);
+        long s0 = ((DeviceMemory) src.deviceHandle()).address();
+        long w0 = ((DeviceMemory) wire.deviceHandle()).address();
+        long b0 = ((DeviceMemory) back.deviceHandle()).address();
+        long[] from = new long[lens.length], to = new long[lens.length], n = new long[lens.length];
+        long[] widenFrom = new long[lens.length], widenTo = new long[lens.length];
+        int[] at = new int[lens.length];
+        int off = 0;
+        for (int i = 0; i < lens.length; i++) {
+            int shift = i % 3; // 0: both sides aligned (the vector path); 1, 2: the f32 side 4- and 8-byte aligned
+            at[i] = off + shift;
+            from[i] = s0 + 4L * at[i];
+            to[i] = w0 + 2L * at[i];
+            widenFrom[i] = to[i];
+            widenTo[i] = b0 + 4L * at[i];
+            n[i] = lens[i];
+            off = (off + lens[i] + 3 + 7) / 8 * 8;
+        }
+        gpu.roundToBf16(from, to, n, gpu.stream());
+        gpu.widenBf16(widenFrom, widenTo, n, gpu.stream());
+        float[] got = down(back);
+        for (int i = 0; i < lens.length; i++) {
+            for (int e = 0; e < lens[i]; e++) {
+                int j = at[i] + e;
+                assertEquals(Float.floatToRawIntBits(DType.roundToBf16(x[j])), Float.floatToRawIntBits(got[j]),
+                        "part " + i + " (length " + lens[i] + ") element " + e + " of " + x[j]);
+            }
+        }
+        IllegalArgumentException bad = assertThrows(IllegalArgumentException.class,
+                () -> gpu.roundToBf16(from, to, new long[1], gpu.stream()));
+        assertTrue(bad.getMessage().contains("lengths"), bad.getMessage());
+    }
+
     @Test
     void uploadDownloadRoundTripsEveryDtype() {
         float[] f = rnd(r, 1001, 3);

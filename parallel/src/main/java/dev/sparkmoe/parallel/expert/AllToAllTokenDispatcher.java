@@ -1,7 +1,6 @@
 package dev.sparkmoe.parallel.expert;
 
 import dev.sparkmoe.core.backend.Backend;
-import dev.sparkmoe.core.model.moe.LocalTokenDispatcher;
 import dev.sparkmoe.core.model.moe.TokenDispatcher;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -91,15 +90,22 @@ public final class AllToAllTokenDispatcher implements TokenDispatcher {
     }
 
     @Override
-    public Dispatch dispatch(Backend backend, Tensor hidden, int[] expertIds, int tokens, int topK, int hiddenSize,
+    public Dispatch dispatch(Backend backend, Tensor hidden, Tensor expertIds, int tokens, int topK, int hiddenSize,
                              int totalExperts) {
         if (totalExperts != numExperts) {
             throw new IllegalArgumentException("dispatcher built for " + numExperts + " experts, model has "
                     + totalExperts);
         }
         int peers = ep.size();
-        int[] counts = new int[numExperts];
-        int[] slotOfRow = LocalTokenDispatcher.sortSlotsByExpert(expertIds, numExperts, counts);
+        int rows = tokens * topK;
+        Tensor slotOfRow = backend.empty(DType.I32, rows);
+        int[] counts;
+        try {
+            counts = backend.groupByExpert(expertIds, rows, numExperts, slotOfRow);
+        } catch (RuntimeException e) {
+            backend.release(slotOfRow);
+            throw e;
+        }
         // Exchange counts: to peer p go the counts of p's experts.
         int[] countSplits = new int[peers];
         java.util.Arrays.fill(countSplits, localExperts);
@@ -121,12 +127,11 @@ public final class AllToAllTokenDispatcher implements TokenDispatcher {
         }
         int[] localCounts = new int[localExperts];
         int[] localOf = localOrder(recvCounts, localExperts, localCounts);
-        Meta meta = new Meta(backend.upload(Tensor.ofInts(slotOfRow, slotOfRow.length)), slotOfRow.length,
-                sendRows, recvRows, recvCounts, backend.upload(Tensor.ofInts(localOf, totalRecv)), totalRecv,
-                tokens, topK);
+        Meta meta = new Meta(slotOfRow, rows, sendRows, recvRows, recvCounts,
+                backend.upload(Tensor.ofInts(localOf, totalRecv)), totalRecv, tokens, topK);
         // Rows in expert order are already grouped by destination rank.
-        Tensor sendBuf = backend.empty(DType.F32, slotOfRow.length, hiddenSize);
-        backend.gatherRows(hidden, meta.slotOfRow, slotOfRow.length, hiddenSize, topK, sendBuf);
+        Tensor sendBuf = backend.empty(DType.F32, rows, hiddenSize);
+        backend.gatherRows(hidden, meta.slotOfRow, rows, hiddenSize, topK, sendBuf);
         Tensor routed = exchange(backend, sendBuf, sendRows, recvRows, meta.localOfRecv, totalRecv, hiddenSize);
         return new Dispatch(routed, localCounts, firstLocalExpert(), meta);
     }

@@ -3,8 +3,8 @@ package dev.sparkmoe.parallel.expert;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
+import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.backend.CpuBackend;
-import dev.sparkmoe.core.model.moe.LocalTokenDispatcher;
 import dev.sparkmoe.core.model.moe.TokenDispatcher;
 import dev.sparkmoe.core.tensor.Tensor;
 import dev.sparkmoe.parallel.comm.InJvmRanks;
@@ -44,7 +44,7 @@ class DispatchWorkedExamplesTest {
         // 3 tokens, top-2: slots (token,k) = 0:(0,0) 1:(0,1) 2:(1,0) 3:(1,1) 4:(2,0) 5:(2,1)
         int[] expertOfSlot = {3, 0, 0, 2, 3, 0};
         int[] counts = new int[4];
-        int[] slotOfRow = LocalTokenDispatcher.sortSlotsByExpert(expertOfSlot, 4, counts);
+        int[] slotOfRow = Backend.sortSlotsByExpert(expertOfSlot, 4, counts);
         assertArrayEquals(new int[] {3, 0, 1, 2}, counts); // expert 1 gets no tokens
         assertArrayEquals(new int[] {1, 2, 5, 3, 0, 4}, slotOfRow);
     }
@@ -62,7 +62,8 @@ class DispatchWorkedExamplesTest {
             int tokens = c.rank() == 0 ? 2 : 0;
             Tensor hidden = Tensor.of(c.rank() == 0 ? new float[] {10, 11, 20, 21} : new float[0], tokens, 2);
             int[] experts = c.rank() == 0 ? new int[] {3, 2} : new int[0];
-            TokenDispatcher.Dispatch disp = d.dispatch(be, hidden, experts, tokens, 1, 2, 4);
+            TokenDispatcher.Dispatch disp = d.dispatch(be, hidden, Tensor.ofInts(experts, experts.length), tokens, 1,
+                    2, 4);
             if (c.rank() == 1) {
                 assertArrayEquals(new int[] {1, 1}, disp.localCounts());
                 assertEquals(2, disp.firstExpert());

@@ -12,35 +12,19 @@ public final class LocalTokenDispatcher implements TokenDispatcher {
     record Meta(Tensor slotOfRow, int rows, int tokens, int topK) {
     }
 
-    /**
-     * Stable counting sort of slots by expert: returns {@code slotOfRow} and fills {@code counts[e]}. Slots of one
-     * expert keep their slot order (token-major), which makes results independent of anything but the routing.
-     */
-    public static int[] sortSlotsByExpert(int[] expertIds, int numExperts, int[] counts) {
-        for (int e : expertIds) {
-            if (e < 0 || e >= numExperts) {
-                throw new IllegalArgumentException("expert id " + e + " outside [0, " + numExperts + ")");
-            }
-            counts[e]++;
-        }
-        int[] start = new int[numExperts];
-        for (int e = 1; e < numExperts; e++) {
-            start[e] = start[e - 1] + counts[e - 1];
-        }
-        int[] slotOfRow = new int[expertIds.length];
-        for (int s = 0; s < expertIds.length; s++) {
-            slotOfRow[start[expertIds[s]]++] = s;
-        }
-        return slotOfRow;
-    }
-
     @Override
-    public Dispatch dispatch(Backend backend, Tensor hidden, int[] expertIds, int tokens, int topK, int hiddenSize,
+    public Dispatch dispatch(Backend backend, Tensor hidden, Tensor expertIds, int tokens, int topK, int hiddenSize,
                              int numExperts) {
-        int[] counts = new int[numExperts];
-        int[] slotOfRow = sortSlotsByExpert(expertIds, numExperts, counts);
-        int rows = slotOfRow.length;
-        Meta meta = new Meta(backend.upload(Tensor.ofInts(slotOfRow, rows)), rows, tokens, topK);
+        int rows = tokens * topK;
+        Tensor slotOfRow = backend.empty(DType.I32, rows);
+        int[] counts;
+        try {
+            counts = backend.groupByExpert(expertIds, rows, numExperts, slotOfRow); // on the device: E counts back
+        } catch (RuntimeException e) {
+            backend.release(slotOfRow);
+            throw e;
+        }
+        Meta meta = new Meta(slotOfRow, rows, tokens, topK);
         return new Dispatch(gather(backend, hidden, meta, hiddenSize), counts, 0, meta);
     }
 

@@ -16,10 +16,10 @@ public interface TokenDispatcher {
 
     /**
      * @param hidden     [N, H] token activations
-     * @param expertIds  [N * topK] chosen expert of each slot (global expert ids)
+     * @param expertIds  I32 [N * topK] on the backend: chosen expert of each slot (global expert ids)
      * @param numExperts experts in the whole model
      */
-    Dispatch dispatch(Backend backend, Tensor hidden, int[] expertIds, int tokens, int topK, int hiddenSize,
+    Dispatch dispatch(Backend backend, Tensor hidden, Tensor expertIds, int tokens, int topK, int hiddenSize,
                       int numExperts);
 
     /** expertOut [rows, H] (rows as in the dispatch) back to slot order: [N * topK, H]. */

@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
+import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.backend.CpuBackend;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -22,7 +23,7 @@ class LocalTokenDispatcherTest {
         //   expert 0: slots 1, 4 | expert 1: - | expert 2: slots 0, 3 | expert 3: slots 2, 5
         int[] expertIds = {2, 0, 3, 2, 0, 3};
         int[] counts = new int[4];
-        int[] slotOfRow = LocalTokenDispatcher.sortSlotsByExpert(expertIds, 4, counts);
+        int[] slotOfRow = Backend.sortSlotsByExpert(expertIds, 4, counts);
         assertArrayEquals(new int[] {2, 0, 2, 2}, counts);
         assertArrayEquals(new int[] {1, 4, 0, 3, 2, 5}, slotOfRow);
     }
@@ -31,7 +32,7 @@ class LocalTokenDispatcherTest {
     void trailingAndLeadingEmptyExperts() {
         // All slots to expert 2 of 5: experts 0, 1, 3, 4 empty; order is the identity.
         int[] counts = new int[5];
-        assertArrayEquals(new int[] {0, 1, 2, 3}, LocalTokenDispatcher.sortSlotsByExpert(new int[] {2, 2, 2, 2}, 5,
+        assertArrayEquals(new int[] {0, 1, 2, 3}, Backend.sortSlotsByExpert(new int[] {2, 2, 2, 2}, 5,
                 counts));
         assertArrayEquals(new int[] {0, 0, 4, 0, 0}, counts);
     }
@@ -39,9 +40,9 @@ class LocalTokenDispatcherTest {
     @Test
     void expertIdOutOfRangeIsRejected() {
         assertThrows(IllegalArgumentException.class,
-                () -> LocalTokenDispatcher.sortSlotsByExpert(new int[] {0, 4}, 4, new int[4]));
+                () -> Backend.sortSlotsByExpert(new int[] {0, 4}, 4, new int[4]));
         assertThrows(IllegalArgumentException.class,
-                () -> LocalTokenDispatcher.sortSlotsByExpert(new int[] {-1, 0}, 4, new int[4]));
+                () -> Backend.sortSlotsByExpert(new int[] {-1, 0}, 4, new int[4]));
     }
 
     @Test
@@ -50,7 +51,8 @@ class LocalTokenDispatcherTest {
         // Token rows hold their token number: hidden [3, 2] = {{0, 0.5}, {1, 1.5}, {2, 2.5}}.
         Tensor hidden = Tensor.of(new float[] {0f, 0.5f, 1f, 1.5f, 2f, 2.5f}, 3, 2);
         int[] expertIds = {2, 0, 3, 2, 0, 3};
-        TokenDispatcher.Dispatch d = LocalTokenDispatcher.INSTANCE.dispatch(be, hidden, expertIds, 3, 2, 2, 4);
+        TokenDispatcher.Dispatch d = LocalTokenDispatcher.INSTANCE.dispatch(be, hidden, Tensor.ofInts(expertIds, 6), 3,
+                2, 2, 4);
         // Routed rows follow slotOfRow {1, 4, 0, 3, 2, 5}: tokens 0, 2, 0, 1, 1, 2.
         assertArrayEquals(new float[] {0f, 0.5f, 2f, 2.5f, 0f, 0.5f, 1f, 1.5f, 1f, 1.5f, 2f, 2.5f},
                 d.routed().floats());
