@@ -355,6 +355,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.gemmPrecision = GemmPrecision.valueOf(System.getProperty("sparkmoe.cuda.gemm", "f32").toUpperCase(Locale.ROOT));
         ggArgPtrs.put(0, ggParams);
         gcArgPtrs.put(0, gcParams);
+        bfpArgPtrs.put(0, bfpParams);
         this.groupedOperands = parseGroupedOperands(System.getProperty("sparkmoe.cuda.groupedOperands", "bf16"));
         this.groupedMode = parseGroupedMode(System.getProperty("sparkmoe.cuda.grouped", "auto"));
         this.attentionMode = AttentionMode.valueOf(System.getProperty("sparkmoe.cuda.attention", "auto")
@@ -1501,7 +1502,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
     static final int BFP_MAX = 64;
     private static final long BFP_UNITS = 8, BFP_SRC = BFP_UNITS + 8L * (BFP_MAX + 1), BFP_DST = BFP_SRC + 8L * BFP_MAX,
             BFP_N = BFP_DST + 8L * BFP_MAX, BFP_VEC = BFP_N + 8L * BFP_MAX, BFP_BYTES = BFP_VEC + 4L * BFP_MAX;
-    private final BytePointer bfpParams = new BytePointer(BFP_BYTES); // struct BfParts, passed by value
+    private final BytePointer bfpParams = new BytePointer(BFP_BYTES); // struct BfParts (2320 bytes), by value
     private final PointerPointer<Pointer> bfpArgPtrs = new PointerPointer<>(1);
 
     private void convertParts(String kernel, long[] src, long[] dst, long[] n, CUstream_st on, boolean toBf16) {
@@ -1510,7 +1511,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
             throw new IllegalArgumentException(kernel + ": " + src.length + " sources, " + dst.length
                     + " destinations and " + n.length + " lengths");
         }
-        bfpArgPtrs.put(0, bfpParams);
         for (int start = 0; start < src.length; start += BFP_MAX) {
             int count = 0;
             long units = 0;

@@ -187,9 +187,9 @@ public final class NcclCommunicator implements Communicator {
         ncclComm work = control;
         if (options.blockingCollectives()) {
             try {
-                work = splitReady(control, 0, key, true, "split(blocking twin)", ctx, deadline, options);
+                work = splitReady(control, 0, key, true, "split(blocking twin)", ctx, deadline, options, () -> { });
             } catch (RuntimeException e) {
-                abortQuietly(control);
+                abortQuietly(control); // the new communicator is given up whichever side failed
                 throw e;
             }
         }
@@ -202,16 +202,22 @@ public final class NcclCommunicator implements Communicator {
 
     /**
      * {@code ncclCommSplit} of a non-blocking {@code parent}: polls the parent until the split is done, then the child
-     * until it is ready; on failure or past {@code deadline} aborts (the parent through {@link #waitReady}, which
-     * also names the call).
+     * until it is ready. Past {@code deadline}, or on an error, a failed child is aborted here; a failed parent is
+     * handed to {@code parentFailed} (its owner aborts it, so that nothing is aborted twice). Then it throws, naming
+     * the call.
      */
     private static ncclComm splitReady(ncclComm parent, int color, int key, boolean blocking, String what, String ctx,
-                                       long deadline, NcclOptions options) {
+                                       long deadline, NcclOptions options, Runnable parentFailed) {
         // With a non-blocking parent NCCL writes the new handle when the split completes, after ncclCommSplit has
         // returned: the out-parameter must outlive the call (a heap PointerPointer, not a temporary of the binding).
         PointerPointer<ncclComm> out = new PointerPointer<>(1);
         int r = nccl.ncclCommSplit(parent, color, key, out, config(blocking));
-        waitReady(parent, r, "ncclCommSplit", ctx + ": " + what, deadline, options);
+        try {
+            pollReady(parent, r, "ncclCommSplit", ctx + ": " + what, deadline, options);
+        } catch (RuntimeException e) {
+            parentFailed.run(); // the parent's owner aborts it, once
+            throw e;
+        }
         ncclComm child = new ncclComm(out.get(0));
         if (child.isNull()) {
             throw new NcclException("ncclCommSplit", nccl.ncclInternalError, ctx + ": " + what
@@ -264,9 +270,18 @@ public final class NcclCommunicator implements Communicator {
 
     /** After a non-blocking init or split: polls until ready; on error or past the deadline aborts {@code c}. */
     private static void waitReady(ncclComm c, int r, String call, String ctx, long deadline, NcclOptions o) {
+        try {
+            pollReady(c, r, call, ctx, deadline, o);
+        } catch (RuntimeException e) {
+            abortQuietly(c);
+            throw e;
+        }
+    }
+
+    /** {@link #waitReady} that leaves aborting {@code c} on failure to the caller. */
+    private static void pollReady(ncclComm c, int r, String call, String ctx, long deadline, NcclOptions o) {
         if (r != nccl.ncclSuccess && r != nccl.ncclInProgress) {
             String msg = describe(call, r, ctx, c);
-            abortQuietly(c);
             throw new NcclException(call, r, msg);
         }
         int[] state = {nccl.ncclInProgress};
@@ -275,20 +290,17 @@ public final class NcclCommunicator implements Communicator {
             int q = nccl.ncclCommGetAsyncError(c, state);
             if (q != nccl.ncclSuccess && q != nccl.ncclInProgress) {
                 String msg = describe("ncclCommGetAsyncError", q, ctx + " (after " + call + ")", c);
-                abortQuietly(c);
-                throw new NcclException("ncclCommGetAsyncError", q, msg);
+                    throw new NcclException("ncclCommGetAsyncError", q, msg);
             }
             if (state[0] == nccl.ncclSuccess) {
                 return;
             }
             if (state[0] != nccl.ncclInProgress) {
                 String msg = describe(call, state[0], ctx, c);
-                abortQuietly(c);
-                throw new NcclException(call, state[0], msg);
+                    throw new NcclException(call, state[0], msg);
             }
             if (System.nanoTime() > deadline) {
-                abortQuietly(c);
-                throw new CollectiveTimeoutException(ctx + ": " + call + " did not complete within "
+                    throw new CollectiveTimeoutException(ctx + ": " + call + " did not complete within "
                         + o.initTimeout().toMillis() + " ms; the communicator was aborted (ncclCommAbort); hint: a rank"
                         + " did not join (crashed, or called a different collective), or the network between ranks is"
                         + " blocked; NCCL_DEBUG=INFO shows the bootstrap");
@@ -521,14 +533,10 @@ public final class NcclCommunicator implements Communicator {
         begin(what);
         long deadline = System.nanoTime() + options.initTimeout().toNanos();
         String ctx = what + " of group '" + name + "' (rank " + rank + " of " + size + ", device " + device + ")";
-        ncclComm child;
-        try {
-            // from the non-blocking control communicator: the split is polled against the init timeout
-            child = splitReady(control, color, key, false, what, ctx, deadline, options);
-        } catch (RuntimeException e) {
-            abort(what + " failed"); // waitReady aborted the control communicator: this group is unusable
-            throw e;
-        }
+        // from the non-blocking control communicator, polled against the init timeout; where the control communicator
+        // itself fails, this whole group is aborted (a failed child alone is aborted by splitReady)
+        ncclComm child = splitReady(control, color, key, false, what, ctx, deadline, options,
+                () -> abort(what + " failed"));
         NcclCommunicator sub = withCollectives(child, key, options.withName(newName), ctx, deadline);
         sub.setComputeStream(computeStreamAddress); // sub-groups order their collectives with the same compute stream
         sub.wireBackend = wireBackend;
@@ -667,33 +675,31 @@ public final class NcclCommunicator implements Communicator {
         }
         String what = "allGather(group of " + parts.size() + ", bf16 wire, started)";
         int n = parts.size();
-        long[] s = new long[n];
-        long[] r = new long[n];
-        long[] slot = new long[n];
+        long[] s = new long[n];      // f32 send
+        long[] r = new long[n];      // f32 recv
+        long[] lens = new long[n];   // elements per rank
+        long[] fulls = new long[n];  // elements gathered
+        long[] wire16 = new long[n]; // the part's bf16 slot: its offset in the buffer, then its address
+        long[] mine = new long[n];   // this rank's slice of the slot
         long bytes = 0;
         for (int i = 0; i < n; i++) {
             Part p = parts.get(i);
             String part = what + " part " + i;
-            long full = (long) size * p.len();
+            lens[i] = p.len();
+            fulls[i] = (long) size * p.len();
             s[i] = devAddress(part + " send", p.send(), p.sOff(), p.len());
-            r[i] = devAddress(part + " recv", p.recv(), p.rOff(), full);
-            slot[i] = bytes;
-            bytes += (2 * full + 255) & ~255L;
+            r[i] = devAddress(part + " recv", p.recv(), p.rOff(), fulls[i]);
+            wire16[i] = bytes;
+            bytes += (2 * fulls[i] + 255) & ~255L;
         }
         Tensor buffer = wireBackend.empty(DType.F32, (int) Math.max(1, (bytes + 3) / 4));
         long base = ((DeviceMemory) buffer.deviceHandle()).address();
+        for (int i = 0; i < n; i++) {
+            wire16[i] += base;
+            mine[i] = wire16[i] + 2 * rank * lens[i];
+        }
         NcclWork w;
         try {
-            long[] mine = new long[n];
-            long[] lens = new long[n];
-            long[] wire16 = new long[n];
-            long[] fulls = new long[n];
-            for (int i = 0; i < n; i++) {
-                lens[i] = parts.get(i).len();
-                mine[i] = base + slot[i] + 2 * rank * lens[i];
-                wire16[i] = base + slot[i];
-                fulls[i] = (long) size * lens[i];
-            }
             w = deviceOp(what, false, () -> {
                 wireBackend.roundToBf16(s, mine, lens, stream); // every part in one launch
                 inGroup(what, () -> {
@@ -826,15 +832,16 @@ public final class NcclCommunicator implements Communicator {
         }
     }
 
+    /** Enqueues a collective through {@link #blocking} and checks the result as {@link #enqueued} does. */
+    private void enqueue(String what, String name, java.util.function.IntSupplier call) {
+        enqueued(what, name, blocking(what, call));
+    }
+
     /**
      * An NCCL call that may block the host (the enqueue of a collective on a blocking communicator waits for peers
      * that are not connected yet): the watchdog aborts the communicator if it has not returned within the timeout,
      * which makes it return with an error instead of hanging.
      */
-    private void enqueue(String what, String name, java.util.function.IntSupplier call) {
-        enqueued(what, name, blocking(what, call));
-    }
-
     private int blocking(String what, java.util.function.IntSupplier call) {
         if (comm == control) {
             return call.getAsInt(); // non-blocking: the caller polls with its deadline

@@ -1100,7 +1100,7 @@ __global__ void f32_to_bf16_rows(const float* src, long long ld, int rows, int c
 // back. A part with vec[i] != 0 (the host checked the f32 side 16-byte and the bf16 side 8-byte aligned) moves its
 // first n / 4 * 4 values four at a time, the rest one at a time. The parts' work units (quads, then single values)
 // are numbered one after the other (unitStart: prefix sums, unitStart[count] the total); a thread finds its part by
-// binary search. The descriptor travels by value (2,328 bytes, under the 4 KB parameter limit).
+// binary search. The descriptor travels by value (2,320 bytes, under the 4 KB parameter limit).
 #define BFP_MAX 64
 struct BfParts {
     int count;
@@ -1111,6 +1111,7 @@ struct BfParts {
     long long n[BFP_MAX];
     int vec[BFP_MAX];
 };
+static_assert(sizeof(BfParts) == 2320, "BfParts layout changed: update CudaBackend.convertParts");
 
 // The part of unit u and the unit's index inside it.
 __device__ __forceinline__ int bfp_part(const BfParts& p, long long u) {

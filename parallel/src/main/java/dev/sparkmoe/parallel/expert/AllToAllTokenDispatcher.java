@@ -1,6 +1,7 @@
 package dev.sparkmoe.parallel.expert;
 
 import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.model.moe.LocalTokenDispatcher;
 import dev.sparkmoe.core.model.moe.TokenDispatcher;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -98,14 +99,9 @@ public final class AllToAllTokenDispatcher implements TokenDispatcher {
         }
         int peers = ep.size();
         int rows = tokens * topK;
-        Tensor slotOfRow = backend.empty(DType.I32, rows);
-        int[] counts;
-        try {
-            counts = backend.groupByExpert(expertIds, rows, numExperts, slotOfRow);
-        } catch (RuntimeException e) {
-            backend.release(slotOfRow);
-            throw e;
-        }
+        LocalTokenDispatcher.Grouping grouping = LocalTokenDispatcher.group(backend, expertIds, rows, numExperts);
+        Tensor slotOfRow = grouping.slotOfRow();
+        int[] counts = grouping.counts();
         // Exchange counts: to peer p go the counts of p's experts.
         int[] countSplits = new int[peers];
         java.util.Arrays.fill(countSplits, localExperts);

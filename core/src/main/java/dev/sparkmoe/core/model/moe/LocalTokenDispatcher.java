@@ -16,16 +16,27 @@ public final class LocalTokenDispatcher implements TokenDispatcher {
     public Dispatch dispatch(Backend backend, Tensor hidden, Tensor expertIds, int tokens, int topK, int hiddenSize,
                              int numExperts) {
         int rows = tokens * topK;
+        Grouping g = group(backend, expertIds, rows, numExperts);
+        Meta meta = new Meta(g.slotOfRow(), rows, tokens, topK);
+        return new Dispatch(gather(backend, hidden, meta, hiddenSize), g.counts(), 0, meta);
+    }
+
+    /** Slots in expert-major order (I32 [rows] on the backend) and the rows of each expert (host). */
+    public record Grouping(Tensor slotOfRow, int[] counts) {
+    }
+
+    /**
+     * The {@code rows} slots grouped by expert ({@link Backend#groupByExpert}: on the device, only the counts come
+     * back) into a new tensor, which is given back if the grouping fails (an expert id out of range).
+     */
+    public static Grouping group(Backend backend, Tensor expertIds, int rows, int numExperts) {
         Tensor slotOfRow = backend.empty(DType.I32, rows);
-        int[] counts;
         try {
-            counts = backend.groupByExpert(expertIds, rows, numExperts, slotOfRow); // on the device: E counts back
+            return new Grouping(slotOfRow, backend.groupByExpert(expertIds, rows, numExperts, slotOfRow));
         } catch (RuntimeException e) {
             backend.release(slotOfRow);
             throw e;
         }
-        Meta meta = new Meta(slotOfRow, rows, tokens, topK);
-        return new Dispatch(gather(backend, hidden, meta, hiddenSize), counts, 0, meta);
     }
 
     private static Tensor gather(Backend backend, Tensor hidden, Meta m, int hiddenSize) {
