@@ -542,6 +542,11 @@ public final class CudaBackend implements Backend, AutoCloseable {
         return stream;
     }
 
+    /** Whether {@code t} is a live device tensor of this backend. */
+    public boolean owns(Tensor t) {
+        return t != null && t.deviceHandle() instanceof DeviceBuffer b && b.owner() == this && !b.released;
+    }
+
     /** The device address of element {@code offset} of a tensor of this backend. */
     public long address(Tensor t, long offset) {
         DeviceBuffer b = buf(t, "tensor");
@@ -623,8 +628,196 @@ public final class CudaBackend implements Backend, AutoCloseable {
         if (b.released) {
             throw new IllegalStateException("double release of " + b);
         }
-        b.released = true;
-        allocator.release(b.address(), b.blockBytes());
+        b.released = true; // first: the image bookkeeping below must not free it again
+        if (b.imagesIn != null) {
+            // a bf16 scratch freed while images still live in it (its scope closed first): write them out now,
+            // queued before the memory goes back to the allocator
+            for (Bf16Image img : new ArrayList<>(b.imagesIn)) {
+                if (img.target().images != null && !img.target().released) {
+                    materialize(img.target());
+                }
+            }
+            b.imagesIn = null;
+        }
+        if (b.images != null) { // released unread: the images go, their scratch with the last of them
+            List<Bf16Image> gone = b.images;
+            b.images = null;
+            for (Bf16Image img : gone) {
+                dropImage(img);
+            }
+        }
+        if (b.backed) {
+            allocator.release(b.rawAddress(), b.blockBytes());
+        }
+    }
+
+    // ------------------------------------------------------------------ bf16 images
+
+    /**
+     * A bf16 image: {@code count} bf16 values at device address {@code address} (inside {@code scratch}) that stand
+     * for f32 elements {@code [element, element + count)} of {@code target}, which are not written yet. The bf16
+     * wire's all-gathers leave their results so ({@link #adoptBf16Images}): FSDP's bf16 param dtype computes from
+     * bf16 values anyway, so the grouped GEMM reads an image in place of rounding the f32 weights into a copy at every
+     * call, and the widening pass back to f32 runs only if something reads the f32 values: {@link
+     * DeviceBuffer#address()}, which every f32 access goes through, widens the images into place first.
+     */
+    record Bf16Image(DeviceBuffer target, long element, long count, DeviceBuffer scratch, long address) {
+        boolean overlaps(long from, long n) {
+            return from < element + count && element < from + n;
+        }
+    }
+
+    private long imagesAdopted; // images taken so far (tests)
+    private long imagesWidened; // images written out to f32 so far (tests)
+    private long imageOperands; // grouped GEMM operands read from an image (tests)
+
+    /**
+     * Takes bf16 values that stand for f32 values not yet written: for each part i, the {@code n[i]} bf16 values at
+     * device address {@code src[i]}, inside {@code scratch} (a buffer of this backend that holds nothing else
+     * alive), are the round-to-nearest-even images of elements {@code [off[i], off[i] + n[i])} of the f32 tensor
+     * {@code target[i]}, whose memory there holds nothing yet. From here on the scratch belongs to this backend: it
+     * is released (stream-ordered) when the last image in it is written out or its target released. Reading or
+     * writing a target's f32 values through any backend call or {@link DeviceMemory#address()} first widens its
+     * images into place on this backend's stream (exactly: bf16 widens to f32 without rounding), so each reader
+     * sees what an eager widening would have written; a grouped GEMM on bf16 operands reads an image directly. The
+     * values must be complete on this backend's stream before the call (an all-gather's consumer waits for it
+     * first). A part whose target already holds images over the same range has them written out first. A target
+     * whose every element is then held by images gives its f32 block back to the allocator until they are widened
+     * (FSDP's gathered weights: 2 bytes an element alive instead of 6); it gets a new block when they are.
+     */
+    public synchronized void adoptBf16Images(Tensor[] target, long[] off, long[] src, long[] n, Tensor scratch) {
+        current();
+        if (target.length != off.length || target.length != src.length || target.length != n.length) {
+            throw new IllegalArgumentException("adoptBf16Images: " + target.length + " targets, " + off.length
+                    + " offsets, " + src.length + " sources and " + n.length + " lengths");
+        }
+        DeviceBuffer s = buf(scratch, "bf16 image scratch");
+        if (s.images != null || s.imagesIn != null) {
+            throw new IllegalArgumentException("adoptBf16Images: the scratch " + s + " already holds images");
+        }
+        DeviceBuffer[] t = new DeviceBuffer[target.length];
+        for (int i = 0; i < target.length; i++) { // every part checked before any is taken
+            if (n[i] <= 0) {
+                continue;
+            }
+            t[i] = buf(target[i], "bf16 image target " + i);
+            if (!target[i].dtype().isFloating() || off[i] < 0 || off[i] + n[i] > target[i].numel()) {
+                throw new IllegalArgumentException("adoptBf16Images: part " + i + " is elements [" + off[i] + ", "
+                        + (off[i] + n[i]) + ") of " + target[i] + ", which is not an f32 range of it");
+            }
+            if (src[i] < s.rawAddress() || src[i] + 2 * n[i] > s.rawAddress() + s.bytes()) {
+                throw new IllegalArgumentException("adoptBf16Images: part " + i + "'s " + n[i] + " values at 0x"
+                        + Long.toHexString(src[i]) + " do not lie inside the scratch " + s);
+            }
+            for (int j = 0; j < i; j++) {
+                if (t[j] == t[i] && off[j] < off[i] + n[i] && off[i] < off[j] + n[j]) {
+                    throw new IllegalArgumentException("adoptBf16Images: parts " + j + " and " + i
+                            + " overlap in " + target[i] + "; one gather writes each element once");
+                }
+            }
+        }
+        List<Bf16Image> made = new ArrayList<>();
+        for (int i = 0; i < target.length; i++) {
+            if (t[i] == null) {
+                continue;
+            }
+            if (t[i].images != null) {
+                final long from = off[i], len = n[i];
+                if (t[i].images.stream().anyMatch(img -> img.overlaps(from, len))) {
+                    materialize(t[i]);
+                }
+            }
+            Bf16Image img = new Bf16Image(t[i], off[i], n[i], s, src[i]);
+            if (t[i].images == null) {
+                t[i].images = new ArrayList<>(2);
+            }
+            t[i].images.add(img);
+            made.add(img);
+        }
+        imagesAdopted += made.size();
+        if (made.isEmpty()) {
+            releaseScratch(s);
+            return;
+        }
+        s.imagesIn = made;
+        for (Bf16Image img : made) { // a target wholly held by images needs no f32 memory until they are widened
+            DeviceBuffer b = img.target();
+            long held = 0;
+            for (Bf16Image i : b.images) {
+                held += i.count();
+            }
+            if (b.backed && held * 4 == b.bytes()) {
+                allocator.release(b.rawAddress(), b.blockBytes());
+                b.backed = false;
+            }
+        }
+    }
+
+    /**
+     * Widens every image of {@code b} into its f32 range and lets them go; called by {@link DeviceBuffer#address()}
+     * before the f32 values are used. The other images in the same scratch buffers (the rest of one gather: the
+     * parameters of one FSDP unit, which are read together) are widened in the same launch, on this backend's stream.
+     */
+    synchronized void materialize(DeviceBuffer b) {
+        if (b.images == null) {
+            return;
+        }
+        java.util.LinkedHashSet<Bf16Image> all = new java.util.LinkedHashSet<>();
+        for (Bf16Image img : b.images) {
+            all.add(img);
+            if (img.scratch().imagesIn != null) {
+                all.addAll(img.scratch().imagesIn);
+            }
+        }
+        Thread th = Thread.currentThread();
+        if (th != lastThread) {
+            Cuda.check(cudart.cudaSetDevice(device), "cudaSetDevice(" + device + ")");
+            lastThread = th;
+        }
+        int count = all.size();
+        long[] src = new long[count], dst = new long[count], len = new long[count];
+        int i = 0;
+        for (Bf16Image img : all) {
+            DeviceBuffer t = img.target();
+            if (!t.backed) { // gave its block back to its images: a new one for the widened values
+                long[] block = new long[1];
+                long address = allocator.allocate(t.bytes(), block);
+                t.rebind(address, block[0]);
+            }
+            t.images.remove(img);
+            if (t.images.isEmpty()) {
+                t.images = null;
+            }
+            src[i] = img.address();
+            dst[i] = t.rawAddress() + 4 * img.element();
+            len[i] = img.count();
+            i++;
+        }
+        launchParts("bf16_to_f32_parts", src, dst, len, stream, false);
+        imagesWidened += count;
+        for (Bf16Image img : all) {
+            dropImage(img); // stream-ordered after the widening that read it
+        }
+    }
+
+    /** Takes an image out of its scratch, which goes back to the allocator with its last image. */
+    private void dropImage(Bf16Image img) {
+        DeviceBuffer s = img.scratch();
+        if (s.imagesIn == null) {
+            return;
+        }
+        s.imagesIn.remove(img);
+        if (s.imagesIn.isEmpty()) {
+            s.imagesIn = null;
+            if (!s.released) {
+                free(s); // its scope (if any) skips it once released
+            }
+        }
+    }
+
+    /** Images adopted, images widened, grouped GEMM operands read from images, so far (tests). */
+    synchronized long[] imageCounts() {
+        return new long[] {imagesAdopted, imagesWidened, imageOperands};
     }
 
     private Tensor newTensor(DType dtype, int... shape) {
@@ -1205,15 +1398,29 @@ public final class CudaBackend implements Backend, AutoCloseable {
             HeldCast aCast = null, bCast = null;
             try {
                 int lda16 = lda, ldb16 = ldb;
+                long aBase = 0, bBase = 0; // bf16: where aAt / bAt count from
                 if (bf16) {
-                    aCast = castGroupedOperand(a, "A", aOff, lda, dims[0], dims[1], k, active, start, here, aAt,
-                            offered);
-                    a16 = aCast == null ? null : aCast.copy();
-                    lda16 = (int) aAt[GG_MAX_GROUPS];
-                    bCast = castGroupedOperand(b, "B", bOff, ldb, dims[2], dims[3], k, active, start, here, bAt,
-                            offered);
-                    b16 = bCast == null ? null : bCast.copy();
-                    ldb16 = (int) bAt[GG_MAX_GROUPS];
+                    // an operand held as a bf16 image (FSDP's gathered weights) is read in place; others are cast
+                    Bf16Image aImg = imageOperand(a, aOff, lda, dims[0], dims[1], k, active, start, here, aAt);
+                    if (aImg != null) {
+                        aBase = aImg.address();
+                    } else {
+                        aCast = castGroupedOperand(a, "A", aOff, lda, dims[0], dims[1], k, active, start, here, aAt,
+                                offered);
+                        a16 = aCast == null ? null : aCast.copy();
+                        aBase = a16 == null ? 0 : a16.address();
+                        lda16 = (int) aAt[GG_MAX_GROUPS];
+                    }
+                    Bf16Image bImg = imageOperand(b, bOff, ldb, dims[2], dims[3], k, active, start, here, bAt);
+                    if (bImg != null) {
+                        bBase = bImg.address();
+                    } else {
+                        bCast = castGroupedOperand(b, "B", bOff, ldb, dims[2], dims[3], k, active, start, here, bAt,
+                                offered);
+                        b16 = bCast == null ? null : bCast.copy();
+                        bBase = b16 == null ? 0 : b16.address();
+                        ldb16 = (int) bAt[GG_MAX_GROUPS];
+                    }
                 }
                 ggParams.putInt(0, bf16 ? lda16 : lda);
                 ggParams.putInt(4, bf16 ? ldb16 : ldb);
@@ -1230,8 +1437,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
                         aAddr = 0;
                         bAddr = 0;
                     } else if (bf16) {
-                        aAddr = a16.address() + 2 * aAt[q];
-                        bAddr = b16.address() + 2 * bAt[q];
+                        aAddr = aBase + 2 * aAt[q];
+                        bAddr = bBase + 2 * bAt[q];
                     } else {
                         aAddr = addr(a, "A", aOff[g], 0);
                         bAddr = addr(b, "B", bOff[g], 0);
@@ -1276,6 +1483,56 @@ public final class CudaBackend implements Backend, AutoCloseable {
                 releaseScratch(h.copy());
             }
         }
+    }
+
+    /**
+     * The bf16 image of {@code t} that holds the [rows, cols] block (stride ld, at element off[g]) of every group
+     * active[start .. start + here) that reads the operand (k > 0), when the bf16 kernel can read it in place: one
+     * image holds them all, ld and every block's cols are multiples of 8 (16-byte rows, and no 16-byte chunk runs
+     * past a row's end, where the kernel expects zeros) and every block starts 16-byte aligned. Fills at[q] with the
+     * element offset of group active[start + q]'s block from the image's first value. Null otherwise (the caller
+     * casts, which writes the images out first).
+     */
+    private Bf16Image imageOperand(Tensor t, int[] off, int ld, int[] rows, int[] cols, int[] k, int[] active,
+                                   int start, int here, long[] at) {
+        if (!(t.deviceHandle() instanceof DeviceBuffer) || ld % 8 != 0) {
+            return null;
+        }
+        DeviceBuffer b = (DeviceBuffer) t.deviceHandle();
+        if (b.images == null || b.released || b.owner() != this) {
+            return null;
+        }
+        Bf16Image found = null;
+        for (int q = 0; q < here; q++) {
+            int g = active[start + q];
+            at[q] = 0;
+            if (k[g] <= 0) {
+                continue;
+            }
+            long from = off[g], n = (long) (rows[g] - 1) * ld + cols[g];
+            if (found == null) { // the image of the first block; every other block must lie in it too
+                for (Bf16Image img : b.images) {
+                    if (from >= img.element() && from + n <= img.element() + img.count()) {
+                        found = img;
+                        break;
+                    }
+                }
+            }
+            if (found == null || cols[g] % 8 != 0 || from < found.element()
+                    || from + n > found.element() + found.count()) {
+                return null;
+            }
+            at[q] = from - found.element();
+            if ((found.address() + 2 * at[q]) % 16 != 0) {
+                return null;
+            }
+        }
+        if (found == null) {
+            return null;
+        }
+        at[GG_MAX_GROUPS] = ld;
+        imageOperands++;
+        return found;
     }
 
     /** Releases the kept operand copies (stream-ordered). */
@@ -1507,6 +1764,10 @@ public final class CudaBackend implements Backend, AutoCloseable {
 
     private void convertParts(String kernel, long[] src, long[] dst, long[] n, CUstream_st on, boolean toBf16) {
         current();
+        launchParts(kernel, src, dst, n, on, toBf16);
+    }
+
+    private void launchParts(String kernel, long[] src, long[] dst, long[] n, CUstream_st on, boolean toBf16) {
         if (src.length != dst.length || src.length != n.length) {
             throw new IllegalArgumentException(kernel + ": " + src.length + " sources, " + dst.length
                     + " destinations and " + n.length + " lengths");

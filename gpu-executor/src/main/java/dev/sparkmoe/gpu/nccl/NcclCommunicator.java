@@ -92,6 +92,12 @@ public final class NcclCommunicator implements Communicator {
     private CudaBackend wireBackend; // set by attach: converts and allocates for bf16-wire all-gathers
     /** {@code -Dsparkmoe.nccl.bf16Wire=false} gathers f32 whatever the caller's wire (to compare the two). */
     private static final boolean BF16_WIRE = !"false".equals(System.getProperty("sparkmoe.nccl.bf16Wire"));
+    /**
+     * {@code -Dsparkmoe.nccl.bf16Images=false} widens a bf16-wire gather's values into its f32 buffers on this
+     * communicator's stream, as soon as they arrive; by default the backend adopts them as bf16 images
+     * ({@link CudaBackend#adoptBf16Images}) and widens them only if something reads the f32 values.
+     */
+    private static final boolean BF16_IMAGES = !"false".equals(System.getProperty("sparkmoe.nccl.bf16Images"));
     private volatile String abortedBecause;
     private volatile boolean closed;
     private volatile boolean watched = true; // the watchdog runs until close has finalised the communicators
@@ -661,11 +667,15 @@ public final class NcclCommunicator implements Communicator {
      * {@link #allGatherStart(List)} with the values on the wire as bf16 where {@code wire} is {@link DType#BF16}, the
      * communicator is {@link #attach attached} to a CUDA backend and every part is an f32 device tensor (otherwise
      * the f32 gather): on this communicator's stream each part's {@code send} slice is rounded (nearest even) into
-     * its rank's slot of a bf16 buffer, one NCCL group gathers every part in place in bf16, and each part is widened
-     * back into its f32 {@code recv}. Half the bytes of the f32 gather; every received element, this rank's own slice
-     * included, is the bf16 rounding of what was sent. The bf16 buffer (all parts, 256-byte aligned slots) comes from
-     * the backend's allocator and goes back to it at {@link Pending#complete()}, once the compute stream waits for
-     * the gather, so the next user of that memory is ordered after it.
+     * its rank's slot of a bf16 buffer and one NCCL group gathers every part in place in bf16. Half the bytes of the
+     * f32 gather; every received element, this rank's own slice included, is the bf16 rounding of what was sent. The
+     * bf16 buffer (all parts, 256-byte aligned slots) comes from the backend's allocator. At {@link
+     * Pending#complete()}, once the compute stream waits for the gather, the backend adopts each part's slot as the
+     * bf16 image of its {@code recv} range ({@link CudaBackend#adoptBf16Images}; it owns the buffer from then on):
+     * the grouped GEMM reads the gathered expert weights in bf16 as they arrived, and the f32 values are widened into
+     * place only where something reads them. With {@code -Dsparkmoe.nccl.bf16Images=false}, or a {@code recv} of
+     * another backend, each part is widened into its f32 {@code recv} on this stream right after the gather and the
+     * buffer goes back at {@link Pending#complete()}.
      */
     @Override
     public Pending allGatherStart(List<Part> parts, DType wire) {
@@ -698,6 +708,7 @@ public final class NcclCommunicator implements Communicator {
             wire16[i] += base;
             mine[i] = wire16[i] + 2 * rank * lens[i];
         }
+        boolean images = BF16_IMAGES && parts.stream().allMatch(p -> wireBackend.owns(p.recv()));
         NcclWork w;
         try {
             w = deviceOp(what, false, () -> {
@@ -708,7 +719,9 @@ public final class NcclCommunicator implements Communicator {
                                 nccl.ncclBfloat16, comm, stream), what, " part ", i);
                     }
                 });
-                wireBackend.widenBf16(wire16, r, fulls, stream);
+                if (!images) {
+                    wireBackend.widenBf16(wire16, r, fulls, stream);
+                }
             });
         } catch (RuntimeException e) {
             wireBackend.release(buffer);
@@ -716,8 +729,23 @@ public final class NcclCommunicator implements Communicator {
         }
         Pending gathered = started(w);
         return Pending.once(() -> {
-            gathered.complete();
-            wireBackend.release(buffer);
+            try {
+                gathered.complete(); // the compute stream now waits for the gather
+            } catch (RuntimeException e) {
+                wireBackend.release(buffer);
+                throw e;
+            }
+            if (!images) {
+                wireBackend.release(buffer);
+                return;
+            }
+            Tensor[] targets = new Tensor[n];
+            long[] offs = new long[n];
+            for (int i = 0; i < n; i++) {
+                targets[i] = parts.get(i).recv();
+                offs[i] = parts.get(i).rOff();
+            }
+            wireBackend.adoptBf16Images(targets, offs, wire16, fulls, buffer); // the buffer is the backend's now
         });
     }
 

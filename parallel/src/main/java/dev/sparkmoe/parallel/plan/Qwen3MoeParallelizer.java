@@ -8,6 +8,7 @@ import dev.sparkmoe.parallel.fsdp.FullyShard;
 import dev.sparkmoe.parallel.fsdp.MixedPrecisionPolicy;
 import dev.sparkmoe.parallel.mesh.DeviceMesh;
 import dev.sparkmoe.parallel.mesh.ParallelDims;
+import java.util.List;
 import java.util.Map;
 
 /**
@@ -28,14 +29,19 @@ import java.util.Map;
  * backward. With tied word embeddings the LM head weight is the embedding: the head unit then holds only the final
  * norm, and the tied weight is gathered and reduced with the root as before.
  *
- * <p>Neither the head nor the root reshards after forward. The head is the last unit of the forward and the first of
- * the backward: resharding it would only gather it again at once. The root's hooks enclose the whole backward, so a
+ * <p>Neither the head nor the root reshards after forward, nor the last decoder layer (its attention and experts
+ * units), as torchtitan leaves its last transformer block: the head is the last unit of the forward and the first of
+ * the backward, the last layer the next, so resharding them would only gather them again at once, exposed at the
+ * turn from forward to backward; keeping them costs one layer's gathered weights for the head's forward and
+ * backward. The root's hooks enclose the whole backward, so a
  * resharded embedding would be gathered again, exposed, at the very start of the backward, although the backward
  * reads only its gradient (untied) or needs it right then for the LM head (tied); keeping it costs the memory of the
  * full embedding through the step, as before.
  */
 public final class Qwen3MoeParallelizer implements ModelParallelizer {
     public static final String EXPERTS_PATTERN = "model.layers.*.mlp.experts";
+    /** {@code -Dsparkmoe.fsdp.keepLastLayer=false} reshards the last decoder layer after forward like the others. */
+    static final boolean KEEP_LAST_LAYER = !"false".equals(System.getProperty("sparkmoe.fsdp.keepLastLayer"));
 
     @Override
     public void parallelize(Module root, DeviceMesh mesh, ParallelDims dims, MixedPrecisionPolicy policy,
@@ -52,12 +58,16 @@ public final class Qwen3MoeParallelizer implements ModelParallelizer {
         }
         Communicator expertGroup = mesh.get(DeviceMesh.DP_SHARD_MOD_EP).communicator();
         Communicator fsdpGroup = mesh.get(DeviceMesh.FSDP).communicator();
-        for (DecoderLayer layer : model.layers()) {
+        List<DecoderLayer> layers = model.layers();
+        for (int i = 0; i < layers.size(); i++) {
+            DecoderLayer layer = layers.get(i);
+            // the last layer keeps its weights from forward to backward
+            boolean reshard = i < layers.size() - 1 || !KEEP_LAST_LAYER;
             if (layer.isMoe()) {
                 int expertDim = layer.moe().experts().localExperts() >= expertGroup.size() ? 0 : 1;
-                fsdp.fullyShard(layer.moe().experts(), expertGroup, p -> expertDim, policy, true);
+                fsdp.fullyShard(layer.moe().experts(), expertGroup, p -> expertDim, policy, reshard);
             }
-            fsdp.fullyShard(layer, fsdpGroup, FullyShard.SHARD_DIM_0, policy, true);
+            fsdp.fullyShard(layer, fsdpGroup, FullyShard.SHARD_DIM_0, policy, reshard);
         }
         fsdp.fullyShard(model.head(), fsdpGroup, FullyShard.SHARD_DIM_0, policy, false);
         fsdp.fullyShard(model, fsdpGroup, FullyShard.SHARD_DIM_0, policy, false);

@@ -46,7 +46,8 @@ import org.junit.jupiter.params.provider.CsvSource;
  * (the first records the units' order):
  * <ul>
  *   <li>forward: the head's all-gather starts while the last decoder layer computes (prefetch), the root's gathers
- *       the embedding alone, and the head is gathered once in the step (kept from forward to backward);</li>
+ *       the embedding alone, and the head and the last layer are gathered once in the step (kept from forward to
+ *       backward), the other layers twice;</li>
  *   <li>backward: the head's reduce-scatter starts at the end of its own backward, before the last layer's backward
  *       begins, and is completed before that layer's backward ends; the root's, of the embedding alone, starts
  *       last.</li>
@@ -109,6 +110,11 @@ class HeadUnitTest {
             assertTrue(lastExperts >= 0 && lastExperts < index(log, "fwd- model.layers." + (last - 1), msg),
                     "the last layer's experts were not gathered two units ahead\n" + msg);
             assertEquals(1, count(log, "AG+ " + head), "the head must be gathered once in a step\n" + msg);
+            // the last layer keeps its weights from forward to backward: each of its units gathers once, the
+            // layer before it twice (forward, backward)
+            int lastGathers = gathersOfLayer(log, last);
+            assertTrue(lastGathers > 0 && 2 * lastGathers == gathersOfLayer(log, last - 1),
+                    "the last layer was gathered again for its backward\n" + msg);
             // backward: the head's reduce-scatter starts right after its backward, before the layers'
             int headReduce = index(log, "RS+ " + head, msg);
             assertTrue(index(log, "bwd- head", msg) < headReduce
@@ -125,6 +131,15 @@ class HeadUnitTest {
                 Fixtures.assertClose("grad " + k, reference.get(k), grads.get(k), 1e-5);
             }
         }
+    }
+
+    /** Started all-gathers of the units of decoder layer {@code layer} (its experts' and its own). */
+    private static int gathersOfLayer(List<String> log, int layer) {
+        int n = 0;
+        for (String l : log) {
+            n += l.startsWith("AG+ [model.layers." + layer + ".") ? 1 : 0;
+        }
+        return n;
     }
 
     static Qwen3MoeConfig config(boolean tied) throws Exception {
