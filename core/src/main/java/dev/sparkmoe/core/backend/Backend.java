@@ -37,6 +37,18 @@ public interface Backend {
         return zeros(dtype, shape);
     }
 
+    /**
+     * A new F32 tensor, contents unspecified as {@link #empty}, whose values the caller reads only as operands of
+     * {@link #groupedGemm} (the expert GEMMs' inputs: routed rows, activations and their gradients). A backend whose
+     * grouped GEMM rounds its operands to bf16 anyway may hold such a tensor as bf16 (the CUDA backend at bf16
+     * precision): an op that writes it then rounds each value to bf16 (nearest even), so the GEMM reads it as it is
+     * instead of casting it at every call, and any other read sees the rounded values. The default is
+     * {@link #empty}, exact f32.
+     */
+    default Tensor emptyGemmOperand(int... shape) {
+        return empty(DType.F32, shape);
+    }
+
     /** A copy of a host tensor on this backend (the CPU backend returns the tensor itself). */
     Tensor upload(Tensor host);
 

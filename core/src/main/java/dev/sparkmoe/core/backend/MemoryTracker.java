@@ -130,7 +130,7 @@ public final class MemoryTracker extends BackendInterceptor {
                     }
                 };
             }
-            case "zeros": case "empty": case "upload": {
+            case "zeros": case "empty": case "emptyGemmOperand": case "upload": {
                 Tensor t = (Tensor) forward(method, args);
                 if (!live.containsKey(t)) {
                     track(t);

@@ -162,9 +162,9 @@ public final class Experts extends Module {
         return slots;
     }
 
-    /** silu(gate) * up [rows, I], a new tensor. */
+    /** silu(gate) * up [rows, I], a new tensor, read only as a grouped GEMM operand. */
     private Tensor activation(Backend be, Cache c, int rows) {
-        Tensor act = be.empty(DType.F32, rows, inter);
+        Tensor act = be.emptyGemmOperand(rows, inter);
         be.siluMulForward(c.gate, c.up, act, 0, rows * inter);
         return act;
     }
@@ -179,8 +179,8 @@ public final class Experts extends Module {
         int rows = d.rows();
         Groups g = new Groups(d.localCounts());
         Tensor dAct = be.empty(DType.F32, rows, inter);
-        Tensor dGate = be.empty(DType.F32, rows, inter);
-        Tensor dUp = be.empty(DType.F32, rows, inter);
+        Tensor dGate = be.emptyGemmOperand(rows, inter); // both read only as grouped GEMM operands
+        Tensor dUp = be.emptyGemmOperand(rows, inter);
         Tensor dRouted = be.empty(DType.F32, rows, hidden);
         // Neighbouring grouped GEMMs share an operand (dOut; dGate; the routed rows; dUp), so that a backend that
         // converts operands (CudaBackend's bf16 copies) converts each once: act and the routed rows are made first.

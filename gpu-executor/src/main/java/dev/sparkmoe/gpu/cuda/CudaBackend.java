@@ -111,6 +111,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private static final long GG_PARAMS_BYTES = GG_OFF_FLAGS + 4L * GG_MAX_GROUPS; // 2840, as static_assert'ed there
     private static final int THREADS = 256;
     private static final boolean POISON = Boolean.getBoolean("sparkmoe.cuda.poison");
+    private static final boolean OPERAND_IMAGES = !"false".equals(System.getProperty("sparkmoe.cuda.operandImages"));
 
     /** Compute type of the f32 matrix products. */
     public enum GemmPrecision {
@@ -670,6 +671,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private long imagesAdopted; // images taken so far (tests)
     private long imagesWidened; // images written out to f32 so far (tests)
     private long imageOperands; // grouped GEMM operands read from an image (tests)
+    private long gemmOperands; // tensors made by emptyGemmOperand as bf16 images (tests)
+    private long bf16Writes; // ops that wrote such a tensor in bf16 (tests)
 
     /**
      * Takes bf16 values that stand for f32 values not yet written: for each part i, the {@code n[i]} bf16 values at
@@ -815,9 +818,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
         }
     }
 
-    /** Images adopted, images widened, grouped GEMM operands read from images, so far (tests). */
+    /**
+     * Images adopted, images widened, grouped GEMM operands read from images, tensors made as bf16 images by
+     * {@link #emptyGemmOperand}, ops that wrote bf16 into them, so far (tests).
+     */
     synchronized long[] imageCounts() {
-        return new long[] {imagesAdopted, imagesWidened, imageOperands};
+        return new long[] {imagesAdopted, imagesWidened, imageOperands, gemmOperands, bf16Writes};
     }
 
     private Tensor newTensor(DType dtype, int... shape) {
@@ -897,6 +903,62 @@ public final class CudaBackend implements Backend, AutoCloseable {
             Cuda.check(cudart.cudaMemsetAsync(ptr(b, 0), 0xff, b.bytes(), stream), "cudaMemsetAsync(" + b + ")");
         }
         return t;
+    }
+
+    /**
+     * At {@link GemmPrecision#BF16} with the grouped GEMM kernel on bf16 operands (the benchmark setting), the tensor
+     * is held as a bf16 image from the start ({@link #adoptBf16Images}): no f32 block behind it, 2 bytes an element.
+     * The ops that write the experts' operands ({@link #gatherRows}, {@link #siluMulForward},
+     * {@link #siluMulBackward}) write bf16 into it, rounded to nearest even, and the grouped GEMM reads it in place of
+     * casting it; any other access widens it into a new f32 block first ({@link DeviceBuffer#address()}). Otherwise,
+     * or with {@code -Dsparkmoe.cuda.operandImages=false}, {@link #empty}.
+     */
+    @Override
+    public synchronized Tensor emptyGemmOperand(int... shape) {
+        if (!OPERAND_IMAGES || gemmPrecision != GemmPrecision.BF16 || effectiveGroupedMode() != GroupedMode.KERNEL
+                || groupedOperands != GroupedOperands.BF16 || !groupedKernelSupported()) {
+            return empty(DType.F32, shape);
+        }
+        current();
+        long n = Tensor.numel(shape);
+        if (n == 0) {
+            return empty(DType.F32, shape);
+        }
+        // the tensor first, then its scratch: a scope closing frees the tensor (and with it the scratch) first
+        DeviceBuffer t = new DeviceBuffer(0, 4 * n, 0, this, nextBufferId++);
+        t.backed = false;
+        CudaScope sc = scopes.peek();
+        if (sc != null) {
+            t.scope = sc;
+            sc.buffers.add(t);
+        }
+        DeviceBuffer scratch = allocate((2 * n + 15) & ~15L);
+        if (POISON) { // 0xffff: a bf16 NaN
+            Cuda.check(cudart.cudaMemsetAsync(ptr(scratch, 0), 0xff, scratch.bytes(), stream),
+                    "cudaMemsetAsync(" + scratch + ")");
+        }
+        Bf16Image img = new Bf16Image(t, 0, n, scratch, scratch.rawAddress());
+        t.images = new ArrayList<>(List.of(img));
+        scratch.imagesIn = new ArrayList<>(List.of(img));
+        gemmOperands++;
+        return Tensor.onDevice(DType.F32, t, shape);
+    }
+
+    /**
+     * Where an op may write elements [off, off + n) of {@code t} as bf16: the address of element off's bf16 value when
+     * {@code t} is held wholly by one image ({@link #emptyGemmOperand}) that covers them, else 0 (write f32 through
+     * {@link #addr}, which widens any image first). Does not widen anything.
+     */
+    private long bf16Target(Tensor t, long off, long n) {
+        DeviceBuffer b = buf(t, "output");
+        if (b.backed || b.images == null || b.images.size() != 1) {
+            return 0;
+        }
+        Bf16Image img = b.images.get(0);
+        if (off < img.element() || off + n > img.element() + img.count()) {
+            return 0;
+        }
+        return img.address() + 2 * (off - img.element());
     }
 
     @Override
@@ -2513,7 +2575,14 @@ public final class CudaBackend implements Backend, AutoCloseable {
         if (n == 0) {
             return;
         }
-        long g = addr(gate, "gate", off, n), u = addr(up, "up", off, n), o = addr(out, "out", off, n);
+        long g = addr(gate, "gate", off, n), u = addr(up, "up", off, n);
+        long o16 = bf16Target(out, off, n);
+        if (o16 != 0 && aligned16(g, u) && o16 % 8 == 0) {
+            bf16Writes++;
+            launch1D(K, "silu_mul_fwd_x4_bf16", Math.max(n / 4, n % 4), g, u, o16, n);
+            return;
+        }
+        long o = addr(out, "out", off, n);
         if (aligned16(g, u, o)) {
             launch1D(K, "silu_mul_fwd_x4", Math.max(n / 4, n % 4), g, u, o, n);
         } else {
@@ -2529,6 +2598,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
             return;
         }
         long d = addr(dOut, "dOut", off, n), g = addr(gate, "gate", off, n), u = addr(up, "up", off, n);
+        long dg16 = bf16Target(dGate, off, n), du16 = bf16Target(dUp, off, n);
+        if (dg16 != 0 && du16 != 0 && aligned16(d, g, u) && dg16 % 8 == 0 && du16 % 8 == 0) {
+            bf16Writes++;
+            launch1D(K, "silu_mul_bwd_x4_bf16", Math.max(n / 4, n % 4), d, g, u, dg16, du16, n);
+            return;
+        }
         long dg = addr(dGate, "dGate", off, n), du = addr(dUp, "dUp", off, n);
         if (aligned16(d, g, u, dg, du)) {
             launch1D(K, "silu_mul_bwd_x4", Math.max(n / 4, n % 4), d, g, u, dg, du, n);
@@ -2748,6 +2823,13 @@ public final class CudaBackend implements Backend, AutoCloseable {
         }
         int srcRows = src.numel() / width;
         long from = addr(src, "src", 0, (long) srcRows * width);
+        long to16 = bf16Target(dst, 0, (long) n * width);
+        if (to16 != 0 && width % 4 == 0 && from % 16 == 0 && to16 % 8 == 0) {
+            bf16Writes++;
+            launch(K, "gather_rows_warp_bf16", blocksFor(32L * n, THREADS), 1, THREADS, 0, from, srcRows,
+                    addr(index, "index", 0, n), n, width, divisor, to16, errorWord.address());
+            return;
+        }
         long to = addr(dst, "dst", 0, (long) n * width);
         int vec = rowVector(width, from, to);
         if (vec == 1) {

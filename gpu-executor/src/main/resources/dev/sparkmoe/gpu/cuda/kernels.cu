@@ -75,6 +75,19 @@ template <int L> __device__ __forceinline__ float groupSum(float v) {
 
 __device__ __forceinline__ float4 ld4(const float* p, int c) { return reinterpret_cast<const float4*>(p)[c]; }
 __device__ __forceinline__ void st4(float* p, int c, float4 v) { reinterpret_cast<float4*>(p)[c] = v; }
+// bf16 outputs (a grouped GEMM operand held as a bf16 image, CudaBackend.emptyGemmOperand): values rounded to nearest
+// even, as f32_to_bf16_parts and grouped_cast_bf16 round them. st4_bf16 stores four at element 4c (8-byte aligned).
+__device__ __forceinline__ unsigned short bf16_rn(float x) {
+    unsigned int packed;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(0.f), "f"(x));
+    return (unsigned short)(packed & 0xffffu);
+}
+__device__ __forceinline__ void st4_bf16(unsigned short* p, long long c, float4 v) {
+    unsigned int lo, hi;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(lo) : "f"(v.y), "f"(v.x));
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(hi) : "f"(v.w), "f"(v.z));
+    reinterpret_cast<uint2*>(p)[c] = make_uint2(lo, hi);
+}
 // Streaming (evict-first) forms, for data read or written for the last time by the kernel: the load may move
 // like any load (no volatile), the store is kept (volatile) but claims no other memory, so that loads of later
 // iterations can be issued before it; neither may touch memory the kernel accesses otherwise.
@@ -472,6 +485,26 @@ __global__ void silu_mul_fwd_x4(const float* __restrict__ gate, const float* __r
     }
 }
 
+// silu_mul_fwd_x4 writing bf16 (out 8-byte aligned)
+__global__ void silu_mul_fwd_x4_bf16(const float* __restrict__ gate, const float* __restrict__ up,
+                                     unsigned short* __restrict__ out, int n) {
+    int n4 = n >> 2;
+    GRID_STRIDE(i, n4) {
+        float4 g = ld4(gate, (int)i), u = ld4(up, (int)i), o;
+        o.x = g.x * silu_sig(g.x) * u.x;
+        o.y = g.y * silu_sig(g.y) * u.y;
+        o.z = g.z * silu_sig(g.z) * u.z;
+        o.w = g.w * silu_sig(g.w) * u.w;
+        st4_bf16(out, i, o);
+    }
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < n - 4 * n4) {
+        int i = 4 * n4 + (int)t;
+        float g = gate[i];
+        out[i] = bf16_rn(g * silu_sig(g) * up[i]);
+    }
+}
+
 __device__ __forceinline__ void silu_bwd_one(float d, float g, float u, float& dg, float& du) {
     float s = silu_sig(g);
     float silu = g * s;
@@ -496,6 +529,30 @@ __global__ void silu_mul_bwd_x4(const float* __restrict__ dOut, const float* __r
     if (t < n - 4 * n4) {
         int i = 4 * n4 + (int)t;
         silu_bwd_one(dOut[i], gate[i], up[i], dGate[i], dUp[i]);
+    }
+}
+
+// silu_mul_bwd_x4 writing dGate and dUp as bf16 (both 8-byte aligned)
+__global__ void silu_mul_bwd_x4_bf16(const float* __restrict__ dOut, const float* __restrict__ gate,
+                                     const float* __restrict__ up, unsigned short* __restrict__ dGate,
+                                     unsigned short* __restrict__ dUp, int n) {
+    int n4 = n >> 2;
+    GRID_STRIDE(i, n4) {
+        float4 d = ld4(dOut, (int)i), g = ld4(gate, (int)i), u = ld4(up, (int)i), dg, du;
+        silu_bwd_one(d.x, g.x, u.x, dg.x, du.x);
+        silu_bwd_one(d.y, g.y, u.y, dg.y, du.y);
+        silu_bwd_one(d.z, g.z, u.z, dg.z, du.z);
+        silu_bwd_one(d.w, g.w, u.w, dg.w, du.w);
+        st4_bf16(dUp, i, du);
+        st4_bf16(dGate, i, dg);
+    }
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < n - 4 * n4) {
+        int i = 4 * n4 + (int)t;
+        float dg, du;
+        silu_bwd_one(dOut[i], gate[i], up[i], dg, du);
+        dGate[i] = bf16_rn(dg);
+        dUp[i] = bf16_rn(du);
     }
 }
 
@@ -914,6 +971,29 @@ __global__ void gather_rows_warp(const float* src, int srcRows, const int* index
             continue;
         }
         copy_row_warp(src + (long long)s * width, dst + j * width, width >> 2, lane);
+    }
+}
+
+// gather_rows_warp writing bf16 rows (width % 4 == 0, src rows 16-byte and dst rows 8-byte aligned)
+__global__ void gather_rows_warp_bf16(const float* src, int srcRows, const int* index, int n, int width, int divisor,
+                                      unsigned short* dst, int* err) {
+    int lane = threadIdx.x & 31;
+    int w4 = width >> 2;
+    WARP_STRIDE(j, n) {
+        int raw = index[j];
+        int s = raw / divisor;
+        if (raw < 0 || s >= srcRows) {
+            if (lane == 0) report(err, ERR_GATHER_INDEX, (int)j, raw, srcRows);
+            continue;
+        }
+        const float4* f = reinterpret_cast<const float4*>(src + (long long)s * width);
+        unsigned short* t = dst + j * width;
+        int c = lane;
+        for (; c + 96 < w4; c += 128) {
+            float4 a = f[c], b = f[c + 32], d = f[c + 64], e = f[c + 96];
+            st4_bf16(t, c, a); st4_bf16(t, c + 32, b); st4_bf16(t, c + 64, d); st4_bf16(t, c + 96, e);
+        }
+        for (; c < w4; c += 32) st4_bf16(t, c, f[c]);
     }
 }
 

@@ -242,6 +242,91 @@ class Bf16ImageTest {
         assertEquals(start, gpu.memoryStats().bytesInUse(), "at the end");
     }
 
+    /** rounded values of a device tensor, as the host rounds them */
+    private static float[] roundedDownload(CudaBackend gpu, Tensor t) {
+        return rounded(gpu.download(t).floats());
+    }
+
+    @Test
+    void gemmOperandsAreWrittenAsBf16AndReadInPlaceAtBf16Precision() {
+        CudaBackend gpu = kernelBackend();
+        CudaBackend.GemmPrecision saved = gpu.gemmPrecision();
+        gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
+        int inter = 40;
+        int rows = TOTAL;
+        float[] h = rnd(r, 300 * HIDDEN, 1);
+        float[] w = rnd(r, E * HIDDEN * inter, 1);
+        int[] index = new int[rows];
+        for (int i = 0; i < rows; i++) {
+            index[i] = r.nextInt(300 * 2); // slots of two per token (divisor 2), in any order
+        }
+        try (Backend.Scope scope = gpu.openScope()) {
+            Tensor hidden = gpu.upload(host(h, h.length));
+            Tensor idx = gpu.upload(Tensor.ofInts(index, rows));
+            Tensor weights = gpu.upload(host(w, w.length));
+            long[] c0 = gpu.imageCounts();
+            Tensor routed = gpu.emptyGemmOperand(rows, HIDDEN);
+            assertEquals(c0[3] + 1, gpu.imageCounts()[3], "made as a bf16 image");
+            assertFalse(((DeviceBuffer) routed.deviceHandle()).backed, "no f32 block behind it");
+            gpu.gatherRows(hidden, idx, rows, HIDDEN, 2, routed);
+            assertEquals(c0[4] + 1, gpu.imageCounts()[4], "gathered as bf16");
+            Tensor exact = gpu.empty(DType.F32, rows, HIDDEN);
+            gpu.gatherRows(hidden, idx, rows, HIDDEN, 2, exact);
+
+            // the experts' forward on it: A read in place, only the weights cast; the same bits as on the f32 rows
+            Tensor viaImage = gpu.empty(DType.F32, rows * inter);
+            Tensor viaF32 = gpu.empty(DType.F32, rows * inter);
+            long casts = gpu.operandCasts();
+            long reads = gpu.imageCounts()[2];
+            gemm(gpu, false, inter, routed, weights, viaImage);
+            assertEquals(reads + 1, gpu.imageCounts()[2], "A read from the image");
+            assertEquals(casts + 1, gpu.operandCasts(), "only B cast");
+            gemm(gpu, false, inter, exact, weights, viaF32);
+            assertSameBits(gpu.download(viaF32).floats(), gpu.download(viaImage).floats(), "bf16 rows vs f32 rows");
+            assertEquals(c0[1], gpu.imageCounts()[1], "nothing widened so far");
+
+            // silu(gate) * up and its backward, written as bf16: the f32 kernels' values rounded
+            int n = rows * inter;
+            Tensor gate = gpu.upload(host(rnd(r, n, 2), n));
+            Tensor up = gpu.upload(host(rnd(r, n, 2), n));
+            Tensor dAct = gpu.upload(host(rnd(r, n, 1), n));
+            Tensor act16 = gpu.emptyGemmOperand(rows, inter);
+            Tensor act32 = gpu.empty(DType.F32, rows, inter);
+            gpu.siluMulForward(gate, up, act16, 0, n);
+            gpu.siluMulForward(gate, up, act32, 0, n);
+            Tensor dg16 = gpu.emptyGemmOperand(rows, inter), du16 = gpu.emptyGemmOperand(rows, inter);
+            Tensor dg32 = gpu.empty(DType.F32, rows, inter), du32 = gpu.empty(DType.F32, rows, inter);
+            gpu.siluMulBackward(dAct, gate, up, dg16, du16, 0, n);
+            gpu.siluMulBackward(dAct, gate, up, dg32, du32, 0, n);
+            assertEquals(c0[4] + 3, gpu.imageCounts()[4], "three bf16 writes");
+            long widened = gpu.imageCounts()[1];
+            assertSameBits(roundedDownload(gpu, act32), gpu.download(act16).floats(), "silu * up");
+            assertSameBits(roundedDownload(gpu, dg32), gpu.download(dg16).floats(), "d gate");
+            assertSameBits(roundedDownload(gpu, du32), gpu.download(du16).floats(), "d up");
+            assertSameBits(roundedDownload(gpu, exact), gpu.download(routed).floats(), "the routed rows");
+            assertEquals(widened + 4, gpu.imageCounts()[1], "each widened on its first f32 read");
+
+            // a width the bf16 kernel does not take: written as f32 (exact), through the widening
+            Tensor odd = gpu.emptyGemmOperand(rows, HIDDEN - 2);
+            long writes = gpu.imageCounts()[4];
+            Tensor narrow = gpu.upload(host(Arrays.copyOf(h, 600 * (HIDDEN - 2)), 600 * (HIDDEN - 2)));
+            gpu.gatherRows(narrow, idx, rows, HIDDEN - 2, 1, odd);
+            assertEquals(writes, gpu.imageCounts()[4], "not written as bf16");
+            Tensor oddExact = gpu.empty(DType.F32, rows, HIDDEN - 2);
+            gpu.gatherRows(narrow, idx, rows, HIDDEN - 2, 1, oddExact);
+            assertSameBits(gpu.download(oddExact).floats(), gpu.download(odd).floats(), "f32 fallback");
+
+            // exact f32 precision: a plain f32 tensor
+            gpu.setGemmPrecision(CudaBackend.GemmPrecision.F32);
+            long made = gpu.imageCounts()[3];
+            Tensor plain = gpu.emptyGemmOperand(rows, HIDDEN);
+            assertEquals(made, gpu.imageCounts()[3], "f32 precision: no image");
+            assertTrue(((DeviceBuffer) plain.deviceHandle()).backed);
+        } finally {
+            gpu.setGemmPrecision(saved);
+        }
+    }
+
     @Test
     void impossiblePartsAreRefusedByName() {
         CudaBackend gpu = GpuTestSupport.backend();

@@ -40,7 +40,7 @@ public final class LocalTokenDispatcher implements TokenDispatcher {
     }
 
     private static Tensor gather(Backend backend, Tensor hidden, Meta m, int hiddenSize) {
-        Tensor routed = backend.empty(DType.F32, m.rows, hiddenSize);
+        Tensor routed = backend.emptyGemmOperand(m.rows, hiddenSize); // read only by the experts' grouped GEMMs
         backend.gatherRows(hidden, m.slotOfRow, m.rows, hiddenSize, m.topK, routed);
         return routed;
     }
@@ -73,7 +73,7 @@ public final class LocalTokenDispatcher implements TokenDispatcher {
     public Tensor combineBackward(Backend backend, Tensor dSlots, Dispatch d) {
         Meta m = (Meta) d.meta();
         int h = dSlots.dim(1);
-        Tensor dOut = backend.empty(DType.F32, m.rows, h);
+        Tensor dOut = backend.emptyGemmOperand(m.rows, h); // read only by the experts' grouped GEMMs
         backend.gatherRows(dSlots, m.slotOfRow, m.rows, h, 1, dOut);
         return dOut;
     }

@@ -11,6 +11,10 @@ import dev.sparkmoe.core.tensor.Tensor;
  *
  * <p>{@link LocalTokenDispatcher} keeps every expert on this rank; expert parallelism (module parallel) sends rows
  * to the ranks owning their experts by all-to-all.
+ *
+ * <p>The routed rows ({@link Dispatch#routed()}, {@link #regather}) and the output gradient rows
+ * ({@link #combineBackward}) are read only as operands of the experts' grouped GEMMs, so an implementation may make
+ * them with {@link Backend#emptyGemmOperand}.
  */
 public interface TokenDispatcher {
 
