@@ -188,8 +188,10 @@ public final class Experts extends Module {
         Tensor act = activation(be, c, rows);
         be.groupedGemm(false, false, g.n, g.rows, g.inter, g.hid, 1f, dOut, g.xOff, hidden, downProj.value(),
                 g.wHI, inter, 0f, dAct, g.iOff, inter);
+        // the weight gradients: every expert's block is written (k = 0 scales it by beta), so the first write of a
+        // step overwrites (beta 0) a gradient made without its zero fill
         be.groupedGemm(true, false, g.n, g.hid, g.inter, g.rows, 1f, dOut, g.xOff, hidden, act, g.iOff, inter,
-                1f, downProj.grad(), g.wHI, inter);
+                downProj.gradBetaForFullWrite(), downProj.grad(), g.wHI, inter);
         Release.all(be, dOut, act);
         be.siluMulBackward(dAct, c.gate, c.up, dGate, dUp, 0, rows * inter);
         Release.all(be, dAct, c.gate, c.up);
@@ -198,9 +200,9 @@ public final class Experts extends Module {
         be.groupedGemm(false, false, g.n, g.rows, g.hid, g.inter, 1f, dGate, g.iOff, inter, gateProj.value(),
                 g.wIH, hidden, 0f, dRouted, g.xOff, hidden);
         be.groupedGemm(true, false, g.n, g.inter, g.hid, g.rows, 1f, dGate, g.iOff, inter, routed, g.xOff,
-                hidden, 1f, gateProj.grad(), g.wIH, hidden);
+                hidden, gateProj.gradBetaForFullWrite(), gateProj.grad(), g.wIH, hidden);
         be.groupedGemm(true, false, g.n, g.inter, g.hid, g.rows, 1f, dUp, g.iOff, inter, routed, g.xOff,
-                hidden, 1f, upProj.grad(), g.wIH, hidden);
+                hidden, upProj.gradBetaForFullWrite(), upProj.grad(), g.wIH, hidden);
         be.groupedGemm(false, false, g.n, g.rows, g.hid, g.inter, 1f, dUp, g.iOff, inter, upProj.value(),
                 g.wIH, hidden, 1f, dRouted, g.xOff, hidden);
         Release.all(be, dGate, dUp, routed);

@@ -28,10 +28,17 @@ final class Linear {
         be.gemm(false, false, rows, in, out, 1f, dy, dyOff, out, w, wOff, in, beta, dx, dxOff, in);
     }
 
-    /** dW [out, in] += dy^T [out, rows] * x [rows, in]. */
+    /** dW [out, in] = dy^T [out, rows] * x [rows, in] + beta dW (beta 1 accumulates). */
     static void backwardWeight(Backend be, Tensor dy, int dyOff, int rows, Tensor x, int xOff, int in, int out,
-                               Tensor dw, int dwOff) {
-        be.gemm(true, false, out, in, rows, 1f, dy, dyOff, out, x, xOff, in, 1f, dw, dwOff, in);
+                               Tensor dw, int dwOff, float beta) {
+        be.gemm(true, false, out, in, rows, 1f, dy, dyOff, out, x, xOff, in, beta, dw, dwOff, in);
+    }
+
+    /** Accumulates dy^T x into the whole gradient of {@code w} (the first write of a step overwrites it). */
+    static void backwardWeight(Backend be, Tensor dy, int rows, Tensor x, Parameter w) {
+        int[] s = w.shape();
+        float beta = w.gradBetaForFullWrite();
+        backwardWeight(be, dy, 0, rows, x, 0, s[1], s[0], w.grad(), 0, beta);
     }
 
     /** Full backward for a plain parameter: returns dx [rows, in] and accumulates the weight gradient. */
@@ -48,6 +55,6 @@ final class Linear {
     static void backward(Backend be, Tensor dy, Tensor x, int rows, Parameter w, Tensor dx, float beta) {
         int[] s = w.shape();
         backwardInput(be, dy, 0, rows, w.value(), 0, s[1], s[0], dx, 0, beta);
-        backwardWeight(be, dy, 0, rows, x, 0, s[1], s[0], w.grad(), 0);
+        backwardWeight(be, dy, rows, x, w);
     }
 }

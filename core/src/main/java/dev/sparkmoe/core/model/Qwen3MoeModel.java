@@ -352,7 +352,7 @@ public final class Qwen3MoeModel extends Module {
         head.beforeBackward();
         Tensor dFinal = be.empty(DType.F32, n, h);
         Linear.backwardInput(be, pass.dLogits, 0, n, head.weight.value(), 0, h, v, dFinal, 0, 0f);
-        Linear.backwardWeight(be, pass.dLogits, 0, n, pass.finalOut, 0, h, v, head.weight.grad(), 0);
+        Linear.backwardWeight(be, pass.dLogits, n, pass.finalOut, head.weight);
         Release.all(be, pass.dLogits, pass.finalOut);
         pass.dLogits = null;
         Tensor dx = be.empty(DType.F32, n, h);

@@ -79,6 +79,20 @@ public final class Parameter {
         return grad;
     }
 
+    /**
+     * For an op that writes EVERY element of the gradient as {@code new + beta * old} (a GEMM's C): the beta to pass.
+     * 0 when there is no gradient yet: the buffer is then made without its zero fill ({@link Backend#empty}), which
+     * such an op never reads; 1 when it holds gradient already (accumulation). {@link #grad()} then returns the
+     * buffer.
+     */
+    public float gradBetaForFullWrite() {
+        if (grad == null) {
+            grad = backend.empty(DType.F32, shape);
+            return 0f;
+        }
+        return 1f;
+    }
+
     public boolean hasGrad() {
         return grad != null;
     }
