@@ -61,6 +61,9 @@ import java.util.logging.Logger;
  * TFLOP/s) and 2.94 ms for the cuBLAS loop: 1.12x end to end (the weight-gradient TN shapes gain least, one of them
  * 0.277 against 0.257 ms), because the casts are an extra pass over both operands at every call. BF16 costs scratch
  * memory for the duration of a launch (2 bytes per operand element used: 96 MiB for the model's largest call).
+ * An operand held as a bf16 image is read in place instead ({@link #adoptBf16Images}: the FSDP bf16 gathers' weights;
+ * {@link #emptyGemmOperand}: the experts' inputs, activations and their gradients, written in bf16 by the ops that
+ * make them), so in the training step no expert operand is cast on 2 GPUs.
  * <p>Attention ({@link AttentionMode}, {@code -Dsparkmoe.cuda.attention=auto|gemm|flash|fused}): by default
  * ({@link AttentionMode#AUTO}) the bf16 tensor-core flash-attention kernels ({@link AttentionMode#FLASH},
  * {@code flash_attention.cu}: no T x T matrix in device memory, bf16 operands, f32 softmax and accumulation) when the
