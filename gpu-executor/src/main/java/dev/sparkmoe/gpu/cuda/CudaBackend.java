@@ -1465,27 +1465,18 @@ public final class CudaBackend implements Backend, AutoCloseable {
                 int lda16 = lda, ldb16 = ldb;
                 long aBase = 0, bBase = 0; // bf16: where aAt / bAt count from
                 if (bf16) {
-                    // an operand held as a bf16 image (FSDP's gathered weights) is read in place; others are cast
-                    Bf16Image aImg = imageOperand(a, aOff, lda, dims[0], dims[1], k, active, start, here, aAt);
-                    if (aImg != null) {
-                        aBase = aImg.address();
-                    } else {
-                        aCast = castGroupedOperand(a, "A", aOff, lda, dims[0], dims[1], k, active, start, here, aAt,
-                                offered);
-                        a16 = aCast == null ? null : aCast.copy();
-                        aBase = a16 == null ? 0 : a16.address();
-                        lda16 = (int) aAt[GG_MAX_GROUPS];
-                    }
-                    Bf16Image bImg = imageOperand(b, bOff, ldb, dims[2], dims[3], k, active, start, here, bAt);
-                    if (bImg != null) {
-                        bBase = bImg.address();
-                    } else {
-                        bCast = castGroupedOperand(b, "B", bOff, ldb, dims[2], dims[3], k, active, start, here, bAt,
-                                offered);
-                        b16 = bCast == null ? null : bCast.copy();
-                        bBase = b16 == null ? 0 : b16.address();
-                        ldb16 = (int) bAt[GG_MAX_GROUPS];
-                    }
+                    Bf16Operand ao = bf16Operand(a, "A", aOff, lda, dims[0], dims[1], k, active, start, here, aAt,
+                            offered);
+                    aCast = ao.cast();
+                    a16 = aCast == null ? null : aCast.copy();
+                    Bf16Operand bo = bf16Operand(b, "B", bOff, ldb, dims[2], dims[3], k, active, start, here, bAt,
+                            offered);
+                    bCast = bo.cast();
+                    b16 = bCast == null ? null : bCast.copy();
+                    aBase = ao.base();
+                    bBase = bo.base();
+                    lda16 = ao.ld();
+                    ldb16 = bo.ld();
                 }
                 ggParams.putInt(0, bf16 ? lda16 : lda);
                 ggParams.putInt(4, bf16 ? ldb16 : ldb);
@@ -1548,6 +1539,25 @@ public final class CudaBackend implements Backend, AutoCloseable {
                 releaseScratch(h.copy());
             }
         }
+    }
+
+    /** Where the bf16 kernel reads one operand: its base address and row stride, and the cast copy if one was made. */
+    private record Bf16Operand(long base, int ld, HeldCast cast) {
+    }
+
+    /**
+     * One operand of a {@link GroupedOperands#BF16} launch: an operand held as a bf16 image (the FSDP gathers'
+     * weights, {@link #emptyGemmOperand}'s tensors) is read in place ({@link #imageOperand}); any other is cast
+     * ({@link #castGroupedOperand}, which widens images first). Fills at[] as both do.
+     */
+    private Bf16Operand bf16Operand(Tensor t, String what, int[] off, int ld, int[] rows, int[] cols, int[] k,
+                                    int[] active, int start, int here, long[] at, List<HeldCast> offered) {
+        Bf16Image img = imageOperand(t, off, ld, rows, cols, k, active, start, here, at);
+        if (img != null) {
+            return new Bf16Operand(img.address(), ld, null);
+        }
+        HeldCast cast = castGroupedOperand(t, what, off, ld, rows, cols, k, active, start, here, at, offered);
+        return new Bf16Operand(cast == null ? 0 : cast.copy().address(), (int) at[GG_MAX_GROUPS], cast);
     }
 
     /**

@@ -465,46 +465,6 @@ __global__ void silu_mul_bwd(const float* dOut, const float* gate, const float* 
 
 __device__ __forceinline__ float silu_sig(float g) { return (float)(1.0 / (1.0 + exp(-(double)g))); }
 
-// float4 forms of silu_mul_fwd/bwd (all pointers 16-byte aligned); the n % 4 tail by the first threads of the grid.
-__global__ void silu_mul_fwd_x4(const float* __restrict__ gate, const float* __restrict__ up, float* __restrict__ out,
-                                int n) {
-    int n4 = n >> 2;
-    GRID_STRIDE(i, n4) {
-        float4 g = ld4(gate, (int)i), u = ld4(up, (int)i), o;
-        o.x = g.x * silu_sig(g.x) * u.x;
-        o.y = g.y * silu_sig(g.y) * u.y;
-        o.z = g.z * silu_sig(g.z) * u.z;
-        o.w = g.w * silu_sig(g.w) * u.w;
-        st4(out, (int)i, o);
-    }
-    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t < n - 4 * n4) {
-        int i = 4 * n4 + (int)t;
-        float g = gate[i];
-        out[i] = g * silu_sig(g) * up[i];
-    }
-}
-
-// silu_mul_fwd_x4 writing bf16 (out 8-byte aligned)
-__global__ void silu_mul_fwd_x4_bf16(const float* __restrict__ gate, const float* __restrict__ up,
-                                     unsigned short* __restrict__ out, int n) {
-    int n4 = n >> 2;
-    GRID_STRIDE(i, n4) {
-        float4 g = ld4(gate, (int)i), u = ld4(up, (int)i), o;
-        o.x = g.x * silu_sig(g.x) * u.x;
-        o.y = g.y * silu_sig(g.y) * u.y;
-        o.z = g.z * silu_sig(g.z) * u.z;
-        o.w = g.w * silu_sig(g.w) * u.w;
-        st4_bf16(out, i, o);
-    }
-    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t < n - 4 * n4) {
-        int i = 4 * n4 + (int)t;
-        float g = gate[i];
-        out[i] = bf16_rn(g * silu_sig(g) * up[i]);
-    }
-}
-
 __device__ __forceinline__ void silu_bwd_one(float d, float g, float u, float& dg, float& du) {
     float s = silu_sig(g);
     float silu = g * s;
@@ -512,30 +472,40 @@ __device__ __forceinline__ void silu_bwd_one(float d, float g, float u, float& d
     dg = d * u * (s * (1.f + g * (1.f - s)));
 }
 
-__global__ void silu_mul_bwd_x4(const float* __restrict__ dOut, const float* __restrict__ gate,
-                                const float* __restrict__ up, float* __restrict__ dGate, float* __restrict__ dUp,
-                                int n) {
+}  // extern "C" (the templates below cannot have C linkage)
+
+// Stores of an f32 result into f32 (st4o: 16-byte aligned) or bf16 outputs (8-byte aligned: a grouped GEMM operand
+// held as a bf16 image, CudaBackend.emptyGemmOperand), one kernel body for both.
+__device__ __forceinline__ void st4o(float* p, long long c, float4 v) { reinterpret_cast<float4*>(p)[c] = v; }
+__device__ __forceinline__ void st4o(unsigned short* p, long long c, float4 v) { st4_bf16(p, c, v); }
+__device__ __forceinline__ void st1o(float* p, long long i, float v) { p[i] = v; }
+__device__ __forceinline__ void st1o(unsigned short* p, long long i, float v) { p[i] = bf16_rn(v); }
+
+// float4 forms of silu_mul_fwd/bwd (inputs 16-byte aligned); the n % 4 tail by the first threads of the grid.
+template <typename O>
+__device__ __forceinline__ void silu_mul_fwd_x4_body(const float* __restrict__ gate, const float* __restrict__ up,
+                                                     O* __restrict__ out, int n) {
     int n4 = n >> 2;
     GRID_STRIDE(i, n4) {
-        float4 d = ld4(dOut, (int)i), g = ld4(gate, (int)i), u = ld4(up, (int)i), dg, du;
-        silu_bwd_one(d.x, g.x, u.x, dg.x, du.x);
-        silu_bwd_one(d.y, g.y, u.y, dg.y, du.y);
-        silu_bwd_one(d.z, g.z, u.z, dg.z, du.z);
-        silu_bwd_one(d.w, g.w, u.w, dg.w, du.w);
-        st4(dUp, (int)i, du);
-        st4(dGate, (int)i, dg);
+        float4 g = ld4(gate, (int)i), u = ld4(up, (int)i), o;
+        o.x = g.x * silu_sig(g.x) * u.x;
+        o.y = g.y * silu_sig(g.y) * u.y;
+        o.z = g.z * silu_sig(g.z) * u.z;
+        o.w = g.w * silu_sig(g.w) * u.w;
+        st4o(out, i, o);
     }
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t < n - 4 * n4) {
         int i = 4 * n4 + (int)t;
-        silu_bwd_one(dOut[i], gate[i], up[i], dGate[i], dUp[i]);
+        float g = gate[i];
+        st1o(out, i, g * silu_sig(g) * up[i]);
     }
 }
 
-// silu_mul_bwd_x4 writing dGate and dUp as bf16 (both 8-byte aligned)
-__global__ void silu_mul_bwd_x4_bf16(const float* __restrict__ dOut, const float* __restrict__ gate,
-                                     const float* __restrict__ up, unsigned short* __restrict__ dGate,
-                                     unsigned short* __restrict__ dUp, int n) {
+template <typename O>
+__device__ __forceinline__ void silu_mul_bwd_x4_body(const float* __restrict__ dOut, const float* __restrict__ gate,
+                                                     const float* __restrict__ up, O* __restrict__ dGate,
+                                                     O* __restrict__ dUp, int n) {
     int n4 = n >> 2;
     GRID_STRIDE(i, n4) {
         float4 d = ld4(dOut, (int)i), g = ld4(gate, (int)i), u = ld4(up, (int)i), dg, du;
@@ -543,17 +513,68 @@ __global__ void silu_mul_bwd_x4_bf16(const float* __restrict__ dOut, const float
         silu_bwd_one(d.y, g.y, u.y, dg.y, du.y);
         silu_bwd_one(d.z, g.z, u.z, dg.z, du.z);
         silu_bwd_one(d.w, g.w, u.w, dg.w, du.w);
-        st4_bf16(dUp, i, du);
-        st4_bf16(dGate, i, dg);
+        st4o(dUp, i, du);
+        st4o(dGate, i, dg);
     }
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t < n - 4 * n4) {
         int i = 4 * n4 + (int)t;
         float dg, du;
         silu_bwd_one(dOut[i], gate[i], up[i], dg, du);
-        dGate[i] = bf16_rn(dg);
-        dUp[i] = bf16_rn(du);
+        st1o(dGate, i, dg);
+        st1o(dUp, i, du);
     }
+}
+
+// Warp per row, float4 loads (width % 4 == 0, 16-byte aligned source rows), four in flight per lane; f32 or bf16 out.
+template <typename O>
+__device__ __forceinline__ void copy_row_warp(const float* __restrict__ from, O* __restrict__ to, int w4, int lane) {
+    const float4* f = reinterpret_cast<const float4*>(from);
+    int c = lane;
+    for (; c + 96 < w4; c += 128) {
+        float4 a = f[c], b = f[c + 32], d = f[c + 64], e = f[c + 96];
+        st4o(to, c, a); st4o(to, c + 32, b); st4o(to, c + 64, d); st4o(to, c + 96, e);
+    }
+    for (; c < w4; c += 32) st4o(to, c, f[c]);
+}
+
+template <typename O>
+__device__ __forceinline__ void gather_rows_warp_body(const float* src, int srcRows, const int* index, int n,
+                                                      int width, int divisor, O* dst, int* err) {
+    int lane = threadIdx.x & 31;
+    WARP_STRIDE(j, n) {
+        int raw = index[j];
+        int s = raw / divisor;
+        if (raw < 0 || s >= srcRows) {
+            if (lane == 0) report(err, ERR_GATHER_INDEX, (int)j, raw, srcRows);
+            continue;
+        }
+        copy_row_warp(src + (long long)s * width, dst + j * width, width >> 2, lane);
+    }
+}
+
+extern "C" {
+
+__global__ void silu_mul_fwd_x4(const float* __restrict__ gate, const float* __restrict__ up, float* __restrict__ out,
+                                int n) {
+    silu_mul_fwd_x4_body(gate, up, out, n);
+}
+
+__global__ void silu_mul_fwd_x4_bf16(const float* __restrict__ gate, const float* __restrict__ up,
+                                     unsigned short* __restrict__ out, int n) {
+    silu_mul_fwd_x4_body(gate, up, out, n);
+}
+
+__global__ void silu_mul_bwd_x4(const float* __restrict__ dOut, const float* __restrict__ gate,
+                                const float* __restrict__ up, float* __restrict__ dGate, float* __restrict__ dUp,
+                                int n) {
+    silu_mul_bwd_x4_body(dOut, gate, up, dGate, dUp, n);
+}
+
+__global__ void silu_mul_bwd_x4_bf16(const float* __restrict__ dOut, const float* __restrict__ gate,
+                                     const float* __restrict__ up, unsigned short* __restrict__ dGate,
+                                     unsigned short* __restrict__ dUp, int n) {
+    silu_mul_bwd_x4_body(dOut, gate, up, dGate, dUp, n);
 }
 
 // ------------------------------------------------------------------ embedding
@@ -948,53 +969,15 @@ __global__ void scatter_rows(const float* src, const int* index, int n, int widt
     copy_row(src + (long long)j * width, dst + (long long)d * width, width, vec);
 }
 
-// Warp per row, float4 moves (width % 4 == 0, 16-byte aligned rows), four loads in flight per lane.
-__device__ __forceinline__ void copy_row_warp(const float* __restrict__ from, float* __restrict__ to, int w4, int lane) {
-    const float4* f = reinterpret_cast<const float4*>(from);
-    float4* t = reinterpret_cast<float4*>(to);
-    int c = lane;
-    for (; c + 96 < w4; c += 128) {
-        float4 a = f[c], b = f[c + 32], d = f[c + 64], e = f[c + 96];
-        t[c] = a; t[c + 32] = b; t[c + 64] = d; t[c + 96] = e;
-    }
-    for (; c < w4; c += 32) t[c] = f[c];
-}
-
 __global__ void gather_rows_warp(const float* src, int srcRows, const int* index, int n, int width, int divisor,
                                  float* dst, int* err) {
-    int lane = threadIdx.x & 31;
-    WARP_STRIDE(j, n) {
-        int raw = index[j];
-        int s = raw / divisor;
-        if (raw < 0 || s >= srcRows) {
-            if (lane == 0) report(err, ERR_GATHER_INDEX, (int)j, raw, srcRows);
-            continue;
-        }
-        copy_row_warp(src + (long long)s * width, dst + j * width, width >> 2, lane);
-    }
+    gather_rows_warp_body(src, srcRows, index, n, width, divisor, dst, err);
 }
 
-// gather_rows_warp writing bf16 rows (width % 4 == 0, src rows 16-byte and dst rows 8-byte aligned)
+// gather_rows_warp writing bf16 rows (dst rows 8-byte aligned)
 __global__ void gather_rows_warp_bf16(const float* src, int srcRows, const int* index, int n, int width, int divisor,
                                       unsigned short* dst, int* err) {
-    int lane = threadIdx.x & 31;
-    int w4 = width >> 2;
-    WARP_STRIDE(j, n) {
-        int raw = index[j];
-        int s = raw / divisor;
-        if (raw < 0 || s >= srcRows) {
-            if (lane == 0) report(err, ERR_GATHER_INDEX, (int)j, raw, srcRows);
-            continue;
-        }
-        const float4* f = reinterpret_cast<const float4*>(src + (long long)s * width);
-        unsigned short* t = dst + j * width;
-        int c = lane;
-        for (; c + 96 < w4; c += 128) {
-            float4 a = f[c], b = f[c + 32], d = f[c + 64], e = f[c + 96];
-            st4_bf16(t, c, a); st4_bf16(t, c + 32, b); st4_bf16(t, c + 64, d); st4_bf16(t, c + 96, e);
-        }
-        for (; c < w4; c += 32) st4_bf16(t, c, f[c]);
-    }
+    gather_rows_warp_body(src, srcRows, index, n, width, divisor, dst, err);
 }
 
 __global__ void scatter_rows_warp(const float* src, const int* index, int n, int width, float* dst, int dstRows,

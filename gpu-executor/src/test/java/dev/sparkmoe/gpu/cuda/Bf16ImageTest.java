@@ -65,11 +65,7 @@ class Bf16ImageTest {
     }
 
     private static float[] rounded(float[] a) {
-        float[] o = new float[a.length];
-        for (int i = 0; i < a.length; i++) {
-            o[i] = DType.roundToBf16(a[i]);
-        }
-        return o;
+        return GpuTestSupport.roundedToBf16(a);
     }
 
     private static void assertSameBits(float[] want, float[] got, String what) {

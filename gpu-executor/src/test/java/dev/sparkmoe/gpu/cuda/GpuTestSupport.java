@@ -48,6 +48,15 @@ final class GpuTestSupport {
         return a;
     }
 
+    /** Each value rounded to bf16 as the host rounds it ({@link dev.sparkmoe.core.tensor.DType#roundToBf16}). */
+    static float[] roundedToBf16(float[] a) {
+        float[] o = new float[a.length];
+        for (int i = 0; i < a.length; i++) {
+            o[i] = dev.sparkmoe.core.tensor.DType.roundToBf16(a[i]);
+        }
+        return o;
+    }
+
     static float maxAbs(float[] a) {
         float m = 0;
         for (float v : a) {

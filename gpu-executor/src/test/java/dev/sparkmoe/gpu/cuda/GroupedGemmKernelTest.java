@@ -12,6 +12,7 @@ import java.util.Random;
 
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.host;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.rnd;
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.roundedToBf16;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -180,13 +181,6 @@ class GroupedGemmKernelTest {
 
     // ------------------------------------------------------------------ checking
 
-    private static float[] roundedToBf16(float[] a) {
-        float[] o = new float[a.length];
-        for (int i = 0; i < a.length; i++) {
-            o[i] = DType.roundToBf16(a[i]);
-        }
-        return o;
-    }
 
     private void cpuGroupedGemm(Problem p, float alpha, float[] a, float[] b, float beta, float[] c) {
         cpu.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, alpha, Tensor.of(a, a.length), p.aOff, p.lda,
