@@ -28,17 +28,15 @@ final class Linear {
         be.gemm(false, false, rows, in, out, 1f, dy, dyOff, out, w, wOff, in, beta, dx, dxOff, in);
     }
 
-    /** dW [out, in] = dy^T [out, rows] * x [rows, in] + beta dW (beta 1 accumulates). */
-    static void backwardWeight(Backend be, Tensor dy, int dyOff, int rows, Tensor x, int xOff, int in, int out,
-                               Tensor dw, int dwOff, float beta) {
-        be.gemm(true, false, out, in, rows, 1f, dy, dyOff, out, x, xOff, in, beta, dw, dwOff, in);
-    }
-
-    /** Accumulates dy^T x into the whole gradient of {@code w} (the first write of a step overwrites it). */
+    /**
+     * dW [out, in] += dy^T [out, rows] * x [rows, in] into the whole gradient of {@code w} (the first write of a
+     * step overwrites it: {@link Parameter#gradBetaForFullWrite}).
+     */
     static void backwardWeight(Backend be, Tensor dy, int rows, Tensor x, Parameter w) {
         int[] s = w.shape();
+        int out = s[0], in = s[1];
         float beta = w.gradBetaForFullWrite();
-        backwardWeight(be, dy, 0, rows, x, 0, s[1], s[0], w.grad(), 0, beta);
+        be.gemm(true, false, out, in, rows, 1f, dy, 0, out, x, 0, in, beta, w.grad(), 0, in);
     }
 
     /** Full backward for a plain parameter: returns dx [rows, in] and accumulates the weight gradient. */

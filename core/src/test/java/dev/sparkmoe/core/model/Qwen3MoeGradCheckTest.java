@@ -28,13 +28,17 @@ class Qwen3MoeGradCheckTest {
     private static final double COEF = 0.1;
 
     static Qwen3MoeConfig tinyConfig(boolean normTopk) {
+        return tinyBuilder().normTopkProb(normTopk).tieWordEmbeddings(true).routerAuxLossCoef(COEF).build();
+    }
+
+    /** The tiny model's sizes (2 layers, the first dense, 4 experts of 2 per token), for the tests that use it. */
+    static Qwen3MoeConfig.Builder tinyBuilder() {
         return Qwen3MoeConfig.builder()
                 .vocabSize(32).hiddenSize(16).intermediateSize(24).moeIntermediateSize(8)
                 .numHiddenLayers(2).numAttentionHeads(4).numKeyValueHeads(2).headDim(8)
-                .numExperts(4).numExpertsPerTok(2).normTopkProb(normTopk)
-                .mlpOnlyLayers(List.of(0)).tieWordEmbeddings(true)
-                .maxPositionEmbeddings(16).ropeTheta(10000).rmsNormEps(1e-6).routerAuxLossCoef(COEF)
-                .build();
+                .numExperts(4).numExpertsPerTok(2)
+                .mlpOnlyLayers(List.of(0))
+                .maxPositionEmbeddings(16).ropeTheta(10000).rmsNormEps(1e-6);
     }
 
     record Batch(int[] ids, int[] targets, int b, int t, int predicted) {

@@ -605,6 +605,11 @@ public final class CudaBackend implements Backend, AutoCloseable {
         if (!heldCasts.isEmpty() && heldAt < ops - 1) {
             dropHeldCasts(); // a call came between: the copies may be stale
         }
+        deviceOnThisThread();
+    }
+
+    /** Makes this backend's device current for the calling thread when the thread changed. */
+    private void deviceOnThisThread() {
         Thread t = Thread.currentThread();
         if (t != lastThread) {
             Cuda.check(cudart.cudaSetDevice(device), "cudaSetDevice(" + device + ")");
@@ -619,7 +624,11 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private DeviceBuffer allocate(long bytes) {
         long[] block = new long[1];
         long address = allocator.allocate(bytes, block);
-        DeviceBuffer b = new DeviceBuffer(address, bytes, block[0], this, nextBufferId++);
+        return inScope(new DeviceBuffer(address, bytes, block[0], this, nextBufferId++));
+    }
+
+    /** Registers a new buffer with the innermost open scope, if any (closing it releases the buffer). */
+    private DeviceBuffer inScope(DeviceBuffer b) {
         CudaScope s = scopes.peek();
         if (s != null) {
             b.scope = s;
@@ -775,11 +784,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
                 all.addAll(img.scratch().imagesIn);
             }
         }
-        Thread th = Thread.currentThread();
-        if (th != lastThread) {
-            Cuda.check(cudart.cudaSetDevice(device), "cudaSetDevice(" + device + ")");
-            lastThread = th;
-        }
+        deviceOnThisThread();
         int count = all.size();
         long[] src = new long[count], dst = new long[count], len = new long[count];
         int i = 0;
@@ -928,13 +933,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
             return empty(DType.F32, shape);
         }
         // the tensor first, then its scratch: a scope closing frees the tensor (and with it the scratch) first
-        DeviceBuffer t = new DeviceBuffer(0, 4 * n, 0, this, nextBufferId++);
+        DeviceBuffer t = inScope(new DeviceBuffer(0, 4 * n, 0, this, nextBufferId++));
         t.backed = false;
-        CudaScope sc = scopes.peek();
-        if (sc != null) {
-            t.scope = sc;
-            sc.buffers.add(t);
-        }
         DeviceBuffer scratch = allocate((2 * n + 15) & ~15L);
         if (POISON) { // 0xffff: a bf16 NaN
             Cuda.check(cudart.cudaMemsetAsync(ptr(scratch, 0), 0xff, scratch.bytes(), stream),

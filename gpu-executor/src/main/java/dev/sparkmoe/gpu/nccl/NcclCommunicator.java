@@ -296,17 +296,17 @@ public final class NcclCommunicator implements Communicator {
             int q = nccl.ncclCommGetAsyncError(c, state);
             if (q != nccl.ncclSuccess && q != nccl.ncclInProgress) {
                 String msg = describe("ncclCommGetAsyncError", q, ctx + " (after " + call + ")", c);
-                    throw new NcclException("ncclCommGetAsyncError", q, msg);
+                throw new NcclException("ncclCommGetAsyncError", q, msg);
             }
             if (state[0] == nccl.ncclSuccess) {
                 return;
             }
             if (state[0] != nccl.ncclInProgress) {
                 String msg = describe(call, state[0], ctx, c);
-                    throw new NcclException(call, state[0], msg);
+                throw new NcclException(call, state[0], msg);
             }
             if (System.nanoTime() > deadline) {
-                    throw new CollectiveTimeoutException(ctx + ": " + call + " did not complete within "
+                throw new CollectiveTimeoutException(ctx + ": " + call + " did not complete within "
                         + o.initTimeout().toMillis() + " ms; the communicator was aborted (ncclCommAbort); hint: a rank"
                         + " did not join (crashed, or called a different collective), or the network between ranks is"
                         + " blocked; NCCL_DEBUG=INFO shows the bootstrap");

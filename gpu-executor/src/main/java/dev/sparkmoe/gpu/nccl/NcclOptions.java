@@ -59,11 +59,12 @@ public record NcclOptions(int device, String name, Duration timeout, Duration in
         String b = env.get(ENV_BLOCKING);
         boolean blocking = d.blockingCollectives();
         if (b != null && !b.isBlank()) {
-            if (!b.strip().equals("0") && !b.strip().equals("1")) {
+            String v = b.strip();
+            if (!v.equals("0") && !v.equals("1")) {
                 throw new IllegalArgumentException(ENV_BLOCKING + "='" + b + "' must be 0 (non-blocking collectives) or"
                         + " 1 (blocking, the default)");
             }
-            blocking = b.strip().equals("1");
+            blocking = v.equals("1");
         }
         return new NcclOptions(device, d.name(), ms(env, ENV_TIMEOUT_MS, d.timeout()), ms(env, ENV_INIT_TIMEOUT_MS,
                 d.initTimeout()), blocking);

@@ -75,18 +75,16 @@ template <int L> __device__ __forceinline__ float groupSum(float v) {
 
 __device__ __forceinline__ float4 ld4(const float* p, int c) { return reinterpret_cast<const float4*>(p)[c]; }
 __device__ __forceinline__ void st4(float* p, int c, float4 v) { reinterpret_cast<float4*>(p)[c] = v; }
-// bf16 outputs (a grouped GEMM operand held as a bf16 image, CudaBackend.emptyGemmOperand): values rounded to nearest
-// even, as f32_to_bf16_parts and grouped_cast_bf16 round them. st4_bf16 stores four at element 4c (8-byte aligned).
-__device__ __forceinline__ unsigned short bf16_rn(float x) {
+// f32 to bf16, rounded to nearest even (as grouped_cast_bf16 rounds): bf16x2_rn packs lo in the low half, hi in the
+// high one; bf16_rn rounds one value; st4_bf16 stores four at element 4c (8-byte aligned).
+__device__ __forceinline__ unsigned int bf16x2_rn(float lo, float hi) {
     unsigned int packed;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(0.f), "f"(x));
-    return (unsigned short)(packed & 0xffffu);
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(hi), "f"(lo));
+    return packed;
 }
+__device__ __forceinline__ unsigned short bf16_rn(float x) { return (unsigned short)(bf16x2_rn(x, 0.f) & 0xffffu); }
 __device__ __forceinline__ void st4_bf16(unsigned short* p, long long c, float4 v) {
-    unsigned int lo, hi;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(lo) : "f"(v.y), "f"(v.x));
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(hi) : "f"(v.w), "f"(v.z));
-    reinterpret_cast<uint2*>(p)[c] = make_uint2(lo, hi);
+    reinterpret_cast<uint2*>(p)[c] = make_uint2(bf16x2_rn(v.x, v.y), bf16x2_rn(v.z, v.w));
 }
 // Streaming (evict-first) forms, for data read or written for the last time by the kernel: the load may move
 // like any load (no volatile), the store is kept (volatile) but claims no other memory, so that loads of later
@@ -1145,8 +1143,7 @@ __global__ void f32_to_bf16_rows(const float* src, long long ld, int rows, int c
         bool two = c + 1 < cols;
         float lo = s[0];
         float hi = two ? s[1] : 0.f;
-        unsigned int packed;
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(hi), "f"(lo));
+        unsigned int packed = bf16x2_rn(lo, hi);
         long long o = r * cols + c;
         if (two && (o & 1) == 0) {
             *reinterpret_cast<unsigned int*>(dst + o) = packed;
@@ -1194,16 +1191,10 @@ __global__ void f32_to_bf16_parts(const BfParts p) {
         unsigned short* dst = reinterpret_cast<unsigned short*>(p.dst[i]);
         long long quads = p.vec[i] ? p.n[i] >> 2 : 0;
         if (local < quads) {
-            float4 v = reinterpret_cast<const float4*>(src)[local];
-            unsigned int lo, hi;
-            asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(lo) : "f"(v.y), "f"(v.x));
-            asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(hi) : "f"(v.w), "f"(v.z));
-            reinterpret_cast<uint2*>(dst)[local] = make_uint2(lo, hi);
+            st4_bf16(dst, local, reinterpret_cast<const float4*>(src)[local]);
         } else {
             long long e = 4 * quads + (local - quads);
-            unsigned int packed;
-            asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(0.f), "f"(src[e]));
-            dst[e] = (unsigned short)(packed & 0xffffu);
+            dst[e] = bf16_rn(src[e]);
         }
     }
 }

@@ -86,16 +86,9 @@ class Bf16ImageTest {
 
     /** The experts' forward (NT, B = [inter, hidden] per expert) and input gradient (NN, B = [hidden, inter]). */
     private static void gemm(CudaBackend gpu, boolean nt, int inter, Tensor x, Tensor w, Tensor c) {
-        int[] xOff = new int[E], cOff = new int[E], wOff = new int[E], hid = new int[E], in = new int[E];
-        for (int g = 0, at = 0; g < E; at += ROWS[g], g++) {
-            xOff[g] = at * HIDDEN;
-            cOff[g] = at * inter;
-            wOff[g] = g * HIDDEN * inter;
-            hid[g] = HIDDEN;
-            in[g] = inter;
-        }
-        gpu.groupedGemm(false, nt, E, ROWS, in, hid, 1f, x, xOff, HIDDEN, w, wOff, nt ? HIDDEN : inter, 0f, c, cOff,
-                inter);
+        GpuTestSupport.ExpertLayout l = GpuTestSupport.ExpertLayout.of(ROWS, HIDDEN, inter);
+        gpu.groupedGemm(false, nt, E, ROWS, l.in(), l.hid(), 1f, x, l.xOff(), HIDDEN, w, l.wOff(), nt ? HIDDEN : inter,
+                0f, c, l.iOff(), inter);
     }
 
     @Test

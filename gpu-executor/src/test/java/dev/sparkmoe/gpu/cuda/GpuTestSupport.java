@@ -48,6 +48,26 @@ final class GpuTestSupport {
         return a;
     }
 
+    /**
+     * The experts' grouped GEMM geometry over rows grouped by expert ({@code rows[g]} rows for expert g, packed): each
+     * group's first element in [rows, hidden] buffers ({@code xOff}) and [rows, inter] buffers ({@code iOff}), its
+     * [hidden, inter] or [inter, hidden] weight block ({@code wOff}), and the per-group sizes.
+     */
+    record ExpertLayout(int[] xOff, int[] iOff, int[] wOff, int[] hid, int[] in) {
+        static ExpertLayout of(int[] rows, int hidden, int inter) {
+            int e = rows.length;
+            int[] xOff = new int[e], iOff = new int[e], wOff = new int[e], hid = new int[e], in = new int[e];
+            for (int g = 0, at = 0; g < e; at += rows[g], g++) {
+                xOff[g] = at * hidden;
+                iOff[g] = at * inter;
+                wOff[g] = g * hidden * inter;
+                hid[g] = hidden;
+                in[g] = inter;
+            }
+            return new ExpertLayout(xOff, iOff, wOff, hid, in);
+        }
+    }
+
     /** Each value rounded to bf16 as the host rounds it ({@link dev.sparkmoe.core.tensor.DType#roundToBf16}). */
     static float[] roundedToBf16(float[] a) {
         float[] o = new float[a.length];

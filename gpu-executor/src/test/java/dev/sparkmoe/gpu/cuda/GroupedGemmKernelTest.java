@@ -382,14 +382,8 @@ class GroupedGemmKernelTest {
         gpu.setGroupedOperands(CudaBackend.GroupedOperands.BF16);
         int[] rows = {40, 0, 70, 9};
         int e = rows.length, hidden = 64, inter = 40, total = Arrays.stream(rows).sum();
-        int[] xOff = new int[e], dOff = new int[e], wOff = new int[e], hid = new int[e], in = new int[e];
-        for (int g = 0, at = 0; g < e; at += rows[g], g++) {
-            xOff[g] = at * hidden;
-            dOff[g] = at * inter;
-            wOff[g] = g * hidden * inter;
-            hid[g] = hidden;
-            in[g] = inter;
-        }
+        GpuTestSupport.ExpertLayout l = GpuTestSupport.ExpertLayout.of(rows, hidden, inter);
+        int[] xOff = l.xOff(), dOff = l.iOff(), wOff = l.wOff(), hid = l.hid(), in = l.in();
         Random r = new Random(7);
         float[] x = rnd(r, total * hidden, 1);
         float[] w = rnd(r, e * hidden * inter, 1);
