@@ -194,6 +194,11 @@ public final class MemoryPlanner {
         return null;
     }
 
+    /** The block the CUDA backend's caching allocator gives a request of {@code bytes}, as plans count it. */
+    public static long cudaBlockBytes(long bytes) {
+        return Ledger.blockBytes(bytes);
+    }
+
     static String gb(long bytes) {
         return String.format(Locale.ROOT, "%.2f GB", bytes / 1e9);
     }
