@@ -10,7 +10,7 @@ public enum Category {
     INPUTS("token ids, targets"),
     RESIDUAL("saved: residual stream and norms"),
     ATTENTION("saved: attention (q, k, v before and after norm and rope, output, lse)"),
-    MOE("saved: MoE routing, dispatch and expert activations"),
+    MOE("saved: MoE routing, dispatch, expert activations (dense MLPs' too)"),
     LOGITS("logits and loss (final norm, [tokens, V] logits and their gradient)"),
     TEMPORARIES("temporaries (activation gradients, dispatch buffers in flight)"),
     WORKSPACE("backend workspace (bf16 copies, kernel scratch)"),

@@ -34,6 +34,29 @@ final class FsdpReplay {
         this.prefetch = prefetch;
     }
 
+    /** The units holding gathered weights now: how they are held, and the gathers in flight. */
+    String gatheredUnits(List<Unit> units) {
+        List<String> held = new ArrayList<>();
+        List<String> flying = new ArrayList<>();
+        for (Unit u : units) {
+            boolean inFlight = false;
+            boolean f32 = false;
+            boolean images = false;
+            for (Param p : u.params) {
+                inFlight |= p.pendingGather;
+                f32 |= p.value != null && !p.pendingGather;
+                images |= p.imaged;
+            }
+            if (inFlight) {
+                flying.add(u.path);
+            } else if (f32 || images) {
+                held.add(u.path + (images ? " (bf16)" : ""));
+            }
+        }
+        return held.size() + " gathered: " + String.join(", ", held) + (flying.isEmpty() ? ""
+                : "; " + flying.size() + " in flight: " + String.join(", ", flying));
+    }
+
     // ------------------------------------------------------------------ hooks (FsdpUnit)
 
     void beforeForward(Unit u) {

@@ -31,6 +31,8 @@ final class Ledger {
     private long[] atPeak = new long[Category.values().length];
     private String peakPhase = "";
     private String phase = "";
+    private java.util.function.Supplier<String> context = () -> "";
+    private String peakContext = "";
     private long largestRequest;
     private String largestWhat = "";
     private final Deque<List<Buf>> scopes = new ArrayDeque<>();
@@ -77,6 +79,7 @@ final class Ledger {
             peak = liveTotal;
             atPeak = live.clone();
             peakPhase = phase;
+            peakContext = context.get();
         }
         return b;
     }
@@ -128,6 +131,16 @@ final class Ledger {
         peak = liveTotal;
         atPeak = live.clone();
         peakPhase = phase;
+        peakContext = context.get();
+    }
+
+    /** What else to record at each new peak (FSDP's gathered units). */
+    void context(java.util.function.Supplier<String> c) {
+        context = c;
+    }
+
+    String peakContext() {
+        return peakContext;
     }
 
     long live() {

@@ -17,12 +17,14 @@ import java.util.Map;
  * @param stepPeakBytes          the peak of a training step (after the first, which records FSDP's unit order)
  * @param atStepPeak             what was live at the step's peak
  * @param stepPeakPhase          where in the step the peak falls
+ * @param gatheredAtStepPeak     the FSDP units holding gathered weights at the step's peak, and the gathers in flight
  * @param largestTensorElements  elements of the largest tensor the step makes
  * @param largestTensor          what that tensor is
  */
 public record MemoryPlan(PlanRequest request, long parameters, long activeParameters, long persistentBytes,
                          long constructionPeakBytes, long stepPeakBytes, Map<Category, Long> atStepPeak,
-                         String stepPeakPhase, long largestTensorElements, String largestTensor) {
+                         String stepPeakPhase, String gatheredAtStepPeak, long largestTensorElements,
+                         String largestTensor) {
 
     /** Tensors address their elements with int counts: a larger one cannot be made. */
     public static final long MAX_TENSOR_ELEMENTS = Integer.MAX_VALUE;

@@ -26,6 +26,7 @@ public final class MemoryPlanner {
         long stepPeak = 0;
         long[] atPeak = null;
         String phase = "";
+        String gathered = "";
         for (int step = 0; step < 2; step++) {
             mem.resetPeak();
             replay.step();
@@ -33,6 +34,7 @@ public final class MemoryPlanner {
                 stepPeak = mem.peak();
                 atPeak = mem.atPeak();
                 phase = mem.peakPhase();
+                gathered = mem.peakContext();
             }
         }
         Map<Category, Long> by = new EnumMap<>(Category.class);
@@ -42,7 +44,7 @@ public final class MemoryPlanner {
             }
         }
         return new MemoryPlan(r, replay.units.globalParameters(), replay.units.activeParameters(), persistent,
-                construction, stepPeak, by, phase, mem.largestElements(), mem.largestWhat());
+                construction, stepPeak, by, phase, gathered, mem.largestElements(), mem.largestWhat());
     }
 
     /** Changes that make a request fit, the mildest of each kind; empty when it fits as it is. */
@@ -56,9 +58,10 @@ public final class MemoryPlanner {
         if (r.construction() == PlanRequest.Construction.FULL && plan.constructionPeakBytes() > plan.usableBytes()) {
             base = r.withConstruction(PlanRequest.Construction.SHARDED);
             MemoryPlan sharded = plan(base);
-            out.add(new Suggestion("build the model sharded: each rank allocates only its shards (the trainer "
-                    + "builds the full f32 model on every rank first, " + gb(plan.constructionPeakBytes()) + ")",
-                    sharded.fits() ? "" : "not enough alone; with it:", sharded));
+            out.add(new Suggestion("build the model sharded, each rank allocating only its shards (--construction "
+                    + "sharded; the trainer builds the full f32 model on every rank first: "
+                    + gb(plan.constructionPeakBytes()) + ")", sharded.fits() ? ""
+                    : "needed, and not enough alone: the changes below assume it", sharded));
             if (sharded.fits()) {
                 return out;
             }

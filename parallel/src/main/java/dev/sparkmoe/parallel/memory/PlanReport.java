@@ -38,6 +38,7 @@ public final class PlanReport {
             Category.UNIT_GRADIENTS, Category.GATHERED}) {
             row(sb, cat.label(), gb(p.bytes(cat)));
         }
+        sb.append("    ").append(p.gatheredAtStepPeak()).append('\n');
         row(sb, "activations kept for backward", gb(p.activationBytes()));
         for (Category cat : new Category[] {Category.RESIDUAL, Category.ATTENTION, Category.MOE, Category.LOGITS,
             Category.INPUTS}) {
@@ -71,7 +72,7 @@ public final class PlanReport {
                 sb.append("no change the planner tries makes it fit (up to 4096 GPUs with full activation "
                         + "checkpointing)\n");
             } else {
-                sb.append("what would fit, changing one thing:\n");
+                sb.append("what would fit:\n");
                 for (Suggestion s : suggestions) {
                     MemoryPlan q = s.plan();
                     sb.append(String.format(Locale.ROOT, "  - %s: peak %s GB%s%s%n", s.change(), gb(q.peakBytes()),
@@ -121,6 +122,7 @@ public final class PlanReport {
         }
         out.put("at_step_peak_bytes", at);
         out.put("step_peak_phase", p.stepPeakPhase());
+        out.put("gathered_at_step_peak", p.gatheredAtStepPeak());
         out.put("step_peak_bytes", p.stepPeakBytes());
         out.put("persistent_bytes", p.persistentBytes());
         out.put("construction_peak_bytes", p.constructionPeakBytes());

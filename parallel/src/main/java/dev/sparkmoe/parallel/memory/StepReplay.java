@@ -46,6 +46,7 @@ final class StepReplay {
         mem = new Ledger(r.device() == PlanRequest.Device.CUDA);
         fsdp = new FsdpReplay(mem, r.bf16Device(), r.prefetch());
         dev = new DeviceModel(mem, r);
+        mem.context(() -> fsdp.gatheredUnits(units.units));
         h = c.hiddenSize();
         v = c.vocabSize();
         e = c.numExperts();
