@@ -53,6 +53,9 @@ final class FsdpReplay {
                 held.add(u.path + (images ? " (bf16)" : ""));
             }
         }
+        if (held.isEmpty() && flying.isEmpty()) {
+            return "no unit gathered";
+        }
         return held.size() + " gathered: " + String.join(", ", held) + (flying.isEmpty() ? ""
                 : "; " + flying.size() + " in flight: " + String.join(", ", flying));
     }

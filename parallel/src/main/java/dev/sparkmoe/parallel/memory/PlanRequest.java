@@ -142,6 +142,18 @@ public record PlanRequest(Qwen3MoeConfig model, int worldSize, int ep, int batch
                 FsdpUnit.prefetchDepth(), Qwen3MoeParallelizer.keepsLastLayerGathered());
     }
 
+    /**
+     * The request of a trainer about to be built (a pre-flight check): its model, layout, sequence length,
+     * accumulation and precision, {@code batchSequences} sequences per rank, on the CUDA backend unless the spec says
+     * cpu.
+     */
+    public static PlanRequest forTrainer(dev.sparkmoe.parallel.train.TrainerSpec spec, int batchSequences) {
+        return defaults(Qwen3MoeConfig.parse(spec.hfConfigJson())).withLayout(spec.dpShard(), spec.ep())
+                .withBatch(batchSequences, spec.seqLen(), Math.max(1, spec.optimizer().gradAccumSteps()))
+                .withPrecision(Precision.parse(spec.precision()), "cpu".equals(spec.backend()) ? Device.CPU
+                        : Device.CUDA);
+    }
+
     public PlanRequest withLayout(int newWorld, int newEp) {
         return new PlanRequest(model, newWorld, newEp, batch, seqLen, gradAccum, precision, device, checkpointing,
                 lossChunkTokens, construction, expertImbalance, deviceMemoryBytes, reserveBytes, prefetch,

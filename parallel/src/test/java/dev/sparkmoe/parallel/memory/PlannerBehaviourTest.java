@@ -123,6 +123,25 @@ class PlannerBehaviourTest {
     }
 
     @Test
+    void aTrainerSpecIsARequest() {
+        dev.sparkmoe.parallel.train.TrainerSpec.OptimizerSettings opt =
+                new dev.sparkmoe.parallel.train.TrainerSpec.OptimizerSettings(1e-4, 1e-4, 0, 1, "constant", 0.9, 0.95,
+                        1e-8, 0.1, 1.0, 2);
+        dev.sparkmoe.parallel.train.TrainerSpec spec = new dev.sparkmoe.parallel.train.TrainerSpec(c1().toJson(),
+                null, 1, 4, 2, 2048, opt, "cuda", 0, "bf16");
+        PlanRequest r = PlanRequest.forTrainer(spec, 8);
+        assertEquals(4, r.worldSize());
+        assertEquals(2, r.ep());
+        assertEquals(8, r.batch());
+        assertEquals(2048, r.seqLen());
+        assertEquals(2, r.gradAccum());
+        assertEquals(PlanRequest.Precision.BF16, r.precision());
+        assertEquals(PlanRequest.Device.CUDA, r.device());
+        assertEquals(c1(), r.model());
+        assertEquals(PlanRequest.Device.CPU, PlanRequest.forTrainer(spec.onDevice("cpu", -1), 8).device());
+    }
+
+    @Test
     void aRunThatFitsGetsNoAdvice() {
         PlanRequest r = PlanRequest.defaults(MeasuredPeaks.small().build()).withBatch(4, 1024, 1);
         assertTrue(MemoryPlanner.plan(r).fits());
