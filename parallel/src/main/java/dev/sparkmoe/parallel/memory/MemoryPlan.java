@@ -18,7 +18,7 @@ import java.util.Map;
  * @param atStepPeak             what was live at the step's peak
  * @param stepPeakPhase          where in the step the peak falls
  * @param gatheredAtStepPeak     the FSDP units holding gathered weights at the step's peak, and the gathers in flight
- * @param largestTensorElements  elements of the largest tensor the step makes
+ * @param largestTensorElements  elements of the largest tensor the run makes (model construction included)
  * @param largestTensor          what that tensor is
  */
 public record MemoryPlan(PlanRequest request, long parameters, long activeParameters, long persistentBytes,
