@@ -11,6 +11,8 @@ import dev.sparkmoe.gpu.launch.RankContext;
 import dev.sparkmoe.gpu.launch.RankEntry;
 import dev.sparkmoe.parallel.comm.TimedCommunicator;
 import dev.sparkmoe.parallel.fsdp.FsdpParam;
+import dev.sparkmoe.parallel.memory.MemoryPlanner;
+import dev.sparkmoe.parallel.memory.PlanRequest;
 import dev.sparkmoe.parallel.train.DistributedTrainer;
 import dev.sparkmoe.parallel.train.StepMetrics;
 import dev.sparkmoe.parallel.train.TrainerSpec;
@@ -29,7 +31,8 @@ import java.util.SplittableRandom;
  * It trains the given config from random weights on random token ids (B sequences of T tokens per GPU, as the
  * PyTorch baselines of shared/bench do), times {@code --steps} steps after {@code --warmup} and prints one JSON line
  * with the baselines' fields: tokens/s (per GPU), model FLOPs utilisation against 989 TFLOP/s dense bf16 with the
- * baselines' FLOP count, peak device memory, the last loss.
+ * baselines' FLOP count, peak device memory (and the memory planner's peak for the same run beside it), the last
+ * loss.
  *
  * <p>Options: --config FILE|JSON, --batch B (4), --seq T (2048), --steps N (8), --warmup N (3), --ep M (1),
  * --gemm f32|tf32|bf16 (bf16: tensor cores with f32 accumulation), --seed S (0), --out FILE (JSON also written),
@@ -190,6 +193,7 @@ public final class TrainBench implements RankEntry {
             out.put("mfu_bf16_dense_989", round(flopsPerToken * tokPerGpu / 989e12, 4));
             out.put("loss", last == null ? null : round(last.loss(), 4));
             out.put("peak_mem_gb", round(peakGb[0], 2));
+            out.put("planned_peak_gb", round(plannedPeak(config, ctx, ep, batch, seq, gemm) / 1e9, 2));
             out.put("device", cudaBackend != null ? cudaBackend.deviceName() : "cpu");
             Map<String, Object> perStep = new LinkedHashMap<>();
             for (Map.Entry<String, double[]> c : comm.entrySet()) {
@@ -209,6 +213,17 @@ public final class TrainBench implements RankEntry {
             }
         }
         return 0;
+    }
+
+    /**
+     * The memory planner's peak for this run (the larger of building the model and a step, rank 0), to set beside
+     * peak_mem_gb: the CUDA allocator's blocks, or on the CPU the tensors MemoryTracker counts.
+     */
+    static long plannedPeak(Qwen3MoeConfig config, RankContext ctx, int ep, int batch, int seq, String gemm) {
+        PlanRequest r = PlanRequest.defaults(config).withLayout(ctx.worldSize(), ep).withBatch(batch, seq, 1)
+                .withPrecision(PlanRequest.Precision.parse(precision(gemm)),
+                        ctx.isCuda() ? PlanRequest.Device.CUDA : PlanRequest.Device.CPU);
+        return MemoryPlanner.plan(r).peakBytes();
     }
 
     private static double round(double v, int digits) {

@@ -48,6 +48,7 @@ class TrainBenchTest {
         assertEquals(189824L, r.get("params")); // the tiny config's parameter count, before sharding
         double loss = ((Number) r.get("loss")).doubleValue();
         assertTrue(loss > 5 && loss < 7, "loss of a random tiny model on random ids is near ln 512: " + loss);
+        assertTrue(r.containsKey("planned_peak_gb"), "the memory planner's peak beside peak_mem_gb: " + r);
         @SuppressWarnings("unchecked")
         Map<String, Object> comm = (Map<String, Object>) r.get("comm_per_step");
         for (String k : new String[] {"all_gather_ms", "reduce_scatter_ms", "all_to_all_ms"}) {

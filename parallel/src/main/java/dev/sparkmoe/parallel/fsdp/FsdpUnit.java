@@ -110,6 +110,11 @@ public final class FsdpUnit implements ModuleHook {
      */
     static final int PREFETCH = Math.max(1, Integer.getInteger("sparkmoe.fsdp.prefetch", 2));
 
+    /** {@link #PREFETCH}: how many units ahead a unit starts gathering (what the memory planner assumes). */
+    public static int prefetchDepth() {
+        return PREFETCH;
+    }
+
     @Override
     public void beforeForward(Module m) {
         unshard();

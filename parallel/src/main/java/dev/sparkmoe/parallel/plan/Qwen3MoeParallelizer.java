@@ -43,6 +43,19 @@ public final class Qwen3MoeParallelizer implements ModelParallelizer {
     /** {@code -Dsparkmoe.fsdp.keepLastLayer=false} reshards the last decoder layer after forward like the others. */
     static final boolean KEEP_LAST_LAYER = !"false".equals(System.getProperty("sparkmoe.fsdp.keepLastLayer"));
 
+    /** Whether the last decoder layer keeps its gathered weights from forward to backward (the memory planner's). */
+    public static boolean keepsLastLayerGathered() {
+        return KEEP_LAST_LAYER;
+    }
+
+    /**
+     * The dim FSDP shards a layer's stacked experts on: 0 (whole experts on a rank) when the rank holds at least as
+     * many experts as the group has ranks, else 1.
+     */
+    public static int expertShardDim(int localExperts, int groupSize) {
+        return localExperts >= groupSize ? 0 : 1;
+    }
+
     @Override
     public void parallelize(Module root, DeviceMesh mesh, ParallelDims dims, MixedPrecisionPolicy policy,
                             FullyShard fsdp) {
@@ -64,7 +77,7 @@ public final class Qwen3MoeParallelizer implements ModelParallelizer {
             // the last layer keeps its weights from forward to backward
             boolean reshard = i < layers.size() - 1 || !KEEP_LAST_LAYER;
             if (layer.isMoe()) {
-                int expertDim = layer.moe().experts().localExperts() >= expertGroup.size() ? 0 : 1;
+                int expertDim = expertShardDim(layer.moe().experts().localExperts(), expertGroup.size());
                 fsdp.fullyShard(layer.moe().experts(), expertGroup, p -> expertDim, policy, reshard);
             }
             fsdp.fullyShard(layer, fsdpGroup, FullyShard.SHARD_DIM_0, policy, reshard);

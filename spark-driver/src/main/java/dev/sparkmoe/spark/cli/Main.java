@@ -21,6 +21,7 @@ import java.util.List;
  * keys                                       print the configuration reference (Markdown)
  * step --checkpoint DIR --inputs FILE ...     one forward/backward (and AdamW step) for model porting
  * launch --nproc N ... [-- ARGS]              N ranks on this host without Spark (the torchrun equivalent)
+ * plan --model M [--world-size N ...]         per-rank memory of a run, whether it fits, what to change
  * </pre>
  */
 public final class Main {
@@ -35,6 +36,7 @@ public final class Main {
             "usage: spark-moe train CONFIG.yaml [--set key=value ...]   train on Spark (local[N] by default)",
             "       spark-moe step --checkpoint DIR --inputs FILE --out FILE [--adamw ...] [--dp-shard N --ep M]",
             "       spark-moe launch --nproc N [--backend auto|cpu|cuda] [--entry CLASS] [-- ARGS]   one process per GPU",
+            "       spark-moe plan --model PRESET|CONFIG|DIR [--world-size N --ep M --batch B --seq T ...]   memory per GPU",
             "       spark-moe keys                                      print the configuration reference");
 
     public static int run(String[] args, PrintStream out, PrintStream err) {
@@ -50,6 +52,8 @@ public final class Main {
                 return train(args, out, err);
             case "step":
                 return step(java.util.Arrays.copyOfRange(args, 1, args.length), err);
+            case "plan":
+                return PlanCommand.run(java.util.Arrays.copyOfRange(args, 1, args.length), out, err);
             case "launch":
                 return dev.sparkmoe.gpu.launch.Launcher.run(java.util.Arrays.copyOfRange(args, 1, args.length), out,
                         err);

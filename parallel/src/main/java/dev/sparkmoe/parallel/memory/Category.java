@@ -1,0 +1,34 @@
+package dev.sparkmoe.parallel.memory;
+
+/** What a planned allocation holds, as the plan reports bytes at the peak. */
+public enum Category {
+    PARAMETERS("parameters (f32 master shards)"),
+    OPTIMIZER("optimizer state (AdamW m and v, f32 shards)"),
+    GRADIENT_SHARDS("gradient shards (f32)"),
+    UNIT_GRADIENTS("unit gradients before reduce-scatter (f32, unsharded)"),
+    GATHERED("gathered FSDP units (f32 or bf16 images, in-flight gathers)"),
+    INPUTS("token ids, targets"),
+    RESIDUAL("saved: residual stream and norms"),
+    ATTENTION("saved: attention (q, k, v before and after norm and rope, output, lse)"),
+    MOE("saved: MoE routing, dispatch, expert activations (dense MLPs' too)"),
+    LOGITS("logits and loss (final norm, [tokens, V] logits and their gradient)"),
+    TEMPORARIES("temporaries (activation gradients, dispatch buffers in flight)"),
+    WORKSPACE("backend workspace (bf16 copies, kernel scratch)"),
+    MODEL_BUILD("full model while it is built and sharded");
+
+    private final String label;
+
+    Category(String label) {
+        this.label = label;
+    }
+
+    /** The row label of the plan's table. */
+    public String label() {
+        return label;
+    }
+
+    /** Whether the category is an activation kept from the forward pass for the backward pass. */
+    public boolean isActivation() {
+        return this == INPUTS || this == RESIDUAL || this == ATTENTION || this == MOE || this == LOGITS;
+    }
+}

@@ -1,0 +1,168 @@
+package dev.sparkmoe.parallel.memory;
+
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * What the backend itself allocates, beyond the tensors the model asks for. The CPU backend's kernels allocate
+ * nothing a {@code MemoryTracker} sees; the CUDA backend ({@code CudaBackend}) holds the experts' GEMM operands as
+ * bf16 at bf16 precision ({@code emptyGemmOperand}), copies attention's operands to bf16 for its flash kernels (or
+ * uses T x T score buffers under a 512 MiB budget in its f32 path), rounds the grouped GEMM's other operands into bf16
+ * copies that it keeps for the very next grouped GEMM, and takes a row buffer for the cross-entropy.
+ */
+final class DeviceModel {
+    /** CudaBackend.DEFAULT_ATTENTION_CHUNK_BYTES: the budget of the f32 attention path's score buffers. */
+    static final long ATTENTION_CHUNK_BYTES = 512L << 20;
+    /** Groups one grouped GEMM launch takes (CudaBackend.GG_MAX_GROUPS); only a single launch keeps its copies. */
+    static final int GROUPED_MAX_GROUPS = 64;
+
+    private final Ledger mem;
+    private final boolean cuda;
+    private final boolean bf16;
+    private final List<Cast> heldCasts = new ArrayList<>();
+
+    /** An operand of a grouped GEMM: its identity, its elements, and whether it is held as a bf16 image. */
+    record Operand(Object key, long elements, boolean image) {
+    }
+
+    private record Cast(Object key, Ledger.Buf copy) {
+    }
+
+    DeviceModel(Ledger mem, PlanRequest r) {
+        this.mem = mem;
+        this.cuda = r.device() == PlanRequest.Device.CUDA;
+        this.bf16 = r.bf16Device();
+    }
+
+    boolean cuda() {
+        return cuda;
+    }
+
+    /** Backend.emptyGemmOperand: a bf16 image (2 bytes an element, 16-byte aligned) at bf16 on CUDA, else f32. */
+    Ledger.Buf operand(Category c, long elements, String what) {
+        if (bf16 && elements > 0) {
+            return mem.bytes(c, (2 * elements + 15) & ~15L);
+        }
+        return mem.f32(c, elements, what);
+    }
+
+    /** Whether {@link #operand} makes bf16 images, which the grouped GEMM reads in place. */
+    boolean operandsAreImages() {
+        return bf16;
+    }
+
+    /**
+     * A grouped GEMM of {@code groups} experts. An operand that is not a bf16
+     * image is rounded into a bf16 copy, unless the previous grouped GEMM copied the same one; the copies of the
+     * previous call that this one does not use are freed after it, and this call's are kept for the next one (when
+     * the call is a single launch). Nothing of this on the CPU or in f32.
+     */
+    void groupedGemm(int groups, Operand... operands) {
+        if (!bf16) {
+            return;
+        }
+        if (groups > GROUPED_MAX_GROUPS) { // several launches, each with its own copies, freed after it
+            dropCasts();
+            double share = (double) GROUPED_MAX_GROUPS / groups;
+            List<Ledger.Buf> made = new ArrayList<>();
+            for (Operand o : operands) {
+                if (!o.image()) {
+                    made.add(mem.bytes(Category.WORKSPACE, 2 * (long) Math.ceil(o.elements() * share)));
+                }
+            }
+            for (Ledger.Buf b : made) {
+                mem.free(b);
+            }
+            return;
+        }
+        List<Cast> offered = new ArrayList<>(heldCasts);
+        heldCasts.clear();
+        for (Operand o : operands) {
+            if (o.image()) {
+                continue;
+            }
+            Cast reuse = null;
+            for (Cast h : offered) {
+                if (h.key() == o.key()) {
+                    reuse = h;
+                }
+            }
+            if (reuse != null) {
+                offered.remove(reuse);
+                heldCasts.add(reuse);
+            } else {
+                heldCasts.add(new Cast(o.key(), mem.bytes(Category.WORKSPACE, 2 * o.elements())));
+            }
+        }
+        for (Cast h : offered) {
+            mem.free(h.copy());
+        }
+    }
+
+    /** Any other backend call but the next drops the kept copies. */
+    void dropCasts() {
+        for (Cast h : heldCasts) {
+            mem.free(h.copy());
+        }
+        heldCasts.clear();
+    }
+
+    private boolean flash(int headDim) {
+        return bf16 && (headDim == 64 || headDim == 128);
+    }
+
+    /** The transient scratch of attentionForward. */
+    void attentionForward(int batch, int seqLen, int qHeads, int kvHeads, int headDim) {
+        if (!cuda) {
+            return;
+        }
+        long n = (long) batch * seqLen;
+        if (flash(headDim)) { // bf16 copies of q, k and v for the kernel
+            scratch(2 * n * qHeads * headDim, 2 * n * kvHeads * headDim, 2 * n * kvHeads * headDim);
+        } else {
+            scratch(4 * chunkElements(seqLen, qHeads / kvHeads, kvHeads, 1));
+        }
+    }
+
+    /** The transient scratch of attentionBackward. */
+    void attentionBackward(int batch, int seqLen, int qHeads, int kvHeads, int headDim) {
+        if (!cuda) {
+            return;
+        }
+        long n = (long) batch * seqLen;
+        long di = 4 * n * qHeads;
+        if (flash(headDim)) { // Di, bf16 dO, q, k, v
+            scratch(di, 2 * n * qHeads * headDim, 2 * n * qHeads * headDim, 2 * n * kvHeads * headDim,
+                    2 * n * kvHeads * headDim);
+        } else { // Di and two [heads, T, T] buffers sharing the budget
+            long chunk = 4 * chunkElements(seqLen, qHeads / kvHeads, kvHeads, 2);
+            scratch(di, chunk, chunk);
+        }
+    }
+
+    /** CudaBackend.attentionChunk: elements of one T x T buffer for the heads that fit the budget. */
+    static long chunkElements(int seqLen, int group, int kvHeads, int buffers) {
+        long perHead = (long) seqLen * seqLen * 4L * buffers;
+        long maxHeads = Math.max(1, ATTENTION_CHUNK_BYTES / perHead);
+        int nG = (int) Math.min(kvHeads, maxHeads);
+        int nHH = nG == kvHeads ? (int) Math.max(1, Math.min(group, maxHeads / kvHeads)) : 1;
+        return (long) nHH * nG * seqLen * seqLen;
+    }
+
+    /** crossEntropy's per-row loss buffer (doubles). */
+    void crossEntropy(long rows) {
+        if (cuda) {
+            scratch(8 * (rows + 1));
+        }
+    }
+
+    private void scratch(long... bytes) {
+        List<Ledger.Buf> made = new ArrayList<>();
+        for (long b : bytes) {
+            made.add(mem.bytes(Category.WORKSPACE, b));
+        }
+        for (Ledger.Buf b : made) {
+            mem.free(b);
+        }
+    }
+}

@@ -1,0 +1,208 @@
+package dev.sparkmoe.parallel.memory;
+
+import java.util.ArrayList;
+import java.util.EnumMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+
+/**
+ * Device memory of one rank of a Qwen3-MoE training run, before it runs: what {@code spark-moe plan} prints and what a
+ * pre-flight check can call. {@link #plan} replays rank 0's allocations (construction, then two training steps, the
+ * first recording FSDP's unit order as the trainer's first step does) on a ledger instead of a device; {@link #advise}
+ * tries the changes that lower the peak and returns, for each kind of change, the mildest that fits.
+ */
+public final class MemoryPlanner {
+    private MemoryPlanner() {
+    }
+
+    /** The plan of one request. */
+    public static MemoryPlan plan(PlanRequest r) {
+        StepReplay replay = new StepReplay(r);
+        Ledger mem = replay.mem;
+        replay.construct();
+        long construction = mem.peak();
+        long persistent = mem.live();
+        long stepPeak = 0;
+        long[] atPeak = null;
+        String phase = "";
+        String gathered = "";
+        for (int step = 0; step < 2; step++) {
+            mem.resetPeak();
+            replay.step();
+            if (atPeak == null || mem.peak() > stepPeak) {
+                stepPeak = mem.peak();
+                atPeak = mem.atPeak();
+                phase = mem.peakPhase();
+                gathered = mem.peakContext();
+            }
+        }
+        Map<Category, Long> by = new EnumMap<>(Category.class);
+        for (Category c : Category.values()) {
+            if (atPeak[c.ordinal()] != 0) {
+                by.put(c, atPeak[c.ordinal()]);
+            }
+        }
+        return new MemoryPlan(r, replay.units.globalParameters(), replay.units.activeParameters(), persistent,
+                construction, stepPeak, by, phase, gathered, mem.largestElements(), mem.largestWhat());
+    }
+
+    /** Changes that make a request fit, the mildest of each kind; empty when it fits as it is. */
+    public static List<Suggestion> advise(PlanRequest r) {
+        List<Suggestion> out = new ArrayList<>();
+        MemoryPlan plan = plan(r);
+        if (plan.fits()) {
+            return out;
+        }
+        PlanRequest base = r;
+        if (r.construction() == PlanRequest.Construction.FULL && plan.constructionPeakBytes() > plan.usableBytes()) {
+            base = r.withConstruction(PlanRequest.Construction.SHARDED);
+            MemoryPlan sharded = plan(base);
+            out.add(new Suggestion("build the model sharded, each rank allocating only its shards (--construction "
+                    + "sharded; the trainer builds the full f32 model on every rank first: "
+                    + gb(plan.constructionPeakBytes()) + ")", sharded.fits() ? ""
+                    : "needed, and not enough alone: the changes below assume it", sharded));
+            if (sharded.fits()) {
+                return out;
+            }
+        }
+        boolean any = false;
+        any |= add(out, gradAccum(base));
+        any |= add(out, checkpointing(base));
+        any |= add(out, lossChunk(base));
+        any |= add(out, expertParallel(base));
+        any |= add(out, smallerBatch(base));
+        any |= add(out, shorterSequence(base));
+        any |= add(out, moreGpus(base, "", base));
+        if (!any) {
+            PlanRequest all = base.withCheckpointing(PlanRequest.Checkpointing.FULL);
+            Suggestion s = moreGpus(all, "full activation checkpointing (training.activation_checkpointing=full) "
+                    + "and ", base);
+            if (s == null && base.batch() > 1) {
+                s = moreGpus(all.withBatch(1, base.seqLen(), 1), "full activation checkpointing, 1 sequence per "
+                        + "rank and ", base);
+            }
+            add(out, s);
+        }
+        return out;
+    }
+
+    private static boolean add(List<Suggestion> out, Suggestion s) {
+        if (s != null) {
+            out.add(s);
+            return true;
+        }
+        return false;
+    }
+
+    private static Suggestion gradAccum(PlanRequest r) {
+        for (int a = r.gradAccum() + 1; a <= r.batch(); a++) {
+            if (r.batch() % a != 0) {
+                continue;
+            }
+            MemoryPlan p = plan(r.withBatch(r.batch(), r.seqLen(), a));
+            if (p.fits()) {
+                return new Suggestion("gradient accumulation over " + a + " micro-batches of " + r.batch() / a
+                        + " sequences (--grad-accum " + a + ", training.grad_accum=" + a + ")",
+                        "same global batch, " + a + " forward/backward passes per step", p);
+            }
+        }
+        return null;
+    }
+
+    private static Suggestion checkpointing(PlanRequest r) {
+        if (r.checkpointing() != PlanRequest.Checkpointing.NONE) {
+            return null;
+        }
+        for (PlanRequest.Checkpointing c : new PlanRequest.Checkpointing[] {PlanRequest.Checkpointing.SELECTIVE,
+            PlanRequest.Checkpointing.FULL}) {
+            MemoryPlan p = plan(r.withCheckpointing(c));
+            if (p.fits()) {
+                String name = c.name().toLowerCase(Locale.ROOT);
+                return new Suggestion(name + " activation checkpointing (--activation-checkpointing " + name
+                        + ", training.activation_checkpointing=" + name + ")",
+                        "each layer's forward runs again in the backward pass", p);
+            }
+        }
+        return null;
+    }
+
+    private static Suggestion lossChunk(PlanRequest r) {
+        if (r.lossChunkTokens() != 0) {
+            return null;
+        }
+        long tokens = (long) r.batch() / r.gradAccum() * r.seqLen();
+        for (int chunk : new int[] {8192, 4096, 2048, 1024}) {
+            if (chunk >= tokens) {
+                continue;
+            }
+            MemoryPlan p = plan(r.withLossChunk(chunk));
+            if (p.fits()) {
+                return new Suggestion("the fused LM head and loss in chunks of " + chunk + " tokens (--loss-chunk "
+                        + chunk + ")", "no [tokens, vocab] logits tensor", p);
+            }
+        }
+        return null;
+    }
+
+    private static Suggestion expertParallel(PlanRequest r) {
+        int experts = r.model().numExperts();
+        for (int ep = r.ep() + 1; ep <= r.worldSize(); ep++) {
+            if (r.worldSize() % ep != 0 || experts % ep != 0) {
+                continue;
+            }
+            MemoryPlan p = plan(r.withLayout(r.worldSize(), ep));
+            if (p.fits()) {
+                return new Suggestion("expert parallelism over " + ep + " ranks (--ep " + ep + ", layout.ep=" + ep
+                        + ")", (experts / ep) + " experts per rank, tokens travel by all-to-all", p);
+            }
+        }
+        return null;
+    }
+
+    private static Suggestion smallerBatch(PlanRequest r) {
+        for (int b = r.batch() - 1; b >= 1; b--) {
+            int accum = b % r.gradAccum() == 0 ? r.gradAccum() : 1;
+            MemoryPlan p = plan(r.withBatch(b, r.seqLen(), accum));
+            if (p.fits()) {
+                return new Suggestion(b + " sequences per rank (--batch " + b + ", training.batch_sequences=" + b
+                        + (accum != r.gradAccum() ? ", grad_accum 1" : "") + ")", "global batch "
+                        + (long) b * r.worldSize() + " sequences instead of " + (long) r.batch() * r.worldSize(), p);
+            }
+        }
+        return null;
+    }
+
+    private static Suggestion shorterSequence(PlanRequest r) {
+        for (int t = r.seqLen() / 2; t >= 64; t /= 2) {
+            MemoryPlan p = plan(r.withBatch(r.batch(), t, r.gradAccum()));
+            if (p.fits()) {
+                return new Suggestion("sequences of " + t + " tokens (--seq " + t + ", training.seq_len=" + t + ")",
+                        "a shorter context than " + r.seqLen(), p);
+            }
+        }
+        return null;
+    }
+
+    /** The smallest world (the current one times a power of two, up to 4096 ranks) that fits. */
+    private static Suggestion moreGpus(PlanRequest r, String prefix, PlanRequest original) {
+        for (int w = r.worldSize() * 2; w <= 4096; w *= 2) {
+            MemoryPlan p = plan(r.withLayout(w, r.ep()));
+            if (p.fits()) {
+                return new Suggestion(prefix + w + " GPUs (--world-size " + w + ", layout.world_size=" + w + ")",
+                        "global batch " + (long) p.request().batch() * w + " sequences instead of "
+                                + (long) original.batch() * original.worldSize(), p);
+            }
+        }
+        return null;
+    }
+
+    /** The block the CUDA backend's caching allocator gives a request of {@code bytes}, as plans count it. */
+    public static long cudaBlockBytes(long bytes) {
+        return Ledger.blockBytes(bytes);
+    }
+
+    static String gb(long bytes) {
+        return String.format(Locale.ROOT, "%.2f GB", bytes / 1e9);
+    }
+}

@@ -1,0 +1,76 @@
+package dev.sparkmoe.parallel.memory;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+
+import dev.sparkmoe.core.backend.CpuBackend;
+import dev.sparkmoe.core.model.Qwen3MoeConfig;
+import dev.sparkmoe.core.model.Qwen3MoeModel;
+import dev.sparkmoe.core.nn.Parameter;
+import dev.sparkmoe.parallel.comm.InJvmRanks;
+import dev.sparkmoe.parallel.fsdp.FsdpParam;
+import dev.sparkmoe.parallel.plan.Qwen3MoeParallelizer;
+import dev.sparkmoe.parallel.train.DistributedTrainer;
+import dev.sparkmoe.parallel.train.TrainerSpec;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+
+/**
+ * The planner's parameters and FSDP units are the model's and the trainer's: the same names and shapes as
+ * {@code Qwen3MoeModel.parameters()} (all experts), and on rank 0 of a real {@code DistributedTrainer} the same
+ * sharded parameters in the same order (units in creation order), each with the same group size, shard dim and shard
+ * shape. Covers expert parallelism, experts split on dim 1, uneven shards, tied embeddings and a dense layer.
+ */
+class UnitLayoutTest {
+
+    @ParameterizedTest(name = "world={0}, ep={1}, experts={2}, tied={3}")
+    @CsvSource({"1,1,8,false", "2,1,8,false", "4,2,8,false", "4,4,8,true", "3,1,8,false", "4,1,2,false",
+        "8,2,8,true"})
+    void theParametersAndUnitsAreTheTrainers(int world, int ep, int experts, boolean tied) {
+        Qwen3MoeConfig c = MeasuredPeaks.tiny().numExperts(experts).numExpertsPerTok(Math.min(2, experts))
+                .tieWordEmbeddings(tied).mlpOnlyLayers(tied ? List.of(0) : List.of()).build();
+        UnitLayout layout = new UnitLayout(c, world, ep, Qwen3MoeParallelizer.keepsLastLayerGathered());
+
+        List<String> model = new ArrayList<>();
+        for (Parameter p : new Qwen3MoeModel(c, new CpuBackend()).parameters()) {
+            model.add(p.name() + Arrays.toString(p.shape()));
+        }
+        List<String> planned = new ArrayList<>();
+        for (UnitLayout.Param p : layout.constructionOrder) {
+            planned.add(p.name + Arrays.toString(p.globalShape));
+        }
+        model.sort(null);
+        planned.sort(null);
+        assertEquals(model, planned, "the model's parameters");
+
+        TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-4, 0, 1, "constant", 0.9, 0.95,
+                1e-8, 0.1, 1.0, 1);
+        TrainerSpec spec = new TrainerSpec(c.toJson(), null, 1, world, ep, 16, opt, "cpu", -1);
+        List<String> trainer = InJvmRanks.run(world, Duration.ofMinutes(1), comm -> {
+            try (DistributedTrainer t = new DistributedTrainer(spec, comm, new CpuBackend(), null)) {
+                List<String> out = new ArrayList<>();
+                for (FsdpParam p : t.shardedParameters()) {
+                    out.add(p.parameter().name() + Arrays.toString(p.parameter().shape()) + " group "
+                            + p.group().size() + " dim " + p.layout().dim() + " shard "
+                            + Arrays.toString(p.shard().shape()));
+                }
+                return out;
+            }
+        }).get(0);
+        List<String> units = new ArrayList<>();
+        for (UnitLayout.Param p : layout.params()) {
+            units.add(p.name + Arrays.toString(p.shape) + " group " + p.groupSize + " dim " + p.layout.dim()
+                    + " shard " + Arrays.toString(p.layout.shardShape(0)));
+        }
+        assertEquals(trainer, units, "rank 0's sharded parameters, in FullyShard's order");
+        long shardElements = 0;
+        for (UnitLayout.Param p : layout.params()) {
+            shardElements += p.shardElements();
+        }
+        assertEquals(shardElements * 4, MemoryPlanner.plan(PlanRequest.defaults(c).withLayout(world, ep)
+                .withPrecision(PlanRequest.Precision.F32, PlanRequest.Device.CPU)).bytes(Category.PARAMETERS));
+    }
+}
