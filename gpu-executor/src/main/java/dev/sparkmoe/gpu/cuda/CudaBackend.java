@@ -35,43 +35,28 @@ import java.util.logging.Logger;
  * {@code attention.cu} in this package) launched through the driver API, and cuBLAS for the matrix products.
  *
  * <p>Matrix products: row-major C = op(A) op(B) is computed as the column-major C^T = op(B)^T op(A)^T by
- * {@code cublasGemmEx} with f32 storage and the compute type of {@link GemmPrecision} (default
- * {@code CUBLAS_COMPUTE_32F}, exact f32; TF32 and BF16 tensor-core modes are switchable through
- * {@link #setGemmPrecision} or {@code -Dsparkmoe.cuda.gemm=f32|tf32|bf16}). {@link #groupedGemm} (the experts of a MoE
- * layer) runs, by default ({@link GroupedMode#AUTO}), as ONE launch (per 64 groups) of a bf16 tensor-core grouped GEMM
- * kernel ({@link GroupedMode#KERNEL}) when the precision is {@link GemmPrecision#BF16} (and the device is sm_80 or
- * newer), and otherwise ({@link GroupedMode#LOOP}: F32 and TF32, the exact-parity modes) as one
- * {@code cublasGemmEx} per non-empty group on the stream; one cuBLAS call per group is launch-bound (about 16 us of
- * host time each on an H200, 32 groups x 9 grouped GEMMs per layer). Forced with {@link #setGroupedMode} or
- * {@code -Dsparkmoe.cuda.grouped=auto|kernel|loop|cublas}. The presets also bind {@code cublasGemmGroupedBatchedEx},
- * and {@link GroupedMode#CUBLAS_GROUPED} issues one such call for all groups (group size 1 each, pointer arrays
- * uploaded to the device on the stream), but it is experimental: on an H200 (cuBLAS 13.1, driver 580) it failed (an
- * illegal memory access; with blocking launches CUBLAS_STATUS_EXECUTION_FAILED), cause not yet found.
+ * {@code cublasGemmEx} with f32 storage and the compute type of {@link GemmPrecision} ({@link #setGemmPrecision}:
+ * {@code CUBLAS_COMPUTE_32F}, exact f32, until the trainer or benchmark sets the run's precision; TF32 and BF16 run on
+ * the tensor cores). {@link #groupedGemm} (the experts of a MoE layer) runs, by default ({@link GroupedMode#AUTO}), as
+ * ONE launch (per 64 groups) of a bf16 tensor-core grouped GEMM kernel ({@link GroupedMode#KERNEL}) when the precision
+ * is {@link GemmPrecision#BF16} (and the device is sm_80 or newer), and otherwise ({@link GroupedMode#LOOP}: F32 and
+ * TF32, the exact-parity modes) as one {@code cublasGemmEx} per non-empty group on the stream.
  *
- * <p>{@link GroupedMode#KERNEL} has two operand paths ({@link GroupedOperands}, {@link #setGroupedOperands} or
- * {@code -Dsparkmoe.cuda.groupedOperands=bf16|f32}), with the same products (operands rounded to nearest even, f32
- * accumulation of the same k16 products in the same order) and the same semantics (beta == 0 never reads C; k == 0
- * scales C_g by beta). {@link GroupedOperands#BF16} (the default): per launch, one {@code grouped_cast_bf16} per
- * operand rounds every group's block of A and of B into a stream-ordered scratch buffer (groups packed, rows padded
- * to 16 bytes with zeros, so any offset and stride works), then {@code grouped_gemm_bf16.cu} reads the bf16 copies
- * through a 3-stage cp.async ring (128 x 128 x 64 tiles). {@link GroupedOperands#F32}: {@code grouped_gemm.cu}
- * reads the f32 operands and rounds them while staging. On an H200 ({@code GroupedGemmKernelTest.timings}, the
- * model's six expert shapes, 32 experts, ~32k rows) the six took 1.411 ms on BF16, casts included (124-167
- * TFLOP/s; the casts 0.06-0.10 ms a call, the bf16 kernel alone 181-247 TFLOP/s), against 1.577 ms on F32 (111-143
- * TFLOP/s) and 2.94 ms for the cuBLAS loop: 1.12x end to end (the weight-gradient TN shapes gain least, one of them
- * 0.277 against 0.257 ms), because the casts are an extra pass over both operands at every call. BF16 costs scratch
- * memory for the duration of a launch (2 bytes per operand element used: 96 MiB for the model's largest call).
- * An operand held as a bf16 image is read in place instead ({@link #adoptBf16Images}: the FSDP bf16 gathers' weights;
- * {@link #emptyGemmOperand}: the experts' inputs, activations and their gradients, written in bf16 by the ops that
- * make them), so in the training step no expert operand is cast on 2 GPUs.
- * <p>Attention ({@link AttentionMode}, {@code -Dsparkmoe.cuda.attention=auto|gemm|flash|fused}): by default
- * ({@link AttentionMode#AUTO}) the bf16 tensor-core flash-attention kernels ({@link AttentionMode#FLASH},
- * {@code flash_attention.cu}: no T x T matrix in device memory, bf16 operands, f32 softmax and accumulation) when the
- * GEMM precision is {@link GemmPrecision#BF16}, the head dim is 64 or 128 and the device is sm_80 or newer;
- * otherwise (F32 and TF32, the parity settings, or another head dim) chunked strided-batched cuBLAS products with the
- * current {@link GemmPrecision} and row kernels for the causal softmax and its gradient ({@link AttentionMode#GEMM}).
- * The fused f32 CUDA-core kernels stay available as {@link AttentionMode#FUSED}. The choice is made at every call, so
- * a later {@link #setGemmPrecision} changes it.
+ * <p>{@link GroupedMode#KERNEL} reads bf16 operands: an operand held as a bf16 image is read in place
+ * ({@link #adoptBf16Images}: the FSDP bf16 gathers' weights; {@link #emptyGemmOperand}: the experts' inputs,
+ * activations and their gradients, written in bf16 by the ops that make them); any other is first rounded (nearest
+ * even) by one {@code grouped_cast_bf16} launch per operand into a stream-ordered scratch buffer (groups packed, rows
+ * padded to 16 bytes with zeros, so any offset and stride works; 2 bytes per operand element for the duration of the
+ * launch). {@code grouped_gemm_bf16.cu} then reads them through a 3-stage cp.async ring (128 x 128 x 64 tiles), with
+ * f32 accumulation; beta == 0 never reads C, and k == 0 scales C_g by beta.
+ *
+ * <p>Attention ({@link AttentionMode}): by default ({@link AttentionMode#AUTO}) the bf16 tensor-core flash-attention
+ * kernels ({@link AttentionMode#FLASH}, {@code flash_attention.cu}: no T x T matrix in device memory, bf16 operands,
+ * f32 softmax and accumulation) when the GEMM precision is {@link GemmPrecision#BF16}, the head dim is 64 or 128 and
+ * the device is sm_80 or newer; otherwise (F32 and TF32, the parity settings, or another head dim) chunked
+ * strided-batched cuBLAS products with the current {@link GemmPrecision} and row kernels for the causal softmax and
+ * its gradient ({@link AttentionMode#GEMM}). The choice is made at every call, so a later {@link #setGemmPrecision}
+ * changes it.
  *
  * <p>Errors: every native status is checked ({@link Cuda}). Index errors found by kernels (an embedding id, a
  * cross-entropy target, a gather/scatter index out of range) are recorded in a device error word and thrown as
@@ -90,7 +75,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private static final String K = "kernels.cu";
     private static final String A = "attention.cu";
     private static final String FA = "flash_attention.cu";
-    private static final String G = "grouped_gemm.cu";
     private static final String GB = "grouped_gemm_bf16.cu";
     /** grouped_cast_bf16's GCParams (see grouped_gemm_bf16.cu): srcLd, dstLd, count, pad, src[64], dst[64],
      *  rows[64], cols[64]. */
@@ -99,10 +83,9 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private static final long GC_OFF_ROWS = GC_OFF_DST + 8L * 64;
     private static final long GC_OFF_COLS = GC_OFF_ROWS + 4L * 64;
     private static final long GC_PARAMS_BYTES = GC_OFF_COLS + 4L * 64; // 1552
-    /** Groups per launch of the grouped GEMM kernel and the byte layout of its GGParams (see grouped_gemm.cu). */
+    /** Groups per launch of the grouped GEMM kernel and the byte layout of its GBParams (see grouped_gemm_bf16.cu). */
     private static final int GG_MAX_GROUPS = 64;
     private static final int GG_TILE_M = 128;
-    private static final int GG_THREADS = 256;
     private static final long GG_OFF_A = 24;
     private static final long GG_OFF_B = GG_OFF_A + 8L * GG_MAX_GROUPS;
     private static final long GG_OFF_C = GG_OFF_B + 8L * GG_MAX_GROUPS;
@@ -114,7 +97,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private static final long GG_PARAMS_BYTES = GG_OFF_FLAGS + 4L * GG_MAX_GROUPS; // 2840, as static_assert'ed there
     private static final int THREADS = 256;
     private static final boolean POISON = Boolean.getBoolean("sparkmoe.cuda.poison");
-    private static final boolean OPERAND_IMAGES = !"false".equals(System.getProperty("sparkmoe.cuda.operandImages"));
 
     /** Compute type of the f32 matrix products. */
     public enum GemmPrecision {
@@ -132,16 +114,14 @@ public final class CudaBackend implements Backend, AutoCloseable {
         }
     }
 
-    /** How {@link #groupedGemm} runs. */
+    /** How {@link #groupedGemm} runs ({@link #setGroupedMode}; tests force a path with it). */
     public enum GroupedMode {
-        /** One {@code cublasGemmGroupedBatchedEx} for all groups (experimental, opt-in). */
-        CUBLAS_GROUPED,
         /** One {@code cublasGemmEx} per group with the current {@link GemmPrecision}. */
         LOOP,
         /**
-         * One launch of the grouped GEMM kernel per 64 groups ({@code grouped_gemm_bf16.cu} after bf16 casts of the
-         * operands, or {@code grouped_gemm.cu}: see {@link GroupedOperands}): bf16 inputs (rounded to nearest even),
-         * f32 accumulation and output, whatever the {@link GemmPrecision}; needs sm_80 or newer.
+         * One launch of the grouped GEMM kernel per 64 groups ({@code grouped_gemm_bf16.cu}, on bf16 operands: images
+         * read in place, anything else cast first): bf16 inputs (rounded to nearest even), f32 accumulation and
+         * output, whatever the {@link GemmPrecision}; needs sm_80 or newer.
          */
         KERNEL,
         /** {@link #KERNEL} when the precision is {@link GemmPrecision#BF16} on sm_80 or newer, else {@link #LOOP}. */
@@ -149,25 +129,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     /**
-     * Where {@link GroupedMode#KERNEL} rounds its f32 operands to bf16 ({@link #setGroupedOperands},
-     * {@code -Dsparkmoe.cuda.groupedOperands=bf16|f32}). Both give the same products (round-to-nearest-even, f32
-     * accumulation); only the f32 summation order may differ.
-     */
-    public enum GroupedOperands {
-        /**
-         * {@code grouped_gemm_bf16.cu}: per launch, the groups' blocks of A and B are first cast to bf16 scratch
-         * copies (one {@code grouped_cast_bf16} launch per operand, rows padded to 16 bytes), then the kernel reads
-         * bf16 through a cp.async ring; the copies are released stream-ordered after it.
-         */
-        BF16,
-        /** {@code grouped_gemm.cu}: the kernel reads the f32 operands and rounds them while staging. */
-        F32
-    }
-
-    /**
-     * How {@link #attentionForward} and {@link #attentionBackward} run. Chosen by
-     * {@code -Dsparkmoe.cuda.attention=auto|gemm|flash|fused} (default auto) or {@link #setAttentionMode}; see
-     * {@link #effectiveAttentionMode} for what a call actually runs.
+     * How {@link #attentionForward} and {@link #attentionBackward} run ({@link #setAttentionMode}; see
+     * {@link #effectiveAttentionMode} for what a call actually runs).
      */
     public enum AttentionMode {
         /**
@@ -177,8 +140,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
         AUTO,
         /** Chunked strided-batched cuBLAS products with the current {@link GemmPrecision} plus row kernels. */
         GEMM,
-        /** The fused one-warp-per-row f32 kernels on the CUDA cores (slow; head dim up to 256). */
-        FUSED,
         /**
          * The flash-attention kernels on the tensor cores ({@code flash_attention.cu}): bf16 operands (inputs rounded
          * when staged), f32 online softmax, lse and accumulators, whatever the GEMM precision. Head dim 64 or 128 on
@@ -188,24 +149,21 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     /**
-     * Which kernels of {@code flash_attention.cu} {@link AttentionMode#FLASH} runs. Chosen by
-     * {@code -Dsparkmoe.cuda.flashKernels=v1|v2|v2_s2|v2_w8} (default v2_w8, the fastest measured) or
-     * {@link #setFlashKernels}. All give the same bits (same products, rounding points and accumulation orders); they
-     * differ in speed only.
+     * Which kernels of {@code flash_attention.cu} {@link AttentionMode#FLASH} runs: {@link #V2_W8}, except in tests,
+     * which also run {@link #V1} ({@link #setFlashKernels}). Both give the same bits (same products, rounding points
+     * and accumulation orders).
      */
-    public enum FlashKernels {
-        /** The first kernels: f32 inputs rounded to bf16 while staging each tile (synchronous loads). */
+    enum FlashKernels {
+        /**
+         * The first kernels, which {@code gpu-executor/scripts/flash_attention_emulator.py} transliterates lane by
+         * lane: f32 inputs rounded to bf16 while staging each tile (synchronous loads). The tests' reference for
+         * {@link #V2_W8}.
+         */
         V1("", 0, 0),
         /**
          * bf16 copies of q, k, v (and dO with Di, in the backward) made once per call, tiles staged by cp.async in a
-         * ring of 3, B operands by ldmatrix; same tile sizes as V1.
-         */
-        V2("", 3, 4),
-        /** V2 with a ring of 2 tiles. */
-        V2_S2("s2", 2, 4),
-        /**
-         * V2 with 8-warp backward CTAs (128 query rows per dq CTA, 128 key rows per dk/dv CTA); the default (fastest
-         * measured, see {@link #attentionBackward}).
+         * ring of 3, B operands by ldmatrix, 8-warp backward CTAs (128 query rows per dq CTA, 128 key rows per dk/dv
+         * CTA).
          */
         V2_W8("w8", 3, 8);
 
@@ -218,11 +176,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
             this.stages = stages;
             this.backwardWarps = backwardWarps;
         }
-
-        /** Suffix of the v2 forward kernel's name: "s2" for V2_S2, else "". */
-        String forwardSuffix() {
-            return stages == 2 ? "s2" : "";
-        }
     }
 
     /** Default bound of the transient score buffers of {@link AttentionMode#GEMM} attention (bytes per call). */
@@ -233,13 +186,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private final String deviceName;
     private final int smCount;
     private final int smMajor;
-    /** grouped_gemm.cu's GG_BN (tile columns: 128, or 256 by sparkmoe.cuda.defines) and GG_SMEM_BYTES (dynamic
-     *  shared memory: two bf16 tiles and, with GG_RING 1 (the default), GG_STAGES (2) f32 ring slots: 104 KB). */
-    private final int ggTileN;
-    private final int ggSharedBytes;
-    /** Whether this device grants a block ggSharedBytes of shared memory (sm_86 / sm_89 grant 99 KB: there
-     *  -Dsparkmoe.cuda.defines=GG_RING=0,GG_BN=256 needs 60 KB). */
-    private final boolean ggFits;
     /** grouped_gemm_bf16.cu's GB_BN, and its dynamic shared memory (GB_STAGES stages of bf16 A and B tiles; the
      *  default 3 x 36 KB) and whether the device grants it; its block size (64 x GB_WARPS_N) and the cast's
      *  GC_UNROLL. */
@@ -257,12 +203,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
     private final FloatPointer betaP = new FloatPointer(1);
     private final BytePointer argBytes = new BytePointer(8 * 32);
     private final PointerPointer<Pointer> argPtrs = new PointerPointer<>(32);
-    /** The grouped GEMM kernel's only parameter, a GGParams struct passed by value, and its kernelParams array. */
+    /** The grouped GEMM kernel's only parameter, a GBParams struct passed by value, and its kernelParams array. */
     private final BytePointer ggParams = new BytePointer(GG_PARAMS_BYTES);
     private final PointerPointer<Pointer> ggArgPtrs = new PointerPointer<>(1);
     private final BytePointer gcParams = new BytePointer(GC_PARAMS_BYTES);
     /**
-     * {@link GroupedOperands#BF16}: the bf16 copies of the last grouped GEMM's operands, kept for the very next
+     * {@link GroupedMode#KERNEL}: the bf16 copies of the last grouped GEMM's operands, kept for the very next
      * backend call only. Where that call is a grouped GEMM that would convert the same f32 blocks (same source
      * addresses, block shapes and stride), it reads the kept copy instead of converting again: {@code Experts} orders
      * its grouped GEMMs so that neighbours share an operand (the routed rows of the gate and up projections, the
@@ -287,24 +233,16 @@ public final class CudaBackend implements Backend, AutoCloseable {
     /** The largest rope table, in (position, i) cells: 16 MiB of cos and sin. */
     private static final long ROPE_TABLE_MAX = 1L << 21;
     private final Map<String, Boolean> sharedRaised = new HashMap<>();
-    private GemmPrecision gemmPrecision;
-    /**
-     * BF16 GEMMs through dense bf16 operand copies ({@code -Dsparkmoe.cuda.bf16Operands=true}); off by default. On
-     * 2 x H200 (one call) they gained 1-2% (1 GPU 141.4k -> 142.8k tokens/s, 2 GPUs 121.1k -> 123.7k per GPU) and
-     * added 0.55 GB to the peak (the copy of the LM head's [tokens, vocab] operand); copying only operands up to 16M
-     * elements gained nothing measurable, so the gain is the LM head's.
-     */
-    private boolean bf16Operands = Boolean.getBoolean("sparkmoe.cuda.bf16Operands");
-    private GroupedMode groupedMode;
-    private GroupedOperands groupedOperands;
-    private AttentionMode attentionMode;
-    private FlashKernels flashKernels;
+    private GemmPrecision gemmPrecision = GemmPrecision.F32;
+    private GroupedMode groupedMode = GroupedMode.AUTO;
+    private AttentionMode attentionMode = AttentionMode.AUTO;
+    private FlashKernels flashKernels = FlashKernels.V2_W8;
     /**
      * Timing hook for the tests (package-private): which stages of a FLASH backward run, as bits (1: the bf16 copies
      * and Di, 2: dk/dv, 4: dq); 7 (all) unless a timing test changes it. Any other value leaves outputs unwritten.
      */
     int flashBackwardStages = 7;
-    private long attentionChunkBytes;
+    private long attentionChunkBytes = DEFAULT_ATTENTION_CHUNK_BYTES;
     private long nextBufferId;
     private long nextScopeId;
     private Thread lastThread;
@@ -331,13 +269,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.deviceName = props.name().getString();
         this.smCount = props.multiProcessorCount();
         this.smMajor = props.major();
-        this.ggTileN = KernelLibrary.defineValue("GG_BN", 128);
-        int ggStages = KernelLibrary.defineValue("GG_RING", 1) == 0 ? 0 : KernelLibrary.defineValue("GG_STAGES", 2);
-        int bk = 32, pad = 8;
-        this.ggSharedBytes = ggStages * (GG_TILE_M + ggTileN) * bk * 4
-                + 2 * 2 * (Math.max(GG_TILE_M * (bk + pad), bk * (GG_TILE_M + pad))
-                + Math.max(ggTileN * (bk + pad), bk * (ggTileN + pad)));
-        this.ggFits = props.major() >= 8 && props.sharedMemPerBlockOptin() >= ggSharedBytes;
+        int pad = 8;
         this.gbTileN = KernelLibrary.defineValue("GB_BN", 128);
         this.gbThreads = 64 * KernelLibrary.defineValue("GB_WARPS_N", 4);
         this.gcUnroll = Math.max(1, KernelLibrary.defineValue("GC_UNROLL", 4));
@@ -356,17 +288,9 @@ public final class CudaBackend implements Backend, AutoCloseable {
         for (int i = 0; i < 32; i++) {
             argPtrs.put(i, RawPointer.of(argBytes.address() + 8L * i, 0));
         }
-        this.gemmPrecision = GemmPrecision.valueOf(System.getProperty("sparkmoe.cuda.gemm", "f32").toUpperCase(Locale.ROOT));
         ggArgPtrs.put(0, ggParams);
         gcArgPtrs.put(0, gcParams);
         bfpArgPtrs.put(0, bfpParams);
-        this.groupedOperands = parseGroupedOperands(System.getProperty("sparkmoe.cuda.groupedOperands", "bf16"));
-        this.groupedMode = parseGroupedMode(System.getProperty("sparkmoe.cuda.grouped", "auto"));
-        this.attentionMode = AttentionMode.valueOf(System.getProperty("sparkmoe.cuda.attention", "auto")
-                .toUpperCase(Locale.ROOT));
-        this.attentionChunkBytes = Long.getLong("sparkmoe.cuda.attention.chunkBytes", DEFAULT_ATTENTION_CHUNK_BYTES);
-        this.flashKernels = FlashKernels.valueOf(System.getProperty("sparkmoe.cuda.flashKernels", "v2_w8")
-                .toUpperCase(Locale.ROOT));
         this.errorWord = allocate(16);
         Cuda.check(cudart.cudaMemsetAsync(ptr(errorWord, 0), 0, 16, stream), "cudaMemsetAsync(error word)");
         LOG.info(String.format("CUDA backend %s: %s, %s, %d SMs, gemm %s, grouped gemm %s (now %s), attention %s "
@@ -398,11 +322,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
         return gemmPrecision;
     }
 
-    /** Whether {@link GemmPrecision#BF16} GEMMs run on bf16 copies of their operands (see the field's note). */
-    public synchronized void setBf16Operands(boolean on) {
-        bf16Operands = on;
-    }
-
     /** {@link GroupedMode#AUTO} (the default) follows the {@link GemmPrecision}; the others force a path. */
     public synchronized void setGroupedMode(GroupedMode m) {
         this.groupedMode = java.util.Objects.requireNonNull(m, "grouped mode");
@@ -421,40 +340,9 @@ public final class CudaBackend implements Backend, AutoCloseable {
         return gemmPrecision == GemmPrecision.BF16 && groupedKernelSupported() ? GroupedMode.KERNEL : GroupedMode.LOOP;
     }
 
-    /** Whether {@link GroupedMode#KERNEL} can run here: bf16 tensor cores (sm_80+) and the shared memory of the
-     *  kernel that {@link #groupedOperands} selects. */
+    /** Whether {@link GroupedMode#KERNEL} can run here: bf16 tensor cores (sm_80+) and the kernel's shared memory. */
     synchronized boolean groupedKernelSupported() {
-        return kernels.smMajor() >= 8 && (groupedOperands == GroupedOperands.BF16 ? gbFits : ggFits);
-    }
-
-    /** Which operand path {@link GroupedMode#KERNEL} takes (see {@link GroupedOperands}). */
-    public synchronized void setGroupedOperands(GroupedOperands o) {
-        this.groupedOperands = java.util.Objects.requireNonNull(o, "grouped operands");
-    }
-
-    public synchronized GroupedOperands groupedOperands() {
-        return groupedOperands;
-    }
-
-    static GroupedOperands parseGroupedOperands(String s) {
-        switch (s.trim().toLowerCase(Locale.ROOT)) {
-            case "bf16": return GroupedOperands.BF16;
-            case "f32": return GroupedOperands.F32;
-            default:
-                throw new IllegalArgumentException("sparkmoe.cuda.groupedOperands must be bf16 or f32, got '" + s + "'");
-        }
-    }
-
-    static GroupedMode parseGroupedMode(String s) {
-        switch (s.trim().toLowerCase(Locale.ROOT)) {
-            case "auto": return GroupedMode.AUTO;
-            case "kernel": return GroupedMode.KERNEL;
-            case "loop": return GroupedMode.LOOP;
-            case "cublas": case "cublas_grouped": return GroupedMode.CUBLAS_GROUPED;
-            default:
-                throw new IllegalArgumentException("sparkmoe.cuda.grouped must be auto, kernel, loop or cublas, got '"
-                        + s + "'");
-        }
+        return kernels.smMajor() >= 8 && gbFits;
     }
 
     public synchronized void setAttentionMode(AttentionMode m) {
@@ -464,15 +352,13 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.attentionMode = m;
     }
 
-    public synchronized void setFlashKernels(FlashKernels k) {
-        if (k != flashKernels) {
-            LOG.info(name + ": flash kernels " + flashKernels + " -> " + k);
-        }
-        this.flashKernels = k;
+    /** Test hook: the kernels {@link AttentionMode#FLASH} runs. */
+    synchronized void setFlashKernels(FlashKernels k) {
+        this.flashKernels = java.util.Objects.requireNonNull(k, "flash kernels");
     }
 
-    /** The kernels {@link AttentionMode#FLASH} runs ({@link FlashKernels#V2_W8} unless set). */
-    public synchronized FlashKernels flashKernels() {
+    /** The kernels {@link AttentionMode#FLASH} runs ({@link FlashKernels#V2_W8} unless a test set another). */
+    synchronized FlashKernels flashKernels() {
         return flashKernels;
     }
 
@@ -482,14 +368,12 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     /**
-     * The mode an attention call with this head dim runs now: {@link AttentionMode#GEMM},
-     * {@link AttentionMode#FUSED} or {@link AttentionMode#FLASH} ({@link AttentionMode#AUTO} resolved against the
-     * current {@link GemmPrecision}; FLASH falls back to GEMM where it does not support the head dim or device).
+     * The mode an attention call with this head dim runs now: {@link AttentionMode#GEMM} or
+     * {@link AttentionMode#FLASH} ({@link AttentionMode#AUTO} resolved against the current {@link GemmPrecision};
+     * FLASH falls back to GEMM where it does not support the head dim or device).
      */
     public synchronized AttentionMode effectiveAttentionMode(int headDim) {
         switch (attentionMode) {
-            case FUSED:
-                return AttentionMode.FUSED;
             case GEMM:
                 return AttentionMode.GEMM;
             case FLASH:
@@ -918,13 +802,13 @@ public final class CudaBackend implements Backend, AutoCloseable {
      * is held as a bf16 image from the start ({@link #adoptBf16Images}): no f32 block behind it, 2 bytes an element.
      * The ops that write the experts' operands ({@link #gatherRows}, {@link #siluMulForward},
      * {@link #siluMulBackward}) write bf16 into it, rounded to nearest even, and the grouped GEMM reads it in place of
-     * casting it; any other access widens it into a new f32 block first ({@link DeviceBuffer#address()}). Otherwise,
-     * or with {@code -Dsparkmoe.cuda.operandImages=false}, {@link #empty}.
+     * casting it; any other access widens it into a new f32 block first ({@link DeviceBuffer#address()}). Otherwise
+     * {@link #empty}.
      */
     @Override
     public synchronized Tensor emptyGemmOperand(int... shape) {
-        if (!OPERAND_IMAGES || gemmPrecision != GemmPrecision.BF16 || effectiveGroupedMode() != GroupedMode.KERNEL
-                || groupedOperands != GroupedOperands.BF16 || !groupedKernelSupported()) {
+        if (gemmPrecision != GemmPrecision.BF16 || effectiveGroupedMode() != GroupedMode.KERNEL
+                || !groupedKernelSupported()) {
             return empty(DType.F32, shape);
         }
         current();
@@ -1284,47 +1168,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
         }
         checkSpan("A", a, aOff, transA ? k : m, transA ? m : k, lda);
         checkSpan("B", b, bOff, transB ? n : k, transB ? k : n, ldb);
-        if (gemmPrecision == GemmPrecision.BF16 && bf16Operands) {
-            gemmBf16Operands(transA, transB, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
-            return;
-        }
         gemmEx(transA, transB, m, n, k, alpha, addr(a, "A", aOff, 0), lda, addr(b, "B", bOff, 0), ldb, beta,
                 addr(c, "C", cOff, 0), ldc);
-    }
-
-    /**
-     * {@link GemmPrecision#BF16} as cuBLAS runs it fastest: A and B copied to dense bf16 (rounded to nearest even,
-     * as FAST_16BF rounds them) and one bf16-storage cublasGemmEx with f32 output and f32 compute. Same products and
-     * rounding as FAST_16BF on f32 storage; the two copies cost a pass over each operand and their memory until
-     * the GEMM is done. Opt-in (see {@link #bf16Operands}): a little faster, more memory.
-     */
-    private void gemmBf16Operands(boolean transA, boolean transB, int m, int n, int k, float alpha, Tensor a,
-                                  int aOff, int lda, Tensor b, int bOff, int ldb, float beta, Tensor c, int cOff,
-                                  int ldc) {
-        int aRows = transA ? k : m;
-        int aCols = transA ? m : k;
-        int bRows = transB ? n : k;
-        int bCols = transB ? k : n;
-        DeviceBuffer a16 = bf16Copy(a, "A", aOff, lda, aRows, aCols);
-        DeviceBuffer b16 = bf16Copy(b, "B", bOff, ldb, bRows, bCols);
-        try {
-            alphaP.put(alpha);
-            betaP.put(beta);
-            Cuda.checkCublas(cublas.cublasGemmEx(cublasHandle, transB ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N,
-                    transA ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N, n, m, k, alphaP, ptr(b16, 0),
-                    cudart.CUDA_R_16BF, bCols, ptr(a16, 0), cudart.CUDA_R_16BF, aCols, betaP,
-                    RawPointer.of(addr(c, "C", cOff, 0), 0), cudart.CUDA_R_32F, ldc, cublas.CUBLAS_COMPUTE_32F,
-                    cublas.CUBLAS_GEMM_DEFAULT), "cublasGemmEx(bf16 operands, m=" + m + ", n=" + n + ", k=" + k
-                    + ", transA=" + transA + ", transB=" + transB + ")");
-        } finally {
-            // stream-ordered: a later user of these blocks queues behind the GEMM that reads them
-            if (a16 != null) {
-                releaseScratch(a16);
-            }
-            if (b16 != null) {
-                releaseScratch(b16);
-            }
-        }
     }
 
     /** A dense bf16 copy of the [rows, cols] block of {@code t} at {@code off} with row stride {@code ld}. */
@@ -1356,13 +1201,13 @@ public final class CudaBackend implements Backend, AutoCloseable {
         GroupedMode mode = effectiveGroupedMode();
         if (mode == GroupedMode.KERNEL && !groupedKernelSupported()) {
             throw new IllegalStateException("GroupedMode.KERNEL needs bf16 tensor cores (sm_80 or newer) and "
-                    + (groupedOperands == GroupedOperands.BF16 ? gbSharedBytes : ggSharedBytes)
-                    + " bytes of shared memory per block; " + name + " is " + kernels.arch()
-                    + " (with less shared memory, try -Dsparkmoe.cuda.defines=GB_STAGES=2, or groupedOperands=f32 "
-                    + "with GG_RING=0,GG_BN=256: 61440 bytes)");
+                    + gbSharedBytes + " bytes of shared memory per block; " + name + " is " + kernels.arch()
+                    + " (with less shared memory, try -Dsparkmoe.cuda.defines=GB_STAGES=2)");
         }
-        // The kernel computes row * ld + col in 32 bits inside a 256-row slice; absurd strides take the loop.
-        boolean kernel = mode == GroupedMode.KERNEL && 256L * Math.max(Math.max(lda, ldb), 1) <= Integer.MAX_VALUE;
+        // The kernel computes row * ld + col in 32 bits inside a 256-row slice of its bf16 operands, whose padded
+        // strides stay below max(lda, ldb) + 8; absurd strides take the loop.
+        boolean kernel = mode == GroupedMode.KERNEL
+                && 256L * (Math.max(Math.max(lda, ldb), 1) + 8) <= Integer.MAX_VALUE;
         int[] active = new int[groups];
         int count = 0;
         for (int g = 0; g < groups; g++) {
@@ -1391,20 +1236,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
                     ldc);
             return;
         }
-        if (mode == GroupedMode.CUBLAS_GROUPED) {
-            try {
-                groupedCublas(transA, transB, active, count, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff,
-                        ldc);
-                return;
-            } catch (CudaException e) {
-                if (e.status() != cublas.CUBLAS_STATUS_NOT_SUPPORTED || !"cublas".equals(e.library())) {
-                    throw e;
-                }
-                LOG.warning(name + ": cublasGemmGroupedBatchedEx is not supported here (" + e.getMessage()
-                        + "); using one cublasGemmEx per group from now on");
-                groupedMode = GroupedMode.LOOP;
-            }
-        }
         for (int q = 0; q < count; q++) {
             int g = active[q];
             gemmEx(transA, transB, m[g], n[g], k[g], alpha, addr(a, "A", aOff[g], 0), lda, addr(b, "B", bOff[g], 0),
@@ -1413,31 +1244,27 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     /**
-     * {@link GroupedMode#KERNEL}: one launch of {@code grouped_gemm_bf16_<ta><tb>} ({@link GroupedOperands#BF16},
-     * after {@link #castGroupedOperand} of A and of B; a and b then address the scratch copies and lda, ldb are their
-     * padded strides) or {@code grouped_gemm_<ta><tb>} ({@link GroupedOperands#F32}) per 64 groups (the active
-     * ones: m, n > 0; k may be 0; the scratch is released stream-ordered after each launch). The per-group descriptors travel BY VALUE as the kernel's only parameter, a 2840-byte GGParams
+     * {@link GroupedMode#KERNEL}: one launch of {@code grouped_gemm_bf16_<ta><tb>} per 64 groups (the active ones:
+     * m, n > 0; k may be 0), on bf16 operands ({@link #bf16Operand}: an image read in place, or a copy made by
+     * {@link #castGroupedOperand}, released stream-ordered after the launch unless kept for the next call; a and b
+     * then address them and lda, ldb are their strides). The per-group descriptors travel BY VALUE as the kernel's
+     * only parameter, a 2840-byte GBParams
      * struct (under the classic 4 KB kernel-parameter limit, so no device table, upload or stream-ordered allocation
      * is needed, and the launch is the only host cost): cuLaunchKernel copies it from {@link #ggParams} at launch
      * time, so the buffer is reused by the next launch. Layout: int lda, ldb, ldc, groups; float alpha, beta; then
      * arrays of 64: long long a, b, c (device byte addresses of A_g, B_g, C_g); int m, n, k, tileStart (prefix sum of
-     * the groups' 128 x ggTileN (gbTileN) tiles; the grid is the total) and flags (bit 0: A_g's address is 16-byte aligned and
-     * lda a multiple of 4, so the kernel may use 16-byte loads; bit 1: the same for B_g). Groups write disjoint C_g
+     * the groups' 128 x gbTileN tiles; the grid is the total) and flags (unused by this kernel: bit 0, A_g's address
+     * is 16-byte aligned and the caller's lda a multiple of 4; bit 1, the same for B_g). Groups write disjoint C_g
      * in parallel (overlapping C_g would race, where the loop would apply them in order). The kernel takes
-     * {@link #ggSharedBytes} ({@link #gbSharedBytes}) of dynamic shared memory (raised once per function); groups are
-     * passed largest k first.
+     * {@link #gbSharedBytes} of dynamic shared memory (raised once per function); groups are passed largest k first.
      */
     private void groupedKernel(boolean transA, boolean transB, int[] active, int count, int[] m, int[] n, int[] k,
                                float alpha, Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta,
                                Tensor c, int[] cOff, int ldc) {
-        // bf16 operands: the scratch's padded strides stay below max(lda, ldb) + 8; the kernel's 32-bit slice
-        // offsets need 256 of them below 2^31 (else the f32-operand kernel, under its own check in groupedGemm).
-        boolean bf16 = groupedOperands == GroupedOperands.BF16
-                && 256L * (Math.max(Math.max(lda, ldb), 1) + 8) <= Integer.MAX_VALUE;
-        String kernel = (bf16 ? "grouped_gemm_bf16_" : "grouped_gemm_") + (transA ? "t" : "n") + (transB ? "t" : "n");
-        String file = bf16 ? GB : G;
-        int shared = bf16 ? gbSharedBytes : ggSharedBytes;
-        int tileN = bf16 ? gbTileN : ggTileN;
+        String kernel = "grouped_gemm_bf16_" + (transA ? "t" : "n") + (transB ? "t" : "n");
+        String file = GB;
+        int shared = gbSharedBytes;
+        int tileN = gbTileN;
         CUfunc_st f = kernels.function(file, kernel);
         if (sharedRaised.putIfAbsent(file + "#" + kernel + "#" + shared, true) == null) {
             Cuda.checkDriver(cudart.cuFuncSetAttribute(f, cudart.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -1452,9 +1279,9 @@ public final class CudaBackend implements Backend, AutoCloseable {
             }
             active[j] = g;
         }
-        int[][] dims = bf16 ? operandDims(transA, transB, m, n, k) : null;
+        int[][] dims = operandDims(transA, transB, m, n, k);
         long[] aAt = new long[GG_MAX_GROUPS + 1], bAt = new long[GG_MAX_GROUPS + 1];
-        boolean keep = bf16 && count <= GG_MAX_GROUPS; // one launch: its copies may serve the next call
+        boolean keep = count <= GG_MAX_GROUPS; // one launch: its copies may serve the next call
         List<HeldCast> offered = new ArrayList<>(heldCasts);
         heldCasts.clear();
         for (int start = 0; start < count; start += GG_MAX_GROUPS) {
@@ -1462,24 +1289,17 @@ public final class CudaBackend implements Backend, AutoCloseable {
             DeviceBuffer a16 = null, b16 = null;
             HeldCast aCast = null, bCast = null;
             try {
-                int lda16 = lda, ldb16 = ldb;
-                long aBase = 0, bBase = 0; // bf16: where aAt / bAt count from
-                if (bf16) {
-                    Bf16Operand ao = bf16Operand(a, "A", aOff, lda, dims[0], dims[1], k, active, start, here, aAt,
-                            offered);
-                    aCast = ao.cast();
-                    a16 = aCast == null ? null : aCast.copy();
-                    Bf16Operand bo = bf16Operand(b, "B", bOff, ldb, dims[2], dims[3], k, active, start, here, bAt,
-                            offered);
-                    bCast = bo.cast();
-                    b16 = bCast == null ? null : bCast.copy();
-                    aBase = ao.base();
-                    bBase = bo.base();
-                    lda16 = ao.ld();
-                    ldb16 = bo.ld();
-                }
-                ggParams.putInt(0, bf16 ? lda16 : lda);
-                ggParams.putInt(4, bf16 ? ldb16 : ldb);
+                Bf16Operand ao = bf16Operand(a, "A", aOff, lda, dims[0], dims[1], k, active, start, here, aAt,
+                        offered);
+                aCast = ao.cast();
+                a16 = aCast == null ? null : aCast.copy();
+                Bf16Operand bo = bf16Operand(b, "B", bOff, ldb, dims[2], dims[3], k, active, start, here, bAt,
+                        offered);
+                bCast = bo.cast();
+                b16 = bCast == null ? null : bCast.copy();
+                long aBase = ao.base(), bBase = bo.base(); // where aAt / bAt count from
+                ggParams.putInt(0, ao.ld());
+                ggParams.putInt(4, bo.ld());
                 ggParams.putInt(8, ldc);
                 ggParams.putInt(12, here);
                 ggParams.putFloat(16, alpha);
@@ -1492,12 +1312,9 @@ public final class CudaBackend implements Backend, AutoCloseable {
                     if (!readsAB) {
                         aAddr = 0;
                         bAddr = 0;
-                    } else if (bf16) {
+                    } else {
                         aAddr = aBase + 2 * aAt[q];
                         bAddr = bBase + 2 * bAt[q];
-                    } else {
-                        aAddr = addr(a, "A", aOff[g], 0);
-                        bAddr = addr(b, "B", bOff[g], 0);
                     }
                     int flags = (aAddr % 16 == 0 && lda % 4 == 0 ? 1 : 0) | (bAddr % 16 == 0 && ldb % 4 == 0 ? 2 : 0);
                     ggParams.putLong(GG_OFF_A + 8L * q, aAddr);
@@ -1513,7 +1330,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
                         throw new IllegalArgumentException("groupedGemm: more than 2^31 - 1 tiles in one launch");
                     }
                 }
-                Cuda.checkDriver(cudart.cuLaunchKernel(f, (int) tiles, 1, 1, bf16 ? gbThreads : GG_THREADS, 1, 1,
+                Cuda.checkDriver(cudart.cuLaunchKernel(f, (int) tiles, 1, 1, gbThreads, 1, 1,
                         shared, stream,
                         ggArgPtrs, (PointerPointer<?>) null), "cuLaunchKernel(" + kernel + ", " + here + " groups, "
                         + tiles + " tiles)");
@@ -1546,7 +1363,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     /**
-     * One operand of a {@link GroupedOperands#BF16} launch: an operand held as a bf16 image (the FSDP gathers'
+     * One operand of a {@link GroupedMode#KERNEL} launch: an operand held as a bf16 image (the FSDP gathers'
      * weights, {@link #emptyGemmOperand}'s tensors) is read in place ({@link #imageOperand}); any other is cast
      * ({@link #castGroupedOperand}, which widens images first). Fills at[] as both do.
      */
@@ -1644,7 +1461,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     /**
-     * {@link GroupedOperands#BF16}: one {@code grouped_cast_bf16} launch rounding the [rows, cols] block of every
+     * {@link GroupedMode#KERNEL}: one {@code grouped_cast_bf16} launch rounding the [rows, cols] block of every
      * group active[start .. start + here) that reads its operands (k > 0) from f32 {@code t} (offset off[g], stride
      * ld) into a new bf16 scratch buffer, packed group after group in group order with row stride dstLd = the widest cols rounded
      * up to 8 (the padding columns written as zeros), so that every block and row is 16-byte aligned whatever off
@@ -1737,7 +1554,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     /**
-     * Test hook for timing: only the bf16 operand casts that {@link GroupedOperands#BF16} runs before its kernels
+     * Test hook for timing: only the bf16 operand casts that {@link GroupedMode#KERNEL} runs before its kernels
      * (same grouping: m, n, k > 0, largest k first, 64 groups a launch), the scratch released at once.
      */
     synchronized void groupedOperandCastOnly(boolean transA, boolean transB, int groups, int[] m, int[] n, int[] k,
@@ -1764,52 +1581,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
             if (b16 != null) {
                 releaseScratch(b16.copy());
             }
-        }
-    }
-
-    private void groupedCublas(boolean transA, boolean transB, int[] active, int count, int[] m, int[] n, int[] k,
-                               float alpha, Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta,
-                               Tensor c, int[] cOff, int ldc) {
-        int[] opB = new int[count];
-        int[] opA = new int[count];
-        int[] mm = new int[count];
-        int[] nn = new int[count];
-        int[] kk = new int[count];
-        int[] ldaA = new int[count];
-        int[] ldbA = new int[count];
-        int[] ldcA = new int[count];
-        int[] ones = new int[count];
-        float[] alphas = new float[count];
-        float[] betas = new float[count];
-        long[] ptrs = new long[3 * count];
-        for (int q = 0; q < count; q++) {
-            int g = active[q];
-            opB[q] = transB ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N;
-            opA[q] = transA ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N;
-            mm[q] = n[g];
-            nn[q] = m[g];
-            kk[q] = k[g];
-            ldaA[q] = ldb;
-            ldbA[q] = lda;
-            ldcA[q] = ldc;
-            ones[q] = 1;
-            alphas[q] = alpha;
-            betas[q] = beta;
-            ptrs[q] = addr(b, "B", bOff[g], 0);
-            ptrs[count + q] = addr(a, "A", aOff[g], 0);
-            ptrs[2 * count + q] = addr(c, "C", cOff[g], 0);
-        }
-        DeviceBuffer table = allocate(8L * 3 * count);
-        try (LongPointer host = new LongPointer(ptrs); FloatPointer al = new FloatPointer(alphas);
-             FloatPointer be = new FloatPointer(betas)) {
-            Cuda.check(cudart.cudaMemcpyAsync(ptr(table, 0), host, 8L * 3 * count, cudart.cudaMemcpyHostToDevice,
-                    stream), "cudaMemcpyAsync(grouped gemm pointer table)");
-            Cuda.checkCublas(cublas.cublasGemmGroupedBatchedEx(cublasHandle, opB, opA, mm, nn, kk, al,
-                    ptr(table, 0), cudart.CUDA_R_32F, ldaA, ptr(table, 8L * count), cudart.CUDA_R_32F, ldbA, be,
-                    ptr(table, 16L * count), cudart.CUDA_R_32F, ldcA, count, ones, gemmPrecision.cublasCompute),
-                    "cublasGemmGroupedBatchedEx(" + count + " groups, " + gemmPrecision + ")");
-        } finally {
-            releaseScratch(table); // stream-ordered: a later user of this block queues behind the GEMMs that read it
         }
     }
 
@@ -2135,18 +1906,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
                 seqLen, inverse ? -1f : 1f);
     }
 
-    private static final int ATTN_WARPS = 8;
-
-    private static int attnDmax(int headDim) {
-        for (int d : new int[] {32, 64, 128, 256}) {
-            if (headDim <= d) {
-                return d;
-            }
-        }
-        throw new IllegalArgumentException("attention: head dim " + headDim + " is larger than 256, the largest the "
-                + "CUDA kernels are built for");
-    }
-
     private static void checkHeads(int qHeads, int kvHeads) {
         if (kvHeads <= 0 || qHeads % kvHeads != 0) {
             throw new IllegalArgumentException("attention: kv heads (" + kvHeads + ") must divide query heads ("
@@ -2166,9 +1925,9 @@ public final class CudaBackend implements Backend, AutoCloseable {
      * fragments by {@code ldmatrix.trans}); the online softmax (running max and sum, exp2 domain) is f32 and P is
      * rounded to bf16 only as the operand of P V. O and lse = max + log(sum) are written in f32. Error against the
      * f32 reference: bf16 rounding of q, k, v and P (about 4e-3 relative each), so about 1e-2 of the max magnitude.
-     * {@link FlashKernels} picks the kernel set: the default v2 sets copy q, k, v to bf16 once per call (scratch,
-     * released stream-ordered) and stage the K, V tiles by {@code cp.async} in a ring of 3; V1 rounds while staging.
-     * Same bits either way. Forward on an H200 at the benchmark shape below: V1 0.332 ms, V2_W8 0.223 ms.
+     * {@link FlashKernels#V2_W8} copies q, k, v to bf16 once per call (scratch, released stream-ordered) and stages
+     * the K, V tiles by {@code cp.async} in a ring of 3; {@link FlashKernels#V1} (the tests' reference) rounds while
+     * staging. Same bits either way.
      *
      * <p>In {@link AttentionMode#GEMM} mode this is a batched-GEMM version on the tensor cores (with the current
      * {@link GemmPrecision}):
@@ -2177,11 +1936,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
      * turns S into the causal softmax P in place (f32, {@code -inf} above the diagonal, lse saved), and a second
      * batched GEMM gives O = P V. The T x T buffer lives only inside the call. The full T x T products are computed
      * (twice the causal work) and S makes a round trip through device memory, which FLASH avoids.
-     * {@link AttentionMode#FUSED} keeps the fused one-warp-per-row CUDA-core kernel.
-     * Measured on an H200 (B=4, T=2048, Hq=16, Hkv=4, D=64, BF16 precision, median of 15 by CUDA events): forward
-     * 1.51 ms (fused 5.21 ms), backward 2.96 ms (fused 14.62 ms), peak score buffers 2 x 256 MiB. There the BF16
-     * and TF32 settings gave bit-identical attention outputs and timings (cuBLAS chose the same kernels for these
-     * strided-batched f32 products; cause not investigated), max error about 7e-4 of the max magnitude.
      */
     @Override
     public synchronized void attentionForward(Tensor q, Tensor k, Tensor v, int batch, int seqLen, int qHeads,
@@ -2192,9 +1946,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
             return;
         }
         AttentionMode mode = effectiveAttentionMode(headDim);
-        if (mode == AttentionMode.FUSED) {
-            attentionForwardFused(q, k, v, batch, seqLen, qHeads, kvHeads, headDim, scale, out, lse);
-        } else if (mode != AttentionMode.FLASH
+        if (mode != AttentionMode.FLASH
                 || !attentionForwardFlash(q, k, v, batch, seqLen, qHeads, kvHeads, headDim, scale, out, lse)) {
             // GEMM, or FLASH where the flash kernels cannot take these tensors (see flashUsable)
             attentionForwardGemm(q, k, v, batch, seqLen, qHeads, kvHeads, headDim, scale, out, lse);
@@ -2211,13 +1963,11 @@ public final class CudaBackend implements Backend, AutoCloseable {
      * dP^T = V dO^T, dS^T = P^T (dP^T - Di), dK += dS^T Q, and writes dk = scale dK and dv (each owned by one CTA: no
      * atomics, deterministic); a third kernel, one CTA of 4 warps per (block of 64 query rows, batch item, query
      * head), recomputes S, P, dP, dS over the key tiles (64 keys, 32 at D=128) up to the diagonal and writes
-     * dq = scale dS K. bf16 operands and f32 accumulation as in the forward pass. With the v2 {@link FlashKernels}
-     * (default {@link FlashKernels#V2_W8}) q, k, v are copied to bf16 and a prep kernel writes bf16 dO with Di; the
-     * dk/dv and dq kernels stage their streamed tiles by {@code cp.async} in a ring of 3 and read B operands by
-     * ldmatrix; V2_W8's CTAs have 8 warps (128 key rows per dk/dv CTA, 128 query rows per dq CTA). Same bits as V1.
-     * Measured on an H200 (B=4, T=2048, Hq=16, Hkv=4, D=64, median of 15 by CUDA events, FlashAttentionTest
-     * flashTimings): V1 1.538 ms (dk/dv 0.912, dq 0.561, Di 0.045), V2 0.699 ms, V2_S2 0.690 ms, V2_W8 0.631 ms
-     * (dk/dv 0.314, dq 0.231, copies and Di 0.089).
+     * dq = scale dS K. bf16 operands and f32 accumulation as in the forward pass. These are the
+     * {@link FlashKernels#V1} kernels' tiles; {@link FlashKernels#V2_W8} (the kernels that run) copies q, k, v to bf16
+     * and a prep kernel writes bf16 dO with Di; its dk/dv and dq kernels stage their streamed tiles by
+     * {@code cp.async} in a ring of 3, read B operands by ldmatrix and have 8 warps a CTA (128 key rows per dk/dv CTA,
+     * 128 query rows per dq CTA). Same bits as V1.
      *
      * <p>In {@link AttentionMode#GEMM} mode, per chunk of heads: S = scale Q K^T
      * and dP = dO V^T (batched GEMMs), a row kernel writes P = exp(S - lse) (masked) and dS = P (dP - D) scale in
@@ -2235,9 +1985,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
             return;
         }
         AttentionMode mode = effectiveAttentionMode(headDim);
-        if (mode == AttentionMode.FUSED) {
-            attentionBackwardFused(dOut, q, k, v, out, lse, batch, seqLen, qHeads, kvHeads, headDim, scale, dq, dk, dv);
-        } else if (mode != AttentionMode.FLASH || !attentionBackwardFlash(dOut, q, k, v, out, lse, batch, seqLen,
+        if (mode != AttentionMode.FLASH || !attentionBackwardFlash(dOut, q, k, v, out, lse, batch, seqLen,
                 qHeads, kvHeads, headDim, scale, dq, dk, dv)) {
             // GEMM, or FLASH where the flash kernels cannot take these tensors (see flashUsable)
             attentionBackwardGemm(dOut, q, k, v, out, lse, batch, seqLen, qHeads, kvHeads, headDim, scale, dq, dk, dv);
@@ -2444,7 +2192,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
         DeviceBuffer k16 = bf16Copy(k, "k", 0, kvHeads * D, batch * T, kvHeads * D);
         DeviceBuffer v16 = bf16Copy(v, "v", 0, kvHeads * D, batch * T, kvHeads * D);
         try {
-            launch(FA, "fa_fwd2" + flashKernels.forwardSuffix() + "_d" + D, batch * qHeads, ceilDiv(T, bm),
+            launch(FA, "fa_fwd2_d" + D, batch * qHeads, ceilDiv(T, bm),
                     32 * FLASH_FWD_WARPS, 4 * flashKernels.stages * FLASH_FWD_BN * ld,
                     q16.address(), k16.address(), v16.address(), T, qHeads, kvHeads, scale, oA, lseA);
         } finally {
@@ -2537,48 +2285,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
             releaseScratch(q16);
             releaseScratch(k16);
             releaseScratch(v16);
-        }
-    }
-
-    private void attentionForwardFused(Tensor q, Tensor k, Tensor v, int batch, int seqLen, int qHeads,
-                                              int kvHeads, int headDim, float scale, Tensor out, Tensor lse) {
-        int dm = attnDmax(headDim);
-        long nq = (long) batch * seqLen * qHeads * headDim;
-        long nkv = (long) batch * seqLen * kvHeads * headDim;
-        int shared = 4 * (32 * (dm + 1) + 32 * dm + ATTN_WARPS * dm);
-        launch(A, "attn_fwd_" + dm, (seqLen + ATTN_WARPS - 1) / ATTN_WARPS, batch * qHeads, 32 * ATTN_WARPS, shared,
-                addr(q, "q", 0, nq), addr(k, "k", 0, nkv), addr(v, "v", 0, nkv), batch, seqLen, qHeads, kvHeads,
-                headDim, scale, addr(out, "out", 0, nq), addr(lse, "lse", 0, (long) batch * qHeads * seqLen));
-    }
-
-    private void attentionBackwardFused(Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,
-                                               int batch, int seqLen, int qHeads, int kvHeads, int headDim,
-                                               float scale, Tensor dq, Tensor dk, Tensor dv) {
-        int dm = attnDmax(headDim);
-        long nq = (long) batch * seqLen * qHeads * headDim;
-        long nkv = (long) batch * seqLen * kvHeads * headDim;
-        int rowsL = batch * qHeads * seqLen;
-        long dOutA = addr(dOut, "dOut", 0, nq);
-        long qA = addr(q, "q", 0, nq);
-        long kA = addr(k, "k", 0, nkv);
-        long vA = addr(v, "v", 0, nkv);
-        long lseA = addr(lse, "lse", 0, rowsL);
-        Tensor di = scratch(DType.F32, rowsL);
-        try {
-            long diA = addr(di, "di", 0, rowsL);
-            long warps = (long) batch * seqLen * qHeads;
-            launch(A, "attn_bwd_di", blocksFor(warps * 32, THREADS), 1, THREADS, 0, dOutA, addr(out, "out", 0, nq),
-                    batch, seqLen, qHeads, headDim, diA);
-            int sharedDq = 4 * (2 * 32 * (dm + 1) + 2 * ATTN_WARPS * dm);
-            launch(A, "attn_bwd_dq_" + dm, (seqLen + ATTN_WARPS - 1) / ATTN_WARPS, batch * qHeads, 32 * ATTN_WARPS,
-                    sharedDq, dOutA, qA, kA, vA, lseA, diA, batch, seqLen, qHeads, kvHeads, headDim, scale,
-                    addr(dq, "dq", 0, nq));
-            int sharedKv = 4 * (2 * 32 * (dm + 1) + 2 * ATTN_WARPS * dm + 64);
-            launch(A, "attn_bwd_dkdv_" + dm, (seqLen + ATTN_WARPS - 1) / ATTN_WARPS, batch * kvHeads,
-                    32 * ATTN_WARPS, sharedKv, dOutA, qA, kA, vA, lseA, diA, batch, seqLen, qHeads, kvHeads, headDim,
-                    scale, addr(dk, "dk", 0, nkv), addr(dv, "dv", 0, nkv));
-        } finally {
-            dispose(di);
         }
     }
 
@@ -2717,8 +2423,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
      * On the device: {@code expert_counts} tallies each expert's slots (per-block tallies in shared memory), then
      * {@code expert_rows} (a block per expert) writes each expert's slots in slot order from the prefix sum of the
      * counts on; only the E counts come back to the host, instead of the N * K ids going out and a permutation of as
-     * many coming back, with a host sort between the two (about 0.15 ms of device idle per MoE layer, measured as the
-     * gap before the permutation's upload on an H200).
+     * many coming back, with a host sort between the two (the device idles while the host sorts).
      */
     @Override
     public synchronized int[] groupByExpert(Tensor expertOfSlot, int n, int experts, Tensor slotOfRow) {

@@ -31,8 +31,8 @@ import java.util.logging.Logger;
  * architecture) and on disk under {@code sparkmoe.cuda.cacheDir} (default {@code java.io.tmpdir/spark-moe-cubin};
  * {@code -Dsparkmoe.cuda.cacheDir=} (empty) turns the disk cache off). A compile error throws with NVRTC's log.
  *
- * <p>The include path is {@code $CUDA_HOME/include} (else {@code /usr/local/cuda/include}): {@code grouped_gemm.cu}
- * includes {@code mma.h} and {@code cuda_bf16.h} from it; the other kernels need no header.
+ * <p>The include path is {@code $CUDA_HOME/include} (else {@code /usr/local/cuda/include}):
+ * {@code grouped_gemm_bf16.cu} includes {@code cuda_bf16.h} from it; the other kernels need no header.
  */
 final class KernelLibrary {
     private static final Logger LOG = Logger.getLogger(KernelLibrary.class.getName());

@@ -104,10 +104,10 @@ class CudaTimingTest {
     }
 
     /**
-     * Attention at B=4, T=2048, Hq=16, Hkv=4, D=64: the fused kernels against the batched-GEMM path (BF16 and TF32
+     * Attention at B=4, T=2048, Hq=16, Hkv=4, D=64: the flash kernels against the batched-GEMM path (BF16 and TF32
      * products), device time from CUDA events, median of 15 after 3 warm-ups; run with
-     * {@code -Dsparkmoe.cuda.attnBench=true}. Also prints the max difference of the GEMM path's outputs from the fused
-     * one's (over the max magnitude).
+     * {@code -Dsparkmoe.cuda.attnBench=true}. Also prints the max difference of the GEMM path's outputs from the flash
+     * kernels' (over the max magnitude).
      */
     @Test
     void attentionTimings() {
@@ -123,7 +123,7 @@ class CudaTimingTest {
         double pairs = (double) b * hq * t * (t + 1) / 2;
         try (var scope = gpu.openScope()) {
             Tensor q = rand(gpu, r, nq), kk = rand(gpu, r, nkv), v = rand(gpu, r, nkv), dout = rand(gpu, r, nq);
-            Object[][] runs = {{CudaBackend.AttentionMode.FUSED, CudaBackend.GemmPrecision.BF16},
+            Object[][] runs = {{CudaBackend.AttentionMode.FLASH, CudaBackend.GemmPrecision.BF16},
                 {CudaBackend.AttentionMode.GEMM, CudaBackend.GemmPrecision.BF16},
                 {CudaBackend.AttentionMode.GEMM, CudaBackend.GemmPrecision.TF32}};
             float[][] ref = null;
@@ -144,7 +144,7 @@ class CudaTimingTest {
                 if (ref == null) {
                     ref = got;
                 } else {
-                    out.append("  max |diff| / max |fused| out, lse, dq, dk, dv:");
+                    out.append("  max |diff| / max |flash| out, lse, dq, dk, dv:");
                     for (int i = 0; i < got.length; i++) {
                         double worst = 0;
                         for (int j = 0; j < got[i].length; j++) {

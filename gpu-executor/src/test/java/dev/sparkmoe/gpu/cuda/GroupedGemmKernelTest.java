@@ -19,11 +19,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 /**
- * {@link CudaBackend.GroupedMode#KERNEL} (the one-launch bf16 tensor-core grouped GEMM, on both operand paths:
- * {@link CudaBackend.GroupedOperands#F32}, {@code grouped_gemm.cu}, and {@link CudaBackend.GroupedOperands#BF16},
- * the casts plus {@code grouped_gemm_bf16.cu}) against {@link CpuBackend#groupedGemm} on random data. Each case and
- * path is checked twice, and the two paths against each other (max difference <= 1e-6 * max |value| + 1e-5: the
- * same roundings and the same k16 products in the same order):
+ * {@link CudaBackend.GroupedMode#KERNEL} (the one-launch bf16 tensor-core grouped GEMM: the operand casts plus
+ * {@code grouped_gemm_bf16.cu}) against {@link CpuBackend#groupedGemm} on random data. Each case is checked twice:
  * <ul>
  *   <li>tight: against the CPU reference computed on the bf16-ROUNDED inputs ({@link DType#roundToBf16}, the same
  *       rounding as the kernel's {@code __float2bfloat16}): bf16 x bf16 products are exact in f32, so only the f32
@@ -40,7 +37,7 @@ class GroupedGemmKernelTest {
     private static final double TIGHT = 1e-4;
     private static final double LOOSE = 2e-2;
     private static final double ABS = 1e-5;
-    /** BF16 vs F32 operand paths (see check). */
+    /** A define set's kernels against the default's (the timings' check): the same products, rounded alike. */
     private static final double TWIN = 1e-6;
 
     private final CpuBackend cpu = new CpuBackend();
@@ -203,25 +200,15 @@ class GroupedGemmKernelTest {
         float[] rounded = c0.clone();
         cpuGroupedGemm(p, alpha, roundedToBf16(a), roundedToBf16(b), beta, rounded);
 
-        float[][] got = new float[2][];
-        for (CudaBackend.GroupedOperands ops : CudaBackend.GroupedOperands.values()) {
-            float[] x = runKernel(gpu, p, ops, alpha, a, b, beta, c0);
-            String w = what + " (" + ops + " operands)";
-            assertMatches(rounded, x, TIGHT, w + ": vs the CPU on bf16-rounded inputs");
-            assertMatches(exact, x, LOOSE, w + ": vs the CPU on f32 inputs");
-            got[ops.ordinal()] = x;
-        }
-        // The two operand paths round alike and accumulate the same k16 products in the same order: (nearly) equal.
-        assertMatches(got[CudaBackend.GroupedOperands.F32.ordinal()], got[CudaBackend.GroupedOperands.BF16.ordinal()],
-                TWIN, what + ": BF16 operands vs F32 operands");
+        float[] x = runKernel(gpu, p, alpha, a, b, beta, c0);
+        assertMatches(rounded, x, TIGHT, what + ": vs the CPU on bf16-rounded inputs");
+        assertMatches(exact, x, LOOSE, what + ": vs the CPU on f32 inputs");
     }
 
-    private static float[] runKernel(CudaBackend gpu, Problem p, CudaBackend.GroupedOperands ops, float alpha,
-                                     float[] a, float[] b, float beta, float[] c0) {
+    private static float[] runKernel(CudaBackend gpu, Problem p, float alpha, float[] a, float[] b, float beta,
+                                     float[] c0) {
         CudaBackend.GroupedMode saved = gpu.groupedMode();
-        CudaBackend.GroupedOperands savedOps = gpu.groupedOperands();
         gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
-        gpu.setGroupedOperands(ops);
         try (var scope = gpu.openScope()) {
             Tensor gc = gpu.upload(host(c0, c0.length));
             gpu.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, alpha, gpu.upload(host(a, a.length)), p.aOff,
@@ -229,7 +216,6 @@ class GroupedGemmKernelTest {
             return gpu.download(gc).floats();
         } finally {
             gpu.setGroupedMode(saved);
-            gpu.setGroupedOperands(savedOps);
         }
     }
 
@@ -369,7 +355,7 @@ class GroupedGemmKernelTest {
     }
 
     /**
-     * BF16 operands: a grouped GEMM right after another that converted the same operand block reads the kept copy
+     * A grouped GEMM right after another that converted the same operand block reads the kept copy
      * (Experts' dOut of the down projection's input gradient (NN) and weight gradient (TN)); a backend call that
      * writes the operand in between makes it convert again, and the result follows the new values.
      */
@@ -377,9 +363,7 @@ class GroupedGemmKernelTest {
     void theNextGroupedGemmReusesAnOperandCopyOnlyWhileNothingCameBetween() {
         CudaBackend gpu = GpuTestSupport.backend();
         CudaBackend.GroupedMode savedMode = gpu.groupedMode();
-        CudaBackend.GroupedOperands savedOps = gpu.groupedOperands();
         gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
-        gpu.setGroupedOperands(CudaBackend.GroupedOperands.BF16);
         int[] rows = {40, 0, 70, 9};
         int e = rows.length, hidden = 64, inter = 40, total = Arrays.stream(rows).sum();
         GpuTestSupport.ExpertLayout l = GpuTestSupport.ExpertLayout.of(rows, hidden, inter);
@@ -425,7 +409,6 @@ class GroupedGemmKernelTest {
             assertMatches(want2, got2, TIGHT, "TN after x was doubled");
         } finally {
             gpu.setGroupedMode(savedMode);
-            gpu.setGroupedOperands(savedOps);
         }
         assertEquals(0, gpu.heldOperandCopies(), "closing the scope drops kept copies");
     }
@@ -482,28 +465,15 @@ class GroupedGemmKernelTest {
         }
     }
 
-    @Test
-    void groupedModeProperty() {
-        // No GPU needed: the parser behind -Dsparkmoe.cuda.grouped.
-        assertEquals(CudaBackend.GroupedMode.AUTO, CudaBackend.parseGroupedMode("auto"));
-        assertEquals(CudaBackend.GroupedMode.KERNEL, CudaBackend.parseGroupedMode("Kernel"));
-        assertEquals(CudaBackend.GroupedMode.LOOP, CudaBackend.parseGroupedMode("loop"));
-        assertEquals(CudaBackend.GroupedMode.CUBLAS_GROUPED, CudaBackend.parseGroupedMode("cublas"));
-        assertThrows(IllegalArgumentException.class, () -> CudaBackend.parseGroupedMode("fast"));
-        assertEquals(CudaBackend.GroupedOperands.BF16, CudaBackend.parseGroupedOperands("bf16"));
-        assertEquals(CudaBackend.GroupedOperands.F32, CudaBackend.parseGroupedOperands(" F32"));
-        assertThrows(IllegalArgumentException.class, () -> CudaBackend.parseGroupedOperands("fp8"));
-    }
-
     // ------------------------------------------------------------------ timing (opt-in)
 
     /**
-     * KERNEL with F32 operands, KERNEL with BF16 operands (their casts included), the casts alone, and LOOP
-     * (cublasGemmEx per group, BF16 compute) on the model's six expert GEMM shapes: device time between CUDA events
-     * around one groupedGemm call (so LOOP's host launch gaps count), median of 11; then the totals of the six.
+     * KERNEL (its operand casts included), the casts alone, and LOOP (cublasGemmEx per group, BF16 compute) on the
+     * model's six expert GEMM shapes: device time between CUDA events around one groupedGemm call (so LOOP's host
+     * launch gaps count), median of 11; then the totals of the six.
      * {@code -Dsparkmoe.cuda.bench.variants=DEFINES;DEFINES;...} (each as {@code sparkmoe.cuda.defines}, e.g.
-     * {@code GB_BN=256;GB_BK=64,GB_STAGES=3}) also times the BF16 path compiled with each, on a backend of its own in
-     * this process, after checking its result on every shape against the F32-operand kernel's.
+     * {@code GB_BN=256;GB_BK=64,GB_STAGES=3}) also times the kernel compiled with each, on a backend of its own in
+     * this process, after checking its result on every shape against the default kernel's.
      */
     @Test
     void timings() {
@@ -511,7 +481,6 @@ class GroupedGemmKernelTest {
         CudaBackend gpu = GpuTestSupport.backend();
         CudaBackend.GroupedMode savedMode = gpu.groupedMode();
         CudaBackend.GemmPrecision savedPrecision = gpu.gemmPrecision();
-        CudaBackend.GroupedOperands savedOps = gpu.groupedOperands();
         String baseDefines = System.getProperty("sparkmoe.cuda.defines", "");
         java.util.List<String> variants = new java.util.ArrayList<>();
         for (String v : System.getProperty("sparkmoe.cuda.bench.variants", "").split(";")) {
@@ -527,8 +496,8 @@ class GroupedGemmKernelTest {
             model("TN", rows, inter, hidden)};
         StringBuilder out = new StringBuilder("\n=== grouped GEMM on " + gpu.deviceName() + " (" + gpu.arch()
                 + "), defines '" + baseDefines + "', 32 experts, rows " + Arrays.toString(rows) + " ===\n");
-        String[] labels = {"KERNEL f32 operands", "KERNEL bf16 operands (cast incl.)", "  of which the bf16 casts",
-            "  bf16 kernel alone (difference)", "LOOP   BF16 (cuBLAS per group)"};
+        String[] labels = {"KERNEL (casts incl.)", "  of which the bf16 casts", "  bf16 kernel alone (difference)",
+            "LOOP   BF16 (cuBLAS per group)"};
         double[] total = new double[labels.length];
         double[][] vTotal = new double[variants.size()][2];
         java.util.List<String> failures = new java.util.ArrayList<>();
@@ -547,27 +516,23 @@ class GroupedGemmKernelTest {
                             p.aOff, p.lda, b, p.bOff, p.ldb);
                     gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
                     gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
-                    gpu.setGroupedOperands(CudaBackend.GroupedOperands.F32);
                     call.run();
                     reference = gpu.download(c).floats();
                     double[] ms = new double[labels.length];
                     ms[0] = medianMillis(gpu, call, 3, 11);
-                    gpu.setGroupedOperands(CudaBackend.GroupedOperands.BF16);
-                    ms[1] = medianMillis(gpu, call, 3, 11);
-                    ms[2] = medianMillis(gpu, cast, 3, 11);
-                    ms[3] = ms[1] - ms[2];
+                    ms[1] = medianMillis(gpu, cast, 3, 11);
+                    ms[2] = ms[0] - ms[1];
                     gpu.setGroupedMode(CudaBackend.GroupedMode.LOOP);
-                    ms[4] = medianMillis(gpu, call, 3, 11);
+                    ms[3] = medianMillis(gpu, call, 3, 11);
                     for (int i = 0; i < ms.length; i++) {
                         total[i] += ms[i];
                         out.append(String.format("%-36s %-34s beta=%.0f: %8.3f ms", p.name, labels[i], beta, ms[i]));
-                        out.append(i == 2 ? String.format("%n")
+                        out.append(i == 1 ? String.format("%n")
                                 : String.format("  %7.1f TFLOP/s%n", p.flops() / ms[i] / 1e9));
                     }
                 } finally {
                     gpu.setGroupedMode(savedMode);
                     gpu.setGemmPrecision(savedPrecision);
-                    gpu.setGroupedOperands(savedOps);
                 }
                 for (int v = 0; v < vb.length; v++) {
                     System.setProperty("sparkmoe.cuda.defines", variants.get(v));
@@ -578,7 +543,6 @@ class GroupedGemmKernelTest {
                         CudaBackend x = vb[v];
                         x.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
                         x.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
-                        x.setGroupedOperands(CudaBackend.GroupedOperands.BF16);
                         try (var scope = x.openScope()) {
                             Tensor a = x.upload(host(ha, p.aLen));
                             Tensor b = x.upload(host(hb, p.bLen));
@@ -588,7 +552,7 @@ class GroupedGemmKernelTest {
                             call.run();
                             try {
                                 assertMatches(reference, x.download(c).floats(), TWIN, p.name + " with defines '"
-                                        + variants.get(v) + "' vs the F32-operand kernel");
+                                        + variants.get(v) + "' vs the default kernel");
                             } catch (AssertionError e) {
                                 failures.add(e.getMessage());
                                 out.append("MISMATCH ").append(e.getMessage()).append('\n');
@@ -623,7 +587,7 @@ class GroupedGemmKernelTest {
                     vTotal[v][0], vTotal[v][1]));
         }
         System.out.println(out);
-        assertTrue(failures.isEmpty(), () -> "variants that differ from the F32-operand kernel: " + failures);
+        assertTrue(failures.isEmpty(), () -> "variants that differ from the default kernel: " + failures);
     }
 
     /** Cheap uniform values in [-1, 1) (xorshift): the timings' operands, where nextGaussian takes seconds. */
