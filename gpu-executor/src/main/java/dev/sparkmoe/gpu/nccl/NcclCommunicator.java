@@ -37,11 +37,10 @@ import org.bytedeco.javacpp.PointerPointer;
  * to the other ranks, every rank calls {@code ncclCommInitRankConfig} with a <em>non-blocking</em> config and polls
  * {@code ncclCommGetAsyncError} until the communicator is ready, or aborts it after the init timeout. Sub-groups (one
  * per mesh dimension) come from {@link #split(int, int, String)} = {@code ncclCommSplit}, non-blocking and polled the
- * same way. With {@link NcclOptions#blockingCollectives()} (the default) each of these non-blocking communicators only
- * makes communicators: the collectives run on a blocking twin split from it, whose peers are connected right away by a
- * few small collectives (a non-blocking communicator answers every {@code ncclGroupEnd} with {@code ncclInProgress}
- * from a helper thread, to be polled: hundreds of microseconds of host time per collective, which a training step
- * with dozens of them pays in device idle time). {@code NCCL_NVLS_ENABLE} must
+ * same way. Each of these non-blocking communicators only makes communicators: the collectives run on a blocking twin
+ * split from it, whose peers are connected right away by a few small collectives (a non-blocking communicator answers
+ * every {@code ncclGroupEnd} with {@code ncclInProgress} from a helper thread, to be polled: host time per collective
+ * that a training step with dozens of them pays in device idle time). {@code NCCL_NVLS_ENABLE} must
  * be {@code 0} in the environment (NVLink SHARP multicast can take a shared host's GPUs out of service); creation
  * refuses to run otherwise. Nothing here calls {@code cuMulticastCreate}.
  *
@@ -76,7 +75,7 @@ public final class NcclCommunicator implements Communicator {
 
     private static final int UNDEF_INT = Integer.MIN_VALUE; // NCCL_CONFIG_UNDEF_INT
 
-    private final ncclComm comm;    // runs the collectives: blocking (options.blockingCollectives()) or the control one
+    private final ncclComm comm;    // runs the collectives: the blocking twin of the control communicator
     private final ncclComm control; // non-blocking: made (init, split) by polling against a timeout; splits start here
     private final int rank;
     private final int size;
@@ -90,14 +89,6 @@ public final class NcclCommunicator implements Communicator {
     private long computeStreamAddress;
     private final Staging staging = new Staging();
     private CudaBackend wireBackend; // set by attach: converts and allocates for bf16-wire all-gathers
-    /** {@code -Dsparkmoe.nccl.bf16Wire=false} gathers f32 whatever the caller's wire (to compare the two). */
-    private static final boolean BF16_WIRE = !"false".equals(System.getProperty("sparkmoe.nccl.bf16Wire"));
-    /**
-     * {@code -Dsparkmoe.nccl.bf16Images=false} widens a bf16-wire gather's values into its f32 buffers on this
-     * communicator's stream, as soon as they arrive; by default the backend adopts them as bf16 images
-     * ({@link CudaBackend#adoptBf16Images}) and widens them only if something reads the f32 values.
-     */
-    private static final boolean BF16_IMAGES = !"false".equals(System.getProperty("sparkmoe.nccl.bf16Images"));
     private volatile String abortedBecause;
     private volatile boolean closed;
     private volatile boolean watched = true; // the watchdog runs until close has finalised the communicators
@@ -184,25 +175,21 @@ public final class NcclCommunicator implements Communicator {
     }
 
     /**
-     * The communicator over a ready non-blocking {@code control}: its collectives run on {@code control} itself, or,
-     * with {@link NcclOptions#blockingCollectives()}, on a blocking twin split from it (a non-blocking split, polled
-     * until {@code deadline}), which then connects its peers at once (see {@link #connectPeers()}).
+     * The communicator over a ready non-blocking {@code control}: its collectives run on a blocking twin split from it
+     * (a non-blocking split, polled until {@code deadline}), which then connects its peers at once (see
+     * {@link #connectPeers()}).
      */
     private static NcclCommunicator withCollectives(ncclComm control, int key, NcclOptions options, String ctx,
                                                     long deadline) {
-        ncclComm work = control;
-        if (options.blockingCollectives()) {
-            try {
-                work = splitReady(control, 0, key, true, "split(blocking twin)", ctx, deadline, options, () -> { });
-            } catch (RuntimeException e) {
-                abortQuietly(control); // the new communicator is given up whichever side failed
-                throw e;
-            }
+        ncclComm work;
+        try {
+            work = splitReady(control, 0, key, true, "split(blocking twin)", ctx, deadline, options, () -> { });
+        } catch (RuntimeException e) {
+            abortQuietly(control); // the new communicator is given up whichever side failed
+            throw e;
         }
         NcclCommunicator made = new NcclCommunicator(control, work, options.device(), options.name(), options);
-        if (work != control) {
-            made.connectPeers();
-        }
+        made.connectPeers();
         return made;
     }
 
@@ -673,13 +660,13 @@ public final class NcclCommunicator implements Communicator {
      * Pending#complete()}, once the compute stream waits for the gather, the backend adopts each part's slot as the
      * bf16 image of its {@code recv} range ({@link CudaBackend#adoptBf16Images}; it owns the buffer from then on):
      * the grouped GEMM reads the gathered expert weights in bf16 as they arrived, and the f32 values are widened into
-     * place only where something reads them. With {@code -Dsparkmoe.nccl.bf16Images=false}, or a {@code recv} of
-     * another backend, each part is widened into its f32 {@code recv} on this stream right after the gather and the
-     * buffer goes back at {@link Pending#complete()}.
+     * place only where something reads them. Where a {@code recv} is of another backend, each part is widened into
+     * its f32 {@code recv} on this stream right after the gather and the buffer goes back at
+     * {@link Pending#complete()}.
      */
     @Override
     public Pending allGatherStart(List<Part> parts, DType wire) {
-        if (wire != DType.BF16 || !BF16_WIRE || wireBackend == null || onHost(parts)
+        if (wire != DType.BF16 || wireBackend == null || onHost(parts)
                 || !parts.stream().allMatch(p -> p.send().dtype() == DType.F32 && p.recv().dtype() == DType.F32)) {
             return allGatherStart(parts);
         }
@@ -708,7 +695,7 @@ public final class NcclCommunicator implements Communicator {
             wire16[i] += base;
             mine[i] = wire16[i] + 2 * rank * lens[i];
         }
-        boolean images = BF16_IMAGES && parts.stream().allMatch(p -> wireBackend.owns(p.recv()));
+        boolean images = parts.stream().allMatch(p -> wireBackend.owns(p.recv()));
         NcclWork w;
         try {
             w = deviceOp(what, false, () -> {
@@ -871,9 +858,6 @@ public final class NcclCommunicator implements Communicator {
      * which makes it return with an error instead of hanging.
      */
     private int blocking(String what, java.util.function.IntSupplier call) {
-        if (comm == control) {
-            return call.getAsInt(); // non-blocking: the caller polls with its deadline
-        }
         synchronized (inFlight) {
             startWatchdog();
         }
@@ -952,14 +936,12 @@ public final class NcclCommunicator implements Communicator {
         if (abortedBecause == null) {
             String ctx = "closing group '" + name + "' (rank " + rank + " of " + size + ")";
             try {
-                if (comm != control) {
-                    // a blocking finalize flushes what the peers still owe: the watchdog (still running) bounds it
-                    int r = blocking("ncclCommFinalize (closing)", () -> nccl.ncclCommFinalize(comm));
-                    if (r != nccl.ncclSuccess) {
-                        throw new NcclException("ncclCommFinalize", r, describe("ncclCommFinalize", r, ctx, comm));
-                    }
-                    check("ncclCommDestroy", nccl.ncclCommDestroy(comm), ctx);
+                // a blocking finalize flushes what the peers still owe: the watchdog (still running) bounds it
+                int f = blocking("ncclCommFinalize (closing)", () -> nccl.ncclCommFinalize(comm));
+                if (f != nccl.ncclSuccess) {
+                    throw new NcclException("ncclCommFinalize", f, describe("ncclCommFinalize", f, ctx, comm));
                 }
+                check("ncclCommDestroy", nccl.ncclCommDestroy(comm), ctx);
                 int r = nccl.ncclCommFinalize(control);
                 waitReady(control, r, "ncclCommFinalize", ctx, System.nanoTime() + options.timeout().toNanos(),
                         options);
@@ -1295,9 +1277,7 @@ public final class NcclCommunicator implements Communicator {
         if (abortedBecause == null) {
             abortedBecause = reason;
             abortQuietly(comm);
-            if (control != comm) {
-                abortQuietly(control);
-            }
+            abortQuietly(control);
         }
     }
 
