@@ -40,8 +40,6 @@ import java.util.Map;
  */
 public final class Qwen3MoeParallelizer implements ModelParallelizer {
     public static final String EXPERTS_PATTERN = "model.layers.*.mlp.experts";
-    /** {@code -Dsparkmoe.fsdp.keepLastLayer=false} reshards the last decoder layer after forward like the others. */
-    static final boolean KEEP_LAST_LAYER = !"false".equals(System.getProperty("sparkmoe.fsdp.keepLastLayer"));
 
     @Override
     public void parallelize(Module root, DeviceMesh mesh, ParallelDims dims, MixedPrecisionPolicy policy,
@@ -62,7 +60,7 @@ public final class Qwen3MoeParallelizer implements ModelParallelizer {
         for (int i = 0; i < layers.size(); i++) {
             DecoderLayer layer = layers.get(i);
             // the last layer keeps its weights from forward to backward
-            boolean reshard = i < layers.size() - 1 || !KEEP_LAST_LAYER;
+            boolean reshard = i < layers.size() - 1;
             if (layer.isMoe()) {
                 int expertDim = layer.moe().experts().localExperts() >= expertGroup.size() ? 0 : 1;
                 fsdp.fullyShard(layer.moe().experts(), expertGroup, p -> expertDim, policy, reshard);
