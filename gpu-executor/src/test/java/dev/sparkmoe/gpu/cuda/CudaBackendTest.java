@@ -94,7 +94,7 @@ class CudaBackendTest {
      */
     @Test
     void partWiseBf16ConversionsRoundToNearestEvenAndWidenExactly() {
-        int[] lens = new int[CudaBackend.BFP_MAX + 9];
+        int[] lens = new int[Bf16Parts.MAX + 9];
         int[] sizes = {0, 1, 3, 4, 5, 7, 1024, 100_003, 2, 9};
         for (int i = 0; i < lens.length; i++) {
             lens[i] = sizes[i % sizes.length];

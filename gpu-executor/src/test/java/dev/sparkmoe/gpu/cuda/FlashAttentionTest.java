@@ -309,12 +309,12 @@ class FlashAttentionTest {
                     int[] stages = {1, 3, 5};
                     try {
                         for (int p = 0; p < 3; p++) {
-                            gpu.flashBackwardStages = stages[p];
+                            gpu.setFlashBackwardStages(stages[p]);
                             part[p] = medianMillis(gpu, () -> gpu.attentionBackward(dout, q, kk, v, o, lse, b, t, hq,
                                     hkv, d, scale, dq, dk, dv), 3, 15);
                         }
                     } finally {
-                        gpu.flashBackwardStages = 7;
+                        gpu.setFlashBackwardStages(7);
                     }
                     out.append(String.format("  bwd parts: copies+Di %.3f ms, dk/dv %.3f ms, dq %.3f ms%n", part[0],
                             part[1] - part[0], part[2] - part[0]));
