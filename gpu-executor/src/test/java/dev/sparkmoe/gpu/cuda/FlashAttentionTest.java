@@ -1,7 +1,5 @@
 package dev.sparkmoe.gpu.cuda;
 
-import static dev.sparkmoe.gpu.cuda.GpuTestSupport.medianMillis;
-
 import dev.sparkmoe.core.backend.CpuBackend;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -267,76 +265,5 @@ class FlashAttentionTest {
         assertEquals(CudaBackend.AttentionMode.GEMM, gpu.effectiveAttentionMode(32));
         gpu.setAttentionMode(CudaBackend.AttentionMode.GEMM);
         assertEquals(CudaBackend.AttentionMode.GEMM, gpu.effectiveAttentionMode(64));
-    }
-
-    /**
-     * FLASH against GEMM (BF16 products) at B=4, T=2048, Hq=16, Hkv=4, D=64: device time from CUDA events, median of
-     * 15 after 3 warm-ups; run with {@code -Dsparkmoe.cuda.attnBench=true}. Also prints the max difference of FLASH's
-     * outputs from GEMM's (over GEMM's max magnitude).
-     */
-    @Test
-    void flashTimings() {
-        assumeTrue(Boolean.getBoolean("sparkmoe.cuda.attnBench"), "run with -Dsparkmoe.cuda.attnBench=true");
-        Random r = new Random(7);
-        int b = 4, t = 2048, hq = 16, hkv = 4, d = 64;
-        int nq = b * t * hq * d, nkv = b * t * hkv * d;
-        float scale = 0.125f;
-        double pairs = (double) b * hq * t * (t + 1) / 2;
-        StringBuilder out = new StringBuilder("\n=== flash attention timings on " + gpu.deviceName() + " ("
-                + gpu.arch() + ") ===\n");
-        gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
-        try (var scope = gpu.openScope()) {
-            Tensor q = up(rnd(r, nq, 1)), kk = up(rnd(r, nkv, 1)), v = up(rnd(r, nkv, 1)), dout = up(rnd(r, nq, 1));
-            float[][] ref = null;
-            CudaBackend.FlashKernels k0 = gpu.flashKernels();
-            for (int run = 0; run <= KERNELS.length; run++) {
-                CudaBackend.AttentionMode m = run == 0 ? CudaBackend.AttentionMode.GEMM
-                        : CudaBackend.AttentionMode.FLASH;
-                String label = run == 0 ? "GEMM" : "FLASH " + KERNELS[run - 1];
-                gpu.setAttentionMode(m);
-                gpu.setFlashKernels(run == 0 ? k0 : KERNELS[run - 1]);
-                Tensor o = gpu.zeros(DType.F32, nq), lse = gpu.zeros(DType.F32, b * hq * t);
-                Tensor dq = gpu.zeros(DType.F32, nq), dk = gpu.zeros(DType.F32, nkv), dv = gpu.zeros(DType.F32, nkv);
-                float fwd = medianMillis(gpu, () -> gpu.attentionForward(q, kk, v, b, t, hq, hkv, d, scale, o, lse), 3, 15);
-                float bwd = medianMillis(gpu, () -> gpu.attentionBackward(dout, q, kk, v, o, lse, b, t, hq, hkv, d, scale,
-                        dq, dk, dv), 3, 15);
-                out.append(String.format("attention %-12s BF16 B=%d T=%d Hq=%d Hkv=%d D=%d: fwd %8.3f ms (%6.1f "
-                        + "TFLOP/s causal)  bwd %8.3f ms (%6.1f TFLOP/s causal)%n", label, b, t, hq, hkv, d, fwd,
-                        pairs * 4 * d / fwd / 1e9, bwd, pairs * 10 * d / bwd / 1e9));
-                if (run > 0) {
-                    // backward breakdown: the copies and Di alone, then with dk/dv, then with dq (timing hook)
-                    float[] part = new float[3];
-                    int[] stages = {1, 3, 5};
-                    try {
-                        for (int p = 0; p < 3; p++) {
-                            gpu.setFlashBackwardStages(stages[p]);
-                            part[p] = medianMillis(gpu, () -> gpu.attentionBackward(dout, q, kk, v, o, lse, b, t, hq,
-                                    hkv, d, scale, dq, dk, dv), 3, 15);
-                        }
-                    } finally {
-                        gpu.setFlashBackwardStages(7);
-                    }
-                    out.append(String.format("  bwd parts: copies+Di %.3f ms, dk/dv %.3f ms, dq %.3f ms%n", part[0],
-                            part[1] - part[0], part[2] - part[0]));
-                    // the timed stages above overwrote some outputs: run the whole backward again before comparing
-                    gpu.attentionBackward(dout, q, kk, v, o, lse, b, t, hq, hkv, d, scale, dq, dk, dv);
-                }
-                float[][] got = {down(o), down(lse), down(dq), down(dk), down(dv)};
-                if (ref == null) {
-                    ref = got;
-                } else {
-                    out.append("  max |" + label + " - GEMM| / max |GEMM| out, lse, dq, dk, dv:");
-                    for (int i = 0; i < got.length; i++) {
-                        double worst = 0;
-                        for (int j = 0; j < got[i].length; j++) {
-                            worst = Math.max(worst, Math.abs((double) got[i][j] - ref[i][j]));
-                        }
-                        out.append(String.format(" %.2e", worst / Math.max(1e-30, maxAbs(ref[i]))));
-                    }
-                    out.append('\n');
-                }
-            }
-        }
-        System.out.println(out);
     }
 }

@@ -1,7 +1,5 @@
 package dev.sparkmoe.gpu.cuda;
 
-import static dev.sparkmoe.gpu.cuda.GpuTestSupport.medianMillis;
-
 import dev.sparkmoe.core.backend.CpuBackend;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -16,7 +14,6 @@ import static dev.sparkmoe.gpu.cuda.GpuTestSupport.roundedToBf16;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 /**
  * {@link CudaBackend.GroupedMode#KERNEL} (the one-launch bf16 tensor-core grouped GEMM: the operand casts plus
@@ -30,15 +27,13 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
  *       max |ref| + 1e-5 (bf16 keeps 8 significant bits: about 4e-3 relative per product).
  * </ul>
  * Elements outside every C_g (padding between groups, stride gaps) must be left untouched, NaN included, and with
- * beta == 0 the NaN that fills C must not leak into the result. Skipped where no GPU or CUDA library is present;
- * {@link #timings} runs only with {@code -Dsparkmoe.cuda.bench=true}.
+ * beta == 0 the NaN that fills C must not leak into the result. Skipped where no GPU or CUDA library is present.
+ * (Timings of these shapes: the bench source set's {@code KernelBench grouped}.)
  */
 class GroupedGemmKernelTest {
     private static final double TIGHT = 1e-4;
     private static final double LOOSE = 2e-2;
     private static final double ABS = 1e-5;
-    /** A define set's kernels against the default's (the timings' check): the same products, rounded alike. */
-    private static final double TWIN = 1e-6;
 
     private final CpuBackend cpu = new CpuBackend();
 
@@ -463,143 +458,5 @@ class GroupedGemmKernelTest {
             gpu.setGroupedMode(savedMode);
             gpu.setGemmPrecision(savedPrecision);
         }
-    }
-
-    // ------------------------------------------------------------------ timing (opt-in)
-
-    /**
-     * KERNEL (its operand casts included), the casts alone, and LOOP (cublasGemmEx per group, BF16 compute) on the
-     * model's six expert GEMM shapes: device time between CUDA events around one groupedGemm call (so LOOP's host
-     * launch gaps count), median of 11; then the totals of the six.
-     * {@code -Dsparkmoe.cuda.bench.variants=DEFINES;DEFINES;...} (each as {@code sparkmoe.cuda.defines}, e.g.
-     * {@code GB_BN=256;GB_BK=64,GB_STAGES=3}) also times the kernel compiled with each, on a backend of its own in
-     * this process, after checking its result on every shape against the default kernel's.
-     */
-    @Test
-    void timings() {
-        assumeTrue(Boolean.getBoolean("sparkmoe.cuda.bench"), "timings run with -Dsparkmoe.cuda.bench=true");
-        CudaBackend gpu = GpuTestSupport.backend();
-        CudaBackend.GroupedMode savedMode = gpu.groupedMode();
-        CudaBackend.GemmPrecision savedPrecision = gpu.gemmPrecision();
-        String baseDefines = System.getProperty("sparkmoe.cuda.defines", "");
-        java.util.List<String> variants = new java.util.ArrayList<>();
-        for (String v : System.getProperty("sparkmoe.cuda.bench.variants", "").split(";")) {
-            if (!v.isBlank()) {
-                variants.add(v.trim());
-            }
-        }
-        CudaBackend[] vb = new CudaBackend[variants.size()];
-        int[] rows = modelRows(new Random(1));
-        int hidden = 1024, inter = 512;
-        Problem[] shapes = {model("NT", rows, inter, hidden), model("NT", rows, hidden, inter),
-            model("NN", rows, inter, hidden), model("NN", rows, hidden, inter), model("TN", rows, hidden, inter),
-            model("TN", rows, inter, hidden)};
-        StringBuilder out = new StringBuilder("\n=== grouped GEMM on " + gpu.deviceName() + " (" + gpu.arch()
-                + "), defines '" + baseDefines + "', 32 experts, rows " + Arrays.toString(rows) + " ===\n");
-        String[] labels = {"KERNEL (casts incl.)", "  of which the bf16 casts", "  bf16 kernel alone (difference)",
-            "LOOP   BF16 (cuBLAS per group)"};
-        double[] total = new double[labels.length];
-        double[][] vTotal = new double[variants.size()][2];
-        java.util.List<String> failures = new java.util.ArrayList<>();
-        try {
-            for (Problem p : shapes) {
-                float[] ha = fastRnd(p.aLen, 11), hb = fastRnd(p.bLen, 12), hc = fastRnd(p.cLen, 13);
-                float beta = p.tA ? 1f : 0f;
-                float[] reference;
-                try (var scope = gpu.openScope()) {
-                    Tensor a = gpu.upload(host(ha, p.aLen));
-                    Tensor b = gpu.upload(host(hb, p.bLen));
-                    Tensor c = gpu.upload(host(hc, p.cLen));
-                    Runnable call = () -> gpu.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, 1f, a, p.aOff, p.lda,
-                            b, p.bOff, p.ldb, beta, c, p.cOff, p.ldc);
-                    Runnable cast = () -> gpu.groupedOperandCastOnly(p.tA, p.tB, p.groups(), p.m, p.n, p.k, a,
-                            p.aOff, p.lda, b, p.bOff, p.ldb);
-                    gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
-                    gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
-                    call.run();
-                    reference = gpu.download(c).floats();
-                    double[] ms = new double[labels.length];
-                    ms[0] = medianMillis(gpu, call, 3, 11);
-                    ms[1] = medianMillis(gpu, cast, 3, 11);
-                    ms[2] = ms[0] - ms[1];
-                    gpu.setGroupedMode(CudaBackend.GroupedMode.LOOP);
-                    ms[3] = medianMillis(gpu, call, 3, 11);
-                    for (int i = 0; i < ms.length; i++) {
-                        total[i] += ms[i];
-                        out.append(String.format("%-36s %-34s beta=%.0f: %8.3f ms", p.name, labels[i], beta, ms[i]));
-                        out.append(i == 1 ? String.format("%n")
-                                : String.format("  %7.1f TFLOP/s%n", p.flops() / ms[i] / 1e9));
-                    }
-                } finally {
-                    gpu.setGroupedMode(savedMode);
-                    gpu.setGemmPrecision(savedPrecision);
-                }
-                for (int v = 0; v < vb.length; v++) {
-                    System.setProperty("sparkmoe.cuda.defines", variants.get(v));
-                    try {
-                        if (vb[v] == null) {
-                            vb[v] = new CudaBackend();
-                        }
-                        CudaBackend x = vb[v];
-                        x.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
-                        x.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
-                        try (var scope = x.openScope()) {
-                            Tensor a = x.upload(host(ha, p.aLen));
-                            Tensor b = x.upload(host(hb, p.bLen));
-                            Tensor c = x.upload(host(hc, p.cLen));
-                            Runnable call = () -> x.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, 1f, a, p.aOff,
-                                    p.lda, b, p.bOff, p.ldb, beta, c, p.cOff, p.ldc);
-                            call.run();
-                            try {
-                                assertMatches(reference, x.download(c).floats(), TWIN, p.name + " with defines '"
-                                        + variants.get(v) + "' vs the default kernel");
-                            } catch (AssertionError e) {
-                                failures.add(e.getMessage());
-                                out.append("MISMATCH ").append(e.getMessage()).append('\n');
-                                continue;
-                            }
-                            double ms = medianMillis(x, call, 3, 11);
-                            double castMs = medianMillis(x, () -> x.groupedOperandCastOnly(p.tA, p.tB, p.groups(),
-                                    p.m, p.n, p.k, a, p.aOff, p.lda, b, p.bOff, p.ldb), 3, 11);
-                            vTotal[v][0] += ms;
-                            vTotal[v][1] += ms - castMs;
-                            out.append(String.format("%-36s bf16 [%s] beta=%.0f: %8.3f ms  %7.1f TFLOP/s (kernel "
-                                    + "alone %7.3f ms, %7.1f TFLOP/s)%n", p.name, variants.get(v), beta, ms,
-                                    p.flops() / ms / 1e9, ms - castMs, p.flops() / (ms - castMs) / 1e9));
-                        }
-                    } finally {
-                        System.setProperty("sparkmoe.cuda.defines", baseDefines);
-                    }
-                }
-            }
-        } finally {
-            for (CudaBackend x : vb) {
-                if (x != null) {
-                    x.close();
-                }
-            }
-        }
-        for (int i = 0; i < total.length; i++) {
-            out.append(String.format("six shapes, %-34s %8.3f ms%n", labels[i], total[i]));
-        }
-        for (int v = 0; v < vb.length; v++) {
-            out.append(String.format("six shapes, bf16 [%s]: %8.3f ms (kernels alone %8.3f ms)%n", variants.get(v),
-                    vTotal[v][0], vTotal[v][1]));
-        }
-        System.out.println(out);
-        assertTrue(failures.isEmpty(), () -> "variants that differ from the default kernel: " + failures);
-    }
-
-    /** Cheap uniform values in [-1, 1) (xorshift): the timings' operands, where nextGaussian takes seconds. */
-    private static float[] fastRnd(int n, long seed) {
-        float[] f = new float[n];
-        long x = seed * 0x9E3779B97F4A7C15L + 1;
-        for (int i = 0; i < n; i++) {
-            x ^= x << 13;
-            x ^= x >>> 7;
-            x ^= x << 17;
-            f[i] = (x >>> 40) * 0x1p-23f - 1f;
-        }
-        return f;
     }
 }
