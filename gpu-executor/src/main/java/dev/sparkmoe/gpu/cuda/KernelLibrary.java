@@ -89,7 +89,7 @@ final class KernelLibrary {
     }
 
     /**
-     * Kernel tuning macros from {@code -Dsparkmoe.cuda.defines=NAME=VALUE,...} (e.g. {@code GG_MIN_BLOCKS=1}) as
+     * Kernel tuning macros from {@code -Dsparkmoe.cuda.defines=NAME=VALUE,...} (e.g. {@code GB_STAGES=2}) as
      * NVRTC {@code -D} options; they take part in the cache key.
      */
     /**
@@ -114,7 +114,7 @@ final class KernelLibrary {
             }
             if (!t.matches("[A-Za-z_][A-Za-z0-9_]*(=[A-Za-z0-9_.+-]*)?")) {
                 throw new IllegalArgumentException("sparkmoe.cuda.defines: '" + t + "' is not NAME or NAME=VALUE "
-                        + "(letters, digits, underscores); example: -Dsparkmoe.cuda.defines=GG_MIN_BLOCKS=1");
+                        + "(letters, digits, underscores); example: -Dsparkmoe.cuda.defines=GB_STAGES=2");
             }
             out.add("-D" + t);
         }

@@ -1051,7 +1051,7 @@ __device__ __forceinline__ void fa_bwd_dkdv2_impl(const fa_bf16* __restrict__ dO
 }
 
 // ---------------------------------------------------------------------------------------------------- instances
-// Tile configurations (CudaBackend mirrors them: threads = 32*WARPS, grid rows and dynamic shared bytes):
+// Tile configurations (FlashAttention mirrors them: threads = 32*WARPS, grid rows and dynamic shared bytes):
 //   fwd  D=64: WARPS 8, BN 64 (BM 128);  D=128: WARPS 8, BN 64 (BM 128)     shared 4*BN*(D+8)
 //   dq   D=64: WARPS 4, BN 64 (BM 64);   D=128: WARPS 4, BN 32 (BM 64)      shared 4*BN*(D+8)
 //   dkdv D=64: WARPS 4, BM 64 (BN 64);   D=128: WARPS 4, BM 32 (BN 64)      shared 4*(BN+BM)*(D+8) + 8*BM
@@ -1083,7 +1083,7 @@ FA_INSTANCES(64, 8, 64, 4, 64, 4, 64)
 FA_INSTANCES(128, 8, 64, 4, 32, 4, 32)
 
 // v2 (V2_W8): the forward (no suffix) and the backward with 8-warp CTAs (suffix "w8"), all with a ring of 3 stages.
-// Shared bytes (CudaBackend mirrors them): fwd2, dq2 4*STAGES*BN*(D+8); dkdv2 2*(2*BN + 2*STAGES*BM)*(D+8) +
+// Shared bytes (FlashAttention mirrors them): fwd2, dq2 4*STAGES*BN*(D+8); dkdv2 2*(2*BN + 2*STAGES*BM)*(D+8) +
 // 8*STAGES*BM.
 //   fwd2   D=64, 128: WARPS 8, BN 64
 //   dq2    D=64: WARPS 8, BN 64;  D=128: WARPS 8, BN 32

@@ -42,7 +42,7 @@
 // accumulators: lane (g = lane / 4, q = lane % 4) holds rows g and g + 8, columns 2q and 2q + 1 of each 16 x 8
 // block; float2 loads / stores where C_g is 8-byte aligned and ldc even, scalar ones otherwise and at the last odd
 // column.
-// Tuning macros (-Dsparkmoe.cuda.defines=...; CudaBackend mirrors GB_BN, GB_BK, GB_STAGES, GB_WARPS_N and GC_UNROLL
+// Tuning macros (-Dsparkmoe.cuda.defines=...; GroupedGemm mirrors GB_BN, GB_BK, GB_STAGES, GB_WARPS_N and GC_UNROLL
 // in its tile count, dynamic shared-memory size, block size and cast grid): GB_BN (128 or 256), GB_BK (32 or 64),
 // GB_STAGES (2 or more, within the shared memory: GB_STAGES=2 needs 72 KB, for devices that grant a block less than
 // the default's 108 KB, such as sm_86 / sm_89), GB_WARPS_N (4, or 2: 4 warps of 64 x 64 at GB_BN 128),

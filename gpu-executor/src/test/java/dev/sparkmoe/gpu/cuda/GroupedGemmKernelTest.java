@@ -280,7 +280,7 @@ class GroupedGemmKernelTest {
     @Test
     void edgesOfTheWideTile() {
         CudaBackend gpu = GpuTestSupport.backend();
-        // 128 x 128 (or, by GG_BN, 128 x 256) CTA tiles of 8 warps of 64 x 32 (64 x 64), mma blocks of 16 x 8, k in
+        // 128 x 128 (or, by GB_BN, 128 x 256) CTA tiles of 8 warps of 64 x 32 (64 x 64), mma blocks of 16 x 8, k in
         // slices of 32 and 16: m and n just below, at and above those boundaries, m < 16, odd n (the float2
         // epilogue's last column), k = 1 .. 97.
         int[] m = {1, 15, 127, 129, 255, 257, 64, 65, 9};
