@@ -4,8 +4,10 @@
 #   $D/junit-console.jar      junit-platform-console-standalone
 #   $D/gpu-tests.jar          gpu-executor's test classes;  $D/core-tests.jar  core's test-jar (fixtures)
 #   $D/bench/                 shared/bench: the PyTorch baselines and qwen3moe-c1.json
-# Usage: D=.device-carry/run bash gpu-executor/scripts/gpu-host-run.sh tests|smoke|bench|all|curve
+# Usage: D=.device-carry/run bash gpu-executor/scripts/gpu-host-run.sh tests|smoke|bench|all|curve|kernels
 # Env: TEST_SELECT (console-launcher selectors, default the GPU test packages), TEST_PROPS (extra -D for tests),
+#      KERNELS (kernels: ops|attention|grouped|all, default all), VARIANTS (kernels: "DEFINES;DEFINES" grouped GEMM
+#      tile variants, each as -Dsparkmoe.cuda.defines),
 #      OURS/BASE/STEPS/GEMM/BENCH_ARGS (bench runs; LAUNCH_ARGS: extra launcher options such as
 #      "--jvm-opt -XX:StartFlightRecording=filename=/tmp/jfr/,settings=profile"), CURVE_GPUS/CURVE_STEPS (curve).
 set -o pipefail
@@ -58,6 +60,13 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
       --nproc_per_node=$n "$D/bench/$script" > "$OUT/$py-$n.log" 2>&1 || { rc=1; tail -5 "$OUT/$py-$n.log"; }
     grep '"impl"' "$OUT/$py-$n.log" | tee -a "$OUT/bench.jsonl"
   done
+fi
+if [ "$MODE" = kernels ]; then
+  # kernel timings on GPU 0 (dev.sparkmoe.gpu.cuda.KernelBench, from the bundle's -bench jar)
+  SPARK_MOE_JAVA_OPTS="-Dsparkmoe.cuda.cacheDir=/tmp/cubin" timeout ${KERNEL_LIMIT:-600} $B/bin/spark-moe-gpu run \
+    dev.sparkmoe.gpu.cuda.KernelBench ${KERNELS:-all} ${VARIANTS:+--variants "$VARIANTS"} > "$OUT/kernels.log" 2>&1 \
+    || { rc=1; tail -20 "$OUT/kernels.log"; }
+  grep -vE "^(INFO|WARNING|[A-Z][a-z]{2} [0-9]+, )" "$OUT/kernels.log" | head -80
 fi
 if [ "$MODE" = curve ]; then
   # Convergence: PyTorch FSDP2 exports its initial weights and trains; spark-moe starts from them on the same data.

@@ -1,58 +1,27 @@
 #!/usr/bin/env python3
-"""CPU emulation of grouped_gemm.cu's index arithmetic, for checking kernel edits where no GPU is at hand.
+"""CPU emulation of grouped_gemm_bf16.cu's index arithmetic, for checking kernel edits where no GPU is at hand.
 
-A line-by-line Python translation of the kernel (cp.async chunk maps into the per-thread f32 ring with zero fill,
-the ring -> bf16 tile conversion and padding, the per-lane ldmatrix row addresses with and without .trans, the
+A line-by-line Python translation of the kernel and of CudaBackend's host side: the grouped_cast_bf16 scratch layout
+(groups packed, rows padded with zeros to a multiple of 8, the scratch starting as NaN so that an element the cast
+misses shows), 64 groups per launch, largest k first, the kernel's 16-byte cp.async chunk map with zero fill
+(alignment asserted), GB_BK slices (32 or 64), the per-lane ldmatrix row addresses with and without .trans, the
 mma.m16n8k16 fragment layouts of A, B and the accumulators, the tile -> group binary search, the epilogue's pair
-stores and guards) and of CudaBackend.groupedKernel's host side (64 groups per launch, largest k first, 16-byte
-flags), run on small ragged problems for all four transpositions and compared with numpy on bf16-rounded inputs.
-The bf16 tiles start as NaN so that a fragment reading an element no thread stored fails; ldmatrix row addresses are
-checked for 16-byte alignment and bank conflicts. It checks the arithmetic, not the hardware (nor the pipeline's
-timing): keep it in step with the .cu when either changes. Needs numpy; about 30 s:  [GG_BN=256] python3 grouped_gemm_emulate.py
-
-KERNEL=bf16 emulates grouped_gemm_bf16.cu and CudaBackend's GroupedOperands.BF16 host side instead: the
-grouped_cast_bf16 scratch layout (groups packed, rows padded with zeros to a multiple of 8, the scratch starting as
-NaN so that an element the cast misses shows), the kernel's 16-byte cp.async chunk map with zero fill (alignment
-asserted), GB_BK slices (32 or 64) and the same ldmatrix / mma / epilogue maps; the stage ring's timing is not
-emulated (one fresh NaN stage per K step):  KERNEL=bf16 [GB_BN=256] [GB_BK=32] [GB_WARPS_N=2] python3 grouped_gemm_emulate.py
+stores and guards; run on small ragged problems for all four transpositions and compared with numpy on bf16-rounded
+inputs. The bf16 stage tiles start as NaN so that a fragment reading an element no thread stored fails; ldmatrix
+row addresses are checked for 16-byte alignment and bank conflicts. It checks the arithmetic, not the hardware (nor
+the stage ring's timing: one fresh NaN stage per K step): keep it in step with the .cu when either changes. Needs
+numpy:  [GB_BN=256] [GB_BK=32] [GB_WARPS_N=2] python3 grouped_gemm_emulate.py
 """
 import numpy as np, os
-BF16=os.environ.get("KERNEL","f32")=="bf16"
-BM=128; BN=int(os.environ.get("GB_BN" if BF16 else "GG_BN", 128)); BK=int(os.environ.get("GB_BK",64)) if BF16 else 32
-WARPS_N=int(os.environ.get("GB_WARPS_N",4)) if BF16 else 4; WARPS=2*WARPS_N
+BM=128; BN=int(os.environ.get("GB_BN", 128)); BK=int(os.environ.get("GB_BK",64))
+WARPS_N=int(os.environ.get("GB_WARPS_N",4)); WARPS=2*WARPS_N
 PAD=8; T=32*WARPS; MAXG=64; WN=BN//WARPS_N; NJ=WN//8
-A_CH=BM*BK//4//T; B_CH=BN*BK//4//T
 A_TILE=max(BM*(BK+PAD),BK*(BM+PAD)); B_TILE=max(BN*(BK+PAD),BK*(BN+PAD))
 
 def bf16(x):
     u=np.asarray(x,dtype=np.float32).view(np.uint32).astype(np.uint64)
     u=((u+0x7FFF+((u>>16)&1))>>16)<<16
     return u.astype(np.uint32).view(np.float32)
-
-def gg_copy(G, base, ld, rows, cols, vec, ROWS, COLS):
-    """ring chunks [i][tid][4] as cp.async leaves them"""
-    VPR=COLS//4; N=ROWS*COLS//4//T
-    r=np.full((N,T,4),np.nan,np.float32)
-    if vec and rows>=ROWS and cols>=COLS:  # whole slice in range: 16-byte copies only
-        for tid in range(T):
-            for i in range(N):
-                v=tid+i*T; q=base+(v//VPR)*ld+(v%VPR)*4
-                assert q%4==0, "misaligned 16-byte cp.async"
-                r[i,tid,:]=G[q:q+4]
-        return r
-    for tid in range(T):
-        for i in range(N):
-            v=tid+i*T; row=v//VPR; col=(v%VPR)*4
-            q=base+row*ld+col; rowIn=row<rows
-            if vec and rowIn and col+3<cols:
-                assert q%4==0, "misaligned 16-byte cp.async"
-                r[i,tid,:]=G[q:q+4]
-            elif vec and (not rowIn or col>=cols):
-                assert base%4==0; r[i,tid,:]=0
-            else:
-                for e in range(4):
-                    r[i,tid,e]=G[q+e] if rowIn and col+e<cols else 0
-    return r
 
 def gb_copy(S, sbase, G, base, ld, rows, cols, ROWS, COLS, LD):
     """grouped_gemm_bf16.cu's gb_copy: 16-byte (8 bf16) chunks straight into the stage tile, zero fill past rows/cols"""
@@ -85,16 +54,6 @@ def cast_operand(G, offs, ld, rows, cols, ks):
                 S[o+row*dstLd+col:o+row*dstLd+col+8]=bf16(np.array(v,np.float32))
     assert not np.isnan(S[:total]).any(), "cast left scratch unwritten"
     return S,at,dstLd
-
-def gg_convert(S, sbase, r, ROWS, COLS, LD):
-    VPR=COLS//4; N=ROWS*COLS//4//T
-    assert LD%8==0
-    for tid in range(T):
-        for i in range(N):
-            v=tid+i*T; row=v//VPR; col=(v%VPR)*4
-            o=sbase+row*LD+col
-            assert o%4==0
-            S[o:o+4]=bf16(r[i,tid,:])
 
 def ldmatrix_x4(S, addr, trans):
     """addr[lane]: element index of the lane's row; returns regs[lane][j] = 2 values (lower address first)"""
@@ -147,7 +106,7 @@ def kernel(TA,TB,P,Ag,Bg,Cg):
         g=lo; M,N,K=P['m'][g],P['n'][g],P['k'][g]
         tilesN=(N+BN-1)//BN; local=t-P['tileStart'][g]; m0=(local//tilesN)*BM; n0=(local%tilesN)*BN
         A,B,C=P['a'][g],P['b'][g],P['c'][g]
-        vecA=P['flags'][g]&1; vecB=P['flags'][g]&2; lda,ldb=P['lda'],P['ldb']
+        lda,ldb=P['lda'],P['ldb']
         LDA_S = BM+PAD if TA else BK+PAD
         LDB_S = BK+PAD if TB else BN+PAD
         acc=np.zeros((WARPS,32,4,NJ,4),np.float64)  # warp, lane, i, j, e
@@ -159,20 +118,11 @@ def kernel(TA,TB,P,Ag,Bg,Cg):
             bStep = BK if TB else BK*ldb
             for kt in range(numK):
                 kl=K-kt*BK; a=aPtr+kt*aStep; b=bPtr+kt*bStep
-                if BF16:
-                    S=np.full(A_TILE+B_TILE,np.nan,np.float32)
-                    if TA: gb_copy(S,0,Ag,a,lda,kl,M-m0,BK,BM,LDA_S)
-                    else: gb_copy(S,0,Ag,a,lda,M-m0,kl,BM,BK,LDA_S)
-                    if TB: gb_copy(S,A_TILE,Bg,b,ldb,N-n0,kl,BN,BK,LDB_S)
-                    else: gb_copy(S,A_TILE,Bg,b,ldb,kl,N-n0,BK,BN,LDB_S)
-                ra = None if BF16 else gg_copy(Ag,a,lda,kl,M-m0,vecA,BK,BM) if TA else gg_copy(Ag,a,lda,M-m0,kl,vecA,BM,BK)
-                rb = None if BF16 else gg_copy(Bg,b,ldb,N-n0,kl,vecB,BN,BK) if TB else gg_copy(Bg,b,ldb,kl,N-n0,vecB,BK,BN)
-                if not BF16: S=np.full(A_TILE+B_TILE,np.nan,np.float32)  # a fresh NaN buffer per step
-                if not BF16:
-                    if TA: gg_convert(S,0,ra,BK,BM,LDA_S)
-                    else: gg_convert(S,0,ra,BM,BK,LDA_S)
-                    if TB: gg_convert(S,A_TILE,rb,BN,BK,LDB_S)
-                    else: gg_convert(S,A_TILE,rb,BK,BN,LDB_S)
+                S=np.full(A_TILE+B_TILE,np.nan,np.float32)  # a fresh NaN stage per step
+                if TA: gb_copy(S,0,Ag,a,lda,kl,M-m0,BK,BM,LDA_S)
+                else: gb_copy(S,0,Ag,a,lda,M-m0,kl,BM,BK,LDA_S)
+                if TB: gb_copy(S,A_TILE,Bg,b,ldb,N-n0,kl,BN,BK,LDB_S)
+                else: gb_copy(S,A_TILE,Bg,b,ldb,kl,N-n0,BK,BN,LDB_S)
                 for warp in range(WARPS):
                     wm=warp//WARPS_N; wn=warp%WARPS_N
                     aLane=[]; bLane=[]
@@ -227,15 +177,12 @@ def run(TA,TB,m,n,k,lda,ldb,ldc,aOff,bOff,cOff,aLen,bLen,cLen,alpha,beta,nanC,se
             P['m'].append(m[g]); P['n'].append(n[g]); P['k'].append(k[g]); P['tileStart'].append(tiles)
             P['flags'].append((1 if aA%4==0 and lda%4==0 else 0)|(2 if bA%4==0 and ldb%4==0 else 0))
             tiles+=((m[g]+BM-1)//BM)*((n[g]+BN-1)//BN)
-        if BF16:
-            aR=[k[g] if TA else m[g] for g in here]; aC=[m[g] if TA else k[g] for g in here]
-            bR=[n[g] if TB else k[g] for g in here]; bC=[k[g] if TB else n[g] for g in here]
-            ks=[k[g] for g in here]
-            SA,aAt,lda16=cast_operand(Ag,P['a'],lda,aR,aC,ks); SB,bAt,ldb16=cast_operand(Bg,P['b'],ldb,bR,bC,ks)
-            P['a']=aAt; P['b']=bAt; P['lda']=lda16; P['ldb']=ldb16
-            kernel(TA,TB,P,SA,SB,Cg)
-        else:
-            kernel(TA,TB,P,Ag,Bg,Cg)
+        aR=[k[g] if TA else m[g] for g in here]; aC=[m[g] if TA else k[g] for g in here]
+        bR=[n[g] if TB else k[g] for g in here]; bC=[k[g] if TB else n[g] for g in here]
+        ks=[k[g] for g in here]
+        SA,aAt,lda16=cast_operand(Ag,P['a'],lda,aR,aC,ks); SB,bAt,ldb16=cast_operand(Bg,P['b'],ldb,bR,bC,ks)
+        P['a']=aAt; P['b']=bAt; P['lda']=lda16; P['ldb']=ldb16
+        kernel(TA,TB,P,SA,SB,Cg)
     nanref=np.isnan(ref); assert (np.isnan(Cg)==nanref).all(), "NaN pattern differs"
     err=np.abs(Cg[~nanref]-ref[~nanref]).max() if (~nanref).any() else 0
     scale=np.abs(ref[~nanref]).max() if (~nanref).any() else 1

@@ -14,32 +14,44 @@ import org.bytedeco.openblas.global.openblas_nolapack;
  */
 public final class CpuBackend implements Backend {
     private static final Logger LOG = Logger.getLogger(CpuBackend.class.getName());
-    private static volatile boolean blasReady;
+    /** The OpenBLAS thread count this process set, 0 before the first backend. */
+    private static int blasThreadsSet;
 
+    /**
+     * A backend whose matrix products use the OpenBLAS thread count set by the last {@link #CpuBackend(int)} of this
+     * process, or one thread if none was made.
+     */
     public CpuBackend() {
-        initBlas();
+        initBlas(0);
     }
 
     /**
-     * OpenBLAS runs single-threaded unless {@code -Dsparkmoe.blas.threads} / {@code SPARKMOE_BLAS_THREADS} says
-     * otherwise: the cores are already busy with the kernels' own parallel loops and, under Spark {@code local[N]},
-     * with N ranks in one JVM, and BLAS threads on top of them made a training step 1.6x (one rank) to 2.6x (four
-     * ranks) slower on a 2-core machine.
+     * A backend whose matrix products run on {@code blasThreads} OpenBLAS threads. The count is process-wide
+     * (OpenBLAS has one pool): it holds for every CPU backend of the JVM until another sets it. One thread suits
+     * several ranks in one JVM (Spark {@code local[N]}): the cores are already busy with the kernels' own parallel
+     * loops, and BLAS threads on top of them slow a step down; more suit one rank on a many-core host.
      */
-    private static synchronized void initBlas() {
-        if (!blasReady) {
-            String threads = System.getProperty("sparkmoe.blas.threads", System.getenv("SPARKMOE_BLAS_THREADS"));
-            int n;
-            try {
-                n = threads == null ? 1 : Integer.parseInt(threads.trim());
-            } catch (NumberFormatException e) {
-                throw new IllegalArgumentException("SPARKMOE_BLAS_THREADS / sparkmoe.blas.threads must be a whole "
-                        + "number, got '" + threads + "'");
-            }
-            org.bytedeco.openblas.presets.openblas_nolapack.blas_set_num_threads(Math.max(1, n));
-            LOG.fine(() -> "OpenBLAS ready, threads=" + org.bytedeco.openblas.presets.openblas_nolapack.blas_get_num_threads());
-            blasReady = true;
+    public CpuBackend(int blasThreads) {
+        if (blasThreads < 1) {
+            throw new IllegalArgumentException("OpenBLAS threads (" + blasThreads + ") must be at least 1 "
+                    + "(training.cpu_blas_threads)");
         }
+        initBlas(blasThreads);
+    }
+
+    /** Sets the process's OpenBLAS threads to {@code threads} (0: to 1 unless already set). */
+    private static synchronized void initBlas(int threads) {
+        int n = threads > 0 ? threads : blasThreadsSet > 0 ? blasThreadsSet : 1;
+        if (n != blasThreadsSet) {
+            org.bytedeco.openblas.presets.openblas_nolapack.blas_set_num_threads(n);
+            blasThreadsSet = n;
+            LOG.fine(() -> "OpenBLAS threads: " + blasThreads());
+        }
+    }
+
+    /** The OpenBLAS threads the process's matrix products use (as OpenBLAS reports them). */
+    public static int blasThreads() {
+        return org.bytedeco.openblas.presets.openblas_nolapack.blas_get_num_threads();
     }
 
     @Override

@@ -128,4 +128,40 @@ class CpuBackendGemmTest {
         assertThrows(IllegalArgumentException.class,
                 () -> be.gemm(true, false, m, n, k, 1f, a, 0, m - 1, b, 0, n, 0f, c, 0, n));
     }
+
+    /**
+     * training.cpu_blas_threads: a backend made with a thread count sets OpenBLAS's (process-wide) pool, one made
+     * without keeps it, the products stay right with two threads, and a count below 1 is refused by name.
+     */
+    @Test
+    void blasThreadsAreSetByTheBackendThatAsksAndKeptByTheOthers() {
+        try {
+            CpuBackend two = new CpuBackend(2);
+            assertEquals(2, CpuBackend.blasThreads());
+            new CpuBackend();
+            assertEquals(2, CpuBackend.blasThreads(), "a backend without a count keeps the process's");
+            int n = 96;
+            Rand rnd = new Rand(3);
+            float[] a = rnd.floats(n * n, 0.5);
+            float[] b = rnd.floats(n * n, 0.5);
+            Tensor c = Tensor.zeros(dev.sparkmoe.core.tensor.DType.F32, n, n);
+            two.gemm(false, false, n, n, n, 1f, Tensor.of(a, n, n), 0, n, Tensor.of(b, n, n), 0, n, 0f, c, 0, n);
+            for (int i = 0; i < n; i += 7) {
+                for (int j = 0; j < n; j += 5) {
+                    double want = 0, bound = 0;
+                    for (int p = 0; p < n; p++) {
+                        want += (double) a[i * n + p] * b[p * n + j];
+                        bound += Math.abs((double) a[i * n + p] * b[p * n + j]);
+                    }
+                    assertEquals(want, c.floats()[i * n + j], 1e-5 * bound, "c[" + i + ", " + j + "]");
+                }
+            }
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> new CpuBackend(0));
+            assertTrue(e.getMessage().contains("(0)") && e.getMessage().contains("training.cpu_blas_threads"),
+                    e.getMessage());
+        } finally {
+            new CpuBackend(1);
+        }
+        assertEquals(1, CpuBackend.blasThreads());
+    }
 }

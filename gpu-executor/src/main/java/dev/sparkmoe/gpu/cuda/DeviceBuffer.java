@@ -17,14 +17,14 @@ public final class DeviceBuffer implements DeviceMemory {
     private final CudaBackend owner;
     private final long id;
     volatile boolean released;
-    CudaBackend.CudaScope scope;
+    CudaScope scope;
     /**
      * The bf16 images of ranges of this f32 buffer whose f32 values are not written yet ({@link
      * CudaBackend#adoptBf16Images}); null when there are none. {@link #address()} writes them out first.
      */
-    java.util.List<CudaBackend.Bf16Image> images;
+    java.util.List<Bf16Images.Image> images;
     /** For a bf16 scratch buffer: the images that live in it, which it must outlive; null for other buffers. */
-    java.util.List<CudaBackend.Bf16Image> imagesIn;
+    java.util.List<Bf16Images.Image> imagesIn;
 
     DeviceBuffer(long address, long bytes, long blockBytes, CudaBackend owner, long id) {
         this.address = address;

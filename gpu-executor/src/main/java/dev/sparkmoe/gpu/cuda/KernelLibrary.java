@@ -31,8 +31,8 @@ import java.util.logging.Logger;
  * architecture) and on disk under {@code sparkmoe.cuda.cacheDir} (default {@code java.io.tmpdir/spark-moe-cubin};
  * {@code -Dsparkmoe.cuda.cacheDir=} (empty) turns the disk cache off). A compile error throws with NVRTC's log.
  *
- * <p>The include path is {@code $CUDA_HOME/include} (else {@code /usr/local/cuda/include}): {@code grouped_gemm.cu}
- * includes {@code mma.h} and {@code cuda_bf16.h} from it; the other kernels need no header.
+ * <p>The include path is {@code $CUDA_HOME/include} (else {@code /usr/local/cuda/include}):
+ * {@code grouped_gemm_bf16.cu} includes {@code cuda_bf16.h} from it; the other kernels need no header.
  */
 final class KernelLibrary {
     private static final Logger LOG = Logger.getLogger(KernelLibrary.class.getName());
@@ -89,7 +89,7 @@ final class KernelLibrary {
     }
 
     /**
-     * Kernel tuning macros from {@code -Dsparkmoe.cuda.defines=NAME=VALUE,...} (e.g. {@code GG_MIN_BLOCKS=1}) as
+     * Kernel tuning macros from {@code -Dsparkmoe.cuda.defines=NAME=VALUE,...} (e.g. {@code GB_STAGES=2}) as
      * NVRTC {@code -D} options; they take part in the cache key.
      */
     /**
@@ -114,7 +114,7 @@ final class KernelLibrary {
             }
             if (!t.matches("[A-Za-z_][A-Za-z0-9_]*(=[A-Za-z0-9_.+-]*)?")) {
                 throw new IllegalArgumentException("sparkmoe.cuda.defines: '" + t + "' is not NAME or NAME=VALUE "
-                        + "(letters, digits, underscores); example: -Dsparkmoe.cuda.defines=GG_MIN_BLOCKS=1");
+                        + "(letters, digits, underscores); example: -Dsparkmoe.cuda.defines=GB_STAGES=2");
             }
             out.add("-D" + t);
         }

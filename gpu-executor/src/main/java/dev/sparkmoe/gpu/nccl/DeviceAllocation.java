@@ -28,9 +28,9 @@ public final class DeviceAllocation implements DeviceMemory, AutoCloseable {
         if (bytes <= 0) {
             throw new IllegalArgumentException("device buffer size (" + bytes + " bytes) must be positive");
         }
-        NcclCommunicator.cudaCheck("cudaSetDevice", cudart.cudaSetDevice(device), "allocating a device buffer", "");
+        NcclErrors.cudaCheck("cudaSetDevice", cudart.cudaSetDevice(device), "allocating a device buffer", "");
         Pointer p = new Pointer();
-        NcclCommunicator.cudaCheck("cudaMalloc", cudart.cudaMalloc(p, bytes), "allocating " + bytes + " bytes on device "
+        NcclErrors.cudaCheck("cudaMalloc", cudart.cudaMalloc(p, bytes), "allocating " + bytes + " bytes on device "
                 + device, "hint: the device may be out of memory");
         return new DeviceAllocation(device, bytes, p);
     }
@@ -57,7 +57,7 @@ public final class DeviceAllocation implements DeviceMemory, AutoCloseable {
         bounds(at, len);
         try (FloatPointer h = new FloatPointer(len)) {
             h.put(src, off, len);
-            NcclCommunicator.cudaCheck("cudaMemcpy", cudart.cudaMemcpy(RawPointer.of(address() + 4 * at, 4L * len), h,
+            NcclErrors.cudaCheck("cudaMemcpy", cudart.cudaMemcpy(RawPointer.of(address() + 4 * at, 4L * len), h,
                     4L * len, cudart.cudaMemcpyHostToDevice), "upload to a device buffer", "");
         }
     }
@@ -66,7 +66,7 @@ public final class DeviceAllocation implements DeviceMemory, AutoCloseable {
     public void download(float[] dst, int off, int len, long at) {
         bounds(at, len);
         try (FloatPointer h = new FloatPointer(len)) {
-            NcclCommunicator.cudaCheck("cudaMemcpy", cudart.cudaMemcpy(h, RawPointer.of(address() + 4 * at, 4L * len),
+            NcclErrors.cudaCheck("cudaMemcpy", cudart.cudaMemcpy(h, RawPointer.of(address() + 4 * at, 4L * len),
                     4L * len, cudart.cudaMemcpyDeviceToHost), "download from a device buffer", "");
             h.get(dst, off, len);
         }
@@ -74,7 +74,7 @@ public final class DeviceAllocation implements DeviceMemory, AutoCloseable {
 
     /** Sets every byte to {@code value}. */
     public void fill(int value) {
-        NcclCommunicator.cudaCheck("cudaMemset", cudart.cudaMemset(RawPointer.of(address(), bytes), value, bytes),
+        NcclErrors.cudaCheck("cudaMemset", cudart.cudaMemset(RawPointer.of(address(), bytes), value, bytes),
                 "filling a device buffer", "");
     }
 
@@ -91,7 +91,7 @@ public final class DeviceAllocation implements DeviceMemory, AutoCloseable {
             cudart.cudaSetDevice(device);
             int e = cudart.cudaFree(ptr);
             ptr = null;
-            NcclCommunicator.cudaCheck("cudaFree", e, "freeing a device buffer", "");
+            NcclErrors.cudaCheck("cudaFree", e, "freeing a device buffer", "");
         }
     }
 

@@ -12,13 +12,13 @@ import org.bytedeco.cuda.global.cudart;
  */
 public final class NcclWork implements AutoCloseable {
 
-    private final NcclCommunicator comm;
+    private final NcclCalls comm;
     private final String what;
     private final long deadlineNanos;
     private CUevent_st done;
     private boolean completed;
 
-    NcclWork(NcclCommunicator comm, String what, CUevent_st done, long deadlineNanos) {
+    NcclWork(NcclCalls comm, String what, CUevent_st done, long deadlineNanos) {
         this.comm = comm;
         this.what = what;
         this.done = done;

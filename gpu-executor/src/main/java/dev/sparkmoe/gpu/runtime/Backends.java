@@ -8,7 +8,7 @@ import java.util.logging.Logger;
 /**
  * Backend choice, explicit and logged (DESIGN convention 8): "cpu", "cuda" or "auto" (cuda when a GPU and the CUDA
  * libraries are present, cpu otherwise). The setting comes from the job (TrainerSpec.backend, the config key
- * training.backend) and can be overridden per process with -Dsparkmoe.backend or SPARKMOE_BACKEND.
+ * training.backend; the standalone launcher's --backend).
  */
 public final class Backends {
     private static final Logger LOG = Logger.getLogger(Backends.class.getName());
@@ -16,33 +16,35 @@ public final class Backends {
     private Backends() {
     }
 
-    /** The effective choice after the process-level override. */
+    /** The requested choice, checked and lower-cased (null: "auto"). */
     public static String effectiveChoice(String requested) {
-        String override = System.getProperty("sparkmoe.backend", System.getenv("SPARKMOE_BACKEND"));
-        String choice = override != null && !override.isBlank() ? override : requested;
-        choice = choice == null ? "auto" : choice.trim().toLowerCase(Locale.ROOT);
+        String choice = requested == null ? "auto" : requested.trim().toLowerCase(Locale.ROOT);
         if (!choice.equals("cpu") && !choice.equals("cuda") && !choice.equals("auto")) {
-            throw new IllegalArgumentException("unknown backend '" + choice + "'; expected cpu, cuda or auto");
+            throw new IllegalArgumentException("unknown backend '" + requested + "'; expected cpu, cuda or auto "
+                    + "(training.backend)");
         }
         return choice;
     }
 
-    /** Creates the backend for this rank; {@code deviceId} is the GPU ordinal (ignored on the CPU). */
-    public static Backend create(String requested, int deviceId) {
+    /**
+     * Creates the backend for this rank; {@code deviceId} is the GPU ordinal (ignored on the CPU), and a CPU backend
+     * runs its matrix products on {@code cpuBlasThreads} OpenBLAS threads ({@code training.cpu_blas_threads}).
+     */
+    public static Backend create(String requested, int deviceId, int cpuBlasThreads) {
         String choice = effectiveChoice(requested);
         Backend b;
         if (choice.equals("cpu")) {
-            b = new CpuBackend();
+            b = new CpuBackend(cpuBlasThreads);
         } else {
             String why = CudaSupport.unavailableReason();
             if (why == null) {
                 b = CudaSupport.open(deviceId);
             } else if (choice.equals("cuda")) {
                 throw new IllegalStateException("backend 'cuda' was requested but " + why
-                        + "; set training.backend=cpu (or SPARKMOE_BACKEND=cpu) to train on the CPU");
+                        + "; set training.backend=cpu to train on the CPU");
             } else {
                 LOG.info("backend auto: no usable GPU (" + why + "), using the CPU backend");
-                b = new CpuBackend();
+                b = new CpuBackend(cpuBlasThreads);
             }
         }
         Backend chosen = b;

@@ -19,7 +19,7 @@ public final class GpuWorld {
     /** Collective over {@code host}: every rank calls it with its own backend. */
     public static NcclCommunicator create(Communicator host, CudaBackend backend, Duration timeout) {
         NcclCommunicator.requireNvlsDisabled();
-        // the environment picks the collectives' mode (SPARK_MOE_NCCL_BLOCKING_COLLECTIVES); the caller the timeout
+        // the environment may set the init timeout; the caller sets the collectives' timeout
         NcclOptions options = NcclOptions.fromEnvironment(System.getenv(), backend.device()).withName("world")
                 .withTimeout(timeout);
         NcclCommunicator world = NcclCommunicator.create(NcclBootstrap.over(host), options);

@@ -29,8 +29,8 @@
 //
 // Two kernel sets (CudaBackend.FlashKernels): the first ones (V1: fa_fwd_d*, fa_bwd_di, fa_bwd_dq_d*,
 // fa_bwd_dkdv_d*), which read the f32 tensors and round while staging, and the "v2" ones after them (fa_bwd_prep,
-// fa_fwd2*, fa_bwd_dq2*, fa_bwd_dkdv2*; V2, V2_S2, V2_W8, V2_W8 the default), which read bf16 copies through cp.async
-// (see the v2 section). Both give the same bits.
+// fa_fwd2_d*, fa_bwd_dq2w8_d*, fa_bwd_dkdv2w8_d*: V2_W8, the set that runs), which read bf16 copies through cp.async
+// (see the v2 section). Both give the same bits; V1 is the tests' reference.
 //
 // NVRTC source: no headers, device code only; bf16 conversion, exp2, ldmatrix and mma through inline PTX (sm_80+).
 // gpu-executor/scripts/flash_attention_emulator.py transliterates the V1 kernels lane by lane (with mma and ldmatrix
@@ -558,7 +558,7 @@ __device__ __forceinline__ void fa_bwd_dkdv_impl(const float* __restrict__ dOut,
 }
 
 // ============================================================================================================ v2
-// The "v2" kernels (CudaBackend FlashKernels V2, V2_S2, V2_W8; V2_W8 the default): the same products, rounding
+// The "v2" kernels (CudaBackend FlashKernels V2_W8): the same products, rounding
 // points, tile orders and accumulation orders as the kernels above, but their inputs are bf16 copies made once per call
 // (q, k, v by f32_to_bf16_rows in kernels.cu; dO by fa_bwd_prep, which also writes Di exactly as fa_bwd_di does),
 // staged into shared memory with 16-byte cp.async copies (no conversion in the loops), in a ring of STAGES tiles
@@ -568,9 +568,7 @@ __device__ __forceinline__ void fa_bwd_dkdv_impl(const float* __restrict__ dOut,
 // (K in S = Q K^T, V in dP = dO V^T, Q and dO in S^T = K Q^T and dP^T = V dO^T) and the dk/dv kernel's K, V A
 // operands read by ldmatrix.x4 instead of 32-bit shared loads. With the same tile sizes the outputs equal those of
 // the kernels above bit for bit (the emulator, which transliterates the kernels above, covers these by that
-// equality; the GPU test checks it). Measured on an H200 (B=4, T=2048, Hq=16, Hkv=4, D=64, CUDA events, median of
-// 15), forward / backward per call: V1 0.332 / 1.538 ms; V2 0.226 / 0.699; V2_S2 0.217 / 0.690; V2_W8 0.223 /
-// 0.631 ms (backward parts of V2_W8: copies and Di 0.089, dk/dv 0.314, dq 0.231 ms; V1's dk/dv 0.912, dq 0.561).
+// equality; the GPU test checks it). Timings: gpu-executor/GPU-RESULTS.md.
 //
 // ldmatrix.x4 (non-transposed) as a B operand pair: lanes address rows n0 + (lane & 7) + 8 * (lane >> 4) at column
 // k0 + 8 * ((lane >> 3) & 1) of a row-major [n][k] tile; r0, r1 = b0, b1 of the n-tile at n0, r2, r3 = those of the
@@ -1053,7 +1051,7 @@ __device__ __forceinline__ void fa_bwd_dkdv2_impl(const fa_bf16* __restrict__ dO
 }
 
 // ---------------------------------------------------------------------------------------------------- instances
-// Tile configurations (CudaBackend mirrors them: threads = 32*WARPS, grid rows and dynamic shared bytes):
+// Tile configurations (FlashAttention mirrors them: threads = 32*WARPS, grid rows and dynamic shared bytes):
 //   fwd  D=64: WARPS 8, BN 64 (BM 128);  D=128: WARPS 8, BN 64 (BM 128)     shared 4*BN*(D+8)
 //   dq   D=64: WARPS 4, BN 64 (BM 64);   D=128: WARPS 4, BN 32 (BM 64)      shared 4*BN*(D+8)
 //   dkdv D=64: WARPS 4, BM 64 (BN 64);   D=128: WARPS 4, BM 32 (BN 64)      shared 4*(BN+BM)*(D+8) + 8*BM
@@ -1084,13 +1082,14 @@ __global__ void __launch_bounds__(256) fa_bwd_di(const float* dOut, const float*
 FA_INSTANCES(64, 8, 64, 4, 64, 4, 64)
 FA_INSTANCES(128, 8, 64, 4, 32, 4, 32)
 
-// v2, suffix "" (V2: 3 stages), "s2" (V2_S2: 2 stages), "w8" (V2_W8: 8-warp backward CTAs, 3 stages). Shared bytes
-// (CudaBackend mirrors them): fwd2, dq2 4*STAGES*BN*(D+8); dkdv2 2*(2*BN + 2*STAGES*BM)*(D+8) + 8*STAGES*BM.
+// v2 (V2_W8): the forward (no suffix) and the backward with 8-warp CTAs (suffix "w8"), all with a ring of 3 stages.
+// Shared bytes (FlashAttention mirrors them): fwd2, dq2 4*STAGES*BN*(D+8); dkdv2 2*(2*BN + 2*STAGES*BM)*(D+8) +
+// 8*STAGES*BM.
 //   fwd2   D=64, 128: WARPS 8, BN 64
-//   dq2    D=64: WARPS 4 (w8: 8), BN 64;  D=128: WARPS 4 (w8: 8), BN 32
-//   dkdv2  D=64: WARPS 4 (w8: 8), BM 64;  D=128: WARPS 4 (w8: 8), BM 32
+//   dq2    D=64: WARPS 8, BN 64;  D=128: WARPS 8, BN 32
+//   dkdv2  D=64: WARPS 8, BM 64;  D=128: WARPS 8, BM 32
 // The second number of a __launch_bounds__ (minimum CTAs per SM) caps the registers: fwd2 D=64 at 128 (2 CTAs of
-// 8 warps), dkdv2 D=64 at 168 (3 CTAs of 4 warps); dq2 D=64 needs 138 without a cap (3 CTAs).
+// 8 warps).
 __global__ void __launch_bounds__(256) fa_bwd_prep(const float* dOut, const float* out, int B, int T, int Hq, int D,
                                                    float* di, fa_bf16* dO16) {
     fa_bwd_prep_impl(dOut, out, B, T, Hq, D, di, dO16);
@@ -1117,12 +1116,6 @@ __global__ void __launch_bounds__(256) fa_bwd_prep(const float* dOut, const floa
 
 FA2_FWD(, 64, 8, 64, 3, 2)
 FA2_FWD(, 128, 8, 64, 3, 1)
-FA2_FWD(s2, 64, 8, 64, 2, 2)
-FA2_FWD(s2, 128, 8, 64, 2, 1)
-FA2_BWD(, 64, 4, 64, 3, 4, 64, 3, 3)
-FA2_BWD(, 128, 4, 32, 1, 4, 32, 1, 3)
-FA2_BWD(s2, 64, 4, 64, 3, 4, 64, 3, 2)
-FA2_BWD(s2, 128, 4, 32, 1, 4, 32, 1, 2)
 FA2_BWD(w8, 64, 8, 64, 1, 8, 64, 1, 3)
 FA2_BWD(w8, 128, 8, 32, 1, 8, 32, 1, 3)
 

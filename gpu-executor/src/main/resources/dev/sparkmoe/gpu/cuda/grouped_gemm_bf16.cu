@@ -1,18 +1,32 @@
-// Grouped GEMM on the tensor cores with bf16 OPERANDS in device memory: the default path of
-// CudaBackend.groupedGemm (GroupedMode.KERNEL with GroupedOperands.BF16). Compiled at run time by NVRTC (see
-// KernelLibrary); needs sm_80 or newer (bf16 mma.sync, cp.async). grouped_gemm.cu is the f32-operand variant (it
-// rounds f32 operands to bf16 while staging them); this file holds
-//   grouped_cast_bf16: the cast that the host runs first, once per operand and launch: every group's [rows, cols]
-//     block of the f32 operand (row stride srcLd, any alignment) is rounded to bf16 (round-to-nearest-even,
-//     __floats2bfloat162_rn, the same rounding as grouped_gemm.cu) into a scratch buffer, packed group after group
+// Grouped GEMM on the tensor cores with bf16 OPERANDS in device memory: ONE launch computes every group of
+// CudaBackend.groupedGemm (GroupedMode.KERNEL). Compiled at run time by NVRTC (see KernelLibrary); needs sm_80 or
+// newer (bf16 mma.sync, cp.async).
+//
+// Semantics (row-major f32 C, as Backend.groupedGemm): for each group g
+//     C_g = alpha * op(A_g) * op(B_g) + beta * C_g,   op(A_g) [m, k], op(B_g) [k, n], C_g [m, n]
+// A_g is stored [m, k] (row stride lda) or, transposed, [k, m]; B_g is stored [k, n] (ldb) or [n, k]; C_g [m, n]
+// (ldc). A and B are bf16 here (rounded to nearest even by whoever made them); products accumulate in f32
+// (mma.sync m16n8k16 bf16); the epilogue applies alpha and beta in f32. With beta == 0, C is never read (it may hold
+// NaN). k == 0 gives C_g = beta * C_g (0 where beta == 0).
+//
+// This file holds
+//   grouped_cast_bf16: the cast that the host runs first for an operand that is not held in bf16 already, once per
+//     operand and launch: every group's [rows, cols] block of the f32 operand (row stride srcLd, any alignment) is
+//     rounded to bf16 (round-to-nearest-even, __floats2bfloat162_rn) into a scratch buffer, packed group after group
 //     with row stride dstLd = cols of the widest group rounded up to 8 (16 bytes); columns cols .. dstLd - 1 are
 //     written as ZEROS. So every group's bf16 block starts 16-byte aligned, its rows are 16-byte aligned, and a
 //     16-byte chunk that starts inside a row holds only valid elements or zeros: the GEMM needs no alignment cases.
-//   grouped_gemm_bf16_{nn,nt,tn,tt}: the GEMM on those copies, same semantics as grouped_gemm.cu (row-major f32 C:
-//     C_g = alpha * op(A_g) op(B_g) + beta * C_g, f32 accumulation, beta == 0 never reads C, k == 0 gives
-//     beta * C_g), same GGParams (passed by value, the same 2840-byte layout: here lda / ldb are the scratch's
-//     dstLd, a / b the scratch addresses, flags unused), same group mapping (flat tile index, binary search over
-//     tileStart) and the same epilogue.
+//     (An operand held as a bf16 image, CudaBackend.adoptBf16Images / emptyGemmOperand, is read in place when its
+//     stride and blocks meet the same rules.)
+//   grouped_gemm_bf16_{nn,nt,tn,tt}: the GEMM on those bf16 operands. GBParams (passed BY VALUE as the only kernel
+//     parameter, 2840 bytes, under the classic 4 KB parameter limit): lda / ldb are the bf16 operands' strides, a / b
+//     their addresses, flags unused.
+//
+// Group mapping: blockIdx.x is a flat tile index over all groups of the launch. GBParams holds per group the device
+// addresses of A_g, B_g, C_g, m, n, k and the prefix sum of tiles before the group (tileStart, strictly increasing:
+// the host passes only groups with m, n > 0, largest k first so that the longest tiles start first). A CTA finds its
+// group by binary search over tileStart, then its tile row and column inside the group (row-major over the group's
+// tiles, so that consecutive CTAs share A's row block and B_g stays in L2). The host launches once per 64 groups.
 //
 // Tiling (defaults; tuning macros below): a CTA of 2 x GB_WARPS_N = 8 warps (256 threads) computes a GB_BM x GB_BN =
 // 128 x 128 tile of one group's C; each warp a 64 x GB_BN/GB_WARPS_N = 64 x 32 sub-tile (4 x 4 mma accumulators of
@@ -22,26 +36,19 @@
 // step's ONE barrier (after which every warp is done with step kt - 1's stage), issues slice kt + GB_STAGES - 1 into
 // that stage and runs the MMAs of slice kt (GB_BK / 16 k16 steps). The bf16 tiles keep the operand's stored layout
 // (contiguous dimension contiguous) with rows padded by 8 bf16 (16 bytes), so the 8 rows of an ldmatrix fall in
-// distinct bank groups; ldmatrix(.trans) x4 + mma.sync.m16n8k16 bf16 as in grouped_gemm.cu, so the k16 products
-// accumulate in the same order as there (the two paths agree to f32 rounding; GroupedGemmKernelTest compares them).
-// Tuning macros (-Dsparkmoe.cuda.defines=...; CudaBackend mirrors GB_BN, GB_BK, GB_STAGES, GB_WARPS_N and GC_UNROLL
+// distinct bank groups. MMAs: per 16-wide k slice a warp loads its B fragment pairs (16 x 16) and its A fragments
+// (16 x 16) with ldmatrix.x4, .trans where the stored layout is the transpose of the fragment's (A stored [k, m];
+// B stored [k, n]), and issues mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32. The epilogue writes straight from the
+// accumulators: lane (g = lane / 4, q = lane % 4) holds rows g and g + 8, columns 2q and 2q + 1 of each 16 x 8
+// block; float2 loads / stores where C_g is 8-byte aligned and ldc even, scalar ones otherwise and at the last odd
+// column.
+// Tuning macros (-Dsparkmoe.cuda.defines=...; GroupedGemm mirrors GB_BN, GB_BK, GB_STAGES, GB_WARPS_N and GC_UNROLL
 // in its tile count, dynamic shared-memory size, block size and cast grid): GB_BN (128 or 256), GB_BK (32 or 64),
-// GB_STAGES (2 or more, within the shared memory), GB_WARPS_N (4, or 2: 4 warps of 64 x 64 at GB_BN 128),
+// GB_STAGES (2 or more, within the shared memory: GB_STAGES=2 needs 72 KB, for devices that grant a block less than
+// the default's 108 KB, such as sm_86 / sm_89), GB_WARPS_N (4, or 2: 4 warps of 64 x 64 at GB_BN 128),
 // GB_MIN_BLOCKS (CTAs per SM the registers must allow), GC_UNROLL (chunks a cast thread loads before storing).
-//
-// Measured on an H200 (GroupedGemmKernelTest.timings: the model's six expert shapes, 32 experts, ~32k routed rows,
-// median of 11, one process; the casts included unless said): F32-operand kernel 1.577 ms for the six (111-143
-// TFLOP/s); this path with the defaults 1.411 ms (124-167 TFLOP/s; NT 0.231 / 0.205 ms, NN 0.224 / 0.209, TN
-// 0.277 / 0.264 against 0.309 / 0.244, 0.255 / 0.240, 0.257 / 0.273), of which the casts 0.06-0.10 ms a call
-// (about 0.46 ms for the six, roughly 3-3.4 TB/s) and the kernel alone 0.948 ms (181-247 TFLOP/s). Other define
-// sets, same run, six shapes with casts (kernels alone): GB_BK 32 with 4 stages 1.529 (1.047), 32 / 3 stages 1.508
-// (1.026), 32 / 5 stages 1.466 (1.003), GB_WARPS_N 2 1.543 (1.075), GB_WARPS_N 2 with 64 / 3 stages 1.559 (1.093),
-// GB_BN 256 1.661 (1.199), GB_BN 256 with 3 stages 1.683 (1.224), GB_BN 256 with 64 / 3 stages 1.591 (1.125). So
-// the bf16 kernel is about 1.66x the F32-operand kernel, but the per-call casts (a full extra pass over A and B)
-// leave 1.12x end to end; the weight-gradient shapes (TN, ragged k) gain least. Removing the casts (operands that
-// arrive in bf16, or one cast reused by the several grouped GEMMs that read the same tensor) is the next step.
-// gpu-executor/scripts/grouped_gemm_emulate.py emulates this file's index arithmetic with KERNEL=bf16 (and
-// grouped_gemm.cu without it).
+// Timings of the define sets: gpu-executor/GPU-RESULTS.md.
+// gpu-executor/scripts/grouped_gemm_emulate.py emulates this file's index arithmetic and the host side.
 
 #include <cuda_bf16.h>
 
@@ -67,7 +74,7 @@
 #define GB_MIN_BLOCKS (GB_BN == 128 ? 2 : 1)
 #endif
 
-// The same layout as grouped_gemm.cu's GGParams (CudaBackend fills both from one buffer).
+// The launch's groups (see the header); CudaBackend.groupedKernel fills it.
 struct GBParams {
     int lda, ldb, ldc, groups;
     float alpha, beta;
@@ -213,7 +220,7 @@ __device__ __forceinline__ void gb_copy(unsigned tile, const __nv_bfloat16* base
     }
 }
 
-// One warp's MMAs over k = KS .. KS+15 of a stage into its 64 x GB_WN accumulators (as grouped_gemm.cu).
+// One warp's MMAs over k = KS .. KS+15 of a stage into its 64 x GB_WN accumulators.
 template <bool TA, bool TB, int KS>
 __device__ __forceinline__ void gb_warp_mma(float (&acc)[4][GB_NJ][4], unsigned aLane, unsigned bLane) {
     constexpr int LDA_S = TA ? GB_BM + GB_PAD : GB_BK + GB_PAD;

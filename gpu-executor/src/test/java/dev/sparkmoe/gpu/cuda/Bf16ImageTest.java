@@ -80,7 +80,6 @@ class Bf16ImageTest {
     private static CudaBackend kernelBackend() {
         CudaBackend gpu = GpuTestSupport.backend();
         gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
-        gpu.setGroupedOperands(CudaBackend.GroupedOperands.BF16);
         return gpu;
     }
 

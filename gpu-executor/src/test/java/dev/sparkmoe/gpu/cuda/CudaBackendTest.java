@@ -94,7 +94,7 @@ class CudaBackendTest {
      */
     @Test
     void partWiseBf16ConversionsRoundToNearestEvenAndWidenExactly() {
-        int[] lens = new int[CudaBackend.BFP_MAX + 9];
+        int[] lens = new int[Bf16Parts.MAX + 9];
         int[] sizes = {0, 1, 3, 4, 5, 7, 1024, 100_003, 2, 9};
         for (int i = 0; i < lens.length; i++) {
             lens[i] = sizes[i % sizes.length];
@@ -265,7 +265,7 @@ class CudaBackendTest {
     }
 
     @Test
-    void groupedGemmBothModes() {
+    void groupedGemmLoopMatchesTheCpu() {
         int groups = 6, hidden = 48, inter = 40, ldaRows = 0;
         int[] m = {5, 0, 17, 3, 9, 1};
         int[] n = new int[groups];
@@ -287,24 +287,16 @@ class CudaBackendTest {
         Tensor cc = host(c, c.length);
         cpu.groupedGemm(false, true, groups, m, n, k, 1.3f, host(a, a.length), aOff, hidden, host(bT, bT.length), bOff,
                 hidden, 0.5f, cc, cOff, inter);
-        // cublasGemmGroupedBatchedEx is experimental (an illegal address on its first H200 run would poison the
-        // context for every later test): it is compared only with -Dsparkmoe.cuda.testGroupedCublas=true, in a JVM
-        // of its own.
         // (GroupedMode.KERNEL rounds to bf16: GroupedGemmKernelTest compares it with its own tolerances.)
-        CudaBackend.GroupedMode[] modes = Boolean.getBoolean("sparkmoe.cuda.testGroupedCublas")
-                ? new CudaBackend.GroupedMode[] {CudaBackend.GroupedMode.CUBLAS_GROUPED, CudaBackend.GroupedMode.LOOP}
-                : new CudaBackend.GroupedMode[] {CudaBackend.GroupedMode.LOOP};
-        for (CudaBackend.GroupedMode mode : modes) {
-            CudaBackend.GroupedMode saved = gpu.groupedMode();
-            gpu.setGroupedMode(mode);
-            try {
-                Tensor gc = up(c, c.length);
-                gpu.groupedGemm(false, true, groups, m, n, k, 1.3f, up(a, a.length), aOff, hidden, up(bT, bT.length),
-                        bOff, hidden, 0.5f, gc, cOff, inter);
-                assertClose(cc.floats(), down(gc), 1e-5, "groupedGemm " + mode + " (now " + gpu.groupedMode() + ")");
-            } finally {
-                gpu.setGroupedMode(saved);
-            }
+        CudaBackend.GroupedMode saved = gpu.groupedMode();
+        gpu.setGroupedMode(CudaBackend.GroupedMode.LOOP);
+        try {
+            Tensor gc = up(c, c.length);
+            gpu.groupedGemm(false, true, groups, m, n, k, 1.3f, up(a, a.length), aOff, hidden, up(bT, bT.length),
+                    bOff, hidden, 0.5f, gc, cOff, inter);
+            assertClose(cc.floats(), down(gc), 1e-5, "groupedGemm LOOP");
+        } finally {
+            gpu.setGroupedMode(saved);
         }
     }
 
@@ -326,15 +318,14 @@ class CudaBackendTest {
     }
 
     /**
-     * BF16 GEMMs on dense bf16 copies of A and B (opt-in: f32_to_bf16_rows, then a bf16-storage cublasGemmEx): the
-     * same as f32 GEMMs of the bf16-rounded operands, up to the order of the f32 sums, for every transposition,
-     * offsets, row strides, odd widths (the copy's unpaired last column) and beta 0 over NaN.
+     * BF16 GEMMs (cuBLAS's FAST_16BF compute on f32 storage: bf16 inputs, f32 accumulation) against the CPU's f32
+     * GEMM within bf16's tolerance (2e-2 of the largest value: a wrong transposition, offset or stride is off by the
+     * values themselves), for every transposition, offsets, row strides, odd widths and beta 0 over NaN.
      */
     @Test
-    void bf16GemmEqualsF32GemmOfRoundedOperands() {
+    void bf16GemmIsCloseToTheF32Gemm() {
         int m = 37, n = 53, k = 71;
         gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
-        gpu.setBf16Operands(true);
         try {
             for (boolean ta : new boolean[] {false, true}) {
                 for (boolean tb : new boolean[] {false, true}) {
@@ -345,8 +336,8 @@ class CudaBackendTest {
                     float[] c = rnd(r, cOff + m * ldc, 1);
                     for (float beta : new float[] {0.3f, 0f}) {
                         Tensor cc = host(c.clone(), c.length);
-                        cpu.gemm(ta, tb, m, n, k, 0.7f, host(bf16(a), a.length), aOff, lda, host(bf16(b), b.length),
-                                bOff, ldb, beta, cc, cOff, ldc);
+                        cpu.gemm(ta, tb, m, n, k, 0.7f, host(a, a.length), aOff, lda, host(b, b.length), bOff, ldb,
+                                beta, cc, cOff, ldc);
                         Tensor gc = beta == 0f ? poisoned(c.length) : up(c, c.length);
                         gpu.gemm(ta, tb, m, n, k, 0.7f, up(a, a.length), aOff, lda, up(b, b.length), bOff, ldb, beta,
                                 gc, cOff, ldc);
@@ -355,23 +346,14 @@ class CudaBackendTest {
                         for (int i = 0; i < m; i++) { // only C's block: the rest of a poisoned C stays NaN
                             float[] wr = java.util.Arrays.copyOfRange(want, cOff + i * ldc, cOff + i * ldc + n);
                             float[] gr = java.util.Arrays.copyOfRange(got, cOff + i * ldc, cOff + i * ldc + n);
-                            assertClose(wr, gr, 1e-5, "bf16 gemm ta=" + ta + " tb=" + tb + " beta=" + beta + " row " + i);
+                            assertClose(wr, gr, 2e-2, "bf16 gemm ta=" + ta + " tb=" + tb + " beta=" + beta + " row " + i);
                         }
                     }
                 }
             }
         } finally {
             gpu.setGemmPrecision(CudaBackend.GemmPrecision.F32);
-            gpu.setBf16Operands(Boolean.getBoolean("sparkmoe.cuda.bf16Operands"));
         }
-    }
-
-    private static float[] bf16(float[] x) {
-        float[] y = new float[x.length];
-        for (int i = 0; i < x.length; i++) {
-            y[i] = DType.roundToBf16(x[i]);
-        }
-        return y;
     }
 
     @Test
@@ -476,8 +458,7 @@ class CudaBackendTest {
     }
 
     /**
-     * Attention against the CPU reference in every mode: the fused f32 kernels, and the batched-GEMM path in F32
-     * (1e-4, like the fused kernels), TF32 (5e-3: tf32 operands, about 5e-4 relative each, through two products and
+     * Attention against the CPU reference in every mode: the batched-GEMM path in F32 (1e-4), TF32 (5e-3: tf32 operands, about 5e-4 relative each, through two products and
      * an exp) and BF16 (2e-2: bf16 operands, about 4e-3 relative each), plus F32 with a one-head chunk budget so that
      * the chunk loops (query heads of a group and kv heads split across chunks) are exercised, and the flash kernels
      * (2e-2, bf16 operands; head dims other than 64 and 128 run the GEMM path; more cases in FlashAttentionTest).
@@ -487,7 +468,6 @@ class CudaBackendTest {
         int[][] shapes = {{2, 37, 4, 2, 16}, {1, 70, 4, 1, 64}, {2, 33, 2, 2, 128}, {1, 65, 8, 2, 100}, {1, 5, 2, 1, 256},
             {2, 77, 6, 2, 64}, {1, 100, 3, 1, 16}, {2, 129, 6, 3, 64}};
         AttnConfig[] configs = {
-            new AttnConfig(CudaBackend.AttentionMode.FUSED, CudaBackend.GemmPrecision.F32, 0, 1e-4),
             new AttnConfig(CudaBackend.AttentionMode.GEMM, CudaBackend.GemmPrecision.F32, 0, 1e-4),
             new AttnConfig(CudaBackend.AttentionMode.GEMM, CudaBackend.GemmPrecision.F32, 1, 1e-4),
             new AttnConfig(CudaBackend.AttentionMode.GEMM, CudaBackend.GemmPrecision.TF32, 0, 5e-3),
@@ -512,9 +492,6 @@ class CudaBackendTest {
                 cpu.attentionBackward(host(dout, nq), host(q, nq), host(k, nkv), host(v, nkv), co, cl, b, t, hq, hkv,
                         d, scale, cdq, cdk, cdv);
                 for (AttnConfig c : configs) {
-                    if (c.mode() == CudaBackend.AttentionMode.FUSED && d > 256) {
-                        continue;
-                    }
                     gpu.setAttentionMode(c.mode());
                     gpu.setGemmPrecision(c.precision());
                     gpu.setAttentionChunkBytes(c.chunkBytes() > 0 ? c.chunkBytes() : chunk0);

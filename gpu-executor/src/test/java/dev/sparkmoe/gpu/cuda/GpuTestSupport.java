@@ -22,24 +22,6 @@ final class GpuTestSupport {
         return backend;
     }
 
-    /** {@link #medianMillis(CudaBackend, Runnable, int, int)} with 2 warm-ups and 10 timed runs. */
-    static float medianMillis(CudaBackend gpu, Runnable body) {
-        return medianMillis(gpu, body, 2, 10);
-    }
-
-    /** Median device time (CUDA events) of {@code reps} runs of {@code body} after {@code warm} untimed ones. */
-    static float medianMillis(CudaBackend gpu, Runnable body, int warm, int reps) {
-        for (int i = 0; i < warm; i++) {
-            gpu.timeMillis(body);
-        }
-        float[] t = new float[reps];
-        for (int i = 0; i < reps; i++) {
-            t[i] = gpu.timeMillis(body);
-        }
-        java.util.Arrays.sort(t);
-        return reps % 2 == 1 ? t[reps / 2] : (t[reps / 2 - 1] + t[reps / 2]) / 2;
-    }
-
     static float[] rnd(Random r, int n, float scale) {
         float[] a = new float[n];
         for (int i = 0; i < n; i++) {

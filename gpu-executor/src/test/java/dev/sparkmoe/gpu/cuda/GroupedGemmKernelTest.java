@@ -1,7 +1,5 @@
 package dev.sparkmoe.gpu.cuda;
 
-import static dev.sparkmoe.gpu.cuda.GpuTestSupport.medianMillis;
-
 import dev.sparkmoe.core.backend.CpuBackend;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -16,14 +14,10 @@ import static dev.sparkmoe.gpu.cuda.GpuTestSupport.roundedToBf16;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 /**
- * {@link CudaBackend.GroupedMode#KERNEL} (the one-launch bf16 tensor-core grouped GEMM, on both operand paths:
- * {@link CudaBackend.GroupedOperands#F32}, {@code grouped_gemm.cu}, and {@link CudaBackend.GroupedOperands#BF16},
- * the casts plus {@code grouped_gemm_bf16.cu}) against {@link CpuBackend#groupedGemm} on random data. Each case and
- * path is checked twice, and the two paths against each other (max difference <= 1e-6 * max |value| + 1e-5: the
- * same roundings and the same k16 products in the same order):
+ * {@link CudaBackend.GroupedMode#KERNEL} (the one-launch bf16 tensor-core grouped GEMM: the operand casts plus
+ * {@code grouped_gemm_bf16.cu}) against {@link CpuBackend#groupedGemm} on random data. Each case is checked twice:
  * <ul>
  *   <li>tight: against the CPU reference computed on the bf16-ROUNDED inputs ({@link DType#roundToBf16}, the same
  *       rounding as the kernel's {@code __float2bfloat16}): bf16 x bf16 products are exact in f32, so only the f32
@@ -33,15 +27,13 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
  *       max |ref| + 1e-5 (bf16 keeps 8 significant bits: about 4e-3 relative per product).
  * </ul>
  * Elements outside every C_g (padding between groups, stride gaps) must be left untouched, NaN included, and with
- * beta == 0 the NaN that fills C must not leak into the result. Skipped where no GPU or CUDA library is present;
- * {@link #timings} runs only with {@code -Dsparkmoe.cuda.bench=true}.
+ * beta == 0 the NaN that fills C must not leak into the result. Skipped where no GPU or CUDA library is present.
+ * (Timings of these shapes: the bench source set's {@code KernelBench grouped}.)
  */
 class GroupedGemmKernelTest {
     private static final double TIGHT = 1e-4;
     private static final double LOOSE = 2e-2;
     private static final double ABS = 1e-5;
-    /** BF16 vs F32 operand paths (see check). */
-    private static final double TWIN = 1e-6;
 
     private final CpuBackend cpu = new CpuBackend();
 
@@ -203,25 +195,15 @@ class GroupedGemmKernelTest {
         float[] rounded = c0.clone();
         cpuGroupedGemm(p, alpha, roundedToBf16(a), roundedToBf16(b), beta, rounded);
 
-        float[][] got = new float[2][];
-        for (CudaBackend.GroupedOperands ops : CudaBackend.GroupedOperands.values()) {
-            float[] x = runKernel(gpu, p, ops, alpha, a, b, beta, c0);
-            String w = what + " (" + ops + " operands)";
-            assertMatches(rounded, x, TIGHT, w + ": vs the CPU on bf16-rounded inputs");
-            assertMatches(exact, x, LOOSE, w + ": vs the CPU on f32 inputs");
-            got[ops.ordinal()] = x;
-        }
-        // The two operand paths round alike and accumulate the same k16 products in the same order: (nearly) equal.
-        assertMatches(got[CudaBackend.GroupedOperands.F32.ordinal()], got[CudaBackend.GroupedOperands.BF16.ordinal()],
-                TWIN, what + ": BF16 operands vs F32 operands");
+        float[] x = runKernel(gpu, p, alpha, a, b, beta, c0);
+        assertMatches(rounded, x, TIGHT, what + ": vs the CPU on bf16-rounded inputs");
+        assertMatches(exact, x, LOOSE, what + ": vs the CPU on f32 inputs");
     }
 
-    private static float[] runKernel(CudaBackend gpu, Problem p, CudaBackend.GroupedOperands ops, float alpha,
-                                     float[] a, float[] b, float beta, float[] c0) {
+    private static float[] runKernel(CudaBackend gpu, Problem p, float alpha, float[] a, float[] b, float beta,
+                                     float[] c0) {
         CudaBackend.GroupedMode saved = gpu.groupedMode();
-        CudaBackend.GroupedOperands savedOps = gpu.groupedOperands();
         gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
-        gpu.setGroupedOperands(ops);
         try (var scope = gpu.openScope()) {
             Tensor gc = gpu.upload(host(c0, c0.length));
             gpu.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, alpha, gpu.upload(host(a, a.length)), p.aOff,
@@ -229,7 +211,6 @@ class GroupedGemmKernelTest {
             return gpu.download(gc).floats();
         } finally {
             gpu.setGroupedMode(saved);
-            gpu.setGroupedOperands(savedOps);
         }
     }
 
@@ -299,7 +280,7 @@ class GroupedGemmKernelTest {
     @Test
     void edgesOfTheWideTile() {
         CudaBackend gpu = GpuTestSupport.backend();
-        // 128 x 128 (or, by GG_BN, 128 x 256) CTA tiles of 8 warps of 64 x 32 (64 x 64), mma blocks of 16 x 8, k in
+        // 128 x 128 (or, by GB_BN, 128 x 256) CTA tiles of 8 warps of 64 x 32 (64 x 64), mma blocks of 16 x 8, k in
         // slices of 32 and 16: m and n just below, at and above those boundaries, m < 16, odd n (the float2
         // epilogue's last column), k = 1 .. 97.
         int[] m = {1, 15, 127, 129, 255, 257, 64, 65, 9};
@@ -369,7 +350,7 @@ class GroupedGemmKernelTest {
     }
 
     /**
-     * BF16 operands: a grouped GEMM right after another that converted the same operand block reads the kept copy
+     * A grouped GEMM right after another that converted the same operand block reads the kept copy
      * (Experts' dOut of the down projection's input gradient (NN) and weight gradient (TN)); a backend call that
      * writes the operand in between makes it convert again, and the result follows the new values.
      */
@@ -377,9 +358,7 @@ class GroupedGemmKernelTest {
     void theNextGroupedGemmReusesAnOperandCopyOnlyWhileNothingCameBetween() {
         CudaBackend gpu = GpuTestSupport.backend();
         CudaBackend.GroupedMode savedMode = gpu.groupedMode();
-        CudaBackend.GroupedOperands savedOps = gpu.groupedOperands();
         gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
-        gpu.setGroupedOperands(CudaBackend.GroupedOperands.BF16);
         int[] rows = {40, 0, 70, 9};
         int e = rows.length, hidden = 64, inter = 40, total = Arrays.stream(rows).sum();
         GpuTestSupport.ExpertLayout l = GpuTestSupport.ExpertLayout.of(rows, hidden, inter);
@@ -425,7 +404,6 @@ class GroupedGemmKernelTest {
             assertMatches(want2, got2, TIGHT, "TN after x was doubled");
         } finally {
             gpu.setGroupedMode(savedMode);
-            gpu.setGroupedOperands(savedOps);
         }
         assertEquals(0, gpu.heldOperandCopies(), "closing the scope drops kept copies");
     }
@@ -480,162 +458,5 @@ class GroupedGemmKernelTest {
             gpu.setGroupedMode(savedMode);
             gpu.setGemmPrecision(savedPrecision);
         }
-    }
-
-    @Test
-    void groupedModeProperty() {
-        // No GPU needed: the parser behind -Dsparkmoe.cuda.grouped.
-        assertEquals(CudaBackend.GroupedMode.AUTO, CudaBackend.parseGroupedMode("auto"));
-        assertEquals(CudaBackend.GroupedMode.KERNEL, CudaBackend.parseGroupedMode("Kernel"));
-        assertEquals(CudaBackend.GroupedMode.LOOP, CudaBackend.parseGroupedMode("loop"));
-        assertEquals(CudaBackend.GroupedMode.CUBLAS_GROUPED, CudaBackend.parseGroupedMode("cublas"));
-        assertThrows(IllegalArgumentException.class, () -> CudaBackend.parseGroupedMode("fast"));
-        assertEquals(CudaBackend.GroupedOperands.BF16, CudaBackend.parseGroupedOperands("bf16"));
-        assertEquals(CudaBackend.GroupedOperands.F32, CudaBackend.parseGroupedOperands(" F32"));
-        assertThrows(IllegalArgumentException.class, () -> CudaBackend.parseGroupedOperands("fp8"));
-    }
-
-    // ------------------------------------------------------------------ timing (opt-in)
-
-    /**
-     * KERNEL with F32 operands, KERNEL with BF16 operands (their casts included), the casts alone, and LOOP
-     * (cublasGemmEx per group, BF16 compute) on the model's six expert GEMM shapes: device time between CUDA events
-     * around one groupedGemm call (so LOOP's host launch gaps count), median of 11; then the totals of the six.
-     * {@code -Dsparkmoe.cuda.bench.variants=DEFINES;DEFINES;...} (each as {@code sparkmoe.cuda.defines}, e.g.
-     * {@code GB_BN=256;GB_BK=64,GB_STAGES=3}) also times the BF16 path compiled with each, on a backend of its own in
-     * this process, after checking its result on every shape against the F32-operand kernel's.
-     */
-    @Test
-    void timings() {
-        assumeTrue(Boolean.getBoolean("sparkmoe.cuda.bench"), "timings run with -Dsparkmoe.cuda.bench=true");
-        CudaBackend gpu = GpuTestSupport.backend();
-        CudaBackend.GroupedMode savedMode = gpu.groupedMode();
-        CudaBackend.GemmPrecision savedPrecision = gpu.gemmPrecision();
-        CudaBackend.GroupedOperands savedOps = gpu.groupedOperands();
-        String baseDefines = System.getProperty("sparkmoe.cuda.defines", "");
-        java.util.List<String> variants = new java.util.ArrayList<>();
-        for (String v : System.getProperty("sparkmoe.cuda.bench.variants", "").split(";")) {
-            if (!v.isBlank()) {
-                variants.add(v.trim());
-            }
-        }
-        CudaBackend[] vb = new CudaBackend[variants.size()];
-        int[] rows = modelRows(new Random(1));
-        int hidden = 1024, inter = 512;
-        Problem[] shapes = {model("NT", rows, inter, hidden), model("NT", rows, hidden, inter),
-            model("NN", rows, inter, hidden), model("NN", rows, hidden, inter), model("TN", rows, hidden, inter),
-            model("TN", rows, inter, hidden)};
-        StringBuilder out = new StringBuilder("\n=== grouped GEMM on " + gpu.deviceName() + " (" + gpu.arch()
-                + "), defines '" + baseDefines + "', 32 experts, rows " + Arrays.toString(rows) + " ===\n");
-        String[] labels = {"KERNEL f32 operands", "KERNEL bf16 operands (cast incl.)", "  of which the bf16 casts",
-            "  bf16 kernel alone (difference)", "LOOP   BF16 (cuBLAS per group)"};
-        double[] total = new double[labels.length];
-        double[][] vTotal = new double[variants.size()][2];
-        java.util.List<String> failures = new java.util.ArrayList<>();
-        try {
-            for (Problem p : shapes) {
-                float[] ha = fastRnd(p.aLen, 11), hb = fastRnd(p.bLen, 12), hc = fastRnd(p.cLen, 13);
-                float beta = p.tA ? 1f : 0f;
-                float[] reference;
-                try (var scope = gpu.openScope()) {
-                    Tensor a = gpu.upload(host(ha, p.aLen));
-                    Tensor b = gpu.upload(host(hb, p.bLen));
-                    Tensor c = gpu.upload(host(hc, p.cLen));
-                    Runnable call = () -> gpu.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, 1f, a, p.aOff, p.lda,
-                            b, p.bOff, p.ldb, beta, c, p.cOff, p.ldc);
-                    Runnable cast = () -> gpu.groupedOperandCastOnly(p.tA, p.tB, p.groups(), p.m, p.n, p.k, a,
-                            p.aOff, p.lda, b, p.bOff, p.ldb);
-                    gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
-                    gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
-                    gpu.setGroupedOperands(CudaBackend.GroupedOperands.F32);
-                    call.run();
-                    reference = gpu.download(c).floats();
-                    double[] ms = new double[labels.length];
-                    ms[0] = medianMillis(gpu, call, 3, 11);
-                    gpu.setGroupedOperands(CudaBackend.GroupedOperands.BF16);
-                    ms[1] = medianMillis(gpu, call, 3, 11);
-                    ms[2] = medianMillis(gpu, cast, 3, 11);
-                    ms[3] = ms[1] - ms[2];
-                    gpu.setGroupedMode(CudaBackend.GroupedMode.LOOP);
-                    ms[4] = medianMillis(gpu, call, 3, 11);
-                    for (int i = 0; i < ms.length; i++) {
-                        total[i] += ms[i];
-                        out.append(String.format("%-36s %-34s beta=%.0f: %8.3f ms", p.name, labels[i], beta, ms[i]));
-                        out.append(i == 2 ? String.format("%n")
-                                : String.format("  %7.1f TFLOP/s%n", p.flops() / ms[i] / 1e9));
-                    }
-                } finally {
-                    gpu.setGroupedMode(savedMode);
-                    gpu.setGemmPrecision(savedPrecision);
-                    gpu.setGroupedOperands(savedOps);
-                }
-                for (int v = 0; v < vb.length; v++) {
-                    System.setProperty("sparkmoe.cuda.defines", variants.get(v));
-                    try {
-                        if (vb[v] == null) {
-                            vb[v] = new CudaBackend();
-                        }
-                        CudaBackend x = vb[v];
-                        x.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
-                        x.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
-                        x.setGroupedOperands(CudaBackend.GroupedOperands.BF16);
-                        try (var scope = x.openScope()) {
-                            Tensor a = x.upload(host(ha, p.aLen));
-                            Tensor b = x.upload(host(hb, p.bLen));
-                            Tensor c = x.upload(host(hc, p.cLen));
-                            Runnable call = () -> x.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, 1f, a, p.aOff,
-                                    p.lda, b, p.bOff, p.ldb, beta, c, p.cOff, p.ldc);
-                            call.run();
-                            try {
-                                assertMatches(reference, x.download(c).floats(), TWIN, p.name + " with defines '"
-                                        + variants.get(v) + "' vs the F32-operand kernel");
-                            } catch (AssertionError e) {
-                                failures.add(e.getMessage());
-                                out.append("MISMATCH ").append(e.getMessage()).append('\n');
-                                continue;
-                            }
-                            double ms = medianMillis(x, call, 3, 11);
-                            double castMs = medianMillis(x, () -> x.groupedOperandCastOnly(p.tA, p.tB, p.groups(),
-                                    p.m, p.n, p.k, a, p.aOff, p.lda, b, p.bOff, p.ldb), 3, 11);
-                            vTotal[v][0] += ms;
-                            vTotal[v][1] += ms - castMs;
-                            out.append(String.format("%-36s bf16 [%s] beta=%.0f: %8.3f ms  %7.1f TFLOP/s (kernel "
-                                    + "alone %7.3f ms, %7.1f TFLOP/s)%n", p.name, variants.get(v), beta, ms,
-                                    p.flops() / ms / 1e9, ms - castMs, p.flops() / (ms - castMs) / 1e9));
-                        }
-                    } finally {
-                        System.setProperty("sparkmoe.cuda.defines", baseDefines);
-                    }
-                }
-            }
-        } finally {
-            for (CudaBackend x : vb) {
-                if (x != null) {
-                    x.close();
-                }
-            }
-        }
-        for (int i = 0; i < total.length; i++) {
-            out.append(String.format("six shapes, %-34s %8.3f ms%n", labels[i], total[i]));
-        }
-        for (int v = 0; v < vb.length; v++) {
-            out.append(String.format("six shapes, bf16 [%s]: %8.3f ms (kernels alone %8.3f ms)%n", variants.get(v),
-                    vTotal[v][0], vTotal[v][1]));
-        }
-        System.out.println(out);
-        assertTrue(failures.isEmpty(), () -> "variants that differ from the F32-operand kernel: " + failures);
-    }
-
-    /** Cheap uniform values in [-1, 1) (xorshift): the timings' operands, where nextGaussian takes seconds. */
-    private static float[] fastRnd(int n, long seed) {
-        float[] f = new float[n];
-        long x = seed * 0x9E3779B97F4A7C15L + 1;
-        for (int i = 0; i < n; i++) {
-            x ^= x << 13;
-            x ^= x >>> 7;
-            x ^= x << 17;
-            f[i] = (x >>> 40) * 0x1p-23f - 1f;
-        }
-        return f;
     }
 }

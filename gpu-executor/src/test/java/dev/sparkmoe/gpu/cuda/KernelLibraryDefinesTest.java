@@ -13,14 +13,14 @@ class KernelLibraryDefinesTest {
     @Test
     void namesAndValuesBecomeDashDOptions() {
         assertEquals(List.of(), KernelLibrary.defines(""));
-        assertEquals(List.of("-DGG_MIN_BLOCKS=1", "-DFLAG"), KernelLibrary.defines(" GG_MIN_BLOCKS=1 , FLAG,"));
+        assertEquals(List.of("-DGB_STAGES=2", "-DFLAG"), KernelLibrary.defines(" GB_STAGES=2 , FLAG,"));
     }
 
     @Test
     void anythingElseIsRefusedWithAnExample() {
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
-                () -> KernelLibrary.defines("GG_MIN_BLOCKS=1 --use_fast_math"));
-        assertTrue(e.getMessage().contains("NAME=VALUE") && e.getMessage().contains("GG_MIN_BLOCKS=1"),
+                () -> KernelLibrary.defines("GB_STAGES=2 --use_fast_math"));
+        assertTrue(e.getMessage().contains("NAME=VALUE") && e.getMessage().contains("GB_STAGES=2"),
                 e.getMessage());
         assertThrows(IllegalArgumentException.class, () -> KernelLibrary.defines("1X=2"));
     }

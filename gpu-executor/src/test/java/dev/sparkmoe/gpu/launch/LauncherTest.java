@@ -120,10 +120,10 @@ class LauncherTest {
 
     @Test
     void ranksInheritTheLaunchersSparkMoeSettings() {
-        System.setProperty("sparkmoe.cuda.defines", "GG_MIN_BLOCKS=1");
+        System.setProperty("sparkmoe.cuda.defines", "GB_STAGES=2");
         try {
             List<String> cmd = Launcher.childCommand(Launcher.parse(new String[] {"--nproc", "2"}));
-            assertTrue(cmd.contains("-Dsparkmoe.cuda.defines=GG_MIN_BLOCKS=1"), cmd.toString());
+            assertTrue(cmd.contains("-Dsparkmoe.cuda.defines=GB_STAGES=2"), cmd.toString());
         } finally {
             System.clearProperty("sparkmoe.cuda.defines");
         }

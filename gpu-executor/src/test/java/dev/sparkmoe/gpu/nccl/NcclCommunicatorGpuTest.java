@@ -75,11 +75,9 @@ class NcclCommunicatorGpuTest {
         assertTrue(o.contains("busbw"), o);
     }
 
-    /** Both modes: collectives on the non-blocking communicators, and on their blocking twins (the default). */
-    @org.junit.jupiter.params.ParameterizedTest
-    @org.junit.jupiter.params.provider.ValueSource(booleans = {false, true})
-    void aCollectiveNobodyElseJoinsTimesOutAndAborts(boolean blockingCollectives) {
-        NcclCommunicator[] cs = twoRanksInThisJvm(Duration.ofSeconds(3), blockingCollectives);
+    @Test
+    void aCollectiveNobodyElseJoinsTimesOutAndAborts() {
+        NcclCommunicator[] cs = twoRanksInThisJvm(Duration.ofSeconds(3));
         CollectiveTimeoutException e = assertThrows(CollectiveTimeoutException.class,
                 () -> cs[0].allReduceSum(new float[8], 0, 8));
         assertTrue(e.getMessage().contains("allReduceSum(float[8])"), e.getMessage());
@@ -95,7 +93,7 @@ class NcclCommunicatorGpuTest {
     @Test
     @org.junit.jupiter.api.Timeout(value = 90, threadMode = org.junit.jupiter.api.Timeout.ThreadMode.SEPARATE_THREAD)
     void theWatchdogAbortsAnEnqueueThatBlocksTheHost() {
-        NcclCommunicator[] cs = twoRanksInThisJvm(Duration.ofSeconds(3), true);
+        NcclCommunicator[] cs = twoRanksInThisJvm(Duration.ofSeconds(3));
         long t0 = System.nanoTime();
         RuntimeException e = assertThrows(RuntimeException.class, () -> cs[0].send(new float[8], 0, 8, 1));
         assertTrue(System.nanoTime() - t0 < 60_000_000_000L);
@@ -111,7 +109,7 @@ class NcclCommunicatorGpuTest {
      */
     @Test
     void theWatchdogAbortsADeviceCollectiveNobodyJoins() throws Exception {
-        NcclCommunicator[] cs = twoRanksInThisJvm(Duration.ofSeconds(3), true);
+        NcclCommunicator[] cs = twoRanksInThisJvm(Duration.ofSeconds(3));
         try (dev.sparkmoe.gpu.cuda.CudaBackend be = new dev.sparkmoe.gpu.cuda.CudaBackend(0)) {
             cs[0].setComputeStream(be.stream());
             dev.sparkmoe.core.tensor.Tensor t = be.upload(dev.sparkmoe.core.tensor.Tensor.of(new float[1024], 1024));
@@ -151,7 +149,7 @@ class NcclCommunicatorGpuTest {
     }
 
     /** Two ranks in this JVM on devices 0 and 1 (skips without two GPUs). */
-    private static NcclCommunicator[] twoRanksInThisJvm(Duration timeout, boolean blockingCollectives) {
+    private static NcclCommunicator[] twoRanksInThisJvm(Duration timeout) {
         Nccl.Availability a = gpu();
         assumeTrue(a.deviceCount() >= 2, "needs 2 GPUs");
         java.util.concurrent.atomic.AtomicReference<byte[]> id = new java.util.concurrent.atomic.AtomicReference<>();
@@ -187,8 +185,7 @@ class NcclCommunicatorGpuTest {
                         return id.get();
                     }
                 };
-                cs[rank] = NcclCommunicator.create(b, NcclOptions.defaults(rank).withTimeout(timeout)
-                        .withBlockingCollectives(blockingCollectives));
+                cs[rank] = NcclCommunicator.create(b, NcclOptions.defaults(rank).withTimeout(timeout));
             });
             ts[r].start();
         }

@@ -49,12 +49,10 @@ class NcclResultsTest {
         assertEquals(1500, o.timeout().toMillis());
         assertEquals(1, o.device());
         assertEquals("world", o.name());
-        assertTrue(o.blockingCollectives());
-        assertFalse(NcclOptions.fromEnvironment(java.util.Map.of(NcclOptions.ENV_BLOCKING, "0"), 0)
-                .blockingCollectives());
+        assertEquals(120_000, o.initTimeout().toMillis());
         IllegalArgumentException bad = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
-                () -> NcclOptions.fromEnvironment(java.util.Map.of(NcclOptions.ENV_BLOCKING, "yes"), 0));
-        assertTrue(bad.getMessage().contains(NcclOptions.ENV_BLOCKING + "='yes'"), bad.getMessage());
+                () -> NcclOptions.fromEnvironment(java.util.Map.of(NcclOptions.ENV_INIT_TIMEOUT_MS, "soon"), 0));
+        assertTrue(bad.getMessage().contains(NcclOptions.ENV_INIT_TIMEOUT_MS + "='soon'"), bad.getMessage());
         IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
                 () -> NcclOptions.defaults(-1));
         assertTrue(e.getMessage().contains("CUDA device (-1) must be >= 0"), e.getMessage());

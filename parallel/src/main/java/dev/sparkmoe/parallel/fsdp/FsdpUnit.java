@@ -19,7 +19,8 @@ import java.util.function.Function;
  * output head), and after backward reduce-scatter the gradients into the shards and free the gathered weights.
  *
  * <p>Overlap, as FSDP2 does it: the units' order of use is recorded on the first forward and backward; afterwards a
- * unit that gathers starts the next units' all-gathers too ({@link #PREFETCH} of them), so that they run while this
+ * unit that gathers starts the next units' all-gathers too (the {@link FullyShard}'s prefetch depth, 2 unless the
+ * trainer says otherwise: {@code training.fsdp_prefetch}), so that they run while this
  * unit computes, and a unit's reduce-scatter is started when its backward ends and completed only when the next unit
  * finishes its backward. On a communicator whose collectives are synchronous this changes nothing but the order of
  * calls.
@@ -102,23 +103,10 @@ public final class FsdpUnit implements ModuleHook {
         }
     }
 
-    /**
-     * How many units ahead a unit starts gathering: 2 by default ({@code -Dsparkmoe.fsdp.prefetch=N}, 1 is FSDP2's
-     * default). In the MoE plan a layer's attention unit is small and its experts unit large, so with one unit of
-     * look-ahead the experts' gather has only the attention's compute to hide under; with two it starts a whole
-     * experts unit earlier. The cost is one more unit's gathered weights alive at a time.
-     */
-    static final int PREFETCH = Math.max(1, Integer.getInteger("sparkmoe.fsdp.prefetch", 2));
-
-    /** {@link #PREFETCH}: how many units ahead a unit starts gathering (what the memory planner assumes). */
-    public static int prefetchDepth() {
-        return PREFETCH;
-    }
-
     @Override
     public void beforeForward(Module m) {
         unshard();
-        for (FsdpUnit next : schedule.next(schedule.forward, this, PREFETCH)) {
+        for (FsdpUnit next : schedule.next(schedule.forward, this, schedule.prefetch)) {
             next.prefetch();
         }
     }
@@ -133,7 +121,7 @@ public final class FsdpUnit implements ModuleHook {
     @Override
     public void beforeBackward(Module m) {
         unshard();
-        for (FsdpUnit next : schedule.next(schedule.backward, this, PREFETCH)) {
+        for (FsdpUnit next : schedule.next(schedule.backward, this, schedule.prefetch)) {
             next.prefetch();
         }
     }
@@ -152,11 +140,19 @@ public final class FsdpUnit implements ModuleHook {
         schedule.reducing = this;
     }
 
-    /** The order in which the units of one model are used, recorded on first use; shared by the units. */
+    /**
+     * The order in which the units of one model are used, recorded on first use, and how many units ahead a unit
+     * starts gathering; shared by the units.
+     */
     static final class Schedule {
         final List<FsdpUnit> forward = new java.util.ArrayList<>();
         final List<FsdpUnit> backward = new java.util.ArrayList<>();
+        final int prefetch;
         FsdpUnit reducing;
+
+        Schedule(int prefetch) {
+            this.prefetch = prefetch;
+        }
 
         /** Up to {@code ahead} units after {@code u} in {@code order}, recording {@code u} at the end when it is new. */
         List<FsdpUnit> next(List<FsdpUnit> order, FsdpUnit u, int ahead) {

@@ -21,10 +21,33 @@ public final class FullyShard {
     private static final Logger LOG = Logger.getLogger(FullyShard.class.getName());
     private final Map<Parameter, FsdpParam> managed = new IdentityHashMap<>();
     private final List<FsdpUnit> units = new ArrayList<>();
-    private final FsdpUnit.Schedule schedule = new FsdpUnit.Schedule();
+    private final FsdpUnit.Schedule schedule;
 
     /** Shards every parameter on dim 0. */
     public static final ToIntFunction<Parameter> SHARD_DIM_0 = p -> 0;
+
+    /** Units gathered ahead by default (the trainer's {@code training.fsdp_prefetch} default). */
+    public static final int DEFAULT_PREFETCH = 2;
+
+    /** Units gather {@link #DEFAULT_PREFETCH} units ahead. */
+    public FullyShard() {
+        this(DEFAULT_PREFETCH);
+    }
+
+    /**
+     * @param prefetch how many units ahead a unit starts gathering, in forward and in backward (at least 1, FSDP2's
+     *                 default). In the MoE plan a layer's attention unit is small and its experts unit large, so with
+     *                 one unit of look-ahead the experts' gather has only the attention's compute to hide under; with
+     *                 two it starts a whole experts unit earlier. Each unit more keeps one more unit's gathered
+     *                 weights alive at a time.
+     */
+    public FullyShard(int prefetch) {
+        if (prefetch < 1) {
+            throw new IllegalArgumentException("FSDP prefetch (" + prefetch + ") must be at least 1 (units whose "
+                    + "all-gathers start ahead of the unit computing; 1 is FSDP2's default, 2 ours)");
+        }
+        this.schedule = new FsdpUnit.Schedule(prefetch);
+    }
 
     public FsdpUnit fullyShard(Module module, Communicator group, ToIntFunction<Parameter> shardPlacement,
                                MixedPrecisionPolicy policy, boolean reshardAfterForward) {

@@ -1,7 +1,6 @@
 package dev.sparkmoe.parallel.memory;
 
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
-import dev.sparkmoe.parallel.fsdp.FsdpUnit;
 import dev.sparkmoe.parallel.mesh.ParallelDims;
 import dev.sparkmoe.parallel.plan.Qwen3MoeParallelizer;
 import java.util.Locale;
@@ -139,7 +138,7 @@ public record PlanRequest(Qwen3MoeConfig model, int worldSize, int ep, int batch
     public static PlanRequest defaults(Qwen3MoeConfig model) {
         return new PlanRequest(model, 1, 1, 8, Math.min(512, model.maxPositionEmbeddings()), 1, Precision.BF16,
                 Device.CUDA, Checkpointing.NONE, 0, Construction.FULL, 1.0, DEFAULT_DEVICE_MEMORY, DEFAULT_RESERVE,
-                FsdpUnit.prefetchDepth(), Qwen3MoeParallelizer.keepsLastLayerGathered());
+                dev.sparkmoe.parallel.fsdp.FullyShard.DEFAULT_PREFETCH, Qwen3MoeParallelizer.keepsLastLayerGathered());
     }
 
     /**

@@ -40,12 +40,13 @@ import java.util.Map;
  */
 public final class Qwen3MoeParallelizer implements ModelParallelizer {
     public static final String EXPERTS_PATTERN = "model.layers.*.mlp.experts";
-    /** {@code -Dsparkmoe.fsdp.keepLastLayer=false} reshards the last decoder layer after forward like the others. */
-    static final boolean KEEP_LAST_LAYER = !"false".equals(System.getProperty("sparkmoe.fsdp.keepLastLayer"));
 
-    /** Whether the last decoder layer keeps its gathered weights from forward to backward (the memory planner's). */
+    /**
+     * Whether the last decoder layer keeps its gathered weights from forward to backward: always, as the class
+     * comment says (what the memory planner assumes).
+     */
     public static boolean keepsLastLayerGathered() {
-        return KEEP_LAST_LAYER;
+        return true;
     }
 
     /**
@@ -75,7 +76,7 @@ public final class Qwen3MoeParallelizer implements ModelParallelizer {
         for (int i = 0; i < layers.size(); i++) {
             DecoderLayer layer = layers.get(i);
             // the last layer keeps its weights from forward to backward
-            boolean reshard = i < layers.size() - 1 || !KEEP_LAST_LAYER;
+            boolean reshard = i < layers.size() - 1;
             if (layer.isMoe()) {
                 int expertDim = expertShardDim(layer.moe().experts().localExperts(), expertGroup.size());
                 fsdp.fullyShard(layer.moe().experts(), expertGroup, p -> expertDim, policy, reshard);

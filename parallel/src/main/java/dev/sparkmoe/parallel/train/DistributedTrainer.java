@@ -40,7 +40,7 @@ public final class DistributedTrainer implements RankTrainer {
     private final Qwen3MoeModel model;
     private final DeviceMesh mesh;
     private final ParallelDims dims;
-    private final FullyShard fsdp = new FullyShard();
+    private final FullyShard fsdp;
     private final List<FsdpParam> params;
     private final Map<FsdpParam, AdamW.State> optState = new LinkedHashMap<>();
     private final AdamW adamw;
@@ -62,6 +62,7 @@ public final class DistributedTrainer implements RankTrainer {
             model.initRandom(spec.seed(), initializerRange(config));
         }
         this.mesh = DeviceMesh.forTraining(world, dims);
+        this.fsdp = new FullyShard(spec.fsdpPrefetch());
         MixedPrecisionPolicy policy = "bf16".equals(spec.precision()) ? MixedPrecisionPolicy.BF16
                 : MixedPrecisionPolicy.FULL_F32;
         if (policy.paramDtype() != dev.sparkmoe.core.tensor.DType.F32 && world.rank() == 0

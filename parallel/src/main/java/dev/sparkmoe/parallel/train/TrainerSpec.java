@@ -20,15 +20,39 @@ import java.io.Serializable;
  * @param precision         "f32" or "bf16": the mixed-precision policy's compute dtype (master weights, optimizer
  *                          state and gradient reduction stay f32). A backend without bf16 kernels (the CPU backend)
  *                          computes in f32 and logs that it does.
+ * @param fsdpPrefetch      FSDP units whose all-gathers start ahead of the unit computing (at least 1; see
+ *                          {@code FullyShard(int)})
+ * @param cpuBlasThreads    OpenBLAS threads of the CPU backend (at least 1; a process-wide setting)
  */
 public record TrainerSpec(String hfConfigJson, String initCheckpointDir, long seed, int dpShard, int ep, int seqLen,
-                          OptimizerSettings optimizer, String backend, int deviceId, String precision)
+                          OptimizerSettings optimizer, String backend, int deviceId, String precision,
+                          int fsdpPrefetch, int cpuBlasThreads)
         implements Serializable {
+
+    /** FSDP units gathered ahead unless the job says otherwise. */
+    public static final int DEFAULT_FSDP_PREFETCH = dev.sparkmoe.parallel.fsdp.FullyShard.DEFAULT_PREFETCH;
+    /** OpenBLAS threads of the CPU backend unless the job says otherwise. */
+    public static final int DEFAULT_CPU_BLAS_THREADS = 1;
 
     public TrainerSpec {
         if (precision == null || !(precision.equals("f32") || precision.equals("bf16"))) {
             throw new IllegalArgumentException("precision must be f32 or bf16, got '" + precision + "'");
         }
+        if (fsdpPrefetch < 1) {
+            throw new IllegalArgumentException("fsdpPrefetch (" + fsdpPrefetch + ") must be at least 1 (FSDP units "
+                    + "gathered ahead; " + DEFAULT_FSDP_PREFETCH + " is the default)");
+        }
+        if (cpuBlasThreads < 1) {
+            throw new IllegalArgumentException("cpuBlasThreads (" + cpuBlasThreads + ") must be at least 1 (OpenBLAS "
+                    + "threads of the CPU backend; " + DEFAULT_CPU_BLAS_THREADS + " is the default)");
+        }
+    }
+
+    /** A spec with the default FSDP prefetch and CPU BLAS threads. */
+    public TrainerSpec(String hfConfigJson, String initCheckpointDir, long seed, int dpShard, int ep, int seqLen,
+                       OptimizerSettings optimizer, String backend, int deviceId, String precision) {
+        this(hfConfigJson, initCheckpointDir, seed, dpShard, ep, seqLen, optimizer, backend, deviceId, precision,
+                DEFAULT_FSDP_PREFETCH, DEFAULT_CPU_BLAS_THREADS);
     }
 
     /** A spec in full f32 precision. */
@@ -40,7 +64,7 @@ public record TrainerSpec(String hfConfigJson, String initCheckpointDir, long se
     /** The same spec for another backend and device (what a Spark task knows once it has its GPU). */
     public TrainerSpec onDevice(String newBackend, int newDeviceId) {
         return new TrainerSpec(hfConfigJson, initCheckpointDir, seed, dpShard, ep, seqLen, optimizer, newBackend,
-                newDeviceId, precision);
+                newDeviceId, precision, fsdpPrefetch, cpuBlasThreads);
     }
 
     /**

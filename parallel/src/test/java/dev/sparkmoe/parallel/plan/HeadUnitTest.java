@@ -74,7 +74,8 @@ class HeadUnitTest {
         }
         Map<String, Tensor> reference = worldOneGrads(config, seqs);
 
-        List<Object[]> out = InJvmRanks.run(dp, Duration.ofSeconds(60), c -> rank(c, config, dp, ep, seqs));
+        List<Object[]> out = InJvmRanks.run(dp, Duration.ofSeconds(60), c -> rank(c, config, dp, ep, seqs,
+                FullyShard.DEFAULT_PREFETCH));
         List<String> headNames = tied ? List.of("model.norm.weight") : List.of("model.norm.weight", "lm_head.weight");
         String head = headNames.toString();
         String embed = List.of("model.embed_tokens.weight").toString();
@@ -95,7 +96,7 @@ class HeadUnitTest {
             // forward: the root gathers the embedding alone, first; the head's gather starts under the last layer
             assertEquals("AG+ " + embed, log.get(0), msg);
             int headGather = index(log, "AG+ " + head, msg);
-            // (FsdpUnit.PREFETCH = 2 units ahead: the last layer's own hook, which runs before its "fwd+", starts it)
+            // (2 units ahead, the default: the last layer's own hook, which runs before its "fwd+", starts it)
             assertTrue(index(log, "fwd- model.layers." + (last - 1), msg) < headGather
                     && headGather < index(log, "fwd- model.layers." + last, msg),
                     "the head's all-gather did not start during the last layer's forward\n" + msg);
@@ -127,6 +128,55 @@ class HeadUnitTest {
             assertEquals(0, open, "started collectives never completed");
 
             assertEquals(reference.keySet(), grads.keySet());
+            for (String k : reference.keySet()) {
+                Fixtures.assertClose("grad " + k, reference.get(k), grads.get(k), 1e-5);
+            }
+        }
+    }
+
+    /**
+     * The prefetch depth ({@code training.fsdp_prefetch}) decides how early a unit's all-gather starts: one unit ahead,
+     * the last layer's experts start gathering only once the last layer itself is gathered (after the layer before it
+     * has computed); two or three ahead, while the layer before it still computes. The gradients are the same.
+     */
+    @ParameterizedTest(name = "prefetch={0}")
+    @CsvSource({"1", "2", "3"})
+    void thePrefetchDepthDecidesHowEarlyTheNextUnitsGather(int prefetch) throws Exception {
+        Qwen3MoeConfig config = config(false);
+        int last = config.numHiddenLayers() - 1, dp = 2;
+        List<int[]> seqs = new ArrayList<>();
+        SplittableRandom r = new SplittableRandom(7);
+        for (int s = 0; s < dp; s++) {
+            int[] seq = new int[SEQ + 1];
+            for (int t = 0; t <= SEQ; t++) {
+                seq[t] = r.nextInt(config.vocabSize());
+            }
+            seqs.add(seq);
+        }
+        Map<String, Tensor> reference = worldOneGrads(config, seqs);
+        List<Object[]> out = InJvmRanks.run(dp, Duration.ofSeconds(60), c -> rank(c, config, dp, 1, seqs, prefetch));
+        for (Object[] o : out) {
+            @SuppressWarnings("unchecked")
+            List<String> log = (List<String>) o[1];
+            @SuppressWarnings("unchecked")
+            Map<String, Tensor> grads = (Map<String, Tensor>) o[2];
+            String msg = "log of step 2 with prefetch " + prefetch + ":\n" + String.join("\n", log);
+            int lastExperts = -1;
+            for (int i = 0; i < log.size() && lastExperts < 0; i++) {
+                if (log.get(i).startsWith("AG+ [model.layers." + last + ".mlp.experts.")) {
+                    lastExperts = i;
+                }
+            }
+            int before = index(log, "fwd- model.layers." + (last - 1), msg);
+            assertTrue(lastExperts >= 0, msg);
+            if (prefetch == 1) {
+                assertTrue(before < lastExperts && lastExperts < index(log, "fwd+ model.layers." + last, msg),
+                        "one unit ahead: the last layer's experts gather when the last layer is gathered\n" + msg);
+            } else {
+                assertTrue(lastExperts < before, "the last layer's experts were not gathered " + prefetch
+                        + " units ahead\n" + msg);
+            }
+            assertEquals(0, (Integer) o[3], "started collectives never completed");
             for (String k : reference.keySet()) {
                 Fixtures.assertClose("grad " + k, reference.get(k), grads.get(k), 1e-5);
             }
@@ -181,7 +231,7 @@ class HeadUnitTest {
     }
 
     /** Units (path and parameters), the log of step 2, its gathered non-expert gradients, collectives left open. */
-    static Object[] rank(Communicator c, Qwen3MoeConfig config, int dp, int ep, List<int[]> seqs) {
+    static Object[] rank(Communicator c, Qwen3MoeConfig config, int dp, int ep, List<int[]> seqs, int prefetch) {
         List<String> log = new ArrayList<>();
         Map<Tensor, String> gradOwner = new IdentityHashMap<>();
         Backend be = MemoryTracker.wrap(new CpuBackend());
@@ -190,7 +240,7 @@ class HeadUnitTest {
         Recording world = new Recording(deferring, log, model, gradOwner);
         ParallelDims dims = new ParallelDims(dp, ep, c.size()).validateFor(config.numExperts());
         try (DeviceMesh mesh = DeviceMesh.forTraining(world, dims)) {
-            FullyShard fsdp = new FullyShard();
+            FullyShard fsdp = new FullyShard(prefetch);
             ModelRegistry.parallelizer("qwen3_moe").parallelize(model, mesh, dims, MixedPrecisionPolicy.FULL_F32,
                     fsdp);
             List<String> units = new ArrayList<>();

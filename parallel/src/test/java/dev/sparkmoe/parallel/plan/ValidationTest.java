@@ -36,6 +36,20 @@ class ValidationTest {
     }
 
     @Test
+    void runtimeSettingsBelowOneAreRefusedByName() {
+        TrainerSpec ok = spec(configJson, 1, 1);
+        IllegalArgumentException p = assertThrows(IllegalArgumentException.class, () -> new TrainerSpec(
+                ok.hfConfigJson(), null, 0, 1, 1, 8, ok.optimizer(), "cpu", -1, "f32", 0, 1));
+        assertTrue(p.getMessage().contains("fsdpPrefetch (0) must be at least 1"), p.getMessage());
+        IllegalArgumentException b = assertThrows(IllegalArgumentException.class, () -> new TrainerSpec(
+                ok.hfConfigJson(), null, 0, 1, 1, 8, ok.optimizer(), "cpu", -1, "f32", 2, 0));
+        assertTrue(b.getMessage().contains("cpuBlasThreads (0) must be at least 1"), b.getMessage());
+        TrainerSpec moved = new TrainerSpec(ok.hfConfigJson(), null, 0, 1, 1, 8, ok.optimizer(), "auto", -1, "f32",
+                3, 2).onDevice("cuda", 1);
+        assertTrue(moved.fsdpPrefetch() == 3 && moved.cpuBlasThreads() == 2, "onDevice keeps the settings");
+    }
+
+    @Test
     void epMustDivideNumExperts() {
         // 6 ranks, ep 3: divides dp_shard but not the fixture's 8 experts
         String m = failure(6, spec(configJson, 6, 3));

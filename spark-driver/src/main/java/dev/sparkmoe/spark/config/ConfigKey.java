@@ -78,6 +78,15 @@ public enum ConfigKey {
             + "bf16 inputs and f32 accumulation; f32 computes exactly. Master weights, AdamW state and gradient "
             + "reductions are f32 either way; the CPU backend always computes in f32 (and logs it).",
             "bf16", "f32"),
+    TRAINING_FSDP_PREFETCH("training.fsdp_prefetch", Type.INT, "2",
+            "FSDP units whose parameter all-gathers start ahead of the unit computing, in forward and backward, so that "
+                    + "they overlap its compute. Each unit more keeps one more unit's gathered weights alive at a time: "
+                    + "lower it to 1 (FSDP2's default) when memory is short; 2 hides an experts unit's gather under a "
+                    + "whole layer."),
+    TRAINING_CPU_BLAS_THREADS("training.cpu_blas_threads", Type.INT, "1",
+            "OpenBLAS threads of the CPU backend's matrix products (process-wide in each executor JVM). 1 suits "
+                    + "several ranks per JVM (local[N]), whose kernels already spread over every core; raise it for "
+                    + "one rank on a many-core host."),
     TRAINING_MAX_ATTEMPTS("training.max_attempts", Type.INT, "3",
             "Barrier-stage attempts; every attempt after the first resumes from the newest committed checkpoint (one "
                     + "this run cannot resume ends the run at once)."),

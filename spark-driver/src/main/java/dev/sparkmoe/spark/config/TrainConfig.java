@@ -217,6 +217,8 @@ public final class TrainConfig implements Serializable {
         positive(ConfigKey.TRAINING_GRAD_ACCUM);
         positive(ConfigKey.TRAINING_MAX_ATTEMPTS);
         positive(ConfigKey.TRAINING_COMM_TIMEOUT);
+        positive(ConfigKey.TRAINING_FSDP_PREFETCH);
+        positive(ConfigKey.TRAINING_CPU_BLAS_THREADS);
         positive(ConfigKey.CHECKPOINT_KEEP_LAST);
         nonNegative(ConfigKey.CHECKPOINT_EVERY);
         nonNegative(ConfigKey.TRAINING_WARMUP);

@@ -62,6 +62,8 @@ class TrainConfigTest {
             {"training.schedule=exp", "training.schedule = 'exp': expected one of [cosine, linear, constant]"},
             {"data.shuffle=maybe", "data.shuffle = 'maybe': expected true or false"},
             {"training.batch_sequences=0", "training.batch_sequences = 0: must be positive"},
+            {"training.fsdp_prefetch=0", "training.fsdp_prefetch = 0: must be positive"},
+            {"training.cpu_blas_threads=-2", "training.cpu_blas_threads = -2: must be positive"},
             {"training.grad_accum=3", "training.grad_accum = 3: must divide training.batch_sequences (8)"},
             {"layout.ep=3", "layout.ep = 3: must divide layout.world_size (4); choose one of [1, 2, 4]"},
             {"training.min_lr=1", "training.min_lr = 1.0: must lie in [0, training.lr = 0.001]"},

@@ -36,7 +36,7 @@ class TrainBenchTest {
              PrintStream pe = new PrintStream(e, true, StandardCharsets.UTF_8)) {
             code = Launcher.run(new String[] {"--nproc", "2", "--backend", "cpu", "--entry", TrainBench.class.getName(),
                 "--", "--config", cfg.toString(), "--batch", "2", "--seq", "32", "--steps", "2", "--warmup", "1",
-                "--ep", "2", "--out", out.toString()}, po, pe);
+                "--ep", "2", "--fsdp-prefetch", "1", "--out", out.toString()}, po, pe);
         }
         String stdout = o.toString(StandardCharsets.UTF_8);
         assertEquals(0, code, () -> stdout + "\n" + e.toString(StandardCharsets.UTF_8));
@@ -44,6 +44,7 @@ class TrainBenchTest {
         assertEquals("spark-moe", r.get("impl"));
         assertEquals(2L, r.get("world"));
         assertEquals(2L, r.get("ep"));
+        assertEquals(1L, r.get("fsdp_prefetch"));
         assertTrue(((Number) r.get("tokens_per_s_per_gpu")).doubleValue() > 0, r.toString());
         assertEquals(189824L, r.get("params")); // the tiny config's parameter count, before sharding
         double loss = ((Number) r.get("loss")).doubleValue();

@@ -36,6 +36,8 @@ import java.util.SplittableRandom;
  *
  * <p>Options: --config FILE|JSON, --batch B (4), --seq T (2048), --steps N (8), --warmup N (3), --ep M (1),
  * --gemm f32|tf32|bf16 (bf16: tensor cores with f32 accumulation), --seed S (0), --out FILE (JSON also written),
+ * --fsdp-prefetch N (2: FSDP units gathered ahead, the job key training.fsdp_prefetch), --cpu-blas-threads N (1: the
+ * CPU backend's OpenBLAS threads, training.cpu_blas_threads),
  * --profile 1 (after the timed steps, one step traced on the device's timeline, one with every backend call timed on
  * the host and one timed on the device alone; see {@link OpProfiler}), --memory 1 (after the timed steps, one step
  * with every allocation followed: the peak of
@@ -77,6 +79,10 @@ public final class TrainBench implements RankEntry {
         int ep = Integer.parseInt(o.getOrDefault("ep", "1"));
         long seed = Long.parseLong(o.getOrDefault("seed", "0"));
         String gemm = o.getOrDefault("gemm", "bf16");
+        int prefetch = Integer.parseInt(o.getOrDefault("fsdp-prefetch",
+                Integer.toString(TrainerSpec.DEFAULT_FSDP_PREFETCH)));
+        int blasThreads = Integer.parseInt(o.getOrDefault("cpu-blas-threads",
+                Integer.toString(TrainerSpec.DEFAULT_CPU_BLAS_THREADS)));
 
         Backend backend;
         Backend profiled = null; // the OpProfiler-wrapped backend, with --profile
@@ -86,7 +92,7 @@ public final class TrainBench implements RankEntry {
             cudaBackend = cuda;
             backend = o.containsKey("profile") ? profiled = OpProfiler.wrap(cuda) : cuda;
         } else {
-            backend = new CpuBackend();
+            backend = new CpuBackend(blasThreads);
         }
         if (o.containsKey("memory")) {
             backend = MemoryTracker.wrap(backend); // sites followed while the trainer is built and in the memory step
@@ -94,7 +100,7 @@ public final class TrainBench implements RankEntry {
         TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-4, 0, warmup + steps,
                 "constant", 0.9, 0.999, 1e-8, 0.01, 0, 1);
         TrainerSpec spec = new TrainerSpec(config.toJson(), null, seed, ctx.worldSize(), ep, seq, opt,
-                ctx.backend(), ctx.device(), precision(gemm));
+                ctx.backend(), ctx.device(), precision(gemm), prefetch, blasThreads);
         // Collectives are timed by a wrapper that first drains the compute stream, so each collective's time is its
         // own; the throughput figures come from steps with the timer switched off.
         TimedCommunicator timed = new TimedCommunicator(ctx.world(), backend::synchronize);
@@ -183,6 +189,7 @@ public final class TrainBench implements RankEntry {
             out.put("world", (long) ctx.worldSize());
             out.put("ep", (long) ep);
             out.put("gemm", gemm);
+            out.put("fsdp_prefetch", (long) prefetch);
             out.put("B", (long) batch);
             out.put("T", (long) seq);
             out.put("step_s", round(dt, 4));

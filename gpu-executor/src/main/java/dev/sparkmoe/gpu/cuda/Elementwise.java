@@ -1,0 +1,172 @@
+package dev.sparkmoe.gpu.cuda;
+
+import static dev.sparkmoe.gpu.cuda.KernelLauncher.THREADS;
+import static dev.sparkmoe.gpu.cuda.KernelLauncher.aligned16;
+
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import org.bytedeco.cuda.global.cudart;
+import org.bytedeco.javacpp.DoublePointer;
+import org.bytedeco.javacpp.LongPointer;
+
+/**
+ * The element-wise kernels of {@code kernels.cu}: fill, axpy, scale, the experts' silu(gate) * up and its gradient
+ * (written in bf16 where the output is a bf16 operand image, {@link Bf16Images#target}), and sums of squares (the
+ * gradient norm: every tensor of a list in one launch per pass, summed in f64 in a fixed order). float4 forms where
+ * every address is 16-byte aligned. Called under the backend's lock.
+ */
+final class Elementwise {
+    private static final String K = KernelLauncher.KERNELS;
+
+    private final CudaDevice device;
+    private final CudaMemory memory;
+    private final KernelLauncher launcher;
+    private final KernelErrors errors;
+    private final Bf16Images images;
+
+    Elementwise(CudaDevice device, CudaMemory memory, KernelLauncher launcher, KernelErrors errors,
+                Bf16Images images) {
+        this.device = device;
+        this.memory = memory;
+        this.launcher = launcher;
+        this.errors = errors;
+        this.images = images;
+    }
+
+    void fill(Tensor t, float value) {
+        long n = t.numel();
+        if (n == 0) {
+            return;
+        }
+        switch (t.dtype()) {
+            case I32: launcher.launch1D(K, "fill_i32", n, memory.addr(t, "fill", 0, n), n, (int) value); break;
+            case I64: launcher.launch1D(K, "fill_i64", n, memory.addr(t, "fill", 0, n), n, (long) value); break;
+            default: launcher.launch1D(K, "fill_f32", n, memory.addr(t, "fill", 0, n), n, value);
+        }
+    }
+
+    void axpy(float alpha, Tensor x, int xOff, Tensor y, int yOff, int n) {
+        if (n == 0) {
+            return;
+        }
+        long xa = memory.addr(x, "x", xOff, n);
+        long ya = memory.addr(y, "y", yOff, n);
+        if (aligned16(xa, ya)) {
+            launcher.launch1D(K, "axpy_f32x4", Math.max(n / 4, n % 4), alpha, xa, ya, n);
+        } else {
+            launcher.launch1D(K, "axpy_f32", n, alpha, xa, ya, n);
+        }
+    }
+
+    void scale(Tensor x, float alpha) {
+        long n = x.numel();
+        if (n == 0) {
+            return;
+        }
+        launcher.launch1D(K, "scale_f32", n, memory.addr(x, "x", 0, n), n, alpha);
+    }
+
+    /** The sum of squares of every tensor of {@code xs} (waits for the device). */
+    double[] sumSquares(java.util.List<Tensor> xs) {
+        int count = xs.size();
+        if (count == 0) {
+            return new double[0];
+        }
+        int[] blocks = new int[count];
+        long total = count;
+        for (int i = 0; i < count; i++) {
+            long n = xs.get(i).numel();
+            blocks[i] = (int) Math.max(1, Math.min((n + THREADS - 1) / THREADS, 4L * device.smCount()));
+            total += blocks[i];
+        }
+        boolean multi = count > 1 && count <= 65535;
+        // 8-byte elements: the sums (doubles) first, then the partials, then (multi) {x, n, blocks, partial} per tensor
+        long cells = total + (multi ? 4L * count : 0);
+        Tensor partial = memory.scratch(DType.I64, (int) cells);
+        try {
+            long base = memory.addr(partial, "partial", 0, cells);
+            long p = base + 8L * count;
+            if (multi) {
+                // one launch per pass for the whole list (a step's gradient norm: hundreds of tensors)
+                long[] desc = new long[4 * count];
+                int maxBlocks = 1;
+                for (int i = 0; i < count; i++) {
+                    Tensor x = xs.get(i);
+                    long n = x.numel();
+                    desc[4 * i] = n == 0 ? 0 : memory.addr(x, "x[" + i + "]", 0, n);
+                    desc[4 * i + 1] = n;
+                    desc[4 * i + 2] = blocks[i];
+                    desc[4 * i + 3] = p;
+                    maxBlocks = Math.max(maxBlocks, blocks[i]);
+                    p += 8L * blocks[i];
+                }
+                long d = base + 8L * total;
+                try (LongPointer h = new LongPointer(desc)) {
+                    Cuda.check(cudart.cudaMemcpyAsync(RawPointer.of(d, 0), h, 8L * desc.length,
+                            cudart.cudaMemcpyHostToDevice, device.stream()), "cudaMemcpyAsync(sum of squares table)");
+                }
+                launcher.launch(K, "sum_squares_partial_multi", maxBlocks, count, THREADS, 0, d);
+                launcher.launch(K, "sum_partials_f64_multi", count, 1, 1024, 0, d, base);
+            } else {
+                for (int i = 0; i < count; i++) {
+                    Tensor x = xs.get(i);
+                    long n = x.numel();
+                    launcher.launch(K, "sum_squares_partial", blocks[i], 1, THREADS, 0,
+                            memory.addr(x, "x[" + i + "]", 0, n), n, p);
+                    launcher.launch(K, "sum_partials_f64", 1, 1, 1024, 0, p, blocks[i], base + 8L * i);
+                    p += 8L * blocks[i];
+                }
+            }
+            double[] out = new double[count];
+            try (DoublePointer d = new DoublePointer(Math.max(1, count))) {
+                Cuda.check(cudart.cudaMemcpyAsync(d, RawPointer.of(base, 0), 8L * count,
+                        cudart.cudaMemcpyDeviceToHost, device.stream()),
+                        "cudaMemcpyAsync(device -> host, sums of squares)");
+                errors.syncAndCheck();
+                d.get(out);
+            }
+            return out;
+        } finally {
+            memory.release(partial);
+        }
+    }
+
+    void siluMulForward(Tensor gate, Tensor up, Tensor out, int off, int n) {
+        if (n == 0) {
+            return;
+        }
+        long g = memory.addr(gate, "gate", off, n), u = memory.addr(up, "up", off, n);
+        long o16 = images.target(out, off, n);
+        if (o16 != 0 && aligned16(g, u) && o16 % 8 == 0) {
+            images.countWrite();
+            launcher.launch1D(K, "silu_mul_fwd_x4_bf16", Math.max(n / 4, n % 4), g, u, o16, n);
+            return;
+        }
+        long o = memory.addr(out, "out", off, n);
+        if (aligned16(g, u, o)) {
+            launcher.launch1D(K, "silu_mul_fwd_x4", Math.max(n / 4, n % 4), g, u, o, n);
+        } else {
+            launcher.launch1D(K, "silu_mul_fwd", n, g, u, o, n);
+        }
+    }
+
+    void siluMulBackward(Tensor dOut, Tensor gate, Tensor up, Tensor dGate, Tensor dUp, int off, int n) {
+        if (n == 0) {
+            return;
+        }
+        long d = memory.addr(dOut, "dOut", off, n), g = memory.addr(gate, "gate", off, n);
+        long u = memory.addr(up, "up", off, n);
+        long dg16 = images.target(dGate, off, n), du16 = images.target(dUp, off, n);
+        if (dg16 != 0 && du16 != 0 && aligned16(d, g, u) && dg16 % 8 == 0 && du16 % 8 == 0) {
+            images.countWrite();
+            launcher.launch1D(K, "silu_mul_bwd_x4_bf16", Math.max(n / 4, n % 4), d, g, u, dg16, du16, n);
+            return;
+        }
+        long dg = memory.addr(dGate, "dGate", off, n), du = memory.addr(dUp, "dUp", off, n);
+        if (aligned16(d, g, u, dg, du)) {
+            launcher.launch1D(K, "silu_mul_bwd_x4", Math.max(n / 4, n % 4), d, g, u, dg, du, n);
+        } else {
+            launcher.launch1D(K, "silu_mul_bwd", n, d, g, u, dg, du, n);
+        }
+    }
+}

@@ -1,0 +1,247 @@
+package dev.sparkmoe.gpu.cuda;
+
+import dev.sparkmoe.core.tensor.Tensor;
+import org.bytedeco.cuda.cudart.CUfunc_st;
+import org.bytedeco.cuda.global.cudart;
+import org.bytedeco.javacpp.BytePointer;
+import org.bytedeco.javacpp.Pointer;
+import org.bytedeco.javacpp.PointerPointer;
+
+import java.util.List;
+
+/**
+ * The grouped GEMM of a MoE layer's experts ({@link dev.sparkmoe.core.backend.Backend#groupedGemm}): by default
+ * ({@link CudaBackend.GroupedMode#AUTO}) ONE launch (per 64 groups) of the bf16 tensor-core kernel of
+ * {@code grouped_gemm_bf16.cu} ({@link CudaBackend.GroupedMode#KERNEL}) when the precision is
+ * {@link CudaBackend.GemmPrecision#BF16} and the device is sm_80 or newer with the kernel's shared memory, and
+ * otherwise ({@link CudaBackend.GroupedMode#LOOP}: F32 and TF32, the exact-parity modes) one {@code cublasGemmEx} per
+ * non-empty group on the stream. The kernel reads bf16 operands ({@link GroupedGemmOperands}), accumulates in f32,
+ * never reads C when beta == 0 and scales C_g by beta where k == 0. Called under the backend's lock.
+ */
+final class GroupedGemm {
+    /** Groups per launch of the grouped GEMM kernel and the byte layout of its GBParams (see grouped_gemm_bf16.cu). */
+    static final int MAX_GROUPS = 64;
+    private static final int TILE_M = 128;
+    private static final long OFF_A = 24;
+    private static final long OFF_B = OFF_A + 8L * MAX_GROUPS;
+    private static final long OFF_C = OFF_B + 8L * MAX_GROUPS;
+    private static final long OFF_M = OFF_C + 8L * MAX_GROUPS;
+    private static final long OFF_N = OFF_M + 4L * MAX_GROUPS;
+    private static final long OFF_K = OFF_N + 4L * MAX_GROUPS;
+    private static final long OFF_TILE = OFF_K + 4L * MAX_GROUPS;
+    private static final long OFF_FLAGS = OFF_TILE + 4L * MAX_GROUPS;
+    private static final long PARAMS_BYTES = OFF_FLAGS + 4L * MAX_GROUPS; // 2840, as static_assert'ed there
+
+    private final CudaDevice device;
+    private final CudaMemory memory;
+    private final KernelLauncher launcher;
+    private final CublasGemm cublas;
+    private final GroupedGemmOperands operands;
+    /** grouped_gemm_bf16.cu's tile columns, block size and dynamic shared memory ({@link Tiles}), and whether the
+     *  device grants a block that much. */
+    private final int tileN;
+    private final int threads;
+    private final int sharedBytes;
+    private final boolean fits;
+    /** The kernel's only parameter, a GBParams struct passed by value, and its kernelParams array. */
+    private final BytePointer params = new BytePointer(PARAMS_BYTES);
+    private final PointerPointer<Pointer> argPtrs = new PointerPointer<>(1);
+    private CudaBackend.GroupedMode mode = CudaBackend.GroupedMode.AUTO;
+
+    /**
+     * The host's mirror of the kernel's tuning macros (defaults, or as {@code -Dsparkmoe.cuda.defines} sets them):
+     * GB_BN (tile columns), the block size (64 x GB_WARPS_N), the dynamic shared memory (GB_STAGES stages of bf16 A
+     * and B tiles of GB_BK: the default 3 x 36 KB) and the cast's GC_UNROLL.
+     */
+    record Tiles(int tileN, int threads, int sharedBytes, int castUnroll) {
+        static Tiles fromDefines() {
+            int pad = 8;
+            int tileN = KernelLibrary.defineValue("GB_BN", 128);
+            int threads = 64 * KernelLibrary.defineValue("GB_WARPS_N", 4);
+            int castUnroll = Math.max(1, KernelLibrary.defineValue("GC_UNROLL", 4));
+            int bk = KernelLibrary.defineValue("GB_BK", 64);
+            int sharedBytes = KernelLibrary.defineValue("GB_STAGES", 3) * 2
+                    * (Math.max(TILE_M * (bk + pad), bk * (TILE_M + pad))
+                    + Math.max(tileN * (bk + pad), bk * (tileN + pad)));
+            return new Tiles(tileN, threads, sharedBytes, castUnroll);
+        }
+    }
+
+    GroupedGemm(Tiles tiles, CudaDevice device, CudaMemory memory, KernelLauncher launcher, CublasGemm cublas,
+                GroupedGemmOperands operands) {
+        this.device = device;
+        this.memory = memory;
+        this.launcher = launcher;
+        this.cublas = cublas;
+        this.operands = operands;
+        this.tileN = tiles.tileN();
+        this.threads = tiles.threads();
+        this.sharedBytes = tiles.sharedBytes();
+        this.fits = device.smMajor() >= 8 && device.sharedMemPerBlockOptin() >= sharedBytes;
+        argPtrs.put(0, params);
+    }
+
+    CudaBackend.GroupedMode mode() {
+        return mode;
+    }
+
+    void setMode(CudaBackend.GroupedMode m) {
+        this.mode = java.util.Objects.requireNonNull(m, "grouped mode");
+    }
+
+    /** The path {@link #groupedGemm} takes now: never {@link CudaBackend.GroupedMode#AUTO}. */
+    CudaBackend.GroupedMode effectiveMode() {
+        if (mode != CudaBackend.GroupedMode.AUTO) {
+            return mode;
+        }
+        return cublas.precision() == CudaBackend.GemmPrecision.BF16 && kernelSupported()
+                ? CudaBackend.GroupedMode.KERNEL : CudaBackend.GroupedMode.LOOP;
+    }
+
+    /** Whether {@link CudaBackend.GroupedMode#KERNEL} can run here: bf16 tensor cores (sm_80+) and the kernel's
+     *  shared memory. */
+    boolean kernelSupported() {
+        return launcher.smMajor() >= 8 && fits;
+    }
+
+    void groupedGemm(boolean transA, boolean transB, int groups, int[] m, int[] n, int[] k, float alpha, Tensor a,
+                     int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta, Tensor c, int[] cOff, int ldc) {
+        CudaBackend.GroupedMode mode = effectiveMode();
+        if (mode == CudaBackend.GroupedMode.KERNEL && !kernelSupported()) {
+            throw new IllegalStateException("GroupedMode.KERNEL needs bf16 tensor cores (sm_80 or newer) and "
+                    + sharedBytes + " bytes of shared memory per block; " + device.name() + " is " + launcher.arch()
+                    + " (with less shared memory, try -Dsparkmoe.cuda.defines=GB_STAGES=2)");
+        }
+        // The kernel computes row * ld + col in 32 bits inside a 256-row slice of its bf16 operands, whose padded
+        // strides stay below max(lda, ldb) + 8; absurd strides take the loop.
+        boolean kernel = mode == CudaBackend.GroupedMode.KERNEL
+                && 256L * (Math.max(Math.max(lda, ldb), 1) + 8) <= Integer.MAX_VALUE;
+        int[] active = new int[groups];
+        int count = 0;
+        for (int g = 0; g < groups; g++) {
+            if (m[g] == 0 || n[g] == 0) {
+                continue;
+            }
+            CublasGemm.checkSpan("C[" + g + "]", c, cOff[g], m[g], n[g], ldc);
+            if (k[g] == 0) {
+                if (kernel) {
+                    active[count++] = g; // the kernel scales C_g by beta itself (and never reads it when beta == 0)
+                } else {
+                    launcher.launch1D(KernelLauncher.KERNELS, "scale_rows_f32", (long) m[g] * n[g],
+                            memory.addr(c, "C", cOff[g], 0), m[g], n[g], ldc, beta);
+                }
+                continue;
+            }
+            CublasGemm.checkSpan("A[" + g + "]", a, aOff[g], transA ? k[g] : m[g], transA ? m[g] : k[g], lda);
+            CublasGemm.checkSpan("B[" + g + "]", b, bOff[g], transB ? n[g] : k[g], transB ? k[g] : n[g], ldb);
+            active[count++] = g;
+        }
+        if (count == 0) {
+            return;
+        }
+        if (kernel) {
+            kernel(transA, transB, active, count, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+            return;
+        }
+        for (int q = 0; q < count; q++) {
+            int g = active[q];
+            cublas.gemmEx(transA, transB, m[g], n[g], k[g], alpha, memory.addr(a, "A", aOff[g], 0), lda,
+                    memory.addr(b, "B", bOff[g], 0), ldb, beta, memory.addr(c, "C", cOff[g], 0), ldc);
+        }
+    }
+
+    /**
+     * {@link CudaBackend.GroupedMode#KERNEL}: one launch of {@code grouped_gemm_bf16_<ta><tb>} per 64 groups (the
+     * active ones: m, n > 0; k may be 0), on bf16 operands ({@link GroupedGemmOperands#bf16Operand}: an image read in
+     * place, or a copy made by its cast, released stream-ordered after the launch unless kept for the next call; a
+     * and b then address them and lda, ldb are their strides). The per-group descriptors travel BY VALUE as the
+     * kernel's only parameter, a 2840-byte GBParams struct (under the classic 4 KB kernel-parameter limit, so no
+     * device table, upload or stream-ordered allocation is needed, and the launch is the only host cost):
+     * cuLaunchKernel copies it from {@link #params} at launch time, so the buffer is reused by the next launch.
+     * Layout: int lda, ldb, ldc, groups; float alpha, beta; then arrays of 64: long long a, b, c (device byte
+     * addresses of A_g, B_g, C_g); int m, n, k, tileStart (prefix sum of the groups' 128 x tileN tiles; the grid is
+     * the total) and flags (unused by this kernel: bit 0, A_g's address is 16-byte aligned and the caller's lda a
+     * multiple of 4; bit 1, the same for B_g). Groups write disjoint C_g in parallel (overlapping C_g would race, where
+     * the loop would apply them in order). The kernel takes {@link #sharedBytes} of dynamic shared memory (raised once
+     * per function); groups are passed largest k first.
+     */
+    private void kernel(boolean transA, boolean transB, int[] active, int count, int[] m, int[] n, int[] k,
+                        float alpha, Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta,
+                        Tensor c, int[] cOff, int ldc) {
+        String kernel = "grouped_gemm_bf16_" + (transA ? "t" : "n") + (transB ? "t" : "n");
+        String file = KernelLauncher.GROUPED_GEMM;
+        int shared = sharedBytes;
+        CUfunc_st f = launcher.function(file, kernel);
+        launcher.raiseSharedOnce(file, kernel, f, shared);
+        // Largest k first (stable): a CTA's time grows with k, so the longest tiles start in the first wave and the
+        // short ones fill the tail (weight gradients: k is the expert's ragged row count).
+        for (int i = 1; i < count; i++) {
+            int g = active[i], j = i;
+            for (; j > 0 && k[active[j - 1]] < k[g]; j--) {
+                active[j] = active[j - 1];
+            }
+            active[j] = g;
+        }
+        int[][] dims = GroupedGemmOperands.operandDims(transA, transB, m, n, k);
+        long[] aAt = new long[MAX_GROUPS + 1], bAt = new long[MAX_GROUPS + 1];
+        boolean keep = count <= MAX_GROUPS; // one launch: its copies may serve the next call
+        List<GroupedGemmOperands.HeldCast> offered = operands.takeHeld();
+        for (int start = 0; start < count; start += MAX_GROUPS) {
+            int here = Math.min(MAX_GROUPS, count - start);
+            DeviceBuffer a16 = null, b16 = null;
+            GroupedGemmOperands.HeldCast aCast = null, bCast = null;
+            try {
+                GroupedGemmOperands.Bf16Operand ao = operands.bf16Operand(a, "A", aOff, lda, dims[0], dims[1], k,
+                        active, start, here, aAt, offered);
+                aCast = ao.cast();
+                a16 = aCast == null ? null : aCast.copy();
+                GroupedGemmOperands.Bf16Operand bo = operands.bf16Operand(b, "B", bOff, ldb, dims[2], dims[3], k,
+                        active, start, here, bAt, offered);
+                bCast = bo.cast();
+                b16 = bCast == null ? null : bCast.copy();
+                long aBase = ao.base(), bBase = bo.base(); // where aAt / bAt count from
+                params.putInt(0, ao.ld());
+                params.putInt(4, bo.ld());
+                params.putInt(8, ldc);
+                params.putInt(12, here);
+                params.putFloat(16, alpha);
+                params.putFloat(20, beta);
+                long tiles = 0;
+                for (int q = 0; q < here; q++) {
+                    int g = active[start + q];
+                    boolean readsAB = k[g] > 0; // k == 0: A_g and B_g are never read (and their offsets not checked)
+                    long aAddr, bAddr;
+                    if (!readsAB) {
+                        aAddr = 0;
+                        bAddr = 0;
+                    } else {
+                        aAddr = aBase + 2 * aAt[q];
+                        bAddr = bBase + 2 * bAt[q];
+                    }
+                    int flags = (aAddr % 16 == 0 && lda % 4 == 0 ? 1 : 0) | (bAddr % 16 == 0 && ldb % 4 == 0 ? 2 : 0);
+                    params.putLong(OFF_A + 8L * q, aAddr);
+                    params.putLong(OFF_B + 8L * q, bAddr);
+                    params.putLong(OFF_C + 8L * q, memory.addr(c, "C", cOff[g], 0));
+                    params.putInt(OFF_M + 4L * q, m[g]);
+                    params.putInt(OFF_N + 4L * q, n[g]);
+                    params.putInt(OFF_K + 4L * q, k[g]);
+                    params.putInt(OFF_TILE + 4L * q, (int) tiles);
+                    params.putInt(OFF_FLAGS + 4L * q, flags);
+                    tiles += (long) ((m[g] + TILE_M - 1) / TILE_M) * ((n[g] + tileN - 1) / tileN);
+                    if (tiles > Integer.MAX_VALUE) {
+                        throw new IllegalArgumentException("groupedGemm: more than 2^31 - 1 tiles in one launch");
+                    }
+                }
+                Cuda.checkDriver(cudart.cuLaunchKernel(f, (int) tiles, 1, 1, threads, 1, 1, shared, device.stream(),
+                        argPtrs, (PointerPointer<?>) null), "cuLaunchKernel(" + kernel + ", " + here + " groups, "
+                        + tiles + " tiles)");
+                if (keep) {
+                    operands.hold(aCast, bCast);
+                }
+            } finally {
+                operands.releaseUnheld(a16, b16);
+            }
+        }
+        operands.releaseUnused(offered);
+    }
+}

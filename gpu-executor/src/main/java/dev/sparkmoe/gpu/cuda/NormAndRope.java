@@ -1,0 +1,162 @@
+package dev.sparkmoe.gpu.cuda;
+
+import static dev.sparkmoe.gpu.cuda.KernelLauncher.THREADS;
+import static dev.sparkmoe.gpu.cuda.KernelLauncher.aligned16;
+import static dev.sparkmoe.gpu.cuda.KernelLauncher.ceilDiv;
+import static dev.sparkmoe.gpu.cuda.KernelLauncher.rowThreads;
+
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import org.bytedeco.cuda.global.cudart;
+import org.bytedeco.javacpp.FloatPointer;
+
+import java.util.HashMap;
+import java.util.Map;
+
+/**
+ * RMSNorm forward and backward (a row per lane group in registers where the row is float4-aligned and at most 1024
+ * wide, else a block per row; the weight gradient summed from per-block partials in a fixed order) and rotary
+ * position embeddings (from a cos/sin table made once per theta, head dim and sequence length, kept for the
+ * backend's life; the direct form where no table fits). Called under the backend's lock.
+ */
+final class NormAndRope {
+    private static final String K = KernelLauncher.KERNELS;
+    /** Row blocks of the vectorised RMSNorm backward (and so dW partials) aimed at: fixed, so the sum order is. */
+    private static final int RMSNORM_BWD_BLOCKS = 512;
+    /** The largest rope table, in (position, i) cells: 16 MiB of cos and sin. */
+    private static final long ROPE_TABLE_MAX = 1L << 21;
+
+    private final CudaDevice device;
+    private final CudaMemory memory;
+    private final KernelLauncher launcher;
+    private final Map<String, DeviceBuffer> ropeFreqs = new HashMap<>();
+    /** rope's cos and sin tables (seqLen x headDim / 2 each, one buffer) by theta / headDim / seqLen. */
+    private final Map<String, DeviceBuffer> ropeTables = new HashMap<>();
+
+    NormAndRope(CudaDevice device, CudaMemory memory, KernelLauncher launcher) {
+        this.device = device;
+        this.memory = memory;
+        this.launcher = launcher;
+    }
+
+    void rmsNormForward(Tensor x, Tensor w, float eps, int rows, int dim, Tensor y, Tensor rstd) {
+        if (rows == 0) {
+            return;
+        }
+        long n = (long) rows * dim;
+        long xA = memory.addr(x, "x", 0, n);
+        long wA = memory.addr(w, "w", 0, dim);
+        long yA = memory.addr(y, "y", 0, n);
+        long rA = memory.addr(rstd, "rstd", 0, rows);
+        int[] lv = rmsNormVec(dim, xA, wA, yA);
+        if (lv != null) {
+            int rowsPerBlock = THREADS / lv[0];
+            launcher.launch(K, "rmsnorm_fwd_l" + lv[0] + "v" + lv[1], ceilDiv(rows, rowsPerBlock), 1, THREADS, 0, xA,
+                    wA, eps, rows, dim, yA, rA);
+            return;
+        }
+        launcher.launch(K, "rmsnorm_fwd", rows, 1, rowThreads(dim), 0, xA, wA, eps, rows, dim, yA, rA);
+    }
+
+    /**
+     * The vectorised RMSNorm kernels' {lanes per row, float4 per lane} for rows of {@code dim} floats (dim % 4 == 0,
+     * at most 1024, every address 16-byte aligned), else null (the block-per-row kernels).
+     */
+    private static int[] rmsNormVec(int dim, long... addresses) {
+        if (dim % 4 != 0 || dim > 1024 || !aligned16(addresses)) {
+            return null;
+        }
+        int d4 = dim / 4;
+        int lanes = 4;
+        while (lanes < 32 && lanes < d4) {
+            lanes *= 2;
+        }
+        int v = 1;
+        while (v * lanes < d4) {
+            v *= 2;
+        }
+        return new int[] {lanes, v};
+    }
+
+    void rmsNormBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, int rows, int dim, Tensor dx, Tensor dw) {
+        if (rows == 0) {
+            return;
+        }
+        long n = (long) rows * dim;
+        long dyA = memory.addr(dy, "dy", 0, n);
+        long xA = memory.addr(x, "x", 0, n);
+        long rA = memory.addr(rstd, "rstd", 0, rows);
+        long wA = memory.addr(w, "w", 0, dim);
+        long dxA = memory.addr(dx, "dx", 0, n);
+        int[] lv = rmsNormVec(dim, dyA, xA, wA, dxA);
+        if (lv != null) {
+            // dx and each block's dW partial in one pass over x and dy; then the partials summed in a fixed order
+            int groups = THREADS / lv[0];
+            int rowsPerBlock = groups * Math.max(1, ceilDiv(rows, groups * RMSNORM_BWD_BLOCKS));
+            int blocks = ceilDiv(rows, rowsPerBlock);
+            Tensor partial = memory.scratch(DType.F32, blocks * dim);
+            try {
+                long pA = memory.addr(partial, "partial", 0, (long) blocks * dim);
+                launcher.launch(K, "rmsnorm_bwd_l" + lv[0] + "v" + lv[1], blocks, 1, THREADS, 4 * groups * dim, dyA,
+                        xA, wA, rA, rows, dim, rowsPerBlock, dxA, pA);
+                launcher.launch2D(K, "sum_chunks_accumulate_2d", ceilDiv(dim, 32), 1, 32, 32, pA, blocks, dim,
+                        memory.addr(dw, "dw", 0, dim));
+            } finally {
+                memory.release(partial);
+            }
+            return;
+        }
+        launcher.launch(K, "rmsnorm_bwd_dx", rows, 1, rowThreads(dim), 0, dyA, xA, wA, rA, rows, dim, dxA);
+        int rowsPerChunk = 256;
+        int chunks = (rows + rowsPerChunk - 1) / rowsPerChunk;
+        Tensor partial = memory.scratch(DType.F32, chunks * dim);
+        try {
+            long pA = memory.addr(partial, "partial", 0, (long) chunks * dim);
+            launcher.launch2D(K, "rmsnorm_bwd_dw_partial", (dim + 31) / 32, chunks, 32, 8, dyA, xA, rA, rows, dim,
+                    rowsPerChunk, pA);
+            launcher.launch1D(K, "sum_chunks_accumulate", dim, pA, chunks, dim, memory.addr(dw, "dw", 0, dim));
+        } finally {
+            memory.release(partial);
+        }
+    }
+
+    void rope(Tensor x, int tokens, int heads, int headDim, int seqLen, float theta, boolean inverse) {
+        if (tokens == 0) {
+            return;
+        }
+        int half = headDim / 2;
+        String key = theta + "/" + headDim;
+        DeviceBuffer freq = ropeFreqs.get(key);
+        if (freq == null) {
+            float[] invFreq = new float[half];
+            for (int i = 0; i < half; i++) {
+                invFreq[i] = 1f / (float) Math.pow(theta, (float) (2 * i) / headDim);
+            }
+            freq = memory.allocateUnscoped(4L * Math.max(1, half)); // persistent: allocate outside any scope
+            try (FloatPointer h = new FloatPointer(invFreq)) {
+                Cuda.check(cudart.cudaMemcpyAsync(CudaMemory.ptr(freq, 0), h, 4L * half,
+                        cudart.cudaMemcpyHostToDevice, device.stream()), "cudaMemcpyAsync(rope frequencies)");
+            }
+            ropeFreqs.put(key, freq);
+        }
+        long n = (long) tokens * heads * headDim;
+        long xA = memory.addr(x, "x", 0, n);
+        long cells = (long) seqLen * half;
+        if (half % 4 == 0 && aligned16(xA) && cells <= ROPE_TABLE_MAX) {
+            // cos and sin per (position, i) computed once per (theta, headDim, seqLen) with rope_f32's arithmetic
+            String tkey = key + "/" + seqLen;
+            DeviceBuffer table = ropeTables.get(tkey);
+            if (table == null) {
+                table = memory.allocateUnscoped(8L * cells);
+                launcher.launch1D(K, "rope_table", cells, freq.address(), seqLen, half, table.address(),
+                        table.address() + 4L * cells);
+                ropeTables.put(tkey, table);
+            }
+            launcher.launch1D(K, "rope_tab_v4", (long) tokens * heads * (half / 4), xA, table.address(),
+                    table.address() + 4L * cells, tokens, heads, headDim, seqLen, inverse ? -1f : 1f);
+            return;
+        }
+        launcher.launch1D(K, "rope_f32", (long) tokens * half, xA, freq.address(), tokens, heads, headDim,
+                seqLen, inverse ? -1f : 1f);
+    }
+}
