@@ -60,8 +60,8 @@ public final class DistributedTrainer implements RankTrainer {
     private final ModelExport export;
     private long steps;
 
-    /** Floats per piece when a rank fills its shards from a weight source: 4 MiB of host memory. */
-    public static final int LOAD_PIECE = 1 << 20;
+    /** Floats per piece when a rank fills its shards from a weight source (4 MiB), as a model's own load. */
+    public static final int LOAD_PIECE = Qwen3MoeModel.LOAD_PIECE;
 
     /**
      * Builds this rank's part of the model with the weights the spec names: the slices of its checkpoint directory

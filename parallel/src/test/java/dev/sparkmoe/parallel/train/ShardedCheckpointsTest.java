@@ -175,6 +175,34 @@ class ShardedCheckpointsTest {
         assertEquals(4 * params, total, "the shards of all ranks hold the model once");
     }
 
+    /** A checkpoint that does not fit the config fails with loadState's errors before a rank allocates anything. */
+    @Test
+    void aMismatchedCheckpointFailsBeforeAnythingIsAllocated() throws Exception {
+        Map<String, Tensor> hub = new TreeMap<>(HfCheckpoint.load(bf16Sharded));
+        hub.remove("model.layers.1.self_attn.k_norm.weight");
+        hub.put("model.layers.0.mlp.gate.weight", Tensor.zeros(DType.BF16, 12, 16));
+        Path broken = tmp.resolve("broken");
+        HfCheckpoint.save(broken, hub, 100_000);
+        Files.copy(bf16Sharded.resolve("config.json"), broken.resolve("config.json"));
+        TrainerSpec spec = spec(broken, 4, 2);
+        List<Long> allocated = java.util.Collections.synchronizedList(new ArrayList<>());
+        IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                () -> InJvmRanks.run(4, Duration.ofSeconds(60), c -> {
+                    Backend be = MemoryTracker.wrap(new CpuBackend());
+                    try {
+                        new DistributedTrainer(spec, c, be).close();
+                    } finally {
+                        allocated.add(MemoryTracker.of(be).peakBytes());
+                    }
+                    return null;
+                }));
+        assertTrue(e.getMessage().contains("weights do not match the model config (2 problems)"), e.getMessage());
+        assertTrue(e.getMessage().contains("missing model.layers.1.self_attn.k_norm.weight [8]"), e.getMessage());
+        assertTrue(e.getMessage().contains("model.layers.0.mlp.gate.weight: expected shape [12, 32], got [12, 16]"),
+                e.getMessage());
+        assertEquals(List.of(0L, 0L, 0L, 0L), allocated, "bytes allocated by each rank before the error");
+    }
+
     /** The model a layout exports, streamed into our writer, is the checkpoint it read, byte for byte. */
     @ParameterizedTest(name = "dp_shard={0}, ep={1}")
     @CsvSource({"1,1", "8,4"})
