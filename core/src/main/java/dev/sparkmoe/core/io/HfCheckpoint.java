@@ -65,7 +65,7 @@ public final class HfCheckpoint {
      */
     public static Map<String, Tensor> load(Path dir) throws IOException {
         Path single = dir.resolve(SINGLE_FILE);
-        if (checkpointFiles(dir) == single) {
+        if (checkpointFiles(dir).equals(single)) {
             return SafeTensors.read(single).tensors();
         }
         Catalog c = catalog(dir);
