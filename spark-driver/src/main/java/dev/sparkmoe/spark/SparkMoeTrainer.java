@@ -282,7 +282,8 @@ public final class SparkMoeTrainer {
                 JobPlan plan = new JobPlan(sc.applicationId() + "/" + runId, attempt, spec, factory, connector, store,
                         c.getInt(ConfigKey.CHECKPOINT_EVERY), c.getInt(ConfigKey.CHECKPOINT_KEEP_LAST), steps,
                         c.batchSequences(), packer, c.getBool(ConfigKey.DATA_SHUFFLE), c.seed(), counts, modelDir,
-                        new SerializableHadoopConf(hconf), c.getInt(ConfigKey.TRAINING_COMM_TIMEOUT), acc);
+                        new SerializableHadoopConf(hconf), c.getInt(ConfigKey.TRAINING_COMM_TIMEOUT), acc,
+                        c.modelFormat());
                 sc.setJobGroup(jobGroup(), "spark-moe " + runId + ": train " + steps + " steps on "
                         + c.worldSize() + " ranks (attempt " + attempt + "/" + max + ")", true);
                 try {

@@ -7,7 +7,8 @@ import java.util.List;
 /**
  * What {@code fit()} returns.
  *
- * @param modelDir      URI of the final model in Hugging Face layout (config.json, model.safetensors)
+ * @param modelDir      URI of the final model in Hugging Face layout (config.json, model.safetensors or, past
+ *                      output.max_shard_size, model-0000k-of-0000n.safetensors and model.safetensors.index.json)
  * @param history       metrics of every step, 1..steps (steps before a resume come from the checkpoint)
  * @param steps         optimizer steps taken
  * @param attempts      barrier-stage attempts it took (1: no failure)

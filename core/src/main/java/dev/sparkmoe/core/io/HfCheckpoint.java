@@ -4,6 +4,7 @@ import dev.sparkmoe.core.json.Json;
 import dev.sparkmoe.core.json.JsonException;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.core.tensor.TensorSpec;
 import java.io.IOException;
 import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
@@ -23,7 +24,6 @@ import java.util.TreeSet;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
-import java.util.stream.Stream;
 
 /**
  * Hugging Face checkpoint directories ({@code model.safetensors}, or {@code model.safetensors.index.json} plus
@@ -48,12 +48,9 @@ public final class HfCheckpoint {
     /** Metadata written into every safetensors file, as transformers does. */
     public static final Map<String, String> FILE_METADATA = Map.of("format", "pt");
 
-    private static final Pattern SHARD_NAME = Pattern.compile("model-\\d{5}-of-\\d{5}\\.safetensors");
-    private static final Pattern PER_EXPERT =
-            Pattern.compile("(.+\\.mlp\\.experts)\\.(\\d+)\\.(gate_proj|up_proj|down_proj)\\.weight");
-    private static final Pattern FUSED = Pattern.compile("(.+\\.mlp\\.experts)\\.gate_up_proj");
-    private static final Pattern STACKED = Pattern.compile("(.+\\.mlp\\.experts)\\.(gate_proj|up_proj|down_proj)");
-    private static final List<String> PROJS = List.of("gate_proj", "up_proj", "down_proj");
+    static final Pattern SHARD_NAME = Pattern.compile("model-\\d{5}-of-\\d{5}\\.safetensors");
+    private static final Pattern FUSED = ExpertStacking.FUSED;
+    private static final Pattern STACKED = ExpertStacking.STACKED;
 
     private HfCheckpoint() {
     }
@@ -68,6 +65,29 @@ public final class HfCheckpoint {
      */
     public static Map<String, Tensor> load(Path dir) throws IOException {
         Path single = dir.resolve(SINGLE_FILE);
+        if (checkpointFiles(dir).equals(single)) {
+            return SafeTensors.read(single).tensors();
+        }
+        Catalog c = catalog(dir);
+        Map<String, Tensor> out = new TreeMap<>();
+        for (Map.Entry<Path, SafeTensors.Header> e : c.headers().entrySet()) {
+            Path p = e.getKey();
+            SafeTensors.Header h = e.getValue();
+            try (FileChannel ch = c.open(p)) {
+                for (TensorInfo t : h.tensors.values()) {
+                    out.put(t.name(), SafeTensors.readTensor(p, ch, h.dataStart(), t));
+                }
+            }
+        }
+        return Collections.unmodifiableMap(new LinkedHashMap<>(out));
+    }
+
+    /**
+     * Which file holds a checkpoint: {@value #SINGLE_FILE} or {@value #INDEX_FILE} of {@code dir}, whichever exists;
+     * both, or neither, is an error.
+     */
+    private static Path checkpointFiles(Path dir) throws SafeTensorsFormatException {
+        Path single = dir.resolve(SINGLE_FILE);
         Path index = dir.resolve(INDEX_FILE);
         boolean hasSingle = Files.isRegularFile(single);
         boolean hasIndex = Files.isRegularFile(index);
@@ -76,14 +96,56 @@ public final class HfCheckpoint {
                     + "; it is unclear which checkpoint to load", "delete the stale one");
         }
         if (hasSingle) {
-            return SafeTensors.read(single).tensors();
+            return single;
         }
         if (!hasIndex) {
             throw new SafeTensorsFormatException(dir, null, "holds neither " + SINGLE_FILE + " nor " + INDEX_FILE
                     + (Files.isDirectory(dir) ? "" : " (the directory does not exist)"),
                     "point at a Hugging Face checkpoint directory saved with safetensors");
         }
-        return loadSharded(dir, index);
+        return index;
+    }
+
+    /**
+     * Every tensor of a checkpoint directory, located in its file, after the checks {@link #load} makes before it
+     * reads anything (every header, the index against the shards, every dtype loadable).
+     *
+     * @param headers each file's validated header, in file name order
+     * @param located each tensor's file, by tensor name
+     */
+    record Catalog(Map<Path, SafeTensors.Header> headers, Map<String, Path> located) {
+        /** The header entry of a tensor. */
+        TensorInfo info(String name) {
+            return headers.get(located.get(name)).tensors.get(name);
+        }
+
+        /** Opens a file of the checkpoint for reading, failing when it changed size since its header was read. */
+        FileChannel open(Path p) throws IOException {
+            SafeTensors.Header h = headers.get(p);
+            FileChannel ch = FileChannel.open(p, StandardOpenOption.READ);
+            if (ch.size() != h.dataStart() + lastEnd(h)) {
+                ch.close();
+                throw new SafeTensorsFormatException(p, null, "changed size while the checkpoint was loading", null);
+            }
+            return ch;
+        }
+    }
+
+    static Catalog catalog(Path dir) throws IOException {
+        Path file = checkpointFiles(dir);
+        if (file.getFileName().toString().equals(SINGLE_FILE)) {
+            SafeTensors.Header h;
+            try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
+                h = SafeTensors.parseHeader(file, ch);
+            }
+            Map<String, Path> located = new TreeMap<>();
+            for (TensorInfo t : h.tensors.values()) {
+                SafeTensors.checkLoadable(file, t);
+                located.put(t.name(), file);
+            }
+            return new Catalog(Map.of(file, h), Collections.unmodifiableMap(located));
+        }
+        return shardedCatalog(dir, file);
     }
 
     /** {@link #load} followed by {@link #stackExperts}. */
@@ -129,7 +191,7 @@ public final class HfCheckpoint {
         return Collections.unmodifiableMap(out);
     }
 
-    private static Map<String, Tensor> loadSharded(Path dir, Path index) throws IOException {
+    private static Catalog shardedCatalog(Path dir, Path index) throws IOException {
         Map<String, String> weightMap = readIndex(index);
         Set<String> shards = new TreeSet<>(weightMap.values());
         List<String> missing = new ArrayList<>();
@@ -177,20 +239,16 @@ public final class HfCheckpoint {
                         "the index is out of date or a shard is from another checkpoint");
             }
         }
-        Map<String, Tensor> out = new TreeMap<>();
+        Map<Path, SafeTensors.Header> byPath = new LinkedHashMap<>();
+        Map<String, Path> located = new TreeMap<>();
         for (Map.Entry<String, SafeTensors.Header> e : headers.entrySet()) {
             Path p = dir.resolve(e.getKey());
-            SafeTensors.Header h = e.getValue();
-            try (FileChannel ch = FileChannel.open(p, StandardOpenOption.READ)) {
-                if (ch.size() != h.dataStart() + lastEnd(h)) {
-                    throw new SafeTensorsFormatException(p, null, "changed size while the checkpoint was loading", null);
-                }
-                for (TensorInfo t : h.tensors.values()) {
-                    out.put(t.name(), SafeTensors.readTensor(p, ch, h.dataStart(), t));
-                }
+            byPath.put(p, e.getValue());
+            for (String t : e.getValue().tensors.keySet()) {
+                located.put(t, p);
             }
         }
-        return Collections.unmodifiableMap(new LinkedHashMap<>(out));
+        return new Catalog(Collections.unmodifiableMap(byPath), Collections.unmodifiableMap(located));
     }
 
     private static long lastEnd(SafeTensors.Header h) {
@@ -222,27 +280,19 @@ public final class HfCheckpoint {
         }
         Files.createDirectories(dir);
         Map<String, Tensor> sorted = new TreeMap<>(stateDict);
-        List<Map<String, Tensor>> shards = new ArrayList<>();
-        Map<String, Tensor> current = new LinkedHashMap<>();
-        long currentSize = 0;
+        List<TensorSpec> specs = new ArrayList<>();
         long totalSize = 0;
         for (Map.Entry<String, Tensor> e : sorted.entrySet()) {
-            long size = (long) e.getValue().numel() * e.getValue().dtype().byteSize();
-            totalSize += size;
-            if (size > maxShardBytes) {
-                shards.add(Map.of(e.getKey(), e.getValue()));
-                continue;
-            }
-            if (currentSize + size > maxShardBytes && !current.isEmpty()) {
-                shards.add(current);
-                current = new LinkedHashMap<>();
-                currentSize = 0;
-            }
-            current.put(e.getKey(), e.getValue());
-            currentSize += size;
+            specs.add(new TensorSpec(e.getKey(), e.getValue().dtype(), e.getValue().shape()));
+            totalSize += specs.get(specs.size() - 1).byteSize();
         }
-        if (!current.isEmpty() || shards.isEmpty()) {
-            shards.add(current);
+        List<Map<String, Tensor>> shards = new ArrayList<>();
+        for (List<TensorSpec> part : HfModelWriter.split(specs, maxShardBytes)) {
+            Map<String, Tensor> shard = new LinkedHashMap<>();
+            for (TensorSpec t : part) {
+                shard.put(t.name(), sorted.get(t.name()));
+            }
+            shards.add(shard);
         }
         Set<String> written = new TreeSet<>();
         if (shards.size() == 1) {
@@ -264,15 +314,7 @@ public final class HfCheckpoint {
             writeStringAtomically(dir.resolve(INDEX_FILE), Json.write(index, true) + "\n");
             written.add(INDEX_FILE);
         }
-        try (Stream<Path> files = Files.list(dir)) {
-            for (Path p : (Iterable<Path>) files::iterator) {
-                String n = p.getFileName().toString();
-                boolean ours = n.equals(SINGLE_FILE) || n.equals(INDEX_FILE) || SHARD_NAME.matcher(n).matches();
-                if (ours && !written.contains(n)) {
-                    Files.delete(p);
-                }
-            }
-        }
+        OutputDir.local(dir).finish(written);
     }
 
     /** Writes text (UTF-8) through a temporary file in the same directory and an atomic move. */
@@ -308,134 +350,36 @@ public final class HfCheckpoint {
      * missing expert, shapes or dtypes that disagree, or two forms mixed in one layer.
      */
     public static Map<String, Tensor> stackExperts(Map<String, Tensor> hub, int numExperts) {
-        if (numExperts <= 0) {
-            throw new IllegalArgumentException("numExperts must be positive, got " + numExperts);
-        }
-        // prefix -> proj -> expert -> (name, tensor)
-        Map<String, Map<String, TreeMap<Integer, Map.Entry<String, Tensor>>>> perExpert = new TreeMap<>();
-        Map<String, Tensor> fused = new TreeMap<>();
-        Map<String, Tensor> stacked = new TreeMap<>();
-        Map<String, Tensor> out = new TreeMap<>();
+        Map<String, TensorSpec> specs = new LinkedHashMap<>();
         for (Map.Entry<String, Tensor> e : hub.entrySet()) {
-            String name = e.getKey();
-            Matcher m = PER_EXPERT.matcher(name);
-            if (m.matches()) {
-                String idx = m.group(2);
-                if ((idx.length() > 1 && idx.charAt(0) == '0') || idx.length() > 9
-                        || Integer.parseInt(idx) >= numExperts) {
-                    throw new IllegalArgumentException("tensor '" + name + "' has expert index " + idx
-                            + " but num_experts is " + numExperts + " (valid indices 0.." + (numExperts - 1) + ")"
-                            + "; check num_experts in the config against the checkpoint");
-                }
-                perExpert.computeIfAbsent(m.group(1), k -> new TreeMap<>())
-                        .computeIfAbsent(m.group(3), k -> new TreeMap<>())
-                        .put(Integer.parseInt(idx), e);
-                continue;
-            }
-            if (FUSED.matcher(name).matches()) {
-                fused.put(name, e.getValue());
-                continue;
-            }
-            Matcher s = STACKED.matcher(name);
-            if (s.matches()) {
-                stacked.put(name, e.getValue());
-                continue;
-            }
-            out.put(name, e.getValue());
+            specs.put(e.getKey(), new TensorSpec(e.getKey(), e.getValue().dtype(), e.getValue().shape()));
         }
-        for (Map.Entry<String, Map<String, TreeMap<Integer, Map.Entry<String, Tensor>>>> g : perExpert.entrySet()) {
-            String prefix = g.getKey();
-            for (String form : List.of(prefix + ".gate_up_proj", prefix + ".gate_proj", prefix + ".up_proj",
-                    prefix + ".down_proj")) {
-                if (fused.containsKey(form) || stacked.containsKey(form)) {
-                    throw new IllegalArgumentException("tensor '" + form + "' (stacked or fused) and per-expert tensors"
-                            + " such as '" + g.getValue().values().iterator().next().firstEntry().getValue().getKey()
-                            + "' both describe the experts of " + prefix + "; a checkpoint must use one form");
-                }
-            }
-            Tensor[] byProj = new Tensor[3];
-            for (int p = 0; p < 3; p++) {
-                String proj = PROJS.get(p);
-                TreeMap<Integer, Map.Entry<String, Tensor>> experts = g.getValue().getOrDefault(proj, new TreeMap<>());
-                if (experts.size() != numExperts) {
-                    List<Integer> absent = new ArrayList<>();
-                    for (int k = 0; k < numExperts && absent.size() < 10; k++) {
-                        if (!experts.containsKey(k)) {
-                            absent.add(k);
-                        }
-                    }
-                    throw new IllegalArgumentException("experts of " + prefix + " are incomplete: "
-                            + (numExperts - experts.size()) + " of " + numExperts + " " + proj
-                            + " tensors are missing, e.g. '" + prefix + "." + absent.get(0) + "." + proj
-                            + ".weight' (missing indices " + absent + (absent.size() == 10 ? " ..." : "") + ")");
-                }
-                Map.Entry<String, Tensor> first = experts.firstEntry().getValue();
+        Map<String, Tensor> out = new TreeMap<>();
+        for (ExpertStacking.Stacked s : ExpertStacking.plan(specs, numExperts).values()) {
+            Tensor t;
+            if (s.source() instanceof ExpertStacking.Whole w) {
+                t = hub.get(w.hubName());
+            } else if (s.source() instanceof ExpertStacking.PerExpert pe) {
                 List<Tensor> parts = new ArrayList<>();
-                for (Map.Entry<String, Tensor> x : experts.values()) {
-                    Tensor t = x.getValue();
-                    if (t.rank() != 2 || !Arrays.equals(t.shape(), first.getValue().shape())
-                            || t.dtype() != first.getValue().dtype()) {
-                        throw new IllegalArgumentException("tensor '" + x.getKey() + "' is " + t.dtype() + " "
-                                + Arrays.toString(t.shape()) + " but '" + first.getKey() + "' is "
-                                + first.getValue().dtype() + " " + Arrays.toString(first.getValue().shape())
-                                + "; all experts of a projection must share a 2-D shape and a dtype");
-                    }
-                    parts.add(t);
+                for (String n : pe.hubNames()) {
+                    parts.add(hub.get(n));
                 }
-                byProj[p] = stack(parts);
+                t = stack(parts);
+            } else {
+                ExpertStacking.FusedHalf f = (ExpertStacking.FusedHalf) s.source();
+                t = splitFused(hub.get(f.hubName()))[f.half()];
             }
-            checkTriple(prefix, byProj[0], byProj[1], byProj[2], numExperts);
-            for (int p = 0; p < 3; p++) {
-                out.put(prefix + "." + PROJS.get(p), byProj[p]);
-            }
-        }
-        for (Map.Entry<String, Tensor> f : fused.entrySet()) {
-            String prefix = f.getKey().substring(0, f.getKey().length() - ".gate_up_proj".length());
-            Tensor gu = f.getValue();
-            Tensor down = stacked.remove(prefix + ".down_proj");
-            if (stacked.containsKey(prefix + ".gate_proj") || stacked.containsKey(prefix + ".up_proj")) {
-                throw new IllegalArgumentException("tensor '" + f.getKey() + "' (fused) and '" + prefix
-                        + ".gate_proj'/'up_proj' (stacked) both describe the experts of " + prefix
-                        + "; a checkpoint must use one form");
-            }
-            if (down == null) {
-                throw new IllegalArgumentException("tensor '" + f.getKey() + "' has no matching '" + prefix
-                        + ".down_proj' [E, H, I]");
-            }
-            if (gu.rank() != 3 || gu.dim(0) != numExperts || gu.dim(1) % 2 != 0) {
-                throw new IllegalArgumentException("tensor '" + f.getKey() + "' has shape "
-                        + Arrays.toString(gu.shape()) + "; expected [num_experts=" + numExperts
-                        + ", 2 * moe_intermediate_size, hidden_size]");
-            }
-            Tensor[] split = splitFused(gu);
-            checkTriple(prefix, split[0], split[1], down, numExperts);
-            out.put(prefix + ".gate_proj", split[0]);
-            out.put(prefix + ".up_proj", split[1]);
-            out.put(prefix + ".down_proj", down);
-        }
-        for (Map.Entry<String, Tensor> s : stacked.entrySet()) {
-            Tensor t = s.getValue();
-            if (t.rank() != 3 || t.dim(0) != numExperts) {
-                throw new IllegalArgumentException("tensor '" + s.getKey() + "' has shape " + Arrays.toString(t.shape())
-                        + "; a stacked expert weight must be [num_experts=" + numExperts + ", ., .]");
-            }
-            out.put(s.getKey(), t);
+            out.put(s.spec().name(), t);
         }
         return Collections.unmodifiableMap(new LinkedHashMap<>(out));
     }
 
-    private static void checkTriple(String prefix, Tensor gate, Tensor up, Tensor down, int numExperts) {
-        int[] g = gate.shape();
-        int[] d = down.shape();
-        boolean ok = g.length == 3 && d.length == 3 && Arrays.equals(g, up.shape()) && g[0] == numExperts
-                && d[0] == numExperts && d[1] == g[2] && d[2] == g[1] && gate.dtype() == up.dtype()
-                && gate.dtype() == down.dtype();
-        if (!ok) {
-            throw new IllegalArgumentException("experts of " + prefix + " disagree: gate_proj " + gate.dtype() + " "
-                    + Arrays.toString(g) + ", up_proj " + up.dtype() + " " + Arrays.toString(up.shape())
-                    + ", down_proj " + down.dtype() + " " + Arrays.toString(d) + "; expected gate/up [E=" + numExperts
-                    + ", I, H] and down [E, H, I] of one dtype");
-        }
+    /**
+     * The Hub name of expert {@code e} of a stacked expert weight: {@code model.layers.3.mlp.experts.gate_proj} and 5
+     * give {@code model.layers.3.mlp.experts.5.gate_proj.weight}. Null for a name that is not a stacked expert weight.
+     */
+    public static String perExpertName(String stackedName, int e) {
+        return ExpertStacking.perExpertName(stackedName, e);
     }
 
     /**

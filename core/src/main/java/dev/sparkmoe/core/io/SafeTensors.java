@@ -4,6 +4,7 @@ import dev.sparkmoe.core.json.Json;
 import dev.sparkmoe.core.json.JsonException;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.core.tensor.TensorSpec;
 import java.io.EOFException;
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -419,6 +420,51 @@ public final class SafeTensors {
         }
     }
 
+    /**
+     * Reads elements {@code [from, from + count)} of a floating tensor (F32, BF16 or F16) as f32 into
+     * {@code dst[dstOff..]}: only their bytes, through {@code buf} (any capacity of at least 4 bytes). Returns the
+     * bytes read.
+     */
+    static long readFloats(Path file, FileChannel ch, long dataStart, TensorInfo t, long from, int count, float[] dst,
+                           int dstOff, ByteBuffer buf) throws IOException {
+        DType dtype = t.dtype();
+        if (dtype == null || !dtype.isFloating()) {
+            throw new IllegalArgumentException(t.name() + " in " + file + " is " + t.dtypeName()
+                    + ", not a floating dtype that can be read as f32");
+        }
+        if (from < 0 || count < 0 || from + count > t.numel()) {
+            throw new IllegalArgumentException("elements [" + from + ", " + (from + count) + ") outside " + t);
+        }
+        int size = dtype.byteSize();
+        int perChunk = buf.capacity() / size;
+        long pos = dataStart + t.begin() + from * size;
+        buf.order(ByteOrder.LITTLE_ENDIAN);
+        for (int done = 0; done < count; ) {
+            int n = Math.min(perChunk, count - done);
+            buf.clear().limit(n * size);
+            readFully(file, ch, buf, pos);
+            buf.flip();
+            int at = dstOff + done;
+            switch (dtype) {
+                case F32: buf.asFloatBuffer().get(dst, at, n); break;
+                case BF16:
+                    for (int k = 0; k < n; k++) {
+                        dst[at + k] = DType.bf16ToFloat(buf.getShort());
+                    }
+                    break;
+                case F16:
+                    for (int k = 0; k < n; k++) {
+                        dst[at + k] = DType.f16ToFloat(buf.getShort());
+                    }
+                    break;
+                default: throw new AssertionError(dtype);
+            }
+            pos += (long) n * size;
+            done += n;
+        }
+        return (long) count * size;
+    }
+
     private static void readFully(Path file, FileChannel ch, ByteBuffer buf, long pos) throws IOException {
         long p = pos;
         while (buf.hasRemaining()) {
@@ -454,19 +500,30 @@ public final class SafeTensors {
      * dtype, shape, data_offsets; padded with spaces so that 8 + N is a multiple of 8.
      */
     static byte[] encodeHeader(List<Map.Entry<String, Tensor>> ordered, Map<String, String> metadata) {
+        List<TensorSpec> specs = new ArrayList<>(ordered.size());
+        for (Map.Entry<String, Tensor> e : ordered) {
+            specs.add(new TensorSpec(e.getKey(), e.getValue().dtype(), e.getValue().shape()));
+        }
+        return header(specs, metadata);
+    }
+
+    /**
+     * The header bytes of a file holding {@code ordered} (data laid out in this order), as {@link #encodeHeader}:
+     * computed from names, dtypes and shapes alone, so a writer can emit it before any tensor's values exist.
+     */
+    static byte[] header(List<TensorSpec> ordered, Map<String, String> metadata) {
         Map<String, Object> header = new LinkedHashMap<>();
         if (metadata != null) {
             header.put(METADATA_KEY, new LinkedHashMap<>(metadata));
         }
         long offset = 0;
-        for (Map.Entry<String, Tensor> e : ordered) {
-            Tensor t = e.getValue();
-            long bytes = (long) t.numel() * t.dtype().byteSize();
+        for (TensorSpec t : ordered) {
+            long bytes = t.byteSize();
             Map<String, Object> info = new LinkedHashMap<>();
             info.put("dtype", t.dtype().safetensorsName());
             info.put("shape", t.shape());
             info.put("data_offsets", List.of(offset, offset + bytes));
-            header.put(e.getKey(), info);
+            header.put(t.name(), info);
             offset += bytes;
         }
         byte[] json = Json.write(header, false).getBytes(StandardCharsets.UTF_8);

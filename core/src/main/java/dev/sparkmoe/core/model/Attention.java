@@ -33,12 +33,12 @@ public final class Attention extends Module {
         headDim = c.headDim();
         eps = (float) c.rmsNormEps();
         theta = (float) c.ropeTheta();
-        qProj = new Parameter(path + ".q_proj.weight", be.zeros(DType.F32, qHeads * headDim, hidden), be);
-        kProj = new Parameter(path + ".k_proj.weight", be.zeros(DType.F32, kvHeads * headDim, hidden), be);
-        vProj = new Parameter(path + ".v_proj.weight", be.zeros(DType.F32, kvHeads * headDim, hidden), be);
-        oProj = new Parameter(path + ".o_proj.weight", be.zeros(DType.F32, hidden, qHeads * headDim), be);
-        qNorm = new Parameter(path + ".q_norm.weight", be.zeros(DType.F32, headDim), be);
-        kNorm = new Parameter(path + ".k_norm.weight", be.zeros(DType.F32, headDim), be);
+        qProj = new Parameter(path + ".q_proj.weight", be, qHeads * headDim, hidden);
+        kProj = new Parameter(path + ".k_proj.weight", be, kvHeads * headDim, hidden);
+        vProj = new Parameter(path + ".v_proj.weight", be, kvHeads * headDim, hidden);
+        oProj = new Parameter(path + ".o_proj.weight", be, hidden, qHeads * headDim);
+        qNorm = new Parameter(path + ".q_norm.weight", be, headDim);
+        kNorm = new Parameter(path + ".k_norm.weight", be, headDim);
     }
 
     @Override

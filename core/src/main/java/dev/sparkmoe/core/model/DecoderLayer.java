@@ -21,8 +21,8 @@ public final class DecoderLayer extends Module {
         super("model.layers." + index);
         hidden = c.hiddenSize();
         eps = (float) c.rmsNormEps();
-        inputNorm = new Parameter(path() + ".input_layernorm.weight", be.zeros(DType.F32, hidden), be);
-        postNorm = new Parameter(path() + ".post_attention_layernorm.weight", be.zeros(DType.F32, hidden), be);
+        inputNorm = new Parameter(path() + ".input_layernorm.weight", be, hidden);
+        postNorm = new Parameter(path() + ".post_attention_layernorm.weight", be, hidden);
         attention = new Attention(path() + ".self_attn", c, be);
         if (c.isMoeLayer(index)) {
             moe = new MoeBlock(path() + ".mlp", c, be);

@@ -18,9 +18,9 @@ public final class DenseMlp extends Module {
         super(path);
         int hidden = c.hiddenSize();
         inter = c.intermediateSize();
-        gateProj = new Parameter(path + ".gate_proj.weight", be.zeros(DType.F32, inter, hidden), be);
-        upProj = new Parameter(path + ".up_proj.weight", be.zeros(DType.F32, inter, hidden), be);
-        downProj = new Parameter(path + ".down_proj.weight", be.zeros(DType.F32, hidden, inter), be);
+        gateProj = new Parameter(path + ".gate_proj.weight", be, inter, hidden);
+        upProj = new Parameter(path + ".up_proj.weight", be, inter, hidden);
+        downProj = new Parameter(path + ".down_proj.weight", be, hidden, inter);
     }
 
     @Override

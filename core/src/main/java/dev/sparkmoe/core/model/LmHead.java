@@ -3,7 +3,6 @@ package dev.sparkmoe.core.model;
 import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.nn.Module;
 import dev.sparkmoe.core.nn.Parameter;
-import dev.sparkmoe.core.tensor.DType;
 import java.util.List;
 
 /**
@@ -29,8 +28,8 @@ public final class LmHead extends Module {
         super(PATH);
         int h = c.hiddenSize();
         tied = c.tieWordEmbeddings();
-        norm = new Parameter("model.norm.weight", be.zeros(DType.F32, h), be);
-        weight = tied ? embed : new Parameter("lm_head.weight", be.zeros(DType.F32, c.vocabSize(), h), be);
+        norm = new Parameter("model.norm.weight", be, h);
+        weight = tied ? embed : new Parameter("lm_head.weight", be, c.vocabSize(), h);
     }
 
     /** The final norm, and the LM head weight unless it is the (tied) embedding, which the root owns. */

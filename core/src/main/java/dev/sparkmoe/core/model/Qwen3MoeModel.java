@@ -4,13 +4,17 @@ import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.nn.Module;
 import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.io.WeightSource;
+import dev.sparkmoe.core.tensor.Region;
 import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.core.tensor.TensorSpec;
+import java.io.IOException;
+import java.io.UncheckedIOException;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.SplittableRandom;
 import java.util.TreeSet;
 
 /**
@@ -35,18 +39,37 @@ public final class Qwen3MoeModel extends Module {
     final LmHead head;         // final norm [H] and LM head [V, H] (the embedding when tied)
     final DecoderLayer[] layers;
 
+    /** The model with every parameter allocated (zeros) on {@code backend}. */
     public Qwen3MoeModel(Qwen3MoeConfig config, Backend backend) {
+        this(config, backend, true);
+    }
+
+    private Qwen3MoeModel(Qwen3MoeConfig config, Backend backend, boolean materialise) {
         super("");
         this.config = config;
         this.backend = backend;
         int v = config.vocabSize();
         int h = config.hiddenSize();
-        embed = new Parameter("model.embed_tokens.weight", backend.zeros(DType.F32, v, h), backend);
+        embed = new Parameter("model.embed_tokens.weight", backend, v, h);
         head = new LmHead(config, backend, embed);
         layers = new DecoderLayer[config.numHiddenLayers()];
         for (int i = 0; i < layers.length; i++) {
             layers[i] = new DecoderLayer(i, config, backend);
         }
+        if (materialise) {
+            for (Parameter p : parameters()) {
+                p.setValue(backend.zeros(DType.F32, p.shape()));
+            }
+        }
+    }
+
+    /**
+     * The model with parameters that have their shapes and no memory (torch's meta device): a parallel plan places
+     * them first, then each rank allocates and fills only its own shards. {@link #initRandom} and
+     * {@link #loadState} materialise them whole instead.
+     */
+    public static Qwen3MoeModel unmaterialised(Qwen3MoeConfig config, Backend backend) {
+        return new Qwen3MoeModel(config, backend, false);
     }
 
     public Qwen3MoeConfig config() {
@@ -105,52 +128,48 @@ public final class Qwen3MoeModel extends Module {
 
     // ------------------------------------------------------------------ weights
 
+    /** Every parameter's name, dtype (f32) and full shape, in declaration order. Before any parallel plan. */
+    public List<TensorSpec> parameterSpecs() {
+        List<TensorSpec> out = new ArrayList<>();
+        for (Parameter p : parameters()) {
+            out.add(new TensorSpec(p.name(), DType.F32, p.shape()));
+        }
+        return out;
+    }
+
     /**
      * Random initialisation as transformers does it for this model: normal(0, initializer_range) for linear and
-     * embedding weights, ones for norms. Deterministic for a seed; each parameter draws from its own stream derived
-     * from the seed and its name, so the result does not depend on the order of initialisation.
+     * embedding weights, ones for norms, each element a function of the seed, the parameter's name and the element's
+     * index ({@link WeightInit}), so that a sharded model initialises every shard to the same values.
      */
     public void initRandom(long seed, double std) {
-        for (Parameter p : parameters()) {
-            float[] f = new float[p.numel()];
-            if (p.name().endsWith("norm.weight") || p.name().endsWith("layernorm.weight")) {
-                Arrays.fill(f, 1f);
-            } else {
-                SplittableRandom r = new SplittableRandom(seed ^ (p.name().hashCode() * 0x9E3779B97F4A7C15L));
-                for (int i = 0; i < f.length; i++) {
-                    f[i] = (float) (gaussian(r) * std);
-                }
-            }
-            backend.copyFromHost(Tensor.of(f, p.shape()), p.value());
+        try {
+            loadState(WeightInit.source(parameterSpecs(), seed, std));
+        } catch (IOException e) {
+            throw new UncheckedIOException(e); // computed, never read from a file
         }
     }
 
-    private static double gaussian(SplittableRandom r) {
-        // Box-Muller; SplittableRandom has no nextGaussian in Java 17.
-        double u1 = r.nextDouble();
-        double u2 = r.nextDouble();
-        return Math.sqrt(-2.0 * Math.log(1.0 - u1)) * Math.cos(2.0 * Math.PI * u2);
-    }
-
     /**
-     * Copies full weights (stacked-expert naming, see the class comment) into the parameters. Every parameter must
-     * be present with its exact shape and nothing else may be given; all is checked before anything is written.
+     * Checks a set of weights (stacked-expert naming, see the class comment) against the parameters: every parameter
+     * must be present with its exact shape and a floating dtype, and nothing else may be given. The error lists the
+     * problems. Call it before any parallel plan changes the parameters' shapes.
      */
-    public void loadState(Map<String, Tensor> state) {
+    public void checkWeights(Map<String, TensorSpec> weights) {
         Map<String, Parameter> params = namedParameters();
         List<String> problems = new ArrayList<>();
         for (Map.Entry<String, Parameter> e : params.entrySet()) {
-            Tensor t = state.get(e.getKey());
+            TensorSpec t = weights.get(e.getKey());
             if (t == null) {
                 problems.add("missing " + e.getKey() + " " + Arrays.toString(e.getValue().shape()));
             } else if (!Arrays.equals(t.shape(), e.getValue().shape())) {
                 problems.add(e.getKey() + ": expected shape " + Arrays.toString(e.getValue().shape()) + ", got "
                         + Arrays.toString(t.shape()));
-            } else if (!t.isFloating()) {
+            } else if (!t.dtype().isFloating()) {
                 problems.add(e.getKey() + ": expected a floating dtype, got " + t.dtype());
             }
         }
-        TreeSet<String> unexpected = new TreeSet<>(state.keySet());
+        TreeSet<String> unexpected = new TreeSet<>(weights.keySet());
         unexpected.removeAll(params.keySet());
         if (config.tieWordEmbeddings()) {
             unexpected.remove("lm_head.weight"); // some checkpoints store the tied head anyway
@@ -164,9 +183,20 @@ public final class Qwen3MoeModel extends Module {
                     + (problems.size() > 12 ? "; ..." : "")
                     + ". Check that config.json belongs to this checkpoint.");
         }
-        for (Map.Entry<String, Parameter> e : params.entrySet()) {
-            Parameter p = e.getValue();
-            Tensor src = state.get(e.getKey());
+    }
+
+    /**
+     * Copies full weights (stacked-expert naming, see the class comment) into the parameters. Every parameter must
+     * be present with its exact shape and nothing else may be given; all is checked before anything is written.
+     */
+    public void loadState(Map<String, Tensor> state) {
+        Map<String, TensorSpec> specs = new LinkedHashMap<>();
+        for (Map.Entry<String, Tensor> e : state.entrySet()) {
+            specs.put(e.getKey(), new TensorSpec(e.getKey(), e.getValue().dtype(), e.getValue().shape()));
+        }
+        checkWeights(specs);
+        for (Parameter p : parameters()) {
+            Tensor src = state.get(p.name());
             Tensor f32 = src.dtype() == DType.F32 ? src : Tensor.of(src.floats().clone(), src.shape());
             if (!p.isMaterialised()) {
                 p.setValue(backend.zeros(DType.F32, p.shape()));
@@ -174,6 +204,24 @@ public final class Qwen3MoeModel extends Module {
             backend.copyFromHost(f32, p.value());
         }
     }
+
+    /**
+     * Reads every parameter from {@code source} (checked first as {@link #checkWeights}), a bounded piece at a time:
+     * the host memory used besides the parameters is {@value #LOAD_PIECE} floats, however large the model.
+     */
+    public void loadState(WeightSource source) throws IOException {
+        checkWeights(source.tensors());
+        float[] staging = new float[LOAD_PIECE];
+        for (Parameter p : parameters()) {
+            if (!p.isMaterialised()) {
+                p.setValue(backend.zeros(DType.F32, p.shape()));
+            }
+            WeightSource.copyInto(source, p.name(), Region.whole(p.shape()), backend, p.value(), staging);
+        }
+    }
+
+    /** Floats per piece when weights are read from a {@link WeightSource}: 4 MiB. */
+    public static final int LOAD_PIECE = 1 << 20;
 
     /** Host copies of the full weights, stacked-expert naming. Requires materialised parameters. */
     public Map<String, Tensor> state() {

@@ -9,7 +9,8 @@ import java.util.Arrays;
  * A trainable tensor of a module. {@link #value()} is the full (unsharded) weight that the kernels compute with and
  * {@link #grad()} the full-size gradient that backward accumulates into. Without parallelism both are always there;
  * under FSDP they exist only between a unit's pre- and post-hooks (the FSDP wrapper swaps them in and out), and
- * under expert parallelism "full" means the rank's local experts.
+ * under expert parallelism "full" means the rank's local experts. A parameter may also start with a shape and no
+ * memory (torch's meta device): a parallel plan places it first, and each rank then allocates only its shards.
  */
 public final class Parameter {
     private final String name;
@@ -23,6 +24,14 @@ public final class Parameter {
         this.name = name;
         this.shape = value.shape();
         this.value = value;
+        this.backend = backend;
+    }
+
+    /** An unmaterialised parameter: a shape, no memory until {@link #setValue} installs one. */
+    public Parameter(String name, Backend backend, int... shape) {
+        Tensor.numel(shape); // rejects negative dimensions
+        this.name = name;
+        this.shape = shape.clone();
         this.backend = backend;
     }
 

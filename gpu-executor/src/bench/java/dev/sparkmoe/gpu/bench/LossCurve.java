@@ -52,8 +52,7 @@ public final class LossCurve implements RankEntry {
                 ctx.backend(), ctx.device(), TrainBench.precision(gemm));
         List<Object> losses = new ArrayList<>();
         long t0 = System.nanoTime();
-        try (DistributedTrainer trainer = new DistributedTrainer(spec, ctx.world(), backend,
-                DistributedTrainer.initialState(spec, Qwen3MoeConfig.parse(configJson)))) {
+        try (DistributedTrainer trainer = new DistributedTrainer(spec, ctx.world(), backend)) {
             long span = text.length - seq - 1;
             for (int s = 0; s < steps; s++) {
                 List<int[]> rows = new ArrayList<>();

@@ -1,8 +1,9 @@
 package dev.sparkmoe.gpu.runtime;
 
 import dev.sparkmoe.core.backend.Backend;
-import dev.sparkmoe.core.model.Qwen3MoeConfig;
+import dev.sparkmoe.core.io.TensorSink;
 import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.core.tensor.TensorSpec;
 import dev.sparkmoe.gpu.cuda.CudaBackend;
 import dev.sparkmoe.gpu.nccl.NcclCommunicator;
 import dev.sparkmoe.parallel.comm.Communicator;
@@ -11,25 +12,24 @@ import dev.sparkmoe.parallel.train.RankTrainer;
 import dev.sparkmoe.parallel.train.RankTrainerFactory;
 import dev.sparkmoe.parallel.train.StepMetrics;
 import dev.sparkmoe.parallel.train.TrainerSpec;
+import java.io.IOException;
 import java.time.Duration;
 import java.util.List;
 import java.util.Map;
 
 /**
  * The trainer every launcher uses (Spark barrier tasks, the standalone launcher): picks the backend for this rank,
- * on a GPU builds the NCCL world over the given host world, loads the initial weights (or initialises them from the
- * seed) and builds the distributed trainer.
+ * on a GPU builds the NCCL world over the given host world, and builds the distributed trainer, which reads only this
+ * rank's slices of the initial weights (or initialises its shards from the seed).
  */
 public final class DefaultRankTrainerFactory implements RankTrainerFactory {
     private static final long serialVersionUID = 1L;
 
     @Override
     public RankTrainer create(TrainerSpec spec, Communicator hostWorld) {
-        Qwen3MoeConfig config = Qwen3MoeConfig.parse(spec.hfConfigJson());
         Backend backend = Backends.create(spec.backend(), spec.deviceId(), spec.cpuBlasThreads());
-        Map<String, Tensor> initial = DistributedTrainer.initialState(spec, config);
         if (!(backend instanceof CudaBackend)) {
-            return new DistributedTrainer(spec, hostWorld, backend, initial);
+            return new DistributedTrainer(spec, hostWorld, backend);
         }
         CudaBackend cuda = (CudaBackend) backend;
         cuda.setGemmPrecision("bf16".equals(spec.precision()) ? CudaBackend.GemmPrecision.BF16
@@ -37,7 +37,7 @@ public final class DefaultRankTrainerFactory implements RankTrainerFactory {
         NcclCommunicator deviceWorld = GpuWorld.create(hostWorld, cuda, Duration.ofMinutes(10));
         DistributedTrainer trainer;
         try {
-            trainer = new DistributedTrainer(spec, deviceWorld, cuda, initial);
+            trainer = new DistributedTrainer(spec, deviceWorld, cuda);
         } catch (RuntimeException e) {
             deviceWorld.close();
             cuda.close();
@@ -79,8 +79,13 @@ public final class DefaultRankTrainerFactory implements RankTrainerFactory {
         }
 
         @Override
-        public Map<String, Tensor> fullModelState() {
-            return trainer.fullModelState();
+        public List<TensorSpec> modelTensors() {
+            return trainer.modelTensors();
+        }
+
+        @Override
+        public void exportModel(TensorSink sink) throws IOException {
+            trainer.exportModel(sink);
         }
 
         @Override

@@ -21,11 +21,16 @@ public final class FsdpParam {
     private Pending reducing;     // a started reduce-scatter into shardGrad
     private Tensor reducingFrom;  // the full gradient it reads, freed once it completed
 
+    /**
+     * The shard of a full weight is sliced from it; an unmaterialised parameter gets a zero shard of this rank's
+     * shape, which its owner then fills (the full weight is never made).
+     */
     FsdpParam(Parameter param, Communicator group, int shardDim) {
         this.param = param;
         this.group = group;
         this.layout = new ShardLayout(param.shape(), shardDim, group.size());
-        this.shard = layout.slice(param.backend(), param.value(), group.rank());
+        this.shard = param.isMaterialised() ? layout.slice(param.backend(), param.value(), group.rank())
+                : param.backend().zeros(DType.F32, layout.shardShape(group.rank()));
     }
 
     public Parameter parameter() {

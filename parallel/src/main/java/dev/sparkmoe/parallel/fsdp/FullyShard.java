@@ -14,8 +14,9 @@ import java.util.logging.Logger;
  * {@code fully_shard} for this codebase: makes a module an FSDP unit over a group. Apply it bottom-up (experts, then
  * decoder layers, then the output head, then the root) as torchtitan does: each call takes the parameters of the
  * module's subtree that no earlier call took. Parameters are sharded along the dim that {@code shardPlacement} picks
- * (0 by default, 1 for stacked experts whose dim 0 expert parallelism already split). Every parameter must be
- * materialised (full) when this runs; afterwards it holds only the local shard until a hook gathers it.
+ * (0 by default, 1 for stacked experts whose dim 0 expert parallelism already split). A parameter that is
+ * materialised (full) when this runs is sliced; an unmaterialised one (shape only) gets a zero shard that its owner
+ * fills, so no rank ever holds the full weight. Afterwards each holds only the local shard until a hook gathers it.
  */
 public final class FullyShard {
     private static final Logger LOG = Logger.getLogger(FullyShard.class.getName());

@@ -1,20 +1,20 @@
 package dev.sparkmoe.parallel.tools;
 
 import dev.sparkmoe.core.backend.CpuBackend;
-import dev.sparkmoe.core.io.HfCheckpoint;
+import dev.sparkmoe.core.io.OutputDir;
 import dev.sparkmoe.core.io.SafeTensors;
+import dev.sparkmoe.core.io.SafeTensorsWriter;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.core.model.Qwen3MoeModel;
+import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.core.tensor.TensorSpec;
 import dev.sparkmoe.parallel.comm.Communicator;
 import dev.sparkmoe.parallel.comm.InJvmRanks;
 import dev.sparkmoe.parallel.dtensor.DTensor;
-import dev.sparkmoe.parallel.fsdp.FsdpParam;
 import dev.sparkmoe.parallel.train.DistributedTrainer;
 import dev.sparkmoe.parallel.train.TrainerSpec;
 import java.io.IOException;
-import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
@@ -22,13 +22,13 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.TreeMap;
 
 /**
  * {@code spark-moe step}: one forward and backward (and optionally one AdamW step from zero state) on a Hugging Face
  * checkpoint, for people who port or debug models. Labels equal the inputs, shifted inside the loss. With
- * {@code --dp-shard N --ep M} the same step runs on N in-JVM ranks; outputs are gathered to full Hub-named tensors,
- * so they can be compared with a single-rank run or with transformers.
+ * {@code --dp-shard N --ep M} the same step runs on N in-JVM ranks, each reading only its slices of the checkpoint;
+ * outputs are full Hub-named tensors, so they can be compared with a single-rank run or with transformers, written
+ * as rank 0 gathers them one at a time (the output file's header is computed from their shapes first).
  */
 public final class StepCommand {
 
@@ -111,11 +111,16 @@ public final class StepCommand {
         return m;
     }
 
-    /** Runs the step and returns the tensors that {@link #run} writes. */
-    public static Map<String, Tensor> compute(Options o) throws IOException {
+    /** What a step wrote: its losses and the number of tensors in the output file. */
+    public record Summary(double lmLoss, double auxLoss, int tensors) {
+    }
+
+    /**
+     * Runs the step on {@code o.dpShard} in-JVM ranks, each reading only its slices of the checkpoint, and writes the
+     * outputs to {@code o.out} as rank 0 gathers them, one tensor at a time (the file is complete, or absent).
+     */
+    public static Summary execute(Options o) throws IOException {
         String configJson = Files.readString(o.checkpoint.resolve("config.json"));
-        Qwen3MoeConfig config = Qwen3MoeConfig.parse(configJson);
-        Map<String, Tensor> full = HfCheckpoint.loadStacked(o.checkpoint, config.numExperts());
         Tensor ids = SafeTensors.read(o.inputs).tensors().get("input_ids");
         if (ids == null || ids.rank() != 2 || ids.isFloating()) {
             throw new IllegalArgumentException(o.inputs + " must hold input_ids, an integer tensor [B, T]"
@@ -128,14 +133,13 @@ public final class StepCommand {
                 "constant", ad.get("beta1"), ad.get("beta2"), ad.get("eps"), ad.get("weight_decay"), 0, 1);
         TrainerSpec spec = new TrainerSpec(configJson, o.checkpoint.toString(), 0, o.dpShard, o.ep, seqLen, opt,
                 "cpu", -1);
-        List<Map<String, Tensor>> perRank = InJvmRanks.run(o.dpShard, Duration.ofMinutes(5),
-                comm -> rankStep(spec, comm, full, ids, batch, seqLen, o.adamw != null));
-        return perRank.get(0);
+        return InJvmRanks.run(o.dpShard, Duration.ofMinutes(5),
+                comm -> rankStep(spec, comm, ids, batch, seqLen, o)).get(0);
     }
 
-    private static Map<String, Tensor> rankStep(TrainerSpec spec, Communicator comm, Map<String, Tensor> full,
-                                                Tensor ids, int batch, int seqLen, boolean step) {
-        try (DistributedTrainer trainer = new DistributedTrainer(spec, comm, new CpuBackend(), full)) {
+    private static Summary rankStep(TrainerSpec spec, Communicator comm, Tensor ids, int batch, int seqLen,
+                                    Options o) throws IOException {
+        try (DistributedTrainer trainer = new DistributedTrainer(spec, comm, new CpuBackend())) {
             Qwen3MoeConfig config = trainer.config();
             int[] mine = DTensor.chunkRange(batch, comm.size(), comm.rank());
             List<int[]> inputs = new ArrayList<>();
@@ -153,50 +157,80 @@ public final class StepCommand {
             List<Qwen3MoeModel.Pass> passes = new ArrayList<>();
             DistributedTrainer.Gradients g = trainer.computeGradients(inputs, targets, seqLen, passes::add);
             Qwen3MoeModel.Pass pass = passes.get(0);
-            Map<String, Tensor> out = new LinkedHashMap<>();
             int v = config.vocabSize();
             int e = config.numExperts();
-            out.put("logits", Tensor.of(gatherRows(comm, pass.logits().floats()), batch, seqLen, v));
             int layers = pass.routerLogits().size();
-            float[] router = new float[layers * batch * seqLen * e];
-            for (int l = 0; l < layers; l++) {
-                float[] all = gatherRows(comm, pass.routerLogits().get(l).floats());
-                System.arraycopy(all, 0, router, l * all.length, all.length);
-            }
-            out.put("router_logits", Tensor.of(router, layers, batch * seqLen, e));
-            out.put("lm_loss", Tensor.of(new float[] {(float) g.lmLoss()}));
-            out.put("aux_loss", Tensor.of(new float[] {(float) g.auxLoss()}));
-            Map<String, Tensor> grads = new TreeMap<>();
-            for (FsdpParam p : trainer.shardedParameters()) {
-                grads.put(p.parameter().name(), trainer.gatherFull(p, p.shardGrad()));
-            }
-            for (Map.Entry<String, Tensor> en : HfCheckpoint.unstackExperts(grads).entrySet()) {
-                out.put("grad." + en.getKey(), en.getValue());
+            boolean step = o.adamw != null;
+            List<TensorSpec> entries = new ArrayList<>();
+            entries.add(new TensorSpec("logits", DType.F32, new int[] {batch, seqLen, v}));
+            entries.add(new TensorSpec("router_logits", DType.F32, new int[] {layers, batch * seqLen, e}));
+            entries.add(new TensorSpec("lm_loss", DType.F32, new int[0]));
+            entries.add(new TensorSpec("aux_loss", DType.F32, new int[0]));
+            for (TensorSpec t : trainer.modelTensors()) {
+                entries.add(t.withName("grad." + t.name()));
             }
             if (step) {
-                trainer.applyGradients(g.gradNorm());
-                for (Map.Entry<String, Tensor> en : trainer.fullModelState().entrySet()) {
-                    out.put("param." + en.getKey(), en.getValue());
+                for (TensorSpec t : trainer.modelTensors()) {
+                    entries.add(t.withName("param." + t.name()));
                 }
             }
-            return out;
+            OutputDir.Output file = comm.rank() == 0 ? OutputDir.local(o.out.toAbsolutePath().getParent())
+                    .create(o.out.getFileName().toString()) : null;
+            try {
+                SafeTensorsWriter w = file == null ? null
+                        : new SafeTensorsWriter(file.stream(), entries, Map.of("format", "pt", "producer",
+                                "spark-moe step"));
+                float[] logits = gatherRows(comm, batch, seqLen * v, pass.logits().floats());
+                float[] router = new float[comm.rank() == 0 ? layers * batch * seqLen * e : 0];
+                for (int l = 0; l < layers; l++) {
+                    float[] all = gatherRows(comm, batch, seqLen * e, pass.routerLogits().get(l).floats());
+                    if (all != null) {
+                        System.arraycopy(all, 0, router, l * all.length, all.length);
+                    }
+                }
+                if (w != null) {
+                    w.write("logits", new int[] {batch, seqLen, v}, logits, 0);
+                    w.write("router_logits", new int[] {layers, batch * seqLen, e}, router, 0);
+                    w.write("lm_loss", new int[0], new float[] {(float) g.lmLoss()}, 0);
+                    w.write("aux_loss", new int[0], new float[] {(float) g.auxLoss()}, 0);
+                }
+                trainer.exportGradients("grad.", w);
+                if (step) {
+                    trainer.applyGradients(g.gradNorm());
+                    trainer.exportModel("param.", w);
+                }
+                if (w != null) {
+                    w.finish();
+                    file.commit();
+                }
+            } finally {
+                if (file != null) {
+                    file.close();
+                }
+            }
+            return new Summary(g.lmLoss(), g.auxLoss(), entries.size());
         }
     }
 
-    /** Concatenates every rank's float rows in rank order (ranks may hold different numbers of rows). */
-    static float[] gatherRows(Communicator comm, float[] mine) {
-        ByteBuffer bb = ByteBuffer.allocate(mine.length * 4).order(ByteOrder.LITTLE_ENDIAN);
-        bb.asFloatBuffer().put(mine);
-        byte[][] all = comm.allGatherBytes(bb.array());
-        int total = 0;
-        for (byte[] a : all) {
-            total += a.length / 4;
+    /**
+     * Rank 0 gets every rank's rows in rank order (rank r holds the rows of sequences
+     * {@code chunkRange(batch, world, r)}, {@code perSequence} values each); the others send theirs and get null.
+     */
+    static float[] gatherRows(Communicator comm, int batch, int perSequence, float[] mine) {
+        if (comm.rank() != 0) {
+            if (mine.length > 0) {
+                comm.send(mine, 0, mine.length, 0);
+            }
+            return null;
         }
-        float[] out = new float[total];
-        int at = 0;
-        for (byte[] a : all) {
-            ByteBuffer.wrap(a).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().get(out, at, a.length / 4);
-            at += a.length / 4;
+        float[] out = new float[batch * perSequence];
+        System.arraycopy(mine, 0, out, 0, mine.length);
+        for (int r = 1; r < comm.size(); r++) {
+            int[] rows = DTensor.chunkRange(batch, comm.size(), r);
+            int n = (rows[1] - rows[0]) * perSequence;
+            if (n > 0) {
+                comm.recv(out, rows[0] * perSequence, n, r);
+            }
         }
         return out;
     }
@@ -205,11 +239,10 @@ public final class StepCommand {
     public static int run(String[] args) throws IOException {
         Options o = parse(args);
         long t0 = System.nanoTime();
-        Map<String, Tensor> out = compute(o);
-        SafeTensors.write(o.out, out, Map.of("format", "pt", "producer", "spark-moe step"));
+        Summary s = execute(o);
         System.out.printf("spark-moe step: lm_loss %.6f  aux_loss %.6f  (%d tensors written to %s in %.1f s,"
-                        + " dp_shard=%d ep=%d)%n", out.get("lm_loss").floats()[0], out.get("aux_loss").floats()[0],
-                out.size(), o.out, (System.nanoTime() - t0) / 1e9, o.dpShard, o.ep);
+                        + " dp_shard=%d ep=%d)%n", (float) s.lmLoss(), (float) s.auxLoss(), s.tensors(), o.out,
+                (System.nanoTime() - t0) / 1e9, o.dpShard, o.ep);
         return 0;
     }
 }

@@ -1,14 +1,21 @@
 package dev.sparkmoe.parallel.train;
 
 import dev.sparkmoe.core.backend.Backend;
-import dev.sparkmoe.core.io.HfCheckpoint;
+import dev.sparkmoe.core.io.HfCheckpointReader;
+import dev.sparkmoe.core.io.TensorSink;
+import dev.sparkmoe.core.io.WeightSource;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.core.model.Qwen3MoeModel;
 import dev.sparkmoe.core.model.StatsReducer;
+import dev.sparkmoe.core.model.WeightInit;
 import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.optim.AdamW;
 import dev.sparkmoe.core.optim.LrSchedule;
+import dev.sparkmoe.core.tensor.Region;
 import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.core.tensor.TensorSpec;
+import java.io.IOException;
+import java.io.UncheckedIOException;
 import dev.sparkmoe.parallel.comm.Communicator;
 import dev.sparkmoe.parallel.dtensor.DTensor;
 import dev.sparkmoe.parallel.fsdp.FsdpParam;
@@ -30,6 +37,10 @@ import java.util.logging.Logger;
  * FSDP over the device mesh), AdamW on the local shards, an LR schedule, gradient clipping by the global norm and
  * gradient accumulation. Losses are normalised by the global count of predicted tokens and the load-balancing loss
  * uses global router statistics, so every layout computes what a single rank computes on the same global batch.
+ *
+ * <p>A rank holds only its shards from start to end: the model is built unmaterialised and placed by the plan before
+ * any memory is allocated, each rank reads (or initialises) only its slices of the weights, and the final model
+ * leaves through {@link #exportModel}, one tensor at a time on rank 0.
  */
 public final class DistributedTrainer implements RankTrainer {
     private static final Logger LOG = Logger.getLogger(DistributedTrainer.class.getName());
@@ -46,32 +57,79 @@ public final class DistributedTrainer implements RankTrainer {
     private final AdamW adamw;
     private final LrSchedule schedule;
     private final StatsReducer reducer;
+    private final ModelExport export;
     private long steps;
 
-    /** Builds the model on every rank from full weights, then parallelises it. Collective over {@code world}. */
+    /** Floats per piece when a rank fills its shards from a weight source (4 MiB), as a model's own load. */
+    public static final int LOAD_PIECE = Qwen3MoeModel.LOAD_PIECE;
+
+    /**
+     * Builds this rank's part of the model with the weights the spec names: the slices of its checkpoint directory
+     * that this rank owns, or without one random initialisation from its seed. Collective over {@code world}.
+     */
+    public DistributedTrainer(TrainerSpec spec, Communicator world, Backend backend) {
+        this(spec, world, backend, (WeightSource) null, LOAD_PIECE);
+    }
+
+    /**
+     * As {@link #DistributedTrainer(TrainerSpec, Communicator, Backend)} with the weights held whole by the caller
+     * ({@code fullState}, stacked naming), of which each rank copies only its shards; null: the spec's weights.
+     * Collective over {@code world}.
+     */
     public DistributedTrainer(TrainerSpec spec, Communicator world, Backend backend, Map<String, Tensor> fullState) {
+        this(spec, world, backend, fullState == null ? null : WeightSource.of(fullState), LOAD_PIECE);
+    }
+
+    /**
+     * Builds this rank's part of the model. The parameters start unmaterialised (shapes only); the weights are
+     * checked against them (names, shapes, dtypes; the errors of {@link Qwen3MoeModel#checkWeights}) before anything
+     * is allocated; the model's parallel plan places them (experts on dim 0 over ep, FSDP on dim 0 or 1 over its
+     * group); then the rank allocates only its own shards on {@code backend} and fills each from {@code weights}
+     * (null: the spec's) a region at a time, through a host buffer of {@code pieceFloats}. No rank allocates or
+     * reads a tensor it does not own. Collective over {@code world}.
+     */
+    public DistributedTrainer(TrainerSpec spec, Communicator world, Backend backend, WeightSource weights,
+                              int pieceFloats) {
         this.spec = spec;
         this.world = world;
         String modelType = modelType(spec.hfConfigJson());
         this.config = Qwen3MoeConfig.parse(spec.hfConfigJson());
         this.dims = new ParallelDims(spec.dpShard(), spec.ep(), world.size()).validateFor(config.numExperts());
-        this.model = new Qwen3MoeModel(config, backend);
-        if (fullState != null) {
-            model.loadState(fullState);
-        } else {
-            model.initRandom(spec.seed(), initializerRange(config));
-        }
-        this.mesh = DeviceMesh.forTraining(world, dims);
+        this.model = Qwen3MoeModel.unmaterialised(config, backend);
         this.fsdp = new FullyShard(spec.fsdpPrefetch());
-        MixedPrecisionPolicy policy = "bf16".equals(spec.precision()) ? MixedPrecisionPolicy.BF16
-                : MixedPrecisionPolicy.FULL_F32;
-        if (policy.paramDtype() != dev.sparkmoe.core.tensor.DType.F32 && world.rank() == 0
-                && backend.name().startsWith("cpu")) {
-            LOG.info(() -> "mixed precision " + policy + " requested: the " + backend.name() + " backend has no bf16 "
-                    + "kernels and computes in f32 (master weights, moments and reductions are f32 in any case)");
+        WeightSource source = weights != null ? weights : weightsOf(spec, model);
+        DeviceMesh built = null;
+        try {
+            model.checkWeights(source.tensors());
+            built = DeviceMesh.forTraining(world, dims);
+            this.mesh = built;
+            MixedPrecisionPolicy policy = "bf16".equals(spec.precision()) ? MixedPrecisionPolicy.BF16
+                    : MixedPrecisionPolicy.FULL_F32;
+            if (policy.paramDtype() != dev.sparkmoe.core.tensor.DType.F32 && world.rank() == 0
+                    && backend.name().startsWith("cpu")) {
+                LOG.info(() -> "mixed precision " + policy + " requested: the " + backend.name() + " backend has no "
+                        + "bf16 kernels and computes in f32 (master weights, moments and reductions are f32 in any "
+                        + "case)");
+            }
+            ModelRegistry.parallelizer(modelType).parallelize(model, mesh, dims, policy, fsdp);
+            this.params = fsdp.params();
+            float[] staging = new float[pieceFloats];
+            for (FsdpParam p : params) {
+                WeightSource.copyInto(source, p.parameter().name(), new Region(globalShape(p), shardRegion(p)),
+                        backend, p.shard(), staging);
+            }
+        } catch (IOException e) {
+            closeMesh(built);
+            throw new UncheckedIOException("cannot load checkpoint " + spec.initCheckpointDir() + ": "
+                    + e.getMessage(), e);
+        } catch (RuntimeException | Error e) {
+            closeMesh(built);
+            throw e;
+        } finally {
+            if (weights == null) {
+                closeWeights(source);
+            }
         }
-        ModelRegistry.parallelizer(modelType).parallelize(model, mesh, dims, policy, fsdp);
-        this.params = fsdp.params();
         for (FsdpParam p : params) {
             optState.put(p, new AdamW.State(backend, p.shard().shape()));
         }
@@ -80,9 +138,41 @@ public final class DistributedTrainer implements RankTrainer {
         this.schedule = new LrSchedule(o.lr(), o.minLr(), o.warmupSteps(), Math.max(1, o.totalSteps()),
                 LrSchedule.Decay.parse(o.schedule()));
         this.reducer = buf -> world.allReduceSum(buf, 0, buf.length);
+        this.export = new ModelExport(this, fsdp);
         if (world.rank() == 0) {
             LOG.info(() -> "trainer ready: " + dims + ", backend " + backend.name() + ", " + params.size()
                     + " sharded parameters");
+        }
+    }
+
+    /** The weights a spec names: its checkpoint directory, read by slices, or random initialisation from its seed. */
+    private static WeightSource weightsOf(TrainerSpec spec, Qwen3MoeModel model) {
+        if (spec.initCheckpointDir() == null) {
+            return WeightInit.source(model.parameterSpecs(), spec.seed(), initializerRange(model.config()));
+        }
+        try {
+            return HfCheckpointReader.open(Path.of(spec.initCheckpointDir()), model.config().numExperts());
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot load checkpoint " + spec.initCheckpointDir() + ": "
+                    + e.getMessage(), e);
+        }
+    }
+
+    private static void closeWeights(WeightSource source) {
+        try {
+            source.close();
+        } catch (IOException e) {
+            LOG.warning(() -> "closing the initial weights failed: " + e);
+        }
+    }
+
+    private static void closeMesh(DeviceMesh m) {
+        if (m != null) {
+            try {
+                m.close();
+            } catch (RuntimeException e) {
+                LOG.warning(() -> "closing the device mesh after a failed start failed: " + e);
+            }
         }
     }
 
@@ -105,19 +195,6 @@ public final class DistributedTrainer implements RankTrainer {
     static double initializerRange(Qwen3MoeConfig c) {
         Object r = c.extras().get("initializer_range");
         return r instanceof Number ? ((Number) r).doubleValue() : 0.02;
-    }
-
-    /** Loads the initial weights named by the spec (Hugging Face checkpoint directory), or null for random init. */
-    public static Map<String, Tensor> initialState(TrainerSpec spec, Qwen3MoeConfig config) {
-        if (spec.initCheckpointDir() == null) {
-            return null;
-        }
-        try {
-            return HfCheckpoint.stackExperts(HfCheckpoint.load(Path.of(spec.initCheckpointDir())),
-                    config.numExperts());
-        } catch (java.io.IOException e) {
-            throw new java.io.UncheckedIOException("cannot load checkpoint " + spec.initCheckpointDir(), e);
-        }
     }
 
     public Qwen3MoeModel model() {
@@ -401,7 +478,10 @@ public final class DistributedTrainer implements RankTrainer {
         return p.name().contains(".mlp.experts.");
     }
 
-    /** Collective. Full weights with stacked experts, on every rank. */
+    /**
+     * Collective. Full weights with stacked experts, gathered whole on every rank: for tests of small models (a
+     * model is saved through {@link #exportModel}, which never makes it whole).
+     */
     public Map<String, Tensor> fullStackedState() {
         Map<String, Tensor> out = new java.util.TreeMap<>();
         for (FsdpParam p : params) {
@@ -411,8 +491,27 @@ public final class DistributedTrainer implements RankTrainer {
     }
 
     @Override
-    public Map<String, Tensor> fullModelState() {
-        return HfCheckpoint.unstackExperts(fullStackedState());
+    public List<TensorSpec> modelTensors() {
+        return export.hubTensors("");
+    }
+
+    /** Collective. Streams the weights to rank 0 in Hub naming ({@link RankTrainer#exportModel}). */
+    @Override
+    public void exportModel(TensorSink sink) throws IOException {
+        exportModel("", sink);
+    }
+
+    /** Collective. {@link #exportModel(TensorSink)} with each name prefixed with {@code prefix}. */
+    public void exportModel(String prefix, TensorSink sink) throws IOException {
+        export.export(FsdpParam::shard, prefix, sink);
+    }
+
+    /**
+     * Collective. Streams the accumulated gradients to rank 0 as {@link #exportModel} streams the weights, each
+     * name prefixed with {@code prefix}.
+     */
+    public void exportGradients(String prefix, TensorSink sink) throws IOException {
+        export.export(FsdpParam::shardGrad, prefix, sink);
     }
 
     @Override

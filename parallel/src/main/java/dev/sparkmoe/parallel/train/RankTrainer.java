@@ -1,8 +1,14 @@
 package dev.sparkmoe.parallel.train;
 
+import dev.sparkmoe.core.io.TensorSink;
 import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.core.tensor.TensorSpec;
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.util.Collections;
 import java.util.List;
 import java.util.Map;
+import java.util.TreeMap;
 
 /**
  * One rank of a distributed training job: the model's local shards, its optimizer state and LR schedule, bound to
@@ -31,8 +37,35 @@ public interface RankTrainer extends AutoCloseable {
     /** Restores what {@link #rankState()} returned (same layout). */
     void loadState(Map<String, Tensor> state);
 
-    /** Collective. The full model in Hugging Face Hub naming (per-expert tensors), gathered on every rank. */
-    Map<String, Tensor> fullModelState();
+    /**
+     * The final model's tensors in Hugging Face Hub naming (per-expert tensors), each with its full shape, in the
+     * order {@link #exportModel} delivers them; the same on every rank.
+     */
+    List<TensorSpec> modelTensors();
+
+    /**
+     * Collective. Streams the full model to {@code sink} on rank 0: each tensor of {@link #modelTensors()}, in that
+     * order, one at a time, as f32 values that are valid during the call. The other ranks contribute their shards
+     * (their sink, which may be null, is not called). No rank ever holds more than one whole tensor of the model.
+     */
+    void exportModel(TensorSink sink) throws IOException;
+
+    /**
+     * Collective. The full model in Hub naming on rank 0 (empty on the others), collected from
+     * {@link #exportModel}: for tests and small models. A real model is written as it streams, never whole.
+     */
+    default Map<String, Tensor> fullModelState() {
+        Map<String, Tensor> out = new TreeMap<>();
+        try {
+            exportModel((name, shape, data, offset) -> {
+                float[] copy = java.util.Arrays.copyOfRange(data, offset, offset + (int) Tensor.numel(shape));
+                out.put(name, Tensor.of(copy, shape));
+            });
+        } catch (IOException e) {
+            throw new UncheckedIOException(e); // the collecting sink does no I/O
+        }
+        return Collections.unmodifiableMap(out);
+    }
 
     /** The model's Hugging Face config.json text (what transformers loads next to the weights). */
     String hfConfigJson();

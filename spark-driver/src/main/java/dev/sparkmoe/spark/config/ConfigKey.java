@@ -113,6 +113,13 @@ public enum ConfigKey {
     // ---- output ----
     OUTPUT_DIR("output.dir", Type.STRING, null,
             "Output directory URI: the final model in Hugging Face layout goes to <output.dir>/model."),
+    OUTPUT_DTYPE("output.dtype", Type.ENUM, "bf16",
+            "Dtype of the final model's tensors (the Hub's Qwen3-MoE checkpoints are bf16; f32 keeps the master "
+                    + "weights exactly).", "bf16", "f32"),
+    OUTPUT_MAX_SHARD_SIZE("output.max_shard_size", Type.STRING, "5GB",
+            "Largest file of the final model, as transformers' max_shard_size: bytes, or a number with KB, MB, GB "
+                    + "(powers of 1000) or KiB, MiB, GiB (powers of 1024). A larger model is split into "
+                    + "model-0000k-of-0000n.safetensors files plus model.safetensors.index.json."),
     OUTPUT_METRICS_FILE("output.metrics_file", Type.STRING, null,
             "JSON-lines metrics file on the driver's local disk. Default: none (metrics still reach the console)."),
     OUTPUT_PROGRESS("output.progress", Type.BOOL, "true", "Print a progress line on the driver console.");

@@ -1,5 +1,7 @@
 package dev.sparkmoe.spark.config;
 
+import dev.sparkmoe.core.io.ModelFormat;
+import dev.sparkmoe.core.tensor.DType;
 import java.io.IOException;
 import java.io.Serializable;
 import java.nio.charset.StandardCharsets;
@@ -250,6 +252,12 @@ public final class TrainConfig implements Serializable {
             throw new ConfigException(ConfigKey.MODEL_PRESET.key(), get(ConfigKey.MODEL_PRESET),
                     "model.preset and model.hf_dir exclude each other; keep one");
         }
+        try {
+            ModelFormat.parseSize(getString(ConfigKey.OUTPUT_MAX_SHARD_SIZE));
+        } catch (IllegalArgumentException e) {
+            throw new ConfigException(ConfigKey.OUTPUT_MAX_SHARD_SIZE.key(), get(ConfigKey.OUTPUT_MAX_SHARD_SIZE),
+                    "expected a positive size such as 5GB, 500MB or 2GiB");
+        }
         if (!has(ConfigKey.OUTPUT_DIR)) {
             throw new ConfigException("output.dir is not set: give the URI where the model and checkpoints go, "
                     + "e.g. --set output.dir=file:/tmp/run1");
@@ -356,6 +364,12 @@ public final class TrainConfig implements Serializable {
 
     public String outputDir() {
         return stripSlash(getString(ConfigKey.OUTPUT_DIR));
+    }
+
+    /** How the final model is saved: output.dtype and output.max_shard_size. */
+    public ModelFormat modelFormat() {
+        return new ModelFormat(DType.parse(getString(ConfigKey.OUTPUT_DTYPE)),
+                ModelFormat.parseSize(getString(ConfigKey.OUTPUT_MAX_SHARD_SIZE)));
     }
 
     public String checkpointDir() {

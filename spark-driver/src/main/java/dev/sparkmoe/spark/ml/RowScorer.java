@@ -1,7 +1,7 @@
 package dev.sparkmoe.spark.ml;
 
 import dev.sparkmoe.core.backend.CpuBackend;
-import dev.sparkmoe.core.io.HfCheckpoint;
+import dev.sparkmoe.core.io.HfCheckpointReader;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.core.model.Qwen3MoeModel;
 import dev.sparkmoe.core.model.StatsReducer;
@@ -50,8 +50,10 @@ final class RowScorer implements FlatMapFunction<Iterator<Row>, Row> {
             }
         }
         Qwen3MoeConfig config = Qwen3MoeConfig.load(local.resolve("config.json"));
-        Qwen3MoeModel model = new Qwen3MoeModel(config, new CpuBackend());
-        model.loadState(HfCheckpoint.loadStacked(local, config.numExperts()));
+        Qwen3MoeModel model = Qwen3MoeModel.unmaterialised(config, new CpuBackend());
+        try (HfCheckpointReader weights = HfCheckpointReader.open(local, config.numExperts())) {
+            model.loadState(weights); // read straight into the parameters, a bounded piece at a time
+        }
         try (var files = Files.list(local)) {
             for (java.nio.file.Path f : (Iterable<java.nio.file.Path>) files::iterator) {
                 Files.deleteIfExists(f);

@@ -1,5 +1,6 @@
 package dev.sparkmoe.spark.stage;
 
+import dev.sparkmoe.core.io.ModelFormat;
 import dev.sparkmoe.parallel.train.RankTrainerFactory;
 import dev.sparkmoe.parallel.train.TrainerSpec;
 import dev.sparkmoe.spark.ckpt.CheckpointStore;
@@ -27,6 +28,7 @@ import java.util.List;
  * @param seed               training seed
  * @param rankSequenceCounts sequences per rank as the driver's validation counted them
  * @param modelDir           where rank 0 writes the final Hugging Face model
+ * @param modelFormat        the final model's dtype and largest file
  * @param hadoopConf         Hadoop configuration for checkpoints and the model
  * @param commTimeoutS       seconds to wait for peers
  * @param metrics            rank 0 adds every step's metrics here
@@ -35,5 +37,5 @@ public record JobPlan(String runKey, int attempt, TrainerSpec spec, RankTrainerF
                       WorldConnector connector, CheckpointStore store, int checkpointEvery, int keepLast, long steps,
                       int batchSequences, SequencePacker packer, boolean shuffle, long seed,
                       List<Long> rankSequenceCounts, String modelDir, SerializableHadoopConf hadoopConf,
-                      int commTimeoutS, MetricsAccumulator metrics) implements Serializable {
+                      int commTimeoutS, MetricsAccumulator metrics, ModelFormat modelFormat) implements Serializable {
 }

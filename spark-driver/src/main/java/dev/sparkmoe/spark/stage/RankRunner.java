@@ -1,8 +1,8 @@
 package dev.sparkmoe.spark.stage;
 
 import com.fasterxml.jackson.databind.ObjectMapper;
-import dev.sparkmoe.core.io.HfCheckpoint;
-import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.core.io.HfModelWriter;
+import dev.sparkmoe.core.io.OutputDir;
 import dev.sparkmoe.parallel.comm.Communicator;
 import dev.sparkmoe.parallel.train.RankTrainer;
 import dev.sparkmoe.parallel.train.StepMetrics;
@@ -12,16 +12,12 @@ import dev.sparkmoe.spark.ckpt.CheckpointStore;
 import dev.sparkmoe.spark.data.SequencePacker;
 import dev.sparkmoe.spark.progress.MetricsJson;
 import java.io.IOException;
-import java.io.InputStream;
 import java.io.OutputStream;
-import java.nio.file.Files;
-import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Iterator;
 import java.util.List;
-import java.util.Map;
 import java.util.Optional;
 import static java.nio.charset.StandardCharsets.UTF_8;
 import org.apache.hadoop.fs.FileSystem;
@@ -144,10 +140,7 @@ public final class RankRunner {
                 }
             }
 
-            Map<String, Tensor> full = trainer.fullModelState();
-            if (rank == 0) {
-                writeModel(trainer.hfConfigJson(), full);
-            }
+            writeModel(trainer);
             comm.barrier();
             return new RankOutcome(rank, resumedFrom, trainer.stepsTaken(), rank == 0 ? history : List.of(), device);
         } catch (Throwable t) {
@@ -211,35 +204,69 @@ public final class RankRunner {
         comm.barrier();
     }
 
-    /** config.json and model.safetensors (core.io's writer, on local disk) copied through a Hadoop stream. */
-    private void writeModel(String configJson, Map<String, Tensor> weights) throws IOException {
-        Path tmp = Files.createTempDirectory("spark-moe-model");
-        try {
-            Path st = tmp.resolve(HfCheckpoint.SINGLE_FILE);
-            dev.sparkmoe.core.io.SafeTensors.write(st, weights, HfCheckpoint.FILE_METADATA);
-            org.apache.hadoop.fs.Path fin = new org.apache.hadoop.fs.Path(plan.modelDir());
-            FileSystem fs = fin.getFileSystem(plan.hadoopConf().get());
-            org.apache.hadoop.fs.Path part = new org.apache.hadoop.fs.Path(fin.getParent(),
-                    "_tmp-" + fin.getName() + "-" + ctl.jobKey().replaceAll("[^A-Za-z0-9_.-]", "_"));
-            fs.delete(part, true);
-            try (OutputStream os = fs.create(new org.apache.hadoop.fs.Path(part, "config.json"), true)) {
-                os.write(configJson.getBytes(java.nio.charset.StandardCharsets.UTF_8));
-            }
-            try (OutputStream os = fs.create(new org.apache.hadoop.fs.Path(part, HfCheckpoint.SINGLE_FILE), true);
-                 InputStream in = Files.newInputStream(st)) {
-                in.transferTo(os);
-            }
-            if (fs.exists(fin)) {
-                fs.delete(fin, true);
-            }
-            if (!fs.rename(part, fin)) {
-                throw new IOException("could not move " + part + " to " + fin);
-            }
-            LOG.info("model written to {}", fin);
-        } finally {
-            try (var s = Files.walk(tmp)) {
-                s.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
-            }
+    /**
+     * Collective. The final model in Hugging Face layout at the plan's model directory, streamed from the trainer one
+     * tensor at a time, never whole in any memory: rank 0 writes config.json and the safetensors files (dtype and
+     * split as the plan's model format says; the index last) into a temporary directory beside the target, then
+     * moves the complete directory into place; the other ranks send it their shards.
+     */
+    private void writeModel(RankTrainer trainer) throws IOException {
+        if (ctl.rank() != 0) {
+            trainer.exportModel(null);
+            return;
         }
+        org.apache.hadoop.fs.Path fin = new org.apache.hadoop.fs.Path(plan.modelDir());
+        FileSystem fs = fin.getFileSystem(plan.hadoopConf().get());
+        org.apache.hadoop.fs.Path part = new org.apache.hadoop.fs.Path(fin.getParent(),
+                "_tmp-" + fin.getName() + "-" + ctl.jobKey().replaceAll("[^A-Za-z0-9_.-]", "_"));
+        fs.delete(part, true);
+        try (OutputStream os = fs.create(new org.apache.hadoop.fs.Path(part, "config.json"), true)) {
+            os.write(trainer.hfConfigJson().getBytes(java.nio.charset.StandardCharsets.UTF_8));
+        }
+        List<String> files;
+        try (HfModelWriter w = new HfModelWriter(hadoopDir(fs, part), trainer.modelTensors(), plan.modelFormat())) {
+            trainer.exportModel(w);
+            files = w.finish();
+        }
+        if (fs.exists(fin)) {
+            fs.delete(fin, true);
+        }
+        if (!fs.rename(part, fin)) {
+            throw new IOException("could not move " + part + " to " + fin);
+        }
+        LOG.info("model written to {}: {}", fin, files);
+    }
+
+    /**
+     * A directory of a Hadoop file system as an {@link OutputDir}: files are written in place (the whole directory is
+     * moved into place once complete); a file closed uncommitted is deleted.
+     */
+    private static OutputDir hadoopDir(FileSystem fs, org.apache.hadoop.fs.Path dir) {
+        return name -> {
+            org.apache.hadoop.fs.Path p = new org.apache.hadoop.fs.Path(dir, name);
+            OutputStream os = fs.create(p, true);
+            return new OutputDir.Output() {
+                private boolean committed;
+
+                @Override
+                public OutputStream stream() {
+                    return os;
+                }
+
+                @Override
+                public void commit() throws IOException {
+                    os.close();
+                    committed = true;
+                }
+
+                @Override
+                public void close() throws IOException {
+                    if (!committed) {
+                        os.close();
+                        fs.delete(p, false);
+                    }
+                }
+            };
+        };
     }
 }

@@ -4,6 +4,8 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.sparkmoe.core.io.ModelFormat;
+import dev.sparkmoe.core.tensor.DType;
 import java.util.List;
 import org.junit.jupiter.api.Test;
 
@@ -39,6 +41,9 @@ class TrainConfigTest {
         assertEquals(4, c.getMap(ConfigKey.MODEL_CONFIG).get("num_experts"));
         assertEquals(300, c.getMap(ConfigKey.MODEL_CONFIG).get("vocab_size"));
         assertEquals("4g", c.getMap(ConfigKey.SPARK_CONF).get("spark.executor.memory"));
+        assertEquals(ModelFormat.DEFAULT, c.modelFormat(), "bf16 in files of at most 5 GB, as transformers");
+        assertEquals(new ModelFormat(DType.F32, 512L << 20), TrainConfig.parse(YAML, "run.yaml",
+                List.of("output.dtype=f32", "output.max_shard_size=512MiB")).modelFormat());
         ModelSource m = ModelSource.resolve(c);
         assertEquals(300, m.vocabSize());
         assertEquals(4, m.numExperts());
@@ -67,6 +72,9 @@ class TrainConfigTest {
             {"training.grad_accum=3", "training.grad_accum = 3: must divide training.batch_sequences (8)"},
             {"layout.ep=3", "layout.ep = 3: must divide layout.world_size (4); choose one of [1, 2, 4]"},
             {"training.min_lr=1", "training.min_lr = 1.0: must lie in [0, training.lr = 0.001]"},
+            {"output.dtype=f16", "output.dtype = 'f16': expected one of [bf16, f32]"},
+            {"output.max_shard_size=5XB", "output.max_shard_size = '5XB': expected a positive size such as 5GB"},
+            {"output.max_shard_size=0", "output.max_shard_size = '0': expected a positive size"},
         };
         for (String[] c : cases) {
             ConfigException e = assertThrows(ConfigException.class, () -> TrainConfig.parse(YAML, "run.yaml",

@@ -1,11 +1,15 @@
 package dev.sparkmoe.spark.testing;
 
 import com.fasterxml.jackson.databind.ObjectMapper;
+import dev.sparkmoe.core.io.TensorSink;
+import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.core.tensor.TensorSpec;
 import dev.sparkmoe.parallel.comm.Communicator;
 import dev.sparkmoe.parallel.train.RankTrainer;
 import dev.sparkmoe.parallel.train.StepMetrics;
 import dev.sparkmoe.parallel.train.TrainerSpec;
+import java.io.IOException;
 import java.util.List;
 import java.util.Map;
 import java.util.SplittableRandom;
@@ -146,9 +150,17 @@ public final class BigramTrainer implements RankTrainer {
     }
 
     @Override
-    public Map<String, Tensor> fullModelState() {
+    public List<TensorSpec> modelTensors() {
+        return List.of(new TensorSpec("lm_head.weight", DType.F32, new int[] {vocab, vocab}));
+    }
+
+    /** Collective (a barrier): the weights are replicated, so rank 0 writes its own. */
+    @Override
+    public void exportModel(TensorSink sink) throws IOException {
         comm.barrier();
-        return Map.of("lm_head.weight", Tensor.of(w.clone(), vocab, vocab));
+        if (comm.rank() == 0) {
+            sink.write("lm_head.weight", new int[] {vocab, vocab}, w, 0);
+        }
     }
 
     @Override

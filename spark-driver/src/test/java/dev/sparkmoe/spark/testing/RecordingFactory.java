@@ -1,12 +1,15 @@
 package dev.sparkmoe.spark.testing;
 
+import dev.sparkmoe.core.io.TensorSink;
 import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.core.tensor.TensorSpec;
 import dev.sparkmoe.gpu.runtime.DefaultRankTrainerFactory;
 import dev.sparkmoe.parallel.comm.Communicator;
 import dev.sparkmoe.parallel.train.RankTrainer;
 import dev.sparkmoe.parallel.train.RankTrainerFactory;
 import dev.sparkmoe.parallel.train.StepMetrics;
 import dev.sparkmoe.parallel.train.TrainerSpec;
+import java.io.IOException;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
@@ -78,8 +81,13 @@ public final class RecordingFactory implements RankTrainerFactory {
             }
 
             @Override
-            public Map<String, Tensor> fullModelState() {
-                return real.fullModelState();
+            public List<TensorSpec> modelTensors() {
+                return real.modelTensors();
+            }
+
+            @Override
+            public void exportModel(TensorSink sink) throws IOException {
+                real.exportModel(sink);
             }
 
             @Override
