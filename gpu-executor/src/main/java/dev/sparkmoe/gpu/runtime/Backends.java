@@ -3,6 +3,7 @@ package dev.sparkmoe.gpu.runtime;
 import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.backend.CpuBackend;
 import java.util.Locale;
+import java.util.logging.Level;
 import java.util.logging.Logger;
 
 /**
@@ -29,6 +30,15 @@ public final class Backends {
 
     /** Creates the backend for this rank; {@code deviceId} is the GPU ordinal (ignored on the CPU). */
     public static Backend create(String requested, int deviceId) {
+        return create(requested, deviceId, true);
+    }
+
+    /**
+     * As {@link #create(String, int)}; the choice is logged at INFO when {@code announce} (one rank of a job, so
+     * that a job logs it once, not once per rank), else at FINE.
+     */
+    public static Backend create(String requested, int deviceId, boolean announce) {
+        Level level = announce ? Level.INFO : Level.FINE;
         String choice = effectiveChoice(requested);
         Backend b;
         if (choice.equals("cpu")) {
@@ -41,12 +51,12 @@ public final class Backends {
                 throw new IllegalStateException("backend 'cuda' was requested but " + why
                         + "; set training.backend=cpu (or SPARKMOE_BACKEND=cpu) to train on the CPU");
             } else {
-                LOG.info("backend auto: no usable GPU (" + why + "), using the CPU backend");
+                LOG.log(level, "backend auto: no usable GPU (" + why + "), using the CPU backend");
                 b = new CpuBackend();
             }
         }
         Backend chosen = b;
-        LOG.info(() -> "backend: " + chosen.name() + " (requested " + choice + ")");
+        LOG.log(level, () -> "backend: " + chosen.name() + " (requested " + choice + ")");
         return chosen;
     }
 }

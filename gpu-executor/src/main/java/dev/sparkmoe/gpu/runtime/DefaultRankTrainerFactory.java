@@ -26,7 +26,7 @@ public final class DefaultRankTrainerFactory implements RankTrainerFactory {
     @Override
     public RankTrainer create(TrainerSpec spec, Communicator hostWorld) {
         Qwen3MoeConfig config = Qwen3MoeConfig.parse(spec.hfConfigJson());
-        Backend backend = Backends.create(spec.backend(), spec.deviceId());
+        Backend backend = Backends.create(spec.backend(), spec.deviceId(), hostWorld.rank() == 0);
         Map<String, Tensor> initial = DistributedTrainer.initialState(spec, config);
         if (!(backend instanceof CudaBackend)) {
             return new DistributedTrainer(spec, hostWorld, backend, initial);
