@@ -188,7 +188,7 @@ public final class SparkMoeTrainer {
             ModelSource model = ModelSource.resolve(c);
             RankTrainerFactory factory = b.factory != null ? b.factory : loadFactory(c);
             boolean ownSession = b.spark == null;
-            SparkSession spark = ownSession ? createSession(c) : b.spark;
+            SparkSession spark = ownSession ? startSession(c) : b.spark;
             SparkContext sc = spark.sparkContext();
             JavaPairRDD<Long, int[]> byRank = null;
             try {
@@ -553,6 +553,18 @@ public final class SparkMoeTrainer {
 
     static Tokenizer loadTokenizer(TrainConfig c, Configuration hconf) {
         return Tokenizers.load(c.getString(ConfigKey.DATA_TOKENIZER), hconf);
+    }
+
+    /** {@link #createSession}, with Spark's start-up failures (a bad master URL or property) named as config errors. */
+    static SparkSession startSession(TrainConfig c) {
+        try {
+            return createSession(c);
+        } catch (Exception e) { // SparkException is checked in Java's eyes, and thrown anyway
+            String master = c.has(ConfigKey.SPARK_MASTER) ? c.getString(ConfigKey.SPARK_MASTER) : "(from spark-submit, "
+                    + "else local[" + c.worldSize() + "])";
+            throw new ConfigException(ConfigKey.SPARK_MASTER.key(), master, "Spark did not start: " + rootMessage(e)
+                    + "; check spark.master and spark.conf");
+        }
     }
 
     /** A session per the config: master from spark.master, else from spark-submit, else local[world_size]. */

@@ -34,6 +34,7 @@ public final class Cli {
      * {@code addSubcommand}): output streams, the usage-error handler, the run-time error handler.
      */
     public static CommandLine configure(CommandLine cl, PrintStream out, PrintStream err) {
+        setVersion(cl, version());
         cl.setOut(new PrintWriter(new java.io.OutputStreamWriter(out, StandardCharsets.UTF_8), true));
         cl.setErr(new PrintWriter(new java.io.OutputStreamWriter(err, StandardCharsets.UTF_8), true));
         cl.setCaseInsensitiveEnumValuesAllowed(true);
@@ -46,6 +47,28 @@ public final class Cli {
             return FAILED;
         });
         return cl;
+    }
+
+    /** {@code --version}: the version Maven recorded in the jar, or that this is a build from source. */
+    static String version() {
+        try (java.io.InputStream in = Cli.class.getResourceAsStream(
+                "/META-INF/maven/dev.sparkmoe/spark-moe-parallel/pom.properties")) {
+            if (in != null) {
+                java.util.Properties p = new java.util.Properties();
+                p.load(in);
+                return "spark-moe " + p.getProperty("version");
+            }
+        } catch (java.io.IOException e) {
+            // fall through
+        }
+        return "spark-moe (built from source, classes not packaged)";
+    }
+
+    private static void setVersion(CommandLine cl, String version) {
+        if (cl.getCommandSpec().version().length == 0) {
+            cl.getCommandSpec().version(version);
+        }
+        cl.getSubcommands().values().forEach(sub -> setVersion(sub, version));
     }
 
     /** A command line for {@code command} with the conventions applied. */

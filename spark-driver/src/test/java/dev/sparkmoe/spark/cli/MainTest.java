@@ -156,6 +156,14 @@ class MainTest {
         assertError(cli("train", yaml.toString(), "--set", "data.path=" + tmp.resolve("missing.txt")),
                 "error: data.path = '" + tmp.resolve("missing.txt") + "': no such file or directory");
         assertFalse(Files.exists(tmp.resolve("out")), "bad input trains nothing and claims no run folder");
+        // no session to reuse: the CLI starts its own from spark.master
+        for (var s : List.of(SparkSession.getActiveSession(), SparkSession.getDefaultSession())) {
+            if (s.isDefined()) {
+                s.get().stop();
+            }
+        }
+        assertError(cli("train", yaml.toString(), "--set", "spark.master=locl[2]"),
+                "error: spark.master = 'locl[2]': Spark did not start: ", "check spark.master");
     }
 
     private static void assertError(Ran r, String... parts) {
@@ -179,6 +187,7 @@ class MainTest {
         assertTrue(trainHelp.out().contains("--resume[=RUN]") && trainHelp.out().contains("--set=KEY=VALUE"),
                 trainHelp.out());
         assertEquals(trainHelp.out(), cli("help", "train").out());
+        assertFalse(trainHelp.out().contains("\u001b["), "no ANSI codes when the output is not a terminal");
         Ran none = cli();
         assertEquals(2, none.code());
         assertTrue(none.lastErrLine().startsWith("error: no command given"), none.err());
@@ -190,6 +199,9 @@ class MainTest {
         assertEquals(2, noConfig.code());
         assertTrue(noConfig.lastErrLine().startsWith("error: Missing required parameter: 'CONFIG.yaml'"),
                 noConfig.err());
+        Ran version = cli("train", "--version");
+        assertEquals(0, version.code());
+        assertTrue(version.out().startsWith("spark-moe "), version.out());
         Ran keys = cli("keys");
         assertEquals(0, keys.code());
         assertTrue(keys.out().contains("`layout.ep`"));
