@@ -13,6 +13,7 @@ import dev.sparkmoe.parallel.comm.TimedCommunicator;
 import dev.sparkmoe.parallel.fsdp.FsdpParam;
 import dev.sparkmoe.parallel.train.DistributedTrainer;
 import dev.sparkmoe.parallel.train.StepMetrics;
+import dev.sparkmoe.parallel.tools.Cli;
 import dev.sparkmoe.parallel.train.TrainerSpec;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -22,6 +23,7 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.SplittableRandom;
+import picocli.CommandLine;
 
 /**
  * The GPU training benchmark, run on every rank by the launcher:
@@ -59,21 +61,61 @@ public final class TrainBench implements RankEntry {
         return "bf16".equals(gemm) ? "bf16" : "f32";
     }
 
+    /** GEMM precisions of the benchmark entries. */
+    enum Gemm { f32, tf32, bf16 }
+
+    /** TrainBench's arguments (after {@code --} on the launcher's command line). */
+    @CommandLine.Command(name = "launch -- (TrainBench)", mixinStandardHelpOptions = true, sortOptions = false,
+            description = "Train a config from random weights on random token ids and print one JSON line of timings.")
+    static final class Args {
+        @CommandLine.Option(names = "--config", required = true, paramLabel = "FILE|JSON",
+                description = "model config: a config.json file or its JSON text")
+        String config;
+        @CommandLine.Option(names = "--batch", paramLabel = "B", description = "sequences per GPU (${DEFAULT-VALUE})")
+        int batch = 4;
+        @CommandLine.Option(names = "--seq", paramLabel = "T", description = "tokens per sequence (${DEFAULT-VALUE})")
+        int seq = 2048;
+        @CommandLine.Option(names = "--steps", paramLabel = "N", description = "timed steps (${DEFAULT-VALUE})")
+        int steps = 8;
+        @CommandLine.Option(names = "--warmup", paramLabel = "N", description = "untimed steps first (${DEFAULT-VALUE})")
+        int warmup = 3;
+        @CommandLine.Option(names = "--ep", paramLabel = "M", description = "expert-parallel degree (${DEFAULT-VALUE})")
+        int ep = 1;
+        @CommandLine.Option(names = "--gemm", paramLabel = "P", description = "f32, tf32 or bf16 (${DEFAULT-VALUE})")
+        Gemm gemm = Gemm.bf16;
+        @CommandLine.Option(names = "--seed", paramLabel = "S", description = "seed (${DEFAULT-VALUE})")
+        long seed = 0;
+        @CommandLine.Option(names = "--out", paramLabel = "FILE", description = "also write the JSON line here")
+        Path out;
+        @CommandLine.Option(names = "--profile", paramLabel = "1", description = "1: profile one step after the timed ones")
+        int profile;
+        @CommandLine.Option(names = "--memory", paramLabel = "1", description = "1: follow one step's allocations")
+        int memory;
+
+        Args check() {
+            if (batch < 1 || seq < 1 || steps < 1 || warmup < 0 || ep < 1) {
+                throw new Cli.UsageException("--batch, --seq, --steps and --ep must be >= 1 and --warmup >= 0; got "
+                        + batch + ", " + seq + ", " + steps + ", " + ep + ", " + warmup);
+            }
+            return this;
+        }
+    }
+
     @Override
     public int run(RankContext ctx, String[] args) throws Exception {
-        Map<String, String> o = options(args);
-        String cfgArg = o.getOrDefault("config", "");
+        Args a = Cli.parse(new Args(), args).check();
+        String cfgArg = a.config;
         String cfgText = Files.exists(Path.of(cfgArg)) ? Files.readString(Path.of(cfgArg)) : cfgArg;
         Map<String, Object> cfg = Json.parseObject(cfgText);
         cfg.putIfAbsent("model_type", "qwen3_moe");
         Qwen3MoeConfig config = Qwen3MoeConfig.parse(Json.write(cfg, false));
-        int batch = Integer.parseInt(o.getOrDefault("batch", "4"));
-        int seq = Integer.parseInt(o.getOrDefault("seq", "2048"));
-        int steps = Integer.parseInt(o.getOrDefault("steps", "8"));
-        int warmup = Integer.parseInt(o.getOrDefault("warmup", "3"));
-        int ep = Integer.parseInt(o.getOrDefault("ep", "1"));
-        long seed = Long.parseLong(o.getOrDefault("seed", "0"));
-        String gemm = o.getOrDefault("gemm", "bf16");
+        int batch = a.batch;
+        int seq = a.seq;
+        int steps = a.steps;
+        int warmup = a.warmup;
+        int ep = a.ep;
+        long seed = a.seed;
+        String gemm = a.gemm.name();
 
         Backend backend;
         Backend profiled = null; // the OpProfiler-wrapped backend, with --profile
@@ -81,11 +123,11 @@ public final class TrainBench implements RankEntry {
         if (ctx.isCuda()) {
             CudaBackend cuda = cudaBackend(ctx, gemm);
             cudaBackend = cuda;
-            backend = o.containsKey("profile") ? profiled = OpProfiler.wrap(cuda) : cuda;
+            backend = a.profile > 0 ? profiled = OpProfiler.wrap(cuda) : cuda;
         } else {
             backend = new CpuBackend();
         }
-        if (o.containsKey("memory")) {
+        if (a.memory > 0) {
             backend = MemoryTracker.wrap(backend); // sites followed while the trainer is built and in the memory step
         }
         TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-4, 0, warmup + steps,
@@ -106,7 +148,7 @@ public final class TrainBench implements RankEntry {
                 }
                 data.add(s);
             }
-            if (o.containsKey("memory")) {
+            if (a.memory > 0) {
                 MemoryTracker.of(backend).setFollowing(false); // no stack walks in the timed steps
             }
             StepMetrics last = null;
@@ -129,7 +171,7 @@ public final class TrainBench implements RankEntry {
             }
             timed.setEnabled(false);
             Map<String, double[]> comm = timed.snapshot();
-            if (o.containsKey("memory")) {
+            if (a.memory > 0) {
                 MemoryTracker tracker = MemoryTracker.of(backend);
                 tracker.setFollowing(true);
                 tracker.resetPeak();
@@ -199,8 +241,8 @@ public final class TrainBench implements RankEntry {
             String line = Json.write(out, false);
             if (ctx.rank() == 0) {
                 System.out.println(line);
-                if (o.containsKey("out")) {
-                    Files.writeString(Path.of(o.get("out")), line + "\n");
+                if (a.out != null) {
+                    Files.writeString(a.out, line + "\n");
                 }
             }
         } finally {
@@ -214,17 +256,5 @@ public final class TrainBench implements RankEntry {
     private static double round(double v, int digits) {
         double f = Math.pow(10, digits);
         return Math.round(v * f) / f;
-    }
-
-    static Map<String, String> options(String[] args) {
-        Map<String, String> o = new LinkedHashMap<>();
-        for (int i = 0; i < args.length; i++) {
-            if (!args[i].startsWith("--") || i + 1 >= args.length) {
-                throw new IllegalArgumentException("TrainBench options are --name value pairs; cannot read '"
-                        + args[i] + "'");
-            }
-            o.put(args[i].substring(2), args[++i]);
-        }
-        return o;
     }
 }
