@@ -29,6 +29,23 @@ public final class JShellKernel implements Kernel {
                 shell.addToClasspath(entry);
             }
         }
+        // IJava's display(Object), which shows an image inline: here it encodes the image as IJava does (PNG) and
+        // prints what it would show
+        shell.eval("String display(Object o) {\n"
+                + "    if (o instanceof java.awt.image.BufferedImage img) {\n"
+                + "        var png = new java.io.ByteArrayOutputStream();\n"
+                + "        try {\n"
+                + "            javax.imageio.ImageIO.write(img, \"png\", png);\n"
+                + "        } catch (java.io.IOException e) {\n"
+                + "            throw new java.io.UncheckedIOException(e);\n"
+                + "        }\n"
+                + "        System.out.println(\"display: image/png \" + img.getWidth() + \"x\" + img.getHeight() + \", \"\n"
+                + "                + png.size() + \" bytes\");\n"
+                + "    } else {\n"
+                + "        System.out.println(\"display: text/plain \" + o);\n"
+                + "    }\n"
+                + "    return \"display\";\n"
+                + "}");
     }
 
     @Override

@@ -40,5 +40,6 @@ class JupyterNotebookTest {
         assertTrue(Files.size(modelDir.resolve("model.safetensors")) > 0, "model.safetensors in " + modelDir);
         assertEquals("config.json, model.safetensors", Outputs.group(out, "model files: (.+)"));
         assertTrue(out.contains("step 12  loss"), "every step's loss is printed by onStep:\n" + out);
+        assertTrue(out.contains("display: image/png 1000x1100, "), "the metrics plot is shown inline:\n" + out);
     }
 }

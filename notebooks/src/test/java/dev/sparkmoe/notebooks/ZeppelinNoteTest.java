@@ -52,5 +52,11 @@ class ZeppelinNoteTest {
         assertTrue(Files.isRegularFile(modelDir.resolve("config.json")), "config.json in " + modelDir);
         assertTrue(Files.size(modelDir.resolve("model.safetensors")) > 0, "model.safetensors in " + modelDir);
         assertEquals("config.json, model.safetensors", Outputs.group(out, "model files: (.+)"));
+        // the metrics plot, shown inline as a %html result holding the PNG
+        String png = Outputs.group(out, "%html <img width=\"800\" src=\"data:image/png;base64,([A-Za-z0-9+/=]+)\"/>");
+        java.awt.image.BufferedImage plot = javax.imageio.ImageIO.read(
+                new java.io.ByteArrayInputStream(java.util.Base64.getDecoder().decode(png)));
+        assertEquals(1000, plot.getWidth());
+        assertEquals(1100, plot.getHeight());
     }
 }

@@ -6,6 +6,7 @@ import dev.sparkmoe.parallel.train.StepMetrics;
 import dev.sparkmoe.parallel.train.TrainerSpec;
 import dev.sparkmoe.spark.ckpt.CheckpointMismatchException;
 import dev.sparkmoe.spark.ckpt.CheckpointStore;
+import dev.sparkmoe.spark.ckpt.RunFolders;
 import dev.sparkmoe.spark.ckpt.SerializableHadoopConf;
 import dev.sparkmoe.spark.config.ConfigException;
 import dev.sparkmoe.spark.config.ConfigKey;
@@ -20,6 +21,7 @@ import dev.sparkmoe.spark.data.Tokenizer;
 import dev.sparkmoe.spark.data.Tokenizers;
 import dev.sparkmoe.spark.progress.MetricsAccumulator;
 import dev.sparkmoe.spark.progress.MetricsJson;
+import dev.sparkmoe.spark.progress.MetricsPlot;
 import dev.sparkmoe.spark.progress.ProgressListener;
 import dev.sparkmoe.spark.stage.BarrierTrainFunction;
 import dev.sparkmoe.spark.stage.JobPlan;
@@ -186,13 +188,15 @@ public final class SparkMoeTrainer {
             ModelSource model = ModelSource.resolve(c);
             RankTrainerFactory factory = b.factory != null ? b.factory : loadFactory(c);
             boolean ownSession = b.spark == null;
-            SparkSession spark = ownSession ? createSession(c) : b.spark;
+            SparkSession spark = ownSession ? startSession(c) : b.spark;
             SparkContext sc = spark.sparkContext();
             JavaPairRDD<Long, int[]> byRank = null;
             try {
                 int world = c.worldSize();
                 SlotCheck.check(sc, world, c.getString(ConfigKey.TRAINING_BACKEND));
                 Configuration hconf = sc.hadoopConfiguration();
+                RunFolders folders = new RunFolders(c.outputDir(), hconf);
+                RunFolders.Run resumeTarget = resumeTarget(folders, hconf);
 
                 Tokenizer tok = b.tokenizer != null ? b.tokenizer : loadTokenizer(c, hconf);
                 if (tok.minVocabSize() > model.vocabSize()) {
@@ -227,24 +231,42 @@ public final class SparkMoeTrainer {
                         c.ep(), c.seqLen(), opt, c.getString(ConfigKey.TRAINING_BACKEND), -1,
                         c.getString(ConfigKey.TRAINING_PRECISION), c.getInt(ConfigKey.TRAINING_FSDP_PREFETCH),
                         c.getInt(ConfigKey.TRAINING_CPU_BLAS_THREADS));
-                CheckpointStore store = new CheckpointStore(c.checkpointDir(), hconf);
-                String modelDir = c.outputDir() + "/model";
+                RunFolders.Run run = claimRunFolder(folders, resumeTarget, hconf);
+                CheckpointStore store = new CheckpointStore(c.checkpointDir(run.dir()), hconf);
+                String modelDir = run.dir() + "/model";
                 WorldConnector connector = new WorldConnector(b.transport, JobSecret.generate());
                 LOG.info("spark-moe run {}: world_size {}, ep {}, {} steps of {} sequences x {} tokens per rank, "
                         + "data {} sequences per rank, checkpoints in {}", runId, world, c.ep(), steps,
                         c.batchSequences(), c.seqLen() + 1, counts, store.dir());
+                MetricsPlot plot = new MetricsPlot(run.dir() + "/" + MetricsPlot.FILE_NAME, runId + " (" + run.name()
+                        + ")", hconf);
+                announce(run, store, steps, plot);
 
                 java.nio.file.Path metricsFile = c.has(ConfigKey.OUTPUT_METRICS_FILE)
                         ? Paths.get(c.getString(ConfigKey.OUTPUT_METRICS_FILE)) : null;
+                int every = c.getInt(ConfigKey.CHECKPOINT_EVERY);
+                Consumer<StepMetrics> onStep = m -> {
+                    plot.add(m);
+                    if (every > 0 && m.step() % every == 0) {
+                        plot.drawLater();
+                    }
+                    if (b.onStep != null) {
+                        b.onStep.accept(m);
+                    }
+                };
                 try (ProgressListener progress = new ProgressListener(steps, c.getBool(ConfigKey.OUTPUT_PROGRESS),
-                        b.console, metricsFile, b.onStep)) {
+                        b.console, metricsFile, onStep, runId)) {
                     progress.failuresOf(jobGroup());
                     sc.addSparkListener(progress);
                     try {
-                        return attempts(sc, byRank, spec, factory, connector, store, packer, counts, steps, modelDir,
-                                hconf, progress, stats);
+                        TrainResult r = attempts(sc, byRank, spec, factory, connector, store, packer, counts, steps,
+                                modelDir, hconf, progress, stats, run);
+                        plot.addAll(r.history());
+                        plot.drawNow();
+                        return r;
                     } finally {
                         sc.removeSparkListener(progress);
+                        plot.close();
                     }
                 } catch (IOException e) {
                     throw new ConfigException(ConfigKey.OUTPUT_METRICS_FILE.key(),
@@ -261,6 +283,73 @@ public final class SparkMoeTrainer {
             }
         }
 
+        /** The run folder checkpoint.resume names (null: a new one), checked before any data is read. */
+        private RunFolders.Run resumeTarget(RunFolders folders, Configuration hconf) {
+            String resume = c.getString(ConfigKey.CHECKPOINT_RESUME);
+            try {
+                RunFolders.Run target = folders.resumeTarget(resume);
+                if (target == null && c.has(ConfigKey.CHECKPOINT_DIR)) {
+                    Optional<CheckpointStore.Manifest> m = new CheckpointStore(c.checkpointDir(null), hconf).latest();
+                    if (m.isPresent()) {
+                        throw new ConfigException(ConfigKey.CHECKPOINT_DIR.key(), c.getString(ConfigKey.CHECKPOINT_DIR),
+                                "already holds checkpoints of an earlier run (newest: step " + m.get().step() + "); "
+                                        + "pass --resume (checkpoint.resume=latest) to continue it, or give this run "
+                                        + "another checkpoint.dir (or none: each run folder has its own)");
+                    }
+                }
+                return target;
+            } catch (IOException e) {
+                throw new ConfigException(ConfigKey.OUTPUT_DIR.key(), c.outputDir(), "cannot list it: "
+                        + e.getMessage() + "; point output.dir at a directory this job can read and write");
+            }
+        }
+
+        /** The folder this run trains in: the one it resumes, or a newly claimed one (after validation passed). */
+        private RunFolders.Run claimRunFolder(RunFolders folders, RunFolders.Run resumeTarget, Configuration hconf) {
+            if (resumeTarget != null) {
+                return resumeTarget;
+            }
+            try {
+                return folders.claimNew("run " + runId + " started " + java.time.Instant.now() + "\n");
+            } catch (IOException e) {
+                throw new ConfigException(ConfigKey.OUTPUT_DIR.key(), c.outputDir(), "cannot create a run folder: "
+                        + e.getMessage() + "; point output.dir at a directory this job can write");
+            }
+        }
+
+        /** Names the run folder on the console (new or continued) and seeds the plot with the steps resumed. */
+        private void announce(RunFolders.Run run, CheckpointStore store, long steps, MetricsPlot plot) {
+            String msg;
+            if (!run.resumed()) {
+                msg = "new run " + run.name() + " in " + run.dir() + " (--resume continues the newest run instead)";
+            } else {
+                Optional<CheckpointStore.Manifest> m;
+                try {
+                    m = store.latest();
+                } catch (IOException e) {
+                    throw new ConfigException(ConfigKey.CHECKPOINT_RESUME.key(),
+                            c.getString(ConfigKey.CHECKPOINT_RESUME), "cannot list the checkpoints in " + store.dir()
+                                    + ": " + e.getMessage());
+                }
+                if (m.isEmpty()) {
+                    msg = "continuing " + run.name() + " in " + run.dir() + ": it has no committed checkpoint, so "
+                            + "training starts at step 1";
+                } else {
+                    for (String js : m.get().metricsJson()) {
+                        plot.add(MetricsJson.fromJson(js));
+                    }
+                    msg = "continuing " + run.name() + " in " + run.dir() + " from its checkpoint at step "
+                            + m.get().step() + (m.get().step() >= steps ? " (training.steps = " + steps + " are "
+                            + "done: raise training.steps to train further)" : " of " + steps);
+                }
+            }
+            if (c.getBool(ConfigKey.OUTPUT_PROGRESS)) {
+                b.console.println("[spark-moe] " + msg);
+            } else {
+                LOG.info("spark-moe run {}: {}", runId, msg);
+            }
+        }
+
         private String jobGroup() {
             return "spark-moe-" + runId;
         }
@@ -268,7 +357,8 @@ public final class SparkMoeTrainer {
         private TrainResult attempts(SparkContext sc, JavaPairRDD<Long, int[]> byRank, TrainerSpec spec,
                                      RankTrainerFactory factory, WorldConnector connector, CheckpointStore store,
                                      SequencePacker packer, List<Long> counts, long steps, String modelDir,
-                                     Configuration hconf, ProgressListener progress, List<RankDataStats> stats) {
+                                     Configuration hconf, ProgressListener progress, List<RankDataStats> stats,
+                                     RunFolders.Run run) {
             int max = c.getInt(ConfigKey.TRAINING_MAX_ATTEMPTS);
             Throwable last = null;
             String lastWhy = null;
@@ -295,10 +385,12 @@ public final class SparkMoeTrainer {
                         history.add(MetricsJson.fromJson(js));
                     }
                     for (StepMetrics m : history) {
-                        progress.deliver(m); // steps a heartbeat did not carry
+                        if (m.step() > r0.resumedFrom()) {
+                            progress.deliver(m); // steps a heartbeat did not carry (those resumed were shown before)
+                        }
                     }
                     return new TrainResult(modelDir, history, r0.stepsTaken(), attempt, r0.resumedFrom(),
-                            store.dir(), r0.device(), stats);
+                            store.dir(), r0.device(), stats, run.dir(), runId);
                 } catch (Exception e) { // SparkException is checked, but Scala throws it anyway
                     last = e;
                     waitForStragglers(sc);
@@ -314,12 +406,15 @@ public final class SparkMoeTrainer {
             boolean notResumable = mismatch;
             try {
                 Optional<CheckpointStore.Manifest> m = store.latest();
+                String resume = c.getString(ConfigKey.CHECKPOINT_RESUME);
                 ckpt = m.map(x -> notResumable
                         ? "The newest checkpoint, step " + x.step() + " at " + store.stepPath(x.step()) + ", is intact "
-                        + "but this run cannot resume from it: use another checkpoint.dir (or output.dir) to start "
-                        + "afresh, or resume it with the settings and version that wrote it."
+                        + "but this run cannot resume from it (" + ConfigKey.CHECKPOINT_RESUME.key() + " = " + resume
+                        + "): drop --resume to train in a new run folder, or resume it with the settings and "
+                        + "version that wrote it."
                         : "The newest complete checkpoint, step " + x.step() + " at " + store.stepPath(x.step())
-                        + ", is intact: run again with the same settings to resume from it.")
+                        + ", is intact: run again with --resume=" + run.name() + " (checkpoint.resume) and the same "
+                        + "settings to continue from it.")
                         .orElse("No checkpoint was committed in " + store.dir() + ".");
             } catch (IOException e) {
                 ckpt = "Could not list checkpoints in " + store.dir() + ": " + e.getMessage();
@@ -460,6 +555,18 @@ public final class SparkMoeTrainer {
 
     static Tokenizer loadTokenizer(TrainConfig c, Configuration hconf) {
         return Tokenizers.load(c.getString(ConfigKey.DATA_TOKENIZER), hconf);
+    }
+
+    /** {@link #createSession}, with Spark's start-up failures (a bad master URL or property) named as config errors. */
+    static SparkSession startSession(TrainConfig c) {
+        try {
+            return createSession(c);
+        } catch (Exception e) { // SparkException is checked in Java's eyes, and thrown anyway
+            String master = c.has(ConfigKey.SPARK_MASTER) ? c.getString(ConfigKey.SPARK_MASTER) : "(from spark-submit, "
+                    + "else local[" + c.worldSize() + "])";
+            throw new ConfigException(ConfigKey.SPARK_MASTER.key(), master, "Spark did not start: " + rootMessage(e)
+                    + "; check spark.master and spark.conf");
+        }
     }
 
     /** A session per the config: master from spark.master, else from spark-submit, else local[world_size]. */

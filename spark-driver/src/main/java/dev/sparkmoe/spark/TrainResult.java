@@ -16,9 +16,17 @@ import java.util.List;
  * @param checkpointDir URI of the checkpoint directory
  * @param device        rank 0's device ("cpu" or "cuda:N")
  * @param data          per-rank data statistics from validation
+ * @param runDir        URI of the run folder (under output.dir) that holds the model, the checkpoints and the plot
+ * @param runId         the id in this run's metrics records (and Spark job group)
  */
 public record TrainResult(String modelDir, List<StepMetrics> history, long steps, int attempts, long resumedFrom,
-                          String checkpointDir, String device, List<RankDataStats> data) {
+                          String checkpointDir, String device, List<RankDataStats> data, String runDir,
+                          String runId) {
+
+    /** URI of the metrics plot (loss, aux loss, learning rate and tokens/s against the step). */
+    public String plot() {
+        return runDir + "/" + dev.sparkmoe.spark.progress.MetricsPlot.FILE_NAME;
+    }
 
     public StepMetrics last() {
         return history.get(history.size() - 1);

@@ -102,7 +102,7 @@ class BadInputTest {
         int before = CREATED.get();
         ConfigException e = assertThrows(ConfigException.class, b::fit);
         assertEquals(before, CREATED.get(), "no trainer may be built for bad input");
-        assertFalse(Files.exists(tmp.resolve("out/checkpoints")), "nothing may be written for bad input");
+        assertFalse(Files.exists(tmp.resolve("out")), "nothing may be written for bad input, not even a run folder");
         return e.getMessage();
     }
 

@@ -140,10 +140,11 @@ class TrainingJobTest {
         assertTrue(e.getMessage().contains("all 2 attempts"), e.getMessage());
         assertTrue(e.getMessage().contains("injected failure on rank 1 at step 5"), e.getMessage());
         assertTrue(e.getMessage().contains("step 4"), e.getMessage());
-        CheckpointStore store = new CheckpointStore(out.toUri() + "/checkpoints", new Configuration());
+        CheckpointStore store = new CheckpointStore(out.toUri() + "/run-001/checkpoints", new Configuration());
         assertEquals(4, store.latest().orElseThrow().step());
+        assertTrue(e.getMessage().contains("--resume=run-001"), e.getMessage());
         // the checkpoint really is usable: a healthy run resumes from it and finishes
-        TrainResult r = job(out, 8).set("checkpoint.every", 2).fit();
+        TrainResult r = job(out, 8).set("checkpoint.every", 2).set("checkpoint.resume", "run-001").fit();
         assertEquals(4, r.resumedFrom());
         assertEquals(8, r.steps());
         assertEquals(8, r.history().size());
@@ -154,16 +155,20 @@ class TrainingJobTest {
         Path out = tmp.resolve("other-layout");
         job(out, 4).set("checkpoint.every", 2).fit();
         TrainingFailedException e = assertThrows(TrainingFailedException.class, () -> job(out, 6)
-                .set("checkpoint.every", 2).set("training.max_attempts", 3)
+                .set("checkpoint.every", 2).set("training.max_attempts", 3).set("checkpoint.resume", "latest")
                 .set("layout.world_size", 2).set("layout.ep", 1).fit());
         assertTrue(e.getMessage().contains("CheckpointMismatchException") && e.getMessage().contains("world_size 4"),
                 e.getMessage());
         // deterministic: one attempt, not three
         assertTrue(e.getMessage().startsWith("training failed in attempt 1 of 3 and was not retried"), e.getMessage());
-        assertTrue(e.getMessage().contains("cannot resume from it: use another checkpoint.dir"), e.getMessage());
-        assertFalse(e.getMessage().contains("run again with the same settings"), e.getMessage());
-        // untouched: the run that wrote it still resumes from it
-        assertEquals(4, job(out, 6).set("checkpoint.every", 2).fit().resumedFrom());
+        assertTrue(e.getMessage().contains("cannot resume from it (checkpoint.resume = latest): drop --resume"),
+                e.getMessage());
+        assertFalse(e.getMessage().contains("run again with"), e.getMessage());
+        // untouched: the run that wrote it still resumes from it, and a new run at the other layout trains afresh
+        assertEquals(4, job(out, 6).set("checkpoint.every", 2).set("checkpoint.resume", "latest").fit().resumedFrom());
+        TrainResult fresh = job(out, 6).set("checkpoint.every", 2).set("layout.world_size", 2).set("layout.ep", 1).fit();
+        assertEquals(0, fresh.resumedFrom());
+        assertTrue(fresh.runDir().endsWith("/run-002"), fresh.runDir());
     }
 
     @Test
@@ -172,9 +177,9 @@ class TrainingJobTest {
         Path out = tmp.resolve("ckpt");
         assertThrows(TrainingFailedException.class, () -> job(out, 6).set("checkpoint.every", 2)
                 .set("training.max_attempts", 1).trainerFactory(new BigramFactory(ckpt)).fit());
-        CheckpointStore store = new CheckpointStore(out.toUri() + "/checkpoints", new Configuration());
+        CheckpointStore store = new CheckpointStore(out.toUri() + "/run-001/checkpoints", new Configuration());
         assertEquals(List.of(2L), store.committedSteps());
         assertEquals(2, store.latest().orElseThrow().step());
-        assertFalse(Files.exists(out.resolve("checkpoints/step-00000004/_COMMITTED")));
+        assertFalse(Files.exists(out.resolve("run-001/checkpoints/step-00000004/_COMMITTED")));
     }
 }

@@ -7,6 +7,7 @@ import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.gpu.cuda.CudaBackend;
 import dev.sparkmoe.gpu.launch.RankContext;
 import dev.sparkmoe.gpu.launch.RankEntry;
+import dev.sparkmoe.parallel.tools.Cli;
 import dev.sparkmoe.parallel.train.DistributedTrainer;
 import dev.sparkmoe.parallel.train.TrainerSpec;
 import java.nio.file.Files;
@@ -15,6 +16,7 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import picocli.CommandLine;
 
 /**
  * The spark-moe side of the convergence check against PyTorch ({@code gpu-executor/scripts/torch_loss_curve.py}):
@@ -28,16 +30,46 @@ import java.util.Map;
  */
 public final class LossCurve implements RankEntry {
 
+    /** LossCurve's arguments (after {@code --} on the launcher's command line). */
+    @CommandLine.Command(name = "launch -- (LossCurve)", mixinStandardHelpOptions = true, sortOptions = false,
+            description = "Train from exported weights on byte tokens and compare the loss curve with PyTorch's.")
+    static final class Args {
+        @CommandLine.Option(names = "--init", required = true, paramLabel = "DIR", description = "initial weights")
+        Path init;
+        @CommandLine.Option(names = "--data", required = true, paramLabel = "FILE", description = "training text")
+        Path data;
+        @CommandLine.Option(names = "--out", required = true, paramLabel = "FILE", description = "losses (JSON)")
+        Path out;
+        @CommandLine.Option(names = "--steps", paramLabel = "N", description = "steps (${DEFAULT-VALUE})")
+        int steps = 200;
+        @CommandLine.Option(names = "--batch", paramLabel = "B", description = "sequences per GPU (${DEFAULT-VALUE})")
+        int batch = 4;
+        @CommandLine.Option(names = "--seq", paramLabel = "T", description = "tokens per sequence (${DEFAULT-VALUE})")
+        int seq = 2048;
+        @CommandLine.Option(names = "--ep", paramLabel = "M", description = "expert-parallel degree (${DEFAULT-VALUE})")
+        int ep = 1;
+        @CommandLine.Option(names = "--gemm", paramLabel = "P", description = "f32, tf32 or bf16 (${DEFAULT-VALUE})")
+        TrainBench.Gemm gemm = TrainBench.Gemm.bf16;
+        @CommandLine.Option(names = "--torch", paramLabel = "FILE", description = "PyTorch's losses to compare with")
+        Path torch;
+        @CommandLine.Option(names = "--after", paramLabel = "N", description = "compare from this step on "
+                + "(${DEFAULT-VALUE})")
+        int after = 20;
+        @CommandLine.Option(names = "--tolerance", paramLabel = "X", description = "largest relative difference "
+                + "(${DEFAULT-VALUE})")
+        double tolerance = 0.02;
+    }
+
     @Override
     public int run(RankContext ctx, String[] args) throws Exception {
-        Map<String, String> o = TrainBench.options(args);
-        Path init = Path.of(o.get("init"));
-        byte[] text = Files.readAllBytes(Path.of(o.get("data")));
-        int steps = Integer.parseInt(o.getOrDefault("steps", "200"));
-        int batch = Integer.parseInt(o.getOrDefault("batch", "4"));
-        int seq = Integer.parseInt(o.getOrDefault("seq", "2048"));
-        int ep = Integer.parseInt(o.getOrDefault("ep", "1"));
-        String gemm = o.getOrDefault("gemm", "bf16");
+        Args opts = Cli.parse(new Args(), args);
+        Path init = opts.init;
+        byte[] text = Files.readAllBytes(opts.data);
+        int steps = opts.steps;
+        int batch = opts.batch;
+        int seq = opts.seq;
+        int ep = opts.ep;
+        String gemm = opts.gemm.name();
         String configJson = Files.readString(init.resolve("config.json"));
         Qwen3MoeConfig.parse(configJson);
         Backend backend;
@@ -79,14 +111,14 @@ public final class LossCurve implements RankEntry {
         out.put("world", (long) ctx.worldSize());
         out.put("losses", losses);
         out.put("seconds", (System.nanoTime() - t0) / 1e9);
-        Files.writeString(Path.of(o.get("out")), Json.write(out, false) + "\n");
+        Files.writeString(opts.out, Json.write(out, false) + "\n");
         System.out.println("spark-moe losses: first " + losses.get(0) + ", last " + losses.get(losses.size() - 1));
-        if (!o.containsKey("torch")) {
+        if (opts.torch == null) {
             return 0;
         }
-        List<?> ref = (List<?>) Json.parseObject(Files.readString(Path.of(o.get("torch")))).get("losses");
-        int after = Integer.parseInt(o.getOrDefault("after", "20"));
-        double tol = Double.parseDouble(o.getOrDefault("tolerance", "0.02"));
+        List<?> ref = (List<?>) Json.parseObject(Files.readString(opts.torch)).get("losses");
+        int after = opts.after;
+        double tol = opts.tolerance;
         double worst = 0;
         int worstStep = -1;
         for (int s = after; s < Math.min(ref.size(), losses.size()); s++) {

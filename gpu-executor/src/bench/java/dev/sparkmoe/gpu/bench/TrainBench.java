@@ -15,6 +15,7 @@ import dev.sparkmoe.parallel.memory.MemoryPlanner;
 import dev.sparkmoe.parallel.memory.PlanRequest;
 import dev.sparkmoe.parallel.train.DistributedTrainer;
 import dev.sparkmoe.parallel.train.StepMetrics;
+import dev.sparkmoe.parallel.tools.Cli;
 import dev.sparkmoe.parallel.train.TrainerSpec;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -24,6 +25,7 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.SplittableRandom;
+import picocli.CommandLine;
 
 /**
  * The GPU training benchmark, run on every rank by the launcher:
@@ -64,25 +66,70 @@ public final class TrainBench implements RankEntry {
         return "bf16".equals(gemm) ? "bf16" : "f32";
     }
 
+    /** GEMM precisions of the benchmark entries. */
+    enum Gemm { f32, tf32, bf16 }
+
+    /** TrainBench's arguments (after {@code --} on the launcher's command line). */
+    @CommandLine.Command(name = "launch -- (TrainBench)", mixinStandardHelpOptions = true, sortOptions = false,
+            description = "Train a config from random weights on random token ids and print one JSON line of timings.")
+    static final class Args {
+        @CommandLine.Option(names = "--config", required = true, paramLabel = "FILE|JSON",
+                description = "model config: a config.json file or its JSON text")
+        String config;
+        @CommandLine.Option(names = "--batch", paramLabel = "B", description = "sequences per GPU (${DEFAULT-VALUE})")
+        int batch = 4;
+        @CommandLine.Option(names = "--seq", paramLabel = "T", description = "tokens per sequence (${DEFAULT-VALUE})")
+        int seq = 2048;
+        @CommandLine.Option(names = "--steps", paramLabel = "N", description = "timed steps (${DEFAULT-VALUE})")
+        int steps = 8;
+        @CommandLine.Option(names = "--warmup", paramLabel = "N", description = "untimed steps first (${DEFAULT-VALUE})")
+        int warmup = 3;
+        @CommandLine.Option(names = "--ep", paramLabel = "M", description = "expert-parallel degree (${DEFAULT-VALUE})")
+        int ep = 1;
+        @CommandLine.Option(names = "--gemm", paramLabel = "P", description = "f32, tf32 or bf16 (${DEFAULT-VALUE})")
+        Gemm gemm = Gemm.bf16;
+        @CommandLine.Option(names = "--seed", paramLabel = "S", description = "seed (${DEFAULT-VALUE})")
+        long seed = 0;
+        @CommandLine.Option(names = "--out", paramLabel = "FILE", description = "also write the JSON line here")
+        Path out;
+        @CommandLine.Option(names = "--fsdp-prefetch", paramLabel = "N",
+                description = "FSDP units gathered ahead, as training.fsdp_prefetch (${DEFAULT-VALUE})")
+        int fsdpPrefetch = TrainerSpec.DEFAULT_FSDP_PREFETCH;
+        @CommandLine.Option(names = "--cpu-blas-threads", paramLabel = "N",
+                description = "OpenBLAS threads of the CPU backend, as training.cpu_blas_threads (${DEFAULT-VALUE})")
+        int cpuBlasThreads = TrainerSpec.DEFAULT_CPU_BLAS_THREADS;
+        @CommandLine.Option(names = "--profile", paramLabel = "1", description = "1: profile one step after the timed ones")
+        int profile;
+        @CommandLine.Option(names = "--memory", paramLabel = "1", description = "1: follow one step's allocations")
+        int memory;
+
+        Args check() {
+            if (batch < 1 || seq < 1 || steps < 1 || warmup < 0 || ep < 1 || fsdpPrefetch < 1 || cpuBlasThreads < 1) {
+                throw new Cli.UsageException("--batch, --seq, --steps, --ep, --fsdp-prefetch and --cpu-blas-threads "
+                        + "must be >= 1 and --warmup >= 0; got " + batch + ", " + seq + ", " + steps + ", " + ep + ", "
+                        + fsdpPrefetch + ", " + cpuBlasThreads + ", " + warmup);
+            }
+            return this;
+        }
+    }
+
     @Override
     public int run(RankContext ctx, String[] args) throws Exception {
-        Map<String, String> o = options(args);
-        String cfgArg = o.getOrDefault("config", "");
+        Args a = Cli.parse(new Args(), args).check();
+        String cfgArg = a.config;
         String cfgText = Files.exists(Path.of(cfgArg)) ? Files.readString(Path.of(cfgArg)) : cfgArg;
         Map<String, Object> cfg = Json.parseObject(cfgText);
         cfg.putIfAbsent("model_type", "qwen3_moe");
         Qwen3MoeConfig config = Qwen3MoeConfig.parse(Json.write(cfg, false));
-        int batch = Integer.parseInt(o.getOrDefault("batch", "4"));
-        int seq = Integer.parseInt(o.getOrDefault("seq", "2048"));
-        int steps = Integer.parseInt(o.getOrDefault("steps", "8"));
-        int warmup = Integer.parseInt(o.getOrDefault("warmup", "3"));
-        int ep = Integer.parseInt(o.getOrDefault("ep", "1"));
-        long seed = Long.parseLong(o.getOrDefault("seed", "0"));
-        String gemm = o.getOrDefault("gemm", "bf16");
-        int prefetch = Integer.parseInt(o.getOrDefault("fsdp-prefetch",
-                Integer.toString(TrainerSpec.DEFAULT_FSDP_PREFETCH)));
-        int blasThreads = Integer.parseInt(o.getOrDefault("cpu-blas-threads",
-                Integer.toString(TrainerSpec.DEFAULT_CPU_BLAS_THREADS)));
+        int batch = a.batch;
+        int seq = a.seq;
+        int steps = a.steps;
+        int warmup = a.warmup;
+        int ep = a.ep;
+        long seed = a.seed;
+        String gemm = a.gemm.name();
+        int prefetch = a.fsdpPrefetch;
+        int blasThreads = a.cpuBlasThreads;
 
         Backend backend;
         Backend profiled = null; // the OpProfiler-wrapped backend, with --profile
@@ -90,11 +137,11 @@ public final class TrainBench implements RankEntry {
         if (ctx.isCuda()) {
             CudaBackend cuda = cudaBackend(ctx, gemm);
             cudaBackend = cuda;
-            backend = o.containsKey("profile") ? profiled = OpProfiler.wrap(cuda) : cuda;
+            backend = a.profile > 0 ? profiled = OpProfiler.wrap(cuda) : cuda;
         } else {
             backend = new CpuBackend(blasThreads);
         }
-        if (o.containsKey("memory")) {
+        if (a.memory > 0) {
             backend = MemoryTracker.wrap(backend); // sites followed while the trainer is built and in the memory step
         }
         TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-4, 0, warmup + steps,
@@ -115,7 +162,7 @@ public final class TrainBench implements RankEntry {
                 }
                 data.add(s);
             }
-            if (o.containsKey("memory")) {
+            if (a.memory > 0) {
                 MemoryTracker.of(backend).setFollowing(false); // no stack walks in the timed steps
             }
             StepMetrics last = null;
@@ -138,7 +185,7 @@ public final class TrainBench implements RankEntry {
             }
             timed.setEnabled(false);
             Map<String, double[]> comm = timed.snapshot();
-            if (o.containsKey("memory")) {
+            if (a.memory > 0) {
                 MemoryTracker tracker = MemoryTracker.of(backend);
                 tracker.setFollowing(true);
                 tracker.resetPeak();
@@ -210,8 +257,8 @@ public final class TrainBench implements RankEntry {
             String line = Json.write(out, false);
             if (ctx.rank() == 0) {
                 System.out.println(line);
-                if (o.containsKey("out")) {
-                    Files.writeString(Path.of(o.get("out")), line + "\n");
+                if (a.out != null) {
+                    Files.writeString(a.out, line + "\n");
                 }
             }
         } finally {
@@ -236,17 +283,5 @@ public final class TrainBench implements RankEntry {
     private static double round(double v, int digits) {
         double f = Math.pow(10, digits);
         return Math.round(v * f) / f;
-    }
-
-    static Map<String, String> options(String[] args) {
-        Map<String, String> o = new LinkedHashMap<>();
-        for (int i = 0; i < args.length; i++) {
-            if (!args[i].startsWith("--") || i + 1 >= args.length) {
-                throw new IllegalArgumentException("TrainBench options are --name value pairs; cannot read '"
-                        + args[i] + "'");
-            }
-            o.put(args[i].substring(2), args[++i]);
-        }
-        return o;
     }
 }

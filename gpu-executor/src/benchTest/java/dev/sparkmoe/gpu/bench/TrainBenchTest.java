@@ -1,10 +1,12 @@
 package dev.sparkmoe.gpu.bench;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.sparkmoe.core.json.Json;
 import dev.sparkmoe.gpu.launch.Launcher;
+import dev.sparkmoe.parallel.tools.Cli;
 import java.io.ByteArrayOutputStream;
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
@@ -55,5 +57,23 @@ class TrainBenchTest {
         for (String k : new String[] {"all_gather_ms", "reduce_scatter_ms", "all_to_all_ms"}) {
             assertTrue(comm.containsKey(k), k + " missing from " + comm);
         }
+    }
+
+    @Test
+    void benchmarkArgumentsAreParsedWithTheSameErrorsAsEveryCommand() {
+        TrainBench.Args a = Cli.parse(new TrainBench.Args(), "--config", "c.json", "--gemm", "TF32", "--profile", "1");
+        assertEquals(TrainBench.Gemm.tf32, a.gemm);
+        assertEquals(4, a.batch);
+        assertEquals(1, a.profile);
+        Cli.UsageException e = assertThrows(Cli.UsageException.class,
+                () -> Cli.parse(new TrainBench.Args(), "--config", "c.json", "--gemm", "fp8"));
+        assertTrue(e.getMessage().startsWith("Invalid value for option '--gemm'"), e.getMessage());
+        e = assertThrows(Cli.UsageException.class, () -> Cli.parse(new TrainBench.Args(), "--batch", "2"));
+        assertTrue(e.getMessage().startsWith("Missing required option: '--config=FILE|JSON'"), e.getMessage());
+        e = assertThrows(Cli.UsageException.class, () -> Cli.parse(new LossCurve.Args(), "--init", "d"));
+        assertTrue(e.getMessage().contains("'--data=FILE'") && e.getMessage().contains("'--out=FILE'"),
+                e.getMessage());
+        assertEquals(0.05, Cli.parse(new LossCurve.Args(), "--init", "d", "--data", "t", "--out", "o",
+                "--tolerance", "0.05").tolerance);
     }
 }

@@ -7,6 +7,8 @@ import dev.sparkmoe.gpu.nccl.NcclCommunicator;
 import dev.sparkmoe.gpu.nccl.NcclWork;
 import dev.sparkmoe.parallel.comm.Communicator;
 import dev.sparkmoe.parallel.comm.CommunicatorConformance;
+import dev.sparkmoe.parallel.tools.Cli;
+import picocli.CommandLine;
 
 /**
  * The launcher's built-in entry: checks the job's communicators and measures NCCL.
@@ -23,22 +25,41 @@ import dev.sparkmoe.parallel.comm.CommunicatorConformance;
  */
 public final class CollectiveSmokeEntry implements RankEntry {
 
+    /** The entry's arguments (after {@code --} on the launcher's command line). */
+    @CommandLine.Command(name = "launch -- (NCCL smoke test)", mixinStandardHelpOptions = true,
+            description = "Communicator conformance on the host and NCCL worlds, then NCCL all-reduce bus bandwidth.")
+    static final class Args {
+        @CommandLine.Option(names = "--skip-busbw", description = "skip the bus-bandwidth measurement")
+        boolean skipBusbw;
+
+        @CommandLine.Option(names = "--busbw-bytes", paramLabel = "N", defaultValue = "1073741824",
+                description = "all-reduce size in bytes (default ${DEFAULT-VALUE}, 1 GiB)")
+        long bytes;
+
+        @CommandLine.Option(names = "--iters", paramLabel = "N", defaultValue = "20",
+                description = "timed iterations (default ${DEFAULT-VALUE})")
+        int iters;
+
+        @CommandLine.Option(names = "--warmup", paramLabel = "N", defaultValue = "5",
+                description = "untimed iterations first (default ${DEFAULT-VALUE})")
+        int warmup;
+
+        Args check() {
+            if (bytes < 4 || iters < 1 || warmup < 0) {
+                throw new Cli.UsageException("--busbw-bytes must be >= 4, --iters >= 1 and --warmup >= 0; got "
+                        + bytes + ", " + iters + ", " + warmup);
+            }
+            return this;
+        }
+    }
+
     @Override
     public int run(RankContext ctx, String[] args) {
-        boolean busbw = true;
-        long bytes = 1L << 30;
-        int iters = 20;
-        int warmup = 5;
-        for (int i = 0; i < args.length; i++) {
-            switch (args[i]) {
-                case "--skip-busbw" -> busbw = false;
-                case "--busbw-bytes" -> bytes = Long.parseLong(args[++i]);
-                case "--iters" -> iters = Integer.parseInt(args[++i]);
-                case "--warmup" -> warmup = Integer.parseInt(args[++i]);
-                default -> throw new IllegalArgumentException("CollectiveSmokeEntry: unknown argument '" + args[i]
-                        + "'; expected --skip-busbw, --busbw-bytes N, --iters N, --warmup N");
-            }
-        }
+        Args a = Cli.parse(new Args(), args).check();
+        boolean busbw = !a.skipBusbw;
+        long bytes = a.bytes;
+        int iters = a.iters;
+        int warmup = a.warmup;
         long t0 = System.nanoTime();
         CommunicatorConformance.runAll(ctx.host());
         say(ctx, "host conformance passed on '" + ctx.host().name() + "' (" + ctx.worldSize() + " ranks, tcp) in "

@@ -21,7 +21,10 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.LinkedBlockingQueue;
+import java.util.concurrent.Callable;
 import java.util.concurrent.TimeUnit;
+import dev.sparkmoe.parallel.tools.Cli;
+import picocli.CommandLine;
 
 /**
  * {@code spark-moe launch}: starts N rank processes on this host, one per GPU (the {@code torchrun} equivalent), and
@@ -29,7 +32,7 @@ import java.util.concurrent.TimeUnit;
  *
  * <pre>
  * spark-moe launch --nproc N [--master-port P] [--master-addr HOST] [--entry CLASS] [--backend auto|cpu|cuda]
- *                  [--devices 0,1,...] [--jvm-opt OPT]... [--grace-seconds S] [-- training args...]
+ *                  [--devices 0,1,...] [--jvm-opt OPT]... [--grace-seconds S] [--] [training args...]
  * </pre>
  *
  * <ul>
@@ -49,29 +52,101 @@ import java.util.concurrent.TimeUnit;
  */
 public final class Launcher {
 
-    static final String USAGE = String.join("\n",
-            "usage: spark-moe launch --nproc N [options] [-- training args...]",
-            "  --nproc N            number of rank processes on this host (one per GPU), N >= 1",
-            "  --master-port P      TCP port of rank 0 (default: a free port)",
-            "  --master-addr HOST   address rank 0 listens on (default 127.0.0.1)",
-            "  --entry CLASS        RankEntry to run (default " + RankMain.DEFAULT_ENTRY + ")",
-            "  --backend B          auto (default), cpu or cuda",
-            "  --devices LIST       CUDA device of each rank, comma-separated (default 0..N-1)",
-            "  --jvm-opt OPT        extra JVM option for every rank (repeatable), e.g. --jvm-opt -Xmx16g",
-            "  --grace-seconds S    after a rank fails, time the others get to stop before SIGKILL (default 10)");
-
-    /** Thrown for a bad command line; its message says what and shows the usage. */
-    static final class UsageException extends IllegalArgumentException {
-        private static final long serialVersionUID = 1L;
-
-        UsageException(String what) {
-            super(what + "\n" + USAGE);
-        }
-    }
-
     /** The parsed command line. */
     record Options(int nproc, int masterPort, String masterAddr, String entry, String backend, int[] devices,
                    List<String> jvmOpts, int graceSeconds, List<String> trainingArgs) {
+    }
+
+    /** Backends a rank can be asked for. */
+    enum Backend { auto, cpu, cuda }
+
+    /** {@code spark-moe launch}'s command line. */
+    @CommandLine.Command(name = "launch", sortOptions = false, usageHelpAutoWidth = true,
+            mixinStandardHelpOptions = true,
+            description = {"Start N rank processes on this host, one per GPU, without Spark (the torchrun "
+                    + "equivalent); the first argument that is not an option, or everything after --, goes to the "
+                    + "entry of every rank."})
+    public static final class Command implements Callable<Integer> {
+        private final PrintStream out;
+        private final PrintStream err;
+
+        @CommandLine.Option(names = "--nproc", paramLabel = "N",
+                description = "number of rank processes on this host (one per GPU), N >= 1; required")
+        int nproc = -1;
+
+        /** torchrun's names for --nproc. */
+        @CommandLine.Option(names = {"--nproc-per-node", "--nproc_per_node"}, paramLabel = "N", hidden = true)
+        void nprocPerNode(int n) {
+            nproc = n;
+        }
+
+        @CommandLine.Option(names = "--master-port", paramLabel = "P", defaultValue = "0",
+                description = "TCP port of rank 0 (default: a free port)")
+        int masterPort;
+
+        @CommandLine.Option(names = "--master-addr", paramLabel = "HOST", defaultValue = "127.0.0.1",
+                description = "address rank 0 listens on (default ${DEFAULT-VALUE})")
+        String masterAddr;
+
+        @CommandLine.Option(names = "--entry", paramLabel = "CLASS",
+                description = "RankEntry to run (default: the NCCL smoke test, ${DEFAULT-VALUE})")
+        String entry = RankMain.DEFAULT_ENTRY;
+
+        @CommandLine.Option(names = "--backend", paramLabel = "B", defaultValue = "auto",
+                description = "auto (default), cpu or cuda")
+        Backend backend;
+
+        @CommandLine.Option(names = "--devices", paramLabel = "LIST", split = ",",
+                description = "CUDA device of each rank, comma-separated (default 0..N-1)")
+        int[] devices;
+
+        @CommandLine.Option(names = "--jvm-opt", paramLabel = "OPT",
+                description = "extra JVM option for every rank (repeatable), e.g. --jvm-opt -Xmx16g")
+        List<String> jvmOpts = new ArrayList<>();
+
+        @CommandLine.Option(names = "--grace-seconds", paramLabel = "S", defaultValue = "10",
+                description = "after a rank fails, time the others get to stop before SIGKILL (default "
+                        + "${DEFAULT-VALUE})")
+        int graceSeconds;
+
+        @CommandLine.Parameters(paramLabel = "ARGS", description = "arguments of every rank's entry")
+        List<String> trainingArgs = new ArrayList<>();
+
+        public Command(PrintStream out, PrintStream err) {
+            this.out = out;
+            this.err = err;
+        }
+
+        Options options() {
+            if (nproc == -1) {
+                throw new Cli.UsageException("--nproc is required: the number of rank processes, one per GPU");
+            }
+            if (nproc < 1) {
+                throw new Cli.UsageException("--nproc must be >= 1, got " + nproc);
+            }
+            if (masterPort < 0 || masterPort > 65535) {
+                throw new Cli.UsageException("--master-port must be in [1, 65535], got " + masterPort);
+            }
+            if (devices != null && devices.length != nproc) {
+                throw new Cli.UsageException("--devices lists " + devices.length + " devices "
+                        + Arrays.toString(devices) + " but --nproc is " + nproc);
+            }
+            if (graceSeconds < 0) {
+                throw new Cli.UsageException("--grace-seconds must be >= 0, got " + graceSeconds);
+            }
+            for (String j : jvmOpts) {
+                if (j.contains(JobSecret.ENV)) {
+                    throw new Cli.UsageException("--jvm-opt must not carry the job secret");
+                }
+            }
+            return new Options(nproc, masterPort, masterAddr, entry, backend.name(), devices, List.copyOf(jvmOpts),
+                    graceSeconds, List.copyOf(trainingArgs));
+        }
+
+        @Override
+        public Integer call() throws IOException {
+            return launch(options(), out, err);
+        }
     }
 
     private Launcher() {
@@ -84,120 +159,30 @@ public final class Launcher {
         System.exit(code);
     }
 
-    /** Runs the launcher; returns its exit code. */
+    /** Runs the launcher (arguments without the leading {@code launch}); returns its exit code. */
     public static int run(String[] args, PrintStream out, PrintStream err) {
-        Options o;
-        try {
-            o = parse(args);
-        } catch (UsageException e) {
-            err.println("spark-moe launch: " + e.getMessage());
-            return 2;
-        }
-        try {
-            return launch(o, out, err);
-        } catch (IOException | RuntimeException e) {
-            err.println("spark-moe launch: " + e);
-            return 1;
-        }
+        return commandLine(out, err).execute(withoutCommandName(args));
+    }
+
+    /** The launcher's command line: everything from the first non-option argument on goes to the ranks. */
+    public static CommandLine commandLine(PrintStream out, PrintStream err) {
+        return Cli.of(new Command(out, err), out, err).setStopAtPositional(true);
+    }
+
+    /** Arguments as given after {@code spark-moe}: a leading {@code launch} is the command's name. */
+    private static String[] withoutCommandName(String[] argv) {
+        return argv.length > 0 && argv[0].equals("launch") ? Arrays.copyOfRange(argv, 1, argv.length) : argv;
     }
 
     static Options parse(String[] argv) {
-        List<String> a = new ArrayList<>(Arrays.asList(argv));
-        if (!a.isEmpty() && a.get(0).equals("launch")) {
-            a.remove(0);
-        }
-        int nproc = -1;
-        int port = 0;
-        String addr = "127.0.0.1";
-        String entry = RankMain.DEFAULT_ENTRY;
-        String backend = "auto";
-        int[] devices = null;
-        List<String> jvm = new ArrayList<>();
-        int grace = 10;
-        List<String> training = new ArrayList<>();
-        for (int i = 0; i < a.size(); i++) {
-            String k = a.get(i);
-            if (k.equals("--")) {
-                training.addAll(a.subList(i + 1, a.size()));
-                break;
-            }
-            String key = k;
-            String inline = null;
-            int eq = k.indexOf('=');
-            if (k.startsWith("--") && eq > 0) {
-                key = k.substring(0, eq);
-                inline = k.substring(eq + 1);
-            }
-            switch (key) {
-                case "--help", "-h" -> throw new UsageException("help");
-                case "--nproc", "--nproc-per-node", "--nproc_per_node" -> {
-                    nproc = intArg(key, inline != null ? inline : value(a, i++, key));
-                    if (nproc < 1) {
-                        throw new UsageException("--nproc must be >= 1, got " + nproc);
-                    }
-                }
-                case "--master-port" -> {
-                    port = intArg(key, inline != null ? inline : value(a, i++, key));
-                    if (port < 1 || port > 65535) {
-                        throw new UsageException("--master-port must be in [1, 65535], got " + port);
-                    }
-                }
-                case "--master-addr" -> addr = inline != null ? inline : value(a, i++, key);
-                case "--entry" -> entry = inline != null ? inline : value(a, i++, key);
-                case "--backend" -> {
-                    backend = inline != null ? inline : value(a, i++, key);
-                    if (!List.of("auto", "cpu", "cuda").contains(backend)) {
-                        throw new UsageException("--backend must be auto, cpu or cuda, got '" + backend + "'");
-                    }
-                }
-                case "--devices" -> {
-                    String v = inline != null ? inline : value(a, i++, key);
-                    try {
-                        devices = Arrays.stream(v.split(",")).map(String::strip).mapToInt(Integer::parseInt).toArray();
-                    } catch (NumberFormatException e) {
-                        throw new UsageException("--devices must be comma-separated device numbers, got '" + v + "'");
-                    }
-                }
-                case "--jvm-opt" -> jvm.add(inline != null ? inline : value(a, i++, key));
-                case "--grace-seconds" -> {
-                    grace = intArg(key, inline != null ? inline : value(a, i++, key));
-                    if (grace < 0) {
-                        throw new UsageException("--grace-seconds must be >= 0, got " + grace);
-                    }
-                }
-                default -> throw new UsageException(k.startsWith("-")
-                        ? "unknown option " + k + " (training arguments go after --)"
-                        : "unexpected argument '" + k + "' (training arguments go after --)");
-            }
-        }
-        if (nproc < 0) {
-            throw new UsageException("--nproc is required");
-        }
-        if (devices != null && devices.length != nproc) {
-            throw new UsageException("--devices lists " + devices.length + " devices " + Arrays.toString(devices)
-                    + " but --nproc is " + nproc);
-        }
-        for (String j : jvm) {
-            if (j.contains(JobSecret.ENV)) {
-                throw new UsageException("--jvm-opt must not carry the job secret");
-            }
-        }
-        return new Options(nproc, port, addr, entry, backend, devices, List.copyOf(jvm), grace, List.copyOf(training));
-    }
-
-    private static String value(List<String> a, int i, String key) {
-        if (i + 1 >= a.size() || a.get(i + 1).equals("--")) {
-            throw new UsageException(key + " needs a value");
-        }
-        return a.get(i + 1);
-    }
-
-    private static int intArg(String key, String v) {
+        Command c = new Command(System.out, System.err);
         try {
-            return Integer.parseInt(v.strip());
-        } catch (NumberFormatException e) {
-            throw new UsageException(key + " needs an integer, got '" + v + "'");
+            new CommandLine(c).setStopAtPositional(true).setCaseInsensitiveEnumValuesAllowed(true)
+                    .parseArgs(withoutCommandName(argv));
+        } catch (CommandLine.ParameterException e) {
+            throw new Cli.UsageException(e.getMessage());
         }
+        return c.options();
     }
 
     /** The command line of one rank: no secret, no rank-specific data (that travels in the environment). */

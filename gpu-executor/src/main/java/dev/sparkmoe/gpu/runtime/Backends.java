@@ -3,6 +3,7 @@ package dev.sparkmoe.gpu.runtime;
 import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.backend.CpuBackend;
 import java.util.Locale;
+import java.util.logging.Level;
 import java.util.logging.Logger;
 
 /**
@@ -28,9 +29,12 @@ public final class Backends {
 
     /**
      * Creates the backend for this rank; {@code deviceId} is the GPU ordinal (ignored on the CPU), and a CPU backend
-     * runs its matrix products on {@code cpuBlasThreads} OpenBLAS threads ({@code training.cpu_blas_threads}).
+     * runs its matrix products on {@code cpuBlasThreads} OpenBLAS threads ({@code training.cpu_blas_threads}). The
+     * choice is logged at INFO when {@code announce} (one rank of a job, so that a job logs it once, not once per
+     * rank), else at FINE.
      */
-    public static Backend create(String requested, int deviceId, int cpuBlasThreads) {
+    public static Backend create(String requested, int deviceId, int cpuBlasThreads, boolean announce) {
+        Level level = announce ? Level.INFO : Level.FINE;
         String choice = effectiveChoice(requested);
         Backend b;
         if (choice.equals("cpu")) {
@@ -43,12 +47,12 @@ public final class Backends {
                 throw new IllegalStateException("backend 'cuda' was requested but " + why
                         + "; set training.backend=cpu to train on the CPU");
             } else {
-                LOG.info("backend auto: no usable GPU (" + why + "), using the CPU backend");
+                LOG.log(level, "backend auto: no usable GPU (" + why + "), using the CPU backend");
                 b = new CpuBackend(cpuBlasThreads);
             }
         }
         Backend chosen = b;
-        LOG.info(() -> "backend: " + chosen.name() + " (requested " + choice + ")");
+        LOG.log(level, () -> "backend: " + chosen.name() + " (requested " + choice + ")");
         return chosen;
     }
 }

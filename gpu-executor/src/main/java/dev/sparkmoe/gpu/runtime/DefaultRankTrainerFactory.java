@@ -27,7 +27,8 @@ public final class DefaultRankTrainerFactory implements RankTrainerFactory {
 
     @Override
     public RankTrainer create(TrainerSpec spec, Communicator hostWorld) {
-        Backend backend = Backends.create(spec.backend(), spec.deviceId(), spec.cpuBlasThreads());
+        Backend backend = Backends.create(spec.backend(), spec.deviceId(), spec.cpuBlasThreads(),
+                hostWorld.rank() == 0);
         if (!(backend instanceof CudaBackend)) {
             return new DistributedTrainer(spec, hostWorld, backend);
         }

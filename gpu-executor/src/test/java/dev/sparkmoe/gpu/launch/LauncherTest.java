@@ -7,6 +7,7 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.sparkmoe.gpu.comm.JobSecret;
+import dev.sparkmoe.parallel.tools.Cli;
 import java.io.ByteArrayOutputStream;
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
@@ -71,28 +72,41 @@ class LauncherTest {
     void argumentErrorsAreClear() {
         assertUsage("--nproc is required", "--", "--steps", "3");
         assertUsage("--nproc must be >= 1, got 0", "--nproc", "0");
-        assertUsage("--nproc needs an integer, got 'two'", "--nproc", "two");
-        assertUsage("--nproc needs a value", "--nproc");
-        assertUsage("unknown option --steps (training arguments go after --)", "--nproc", "2", "--steps", "3");
-        assertUsage("unexpected argument 'train.yaml' (training arguments go after --)", "--nproc", "2", "train.yaml");
-        assertUsage("--backend must be auto, cpu or cuda, got 'tpu'", "--nproc", "2", "--backend", "tpu");
+        assertUsage("Invalid value for option '--nproc': 'two' is not an int", "--nproc", "two");
+        assertUsage("Missing required parameter for option '--nproc' (N)", "--nproc");
+        assertEquals(3, Launcher.parse(new String[] {"--nproc_per_node", "3"}).nproc(), "torchrun's spelling");
+        assertUsage("Unknown option: '--steps'", "--nproc", "2", "--steps", "3");
+        assertUsage("Invalid value for option '--backend': expected one of [auto, cpu, cuda] (case-insensitive) but "
+                + "was 'tpu'", "--nproc", "2", "--backend", "tpu");
         assertUsage("--devices lists 1 devices [3] but --nproc is 2", "--nproc", "2", "--devices", "3");
         assertUsage("--master-port must be in [1, 65535], got 70000", "--nproc", "2", "--master-port", "70000");
     }
 
+    @Test
+    void helpIsPrintedAndExitsZero() {
+        Result r = launch("--help");
+        assertEquals(0, r.code(), r.err());
+        assertTrue(r.out().contains("Usage: launch") && r.out().contains("--nproc=N"), r.out());
+    }
+
     private static void assertUsage(String message, String... args) {
-        Launcher.UsageException e = assertThrows(Launcher.UsageException.class, () -> Launcher.parse(args));
+        Cli.UsageException e = assertThrows(Cli.UsageException.class, () -> Launcher.parse(args));
         assertTrue(e.getMessage().startsWith(message), e.getMessage());
-        assertTrue(e.getMessage().contains("usage: spark-moe launch --nproc N"), e.getMessage());
         Result r = launch(args);
         assertEquals(2, r.code());
-        assertTrue(r.err().contains(message), r.err());
+        String[] lines = r.err().strip().split("\n");
+        String last = lines[lines.length - 1];
+        assertTrue(last.startsWith("error: " + message), r.err());
+        assertTrue(r.err().startsWith("Usage: launch"), r.err());
     }
 
     @Test
     void parsingKeepsTrainingArgumentsAfterTheSeparator() {
         Launcher.Options o = Launcher.parse(new String[] {"launch", "--nproc=2", "--master-port", "29500", "--devices",
             "2,3", "--", "--nproc", "9", "config.yaml"});
+        // the first argument that is not an option starts the ranks' arguments too, as with torchrun
+        assertEquals(List.of("train.yaml", "--steps", "3"),
+                Launcher.parse(new String[] {"--nproc", "2", "train.yaml", "--steps", "3"}).trainingArgs());
         assertEquals(2, o.nproc());
         assertEquals(29500, o.masterPort());
         assertEquals(List.of("--nproc", "9", "config.yaml"), o.trainingArgs());

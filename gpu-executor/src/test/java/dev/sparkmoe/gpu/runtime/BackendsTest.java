@@ -23,7 +23,7 @@ class BackendsTest {
     @Test
     void aCpuBackendGetsTheJobsBlasThreads() {
         try {
-            assertInstanceOf(CpuBackend.class, Backends.create("cpu", -1, 2));
+            assertInstanceOf(CpuBackend.class, Backends.create("cpu", -1, 2, true));
             assertEquals(2, CpuBackend.blasThreads());
         } finally {
             new CpuBackend(1);

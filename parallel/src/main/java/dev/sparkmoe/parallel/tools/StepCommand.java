@@ -22,6 +22,9 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.TreeMap;
+import java.util.concurrent.Callable;
+import picocli.CommandLine;
 
 /**
  * {@code spark-moe step}: one forward and backward (and optionally one AdamW step from zero state) on a Hugging Face
@@ -30,59 +33,56 @@ import java.util.Map;
  * outputs are full Hub-named tensors, so they can be compared with a single-rank run or with transformers, written
  * as rank 0 gathers them one at a time (the output file's header is computed from their shapes first).
  */
-public final class StepCommand {
+@CommandLine.Command(name = "step", sortOptions = false, usageHelpAutoWidth = true, mixinStandardHelpOptions = true,
+        description = {"One forward and backward (and with --adamw one AdamW step from zero state) on a Hugging Face "
+                + "checkpoint, with the outputs transformers' fixtures hold, for comparing a port tensor by tensor."})
+public final class StepCommand implements Callable<Integer> {
 
     /** Parsed options. */
     public record Options(Path checkpoint, Path inputs, Path out, Map<String, Double> adamw, int dpShard, int ep) {
     }
 
-    public static final String USAGE = String.join("\n",
-            "usage: spark-moe step --checkpoint DIR --inputs FILE --out FILE",
-            "                      [--adamw lr=..,beta1=..,beta2=..,eps=..,weight_decay=..] [--dp-shard N --ep M]",
-            "  --checkpoint DIR  config.json plus model.safetensors (or a sharded index)",
-            "  --inputs FILE     safetensors with input_ids I64 [B, T]",
-            "  --out FILE        safetensors written with logits, router_logits, lm_loss, aux_loss, grad.<name>",
-            "                    and, with --adamw, param.<name> after one AdamW step from zero state",
-            "  --dp-shard N      ranks (in-JVM threads), default 1; --ep M expert-parallel degree, default 1");
+    @CommandLine.Option(names = "--checkpoint", required = true, paramLabel = "DIR",
+            description = "config.json plus model.safetensors (or a sharded index)")
+    Path checkpoint;
 
+    @CommandLine.Option(names = "--inputs", required = true, paramLabel = "FILE",
+            description = "safetensors with input_ids I64 [B, T]")
+    Path inputs;
+
+    @CommandLine.Option(names = "--out", required = true, paramLabel = "FILE",
+            description = {"safetensors written with logits, router_logits, lm_loss, aux_loss, grad.<name> and, with "
+                    + "--adamw, param.<name> after one AdamW step from zero state"})
+    Path out;
+
+    @CommandLine.Option(names = "--adamw", paramLabel = "lr=..,beta1=..,beta2=..,eps=..,weight_decay=..",
+            description = "take one AdamW step from zero state with these settings (unnamed ones: lr=1e-3, "
+                    + "beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)")
+    String adamw;
+
+    @CommandLine.Option(names = "--dp-shard", paramLabel = "N", defaultValue = "1",
+            description = "ranks (in-JVM threads), default ${DEFAULT-VALUE}")
+    int dpShard;
+
+    @CommandLine.Option(names = "--ep", paramLabel = "M", defaultValue = "1",
+            description = "expert-parallel degree, default ${DEFAULT-VALUE}")
+    int ep;
+
+    /** Parses a command line (without the leading {@code step}); a bad one throws {@link Cli.UsageException}. */
     public static Options parse(String[] args) {
-        Path ckpt = null;
-        Path inputs = null;
-        Path out = null;
-        Map<String, Double> adamw = null;
-        int dp = 1;
-        int ep = 1;
-        for (int i = 0; i < args.length; i++) {
-            String a = args[i];
-            if (a.equals("-h") || a.equals("--help")) {
-                throw new IllegalArgumentException(USAGE);
-            }
-            if (i + 1 >= args.length) {
-                throw new IllegalArgumentException("option " + a + " needs a value\n" + USAGE);
-            }
-            String v = args[++i];
-            switch (a) {
-                case "--checkpoint": ckpt = Path.of(v); break;
-                case "--inputs": inputs = Path.of(v); break;
-                case "--out": out = Path.of(v); break;
-                case "--adamw": adamw = parseAdamw(v); break;
-                case "--dp-shard": dp = parseInt(a, v); break;
-                case "--ep": ep = parseInt(a, v); break;
-                default: throw new IllegalArgumentException("unknown option " + a + "\n" + USAGE);
-            }
-        }
-        if (ckpt == null || inputs == null || out == null) {
-            throw new IllegalArgumentException("--checkpoint, --inputs and --out are required\n" + USAGE);
-        }
-        return new Options(ckpt, inputs, out, adamw, dp, ep);
+        return Cli.parse(new StepCommand(), args).options();
     }
 
-    private static int parseInt(String opt, String v) {
-        try {
-            return Integer.parseInt(v);
-        } catch (NumberFormatException e) {
-            throw new IllegalArgumentException(opt + " takes a whole number, got '" + v + "'");
+    Options options() {
+        if (dpShard < 1 || ep < 1) {
+            throw new Cli.UsageException("--dp-shard and --ep must be >= 1, got --dp-shard " + dpShard + " --ep " + ep);
         }
+        return new Options(checkpoint, inputs, out, adamw == null ? null : parseAdamw(adamw), dpShard, ep);
+    }
+
+    @Override
+    public Integer call() throws IOException {
+        return run(options());
     }
 
     static Map<String, Double> parseAdamw(String spec) {
@@ -99,13 +99,13 @@ public final class StepCommand {
             String[] p = kv.split("=", 2);
             String k = p[0].trim();
             if (p.length != 2 || !m.containsKey(k)) {
-                throw new IllegalArgumentException("--adamw takes lr=..,beta1=..,beta2=..,eps=..,weight_decay=..; "
+                throw new Cli.UsageException("--adamw takes lr=..,beta1=..,beta2=..,eps=..,weight_decay=..; "
                         + "cannot read '" + kv + "'");
             }
             try {
                 m.put(k, Double.parseDouble(p[1].trim()));
             } catch (NumberFormatException e) {
-                throw new IllegalArgumentException("--adamw " + k + " must be a number, got '" + p[1] + "'");
+                throw new Cli.UsageException("--adamw " + k + " must be a number, got '" + p[1] + "'");
             }
         }
         return m;
@@ -235,9 +235,12 @@ public final class StepCommand {
         return out;
     }
 
-    /** Runs the command; returns a process exit code. */
+    /** Runs the command line (without the leading {@code step}); returns a process exit code. */
     public static int run(String[] args) throws IOException {
-        Options o = parse(args);
+        return run(parse(args));
+    }
+
+    static int run(Options o) throws IOException {
         long t0 = System.nanoTime();
         Summary s = execute(o);
         System.out.printf("spark-moe step: lm_loss %.6f  aux_loss %.6f  (%d tensors written to %s in %.1f s,"

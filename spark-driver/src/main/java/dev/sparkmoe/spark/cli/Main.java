@@ -1,30 +1,28 @@
 package dev.sparkmoe.spark.cli;
 
-import dev.sparkmoe.spark.SparkMoeTrainer;
-import dev.sparkmoe.spark.TrainResult;
-import dev.sparkmoe.spark.TrainingFailedException;
-import dev.sparkmoe.spark.config.ConfigException;
+import dev.sparkmoe.gpu.launch.Launcher;
+import dev.sparkmoe.parallel.tools.Cli;
+import dev.sparkmoe.parallel.tools.StepCommand;
 import dev.sparkmoe.spark.config.ConfigKey;
-import dev.sparkmoe.spark.config.TrainConfig;
 import java.io.PrintStream;
-import java.nio.file.Path;
-import java.util.ArrayList;
-import java.util.List;
+import java.util.concurrent.Callable;
+import picocli.CommandLine;
 
 /**
- * The command line, in-process ({@code java -cp ... dev.sparkmoe.spark.cli.Main train run.yaml}, local[N]) and under
+ * The command line, in-process ({@code bin/spark-moe train run.yaml}, local[N]) and under
  * {@code spark-submit --class dev.sparkmoe.spark.cli.Main job.jar train run.yaml} (the master then comes from
- * spark-submit unless the YAML sets spark.master).
- *
- * <pre>
- * train CONFIG.yaml [--set key=value ...]   train; exit 0 on success, 1 when training failed, 2 on bad input
- * keys                                       print the configuration reference (Markdown)
- * step --checkpoint DIR --inputs FILE ...     one forward/backward (and AdamW step) for model porting
- * launch --nproc N ... [-- ARGS]              N ranks on this host without Spark (the torchrun equivalent)
- * plan --model M [--world-size N ...]         per-rank memory of a run, whether it fits, what to change
- * </pre>
+ * spark-submit unless the YAML sets spark.master). Subcommands: {@code train}, {@code step}, {@code launch},
+ * {@code plan}, {@code keys}, {@code help}; every one parses its arguments through {@link Cli} (picocli), so all share the same
+ * help and the same errors. Exit codes: 0 success, 1 failure at run time, 2 bad input (command line or config).
  */
-public final class Main {
+@CommandLine.Command(name = "spark-moe", mixinStandardHelpOptions = true, usageHelpAutoWidth = true,
+        description = "Train mixture-of-experts models (Qwen3-MoE) on Apache Spark.",
+        footer = {"", "spark-moe help COMMAND (or spark-moe COMMAND --help) describes one command."},
+        subcommands = CommandLine.HelpCommand.class)
+public final class Main implements Callable<Integer> {
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
     private Main() {
     }
 
@@ -32,85 +30,66 @@ public final class Main {
         System.exit(run(args, System.out, System.err));
     }
 
-    static final String USAGE = String.join("\n",
-            "usage: spark-moe train CONFIG.yaml [--set key=value ...]   train on Spark (local[N] by default)",
-            "       spark-moe step --checkpoint DIR --inputs FILE --out FILE [--adamw ...] [--dp-shard N --ep M]",
-            "       spark-moe launch --nproc N [--backend auto|cpu|cuda] [--entry CLASS] [-- ARGS]   one process per GPU",
-            "       spark-moe plan --model PRESET|CONFIG|DIR [--world-size N --ep M --batch B --seq T ...]   memory per GPU",
-            "       spark-moe keys                                      print the configuration reference");
-
+    /** Runs one command line; returns its exit code. */
     public static int run(String[] args, PrintStream out, PrintStream err) {
-        if (args.length == 0 || "-h".equals(args[0]) || "--help".equals(args[0])) {
-            out.println(USAGE);
-            return args.length == 0 ? 2 : 0;
+        return commandLine(out, err).execute(args);
+    }
+
+    /** The whole command tree with {@link Cli}'s conventions applied. */
+    static CommandLine commandLine(PrintStream out, PrintStream err) {
+        CommandLine cl = new CommandLine(new Main());
+        cl.addSubcommand("train", new TrainCommand(out, err));
+        cl.addSubcommand("step", new StepCommand());
+        cl.addSubcommand("launch", Launcher.commandLine(out, err));
+        cl.addSubcommand("plan", new Plan(out, err));
+        cl.addSubcommand("keys", new Keys(out));
+        return Cli.configure(cl, out, err);
+    }
+
+    /** No subcommand: the overview, as a usage error (exit 2). */
+    @Override
+    public Integer call() {
+        CommandLine cl = spec.commandLine();
+        cl.usage(cl.getErr());
+        cl.getErr().println("error: no command given; spark-moe train CONFIG.yaml trains (spark-moe help lists them)");
+        return Cli.USAGE;
+    }
+
+    /** {@code spark-moe keys}: the configuration reference (Markdown), the README's last section. */
+    @CommandLine.Command(name = "keys", mixinStandardHelpOptions = true,
+            description = "Print every configuration key with its type, default and meaning (Markdown).")
+    static final class Keys implements Callable<Integer> {
+        private final PrintStream out;
+
+        Keys(PrintStream out) {
+            this.out = out;
         }
-        switch (args[0]) {
-            case "keys":
-                out.print(ConfigKey.markdownTable());
-                return 0;
-            case "train":
-                return train(args, out, err);
-            case "step":
-                return step(java.util.Arrays.copyOfRange(args, 1, args.length), err);
-            case "plan":
-                return PlanCommand.run(java.util.Arrays.copyOfRange(args, 1, args.length), out, err);
-            case "launch":
-                return dev.sparkmoe.gpu.launch.Launcher.run(java.util.Arrays.copyOfRange(args, 1, args.length), out,
-                        err);
-            default:
-                err.println("unknown command '" + args[0] + "'\n" + USAGE);
-                return 2;
+
+        @Override
+        public Integer call() {
+            out.print(ConfigKey.markdownTable());
+            return Cli.OK;
         }
     }
 
-    private static int step(String[] args, PrintStream err) {
-        try {
-            return dev.sparkmoe.parallel.tools.StepCommand.run(args);
-        } catch (IllegalArgumentException e) {
-            err.println("spark-moe step: " + e.getMessage());
-            return 2;
-        } catch (java.io.IOException | RuntimeException e) {
-            err.println("spark-moe step failed: " + e);
-            return 1;
-        }
-    }
+    /** {@code spark-moe plan}: {@link PlanCommand}, which parses its own options. */
+    @CommandLine.Command(name = "plan", description = "Per-rank memory of a run (parameters, gradients, optimizer "
+            + "state, gathered units, activations, peak), whether it fits the GPU and what to change if not; "
+            + "spark-moe plan --help lists the options.")
+    static final class Plan implements Callable<Integer> {
+        private final PrintStream out;
+        private final PrintStream err;
+        @CommandLine.Unmatched
+        java.util.List<String> args = new java.util.ArrayList<>();
 
-    private static int train(String[] args, PrintStream out, PrintStream err) {
-        String file = null;
-        List<String> sets = new ArrayList<>();
-        for (int i = 1; i < args.length; i++) {
-            String a = args[i];
-            if ("--set".equals(a)) {
-                if (i + 1 >= args.length) {
-                    err.println("--set needs key=value\n" + USAGE);
-                    return 2;
-                }
-                sets.add(args[++i]);
-            } else if (a.startsWith("--set=")) {
-                sets.add(a.substring("--set=".length()));
-            } else if (file == null && !a.startsWith("--")) {
-                file = a;
-            } else {
-                err.println("unexpected argument '" + a + "'\n" + USAGE);
-                return 2;
-            }
+        Plan(PrintStream out, PrintStream err) {
+            this.out = out;
+            this.err = err;
         }
-        if (file == null) {
-            err.println("train needs a config file\n" + USAGE);
-            return 2;
-        }
-        try {
-            TrainConfig c = TrainConfig.load(Path.of(file), sets);
-            TrainResult r = SparkMoeTrainer.builder().config(c).console(out).fit();
-            out.printf("trained %d steps in %d attempt(s); final loss %.4f; model: %s%n", r.steps(), r.attempts(),
-                    r.history().isEmpty() ? Double.NaN : r.last().loss(), r.modelDir());
-            return 0;
-        } catch (ConfigException e) {
-            err.println("error: " + e.getMessage());
-            return 2;
-        } catch (TrainingFailedException e) {
-            err.println("error: " + e.getMessage());
-            return 1;
+
+        @Override
+        public Integer call() {
+            return PlanCommand.run(args.toArray(new String[0]), out, err);
         }
     }
 }

@@ -98,10 +98,16 @@ public enum ConfigKey {
 
     // ---- checkpoint ----
     CHECKPOINT_DIR("checkpoint.dir", Type.STRING, null,
-            "Checkpoint directory URI on any Hadoop file system. Default: <output.dir>/checkpoints."),
+            "Checkpoint directory URI on any Hadoop file system. Default: the run folder's checkpoints/. A set "
+                    + "checkpoint.dir is shared by every run: one that already holds checkpoints is only used with "
+                    + "checkpoint.resume."),
     CHECKPOINT_EVERY("checkpoint.every", Type.INT, "50",
             "Write a checkpoint every N steps (0: only after the last step)."),
     CHECKPOINT_KEEP_LAST("checkpoint.keep_last", Type.INT, "2", "Committed checkpoints to keep (older are deleted)."),
+    CHECKPOINT_RESUME("checkpoint.resume", Type.STRING, "no",
+            "no: train in a new run folder. latest: continue the newest run folder under output.dir from its newest "
+                    + "committed checkpoint. A run folder's name (e.g. run-002): continue that one. The CLI's "
+                    + "--resume[=RUN] sets it."),
 
     // ---- spark ----
     SPARK_MASTER("spark.master", Type.STRING, null,
@@ -112,7 +118,9 @@ public enum ConfigKey {
 
     // ---- output ----
     OUTPUT_DIR("output.dir", Type.STRING, null,
-            "Output directory URI: the final model in Hugging Face layout goes to <output.dir>/model."),
+            "Output directory URI. Every run gets a folder in it (run-001, run-002, ...) with the final model in "
+                    + "Hugging Face layout (model/), the checkpoints (checkpoints/) and the metrics plot "
+                    + "(metrics.png); checkpoint.resume continues an earlier run instead."),
     OUTPUT_DTYPE("output.dtype", Type.ENUM, "bf16",
             "Dtype of the final model's tensors (the Hub's Qwen3-MoE checkpoints are bf16; f32 keeps the master "
                     + "weights exactly).", "bf16", "f32"),

@@ -59,6 +59,13 @@ public record ModelSource(String hfConfigJson, String initCheckpointDir, int voc
             throw new ConfigException("model config has no positive num_experts (or num_local_experts); set "
                     + "model.config.num_experts");
         }
+        int maxPositions = intField(cfg, "max_position_embeddings", -1);
+        if (maxPositions > 0 && c.seqLen() > maxPositions) {
+            throw new ConfigException(ConfigKey.TRAINING_SEQ_LEN.key(), c.seqLen(), "longer than the model's "
+                    + "max_position_embeddings (" + maxPositions + "); lower training.seq_len to at most "
+                    + maxPositions + (c.has(ConfigKey.MODEL_HF_DIR) ? "" : ", or raise "
+                    + "model.config.max_position_embeddings"));
+        }
         int eos = intField(cfg, "eos_token_id", -1);
         int ep = c.ep();
         if (experts % ep != 0) {

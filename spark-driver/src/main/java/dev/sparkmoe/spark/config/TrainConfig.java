@@ -15,7 +15,10 @@ import java.util.Locale;
 import java.util.Map;
 import org.yaml.snakeyaml.LoaderOptions;
 import org.yaml.snakeyaml.Yaml;
+import org.yaml.snakeyaml.constructor.DuplicateKeyException;
 import org.yaml.snakeyaml.constructor.SafeConstructor;
+import org.yaml.snakeyaml.error.Mark;
+import org.yaml.snakeyaml.error.MarkedYAMLException;
 
 /**
  * A validated set of {@link ConfigKey} values: YAML first, then {@code --set key=value} overrides, then defaults.
@@ -34,12 +37,24 @@ public final class TrainConfig implements Serializable {
 
     public static TrainConfig load(Path yamlFile, List<String> overrides) {
         String text;
+        if (!Files.isRegularFile(yamlFile)) {
+            throw new ConfigException("config file " + yamlFile + " " + (Files.isDirectory(yamlFile)
+                    ? "is a directory" : "does not exist") + " (looked for " + yamlFile.toAbsolutePath()
+                    + "); give the path of a YAML config, e.g. spark-driver/examples/europarl.yaml");
+        }
         try {
             text = Files.readString(yamlFile, StandardCharsets.UTF_8);
         } catch (IOException e) {
-            throw new ConfigException("cannot read config file " + yamlFile + ": " + e.getMessage());
+            throw new ConfigException("config file " + yamlFile + " cannot be read: " + e.getMessage());
         }
         return parse(text, yamlFile.toString(), overrides);
+    }
+
+    /** SnakeYAML that rejects a key given twice (a second section would silently replace the first). */
+    private static Yaml yaml() {
+        LoaderOptions o = new LoaderOptions();
+        o.setAllowDuplicateKeys(false);
+        return new Yaml(new SafeConstructor(o));
     }
 
     /** Parses YAML text (nested sections or dotted keys), applies {@code key=value} overrides and validates. */
@@ -47,7 +62,15 @@ public final class TrainConfig implements Serializable {
         Builder b = new Builder();
         Object root;
         try {
-            root = new Yaml(new SafeConstructor(new LoaderOptions())).load(yamlText);
+            root = yaml().load(yamlText);
+        } catch (MarkedYAMLException e) {
+            Mark at = e.getProblemMark();
+            String problem = e.getProblem();
+            boolean duplicate = e instanceof DuplicateKeyException;
+            throw new ConfigException(source + (at != null ? ", line " + (at.getLine() + 1) + ", column "
+                    + (at.getColumn() + 1) : "") + ": " + (duplicate ? problem + " (the second would silently "
+                    + "replace the first); merge the two into one section" : "not valid YAML: " + problem
+                    + "; YAML nests with spaces (no tabs) and needs a space after each ':'"));
         } catch (RuntimeException e) {
             throw new ConfigException(source + " is not valid YAML: " + e.getMessage());
         }
@@ -67,7 +90,7 @@ public final class TrainConfig implements Serializable {
             String raw = o.substring(eq + 1).trim();
             Object v;
             try {
-                v = new Yaml(new SafeConstructor(new LoaderOptions())).load(raw);
+                v = yaml().load(raw);
             } catch (RuntimeException e) {
                 v = raw;
             }
@@ -99,10 +122,13 @@ public final class TrainConfig implements Serializable {
                         return this;
                     }
                 }
+                if (ConfigKey.sections().containsKey(name)) {
+                    throw sectionGivenAValue(name, value);
+                }
                 String s = ConfigKey.suggest(name);
                 throw new ConfigException("unknown configuration key '" + name + "'"
                         + (s != null ? "; did you mean '" + s + "'?" : "")
-                        + " (all keys: see the configuration reference, ConfigKey)");
+                        + " (spark-moe keys lists every key)");
             }
             if (k.type() == ConfigKey.Type.MAP && value instanceof Map && raw.get(k) instanceof Map) {
                 Map<String, Object> merged = new LinkedHashMap<>((Map<String, Object>) raw.get(k));
@@ -116,6 +142,22 @@ public final class TrainConfig implements Serializable {
 
         public Builder set(ConfigKey key, Object value) {
             return set(key.key(), value);
+        }
+
+        /** {@code model: qwen3-moe-tiny}: a value where a section of keys belongs; names the key it most likely meant. */
+        private static ConfigException sectionGivenAValue(String section, Object value) {
+            List<ConfigKey> keys = ConfigKey.sections().get(section);
+            String meant = null;
+            for (ConfigKey k : keys) {
+                if (k.choices().contains(String.valueOf(value).trim().toLowerCase(Locale.ROOT))) {
+                    meant = k.key();
+                }
+            }
+            String names = String.join(", ", keys.stream().map(ConfigKey::key).toList());
+            return new ConfigException(section, value, "'" + section + "' is a section of keys (" + names
+                    + "), not a value" + (meant != null ? "; write it as " + section + ": {"
+                    + meant.substring(section.length() + 1) + ": " + value + "} (the key " + meant + ")"
+                    : "; set one of its keys, e.g. " + keys.get(0).key() + ": ..."));
         }
 
         void putTree(String prefix, Map<?, ?> tree) {
@@ -372,9 +414,10 @@ public final class TrainConfig implements Serializable {
                 ModelFormat.parseSize(getString(ConfigKey.OUTPUT_MAX_SHARD_SIZE)));
     }
 
-    public String checkpointDir() {
+    /** checkpoint.dir when set, else the run folder's own {@code checkpoints}. */
+    public String checkpointDir(String runDir) {
         return has(ConfigKey.CHECKPOINT_DIR) ? stripSlash(getString(ConfigKey.CHECKPOINT_DIR))
-                : outputDir() + "/checkpoints";
+                : runDir + "/checkpoints";
     }
 
     private static String stripSlash(String s) {

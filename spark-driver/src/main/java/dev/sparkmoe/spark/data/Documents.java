@@ -30,6 +30,7 @@ public final class Documents {
     }
 
     public static Dataset<Row> read(SparkSession spark, String path, String format) {
+        mustExist(spark, path);
         try {
             switch (format) {
                 case "text": return spark.read().text(path);
@@ -39,10 +40,30 @@ public final class Documents {
             }
         } catch (ConfigException e) {
             throw e;
-        } catch (RuntimeException e) {
-            throw new ConfigException(ConfigKey.DATA_PATH.key(), path, "cannot read it as " + format + ": "
-                    + e.getMessage().lines().findFirst().orElse(""));
+        } catch (Exception e) { // Spark's AnalysisException is checked in Java's eyes, and thrown anyway
+            throw new ConfigException(ConfigKey.DATA_PATH.key(), path, "cannot read it as " + format + " ("
+                    + String.valueOf(e.getMessage()).lines().findFirst().orElse("") + "); check data.format");
         }
+    }
+
+    /** A data.path that matches nothing fails here, naming where it was looked for. */
+    private static void mustExist(SparkSession spark, String path) {
+        org.apache.hadoop.fs.Path p = new org.apache.hadoop.fs.Path(path);
+        String where = path;
+        try {
+            org.apache.hadoop.fs.FileSystem fs = p.getFileSystem(spark.sparkContext().hadoopConfiguration());
+            where = fs.makeQualified(p).toString();
+            org.apache.hadoop.fs.FileStatus[] found = fs.globStatus(p);
+            if (found != null && found.length > 0) {
+                return;
+            }
+        } catch (java.io.IOException | IllegalArgumentException e) {
+            throw new ConfigException(ConfigKey.DATA_PATH.key(), path, "cannot look it up (" + e.getMessage()
+                    + "); give a file, directory or glob URI on a file system this job can reach");
+        }
+        throw new ConfigException(ConfigKey.DATA_PATH.key(), path, "no such file or directory (looked for "
+                + where + "); point data.path at the training data (a file, a directory or a glob; relative "
+                + "paths start from the current directory)");
     }
 
     /** Token ids of every row of {@code column} (tokenized when it is a string column), in row order. */

@@ -39,8 +39,11 @@ public final class HfBpeTokenizer implements Tokenizer {
     private final int eos;
     private final int maxId;
     private transient Pattern addedPattern;
-    private transient List<Pattern> compiled;
-    private transient Map<String, int[]> cache;
+    private transient volatile List<Pattern> compiled;
+    private transient volatile Map<String, int[]> cache;
+    private transient int[] byteTokens; // byte value -> id of its byte-level symbol
+    private transient MergeTable merges;
+    private static final int CACHE_ENTRIES = 100_000;
 
     private static final char[] BYTE_TO_CHAR = new char[256];
 
@@ -187,8 +190,15 @@ public final class HfBpeTokenizer implements Tokenizer {
                 model.path("ignore_merges").asBoolean(false), form, added);
     }
 
+    /** Builds the derived tables once per JVM (they are not serialized: executors rebuild them from the fields). */
     private void init() {
-        if (compiled == null) {
+        if (compiled != null) {
+            return;
+        }
+        synchronized (this) {
+            if (compiled != null) {
+                return;
+            }
             List<Pattern> c = new ArrayList<>();
             for (String p : splitPatterns) {
                 c.add(Pattern.compile(p, Pattern.UNICODE_CHARACTER_CLASS));
@@ -199,8 +209,26 @@ public final class HfBpeTokenizer implements Tokenizer {
             for (String n : names) {
                 alt.append(alt.length() == 0 ? "" : "|").append(Pattern.quote(n));
             }
+            int[] bytes = new int[256];
+            for (int b = 0; b < 256; b++) {
+                Integer id = vocab.get(String.valueOf(BYTE_TO_CHAR[b]));
+                bytes[b] = id == null ? -1 : id;
+            }
+            MergeTable m = new MergeTable(mergeRanks.size());
+            for (Map.Entry<String, Integer> e : mergeRanks.entrySet()) {
+                String pair = e.getKey();
+                int sp = pair.indexOf(' ', 1);
+                Integer left = vocab.get(pair.substring(0, sp));
+                Integer right = vocab.get(pair.substring(sp + 1));
+                Integer merged = vocab.get(pair.substring(0, sp) + pair.substring(sp + 1));
+                if (left != null && right != null && merged != null) {
+                    m.put(left, right, e.getValue(), merged);
+                }
+            }
             addedPattern = names.isEmpty() ? null : Pattern.compile(alt.toString());
             cache = new ConcurrentHashMap<>();
+            byteTokens = bytes;
+            merges = m;
             compiled = c;
         }
     }
@@ -208,7 +236,7 @@ public final class HfBpeTokenizer implements Tokenizer {
     @Override
     public int[] encode(String text) {
         init();
-        List<Integer> out = new ArrayList<>();
+        IntList out = new IntList(Math.max(16, text.length() / 3));
         if (addedPattern == null) {
             encodeOrdinary(text, out);
         } else {
@@ -221,109 +249,202 @@ public final class HfBpeTokenizer implements Tokenizer {
             }
             encodeOrdinary(text.substring(last), out);
         }
-        int[] ids = new int[out.size()];
-        for (int i = 0; i < ids.length; i++) {
-            ids[i] = out.get(i);
-        }
-        return ids;
+        return out.toArray();
     }
 
-    private void encodeOrdinary(String text, List<Integer> out) {
+    private void encodeOrdinary(String text, IntList out) {
         if (text.isEmpty()) {
             return;
         }
-        if (normalization != null) {
+        if (normalization != null && !Normalizer.isNormalized(text, normalization)) {
             text = Normalizer.normalize(text, normalization);
         }
         if (addPrefixSpace && !text.startsWith(" ")) {
             text = " " + text;
         }
+        if (compiled.size() == 1) { // Qwen, Llama 3: one Split, then ByteLevel without its own regex
+            split(compiled.get(0), text, piece -> bpe(piece, out));
+            return;
+        }
         List<String> pieces = Collections.singletonList(text);
         for (Pattern p : compiled) {
             List<String> next = new ArrayList<>();
             for (String s : pieces) {
-                Matcher m = p.matcher(s);
-                int last = 0;
-                while (m.find()) {
-                    if (m.start() > last) {
-                        next.add(s.substring(last, m.start()));
-                    }
-                    if (m.end() > m.start()) {
-                        next.add(m.group());
-                    }
-                    last = m.end();
-                }
-                if (last < s.length()) {
-                    next.add(s.substring(last));
-                }
+                split(p, s, next::add);
             }
             pieces = next;
         }
         for (String piece : pieces) {
-            for (int id : bpe(piece)) {
-                out.add(id);
+            bpe(piece, out);
+        }
+    }
+
+    /** Split with the Isolated behaviour: every match is a piece, and so is the text between matches. */
+    private static void split(Pattern p, String s, java.util.function.Consumer<String> piece) {
+        Matcher m = p.matcher(s);
+        int last = 0;
+        while (m.find()) {
+            if (m.start() > last) {
+                piece.accept(s.substring(last, m.start()));
+            }
+            if (m.end() > m.start()) {
+                piece.accept(s.substring(m.start(), m.end()));
+            }
+            last = m.end();
+        }
+        if (last < s.length()) {
+            piece.accept(s.substring(last));
+        }
+    }
+
+    /** Appends the ids of one pre-token: its UTF-8 bytes as byte-level symbols, merged by rank. */
+    private void bpe(String piece, IntList out) {
+        int[] hit = cache.get(piece);
+        if (hit == null) {
+            hit = merge(piece);
+            if (cache.size() < CACHE_ENTRIES) {
+                cache.put(piece, hit);
+            }
+        }
+        out.addAll(hit);
+    }
+
+    private int[] merge(String piece) {
+        byte[] bytes = piece.getBytes(StandardCharsets.UTF_8);
+        if (ignoreMerges) {
+            StringBuilder mapped = new StringBuilder(bytes.length);
+            for (byte b : bytes) {
+                mapped.append(BYTE_TO_CHAR[b & 0xFF]);
+            }
+            Integer whole = vocab.get(mapped.toString());
+            if (whole != null) {
+                return new int[] {whole};
+            }
+        }
+        int[] syms = new int[bytes.length];
+        for (int i = 0; i < bytes.length; i++) {
+            syms[i] = byteTokens[bytes[i] & 0xFF];
+            if (syms[i] < 0) {
+                throw new IllegalArgumentException(source + ": byte " + (bytes[i] & 0xFF) + " of '" + piece
+                        + "' has no token (symbol '" + BYTE_TO_CHAR[bytes[i] & 0xFF] + "' is not in the vocabulary)");
+            }
+        }
+        int n = syms.length;
+        while (n > 1) {
+            // the lowest-ranked pair; all its occurrences merge left to right (merges made from it rank higher)
+            long best = Long.MAX_VALUE;
+            for (int i = 0; i + 1 < n; i++) {
+                long rm = merges.get(syms[i], syms[i + 1]);
+                if (rm < best) {
+                    best = rm;
+                }
+            }
+            if (best == Long.MAX_VALUE) {
+                break;
+            }
+            int merged = (int) best;
+            int a = -1;
+            int b = -1;
+            for (int i = 0; i + 1 < n; i++) {
+                if (merges.get(syms[i], syms[i + 1]) == best) {
+                    a = syms[i];
+                    b = syms[i + 1];
+                    break;
+                }
+            }
+            int w = 0;
+            for (int i = 0; i < n; ) {
+                if (i + 1 < n && syms[i] == a && syms[i + 1] == b) {
+                    syms[w++] = merged;
+                    i += 2;
+                } else {
+                    syms[w++] = syms[i++];
+                }
+            }
+            n = w;
+        }
+        return n == syms.length ? syms : java.util.Arrays.copyOf(syms, n);
+    }
+
+    /** Merge rules as (left id, right id) -> rank << 32 | merged id, in an open-addressing table of longs. */
+    static final class MergeTable {
+        private final long[] keys;
+        private final long[] values;
+        private final int mask;
+
+        MergeTable(int entries) {
+            int cap = Integer.highestOneBit(Math.max(4, entries * 2 - 1)) << 1;
+            keys = new long[cap];
+            values = new long[cap];
+            java.util.Arrays.fill(keys, -1L);
+            mask = cap - 1;
+        }
+
+        private static long key(int left, int right) {
+            return ((long) left << 32) | (right & 0xFFFFFFFFL);
+        }
+
+        private static int slot(long k, int mask) {
+            long h = k * 0x9E3779B97F4A7C15L;
+            return (int) (h ^ (h >>> 29)) & mask;
+        }
+
+        void put(int left, int right, int rank, int merged) {
+            long k = key(left, right);
+            int i = slot(k, mask);
+            while (keys[i] != -1L && keys[i] != k) {
+                i = (i + 1) & mask;
+            }
+            if (keys[i] == -1L || (values[i] >>> 32) > rank) { // the first (lowest-ranked) rule for a pair wins
+                keys[i] = k;
+                values[i] = ((long) rank << 32) | (merged & 0xFFFFFFFFL);
+            }
+        }
+
+        /** rank << 32 | merged id, or Long.MAX_VALUE when the pair does not merge. */
+        long get(int left, int right) {
+            long k = key(left, right);
+            int i = slot(k, mask);
+            while (true) {
+                long at = keys[i];
+                if (at == k) {
+                    return values[i];
+                }
+                if (at == -1L) {
+                    return Long.MAX_VALUE;
+                }
+                i = (i + 1) & mask;
             }
         }
     }
 
-    private int[] bpe(String piece) {
-        int[] hit = cache.get(piece);
-        if (hit != null) {
-            return hit;
+    /** A growable int array (the ids of one text). */
+    private static final class IntList {
+        private int[] a;
+        private int n;
+
+        IntList(int capacity) {
+            a = new int[capacity];
         }
-        byte[] bytes = piece.getBytes(StandardCharsets.UTF_8);
-        StringBuilder mapped = new StringBuilder(bytes.length);
-        for (byte b : bytes) {
-            mapped.append(BYTE_TO_CHAR[b & 0xFF]);
-        }
-        String word = mapped.toString();
-        List<String> syms = new ArrayList<>();
-        if (ignoreMerges && vocab.containsKey(word)) {
-            syms.add(word);
-        } else {
-            for (int i = 0; i < word.length(); i++) {
-                syms.add(String.valueOf(word.charAt(i)));
+
+        void add(int v) {
+            if (n == a.length) {
+                a = java.util.Arrays.copyOf(a, a.length * 2);
             }
-            while (syms.size() > 1) {
-                int best = -1;
-                int bestRank = Integer.MAX_VALUE;
-                for (int i = 0; i + 1 < syms.size(); i++) {
-                    Integer rk = mergeRanks.get(syms.get(i) + " " + syms.get(i + 1));
-                    if (rk != null && rk < bestRank) {
-                        bestRank = rk;
-                        best = i;
-                    }
-                }
-                if (best < 0) {
-                    break;
-                }
-                String a = syms.get(best);
-                String b = syms.get(best + 1);
-                List<String> merged = new ArrayList<>(syms.size());
-                for (int i = 0; i < syms.size(); i++) {
-                    if (i + 1 < syms.size() && syms.get(i).equals(a) && syms.get(i + 1).equals(b)) {
-                        merged.add(a + b);
-                        i++;
-                    } else {
-                        merged.add(syms.get(i));
-                    }
-                }
-                syms = merged;
+            a[n++] = v;
+        }
+
+        void addAll(int[] vs) {
+            if (n + vs.length > a.length) {
+                a = java.util.Arrays.copyOf(a, Math.max(a.length * 2, n + vs.length));
             }
+            System.arraycopy(vs, 0, a, n, vs.length);
+            n += vs.length;
         }
-        int[] ids = new int[syms.size()];
-        for (int i = 0; i < ids.length; i++) {
-            Integer id = vocab.get(syms.get(i));
-            if (id == null) {
-                throw new IllegalArgumentException(source + ": symbol '" + syms.get(i) + "' of '" + piece
-                        + "' is not in the vocabulary (the file's vocab and merges disagree)");
-            }
-            ids[i] = id;
+
+        int[] toArray() {
+            return java.util.Arrays.copyOf(a, n);
         }
-        if (cache.size() < 100_000) {
-            cache.put(piece, ids);
-        }
-        return ids;
     }
 
     @Override
@@ -338,6 +459,7 @@ public final class HfBpeTokenizer implements Tokenizer {
 
     @Override
     public String describe() {
-        return "BPE from " + source + " (" + vocab.size() + " tokens, " + mergeRanks.size() + " merges)";
+        return "BPE from " + source + " (" + vocab.size() + " tokens, " + mergeRanks.size() + " merges, "
+                + addedTokens.size() + " added tokens)";
     }
 }

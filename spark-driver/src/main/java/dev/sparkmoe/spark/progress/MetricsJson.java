@@ -15,12 +15,18 @@ public final class MetricsJson {
     }
 
     public static String toJson(StepMetrics m) {
-        return toJson(m, 0);
+        return toJson(m, 0, null);
     }
 
-    /** With {@code attempt > 0} the line also names the barrier-stage attempt that produced it. */
-    public static String toJson(StepMetrics m, int attempt) {
+    /**
+     * With a {@code runId} the line starts with it ({@code "run"}), so that runs appending to one file can be told
+     * apart; with {@code attempt > 0} it also names the barrier-stage attempt that produced it.
+     */
+    public static String toJson(StepMetrics m, int attempt, String runId) {
         Map<String, Object> o = new LinkedHashMap<>();
+        if (runId != null) {
+            o.put("run", runId);
+        }
         o.put("step", m.step());
         o.put("loss", m.loss());
         o.put("aux_loss", m.auxLoss());

@@ -41,10 +41,13 @@ public final class ProgressListener extends SparkListener implements AutoCloseab
     private final java.util.Set<Integer> stages = java.util.concurrent.ConcurrentHashMap.newKeySet();
     private final List<String> failures = new java.util.ArrayList<>();
     private volatile int attempt;
+    private final String runId;
 
+    /** {@code runId} goes into every metrics record, so that runs appending to one file can be told apart. */
     public ProgressListener(long totalSteps, boolean console, PrintStream out, Path metricsFile,
-                            Consumer<StepMetrics> callback) throws IOException {
+                            Consumer<StepMetrics> callback, String runId) throws IOException {
         this.totalSteps = totalSteps;
+        this.runId = runId;
         this.console = console;
         this.out = out;
         this.callback = callback;
@@ -162,7 +165,7 @@ public final class ProgressListener extends SparkListener implements AutoCloseab
         }
         if (metricsFile != null) {
             try {
-                metricsFile.write(MetricsJson.toJson(m, attempt));
+                metricsFile.write(MetricsJson.toJson(m, attempt, runId));
                 metricsFile.newLine();
                 metricsFile.flush();
             } catch (IOException ex) {

@@ -5,6 +5,7 @@ import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import org.apache.spark.SparkConf;
 import org.apache.spark.SparkContext;
+import org.slf4j.LoggerFactory;
 
 /**
  * Up-front checks that the barrier stage can be scheduled at all: enough task slots for one task per rank, GPUs
@@ -63,6 +64,14 @@ public final class SlotCheck {
             throw new ConfigException("training.backend = cuda, but spark.task.resource.gpu.amount is not set: set it "
                     + "to 1 (and spark.executor.resource.gpu.amount with a discovery script) so that each rank gets a "
                     + "GPU");
+        }
+        int cores = Runtime.getRuntime().availableProcessors();
+        if (sc.isLocal() && worldSize > 2 * cores) {
+            LoggerFactory.getLogger(SlotCheck.class).warn("layout.world_size = {} runs {} ranks on this machine's {} "
+                    + "cores ({}), more than two a core: they take turns on the cores and wait for each other at every "
+                    + "collective, which is fine for trying a layout and slow for training; to train here, use "
+                    + "layout.world_size <= {} (with a layout.ep that divides it)", worldSize, worldSize, cores,
+                    sc.master(), 2 * cores);
         }
         int slots = slots(sc);
         if (slots >= 0 && slots < worldSize) {

@@ -37,7 +37,7 @@ class TrainConfigTest {
         assertEquals("json", c.getString(ConfigKey.DATA_FORMAT));
         assertEquals(8, c.batchSequences(), "default");
         assertEquals("file:/tmp/out", c.outputDir());
-        assertEquals("file:/tmp/out/checkpoints", c.checkpointDir());
+        assertEquals("file:/tmp/out/run-001/checkpoints", c.checkpointDir("file:/tmp/out/run-001"));
         assertEquals(4, c.getMap(ConfigKey.MODEL_CONFIG).get("num_experts"));
         assertEquals(300, c.getMap(ConfigKey.MODEL_CONFIG).get("vocab_size"));
         assertEquals("4g", c.getMap(ConfigKey.SPARK_CONF).get("spark.executor.memory"));
@@ -52,12 +52,26 @@ class TrainConfigTest {
     @Test
     void unknownKeysAreRejectedWithASuggestion() {
         ConfigException e = assertThrows(ConfigException.class,
-                () -> TrainConfig.parse(YAML + "training:\n  warmup: 10\n", "run.yaml", List.of()));
+                () -> TrainConfig.parse(YAML + "training.warmup: 10\n", "run.yaml", List.of()));
         assertTrue(e.getMessage().contains("unknown configuration key 'training.warmup'")
                 && e.getMessage().contains("did you mean 'training.warmup_steps'"), e.getMessage());
         ConfigException e2 = assertThrows(ConfigException.class,
                 () -> TrainConfig.parse(YAML, "run.yaml", List.of("layout.wrld_size=2")));
-        assertTrue(e2.getMessage().contains("did you mean 'layout.world_size'"), e2.getMessage());
+        assertTrue(e2.getMessage().contains("did you mean 'layout.world_size'")
+                && e2.getMessage().endsWith("(spark-moe keys lists every key)"), e2.getMessage());
+        // a section given twice would silently replace the first
+        ConfigException twice = assertThrows(ConfigException.class,
+                () -> TrainConfig.parse(YAML + "training:\n  warmup_steps: 10\n", "run.yaml", List.of()));
+        assertTrue(twice.getMessage().startsWith("run.yaml, line ")
+                && twice.getMessage().contains("found duplicate key training"), twice.getMessage());
+        // a value where a section belongs names the key it most likely meant
+        ConfigException value = assertThrows(ConfigException.class,
+                () -> TrainConfig.parse("model: qwen3-moe-small\n", "run.yaml", List.of()));
+        assertTrue(value.getMessage().contains("write it as model: {preset: qwen3-moe-small}"), value.getMessage());
+        ConfigException other = assertThrows(ConfigException.class,
+                () -> TrainConfig.parse("training: fast\n", "run.yaml", List.of()));
+        assertTrue(other.getMessage().startsWith("training = 'fast': 'training' is a section of keys")
+                && other.getMessage().contains("set one of its keys, e.g. training.steps: ..."), other.getMessage());
     }
 
     @Test
@@ -85,7 +99,7 @@ class TrainConfigTest {
                 () -> TrainConfig.parse("model: {preset: qwen3-moe-tiny}", "x.yaml", List.of()));
         assertTrue(e.getMessage().contains("output.dir is not set"), e.getMessage());
         ConfigException y = assertThrows(ConfigException.class, () -> TrainConfig.parse("a: [", "x.yaml", List.of()));
-        assertTrue(y.getMessage().contains("x.yaml is not valid YAML"), y.getMessage());
+        assertTrue(y.getMessage().startsWith("x.yaml, line 1, column 5: not valid YAML"), y.getMessage());
     }
 
     @Test
@@ -96,6 +110,9 @@ class TrainConfigTest {
         TrainConfig badEp = TrainConfig.parse(YAML, "x", List.of("model.config.num_experts=6", "layout.ep=4"));
         assertTrue(assertThrows(ConfigException.class, () -> ModelSource.resolve(badEp)).getMessage()
                 .contains("ep (4) must divide num_experts (6)"));
+        TrainConfig longSeq = TrainConfig.parse(YAML, "x", List.of("training.seq_len=600"));
+        assertTrue(assertThrows(ConfigException.class, () -> ModelSource.resolve(longSeq)).getMessage()
+                .startsWith("training.seq_len = 600: longer than the model's max_position_embeddings (512)"));
     }
 
     @Test
