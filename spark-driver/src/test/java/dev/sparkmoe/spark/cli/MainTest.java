@@ -193,7 +193,7 @@ class MainTest {
         assertTrue(none.lastErrLine().startsWith("error: no command given"), none.err());
         Ran unknown = cli("trian");
         assertEquals(2, unknown.code());
-        assertTrue(unknown.err().contains("Did you mean: spark-moe train?"), unknown.err());
+        assertTrue(unknown.err().contains("Did you mean: spark-moe plan or spark-moe train?"), unknown.err());
         assertTrue(unknown.lastErrLine().startsWith("error: Unmatched argument at index 0: 'trian'"), unknown.err());
         Ran noConfig = cli("train");
         assertEquals(2, noConfig.code());
