@@ -225,7 +225,8 @@ public final class SparkMoeTrainer {
                         c.gradAccum());
                 TrainerSpec spec = new TrainerSpec(model.hfConfigJson(), model.initCheckpointDir(), c.seed(), world,
                         c.ep(), c.seqLen(), opt, c.getString(ConfigKey.TRAINING_BACKEND), -1,
-                        c.getString(ConfigKey.TRAINING_PRECISION));
+                        c.getString(ConfigKey.TRAINING_PRECISION),
+                        c.getString(ConfigKey.TRAINING_ACTIVATION_CHECKPOINTING));
                 CheckpointStore store = new CheckpointStore(c.checkpointDir(), hconf);
                 String modelDir = c.outputDir() + "/model";
                 WorldConnector connector = new WorldConnector(b.transport, JobSecret.generate());

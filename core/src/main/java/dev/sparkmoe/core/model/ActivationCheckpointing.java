@@ -6,7 +6,8 @@ import java.util.Locale;
  * What each decoder layer keeps from its forward pass for its backward pass, and what the backward pass computes
  * again (activation checkpointing, per layer, as torchtitan's {@code activation_checkpoint.mode}). The recomputation
  * runs the same kernels in the same order on the same inputs as the forward pass did, so every setting gives the
- * same losses and gradients bit for bit; they differ in memory and time only.
+ * same losses and gradients, bit for bit where the kernels are deterministic (the CPU backend's are); they differ in
+ * memory and time only.
  *
  * <ul>
  *   <li>{@link #NONE}: every activation the backward pass reads is kept from the forward pass.</li>

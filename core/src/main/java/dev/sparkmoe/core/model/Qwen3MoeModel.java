@@ -191,7 +191,7 @@ public final class Qwen3MoeModel extends Module {
 
     /**
      * What each decoder layer keeps for its backward pass from now on ({@link ActivationCheckpointing}); a pass
-     * already made keeps the setting it was made with. Every setting gives the same results bit for bit.
+     * already made keeps the setting it was made with. Every setting gives the same results.
      */
     public void setActivationCheckpointing(ActivationCheckpointing mode) {
         if (mode == null) {

@@ -36,7 +36,10 @@ import java.util.SplittableRandom;
  * --profile 1 (after the timed steps, one step traced on the device's timeline, one with every backend call timed on
  * the host and one timed on the device alone; see {@link OpProfiler}), --memory 1 (after the timed steps, one step
  * with every allocation followed: the peak of
- * live tensor bytes and who held them at that moment, see {@link MemoryTracker}; works on the CPU backend too).
+ * live tensor bytes and who held them at that moment, see {@link MemoryTracker}; works on the CPU backend too),
+ * --ac none|full|selective (activation checkpointing, as the key {@code training.activation_checkpointing}; none),
+ * --loss-chunk N (token rows per chunk of the fused LM head and cross-entropy; 0, the default, chooses them from the
+ * hidden size; B*T or more computes the loss in one chunk, with [B*T, V] logits as the unfused loss held them).
  */
 public final class TrainBench implements RankEntry {
 
@@ -74,6 +77,8 @@ public final class TrainBench implements RankEntry {
         int ep = Integer.parseInt(o.getOrDefault("ep", "1"));
         long seed = Long.parseLong(o.getOrDefault("seed", "0"));
         String gemm = o.getOrDefault("gemm", "bf16");
+        String ac = o.getOrDefault("ac", "none");
+        int lossChunk = Integer.parseInt(o.getOrDefault("loss-chunk", "0"));
 
         Backend backend;
         Backend profiled = null; // the OpProfiler-wrapped backend, with --profile
@@ -91,12 +96,13 @@ public final class TrainBench implements RankEntry {
         TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-4, 0, warmup + steps,
                 "constant", 0.9, 0.999, 1e-8, 0.01, 0, 1);
         TrainerSpec spec = new TrainerSpec(config.toJson(), null, seed, ctx.worldSize(), ep, seq, opt,
-                ctx.backend(), ctx.device(), precision(gemm));
+                ctx.backend(), ctx.device(), precision(gemm), ac);
         // Collectives are timed by a wrapper that first drains the compute stream, so each collective's time is its
         // own; the throughput figures come from steps with the timer switched off.
         TimedCommunicator timed = new TimedCommunicator(ctx.world(), backend::synchronize);
         timed.setEnabled(false);
         try (DistributedTrainer trainer = new DistributedTrainer(spec, timed, backend, null)) {
+            trainer.model().setLossChunkRows(lossChunk);
             SplittableRandom r = new SplittableRandom(seed * 1_000_003L + ctx.rank());
             List<int[]> data = new ArrayList<>();
             for (int b = 0; b < batch; b++) {
@@ -182,6 +188,8 @@ public final class TrainBench implements RankEntry {
             out.put("gemm", gemm);
             out.put("B", (long) batch);
             out.put("T", (long) seq);
+            out.put("ac", spec.activationCheckpointing());
+            out.put("loss_chunk_rows", (long) trainer.model().lossChunkRows(batch * seq));
             out.put("step_s", round(dt, 4));
             out.put("tokens_per_s", Math.round(tokPerGpu * ctx.worldSize()));
             out.put("tokens_per_s_per_gpu", Math.round(tokPerGpu));

@@ -61,6 +61,7 @@ public final class DistributedTrainer implements RankTrainer {
         } else {
             model.initRandom(spec.seed(), initializerRange(config));
         }
+        model.setActivationCheckpointing(spec.checkpointing());
         this.mesh = DeviceMesh.forTraining(world, dims);
         MixedPrecisionPolicy policy = "bf16".equals(spec.precision()) ? MixedPrecisionPolicy.BF16
                 : MixedPrecisionPolicy.FULL_F32;
@@ -81,7 +82,7 @@ public final class DistributedTrainer implements RankTrainer {
         this.reducer = buf -> world.allReduceSum(buf, 0, buf.length);
         if (world.rank() == 0) {
             LOG.info(() -> "trainer ready: " + dims + ", backend " + backend.name() + ", " + params.size()
-                    + " sharded parameters");
+                    + " sharded parameters, activation checkpointing " + spec.activationCheckpointing());
         }
     }
 

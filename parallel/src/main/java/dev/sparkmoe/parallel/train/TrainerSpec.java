@@ -1,5 +1,6 @@
 package dev.sparkmoe.parallel.train;
 
+import dev.sparkmoe.core.model.ActivationCheckpointing;
 import java.io.Serializable;
 
 /**
@@ -20,18 +21,29 @@ import java.io.Serializable;
  * @param precision         "f32" or "bf16": the mixed-precision policy's compute dtype (master weights, optimizer
  *                          state and gradient reduction stay f32). A backend without bf16 kernels (the CPU backend)
  *                          computes in f32 and logs that it does.
+ * @param activationCheckpointing "none", "full" or "selective": what each decoder layer keeps for its backward
+ *                          pass ({@link ActivationCheckpointing}); the same results
  */
 public record TrainerSpec(String hfConfigJson, String initCheckpointDir, long seed, int dpShard, int ep, int seqLen,
-                          OptimizerSettings optimizer, String backend, int deviceId, String precision)
+                          OptimizerSettings optimizer, String backend, int deviceId, String precision,
+                          String activationCheckpointing)
         implements Serializable {
 
     public TrainerSpec {
         if (precision == null || !(precision.equals("f32") || precision.equals("bf16"))) {
             throw new IllegalArgumentException("precision must be f32 or bf16, got '" + precision + "'");
         }
+        activationCheckpointing = ActivationCheckpointing.parse(activationCheckpointing).configName();
     }
 
-    /** A spec in full f32 precision. */
+    /** A spec without activation checkpointing. */
+    public TrainerSpec(String hfConfigJson, String initCheckpointDir, long seed, int dpShard, int ep, int seqLen,
+                       OptimizerSettings optimizer, String backend, int deviceId, String precision) {
+        this(hfConfigJson, initCheckpointDir, seed, dpShard, ep, seqLen, optimizer, backend, deviceId, precision,
+                "none");
+    }
+
+    /** A spec in full f32 precision, without activation checkpointing. */
     public TrainerSpec(String hfConfigJson, String initCheckpointDir, long seed, int dpShard, int ep, int seqLen,
                        OptimizerSettings optimizer, String backend, int deviceId) {
         this(hfConfigJson, initCheckpointDir, seed, dpShard, ep, seqLen, optimizer, backend, deviceId, "f32");
@@ -40,7 +52,18 @@ public record TrainerSpec(String hfConfigJson, String initCheckpointDir, long se
     /** The same spec for another backend and device (what a Spark task knows once it has its GPU). */
     public TrainerSpec onDevice(String newBackend, int newDeviceId) {
         return new TrainerSpec(hfConfigJson, initCheckpointDir, seed, dpShard, ep, seqLen, optimizer, newBackend,
-                newDeviceId, precision);
+                newDeviceId, precision, activationCheckpointing);
+    }
+
+    /** The same spec with another activation checkpointing setting ("none", "full" or "selective"). */
+    public TrainerSpec withActivationCheckpointing(String mode) {
+        return new TrainerSpec(hfConfigJson, initCheckpointDir, seed, dpShard, ep, seqLen, optimizer, backend,
+                deviceId, precision, mode);
+    }
+
+    /** {@link #activationCheckpointing()} as the model's setting. */
+    public ActivationCheckpointing checkpointing() {
+        return ActivationCheckpointing.parse(activationCheckpointing);
     }
 
     /**

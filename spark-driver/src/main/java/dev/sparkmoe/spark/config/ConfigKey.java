@@ -78,6 +78,15 @@ public enum ConfigKey {
             + "bf16 inputs and f32 accumulation; f32 computes exactly. Master weights, AdamW state and gradient "
             + "reductions are f32 either way; the CPU backend always computes in f32 (and logs it).",
             "bf16", "f32"),
+    TRAINING_ACTIVATION_CHECKPOINTING("training.activation_checkpointing", Type.ENUM, "none",
+            "What each decoder layer keeps from its forward pass for its backward pass; only memory and time differ "
+                    + "(on the CPU backend the results are the same bit for bit). none: every activation. full: only "
+                    + "the layer's input; "
+                    + "its backward first runs its forward again (routing and, with layout.ep > 1, the token "
+                    + "all-to-alls included). selective: the input, the routing, the token dispatch and the experts' "
+                    + "outputs; the backward recomputes the norms, attention and the experts' gate and up projections "
+                    + "(dense layers as full).",
+            "none", "full", "selective"),
     TRAINING_MAX_ATTEMPTS("training.max_attempts", Type.INT, "3",
             "Barrier-stage attempts; every attempt after the first resumes from the newest committed checkpoint (one "
                     + "this run cannot resume ends the run at once)."),
