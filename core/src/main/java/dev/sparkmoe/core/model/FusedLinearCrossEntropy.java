@@ -16,7 +16,8 @@ import dev.sparkmoe.core.tensor.Tensor;
  * </pre>
  * dHidden and dW are returned, not added to the weight's gradient: the forward pass has no side effect on the
  * parameters (a forward pass without backward, such as a finite-difference check, leaves them as they were), and the
- * backward pass adds dW to the weight's gradient in its usual place ({@link dev.sparkmoe.core.nn.Parameter#accumulateGrad}).
+ * backward pass adds dW to the weight's gradient in its usual place
+ * ({@link dev.sparkmoe.core.nn.Parameter#accumulateGrad}).
  * The gradient is scaled as the unfused loss scales it ({@code gradScale}, the inverse of the global number of
  * predicted tokens), so the summed loss and every gradient are those of the unfused path up to the order of the
  * f32 sums over rows (dW sums its rows chunk by chunk).

@@ -301,7 +301,8 @@ public final class Qwen3MoeModel extends Module {
      * they were made in closes) at the cost of a [B*T, V] buffer. The LM head and the cross-entropy run fused and
      * chunked ({@link FusedLinearCrossEntropy}): the LM head's gradients (its weight's and its input's, held by the
      * pass until {@link #backward} uses them) are computed here, chunk by chunk, so no [B*T, V] tensor exists unless
-     * the logits are retained. The parameters' gradients are not touched before {@link #backward}. Each decoder layer keeps what {@link #activationCheckpointing()} says.
+     * the logits are retained. The parameters' gradients are not touched before {@link #backward}. Each decoder
+     * layer keeps what {@link #activationCheckpointing()} says.
      */
     public Pass forward(int[] ids, int[] targets, int batch, int seqLen, double lmNormalizer, double auxWeight,
                         StatsReducer reducer, boolean retainLogits) {
@@ -346,7 +347,7 @@ public final class Qwen3MoeModel extends Module {
         head.afterForward();
         if (mode != ActivationCheckpointing.FULL) {
             for (int i = 0; i < layers.length; i++) {
-                addRouterStats(pass, i); // after the head's work is queued: a device backend reads them back
+                addRouterStats(pass, i); // read back from a device backend: after the head's work was queued
             }
         }
         computeAux(pass, auxWeight, reducer);

@@ -102,7 +102,8 @@ class ActivationCheckpointingTest {
         boolean inBackward = false;
         for (String s : none.log) {
             inBackward = s.equals("bwd+ root") || (inBackward && !s.equals("bwd- root"));
-            assertTrue(!(inBackward && s.startsWith("fwd")), s + " in a backward pass:\n" + String.join("\n", none.log));
+            assertTrue(!(inBackward && s.startsWith("fwd")),
+                    s + " in a backward pass:\n" + String.join("\n", none.log));
         }
         assertEquals(2, none.log.stream().filter(s -> s.equals("bwd+ root")).count());
     }
