@@ -40,12 +40,13 @@ final class FusedLinearCrossEntropy {
     }
 
     /**
-     * Rows per chunk for {@code tokens} rows of a head with {@code hidden} inputs (see the class comment); a
-     * positive {@code requested} value overrides the rule (capped by {@code tokens}).
+     * Rows per chunk for {@code tokens} rows of a head with {@code hidden} inputs and {@code vocab} outputs (see the
+     * class comment); a positive {@code requested} value overrides the rule. Capped by {@code tokens}, and so that a
+     * chunk's logits stay indexable ({@code rows * vocab < 2^31} elements).
      */
-    static int chunkRows(int tokens, int hidden, int requested) {
+    static int chunkRows(int tokens, int hidden, int vocab, int requested) {
         int rows = requested > 0 ? requested : hidden;
-        return Math.max(1, Math.min(tokens, rows));
+        return Math.max(1, Math.min(Math.min(tokens, rows), Integer.MAX_VALUE / Math.max(1, vocab)));
     }
 
     /**
@@ -62,6 +63,11 @@ final class FusedLinearCrossEntropy {
         int v = weight.shape()[0];
         int h = weight.shape()[1];
         Tensor w = weight.value();
+        if (retainLogits && (long) n * v > Integer.MAX_VALUE) {
+            throw new IllegalArgumentException("cannot retain the logits of " + n + " tokens x " + v + " vocabulary "
+                    + "entries (" + (long) n * v + " elements, over 2^31 - 1 in one tensor): retain them for fewer "
+                    + "tokens per forward pass (a smaller batch or sequence)");
+        }
         Tensor logits = retainLogits ? be.empty(DType.F32, n, v) : null;
         Tensor dHidden = withGrad ? be.empty(DType.F32, n, h) : null;
         Tensor dWeight = withGrad ? be.empty(DType.F32, v, h) : null; // written whole by the first chunk
@@ -71,7 +77,7 @@ final class FusedLinearCrossEntropy {
             }
             return new Result(0, dHidden, dWeight, logits);
         }
-        int rows = chunkRows(n, h, requestedRows);
+        int rows = chunkRows(n, h, v, requestedRows);
         Tensor chunk = be.empty(DType.F32, rows, v);      // a chunk's logits, then their gradient
         Tensor chunkTargets = be.empty(DType.I32, rows);
         double loss = 0;

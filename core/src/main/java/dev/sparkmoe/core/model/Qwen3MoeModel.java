@@ -207,7 +207,8 @@ public final class Qwen3MoeModel extends Module {
     /**
      * Token rows per chunk of the fused LM head and cross-entropy; 0 (the default) chooses them from the memory bound
      * that {@link FusedLinearCrossEntropy} documents (the hidden size). A value of at least B*T computes the loss in
-     * one chunk, holding [B*T, V] logits as the unfused loss did (for comparisons and benchmarks).
+     * one chunk, holding [B*T, V] logits as the unfused loss did (for comparisons and benchmarks; a chunk never
+     * exceeds 2^31 - 1 elements).
      */
     public void setLossChunkRows(int rows) {
         if (rows < 0) {
@@ -218,7 +219,7 @@ public final class Qwen3MoeModel extends Module {
 
     /** The rows per loss chunk that a forward pass over {@code tokens} tokens uses. */
     public int lossChunkRows(int tokens) {
-        return FusedLinearCrossEntropy.chunkRows(tokens, config.hiddenSize(), lossChunkRows);
+        return FusedLinearCrossEntropy.chunkRows(tokens, config.hiddenSize(), config.vocabSize(), lossChunkRows);
     }
 
     /** One forward pass over a batch, holding what the backward pass needs. */
