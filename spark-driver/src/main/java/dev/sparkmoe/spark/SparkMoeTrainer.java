@@ -230,7 +230,8 @@ public final class SparkMoeTrainer {
                 TrainerSpec spec = new TrainerSpec(model.hfConfigJson(), model.initCheckpointDir(), c.seed(), world,
                         c.ep(), c.seqLen(), opt, c.getString(ConfigKey.TRAINING_BACKEND), -1,
                         c.getString(ConfigKey.TRAINING_PRECISION), c.getInt(ConfigKey.TRAINING_FSDP_PREFETCH),
-                        c.getInt(ConfigKey.TRAINING_CPU_BLAS_THREADS));
+                        c.getInt(ConfigKey.TRAINING_CPU_BLAS_THREADS),
+                        c.getString(ConfigKey.TRAINING_ACTIVATION_CHECKPOINTING));
                 RunFolders.Run run = claimRunFolder(folders, resumeTarget, hconf);
                 CheckpointStore store = new CheckpointStore(c.checkpointDir(run.dir()), hconf);
                 String modelDir = run.dir() + "/model";

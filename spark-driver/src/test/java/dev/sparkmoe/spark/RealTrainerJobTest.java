@@ -32,7 +32,9 @@ import org.junit.jupiter.api.io.TempDir;
 /**
  * The Spark job with the real trainer (Qwen3-MoE, FSDP and expert parallelism over in-JVM ranks) on local[4]: the
  * loss falls, the run equals the same data order replayed outside Spark (at the same layout and on a single rank),
- * and a failed attempt resumes from its checkpoint to end bitwise equal to an uninterrupted run.
+ * and a failed attempt resumes from its checkpoint to end bitwise equal to an uninterrupted run. The Spark runs
+ * checkpoint activations (selective, full), the replays and the uninterrupted run do not: the setting reaches the
+ * ranks and changes no bit.
  */
 class RealTrainerJobTest {
     static SparkSession spark;
@@ -111,11 +113,13 @@ class RealTrainerJobTest {
     @SuppressWarnings("unchecked")
     void lossFallsAndTheRunEqualsTheSameDataReplayedOutsideSpark() throws Exception {
         // training.fsdp_prefetch reaches the ranks; it changes when gathers start, not what the step computes, so
-        // the replay below (default prefetch) still matches bit for bit
+        // the replay below (default prefetch, no checkpointing) still matches bit for bit; so does
+        // training.activation_checkpointing, which changes only what the layers keep
         TrainResult r = job(tmp.resolve("run"), 12, new RecordingFactory("e2e", null))
-                .set("training.fsdp_prefetch", 1).fit();
+                .set("training.fsdp_prefetch", 1).set("training.activation_checkpointing", "selective").fit();
         assertEquals(1, RecordingFactory.spec("e2e").fsdpPrefetch());
         assertEquals(1, RecordingFactory.spec("e2e").cpuBlasThreads());
+        assertEquals("selective", RecordingFactory.spec("e2e").activationCheckpointing());
         double first = r.history().get(0).loss();
         double last = r.last().loss();
         assertTrue(last < first / 2, "loss should fall by at least 2x: first " + first + ", last " + last);
@@ -146,7 +150,8 @@ class RealTrainerJobTest {
                 .set("checkpoint.every", 3).fit();
         Faults.Plan once = Faults.plan("real-retry", 1, 5, "step", 1);
         TrainResult r = job(tmp.resolve("faulty"), 7, new RecordingFactory("faulty", once))
-                .set("checkpoint.every", 3).fit();
+                .set("checkpoint.every", 3).set("training.activation_checkpointing", "full").fit();
+        assertEquals("full", RecordingFactory.spec("faulty").activationCheckpointing());
         assertEquals(1, Faults.fired("real-retry", 1));
         assertEquals(2, r.attempts());
         assertEquals(3, r.resumedFrom());

@@ -85,6 +85,16 @@ public final class Attention extends Module {
     }
 
     /**
+     * Gives back every activation of the cache (activation checkpointing: {@link #forward} on the same input makes
+     * them again); the input {@code c.x} is the caller's and only forgotten.
+     */
+    void drop(Backend be, Cache c) {
+        Release.all(be, c.qRaw, c.kRaw, c.qRstd, c.kRstd, c.q, c.k, c.v, c.lse, c.attn);
+        c.qRaw = c.kRaw = c.qRstd = c.kRstd = c.q = c.k = c.v = c.lse = c.attn = null;
+        c.x = null;
+    }
+
+    /**
      * Returns dx [N, H] and accumulates the parameter gradients. Releases every tensor of the cache except its input
      * {@code c.x} (owned by the caller) and every temporary as soon as it is consumed.
      */

@@ -66,18 +66,71 @@ public final class DecoderLayer extends Module {
     Tensor forward(Backend be, Tensor x, int batch, int seqLen, Cache c) {
         int n = batch * seqLen;
         c.x = x;
-        c.h1 = be.empty(DType.F32, n, hidden);
-        c.rstd1 = be.empty(DType.F32, n);
-        be.rmsNormForward(x, inputNorm.value(), eps, n, hidden, c.h1, c.rstd1);
-        Tensor a = attention.forward(be, c.h1, batch, seqLen, c.attn);
-        c.x2 = a; // x2 = x + attn(norm(x)), accumulated in place into the attention output
-        be.axpy(1f, x, 0, c.x2, 0, c.x2.numel());
-        c.h2 = be.empty(DType.F32, n, hidden);
-        c.rstd2 = be.empty(DType.F32, n);
-        be.rmsNormForward(c.x2, postNorm.value(), eps, n, hidden, c.h2, c.rstd2);
+        attentionHalf(be, batch, seqLen, c);
         Tensor m = moe != null ? moe.forward(be, c.h2, n, c.moe) : mlp.forward(be, c.h2, n, c.mlp);
         be.axpy(1f, c.x2, 0, m, 0, m.numel()); // out = x2 + mlp(norm(x2)), in place into the mlp output
         return m;
+    }
+
+    /** From the input {@code c.x}: h1 = norm1(x), x2 = x + attn(h1), h2 = norm2(x2), with what their backward needs. */
+    private void attentionHalf(Backend be, int batch, int seqLen, Cache c) {
+        int n = batch * seqLen;
+        c.h1 = be.empty(DType.F32, n, hidden);
+        c.rstd1 = be.empty(DType.F32, n);
+        be.rmsNormForward(c.x, inputNorm.value(), eps, n, hidden, c.h1, c.rstd1);
+        Tensor a = attention.forward(be, c.h1, batch, seqLen, c.attn);
+        c.x2 = a; // x2 = x + attn(norm(x)), accumulated in place into the attention output
+        be.axpy(1f, c.x, 0, c.x2, 0, c.x2.numel());
+        c.h2 = be.empty(DType.F32, n, hidden);
+        c.rstd2 = be.empty(DType.F32, n);
+        be.rmsNormForward(c.x2, postNorm.value(), eps, n, hidden, c.h2, c.rstd2);
+    }
+
+    /**
+     * After {@link #forward}: gives back what {@code mode} does not keep for the backward pass
+     * ({@link ActivationCheckpointing}); {@link #recompute} makes it again. The input {@code c.x} always stays.
+     */
+    void dropForRecompute(Backend be, Cache c, ActivationCheckpointing mode) {
+        if (mode == ActivationCheckpointing.NONE) {
+            return;
+        }
+        Release.all(be, c.h1, c.rstd1, c.x2, c.rstd2, c.h2);
+        c.h1 = c.rstd1 = c.x2 = c.rstd2 = c.h2 = null;
+        attention.drop(be, c.attn);
+        if (moe != null) {
+            moe.drop(be, c.moe, mode);
+        } else {
+            mlp.drop(be, c.mlp);
+        }
+    }
+
+    /**
+     * At the start of the backward pass (inside this layer's backward hooks): computes again what
+     * {@link #dropForRecompute} gave back, with the same kernels in the same order on the same input as
+     * {@link #forward}, so the backward pass reads the same values. A no-op for {@link ActivationCheckpointing#NONE}.
+     */
+    void recompute(Backend be, Cache c, int batch, int seqLen, ActivationCheckpointing mode) {
+        if (mode == ActivationCheckpointing.NONE) {
+            return;
+        }
+        int n = batch * seqLen;
+        attentionHalf(be, batch, seqLen, c);
+        if (moe != null) {
+            moe.recompute(be, c.h2, n, c.moe, mode);
+        } else {
+            mlp.activations(be, c.h2, n, c.mlp);
+        }
+    }
+
+    /** Gives back everything a forward pass made, its input {@code c.x} and its router logits included. */
+    void releaseAll(Backend be, Cache c) {
+        dropForRecompute(be, c, ActivationCheckpointing.FULL);
+        if (moe != null) {
+            be.release(c.moe.routerLogits);
+            c.moe.routerLogits = null;
+        }
+        be.release(c.x);
+        c.x = null;
     }
 
     /**

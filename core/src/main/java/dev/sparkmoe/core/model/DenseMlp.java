@@ -36,12 +36,24 @@ public final class DenseMlp extends Module {
     }
 
     Tensor forward(Backend be, Tensor x, int tokens, Cache c) {
+        activations(be, x, tokens, c);
+        return Linear.forward(be, c.act, tokens, downProj);
+    }
+
+    /** gate, up and silu(gate) * up of input x into the cache: the forward pass up to the down projection. */
+    void activations(Backend be, Tensor x, int tokens, Cache c) {
         c.x = x;
         c.gate = Linear.forward(be, x, tokens, gateProj);
         c.up = Linear.forward(be, x, tokens, upProj);
         c.act = be.empty(DType.F32, tokens, inter);
         be.siluMulForward(c.gate, c.up, c.act, 0, tokens * inter);
-        return Linear.forward(be, c.act, tokens, downProj);
+    }
+
+    /** Gives back the cache's activations ({@link #activations} makes them again); the input is only forgotten. */
+    void drop(Backend be, Cache c) {
+        Release.all(be, c.gate, c.up, c.act);
+        c.gate = c.up = c.act = null;
+        c.x = null;
     }
 
     /** dy [N, H] -> dx [N, H]; releases the cache (not its input {@code c.x}, the caller's) and temporaries. */

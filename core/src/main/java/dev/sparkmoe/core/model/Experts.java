@@ -140,13 +140,8 @@ public final class Experts extends Module {
         c.hidden = hiddenStates;
         int rows = d.rows();
         Groups g = new Groups(d.localCounts());
-        c.gate = be.empty(DType.F32, rows, inter);
-        c.up = be.empty(DType.F32, rows, inter);
         // gate/up [rows_e, I] = x_e [rows_e, H] * W_e^T ; out [rows_e, H] = act_e [rows_e, I] * Wd_e^T
-        be.groupedGemm(false, true, g.n, g.rows, g.inter, g.hid, 1f, d.routed(), g.xOff, hidden, gateProj.value(),
-                g.wIH, hidden, 0f, c.gate, g.iOff, inter);
-        be.groupedGemm(false, true, g.n, g.rows, g.inter, g.hid, 1f, d.routed(), g.xOff, hidden, upProj.value(),
-                g.wIH, hidden, 0f, c.up, g.iOff, inter);
+        gateAndUp(be, d.routed(), g, c);
         if (dispatcher.canRegather()) {
             be.release(d.routed());
         } else {
@@ -160,6 +155,54 @@ public final class Experts extends Module {
         Tensor slots = dispatcher.combine(be, out, d);
         be.release(out);
         return slots;
+    }
+
+    /** c.gate and c.up [rows, I] (new tensors) from the routed rows [rows, H]. */
+    private void gateAndUp(Backend be, Tensor routed, Groups g, Cache c) {
+        int rows = routed.dim(0);
+        c.gate = be.empty(DType.F32, rows, inter);
+        c.up = be.empty(DType.F32, rows, inter);
+        be.groupedGemm(false, true, g.n, g.rows, g.inter, g.hid, 1f, routed, g.xOff, hidden, gateProj.value(),
+                g.wIH, hidden, 0f, c.gate, g.iOff, inter);
+        be.groupedGemm(false, true, g.n, g.rows, g.inter, g.hid, 1f, routed, g.xOff, hidden, upProj.value(),
+                g.wIH, hidden, 0f, c.up, g.iOff, inter);
+    }
+
+    /**
+     * Activation checkpointing, after {@link #forward}: gives back the gate and up projections and, under
+     * {@link ActivationCheckpointing#FULL}, the dispatch too (its routed rows and index tensors: the recompute
+     * dispatches again). {@link ActivationCheckpointing#SELECTIVE} keeps the dispatch, so that
+     * {@link #recomputeActivations} neither routes nor moves tokens. The hidden states are the caller's and only
+     * forgotten.
+     */
+    void drop(Backend be, Cache c, ActivationCheckpointing mode) {
+        Release.all(be, c.gate, c.up);
+        c.gate = c.up = null;
+        c.hidden = null;
+        if (mode == ActivationCheckpointing.FULL) {
+            Release.all(be, c.routed);
+            c.routed = null;
+            dispatcher.release(be, c.dispatch);
+            c.dispatch = null;
+        }
+    }
+
+    /**
+     * The gate and up projections of the kept dispatch made again from the same hidden states [N, H] (the routed rows
+     * gathered again where the dispatcher can, else the kept ones): the cache as {@link #forward} left it.
+     */
+    void recomputeActivations(Backend be, Tensor hiddenStates, Cache c) {
+        Dispatch d = c.dispatch;
+        if (d == null) {
+            throw new IllegalStateException(path() + ": no kept dispatch to recompute the activations of (the "
+                    + "forward pass gave it back: recompute with the full forward instead)");
+        }
+        c.hidden = hiddenStates;
+        Tensor routed = c.routed != null ? c.routed : dispatcher.regather(be, hiddenStates, d);
+        gateAndUp(be, routed, new Groups(d.localCounts()), c);
+        if (routed != c.routed) {
+            be.release(routed);
+        }
     }
 
     /** silu(gate) * up [rows, I], a new tensor, read only as a grouped GEMM operand. */

@@ -51,18 +51,14 @@ public final class MoeBlock extends Module {
         Tensor topVal;        // [N*K] router probability of each slot (before renormalisation)
         Tensor weights;       // [N*K] combine weight of each slot
         Tensor slots;         // [N*K, H] expert outputs in slot order
+        boolean expertsInBackward; // the recompute ran the experts' backward hooks already
         final Experts.Cache experts = new Experts.Cache();
     }
 
     Tensor forward(Backend be, Tensor x, int tokens, Cache c) {
         c.x = x;
         c.routerLogits = Linear.forward(be, x, tokens, router);
-        c.probs = be.empty(DType.F32, tokens, numExperts);
-        be.softmaxRows(c.routerLogits, tokens, numExperts, c.probs);
-        c.topIdx = be.empty(DType.I32, tokens * topK);
-        c.topVal = be.empty(DType.F32, tokens * topK);
-        c.weights = be.empty(DType.F32, tokens * topK);
-        be.routerTopK(c.probs, tokens, numExperts, topK, normTopk, c.topIdx, c.topVal, c.weights);
+        route(be, tokens, c);
         // The experts' hooks (FSDP: wait for their gathered weights, start the next gather) run before the routing's
         // copy to the host, while the device still has this layer's work queued, not in the idle that follows it.
         experts.beforeForward();
@@ -73,6 +69,51 @@ public final class MoeBlock extends Module {
         Tensor y = be.empty(DType.F32, tokens, hidden);
         be.moeCombine(c.slots, c.weights, tokens, topK, hidden, y);
         return y;
+    }
+
+    /** Softmax and top-k of the cache's router logits: probs, topIdx, topVal, weights. */
+    private void route(Backend be, int tokens, Cache c) {
+        c.probs = be.empty(DType.F32, tokens, numExperts);
+        be.softmaxRows(c.routerLogits, tokens, numExperts, c.probs);
+        c.topIdx = be.empty(DType.I32, tokens * topK);
+        c.topVal = be.empty(DType.F32, tokens * topK);
+        c.weights = be.empty(DType.F32, tokens * topK);
+        be.routerTopK(c.probs, tokens, numExperts, topK, normTopk, c.topIdx, c.topVal, c.weights);
+    }
+
+    /**
+     * Activation checkpointing, after {@link #forward}: gives back what {@code mode} does not keep. The router logits
+     * stay (the forward pass returns them); {@link ActivationCheckpointing#SELECTIVE} keeps the routing, the dispatch
+     * and the slots too. The input {@code c.x} is the caller's and only forgotten.
+     */
+    void drop(Backend be, Cache c, ActivationCheckpointing mode) {
+        c.x = null;
+        if (mode == ActivationCheckpointing.FULL) {
+            Release.all(be, c.probs, c.topIdx, c.topVal, c.weights, c.slots);
+            c.probs = c.topIdx = c.topVal = c.weights = c.slots = null;
+        }
+        experts.drop(be, c.experts, mode);
+    }
+
+    /**
+     * Makes again, from the same input, what {@link #drop} gave back: under {@link ActivationCheckpointing#FULL} the
+     * routing from the kept router logits and the whole experts' forward (dispatch and combine included), under
+     * {@link ActivationCheckpointing#SELECTIVE} only the experts' gate and up projections. The experts' weights are
+     * those of their backward pass: their backward hooks run here (FSDP gathers them once for both), not in
+     * {@link #backward}.
+     */
+    void recompute(Backend be, Tensor x, int tokens, Cache c, ActivationCheckpointing mode) {
+        c.x = x;
+        if (mode == ActivationCheckpointing.FULL) {
+            route(be, tokens, c);
+        }
+        experts.beforeBackward();
+        c.expertsInBackward = true;
+        if (mode == ActivationCheckpointing.FULL) {
+            c.slots = experts.forward(be, x, c.topIdx, tokens, topK, c.experts);
+        } else {
+            experts.recomputeActivations(be, x, c.experts);
+        }
     }
 
     /** Adds this layer's routing counts and probability sums to {@code stats} (length 2E). */
@@ -91,7 +132,10 @@ public final class MoeBlock extends Module {
         be.moeCombineBackward(dy, c.slots, c.weights, tokens, topK, hidden, dSlots, dWeights);
         Release.all(be, c.slots, c.weights);
         Tensor dx = be.zeros(DType.F32, tokens, hidden);
-        experts.beforeBackward();
+        if (!c.expertsInBackward) {
+            experts.beforeBackward();
+        }
+        c.expertsInBackward = false;
         experts.backward(be, dSlots, c.experts, dx);
         experts.afterBackward();
         be.release(dSlots);

@@ -38,6 +38,8 @@ public final class Qwen3MoeModel extends Module {
     final Parameter embed;     // [V, H]
     final LmHead head;         // final norm [H] and LM head [V, H] (the embedding when tied)
     final DecoderLayer[] layers;
+    private ActivationCheckpointing checkpointing = ActivationCheckpointing.NONE;
+    private int lossChunkRows; // 0: FusedLinearCrossEntropy's rule
 
     /** The model with every parameter allocated (zeros) on {@code backend}. */
     public Qwen3MoeModel(Qwen3MoeConfig config, Backend backend) {
@@ -235,6 +237,39 @@ public final class Qwen3MoeModel extends Module {
 
     // ------------------------------------------------------------------ forward / backward
 
+    /**
+     * What each decoder layer keeps for its backward pass from now on ({@link ActivationCheckpointing}); a pass
+     * already made keeps the setting it was made with. Every setting gives the same results.
+     */
+    public void setActivationCheckpointing(ActivationCheckpointing mode) {
+        if (mode == null) {
+            throw new IllegalArgumentException("activation checkpointing must be none, full or selective, not null");
+        }
+        this.checkpointing = mode;
+    }
+
+    public ActivationCheckpointing activationCheckpointing() {
+        return checkpointing;
+    }
+
+    /**
+     * Token rows per chunk of the fused LM head and cross-entropy; 0 (the default) chooses them from the memory bound
+     * that {@link FusedLinearCrossEntropy} documents (the hidden size). A value of at least B*T computes the loss in
+     * one chunk, holding [B*T, V] logits as the unfused loss did (for comparisons and benchmarks; a chunk never
+     * exceeds 2^31 - 1 elements).
+     */
+    public void setLossChunkRows(int rows) {
+        if (rows < 0) {
+            throw new IllegalArgumentException("loss chunk rows must be 0 (automatic) or positive, got " + rows);
+        }
+        this.lossChunkRows = rows;
+    }
+
+    /** The rows per loss chunk that a forward pass over {@code tokens} tokens uses. */
+    public int lossChunkRows(int tokens) {
+        return FusedLinearCrossEntropy.chunkRows(tokens, config.hiddenSize(), config.vocabSize(), lossChunkRows);
+    }
+
     /** One forward pass over a batch, holding what the backward pass needs. */
     public static final class Pass {
         final int batch;
@@ -242,30 +277,35 @@ public final class Qwen3MoeModel extends Module {
         final Tensor ids;      // I32 [N] on the backend
         final Tensor targets;  // I32 [N] on the backend
         final DecoderLayer.Cache[] caches;
+        final ActivationCheckpointing checkpointing;
         Tensor finalIn;     // [N, H] input of the final norm
         Tensor finalRstd;   // [N]
-        Tensor finalOut;    // [N, H]
+        Tensor dFinal;      // [N, H] d(loss)/d(final norm output), computed by the fused loss in the forward pass
+        Tensor dHeadWeight; // [V, H] d(loss)/d(LM head weight), likewise; added to its gradient by backward
         Tensor logits;      // [N, V], only when the forward pass was asked to retain them
-        Tensor dLogits;     // [N, V] (written over the logits when they are not retained)
         double lmLossSum;
         double auxLoss;
         Tensor auxGrad;     // [E] d(loss)/d(probs[row, e]) from the load-balancing loss
         long localPredicted;
         final List<Tensor> routerLogits = new ArrayList<>();
+        final double[] routerStats; // counts[E], prob sums[E], rows: the load-balancing loss's statistics
 
-        Pass(int batch, int seqLen, Tensor ids, Tensor targets, int layers) {
+        Pass(int batch, int seqLen, Tensor ids, Tensor targets, int layers, ActivationCheckpointing checkpointing,
+             int experts) {
             this.batch = batch;
             this.seqLen = seqLen;
             this.ids = ids;
             this.targets = targets;
+            this.checkpointing = checkpointing;
             caches = new DecoderLayer.Cache[layers];
+            routerStats = new double[2 * experts + 1];
         }
 
         /** Logits [B*T, V], when {@link #forward} was asked to retain them. */
         public Tensor logits() {
             if (logits == null) {
-                throw new IllegalStateException("this forward pass did not retain its logits (the loss gradient was "
-                        + "written over them); call forward with retainLogits = true to read them");
+                throw new IllegalStateException("this forward pass did not retain its logits (the fused loss never "
+                        + "holds more than a chunk of them); call forward with retainLogits = true to read them");
             }
             return logits;
         }
@@ -307,11 +347,101 @@ public final class Qwen3MoeModel extends Module {
 
     /**
      * As above; with {@code retainLogits} the logits stay readable through {@link Pass#logits()} (until the scope
-     * they were made in closes) at the cost of a second [B*T, V] buffer. Without it the loss gradient is written over
-     * them, which is what training wants: at a vocabulary of 32k and 8k tokens that is 1 GB less at the peak.
+     * they were made in closes) at the cost of a [B*T, V] buffer. The LM head and the cross-entropy run fused and
+     * chunked ({@link FusedLinearCrossEntropy}): the LM head's gradients (its weight's and its input's, held by the
+     * pass until {@link #backward} uses them) are computed here, chunk by chunk, so no [B*T, V] tensor exists unless
+     * the logits are retained. The parameters' gradients are not touched before {@link #backward}. Each decoder
+     * layer keeps what {@link #activationCheckpointing()} says.
      */
     public Pass forward(int[] ids, int[] targets, int batch, int seqLen, double lmNormalizer, double auxWeight,
                         StatsReducer reducer, boolean retainLogits) {
+        int n = checkBatch(ids, targets, batch, seqLen);
+        Backend be = backend;
+        int h = config.hiddenSize();
+        ActivationCheckpointing mode = checkpointing;
+        Pass pass = new Pass(batch, seqLen, be.upload(Tensor.ofInts(ids.clone(), n)),
+                be.upload(Tensor.ofInts(targets.clone(), n)), layers.length, mode, config.numExperts());
+        for (int t : targets) {
+            pass.localPredicted += t == -100 ? 0 : 1;
+        }
+        beforeForward();
+        Tensor x = be.empty(DType.F32, n, h);
+        be.embeddingForward(embed.value(), pass.ids, n, h, x);
+        for (int i = 0; i < layers.length; i++) {
+            layers[i].beforeForward();
+            DecoderLayer.Cache c = new DecoderLayer.Cache();
+            pass.caches[i] = c;
+            x = layers[i].forward(be, x, batch, seqLen, c);
+            if (layers[i].isMoe()) {
+                pass.routerLogits.add(c.moe.routerLogits);
+                if (mode == ActivationCheckpointing.FULL) {
+                    addRouterStats(pass, i); // before the routing is given back
+                }
+            }
+            layers[i].dropForRecompute(be, c, mode);
+            layers[i].afterForward();
+        }
+        head.beforeForward();
+        pass.finalIn = x;
+        Tensor finalOut = be.empty(DType.F32, n, h);
+        pass.finalRstd = be.empty(DType.F32, n);
+        be.rmsNormForward(x, head.norm.value(), (float) config.rmsNormEps(), n, h, finalOut, pass.finalRstd);
+        FusedLinearCrossEntropy.Result loss = FusedLinearCrossEntropy.run(be, finalOut, pass.targets, n, head.weight,
+                (float) (1.0 / lmNormalizer), true, retainLogits, lossChunkRows);
+        be.release(finalOut);
+        pass.lmLossSum = loss.lossSum();
+        pass.dFinal = loss.dHidden();
+        pass.dHeadWeight = loss.dWeight();
+        pass.logits = loss.logits();
+        head.afterForward();
+        if (mode != ActivationCheckpointing.FULL) {
+            for (int i = 0; i < layers.length; i++) {
+                addRouterStats(pass, i); // read back from a device backend: after the head's work was queued
+            }
+        }
+        computeAux(pass, auxWeight, reducer);
+        afterForward();
+        return pass;
+    }
+
+    /**
+     * Forward pass for scoring: returns the summed cross-entropy over the positions with a target (-100: none) and
+     * computes no gradient. Each layer's activations are given back as soon as the next layer has its input, and
+     * the loss is chunked as in training, so the memory held is about one layer's.
+     */
+    public double evaluate(int[] ids, int[] targets, int batch, int seqLen) {
+        int n = checkBatch(ids, targets, batch, seqLen);
+        Backend be = backend;
+        int h = config.hiddenSize();
+        Tensor idsT = be.upload(Tensor.ofInts(ids.clone(), n));
+        Tensor targetsT = be.upload(Tensor.ofInts(targets.clone(), n));
+        beforeForward();
+        Tensor x = be.empty(DType.F32, n, h);
+        be.embeddingForward(embed.value(), idsT, n, h, x);
+        be.release(idsT);
+        for (DecoderLayer layer : layers) {
+            layer.beforeForward();
+            DecoderLayer.Cache c = new DecoderLayer.Cache();
+            Tensor out = layer.forward(be, x, batch, seqLen, c);
+            layer.releaseAll(be, c); // its input x included
+            layer.afterForward();
+            x = out;
+        }
+        head.beforeForward();
+        Tensor finalOut = be.empty(DType.F32, n, h);
+        Tensor rstd = be.empty(DType.F32, n);
+        be.rmsNormForward(x, head.norm.value(), (float) config.rmsNormEps(), n, h, finalOut, rstd);
+        Release.all(be, x, rstd);
+        double loss = FusedLinearCrossEntropy.run(be, finalOut, targetsT, n, head.weight, 0f, false, false,
+                lossChunkRows).lossSum();
+        Release.all(be, finalOut, targetsT);
+        head.afterForward();
+        afterForward();
+        return loss;
+    }
+
+    /** Checks a batch's sizes; returns its token count. */
+    private int checkBatch(int[] ids, int[] targets, int batch, int seqLen) {
         int n = batch * seqLen;
         if (ids.length != n || targets.length != n) {
             throw new IllegalArgumentException("expected " + n + " ids and targets for batch " + batch + " x seq "
@@ -321,39 +451,17 @@ public final class Qwen3MoeModel extends Module {
             throw new IllegalArgumentException("sequence length " + seqLen + " exceeds max_position_embeddings ("
                     + config.maxPositionEmbeddings() + ")");
         }
-        Backend be = backend;
-        int h = config.hiddenSize();
-        int v = config.vocabSize();
-        Pass pass = new Pass(batch, seqLen, be.upload(Tensor.ofInts(ids.clone(), n)),
-                be.upload(Tensor.ofInts(targets.clone(), n)), layers.length);
-        for (int t : targets) {
-            pass.localPredicted += t == -100 ? 0 : 1;
+        return n;
+    }
+
+    /** Adds MoE layer {@code i}'s routing counts and probability sums to the pass's statistics (no-op if dense). */
+    private void addRouterStats(Pass pass, int i) {
+        if (layers[i].isMoe()) {
+            int e = config.numExperts();
+            int n = pass.batch * pass.seqLen;
+            layers[i].moe().routerStats(backend, n, pass.caches[i].moe, pass.routerStats);
+            pass.routerStats[2 * e] += n;
         }
-        beforeForward();
-        Tensor x = be.empty(DType.F32, n, h);
-        be.embeddingForward(embed.value(), pass.ids, n, h, x);
-        for (int i = 0; i < layers.length; i++) {
-            layers[i].beforeForward();
-            pass.caches[i] = new DecoderLayer.Cache();
-            x = layers[i].forward(be, x, batch, seqLen, pass.caches[i]);
-            if (layers[i].isMoe()) {
-                pass.routerLogits.add(pass.caches[i].moe.routerLogits);
-            }
-            layers[i].afterForward();
-        }
-        head.beforeForward();
-        pass.finalIn = x;
-        pass.finalOut = be.empty(DType.F32, n, h);
-        pass.finalRstd = be.empty(DType.F32, n);
-        be.rmsNormForward(x, head.norm.value(), (float) config.rmsNormEps(), n, h, pass.finalOut, pass.finalRstd);
-        Tensor logits = Linear.forward(be, pass.finalOut, n, head.weight);
-        head.afterForward();
-        pass.logits = retainLogits ? logits : null;
-        pass.dLogits = retainLogits ? be.empty(DType.F32, n, v) : logits;
-        pass.lmLossSum = be.crossEntropy(logits, pass.targets, n, v, (float) (1.0 / lmNormalizer), pass.dLogits);
-        computeAux(pass, auxWeight, reducer);
-        afterForward();
-        return pass;
     }
 
     /**
@@ -363,14 +471,7 @@ public final class Qwen3MoeModel extends Module {
      */
     private void computeAux(Pass pass, double auxWeight, StatsReducer reducer) {
         int e = config.numExperts();
-        double[] stats = new double[2 * e + 1]; // counts[E], prob sums[E], rows
-        int n = pass.batch * pass.seqLen;
-        for (int i = 0; i < layers.length; i++) {
-            if (layers[i].isMoe()) {
-                layers[i].moe().routerStats(backend, n, pass.caches[i].moe, stats);
-                stats[2 * e] += n;
-            }
-        }
+        double[] stats = pass.routerStats; // counts[E], prob sums[E], rows: summed layer by layer
         reducer.sum(stats);
         double rows = stats[2 * e];
         float[] auxGrad = new float[e];
@@ -386,29 +487,30 @@ public final class Qwen3MoeModel extends Module {
     }
 
     /**
-     * Backward of {@link #forward}: accumulates d(lm_loss + auxWeight * aux) into every parameter's grad. Each
-     * activation is released as soon as the backward pass has consumed it, so the memory held falls layer by layer
-     * instead of peaking at forward activations plus every layer's gradient temporaries; afterwards only the
-     * retained logits, the router logits and a few small tensors remain (until the caller's scope closes).
+     * Backward of {@link #forward}: accumulates d(lm_loss + auxWeight * aux) into every parameter's grad (the LM
+     * head's come from the forward pass's fused loss). A layer that the pass's activation
+     * checkpointing made drop activations first computes them again (inside its backward hooks, so that wrappers see
+     * the order of a backward pass: FSDP's gathered weights serve both). Each activation is released as soon as the
+     * backward pass has consumed it, so the memory held falls layer by layer instead of peaking at forward
+     * activations plus every layer's gradient temporaries; afterwards only the retained logits, the router logits and
+     * a few small tensors remain (until the caller's scope closes).
      */
     public void backward(Pass pass) {
         Backend be = backend;
         int n = pass.batch * pass.seqLen;
         int h = config.hiddenSize();
-        int v = config.vocabSize();
         beforeBackward();
         head.beforeBackward();
-        Tensor dFinal = be.empty(DType.F32, n, h);
-        Linear.backwardInput(be, pass.dLogits, 0, n, head.weight.value(), 0, h, v, dFinal, 0, 0f);
-        Linear.backwardWeight(be, pass.dLogits, n, pass.finalOut, head.weight);
-        Release.all(be, pass.dLogits, pass.finalOut);
-        pass.dLogits = null;
+        head.weight.accumulateGrad(pass.dHeadWeight);
+        pass.dHeadWeight = null;
         Tensor dx = be.empty(DType.F32, n, h);
-        be.rmsNormBackward(dFinal, pass.finalIn, head.norm.value(), pass.finalRstd, n, h, dx, head.norm.grad());
-        Release.all(be, dFinal, pass.finalIn, pass.finalRstd);
+        be.rmsNormBackward(pass.dFinal, pass.finalIn, head.norm.value(), pass.finalRstd, n, h, dx, head.norm.grad());
+        Release.all(be, pass.dFinal, pass.finalIn, pass.finalRstd);
+        pass.dFinal = null;
         head.afterBackward();
         for (int i = layers.length - 1; i >= 0; i--) {
             layers[i].beforeBackward();
+            layers[i].recompute(be, pass.caches[i], pass.batch, pass.seqLen, pass.checkpointing);
             Tensor dIn = layers[i].backward(be, dx, pass.batch, pass.seqLen, pass.caches[i], pass.auxGrad);
             be.release(dx);
             dx = dIn;

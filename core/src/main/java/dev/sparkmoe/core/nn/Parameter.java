@@ -102,6 +102,23 @@ public final class Parameter {
         return 1f;
     }
 
+    /**
+     * Adds a full-size gradient computed elsewhere (the fused loss's LM head gradient) and takes it over: it becomes
+     * the gradient when there is none yet (no copy), else it is added to it and released.
+     */
+    public void accumulateGrad(Tensor g) {
+        if (!Arrays.equals(g.shape(), shape)) {
+            throw new IllegalArgumentException("gradient of shape " + Arrays.toString(g.shape()) + " given to "
+                    + "parameter " + name + " of shape " + Arrays.toString(shape));
+        }
+        if (grad == null) {
+            grad = g;
+        } else {
+            backend.axpy(1f, g, 0, grad, 0, grad.numel());
+            backend.release(g);
+        }
+    }
+
     public boolean hasGrad() {
         return grad != null;
     }

@@ -61,9 +61,9 @@ class ActivationLifetimeTest {
                 config.numExperts());
         assertEquals(routerLogits + small, left, "bytes left after backward");
 
-        // The peak of the backward pass above the saved activations: the temporaries of about one layer (dLogits
-        // is written over the logits, so the head adds nothing). Before the backward released as it went, it held
-        // every layer's: six times as much here.
+        // The peak of the backward pass above the saved activations: the temporaries of about one layer (the fused
+        // loss computed the head's gradients in the forward pass, so the head adds nothing). Before the backward
+        // released as it went, it held every layer's: six times as much here.
         long perLayer = saved / config.numHiddenLayers();
         assertTrue(backwardPeak <= 2 * perLayer, () -> String.format(
                 "backward peaked %d B above the saved activations (%d B in %d layers)", backwardPeak, saved,

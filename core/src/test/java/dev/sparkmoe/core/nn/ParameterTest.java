@@ -36,4 +36,22 @@ class ParameterTest {
         w.clearGrad();
         assertEquals(0f, w.gradBetaForFullWrite(), "after the step's reduction: overwrite again");
     }
+
+    @Test
+    void aGradientMadeElsewhereIsTakenOverThenAdded() {
+        Backend tracked = dev.sparkmoe.core.backend.MemoryTracker.wrap(new CpuBackend());
+        Parameter w = new Parameter("w", tracked.zeros(DType.F32, 2, 2), tracked);
+        Tensor first = tracked.upload(Tensor.of(new float[] {1, 2, 3, 4}, 2, 2));
+        w.accumulateGrad(first);
+        assertSame(first, w.grad(), "no gradient yet: the tensor becomes it, no copy");
+        Tensor second = tracked.zeros(DType.F32, 2, 2);
+        tracked.fill(second, 0.5f);
+        w.accumulateGrad(second);
+        assertArrayEquals(new float[] {1.5f, 2.5f, 3.5f, 4.5f}, w.grad().floats());
+        // the added tensor was released: using it again fails
+        org.junit.jupiter.api.Assertions.assertThrows(IllegalStateException.class, () -> tracked.scale(second, 1f));
+        IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                () -> w.accumulateGrad(Tensor.zeros(DType.F32, 4)));
+        assertTrue(e.getMessage().contains("[4]") && e.getMessage().contains("[2, 2]"), e.getMessage());
+    }
 }

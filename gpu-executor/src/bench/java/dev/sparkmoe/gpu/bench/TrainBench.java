@@ -43,7 +43,10 @@ import picocli.CommandLine;
  * --profile 1 (after the timed steps, one step traced on the device's timeline, one with every backend call timed on
  * the host and one timed on the device alone; see {@link OpProfiler}), --memory 1 (after the timed steps, one step
  * with every allocation followed: the peak of
- * live tensor bytes and who held them at that moment, see {@link MemoryTracker}; works on the CPU backend too).
+ * live tensor bytes and who held them at that moment, see {@link MemoryTracker}; works on the CPU backend too),
+ * --ac none|full|selective (activation checkpointing, as the key {@code training.activation_checkpointing}; none),
+ * --loss-chunk N (token rows per chunk of the fused LM head and cross-entropy; 0, the default, chooses them from the
+ * hidden size; B*T or more computes the loss in one chunk, with [B*T, V] logits as the unfused loss held them).
  */
 public final class TrainBench implements RankEntry {
 
@@ -98,16 +101,24 @@ public final class TrainBench implements RankEntry {
         @CommandLine.Option(names = "--cpu-blas-threads", paramLabel = "N",
                 description = "OpenBLAS threads of the CPU backend, as training.cpu_blas_threads (${DEFAULT-VALUE})")
         int cpuBlasThreads = TrainerSpec.DEFAULT_CPU_BLAS_THREADS;
+        @CommandLine.Option(names = "--ac", paramLabel = "MODE",
+                description = "activation checkpointing, as training.activation_checkpointing: none, full or "
+                        + "selective (${DEFAULT-VALUE})")
+        String ac = "none";
+        @CommandLine.Option(names = "--loss-chunk", paramLabel = "ROWS",
+                description = "token rows per chunk of the fused LM-head loss; 0: the model's rule (${DEFAULT-VALUE})")
+        int lossChunk = 0;
         @CommandLine.Option(names = "--profile", paramLabel = "1", description = "1: profile one step after the timed ones")
         int profile;
         @CommandLine.Option(names = "--memory", paramLabel = "1", description = "1: follow one step's allocations")
         int memory;
 
         Args check() {
-            if (batch < 1 || seq < 1 || steps < 1 || warmup < 0 || ep < 1 || fsdpPrefetch < 1 || cpuBlasThreads < 1) {
+            if (batch < 1 || seq < 1 || steps < 1 || warmup < 0 || ep < 1 || fsdpPrefetch < 1 || cpuBlasThreads < 1
+                    || lossChunk < 0) {
                 throw new Cli.UsageException("--batch, --seq, --steps, --ep, --fsdp-prefetch and --cpu-blas-threads "
-                        + "must be >= 1 and --warmup >= 0; got " + batch + ", " + seq + ", " + steps + ", " + ep + ", "
-                        + fsdpPrefetch + ", " + cpuBlasThreads + ", " + warmup);
+                        + "must be >= 1 and --warmup and --loss-chunk >= 0; got " + batch + ", " + seq + ", " + steps
+                        + ", " + ep + ", " + fsdpPrefetch + ", " + cpuBlasThreads + ", " + warmup + ", " + lossChunk);
             }
             return this;
         }
@@ -130,6 +141,8 @@ public final class TrainBench implements RankEntry {
         String gemm = a.gemm.name();
         int prefetch = a.fsdpPrefetch;
         int blasThreads = a.cpuBlasThreads;
+        String ac = a.ac;
+        int lossChunk = a.lossChunk;
 
         Backend backend;
         Backend profiled = null; // the OpProfiler-wrapped backend, with --profile
@@ -147,12 +160,13 @@ public final class TrainBench implements RankEntry {
         TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-4, 0, warmup + steps,
                 "constant", 0.9, 0.999, 1e-8, 0.01, 0, 1);
         TrainerSpec spec = new TrainerSpec(config.toJson(), null, seed, ctx.worldSize(), ep, seq, opt,
-                ctx.backend(), ctx.device(), precision(gemm), prefetch, blasThreads);
+                ctx.backend(), ctx.device(), precision(gemm), prefetch, blasThreads, ac);
         // Collectives are timed by a wrapper that first drains the compute stream, so each collective's time is its
         // own; the throughput figures come from steps with the timer switched off.
         TimedCommunicator timed = new TimedCommunicator(ctx.world(), backend::synchronize);
         timed.setEnabled(false);
         try (DistributedTrainer trainer = new DistributedTrainer(spec, timed, backend, null)) {
+            trainer.model().setLossChunkRows(lossChunk);
             SplittableRandom r = new SplittableRandom(seed * 1_000_003L + ctx.rank());
             List<int[]> data = new ArrayList<>();
             for (int b = 0; b < batch; b++) {
@@ -239,6 +253,8 @@ public final class TrainBench implements RankEntry {
             out.put("fsdp_prefetch", (long) prefetch);
             out.put("B", (long) batch);
             out.put("T", (long) seq);
+            out.put("ac", spec.activationCheckpointing());
+            out.put("loss_chunk_rows", (long) trainer.model().lossChunkRows(batch * seq));
             out.put("step_s", round(dt, 4));
             out.put("tokens_per_s", Math.round(tokPerGpu * ctx.worldSize()));
             out.put("tokens_per_s_per_gpu", Math.round(tokPerGpu));

@@ -17,8 +17,9 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 /**
- * The training benchmark through the launcher, on CPU ranks (two processes, TCP world, expert parallelism 2): it
- * trains, and its JSON line carries the baselines' fields and the per-collective times.
+ * The training benchmark through the launcher, on CPU ranks (two processes, TCP world, expert parallelism 2, with
+ * selective activation checkpointing and the loss in chunks of 16 rows): it trains, and its JSON line carries the
+ * baselines' fields, the settings and the per-collective times.
  */
 class TrainBenchTest {
     static final String TINY = "{\"vocab_size\": 512, \"hidden_size\": 64, \"intermediate_size\": 128, "
@@ -38,7 +39,8 @@ class TrainBenchTest {
              PrintStream pe = new PrintStream(e, true, StandardCharsets.UTF_8)) {
             code = Launcher.run(new String[] {"--nproc", "2", "--backend", "cpu", "--entry", TrainBench.class.getName(),
                 "--", "--config", cfg.toString(), "--batch", "2", "--seq", "32", "--steps", "2", "--warmup", "1",
-                "--ep", "2", "--fsdp-prefetch", "1", "--out", out.toString()}, po, pe);
+                "--ep", "2", "--fsdp-prefetch", "1", "--ac", "selective", "--loss-chunk", "16", "--out",
+                out.toString()}, po, pe);
         }
         String stdout = o.toString(StandardCharsets.UTF_8);
         assertEquals(0, code, () -> stdout + "\n" + e.toString(StandardCharsets.UTF_8));
@@ -47,6 +49,8 @@ class TrainBenchTest {
         assertEquals(2L, r.get("world"));
         assertEquals(2L, r.get("ep"));
         assertEquals(1L, r.get("fsdp_prefetch"));
+        assertEquals("selective", r.get("ac"));
+        assertEquals(16L, r.get("loss_chunk_rows"));
         assertTrue(((Number) r.get("tokens_per_s_per_gpu")).doubleValue() > 0, r.toString());
         assertEquals(189824L, r.get("params")); // the tiny config's parameter count, before sharding
         double loss = ((Number) r.get("loss")).doubleValue();

@@ -130,6 +130,7 @@ public final class DistributedTrainer implements RankTrainer {
                 closeWeights(source);
             }
         }
+        model.setActivationCheckpointing(spec.checkpointing());
         for (FsdpParam p : params) {
             optState.put(p, new AdamW.State(backend, p.shard().shape()));
         }
@@ -141,7 +142,7 @@ public final class DistributedTrainer implements RankTrainer {
         this.export = new ModelExport(this, fsdp);
         if (world.rank() == 0) {
             LOG.info(() -> "trainer ready: " + dims + ", backend " + backend.name() + ", " + params.size()
-                    + " sharded parameters");
+                    + " sharded parameters, activation checkpointing " + spec.activationCheckpointing());
         }
     }
 

@@ -1,5 +1,6 @@
 package dev.sparkmoe.parallel.train;
 
+import dev.sparkmoe.core.model.ActivationCheckpointing;
 import java.io.Serializable;
 
 /**
@@ -23,10 +24,12 @@ import java.io.Serializable;
  * @param fsdpPrefetch      FSDP units whose all-gathers start ahead of the unit computing (at least 1; see
  *                          {@code FullyShard(int)})
  * @param cpuBlasThreads    OpenBLAS threads of the CPU backend (at least 1; a process-wide setting)
+ * @param activationCheckpointing "none", "full" or "selective": what each decoder layer keeps for its backward
+ *                          pass ({@link ActivationCheckpointing}); the same results
  */
 public record TrainerSpec(String hfConfigJson, String initCheckpointDir, long seed, int dpShard, int ep, int seqLen,
                           OptimizerSettings optimizer, String backend, int deviceId, String precision,
-                          int fsdpPrefetch, int cpuBlasThreads)
+                          int fsdpPrefetch, int cpuBlasThreads, String activationCheckpointing)
         implements Serializable {
 
     /** FSDP units gathered ahead unless the job says otherwise. */
@@ -46,16 +49,25 @@ public record TrainerSpec(String hfConfigJson, String initCheckpointDir, long se
             throw new IllegalArgumentException("cpuBlasThreads (" + cpuBlasThreads + ") must be at least 1 (OpenBLAS "
                     + "threads of the CPU backend; " + DEFAULT_CPU_BLAS_THREADS + " is the default)");
         }
+        activationCheckpointing = ActivationCheckpointing.parse(activationCheckpointing).configName();
     }
 
     /** A spec with the default FSDP prefetch and CPU BLAS threads. */
     public TrainerSpec(String hfConfigJson, String initCheckpointDir, long seed, int dpShard, int ep, int seqLen,
-                       OptimizerSettings optimizer, String backend, int deviceId, String precision) {
+                       OptimizerSettings optimizer, String backend, int deviceId, String precision,
+                       String activationCheckpointing) {
         this(hfConfigJson, initCheckpointDir, seed, dpShard, ep, seqLen, optimizer, backend, deviceId, precision,
-                DEFAULT_FSDP_PREFETCH, DEFAULT_CPU_BLAS_THREADS);
+                DEFAULT_FSDP_PREFETCH, DEFAULT_CPU_BLAS_THREADS, activationCheckpointing);
     }
 
-    /** A spec in full f32 precision. */
+    /** A spec without activation checkpointing. */
+    public TrainerSpec(String hfConfigJson, String initCheckpointDir, long seed, int dpShard, int ep, int seqLen,
+                       OptimizerSettings optimizer, String backend, int deviceId, String precision) {
+        this(hfConfigJson, initCheckpointDir, seed, dpShard, ep, seqLen, optimizer, backend, deviceId, precision,
+                "none");
+    }
+
+    /** A spec in full f32 precision, without activation checkpointing. */
     public TrainerSpec(String hfConfigJson, String initCheckpointDir, long seed, int dpShard, int ep, int seqLen,
                        OptimizerSettings optimizer, String backend, int deviceId) {
         this(hfConfigJson, initCheckpointDir, seed, dpShard, ep, seqLen, optimizer, backend, deviceId, "f32");
@@ -64,7 +76,18 @@ public record TrainerSpec(String hfConfigJson, String initCheckpointDir, long se
     /** The same spec for another backend and device (what a Spark task knows once it has its GPU). */
     public TrainerSpec onDevice(String newBackend, int newDeviceId) {
         return new TrainerSpec(hfConfigJson, initCheckpointDir, seed, dpShard, ep, seqLen, optimizer, newBackend,
-                newDeviceId, precision, fsdpPrefetch, cpuBlasThreads);
+                newDeviceId, precision, fsdpPrefetch, cpuBlasThreads, activationCheckpointing);
+    }
+
+    /** The same spec with another activation checkpointing setting ("none", "full" or "selective"). */
+    public TrainerSpec withActivationCheckpointing(String mode) {
+        return new TrainerSpec(hfConfigJson, initCheckpointDir, seed, dpShard, ep, seqLen, optimizer, backend,
+                deviceId, precision, fsdpPrefetch, cpuBlasThreads, mode);
+    }
+
+    /** {@link #activationCheckpointing()} as the model's setting. */
+    public ActivationCheckpointing checkpointing() {
+        return ActivationCheckpointing.parse(activationCheckpointing);
     }
 
     /**

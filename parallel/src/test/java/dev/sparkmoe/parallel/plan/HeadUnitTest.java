@@ -7,6 +7,7 @@ import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.backend.CpuBackend;
 import dev.sparkmoe.core.backend.MemoryTracker;
 import dev.sparkmoe.core.json.Json;
+import dev.sparkmoe.core.model.ActivationCheckpointing;
 import dev.sparkmoe.core.model.Fixtures;
 import dev.sparkmoe.core.model.LmHead;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
@@ -232,10 +233,17 @@ class HeadUnitTest {
 
     /** Units (path and parameters), the log of step 2, its gathered non-expert gradients, collectives left open. */
     static Object[] rank(Communicator c, Qwen3MoeConfig config, int dp, int ep, List<int[]> seqs, int prefetch) {
+        return rank(c, config, dp, ep, seqs, prefetch, ActivationCheckpointing.NONE);
+    }
+
+    /** As above, with the model's layers keeping what {@code checkpointing} says. */
+    static Object[] rank(Communicator c, Qwen3MoeConfig config, int dp, int ep, List<int[]> seqs, int prefetch,
+                         ActivationCheckpointing checkpointing) {
         List<String> log = new ArrayList<>();
         Map<Tensor, String> gradOwner = new IdentityHashMap<>();
         Backend be = MemoryTracker.wrap(new CpuBackend());
         Qwen3MoeModel model = model(config, be);
+        model.setActivationCheckpointing(checkpointing);
         DeferringCommunicator deferring = new DeferringCommunicator(c);
         Recording world = new Recording(deferring, log, model, gradOwner);
         ParallelDims dims = new ParallelDims(dp, ep, c.size()).validateFor(config.numExperts());

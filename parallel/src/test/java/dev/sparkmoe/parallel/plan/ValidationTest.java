@@ -39,14 +39,15 @@ class ValidationTest {
     void runtimeSettingsBelowOneAreRefusedByName() {
         TrainerSpec ok = spec(configJson, 1, 1);
         IllegalArgumentException p = assertThrows(IllegalArgumentException.class, () -> new TrainerSpec(
-                ok.hfConfigJson(), null, 0, 1, 1, 8, ok.optimizer(), "cpu", -1, "f32", 0, 1));
+                ok.hfConfigJson(), null, 0, 1, 1, 8, ok.optimizer(), "cpu", -1, "f32", 0, 1, "none"));
         assertTrue(p.getMessage().contains("fsdpPrefetch (0) must be at least 1"), p.getMessage());
         IllegalArgumentException b = assertThrows(IllegalArgumentException.class, () -> new TrainerSpec(
-                ok.hfConfigJson(), null, 0, 1, 1, 8, ok.optimizer(), "cpu", -1, "f32", 2, 0));
+                ok.hfConfigJson(), null, 0, 1, 1, 8, ok.optimizer(), "cpu", -1, "f32", 2, 0, "none"));
         assertTrue(b.getMessage().contains("cpuBlasThreads (0) must be at least 1"), b.getMessage());
         TrainerSpec moved = new TrainerSpec(ok.hfConfigJson(), null, 0, 1, 1, 8, ok.optimizer(), "auto", -1, "f32",
-                3, 2).onDevice("cuda", 1);
-        assertTrue(moved.fsdpPrefetch() == 3 && moved.cpuBlasThreads() == 2, "onDevice keeps the settings");
+                3, 2, "selective").onDevice("cuda", 1);
+        assertTrue(moved.fsdpPrefetch() == 3 && moved.cpuBlasThreads() == 2
+                && moved.activationCheckpointing().equals("selective"), "onDevice keeps the settings");
     }
 
     @Test

@@ -87,6 +87,15 @@ public enum ConfigKey {
             "OpenBLAS threads of the CPU backend's matrix products (process-wide in each executor JVM). 1 suits "
                     + "several ranks per JVM (local[N]), whose kernels already spread over every core; raise it for "
                     + "one rank on a many-core host."),
+    TRAINING_ACTIVATION_CHECKPOINTING("training.activation_checkpointing", Type.ENUM, "none",
+            "What each decoder layer keeps from its forward pass for its backward pass; only memory and time differ "
+                    + "(on the CPU backend the results are the same bit for bit). none: every activation. full: only "
+                    + "the layer's input; "
+                    + "its backward first runs its forward again (routing and, with layout.ep > 1, the token "
+                    + "all-to-alls included). selective: the input, the routing, the token dispatch and the experts' "
+                    + "outputs; the backward recomputes the norms, attention and the experts' gate and up projections "
+                    + "(dense layers as full).",
+            "none", "full", "selective"),
     TRAINING_MAX_ATTEMPTS("training.max_attempts", Type.INT, "3",
             "Barrier-stage attempts; every attempt after the first resumes from the newest committed checkpoint (one "
                     + "this run cannot resume ends the run at once)."),

@@ -4,7 +4,6 @@ import dev.sparkmoe.core.backend.CpuBackend;
 import dev.sparkmoe.core.io.HfCheckpointReader;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.core.model.Qwen3MoeModel;
-import dev.sparkmoe.core.model.StatsReducer;
 import dev.sparkmoe.spark.ckpt.SerializableHadoopConf;
 import dev.sparkmoe.spark.data.Tokenizer;
 import dev.sparkmoe.spark.data.Tokenizers;
@@ -93,8 +92,7 @@ final class RowScorer implements FlatMapFunction<Iterator<Row>, Row> {
             for (int t = 0; t < len; t++) {
                 targets[t] = t + 1 < len ? in[t + 1] : -100;
             }
-            Qwen3MoeModel.Pass p = model.forward(in, targets, 1, len, 1.0, 0.0, StatsReducer.LOCAL);
-            sum += p.lmLossSum();
+            sum += model.evaluate(in, targets, 1, len);
             count += len - 1;
         }
         return sum / count;

@@ -36,6 +36,9 @@ class TrainConfigTest {
         assertEquals(4, c.worldSize());
         assertEquals("json", c.getString(ConfigKey.DATA_FORMAT));
         assertEquals(8, c.batchSequences(), "default");
+        assertEquals("none", c.getString(ConfigKey.TRAINING_ACTIVATION_CHECKPOINTING), "default");
+        assertEquals("selective", TrainConfig.parse(YAML, "run.yaml", List.of("training.activation_checkpointing="
+                + "Selective")).getString(ConfigKey.TRAINING_ACTIVATION_CHECKPOINTING));
         assertEquals("file:/tmp/out", c.outputDir());
         assertEquals("file:/tmp/out/run-001/checkpoints", c.checkpointDir("file:/tmp/out/run-001"));
         assertEquals(4, c.getMap(ConfigKey.MODEL_CONFIG).get("num_experts"));
@@ -80,6 +83,8 @@ class TrainConfigTest {
             {"training.steps=ten", "training.steps = 'ten': expected an integer"},
             {"training.schedule=exp", "training.schedule = 'exp': expected one of [cosine, linear, constant]"},
             {"data.shuffle=maybe", "data.shuffle = 'maybe': expected true or false"},
+            {"training.activation_checkpointing=partial",
+                "training.activation_checkpointing = 'partial': expected one of [none, full, selective]"},
             {"training.batch_sequences=0", "training.batch_sequences = 0: must be positive"},
             {"training.fsdp_prefetch=0", "training.fsdp_prefetch = 0: must be positive"},
             {"training.cpu_blas_threads=-2", "training.cpu_blas_threads = -2: must be positive"},

@@ -1,0 +1,101 @@
+package dev.sparkmoe.core.model;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.nn.Parameter;
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+
+/**
+ * The LM head projection and the cross-entropy, fused and chunked over token rows, as Liger-Kernel's fused linear
+ * cross-entropy: no [N, V] logits tensor exists. For each chunk of rows, in the forward pass:
+ * <pre>
+ *   logits  [c, V]  = hidden[chunk] W^T
+ *   loss           += cross-entropy(logits, targets[chunk]);  dlogits written over the logits
+ *   dHidden[chunk]  = dlogits W
+ *   dW             += dlogits^T hidden[chunk]
+ * </pre>
+ * dHidden and dW are returned, not added to the weight's gradient: the forward pass has no side effect on the
+ * parameters (a forward pass without backward, such as a finite-difference check, leaves them as they were), and the
+ * backward pass adds dW to the weight's gradient in its usual place
+ * ({@link dev.sparkmoe.core.nn.Parameter#accumulateGrad}).
+ * The gradient is scaled as the unfused loss scales it ({@code gradScale}, the inverse of the global number of
+ * predicted tokens), so the summed loss and every gradient are those of the unfused path up to the order of the
+ * f32 sums over rows (dW sums its rows chunk by chunk).
+ *
+ * <p>Chunk size, from a memory bound: a chunk's logits ({@code [rows, V]} f32, later its gradient) may take no more
+ * memory than the LM head weight's f32 gradient {@code [V, H]}, which the step holds at this point anyway. That is
+ * {@code rows = H} (capped by N): the loss adds at most one weight-sized buffer to the peak, whatever the number of
+ * tokens, where the unfused loss held [N, V]. It also gives each chunk's weight-gradient GEMM {@code k = H} rows, so
+ * that it is not dominated by reading and writing dW once per chunk.
+ */
+final class FusedLinearCrossEntropy {
+    private FusedLinearCrossEntropy() {
+    }
+
+    /**
+     * What one call produced: the summed cross-entropy over the rows with a target; with gradients, dHidden [N, H]
+     * and dWeight [V, H] (new tensors, null without); the logits [N, V] when retained (else null).
+     */
+    record Result(double lossSum, Tensor dHidden, Tensor dWeight, Tensor logits) {
+    }
+
+    /**
+     * Rows per chunk for {@code tokens} rows of a head with {@code hidden} inputs and {@code vocab} outputs (see the
+     * class comment); a positive {@code requested} value overrides the rule. Capped by {@code tokens}, and so that a
+     * chunk's logits stay indexable ({@code rows * vocab < 2^31} elements).
+     */
+    static int chunkRows(int tokens, int hidden, int vocab, int requested) {
+        int rows = requested > 0 ? requested : hidden;
+        return Math.max(1, Math.min(Math.min(tokens, rows), Integer.MAX_VALUE / Math.max(1, vocab)));
+    }
+
+    /**
+     * @param hidden       [N, H] the final norm's output
+     * @param targets      I32 [N] on the backend: target of each row, or -100
+     * @param weight       the LM head weight [V, H] (the embedding when tied)
+     * @param gradScale    d(loss)/d(summed cross-entropy); 0 with {@code withGrad} off
+     * @param withGrad     whether to compute dHidden and dWeight
+     * @param retainLogits whether to return the logits [N, V] too (copied chunk by chunk into one tensor)
+     * @param requestedRows rows per chunk, 0 for the rule of the class comment
+     */
+    static Result run(Backend be, Tensor hidden, Tensor targets, int n, Parameter weight, float gradScale,
+                      boolean withGrad, boolean retainLogits, int requestedRows) {
+        int v = weight.shape()[0];
+        int h = weight.shape()[1];
+        Tensor w = weight.value();
+        if (retainLogits && (long) n * v > Integer.MAX_VALUE) {
+            throw new IllegalArgumentException("cannot retain the logits of " + n + " tokens x " + v + " vocabulary "
+                    + "entries (" + (long) n * v + " elements, over 2^31 - 1 in one tensor): retain them for fewer "
+                    + "tokens per forward pass (a smaller batch or sequence)");
+        }
+        Tensor logits = retainLogits ? be.empty(DType.F32, n, v) : null;
+        Tensor dHidden = withGrad ? be.empty(DType.F32, n, h) : null;
+        Tensor dWeight = withGrad ? be.empty(DType.F32, v, h) : null; // written whole by the first chunk
+        if (n == 0) {
+            if (dWeight != null) {
+                be.fill(dWeight, 0f);
+            }
+            return new Result(0, dHidden, dWeight, logits);
+        }
+        int rows = chunkRows(n, h, v, requestedRows);
+        Tensor chunk = be.empty(DType.F32, rows, v);      // a chunk's logits, then their gradient
+        Tensor chunkTargets = be.empty(DType.I32, rows);
+        double loss = 0;
+        for (int r0 = 0; r0 < n; r0 += rows) {
+            int c = Math.min(rows, n - r0);
+            be.gemm(false, true, c, v, h, 1f, hidden, r0 * h, h, w, 0, h, 0f, chunk, 0, v);
+            if (logits != null) {
+                be.copy(chunk, 0, logits, r0 * v, c * v);
+            }
+            be.copy(targets, r0, chunkTargets, 0, c);
+            loss += be.crossEntropy(chunk, chunkTargets, c, v, gradScale, chunk);
+            if (withGrad) {
+                be.gemm(false, false, c, h, v, 1f, chunk, 0, v, w, 0, h, 0f, dHidden, r0 * h, h);
+                be.gemm(true, false, v, h, c, 1f, chunk, 0, v, hidden, r0 * h, h, r0 == 0 ? 0f : 1f, dWeight, 0,
+                        h);
+            }
+        }
+        Release.all(be, chunk, chunkTargets);
+        return new Result(loss, dHidden, dWeight, logits);
+    }
+}
