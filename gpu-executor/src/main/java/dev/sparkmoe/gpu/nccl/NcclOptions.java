@@ -90,6 +90,10 @@ public record NcclOptions(int device, String name, Duration timeout, Duration in
         return new NcclOptions(device, name, t, initTimeout, blockingCollectives);
     }
 
+    public NcclOptions withInitTimeout(Duration t) {
+        return new NcclOptions(device, name, timeout, t, blockingCollectives);
+    }
+
     public NcclOptions withBlockingCollectives(boolean b) {
         return new NcclOptions(device, name, timeout, initTimeout, b);
     }

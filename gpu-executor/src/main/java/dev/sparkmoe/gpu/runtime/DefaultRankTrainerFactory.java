@@ -11,7 +11,6 @@ import dev.sparkmoe.parallel.train.RankTrainer;
 import dev.sparkmoe.parallel.train.RankTrainerFactory;
 import dev.sparkmoe.parallel.train.StepMetrics;
 import dev.sparkmoe.parallel.train.TrainerSpec;
-import java.time.Duration;
 import java.util.List;
 import java.util.Map;
 
@@ -34,7 +33,7 @@ public final class DefaultRankTrainerFactory implements RankTrainerFactory {
         CudaBackend cuda = (CudaBackend) backend;
         cuda.setGemmPrecision("bf16".equals(spec.precision()) ? CudaBackend.GemmPrecision.BF16
                 : CudaBackend.GemmPrecision.F32);
-        NcclCommunicator deviceWorld = GpuWorld.create(hostWorld, cuda, Duration.ofMinutes(10));
+        NcclCommunicator deviceWorld = GpuWorld.create(hostWorld, cuda);
         DistributedTrainer trainer;
         try {
             trainer = new DistributedTrainer(spec, deviceWorld, cuda, initial);
@@ -76,6 +75,11 @@ public final class DefaultRankTrainerFactory implements RankTrainerFactory {
         @Override
         public void loadState(Map<String, Tensor> state) {
             trainer.loadState(state);
+        }
+
+        @Override
+        public void loadResharded(int savedRanks, java.util.function.IntFunction<Map<String, Tensor>> saved) {
+            trainer.loadResharded(savedRanks, saved);
         }
 
         @Override
