@@ -217,6 +217,7 @@ public final class TrainConfig implements Serializable {
         positive(ConfigKey.TRAINING_GRAD_ACCUM);
         positive(ConfigKey.TRAINING_MAX_ATTEMPTS);
         positive(ConfigKey.TRAINING_COMM_TIMEOUT);
+        nonNegative(ConfigKey.TRAINING_ELASTIC_WAIT_S);
         positive(ConfigKey.CHECKPOINT_KEEP_LAST);
         nonNegative(ConfigKey.CHECKPOINT_EVERY);
         nonNegative(ConfigKey.TRAINING_WARMUP);

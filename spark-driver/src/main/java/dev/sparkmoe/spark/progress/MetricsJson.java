@@ -20,6 +20,11 @@ public final class MetricsJson {
 
     /** With {@code attempt > 0} the line also names the barrier-stage attempt that produced it. */
     public static String toJson(StepMetrics m, int attempt) {
+        return toJson(m, attempt, Map.of());
+    }
+
+    /** As {@link #toJson(StepMetrics, int)}, followed by {@code extra} (e.g. the layout of a resumed attempt). */
+    public static String toJson(StepMetrics m, int attempt, Map<String, Object> extra) {
         Map<String, Object> o = new LinkedHashMap<>();
         o.put("step", m.step());
         o.put("loss", m.loss());
@@ -32,6 +37,7 @@ public final class MetricsJson {
         if (attempt > 0) {
             o.put("attempt", attempt);
         }
+        o.putAll(extra);
         try {
             return JSON.writeValueAsString(o);
         } catch (IOException e) {
