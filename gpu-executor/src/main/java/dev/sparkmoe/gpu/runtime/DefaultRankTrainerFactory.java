@@ -16,8 +16,9 @@ import java.util.Map;
 
 /**
  * The trainer every launcher uses (Spark barrier tasks, the standalone launcher): picks the backend for this rank,
- * on a GPU builds the NCCL world over the given host world, loads the initial weights (or initialises them from the
- * seed) and builds the distributed trainer.
+ * on a GPU builds the NCCL world over the given host world (waiting for its peers as long as the host world does:
+ * training.comm_timeout_s in a Spark job), loads the initial weights (or initialises them from the seed) and builds
+ * the distributed trainer.
  */
 public final class DefaultRankTrainerFactory implements RankTrainerFactory {
     private static final long serialVersionUID = 1L;
@@ -34,6 +35,11 @@ public final class DefaultRankTrainerFactory implements RankTrainerFactory {
         cuda.setGemmPrecision("bf16".equals(spec.precision()) ? CudaBackend.GemmPrecision.BF16
                 : CudaBackend.GemmPrecision.F32);
         NcclCommunicator deviceWorld = GpuWorld.create(hostWorld, cuda);
+        java.util.logging.Logger.getLogger(DefaultRankTrainerFactory.class.getName()).info(() -> "rank "
+                + hostWorld.rank() + ": NCCL world of " + deviceWorld.size() + " ranks on cuda:" + cuda.device()
+                + ", bootstrapped over the host world '" + hostWorld.name() + "' (timeout "
+                + hostWorld.timeout().map(java.time.Duration::toSeconds).map(t -> t + " s").orElse("from the environment")
+                + ")");
         DistributedTrainer trainer;
         try {
             trainer = new DistributedTrainer(spec, deviceWorld, cuda, initial);

@@ -180,8 +180,10 @@ public final class RankRunner {
         }
         String device = deviceId >= 0 ? "cuda:" + deviceId : "cpu";
         TrainerSpec spec = base.onDevice(backend, deviceId);
-        LOG.info("rank {} of {}: device {} (task resources: gpu {}), data ranks {}", rank, world, device,
-                Arrays.toString(gpus), streams);
+        if (gpus.length > 0) { // one line per executor log; without GPUs (local mode) it would repeat per rank
+            LOG.info("rank {} of {}: device {} from the task's resources (gpu {}), data ranks {}", rank, world, device,
+                    Arrays.toString(gpus), streams);
+        }
 
         Duration timeout = Duration.ofSeconds(plan.commTimeoutS());
         Communicator comm = plan.connector().connect(ctl, where, timeout);
