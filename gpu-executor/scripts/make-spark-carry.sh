@@ -1,6 +1,7 @@
 #!/bin/bash
 # Builds the carry that spark-gpu-run.sh runs Spark from on a GPU host (which has no JDK, no Maven, no network, and
-# takes at most 64 MiB per call with the repository): .device-carry/spark/spark-moe-spark.tar.xz holding spark-moe/
+# takes at most 64 MiB per call with the repository): .device-carry/spark/spark-moe-spark.tar.xz (nothing else in that
+# folder, so that it is what a GPU call carries) holding spark-moe/
 #   runtime/  a jlink'ed Java 17 runtime with the JDK modules the job's JVMs load (plus those Spark and Hadoop reach
 #             by reflection or only on a GPU or failure path: see MODULES below; less the service providers that are
 #             merely enumerated: DROP), uncompressed with a stripped libjvm.so (the archive's xz packs it better)
@@ -19,7 +20,8 @@
 # Usage (repository root): bash gpu-executor/scripts/make-spark-carry.sh [BENCH_DIR (default ../shared/bench)]
 # (SKIP_BUILD=1: reuse the jars of the last build)
 set -euo pipefail
-D=${D:-.device-carry/spark}
+D=${WORK:-.device-carry/spark-build} # work folders (the recorded logs, the full and the trimmed runtime)
+C=${CARRY:-.device-carry/spark}      # the carry: spark-moe-spark.tar.xz alone
 BENCH=${1:-../shared/bench}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 grep -qx '/.device-carry/' .gitignore || { echo "add /.device-carry/ to .gitignore first" >&2; exit 1; }
@@ -101,12 +103,12 @@ python3 "$HERE/trim-spark-jars.py" --logs "$D"/build/classes/*.log --jars "$F/ja
 strip -s "$S/runtime/lib/server/libjvm.so" 2>/dev/null || echo "no strip: libjvm.so keeps its symbols (4 MB more)"
 cp -r "$F"/{lib,app,conf,bin,bench,RELEASE} "$S/"
 echo "make-spark-carry: packing (xz) ..."
-rm -f "$D"/spark-moe-spark.t*
-tar cf - -C "$D/stage" spark-moe | xz -T2 -6 > "$D/spark-moe-spark.tar.xz"
+rm -rf "$C" && mkdir -p "$C"
+tar cf - -C "$D/stage" spark-moe | xz -T2 -6 > "$C/spark-moe-spark.tar.xz"
 echo "make-spark-carry: proving it: the same script from the trimmed carry ..."
 local_run "$PWD/$S" "$PWD/$S/runtime" "$PWD/$D/build/proof" job kill
 echo "make-spark-carry: sizes (bytes): runtime $(du -sb "$S/runtime" | cut -f1), jars $(du -sb "$S/jars" | cut -f1)," \
   "lib $(du -sb "$S/lib" | cut -f1), app $(du -sb "$S/app" | cut -f1); spark-moe-spark.tar.xz" \
-  "$(stat -c %s "$D/spark-moe-spark.tar.xz") (runtime alone $(tar cf - -C "$S" runtime | xz -T2 -6 | wc -c), jars alone" \
+  "$(stat -c %s "$C/spark-moe-spark.tar.xz") (runtime alone $(tar cf - -C "$S" runtime | xz -T2 -6 | wc -c), jars alone" \
   "$(tar cf - -C "$S" jars | xz -T2 -6 | wc -c))"
 rm -rf "$D/full"

@@ -23,7 +23,8 @@
 #   FAKE_GPUS=N   no GPU: the discovery script reports N made-up GPUs (use with BACKEND=cpu): the local proof
 #   BACKEND (cuda | cpu | auto; default cuda), PRECISION (bf16), MODEL (model config JSON, default
 #   $SMS/bench/qwen3moe-c1.json), B (4), T (2048), STEPS (20), KILL_STEPS (30), EVERY (10), CPT (cores per task,
-#   default nproc/GPUs up to 8), EXEC_MEM (executor memory, default 16g), DRIVER_MEM (4g), PORT (7077),
+#   default nproc/GPUs up to 8), EXEC_MEM (executor memory, default 32g: a rank's checkpoint state is host memory),
+#   DRIVER_MEM (4g), PORT (7077), KEEP_CHECKPOINTS=1 (keep each run's checkpoints; default: deleted after the run),
 #   SPARK_MOE_JAVA_HOME (default the carry's runtime), JAVA_TOOL_OPTIONS (passed to every JVM; make-spark-carry.sh records
 #   class loading with it), EXTRA_JARS (comma-separated jars added to the job, e.g. OpenBLAS for the CPU backend)
 set -uo pipefail
@@ -62,7 +63,7 @@ EVERY=${EVERY:-10}
 MODEL=${MODEL:-$SMS/bench/qwen3moe-c1.json}
 CORES=$(nproc)
 CPT=${CPT:-$(( CORES / GPUS > 8 ? 8 : (CORES / GPUS > 0 ? CORES / GPUS : 1) ))}
-EXEC_MEM=${EXEC_MEM:-16g}
+EXEC_MEM=${EXEC_MEM:-32g}
 PORT=${PORT:-7077}
 W=/tmp/spark-gpu-run
 rm -rf "$W" && mkdir -p "$W"
@@ -153,6 +154,7 @@ job() { # $1 = name, $2 = steps, $3 = checkpoint.every; runs in the foreground
   cat "$W/work/$app"/*/stderr 2>/dev/null | grep -E "rank [0-9]+ of [0-9]+: device|backend: |NCCL|nccl" | head -12 \
     | tee "$OUT/$1-ranks.txt"
   cp "$run/metrics.jsonl" "$OUT/$1-metrics.jsonl" 2>/dev/null
+  [ "${KEEP_CHECKPOINTS:-0}" = 1 ] || rm -rf "$run/checkpoints" # gigabytes each at C1's size
   return $rc
 }
 

@@ -89,8 +89,11 @@ def main():
                     continue
                 elif re.match(r"META-INF/.*\.(SF|DSA|RSA|EC)$", name):
                     continue
-                info.compress_type = zipfile.ZIP_STORED
-                zout.writestr(info, zin.read(name))
+                data = zin.read(name)
+                stored = zipfile.ZipInfo(name, info.date_time)
+                stored.external_attr = info.external_attr
+                stored.compress_type = zipfile.ZIP_STORED
+                zout.writestr(stored, data)
         total_out += os.path.getsize(dst)
         kept_jars += 1
     with open(a.modules, "w") as f:
