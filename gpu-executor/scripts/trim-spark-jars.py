@@ -7,7 +7,8 @@ the folder of jars they ran from. Output: one jar per jar that served at least o
     GPU run or a failure may take that the recorded run did not),
   - every other entry (resources, META-INF/services, properties, XML), except native libraries for other platforms
     than linux x86_64 and the web UIs' static files (the UI's resource folder itself stays, Jetty looks for it);
-and the JDK modules the run loaded classes from (for jlink). Jars that served no class are left out. The jars are
+and the JDK modules the run loaded classes from (for jlink). Jars that served no class are left out, except the
+linux x86_64 natives of a library whose classes were loaded (Netty's epoll transport). The jars are
 written uncompressed (stored): the carry is one xz archive, and LZMA over all the class files together packs them to
 about half of what each jar's own deflate does.
 
@@ -15,6 +16,7 @@ usage: trim-spark-jars.py --logs LOG... --jars DIR --out DIR --modules FILE
 """
 import argparse
 import os
+import shutil
 import re
 import sys
 import zipfile
@@ -28,6 +30,16 @@ def keep_native(name):
     """A native library for linux x86_64 (or for linux with no architecture named)."""
     n = name.lower()
     return "linux" in n and not OTHER_ARCH.search(n)
+
+
+def native_twin_of_loaded(jar, loaded):
+    """A natives-only jar (netty-transport-native-epoll-V-linux-x86_64.jar) whose classes jar
+    (netty-transport-classes-epoll-V.jar) served classes: its .so is read as a resource, which the class-loading log
+    does not show."""
+    if not jar.endswith("-linux-x86_64.jar") or "-native-" not in jar:
+        return False
+    family = re.sub(r"-\d.*$", "", jar).replace("-native-", "-classes-")
+    return any(j.startswith(family + "-") for j in loaded)
 
 
 def main():
@@ -66,6 +78,10 @@ def main():
         total_in += size
         classes = loaded.get(jar)
         if not classes:
+            if native_twin_of_loaded(jar, loaded):
+                shutil.copyfile(path, os.path.join(a.out, jar))  # a loaded library's linux x86_64 natives
+                total_out += size
+                kept_jars += 1
             continue
         outers = {c.split("$")[0] for c in classes} if a.nested else set()
         dst = os.path.join(a.out, jar)

@@ -282,5 +282,8 @@ class TrainingJobTest {
                 && e.getMessage().contains("RankOutOfMemoryException: rank 3 ran out of memory")
                 && e.getMessage().contains("java.lang.OutOfMemoryError: Java heap space")
                 && e.getMessage().contains("spark.executor.memory"), e.getMessage());
+        // no Error reached Spark, in this rank's failure or in its peers': the application lives on
+        assertFalse(spark.sparkContext().isStopped());
+        assertEquals(3, spark.range(3).count());
     }
 }

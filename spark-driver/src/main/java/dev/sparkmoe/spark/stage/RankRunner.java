@@ -234,7 +234,8 @@ public final class RankRunner {
             comm.barrier();
             return new RankOutcome(rank, resumedFrom, trainer.stepsTaken(), rank == 0 ? history : List.of(), device);
         } catch (Throwable t) {
-            WorldConnector.abort(comm, rank, t);
+            // peers see this as their failure's cause: never an Error, which Spark would take for a fatal one of theirs
+            WorldConnector.abort(comm, rank, t instanceof OutOfMemoryError e ? new RankOutOfMemoryException(rank, e) : t);
             throw t;
         } finally {
             if (trainer != null) {

@@ -2,7 +2,6 @@ package dev.sparkmoe.spark.gpuhost;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
-import dev.sparkmoe.spark.testing.SparkTestSession;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -20,7 +19,10 @@ class TokenParquetTest {
     @Test
     void writesTheLinesAsTokenIdRowsRepeatedUpToTheTokensAskedFor() throws Exception {
         Path text = Files.writeString(tmp.resolve("t.txt"), "ab\n\nçé\n", StandardCharsets.UTF_8);
-        SparkSession spark = SparkTestSession.start();
+        // as spark-submit runs it on the GPU host: Spark's default serializer
+        SparkSession spark = SparkSession.builder().master("local[2]").appName("token-parquet-test")
+                .config("spark.ui.enabled", "false").config("spark.driver.host", "127.0.0.1")
+                .config("spark.driver.bindAddress", "127.0.0.1").getOrCreate();
         try {
             String out = tmp.resolve("ids").toUri().toString();
             // two lines of 2 and 4 bytes (+1 for the separator each): 8 tokens a pass, 3 passes for 20
