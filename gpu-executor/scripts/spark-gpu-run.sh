@@ -151,7 +151,7 @@ job() { # $1 = name, $2 = steps, $3 = checkpoint.every; runs in the foreground
   # how each rank got its GPU and its world: from the executors' logs
   local app
   app=$(grep -o 'app-[0-9]*-[0-9]*' "$OUT/$1.log" | head -1)
-  cat "$W/work/$app"/*/stderr 2>/dev/null | grep -E "rank [0-9]+ of [0-9]+: device|backend: |NCCL|nccl" | head -12 \
+  cat "$W/work/$app"/*/stderr 2>/dev/null | grep -E "rank [0-9]+ of [0-9]+: the task|backend: |NCCL world|nccl" | head -12 \
     | tee "$OUT/$1-ranks.txt"
   cp "$run/metrics.jsonl" "$OUT/$1-metrics.jsonl" 2>/dev/null
   [ "${KEEP_CHECKPOINTS:-0}" = 1 ] || rm -rf "$run/checkpoints" # gigabytes each at C1's size
@@ -212,6 +212,7 @@ mode_logits() {
   local model
   model=$(ls -d "$W"/*/model 2>/dev/null | tail -1)
   [ -n "$model" ] || { job run "$STEPS" "$EVERY" || return 1; model=$W/run/model; }
+  LD_LIBRARY_PATH=$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
   python3 "$HERE/hf_logits_check.py" --model "$model" --java "$JAVA" --classpath "$SMS/lib/*" --out "$OUT" \
     2>&1 | tee "$OUT/logits.log" | tail -8
 }

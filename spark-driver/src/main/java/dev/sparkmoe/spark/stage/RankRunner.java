@@ -181,8 +181,8 @@ public final class RankRunner {
         String device = deviceId >= 0 ? "cuda:" + deviceId : "cpu";
         TrainerSpec spec = base.onDevice(backend, deviceId);
         if (gpus.length > 0) { // one line per executor log; without GPUs (local mode) it would repeat per rank
-            LOG.info("rank {} of {}: device {} from the task's resources (gpu {}), data ranks {}", rank, world, device,
-                    Arrays.toString(gpus), streams);
+            LOG.info("rank {} of {}: the task's resources hold gpu {}; device {}, data ranks {}", rank, world,
+                    Arrays.toString(gpus), device, streams);
         }
 
         Duration timeout = Duration.ofSeconds(plan.commTimeoutS());

@@ -39,16 +39,22 @@ public final class StandaloneCluster implements AutoCloseable {
         }
         master = start(dir.resolve("master.log"), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                 "--port", Integer.toString(port), "--webui-port", "0");
-        awaitLine(master, dir.resolve("master.log"), "I have been elected leader", Duration.ofSeconds(120));
-        for (int i = 0; i < workers; i++) {
-            Path log = dir.resolve("worker-" + i + ".log");
-            workers(start(log, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores",
-                    Integer.toString(cores), "--memory", memory, "--work-dir",
-                    Files.createDirectories(dir.resolve("work-" + i)).toString(), "--webui-port", "0", masterUrl()));
-        }
-        for (int i = 0; i < workers; i++) {
-            awaitLine(this.workers.get(i), dir.resolve("worker-" + i + ".log"), "Successfully registered with master",
-                    Duration.ofSeconds(120));
+        try {
+            awaitLine(master, dir.resolve("master.log"), "I have been elected leader", Duration.ofSeconds(120));
+            for (int i = 0; i < workers; i++) {
+                Path log = dir.resolve("worker-" + i + ".log");
+                workers(start(log, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores",
+                        Integer.toString(cores), "--memory", memory, "--work-dir",
+                        Files.createDirectories(dir.resolve("work-" + i)).toString(), "--webui-port", "0",
+                        masterUrl()));
+            }
+            for (int i = 0; i < workers; i++) {
+                awaitLine(this.workers.get(i), dir.resolve("worker-" + i + ".log"),
+                        "Successfully registered with master", Duration.ofSeconds(120));
+            }
+        } catch (IOException | InterruptedException | RuntimeException e) {
+            close(); // nothing of a cluster that did not start may outlive the test
+            throw e;
         }
     }
 
