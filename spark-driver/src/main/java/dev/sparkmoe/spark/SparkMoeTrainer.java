@@ -23,6 +23,8 @@ import dev.sparkmoe.spark.progress.MetricsAccumulator;
 import dev.sparkmoe.spark.progress.MetricsJson;
 import dev.sparkmoe.spark.progress.MetricsPlot;
 import dev.sparkmoe.spark.progress.ProgressListener;
+import dev.sparkmoe.spark.progress.ProgressReporter;
+import dev.sparkmoe.spark.progress.ProgressServer;
 import dev.sparkmoe.spark.stage.BarrierTrainFunction;
 import dev.sparkmoe.spark.stage.JobPlan;
 import dev.sparkmoe.spark.stage.RankOutcome;
@@ -235,13 +237,14 @@ public final class SparkMoeTrainer {
                 RunFolders.Run run = claimRunFolder(folders, resumeTarget, hconf);
                 CheckpointStore store = new CheckpointStore(c.checkpointDir(run.dir()), hconf);
                 String modelDir = run.dir() + "/model";
-                WorldConnector connector = new WorldConnector(b.transport, JobSecret.generate());
+                JobSecret secret = JobSecret.generate();
+                WorldConnector connector = new WorldConnector(b.transport, secret);
                 LOG.info("spark-moe run {}: world_size {}, ep {}, {} steps of {} sequences x {} tokens per rank, "
                         + "data {} sequences per rank, checkpoints in {}", runId, world, c.ep(), steps,
                         c.batchSequences(), c.seqLen() + 1, counts, store.dir());
                 MetricsPlot plot = new MetricsPlot(run.dir() + "/" + MetricsPlot.FILE_NAME, runId + " (" + run.name()
                         + ")", hconf);
-                announce(run, store, steps, plot);
+                long continued = announce(run, store, steps, plot);
 
                 java.nio.file.Path metricsFile = c.has(ConfigKey.OUTPUT_METRICS_FILE)
                         ? Paths.get(c.getString(ConfigKey.OUTPUT_METRICS_FILE)) : null;
@@ -256,17 +259,20 @@ public final class SparkMoeTrainer {
                     }
                 };
                 try (ProgressListener progress = new ProgressListener(steps, c.getBool(ConfigKey.OUTPUT_PROGRESS),
-                        b.console, metricsFile, onStep, runId)) {
+                        b.console, metricsFile, onStep, runId);
+                     ProgressServer channel = progressServer(sc, secret, progress)) {
+                    progress.continues(continued);
                     progress.failuresOf(jobGroup());
                     sc.addSparkListener(progress);
                     try {
-                        TrainResult r = attempts(sc, byRank, spec, factory, connector, store, packer, counts, steps,
-                                modelDir, hconf, progress, stats, run);
-                        plot.addAll(r.history());
-                        plot.drawNow();
-                        return r;
+                        return attempts(sc, byRank, spec, factory, connector, store, packer, counts, steps, modelDir,
+                                hconf, progress, stats, run, channel == null ? null : channel.address());
                     } finally {
                         sc.removeSparkListener(progress);
+                        progress.flushEvents();
+                        // failed or not, the run ends with its plot drawn from every step the listener reported (and
+                        // those of the run it continues), and nothing left drawing into the run folder
+                        plot.drawNow();
                         plot.close();
                     }
                 } catch (IOException e) {
@@ -318,9 +324,13 @@ public final class SparkMoeTrainer {
             }
         }
 
-        /** Names the run folder on the console (new or continued) and seeds the plot with the steps resumed. */
-        private void announce(RunFolders.Run run, CheckpointStore store, long steps, MetricsPlot plot) {
+        /**
+         * Names the run folder on the console (new or continued) and seeds the plot with the steps resumed; returns
+         * the step of the checkpoint a continued run starts from (0: none), whose steps the earlier run reported.
+         */
+        private long announce(RunFolders.Run run, CheckpointStore store, long steps, MetricsPlot plot) {
             String msg;
+            long from = 0;
             if (!run.resumed()) {
                 msg = "new run " + run.name() + " in " + run.dir() + " (--resume continues the newest run instead)";
             } else {
@@ -339,6 +349,7 @@ public final class SparkMoeTrainer {
                     for (String js : m.get().metricsJson()) {
                         plot.add(MetricsJson.fromJson(js));
                     }
+                    from = m.get().step();
                     msg = "continuing " + run.name() + " in " + run.dir() + " from its checkpoint at step "
                             + m.get().step() + (m.get().step() >= steps ? " (training.steps = " + steps + " are "
                             + "done: raise training.steps to train further)" : " of " + steps);
@@ -349,81 +360,188 @@ public final class SparkMoeTrainer {
             } else {
                 LOG.info("spark-moe run {}: {}", runId, msg);
             }
+            return from;
         }
 
         private String jobGroup() {
             return "spark-moe-" + runId;
         }
 
+        /** The driver's end of the progress channel, where executors reach the driver; null when it cannot listen. */
+        private ProgressServer progressServer(SparkContext sc, JobSecret secret, ProgressListener sink) {
+            String host = sc.getConf().get("spark.driver.host", "127.0.0.1");
+            String bind = sc.getConf().get("spark.driver.bindAddress", host);
+            try {
+                return new ProgressServer(host, bind, secret, sink);
+            } catch (IOException | RuntimeException e) {
+                LOG.warn("cannot open the progress channel on {} ({}); steps will be reported with the executor "
+                        + "heartbeats", bind, e.toString());
+                return null;
+            }
+        }
+
+        /** World size, expert parallelism and micro-batches of one attempt. */
+        private record Layout(int world, int ep, int gradAccum) {
+        }
+
         private TrainResult attempts(SparkContext sc, JavaPairRDD<Long, int[]> byRank, TrainerSpec spec,
                                      RankTrainerFactory factory, WorldConnector connector, CheckpointStore store,
                                      SequencePacker packer, List<Long> counts, long steps, String modelDir,
                                      Configuration hconf, ProgressListener progress, List<RankDataStats> stats,
-                                     RunFolders.Run run) {
+                                     RunFolders.Run run, ProgressReporter.Address channel) {
             int max = c.getInt(ConfigKey.TRAINING_MAX_ATTEMPTS);
             Throwable last = null;
             String lastWhy = null;
             int attempts = 0;
             boolean mismatch = false;
-            for (int attempt = 1; attempt <= max && !mismatch; attempt++) {
-                attempts = attempt;
-                MetricsAccumulator acc = new MetricsAccumulator();
-                sc.register(acc, "spark-moe metrics (run " + runId + ", attempt " + attempt + ")");
-                progress.watch(acc, attempt);
-                JobPlan plan = new JobPlan(sc.applicationId() + "/" + runId, attempt, spec, factory, connector, store,
-                        c.getInt(ConfigKey.CHECKPOINT_EVERY), c.getInt(ConfigKey.CHECKPOINT_KEEP_LAST), steps,
-                        c.batchSequences(), packer, c.getBool(ConfigKey.DATA_SHUFFLE), c.seed(), counts, modelDir,
-                        new SerializableHadoopConf(hconf), c.getInt(ConfigKey.TRAINING_COMM_TIMEOUT), acc,
-                        c.modelFormat());
-                sc.setJobGroup(jobGroup(), "spark-moe " + runId + ": train " + steps + " steps on "
-                        + c.worldSize() + " ranks (attempt " + attempt + "/" + max + ")", true);
-                try {
-                    List<RankOutcome> outs = ScalaAdapters.barrierMapPartitions(byRank.rdd(),
-                            new BarrierTrainFunction(plan), RankOutcome.class).collect();
-                    RankOutcome r0 = outs.stream().filter(o -> o.rank() == 0).findFirst().orElseThrow();
-                    List<StepMetrics> history = new ArrayList<>();
-                    for (String js : r0.metricsJson()) {
-                        history.add(MetricsJson.fromJson(js));
+            Layout full = new Layout(c.worldSize(), c.ep(), c.gradAccum());
+            Map<Integer, JavaPairRDD<Long, int[]>> regrouped = new java.util.HashMap<>();
+            try {
+                for (int attempt = 1; attempt <= max && !mismatch; attempt++) {
+                    attempts = attempt;
+                    Layout layout = attempt == 1 ? full : layoutForRetry(sc, full, spec);
+                    JavaPairRDD<Long, int[]> data = layout.world() == full.world() ? byRank
+                            : regrouped.computeIfAbsent(layout.world(), w -> Documents.regroup(byRank, full.world(), w)
+                                    .persist(StorageLevel.MEMORY_AND_DISK()));
+                    TrainerSpec attemptSpec = layout.equals(full) ? spec
+                            : spec.atLayout(layout.world(), layout.ep(), layout.gradAccum());
+                    MetricsAccumulator acc = new MetricsAccumulator();
+                    sc.register(acc, "spark-moe metrics (run " + runId + ", attempt " + attempt + ")");
+                    if (layout.equals(full)) {
+                        progress.watch(acc, attempt);
+                    } else {
+                        Map<String, Object> fields = new java.util.LinkedHashMap<>();
+                        fields.put("world_size", layout.world());
+                        fields.put("ep", layout.ep());
+                        fields.put("grad_accum", layout.gradAccum());
+                        progress.watch(acc, attempt, layout.world() + " of " + full.world() + " ranks, ep "
+                                + layout.ep() + ", grad_accum " + layout.gradAccum(), fields);
                     }
-                    for (StepMetrics m : history) {
-                        if (m.step() > r0.resumedFrom()) {
-                            progress.deliver(m); // steps a heartbeat did not carry (those resumed were shown before)
+                    JobPlan plan = new JobPlan(sc.applicationId() + "/" + runId, attempt, attemptSpec, factory,
+                            connector, store, c.getInt(ConfigKey.CHECKPOINT_EVERY),
+                            c.getInt(ConfigKey.CHECKPOINT_KEEP_LAST), steps, c.batchSequences(), packer,
+                            c.getBool(ConfigKey.DATA_SHUFFLE), c.seed(), counts, modelDir,
+                            new SerializableHadoopConf(hconf), c.getInt(ConfigKey.TRAINING_COMM_TIMEOUT), acc,
+                            c.modelFormat(), channel, c.getBool(ConfigKey.TRAINING_ELASTIC));
+                    sc.setJobGroup(jobGroup(), "spark-moe " + runId + ": train " + steps + " steps on "
+                            + layout.world() + " ranks (attempt " + attempt + "/" + max + ")", true);
+                    try {
+                        List<RankOutcome> outs = ScalaAdapters.barrierMapPartitions(data.rdd(),
+                                new BarrierTrainFunction(plan), RankOutcome.class).collect();
+                        RankOutcome r0 = outs.stream().filter(o -> o.rank() == 0).findFirst().orElseThrow();
+                        List<StepMetrics> history = new ArrayList<>();
+                        for (String js : r0.metricsJson()) {
+                            history.add(MetricsJson.fromJson(js));
                         }
+                        for (StepMetrics m : history) {
+                            // steps the channel and the heartbeats did not carry; those restored from the checkpoint
+                            // were taken by an earlier attempt
+                            progress.deliver(m, m.step() <= r0.resumedFrom() ? 0 : attempt);
+                        }
+                        return new TrainResult(modelDir, history, r0.stepsTaken(), attempt, r0.resumedFrom(),
+                                store.dir(), r0.device(), stats, run.dir(), runId);
+                    } catch (Exception e) { // SparkException is checked, but Scala throws it anyway
+                        last = e;
+                        waitForStragglers(sc);
+                        String why = progress.takeFailure(3000);
+                        lastWhy = why != null ? why : rootMessage(e);
+                        // a checkpoint this run cannot resume fails the same way every time: no point in trying again
+                        mismatch = lastWhy != null
+                                && lastWhy.contains(CheckpointMismatchException.class.getSimpleName());
+                        LOG.warn("spark-moe run {}: attempt {}/{} failed{}: {}", runId, attempt, max,
+                                mismatch ? " (not retried: the checkpoint does not fit this run)" : "", lastWhy);
                     }
-                    return new TrainResult(modelDir, history, r0.stepsTaken(), attempt, r0.resumedFrom(),
-                            store.dir(), r0.device(), stats, run.dir(), runId);
-                } catch (Exception e) { // SparkException is checked, but Scala throws it anyway
-                    last = e;
-                    waitForStragglers(sc);
-                    String why = progress.takeFailure(3000);
-                    lastWhy = why != null ? why : rootMessage(e);
-                    // a checkpoint this run cannot resume fails the same way every time: no point in trying again
-                    mismatch = lastWhy != null && lastWhy.contains(CheckpointMismatchException.class.getSimpleName());
-                    LOG.warn("spark-moe run {}: attempt {}/{} failed{}: {}", runId, attempt, max,
-                            mismatch ? " (not retried: the checkpoint does not fit this run)" : "", lastWhy);
+                }
+            } finally {
+                for (JavaPairRDD<Long, int[]> r : regrouped.values()) {
+                    r.unpersist(false);
                 }
             }
-            String ckpt;
-            boolean notResumable = mismatch;
-            try {
-                Optional<CheckpointStore.Manifest> m = store.latest();
-                String resume = c.getString(ConfigKey.CHECKPOINT_RESUME);
-                ckpt = m.map(x -> notResumable
-                        ? "The newest checkpoint, step " + x.step() + " at " + store.stepPath(x.step()) + ", is intact "
-                        + "but this run cannot resume from it (" + ConfigKey.CHECKPOINT_RESUME.key() + " = " + resume
-                        + "): drop --resume to train in a new run folder, or resume it with the settings and "
-                        + "version that wrote it."
-                        : "The newest complete checkpoint, step " + x.step() + " at " + store.stepPath(x.step())
-                        + ", is intact: run again with --resume=" + run.name() + " (checkpoint.resume) and the same "
-                        + "settings to continue from it.")
-                        .orElse("No checkpoint was committed in " + store.dir() + ".");
-            } catch (IOException e) {
-                ckpt = "Could not list checkpoints in " + store.dir() + ": " + e.getMessage();
-            }
+            String ckpt = resumableCheckpoint(store, mismatch, run);
             String tried = mismatch ? "training failed in attempt " + attempts + " of " + max + " and was not retried "
                     + "(the same checkpoint would fail every attempt)" : "training failed in all " + max
                     + " attempts (training.max_attempts)";
             throw new TrainingFailedException(tried + "; last error: " + lastWhy + ". " + ckpt, last);
+        }
+
+        /**
+         * What the final error says about the checkpoints: the newest committed one is read whole and called intact
+         * only when every file matches its manifest; a damaged one is set aside (renamed, never deleted) and the one
+         * before it is looked at.
+         */
+        private String resumableCheckpoint(CheckpointStore store, boolean notResumable, RunFolders.Run run) {
+            StringBuilder aside = new StringBuilder();
+            try {
+                Optional<CheckpointStore.Manifest> m = store.latest();
+                while (m.isPresent()) {
+                    Optional<String> damage = store.damage(m.get());
+                    if (damage.isEmpty()) {
+                        break;
+                    }
+                    Path moved = store.setAside(m.get().step(), damage.get());
+                    aside.append("Checkpoint step ").append(m.get().step()).append(" is damaged (")
+                            .append(damage.get()).append(") and was set aside as ").append(moved).append(". ");
+                    m = store.latest();
+                }
+                String resume = c.getString(ConfigKey.CHECKPOINT_RESUME);
+                return aside + m.map(x -> notResumable
+                        ? "The newest checkpoint, step " + x.step() + " at " + store.stepPath(x.step()) + ", is intact "
+                        + "but this run cannot resume from it (" + ConfigKey.CHECKPOINT_RESUME.key() + " = " + resume
+                        + "): drop --resume to train in a new run folder, or resume it with the settings and "
+                        + "version that wrote it."
+                        : "The newest committed checkpoint, step " + x.step() + " at " + store.stepPath(x.step())
+                        + ", is intact (every file matches its manifest): run again with --resume=" + run.name()
+                        + " (checkpoint.resume) and the same settings to continue from it.")
+                        .orElse("No intact checkpoint is left in " + store.dir() + ".");
+            } catch (IOException e) {
+                return aside + "Could not read the checkpoints in " + store.dir() + ": " + e.getMessage();
+            }
+        }
+
+        /**
+         * The layout of a retried attempt. It waits up to training.elastic_wait_s for layout.world_size task slots
+         * (a lost executor is usually replaced within seconds); when they do not come and training.elastic is on,
+         * it takes the slots there are, the largest ep up to layout.ep that divides them and num_experts, and as
+         * many more micro-batches as each rank now has data ranks, so that every step keeps its global batch.
+         */
+        private Layout layoutForRetry(SparkContext sc, Layout full, TrainerSpec spec) {
+            long waitMs = 1000L * c.getInt(ConfigKey.TRAINING_ELASTIC_WAIT_S);
+            long deadline = System.currentTimeMillis() + waitMs;
+            int slots = SlotCheck.freeSlots(sc);
+            while (slots >= 0 && slots < full.world() && System.currentTimeMillis() < deadline) {
+                try {
+                    Thread.sleep(200);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    break;
+                }
+                slots = SlotCheck.freeSlots(sc);
+            }
+            if (slots < 0 || slots >= full.world()) {
+                return full;
+            }
+            if (!c.getBool(ConfigKey.TRAINING_ELASTIC) || slots == 0) {
+                LOG.warn("spark-moe run {}: {} of the {} task slots the next attempt needs are free after {} s "
+                        + "(training.elastic_wait_s); submitting it anyway{}", runId, slots, full.world(),
+                        waitMs / 1000, c.getBool(ConfigKey.TRAINING_ELASTIC) ? ""
+                        : " (training.elastic = true would resume on the slots there are)");
+                return full;
+            }
+            int experts = dev.sparkmoe.core.model.Qwen3MoeConfig.parse(spec.hfConfigJson()).numExperts();
+            int ep = 1;
+            for (int e = Math.min(full.ep(), slots); e >= 1; e--) {
+                if (slots % e == 0 && experts % e == 0) {
+                    ep = e;
+                    break;
+                }
+            }
+            int share = (full.world() + slots - 1) / slots;
+            Layout l = new Layout(slots, ep, full.gradAccum() * share);
+            LOG.warn("spark-moe run {}: only {} of {} task slots after waiting {} s (training.elastic_wait_s); "
+                    + "resuming on {} ranks with ep {} and {} micro-batches per step (training.elastic): the global "
+                    + "batch stays {} sequences", runId, slots, full.world(), waitMs / 1000, l.world(), l.ep(),
+                    l.gradAccum(), (long) full.world() * c.batchSequences());
+            return l;
         }
 
         /** A failed job returns before all its tasks have stopped; the next attempt waits for them. */

@@ -182,4 +182,125 @@ class TrainingJobTest {
         assertEquals(2, store.latest().orElseThrow().step());
         assertFalse(Files.exists(out.resolve("run-001/checkpoints/step-00000004/_COMMITTED")));
     }
+
+    @Test
+    void afterARetryEveryStepIsReportedOnceInOrderWithCheckpointsAfterTheirSteps() throws Exception {
+        Faults.Plan once = Faults.plan("progress-retry", 2, 8, "step", 1);
+        java.io.ByteArrayOutputStream console = new java.io.ByteArrayOutputStream();
+        Path metrics = tmp.resolve("retry-metrics.jsonl");
+        TrainResult r = job(tmp.resolve("retry-progress"), 10).set("checkpoint.every", 3)
+                .set("output.progress", true).set("output.metrics_file", metrics.toString())
+                .console(new java.io.PrintStream(console, true, java.nio.charset.StandardCharsets.UTF_8))
+                .trainerFactory(new BigramFactory(once)).fit();
+        assertEquals(2, r.attempts());
+        List<String> lines = console.toString(java.nio.charset.StandardCharsets.UTF_8).lines().toList();
+        List<Long> steps = new ArrayList<>();
+        for (String l : lines) {
+            java.util.regex.Matcher m = java.util.regex.Pattern.compile("step (\\d+)/10").matcher(l);
+            if (m.find()) {
+                steps.add(Long.parseLong(m.group(1)));
+            }
+        }
+        assertEquals(java.util.stream.LongStream.rangeClosed(1, 10).boxed().toList(), steps, String.join("\n", lines));
+        int ckpt6 = indexOf(lines, "step-00000006 committed");
+        assertTrue(ckpt6 > indexOf(lines, "step 6/10") && ckpt6 < indexOf(lines, "step 7/10"), String.join("\n", lines));
+        assertTrue(indexOf(lines, "resuming from checkpoint") > indexOf(lines, "step 7/10"), String.join("\n", lines));
+        assertEquals(lines.size() - 1, indexOf(lines, "model written"), String.join("\n", lines));
+        List<String> records = Files.readAllLines(metrics);
+        assertEquals(10, records.size(), String.join("\n", records));
+        for (int i = 0; i < 10; i++) {
+            assertTrue(records.get(i).startsWith("{\"run\":\"" + r.runId() + "\",\"step\":" + (i + 1) + ","),
+                    records.get(i));
+        }
+    }
+
+    static int indexOf(List<String> lines, String part) {
+        for (int i = 0; i < lines.size(); i++) {
+            if (lines.get(i).contains(part)) {
+                return i;
+            }
+        }
+        throw new AssertionError("no line with '" + part + "' in\n" + String.join("\n", lines));
+    }
+
+    /**
+     * One byte flipped in a rank's state of the newest checkpoint, with Hadoop's .crc beside it (its checksum
+     * catches it) or without (the manifest's CRC does): the checkpoint is set aside, never deleted, and the run
+     * resumes from the one before it and ends as an uninterrupted run does.
+     */
+    @org.junit.jupiter.params.ParameterizedTest(name = "keep .crc: {0}")
+    @org.junit.jupiter.params.provider.ValueSource(booleans = {true, false})
+    void aDamagedCheckpointIsSetAsideAndTheRunResumesFromTheOneBefore(boolean keepCrc) throws Exception {
+        TrainResult ref = job(tmp.resolve("undamaged"), 10).set("checkpoint.every", 2).fit();
+        Path out = tmp.resolve("damaged-" + keepCrc);
+        Faults.Plan stop = Faults.plan("stop-at-9-" + keepCrc, 0, 9, "step", Integer.MAX_VALUE);
+        assertThrows(TrainingFailedException.class, () -> job(out, 10).set("checkpoint.every", 2)
+                .set("training.max_attempts", 1).trainerFactory(new BigramFactory(stop)).fit()); // leaves 6 and 8
+        Path step8 = out.resolve("run-001/checkpoints/step-00000008");
+        Path file = step8.resolve("rank-00001.state");
+        byte[] bytes = Files.readAllBytes(file);
+        bytes[bytes.length / 2] ^= 0x10;
+        Files.write(file, bytes);
+        Path crc = step8.resolve(".rank-00001.state.crc");
+        assertTrue(Files.exists(crc), "Hadoop's local file system keeps a .crc beside each file");
+        if (!keepCrc) {
+            Files.delete(crc);
+        }
+        java.io.ByteArrayOutputStream console = new java.io.ByteArrayOutputStream();
+        TrainResult r = job(out, 10).set("checkpoint.every", 2).set("output.progress", true)
+                .set("checkpoint.resume", "latest").console(new java.io.PrintStream(console, true, java.nio.charset.StandardCharsets.UTF_8)).fit();
+        assertEquals(1, r.attempts(), "found and set aside within the attempt");
+        assertEquals(6, r.resumedFrom());
+        String text = console.toString(java.nio.charset.StandardCharsets.UTF_8);
+        assertTrue(text.contains("step-00000008 is damaged") && text.contains("set aside as")
+                && text.contains("rank-00001.state"), text);
+        Path aside = out.resolve("run-001/checkpoints/step-00000008.damaged");
+        assertTrue(Files.isRegularFile(aside.resolve("rank-00001.state")), "set aside, not deleted");
+        assertTrue(Files.readString(aside.resolve("_DAMAGED")).contains("rank-00001.state"));
+        assertTrue(model(ref).get("lm_head.weight").bitwiseEquals(model(r).get("lm_head.weight")));
+        // the steps this run took again (7 and 8, whose checkpoint was set aside) are reported, once and in order;
+        // those its checkpoint restored were reported by the run that took them
+        List<Long> steps = new ArrayList<>();
+        for (String l : text.lines().toList()) {
+            java.util.regex.Matcher m = java.util.regex.Pattern.compile("step (\\d+)/10").matcher(l);
+            if (m.find()) {
+                steps.add(Long.parseLong(m.group(1)));
+            }
+        }
+        assertEquals(List.of(7L, 8L, 9L, 10L), steps, text);
+    }
+
+    @Test
+    void theFinalErrorNeverCallsADamagedCheckpointIntact() throws Exception {
+        Path out = tmp.resolve("damaged-then-failing");
+        job(out, 4).set("checkpoint.every", 2).fit();
+        Path file = out.resolve("run-001/checkpoints/step-00000004/rank-00002.state");
+        byte[] bytes = Files.readAllBytes(file);
+        bytes[bytes.length - 5] ^= 0x01;
+        Files.write(file, bytes);
+        Faults.Plan always = Faults.plan("after-damage", 1, 3, "step", Integer.MAX_VALUE);
+        TrainingFailedException e = assertThrows(TrainingFailedException.class, () -> job(out, 8)
+                .set("checkpoint.every", 2).set("training.max_attempts", 2).set("checkpoint.resume", "latest")
+                .trainerFactory(new BigramFactory(always)).fit());
+        assertFalse(e.getMessage().contains("step 4 at"), e.getMessage());
+        assertTrue(e.getMessage().contains("The newest committed checkpoint, step 2 at")
+                && e.getMessage().contains("is intact (every file matches its manifest)"), e.getMessage());
+        assertTrue(e.getMessage().contains("--resume=run-001"), e.getMessage());
+        assertTrue(Files.isDirectory(out.resolve("run-001/checkpoints/step-00000004.damaged")));
+    }
+
+    /** A rank that runs out of heap is named with its own error, not as the rank that left its peers waiting. */
+    @Test
+    void aRankThatRunsOutOfMemoryIsNamedWithItsOwnError() {
+        Faults.Plan oom = Faults.plan("oom", 3, 2, "oom", Integer.MAX_VALUE);
+        TrainingFailedException e = assertThrows(TrainingFailedException.class, () -> job(tmp.resolve("oom"), 4)
+                .set("training.max_attempts", 1).trainerFactory(new BigramFactory(oom)).fit());
+        assertTrue(e.getMessage().contains("last error: rank 3 failed on its own")
+                && e.getMessage().contains("RankOutOfMemoryException: rank 3 ran out of memory")
+                && e.getMessage().contains("java.lang.OutOfMemoryError: Java heap space")
+                && e.getMessage().contains("spark.executor.memory"), e.getMessage());
+        // no Error reached Spark, in this rank's failure or in its peers': the application lives on
+        assertFalse(spark.sparkContext().isStopped());
+        assertEquals(3, spark.range(3).count());
+    }
 }

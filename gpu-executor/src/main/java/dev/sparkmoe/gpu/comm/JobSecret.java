@@ -175,7 +175,7 @@ public final class JobSecret {
     }
 
     /** HMAC-SHA256 keyed with the secret over the concatenation of {@code parts}. */
-    byte[] hmac(byte[]... parts) {
+    public byte[] hmac(byte[]... parts) {
         try {
             Mac mac = Mac.getInstance("HmacSHA256");
             mac.init(new SecretKeySpec(key, "HmacSHA256"));

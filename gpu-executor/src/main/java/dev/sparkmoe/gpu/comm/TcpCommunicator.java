@@ -705,6 +705,11 @@ public final class TcpCommunicator implements Communicator {
         return (op == null ? "" : op.label + " on ") + "group '" + name + "' (rank " + rank + " of " + size() + ")";
     }
 
+    @Override
+    public java.util.Optional<java.time.Duration> timeout() {
+        return java.util.Optional.of(java.time.Duration.ofNanos(transport.collectiveTimeoutNanos));
+    }
+
     private long timeoutMs() {
         return TimeUnit.NANOSECONDS.toMillis(transport.collectiveTimeoutNanos);
     }

@@ -60,4 +60,8 @@ public record NcclOptions(int device, String name, Duration timeout, Duration in
     public NcclOptions withTimeout(Duration t) {
         return new NcclOptions(device, name, t, initTimeout);
     }
+
+    public NcclOptions withInitTimeout(Duration t) {
+        return new NcclOptions(device, name, timeout, t);
+    }
 }

@@ -13,14 +13,14 @@ import dev.sparkmoe.parallel.train.RankTrainerFactory;
 import dev.sparkmoe.parallel.train.StepMetrics;
 import dev.sparkmoe.parallel.train.TrainerSpec;
 import java.io.IOException;
-import java.time.Duration;
 import java.util.List;
 import java.util.Map;
 
 /**
  * The trainer every launcher uses (Spark barrier tasks, the standalone launcher): picks the backend for this rank,
- * on a GPU builds the NCCL world over the given host world, and builds the distributed trainer, which reads only this
- * rank's slices of the initial weights (or initialises its shards from the seed).
+ * on a GPU builds the NCCL world over the given host world (waiting for its peers as long as the host world does:
+ * training.comm_timeout_s in a Spark job), and builds the distributed trainer, which reads only this rank's slices of
+ * the initial weights (or initialises its shards from the seed).
  */
 public final class DefaultRankTrainerFactory implements RankTrainerFactory {
     private static final long serialVersionUID = 1L;
@@ -35,7 +35,12 @@ public final class DefaultRankTrainerFactory implements RankTrainerFactory {
         CudaBackend cuda = (CudaBackend) backend;
         cuda.setGemmPrecision("bf16".equals(spec.precision()) ? CudaBackend.GemmPrecision.BF16
                 : CudaBackend.GemmPrecision.F32);
-        NcclCommunicator deviceWorld = GpuWorld.create(hostWorld, cuda, Duration.ofMinutes(10));
+        NcclCommunicator deviceWorld = GpuWorld.create(hostWorld, cuda);
+        java.util.logging.Logger.getLogger(DefaultRankTrainerFactory.class.getName()).info(() -> "rank "
+                + hostWorld.rank() + ": NCCL world of " + deviceWorld.size() + " ranks on cuda:" + cuda.device()
+                + ", bootstrapped over the host world '" + hostWorld.name() + "' (timeout "
+                + hostWorld.timeout().map(java.time.Duration::toSeconds).map(t -> t + " s").orElse("from the environment")
+                + ")");
         DistributedTrainer trainer;
         try {
             trainer = new DistributedTrainer(spec, deviceWorld, cuda);
@@ -87,6 +92,11 @@ public final class DefaultRankTrainerFactory implements RankTrainerFactory {
         @Override
         public void exportModel(TensorSink sink) throws IOException {
             trainer.exportModel(sink);
+        }
+
+        @Override
+        public void loadResharded(int savedRanks, java.util.function.IntFunction<Map<String, Tensor>> saved) {
+            trainer.loadResharded(savedRanks, saved);
         }
 
         @Override

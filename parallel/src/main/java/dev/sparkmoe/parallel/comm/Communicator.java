@@ -27,6 +27,14 @@ public interface Communicator extends AutoCloseable {
     /** A human-readable name for logs and errors, e.g. "ep" or "world". */
     String name();
 
+    /**
+     * How long a collective waits for members that have not arrived, when this communicator says; communicators
+     * built over it (an NCCL world bootstrapped over a host world) take the same bound. Empty: not stated.
+     */
+    default java.util.Optional<java.time.Duration> timeout() {
+        return java.util.Optional.empty();
+    }
+
     /** In-place sum over all members of {@code buf[off, off+len)}. */
     void allReduceSum(float[] buf, int off, int len);
 

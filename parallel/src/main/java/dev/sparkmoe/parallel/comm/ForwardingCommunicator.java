@@ -28,6 +28,11 @@ public abstract class ForwardingCommunicator implements Communicator {
     }
 
     @Override
+    public java.util.Optional<java.time.Duration> timeout() {
+        return inner.timeout();
+    }
+
+    @Override
     public void allReduceSum(float[] buf, int off, int len) {
         inner.allReduceSum(buf, off, len);
     }

@@ -63,6 +63,11 @@ public final class InJvmCommunicator implements Communicator {
         return group.name;
     }
 
+    @Override
+    public java.util.Optional<java.time.Duration> timeout() {
+        return java.util.Optional.of(group.world.timeout());
+    }
+
     /** This member's rank in the world the group was split from. */
     public int worldRank() {
         return worldRank;

@@ -391,6 +391,73 @@ public final class DistributedTrainer implements RankTrainer {
     }
 
     /**
+     * Resumes a state saved at another layout: every saved rank's shards (they carry their regions of the full
+     * tensors) are cut to the regions this rank holds now, then loaded as {@link #loadState} loads its own.
+     */
+    @Override
+    public void loadResharded(int savedRanks, java.util.function.IntFunction<Map<String, Tensor>> saved) {
+        Map<String, Tensor> state = new LinkedHashMap<>();
+        Map<String, long[]> covered = new LinkedHashMap<>();
+        for (FsdpParam p : params) {
+            String n = p.parameter().name();
+            int[][] region = shardRegion(p);
+            int[] shape = new int[region.length];
+            for (int d = 0; d < region.length; d++) {
+                shape[d] = region[d][1] - region[d][0];
+            }
+            for (String k : new String[] {"param/", "exp_avg/", "exp_avg_sq/"}) {
+                state.put(k + n, Tensor.zeros(dev.sparkmoe.core.tensor.DType.F32, shape));
+            }
+            state.put("region/" + n, regionTensor(region));
+            covered.put(n, new long[1]);
+        }
+        long savedSteps = -1;
+        for (int r = 0; r < savedRanks; r++) {
+            Map<String, Tensor> from = saved.apply(r);
+            Tensor st = from.get("trainer/steps");
+            if (st == null) {
+                throw new IllegalArgumentException("saved rank " + r + " of " + savedRanks + " has no trainer/steps");
+            }
+            if (savedSteps >= 0 && st.longAt(0) != savedSteps) {
+                throw new IllegalArgumentException("saved ranks disagree on the step: rank " + r + " saved at step "
+                        + st.longAt(0) + ", the ranks before it at step " + savedSteps);
+            }
+            savedSteps = st.longAt(0);
+            for (FsdpParam p : params) {
+                String n = p.parameter().name();
+                Tensor reg = from.get("region/" + n);
+                if (reg == null) {
+                    throw new IllegalArgumentException("saved rank " + r + " has no region/" + n + ": it was written "
+                            + "before rank states recorded their regions and resumes only at its own layout");
+                }
+                int[][] src = dev.sparkmoe.parallel.checkpoint.Regions.of(reg);
+                int[][] dst = shardRegion(p);
+                long copied = 0;
+                for (String k : new String[] {"param/", "exp_avg/", "exp_avg_sq/"}) {
+                    Tensor t = from.get(k + n);
+                    if (t == null) {
+                        throw new IllegalArgumentException("saved rank " + r + " has no " + k + n);
+                    }
+                    copied = dev.sparkmoe.parallel.checkpoint.Regions.copyOverlap(t, src, state.get(k + n), dst);
+                }
+                covered.get(n)[0] += copied;
+            }
+        }
+        for (FsdpParam p : params) {
+            String n = p.parameter().name();
+            long want = dev.sparkmoe.parallel.checkpoint.Regions.size(shardRegion(p));
+            if (covered.get(n)[0] != want) {
+                throw new IllegalArgumentException("the " + savedRanks + " saved ranks cover " + covered.get(n)[0]
+                        + " of the " + want + " elements of this rank's shard of " + n + " "
+                        + java.util.Arrays.toString(regionTensor(shardRegion(p)).ints()) + ": the saved state is "
+                        + "incomplete or belongs to another model");
+            }
+        }
+        state.put("trainer/steps", Tensor.ofLongs(new long[] {Math.max(0, savedSteps)}, 1));
+        loadState(state);
+    }
+
+    /**
      * A rank state restores only at the shard placement it was saved with: its recorded region (states written
      * before regions were recorded: its shapes) must be this rank's. Checked for every parameter before anything
      * is loaded, so a refused state changes nothing.

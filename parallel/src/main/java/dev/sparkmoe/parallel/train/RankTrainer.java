@@ -67,6 +67,17 @@ public interface RankTrainer extends AutoCloseable {
         return Collections.unmodifiableMap(out);
     }
 
+    /**
+     * Restores this rank's part of a state saved by {@code savedRanks} ranks at another layout (world size, expert
+     * parallelism): {@code saved.apply(r)} reads the {@link #rankState()} that rank r wrote, one at a time, and each
+     * tensor is cut to the region of the full tensor this rank now holds. Not collective. Trainers that can only
+     * resume at the layout they saved with keep the default, which refuses.
+     */
+    default void loadResharded(int savedRanks, java.util.function.IntFunction<Map<String, Tensor>> saved) {
+        throw new UnsupportedOperationException(getClass().getName() + " cannot resume a state saved at another "
+                + "layout; resume with the layout that saved it (or use a trainer that implements loadResharded)");
+    }
+
     /** The model's Hugging Face config.json text (what transformers loads next to the weights). */
     String hfConfigJson();
 

@@ -79,6 +79,18 @@ public record TrainerSpec(String hfConfigJson, String initCheckpointDir, long se
                 newDeviceId, precision, fsdpPrefetch, cpuBlasThreads, activationCheckpointing);
     }
 
+    /**
+     * The same spec at another layout: {@code world} ranks (the FSDP degree), expert parallelism {@code ep} and
+     * {@code gradAccumSteps} micro-batches per step (what an attempt resumed on fewer ranks trains with).
+     */
+    public TrainerSpec atLayout(int world, int epDegree, int gradAccumSteps) {
+        OptimizerSettings o = optimizer;
+        OptimizerSettings opt = new OptimizerSettings(o.lr(), o.minLr(), o.warmupSteps(), o.totalSteps(), o.schedule(),
+                o.beta1(), o.beta2(), o.eps(), o.weightDecay(), o.clipNorm(), gradAccumSteps);
+        return new TrainerSpec(hfConfigJson, initCheckpointDir, seed, world, epDegree, seqLen, opt, backend, deviceId,
+                precision, fsdpPrefetch, cpuBlasThreads, activationCheckpointing);
+    }
+
     /** The same spec with another activation checkpointing setting ("none", "full" or "selective"). */
     public TrainerSpec withActivationCheckpointing(String mode) {
         return new TrainerSpec(hfConfigJson, initCheckpointDir, seed, dpShard, ep, seqLen, optimizer, backend,

@@ -256,6 +256,21 @@ class InJvmCommunicatorTest {
                 + " ranks [0] wait in it", out.get(0).error().getMessage());
     }
 
+    /** What communicators built over this one (an NCCL world) wait: the world's timeout, in every sub-group too. */
+    @Test
+    void everyGroupSaysItsWorldsTimeout() {
+        List<Ranks.Outcome<Object>> out = Ranks.run(InJvmWorld.create(2, Duration.ofSeconds(17)), c -> {
+            assertEquals(java.util.Optional.of(Duration.ofSeconds(17)), c.timeout());
+            try (Communicator sub = c.split(0, c.rank(), "sub")) {
+                assertEquals(java.util.Optional.of(Duration.ofSeconds(17)), sub.timeout());
+            }
+            return null;
+        }, false);
+        for (Ranks.Outcome<Object> o : out) {
+            assertNull(o.error());
+        }
+    }
+
     @Test
     void registryFindsTheSameWorldAndForgetsItWhenAllClosed() throws Exception {
         String key = "app-1/stage-3.attempt-0/" + System.nanoTime();

@@ -255,21 +255,77 @@ public final class CheckpointStore implements Serializable {
         return out;
     }
 
-    /** Reads one rank's state of a committed checkpoint, checking its length and CRC against the manifest. */
+    /**
+     * Reads one rank's state of a committed checkpoint, checking its length and CRC against the manifest (and, where
+     * the file system keeps them, Hadoop's checksums). Damage of any kind is a {@link DamagedCheckpointException}
+     * naming the file; other I/O errors (the file system unreachable) pass through as they are.
+     */
     public Map<String, Tensor> readRank(Manifest m, int rank) throws IOException {
         FileInfo f = m.files().get(rank);
         Path p = new Path(stepPath(m.step()), f.name());
-        byte[] bytes = readAll(fs(), p);
+        byte[] bytes;
+        try {
+            bytes = readAll(fs(), p);
+        } catch (org.apache.hadoop.fs.ChecksumException e) {
+            throw new DamagedCheckpointException(m.step(), "checkpoint file " + p + " is damaged: Hadoop's checksum "
+                    + "failed (" + firstLine(e) + ")", e);
+        }
         CRC32 c = new CRC32();
         c.update(bytes);
         if (bytes.length != f.bytes() || c.getValue() != f.crc32()) {
-            throw new IOException("checkpoint file " + p + " is damaged: " + bytes.length + " bytes, crc32 "
-                    + Long.toHexString(c.getValue()) + "; the manifest says " + f.bytes() + " bytes, crc32 "
-                    + Long.toHexString(f.crc32()));
+            throw new DamagedCheckpointException(m.step(), "checkpoint file " + p + " is damaged: " + bytes.length
+                    + " bytes, crc32 " + Long.toHexString(c.getValue()) + "; the manifest says " + f.bytes()
+                    + " bytes, crc32 " + Long.toHexString(f.crc32()), null);
         }
         try (InputStream in = new java.io.ByteArrayInputStream(bytes)) {
             return TensorFiles.read(in, p.toString());
+        } catch (IOException | RuntimeException e) {
+            throw new DamagedCheckpointException(m.step(), "checkpoint file " + p + " is damaged: its tensors cannot "
+                    + "be read (" + firstLine(e) + ")", e);
         }
+    }
+
+    /**
+     * Reads every rank file of {@code m} as {@link #readRank} does; empty when all are intact, else what is wrong
+     * with the first damaged one.
+     */
+    public Optional<String> damage(Manifest m) throws IOException {
+        for (int r = 0; r < m.files().size(); r++) {
+            try {
+                readRank(m, r);
+            } catch (DamagedCheckpointException e) {
+                return Optional.of(e.getMessage());
+            }
+        }
+        return Optional.empty();
+    }
+
+    /**
+     * Moves a damaged checkpoint out of the way, never deleting it: {@code step-N} becomes {@code step-N.damaged}
+     * (or {@code .damaged-2}, ...), with a {@code _DAMAGED} note saying why; {@link #latest} no longer sees it.
+     * Returns its new path.
+     */
+    public Path setAside(long step, String why) throws IOException {
+        FileSystem fs = fs();
+        Path from = stepPath(step);
+        Path to = new Path(dir, stepName(step) + ".damaged");
+        for (int i = 2; fs.exists(to); i++) {
+            to = new Path(dir, stepName(step) + ".damaged-" + i);
+        }
+        if (!fs.rename(from, to)) {
+            throw new IOException("could not set the damaged checkpoint " + from + " aside as " + to);
+        }
+        try (FSDataOutputStream os = fs.create(new Path(to, "_DAMAGED"), true)) {
+            os.write((why + "\nSet aside by spark-moe; rename it back to " + from.getName() + " to use it again.\n")
+                    .getBytes(StandardCharsets.UTF_8));
+        }
+        return to;
+    }
+
+    private static String firstLine(Throwable t) {
+        String m = String.valueOf(t.getMessage());
+        int nl = m.indexOf('\n');
+        return nl < 0 ? m : m.substring(0, nl);
     }
 
     private static final class CountingCheckedStream extends CheckedOutputStream {

@@ -101,6 +101,14 @@ public enum ConfigKey {
                     + "this run cannot resume ends the run at once)."),
     TRAINING_COMM_TIMEOUT("training.comm_timeout_s", Type.INT, "600",
             "Seconds a rank waits for its peers (rendezvous and collectives) before failing the attempt."),
+    TRAINING_ELASTIC("training.elastic", Type.BOOL, "false",
+            "When a retried attempt cannot get layout.world_size task slots within training.elastic_wait_s (an "
+                    + "executor lost for good), resume from the newest checkpoint on the slots there are (and the "
+                    + "largest ep <= layout.ep that divides them and num_experts), keeping the global batch by "
+                    + "gradient accumulation. Off: the attempt waits for all its slots."),
+    TRAINING_ELASTIC_WAIT_S("training.elastic_wait_s", Type.INT, "60",
+            "Seconds a retried attempt waits for layout.world_size task slots before it resumes on fewer "
+                    + "(training.elastic) or is submitted anyway."),
     TRAINING_TRAINER_FACTORY("training.trainer_factory", Type.STRING,
             "dev.sparkmoe.gpu.runtime.DefaultRankTrainerFactory",
             "Class name of the RankTrainerFactory (public no-arg constructor) that builds each rank's trainer."),

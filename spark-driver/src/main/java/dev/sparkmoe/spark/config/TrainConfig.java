@@ -263,6 +263,7 @@ public final class TrainConfig implements Serializable {
         positive(ConfigKey.TRAINING_COMM_TIMEOUT);
         positive(ConfigKey.TRAINING_FSDP_PREFETCH);
         positive(ConfigKey.TRAINING_CPU_BLAS_THREADS);
+        nonNegative(ConfigKey.TRAINING_ELASTIC_WAIT_S);
         positive(ConfigKey.CHECKPOINT_KEEP_LAST);
         nonNegative(ConfigKey.CHECKPOINT_EVERY);
         nonNegative(ConfigKey.TRAINING_WARMUP);

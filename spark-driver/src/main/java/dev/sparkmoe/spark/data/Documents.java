@@ -126,6 +126,15 @@ public final class Documents {
                 .repartitionAndSortWithinPartitions(new ModPartitioner(world));
     }
 
+    /**
+     * The documents of {@code dataRanks} data ranks ({@link #dealToRanks}) regrouped onto {@code world} partitions,
+     * data rank r on partition r mod world, each partition in document order (so each data rank's documents stay in
+     * order): the input of an attempt resumed on fewer ranks.
+     */
+    public static JavaPairRDD<Long, int[]> regroup(JavaPairRDD<Long, int[]> byRank, int dataRanks, int world) {
+        return byRank.repartitionAndSortWithinPartitions(new RegroupPartitioner(dataRanks, world));
+    }
+
     /** Per-rank statistics (a small Spark job), in rank order; one entry per rank even when empty. */
     public static List<RankDataStats> stats(JavaPairRDD<Long, int[]> byRank, SequencePacker packer) {
         int w = packer.window();
@@ -179,6 +188,38 @@ public final class Documents {
                 return it.next()._2();
             }
         };
+    }
+
+    /** (Key mod dataRanks) mod world. */
+    public static final class RegroupPartitioner extends Partitioner {
+        private static final long serialVersionUID = 1L;
+        private final int dataRanks;
+        private final int world;
+
+        public RegroupPartitioner(int dataRanks, int world) {
+            this.dataRanks = dataRanks;
+            this.world = world;
+        }
+
+        @Override
+        public int numPartitions() {
+            return world;
+        }
+
+        @Override
+        public int getPartition(Object key) {
+            return (int) Math.floorMod(Math.floorMod((Long) key, (long) dataRanks), (long) world);
+        }
+
+        @Override
+        public boolean equals(Object o) {
+            return o instanceof RegroupPartitioner p && p.dataRanks == dataRanks && p.world == world;
+        }
+
+        @Override
+        public int hashCode() {
+            return dataRanks * 31 + world;
+        }
     }
 
     /** Key mod n. */

@@ -23,6 +23,14 @@ public final class MetricsJson {
      * apart; with {@code attempt > 0} it also names the barrier-stage attempt that produced it.
      */
     public static String toJson(StepMetrics m, int attempt, String runId) {
+        return toJson(m, attempt, runId, Map.of());
+    }
+
+    /**
+     * As {@link #toJson(StepMetrics, int, String)}, followed by {@code extra} (e.g. the layout of an attempt resumed
+     * on fewer ranks: world_size, ep, grad_accum).
+     */
+    public static String toJson(StepMetrics m, int attempt, String runId, Map<String, Object> extra) {
         Map<String, Object> o = new LinkedHashMap<>();
         if (runId != null) {
             o.put("run", runId);
@@ -38,6 +46,7 @@ public final class MetricsJson {
         if (attempt > 0) {
             o.put("attempt", attempt);
         }
+        o.putAll(extra);
         try {
             return JSON.writeValueAsString(o);
         } catch (IOException e) {

@@ -1,6 +1,5 @@
 package dev.sparkmoe.spark.stage;
 
-import dev.sparkmoe.spark.data.Documents;
 import java.util.Iterator;
 import java.util.List;
 import java.util.Map;
@@ -26,7 +25,7 @@ public final class BarrierTrainFunction implements FlatMapFunction<Iterator<Tupl
     public Iterator<RankOutcome> call(Iterator<Tuple2<Long, int[]>> docs) throws Exception {
         BarrierTaskContext ctx = BarrierTaskContext.get();
         RankControl ctl = new SparkRankControl(ctx, plan.runKey());
-        RankOutcome out = new RankRunner(plan, ctl).run(Documents.values(docs));
+        RankOutcome out = new RankRunner(plan, ctl).run(docs);
         return List.of(out).iterator();
     }
 

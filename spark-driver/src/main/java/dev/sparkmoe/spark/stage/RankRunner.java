@@ -4,13 +4,16 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import dev.sparkmoe.core.io.HfModelWriter;
 import dev.sparkmoe.core.io.OutputDir;
 import dev.sparkmoe.parallel.comm.Communicator;
+import dev.sparkmoe.parallel.comm.CommunicatorException;
 import dev.sparkmoe.parallel.train.RankTrainer;
 import dev.sparkmoe.parallel.train.StepMetrics;
 import dev.sparkmoe.parallel.train.TrainerSpec;
 import dev.sparkmoe.spark.ckpt.CheckpointMismatchException;
 import dev.sparkmoe.spark.ckpt.CheckpointStore;
+import dev.sparkmoe.spark.ckpt.DamagedCheckpointException;
 import dev.sparkmoe.spark.data.SequencePacker;
 import dev.sparkmoe.spark.progress.MetricsJson;
+import dev.sparkmoe.spark.progress.ProgressReporter;
 import java.io.IOException;
 import java.io.OutputStream;
 import java.time.Duration;
@@ -18,11 +21,13 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Iterator;
 import java.util.List;
+import java.util.Map;
 import java.util.Optional;
 import static java.nio.charset.StandardCharsets.UTF_8;
 import org.apache.hadoop.fs.FileSystem;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
+import scala.Tuple2;
 
 /**
  * One rank of one barrier-stage attempt: packs its documents, agrees with its peers on the step count, connects the
@@ -41,17 +46,112 @@ public final class RankRunner {
         this.ctl = ctl;
     }
 
-    public RankOutcome run(Iterator<int[]> documents) throws Exception {
+    /**
+     * Trains this rank. {@code documents} are the partition's (document index, token ids) pairs in index order;
+     * document i belongs to data rank i mod {@code rankSequenceCounts.size()} (the configured world size). A rank
+     * of a full-size attempt trains on its own data rank's share; a rank of an attempt resumed on fewer executors
+     * takes over every data rank r with r mod world_size == rank, so that each step still trains on the same global
+     * batch (the trainer's gradient accumulation covers the extra micro-batches).
+     */
+    public RankOutcome run(Iterator<Tuple2<Long, int[]>> documents) throws Exception {
+        int rank = ctl.rank();
+        ProgressReporter reporter = rank == 0 ? ProgressReporter.connect(plan.progress(), plan.attempt(),
+                Duration.ofSeconds(10)) : null;
+        try {
+            return train(documents, reporter);
+        } catch (Throwable t) {
+            // an OutOfMemoryError would make Spark end the executor (in local mode, the application) before the
+            // driver hears why; the trainer is closed by now and its memory free, so it fails the attempt as any
+            // other exception of this rank's own would
+            RuntimeException oom = t instanceof OutOfMemoryError e ? new RankOutOfMemoryException(rank, e) : null;
+            if (isOwn(t)) {
+                ProgressReporter r = reporter != null ? reporter
+                        : ProgressReporter.connect(plan.progress(), plan.attempt(), Duration.ofSeconds(10));
+                try {
+                    r.failure(rank, ownFailure(rank, oom != null ? oom : t), Duration.ofSeconds(10));
+                } finally {
+                    if (r != reporter) {
+                        r.close();
+                    }
+                }
+            }
+            if (oom != null) {
+                throw oom;
+            }
+            throw t;
+        } finally {
+            if (reporter != null) {
+                reporter.close();
+            }
+        }
+    }
+
+    /** A failure that started on this rank (not a peer's failure seen through a collective, nor a kill by Spark). */
+    static boolean isOwn(Throwable t) {
+        for (Throwable c = t; c != null; c = c.getCause()) {
+            if (c instanceof CommunicatorException || c instanceof InterruptedException
+                    || c instanceof org.apache.spark.TaskKilledException) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    private static String ownFailure(int rank, Throwable t) {
+        String m = String.valueOf(t.getMessage());
+        int nl = m.indexOf('\n');
+        return "rank " + rank + " failed on its own (" + WorldConnector.whereAmI() + "): "
+                + t.getClass().getSimpleName() + ": " + (nl < 0 ? m : m.substring(0, nl));
+    }
+
+    private RankOutcome train(Iterator<Tuple2<Long, int[]>> documents, ProgressReporter reporter) throws Exception {
         int rank = ctl.rank();
         int world = ctl.worldSize();
         SequencePacker packer = plan.packer();
-        List<int[]> sequences = packer.pack(documents);
-        int[] order = SequencePacker.order(sequences.size(), plan.seed(), rank, plan.shuffle());
+        int dataRanks = plan.rankSequenceCounts().size();
+        List<Integer> streams = new ArrayList<>();
+        for (int r = rank; r < dataRanks; r += world) {
+            streams.add(r);
+        }
+        Map<Integer, List<int[]>> docsOf = new java.util.TreeMap<>();
+        for (int r : streams) {
+            docsOf.put(r, new ArrayList<>());
+        }
+        while (documents.hasNext()) {
+            Tuple2<Long, int[]> d = documents.next();
+            int r = (int) Math.floorMod(d._1(), (long) dataRanks);
+            List<int[]> l = docsOf.get(r);
+            if (l == null) {
+                throw new IllegalStateException("rank " + rank + " of " + world + " was dealt document " + d._1()
+                        + " of data rank " + r + ", which it does not train on " + streams);
+            }
+            l.add(d._2());
+        }
+        List<List<int[]>> sequences = new ArrayList<>();
+        List<int[]> orders = new ArrayList<>();
+        StringBuilder counts = new StringBuilder();
+        for (int r : streams) {
+            List<int[]> seqs = packer.pack(docsOf.get(r).iterator());
+            docsOf.put(r, List.of());
+            sequences.add(seqs);
+            orders.add(SequencePacker.order(seqs.size(), plan.seed(), r, plan.shuffle()));
+            counts.append(counts.length() == 0 ? "" : ",").append(seqs.size());
+        }
 
         // every rank must see what the driver validated: same partition contents, same step count
         // one barrier-context round for all start-up facts: where each rank runs, how much data it has
-        String[] gathered = ctl.allGather(sequences.size() + " " + WorldConnector.whereAmI());
-        List<Long> seen = Arrays.stream(gathered).map(g -> Long.parseLong(g.substring(0, g.indexOf(' ')))).toList();
+        String[] gathered = ctl.allGather((counts.length() == 0 ? "-" : counts) + " " + WorldConnector.whereAmI());
+        Long[] seenByStream = new Long[dataRanks];
+        for (int q = 0; q < gathered.length; q++) {
+            String c = gathered[q].substring(0, gathered[q].indexOf(' '));
+            if (!c.equals("-")) {
+                String[] parts = c.split(",");
+                for (int i = 0; i < parts.length; i++) {
+                    seenByStream[q + i * world] = Long.parseLong(parts[i]);
+                }
+            }
+        }
+        List<Long> seen = Arrays.asList(seenByStream);
         String[] where = Arrays.stream(gathered).map(g -> g.substring(g.indexOf(' ') + 1)).toArray(String[]::new);
         if (!seen.equals(plan.rankSequenceCounts())) {
             throw new IllegalStateException("the ranks packed " + seen + " sequences, but the driver's validation "
@@ -77,6 +177,10 @@ public final class RankRunner {
         }
         String device = deviceId >= 0 ? "cuda:" + deviceId : "cpu";
         TrainerSpec spec = base.onDevice(backend, deviceId);
+        if (gpus.length > 0) { // one line per executor log; without GPUs (local mode) it would repeat per rank
+            LOG.info("rank {} of {}: the task's resources hold gpu {}; device {}, data ranks {}", rank, world,
+                    Arrays.toString(gpus), device, streams);
+        }
 
         Duration timeout = Duration.ofSeconds(plan.commTimeoutS());
         Communicator comm = plan.connector().connect(ctl, where, timeout);
@@ -84,67 +188,50 @@ public final class RankRunner {
         try {
             trainer = plan.factory().create(spec, comm);
             CheckpointStore store = plan.store();
-
-            // rank 0 picks the checkpoint, so that every rank loads the same one
-            String pick = "";
-            if (rank == 0) {
-                Optional<CheckpointStore.Manifest> latest = store.latest();
-                pick = latest.map(m -> Long.toString(m.step())).orElse("");
-            }
-            String chosen = new String(comm.broadcastBytes(pick.getBytes(UTF_8), 0), UTF_8);
             List<String> history = new ArrayList<>();
-            long start = 0;
-            if (!chosen.isEmpty()) {
-                CheckpointStore.Manifest m = manifestAt(store, Long.parseLong(chosen));
-                checkCompatible(m, world);
-                try {
-                    trainer.loadState(store.readRank(m, rank));
-                } catch (IllegalArgumentException | IllegalStateException e) {
-                    throw new CheckpointMismatchException("cannot resume from checkpoint " + store.stepPath(m.step())
-                            + ": " + e.getMessage(), e);
-                }
-                if (trainer.stepsTaken() != m.step()) {
-                    throw new IllegalStateException("after loading checkpoint step " + m.step() + " the trainer "
-                            + "reports " + trainer.stepsTaken() + " steps taken; its loadState must restore the "
-                            + "step counter");
-                }
-                start = m.step();
-                history.addAll(m.metricsJson());
-                if (rank == 0) {
-                    LOG.info("attempt {}: resuming from checkpoint {} (data position {} sequences per rank)",
-                            plan.attempt(), store.stepPath(m.step()), m.sequencesConsumed());
-                }
-            }
+            long start = resume(trainer, comm, store, history, reporter);
             long resumedFrom = start;
 
             for (long k = start; k < steps; k++) {
                 if (ctl.killed()) {
                     throw new InterruptedException("rank " + rank + " stopped by Spark before step " + (k + 1));
                 }
-                List<int[]> mine = new ArrayList<>(batch);
+                List<int[]> mine = new ArrayList<>(batch * streams.size());
                 long from = k * batch;
-                for (long i = from; i < from + batch && i < sequences.size(); i++) {
-                    mine.add(sequences.get(order[(int) i]));
+                for (int s = 0; s < streams.size(); s++) {
+                    List<int[]> seqs = sequences.get(s);
+                    int[] order = orders.get(s);
+                    for (long i = from; i < from + batch && i < seqs.size(); i++) {
+                        mine.add(seqs.get(order[(int) i]));
+                    }
                 }
                 StepMetrics sm = trainer.step(mine);
                 String js = MetricsJson.toJson(sm);
                 history.add(js);
                 if (rank == 0) {
                     plan.metrics().add(sm);
+                    reporter.step(sm);
                     LOG.debug("step {}/{} loss {} lr {} grad_norm {}", sm.step(), steps, sm.loss(), sm.lr(),
                             sm.gradNorm());
                 }
                 long done = k + 1;
                 if (done == steps || (plan.checkpointEvery() > 0 && done % plan.checkpointEvery() == 0)) {
-                    checkpoint(trainer, comm, done, history, seen);
+                    checkpoint(trainer, comm, done, history, plan.rankSequenceCounts(), reporter);
                 }
             }
 
+            if (reporter != null) {
+                reporter.flush(Duration.ofSeconds(10)); // every step line before the model's
+            }
             writeModel(trainer);
+            if (rank == 0) {
+                reporter.event(steps, "model written to " + plan.modelDir());
+            }
             comm.barrier();
             return new RankOutcome(rank, resumedFrom, trainer.stepsTaken(), rank == 0 ? history : List.of(), device);
         } catch (Throwable t) {
-            WorldConnector.abort(comm, rank, t);
+            // peers see this as their failure's cause: never an Error, which Spark would take for a fatal one of theirs
+            WorldConnector.abort(comm, rank, t instanceof OutOfMemoryError e ? new RankOutOfMemoryException(rank, e) : t);
             throw t;
         } finally {
             if (trainer != null) {
@@ -158,6 +245,92 @@ public final class RankRunner {
         }
     }
 
+    /**
+     * Collective. Loads the newest committed checkpoint into {@code trainer} (at another layout when the attempt
+     * runs on fewer or more ranks than wrote it and the run is elastic) and returns its step (0: none). A checkpoint
+     * found damaged on any rank is set aside by rank 0 and the one before it is tried, so that nothing that can be
+     * saved is lost.
+     */
+    private long resume(RankTrainer trainer, Communicator comm, CheckpointStore store, List<String> history,
+                        ProgressReporter reporter) throws Exception {
+        int rank = ctl.rank();
+        int world = ctl.worldSize();
+        while (true) {
+            // rank 0 picks the checkpoint, so that every rank loads the same one
+            String pick = "";
+            if (rank == 0) {
+                Optional<CheckpointStore.Manifest> latest = store.latest();
+                pick = latest.map(m -> Long.toString(m.step())).orElse("");
+            }
+            String chosen = new String(comm.broadcastBytes(pick.getBytes(UTF_8), 0), UTF_8);
+            if (chosen.isEmpty()) {
+                return 0;
+            }
+            CheckpointStore.Manifest m = manifestAt(store, Long.parseLong(chosen));
+            boolean reshard = checkCompatible(m, world);
+            String damage = "";
+            try {
+                if (reshard) {
+                    trainer.loadResharded(m.worldSize(), r -> {
+                        try {
+                            return store.readRank(m, r);
+                        } catch (IOException e) {
+                            throw new java.io.UncheckedIOException(e);
+                        }
+                    });
+                } else {
+                    trainer.loadState(store.readRank(m, rank));
+                }
+            } catch (DamagedCheckpointException e) {
+                damage = e.getMessage();
+            } catch (java.io.UncheckedIOException e) {
+                if (!(e.getCause() instanceof DamagedCheckpointException)) {
+                    throw e.getCause();
+                }
+                damage = e.getCause().getMessage();
+            } catch (IllegalArgumentException | IllegalStateException e) {
+                throw new CheckpointMismatchException("cannot resume from checkpoint " + store.stepPath(m.step())
+                        + ": " + e.getMessage(), e);
+            }
+            byte[][] all = comm.allGatherBytes(damage.getBytes(UTF_8));
+            List<String> damaged = new ArrayList<>();
+            for (byte[] d : all) {
+                if (d.length > 0) {
+                    damaged.add(new String(d, UTF_8));
+                }
+            }
+            if (!damaged.isEmpty()) {
+                if (rank == 0) {
+                    org.apache.hadoop.fs.Path aside = store.setAside(m.step(), String.join("\n", damaged));
+                    String msg = "checkpoint " + store.stepPath(m.step()) + " is damaged (" + damaged.get(0)
+                            + (damaged.size() > 1 ? "; and " + (damaged.size() - 1) + " more" : "")
+                            + "): set aside as " + aside + ", resuming from the newest intact checkpoint before it";
+                    LOG.warn(msg);
+                    reporter.event(0, msg);
+                }
+                comm.barrier(); // nobody picks again before it is out of the way
+                continue;
+            }
+            if (trainer.stepsTaken() != m.step()) {
+                throw new IllegalStateException("after loading checkpoint step " + m.step() + " the trainer "
+                        + "reports " + trainer.stepsTaken() + " steps taken; its loadState must restore the "
+                        + "step counter");
+            }
+            history.addAll(m.metricsJson());
+            if (rank == 0) {
+                String msg = "attempt " + plan.attempt() + ": resuming from checkpoint " + store.stepPath(m.step())
+                        + " (step " + m.step() + (reshard ? ", written by " + m.worldSize() + " ranks with ep "
+                        + m.ep() + ", resharded to " + world + " ranks with ep " + plan.spec().ep() : "") + ")";
+                LOG.info(msg);
+                for (String js : m.metricsJson()) {
+                    reporter.restored(MetricsJson.fromJson(js));
+                }
+                reporter.event(m.step(), msg);
+            }
+            return m.step();
+        }
+    }
+
     private static CheckpointStore.Manifest manifestAt(CheckpointStore store, long step) throws IOException {
         Optional<CheckpointStore.Manifest> m = store.latest();
         if (m.isEmpty() || m.get().step() != step) {
@@ -168,11 +341,17 @@ public final class RankRunner {
         return m.get();
     }
 
-    private void checkCompatible(CheckpointStore.Manifest m, int world) {
-        if (m.worldSize() != world || m.ep() != plan.spec().ep()) {
+    /**
+     * Whether {@code m} can be resumed by this attempt: true when it must be resharded (written at another layout,
+     * allowed when the run is elastic), false when it loads as it is. Other data or settings never resume.
+     */
+    private boolean checkCompatible(CheckpointStore.Manifest m, int world) {
+        boolean sameLayout = m.worldSize() == world && m.ep() == plan.spec().ep();
+        if (!sameLayout && !plan.elastic()) {
             throw new CheckpointMismatchException("checkpoint " + plan.store().stepPath(m.step()) + " was written with "
                     + "world_size " + m.worldSize() + ", ep " + m.ep() + "; this run has world_size " + world + ", ep "
-                    + plan.spec().ep() + ". Resume with the same layout or use another checkpoint.dir");
+                    + plan.spec().ep() + ". Resume with the same layout (or set training.elastic = true to reshard "
+                    + "it) or use another checkpoint.dir");
         }
         if (m.seed() != plan.seed() || m.sequencesPerStep() != plan.batchSequences()
                 || !m.rankSequenceCounts().equals(plan.rankSequenceCounts())) {
@@ -181,10 +360,11 @@ public final class RankRunner {
                     + m.rankSequenceCounts() + "; now seed " + plan.seed() + ", batch " + plan.batchSequences()
                     + ", " + plan.rankSequenceCounts() + "); use another checkpoint.dir to start afresh");
         }
+        return !sameLayout;
     }
 
-    private void checkpoint(RankTrainer trainer, Communicator comm, long step, List<String> history, List<Long> counts)
-            throws Exception {
+    private void checkpoint(RankTrainer trainer, Communicator comm, long step, List<String> history, List<Long> counts,
+                            ProgressReporter reporter) throws Exception {
         CheckpointStore store = plan.store();
         CheckpointStore.FileInfo mine = store.writeRank(step, ctl.jobKey(), ctl.rank(), trainer.rankState());
         byte[][] all = comm.allGatherBytes(JSON.writeValueAsBytes(mine));
@@ -199,7 +379,9 @@ public final class RankRunner {
                 throw new InterruptedException("rank 0 stopped by Spark before committing checkpoint " + step);
             }
             store.commit(m, plan.keepLast());
+            reporter.flush(Duration.ofSeconds(10)); // the driver prints the steps before this line
             LOG.info("checkpoint {} committed", store.stepPath(step));
+            reporter.event(step, "checkpoint " + store.stepPath(step) + " committed");
         }
         comm.barrier();
     }

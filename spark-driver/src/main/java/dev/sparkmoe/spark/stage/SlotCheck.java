@@ -54,6 +54,18 @@ public final class SlotCheck {
         return cores / taskCpus;
     }
 
+    /**
+     * Task slots the registered executors offer right now (what Spark's own barrier check counts: cores and GPUs of
+     * the default resource profile); -1 when it cannot be known.
+     */
+    public static int freeSlots(SparkContext sc) {
+        try {
+            return sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile());
+        } catch (RuntimeException e) {
+            return -1;
+        }
+    }
+
     public static void check(SparkContext sc, int worldSize, String backend) {
         SparkConf conf = sc.getConf();
         if (conf.getBoolean("spark.dynamicAllocation.enabled", false)) {

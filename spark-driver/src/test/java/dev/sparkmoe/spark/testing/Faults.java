@@ -16,8 +16,8 @@ public final class Faults {
     }
 
     /**
-     * Fail on {@code rank} when it reaches {@code step} in {@code where} ("step" or "checkpoint"), {@code times}
-     * times in all (Integer.MAX_VALUE: always).
+     * Fail on {@code rank} when it reaches {@code step} in {@code where} ("step" or "checkpoint"; "oom": run out of
+     * heap in the step, for real), {@code times} times in all (Integer.MAX_VALUE: always).
      */
     public static Plan plan(String id, int rank, long step, String where, int times) {
         REMAINING.put(id, new AtomicInteger(times));
@@ -31,7 +31,13 @@ public final class Faults {
     /** A fault to inject. */
     public record Plan(String id, int rank, long step, String where) implements Serializable {
         void maybeFail(int r, long s, String w) {
-            if (r == rank && s == step && w.equals(where) && REMAINING.get(id).getAndUpdate(x -> x > 0 ? x - 1 : 0) > 0) {
+            boolean oom = w.equals("step") && where.equals("oom");
+            if (r == rank && s == step && (w.equals(where) || oom)
+                    && REMAINING.get(id).getAndUpdate(x -> x > 0 ? x - 1 : 0) > 0) {
+                if (oom) {
+                    long[] tooMuch = new long[Integer.MAX_VALUE - 8]; // 16 GiB: more than any test JVM's heap
+                    tooMuch[r] = s;
+                }
                 throw new IllegalStateException("injected failure on rank " + r + " at " + w + " " + s);
             }
         }
