@@ -25,6 +25,7 @@ import dev.sparkmoe.spark.progress.MetricsPlot;
 import dev.sparkmoe.spark.progress.ProgressListener;
 import dev.sparkmoe.spark.progress.ProgressReporter;
 import dev.sparkmoe.spark.progress.ProgressServer;
+import dev.sparkmoe.spark.stage.AttemptLayout;
 import dev.sparkmoe.spark.stage.BarrierTrainFunction;
 import dev.sparkmoe.spark.stage.JobPlan;
 import dev.sparkmoe.spark.stage.RankOutcome;
@@ -380,10 +381,6 @@ public final class SparkMoeTrainer {
             }
         }
 
-        /** World size, expert parallelism and micro-batches of one attempt. */
-        private record Layout(int world, int ep, int gradAccum) {
-        }
-
         private TrainResult attempts(SparkContext sc, JavaPairRDD<Long, int[]> byRank, TrainerSpec spec,
                                      RankTrainerFactory factory, WorldConnector connector, CheckpointStore store,
                                      SequencePacker packer, List<Long> counts, long steps, String modelDir,
@@ -394,12 +391,15 @@ public final class SparkMoeTrainer {
             String lastWhy = null;
             int attempts = 0;
             boolean mismatch = false;
-            Layout full = new Layout(c.worldSize(), c.ep(), c.gradAccum());
+            AttemptLayout full = new AttemptLayout(c.worldSize(), c.ep(), c.gradAccum());
+            int experts = dev.sparkmoe.core.model.Qwen3MoeConfig.parse(spec.hfConfigJson()).numExperts();
             Map<Integer, JavaPairRDD<Long, int[]>> regrouped = new java.util.HashMap<>();
             try {
                 for (int attempt = 1; attempt <= max && !mismatch; attempt++) {
                     attempts = attempt;
-                    Layout layout = attempt == 1 ? full : layoutForRetry(sc, full, spec);
+                    AttemptLayout layout = AttemptLayout.forAttempt(full, attempt, c.getBool(ConfigKey.TRAINING_ELASTIC),
+                            1000L * c.getInt(ConfigKey.TRAINING_ELASTIC_WAIT_S), experts, () -> SlotCheck.freeSlots(sc),
+                            "spark-moe run " + runId);
                     JavaPairRDD<Long, int[]> data = layout.world() == full.world() ? byRank
                             : regrouped.computeIfAbsent(layout.world(), w -> Documents.regroup(byRank, full.world(), w)
                                     .persist(StorageLevel.MEMORY_AND_DISK()));
@@ -410,12 +410,7 @@ public final class SparkMoeTrainer {
                     if (layout.equals(full)) {
                         progress.watch(acc, attempt);
                     } else {
-                        Map<String, Object> fields = new java.util.LinkedHashMap<>();
-                        fields.put("world_size", layout.world());
-                        fields.put("ep", layout.ep());
-                        fields.put("grad_accum", layout.gradAccum());
-                        progress.watch(acc, attempt, layout.world() + " of " + full.world() + " ranks, ep "
-                                + layout.ep() + ", grad_accum " + layout.gradAccum(), fields);
+                        progress.watch(acc, attempt, layout.note(full), layout.fields());
                     }
                     JobPlan plan = new JobPlan(sc.applicationId() + "/" + runId, attempt, attemptSpec, factory,
                             connector, store, c.getInt(ConfigKey.CHECKPOINT_EVERY),
@@ -496,52 +491,6 @@ public final class SparkMoeTrainer {
             } catch (IOException e) {
                 return aside + "Could not read the checkpoints in " + store.dir() + ": " + e.getMessage();
             }
-        }
-
-        /**
-         * The layout of a retried attempt. It waits up to training.elastic_wait_s for layout.world_size task slots
-         * (a lost executor is usually replaced within seconds); when they do not come and training.elastic is on,
-         * it takes the slots there are, the largest ep up to layout.ep that divides them and num_experts, and as
-         * many more micro-batches as each rank now has data ranks, so that every step keeps its global batch.
-         */
-        private Layout layoutForRetry(SparkContext sc, Layout full, TrainerSpec spec) {
-            long waitMs = 1000L * c.getInt(ConfigKey.TRAINING_ELASTIC_WAIT_S);
-            long deadline = System.currentTimeMillis() + waitMs;
-            int slots = SlotCheck.freeSlots(sc);
-            while (slots >= 0 && slots < full.world() && System.currentTimeMillis() < deadline) {
-                try {
-                    Thread.sleep(200);
-                } catch (InterruptedException e) {
-                    Thread.currentThread().interrupt();
-                    break;
-                }
-                slots = SlotCheck.freeSlots(sc);
-            }
-            if (slots < 0 || slots >= full.world()) {
-                return full;
-            }
-            if (!c.getBool(ConfigKey.TRAINING_ELASTIC) || slots == 0) {
-                LOG.warn("spark-moe run {}: {} of the {} task slots the next attempt needs are free after {} s "
-                        + "(training.elastic_wait_s); submitting it anyway{}", runId, slots, full.world(),
-                        waitMs / 1000, c.getBool(ConfigKey.TRAINING_ELASTIC) ? ""
-                        : " (training.elastic = true would resume on the slots there are)");
-                return full;
-            }
-            int experts = dev.sparkmoe.core.model.Qwen3MoeConfig.parse(spec.hfConfigJson()).numExperts();
-            int ep = 1;
-            for (int e = Math.min(full.ep(), slots); e >= 1; e--) {
-                if (slots % e == 0 && experts % e == 0) {
-                    ep = e;
-                    break;
-                }
-            }
-            int share = (full.world() + slots - 1) / slots;
-            Layout l = new Layout(slots, ep, full.gradAccum() * share);
-            LOG.warn("spark-moe run {}: only {} of {} task slots after waiting {} s (training.elastic_wait_s); "
-                    + "resuming on {} ranks with ep {} and {} micro-batches per step (training.elastic): the global "
-                    + "batch stays {} sequences", runId, slots, full.world(), waitMs / 1000, l.world(), l.ep(),
-                    l.gradAccum(), (long) full.world() * c.batchSequences());
-            return l;
         }
 
         /** A failed job returns before all its tasks have stopped; the next attempt waits for them. */

@@ -107,8 +107,9 @@ public enum ConfigKey {
                     + "largest ep <= layout.ep that divides them and num_experts), keeping the global batch by "
                     + "gradient accumulation. Off: the attempt waits for all its slots."),
     TRAINING_ELASTIC_WAIT_S("training.elastic_wait_s", Type.INT, "60",
-            "Seconds a retried attempt waits for layout.world_size task slots before it resumes on fewer "
-                    + "(training.elastic) or is submitted anyway."),
+            "Seconds an attempt waits for layout.world_size task slots (the first for the executors to register, a "
+                    + "retried one for a lost executor's replacement) before it is submitted anyway or, retried "
+                    + "with training.elastic, resumes on fewer."),
     TRAINING_TRAINER_FACTORY("training.trainer_factory", Type.STRING,
             "dev.sparkmoe.gpu.runtime.DefaultRankTrainerFactory",
             "Class name of the RankTrainerFactory (public no-arg constructor) that builds each rank's trainer."),
