@@ -32,7 +32,9 @@ import org.junit.jupiter.api.io.TempDir;
  * executor JVM per Worker, world 2 with expert parallelism 2, ranks meeting over the TCP mesh, the real trainer on
  * the CPU. An executor killed ({@code kill -9}) after a committed checkpoint makes the driver retry and resume, and
  * the model ends byte-identical to a {@code local[2]} run; with {@code training.elastic}, a Worker stopped for good
- * leaves the job to finish on the one rank left, its losses continuing the curve of the uninterrupted run.
+ * leaves the job to finish on the one rank left, its losses continuing the curve of the uninterrupted run. Both runs
+ * are jobs of one application (its executors start once), and the cluster boots while the {@code local[2]} reference
+ * trains: on a busy 2-core machine the JVMs' start-up is most of the time.
  */
 @TestMethodOrder(MethodOrderer.OrderAnnotation.class)
 class SeparateExecutorsTest {
@@ -40,6 +42,7 @@ class SeparateExecutorsTest {
     @TempDir
     static Path tmp;
     static StandaloneCluster cluster;
+    static SparkSession app;
     static TrainResult reference;
     static byte[] referenceModel;
 
@@ -92,20 +95,38 @@ class SeparateExecutorsTest {
 
     @BeforeAll
     static void start() throws Exception {
-        SparkSession local = session("local[2]", Map.of());
+        java.util.concurrent.CompletableFuture<StandaloneCluster> booting =
+                java.util.concurrent.CompletableFuture.supplyAsync(() -> {
+                    try {
+                        return new StandaloneCluster(tmp.resolve("cluster"), 2, 1, "1g");
+                    } catch (java.io.IOException | InterruptedException e) {
+                        throw new java.util.concurrent.CompletionException(e);
+                    }
+                });
         try {
-            reference = train(local, tmp.resolve("local"), b -> { });
+            SparkSession local = session("local[2]", Map.of());
+            try {
+                reference = train(local, tmp.resolve("local"), b -> { });
+            } finally {
+                local.stop();
+            }
         } finally {
-            local.stop();
+            cluster = booting.join();
         }
         referenceModel = Files.readAllBytes(tmp.resolve("local/run-001/model/model.safetensors"));
-        cluster = new StandaloneCluster(tmp.resolve("cluster"), 2, 1, "1g");
+        app = session(cluster.masterUrl(), cluster.appConf());
     }
 
     @AfterAll
     static void stop() {
-        if (cluster != null) {
-            cluster.close();
+        try {
+            if (app != null) {
+                app.stop();
+            }
+        } finally {
+            if (cluster != null) {
+                cluster.close();
+            }
         }
     }
 
@@ -133,19 +154,14 @@ class SeparateExecutorsTest {
     @Test
     @Order(1)
     void anExecutorKilledAfterACheckpointIsRetriedAndTheModelIsByteIdenticalToLocalMode() throws Exception {
-        SparkSession spark = session(cluster.masterUrl(), cluster.appConf());
         Path out = tmp.resolve("killed");
         int[] killed = {0};
-        try {
-            Thread killer = after(out, () -> killed[0] = cluster.killExecutors(1));
-            TrainResult r = train(spark, out, b -> { });
-            killer.join();
-            assertEquals(1, killed[0], "one executor JVM killed");
-            assertEquals(2, r.attempts());
-            assertTrue(r.resumedFrom() >= 4, "resumed from the committed checkpoint: " + r.resumedFrom());
-        } finally {
-            spark.stop();
-        }
+        Thread killer = after(out, () -> killed[0] = cluster.killExecutors(1));
+        TrainResult r = train(app, out, b -> { });
+        killer.join();
+        assertEquals(1, killed[0], "one executor JVM killed");
+        assertEquals(2, r.attempts());
+        assertTrue(r.resumedFrom() >= 4, "resumed from the committed checkpoint: " + r.resumedFrom());
         assertArrayEquals(referenceModel, Files.readAllBytes(out.resolve("run-001/model/model.safetensors")),
                 "model.safetensors differs from the local[2] run's");
     }
@@ -153,18 +169,12 @@ class SeparateExecutorsTest {
     @Test
     @Order(2)
     void aWorkerStoppedForGoodLeavesTheJobToFinishOnFewerRanksContinuingTheCurve() throws Exception {
-        SparkSession spark = session(cluster.masterUrl(), cluster.appConf());
         Path out = tmp.resolve("elastic");
         Path metrics = tmp.resolve("elastic-metrics.jsonl");
-        TrainResult r;
-        try {
-            Thread stopper = after(out, () -> cluster.stopWorker(1));
-            r = train(spark, out, b -> b.set("training.elastic", true).set("training.elastic_wait_s", 3)
-                    .set("output.metrics_file", metrics.toString()));
-            stopper.join();
-        } finally {
-            spark.stop();
-        }
+        Thread stopper = after(out, () -> cluster.stopWorker(1));
+        TrainResult r = train(app, out, b -> b.set("training.elastic", true).set("training.elastic_wait_s", 3)
+                .set("output.metrics_file", metrics.toString()));
+        stopper.join();
         assertEquals(2, r.attempts());
         assertEquals(4, r.resumedFrom(), "the stage failed before the next checkpoint");
         assertEquals(STEPS, r.history().size());

@@ -40,6 +40,7 @@ public final class StandaloneCluster implements AutoCloseable {
         master = start(dir.resolve("master.log"), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                 "--port", Integer.toString(port), "--webui-port", "0");
         try {
+            // the Workers start once the Master listens: a Worker that finds no Master retries only 5-15 s later
             awaitLine(master, dir.resolve("master.log"), "I have been elected leader", Duration.ofSeconds(120));
             for (int i = 0; i < workers; i++) {
                 Path log = dir.resolve("worker-" + i + ".log");
@@ -66,16 +67,26 @@ public final class StandaloneCluster implements AutoCloseable {
         return "spark://127.0.0.1:" + port;
     }
 
-    /** Spark settings an application on this cluster needs: one-core executors that see the test class path. */
+    /**
+     * Spark settings an application on this cluster needs: one-core executors that see the test class path. Their
+     * JVMs start as the Master's and Workers' do (the client compiler only, the serial collector): a test's executor
+     * trains a tiny model for a few seconds, and on a busy machine its start-up, not its steps, is what takes time.
+     */
     public Map<String, String> appConf() {
         return Map.of("spark.executor.extraClassPath", classPath, "spark.executor.cores", "1",
                 "spark.executor.memory", "768m", "spark.driver.host", "127.0.0.1",
-                "spark.driver.bindAddress", "127.0.0.1", "spark.executor.heartbeatInterval", "2s");
+                "spark.driver.bindAddress", "127.0.0.1", "spark.executor.heartbeatInterval", "2s",
+                "spark.executor.extraJavaOptions", String.join(" ", JVM_OPTIONS));
     }
 
+    /** Options of every JVM of the cluster (the heap aside). */
+    private static final List<String> JVM_OPTIONS = List.of("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1");
+
     private Process start(Path log, String main, String... args) throws IOException {
-        List<String> cmd = new ArrayList<>(List.of(java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                "-Dlog4j2.configurationFile=" + home.resolve("log4j2.properties").toUri(), "-cp", classPath, main));
+        List<String> cmd = new ArrayList<>(List.of(java, "-Xmx256m"));
+        cmd.addAll(JVM_OPTIONS);
+        cmd.addAll(List.of("-Dlog4j2.configurationFile=" + home.resolve("log4j2.properties").toUri(), "-cp", classPath,
+                main));
         cmd.addAll(List.of(args));
         ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(log.toFile());
         pb.environment().put("SPARK_HOME", home.toString());
