@@ -4,8 +4,8 @@
 # getGpusResources.sh), one executor and one barrier task per GPU (spark.{worker,executor,task}.resource.gpu.amount),
 # the job jar submitted through org.apache.spark.deploy.SparkSubmit, training a model config inline (default
 # qwen3moe-c1.json) on a parquet DataFrame of token ids that this script writes (B sequences of T tokens per rank
-# and step). The carry is built by make-spark-carry.sh (spark-moe-spark.tar.xz: a jlink'ed Java 17 runtime, Spark's
-# jars trimmed to what the job loads, spark-moe's jars with the CUDA presets).
+# and step). The carry is built by make-spark-carry.sh (spark-moe-spark-base.tar.xz: a jlink'ed Java 17 runtime and
+# Spark's jars trimmed to what the job loads; spark-moe-spark-app.tar.xz: spark-moe's jars with the CUDA presets).
 #
 # Usage (repository root): S=.device-carry/spark bash gpu-executor/scripts/spark-gpu-run.sh MODE...
 #   job     one training run; prints its steps and the log lines where each rank takes its GPU from the task's
@@ -18,25 +18,31 @@
 #           (hf_logits_check.py); needs python3 with torch, transformers and safetensors
 #   all     bench kill logits
 # Environment:
-#   S (carry folder holding spark-moe-spark.tar.xz) or SMS (an unpacked carry, e.g. .device-carry/spark/stage/spark-moe)
+#   S (carry folder holding the spark-moe-spark-*.tar.xz archives) or SMS (an unpacked carry, e.g.
+#   .device-carry/spark-build/stage/spark-moe)
 #   OUT (results, default /tmp/out), GPUS (default: every GPU nvidia-smi lists), EP (default 1)
 #   FAKE_GPUS=N   no GPU: the discovery script reports N made-up GPUs (use with BACKEND=cpu): the local proof
 #   BACKEND (cuda | cpu | auto; default cuda), PRECISION (bf16), MODEL (model config JSON, default
 #   $SMS/bench/qwen3moe-c1.json), B (4), T (2048), STEPS (20), KILL_STEPS (30), EVERY (10), CPT (cores per task,
 #   default nproc/GPUs up to 8), EXEC_MEM (executor memory, default 32g: a rank's checkpoint state is host memory),
 #   DRIVER_MEM (4g), PORT (7077), KEEP_CHECKPOINTS=1 (keep each run's checkpoints; default: deleted after the run),
+#   UNPACK (where S's archives are unpacked, default /tmp/sms), W (the runs' work folder, default /tmp/spark-gpu-run),
 #   SPARK_MOE_JAVA_HOME (default the carry's runtime), JAVA_TOOL_OPTIONS (passed to every JVM; make-spark-carry.sh records
 #   class loading with it), EXTRA_JARS (comma-separated jars added to the job, e.g. OpenBLAS for the CPU backend)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 if [ -z "${SMS:-}" ]; then
-  carry=${S:-.device-carry/spark}/spark-moe-spark.tar.xz
-  rm -rf /tmp/sms && mkdir -p /tmp/sms
-  # xz where there is one, else Python's lzma
-  tar xJf "$carry" -C /tmp/sms 2>/dev/null || python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' \
-    "$carry" /tmp/sms || { echo "cannot unpack $carry"; exit 1; }
-  SMS=/tmp/sms/spark-moe
+  U=${UNPACK:-/tmp/sms}
+  rm -rf "$U" && mkdir -p "$U"
+  carries=("${S:-.device-carry/spark}"/spark-moe-spark*.tar.xz)
+  [ -e "${carries[0]}" ] || { echo "no spark-moe-spark*.tar.xz in ${S:-.device-carry/spark}: build it with make-spark-carry.sh"; exit 1; }
+  for carry in "${carries[@]}"; do # the base (runtime, Spark's jars) and the app (spark-moe), into one folder
+    # xz where there is one, else Python's lzma
+    tar xJf "$carry" -C "$U" 2>/dev/null || python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' \
+      "$carry" "$U" || { echo "cannot unpack $carry"; exit 1; }
+  done
+  SMS=$U/spark-moe
 fi
 SMS=$(cd "$SMS" && pwd)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -65,7 +71,7 @@ CORES=$(nproc)
 CPT=${CPT:-$(( CORES / GPUS > 8 ? 8 : (CORES / GPUS > 0 ? CORES / GPUS : 1) ))}
 EXEC_MEM=${EXEC_MEM:-32g}
 PORT=${PORT:-7077}
-W=/tmp/spark-gpu-run
+W=${W:-/tmp/spark-gpu-run}
 rm -rf "$W" && mkdir -p "$W"
 LIBS=""
 if [ "$BACKEND" != cpu ]; then
@@ -119,7 +125,9 @@ submit "$OUT/data.log" --master "local[2]" --conf spark.ui.enabled=false --jars 
   || { echo "writing the token parquet failed"; tail -20 "$OUT/data.log"; exit 1; }
 grep "wrote" "$OUT/data.log"
 
-config() { # $1 = run folder, $2 = steps, $3 = checkpoint.every
+# each job trains in a fresh output.dir ($W/NAME), so its run folder is $W/NAME/run-001 (checkpoints/, model/,
+# metrics.png); the metrics file lies beside it
+config() { # $1 = output.dir, $2 = steps, $3 = checkpoint.every
   cat <<EOF
 model:
   config: {"model_type": "qwen3_moe", $(tr -d '\n' < "$MODEL" | sed -e 's/^ *{//' -e 's/} *$//')}
@@ -154,7 +162,8 @@ job() { # $1 = name, $2 = steps, $3 = checkpoint.every; runs in the foreground
   cat "$W/work/$app"/*/stderr 2>/dev/null | grep -E "rank [0-9]+ of [0-9]+: the task|backend: |NCCL world|nccl" | head -12 \
     | tee "$OUT/$1-ranks.txt"
   cp "$run/metrics.jsonl" "$OUT/$1-metrics.jsonl" 2>/dev/null
-  [ "${KEEP_CHECKPOINTS:-0}" = 1 ] || rm -rf "$run/checkpoints" # gigabytes each at C1's size
+  cp "$run/run-001/metrics.png" "$OUT/$1-metrics.png" 2>/dev/null
+  [ "${KEEP_CHECKPOINTS:-0}" = 1 ] || rm -rf "$run"/run-*/checkpoints # gigabytes each at C1's size
   return $rc
 }
 
@@ -188,7 +197,7 @@ mode_bench() {
 mode_kill() {
   job uninterrupted "$KILL_STEPS" "$EVERY" || return 1
   local run=$W/killed marker
-  marker=$run/checkpoints/step-$(printf %08d "$EVERY")/_COMMITTED
+  marker=$run/run-001/checkpoints/step-$(printf %08d "$EVERY")/_COMMITTED
   rm -rf "$run"
   ( for _ in $(seq 3000); do grep -q committed "$marker" 2>/dev/null && break; sleep 0.1; done
     victim=$(pgrep -P "$WORKER" | tail -1)
@@ -210,8 +219,8 @@ mode_kill() {
 
 mode_logits() {
   local model
-  model=$(ls -d "$W"/*/model 2>/dev/null | tail -1)
-  [ -n "$model" ] || { job run "$STEPS" "$EVERY" || return 1; model=$W/run/model; }
+  model=$(ls -d "$W"/*/run-001/model 2>/dev/null | tail -1)
+  [ -n "$model" ] || { job run "$STEPS" "$EVERY" || return 1; model=$W/run/run-001/model; }
   LD_LIBRARY_PATH=$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
   python3 "$HERE/hf_logits_check.py" --model "$model" --java "$JAVA" --classpath "$SMS/lib/*" --out "$OUT" \
     2>&1 | tee "$OUT/logits.log" | tail -8
