@@ -37,7 +37,7 @@ public final class PlanCommand {
             "                      [--world-size N] [--ep M] [--batch B] [--seq T] [--grad-accum A] [--precision bf16|f32]",
             "                      [--gpu-memory 80GB] [--reserve 2GB] [--backend cuda|cpu] [--json]",
             "                      [--activation-checkpointing none|full|selective] [--loss-chunk TOKENS]",
-            "                      [--construction full|sharded] [--expert-imbalance F]",
+            "                      [--expert-imbalance F]",
             "Per-rank device memory of a training run: parameters, gradients, AdamW state, gathered FSDP units,",
             "activations, workspace and the peak; whether it fits the GPU, and if not, what to change.",
             "  --model            a preset (" + String.join(", ", ModelPresets.names()) + "), a config.json, or a",
@@ -53,8 +53,7 @@ public final class PlanCommand {
             "  --reserve SIZE     memory the allocator cannot use (CUDA context, cuBLAS, NCCL), default 2GB",
             "  --backend          count the CUDA backend's allocator blocks (cuda, default) or the CPU backend's tensors",
             "  --activation-checkpointing  what a layer keeps for backward (default none)",
-            "  --loss-chunk N     a fused LM head and loss over chunks of N tokens (default 0: the whole logits)",
-            "  --construction     full: the full f32 model on every rank, then sharded (the trainer today); sharded",
+            "  --loss-chunk N     rows per chunk of the fused LM head and loss (default 0: the hidden size)",
             "  --expert-imbalance rows of the busiest rank's experts over the mean under ep > 1, default 1",
             "  --json             one JSON object instead of the table");
 
@@ -116,7 +115,7 @@ public final class PlanCommand {
                 case "--dp-shard": v.put("--world-size", value); break;
                 case "--world-size": case "--ep": case "--batch": case "--seq": case "--grad-accum":
                 case "--precision": case "--gpu-memory": case "--reserve": case "--backend":
-                case "--activation-checkpointing": case "--loss-chunk": case "--construction":
+                case "--activation-checkpointing": case "--loss-chunk":
                 case "--expert-imbalance":
                     v.put(a, value);
                     break;
@@ -149,14 +148,12 @@ public final class PlanCommand {
                         : r.precision(), v.containsKey("--backend") ? PlanRequest.Device.parse(v.get("--backend"))
                         : r.device())
                 .withMemory(size(v, "--gpu-memory", r.deviceMemoryBytes()), size(v, "--reserve", r.reserveBytes()))
-                .withLossChunk(integer(v, "--loss-chunk", r.lossChunkTokens()))
+                .withLossChunk(integer(v, "--loss-chunk", r.lossChunkRows()))
                 .withExpertImbalance(v.containsKey("--expert-imbalance") ? number(v, "--expert-imbalance")
                         : r.expertImbalance());
         if (v.containsKey("--activation-checkpointing")) {
-            r = r.withCheckpointing(PlanRequest.Checkpointing.parse(v.get("--activation-checkpointing")));
-        }
-        if (v.containsKey("--construction")) {
-            r = r.withConstruction(PlanRequest.Construction.parse(v.get("--construction")));
+            r = r.withCheckpointing(dev.sparkmoe.core.model.ActivationCheckpointing.parse(
+                    v.get("--activation-checkpointing")));
         }
         return new Options(r, json, false);
     }
