@@ -99,12 +99,12 @@ public final class MemoryPlanner {
         return null;
     }
 
+    /** The mildest setting that keeps less than the request's (none, then selective, then full) and fits. */
     private static Suggestion checkpointing(PlanRequest r) {
-        if (r.checkpointing() != ActivationCheckpointing.NONE) {
-            return null;
-        }
-        for (ActivationCheckpointing c : new ActivationCheckpointing[] {ActivationCheckpointing.SELECTIVE,
-            ActivationCheckpointing.FULL}) {
+        List<ActivationCheckpointing> mildestFirst = List.of(ActivationCheckpointing.NONE,
+                ActivationCheckpointing.SELECTIVE, ActivationCheckpointing.FULL);
+        for (ActivationCheckpointing c : mildestFirst.subList(mildestFirst.indexOf(r.checkpointing()) + 1,
+                mildestFirst.size())) {
             MemoryPlan p = plan(r.withCheckpointing(c));
             if (p.fits()) {
                 String name = c.configName();

@@ -187,6 +187,20 @@ class PlannerBehaviourTest {
     }
 
     @Test
+    void checkpointingAdviceGoesFromTheRequestsSettingToAStrongerOne() {
+        // Qwen3-30B-A3B on 8 GPUs, ep 8, 2 x 4096 tokens: over with selective, fits with full (README's table)
+        PlanRequest r = PlanRequest.defaults(qwen3_30b()).withLayout(8, 8).withBatch(2, 4096, 1)
+                .withCheckpointing(ActivationCheckpointing.SELECTIVE);
+        assertFalse(MemoryPlanner.plan(r).fits());
+        Suggestion full = MemoryPlanner.advise(r).stream().filter(s -> s.change().startsWith("full activation"))
+                .findFirst().orElseThrow();
+        assertEquals(ActivationCheckpointing.FULL, full.plan().request().checkpointing());
+        assertTrue(full.plan().fits());
+        assertTrue(MemoryPlanner.advise(r.withCheckpointing(ActivationCheckpointing.FULL).withBatch(16, 4096, 1))
+                .stream().noneMatch(s -> s.change().contains("activation checkpointing (")));
+    }
+
+    @Test
     void eachRankBuildsOnlyItsShards() {
         // Qwen3-30B-A3B on 8 GPUs: a rank allocates its shards, fills them a 4 MiB piece at a time, then makes the
         // moments: the construction peak is what lives between steps (the full f32 model would be 122 GB)
