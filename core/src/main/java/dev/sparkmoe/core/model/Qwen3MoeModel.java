@@ -24,18 +24,21 @@ import java.util.TreeSet;
  * <p>Parameter names are the Hub names, except that each MoE layer's experts are stacked:
  * {@code model.layers.L.mlp.experts.gate_proj} [E, I, H], {@code up_proj} [E, I, H], {@code down_proj} [E, H, I].
  *
- * <p>The root module owns the embedding; its children are the {@link LmHead} (final norm and LM head, whose weight
- * is the embedding when tied) and the decoder layers. FSDP and other wrappers hook the root, the head and each
- * decoder layer: the root's hooks enclose the whole forward and the whole backward, the head's the final norm and
- * the LM head projection (forward, after the last layer) and their gradients (backward, before the last layer's).
- * {@link #parameters()} lists the embedding, the final norm, the LM head, then the layers' parameters (the order
- * they had when the root owned all three). The model never refers to ranks or meshes: global statistics go through
- * a {@link StatsReducer}.
+ * <p>The root module owns no parameter; its children are the {@link TokenEmbedding}, the {@link LmHead} (final norm
+ * and LM head, whose weight is the embedding when tied) and the decoder layers. FSDP and other wrappers hook the
+ * root, the embedding, the head and each decoder layer: the root's hooks enclose the whole forward and the whole
+ * backward, the embedding's its lookup (forward, first) and its gradient's scatter-add (backward, last), the head's
+ * the final norm, the LM head and the loss (forward, after the last layer) and the hand-over of their gradients
+ * (backward, before the last layer's). The head's backward reads no weight: the fused loss computes the LM head's
+ * gradients, and then the final norm's, in the head's forward. {@link #parameters()} lists the embedding, the final
+ * norm, the LM head, then the layers' parameters (the order they had when the root owned all three). The model never
+ * refers to ranks or meshes: global statistics go through a {@link StatsReducer}.
  */
 public final class Qwen3MoeModel extends Module {
     private final Qwen3MoeConfig config;
     private final Backend backend;
-    final Parameter embed;     // [V, H]
+    final TokenEmbedding embedding;
+    final Parameter embed;     // [V, H], the embedding's table
     final LmHead head;         // final norm [H] and LM head [V, H] (the embedding when tied)
     final DecoderLayer[] layers;
     private ActivationCheckpointing checkpointing = ActivationCheckpointing.NONE;
@@ -52,7 +55,8 @@ public final class Qwen3MoeModel extends Module {
         this.backend = backend;
         int v = config.vocabSize();
         int h = config.hiddenSize();
-        embed = new Parameter("model.embed_tokens.weight", backend, v, h);
+        embedding = new TokenEmbedding(config, backend);
+        embed = embedding.weight;
         head = new LmHead(config, backend, embed);
         layers = new DecoderLayer[config.numHiddenLayers()];
         for (int i = 0; i < layers.length; i++) {
@@ -82,23 +86,30 @@ public final class Qwen3MoeModel extends Module {
         return backend;
     }
 
-    /** The embedding (the LM head weight too when tied); the final norm and an untied LM head are the head's. */
+    /** None: the embedding is the {@link TokenEmbedding}'s, the final norm and an untied LM head the head's. */
     @Override
     public List<Parameter> ownParameters() {
-        return List.of(embed);
+        return List.of();
     }
 
     /**
-     * The head, then the decoder layers: the head comes first so that {@link #parameters()} (and with it
-     * {@link #namedParameters()}, {@link #state()}) keeps the order it had when the root owned the final norm and the
-     * LM head. Forward and backward call the modules' hooks in execution order, whatever this order.
+     * The embedding, the head, then the decoder layers: in this order {@link #parameters()} (and with it
+     * {@link #namedParameters()}, {@link #state()}) keeps the order it had when the root owned the embedding, the
+     * final norm and the LM head. Forward and backward call the modules' hooks in execution order, whatever this
+     * order.
      */
     @Override
     public List<Module> children() {
-        List<Module> out = new ArrayList<>(layers.length + 1);
+        List<Module> out = new ArrayList<>(layers.length + 2);
+        out.add(embedding);
         out.add(head);
         out.addAll(List.of(layers));
         return out;
+    }
+
+    /** The token embedding, a module of its own (an FSDP unit under the parallel plan when untied). */
+    public TokenEmbedding embedding() {
+        return embedding;
     }
 
     /** The final norm and LM head, a module of its own (an FSDP unit under the parallel plan). */
@@ -267,7 +278,15 @@ public final class Qwen3MoeModel extends Module {
 
     /** The rows per loss chunk that a forward pass over {@code tokens} tokens uses. */
     public int lossChunkRows(int tokens) {
-        return FusedLinearCrossEntropy.chunkRows(tokens, config.hiddenSize(), config.vocabSize(), lossChunkRows);
+        return lossChunkRows(config, tokens, lossChunkRows);
+    }
+
+    /**
+     * The rows per loss chunk of a model of config {@code c} over {@code tokens} tokens with {@code requested} rows
+     * set ({@link #setLossChunkRows}; 0: the rule), without a model (the memory planner's).
+     */
+    public static int lossChunkRows(Qwen3MoeConfig c, int tokens, int requested) {
+        return FusedLinearCrossEntropy.chunkRows(tokens, c.hiddenSize(), c.vocabSize(), requested);
     }
 
     /** One forward pass over a batch, holding what the backward pass needs. */
@@ -278,10 +297,11 @@ public final class Qwen3MoeModel extends Module {
         final Tensor targets;  // I32 [N] on the backend
         final DecoderLayer.Cache[] caches;
         final ActivationCheckpointing checkpointing;
-        Tensor finalIn;     // [N, H] input of the final norm
-        Tensor finalRstd;   // [N]
-        Tensor dFinal;      // [N, H] d(loss)/d(final norm output), computed by the fused loss in the forward pass
-        Tensor dHeadWeight; // [V, H] d(loss)/d(LM head weight), likewise; added to its gradient by backward
+        // The head's gradients, all computed in the forward pass (the fused loss, then the final norm's backward) and
+        // handed over by backward: no weight is read after the head's forward.
+        Tensor dResidual;   // [N, H] d(loss)/d(input of the final norm), the last layer's output gradient
+        Tensor dNormWeight; // [H] d(loss)/d(final norm weight); added to its gradient by backward
+        Tensor dHeadWeight; // [V, H] d(loss)/d(LM head weight); likewise
         Tensor logits;      // [N, V], only when the forward pass was asked to retain them
         double lmLossSum;
         double auxLoss;
@@ -348,10 +368,12 @@ public final class Qwen3MoeModel extends Module {
     /**
      * As above; with {@code retainLogits} the logits stay readable through {@link Pass#logits()} (until the scope
      * they were made in closes) at the cost of a [B*T, V] buffer. The LM head and the cross-entropy run fused and
-     * chunked ({@link FusedLinearCrossEntropy}): the LM head's gradients (its weight's and its input's, held by the
-     * pass until {@link #backward} uses them) are computed here, chunk by chunk, so no [B*T, V] tensor exists unless
-     * the logits are retained. The parameters' gradients are not touched before {@link #backward}. Each decoder
-     * layer keeps what {@link #activationCheckpointing()} says.
+     * chunked ({@link FusedLinearCrossEntropy}): the LM head's gradients (its weight's and its input's) are computed
+     * here, chunk by chunk, so no [B*T, V] tensor exists unless the logits are retained; with its input's gradient
+     * known, the final norm's backward runs here too. The pass holds the head's three gradients (LM head weight,
+     * final norm weight, the last layer's output) until {@link #backward} hands them over, so the head's backward
+     * reads no weight. The parameters' gradients are not touched before {@link #backward}. Each decoder layer keeps
+     * what {@link #activationCheckpointing()} says.
      */
     public Pass forward(int[] ids, int[] targets, int batch, int seqLen, double lmNormalizer, double auxWeight,
                         StatsReducer reducer, boolean retainLogits) {
@@ -365,8 +387,10 @@ public final class Qwen3MoeModel extends Module {
             pass.localPredicted += t == -100 ? 0 : 1;
         }
         beforeForward();
+        embedding.beforeForward();
         Tensor x = be.empty(DType.F32, n, h);
         be.embeddingForward(embed.value(), pass.ids, n, h, x);
+        embedding.afterForward();
         for (int i = 0; i < layers.length; i++) {
             layers[i].beforeForward();
             DecoderLayer.Cache c = new DecoderLayer.Cache();
@@ -382,17 +406,20 @@ public final class Qwen3MoeModel extends Module {
             layers[i].afterForward();
         }
         head.beforeForward();
-        pass.finalIn = x;
         Tensor finalOut = be.empty(DType.F32, n, h);
-        pass.finalRstd = be.empty(DType.F32, n);
-        be.rmsNormForward(x, head.norm.value(), (float) config.rmsNormEps(), n, h, finalOut, pass.finalRstd);
+        Tensor finalRstd = be.empty(DType.F32, n);
+        be.rmsNormForward(x, head.norm.value(), (float) config.rmsNormEps(), n, h, finalOut, finalRstd);
         FusedLinearCrossEntropy.Result loss = FusedLinearCrossEntropy.run(be, finalOut, pass.targets, n, head.weight,
                 (float) (1.0 / lmNormalizer), true, retainLogits, lossChunkRows);
         be.release(finalOut);
         pass.lmLossSum = loss.lossSum();
-        pass.dFinal = loss.dHidden();
         pass.dHeadWeight = loss.dWeight();
         pass.logits = loss.logits();
+        // the final norm's backward, now that its output's gradient is known: its weight stays gathered for it
+        pass.dResidual = be.empty(DType.F32, n, h);
+        pass.dNormWeight = be.zeros(DType.F32, h);
+        be.rmsNormBackward(loss.dHidden(), x, head.norm.value(), finalRstd, n, h, pass.dResidual, pass.dNormWeight);
+        Release.all(be, loss.dHidden(), x, finalRstd);
         head.afterForward();
         if (mode != ActivationCheckpointing.FULL) {
             for (int i = 0; i < layers.length; i++) {
@@ -416,8 +443,10 @@ public final class Qwen3MoeModel extends Module {
         Tensor idsT = be.upload(Tensor.ofInts(ids.clone(), n));
         Tensor targetsT = be.upload(Tensor.ofInts(targets.clone(), n));
         beforeForward();
+        embedding.beforeForward();
         Tensor x = be.empty(DType.F32, n, h);
         be.embeddingForward(embed.value(), idsT, n, h, x);
+        embedding.afterForward();
         be.release(idsT);
         for (DecoderLayer layer : layers) {
             layer.beforeForward();
@@ -487,8 +516,10 @@ public final class Qwen3MoeModel extends Module {
     }
 
     /**
-     * Backward of {@link #forward}: accumulates d(lm_loss + auxWeight * aux) into every parameter's grad (the LM
-     * head's come from the forward pass's fused loss). A layer that the pass's activation
+     * Backward of {@link #forward}: accumulates d(lm_loss + auxWeight * aux) into every parameter's grad (the head's,
+     * the final norm's and the LM head's, come from the forward pass, which computed them in the head's forward: the
+     * head's backward only adds them to the gradients, and the embedding's scatters the input gradient into its
+     * table's, so neither reads a weight). A layer that the pass's activation
      * checkpointing made drop activations first computes them again (inside its backward hooks, so that wrappers see
      * the order of a backward pass: FSDP's gathered weights serve both). Each activation is released as soon as the
      * backward pass has consumed it, so the memory held falls layer by layer instead of peaking at forward
@@ -502,11 +533,9 @@ public final class Qwen3MoeModel extends Module {
         beforeBackward();
         head.beforeBackward();
         head.weight.accumulateGrad(pass.dHeadWeight);
-        pass.dHeadWeight = null;
-        Tensor dx = be.empty(DType.F32, n, h);
-        be.rmsNormBackward(pass.dFinal, pass.finalIn, head.norm.value(), pass.finalRstd, n, h, dx, head.norm.grad());
-        Release.all(be, pass.dFinal, pass.finalIn, pass.finalRstd);
-        pass.dFinal = null;
+        head.norm.accumulateGrad(pass.dNormWeight);
+        Tensor dx = pass.dResidual;
+        pass.dHeadWeight = pass.dNormWeight = pass.dResidual = null;
         head.afterBackward();
         for (int i = layers.length - 1; i >= 0; i--) {
             layers[i].beforeBackward();
@@ -517,8 +546,10 @@ public final class Qwen3MoeModel extends Module {
             layers[i].afterBackward();
             pass.caches[i] = null; // the layer released its activations
         }
+        embedding.beforeBackward();
         be.embeddingBackward(dx, pass.ids, n, h, embed.grad());
         be.release(dx);
+        embedding.afterBackward();
         afterBackward();
     }
 }

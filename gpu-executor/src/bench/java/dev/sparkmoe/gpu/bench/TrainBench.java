@@ -263,7 +263,9 @@ public final class TrainBench implements RankEntry {
             out.put("mfu_bf16_dense_989", round(flopsPerToken * tokPerGpu / 989e12, 4));
             out.put("loss", last == null ? null : round(last.loss(), 4));
             out.put("peak_mem_gb", round(peakGb[0], 2));
-            out.put("planned_peak_gb", round(plannedPeak(config, ctx, ep, batch, seq, gemm) / 1e9, 2));
+            long planned = plannedPeak(spec, ctx, batch, lossChunk);
+            out.put("planned_peak_gb", round(planned / 1e9, 2));
+            out.put("planned_peak_bytes", planned);
             out.put("device", cudaBackend != null ? cudaBackend.deviceName() : "cpu");
             Map<String, Object> perStep = new LinkedHashMap<>();
             for (Map.Entry<String, double[]> c : comm.entrySet()) {
@@ -287,12 +289,13 @@ public final class TrainBench implements RankEntry {
 
     /**
      * The memory planner's peak for this run (the larger of building the model and a step, rank 0), to set beside
-     * peak_mem_gb: the CUDA allocator's blocks, or on the CPU the tensors MemoryTracker counts.
+     * peak_mem_gb: the request of the trainer's spec (layout, sequence length, precision, activation checkpointing,
+     * FSDP prefetch), {@code batch} sequences per rank and the run's loss chunk rows; the CUDA allocator's blocks, or
+     * on the CPU the tensors MemoryTracker counts.
      */
-    static long plannedPeak(Qwen3MoeConfig config, RankContext ctx, int ep, int batch, int seq, String gemm) {
-        PlanRequest r = PlanRequest.defaults(config).withLayout(ctx.worldSize(), ep).withBatch(batch, seq, 1)
-                .withPrecision(PlanRequest.Precision.parse(precision(gemm)),
-                        ctx.isCuda() ? PlanRequest.Device.CUDA : PlanRequest.Device.CPU);
+    static long plannedPeak(TrainerSpec spec, RankContext ctx, int batch, int lossChunkRows) {
+        PlanRequest r = PlanRequest.forTrainer(spec, batch).withLossChunk(lossChunkRows);
+        r = r.withPrecision(r.precision(), ctx.isCuda() ? PlanRequest.Device.CUDA : PlanRequest.Device.CPU);
         return MemoryPlanner.plan(r).peakBytes();
     }
 

@@ -5,7 +5,11 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.sparkmoe.core.json.Json;
+import dev.sparkmoe.core.model.ActivationCheckpointing;
+import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.gpu.launch.Launcher;
+import dev.sparkmoe.parallel.memory.MemoryPlanner;
+import dev.sparkmoe.parallel.memory.PlanRequest;
 import dev.sparkmoe.parallel.tools.Cli;
 import java.io.ByteArrayOutputStream;
 import java.io.PrintStream;
@@ -56,6 +60,13 @@ class TrainBenchTest {
         double loss = ((Number) r.get("loss")).doubleValue();
         assertTrue(loss > 5 && loss < 7, "loss of a random tiny model on random ids is near ln 512: " + loss);
         assertTrue(r.containsKey("planned_peak_gb"), "the memory planner's peak beside peak_mem_gb: " + r);
+        // the plan of this run: its --ac, --fsdp-prefetch and --loss-chunk, on the CPU backend
+        PlanRequest request = PlanRequest.defaults(Qwen3MoeConfig.parse(TINY)).withLayout(2, 2).withBatch(2, 32, 1)
+                .withPrecision(PlanRequest.Precision.BF16, PlanRequest.Device.CPU)
+                .withCheckpointing(ActivationCheckpointing.SELECTIVE).withPrefetch(1).withLossChunk(16);
+        assertEquals(MemoryPlanner.plan(request).peakBytes(), ((Number) r.get("planned_peak_bytes")).longValue());
+        assertTrue(MemoryPlanner.plan(request.withCheckpointing(ActivationCheckpointing.NONE)).peakBytes()
+                != MemoryPlanner.plan(request).peakBytes());
         @SuppressWarnings("unchecked")
         Map<String, Object> comm = (Map<String, Object>) r.get("comm_per_step");
         for (String k : new String[] {"all_gather_ms", "reduce_scatter_ms", "all_to_all_ms"}) {

@@ -27,10 +27,11 @@ import org.junit.jupiter.params.provider.CsvSource;
 /**
  * The memory planner against the CUDA backend's caching allocator (its high-water mark, what TrainBench reports as
  * peak_mem_gb): the GPU benchmark's model (qwen3moe-c1) on one GPU and on two (NCCL, one thread per GPU), bf16 and f32,
- * with and without expert parallelism. For each rank: the peak while the trainer is built, the bytes in use between
- * steps, and the peak of the second step (the first records FSDP's unit order); the busiest rank's must lie within
- * 10% of the plan. Each case prints one line with the planned and measured numbers. Skipped without CUDA (and a case
- * without as many GPUs as ranks).
+ * with and without expert parallelism, without and with activation checkpointing (full, selective). The plan is the
+ * trainer's spec's ({@link PlanRequest#forTrainer}). For each rank: the peak while the trainer is built, the bytes in
+ * use between steps, and the peak of the second step (the first records FSDP's unit order); the busiest rank's must
+ * lie within 10% of the plan. Each case prints one line with the planned and measured numbers. Skipped without CUDA
+ * (and a case without as many GPUs as ranks).
  */
 class MemoryPlanGpuTest {
 
@@ -52,16 +53,16 @@ class MemoryPlanGpuTest {
                 .ropeTheta(10000).rmsNormEps(1e-6).build();
     }
 
-    @ParameterizedTest(name = "{0} GPU(s), ep {1}, B={2} T={3}, {4}")
-    @CsvSource({"1,1,4,2048,bf16", "1,1,2,1024,f32", "2,1,4,2048,bf16", "2,2,4,2048,bf16", "2,1,2,1024,f32"})
-    void theAllocatorsPeaksAreThePlans(int world, int ep, int batch, int seq, String precision) {
+    @ParameterizedTest(name = "{0} GPU(s), ep {1}, B={2} T={3}, {4}, ac {5}")
+    @CsvSource({"1,1,4,2048,bf16,none", "1,1,4,2048,bf16,selective", "1,1,4,2048,bf16,full", "1,1,2,1024,f32,none",
+        "2,1,4,2048,bf16,none", "2,2,4,2048,bf16,none", "2,2,4,2048,bf16,selective", "2,1,2,1024,f32,full"})
+    void theAllocatorsPeaksAreThePlans(int world, int ep, int batch, int seq, String precision, String ac) {
         assumeTrue(gpus() >= world, () -> "needs " + world + " GPUs, found " + gpus());
-        PlanRequest request = PlanRequest.defaults(c1()).withLayout(world, ep).withBatch(batch, seq, 1)
-                .withPrecision(PlanRequest.Precision.parse(precision), PlanRequest.Device.CUDA);
-        MemoryPlan plan = MemoryPlanner.plan(request);
         TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-4, 0, 10, "constant", 0.9,
                 0.999, 1e-8, 0.01, 0, 1);
-        TrainerSpec spec = new TrainerSpec(c1().toJson(), null, 0, world, ep, seq, opt, "cuda", -1, precision);
+        TrainerSpec spec = new TrainerSpec(c1().toJson(), null, 0, world, ep, seq, opt, "cuda", -1, precision, ac);
+        PlanRequest request = PlanRequest.forTrainer(spec, batch);
+        MemoryPlan plan = MemoryPlanner.plan(request);
         List<long[]> ranks = InJvmRanks.run(world, Duration.ofMinutes(5), host -> {
             try (CudaBackend be = new CudaBackend(host.rank());
                  NcclCommunicator nccl = GpuWorld.create(host, be, Duration.ofMinutes(5))) {
@@ -95,9 +96,9 @@ class MemoryPlanGpuTest {
             }
         }
         long[] measured = busiest;
-        System.out.printf(Locale.ROOT, "memory plan, %d GPU(s), ep %d, B=%d T=%d %s: step peak planned %.3f GB, "
-                        + "measured %.3f GB (%+.1f%%); between steps %.3f / %.3f GB; construction peak %.3f / %.3f GB; "
-                        + "planned peak at %s%n", world, ep, batch, seq, precision, plan.stepPeakBytes() / 1e9,
+        System.out.printf(Locale.ROOT, "memory plan, %d GPU(s), ep %d, B=%d T=%d %s, ac %s: step peak planned %.3f "
+                        + "GB, measured %.3f GB (%+.1f%%); between steps %.3f / %.3f GB; construction peak %.3f / %.3f "
+                        + "GB; planned peak at %s%n", world, ep, batch, seq, precision, ac, plan.stepPeakBytes() / 1e9,
                 measured[2] / 1e9, 100.0 * (plan.stepPeakBytes() - measured[2]) / measured[2],
                 plan.persistentBytes() / 1e9, measured[1] / 1e9, plan.constructionPeakBytes() / 1e9,
                 measured[0] / 1e9, plan.stepPeakPhase());

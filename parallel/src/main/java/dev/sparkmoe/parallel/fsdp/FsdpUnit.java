@@ -15,8 +15,11 @@ import java.util.function.Function;
 
 /**
  * The FSDP hooks of one module (a "unit", as fully_shard makes one): all-gather its parameters before forward and
- * before backward, free them after forward (unless {@code reshardAfterForward} is off, as for the root and the
- * output head), and after backward reduce-scatter the gradients into the shards and free the gathered weights.
+ * before backward, free them after forward (unless {@code reshardAfterForward} is off, as for the last decoder
+ * layer), and after backward reduce-scatter the gradients into the shards and free the gathered weights. A unit
+ * whose backward reads none of its weights ({@link #setUnshardInBackward}, as FSDP2's
+ * {@code FSDPModule.set_unshard_in_backward(False)}: an embedding, or an output head whose gradients its forward
+ * computed) is not gathered before its backward; its gradients are reduce-scattered all the same.
  *
  * <p>Overlap, as FSDP2 does it: the units' order of use is recorded on the first forward and backward; afterwards a
  * unit that gathers starts the next units' all-gathers too (the {@link FullyShard}'s prefetch depth, 2 unless the
@@ -25,10 +28,12 @@ import java.util.function.Function;
  * finishes its backward. On a communicator whose collectives are synchronous this changes nothing but the order of
  * calls.
  *
- * <p>For the Qwen3-MoE plan the recorded orders are: forward root, then each layer and its experts, then the head
- * (so the last layer prefetches the head, two units ahead); backward root, head, then the layers from the last (so
- * the head's reduce-scatter, started first, runs under the last layer's backward). The root's reduce-scatter starts
- * at its afterBackward, the end of the backward; the trainer completes it when it reads the shard gradients.
+ * <p>For the Qwen3-MoE plan the recorded orders are: forward root, the embedding (untied), then each layer and its
+ * experts, then the head (so the last layer prefetches the head, two units ahead); backward root, head, then the
+ * layers from the last, then the embedding (so the head's reduce-scatter, started first, runs under the last layer's
+ * backward). Backward prefetching looks only at the units that gather for their backward. The reduce-scatter of the
+ * last unit (the embedding's, or the tied embedding's with the root) starts at the end of the backward; the trainer
+ * completes it when it reads the shard gradients.
  */
 public final class FsdpUnit implements ModuleHook {
     private final String path;
@@ -36,6 +41,7 @@ public final class FsdpUnit implements ModuleHook {
     private final boolean reshardAfterForward;
     private final DType paramDtype;
     private final Schedule schedule;
+    private boolean unshardInBackward = true;
 
     FsdpUnit(String path, List<FsdpParam> params, boolean reshardAfterForward, DType paramDtype, Schedule schedule) {
         this.path = path;
@@ -51,6 +57,27 @@ public final class FsdpUnit implements ModuleHook {
 
     public List<FsdpParam> params() {
         return params;
+    }
+
+    /**
+     * Whether the unit's backward reads its weights, so that they must be gathered before it (the default). Off
+     * (FSDP2's {@code set_unshard_in_backward(False)}), the backward hook neither gathers this unit nor counts it
+     * among the units the others prefetch for backward: its weights live only in its forward (with
+     * {@code reshardAfterForward}), its backward only accumulates gradients, which are reduce-scattered as any
+     * unit's. Reading a weight in such a backward fails (the parameter is not materialised).
+     */
+    public FsdpUnit setUnshardInBackward(boolean unshard) {
+        this.unshardInBackward = unshard;
+        return this;
+    }
+
+    public boolean unshardInBackward() {
+        return unshardInBackward;
+    }
+
+    /** Whether the unit frees its gathered weights after its forward (else they stay into its backward). */
+    public boolean reshardAfterForward() {
+        return reshardAfterForward;
     }
 
     /** Gathers the parameters: one started group for those that allow it, then the blocking gather for the rest. */
@@ -120,7 +147,9 @@ public final class FsdpUnit implements ModuleHook {
 
     @Override
     public void beforeBackward(Module m) {
-        unshard();
+        if (unshardInBackward) {
+            unshard();
+        }
         for (FsdpUnit next : schedule.next(schedule.backward, this, schedule.prefetch)) {
             next.prefetch();
         }
@@ -154,14 +183,23 @@ public final class FsdpUnit implements ModuleHook {
             this.prefetch = prefetch;
         }
 
-        /** Up to {@code ahead} units after {@code u} in {@code order}, recording {@code u} at the end when it is new. */
+        /**
+         * Up to {@code ahead} units after {@code u} in {@code order} that gather in that pass (in backward: those
+         * that unshard in backward), recording {@code u} at the end when it is new.
+         */
         List<FsdpUnit> next(List<FsdpUnit> order, FsdpUnit u, int ahead) {
             int i = order.indexOf(u);
             if (i < 0) {
                 order.add(u);
                 return List.of();
             }
-            return order.subList(i + 1, Math.min(order.size(), i + 1 + ahead));
+            List<FsdpUnit> out = new ArrayList<>(ahead);
+            for (int j = i + 1; j < order.size() && out.size() < ahead; j++) {
+                if (order != backward || order.get(j).unshardInBackward) {
+                    out.add(order.get(j));
+                }
+            }
+            return out;
         }
     }
 }

@@ -11,10 +11,10 @@ public enum Category {
     RESIDUAL("saved: residual stream and norms"),
     ATTENTION("saved: attention (q, k, v before and after norm and rope, output, lse)"),
     MOE("saved: MoE routing, dispatch, expert activations (dense MLPs' too)"),
-    LOGITS("logits and loss (final norm, [tokens, V] logits and their gradient)"),
+    LOSS("fused LM head and loss (final norm, logits chunk, input gradients)"),
     TEMPORARIES("temporaries (activation gradients, dispatch buffers in flight)"),
     WORKSPACE("backend workspace (bf16 copies, kernel scratch)"),
-    MODEL_BUILD("full model while it is built and sharded");
+    LOAD_BUFFER("a piece of the weights on its way into the shards (construction)");
 
     private final String label;
 
@@ -29,6 +29,6 @@ public enum Category {
 
     /** Whether the category is an activation kept from the forward pass for the backward pass. */
     public boolean isActivation() {
-        return this == INPUTS || this == RESIDUAL || this == ATTENTION || this == MOE || this == LOGITS;
+        return this == INPUTS || this == RESIDUAL || this == ATTENTION || this == MOE || this == LOSS;
     }
 }

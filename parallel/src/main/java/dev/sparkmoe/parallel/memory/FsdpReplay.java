@@ -9,8 +9,9 @@ import java.util.List;
  * The FSDP side of a replayed step, as {@code FsdpUnit} and {@code FsdpParam} allocate: a unit's all-gather makes
  * each parameter's unsharded f32 buffer when it starts (prefetched {@code prefetch} units ahead in the order recorded
  * on the first step), the reduce-scatter of a unit's gradients makes the shard gradients and frees the unsharded ones
- * only when the next unit's backward is done, and the units that do not reshard after forward (the last layer, the
- * head, the root) stay gathered into the backward pass.
+ * only when the next unit's backward is done, the units that do not reshard after forward (the last layer) stay
+ * gathered into the backward pass, and those whose backward reads no weight (the head, the embedding, the root) are
+ * not gathered for it (nor prefetched by the others in backward).
  *
  * <p>On the CUDA backend at bf16 (NCCL's bf16 wire) a started gather also holds a bf16 buffer for the whole unit
  * (each part in a 256-byte aligned slot); when it completes the backend adopts the parts as bf16 images and gives the
@@ -76,7 +77,9 @@ final class FsdpReplay {
     }
 
     void beforeBackward(Unit u) {
-        unshard(u);
+        if (u.unshardInBackward) {
+            unshard(u);
+        }
         for (Unit next : next(backwardOrder, u)) {
             prefetch(next);
         }
@@ -96,14 +99,23 @@ final class FsdpReplay {
         reducing = u;
     }
 
-    /** Up to {@code prefetch} units after {@code u}, recording {@code u} when it is new (FsdpUnit.Schedule). */
+    /**
+     * Up to {@code prefetch} units after {@code u} that gather in this pass (in backward: those that unshard in
+     * backward), recording {@code u} when it is new (FsdpUnit.Schedule).
+     */
     private List<Unit> next(List<Unit> order, Unit u) {
         int i = order.indexOf(u);
         if (i < 0) {
             order.add(u);
             return List.of();
         }
-        return new ArrayList<>(order.subList(i + 1, Math.min(order.size(), i + 1 + prefetch)));
+        List<Unit> out = new ArrayList<>();
+        for (int j = i + 1; j < order.size() && out.size() < prefetch; j++) {
+            if (order != backwardOrder || order.get(j).unshardInBackward) {
+                out.add(order.get(j));
+            }
+        }
+        return out;
     }
 
     // ------------------------------------------------------------------ gathers (FsdpParam)
@@ -215,6 +227,18 @@ final class FsdpReplay {
         if (p.grad == null) {
             Category c = p.alone() && p.shardGrad == null ? Category.GRADIENT_SHARDS : Category.UNIT_GRADIENTS;
             p.grad = mem.f32(c, p.elements(), "gradient of " + p.name);
+        }
+    }
+
+    /**
+     * Parameter.accumulateGrad: a gradient made elsewhere (the fused loss's, in the head's forward) becomes the
+     * unsharded gradient when there is none yet, else it is added and given back.
+     */
+    void adoptGrad(Param p, Ledger.Buf g) {
+        if (p.grad == null) {
+            p.grad = g;
+        } else {
+            mem.free(g);
         }
     }
 

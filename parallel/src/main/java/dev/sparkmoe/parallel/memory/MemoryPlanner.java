@@ -1,5 +1,6 @@
 package dev.sparkmoe.parallel.memory;
 
+import dev.sparkmoe.core.model.ActivationCheckpointing;
 import java.util.ArrayList;
 import java.util.EnumMap;
 import java.util.List;
@@ -8,9 +9,9 @@ import java.util.Map;
 
 /**
  * Device memory of one rank of a Qwen3-MoE training run, before it runs: what {@code spark-moe plan} prints and what a
- * pre-flight check can call. {@link #plan} replays rank 0's allocations (construction, then two training steps, the
- * first recording FSDP's unit order as the trainer's first step does) on a ledger instead of a device; {@link #advise}
- * tries the changes that lower the peak and returns, for each kind of change, the mildest that fits.
+ * pre-flight check can call. {@link #plan} replays rank 0's allocations (the sharded construction, then two training
+ * steps, the first recording FSDP's unit order as the trainer's first step does) on a ledger instead of a device;
+ * {@link #advise} tries the changes that lower the peak and returns, for each kind of change, the mildest that fits.
  */
 public final class MemoryPlanner {
     private MemoryPlanner() {
@@ -55,27 +56,15 @@ public final class MemoryPlanner {
             return out;
         }
         PlanRequest base = r;
-        if (r.construction() == PlanRequest.Construction.FULL && plan.constructionPeakBytes() > plan.usableBytes()) {
-            base = r.withConstruction(PlanRequest.Construction.SHARDED);
-            MemoryPlan sharded = plan(base);
-            out.add(new Suggestion("build the model sharded, each rank allocating only its shards (--construction "
-                    + "sharded; the trainer builds the full f32 model on every rank first: "
-                    + gb(plan.constructionPeakBytes()) + ")", sharded.fits() ? ""
-                    : "needed, and not enough alone: the changes below assume it", sharded));
-            if (sharded.fits()) {
-                return out;
-            }
-        }
         boolean any = false;
         any |= add(out, gradAccum(base));
         any |= add(out, checkpointing(base));
-        any |= add(out, lossChunk(base));
         any |= add(out, expertParallel(base));
         any |= add(out, smallerBatch(base));
         any |= add(out, shorterSequence(base));
         any |= add(out, moreGpus(base, "", base));
         if (!any) {
-            PlanRequest all = base.withCheckpointing(PlanRequest.Checkpointing.FULL);
+            PlanRequest all = base.withCheckpointing(ActivationCheckpointing.FULL);
             Suggestion s = moreGpus(all, "full activation checkpointing (training.activation_checkpointing=full) "
                     + "and ", base);
             if (s == null && base.batch() > 1) {
@@ -110,36 +99,19 @@ public final class MemoryPlanner {
         return null;
     }
 
+    /** The mildest setting that keeps less than the request's (none, then selective, then full) and fits. */
     private static Suggestion checkpointing(PlanRequest r) {
-        if (r.checkpointing() != PlanRequest.Checkpointing.NONE) {
-            return null;
-        }
-        for (PlanRequest.Checkpointing c : new PlanRequest.Checkpointing[] {PlanRequest.Checkpointing.SELECTIVE,
-            PlanRequest.Checkpointing.FULL}) {
+        List<ActivationCheckpointing> mildestFirst = List.of(ActivationCheckpointing.NONE,
+                ActivationCheckpointing.SELECTIVE, ActivationCheckpointing.FULL);
+        for (ActivationCheckpointing c : mildestFirst.subList(mildestFirst.indexOf(r.checkpointing()) + 1,
+                mildestFirst.size())) {
             MemoryPlan p = plan(r.withCheckpointing(c));
             if (p.fits()) {
-                String name = c.name().toLowerCase(Locale.ROOT);
+                String name = c.configName();
                 return new Suggestion(name + " activation checkpointing (--activation-checkpointing " + name
-                        + ", training.activation_checkpointing=" + name + ")",
-                        "each layer's forward runs again in the backward pass", p);
-            }
-        }
-        return null;
-    }
-
-    private static Suggestion lossChunk(PlanRequest r) {
-        if (r.lossChunkTokens() != 0) {
-            return null;
-        }
-        long tokens = (long) r.batch() / r.gradAccum() * r.seqLen();
-        for (int chunk : new int[] {8192, 4096, 2048, 1024}) {
-            if (chunk >= tokens) {
-                continue;
-            }
-            MemoryPlan p = plan(r.withLossChunk(chunk));
-            if (p.fits()) {
-                return new Suggestion("the fused LM head and loss in chunks of " + chunk + " tokens (--loss-chunk "
-                        + chunk + ")", "no [tokens, vocab] logits tensor", p);
+                        + ", training.activation_checkpointing=" + name + ")", name.equals("full")
+                        ? "each layer's forward runs again in its backward pass"
+                        : "each layer's norms, attention and experts' gate and up run again in its backward pass", p);
             }
         }
         return null;

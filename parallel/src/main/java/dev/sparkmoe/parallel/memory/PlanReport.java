@@ -25,12 +25,11 @@ public final class PlanReport {
                         + "tokens per rank (global batch %d sequences), grad_accum %d%n", r.worldSize(),
                 r.worldSize(), r.ep(), c.numExperts() / r.ep(), r.batch(), r.seqLen(),
                 (long) r.batch() * r.worldSize(), r.gradAccum()));
-        sb.append(String.format(Locale.ROOT, "settings: precision %s on %s, activation checkpointing %s, %s, "
-                        + "construction %s%s%n", lower(r.precision()), lower(r.device()), lower(r.checkpointing()),
-                r.lossChunkTokens() == 0 ? "loss over the whole [tokens, vocab] logits"
-                        : "fused loss in chunks of " + r.lossChunkTokens() + " tokens",
-                lower(r.construction()), r.ep() > 1 && r.expertImbalance() != 1.0
-                        ? ", expert imbalance " + r.expertImbalance() : ""));
+        int tokens = (int) r.microBatchTokens();
+        sb.append(String.format(Locale.ROOT, "settings: precision %s on %s, activation checkpointing %s, fused loss "
+                        + "in chunks of %d rows, FSDP prefetch %d%s%n", lower(r.precision()), lower(r.device()),
+                r.checkpointing().configName(), r.lossChunkRows(tokens), r.prefetch(),
+                r.ep() > 1 && r.expertImbalance() != 1.0 ? ", expert imbalance " + r.expertImbalance() : ""));
         sb.append('\n');
         sb.append(String.format(Locale.ROOT, "rank 0 at the step's peak (%s)%n", p.stepPeakPhase()));
         row(sb, "", "GB");
@@ -40,18 +39,19 @@ public final class PlanReport {
         }
         sb.append("    ").append(p.gatheredAtStepPeak()).append('\n');
         row(sb, "activations kept for backward", gb(p.activationBytes()));
-        for (Category cat : new Category[] {Category.RESIDUAL, Category.ATTENTION, Category.MOE, Category.LOGITS,
+        for (Category cat : new Category[] {Category.RESIDUAL, Category.ATTENTION, Category.MOE, Category.LOSS,
             Category.INPUTS}) {
             row(sb, "  " + cat.label(), gb(p.bytes(cat)));
         }
-        for (Category cat : new Category[] {Category.TEMPORARIES, Category.WORKSPACE, Category.MODEL_BUILD}) {
-            if (cat != Category.MODEL_BUILD || p.bytes(cat) > 0) {
+        for (Category cat : new Category[] {Category.TEMPORARIES, Category.WORKSPACE, Category.LOAD_BUFFER}) {
+            if (cat != Category.LOAD_BUFFER || p.bytes(cat) > 0) {
                 row(sb, cat.label(), gb(p.bytes(cat)));
             }
         }
         row(sb, "step peak", gb(p.stepPeakBytes()));
         row(sb, "between steps (parameters and AdamW state)", gb(p.persistentBytes()));
-        row(sb, "model construction peak (" + lower(r.construction()) + ")", gb(p.constructionPeakBytes()));
+        row(sb, "model construction peak (each rank's shards, loaded a piece at a time)",
+                gb(p.constructionPeakBytes()));
         sb.append('\n');
         sb.append(String.format(Locale.ROOT, "GPU memory %s GB, reserve %s GB (CUDA context, cuBLAS, NCCL): %s GB "
                         + "usable; peak %s GB (%s)%n", gb(r.deviceMemoryBytes()), gb(r.reserveBytes()),
@@ -59,7 +59,7 @@ public final class PlanReport {
                 p.constructionPeakBytes() > p.stepPeakBytes() ? "while building the model" : "in the step"));
         if (!p.tensorsAddressable()) {
             sb.append(String.format(Locale.ROOT, "the %s has %,d elements, more than a tensor may hold (%,d): fewer "
-                            + "tokens per micro-batch or a chunked loss%n", p.largestTensor(),
+                            + "tokens per micro-batch (--grad-accum, --batch, --seq)%n", p.largestTensor(),
                     p.largestTensorElements(), MemoryPlan.MAX_TENSOR_ELEMENTS));
         }
         if (p.fits()) {
@@ -112,9 +112,9 @@ public final class PlanReport {
         out.put("grad_accum", (long) r.gradAccum());
         out.put("precision", lower(r.precision()));
         out.put("backend", lower(r.device()));
-        out.put("activation_checkpointing", lower(r.checkpointing()));
-        out.put("loss_chunk_tokens", (long) r.lossChunkTokens());
-        out.put("construction", lower(r.construction()));
+        out.put("activation_checkpointing", r.checkpointing().configName());
+        out.put("loss_chunk_rows", (long) r.lossChunkRows((int) r.microBatchTokens()));
+        out.put("fsdp_prefetch", (long) r.prefetch());
         out.put("expert_imbalance", r.expertImbalance());
         Map<String, Object> at = new LinkedHashMap<>();
         for (Category c : Category.values()) {

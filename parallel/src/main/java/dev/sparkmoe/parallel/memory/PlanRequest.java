@@ -1,39 +1,39 @@
 package dev.sparkmoe.parallel.memory;
 
+import dev.sparkmoe.core.model.ActivationCheckpointing;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
+import dev.sparkmoe.core.model.Qwen3MoeModel;
 import dev.sparkmoe.parallel.mesh.ParallelDims;
-import dev.sparkmoe.parallel.plan.Qwen3MoeParallelizer;
+import dev.sparkmoe.parallel.train.TrainerSpec;
 import java.util.Locale;
 
 /**
  * What the memory planner is asked about: a model, a layout, the batch of one rank, and the settings that change what
  * a training step keeps in device memory. Validated on construction; every error names the value and how to fix it.
  *
- * @param model                   the model's config (config.json)
- * @param worldSize               ranks, one GPU each (dp_shard equals it: every rank is one FSDP shard)
- * @param ep                      expert-parallel degree (divides worldSize and num_experts)
- * @param batch                   sequences per rank per optimizer step (training.batch_sequences)
- * @param seqLen                  tokens per sequence (training.seq_len)
- * @param gradAccum               micro-batches per step (training.grad_accum), dividing batch
- * @param precision               training.precision
- * @param device                  whose allocations are counted: the CUDA backend's caching allocator, or the CPU
- *                                backend's tensors as {@code MemoryTracker} counts them
- * @param checkpointing           what each decoder layer keeps for backward (training.activation_checkpointing)
- * @param lossChunkTokens         0: the LM head writes the whole [tokens, V] logits (the loss as it is today); n > 0:
- *                                a fused LM head and cross-entropy over chunks of n tokens, with no [tokens, V] tensor
- * @param construction            how a rank builds its model before the first step
- * @param expertImbalance         rows routed to the busiest rank's experts over the mean (1: balanced routing); only
- *                                expert parallelism depends on it
- * @param deviceMemoryBytes       memory of one GPU
- * @param reserveBytes            memory of the GPU that the allocator cannot use: CUDA context, cuBLAS workspace,
- *                                NCCL buffers
- * @param prefetch                how many FSDP units ahead a unit starts gathering
- * @param keepLastLayerGathered   whether the last decoder layer keeps its gathered weights from forward to backward
+ * @param model             the model's config (config.json)
+ * @param worldSize         ranks, one GPU each (dp_shard equals it: every rank is one FSDP shard)
+ * @param ep                expert-parallel degree (divides worldSize and num_experts)
+ * @param batch             sequences per rank per optimizer step (training.batch_sequences)
+ * @param seqLen            tokens per sequence (training.seq_len)
+ * @param gradAccum         micro-batches per step (training.grad_accum), dividing batch
+ * @param precision         training.precision
+ * @param device            whose allocations are counted: the CUDA backend's caching allocator, or the CPU backend's
+ *                          tensors as {@code MemoryTracker} counts them
+ * @param checkpointing     what each decoder layer keeps for backward (training.activation_checkpointing)
+ * @param lossChunkRows     token rows per chunk of the fused LM head and loss, as
+ *                          {@code Qwen3MoeModel.setLossChunkRows}: 0 for the model's rule (the hidden size), a count
+ *                          of at least the micro-batch's tokens for one chunk of all of them
+ * @param expertImbalance   rows routed to the busiest rank's experts over the mean (1: balanced routing); only expert
+ *                          parallelism depends on it
+ * @param deviceMemoryBytes memory of one GPU
+ * @param reserveBytes      memory of the GPU that the allocator cannot use: CUDA context, cuBLAS workspace, NCCL
+ *                          buffers
+ * @param prefetch          FSDP units whose all-gathers start ahead of the unit computing (training.fsdp_prefetch)
  */
 public record PlanRequest(Qwen3MoeConfig model, int worldSize, int ep, int batch, int seqLen, int gradAccum,
-                          Precision precision, Device device, Checkpointing checkpointing, int lossChunkTokens,
-                          Construction construction, double expertImbalance, long deviceMemoryBytes,
-                          long reserveBytes, int prefetch, boolean keepLastLayerGathered) {
+                          Precision precision, Device device, ActivationCheckpointing checkpointing, int lossChunkRows,
+                          double expertImbalance, long deviceMemoryBytes, long reserveBytes, int prefetch) {
 
     /** The compute precision (FSDP2's mixed-precision policy); master weights and AdamW state are f32 either way. */
     public enum Precision {
@@ -53,32 +53,6 @@ public record PlanRequest(Qwen3MoeConfig model, int worldSize, int ep, int batch
 
         public static Device parse(String s) {
             return parseEnum(Device.class, "backend", s);
-        }
-    }
-
-    /** training.activation_checkpointing: what a decoder layer keeps from its forward for its backward. */
-    public enum Checkpointing {
-        /** Every activation the backward pass reads. */
-        NONE,
-        /** Only the layer's input; the backward pass runs the layer's forward again first. */
-        FULL,
-        /** The layer's input and its routing (router probabilities, top-k choices and weights). */
-        SELECTIVE;
-
-        public static Checkpointing parse(String s) {
-            return parseEnum(Checkpointing.class, "activation checkpointing", s);
-        }
-    }
-
-    /** How a rank builds the model before the first step. */
-    public enum Construction {
-        /** The full f32 model on every rank, then sharded (what DistributedTrainer does on this branch). */
-        FULL,
-        /** Each rank allocates only its shards and fills them from a bounded buffer. */
-        SHARDED;
-
-        public static Construction parse(String s) {
-            return parseEnum(Construction.class, "construction", s);
         }
     }
 
@@ -108,12 +82,12 @@ public record PlanRequest(Qwen3MoeConfig model, int worldSize, int ep, int batch
             throw new IllegalArgumentException("grad_accum (" + gradAccum + ") must divide the batch (" + batch
                     + " sequences per rank); choose one of " + divisors(batch));
         }
-        if (precision == null || device == null || checkpointing == null || construction == null) {
-            throw new IllegalArgumentException("precision, device, checkpointing and construction must be given");
+        if (precision == null || device == null || checkpointing == null) {
+            throw new IllegalArgumentException("precision, device and activation checkpointing must be given");
         }
-        if (lossChunkTokens < 0) {
-            throw new IllegalArgumentException("loss chunk (" + lossChunkTokens + " tokens) must be >= 0; 0 keeps "
-                    + "the whole logits");
+        if (lossChunkRows < 0) {
+            throw new IllegalArgumentException("loss chunk (" + lossChunkRows + " rows) must be >= 0; 0 chooses the "
+                    + "model's rule (as many rows as the hidden size)");
         }
         if (!(expertImbalance >= 1.0) || expertImbalance > ep) {
             throw new IllegalArgumentException("expert imbalance (" + expertImbalance + ") must lie in [1, ep = "
@@ -127,79 +101,83 @@ public record PlanRequest(Qwen3MoeConfig model, int worldSize, int ep, int batch
             throw new IllegalArgumentException("reserve (" + reserveBytes + " bytes) must lie in [0, GPU memory = "
                     + deviceMemoryBytes + " bytes)");
         }
-        positive("prefetch", prefetch, "FSDP gathers at least the next unit");
+        positive("FSDP prefetch", prefetch, "units gathered ahead of the one computing (training.fsdp_prefetch; "
+                + TrainerSpec.DEFAULT_FSDP_PREFETCH + " by default)");
     }
 
     /**
      * A request with the defaults of {@code spark-moe train} (world 1, ep 1, 8 sequences of 512 tokens, no
-     * accumulation, bf16) on an 80 GB GPU, for the code as it is: the CUDA backend, no activation checkpointing, the
-     * whole logits, full construction, balanced routing, FSDP's prefetch depth and last-layer plan as configured.
+     * accumulation, bf16, no activation checkpointing, FSDP's default prefetch) on an 80 GB GPU: the CUDA backend, the
+     * model's loss chunks, balanced routing.
      */
     public static PlanRequest defaults(Qwen3MoeConfig model) {
         return new PlanRequest(model, 1, 1, 8, Math.min(512, model.maxPositionEmbeddings()), 1, Precision.BF16,
-                Device.CUDA, Checkpointing.NONE, 0, Construction.FULL, 1.0, DEFAULT_DEVICE_MEMORY, DEFAULT_RESERVE,
-                dev.sparkmoe.parallel.fsdp.FullyShard.DEFAULT_PREFETCH, Qwen3MoeParallelizer.keepsLastLayerGathered());
+                Device.CUDA, ActivationCheckpointing.NONE, 0, 1.0, DEFAULT_DEVICE_MEMORY, DEFAULT_RESERVE,
+                TrainerSpec.DEFAULT_FSDP_PREFETCH);
     }
 
     /**
      * The request of a trainer about to be built (a pre-flight check): its model, layout, sequence length,
-     * accumulation and precision, {@code batchSequences} sequences per rank, on the CUDA backend unless the spec says
-     * cpu.
+     * accumulation, precision, activation checkpointing and FSDP prefetch, {@code batchSequences} sequences per rank,
+     * on the CUDA backend unless the spec says cpu.
      */
-    public static PlanRequest forTrainer(dev.sparkmoe.parallel.train.TrainerSpec spec, int batchSequences) {
+    public static PlanRequest forTrainer(TrainerSpec spec, int batchSequences) {
         return defaults(Qwen3MoeConfig.parse(spec.hfConfigJson())).withLayout(spec.dpShard(), spec.ep())
                 .withBatch(batchSequences, spec.seqLen(), Math.max(1, spec.optimizer().gradAccumSteps()))
                 .withPrecision(Precision.parse(spec.precision()), "cpu".equals(spec.backend()) ? Device.CPU
-                        : Device.CUDA);
+                        : Device.CUDA)
+                .withCheckpointing(spec.checkpointing()).withPrefetch(spec.fsdpPrefetch());
     }
 
     public PlanRequest withLayout(int newWorld, int newEp) {
         return new PlanRequest(model, newWorld, newEp, batch, seqLen, gradAccum, precision, device, checkpointing,
-                lossChunkTokens, construction, expertImbalance, deviceMemoryBytes, reserveBytes, prefetch,
-                keepLastLayerGathered);
+                lossChunkRows, expertImbalance, deviceMemoryBytes, reserveBytes, prefetch);
     }
 
     public PlanRequest withBatch(int newBatch, int newSeqLen, int newGradAccum) {
         return new PlanRequest(model, worldSize, ep, newBatch, newSeqLen, newGradAccum, precision, device,
-                checkpointing, lossChunkTokens, construction, expertImbalance, deviceMemoryBytes, reserveBytes,
-                prefetch, keepLastLayerGathered);
+                checkpointing, lossChunkRows, expertImbalance, deviceMemoryBytes, reserveBytes, prefetch);
     }
 
     public PlanRequest withPrecision(Precision p, Device d) {
-        return new PlanRequest(model, worldSize, ep, batch, seqLen, gradAccum, p, d, checkpointing, lossChunkTokens,
-                construction, expertImbalance, deviceMemoryBytes, reserveBytes, prefetch, keepLastLayerGathered);
+        return new PlanRequest(model, worldSize, ep, batch, seqLen, gradAccum, p, d, checkpointing, lossChunkRows,
+                expertImbalance, deviceMemoryBytes, reserveBytes, prefetch);
     }
 
-    public PlanRequest withCheckpointing(Checkpointing c) {
-        return new PlanRequest(model, worldSize, ep, batch, seqLen, gradAccum, precision, device, c, lossChunkTokens,
-                construction, expertImbalance, deviceMemoryBytes, reserveBytes, prefetch, keepLastLayerGathered);
+    public PlanRequest withCheckpointing(ActivationCheckpointing c) {
+        return new PlanRequest(model, worldSize, ep, batch, seqLen, gradAccum, precision, device, c, lossChunkRows,
+                expertImbalance, deviceMemoryBytes, reserveBytes, prefetch);
     }
 
-    public PlanRequest withLossChunk(int tokens) {
+    /** Rows per loss chunk, as {@code Qwen3MoeModel.setLossChunkRows} (0: the model's rule). */
+    public PlanRequest withLossChunk(int rows) {
         return new PlanRequest(model, worldSize, ep, batch, seqLen, gradAccum, precision, device, checkpointing,
-                tokens, construction, expertImbalance, deviceMemoryBytes, reserveBytes, prefetch,
-                keepLastLayerGathered);
-    }
-
-    public PlanRequest withConstruction(Construction c) {
-        return new PlanRequest(model, worldSize, ep, batch, seqLen, gradAccum, precision, device, checkpointing,
-                lossChunkTokens, c, expertImbalance, deviceMemoryBytes, reserveBytes, prefetch,
-                keepLastLayerGathered);
+                rows, expertImbalance, deviceMemoryBytes, reserveBytes, prefetch);
     }
 
     public PlanRequest withExpertImbalance(double f) {
         return new PlanRequest(model, worldSize, ep, batch, seqLen, gradAccum, precision, device, checkpointing,
-                lossChunkTokens, construction, f, deviceMemoryBytes, reserveBytes, prefetch, keepLastLayerGathered);
+                lossChunkRows, f, deviceMemoryBytes, reserveBytes, prefetch);
     }
 
     public PlanRequest withMemory(long device, long reserve) {
         return new PlanRequest(model, worldSize, ep, batch, seqLen, gradAccum, precision, this.device, checkpointing,
-                lossChunkTokens, construction, expertImbalance, device, reserve, prefetch, keepLastLayerGathered);
+                lossChunkRows, expertImbalance, device, reserve, prefetch);
     }
 
-    public PlanRequest withFsdpSchedule(int newPrefetch, boolean keepLast) {
+    public PlanRequest withPrefetch(int units) {
         return new PlanRequest(model, worldSize, ep, batch, seqLen, gradAccum, precision, device, checkpointing,
-                lossChunkTokens, construction, expertImbalance, deviceMemoryBytes, reserveBytes, newPrefetch, keepLast);
+                lossChunkRows, expertImbalance, deviceMemoryBytes, reserveBytes, units);
+    }
+
+    /** Tokens of one micro-batch (what one forward pass sees). */
+    public long microBatchTokens() {
+        return (long) batch / gradAccum * seqLen;
+    }
+
+    /** The rows of each loss chunk in a micro-batch of {@code tokens} tokens, as the model chooses them. */
+    public int lossChunkRows(int tokens) {
+        return Qwen3MoeModel.lossChunkRows(model, tokens, lossChunkRows);
     }
 
     /** Whether the backend holds bf16 images and copies (the CUDA backend at bf16). */

@@ -1,6 +1,8 @@
 package dev.sparkmoe.parallel.memory;
 
+import dev.sparkmoe.core.model.ActivationCheckpointing;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
+import dev.sparkmoe.core.model.Qwen3MoeModel;
 import dev.sparkmoe.parallel.dtensor.DTensor;
 import dev.sparkmoe.parallel.memory.DeviceModel.Operand;
 import dev.sparkmoe.parallel.memory.Ledger.Buf;
@@ -10,20 +12,22 @@ import java.util.ArrayList;
 import java.util.List;
 
 /**
- * Replays what rank 0 allocates, in the order it allocates it: {@code DistributedTrainer}'s construction, then its
- * {@code step} (one allocation scope: the micro-batches' forward and backward passes of {@code Qwen3MoeModel}, the
+ * Replays what rank 0 allocates, in the order it allocates it: {@code DistributedTrainer}'s construction (each rank
+ * allocates its shards, fills them a bounded piece at a time, then makes the AdamW moments), then its {@code step}
+ * (one allocation scope: the micro-batches' forward and backward passes of {@code Qwen3MoeModel}, the
  * reduce-scatters, AdamW in place). Each method mirrors the code it is named after, tensor by tensor: what the forward
- * pass keeps in each layer's cache, what the backward pass makes and releases, and when FSDP gathers, reshards and
- * reduces ({@link FsdpReplay}) and the backend adds its own buffers ({@link DeviceModel}). The {@link Ledger} keeps
- * the peak and what was live at that moment.
- *
- * <p>Activation checkpointing and the chunked fused loss are replayed as they would allocate: with checkpointing a
- * layer keeps its input (and with SELECTIVE its routing) and runs its forward again at the start of its backward;
- * the fused loss makes the LM head's gradients chunk by chunk in the forward pass and never the [tokens, V] logits.
+ * pass keeps in each layer's cache ({@code DecoderLayer}, {@code Attention}, {@code MoeBlock}, {@code Experts} and
+ * the token dispatchers), what {@code ActivationCheckpointing} gives back after a layer's forward and makes again at
+ * the start of its backward, the fused LM head and loss ({@code FusedLinearCrossEntropy}: per chunk of rows the
+ * logits, their gradient in place, the head input's and the head weight's gradients; then the final norm's backward,
+ * all in the head's forward), what the backward pass makes and releases, and when FSDP gathers, reshards and reduces
+ * ({@link FsdpReplay}) and the backend adds its own buffers ({@link DeviceModel}). The {@link Ledger} keeps the peak
+ * and what was live at that moment.
  */
 final class StepReplay {
     private final PlanRequest r;
     private final Qwen3MoeConfig c;
+    private final ActivationCheckpointing mode;
     final UnitLayout units;
     final Ledger mem;
     private final FsdpReplay fsdp;
@@ -42,7 +46,8 @@ final class StepReplay {
     StepReplay(PlanRequest r) {
         this.r = r;
         this.c = r.model();
-        units = new UnitLayout(c, r.worldSize(), r.ep(), r.keepLastLayerGathered());
+        this.mode = r.checkpointing();
+        units = new UnitLayout(c, r.worldSize(), r.ep());
         mem = new Ledger(r.device() == PlanRequest.Device.CUDA);
         fsdp = new FsdpReplay(mem, r.bf16Device(), r.prefetch());
         dev = new DeviceModel(mem, r);
@@ -65,47 +70,25 @@ final class StepReplay {
 
     // ------------------------------------------------------------------ construction (DistributedTrainer)
 
-    /** Builds the model, parallelises it and makes the AdamW state; returns with shards and moments live. */
+    /**
+     * Builds rank 0's part of the model: FullyShard gives every parameter a zero shard (units in creation order),
+     * then each shard is filled from the weights a piece of at most {@code Qwen3MoeModel.LOAD_PIECE} floats at a time
+     * (WeightSource.copyInto uploads each piece and gives it back), then AdamW makes the moments of each shard. Returns
+     * with shards and moments live.
+     */
     void construct() {
         List<Param> params = units.params();
-        if (r.construction() == PlanRequest.Construction.FULL) {
-            mem.phase("construction: full f32 model on the rank (Qwen3MoeModel), then sharded");
-            java.util.Map<Param, Buf> built = new java.util.IdentityHashMap<>();
-            for (Param p : units.constructionOrder) {
-                built.put(p, f32(Category.MODEL_BUILD, p.globalElements(), p.name));
-            }
-            if (dev.cuda()) { // initRandom / loadState: copyFromHost through an uploaded copy of each weight
-                for (Param p : units.constructionOrder) {
-                    mem.free(f32(Category.MODEL_BUILD, p.globalElements(), p.name));
-                }
-            }
-            if (r.ep() > 1) { // ExpertParallel.partition: each rank keeps its E/ep experts
-                for (Layer l : units.layers) {
-                    if (l.moe) {
-                        for (Param p : new Param[] {l.gate, l.up, l.down}) {
-                            Buf slice = f32(Category.MODEL_BUILD, p.elements(), p.name);
-                            mem.free(built.put(p, slice));
-                        }
-                    }
-                }
-            }
-            for (UnitLayout.Unit u : units.units) { // FullyShard: the unit's shards, then its full values go
-                for (Param p : u.params) {
-                    f32(Category.PARAMETERS, p.shardElements(), p.name);
-                }
-                for (Param p : u.params) {
-                    mem.free(built.remove(p));
-                }
-            }
-        } else {
-            mem.phase("construction: each rank's shards");
-            for (Param p : params) {
-                f32(Category.PARAMETERS, p.shardElements(), p.name);
-                if (dev.cuda()) { // filled through a buffer of the shard's size
-                    mem.free(f32(Category.MODEL_BUILD, p.shardElements(), p.name));
-                }
+        mem.phase("construction: each rank's shards, filled a piece at a time");
+        for (Param p : params) {
+            f32(Category.PARAMETERS, p.shardElements(), p.name);
+        }
+        for (Param p : params) {
+            for (long off = 0; off < p.shardElements(); off += Qwen3MoeModel.LOAD_PIECE) {
+                mem.free(f32(Category.LOAD_BUFFER, Math.min(Qwen3MoeModel.LOAD_PIECE, p.shardElements() - off),
+                        "a piece of " + p.name));
             }
         }
+        mem.phase("construction: AdamW state");
         for (Param p : params) { // AdamW.State: m and v of each shard
             f32(Category.OPTIMIZER, p.shardElements(), "exp_avg of " + p.name);
             f32(Category.OPTIMIZER, p.shardElements(), "exp_avg_sq of " + p.name);
@@ -143,11 +126,9 @@ final class StepReplay {
         final long n;
         final String tag;
         final Cache[] caches;
-        Buf finalIn;
-        Buf finalOut;
-        Buf finalRstd;
-        Buf dLogits;
-        Buf dFinal;    // fused loss: the final norm's output gradient, made in the forward pass
+        Buf dResidual;   // the last layer's output gradient, from the head's forward
+        Buf dNormWeight; // the final norm weight's gradient, likewise
+        Buf dHeadWeight; // the LM head weight's gradient, likewise
         final List<Buf> kept = new ArrayList<>(); // ids, targets, router logits, aux gradient: to the scope's end
 
         Pass(int batch, long n, int layers, String tag) {
@@ -166,7 +147,6 @@ final class StepReplay {
         Buf x2;
         Buf h2;
         Buf rstd2;
-        Buf out;
         // attention
         Buf qRaw;
         Buf kRaw;
@@ -186,57 +166,11 @@ final class StepReplay {
         Buf slots;
         Buf slotOfRow;
         Buf localOfRecv;
-        Buf routed;
+        Buf routed;      // kept only where the dispatcher cannot regather (all-to-all)
         Buf gate;
         Buf up;
         // dense MLP
         Buf act;
-
-        /** Takes over the tensors a recomputing forward made (everything {@link #recomputed} lists). */
-        void adoptRecomputed(Cache again, PlanRequest.Checkpointing mode) {
-            h1 = again.h1;
-            rstd1 = again.rstd1;
-            x2 = again.x2;
-            h2 = again.h2;
-            rstd2 = again.rstd2;
-            qRaw = again.qRaw;
-            kRaw = again.kRaw;
-            qRstd = again.qRstd;
-            kRstd = again.kRstd;
-            q = again.q;
-            k = again.k;
-            v = again.v;
-            lse = again.lse;
-            attn = again.attn;
-            slots = again.slots;
-            slotOfRow = again.slotOfRow;
-            localOfRecv = again.localOfRecv;
-            routed = again.routed;
-            gate = again.gate;
-            up = again.up;
-            act = again.act;
-            if (mode == PlanRequest.Checkpointing.FULL && again.probs != null) {
-                probs = again.probs;
-                topIdx = again.topIdx;
-                topVal = again.topVal;
-                weights = again.weights;
-            }
-        }
-
-        /** What checkpointing drops after the layer's forward and makes again before its backward. */
-        List<Buf> recomputed(PlanRequest.Checkpointing mode) {
-            List<Buf> out = new ArrayList<>(List.of(h1, rstd1, x2, h2, rstd2, qRaw, kRaw, qRstd, kRstd, q, k, v,
-                    lse, attn));
-            for (Buf b : new Buf[] {slots, slotOfRow, localOfRecv, routed, gate, up, act}) {
-                if (b != null) {
-                    out.add(b);
-                }
-            }
-            if (mode == PlanRequest.Checkpointing.FULL && probs != null) {
-                out.addAll(List.of(probs, topIdx, topVal, weights));
-            }
-            return out;
-        }
     }
 
     private Pass forward(int batch, String tag) {
@@ -246,74 +180,71 @@ final class StepReplay {
         p.kept.add(f32(Category.INPUTS, n, "input ids"));
         p.kept.add(f32(Category.INPUTS, n, "targets"));
         fsdp.beforeForward(units.root);
+        if (units.embeddingIsAUnit()) {
+            fsdp.beforeForward(units.embedding);
+        }
         Buf x = f32(Category.RESIDUAL, n * h, "embedding output [N, H]");
-        fsdp.readAsF32(units.root); // embeddingForward reads the embedding
+        fsdp.readAsF32(units.embedding); // embeddingForward reads the table
+        if (units.embeddingIsAUnit()) {
+            fsdp.afterForward(units.embedding);
+        }
         for (int i = 0; i < units.layers.length; i++) {
             Layer l = units.layers[i];
             mem.phase("forward: layer " + i + tag);
             fsdp.beforeForward(l.unit);
-            Cache cache = layerForward(l, x, batch, n, true);
+            Cache cache = new Cache();
+            cache.x = x;
+            attentionHalf(l, cache, batch, n);
+            Buf out = l.moe ? moeForward(l, cache, n) : denseForward(cache, n);
             p.caches[i] = cache;
             if (cache.routerLogits != null) {
                 p.kept.add(cache.routerLogits); // the pass's router-logits output
             }
-            if (r.checkpointing() != PlanRequest.Checkpointing.NONE) {
-                for (Buf b : cache.recomputed(r.checkpointing())) {
-                    mem.free(b);
-                }
-            }
-            x = cache.out;
+            dropForRecompute(l, cache);
+            x = out;
             fsdp.afterForward(l.unit);
         }
-        mem.phase("forward: final norm, LM head and loss" + tag);
+        mem.phase("forward: final norm, fused LM head and loss" + tag);
         fsdp.beforeForward(units.head);
-        p.finalIn = x;
-        p.finalOut = f32(Category.LOGITS, n * h, "final norm output [N, H]");
-        p.finalRstd = f32(Category.LOGITS, n, "final norm rstd");
+        Buf finalOut = f32(Category.LOSS, n * h, "final norm output [N, H]");
+        Buf finalRstd = f32(Category.LOSS, n, "final norm rstd");
         fsdp.readAsF32(units.head); // rmsNormForward reads the final norm
-        if (r.lossChunkTokens() == 0) {
-            Buf logits = f32(Category.LOGITS, n * v, "logits [N, V]");
-            fsdp.afterForward(units.head);
-            p.dLogits = logits; // the loss gradient is written over the logits
-            dev.crossEntropy(n);
-        } else {
-            fusedLoss(p);
-            fsdp.afterForward(units.head);
-        }
+        Buf dHidden = fusedLoss(p);
+        mem.free(finalOut);
+        // the final norm's backward, in the head's forward
+        p.dResidual = f32(Category.LOSS, n * h, "final norm input gradient [N, H]");
+        p.dNormWeight = f32(Category.UNIT_GRADIENTS, h, "gradient of " + units.headNorm.name);
+        mem.free(dHidden, x, finalRstd);
+        fsdp.afterForward(units.head);
         p.kept.add(f32(Category.INPUTS, e, "aux-loss gradient [E]"));
         fsdp.afterForward(units.root);
         return p;
     }
 
     /**
-     * The chunked fused LM head and cross-entropy: per chunk of tokens the logits, their loss gradient in place, the
-     * final norm output's gradient and the LM head weight's gradient; no [tokens, V] tensor.
+     * FusedLinearCrossEntropy.run: the head input's gradient [N, H] and the head weight's [V, H], then per chunk of
+     * rows the logits (their gradient written over them) and the chunk's targets; no [N, V] tensor. Returns the head
+     * input's gradient; the weight's goes to the pass.
      */
-    private void fusedLoss(Pass p) {
-        long chunk = Math.min(p.n, r.lossChunkTokens());
-        p.dFinal = f32(Category.LOGITS, p.n * h, "final norm output gradient [N, H]");
-        fsdp.grad(units.lmHead);
-        Buf logits = f32(Category.LOGITS, chunk * v, "logits chunk [C, V]");
-        dev.crossEntropy(chunk);
-        mem.free(logits);
-        mem.free(p.finalOut);
-        p.finalOut = null;
+    private Buf fusedLoss(Pass p) {
+        long rows = r.lossChunkRows((int) p.n);
+        Buf dHidden = f32(Category.LOSS, p.n * h, "final norm output gradient [N, H]");
+        p.dHeadWeight = f32(Category.UNIT_GRADIENTS, (long) v * h, "gradient of " + units.lmHead.name);
+        Buf chunk = f32(Category.LOSS, rows * v, "logits chunk [C, V]");
+        Buf chunkTargets = f32(Category.LOSS, rows, "targets of a chunk");
+        if (units.lmHead == units.embed) {
+            fsdp.readAsF32(units.embedding); // tied: the head's GEMMs read the embedding
+        }
+        dev.crossEntropy(rows);
+        mem.free(chunk, chunkTargets);
+        return dHidden;
     }
 
-    private Cache layerForward(Layer l, Buf x, int batch, long n, boolean first) {
-        Cache c = new Cache();
-        c.x = x;
+    /** DecoderLayer.attentionHalf: h1 = norm1(x), x2 = x + attn(h1), h2 = norm2(x2). */
+    private void attentionHalf(Layer l, Cache c, int batch, long n) {
         c.h1 = f32(Category.RESIDUAL, n * h, "input norm output");
         c.rstd1 = f32(Category.RESIDUAL, n, "input norm rstd");
         fsdp.readAsF32(l.unit); // rmsNormForward reads the input norm
-        attentionForward(c, batch, n);
-        c.h2 = f32(Category.RESIDUAL, n * h, "post-attention norm output");
-        c.rstd2 = f32(Category.RESIDUAL, n, "post-attention norm rstd");
-        c.out = l.moe ? moeForward(l, c, n, first) : denseForward(c, n);
-        return c;
-    }
-
-    private void attentionForward(Cache c, int batch, long n) {
         c.qRaw = f32(Category.ATTENTION, n * qDim, "q before q_norm");
         c.kRaw = f32(Category.ATTENTION, n * kvDim, "k before k_norm");
         c.v = f32(Category.ATTENTION, n * kvDim, "v");
@@ -325,6 +256,8 @@ final class StepReplay {
         c.lse = f32(Category.ATTENTION, n * qHeads, "attention lse");
         dev.attentionForward(batch, seq, qHeads, kvHeads, headDim);
         c.x2 = f32(Category.RESIDUAL, n * h, "o_proj output, the residual stream after attention");
+        c.h2 = f32(Category.RESIDUAL, n * h, "post-attention norm output");
+        c.rstd2 = f32(Category.RESIDUAL, n, "post-attention norm rstd");
     }
 
     /** Rows the local experts of rank 0 compute: every slot without EP, the busiest rank's share with it. */
@@ -332,47 +265,34 @@ final class StepReplay {
         return r.ep() == 1 ? n * k : Math.round(n * k * r.expertImbalance());
     }
 
-    private Buf moeForward(Layer l, Cache c, long n, boolean first) {
-        if (first || r.checkpointing() == PlanRequest.Checkpointing.FULL) {
-            c.routerLogits = f32(Category.MOE, n * e, "router logits [N, E]");
-            c.probs = f32(Category.MOE, n * e, "router probabilities [N, E]");
-            c.topIdx = f32(Category.MOE, n * k, "top-k experts");
-            c.topVal = f32(Category.MOE, n * k, "top-k probabilities");
-            c.weights = f32(Category.MOE, n * k, "combine weights");
-        }
-        if (first) { // a recomputing forward runs under the layer's backward hooks, its experts gathered already
-            fsdp.beforeForward(l.experts);
-        }
-        expertsForward(l, c, n);
-        if (first) {
-            fsdp.afterForward(l.experts);
-        }
+    /** MoeBlock.forward: router, routing, the experts (in their own unit's hooks), the combine's output. */
+    private Buf moeForward(Layer l, Cache c, long n) {
+        c.routerLogits = f32(Category.MOE, n * e, "router logits [N, E]");
+        route(c, n);
+        fsdp.beforeForward(l.experts);
+        c.slots = expertsForward(l, c, n);
+        fsdp.afterForward(l.experts);
         return f32(Category.RESIDUAL, n * h, "MoE output, the residual stream after the layer");
     }
 
-    private void expertsForward(Layer l, Cache c, long n) {
+    /** MoeBlock.route: probabilities, top-k experts, probabilities and weights. */
+    private void route(Cache c, long n) {
+        c.probs = f32(Category.MOE, n * e, "router probabilities [N, E]");
+        c.topIdx = f32(Category.MOE, n * k, "top-k experts");
+        c.topVal = f32(Category.MOE, n * k, "top-k probabilities");
+        c.weights = f32(Category.MOE, n * k, "combine weights");
+    }
+
+    /** Experts.forward: dispatch, gate and up, SwiGLU, down, combine; returns the outputs in slot order. */
+    private Buf expertsForward(Layer l, Cache c, long n) {
         long slots = n * k;
         long rows = expertRows(n);
         int local = units.localExperts;
         int inter = inter(l);
-        Buf routed;
-        c.slotOfRow = f32(Category.MOE, slots, "slots grouped by expert");
-        if (r.ep() == 1) { // LocalTokenDispatcher: the routed rows as a GEMM operand, regathered in backward
-            routed = dev.operand(Category.MOE, rows * h, "routed rows");
-        } else { // AllToAllTokenDispatcher: rows to their experts' ranks, kept for backward
-            c.localOfRecv = f32(Category.MOE, rows, "received rows' local order");
-            Buf send = f32(Category.TEMPORARIES, slots * h, "all-to-all send buffer");
-            Buf recv = f32(Category.TEMPORARIES, rows * h, "all-to-all receive buffer");
-            mem.free(send);
-            routed = f32(Category.MOE, rows * h, "routed rows");
-            mem.free(recv);
-        }
+        Buf routed = dispatch(c, n);
         boolean routedImage = r.ep() == 1 && dev.operandsAreImages();
-        c.gate = f32(Category.MOE, rows * inter, "gate projections");
-        c.up = f32(Category.MOE, rows * inter, "up projections");
-        dev.groupedGemm(local, new Operand(routed, rows * h, routedImage), weight(l.gate));
-        dev.groupedGemm(local, new Operand(routed, rows * h, routedImage), weight(l.up));
-        if (r.ep() == 1) {
+        gateAndUp(l, c, routed, rows, routedImage);
+        if (r.ep() == 1) { // LocalTokenDispatcher regathers the routed rows in backward
             mem.free(routed);
             dev.dropCasts();
         } else {
@@ -384,16 +304,46 @@ final class StepReplay {
         dev.groupedGemm(local, new Operand(act, rows * inter, dev.operandsAreImages()), weight(l.down));
         mem.free(act);
         dev.dropCasts();
+        Buf slotRows;
         if (r.ep() == 1) {
-            c.slots = f32(Category.MOE, slots * h, "expert outputs in slot order");
+            slotRows = f32(Category.MOE, slots * h, "expert outputs in slot order");
         } else {
             Buf back = f32(Category.TEMPORARIES, rows * h, "all-to-all send buffer");
             Buf recv = f32(Category.TEMPORARIES, slots * h, "all-to-all receive buffer");
             mem.free(back);
-            c.slots = f32(Category.MOE, slots * h, "expert outputs in slot order");
+            slotRows = f32(Category.MOE, slots * h, "expert outputs in slot order");
             mem.free(recv);
         }
         mem.free(out);
+        return slotRows;
+    }
+
+    /** The dispatch's slot order (and received order under EP) into the cache; returns the routed rows. */
+    private Buf dispatch(Cache c, long n) {
+        long slots = n * k;
+        long rows = expertRows(n);
+        c.slotOfRow = f32(Category.MOE, slots, "slots grouped by expert");
+        if (r.ep() == 1) { // LocalTokenDispatcher: the routed rows as a GEMM operand
+            return dev.operand(Category.MOE, rows * h, "routed rows");
+        }
+        // AllToAllTokenDispatcher: rows to their experts' ranks
+        c.localOfRecv = f32(Category.MOE, rows, "received rows' local order");
+        Buf send = f32(Category.TEMPORARIES, slots * h, "all-to-all send buffer");
+        Buf recv = f32(Category.TEMPORARIES, rows * h, "all-to-all receive buffer");
+        mem.free(send);
+        Buf routed = f32(Category.MOE, rows * h, "routed rows");
+        mem.free(recv);
+        return routed;
+    }
+
+    /** Experts.gateAndUp: c.gate and c.up [rows, I] from the routed rows. */
+    private void gateAndUp(Layer l, Cache c, Buf routed, long rows, boolean routedImage) {
+        int inter = inter(l);
+        int local = units.localExperts;
+        c.gate = f32(Category.MOE, rows * inter, "gate projections");
+        c.up = f32(Category.MOE, rows * inter, "up projections");
+        dev.groupedGemm(local, new Operand(routed, rows * h, routedImage), weight(l.gate));
+        dev.groupedGemm(local, new Operand(routed, rows * h, routedImage), weight(l.up));
     }
 
     private int inter(Layer l) {
@@ -404,43 +354,60 @@ final class StepReplay {
         return new Operand(p, p.elements(), fsdp.heldAsImage(p));
     }
 
+    /** DenseMlp.forward: gate, up and their SwiGLU kept, the down projection's output returned. */
     private Buf denseForward(Cache c, long n) {
+        denseActivations(c, n);
+        return f32(Category.RESIDUAL, n * h, "MLP output, the residual stream after the layer");
+    }
+
+    private void denseActivations(Cache c, long n) {
         long inter = this.c.intermediateSize();
         c.gate = f32(Category.MOE, n * inter, "dense MLP gate projection");
         c.up = f32(Category.MOE, n * inter, "dense MLP up projection");
         c.act = f32(Category.MOE, n * inter, "dense MLP silu(gate) * up");
-        return f32(Category.RESIDUAL, n * h, "MLP output, the residual stream after the layer");
+    }
+
+    /**
+     * DecoderLayer.dropForRecompute: what the mode does not keep goes after the layer's forward. full and selective
+     * both give back the norms, the attention and the SwiGLU inputs (a dense layer's activations); full gives back
+     * the routing, the dispatch and the slots too (the router logits stay: the pass returns them).
+     */
+    private void dropForRecompute(Layer l, Cache c) {
+        if (mode == ActivationCheckpointing.NONE) {
+            return;
+        }
+        mem.free(c.h1, c.rstd1, c.x2, c.rstd2, c.h2);
+        mem.free(c.qRaw, c.kRaw, c.qRstd, c.kRstd, c.q, c.k, c.v, c.lse, c.attn);
+        if (l.moe) {
+            if (mode == ActivationCheckpointing.FULL) {
+                mem.free(c.probs, c.topIdx, c.topVal, c.weights, c.slots);
+            }
+            mem.free(c.gate, c.up);
+            if (mode == ActivationCheckpointing.FULL) {
+                mem.free(c.routed, c.slotOfRow, c.localOfRecv);
+                c.routed = c.slotOfRow = c.localOfRecv = null;
+            }
+        } else {
+            mem.free(c.gate, c.up, c.act);
+        }
     }
 
     // ------------------------------------------------------------------ backward
 
     private void backward(Pass p) {
         long n = p.n;
-        mem.phase("backward: LM head" + p.tag);
+        mem.phase("backward: the head's gradients handed over" + p.tag);
         fsdp.beforeBackward(units.root);
         fsdp.beforeBackward(units.head);
-        Buf dx;
-        if (p.dLogits != null) {
-            Buf dFinal = f32(Category.TEMPORARIES, n * h, "final norm output gradient");
-            fsdp.grad(units.lmHead); // the LM head's weight gradient
-            mem.free(p.dLogits, p.finalOut);
-            p.dLogits = null;
-            dx = f32(Category.TEMPORARIES, n * h, "residual stream gradient");
-            fsdp.grad(units.headNorm);
-            mem.free(dFinal, p.finalIn, p.finalRstd);
-        } else {
-            dx = f32(Category.TEMPORARIES, n * h, "residual stream gradient");
-            fsdp.grad(units.headNorm);
-            mem.free(p.dFinal, p.finalIn, p.finalRstd);
-        }
+        fsdp.adoptGrad(units.lmHead, p.dHeadWeight);
+        fsdp.adoptGrad(units.headNorm, p.dNormWeight);
+        Buf dx = p.dResidual;
         fsdp.afterBackward(units.head);
         for (int i = units.layers.length - 1; i >= 0; i--) {
             Layer l = units.layers[i];
             mem.phase("backward: layer " + i + p.tag);
             fsdp.beforeBackward(l.unit);
-            if (r.checkpointing() != PlanRequest.Checkpointing.NONE) {
-                recompute(l, p.caches[i], p.batch, n);
-            }
+            recompute(l, p.caches[i], p.batch, n);
             Buf dIn = layerBackward(l, dx, p.caches[i], p.batch, n);
             mem.free(dx);
             dx = dIn;
@@ -448,30 +415,54 @@ final class StepReplay {
             p.caches[i] = null;
         }
         mem.phase("backward: embedding" + p.tag);
-        fsdp.grad(units.embed);
+        if (units.embeddingIsAUnit()) {
+            fsdp.beforeBackward(units.embedding);
+        }
+        fsdp.grad(units.embed); // the scatter-add of the input gradient into the table's gradient
         mem.free(dx);
+        if (units.embeddingIsAUnit()) {
+            fsdp.afterBackward(units.embedding);
+        }
         fsdp.afterBackward(units.root);
     }
 
-    /** Checkpointing: the layer's forward again, from its saved input (and routing), keeping what backward reads. */
-    private void recompute(Layer l, Cache saved, int batch, long n) {
-        if (l.moe) {
-            fsdp.unshard(l.experts); // prefetched by the layer's backward hook
+    /**
+     * DecoderLayer.recompute, inside the layer's backward hooks: the norms and the attention again; full: the routing
+     * from the kept router logits and the whole experts' forward; selective: the gate and up projections of the kept
+     * dispatch; a dense layer its activations. The experts' backward hooks run here (their gather serves both).
+     */
+    private void recompute(Layer l, Cache c, int batch, long n) {
+        if (mode == ActivationCheckpointing.NONE) {
+            return;
         }
-        Cache again = layerForward(l, saved.x, batch, n, false);
-        if (again.routerLogits != null) {
-            mem.free(again.routerLogits); // the pass keeps the first forward's
+        attentionHalf(l, c, batch, n);
+        if (!l.moe) {
+            denseActivations(c, n);
+            return;
         }
-        mem.free(again.out); // the first forward's output was the next layer's input
-        saved.adoptRecomputed(again, r.checkpointing());
+        if (mode == ActivationCheckpointing.FULL) {
+            route(c, n);
+        }
+        fsdp.beforeBackward(l.experts);
+        if (mode == ActivationCheckpointing.FULL) {
+            c.slots = expertsForward(l, c, n);
+        } else { // Experts.recomputeActivations
+            long rows = expertRows(n);
+            Buf routed = c.routed != null ? c.routed
+                    : dev.operand(Category.TEMPORARIES, rows * h, "routed rows (regathered)");
+            gateAndUp(l, c, routed, rows, c.routed == null && dev.operandsAreImages());
+            if (routed != c.routed) {
+                mem.free(routed);
+            }
+        }
     }
 
     private Buf layerBackward(Layer l, Buf dOut, Cache c, int batch, long n) {
-        Buf dh2 = l.moe ? moeBackward(l, dOut, c, n) : denseBackward(l, c, n);
+        Buf dh2 = l.moe ? moeBackward(l, c, n) : denseBackward(l, c, n);
         Buf dx2 = f32(Category.TEMPORARIES, n * h, "post-attention residual gradient");
         fsdp.grad(l.postNorm);
         mem.free(dh2, c.x2, c.rstd2, c.h2);
-        Buf dh1 = attentionBackward(l, dx2, c, batch, n);
+        Buf dh1 = attentionBackward(l, c, batch, n);
         Buf dx = f32(Category.TEMPORARIES, n * h, "layer input gradient");
         fsdp.grad(l.inputNorm);
         mem.free(dh1, c.h1, c.rstd1, c.x);
@@ -479,12 +470,14 @@ final class StepReplay {
         return dx;
     }
 
-    private Buf moeBackward(Layer l, Buf dy, Cache c, long n) {
+    private Buf moeBackward(Layer l, Cache c, long n) {
         Buf dSlots = f32(Category.TEMPORARIES, n * k * h, "expert output gradients in slot order");
         Buf dWeights = f32(Category.TEMPORARIES, n * k, "combine weight gradients");
         mem.free(c.slots, c.weights);
         Buf dx = f32(Category.TEMPORARIES, n * h, "MoE input gradient");
-        fsdp.beforeBackward(l.experts);
+        if (mode == ActivationCheckpointing.NONE) { // else the recompute ran the experts' backward hooks
+            fsdp.beforeBackward(l.experts);
+        }
         expertsBackward(l, c, n);
         fsdp.afterBackward(l.experts);
         mem.free(dSlots);
@@ -547,7 +540,7 @@ final class StepReplay {
         }
         mem.free(dRouted);
         mem.free(c.slotOfRow, c.localOfRecv);
-        c.routed = null;
+        c.routed = c.slotOfRow = c.localOfRecv = null;
     }
 
     private Buf denseBackward(Layer l, Cache c, long n) {
@@ -565,7 +558,7 @@ final class StepReplay {
         return dx;
     }
 
-    private Buf attentionBackward(Layer l, Buf dy, Cache c, int batch, long n) {
+    private Buf attentionBackward(Layer l, Cache c, int batch, long n) {
         Buf dAttn = f32(Category.TEMPORARIES, n * qDim, "attention output gradient");
         fsdp.grad(l.o);
         Buf dq = f32(Category.TEMPORARIES, n * qDim, "q gradient");

@@ -11,8 +11,10 @@ import java.util.List;
  * layout (the rank with the largest shards: torch.chunk gives the first ranks the full chunks). Mirrors
  * {@code Qwen3MoeModel} (parameter names, shapes and construction order), {@code ExpertParallel} (each MoE layer keeps
  * experts [0, E/ep) on rank 0) and {@code Qwen3MoeParallelizer} with {@code FullyShard} (per MoE layer an experts unit
- * on dp_shard_mod_ep and a layer unit on the whole world, then the head, then the root). {@code UnitLayoutTest}
- * checks it against the parameters and shards of a real {@code DistributedTrainer}.
+ * on dp_shard_mod_ep and a layer unit on the whole world, then the head, then the embedding when untied, then the
+ * root, which holds the embedding when tied; the last layer's units stay gathered from forward to backward, the head,
+ * the embedding and the root reshard after forward and are not gathered for backward). {@code UnitLayoutTest} checks
+ * it against the parameters, shards and units of a real {@code DistributedTrainer}.
  */
 final class UnitLayout {
 
@@ -76,15 +78,18 @@ final class UnitLayout {
         final List<Param> params = new ArrayList<>();
         final int groupSize;
         final boolean reshardAfterForward;
+        /** Whether its backward reads its weights (FsdpUnit.unshardInBackward). */
+        final boolean unshardInBackward;
         /** Whether anything reads its weights as f32 (all but the experts, which only the grouped GEMM reads). */
         final boolean readAsF32;
         // replay state (FsdpReplay)
         Ledger.Buf wire;         // the bf16 buffer of its gather (in flight, then the images' home)
 
-        Unit(String path, int groupSize, boolean reshardAfterForward, boolean readAsF32) {
+        Unit(String path, int groupSize, boolean reshardAfterForward, boolean unshardInBackward, boolean readAsF32) {
             this.path = path;
             this.groupSize = groupSize;
             this.reshardAfterForward = reshardAfterForward;
+            this.unshardInBackward = unshardInBackward;
             this.readAsF32 = readAsF32;
         }
 
@@ -140,12 +145,14 @@ final class UnitLayout {
     final Layer[] layers;
     final Unit root;
     final Unit head;
+    /** The unit holding the embedding: its own (untied), or the root's (tied). */
+    final Unit embedding;
     /** In the order FullyShard made them. */
     final List<Unit> units = new ArrayList<>();
     /** In the order the model constructs them (Qwen3MoeModel's constructor). */
     final List<Param> constructionOrder = new ArrayList<>();
 
-    UnitLayout(Qwen3MoeConfig c, int world, int ep, boolean keepLastLayer) {
+    UnitLayout(Qwen3MoeConfig c, int world, int ep) {
         this.config = c;
         this.world = world;
         this.ep = ep;
@@ -186,22 +193,32 @@ final class UnitLayout {
             }
             layers[i] = l;
         }
-        // FSDP bottom-up, as Qwen3MoeParallelizer applies it
+        // FSDP bottom-up, as Qwen3MoeParallelizer applies it: the last layer stays gathered into its backward
         for (int i = 0; i < layers.length; i++) {
             Layer l = layers[i];
-            boolean reshard = i < layers.length - 1 || !keepLastLayer;
+            boolean reshard = i < layers.length - 1;
             if (l.moe) {
-                l.experts = unit(p(i) + ".mlp.experts", expertGroup, reshard, false, l.gate, l.up, l.down);
-                l.unit = unit(p(i), world, reshard, true, l.inputNorm, l.postNorm, l.q, l.k, l.v, l.o, l.qNorm,
+                l.experts = unit(p(i) + ".mlp.experts", expertGroup, reshard, true, false, l.gate, l.up, l.down);
+                l.unit = unit(p(i), world, reshard, true, true, l.inputNorm, l.postNorm, l.q, l.k, l.v, l.o, l.qNorm,
                         l.kNorm, l.router);
             } else {
-                l.unit = unit(p(i), world, reshard, true, l.inputNorm, l.postNorm, l.q, l.k, l.v, l.o, l.qNorm,
+                l.unit = unit(p(i), world, reshard, true, true, l.inputNorm, l.postNorm, l.q, l.k, l.v, l.o, l.qNorm,
                         l.kNorm, l.gate, l.up, l.down);
             }
         }
-        head = c.tieWordEmbeddings() ? unit("head", world, false, true, headNorm)
-                : unit("head", world, false, true, headNorm, lmHead);
-        root = unit("<root>", world, false, true, embed);
+        // the head, the embedding and the root: resharded after forward, not gathered for backward
+        head = c.tieWordEmbeddings() ? unit("head", world, true, false, true, headNorm)
+                : unit("head", world, true, false, true, headNorm, lmHead);
+        Unit ownEmbedding = c.tieWordEmbeddings() ? null
+                : unit("model.embed_tokens", world, true, false, true, embed);
+        root = c.tieWordEmbeddings() ? unit("<root>", world, true, false, true, embed)
+                : unit("<root>", world, true, false, true);
+        embedding = ownEmbedding != null ? ownEmbedding : root;
+    }
+
+    /** Whether the embedding is a unit of its own (untied), not the root's. */
+    boolean embeddingIsAUnit() {
+        return embedding != root;
     }
 
     private static String p(int layer) {
@@ -220,8 +237,9 @@ final class UnitLayout {
         return p;
     }
 
-    private Unit unit(String path, int group, boolean reshard, boolean readAsF32, Param... params) {
-        Unit u = new Unit(path, group, reshard, readAsF32);
+    private Unit unit(String path, int group, boolean reshard, boolean unshardInBackward, boolean readAsF32,
+                      Param... params) {
+        Unit u = new Unit(path, group, reshard, unshardInBackward, readAsF32);
         for (Param p : params) {
             u.add(p);
         }

@@ -18,36 +18,31 @@ import java.util.Map;
  * of them as ranks in that group, else Shard(1) (torchtitan's rule: Shard(0) keeps whole experts on a rank and
  * lets the collectives run on the parameters' own memory, with no copies), each decoder layer on the full
  * {@code fsdp} mesh with Shard(0), the head (final norm and LM head, {@link Qwen3MoeModel#head()}) as a unit of its
- * own on {@code fsdp}, as torchtitan's {@code fully_shard([model.norm, model.output])}, and last the root, which
- * then holds only the embedding, on {@code fsdp}.
+ * own on {@code fsdp}, as torchtitan's {@code fully_shard([model.norm, model.output])}, the token embedding as a unit
+ * of its own (untied), as torchtitan's {@code fully_shard(model.tok_embeddings)}, and last the root.
  *
  * <p>Why the head is a unit of its own: as part of the root, its weights were gathered with the embedding at the
- * start of the step, exposed, and its gradients (the LM head's backward is the first of the backward pass) were
- * reduced only at the root's afterBackward, after the whole backward, exposed again. As a unit, the FSDP schedule
- * gathers it while the last decoder layer computes (the units prefetch the next ones in the recorded forward
- * order) and starts its reduce-scatter as soon as its own backward is done, under the last layer's
- * backward. With tied word embeddings the LM head weight is the embedding: the head unit then holds only the final
- * norm, and the tied weight is gathered and reduced with the root as before.
+ * start of the step, exposed, and its gradients were reduced only at the root's afterBackward, after the whole
+ * backward, exposed again. As a unit, the FSDP schedule gathers it while the last decoder layer computes (the units
+ * prefetch the next ones in the recorded forward order) and starts its reduce-scatter as soon as its own backward is
+ * done, under the last layer's backward.
  *
- * <p>Neither the head nor the root reshards after forward, nor the last decoder layer (its attention and experts
- * units), as torchtitan leaves its last transformer block: the head is the last unit of the forward and the first of
- * the backward, the last layer the next, so resharding them would only gather them again at once, exposed at the
- * turn from forward to backward; keeping them costs one layer's gathered weights for the head's forward and
- * backward. The root's hooks enclose the whole backward, so a
- * resharded embedding would be gathered again, exposed, at the very start of the backward, although the backward
- * reads only its gradient (untied) or needs it right then for the LM head (tied); keeping it costs the memory of the
- * full embedding through the step, as before.
+ * <p>Which units stay gathered from forward to backward. torchtitan does not reshard the last transformer block after
+ * forward, nor {@code [norm, output]}: they are the first units of the backward, so resharding them would only gather
+ * them again at once, exposed at the turn from forward to backward. The last decoder layer (its attention and experts
+ * units) is kept for that reason. The head is not: with the loss fused into it, its forward computes all its
+ * gradients (the LM head's weight and input gradients chunk by chunk, then the final norm's backward), so its
+ * backward only hands them over and reads no weight; it reshards after forward and is not gathered for backward
+ * ({@link FsdpUnit#setUnshardInBackward}, FSDP2's {@code set_unshard_in_backward(False)}). The embedding's backward is a
+ * scatter-add into its gradient, which reads no weight either (as torchtitan and OLMo-core mark their embedding
+ * units): untied, its unit reshards right after the lookup and is not gathered for backward; tied, the table is also
+ * the LM head weight, so the root holds it, gathered from the start of the forward to the head's loss at its end, and
+ * does not gather it for backward. Every one of these units is gathered once per forward pass, and its gradients
+ * are reduce-scattered after its backward as before. Keeping the head and the embedding gathered, as before, cost
+ * their full weights through the whole backward on every rank.
  */
 public final class Qwen3MoeParallelizer implements ModelParallelizer {
     public static final String EXPERTS_PATTERN = "model.layers.*.mlp.experts";
-
-    /**
-     * Whether the last decoder layer keeps its gathered weights from forward to backward: always, as the class
-     * comment says (what the memory planner assumes).
-     */
-    public static boolean keepsLastLayerGathered() {
-        return true;
-    }
 
     /**
      * The dim FSDP shards a layer's stacked experts on: 0 (whole experts on a rank) when the rank holds at least as
@@ -83,7 +78,11 @@ public final class Qwen3MoeParallelizer implements ModelParallelizer {
             }
             fsdp.fullyShard(layer, fsdpGroup, FullyShard.SHARD_DIM_0, policy, reshard);
         }
-        fsdp.fullyShard(model.head(), fsdpGroup, FullyShard.SHARD_DIM_0, policy, false);
-        fsdp.fullyShard(model, fsdpGroup, FullyShard.SHARD_DIM_0, policy, false);
+        fsdp.fullyShard(model.head(), fsdpGroup, FullyShard.SHARD_DIM_0, policy, true).setUnshardInBackward(false);
+        if (!model.head().tied()) {
+            fsdp.fullyShard(model.embedding(), fsdpGroup, FullyShard.SHARD_DIM_0, policy, true)
+                    .setUnshardInBackward(false);
+        }
+        fsdp.fullyShard(model, fsdpGroup, FullyShard.SHARD_DIM_0, policy, true).setUnshardInBackward(false);
     }
 }

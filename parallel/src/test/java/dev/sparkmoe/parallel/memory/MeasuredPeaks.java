@@ -37,17 +37,22 @@ final class MeasuredPeaks {
                 .numExperts(16).numExpertsPerTok(4).maxPositionEmbeddings(2048).ropeTheta(10000).rmsNormEps(1e-6);
     }
 
-    /** Every rank's measurements for a trainer of {@code r}'s model, layout, batch and precision on the CPU. */
+    /**
+     * Every rank's measurements for a trainer of {@code r}'s model, layout, batch, precision, activation
+     * checkpointing, FSDP prefetch and loss chunks on the CPU.
+     */
     static List<Rank> measure(PlanRequest r) {
         TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-4, 0, 10, "constant", 0.9,
                 0.95, 1e-8, 0.1, 1.0, r.gradAccum());
         TrainerSpec spec = new TrainerSpec(r.model().toJson(), null, 3, r.worldSize(), r.ep(), r.seqLen(), opt, "cpu",
-                -1, r.precision().name().toLowerCase(java.util.Locale.ROOT));
+                -1, r.precision().name().toLowerCase(java.util.Locale.ROOT), r.prefetch(),
+                TrainerSpec.DEFAULT_CPU_BLAS_THREADS, r.checkpointing().configName());
         return InJvmRanks.run(r.worldSize(), Duration.ofMinutes(3), world -> {
             Backend be = MemoryTracker.wrap(new CpuBackend());
             MemoryTracker tracker = MemoryTracker.of(be);
             tracker.setFollowing(false);
             try (DistributedTrainer t = new DistributedTrainer(spec, world, be, null)) {
+                t.model().setLossChunkRows(r.lossChunkRows());
                 long construction = tracker.peakBytes();
                 long persistent = tracker.liveBytes();
                 SplittableRandom random = new SplittableRandom(1000 + world.rank());

@@ -3,6 +3,7 @@ package dev.sparkmoe.parallel.memory;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.sparkmoe.core.model.ActivationCheckpointing;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import java.util.List;
 import java.util.Locale;
@@ -21,7 +22,10 @@ import org.junit.jupiter.params.provider.MethodSource;
  * <p>The cases cover the paths of the replay: one rank (shards alias, gradients are the shards), FSDP over 2 ranks
  * at f32 and at bf16 precision (the CPU computes in f32), expert parallelism, gradient accumulation, tied embeddings
  * with a dense layer, experts split on dim 1 (blocking, padded gathers and reduce-scatters), uneven shards over 3
- * ranks, and the small preset (fewer layers, experts and words).
+ * ranks, the small preset (fewer layers, experts and words), full and selective activation checkpointing (with and
+ * without expert parallelism, with a dense layer, with accumulation), the fused loss in chunks other than the
+ * model's rule (uneven chunks, one chunk of all rows; with and without expert parallelism), and FSDP prefetching one
+ * unit ahead instead of two.
  */
 class MemoryPlannerTest {
 
@@ -30,35 +34,71 @@ class MemoryPlannerTest {
         Qwen3MoeConfig tiedDense = MeasuredPeaks.tiny().tieWordEmbeddings(true).mlpOnlyLayers(List.of(0)).build();
         Qwen3MoeConfig twoExperts = MeasuredPeaks.tiny().numExperts(2).numExpertsPerTok(1).build();
         Qwen3MoeConfig small = MeasuredPeaks.small().numHiddenLayers(2).vocabSize(8192).numExperts(8).build();
+        Qwen3MoeConfig words = MeasuredPeaks.tiny().vocabSize(8192).build(); // the loss holds the peak
+        ActivationCheckpointing none = ActivationCheckpointing.NONE;
+        ActivationCheckpointing full = ActivationCheckpointing.FULL;
+        ActivationCheckpointing selective = ActivationCheckpointing.SELECTIVE;
         return Stream.of(
-                Arguments.of("tiny, 1 rank", tiny, 1, 1, 2, 64, 1, "f32"),
-                Arguments.of("tiny, fsdp 2, bf16", tiny, 2, 1, 2, 64, 1, "bf16"),
-                Arguments.of("tiny, fsdp 4, ep 2", tiny, 4, 2, 2, 128, 1, "f32"),
-                Arguments.of("tiny, fsdp 2, grad_accum 2", tiny, 2, 1, 4, 64, 2, "f32"),
-                Arguments.of("tied, dense layer 0, fsdp 2, ep 2", tiedDense, 2, 2, 2, 64, 1, "f32"),
-                Arguments.of("2 experts, fsdp 4: experts on dim 1", twoExperts, 4, 1, 2, 64, 1, "f32"),
-                Arguments.of("tiny, fsdp 3: uneven shards", tiny, 3, 1, 1, 64, 1, "f32"),
-                Arguments.of("small (2 layers, 8 experts, vocab 8192), 1 rank", small, 1, 1, 2, 128, 1, "f32"));
+                Arguments.of("tiny, 1 rank", request(tiny, 1, 1, 2, 64, 1, "f32")),
+                Arguments.of("tiny, fsdp 2, bf16", request(tiny, 2, 1, 2, 64, 1, "bf16")),
+                Arguments.of("tiny, fsdp 4, ep 2", request(tiny, 4, 2, 2, 128, 1, "f32")),
+                Arguments.of("tiny, fsdp 2, grad_accum 2", request(tiny, 2, 1, 4, 64, 2, "f32")),
+                Arguments.of("tied, dense layer 0, fsdp 2, ep 2", request(tiedDense, 2, 2, 2, 64, 1, "f32")),
+                Arguments.of("2 experts, fsdp 4: experts on dim 1", request(twoExperts, 4, 1, 2, 64, 1, "f32")),
+                Arguments.of("tiny, fsdp 3: uneven shards", request(tiny, 3, 1, 1, 64, 1, "f32")),
+                Arguments.of("small (2 layers, 8 experts, vocab 8192), 1 rank", request(small, 1, 1, 2, 128, 1,
+                        "f32")),
+                Arguments.of("tiny, fsdp 2, full checkpointing", request(tiny, 2, 1, 2, 64, 1, "f32")
+                        .withCheckpointing(full)),
+                Arguments.of("tiny, fsdp 2, selective checkpointing", request(tiny, 2, 1, 2, 64, 1, "f32")
+                        .withCheckpointing(selective)),
+                Arguments.of("tiny, 1 rank, selective, grad_accum 2", request(tiny, 1, 1, 4, 64, 2, "f32")
+                        .withCheckpointing(selective)),
+                Arguments.of("tiny, fsdp 4, ep 2, full checkpointing", request(tiny, 4, 2, 2, 128, 1, "f32")
+                        .withCheckpointing(full)),
+                Arguments.of("tiny, fsdp 4, ep 2, selective checkpointing", request(tiny, 4, 2, 2, 128, 1, "f32")
+                        .withCheckpointing(selective)),
+                Arguments.of("tied, dense layer 0, fsdp 2, ep 2, full", request(tiedDense, 2, 2, 2, 64, 1, "f32")
+                        .withCheckpointing(full)),
+                Arguments.of("tied, dense layer 0, fsdp 2, selective", request(tiedDense, 2, 1, 2, 64, 1, "f32")
+                        .withCheckpointing(selective)),
+                Arguments.of("vocab 8192, fsdp 2, loss by the rule (64 rows)", request(words, 2, 1, 2, 64, 1, "f32")),
+                Arguments.of("vocab 8192, fsdp 2, loss in chunks of 48 rows", request(words, 2, 1, 2, 64, 1, "f32")
+                        .withLossChunk(48)),
+                Arguments.of("vocab 8192, 1 rank, loss in one chunk of all rows", request(words, 1, 1, 2, 64, 1,
+                        "f32").withLossChunk(128)),
+                Arguments.of("vocab 8192, fsdp 4, ep 2, loss by the rule", request(words, 4, 2, 2, 128, 1, "f32")),
+                Arguments.of("vocab 8192, fsdp 4, ep 2, loss in chunks of 40 rows", request(words, 4, 2, 2, 128, 1,
+                        "f32").withLossChunk(40)),
+                Arguments.of("vocab 8192, tied, fsdp 2, ep 2, loss in one chunk, selective", request(
+                        MeasuredPeaks.tiny().vocabSize(8192).tieWordEmbeddings(true).build(), 2, 2, 2, 128, 1,
+                        "f32").withLossChunk(256).withCheckpointing(selective)),
+                Arguments.of("tiny, fsdp 2, prefetch 1", request(tiny, 2, 1, 2, 64, 1, "f32").withPrefetch(1)),
+                Arguments.of("tiny, fsdp 4, ep 2, prefetch 1, none", request(tiny, 4, 2, 2, 128, 1, "f32")
+                        .withPrefetch(1).withCheckpointing(none)));
+    }
+
+    private static PlanRequest request(Qwen3MoeConfig model, int world, int ep, int batch, int seq, int accum,
+                                       String precision) {
+        return PlanRequest.defaults(model).withLayout(world, ep).withBatch(batch, seq, accum)
+                .withPrecision(PlanRequest.Precision.parse(precision), PlanRequest.Device.CPU);
     }
 
     @ParameterizedTest(name = "{0}")
     @MethodSource("cases")
-    void planMatchesTheMeasuredPeaks(String name, Qwen3MoeConfig model, int world, int ep, int batch, int seq,
-                                     int accum, String precision) {
-        PlanRequest r = PlanRequest.defaults(model).withLayout(world, ep).withBatch(batch, seq, accum)
-                .withPrecision(PlanRequest.Precision.parse(precision), PlanRequest.Device.CPU);
+    void planMatchesTheMeasuredPeaks(String name, PlanRequest r) {
         MemoryPlan plan = MemoryPlanner.plan(r);
         List<MeasuredPeaks.Rank> ranks = MeasuredPeaks.measure(r);
         long step = ranks.stream().mapToLong(MeasuredPeaks.Rank::step).max().orElseThrow();
         MeasuredPeaks.Rank rank0 = ranks.get(0);
         double error = (double) plan.stepPeakBytes() / step - 1;
         System.out.printf(Locale.ROOT, "%s: step peak planned %d B, measured %d B (busiest rank), %+.2f%%; "
-                        + "construction %d / %d B, between steps %d / %d B%n", name, plan.stepPeakBytes(), step,
-                100 * error, plan.constructionPeakBytes(), rank0.construction(), plan.persistentBytes(),
-                rank0.persistent());
+                        + "construction %d / %d B, between steps %d / %d B; planned peak in %s%n", name,
+                plan.stepPeakBytes(), step, 100 * error, plan.constructionPeakBytes(), rank0.construction(),
+                plan.persistentBytes(), rank0.persistent(), plan.stepPeakPhase());
         assertEquals(rank0.construction(), plan.constructionPeakBytes(), "construction peak of rank 0");
         assertEquals(rank0.persistent(), plan.persistentBytes(), "bytes between steps on rank 0");
-        double tolerance = ep == 1 ? 0.01 : 0.10;
+        double tolerance = r.ep() == 1 ? 0.01 : 0.10;
         assertTrue(Math.abs(error) <= tolerance, () -> String.format(Locale.ROOT, "%s: planned step peak %d B is "
                 + "%+.2f%% off the measured %d B (tolerance %.0f%%); phase of the planned peak: %s", name,
                 plan.stepPeakBytes(), 100 * error, step, 100 * tolerance, plan.stepPeakPhase()));

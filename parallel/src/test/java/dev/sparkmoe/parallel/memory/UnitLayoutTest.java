@@ -5,10 +5,12 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import dev.sparkmoe.core.backend.CpuBackend;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.core.model.Qwen3MoeModel;
+import dev.sparkmoe.core.nn.Module;
+import dev.sparkmoe.core.nn.ModuleHook;
 import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.parallel.comm.InJvmRanks;
 import dev.sparkmoe.parallel.fsdp.FsdpParam;
-import dev.sparkmoe.parallel.plan.Qwen3MoeParallelizer;
+import dev.sparkmoe.parallel.fsdp.FsdpUnit;
 import dev.sparkmoe.parallel.train.DistributedTrainer;
 import dev.sparkmoe.parallel.train.TrainerSpec;
 import java.time.Duration;
@@ -22,7 +24,8 @@ import org.junit.jupiter.params.provider.CsvSource;
  * The planner's parameters and FSDP units are the model's and the trainer's: the same names and shapes as
  * {@code Qwen3MoeModel.parameters()} (all experts), and on rank 0 of a real {@code DistributedTrainer} the same
  * sharded parameters in the same order (units in creation order), each with the same group size, shard dim and shard
- * shape. Covers expert parallelism, experts split on dim 1, uneven shards, tied embeddings and a dense layer.
+ * shape, and the same FSDP units (path, parameters, whether each reshards after forward and gathers for backward).
+ * Covers expert parallelism, experts split on dim 1, uneven shards, tied embeddings and a dense layer.
  */
 class UnitLayoutTest {
 
@@ -32,7 +35,7 @@ class UnitLayoutTest {
     void theParametersAndUnitsAreTheTrainers(int world, int ep, int experts, boolean tied) {
         Qwen3MoeConfig c = MeasuredPeaks.tiny().numExperts(experts).numExpertsPerTok(Math.min(2, experts))
                 .tieWordEmbeddings(tied).mlpOnlyLayers(tied ? List.of(0) : List.of()).build();
-        UnitLayout layout = new UnitLayout(c, world, ep, Qwen3MoeParallelizer.keepsLastLayerGathered());
+        UnitLayout layout = new UnitLayout(c, world, ep);
 
         List<String> model = new ArrayList<>();
         for (Parameter p : new Qwen3MoeModel(c, new CpuBackend()).parameters()) {
@@ -49,7 +52,7 @@ class UnitLayoutTest {
         TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-4, 0, 1, "constant", 0.9, 0.95,
                 1e-8, 0.1, 1.0, 1);
         TrainerSpec spec = new TrainerSpec(c.toJson(), null, 1, world, ep, 16, opt, "cpu", -1);
-        List<String> trainer = InJvmRanks.run(world, Duration.ofMinutes(1), comm -> {
+        List<List<String>> real = InJvmRanks.run(world, Duration.ofMinutes(1), comm -> {
             try (DistributedTrainer t = new DistributedTrainer(spec, comm, new CpuBackend(), null)) {
                 List<String> out = new ArrayList<>();
                 for (FsdpParam p : t.shardedParameters()) {
@@ -57,15 +60,42 @@ class UnitLayoutTest {
                             + p.group().size() + " dim " + p.layout().dim() + " shard "
                             + Arrays.toString(p.shard().shape()));
                 }
-                return out;
+                List<String> fsdpUnits = new ArrayList<>();
+                for (Module m : t.model().modules()) {
+                    for (ModuleHook hook : m.hooks()) {
+                        if (hook instanceof FsdpUnit u) {
+                            List<String> names = new ArrayList<>();
+                            for (FsdpParam p : u.params()) {
+                                names.add(p.parameter().name());
+                            }
+                            fsdpUnits.add(u.path() + " " + names + " reshard after forward "
+                                    + u.reshardAfterForward() + ", unshard in backward " + u.unshardInBackward());
+                        }
+                    }
+                }
+                return List.of(out, fsdpUnits);
             }
         }).get(0);
+        List<String> trainer = real.get(0);
         List<String> units = new ArrayList<>();
         for (UnitLayout.Param p : layout.params()) {
             units.add(p.name + Arrays.toString(p.shape) + " group " + p.groupSize + " dim " + p.layout.dim()
                     + " shard " + Arrays.toString(p.layout.shardShape(0)));
         }
         assertEquals(trainer, units, "rank 0's sharded parameters, in FullyShard's order");
+        List<String> plannedUnits = new ArrayList<>();
+        for (UnitLayout.Unit u : layout.units) {
+            List<String> names = new ArrayList<>();
+            for (UnitLayout.Param p : u.params) {
+                names.add(p.name);
+            }
+            plannedUnits.add(u.path + " " + names + " reshard after forward " + u.reshardAfterForward
+                    + ", unshard in backward " + u.unshardInBackward);
+        }
+        List<String> realUnits = new ArrayList<>(real.get(1));
+        plannedUnits.sort(null);
+        realUnits.sort(null);
+        assertEquals(realUnits, plannedUnits, "the FSDP units");
         long shardElements = 0;
         for (UnitLayout.Param p : layout.params()) {
             shardElements += p.shardElements();

@@ -13,6 +13,7 @@ import dev.sparkmoe.core.model.LmHead;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.core.model.Qwen3MoeModel;
 import dev.sparkmoe.core.model.StatsReducer;
+import dev.sparkmoe.core.model.TokenEmbedding;
 import dev.sparkmoe.core.nn.Module;
 import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.tensor.DType;
@@ -41,19 +42,22 @@ import org.junit.jupiter.params.provider.CsvSource;
 
 /**
  * The Qwen3-MoE plan makes the head (final norm and LM head) an FSDP unit of its own, as torchtitan's
- * {@code fully_shard([model.norm, model.output])}: the root then holds only the embedding (the LM head weight too,
- * when tied). Its overlap, on the fixture's config (untied, and tied) with the collectives deferred until completed
+ * {@code fully_shard([model.norm, model.output])}, and the untied embedding another, as its
+ * {@code fully_shard(model.tok_embeddings)}: the root then holds nothing (tied: the embedding, which is the LM head
+ * weight). Its overlap, on the fixture's config (untied, and tied) with the collectives deferred until completed
  * ({@link DeferringCommunicator}) and each started group and each unit's hooks logged in order, in the second step
  * (the first records the units' order):
  * <ul>
- *   <li>forward: the head's all-gather starts while the last decoder layer computes (prefetch), the root's gathers
- *       the embedding alone, and the head and the last layer are gathered once in the step (kept from forward to
- *       backward), the other layers twice;</li>
- *   <li>backward: the head's reduce-scatter starts at the end of its own backward, before the last layer's backward
- *       begins, and is completed before that layer's backward ends; the root's, of the embedding alone, starts
- *       last.</li>
+ *   <li>forward: the embedding is gathered first, alone; the head's all-gather starts while the last decoder layer
+ *       computes (prefetch); the head, the embedding and the last layer are gathered once in the step, the other
+ *       layers twice (forward, backward);</li>
+ *   <li>backward: the head and the embedding are not gathered again (their backward reads no weight: the head's
+ *       forward computed its gradients) and hold no gathered weight when their backward starts; the head's
+ *       reduce-scatter starts at the end of its own backward, before the last layer's backward begins, and is
+ *       completed before that layer's backward ends; the embedding's starts last.</li>
  * </ul>
- * The gradients gathered from the shards match one rank's on the global batch.
+ * The gradients gathered from the shards match one rank's on the global batch; with gradient accumulation every
+ * micro-batch gathers the head and the embedding once.
  */
 class HeadUnitTest {
     static final int SEQ = 8;
@@ -89,9 +93,16 @@ class HeadUnitTest {
             Map<String, Tensor> grads = (Map<String, Tensor>) o[2];
             int open = (Integer) o[3];
 
-            // the units: ..., the head (final norm, untied LM head), the root (embedding) last
-            assertEquals(LmHead.PATH + " " + head, units.get(units.size() - 2), "units " + units);
-            assertEquals("<root> " + embed, units.get(units.size() - 1), "units " + units);
+            // the units: ..., the head (final norm, untied LM head), the embedding (untied), the root last (tied: it
+            // holds the embedding)
+            if (tied) {
+                assertEquals(LmHead.PATH + " " + head, units.get(units.size() - 2), "units " + units);
+                assertEquals("<root> " + embed, units.get(units.size() - 1), "units " + units);
+            } else {
+                assertEquals(LmHead.PATH + " " + head, units.get(units.size() - 3), "units " + units);
+                assertEquals(TokenEmbedding.PATH + " " + embed, units.get(units.size() - 2), "units " + units);
+                assertEquals("<root> []", units.get(units.size() - 1), "units " + units);
+            }
 
             String msg = "log of step 2:\n" + String.join("\n", log);
             // forward: the root gathers the embedding alone, first; the head's gather starts under the last layer
@@ -112,6 +123,11 @@ class HeadUnitTest {
             assertTrue(lastExperts >= 0 && lastExperts < index(log, "fwd- model.layers." + (last - 1), msg),
                     "the last layer's experts were not gathered two units ahead\n" + msg);
             assertEquals(1, count(log, "AG+ " + head), "the head must be gathered once in a step\n" + msg);
+            assertEquals(1, count(log, "AG+ " + embed), "the embedding must be gathered once in a step\n" + msg);
+            // neither is held into the backward: both resharded after their forward
+            assertEquals("held []", log.get(index(log, "bwd+ head", msg) + 1), msg);
+            assertEquals(1, count(log, "RS+ " + head), msg);
+            assertEquals(1, count(log, "RS+ " + embed), msg);
             // the last layer keeps its weights from forward to backward: each of its units gathers once, the
             // layer before it twice (forward, backward)
             int lastGathers = gathersOfLayer(log, last);
@@ -184,6 +200,47 @@ class HeadUnitTest {
         }
     }
 
+    /**
+     * Gradient accumulation over two micro-batches: each micro-batch's forward gathers the head and the embedding
+     * once, neither is held into its backward, and the accumulated gradients match one rank's over the same
+     * micro-batches.
+     */
+    @ParameterizedTest(name = "tied={0}")
+    @CsvSource({"false", "true"})
+    void eachMicroBatchGathersTheHeadAndTheEmbeddingOnce(boolean tied) throws Exception {
+        Qwen3MoeConfig config = config(tied);
+        int dp = 2, micro = 2;
+        List<int[]> seqs = new ArrayList<>();
+        SplittableRandom r = new SplittableRandom(13);
+        for (int s = 0; s < dp * micro; s++) {
+            int[] seq = new int[SEQ + 1];
+            for (int t = 0; t <= SEQ; t++) {
+                seq[t] = r.nextInt(config.vocabSize());
+            }
+            seqs.add(seq);
+        }
+        Map<String, Tensor> reference = worldOneGrads(config, seqs, micro);
+        List<Object[]> out = InJvmRanks.run(dp, Duration.ofSeconds(60), c -> rank(c, config, dp, 1, seqs,
+                FullyShard.DEFAULT_PREFETCH, ActivationCheckpointing.NONE, micro));
+        String head = (tied ? List.of("model.norm.weight") : List.of("model.norm.weight", "lm_head.weight"))
+                .toString();
+        String embed = List.of("model.embed_tokens.weight").toString();
+        for (Object[] o : out) {
+            @SuppressWarnings("unchecked")
+            List<String> log = (List<String>) o[1];
+            @SuppressWarnings("unchecked")
+            Map<String, Tensor> grads = (Map<String, Tensor>) o[2];
+            String msg = "log of step 2:\n" + String.join("\n", log);
+            assertEquals(micro, count(log, "AG+ " + head), msg);
+            assertEquals(micro, count(log, "AG+ " + embed), msg);
+            assertEquals(micro, count(log, "held []"), msg);
+            assertEquals(0, (Integer) o[3], "started collectives never completed");
+            for (String k : reference.keySet()) {
+                Fixtures.assertClose("grad " + k, reference.get(k), grads.get(k), 1e-5);
+            }
+        }
+    }
+
     /** Started all-gathers of the units of decoder layer {@code layer} (its experts' and its own). */
     private static int gathersOfLayer(List<String> log, int layer) {
         int n = 0;
@@ -217,11 +274,22 @@ class HeadUnitTest {
 
     /** One rank's gradients of the whole batch, non-expert parameters (those FSDP shards on the fsdp mesh). */
     static Map<String, Tensor> worldOneGrads(Qwen3MoeConfig config, List<int[]> seqs) {
+        return worldOneGrads(config, seqs, 1);
+    }
+
+    /**
+     * As above in {@code micro} micro-batches: micro-batch j holds sequences [j * S / micro, (j + 1) * S / micro) of
+     * the S, each rank's j-th sequence at world size S / micro.
+     */
+    static Map<String, Tensor> worldOneGrads(Qwen3MoeConfig config, List<int[]> seqs, int micro) {
         Qwen3MoeModel model = model(config, new CpuBackend());
-        int[][] b = batch(seqs);
-        Qwen3MoeModel.Pass pass = model.forward(b[0], b[1], seqs.size(), SEQ, b[0].length, 0.01,
-                StatsReducer.LOCAL);
-        model.backward(pass);
+        int per = seqs.size() / micro;
+        for (int j = 0; j < micro; j++) {
+            int[][] b = batch(seqs.subList(j * per, (j + 1) * per));
+            Qwen3MoeModel.Pass pass = model.forward(b[0], b[1], per, SEQ, seqs.size() * SEQ, 0.01 / micro,
+                    StatsReducer.LOCAL);
+            model.backward(pass);
+        }
         Map<String, Tensor> out = new TreeMap<>();
         for (Parameter p : model.parameters()) {
             if (!p.name().contains(".mlp.experts.")) {
@@ -239,6 +307,16 @@ class HeadUnitTest {
     /** As above, with the model's layers keeping what {@code checkpointing} says. */
     static Object[] rank(Communicator c, Qwen3MoeConfig config, int dp, int ep, List<int[]> seqs, int prefetch,
                          ActivationCheckpointing checkpointing) {
+        return rank(c, config, dp, ep, seqs, prefetch, checkpointing, 1);
+    }
+
+    /**
+     * As above in {@code micro} micro-batches of one sequence per rank: rank r's j-th is sequence j * dp + r. The log
+     * also says, when the head's backward starts, which of the embedding's and the head's weights are gathered
+     * ("held [names]").
+     */
+    static Object[] rank(Communicator c, Qwen3MoeConfig config, int dp, int ep, List<int[]> seqs, int prefetch,
+                         ActivationCheckpointing checkpointing, int micro) {
         List<String> log = new ArrayList<>();
         Map<Tensor, String> gradOwner = new IdentityHashMap<>();
         Backend be = MemoryTracker.wrap(new CpuBackend());
@@ -264,7 +342,20 @@ class HeadUnitTest {
                     }
                 }));
             }
-            int[][] b = batch(seqs.subList(c.rank(), c.rank() + 1));
+            model.head().addHook(new dev.sparkmoe.core.nn.ModuleHook() {
+                @Override
+                public void beforeBackward(Module m) {
+                    List<String> held = new ArrayList<>();
+                    for (Parameter p : model.embedding().parameters()) {
+                        held.add(p.isMaterialised() ? p.name() : null);
+                    }
+                    for (Parameter p : model.head().parameters()) {
+                        held.add(p.isMaterialised() ? p.name() : null);
+                    }
+                    held.removeIf(java.util.Objects::isNull);
+                    log.add("held " + held);
+                }
+            });
             StatsReducer reducer = buf -> world.allReduceSum(buf, 0, buf.length);
             List<String> stepLog = null;
             Map<String, Tensor> grads = new TreeMap<>();
@@ -273,8 +364,13 @@ class HeadUnitTest {
                 // one step, one allocation scope, as DistributedTrainer.step: the gradient shards are read and
                 // dropped in it (reading one completes its reduce-scatter)
                 try (Backend.Scope scope = be.openScope()) {
-                    Qwen3MoeModel.Pass pass = model.forward(b[0], b[1], 1, SEQ, seqs.size() * SEQ, 0.01, reducer);
-                    model.backward(pass);
+                    for (int j = 0; j < micro; j++) {
+                        int first = j * dp + c.rank();
+                        int[][] b = batch(seqs.subList(first, first + 1));
+                        Qwen3MoeModel.Pass pass = model.forward(b[0], b[1], 1, SEQ, seqs.size() * SEQ, 0.01 / micro,
+                                reducer);
+                        model.backward(pass);
+                    }
                     stepLog = List.copyOf(log);
                     for (FsdpParam p : fsdp.params()) {
                         Tensor shardGrad = p.shardGrad();

@@ -41,7 +41,7 @@ public final class Main implements Callable<Integer> {
         cl.addSubcommand("train", new TrainCommand(out, err));
         cl.addSubcommand("step", new StepCommand());
         cl.addSubcommand("launch", Launcher.commandLine(out, err));
-        cl.addSubcommand("plan", new Plan(out, err));
+        cl.addSubcommand("plan", new PlanCommand(out));
         cl.addSubcommand("keys", new Keys(out));
         return Cli.configure(cl, out, err);
     }
@@ -69,27 +69,6 @@ public final class Main implements Callable<Integer> {
         public Integer call() {
             out.print(ConfigKey.markdownTable());
             return Cli.OK;
-        }
-    }
-
-    /** {@code spark-moe plan}: {@link PlanCommand}, which parses its own options. */
-    @CommandLine.Command(name = "plan", description = "Per-rank memory of a run (parameters, gradients, optimizer "
-            + "state, gathered units, activations, peak), whether it fits the GPU and what to change if not; "
-            + "spark-moe plan --help lists the options.")
-    static final class Plan implements Callable<Integer> {
-        private final PrintStream out;
-        private final PrintStream err;
-        @CommandLine.Unmatched
-        java.util.List<String> args = new java.util.ArrayList<>();
-
-        Plan(PrintStream out, PrintStream err) {
-            this.out = out;
-            this.err = err;
-        }
-
-        @Override
-        public Integer call() {
-            return PlanCommand.run(args.toArray(new String[0]), out, err);
         }
     }
 }

@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.sparkmoe.core.json.Json;
+import dev.sparkmoe.core.model.ActivationCheckpointing;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.parallel.memory.MemoryPlanner;
 import dev.sparkmoe.parallel.memory.PlanRequest;
@@ -13,14 +14,17 @@ import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.List;
 import java.util.Map;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 /**
- * {@code spark-moe plan} through {@link Main}: the model from a preset, a config.json, a checkpoint directory or a
- * train config; the options reach the planner; exit 0 when the run fits, 1 when it does not (with what to change),
- * 2 on bad input with the value and the fix.
+ * {@code spark-moe plan} through {@link Main} (a picocli subcommand like the others): the model from a preset, a
+ * config.json, a checkpoint directory or a train config, whose training.activation_checkpointing, training.fsdp_prefetch
+ * and training.backend reach the plan as the trainer's spec carries them; the options reach the planner and override
+ * the config; exit 0 when the run fits, 1 when it does not (with what to change), 2 on bad input with one
+ * {@code error:} line naming the value and the fix; {@code --help} lists the options.
  */
 class PlanCommandTest {
     @TempDir
@@ -55,8 +59,8 @@ class PlanCommandTest {
     void theOptionsReachThePlannerAndJsonIsOneObject() {
         Run r = plan("--model", "qwen3-moe-small", "--dp-shard", "2", "--batch", "4", "--seq", "512",
                 "--grad-accum", "2", "--precision", "f32", "--backend", "cpu", "--gpu-memory", "24GiB", "--reserve",
-                "1.5GB", "--activation-checkpointing", "selective", "--loss-chunk", "512", "--construction",
-                "sharded", "--json");
+                "1.5GB", "--activation-checkpointing", "selective", "--loss-chunk", "128", "--fsdp-prefetch", "1",
+                "--json");
         assertEquals(0, r.rc(), r.err());
         Map<String, Object> j = Json.parseObject(r.out());
         assertEquals(2L, j.get("world_size"));
@@ -64,16 +68,18 @@ class PlanCommandTest {
         assertEquals("f32", j.get("precision"));
         assertEquals("cpu", j.get("backend"));
         assertEquals("selective", j.get("activation_checkpointing"));
-        assertEquals(512L, j.get("loss_chunk_tokens"));
-        assertEquals("sharded", j.get("construction"));
+        assertEquals(128L, j.get("loss_chunk_rows"));
+        assertEquals(1L, j.get("fsdp_prefetch"));
         assertEquals(24L << 30, j.get("device_memory_bytes"));
         assertEquals(1_500_000_000L, j.get("reserve_bytes"));
         Qwen3MoeConfig small = Qwen3MoeConfig.parse(Json.write(ModelPresets.get("qwen3-moe-small"), false));
         PlanRequest same = PlanRequest.defaults(small).withLayout(2, 1).withBatch(4, 512, 2)
                 .withPrecision(PlanRequest.Precision.F32, PlanRequest.Device.CPU).withMemory(24L << 30, 1_500_000_000L)
-                .withCheckpointing(PlanRequest.Checkpointing.SELECTIVE).withLossChunk(512)
-                .withConstruction(PlanRequest.Construction.SHARDED);
+                .withCheckpointing(ActivationCheckpointing.SELECTIVE).withLossChunk(128).withPrefetch(1);
         assertEquals(MemoryPlanner.plan(same).peakBytes(), ((Number) j.get("peak_bytes")).longValue());
+        // the rule's chunks (the hidden size, 512 rows) otherwise
+        Run rule = plan("--model", "qwen3-moe-small", "--json");
+        assertEquals(512L, Json.parseObject(rule.out()).get("loss_chunk_rows"));
     }
 
     @Test
@@ -91,7 +97,8 @@ class PlanCommandTest {
         Files.writeString(yaml, String.join("\n",
                 "model: {hf_dir: '" + dir + "'}",
                 "layout: {world_size: 4, ep: 2}",
-                "training: {batch_sequences: 6, seq_len: 128, grad_accum: 3, precision: f32}",
+                "training: {batch_sequences: 6, seq_len: 128, grad_accum: 3, precision: f32, backend: cpu,",
+                "           activation_checkpointing: full, fsdp_prefetch: 1}",
                 "output: {dir: '" + tmp.resolve("out").toUri() + "'}", ""));
         Run byYaml = plan("--config", yaml.toString(), "--set", "training.seq_len=256", "--json");
         assertEquals(0, byYaml.rc(), byYaml.err());
@@ -102,8 +109,20 @@ class PlanCommandTest {
         assertEquals(256L, j.get("seq_len"));
         assertEquals(3L, j.get("grad_accum"));
         assertEquals("f32", j.get("precision"));
-        Run overridden = plan("--config", yaml.toString(), "--batch", "3", "--grad-accum", "1", "--json");
-        assertEquals(3L, Json.parseObject(overridden.out()).get("batch"));
+        assertEquals("cpu", j.get("backend"));
+        assertEquals("full", j.get("activation_checkpointing"));
+        assertEquals(1L, j.get("fsdp_prefetch"));
+        Run overridden = plan("--config", yaml.toString(), "--batch", "3", "--grad-accum", "1", "--ac", "selective",
+                "--fsdp-prefetch", "2", "--backend", "cuda", "--json");
+        Map<String, Object> o = Json.parseObject(overridden.out());
+        assertEquals(3L, o.get("batch"));
+        assertEquals("selective", o.get("activation_checkpointing"));
+        assertEquals(2L, o.get("fsdp_prefetch"));
+        assertEquals("cuda", o.get("backend"));
+        Run badKey = plan("--config", yaml.toString(), "--set", "training.activation_checkpointing=some");
+        assertEquals(2, badKey.rc());
+        assertTrue(lastLine(badKey.err()).startsWith("error: ") && badKey.err().contains("training"
+                + ".activation_checkpointing"), badKey.err());
     }
 
     @Test
@@ -118,26 +137,52 @@ class PlanCommandTest {
     @Test
     void badInputIsAUsageErrorNamingTheValue() {
         Run none = plan("--world-size", "2");
-        assertEquals(2, none.rc());
-        assertTrue(none.err().contains("give the model by --model or a train config by --config"), none.err());
+        assertUsage(none, "give the model by --model PRESET|CONFIG.json|DIR or a train config by --config");
+        Run both = plan("--model", "qwen3-moe-tiny", "--config", "run.yaml");
+        assertUsage(both, "(one of them)");
         Run preset = plan("--model", "qwen3-moe-huge");
-        assertEquals(2, preset.rc());
-        assertTrue(preset.err().contains("'qwen3-moe-huge' is neither a preset (qwen3-moe-tiny, qwen3-moe-small)"),
-                preset.err());
+        assertUsage(preset, "'qwen3-moe-huge' is neither a preset (qwen3-moe-tiny, qwen3-moe-small)");
         Run size = plan("--model", "qwen3-moe-tiny", "--gpu-memory", "80");
-        assertEquals(2, size.rc());
-        assertTrue(size.err().contains("--gpu-memory '80' is not a size with a unit, e.g. 80GB"), size.err());
+        assertUsage(size, "'80' is not a size with a unit, e.g. 80GB");
         Run ep = plan("--model", "qwen3-moe-tiny", "--world-size", "4", "--ep", "3");
-        assertEquals(2, ep.rc());
-        assertTrue(ep.err().contains("ep (3) must divide dp_shard (4)"), ep.err());
+        assertUsage(ep, "ep (3) must divide dp_shard (4)");
         Run number = plan("--model", "qwen3-moe-tiny", "--batch", "two");
-        assertEquals(2, number.rc());
-        assertTrue(number.err().contains("--batch 'two' is not a whole number"), number.err());
+        assertUsage(number, "--batch");
+        assertTrue(number.err().contains("'two'"), number.err());
+        Run mode = plan("--model", "qwen3-moe-tiny", "--ac", "some");
+        assertUsage(mode, "'some'");
+        assertTrue(mode.err().contains("none, full, selective") || mode.err().contains("NONE, FULL, SELECTIVE"),
+                mode.err());
+        Run prefetch = plan("--model", "qwen3-moe-tiny", "--fsdp-prefetch", "0");
+        assertUsage(prefetch, "FSDP prefetch (0) must be >= 1");
+        Run set = plan("--model", "qwen3-moe-tiny", "--set", "layout.ep=2");
+        assertUsage(set, "--set overrides keys of --config RUN.yaml");
         Run unknown = plan("--model", "qwen3-moe-tiny", "--gpus", "8");
-        assertEquals(2, unknown.rc());
-        assertTrue(unknown.err().contains("unknown option --gpus"), unknown.err());
+        assertUsage(unknown, "--gpus");
         Run help = plan("--help");
         assertEquals(0, help.rc());
-        assertTrue(help.out().startsWith("usage: spark-moe plan"), help.out());
+        assertTrue(help.out().startsWith("Usage: spark-moe plan"), help.out());
+        for (String option : List.of("--model", "--config", "--set", "--world-size", "--ep", "--batch", "--seq",
+            "--grad-accum", "--precision", "--activation-checkpointing", "--fsdp-prefetch", "--loss-chunk",
+            "--backend", "--gpu-memory", "--reserve", "--expert-imbalance", "--json")) {
+            assertTrue(help.out().contains(option), option + " in\n" + help.out());
+        }
+        assertTrue(help.out().contains("qwen3-moe-small"), help.out());
+        assertEquals(Main.run(new String[] {"help", "plan"}, new PrintStream(new ByteArrayOutputStream()),
+                new PrintStream(new ByteArrayOutputStream())), 0);
+    }
+
+    /** Exit 2, and the last line of stderr is the one error line, holding {@code text}. */
+    private static void assertUsage(Run r, String text) {
+        assertEquals(2, r.rc(), r.out() + r.err());
+        String last = lastLine(r.err());
+        assertTrue(last.startsWith("error: ") && last.contains(text), "expected an error line with '" + text
+                + "', got:\n" + r.err());
+        assertEquals(1, r.err().lines().filter(l -> l.startsWith("error:")).count(), r.err());
+    }
+
+    private static String lastLine(String s) {
+        List<String> lines = s.lines().toList();
+        return lines.isEmpty() ? "" : lines.get(lines.size() - 1);
     }
 }
