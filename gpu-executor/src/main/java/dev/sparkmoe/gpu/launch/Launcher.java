@@ -153,10 +153,7 @@ public final class Launcher {
     }
 
     public static void main(String[] args) {
-        int code = run(args, System.out, System.err);
-        System.out.flush();
-        System.err.flush();
-        System.exit(code);
+        Cli.exit(run(args, System.out, System.err));
     }
 
     /** Runs the launcher (arguments without the leading {@code launch}); returns its exit code. */

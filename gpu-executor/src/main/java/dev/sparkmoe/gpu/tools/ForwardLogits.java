@@ -86,10 +86,7 @@ public final class ForwardLogits {
     }
 
     public static void main(String[] args) {
-        int code = run(args, System.out, System.err);
-        System.out.flush();
-        System.err.flush();
-        System.exit(code);
+        Cli.exit(run(args, System.out, System.err));
     }
 
     /** Runs the command; returns its exit code. */

@@ -81,6 +81,13 @@ public final class Cli {
         return of(command, out, err).execute(args);
     }
 
+    /** Ends the JVM with {@code code} once both standard streams are flushed: the last call of a command's main. */
+    public static void exit(int code) {
+        System.out.flush();
+        System.err.flush();
+        System.exit(code);
+    }
+
     /**
      * Parses {@code args} into {@code command}'s annotated fields without running it, for callers that run it
      * themselves; a bad command line throws {@link UsageException} with the same text as the error line.

@@ -1,15 +1,11 @@
 package dev.sparkmoe.spark.testing;
 
-import dev.sparkmoe.core.io.TensorSink;
-import dev.sparkmoe.core.tensor.Tensor;
-import dev.sparkmoe.core.tensor.TensorSpec;
 import dev.sparkmoe.gpu.runtime.DefaultRankTrainerFactory;
 import dev.sparkmoe.parallel.comm.Communicator;
 import dev.sparkmoe.parallel.train.RankTrainer;
 import dev.sparkmoe.parallel.train.RankTrainerFactory;
 import dev.sparkmoe.parallel.train.StepMetrics;
 import dev.sparkmoe.parallel.train.TrainerSpec;
-import java.io.IOException;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
@@ -50,7 +46,7 @@ public final class RecordingFactory implements RankTrainerFactory {
         Map<Long, List<int[]>> mine = RECORDED.computeIfAbsent(runId, k -> new ConcurrentHashMap<>())
                 .computeIfAbsent(world.rank(), k -> new ConcurrentHashMap<>());
         int rank = world.rank();
-        return new RankTrainer() {
+        return new ForwardingRankTrainer(real) {
             @Override
             public StepMetrics step(List<int[]> sequences) {
                 long step = real.stepsTaken() + 1;
@@ -63,41 +59,6 @@ public final class RecordingFactory implements RankTrainerFactory {
                 }
                 mine.put(step, copy);
                 return real.step(sequences);
-            }
-
-            @Override
-            public long stepsTaken() {
-                return real.stepsTaken();
-            }
-
-            @Override
-            public Map<String, Tensor> rankState() {
-                return real.rankState();
-            }
-
-            @Override
-            public void loadState(Map<String, Tensor> state) {
-                real.loadState(state);
-            }
-
-            @Override
-            public List<TensorSpec> modelTensors() {
-                return real.modelTensors();
-            }
-
-            @Override
-            public void exportModel(TensorSink sink) throws IOException {
-                real.exportModel(sink);
-            }
-
-            @Override
-            public String hfConfigJson() {
-                return real.hfConfigJson();
-            }
-
-            @Override
-            public void close() {
-                real.close();
             }
         };
     }
