@@ -89,7 +89,8 @@ OPENS="-XX:+IgnoreUnrecognizedVMOptions --add-modules=jdk.incubator.vector --add
  -Djdk.reflect.useDirectMethodHandle=false -Dio.netty.tryReflectionSetAccessible=true
  -Dlog4j2.configurationFile=file:$SMS/conf/log4j2.properties"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; pkill -9 -P "$p" 2>/dev/null; done; }
+# (disowned first, so that bash does not report the Master and Worker it kills here as "Killed")
+cleanup() { disown -a 2>/dev/null; for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; pkill -9 -P "$p" 2>/dev/null; done; }
 trap cleanup EXIT
 
 # ---- the cluster: a Master and one Worker holding every GPU
