@@ -5,7 +5,7 @@ transformers and compares its logits with spark-moe's own on the same token ids.
 spark-moe's logits come from dev.sparkmoe.gpu.tools.ForwardLogits (CUDA backend with exact f32 products where a GPU is
 usable, else the CPU backend); transformers runs in float32 (on the GPU when there is one). Prints one JSON line and
 exits 0 when the logits agree: max |difference| <= --tol times max |logit|, and the same argmax at >= 99.9% of the
-positions.
+positions; and when the next-token losses of the two agree within --tol relatively (a first training step's loss).
 
 usage: hf_logits_check.py --model DIR --java JAVA --classpath 'CARRY/lib/*' [--out DIR] [--batch 2] [--seq 128]
                           [--tol 1e-4] [--backend auto|cuda|cpu]
@@ -19,6 +19,12 @@ import sys
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
+
+
+def next_token_loss(logits, ids):
+    """Mean cross-entropy of positions 0..T-2 predicting ids 1..T-1, in float64."""
+    v = logits.shape[-1]
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, v), ids[:, 1:].reshape(-1)).item()
 
 
 def main():
@@ -59,10 +65,14 @@ def main():
     diff = (ours - theirs).abs()
     scale = theirs.abs().max().item()
     same_argmax = (ours.argmax(-1) == theirs.argmax(-1)).double().mean().item()
-    ok = diff.max().item() <= a.tol * scale and same_argmax >= 0.999
+    # the language-model loss of each (every position predicting the next id), as a training step's first loss
+    loss_ours, loss_theirs = next_token_loss(ours, ids), next_token_loss(theirs, ids)
+    ok = (diff.max().item() <= a.tol * scale and same_argmax >= 0.999
+          and abs(loss_ours - loss_theirs) <= a.tol * max(1.0, abs(loss_theirs)))
     print(json.dumps({"check": "hf-logits", "model": a.model, "transformers_class": type(model).__name__,
                       "shape": list(theirs.shape), "max_abs_diff": diff.max().item(),
                       "mean_abs_diff": diff.mean().item(), "max_abs_logit": scale, "same_argmax": same_argmax,
+                      "loss_spark_moe": loss_ours, "loss_transformers": loss_theirs,
                       "tol": a.tol, "ok": ok}))
     return 0 if ok else 1
 

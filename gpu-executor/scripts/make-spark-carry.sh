@@ -19,8 +19,9 @@
 # How. A full build (the first, or RECORD=1): package the modules; lay the full runtime out (jars/ as links to
 # Maven's); record: run spark-gpu-run.sh on it on this CPU machine exactly as on the GPU host (FAKE_GPUS=2 through the
 # GPU discovery script, BACKEND=cpu, a tiny model; modes bench and kill: a Master, a Worker, the driver, the
-# executors, a killed executor, the launcher) with -Xlog:class+load in every JVM; trim; jlink; pack both archives;
-# prove: run spark-gpu-run.sh again from the trimmed carry (job and kill). About 25 minutes on a loaded 2-core machine.
+# executors, a killed executor, the launcher; then a job that starts from a Hugging Face checkpoint, model.hf_dir,
+# the tiny fixture of core's tests) with -Xlog:class+load in every JVM; trim; jlink; pack both archives; prove: run
+# spark-gpu-run.sh again from the trimmed carry (job, kill, and the job from the checkpoint). About 25 minutes on a loaded 2-core machine.
 # A rebuild after code changes (the default once a recording exists): package; re-pack the app archive only, keeping
 # the recording, the trimmed jars, the runtime and the base archive of the last full build (all in $D, git-ignored)
 # as long as they were made from the same third-party jars, JDK and trimming settings (recorded in $D/base/key.txt);
@@ -37,6 +38,7 @@ D=${WORK:-.device-carry/spark-build} # work folders: the recording, the trimmed 
 C=${CARRY:-.device-carry/spark}      # the carry: the two archives alone
 BENCH=${1:-../shared/bench}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+HF_FIXTURE=$(cd "$HERE/../.." && pwd)/core/src/test/resources/fixtures/qwen3moe-tiny # a Hugging Face checkpoint folder
 grep -qx '/.device-carry/' .gitignore || { echo "add /.device-carry/ to .gitignore first" >&2; exit 1; }
 JDK=${JDK:-$(dirname "$(dirname "$(readlink -f "$(command -v javac)")")")}
 [ -x "$JDK/bin/jlink" ] || { echo "no jlink in $JDK (set JDK to a full JDK 17)" >&2; exit 1; }
@@ -124,6 +126,9 @@ record_and_trim() { # the expensive part: a recorded CPU run, then the trimmed j
   mkdir -p "$D/record/classes" "$D/base/spark-moe"
   JAVA_TOOL_OPTIONS="-Xshare:off -Xlog:class+load=info:file=$PWD/$D/record/classes/%p.log" \
     SMS=$PWD/$F SPARK_MOE_JAVA_HOME=$JDK local_run "$PWD/$D/record/run" bench kill
+  say "recording a job that starts from a Hugging Face checkpoint (model.hf_dir: the tiny fixture) ..."
+  JAVA_TOOL_OPTIONS="-Xshare:off -Xlog:class+load=info:file=$PWD/$D/record/classes/%p.log" \
+    SMS=$PWD/$F SPARK_MOE_JAVA_HOME=$JDK HF_DIR=$HF_FIXTURE local_run "$PWD/$D/record/hf" job
   say "trimming Spark's jars to the recorded classes ..."
   python3 "$HERE/trim-spark-jars.py" --logs "$D"/record/classes/*.log --jars "$F/jars" --out "$D/base/spark-moe/jars" \
     --modules "$D/base/modules.txt"
@@ -155,6 +160,8 @@ prove() { # spark-gpu-run.sh from the archives, unpacked as on the GPU host; $@ 
   S=$PWD/$C UNPACK=$PWD/$D/proof/unpacked local_run "$PWD/$D/proof" "$@"
 }
 
+full_proof() { prove job kill && HF_DIR=$HF_FIXTURE prove job; }
+
 full=0
 if [ "${RECORD:-0}" = 1 ] || ! base_current; then
   [ "${RECORD:-0}" = 1 ] || echo "make-spark-carry: no base made from these third-party jars, JDK and settings: a full build"
@@ -165,13 +172,13 @@ else
 fi
 stage_and_pack
 if [ $full = 1 ]; then
-  prove job kill
+  full_proof
 elif ! prove ${PROOF:-job}; then
   echo "make-spark-carry: the rebuilt carry failed its proof (see $D/proof); recording anew ..."
   full=1
   record_and_trim
   stage_and_pack
-  prove job kill
+  full_proof
 fi
 say "done ($([ $full = 1 ] && echo "full build" || echo "rebuild of the app")). Sizes (bytes): runtime" \
   "$(du -sbL "$STAGE/runtime" | cut -f1), jars $(du -sbL "$STAGE/jars" | cut -f1), lib $(du -sb "$STAGE/lib" | cut -f1)," \

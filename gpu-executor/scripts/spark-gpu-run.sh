@@ -23,7 +23,8 @@
 #   OUT (results, default /tmp/out), GPUS (default: every GPU nvidia-smi lists), EP (default 1)
 #   FAKE_GPUS=N   no GPU: the discovery script reports N made-up GPUs (use with BACKEND=cpu): the local proof
 #   BACKEND (cuda | cpu | auto; default cuda), PRECISION (bf16), MODEL (model config JSON, default
-#   $SMS/bench/qwen3moe-c1.json), B (4), T (2048), STEPS (20), KILL_STEPS (30), EVERY (10), CPT (cores per task,
+#   $SMS/bench/qwen3moe-c1.json), HF_DIR (train from this Hugging Face checkpoint folder instead: model.hf_dir),
+#   B (4), T (2048), STEPS (20), KILL_STEPS (30), EVERY (10), CPT (cores per task,
 #   default nproc/GPUs up to 8), EXEC_MEM (executor memory, default 32g: a rank's checkpoint state is host memory),
 #   DRIVER_MEM (4g), PORT (7077), KEEP_CHECKPOINTS=1 (keep each run's checkpoints; default: deleted after the run),
 #   UNPACK (where S's archives are unpacked, default /tmp/sms), W (the runs' work folder, default /tmp/spark-gpu-run),
@@ -128,10 +129,14 @@ grep "wrote" "$OUT/data.log"
 
 # each job trains in a fresh output.dir ($W/NAME), so its run folder is $W/NAME/run-001 (checkpoints/, model/,
 # metrics.png); the metrics file lies beside it
+model_yaml() { # the job's model: a Hugging Face checkpoint folder (HF_DIR) or a config inline (MODEL)
+  if [ -n "${HF_DIR:-}" ]; then echo "  hf_dir: \"$HF_DIR\""
+  else echo "  config: {\"model_type\": \"qwen3_moe\", $(tr -d '\n' < "$MODEL" | sed -e 's/^ *{//' -e 's/} *$//')}"; fi
+}
 config() { # $1 = output.dir, $2 = steps, $3 = checkpoint.every
   cat <<EOF
 model:
-  config: {"model_type": "qwen3_moe", $(tr -d '\n' < "$MODEL" | sed -e 's/^ *{//' -e 's/} *$//')}
+$(model_yaml)
 data: {path: "file:$W/data", format: parquet}
 layout: {world_size: $GPUS, ep: $EP}
 training: {steps: $2, batch_sequences: $B, seq_len: $T, lr: 1.0e-4, min_lr: 1.0e-4, schedule: constant,
