@@ -52,11 +52,24 @@ public final class MetricsPlot implements AutoCloseable {
         return t;
     });
 
+    private final Renderer renderer;
+    private volatile String disabled; // why drawing stopped for good (a native library the JVM cannot load), or null
+
+    /** Draws the chart: {@link #png} in the job, another in tests. */
+    interface Renderer {
+        byte[] render(List<StepMetrics> ms, String title) throws IOException;
+    }
+
     /** {@code target}: URI of the PNG on any Hadoop file system; {@code title}: names the run in the chart. */
     public MetricsPlot(String target, String title, Configuration conf) {
+        this(target, title, conf, MetricsPlot::png);
+    }
+
+    MetricsPlot(String target, String title, Configuration conf, Renderer renderer) {
         this.target = target;
         this.title = title;
         this.conf = conf;
+        this.renderer = renderer;
     }
 
     public synchronized void add(StepMetrics m) {
@@ -92,11 +105,11 @@ public final class MetricsPlot implements AutoCloseable {
     }
 
     private void write(List<StepMetrics> ms) {
-        if (ms.isEmpty()) {
+        if (ms.isEmpty() || disabled != null) {
             return;
         }
         try {
-            byte[] png = png(ms, title);
+            byte[] png = renderer.render(ms, title);
             Path fin = new Path(target);
             FileSystem fs = fin.getFileSystem(conf);
             Path tmp = new Path(fin.getParent(), "." + fin.getName() + ".tmp");
@@ -109,6 +122,14 @@ public final class MetricsPlot implements AutoCloseable {
             }
         } catch (IOException | RuntimeException e) {
             LOG.warn("the metrics plot {} was not written: {}", target, e.toString());
+        } catch (LinkageError e) {
+            // Java2D's font rendering needs native libraries (libfontmanager and the system's libharfbuzz and
+            // libfreetype on most JDK builds) that a slim host may lack: the same failure would repeat at every draw
+            disabled = e.toString();
+            LOG.warn("the metrics plot {} is not drawn in this run: this JVM cannot load the libraries Java2D draws "
+                    + "text with ({}); the metrics file and the console have every step. Fix: install the missing "
+                    + "library on the driver's host (e.g. libharfbuzz0b and libfreetype6), or run the driver on a JDK "
+                    + "that bundles them", target, e.toString());
         }
     }
 
