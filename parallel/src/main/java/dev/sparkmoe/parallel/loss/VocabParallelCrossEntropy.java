@@ -47,6 +47,11 @@ import java.util.Arrays;
  * largest shard's width, so that every rank cuts the same chunks; two buffers of [rows, V_r + 2] (the logits, the
  * statistics' softmax), each about the size of the rank's LM head gradient.
  *
+ * <p>Where the group's rows outnumber the vocabulary (n x N > V: many tokens per rank, a small vocabulary), the
+ * gathered hidden states and their gradient would take more than the head and its gradient: such a call gathers the
+ * head for the local fused loss and reduce-scatters its gradient instead (decided from the row counts, which every
+ * rank knows, so every rank takes the same path).
+ *
  * <p>Retained logits: each rank keeps its columns of every gathered row and one all-to-all gives every rank its own
  * rows over the whole vocabulary ([N, V], as the local loss returns them).
  */
@@ -115,6 +120,9 @@ public final class VocabParallelCrossEntropy implements LmHeadLoss {
                     + ": over 2^31 - 1 elements in one tensor; use fewer tokens per forward pass (a smaller batch, "
                     + "sequence or more micro-batches)");
         }
+        if (rowsAll > vocab) {
+            return gathered(be, hidden, targets, n, weight, gradScale, withGrad, retainLogits, requestedRows);
+        }
         int[] allTargets = gatherTargets(be, targets, n, maxN, rowsAll);
         Tensor hiddenAll = gatherHidden(be, hidden, n, maxN, rowsAll, h);
         boolean compute = vr > 0 && rowsAll > 0;
@@ -140,6 +148,26 @@ public final class VocabParallelCrossEntropy implements LmHeadLoss {
         Tensor dHidden = withGrad ? scatterBack(be, dHiddenAll, n, maxN, h) : null;
         Tensor logits = retainLogits ? ownRows(be, logitsMine, n, maxN) : null;
         return new Result(lossByOwner[me], dHidden, dWeight, logits);
+    }
+
+    /**
+     * The gathered path, for calls whose gathered rows outnumber the vocabulary (then the group's hidden states and
+     * their gradient, 2 x rows x H per rank, would outweigh the whole head and its gradient, 2 x V x H): the head is
+     * all-gathered from the ranks' rows, the local fused loss runs on this rank's rows, and the head's gradient is
+     * reduce-scattered back to each rank's rows, as FSDP does for a gathered unit. Same results, same shapes.
+     */
+    private Result gathered(Backend be, Tensor hidden, Tensor targets, int n, Tensor weight, float gradScale,
+                            boolean withGrad, boolean retainLogits, int requestedRows) {
+        Tensor full = layout.allGather(be, group, weight);
+        Result local = LmHeadLoss.LOCAL.run(be, hidden, targets, n, full, gradScale, withGrad, retainLogits,
+                requestedRows);
+        be.release(full);
+        Tensor dWeight = null;
+        if (withGrad) {
+            dWeight = layout.reduceScatter(be, group, local.dWeight(), 1f);
+            be.release(local.dWeight());
+        }
+        return new Result(local.lossSum(), local.dHidden(), dWeight, local.logits());
     }
 
     /** The targets of every rank's rows, each rank's padded to {@code maxN} with -100, checked against V. */

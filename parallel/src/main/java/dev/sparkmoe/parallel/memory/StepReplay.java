@@ -253,6 +253,9 @@ final class StepReplay {
         long all = (long) g * p.n;
         int[] mine = units.lmHead.layout.range(0);
         long vr = mine[1] - mine[0];
+        if (all > v) {
+            return gatheredHeadLoss(p, vr);
+        }
         long width = vr + 2;
         long rows = VocabParallelCrossEntropy.chunkRows((int) all, h, (int) width,
                 r.lossChunkRows());
@@ -274,6 +277,33 @@ final class StepReplay {
         mem.free(hiddenAll);
         Buf dHidden = f32(Category.LOSS, p.n * h, "final norm output gradient [N, H]");
         mem.free(dHiddenAll);
+        return dHidden;
+    }
+
+    /**
+     * VocabParallelCrossEntropy's gathered path (more gathered rows than words): the head gathered (ShardLayout's
+     * blocking all-gather), the local fused loss with it, the head freed, then its gradient reduce-scattered to this
+     * rank's rows (padded buffers when the rows are uneven) and the full gradient freed.
+     */
+    private Buf gatheredHeadLoss(Pass p, long vr) {
+        UnitLayout.Param head = units.lmHead;
+        int g = head.groupSize;
+        long piece = head.pieceElements();
+        boolean even = (long) vr * g == v;
+        Buf full = f32(Category.GATHERED, (long) v * h, units.lmHead.name + " gathered for the loss");
+        if (!even) {
+            mem.free(f32(Category.WORKSPACE, piece * g, "all-gather receive buffer"));
+        }
+        Buf dHidden = fusedLoss(p);
+        mem.free(full);
+        Buf fullGrad = p.dHeadWeight;
+        p.dHeadWeight = f32(Category.GRADIENT_SHARDS, vr * h, "gradient of " + head.name + " (its rows)");
+        if (!even) {
+            Buf send = f32(Category.WORKSPACE, piece * g, "reduce-scatter send buffer");
+            Buf recv = f32(Category.WORKSPACE, piece, "reduce-scatter receive buffer");
+            mem.free(send, recv);
+        }
+        mem.free(fullGrad);
         return dHidden;
     }
 

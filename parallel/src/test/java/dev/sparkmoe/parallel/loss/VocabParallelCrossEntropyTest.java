@@ -24,17 +24,20 @@ import org.junit.jupiter.params.provider.MethodSource;
  * The vocabulary-parallel loss against the local fused loss of one rank ({@link LmHeadLoss#LOCAL} on the whole head):
  * on every rank the loss of its rows, its rows' input gradient and logits, and its rows of the head gradient summed
  * over every rank's tokens, for vocabularies that do not divide by the group (one with an empty last shard), ranks
- * with different numbers of tokens (none at all, or none with a target), chunks of other sizes than the rule and
- * logits large enough that exp overflows without the shift by the row's maximum.
+ * with different numbers of tokens (none at all, or none with a target), chunks of other sizes than the rule,
+ * logits large enough that exp overflows without the shift by the row's maximum, and more gathered rows than words
+ * (the gathered path).
  */
 class VocabParallelCrossEntropyTest {
     static final int H = 8;
 
     static Stream<Arguments> cases() {
         return Stream.of(
-                Arguments.of("V 10 over 3 (4, 4, 2); 5, 0 and 3 rows, the last without targets", 10, new int[] {5, 0,
-                        3}, 0, 1.0),
-                Arguments.of("V 9 over 4 (3, 3, 3, 0: an empty shard)", 9, new int[] {4, 4, 2, 4}, 0, 1.0),
+                Arguments.of("V 40 over 3 (14, 14, 12); 5, 0 and 3 rows, the last without targets", 40, new int[] {5,
+                        0, 3}, 0, 1.0),
+                Arguments.of("V 9 over 4 (3, 3, 3, 0: an empty shard)", 9, new int[] {2, 2, 1, 2}, 0, 1.0),
+                Arguments.of("V 10 over 3, 3 x 5 gathered rows > V: the gathered path", 10, new int[] {5, 0, 3}, 0,
+                        1.0),
                 Arguments.of("V 37 over 2, 11 and 6 rows, chunks of 3 rows", 37, new int[] {11, 6}, 3, 1.0),
                 Arguments.of("V 37 over 3, logits near 100, chunks of 5 rows", 37, new int[] {7, 7, 6}, 5, 30.0),
                 Arguments.of("V 64 over 5, chunks of one row", 64, new int[] {3, 1, 2, 3, 2}, 1, 2.0));
