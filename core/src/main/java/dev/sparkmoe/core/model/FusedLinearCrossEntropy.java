@@ -33,13 +33,6 @@ final class FusedLinearCrossEntropy {
     }
 
     /**
-     * What one call produced: the summed cross-entropy over the rows with a target; with gradients, dHidden [N, H]
-     * and dWeight [V, H] (new tensors, null without); the logits [N, V] when retained (else null).
-     */
-    record Result(double lossSum, Tensor dHidden, Tensor dWeight, Tensor logits) {
-    }
-
-    /**
      * Rows per chunk for {@code tokens} rows of a head with {@code hidden} inputs and {@code vocab} outputs (see the
      * class comment); a positive {@code requested} value overrides the rule. Capped by {@code tokens}, and so that a
      * chunk's logits stay indexable ({@code rows * vocab < 2^31} elements).
@@ -58,11 +51,16 @@ final class FusedLinearCrossEntropy {
      * @param retainLogits whether to return the logits [N, V] too (copied chunk by chunk into one tensor)
      * @param requestedRows rows per chunk, 0 for the rule of the class comment
      */
-    static Result run(Backend be, Tensor hidden, Tensor targets, int n, Parameter weight, float gradScale,
-                      boolean withGrad, boolean retainLogits, int requestedRows) {
-        int v = weight.shape()[0];
-        int h = weight.shape()[1];
-        Tensor w = weight.value();
+    static LmHeadLoss.Result run(Backend be, Tensor hidden, Tensor targets, int n, Parameter weight, float gradScale,
+                                 boolean withGrad, boolean retainLogits, int requestedRows) {
+        return run(be, hidden, targets, n, weight.value(), gradScale, withGrad, retainLogits, requestedRows);
+    }
+
+    /** As above on the weight's value {@code w} [V, H] ({@link LmHeadLoss#LOCAL}). */
+    static LmHeadLoss.Result run(Backend be, Tensor hidden, Tensor targets, int n, Tensor w, float gradScale,
+                                 boolean withGrad, boolean retainLogits, int requestedRows) {
+        int v = w.dim(0);
+        int h = w.dim(1);
         if (retainLogits && (long) n * v > Integer.MAX_VALUE) {
             throw new IllegalArgumentException("cannot retain the logits of " + n + " tokens x " + v + " vocabulary "
                     + "entries (" + (long) n * v + " elements, over 2^31 - 1 in one tensor): retain them for fewer "
@@ -75,7 +73,7 @@ final class FusedLinearCrossEntropy {
             if (dWeight != null) {
                 be.fill(dWeight, 0f);
             }
-            return new Result(0, dHidden, dWeight, logits);
+            return new LmHeadLoss.Result(0, dHidden, dWeight, logits);
         }
         int rows = chunkRows(n, h, v, requestedRows);
         Tensor chunk = be.empty(DType.F32, rows, v);      // a chunk's logits, then their gradient
@@ -96,6 +94,6 @@ final class FusedLinearCrossEntropy {
             }
         }
         Release.all(be, chunk, chunkTargets);
-        return new Result(loss, dHidden, dWeight, logits);
+        return new LmHeadLoss.Result(loss, dHidden, dWeight, logits);
     }
 }

@@ -38,6 +38,11 @@ public final class LmHead extends Module {
         return tied ? List.of(norm) : List.of(norm, weight);
     }
 
+    /** The LM head weight [V, H] (the embedding's table when tied). */
+    public Parameter weight() {
+        return weight;
+    }
+
     /** Whether the LM head weight is the embedding (and so not a parameter of this module). */
     public boolean tied() {
         return tied;

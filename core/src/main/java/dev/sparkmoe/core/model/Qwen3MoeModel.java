@@ -42,7 +42,8 @@ public final class Qwen3MoeModel extends Module {
     final LmHead head;         // final norm [H] and LM head [V, H] (the embedding when tied)
     final DecoderLayer[] layers;
     private ActivationCheckpointing checkpointing = ActivationCheckpointing.NONE;
-    private int lossChunkRows; // 0: FusedLinearCrossEntropy's rule
+    private int lossChunkRows; // 0: the loss's rule
+    private LmHeadLoss lmHeadLoss = LmHeadLoss.LOCAL;
 
     /** The model with every parameter allocated (zeros) on {@code backend}. */
     public Qwen3MoeModel(Qwen3MoeConfig config, Backend backend) {
@@ -276,7 +277,23 @@ public final class Qwen3MoeModel extends Module {
         this.lossChunkRows = rows;
     }
 
-    /** The rows per loss chunk that a forward pass over {@code tokens} tokens uses. */
+    /**
+     * How the head computes the LM head and the loss from now on: {@link LmHeadLoss#LOCAL} (the default) on the
+     * weight the head holds, or what a parallel plan installs (a vocabulary-parallel loss over the rank's rows of an
+     * untied LM head). Every implementation gives the same loss and gradients.
+     */
+    public void setLmHeadLoss(LmHeadLoss loss) {
+        if (loss == null) {
+            throw new IllegalArgumentException("the LM head loss must not be null (LmHeadLoss.LOCAL is the default)");
+        }
+        this.lmHeadLoss = loss;
+    }
+
+    public LmHeadLoss lmHeadLoss() {
+        return lmHeadLoss;
+    }
+
+    /** The rows per loss chunk that a forward pass over {@code tokens} tokens uses (the local loss's rule). */
     public int lossChunkRows(int tokens) {
         return lossChunkRows(config, tokens, lossChunkRows);
     }
@@ -368,7 +385,7 @@ public final class Qwen3MoeModel extends Module {
     /**
      * As above; with {@code retainLogits} the logits stay readable through {@link Pass#logits()} (until the scope
      * they were made in closes) at the cost of a [B*T, V] buffer. The LM head and the cross-entropy run fused and
-     * chunked ({@link FusedLinearCrossEntropy}): the LM head's gradients (its weight's and its input's) are computed
+     * chunked ({@link FusedLinearCrossEntropy}, or the {@link #setLmHeadLoss} a plan installed): the LM head's gradients (its weight's and its input's) are computed
      * here, chunk by chunk, so no [B*T, V] tensor exists unless the logits are retained; with its input's gradient
      * known, the final norm's backward runs here too. The pass holds the head's three gradients (LM head weight,
      * final norm weight, the last layer's output) until {@link #backward} hands them over, so the head's backward
@@ -409,7 +426,7 @@ public final class Qwen3MoeModel extends Module {
         Tensor finalOut = be.empty(DType.F32, n, h);
         Tensor finalRstd = be.empty(DType.F32, n);
         be.rmsNormForward(x, head.norm.value(), (float) config.rmsNormEps(), n, h, finalOut, finalRstd);
-        FusedLinearCrossEntropy.Result loss = FusedLinearCrossEntropy.run(be, finalOut, pass.targets, n, head.weight,
+        LmHeadLoss.Result loss = lmHeadLoss.run(be, finalOut, pass.targets, n, head.weight.value(),
                 (float) (1.0 / lmNormalizer), true, retainLogits, lossChunkRows);
         be.release(finalOut);
         pass.lmLossSum = loss.lossSum();
@@ -461,7 +478,7 @@ public final class Qwen3MoeModel extends Module {
         Tensor rstd = be.empty(DType.F32, n);
         be.rmsNormForward(x, head.norm.value(), (float) config.rmsNormEps(), n, h, finalOut, rstd);
         Release.all(be, x, rstd);
-        double loss = FusedLinearCrossEntropy.run(be, finalOut, targetsT, n, head.weight, 0f, false, false,
+        double loss = lmHeadLoss.run(be, finalOut, targetsT, n, head.weight.value(), 0f, false, false,
                 lossChunkRows).lossSum();
         Release.all(be, finalOut, targetsT);
         head.afterForward();

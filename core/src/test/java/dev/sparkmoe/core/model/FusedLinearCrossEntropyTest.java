@@ -83,7 +83,7 @@ class FusedLinearCrossEntropyTest {
 
         long before = mem.liveBytes();
         mem.resetPeak();
-        FusedLinearCrossEntropy.Result out = FusedLinearCrossEntropy.run(be, hidden, targets, N, w, scale, true, true,
+        LmHeadLoss.Result out = FusedLinearCrossEntropy.run(be, hidden, targets, N, w, scale, true, true,
                 rows);
         int chunk = FusedLinearCrossEntropy.chunkRows(N, H, V, rows);
         assertEquals(rows == 0 ? H : Math.min(rows, N), chunk);
@@ -113,7 +113,7 @@ class FusedLinearCrossEntropyTest {
         Parameter w = new Parameter("lm_head.weight", random(r, V, H), be);
         Tensor targets = Tensor.ofInts(targets(r), N);
         Unfused ref = unfused(be, hidden, targets, w.value(), 1f);
-        FusedLinearCrossEntropy.Result out = FusedLinearCrossEntropy.run(be, hidden, targets, N, w, 0f, false, false,
+        LmHeadLoss.Result out = FusedLinearCrossEntropy.run(be, hidden, targets, N, w, 0f, false, false,
                 4);
         assertEquals(ref.loss, out.lossSum(), 1e-6 * ref.loss);
         assertNull(out.dHidden());
@@ -121,7 +121,7 @@ class FusedLinearCrossEntropyTest {
         assertNull(out.logits());
 
         // a rank without tokens: no loss, a zero weight gradient
-        FusedLinearCrossEntropy.Result empty = FusedLinearCrossEntropy.run(be, be.zeros(DType.F32, 0, H),
+        LmHeadLoss.Result empty = FusedLinearCrossEntropy.run(be, be.zeros(DType.F32, 0, H),
                 be.zeros(DType.I32, 0), 0, w, 1f, true, false, 0);
         assertEquals(0.0, empty.lossSum());
         assertEquals(0.0, empty.dWeight().maxAbs());

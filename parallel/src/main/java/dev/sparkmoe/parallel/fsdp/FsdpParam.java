@@ -10,6 +10,12 @@ import dev.sparkmoe.parallel.comm.Pending;
 /**
  * One parameter under FSDP: the rank's shard of the weight (the master copy the optimizer updates), the shard of the
  * accumulated gradient, and the layout that gathers and scatters them over the group.
+ *
+ * <p>A parameter that its module computes with sharded ({@link #computesOnShard()}: the LM head under the
+ * vocabulary-parallel loss, which works on its rows of the head with the other ranks of the group) is never gathered:
+ * the parameter takes its shard's shape, its value is the shard itself, and its gradient is the shard's gradient,
+ * accumulated without a reduce-scatter, as in a group of one. Its layout still describes the whole tensor, so
+ * checkpoints, loading and export see it as any FSDP shard.
  */
 public final class FsdpParam {
     private final Parameter param;
@@ -20,17 +26,48 @@ public final class FsdpParam {
     private Pending gathering;    // a started all-gather into param.value()
     private Pending reducing;     // a started reduce-scatter into shardGrad
     private Tensor reducingFrom;  // the full gradient it reads, freed once it completed
+    private final boolean computesOnShard;
+    private Communicator self;  // a group of this rank alone, whose wire rounds the compute copy (null: none)
+    private DType wire = DType.F32;
 
     /**
      * The shard of a full weight is sliced from it; an unmaterialised parameter gets a zero shard of this rank's
-     * shape, which its owner then fills (the full weight is never made).
+     * shape, which its owner then fills (the full weight is never made). With {@code computesOnShard} the parameter
+     * is reshaped to the shard's shape (see the class comment).
      */
-    FsdpParam(Parameter param, Communicator group, int shardDim) {
+    FsdpParam(Parameter param, Communicator group, int shardDim, boolean computesOnShard) {
         this.param = param;
         this.group = group;
         this.layout = new ShardLayout(param.shape(), shardDim, group.size());
-        this.shard = param.isMaterialised() ? layout.slice(param.backend(), param.value(), group.rank())
-                : param.backend().zeros(DType.F32, layout.shardShape(group.rank()));
+        this.computesOnShard = computesOnShard;
+        Backend be = param.backend();
+        this.shard = param.isMaterialised() ? layout.slice(be, param.value(), group.rank())
+                : be.zeros(DType.F32, layout.shardShape(group.rank()));
+        if (computesOnShard) {
+            if (param.isMaterialised()) {
+                be.release(param.value());
+            }
+            param.reshape(layout.shardShape(group.rank()));
+        }
+    }
+
+    /**
+     * For a parameter computed on its shard under a param dtype narrower than f32: its compute copy is the shard sent
+     * over {@code self}'s wire as {@code wire} (a group of this rank alone, split from the FSDP group), so it holds
+     * what a gathered weight would hold: rounded where the communicator rounds (NCCL's bf16 wire), exact f32 where it
+     * gathers f32 (the CPU communicators). {@code self} is owned by the caller.
+     */
+    void computeThrough(Communicator self, DType wire) {
+        this.self = self;
+        this.wire = wire;
+    }
+
+    /**
+     * Whether the module computes with this rank's shard instead of the gathered weight: never gathered, its
+     * gradient is the shard's (no reduce-scatter).
+     */
+    public boolean computesOnShard() {
+        return computesOnShard;
     }
 
     public Parameter parameter() {
@@ -74,9 +111,12 @@ public final class FsdpParam {
         shardGrad = null;
     }
 
-    /** A group of one: the shard is the full tensor, so gathering is aliasing and reducing is adding. */
+    /**
+     * A group of one, or a parameter computed on its shard: the value is the shard, so gathering is aliasing and
+     * reducing is adding.
+     */
     private boolean alone() {
-        return group.size() == 1;
+        return group.size() == 1 || computesOnShard;
     }
 
     /**
@@ -100,9 +140,17 @@ public final class FsdpParam {
 
     void unshard() {
         finishGather();
-        if (!param.isMaterialised()) {
-            param.setValue(alone() ? shard : layout.allGather(param.backend(), group, shard));
+        if (param.isMaterialised()) {
+            return;
         }
+        if (computesOnShard && self != null && wire != DType.F32 && shard.numel() > 0) {
+            Tensor copy = param.backend().empty(DType.F32, shard.shape());
+            self.allGatherStart(java.util.List.of(new Communicator.Part(shard, 0, copy, 0, shard.numel())), wire)
+                    .complete();
+            param.setValue(copy);
+            return;
+        }
+        param.setValue(alone() ? shard : layout.allGather(param.backend(), group, shard));
     }
 
     void reshard() {

@@ -23,6 +23,7 @@ public final class FullyShard {
     private final Map<Parameter, FsdpParam> managed = new IdentityHashMap<>();
     private final List<FsdpUnit> units = new ArrayList<>();
     private final FsdpUnit.Schedule schedule;
+    private final List<Communicator> selfGroups = new ArrayList<>();
 
     /** Shards every parameter on dim 0. */
     public static final ToIntFunction<Parameter> SHARD_DIM_0 = p -> 0;
@@ -52,12 +53,31 @@ public final class FullyShard {
 
     public FsdpUnit fullyShard(Module module, Communicator group, ToIntFunction<Parameter> shardPlacement,
                                MixedPrecisionPolicy policy, boolean reshardAfterForward) {
+        return fullyShard(module, group, shardPlacement, policy, reshardAfterForward, java.util.Set.of());
+    }
+
+    /**
+     * As above; the parameters in {@code computedOnShard} are ones the module computes with sharded (the LM head
+     * under the vocabulary-parallel loss): they take their shard's shape and are never gathered, and their gradients
+     * are their shards' ({@link FsdpParam#computesOnShard()}). Under a param dtype narrower than f32 each such
+     * parameter's compute copy goes over the wire of a group of its rank alone, split from {@code group} here
+     * (collective over it), so that it is rounded exactly where a gathered weight would be.
+     */
+    public FsdpUnit fullyShard(Module module, Communicator group, ToIntFunction<Parameter> shardPlacement,
+                               MixedPrecisionPolicy policy, boolean reshardAfterForward,
+                               java.util.Set<Parameter> computedOnShard) {
         List<FsdpParam> params = new ArrayList<>();
         for (Parameter p : module.parameters()) {
             if (managed.containsKey(p)) {
                 continue;
             }
-            FsdpParam fp = new FsdpParam(p, group, shardPlacement.applyAsInt(p));
+            boolean onShard = computedOnShard.contains(p);
+            FsdpParam fp = new FsdpParam(p, group, shardPlacement.applyAsInt(p), onShard);
+            if (onShard && policy.paramDtype() != dev.sparkmoe.core.tensor.DType.F32) {
+                Communicator self = group.split(group.rank(), 0, group.name() + "-self");
+                selfGroups.add(self);
+                fp.computeThrough(self, policy.paramDtype());
+            }
             managed.put(p, fp);
             params.add(fp);
         }
@@ -84,6 +104,14 @@ public final class FullyShard {
             out.addAll(u.params());
         }
         return out;
+    }
+
+    /** Closes the groups of one rank that parameters computed on their shards round their compute copies through. */
+    public void close() {
+        for (Communicator c : selfGroups) {
+            c.close();
+        }
+        selfGroups.clear();
     }
 
     public List<FsdpUnit> units() {

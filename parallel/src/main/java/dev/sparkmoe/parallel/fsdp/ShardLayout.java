@@ -44,6 +44,16 @@ public final class ShardLayout {
         return dim;
     }
 
+    /** The shape of the whole tensor. */
+    public int[] fullShape() {
+        return fullShape.clone();
+    }
+
+    /** Number of ranks the tensor is split over. */
+    public int world() {
+        return world;
+    }
+
     /** [begin, end) of rank r's rows along the sharded dim. */
     public int[] range(int r) {
         return DTensor.chunkRange(fullShape[dim], world, r);

@@ -19,19 +19,23 @@ import java.util.List;
  * widens the whole unit into new f32 buffers and frees the bf16 one ({@code CudaBackend.adoptBf16Images} and
  * {@code materialize}). The experts are read only by the grouped GEMM and stay bf16. Groups of one rank alias the
  * shard and allocate nothing; parameters whose shards are not even contiguous slices (experts split on dim 1, or
- * uneven chunks) are gathered by the blocking, padded collective instead.
+ * uneven chunks) are gathered by the blocking, padded collective instead. A parameter computed on its shard (the
+ * vocabulary-parallel LM head) is never gathered and its gradient is its shard's, as in a group of one; under a bf16
+ * param dtype its compute copy is the shard's size.
  */
 final class FsdpReplay {
     private final Ledger mem;
     private final boolean bf16Wire;
+    private final boolean narrowParams;
     private final int prefetch;
     private final List<Unit> forwardOrder = new ArrayList<>();
     private final List<Unit> backwardOrder = new ArrayList<>();
     private Unit reducing;
 
-    FsdpReplay(Ledger mem, boolean bf16Wire, int prefetch) {
+    FsdpReplay(Ledger mem, boolean bf16Wire, boolean narrowParams, int prefetch) {
         this.mem = mem;
         this.bf16Wire = bf16Wire;
+        this.narrowParams = narrowParams;
         this.prefetch = prefetch;
     }
 
@@ -150,6 +154,9 @@ final class FsdpReplay {
         for (Param p : u.params) {
             if (!materialised(p) && !p.alone()) {
                 blockingGather(p);
+            } else if (p.computesOnShard && narrowParams && p.shardElements() > 0 && p.value == null) {
+                // its compute copy, through the wire of a group of its rank alone (FsdpParam.unshard)
+                p.value = mem.f32(Category.GATHERED, p.shardElements(), p.name + " (compute copy of the shard)");
             }
         }
     }

@@ -4,6 +4,7 @@ import dev.sparkmoe.core.model.ActivationCheckpointing;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.core.model.Qwen3MoeModel;
 import dev.sparkmoe.parallel.dtensor.DTensor;
+import dev.sparkmoe.parallel.loss.VocabParallelCrossEntropy;
 import dev.sparkmoe.parallel.memory.DeviceModel.Operand;
 import dev.sparkmoe.parallel.memory.Ledger.Buf;
 import dev.sparkmoe.parallel.memory.UnitLayout.Layer;
@@ -49,7 +50,7 @@ final class StepReplay {
         this.mode = r.checkpointing();
         units = new UnitLayout(c, r.worldSize(), r.ep());
         mem = new Ledger(r.device() == PlanRequest.Device.CUDA);
-        fsdp = new FsdpReplay(mem, r.bf16Device(), r.prefetch());
+        fsdp = new FsdpReplay(mem, r.bf16Device(), r.precision() == PlanRequest.Precision.BF16, r.prefetch());
         dev = new DeviceModel(mem, r);
         mem.context(() -> fsdp.gatheredUnits(units.units));
         h = c.hiddenSize();
@@ -209,7 +210,7 @@ final class StepReplay {
         Buf finalOut = f32(Category.LOSS, n * h, "final norm output [N, H]");
         Buf finalRstd = f32(Category.LOSS, n, "final norm rstd");
         fsdp.readAsF32(units.head); // rmsNormForward reads the final norm
-        Buf dHidden = fusedLoss(p);
+        Buf dHidden = units.lmHead.computesOnShard ? vocabParallelLoss(p) : fusedLoss(p);
         mem.free(finalOut);
         // the final norm's backward, in the head's forward
         p.dResidual = f32(Category.LOSS, n * h, "final norm input gradient [N, H]");
@@ -237,6 +238,72 @@ final class StepReplay {
         }
         dev.crossEntropy(rows);
         mem.free(chunk, chunkTargets);
+        return dHidden;
+    }
+
+    /**
+     * VocabParallelCrossEntropy.run over the FSDP group of G ranks (balanced: N rows each): every rank's final norm
+     * outputs gathered [G*N, H], their partial gradient [G*N, H] and this rank's rows of the head's gradient
+     * [V_r, H]; per chunk of the gathered rows the local logits with two extra columns and the statistics' softmax
+     * ([C, V_r + 2] each) and a few per-row vectors, one of them uploaded at a time; then the gathered rows go, and
+     * the reduce-scatter gives this rank's input gradient [N, H]. Returns it; the weight's gradient goes to the pass.
+     */
+    private Buf vocabParallelLoss(Pass p) {
+        int g = units.lmHead.groupSize;
+        long all = (long) g * p.n;
+        int[] mine = units.lmHead.layout.range(0);
+        long vr = mine[1] - mine[0];
+        if (all > v) {
+            return gatheredHeadLoss(p, vr);
+        }
+        long width = vr + 2;
+        long rows = VocabParallelCrossEntropy.chunkRows((int) all, h, (int) width,
+                r.lossChunkRows());
+        Buf hiddenAll = f32(Category.LOSS, all * h, "every rank's final norm output [G*N, H]");
+        Buf dHiddenAll = f32(Category.LOSS, all * h, "their partial input gradient [G*N, H]");
+        p.dHeadWeight = f32(Category.GRADIENT_SHARDS, vr * h, "gradient of " + units.lmHead.name + " (its rows)");
+        List<Buf> chunk = new ArrayList<>();
+        chunk.add(f32(Category.LOSS, rows * width, "local logits chunk [C, V_r + 2]"));
+        chunk.add(f32(Category.LOSS, rows * width, "its statistics' softmax [C, V_r + 2]"));
+        for (String v : new String[] {"a column", "no-mass column", "zero targets", "chunk targets", "top index",
+                "top value", "top weight", "picked target logits"}) {
+            chunk.add(f32(Category.LOSS, rows, v + " [C]"));
+        }
+        mem.free(f32(Category.WORKSPACE, rows, "a column uploaded"));
+        dev.crossEntropy(rows);
+        for (Buf b : chunk) {
+            mem.free(b);
+        }
+        mem.free(hiddenAll);
+        Buf dHidden = f32(Category.LOSS, p.n * h, "final norm output gradient [N, H]");
+        mem.free(dHiddenAll);
+        return dHidden;
+    }
+
+    /**
+     * VocabParallelCrossEntropy's gathered path (more gathered rows than words): the head gathered (ShardLayout's
+     * blocking all-gather), the local fused loss with it, the head freed, then its gradient reduce-scattered to this
+     * rank's rows (padded buffers when the rows are uneven) and the full gradient freed.
+     */
+    private Buf gatheredHeadLoss(Pass p, long vr) {
+        UnitLayout.Param head = units.lmHead;
+        int g = head.groupSize;
+        long piece = head.pieceElements();
+        boolean even = (long) vr * g == v;
+        Buf full = f32(Category.GATHERED, (long) v * h, units.lmHead.name + " gathered for the loss");
+        if (!even) {
+            mem.free(f32(Category.WORKSPACE, piece * g, "all-gather receive buffer"));
+        }
+        Buf dHidden = fusedLoss(p);
+        mem.free(full);
+        Buf fullGrad = p.dHeadWeight;
+        p.dHeadWeight = f32(Category.GRADIENT_SHARDS, vr * h, "gradient of " + head.name + " (its rows)");
+        if (!even) {
+            Buf send = f32(Category.WORKSPACE, piece * g, "reduce-scatter send buffer");
+            Buf recv = f32(Category.WORKSPACE, piece, "reduce-scatter receive buffer");
+            mem.free(send, recv);
+        }
+        mem.free(fullGrad);
         return dHidden;
     }
 

@@ -25,6 +25,7 @@ final class UnitLayout {
         final int[] shape;       // the shape FSDP shards (stacked experts: the rank's E/ep)
         final int groupSize;
         final ShardLayout layout;
+        boolean computesOnShard; // the LM head under the vocabulary-parallel loss: never gathered, its gradient its own
         Unit unit;
         // replay state (FsdpReplay)
         Ledger.Buf value;        // the gathered f32 value, or null while resharded or held only as a bf16 image
@@ -56,8 +57,9 @@ final class UnitLayout {
             return numel(layout.shardShape(0));
         }
 
+        /** Whether the value is the shard itself (a group of one, or computed on its shard). */
         boolean alone() {
-            return groupSize == 1;
+            return groupSize == 1 || computesOnShard;
         }
 
         /** Elements one rank sends in the padded all-gather and reduce-scatter of an uneven or strided layout. */
@@ -165,6 +167,7 @@ final class UnitLayout {
         embed = param("model.embed_tokens.weight", world, 0, v, h);
         headNorm = param("model.norm.weight", world, 0, h);
         lmHead = c.tieWordEmbeddings() ? embed : param("lm_head.weight", world, 0, v, h);
+        lmHead.computesOnShard = !c.tieWordEmbeddings() && world > 1; // Qwen3MoeParallelizer: vocabulary-parallel
         layers = new Layer[c.numHiddenLayers()];
         for (int i = 0; i < layers.length; i++) {
             Layer l = new Layer(c.isMoeLayer(i));

@@ -3,6 +3,8 @@ package dev.sparkmoe.parallel.plan;
 import dev.sparkmoe.core.model.DecoderLayer;
 import dev.sparkmoe.core.model.Qwen3MoeModel;
 import dev.sparkmoe.core.nn.Module;
+import dev.sparkmoe.core.nn.Parameter;
+import dev.sparkmoe.parallel.loss.VocabParallelCrossEntropy;
 import dev.sparkmoe.parallel.comm.Communicator;
 import dev.sparkmoe.parallel.fsdp.FullyShard;
 import dev.sparkmoe.parallel.fsdp.MixedPrecisionPolicy;
@@ -10,6 +12,7 @@ import dev.sparkmoe.parallel.mesh.DeviceMesh;
 import dev.sparkmoe.parallel.mesh.ParallelDims;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 
 /**
  * The Qwen3-MoE plan, as LMMs-Engine's Qwen3-MoE strategy and torchtitan apply it: the experts are already stacked;
@@ -40,6 +43,13 @@ import java.util.Map;
  * does not gather it for backward. Every one of these units is gathered once per forward pass, and its gradients
  * are reduce-scattered after its backward as before. Keeping the head and the embedding gathered, as before, cost
  * their full weights through the whole backward on every rank.
+ *
+ * <p>The LM head, untied and over an FSDP group of several ranks, is never gathered: each rank keeps its rows of it
+ * (Shard(0), torch.chunk's split of the vocabulary) and the loss is computed vocabulary-parallel over the group
+ * ({@link VocabParallelCrossEntropy}, as tensor parallelism's loss parallel): the ranks exchange their final hidden
+ * states (N x H each) instead of the head (V x H) and its full gradient, and each rank's LM head gradient is only ever
+ * its rows. A tied head is the embedding's table, which the embedding's lookup needs whole: it keeps the gathered
+ * path.
  */
 public final class Qwen3MoeParallelizer implements ModelParallelizer {
     public static final String EXPERTS_PATTERN = "model.layers.*.mlp.experts";
@@ -78,7 +88,14 @@ public final class Qwen3MoeParallelizer implements ModelParallelizer {
             }
             fsdp.fullyShard(layer, fsdpGroup, FullyShard.SHARD_DIM_0, policy, reshard);
         }
-        fsdp.fullyShard(model.head(), fsdpGroup, FullyShard.SHARD_DIM_0, policy, true).setUnshardInBackward(false);
+        // an untied LM head over a group of several ranks: each rank keeps its rows and the loss is vocabulary-parallel
+        boolean vocabParallel = !model.head().tied() && fsdpGroup.size() > 1;
+        Parameter lmHead = model.head().weight();
+        fsdp.fullyShard(model.head(), fsdpGroup, FullyShard.SHARD_DIM_0, policy, true,
+                vocabParallel ? Set.of(lmHead) : Set.of()).setUnshardInBackward(false);
+        if (vocabParallel) {
+            model.setLmHeadLoss(new VocabParallelCrossEntropy(fsdpGroup, fsdp.get(lmHead).layout()));
+        }
         if (!model.head().tied()) {
             fsdp.fullyShard(model.embedding(), fsdpGroup, FullyShard.SHARD_DIM_0, policy, true)
                     .setUnshardInBackward(false);

@@ -119,10 +119,12 @@ public final class DistributedTrainer implements RankTrainer {
                         backend, p.shard(), staging);
             }
         } catch (IOException e) {
+            fsdp.close();
             closeMesh(built);
             throw new UncheckedIOException("cannot load checkpoint " + spec.initCheckpointDir() + ": "
                     + e.getMessage(), e);
         } catch (RuntimeException | Error e) {
+            fsdp.close();
             closeMesh(built);
             throw e;
         } finally {
@@ -519,7 +521,7 @@ public final class DistributedTrainer implements RankTrainer {
      * its shard dim.
      */
     public int[][] shardRegion(FsdpParam p) {
-        int[] local = p.parameter().shape();
+        int[] local = p.layout().fullShape(); // the parameter's own shape, unless it computes on its shard
         int[][] region = new int[local.length][];
         for (int d = 0; d < local.length; d++) {
             region[d] = new int[] {0, local[d]};
@@ -535,7 +537,7 @@ public final class DistributedTrainer implements RankTrainer {
 
     /** The full (stacked) shape of {@code p}. */
     public int[] globalShape(FsdpParam p) {
-        int[] s = p.parameter().shape();
+        int[] s = p.layout().fullShape(); // the parameter's own shape, unless it computes on its shard
         if (isExpertParam(p.parameter()) && dims.epEnabled()) {
             s[0] = config.numExperts();
         }
@@ -601,6 +603,10 @@ public final class DistributedTrainer implements RankTrainer {
 
     @Override
     public void close() {
-        mesh.close();
+        try {
+            fsdp.close();
+        } finally {
+            mesh.close();
+        }
     }
 }

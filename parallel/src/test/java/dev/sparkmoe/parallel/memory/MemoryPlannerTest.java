@@ -24,8 +24,9 @@ import org.junit.jupiter.params.provider.MethodSource;
  * with a dense layer, experts split on dim 1 (blocking, padded gathers and reduce-scatters), uneven shards over 3
  * ranks, the small preset (fewer layers, experts and words), full and selective activation checkpointing (with and
  * without expert parallelism, with a dense layer, with accumulation), the fused loss in chunks other than the
- * model's rule (uneven chunks, one chunk of all rows; with and without expert parallelism), and FSDP prefetching one
- * unit ahead instead of two.
+ * model's rule (uneven chunks, one chunk of all rows; with and without expert parallelism), the vocabulary-parallel
+ * loss of an untied head over a group whose size does not divide the vocabulary (with the bf16 param dtype's compute
+ * copy of its rows), and FSDP prefetching one unit ahead instead of two.
  */
 class MemoryPlannerTest {
 
@@ -73,6 +74,9 @@ class MemoryPlannerTest {
                 Arguments.of("vocab 8192, tied, fsdp 2, ep 2, loss in one chunk, selective", request(
                         MeasuredPeaks.tiny().vocabSize(8192).tieWordEmbeddings(true).build(), 2, 2, 2, 128, 1,
                         "f32").withLossChunk(256).withCheckpointing(selective)),
+                Arguments.of("vocab 8000, fsdp 3: vocabulary-parallel loss over uneven rows, chunks of 40, bf16",
+                        request(MeasuredPeaks.tiny().vocabSize(8000).build(), 3, 1, 3, 64, 1, "bf16")
+                                .withLossChunk(40)),
                 Arguments.of("tiny, fsdp 2, prefetch 1", request(tiny, 2, 1, 2, 64, 1, "f32").withPrefetch(1)),
                 Arguments.of("tiny, fsdp 4, ep 2, prefetch 1, none", request(tiny, 4, 2, 2, 128, 1, "f32")
                         .withPrefetch(1).withCheckpointing(none)));

@@ -56,9 +56,9 @@ class UnitLayoutTest {
             try (DistributedTrainer t = new DistributedTrainer(spec, comm, new CpuBackend(), null)) {
                 List<String> out = new ArrayList<>();
                 for (FsdpParam p : t.shardedParameters()) {
-                    out.add(p.parameter().name() + Arrays.toString(p.parameter().shape()) + " group "
+                    out.add(p.parameter().name() + Arrays.toString(p.layout().fullShape()) + " group "
                             + p.group().size() + " dim " + p.layout().dim() + " shard "
-                            + Arrays.toString(p.shard().shape()));
+                            + Arrays.toString(p.shard().shape()) + (p.computesOnShard() ? " computed on it" : ""));
                 }
                 List<String> fsdpUnits = new ArrayList<>();
                 for (Module m : t.model().modules()) {
@@ -80,7 +80,8 @@ class UnitLayoutTest {
         List<String> units = new ArrayList<>();
         for (UnitLayout.Param p : layout.params()) {
             units.add(p.name + Arrays.toString(p.shape) + " group " + p.groupSize + " dim " + p.layout.dim()
-                    + " shard " + Arrays.toString(p.layout.shardShape(0)));
+                    + " shard " + Arrays.toString(p.layout.shardShape(0)) + (p.computesOnShard ? " computed on it"
+                    : ""));
         }
         assertEquals(trainer, units, "rank 0's sharded parameters, in FullyShard's order");
         List<String> plannedUnits = new ArrayList<>();

@@ -83,6 +83,9 @@ class HeadUnitTest {
                 FullyShard.DEFAULT_PREFETCH));
         List<String> headNames = tied ? List.of("model.norm.weight") : List.of("model.norm.weight", "lm_head.weight");
         String head = headNames.toString();
+        // what the head's unit gathers and reduce-scatters: the final norm (an untied LM head is vocabulary-parallel:
+        // each rank computes on its rows of it, never gathered, its gradient never reduce-scattered)
+        String gathered = List.of("model.norm.weight").toString();
         String embed = List.of("model.embed_tokens.weight").toString();
         for (Object[] o : out) {
             @SuppressWarnings("unchecked")
@@ -107,12 +110,12 @@ class HeadUnitTest {
             String msg = "log of step 2:\n" + String.join("\n", log);
             // forward: the root gathers the embedding alone, first; the head's gather starts under the last layer
             assertEquals("AG+ " + embed, log.get(0), msg);
-            int headGather = index(log, "AG+ " + head, msg);
+            int headGather = index(log, "AG+ " + gathered, msg);
             // (2 units ahead, the default: the last layer's own hook, which runs before its "fwd+", starts it)
             assertTrue(index(log, "fwd- model.layers." + (last - 1), msg) < headGather
                     && headGather < index(log, "fwd- model.layers." + last, msg),
                     "the head's all-gather did not start during the last layer's forward\n" + msg);
-            assertTrue(index(log, "AG- " + head, msg) < index(log, "fwd+ head", msg), msg);
+            assertTrue(index(log, "AG- " + gathered, msg) < index(log, "fwd+ head", msg), msg);
             // two units ahead: the last layer's experts start gathering while the layer before it still computes
             int lastExperts = -1;
             for (int i = 0; i < log.size() && lastExperts < 0; i++) {
@@ -122,11 +125,11 @@ class HeadUnitTest {
             }
             assertTrue(lastExperts >= 0 && lastExperts < index(log, "fwd- model.layers." + (last - 1), msg),
                     "the last layer's experts were not gathered two units ahead\n" + msg);
-            assertEquals(1, count(log, "AG+ " + head), "the head must be gathered once in a step\n" + msg);
+            assertEquals(1, count(log, "AG+ " + gathered), "the head must be gathered once in a step\n" + msg);
             assertEquals(1, count(log, "AG+ " + embed), "the embedding must be gathered once in a step\n" + msg);
             // neither is held into the backward: both resharded after their forward
             assertEquals("held []", log.get(index(log, "bwd+ head", msg) + 1), msg);
-            assertEquals(1, count(log, "RS+ " + head), msg);
+            assertEquals(1, count(log, "RS+ " + gathered), msg);
             assertEquals(1, count(log, "RS+ " + embed), msg);
             // the last layer keeps its weights from forward to backward: each of its units gathers once, the
             // layer before it twice (forward, backward)
@@ -134,11 +137,11 @@ class HeadUnitTest {
             assertTrue(lastGathers > 0 && 2 * lastGathers == gathersOfLayer(log, last - 1),
                     "the last layer was gathered again for its backward\n" + msg);
             // backward: the head's reduce-scatter starts right after its backward, before the layers'
-            int headReduce = index(log, "RS+ " + head, msg);
+            int headReduce = index(log, "RS+ " + gathered, msg);
             assertTrue(index(log, "bwd- head", msg) < headReduce
                     && headReduce < index(log, "bwd+ model.layers." + last, msg),
                     "the head's reduce-scatter did not start between its backward and the last layer's\n" + msg);
-            assertTrue(index(log, "RS- " + head, msg) < index(log, "bwd- model.layers." + last, msg),
+            assertTrue(index(log, "RS- " + gathered, msg) < index(log, "bwd- model.layers." + last, msg),
                     "the head's reduce-scatter was not completed under the last layer's backward\n" + msg);
             int rootReduce = index(log, "RS+ " + embed, msg);
             assertTrue(index(log, "bwd- model.layers.0", msg) < rootReduce, msg);
@@ -222,8 +225,7 @@ class HeadUnitTest {
         Map<String, Tensor> reference = worldOneGrads(config, seqs, micro);
         List<Object[]> out = InJvmRanks.run(dp, Duration.ofSeconds(60), c -> rank(c, config, dp, 1, seqs,
                 FullyShard.DEFAULT_PREFETCH, ActivationCheckpointing.NONE, micro));
-        String head = (tied ? List.of("model.norm.weight") : List.of("model.norm.weight", "lm_head.weight"))
-                .toString();
+        String head = List.of("model.norm.weight").toString(); // an untied LM head is vocabulary-parallel, not gathered
         String embed = List.of("model.embed_tokens.weight").toString();
         for (Object[] o : out) {
             @SuppressWarnings("unchecked")

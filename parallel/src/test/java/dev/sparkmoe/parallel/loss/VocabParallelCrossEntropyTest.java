@@ -1,0 +1,163 @@
+package dev.sparkmoe.parallel.loss;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.backend.CpuBackend;
+import dev.sparkmoe.core.model.LmHeadLoss;
+import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.parallel.comm.InJvmRanks;
+import dev.sparkmoe.parallel.fsdp.ShardLayout;
+import java.time.Duration;
+import java.util.Arrays;
+import java.util.List;
+import java.util.SplittableRandom;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+
+/**
+ * The vocabulary-parallel loss against the local fused loss of one rank ({@link LmHeadLoss#LOCAL} on the whole head):
+ * on every rank the loss of its rows, its rows' input gradient and logits, and its rows of the head gradient summed
+ * over every rank's tokens, for vocabularies that do not divide by the group (one with an empty last shard), ranks
+ * with different numbers of tokens (none at all, or none with a target), chunks of other sizes than the rule,
+ * logits large enough that exp overflows without the shift by the row's maximum, and more gathered rows than words
+ * (the gathered path).
+ */
+class VocabParallelCrossEntropyTest {
+    static final int H = 8;
+
+    static Stream<Arguments> cases() {
+        return Stream.of(
+                Arguments.of("V 40 over 3 (14, 14, 12); 5, 0 and 3 rows, the last without targets", 40, new int[] {5,
+                        0, 3}, 0, 1.0),
+                Arguments.of("V 9 over 4 (3, 3, 3, 0: an empty shard)", 9, new int[] {2, 2, 1, 2}, 0, 1.0),
+                Arguments.of("V 10 over 3, 3 x 5 gathered rows > V: the gathered path", 10, new int[] {5, 0, 3}, 0,
+                        1.0),
+                Arguments.of("V 37 over 2, 11 and 6 rows, chunks of 3 rows", 37, new int[] {11, 6}, 3, 1.0),
+                Arguments.of("V 37 over 3, logits near 100, chunks of 5 rows", 37, new int[] {7, 7, 6}, 5, 30.0),
+                Arguments.of("V 64 over 5, chunks of one row", 64, new int[] {3, 1, 2, 3, 2}, 1, 2.0));
+    }
+
+    /** What one rank produced, as host arrays. */
+    record Out(double loss, float[] dHidden, float[] dWeight, float[] logits) {
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("cases")
+    void equalsTheLocalLossOfOneRank(String name, int v, int[] counts, int rows, double magnitude) {
+        int world = counts.length;
+        SplittableRandom r = new SplittableRandom(v * 31L + world);
+        float[] weight = random(r, v * H, 0.5);
+        float[][] hidden = new float[world][];
+        int[][] targets = new int[world][];
+        for (int q = 0; q < world; q++) {
+            hidden[q] = random(r, counts[q] * H, magnitude);
+            targets[q] = new int[counts[q]];
+            for (int i = 0; i < counts[q]; i++) {
+                targets[q][i] = i % 4 == 1 || q == 2 ? -100 : r.nextInt(v); // rank 2: rows without targets
+            }
+        }
+        float scale = 1f / 7;
+        Backend cpu = new CpuBackend();
+        // the reference: one rank, the whole head, each rank's rows on their own; the head gradient summed
+        Out[] ref = new Out[world];
+        double[] dW = new double[v * H];
+        for (int q = 0; q < world; q++) {
+            LmHeadLoss.Result res = LmHeadLoss.LOCAL.run(cpu, Tensor.of(hidden[q].clone(), counts[q], H),
+                    Tensor.ofInts(targets[q].clone(), counts[q]), counts[q], Tensor.of(weight.clone(), v, H), scale,
+                    true, true, 0);
+            ref[q] = new Out(res.lossSum(), res.dHidden().floats(), null, res.logits().floats());
+            float[] g = res.dWeight().floats();
+            for (int i = 0; i < g.length; i++) {
+                dW[i] += g[i];
+            }
+        }
+        ShardLayout layout = new ShardLayout(new int[] {v, H}, 0, world);
+        List<Out> outs = InJvmRanks.run(world, Duration.ofMinutes(1), comm -> {
+            Backend be = new CpuBackend();
+            int q = comm.rank();
+            int[] rg = layout.range(q);
+            Tensor shard = Tensor.of(Arrays.copyOfRange(weight, rg[0] * H, rg[1] * H), rg[1] - rg[0], H);
+            LmHeadLoss loss = new VocabParallelCrossEntropy(comm, layout);
+            LmHeadLoss.Result res = loss.run(be, Tensor.of(hidden[q].clone(), counts[q], H),
+                    Tensor.ofInts(targets[q].clone(), counts[q]), counts[q], shard, scale, true, true, rows);
+            double scored = loss.run(be, Tensor.of(hidden[q].clone(), counts[q], H),
+                    Tensor.ofInts(targets[q].clone(), counts[q]), counts[q], shard, 0f, false, false, rows)
+                    .lossSum();
+            assertEquals(res.lossSum(), scored, 0.0, "the loss without gradients");
+            assertEquals(List.of(counts[q], H), List.of(res.dHidden().dim(0), res.dHidden().dim(1)));
+            assertEquals(List.of(rg[1] - rg[0], H), List.of(res.dWeight().dim(0), res.dWeight().dim(1)));
+            return new Out(res.lossSum(), res.dHidden().floats(), res.dWeight().floats(), res.logits().floats());
+        });
+        for (int q = 0; q < world; q++) {
+            Out out = outs.get(q);
+            assertEquals(ref[q].loss, out.loss, 1e-6 * Math.max(1, Math.abs(ref[q].loss)), "loss of rank " + q);
+            close("dHidden of rank " + q, ref[q].dHidden, out.dHidden);
+            close("logits of rank " + q, ref[q].logits, out.logits);
+            int[] rg = layout.range(q);
+            float[] want = new float[(rg[1] - rg[0]) * H];
+            for (int i = 0; i < want.length; i++) {
+                want[i] = (float) dW[rg[0] * H + i];
+            }
+            close("LM head gradient rows " + Arrays.toString(rg) + " of rank " + q, want, out.dWeight);
+        }
+    }
+
+    @Test
+    void aTargetOutsideTheVocabularyFailsOnEveryRank() {
+        ShardLayout layout = new ShardLayout(new int[] {10, H}, 0, 2);
+        RuntimeException e = assertThrows(RuntimeException.class, () -> InJvmRanks.run(2, Duration.ofSeconds(30),
+                comm -> {
+                    int[] rg = layout.range(comm.rank());
+                    int[] t = comm.rank() == 1 ? new int[] {3, 10} : new int[] {1, 2};
+                    return new VocabParallelCrossEntropy(comm, layout).run(new CpuBackend(),
+                            Tensor.of(new float[2 * H], 2, H), Tensor.ofInts(t, 2), 2,
+                            Tensor.of(new float[(rg[1] - rg[0]) * H], rg[1] - rg[0], H), 1f, true, false, 0);
+                }));
+        String all = e.toString() + (e.getCause() != null ? e.getCause().toString() : "");
+        assertTrue(all.contains("target id 10 at row 1 of rank 1 is outside the vocabulary [0, 10)"), all);
+    }
+
+    @Test
+    void twoColumnsCarryTheOtherRanksShareToTheSquareOfFloatRounding() {
+        for (double x : new double[] {0.0, 1e-3, 3.7, 17.25, -42.1, 88.0, 1234.567}) {
+            float[] b1 = new float[1];
+            float[] b2 = new float[1];
+            VocabParallelCrossEntropy.splitInTwoColumns(x, b1, b2, 0);
+            assertTrue(b1[0] <= x, "b1 " + b1[0] + " above " + x);
+            double sum = Math.exp(b1[0] - x) + Math.exp(b2[0] - x);
+            double ulp = Math.ulp((float) x);
+            assertEquals(1.0, sum, ulp * ulp + 1e-14, "exp(b1) + exp(b2) against exp(" + x + ")"); // b2's rounding
+        }
+        float[] b1 = new float[1];
+        float[] b2 = new float[1];
+        VocabParallelCrossEntropy.splitInTwoColumns(Double.NEGATIVE_INFINITY, b1, b2, 0);
+        assertEquals(VocabParallelCrossEntropy.NO_MASS, b1[0]);
+        assertEquals(VocabParallelCrossEntropy.NO_MASS, b2[0]);
+    }
+
+    private static float[] random(SplittableRandom r, int n, double scale) {
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) {
+            x[i] = (float) (r.nextGaussian() * scale);
+        }
+        return x;
+    }
+
+    /** Equal within 2e-6 of the largest reference value (f32 sums in another order). */
+    private static void close(String what, float[] want, float[] got) {
+        assertEquals(want.length, got.length, what + ": length");
+        double max = 0;
+        double diff = 0;
+        for (int i = 0; i < want.length; i++) {
+            max = Math.max(max, Math.abs(want[i]));
+            diff = Math.max(diff, Math.abs(want[i] - got[i]));
+        }
+        assertTrue(diff <= 2e-6 * Math.max(max, 1e-30), what + ": max |diff| " + diff + " against max |value| " + max);
+    }
+}
