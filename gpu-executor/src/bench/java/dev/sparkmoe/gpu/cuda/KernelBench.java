@@ -1,7 +1,11 @@
 package dev.sparkmoe.gpu.cuda;
 
+import static dev.sparkmoe.gpu.cuda.KernelBenchProblems.model;
+import static dev.sparkmoe.gpu.cuda.KernelBenchProblems.modelRows;
+
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.gpu.cuda.KernelBenchProblems.Problem;
 
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -284,85 +288,6 @@ public final class KernelBench {
 
     // ------------------------------------------------------------------ grouped GEMM
 
-    /** A grouped problem laid out in three flat buffers. */
-    private record Problem(String name, boolean tA, boolean tB, int[] m, int[] n, int[] k, int[] aOff, int lda,
-                           int aLen, int[] bOff, int ldb, int bLen, int[] cOff, int ldc, int cLen) {
-        int groups() {
-            return m.length;
-        }
-
-        double flops() {
-            double f = 0;
-            for (int g = 0; g < m.length; g++) {
-                f += 2.0 * m[g] * n[g] * k[g];
-            }
-            return f;
-        }
-    }
-
-    /**
-     * The model's expert GEMMs over ragged {@code rows} per expert, laid out as the MoE layer does (token rows
-     * contiguous, experts' weights stacked). kind: "NT" (forward, A = tokens [rows, k], B = weights [n, k]), "NN"
-     * (data gradient, B = weights [k, n]), "TN" (weight gradient: m x n += tokens^T [m, rows] x grads [rows, n]).
-     */
-    private static Problem model(String kind, int[] rows, int outer, int inner) {
-        int e = rows.length;
-        int[] m = new int[e], n = new int[e], k = new int[e];
-        int[] aOff = new int[e], bOff = new int[e], cOff = new int[e];
-        int start = 0;
-        for (int g = 0; g < e; g++) {
-            if (kind.equals("TN")) {
-                m[g] = outer;
-                n[g] = inner;
-                k[g] = rows[g];
-                aOff[g] = start * outer;
-                bOff[g] = start * inner;
-                cOff[g] = g * outer * inner;
-            } else {
-                m[g] = rows[g];
-                n[g] = outer;
-                k[g] = inner;
-                aOff[g] = start * inner;
-                bOff[g] = g * outer * inner;
-                cOff[g] = start * outer;
-            }
-            start += rows[g];
-        }
-        int total = start;
-        String name = kind + " m=" + (kind.equals("TN") ? outer : "rows") + " n=" + (kind.equals("TN") ? inner : outer)
-                + " k=" + (kind.equals("TN") ? "rows" : inner);
-        switch (kind) {
-            case "NT":
-                return new Problem(name, false, true, m, n, k, aOff, inner, total * inner, bOff, inner,
-                        e * outer * inner, cOff, outer, total * outer);
-            case "NN":
-                return new Problem(name, false, false, m, n, k, aOff, inner, total * inner, bOff, outer,
-                        e * outer * inner, cOff, outer, total * outer);
-            default:
-                return new Problem(name, true, false, m, n, k, aOff, outer, total * outer, bOff, inner,
-                        total * inner, cOff, inner, e * outer * inner);
-        }
-    }
-
-    /** 32 ragged expert row counts summing to 32768, one of them 0 and one near 3000. */
-    private static int[] modelRows(Random r) {
-        int experts = 32, total = 32768;
-        double[] w = new double[experts];
-        double sum = 0;
-        for (int e = 0; e < experts; e++) {
-            w[e] = e == 5 ? 0 : e == 11 ? 3.0 : 0.4 + 1.2 * r.nextDouble();
-            sum += w[e];
-        }
-        int[] rows = new int[experts];
-        int used = 0;
-        for (int e = 0; e < experts; e++) {
-            rows[e] = (int) Math.floor(w[e] / sum * total);
-            used += rows[e];
-        }
-        rows[0] += total - used;
-        return rows;
-    }
-
     /** The largest |expected - actual| (NaN counts as infinitely far). */
     private static double maxDiff(float[] expected, float[] actual) {
         double worst = 0;
@@ -391,17 +316,17 @@ public final class KernelBench {
         List<String> failures = new ArrayList<>();
         try {
             for (Problem p : shapes) {
-                float[] ha = fastRnd(p.aLen, 11), hb = fastRnd(p.bLen, 12), hc = fastRnd(p.cLen, 13);
-                float beta = p.tA ? 1f : 0f;
+                float[] ha = fastRnd(p.aLen(), 11), hb = fastRnd(p.bLen(), 12), hc = fastRnd(p.cLen(), 13);
+                float beta = p.tA() ? 1f : 0f;
                 float[] reference;
                 try (var scope = gpu.openScope()) {
-                    Tensor a = gpu.upload(Tensor.of(ha, p.aLen));
-                    Tensor b = gpu.upload(Tensor.of(hb, p.bLen));
-                    Tensor c = gpu.upload(Tensor.of(hc.clone(), p.cLen));
-                    Runnable call = () -> gpu.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, 1f, a, p.aOff, p.lda,
-                            b, p.bOff, p.ldb, beta, c, p.cOff, p.ldc);
-                    Runnable cast = () -> gpu.groupedOperandCastOnly(p.tA, p.tB, p.groups(), p.m, p.n, p.k, a,
-                            p.aOff, p.lda, b, p.bOff, p.ldb);
+                    Tensor a = gpu.upload(Tensor.of(ha, p.aLen()));
+                    Tensor b = gpu.upload(Tensor.of(hb, p.bLen()));
+                    Tensor c = gpu.upload(Tensor.of(hc.clone(), p.cLen()));
+                    Runnable call = () -> gpu.groupedGemm(p.tA(), p.tB(), p.groups(), p.m(), p.n(), p.k(), 1f, a, p.aOff(), p.lda(),
+                            b, p.bOff(), p.ldb(), beta, c, p.cOff(), p.ldc());
+                    Runnable cast = () -> gpu.groupedOperandCastOnly(p.tA(), p.tB(), p.groups(), p.m(), p.n(), p.k(), a,
+                            p.aOff(), p.lda(), b, p.bOff(), p.ldb());
                     gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
                     gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
                     call.run();
@@ -414,7 +339,7 @@ public final class KernelBench {
                     ms[3] = medianMillis(gpu, call, 3, 11);
                     for (int i = 0; i < ms.length; i++) {
                         total[i] += ms[i];
-                        out.append(String.format(Locale.ROOT, "%-30s %-34s beta=%.0f: %8.3f ms", p.name, labels[i],
+                        out.append(String.format(Locale.ROOT, "%-30s %-34s beta=%.0f: %8.3f ms", p.name(), labels[i],
                                 beta, ms[i]));
                         out.append(i == 1 ? String.format("%n")
                                 : String.format(Locale.ROOT, "  %7.1f TFLOP/s%n", p.flops() / ms[i] / 1e9));
@@ -433,29 +358,29 @@ public final class KernelBench {
                         x.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
                         x.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
                         try (var scope = x.openScope()) {
-                            Tensor a = x.upload(Tensor.of(ha, p.aLen));
-                            Tensor b = x.upload(Tensor.of(hb, p.bLen));
-                            Tensor c = x.upload(Tensor.of(hc.clone(), p.cLen));
-                            Runnable call = () -> x.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, 1f, a, p.aOff,
-                                    p.lda, b, p.bOff, p.ldb, beta, c, p.cOff, p.ldc);
+                            Tensor a = x.upload(Tensor.of(ha, p.aLen()));
+                            Tensor b = x.upload(Tensor.of(hb, p.bLen()));
+                            Tensor c = x.upload(Tensor.of(hc.clone(), p.cLen()));
+                            Runnable call = () -> x.groupedGemm(p.tA(), p.tB(), p.groups(), p.m(), p.n(), p.k(), 1f, a, p.aOff(),
+                                    p.lda(), b, p.bOff(), p.ldb(), beta, c, p.cOff(), p.ldc());
                             call.run();
                             // the same products, rounded alike: within 1e-6 of the largest value (+ 1e-5)
                             double diff = maxDiff(reference, x.download(c).floats());
                             double bound = 1e-6 * maxAbs(reference) + 1e-5;
                             if (!(diff <= bound)) {
-                                String f = p.name + " with defines '" + variants.get(v) + "' differs from the default "
+                                String f = p.name() + " with defines '" + variants.get(v) + "' differs from the default "
                                         + "kernel by " + diff + " (bound " + bound + ")";
                                 failures.add(f);
                                 out.append("MISMATCH ").append(f).append('\n');
                                 continue;
                             }
                             double ms = medianMillis(x, call, 3, 11);
-                            double castMs = medianMillis(x, () -> x.groupedOperandCastOnly(p.tA, p.tB, p.groups(),
-                                    p.m, p.n, p.k, a, p.aOff, p.lda, b, p.bOff, p.ldb), 3, 11);
+                            double castMs = medianMillis(x, () -> x.groupedOperandCastOnly(p.tA(), p.tB(), p.groups(),
+                                    p.m(), p.n(), p.k(), a, p.aOff(), p.lda(), b, p.bOff(), p.ldb()), 3, 11);
                             vTotal[v][0] += ms;
                             vTotal[v][1] += ms - castMs;
                             out.append(String.format(Locale.ROOT, "%-30s bf16 [%s] beta=%.0f: %8.3f ms  %7.1f TFLOP/s "
-                                    + "(kernel alone %7.3f ms, %7.1f TFLOP/s)%n", p.name, variants.get(v), beta, ms,
+                                    + "(kernel alone %7.3f ms, %7.1f TFLOP/s)%n", p.name(), variants.get(v), beta, ms,
                                     p.flops() / ms / 1e9, ms - castMs, p.flops() / (ms - castMs) / 1e9));
                         }
                     } finally {

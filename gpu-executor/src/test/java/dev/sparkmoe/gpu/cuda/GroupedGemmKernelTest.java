@@ -3,12 +3,15 @@ package dev.sparkmoe.gpu.cuda;
 import dev.sparkmoe.core.backend.CpuBackend;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.gpu.cuda.KernelBenchProblems.Problem;
 import org.junit.jupiter.api.Test;
 
 import java.util.Arrays;
 import java.util.Random;
 
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.host;
+import static dev.sparkmoe.gpu.cuda.KernelBenchProblems.model;
+import static dev.sparkmoe.gpu.cuda.KernelBenchProblems.modelRows;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.rnd;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.roundedToBf16;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -36,22 +39,6 @@ class GroupedGemmKernelTest {
     private static final double ABS = 1e-5;
 
     private final CpuBackend cpu = new CpuBackend();
-
-    /** A grouped problem laid out in three flat buffers. */
-    private record Problem(String name, boolean tA, boolean tB, int[] m, int[] n, int[] k, int[] aOff, int lda,
-                           int aLen, int[] bOff, int ldb, int bLen, int[] cOff, int ldc, int cLen) {
-        int groups() {
-            return m.length;
-        }
-
-        double flops() {
-            double f = 0;
-            for (int g = 0; g < m.length; g++) {
-                f += 2.0 * m[g] * n[g] * k[g];
-            }
-            return f;
-        }
-    }
 
     // ------------------------------------------------------------------ layouts
 
@@ -101,82 +88,12 @@ class GroupedGemmKernelTest {
         return at + 8;
     }
 
-    /**
-     * The model's expert GEMMs (B=4 x T=2048 tokens, top-4 of 32 experts: ragged rows summing to 32768, one expert
-     * with no rows, one with about 3000), laid out as the MoE layer does: token rows contiguous, experts' weights
-     * stacked. kind: "NT" (forward, A = tokens [rows, k], B = weights [n, k]), "NN" (data gradient, B = weights
-     * [k, n]), "TN" (weight gradient: m x n += tokens^T [m, rows] x grads [rows, n], k = rows).
-     */
-    private static Problem model(String kind, int[] rows, int outer, int inner) {
-        int e = rows.length;
-        int[] m = new int[e], n = new int[e], k = new int[e];
-        int[] aOff = new int[e], bOff = new int[e], cOff = new int[e];
-        int start = 0;
-        for (int g = 0; g < e; g++) {
-            switch (kind) {
-                case "NT":
-                case "NN":
-                    m[g] = rows[g];
-                    n[g] = outer;
-                    k[g] = inner;
-                    aOff[g] = start * inner;
-                    bOff[g] = g * outer * inner;
-                    cOff[g] = start * outer;
-                    break;
-                case "TN":
-                    m[g] = outer;
-                    n[g] = inner;
-                    k[g] = rows[g];
-                    aOff[g] = start * outer;
-                    bOff[g] = start * inner;
-                    cOff[g] = g * outer * inner;
-                    break;
-                default:
-                    throw new IllegalArgumentException(kind);
-            }
-            start += rows[g];
-        }
-        int total = start;
-        String name = kind + " model shape m=" + (kind.equals("TN") ? outer : "rows") + " n="
-                + (kind.equals("TN") ? inner : outer) + " k=" + (kind.equals("TN") ? "rows" : inner);
-        switch (kind) {
-            case "NT":
-                return new Problem(name, false, true, m, n, k, aOff, inner, total * inner, bOff, inner,
-                        e * outer * inner, cOff, outer, total * outer);
-            case "NN":
-                return new Problem(name, false, false, m, n, k, aOff, inner, total * inner, bOff, outer,
-                        e * outer * inner, cOff, outer, total * outer);
-            default:
-                return new Problem(name, true, false, m, n, k, aOff, outer, total * outer, bOff, inner,
-                        total * inner, cOff, inner, e * outer * inner);
-        }
-    }
-
-    /** 32 ragged expert row counts summing to 32768, one of them 0 and one near 3000. */
-    private static int[] modelRows(Random r) {
-        int experts = 32, total = 32768;
-        double[] w = new double[experts];
-        double sum = 0;
-        for (int e = 0; e < experts; e++) {
-            w[e] = e == 5 ? 0 : e == 11 ? 3.0 : 0.4 + 1.2 * r.nextDouble();
-            sum += w[e];
-        }
-        int[] rows = new int[experts];
-        int used = 0;
-        for (int e = 0; e < experts; e++) {
-            rows[e] = (int) Math.floor(w[e] / sum * total);
-            used += rows[e];
-        }
-        rows[0] += total - used;
-        return rows;
-    }
-
     // ------------------------------------------------------------------ checking
 
 
     private void cpuGroupedGemm(Problem p, float alpha, float[] a, float[] b, float beta, float[] c) {
-        cpu.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, alpha, Tensor.of(a, a.length), p.aOff, p.lda,
-                Tensor.of(b, b.length), p.bOff, p.ldb, beta, Tensor.of(c, c.length), p.cOff, p.ldc);
+        cpu.groupedGemm(p.tA(), p.tB(), p.groups(), p.m(), p.n(), p.k(), alpha, Tensor.of(a, a.length), p.aOff(), p.lda(),
+                Tensor.of(b, b.length), p.bOff(), p.ldb(), beta, Tensor.of(c, c.length), p.cOff(), p.ldc());
     }
 
     /**
@@ -184,10 +101,10 @@ class GroupedGemmKernelTest {
      */
     private void check(CudaBackend gpu, Problem p, float alpha, float beta, boolean nanC, long seed) {
         Random r = new Random(seed);
-        float[] a = rnd(r, p.aLen, 1);
-        float[] b = rnd(r, p.bLen, 1);
-        float[] c0 = nanC ? nans(p.cLen) : rnd(r, p.cLen, 1);
-        String what = p.name + " tA=" + p.tA + " tB=" + p.tB + " alpha=" + alpha + " beta=" + beta
+        float[] a = rnd(r, p.aLen(), 1);
+        float[] b = rnd(r, p.bLen(), 1);
+        float[] c0 = nanC ? nans(p.cLen()) : rnd(r, p.cLen(), 1);
+        String what = p.name() + " tA=" + p.tA() + " tB=" + p.tB() + " alpha=" + alpha + " beta=" + beta
                 + (nanC ? " (C filled with NaN)" : "") + " seed=" + seed;
 
         float[] exact = c0.clone();
@@ -206,8 +123,8 @@ class GroupedGemmKernelTest {
         gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
         try (var scope = gpu.openScope()) {
             Tensor gc = gpu.upload(host(c0, c0.length));
-            gpu.groupedGemm(p.tA, p.tB, p.groups(), p.m, p.n, p.k, alpha, gpu.upload(host(a, a.length)), p.aOff,
-                    p.lda, gpu.upload(host(b, b.length)), p.bOff, p.ldb, beta, gc, p.cOff, p.ldc);
+            gpu.groupedGemm(p.tA(), p.tB(), p.groups(), p.m(), p.n(), p.k(), alpha, gpu.upload(host(a, a.length)), p.aOff(),
+                    p.lda(), gpu.upload(host(b, b.length)), p.bOff(), p.ldb(), beta, gc, p.cOff(), p.ldc());
             return gpu.download(gc).floats();
         } finally {
             gpu.setGroupedMode(saved);
