@@ -17,7 +17,7 @@ public final class HadoopOutputDir {
     public static OutputDir of(FileSystem fs, Path dir) {
         return name -> {
             Path p = new Path(dir, name);
-            OutputStream os = fs.create(p, true);
+            OutputStream os = fs.create(p, true, CheckpointStore.IO_BUFFER_BYTES);
             return new OutputDir.Output() {
                 private boolean committed;
 
