@@ -118,16 +118,26 @@ public final class SafeTensorsWriter implements TensorSink {
                     buf.asFloatBuffer().put(data, at, count);
                     buf.position(count * 4);
                     break;
-                case BF16:
+                case BF16: {
+                    byte[] a = buf.array(); // little-endian, straight into the array: no per-element buffer call
                     for (int k = 0; k < count; k++) {
-                        buf.putShort(DType.floatToBf16(data[at + k]));
+                        short h = DType.floatToBf16(data[at + k]);
+                        a[2 * k] = (byte) h;
+                        a[2 * k + 1] = (byte) (h >>> 8);
                     }
+                    buf.position(count * 2);
                     break;
-                case F16:
+                }
+                case F16: {
+                    byte[] a = buf.array();
                     for (int k = 0; k < count; k++) {
-                        buf.putShort(DType.floatToF16(data[at + k]));
+                        short h = DType.floatToF16(data[at + k]);
+                        a[2 * k] = (byte) h;
+                        a[2 * k + 1] = (byte) (h >>> 8);
                     }
+                    buf.position(count * 2);
                     break;
+                }
                 default: throw new AssertionError(dtype);
             }
             out.write(buf.array(), 0, buf.position());

@@ -128,6 +128,39 @@ class HfModelWriterTest {
         assertTrue(dup.getMessage().contains("listed twice"), dup.getMessage());
     }
 
+    /**
+     * BF16 and F16 over more than one conversion buffer, from an offset, with every special value: the data section
+     * is, byte for byte, each value converted by {@link DType}'s scalar conversion and stored little-endian.
+     */
+    @Test
+    void halfPrecisionDataIsTheScalarConversionLittleEndianAcrossBuffers() throws IOException {
+        int n = (1 << 20) / 2 * 2 + 11; // two 1 MB buffers of 2-byte values and a remainder
+        float[] v = new float[n + 3];
+        java.util.SplittableRandom rnd = new java.util.SplittableRandom(5);
+        for (int i = 0; i < v.length; i++) {
+            v[i] = (float) (rnd.nextGaussian() * Math.pow(2, rnd.nextInt(-30, 20)));
+        }
+        float[] special = {Float.NaN, Float.intBitsToFloat(0xff812345), Float.POSITIVE_INFINITY,
+            Float.NEGATIVE_INFINITY, -0f, Float.MIN_VALUE, 65520f, 1.00390625f, 1.01171875f, 6.1e-5f, 3e-8f};
+        System.arraycopy(special, 0, v, 3, special.length);
+        for (DType dt : new DType[] {DType.BF16, DType.F16}) {
+            List<TensorSpec> specs = List.of(new TensorSpec("h", dt, new int[] {n}));
+            ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+            SafeTensorsWriter w = new SafeTensorsWriter(bytes, specs, null);
+            w.write("h", new int[] {n}, v, 3);
+            w.finish();
+            byte[] b = bytes.toByteArray();
+            int data = b.length - 2 * n;
+            for (int i = 0; i < n; i++) {
+                short want = dt == DType.BF16 ? DType.floatToBf16(v[3 + i]) : DType.floatToF16(v[3 + i]);
+                short got = (short) ((b[data + 2 * i] & 0xff) | (b[data + 2 * i + 1] << 8));
+                if (want != got) {
+                    assertEquals(want, got, dt + " element " + i + " (" + v[3 + i] + ")");
+                }
+            }
+        }
+    }
+
     @Test
     void theSingleFileWriterMatchesTheReferenceLayoutFromHeaderAlone() throws IOException {
         List<TensorSpec> specs = List.of(new TensorSpec("x", DType.F16, new int[] {2, 3}),

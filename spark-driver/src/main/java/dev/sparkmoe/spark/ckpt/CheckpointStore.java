@@ -17,6 +17,7 @@ import java.util.Optional;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import java.util.zip.CRC32;
+import java.util.zip.CheckedInputStream;
 import java.util.zip.CheckedOutputStream;
 import org.apache.hadoop.conf.Configuration;
 import org.apache.hadoop.fs.FSDataInputStream;
@@ -35,6 +36,9 @@ import org.apache.hadoop.fs.Path;
  * DIR/_tmp/step-00000040-JOBKEY/...                       where a checkpoint is written before it is moved in place
  * </pre>
  *
+ * A rank file's check is the CRC32 of its whole bytes in the manifest, computed as it is written and verified as it
+ * is read (a checksummed file system's {@code .crc} is not written for it; see {@link #dataFs}).
+ *
  * Protocol (one checkpoint): every rank writes its state into the temporary directory ({@link #writeRank}); the
  * ranks exchange file descriptions; rank 0 writes the manifest, moves the directory to its final name and writes
  * {@code _COMMITTED} ({@link #commit}). A checkpoint is complete only once its marker holds the expected text and
@@ -46,6 +50,8 @@ public final class CheckpointStore implements Serializable {
     private static final Pattern STEP_DIR = Pattern.compile("step-(\\d{8,})");
     static final ObjectMapper JSON = new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT);
     public static final String MARKER = "_COMMITTED";
+    /** Buffer of the Hadoop streams of rank files: the checksummed local file system's own default is 4 KB. */
+    static final int IO_BUFFER_BYTES = 1 << 20;
 
     private final String dir;
     private final SerializableHadoopConf conf;
@@ -61,6 +67,17 @@ public final class CheckpointStore implements Serializable {
 
     private FileSystem fs() throws IOException {
         return new Path(dir).getFileSystem(conf.get());
+    }
+
+    /**
+     * The file system that rank files are written and read through: a checksummed one's raw file system, because the
+     * manifest's CRC32 of every whole file, computed in the same pass, is the check; Hadoop's CRC per 512 bytes in a
+     * {@code .crc} file beside it would check the same bytes a second time, 512 at a time. Files written with a
+     * {@code .crc} (by earlier versions) read the same way. The manifest, the marker and every other file keep the file system's own checksums.
+     */
+    private FileSystem dataFs() throws IOException {
+        FileSystem fs = fs();
+        return fs instanceof org.apache.hadoop.fs.ChecksumFileSystem c ? c.getRawFileSystem() : fs;
     }
 
     static String stepName(long step) {
@@ -108,10 +125,10 @@ public final class CheckpointStore implements Serializable {
 
     /** Step 1 of a checkpoint, on every rank: writes this rank's state into the temporary directory. */
     public FileInfo writeRank(long step, String jobKey, int rank, Map<String, Tensor> state) throws IOException {
-        FileSystem fs = fs();
+        FileSystem fs = dataFs();
         Path p = new Path(tmpPath(step, jobKey), rankFile(rank));
         CRC32 crc = new CRC32();
-        try (FSDataOutputStream os = fs.create(p, true)) {
+        try (FSDataOutputStream os = fs.create(p, true, IO_BUFFER_BYTES)) {
             CountingCheckedStream cs = new CountingCheckedStream(os, crc);
             TensorFiles.write(cs, state);
             cs.flush();
@@ -257,32 +274,45 @@ public final class CheckpointStore implements Serializable {
 
     /**
      * Reads one rank's state of a committed checkpoint, checking its length and CRC against the manifest (and, where
-     * the file system keeps them, Hadoop's checksums). Damage of any kind is a {@link DamagedCheckpointException}
+     * the file system checks blocks itself, as HDFS does, its checksums). One pass, never the whole file in one
+     * array: the tensors are parsed as the bytes stream by and returned only once the CRC matched. Damage of any kind is a {@link DamagedCheckpointException}
      * naming the file; other I/O errors (the file system unreachable) pass through as they are.
      */
     public Map<String, Tensor> readRank(Manifest m, int rank) throws IOException {
         FileInfo f = m.files().get(rank);
         Path p = new Path(stepPath(m.step()), f.name());
-        byte[] bytes;
-        try {
-            bytes = readAll(fs(), p);
+        CRC32 crc = new CRC32();
+        Map<String, Tensor> state = null;
+        Exception unreadable = null;
+        long bytes;
+        // one pass: the tensors are parsed as the bytes stream by, the CRC and the length are checked at the end (and
+        // nothing is returned before); a file that cannot be parsed is read to its end, so that damage is reported
+        // as damage (length, CRC) whatever byte it hit
+        try (FSDataInputStream raw = dataFs().open(p, IO_BUFFER_BYTES)) {
+            CountingCheckedInput in = new CountingCheckedInput(raw, crc);
+            try {
+                state = TensorFiles.read(in, p.toString(), f.bytes());
+            } catch (org.apache.hadoop.fs.ChecksumException e) {
+                throw e;
+            } catch (IOException | RuntimeException e) {
+                unreadable = e;
+                in.drain();
+            }
+            bytes = in.count;
         } catch (org.apache.hadoop.fs.ChecksumException e) {
             throw new DamagedCheckpointException(m.step(), "checkpoint file " + p + " is damaged: Hadoop's checksum "
                     + "failed (" + firstLine(e) + ")", e);
         }
-        CRC32 c = new CRC32();
-        c.update(bytes);
-        if (bytes.length != f.bytes() || c.getValue() != f.crc32()) {
-            throw new DamagedCheckpointException(m.step(), "checkpoint file " + p + " is damaged: " + bytes.length
-                    + " bytes, crc32 " + Long.toHexString(c.getValue()) + "; the manifest says " + f.bytes()
-                    + " bytes, crc32 " + Long.toHexString(f.crc32()), null);
+        if (bytes != f.bytes() || crc.getValue() != f.crc32()) {
+            throw new DamagedCheckpointException(m.step(), "checkpoint file " + p + " is damaged: " + bytes
+                    + " bytes, crc32 " + Long.toHexString(crc.getValue()) + "; the manifest says " + f.bytes()
+                    + " bytes, crc32 " + Long.toHexString(f.crc32()), unreadable);
         }
-        try (InputStream in = new java.io.ByteArrayInputStream(bytes)) {
-            return TensorFiles.read(in, p.toString());
-        } catch (IOException | RuntimeException e) {
+        if (unreadable != null) {
             throw new DamagedCheckpointException(m.step(), "checkpoint file " + p + " is damaged: its tensors cannot "
-                    + "be read (" + firstLine(e) + ")", e);
+                    + "be read (" + firstLine(unreadable) + ")", unreadable);
         }
+        return state;
     }
 
     /**
@@ -326,6 +356,39 @@ public final class CheckpointStore implements Serializable {
         String m = String.valueOf(t.getMessage());
         int nl = m.indexOf('\n');
         return nl < 0 ? m : m.substring(0, nl);
+    }
+
+    private static final class CountingCheckedInput extends CheckedInputStream {
+        long count;
+
+        CountingCheckedInput(InputStream in, CRC32 crc) {
+            super(in, crc);
+        }
+
+        @Override
+        public int read() throws IOException {
+            int b = super.read();
+            if (b >= 0) {
+                count++;
+            }
+            return b;
+        }
+
+        @Override
+        public int read(byte[] b, int off, int len) throws IOException {
+            int n = super.read(b, off, len);
+            if (n > 0) {
+                count += n;
+            }
+            return n;
+        }
+
+        void drain() throws IOException {
+            byte[] buf = new byte[1 << 16];
+            while (read(buf, 0, buf.length) >= 0) {
+                // the CRC and the count follow the bytes
+            }
+        }
     }
 
     private static final class CountingCheckedStream extends CheckedOutputStream {

@@ -2,7 +2,6 @@ package dev.sparkmoe.spark.stage;
 
 import com.fasterxml.jackson.databind.ObjectMapper;
 import dev.sparkmoe.core.io.HfModelWriter;
-import dev.sparkmoe.core.io.OutputDir;
 import dev.sparkmoe.parallel.comm.Communicator;
 import dev.sparkmoe.parallel.comm.CommunicatorException;
 import dev.sparkmoe.parallel.train.RankTrainer;
@@ -11,6 +10,7 @@ import dev.sparkmoe.parallel.train.TrainerSpec;
 import dev.sparkmoe.spark.ckpt.CheckpointMismatchException;
 import dev.sparkmoe.spark.ckpt.CheckpointStore;
 import dev.sparkmoe.spark.ckpt.DamagedCheckpointException;
+import dev.sparkmoe.spark.ckpt.HadoopOutputDir;
 import dev.sparkmoe.spark.data.SequencePacker;
 import dev.sparkmoe.spark.progress.MetricsJson;
 import dev.sparkmoe.spark.progress.ProgressReporter;
@@ -406,7 +406,8 @@ public final class RankRunner {
             os.write(trainer.hfConfigJson().getBytes(java.nio.charset.StandardCharsets.UTF_8));
         }
         List<String> files;
-        try (HfModelWriter w = new HfModelWriter(hadoopDir(fs, part), trainer.modelTensors(), plan.modelFormat())) {
+        try (HfModelWriter w = new HfModelWriter(HadoopOutputDir.of(fs, part), trainer.modelTensors(),
+                plan.modelFormat())) {
             trainer.exportModel(w);
             files = w.finish();
         }
@@ -417,38 +418,5 @@ public final class RankRunner {
             throw new IOException("could not move " + part + " to " + fin);
         }
         LOG.info("model written to {}: {}", fin, files);
-    }
-
-    /**
-     * A directory of a Hadoop file system as an {@link OutputDir}: files are written in place (the whole directory is
-     * moved into place once complete); a file closed uncommitted is deleted.
-     */
-    private static OutputDir hadoopDir(FileSystem fs, org.apache.hadoop.fs.Path dir) {
-        return name -> {
-            org.apache.hadoop.fs.Path p = new org.apache.hadoop.fs.Path(dir, name);
-            OutputStream os = fs.create(p, true);
-            return new OutputDir.Output() {
-                private boolean committed;
-
-                @Override
-                public OutputStream stream() {
-                    return os;
-                }
-
-                @Override
-                public void commit() throws IOException {
-                    os.close();
-                    committed = true;
-                }
-
-                @Override
-                public void close() throws IOException {
-                    if (!committed) {
-                        os.close();
-                        fs.delete(p, false);
-                    }
-                }
-            };
-        };
     }
 }
