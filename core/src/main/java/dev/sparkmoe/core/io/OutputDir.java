@@ -40,6 +40,40 @@ public interface OutputDir {
         /** Discards the file unless it was committed. */
         @Override
         void close() throws IOException;
+
+        /**
+         * An output over {@code stream} that runs {@code commit} once on {@link #commit} and, closed uncommitted,
+         * {@code discard} (which closes the stream and removes what was written).
+         */
+        static Output of(OutputStream stream, IoAction commit, IoAction discard) {
+            return new Output() {
+                private boolean committed;
+
+                @Override
+                public OutputStream stream() {
+                    return stream;
+                }
+
+                @Override
+                public void commit() throws IOException {
+                    commit.run();
+                    committed = true;
+                }
+
+                @Override
+                public void close() throws IOException {
+                    if (!committed) {
+                        discard.run();
+                    }
+                }
+            };
+        }
+    }
+
+    /** A step of committing or discarding an {@link Output}. */
+    @FunctionalInterface
+    interface IoAction {
+        void run() throws IOException;
     }
 
     /**
@@ -57,37 +91,19 @@ public interface OutputDir {
                 Path tmp = target.resolveSibling("." + target.getFileName() + "."
                         + Long.toHexString(ThreadLocalRandom.current().nextLong()) + ".tmp");
                 FileChannel ch = FileChannel.open(tmp, StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE);
-                OutputStream os = Channels.newOutputStream(ch);
-                return new Output() {
-                    private boolean committed;
-
-                    @Override
-                    public OutputStream stream() {
-                        return os;
+                return Output.of(Channels.newOutputStream(ch), () -> {
+                    ch.force(true);
+                    ch.close();
+                    try {
+                        Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+                    } catch (AtomicMoveNotSupportedException e) {
+                        throw new IOException("cannot write " + target + " atomically: the file system does not "
+                                + "support atomic moves within " + dir, e);
                     }
-
-                    @Override
-                    public void commit() throws IOException {
-                        ch.force(true);
-                        ch.close();
-                        try {
-                            Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE,
-                                    StandardCopyOption.REPLACE_EXISTING);
-                        } catch (AtomicMoveNotSupportedException e) {
-                            throw new IOException("cannot write " + target + " atomically: the file system does not "
-                                    + "support atomic moves within " + dir, e);
-                        }
-                        committed = true;
-                    }
-
-                    @Override
-                    public void close() throws IOException {
-                        if (!committed) {
-                            ch.close();
-                            Files.deleteIfExists(tmp);
-                        }
-                    }
-                };
+                }, () -> {
+                    ch.close();
+                    Files.deleteIfExists(tmp);
+                });
             }
 
             @Override

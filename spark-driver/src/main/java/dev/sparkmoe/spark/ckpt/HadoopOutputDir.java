@@ -1,7 +1,6 @@
 package dev.sparkmoe.spark.ckpt;
 
 import dev.sparkmoe.core.io.OutputDir;
-import java.io.IOException;
 import java.io.OutputStream;
 import org.apache.hadoop.fs.FileSystem;
 import org.apache.hadoop.fs.Path;
@@ -18,28 +17,10 @@ public final class HadoopOutputDir {
         return name -> {
             Path p = new Path(dir, name);
             OutputStream os = fs.create(p, true, CheckpointStore.IO_BUFFER_BYTES);
-            return new OutputDir.Output() {
-                private boolean committed;
-
-                @Override
-                public OutputStream stream() {
-                    return os;
-                }
-
-                @Override
-                public void commit() throws IOException {
-                    os.close();
-                    committed = true;
-                }
-
-                @Override
-                public void close() throws IOException {
-                    if (!committed) {
-                        os.close();
-                        fs.delete(p, false);
-                    }
-                }
-            };
+            return OutputDir.Output.of(os, os::close, () -> {
+                os.close();
+                fs.delete(p, false);
+            });
         };
     }
 }
