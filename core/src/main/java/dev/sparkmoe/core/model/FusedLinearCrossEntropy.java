@@ -33,16 +33,6 @@ final class FusedLinearCrossEntropy {
     }
 
     /**
-     * Rows per chunk for {@code tokens} rows of a head with {@code hidden} inputs and {@code vocab} outputs (see the
-     * class comment); a positive {@code requested} value overrides the rule. Capped by {@code tokens}, and so that a
-     * chunk's logits stay indexable ({@code rows * vocab < 2^31} elements).
-     */
-    static int chunkRows(int tokens, int hidden, int vocab, int requested) {
-        int rows = requested > 0 ? requested : hidden;
-        return Math.max(1, Math.min(Math.min(tokens, rows), Integer.MAX_VALUE / Math.max(1, vocab)));
-    }
-
-    /**
      * @param hidden       [N, H] the final norm's output
      * @param targets      I32 [N] on the backend: target of each row, or -100
      * @param weight       the LM head weight [V, H] (the embedding when tied)
@@ -75,7 +65,7 @@ final class FusedLinearCrossEntropy {
             }
             return new LmHeadLoss.Result(0, dHidden, dWeight, logits);
         }
-        int rows = chunkRows(n, h, v, requestedRows);
+        int rows = LmHeadLoss.chunkRows(n, h, v, requestedRows);
         Tensor chunk = be.empty(DType.F32, rows, v);      // a chunk's logits, then their gradient
         Tensor chunkTargets = be.empty(DType.I32, rows);
         double loss = 0;

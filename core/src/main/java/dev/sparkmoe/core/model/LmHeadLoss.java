@@ -35,6 +35,16 @@ public interface LmHeadLoss {
     Result run(Backend be, Tensor hidden, Tensor targets, int n, Tensor weight, float gradScale, boolean withGrad,
                boolean retainLogits, int requestedRows);
 
+    /**
+     * Rows per chunk for {@code rows} rows of a head with {@code hidden} inputs and {@code width} columns per chunk
+     * buffer: {@code requested} when positive, else {@code hidden} (see {@link FusedLinearCrossEntropy}'s memory
+     * bound); capped by {@code rows}, and so that a chunk stays indexable ({@code rows * width < 2^31} elements).
+     */
+    static int chunkRows(int rows, int hidden, int width, int requested) {
+        int r = requested > 0 ? requested : hidden;
+        return Math.max(1, Math.min(Math.min(rows, r), Integer.MAX_VALUE / Math.max(1, width)));
+    }
+
     /** The fused, chunked loss on the whole weight ({@link FusedLinearCrossEntropy}). */
     LmHeadLoss LOCAL = FusedLinearCrossEntropy::run;
 }

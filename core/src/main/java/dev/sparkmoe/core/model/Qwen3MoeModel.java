@@ -303,7 +303,7 @@ public final class Qwen3MoeModel extends Module {
      * set ({@link #setLossChunkRows}; 0: the rule), without a model (the memory planner's).
      */
     public static int lossChunkRows(Qwen3MoeConfig c, int tokens, int requested) {
-        return FusedLinearCrossEntropy.chunkRows(tokens, c.hiddenSize(), c.vocabSize(), requested);
+        return LmHeadLoss.chunkRows(tokens, c.hiddenSize(), c.vocabSize(), requested);
     }
 
     /** One forward pass over a batch, holding what the backward pass needs. */

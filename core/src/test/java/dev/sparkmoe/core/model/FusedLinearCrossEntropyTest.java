@@ -85,7 +85,7 @@ class FusedLinearCrossEntropyTest {
         mem.resetPeak();
         LmHeadLoss.Result out = FusedLinearCrossEntropy.run(be, hidden, targets, N, w, scale, true, true,
                 rows);
-        int chunk = FusedLinearCrossEntropy.chunkRows(N, H, V, rows);
+        int chunk = LmHeadLoss.chunkRows(N, H, V, rows);
         assertEquals(rows == 0 ? H : Math.min(rows, N), chunk);
         // held at the peak: the retained logits, dHidden and dW (the results), one chunk of logits and of targets
         long results = 4L * (N * V + N * H + V * H);
@@ -132,12 +132,12 @@ class FusedLinearCrossEntropyTest {
     void chunkRowsFollowTheHiddenSizeBound() {
         // Qwen3-30B-A3B's head (H 2048, V 151,936) on 8k tokens: chunks of 2048 rows, 1.24 GB of logits each, the
         // size of the head's f32 gradient, instead of 5 GB for all rows
-        assertEquals(2048, FusedLinearCrossEntropy.chunkRows(8192, 2048, 151936, 0));
-        assertEquals(100, FusedLinearCrossEntropy.chunkRows(100, 2048, 151936, 0));
-        assertEquals(3, FusedLinearCrossEntropy.chunkRows(10, 64, 512, 3));
-        assertEquals(10, FusedLinearCrossEntropy.chunkRows(10, 64, 512, 50));
+        assertEquals(2048, LmHeadLoss.chunkRows(8192, 2048, 151936, 0));
+        assertEquals(100, LmHeadLoss.chunkRows(100, 2048, 151936, 0));
+        assertEquals(3, LmHeadLoss.chunkRows(10, 64, 512, 3));
+        assertEquals(10, LmHeadLoss.chunkRows(10, 64, 512, 50));
         // one chunk of 16k tokens asked for: capped so that its logits stay under 2^31 elements
-        assertEquals(Integer.MAX_VALUE / 151936, FusedLinearCrossEntropy.chunkRows(16384, 2048, 151936, 16384));
+        assertEquals(Integer.MAX_VALUE / 151936, LmHeadLoss.chunkRows(16384, 2048, 151936, 16384));
         Qwen3MoeModel m = new Qwen3MoeModel(LmHeadTest.config(false), new CpuBackend());
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> m.setLossChunkRows(-1));
         assertTrue(e.getMessage().contains("-1") && e.getMessage().contains("0 (automatic)"), e.getMessage());

@@ -6,6 +6,7 @@ import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import dev.sparkmoe.parallel.comm.Communicator;
 import dev.sparkmoe.parallel.comm.Pending;
+import java.util.List;
 
 /**
  * One parameter under FSDP: the rank's shard of the weight (the master copy the optimizer updates), the shard of the
@@ -145,7 +146,7 @@ public final class FsdpParam {
         }
         if (computesOnShard && self != null && wire != DType.F32 && shard.numel() > 0) {
             Tensor copy = param.backend().empty(DType.F32, shard.shape());
-            self.allGatherStart(java.util.List.of(new Communicator.Part(shard, 0, copy, 0, shard.numel())), wire)
+            self.allGatherStart(List.of(new Communicator.Part(shard, 0, copy, 0, shard.numel())), wire)
                     .complete();
             param.setValue(copy);
             return;

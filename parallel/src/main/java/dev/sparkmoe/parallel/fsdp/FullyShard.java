@@ -7,6 +7,7 @@ import java.util.ArrayList;
 import java.util.IdentityHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.function.ToIntFunction;
 import java.util.logging.Logger;
 
@@ -53,7 +54,7 @@ public final class FullyShard {
 
     public FsdpUnit fullyShard(Module module, Communicator group, ToIntFunction<Parameter> shardPlacement,
                                MixedPrecisionPolicy policy, boolean reshardAfterForward) {
-        return fullyShard(module, group, shardPlacement, policy, reshardAfterForward, java.util.Set.of());
+        return fullyShard(module, group, shardPlacement, policy, reshardAfterForward, Set.of());
     }
 
     /**
@@ -65,7 +66,7 @@ public final class FullyShard {
      */
     public FsdpUnit fullyShard(Module module, Communicator group, ToIntFunction<Parameter> shardPlacement,
                                MixedPrecisionPolicy policy, boolean reshardAfterForward,
-                               java.util.Set<Parameter> computedOnShard) {
+                               Set<Parameter> computedOnShard) {
         List<FsdpParam> params = new ArrayList<>();
         for (Parameter p : module.parameters()) {
             if (managed.containsKey(p)) {

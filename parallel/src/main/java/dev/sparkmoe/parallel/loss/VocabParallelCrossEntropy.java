@@ -84,12 +84,6 @@ public final class VocabParallelCrossEntropy implements LmHeadLoss {
         this.v1 = mine[1];
     }
 
-    /** Rows per chunk: {@code requested} when positive, else {@code hidden}; capped by the rows and 2^31 elements. */
-    public static int chunkRows(int rows, int hidden, int width, int requested) {
-        int r = requested > 0 ? requested : hidden;
-        return Math.max(1, Math.min(Math.min(rows, r), Integer.MAX_VALUE / Math.max(1, width)));
-    }
-
     /** The columns of a chunk buffer on the rank with the largest shard: every rank cuts its chunks by it. */
     int widestChunkColumns() {
         int[] first = layout.range(0);
@@ -132,7 +126,7 @@ public final class VocabParallelCrossEntropy implements LmHeadLoss {
         Tensor logitsMine = retainLogits ? be.empty(DType.F32, rowsAll, vr) : null; // my columns of every row
         double[] lossByOwner = new double[world];
         if (rowsAll > 0) {
-            Chunks chunks = new Chunks(be, chunkRows(rowsAll, h, widestChunkColumns(), requestedRows), vr + 2);
+            Chunks chunks = new Chunks(be, LmHeadLoss.chunkRows(rowsAll, h, widestChunkColumns(), requestedRows), vr + 2);
             try {
                 for (int r0 = 0; r0 < rowsAll; r0 += chunks.rows) {
                     int c = Math.min(chunks.rows, rowsAll - r0);

@@ -1,10 +1,10 @@
 package dev.sparkmoe.parallel.memory;
 
 import dev.sparkmoe.core.model.ActivationCheckpointing;
+import dev.sparkmoe.core.model.LmHeadLoss;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.core.model.Qwen3MoeModel;
 import dev.sparkmoe.parallel.dtensor.DTensor;
-import dev.sparkmoe.parallel.loss.VocabParallelCrossEntropy;
 import dev.sparkmoe.parallel.memory.DeviceModel.Operand;
 import dev.sparkmoe.parallel.memory.Ledger.Buf;
 import dev.sparkmoe.parallel.memory.UnitLayout.Layer;
@@ -257,7 +257,7 @@ final class StepReplay {
             return gatheredHeadLoss(p, vr);
         }
         long width = vr + 2;
-        long rows = VocabParallelCrossEntropy.chunkRows((int) all, h, (int) width,
+        long rows = LmHeadLoss.chunkRows((int) all, h, (int) width,
                 r.lossChunkRows());
         Buf hiddenAll = f32(Category.LOSS, all * h, "every rank's final norm output [G*N, H]");
         Buf dHiddenAll = f32(Category.LOSS, all * h, "their partial input gradient [G*N, H]");
