@@ -27,16 +27,11 @@ python3 "$HERE/make_real_checkpoint.py" --config "$CONFIG" --layers "${REAL_LAYE
 grep -q '"hub_per_expert": true' "$OUT/real-checkpoint.json" || exit 1
 
 # the Spark job's carry, unpacked once: both runs below and the logits checks use it
-if [ -z "${SMS:-}" ]; then
-  SMS=${UNPACK:-/tmp/sms}/spark-moe
-  rm -rf "$(dirname "$SMS")" && mkdir -p "$(dirname "$SMS")"
-  for carry in "${S:-.device-carry/spark}"/spark-moe-spark*.tar.xz; do
-    tar xJf "$carry" -C "$(dirname "$SMS")" 2>/dev/null || python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' \
-      "$carry" "$(dirname "$SMS")" || { echo "cannot unpack $carry"; exit 1; }
-  done
-fi
+# shellcheck source=spark-carry-lib.sh
+. "$HERE/spark-carry-lib.sh"
+[ -n "${SMS:-}" ] || spark_carry_unpack "${S:-.device-carry/spark}" "${UNPACK:-/tmp/sms}"
 export SMS
-LIBS=$(bash "$SMS/bin/spark-moe-gpu" check-libs 2>&1 | sed -n 's/.*LD_LIBRARY_PATH would start with //p')
+spark_carry_libs
 check() { # $1 = name, $2 = model folder
   LD_LIBRARY_PATH=$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} python3 "$HERE/hf_logits_check.py" --model "$2" \
     --java "$SMS/runtime/bin/java" --classpath "$SMS/lib/*" --out "$W/$1" --batch 2 --seq 256 \

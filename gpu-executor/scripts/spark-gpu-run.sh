@@ -33,20 +33,11 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-if [ -z "${SMS:-}" ]; then
-  U=${UNPACK:-/tmp/sms}
-  rm -rf "$U" && mkdir -p "$U"
-  carries=("${S:-.device-carry/spark}"/spark-moe-spark*.tar.xz)
-  [ -e "${carries[0]}" ] || { echo "no spark-moe-spark*.tar.xz in ${S:-.device-carry/spark}: build it with make-spark-carry.sh"; exit 1; }
-  for carry in "${carries[@]}"; do # the base (runtime, Spark's jars) and the app (spark-moe), into one folder
-    # xz where there is one, else Python's lzma
-    tar xJf "$carry" -C "$U" 2>/dev/null || python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' \
-      "$carry" "$U" || { echo "cannot unpack $carry"; exit 1; }
-  done
-  SMS=$U/spark-moe
-fi
-SMS=$(cd "$SMS" && pwd)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=spark-carry-lib.sh
+. "$HERE/spark-carry-lib.sh"
+[ -n "${SMS:-}" ] || spark_carry_unpack "${S:-.device-carry/spark}" "${UNPACK:-/tmp/sms}"
+SMS=$(cd "$SMS" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 export JAVA_HOME=${SPARK_MOE_JAVA_HOME:-$SMS/runtime}
 JAVA=$JAVA_HOME/bin/java
@@ -76,8 +67,7 @@ W=${W:-/tmp/spark-gpu-run}
 rm -rf "$W" && mkdir -p "$W"
 LIBS=""
 if [ "$BACKEND" != cpu ]; then
-  LIBS=$(bash "$SMS/bin/spark-moe-gpu" check-libs 2>&1 | sed -n 's/.*LD_LIBRARY_PATH would start with //p')
-  [ -n "$LIBS" ] || { bash "$SMS/bin/spark-moe-gpu" check-libs; exit 3; }
+  spark_carry_libs
 fi
 # what Spark's launcher adds to every JVM on Java 17 (org.apache.spark.launcher.JavaModuleOptions)
 OPENS="-XX:+IgnoreUnrecognizedVMOptions --add-modules=jdk.incubator.vector --add-opens=java.base/java.lang=ALL-UNNAMED
