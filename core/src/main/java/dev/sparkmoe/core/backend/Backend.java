@@ -49,6 +49,24 @@ public interface Backend {
         return empty(DType.F32, shape);
     }
 
+    /**
+     * The dtype in which this backend's dense GEMMs take their operands at the run's precision (FSDP2's
+     * {@code param_dtype}): {@link DType#F32} on the CPU and in the exact precisions; {@link DType#BF16} on a device
+     * backend at bf16 precision, whose GEMMs round F32 operands to bf16 as they read them anyway. A tensor made only
+     * to feed GEMMs (a weight's compute copy, a gradient that only GEMMs read) may be held in this dtype:
+     * {@link #convert} makes it, {@link #gemm} takes it (both operands in it, C in F32), and
+     * {@link #crossEntropy} can write its gradient in it.
+     */
+    default DType gemmDType() {
+        return DType.F32;
+    }
+
+    /**
+     * dst = src in dst's dtype, element by element (the same number of elements; floating dtypes: F32, BF16, F16):
+     * rounded to nearest even where dst is narrower, exact where it is wider.
+     */
+    void convert(Tensor src, Tensor dst);
+
     /** A copy of a host tensor on this backend (the CPU backend returns the tensor itself). */
     Tensor upload(Tensor host);
 
@@ -172,7 +190,8 @@ public interface Backend {
      * Cross-entropy of logits [rows, V] against targets (I32 [rows], ignore index -100): returns the summed loss over
      * rows with a target, and writes dLogits = (softmax - onehot) * gradScale for those rows, 0 for ignored rows.
      * A target outside [0, V) is an error. {@code dLogits} may be {@code logits} itself (the gradient is then written
-     * over the logits, which training does to save a [rows, V] buffer).
+     * over the logits, which training does to save a [rows, V] buffer), or a tensor of {@link #gemmDType()} (the
+     * gradient rounded to it, for the GEMMs that read it next).
      */
     double crossEntropy(Tensor logits, Tensor targets, int rows, int vocab, float gradScale, Tensor dLogits);
 

@@ -95,6 +95,21 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
+    public void convert(Tensor src, Tensor dst) {
+        if (!src.dtype().isFloating() || !dst.dtype().isFloating() || src.numel() != dst.numel()) {
+            throw new IllegalArgumentException("convert from " + src + " to " + dst + ": both must be floating "
+                    + "(F32, BF16, F16) with the same number of elements");
+        }
+        float[] s = src.floats();
+        float[] d = dst.floats();
+        Par.range(s.length, 4, (from, to) -> {
+            for (int i = from; i < to; i++) {
+                d[i] = DType.round(dst.dtype(), s[i]);
+            }
+        });
+    }
+
+    @Override
     public void copyRows(Tensor src, int srcOff, int srcStride, Tensor dst, int dstOff, int dstStride, int rows,
                          int rowLen) {
         if (rowLen == 0) {
@@ -545,6 +560,11 @@ public final class CpuBackend implements Backend {
                     df[o + j] = (float) (Math.exp(lf[o + j] - max - logSum)) * gradScale;
                 }
                 df[o + t] -= gradScale;
+                if (dLogits.dtype() != DType.F32) { // a gradient held in the GEMMs' dtype (Backend.gemmDType)
+                    for (int j = 0; j < vocab; j++) {
+                        df[o + j] = DType.round(dLogits.dtype(), df[o + j]);
+                    }
+                }
             }
         });
         double total = 0;

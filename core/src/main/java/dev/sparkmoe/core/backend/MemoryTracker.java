@@ -24,7 +24,7 @@ import java.util.WeakHashMap;
  * <ul>
  *   <li><b>Accounting.</b> Live bytes, their peak, and at that peak the live bytes of each allocation site (the
  *       first caller outside the backend package, e.g. {@code Experts.forward:141}). Bytes are counted as a device
- *       backend stores them: 4 per floating element (floating tensors are held as f32), the dtype's size otherwise.
+ *       backend stores them: the dtype's size an element (a BF16 tensor is 2 bytes an element).
  *       This sees the same allocations on the CPU as on a GPU, so a step's memory can be studied without one.</li>
  *   <li><b>Checking.</b> A released tensor passed to any later call, or released twice, throws
  *       {@link IllegalStateException} naming where it was allocated and released. The CPU backend's release is a
@@ -64,7 +64,7 @@ public final class MemoryTracker extends BackendInterceptor {
 
     /** Bytes a device backend holds for a tensor of this dtype and size. */
     public static long deviceBytes(DType dtype, long numel) {
-        return numel * (dtype.isFloating() ? 4 : dtype.byteSize());
+        return numel * dtype.byteSize();
     }
 
     public long liveBytes() {

@@ -27,6 +27,13 @@ import dev.sparkmoe.core.tensor.Tensor;
  * {@code rows = H} (capped by N): the loss adds at most one weight-sized buffer to the peak, whatever the number of
  * tokens, where the unfused loss held [N, V]. It also gives each chunk's weight-gradient GEMM {@code k = H} rows, so
  * that it is not dominated by reading and writing dW once per chunk.
+ *
+ * <p>Dtypes: the logits and the loss are F32. Where the backend's GEMMs take bf16 operands
+ * ({@link Backend#gemmDType()}: CUDA at bf16 precision), the GEMMs read the weight and the head input as bf16 compute
+ * copies made once per call (FSDP2's param dtype: the values those GEMMs round to anyway), and the cross-entropy
+ * writes each chunk's gradient as bf16 into a buffer of its own, which is all the two gradient GEMMs read: a
+ * [rows, V] bf16 buffer and a [V, H] bf16 copy more than in f32, and no GEMM reads an f32 [rows, V] operand. In f32
+ * (the CPU, the exact precisions) the gradient is written over the logits and every operand is the f32 tensor itself.
  */
 final class FusedLinearCrossEntropy {
     private FusedLinearCrossEntropy() {
@@ -66,24 +73,35 @@ final class FusedLinearCrossEntropy {
             return new LmHeadLoss.Result(0, dHidden, dWeight, logits);
         }
         int rows = LmHeadLoss.chunkRows(n, h, v, requestedRows);
-        Tensor chunk = be.empty(DType.F32, rows, v);      // a chunk's logits, then their gradient
+        DType gemmType = be.gemmDType();
+        boolean copies = gemmType != DType.F32;
+        Tensor wg = copies ? be.empty(gemmType, v, h) : w;           // the GEMMs' weight and input
+        Tensor hg = copies ? be.empty(gemmType, n, h) : hidden;
+        if (copies) {
+            be.convert(w, wg);
+            be.convert(hidden, hg);
+        }
+        Tensor chunk = be.empty(DType.F32, rows, v);                 // a chunk's logits (in f32, then their gradient)
+        Tensor grad = copies && withGrad ? be.empty(gemmType, rows, v) : chunk;
         Tensor chunkTargets = be.empty(DType.I32, rows);
         double loss = 0;
         for (int r0 = 0; r0 < n; r0 += rows) {
             int c = Math.min(rows, n - r0);
-            be.gemm(false, true, c, v, h, 1f, hidden, r0 * h, h, w, 0, h, 0f, chunk, 0, v);
+            be.gemm(false, true, c, v, h, 1f, hg, r0 * h, h, wg, 0, h, 0f, chunk, 0, v);
             if (logits != null) {
                 be.copy(chunk, 0, logits, r0 * v, c * v);
             }
             be.copy(targets, r0, chunkTargets, 0, c);
-            loss += be.crossEntropy(chunk, chunkTargets, c, v, gradScale, chunk);
+            loss += be.crossEntropy(chunk, chunkTargets, c, v, gradScale, withGrad ? grad : chunk);
             if (withGrad) {
-                be.gemm(false, false, c, h, v, 1f, chunk, 0, v, w, 0, h, 0f, dHidden, r0 * h, h);
-                be.gemm(true, false, v, h, c, 1f, chunk, 0, v, hidden, r0 * h, h, r0 == 0 ? 0f : 1f, dWeight, 0,
-                        h);
+                be.gemm(false, false, c, h, v, 1f, grad, 0, v, wg, 0, h, 0f, dHidden, r0 * h, h);
+                be.gemm(true, false, v, h, c, 1f, grad, 0, v, hg, r0 * h, h, r0 == 0 ? 0f : 1f, dWeight, 0, h);
             }
         }
         Release.all(be, chunk, chunkTargets);
+        if (copies) {
+            Release.all(be, wg, hg, grad != chunk ? grad : null);
+        }
         return new LmHeadLoss.Result(loss, dHidden, dWeight, logits);
     }
 }

@@ -81,6 +81,16 @@ public enum DType {
         return bf16ToFloat(floatToBf16(f));
     }
 
+    /** An f32 value as a tensor of floating dtype {@code d} holds it: rounded to nearest even for BF16 and F16. */
+    public static float round(DType d, float f) {
+        switch (d) {
+            case BF16: return roundToBf16(f);
+            case F16: return f16ToFloat(floatToF16(f));
+            case F32: return f;
+            default: throw new IllegalArgumentException(d + " is not a floating dtype");
+        }
+    }
+
     public static float f16ToFloat(short h) {
         int bits = h & 0xFFFF;
         int sign = (bits & 0x8000) << 16;

@@ -105,6 +105,81 @@ class FusedLinearCrossEntropyTest {
         assertTrue(!w.hasGrad(), "the forward pass must leave the parameter's gradient alone");
     }
 
+    /**
+     * A backend whose GEMMs take bf16 operands ({@link Backend#gemmDType}: CUDA at bf16 precision), played by the CPU
+     * backend with that one answer changed: the loss reads the weight and the input as bf16 copies, so its loss is
+     * bit for bit the f32 path's on inputs rounded to bf16; the gradients differ from that only by the rounding of
+     * the chunk's gradient to bf16 (relative 2^-9 an element); the copies and the bf16 gradient are BF16 tensors of
+     * 2 bytes an element, all given back.
+     */
+    @ParameterizedTest(name = "rows per chunk {0}")
+    @ValueSource(ints = {3, 0})
+    void bf16GemmOperandsRoundTheInputsAndTheChunkGradientOnly(int rows) {
+        Backend cpu = new CpuBackend();
+        Backend be = MemoryTracker.wrap(bf16Gemms(cpu));
+        MemoryTracker mem = MemoryTracker.of(be);
+        SplittableRandom r = new SplittableRandom(23);
+        Tensor hidden = random(r, N, H);
+        Tensor w = random(r, V, H);
+        Tensor targets = Tensor.ofInts(targets(r), N);
+        float scale = 1f / 9;
+        Tensor hidden16 = roundedCopy(hidden);
+        Tensor w16 = roundedCopy(w);
+        Unfused rounded = unfused(cpu, hidden16, targets, w16, scale);
+        Unfused exact = unfused(cpu, hidden, targets, w, scale);
+        // the gradients from the chunk gradient rounded to bf16 (the cross-entropy writing a BF16 tensor)
+        Tensor dLogits16 = Tensor.zeros(DType.BF16, N, V);
+        assertEquals(rounded.loss, cpu.crossEntropy(rounded.logits, targets, N, V, scale, dLogits16));
+        for (float v : dLogits16.floats()) {
+            assertEquals(DType.roundToBf16(v), v, "a BF16 gradient holds bf16 values");
+        }
+        Tensor dHidden16 = Tensor.zeros(DType.F32, N, H);
+        cpu.gemm(false, false, N, H, V, 1f, dLogits16, 0, V, w16, 0, H, 0f, dHidden16, 0, H);
+        Tensor dW16 = Tensor.zeros(DType.F32, V, H);
+        cpu.gemm(true, false, V, H, N, 1f, dLogits16, 0, V, hidden16, 0, H, 0f, dW16, 0, H);
+
+        long before = mem.liveBytes();
+        mem.resetPeak();
+        LmHeadLoss.Result out = FusedLinearCrossEntropy.run(be, hidden, targets, N, w, scale, true, false, rows);
+        int chunk = LmHeadLoss.chunkRows(N, H, V, rows);
+        long results = 4L * (N * H + V * H);
+        // at the peak: the results, the bf16 copies of the weight and the input, the f32 logits chunk, its bf16
+        // gradient and the chunk's targets
+        assertEquals(results + 2L * (V * H + N * H) + 4L * chunk * V + 2L * chunk * V + 4L * chunk,
+                mem.peakBytes() - before, "peak bytes of the fused loss on bf16 operands (chunk " + chunk + ")");
+        assertEquals(results, mem.liveBytes() - before, "bytes left: the results only");
+
+        assertEquals(rounded.loss, out.lossSum(), 1e-12 * rounded.loss, "loss: the f32 path's on rounded inputs");
+        assertTrue(Math.abs(exact.loss - out.lossSum()) > 0, "the inputs were rounded");
+        Fixtures.assertClose("dHidden", dHidden16, out.dHidden(), 1e-6);
+        Fixtures.assertClose("dW", dW16, out.dWeight(), 1e-6);
+        Fixtures.assertClose("dHidden against the unrounded gradient", rounded.dHidden, out.dHidden(), 1e-2);
+        assertTrue(!out.dWeight().bitwiseEquals(rounded.dW), "the chunk's gradient was rounded to bf16");
+    }
+
+    /** The CPU backend, except that its GEMMs take bf16 operands ({@link Backend#gemmDType}). */
+    static Backend bf16Gemms(Backend cpu) {
+        return (Backend) java.lang.reflect.Proxy.newProxyInstance(Backend.class.getClassLoader(),
+                new Class<?>[] {Backend.class}, (proxy, method, args) -> {
+                    if (method.getName().equals("gemmDType")) {
+                        return DType.BF16;
+                    }
+                    try {
+                        return method.invoke(cpu, args);
+                    } catch (java.lang.reflect.InvocationTargetException e) {
+                        throw e.getCause();
+                    }
+                });
+    }
+
+    static Tensor roundedCopy(Tensor t) {
+        float[] f = t.floats().clone();
+        for (int i = 0; i < f.length; i++) {
+            f[i] = DType.roundToBf16(f[i]);
+        }
+        return Tensor.of(f, t.shape());
+    }
+
     @Test
     void withoutGradientsOnlyTheLossAndNoRowsAtAll() {
         Backend be = new CpuBackend();

@@ -1,5 +1,6 @@
 package dev.sparkmoe.gpu.cuda;
 
+import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import org.bytedeco.cuda.cublas.cublasContext;
 import org.bytedeco.cuda.global.cublas;
@@ -10,7 +11,8 @@ import org.bytedeco.javacpp.FloatPointer;
  * Dense matrix products through cuBLAS on the compute stream: row-major C = op(A) op(B) is computed as the
  * column-major C^T = op(B)^T op(A)^T by {@code cublasGemmEx} (strided-batched: {@code cublasGemmStridedBatchedEx})
  * with f32 storage and the compute type of the current {@link CudaBackend.GemmPrecision}, which the grouped GEMM and
- * attention also consult. Called under the backend's lock.
+ * attention also consult; on BF16 operands (both A and B, C in F32) with bf16 storage and f32 accumulation. Called
+ * under the backend's lock.
  */
 final class CublasGemm {
     private static final String K = KernelLauncher.KERNELS;
@@ -66,8 +68,34 @@ final class CublasGemm {
         }
         checkSpan("A", a, aOff, transA ? k : m, transA ? m : k, lda);
         checkSpan("B", b, bOff, transB ? n : k, transB ? k : n, ldb);
+        if (a.dtype() == DType.BF16 || b.dtype() == DType.BF16) {
+            if (a.dtype() != DType.BF16 || b.dtype() != DType.BF16 || c.dtype() != DType.F32) {
+                throw new IllegalArgumentException("gemm on " + a.dtype() + " A, " + b.dtype() + " B and "
+                        + c.dtype() + " C: bf16 operands go in pairs (both A and B BF16, C F32); convert the "
+                        + "other operand to BF16 first (Backend.convert)");
+            }
+            gemmBf16(transA, transB, m, n, k, alpha, memory.addrOf(a, DType.BF16, "A", aOff, 0), lda,
+                    memory.addrOf(b, DType.BF16, "B", bOff, 0), ldb, beta, memory.addr(c, "C", cOff, 0), ldc);
+            return;
+        }
         gemmEx(transA, transB, m, n, k, alpha, memory.addr(a, "A", aOff, 0), lda, memory.addr(b, "B", bOff, 0), ldb,
                 beta, memory.addr(c, "C", cOff, 0), ldc);
+    }
+
+    /**
+     * One cublasGemmEx on bf16 A and B with f32 C and f32 accumulation (CUBLAS_COMPUTE_32F), whatever the
+     * precision: the operands are bf16 already (row-major, strides in elements, byte addresses).
+     */
+    void gemmBf16(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b, int ldb,
+                  float beta, long c, int ldc) {
+        alphaP.put(alpha);
+        betaP.put(beta);
+        Cuda.checkCublas(cublas.cublasGemmEx(handle, transB ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N,
+                transA ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N, n, m, k, alphaP, RawPointer.of(b, 0),
+                cudart.CUDA_R_16BF, ldb, RawPointer.of(a, 0), cudart.CUDA_R_16BF, lda, betaP, RawPointer.of(c, 0),
+                cudart.CUDA_R_32F, ldc, cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_GEMM_DEFAULT),
+                "cublasGemmEx(bf16, m=" + m + ", n=" + n + ", k=" + k + ", transA=" + transA + ", transB=" + transB
+                        + ")");
     }
 
     /** One cublasGemmEx on device addresses (row-major, strides in elements). */

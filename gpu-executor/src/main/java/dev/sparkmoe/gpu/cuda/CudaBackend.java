@@ -10,7 +10,8 @@ import java.util.logging.Logger;
 
 /**
  * The CUDA backend: a facade over the parts that each own one concern of running the {@link Backend} SPI on one GPU.
- * f32 device storage (BF16/F16 tensors are kept as f32 values, as on the host; I32 as int32, I64 as int64); every
+ * Device storage in the tensor's dtype (F32; BF16 and F16 as 16-bit words, read by the ops that {@link #gemmDType}
+ * names; I32 as int32, I64 as int64); every
  * copy, kernel and cuBLAS call is queued in order on one non-blocking stream.
  * <ul>
  *   <li>{@link CudaDevice}: the device, its context on the calling thread, the stream, event timing;</li>
@@ -487,6 +488,23 @@ public final class CudaBackend implements Backend, AutoCloseable {
         Transfers.sameDtype("copyRows", src, dst);
         current();
         transfers.copyRows(src, srcOff, srcStride, dst, dstOff, dstStride, rows, rowLen);
+    }
+
+    /**
+     * {@link DType#BF16} at {@link GemmPrecision#BF16} (whose GEMMs round F32 operands to bf16 as they read them), else
+     * F32. BF16 device tensors are real: 2 bytes an element ({@link #upload} rounds, {@link #download} widens). The
+     * ops that take them: {@link #gemm} (A and B both BF16, C F32: bf16 storage, f32 accumulation), {@link #convert},
+     * {@link #copy}, {@link #copyRows} and {@link #crossEntropy}'s gradient; any other op refuses one by name.
+     */
+    @Override
+    public synchronized DType gemmDType() {
+        return dense.precision() == GemmPrecision.BF16 ? DType.BF16 : DType.F32;
+    }
+
+    @Override
+    public synchronized void convert(Tensor src, Tensor dst) {
+        current();
+        elementwise.convert(src, dst);
     }
 
     @Override

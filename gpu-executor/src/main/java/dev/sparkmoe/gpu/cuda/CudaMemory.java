@@ -38,8 +38,9 @@ final class CudaMemory {
         this.images = images;
     }
 
+    /** Bytes an element of {@code d} takes on the device: its size (BF16 and F16 are 2 bytes, not f32 values). */
     static int elementBytes(DType d) {
-        return d == DType.I64 ? 8 : 4;
+        return d.byteSize();
     }
 
     /** A new buffer of {@code bytes}, in the innermost open scope. */
@@ -151,8 +152,25 @@ final class CudaMemory {
         return RawPointer.of(b.address() + off * elementBytes(t.dtype()), 0);
     }
 
-    /** The device address of element {@code off} of t, after checking that [off, off + n) lies inside it. */
+    /**
+     * The device address of element {@code off} of t, after checking that [off, off + n) lies inside it, for a kernel
+     * that reads or writes it as F32 (floating) or as its integer dtype: a BF16 or F16 tensor is refused, naming
+     * {@code what}. The ops that take those ({@link #addrOf}) are named in {@link CudaBackend#gemmDType()}.
+     */
     long addr(Tensor t, String what, long off, long n) {
+        if (t != null && (t.dtype() == DType.BF16 || t.dtype() == DType.F16)) {
+            throw new IllegalArgumentException(what + " is " + t + ": this op reads and writes F32 on the GPU; a "
+                    + t.dtype() + " tensor is taken only by gemm (both operands), convert, copy and crossEntropy's "
+                    + "gradient. Convert it to F32 first (Backend.convert)");
+        }
+        return ptr(t, what, off, n).address();
+    }
+
+    /** As {@link #addr} for an op that takes {@code t} in dtype {@code expected} (BF16 included). */
+    long addrOf(Tensor t, DType expected, String what, long off, long n) {
+        if (t == null || t.dtype() != expected) {
+            throw new IllegalArgumentException(what + " must be " + expected + ", got " + t);
+        }
         return ptr(t, what, off, n).address();
     }
 

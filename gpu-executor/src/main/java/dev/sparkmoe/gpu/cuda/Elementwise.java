@@ -45,6 +45,37 @@ final class Elementwise {
         }
     }
 
+    /** {@link dev.sparkmoe.core.backend.Backend#convert}: F32 <-> BF16 (and a plain copy between equal dtypes). */
+    void convert(Tensor src, Tensor dst) {
+        long n = src.numel();
+        if (n != dst.numel() || !src.dtype().isFloating() || !dst.dtype().isFloating()) {
+            throw new IllegalArgumentException("convert from " + src + " to " + dst + ": both must be floating "
+                    + "(F32, BF16) with the same number of elements");
+        }
+        if (n == 0) {
+            return;
+        }
+        DType from = src.dtype(), to = dst.dtype();
+        if (from == to) {
+            Cuda.check(cudart.cudaMemcpyAsync(memory.ptr(dst, "convert dst", 0, n), memory.ptr(src, "convert src", 0,
+                    n), n * CudaMemory.elementBytes(from), cudart.cudaMemcpyDeviceToDevice, device.stream()),
+                    "cudaMemcpyAsync(convert " + src + " -> " + dst + ")");
+            return;
+        }
+        if (from == DType.F32 && to == DType.BF16) {
+            long s = memory.addr(src, "convert src", 0, n), d = memory.addrOf(dst, DType.BF16, "convert dst", 0, n);
+            int vec = n % 4 == 0 && s % 16 == 0 && d % 8 == 0 ? 1 : 0;
+            launcher.launch1D(K, "convert_f32_bf16", vec == 1 ? n / 4 : n, s, n, d, vec);
+        } else if (from == DType.BF16 && to == DType.F32) {
+            long s = memory.addrOf(src, DType.BF16, "convert src", 0, n), d = memory.addr(dst, "convert dst", 0, n);
+            int vec = n % 4 == 0 && s % 8 == 0 && d % 16 == 0 ? 1 : 0;
+            launcher.launch1D(K, "convert_bf16_f32", vec == 1 ? n / 4 : n, s, n, d, vec);
+        } else {
+            throw new IllegalArgumentException("convert from " + from + " to " + to + " is not on the GPU: it "
+                    + "converts between F32 and BF16");
+        }
+    }
+
     void axpy(float alpha, Tensor x, int xOff, Tensor y, int yOff, int n) {
         if (n == 0) {
             return;

@@ -62,11 +62,13 @@ final class EmbeddingAndLoss {
         Tensor rowLoss = memory.scratch(DType.I64, rows + 1); // doubles
         try {
             long rl = memory.addr(rowLoss, "rowLoss", 0, rows + 1);
-            long la = memory.addr(logits, "logits", 0, n), da = memory.addr(dLogits, "dLogits", 0, n);
-            boolean vec = vocab % 4 == 0 && vocab >= 4096 && aligned16(la, da);
-            launcher.launch(K, vec ? "cross_entropy_fwd_bwd_v4" : "cross_entropy_fwd_bwd", rows, 1,
-                    vocab >= 4096 ? 512 : rowThreads(vocab), 0, la, memory.addr(targets, "targets", 0, rows), rows,
-                    vocab, gradScale, da, rl, errors.address());
+            long la = memory.addr(logits, "logits", 0, n);
+            boolean half = dLogits.dtype() == DType.BF16; // the gradient in the GEMMs' dtype (Backend.gemmDType)
+            long da = half ? memory.addrOf(dLogits, DType.BF16, "dLogits", 0, n) : memory.addr(dLogits, "dLogits", 0, n);
+            boolean vec = vocab % 4 == 0 && vocab >= 4096 && aligned16(la) && da % (half ? 8 : 16) == 0;
+            launcher.launch(K, (vec ? "cross_entropy_fwd_bwd_v4" : "cross_entropy_fwd_bwd") + (half ? "_bf16" : ""),
+                    rows, 1, vocab >= 4096 ? 512 : rowThreads(vocab), 0, la,
+                    memory.addr(targets, "targets", 0, rows), rows, vocab, gradScale, da, rl, errors.address());
             launcher.launch(K, "sum_partials_f64", 1, 1, 1024, 0, rl, rows, rl + 8L * rows);
             return readDouble(rl + 8L * rows);
         } finally {

@@ -7,6 +7,7 @@ import org.bytedeco.javacpp.FloatPointer;
 import org.bytedeco.javacpp.IntPointer;
 import org.bytedeco.javacpp.LongPointer;
 import org.bytedeco.javacpp.Pointer;
+import org.bytedeco.javacpp.ShortPointer;
 
 /**
  * Tensors made on the device and bytes moved: zero-filled and uninitialised tensors, uploads and downloads, device
@@ -75,6 +76,7 @@ final class Transfers {
         switch (host.dtype()) {
             case I32: src = new IntPointer(host.ints()); break;
             case I64: src = new LongPointer(host.longs()); break;
+            case BF16: case F16: src = new ShortPointer(halves(host)); break;
             default: src = new FloatPointer(host.floats());
         }
         try {
@@ -96,6 +98,7 @@ final class Transfers {
             switch (t.dtype()) {
                 case I32: dst = new IntPointer(n); break;
                 case I64: dst = new LongPointer(n); break;
+                case BF16: case F16: dst = new ShortPointer(n); break;
                 default: dst = new FloatPointer(n);
             }
             try {
@@ -106,6 +109,7 @@ final class Transfers {
                 switch (t.dtype()) {
                     case I32: ((IntPointer) dst).get(host.ints()); break;
                     case I64: ((LongPointer) dst).get(host.longs()); break;
+                    case BF16: case F16: widen((ShortPointer) dst, host); break;
                     default: ((FloatPointer) dst).get(host.floats());
                 }
             } finally {
@@ -115,6 +119,28 @@ final class Transfers {
             errors.syncAndCheck();
         }
         return host;
+    }
+
+    /** A BF16 or F16 host tensor's values (f32 values exact in that dtype) as the 16-bit words the device holds. */
+    private static short[] halves(Tensor host) {
+        float[] f = host.floats();
+        short[] h = new short[f.length];
+        boolean bf16 = host.dtype() == DType.BF16;
+        for (int i = 0; i < f.length; i++) {
+            h[i] = bf16 ? DType.floatToBf16(f[i]) : DType.floatToF16(f[i]);
+        }
+        return h;
+    }
+
+    /** The device's 16-bit words widened into a BF16 or F16 host tensor's f32 values. */
+    private static void widen(ShortPointer words, Tensor host) {
+        float[] f = host.floats();
+        short[] h = new short[f.length];
+        words.get(h);
+        boolean bf16 = host.dtype() == DType.BF16;
+        for (int i = 0; i < f.length; i++) {
+            f[i] = bf16 ? DType.bf16ToFloat(h[i]) : DType.f16ToFloat(h[i]);
+        }
     }
 
     void copy(Tensor src, int srcOff, Tensor dst, int dstOff, int n) {

@@ -551,68 +551,19 @@ __device__ __forceinline__ void gather_rows_warp_body(const float* src, int srcR
     }
 }
 
-extern "C" {
+// Streaming stores of four results at float4 c: f32 (16-byte aligned) or bf16 (8-byte aligned).
+__device__ __forceinline__ void st4cso(float* p, int c, float4 v) { st4cs(p, c, v); }
+__device__ __forceinline__ void st4cso(unsigned short* p, int c, float4 v) { st4_bf16(p, c, v); }
 
-__global__ void silu_mul_fwd_x4(const float* __restrict__ gate, const float* __restrict__ up, float* __restrict__ out,
-                                int n) {
-    silu_mul_fwd_x4_body(gate, up, out, n);
-}
-
-__global__ void silu_mul_fwd_x4_bf16(const float* __restrict__ gate, const float* __restrict__ up,
-                                     unsigned short* __restrict__ out, int n) {
-    silu_mul_fwd_x4_body(gate, up, out, n);
-}
-
-__global__ void silu_mul_bwd_x4(const float* __restrict__ dOut, const float* __restrict__ gate,
-                                const float* __restrict__ up, float* __restrict__ dGate, float* __restrict__ dUp,
-                                int n) {
-    silu_mul_bwd_x4_body(dOut, gate, up, dGate, dUp, n);
-}
-
-__global__ void silu_mul_bwd_x4_bf16(const float* __restrict__ dOut, const float* __restrict__ gate,
-                                     const float* __restrict__ up, unsigned short* __restrict__ dGate,
-                                     unsigned short* __restrict__ dUp, int n) {
-    silu_mul_bwd_x4_body(dOut, gate, up, dGate, dUp, n);
-}
-
-// ------------------------------------------------------------------ embedding
-
-__global__ void embedding_fwd(const float* table, int tableRows, const int* ids, int tokens, int hidden, float* out,
-                              int* err) {
-    GRID_STRIDE(i, (long long)tokens * hidden) {
-        int n = (int)(i / hidden), j = (int)(i % hidden);
-        int id = ids[n];
-        if (id < 0 || id >= tableRows) {
-            if (j == 0) report(err, ERR_EMBED_ID, n, id, tableRows);
-            continue;
-        }
-        out[i] = table[(long long)id * hidden + j];
-    }
-}
-
-// dTable[ids[n]] += dOut[n]: atomicAdd, so the summation order of repeated ids is not fixed.
-__global__ void embedding_bwd(const float* dOut, const int* ids, int tokens, int hidden, float* dTable, int tableRows,
-                              int* err) {
-    GRID_STRIDE(i, (long long)tokens * hidden) {
-        int n = (int)(i / hidden), j = (int)(i % hidden);
-        int id = ids[n];
-        if (id < 0 || id >= tableRows) {
-            if (j == 0) report(err, ERR_EMBED_BWD_ID, n, id, tableRows);
-            continue;
-        }
-        atomicAdd(dTable + (long long)id * hidden + j, dOut[i]);
-    }
-}
-
-// ------------------------------------------------------------------ cross-entropy (block per row)
-
-__global__ void cross_entropy_fwd_bwd(const float* logits, const int* targets, int rows, int vocab, float gradScale,
-                                      float* dLogits, double* rowLoss, int* err) {
+// Cross-entropy bodies, templated over the gradient's type O (float or bf16 bits); kernels in the extern "C" block.
+template <typename O>
+__device__ __forceinline__ void cross_entropy_body(const float* logits, const int* targets, int rows, int vocab,
+                                                   float gradScale, O* dLogits, double* rowLoss, int* err) {
     int r = blockIdx.x;
     long long o = (long long)r * vocab;
     int t = targets[r];
     if (t == -100) {
-        for (int j = threadIdx.x; j < vocab; j += blockDim.x) dLogits[o + j] = 0.f;
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x) st1o(dLogits, o + j, 0.f);
         if (threadIdx.x == 0) rowLoss[r] = 0.0;
         return;
     }
@@ -634,7 +585,7 @@ __global__ void cross_entropy_fwd_bwd(const float* logits, const int* targets, i
     for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
         float d = (float)exp((double)(logits[o + j] - mx) - logSum) * gradScale;
         if (j == t) d -= gradScale;
-        dLogits[o + j] = d;
+        st1o(dLogits, o + j, d);
     }
 }
 
@@ -647,17 +598,18 @@ __device__ __forceinline__ void ce_acc(float v, float m, double& s) { s += exp((
 
 // dLogits may alias logits (no __restrict__ on either): each element is read by the thread that later writes it, and
 // the target's logit is read before the first barrier.
-__global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4(const float* logits,
-        const int* __restrict__ targets, int rows, int vocab, float gradScale, float* dLogits,
-        double* rowLoss, int* err) {
+template <typename O>
+__device__ __forceinline__ void cross_entropy_v4_body(const float* logits, const int* __restrict__ targets, int rows,
+                                                      int vocab, float gradScale, O* dLogits, double* rowLoss,
+                                                      int* err) {
     int r = blockIdx.x;
     long long o = (long long)r * vocab;
     const float* lr = logits + o;
-    float* dr = dLogits + o;
+    O* dr = dLogits + o;
     int v4 = vocab >> 2;
     int t = targets[r];
     if (t == -100) {
-        for (int c = threadIdx.x; c < v4; c += blockDim.x) st4cs(dr, c, make_float4(0.f, 0.f, 0.f, 0.f));
+        for (int c = threadIdx.x; c < v4; c += blockDim.x) st4cso(dr, c, make_float4(0.f, 0.f, 0.f, 0.f));
         if (threadIdx.x == 0) rowLoss[r] = 0.0;
         return;
     }
@@ -718,9 +670,88 @@ __global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4(const float* 
                 if (t == j) d.x -= gradScale; else if (t == j + 1) d.y -= gradScale;
                 else if (t == j + 2) d.z -= gradScale; else d.w -= gradScale;
             }
-            st4cs(dr, c, d);
+            st4cso(dr, c, d);
         }
     }
+}
+
+extern "C" {
+
+__global__ void silu_mul_fwd_x4(const float* __restrict__ gate, const float* __restrict__ up, float* __restrict__ out,
+                                int n) {
+    silu_mul_fwd_x4_body(gate, up, out, n);
+}
+
+__global__ void silu_mul_fwd_x4_bf16(const float* __restrict__ gate, const float* __restrict__ up,
+                                     unsigned short* __restrict__ out, int n) {
+    silu_mul_fwd_x4_body(gate, up, out, n);
+}
+
+__global__ void silu_mul_bwd_x4(const float* __restrict__ dOut, const float* __restrict__ gate,
+                                const float* __restrict__ up, float* __restrict__ dGate, float* __restrict__ dUp,
+                                int n) {
+    silu_mul_bwd_x4_body(dOut, gate, up, dGate, dUp, n);
+}
+
+__global__ void silu_mul_bwd_x4_bf16(const float* __restrict__ dOut, const float* __restrict__ gate,
+                                     const float* __restrict__ up, unsigned short* __restrict__ dGate,
+                                     unsigned short* __restrict__ dUp, int n) {
+    silu_mul_bwd_x4_body(dOut, gate, up, dGate, dUp, n);
+}
+
+// ------------------------------------------------------------------ embedding
+
+__global__ void embedding_fwd(const float* table, int tableRows, const int* ids, int tokens, int hidden, float* out,
+                              int* err) {
+    GRID_STRIDE(i, (long long)tokens * hidden) {
+        int n = (int)(i / hidden), j = (int)(i % hidden);
+        int id = ids[n];
+        if (id < 0 || id >= tableRows) {
+            if (j == 0) report(err, ERR_EMBED_ID, n, id, tableRows);
+            continue;
+        }
+        out[i] = table[(long long)id * hidden + j];
+    }
+}
+
+// dTable[ids[n]] += dOut[n]: atomicAdd, so the summation order of repeated ids is not fixed.
+__global__ void embedding_bwd(const float* dOut, const int* ids, int tokens, int hidden, float* dTable, int tableRows,
+                              int* err) {
+    GRID_STRIDE(i, (long long)tokens * hidden) {
+        int n = (int)(i / hidden), j = (int)(i % hidden);
+        int id = ids[n];
+        if (id < 0 || id >= tableRows) {
+            if (j == 0) report(err, ERR_EMBED_BWD_ID, n, id, tableRows);
+            continue;
+        }
+        atomicAdd(dTable + (long long)id * hidden + j, dOut[i]);
+    }
+}
+
+// ------------------------------------------------------------------ cross-entropy (block per row)
+
+// The bodies are above (templates over the gradient's type); dLogits f32 (may alias the logits) or bf16 (the
+// gradient in the GEMMs' dtype, Backend.gemmDType: a buffer of its own).
+__global__ void cross_entropy_fwd_bwd(const float* logits, const int* targets, int rows, int vocab, float gradScale,
+                                      float* dLogits, double* rowLoss, int* err) {
+    cross_entropy_body(logits, targets, rows, vocab, gradScale, dLogits, rowLoss, err);
+}
+
+__global__ void cross_entropy_fwd_bwd_bf16(const float* logits, const int* targets, int rows, int vocab,
+                                           float gradScale, unsigned short* dLogits, double* rowLoss, int* err) {
+    cross_entropy_body(logits, targets, rows, vocab, gradScale, dLogits, rowLoss, err);
+}
+
+__global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4(const float* logits,
+        const int* __restrict__ targets, int rows, int vocab, float gradScale, float* dLogits,
+        double* rowLoss, int* err) {
+    cross_entropy_v4_body(logits, targets, rows, vocab, gradScale, dLogits, rowLoss, err);
+}
+
+__global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4_bf16(const float* logits,
+        const int* __restrict__ targets, int rows, int vocab, float gradScale, unsigned short* dLogits,
+        double* rowLoss, int* err) {
+    cross_entropy_v4_body(logits, targets, rows, vocab, gradScale, dLogits, rowLoss, err);
 }
 
 // ------------------------------------------------------------------ softmax / router (warp per row)
@@ -1151,6 +1182,29 @@ __global__ void f32_to_bf16_rows(const float* src, long long ld, int rows, int c
             dst[o] = (unsigned short)(packed & 0xffffu);
             if (two) dst[o + 1] = (unsigned short)(packed >> 16);
         }
+    }
+}
+
+// Backend.convert: n values f32 -> bf16 (rounded to nearest even, as f32_to_bf16_rows) or bf16 -> f32 (exact).
+// With vec != 0 (the host checked n % 4 == 0, the f32 side 16-byte and the bf16 side 8-byte aligned) four values a
+// thread in one load and one store, else one.
+__global__ void convert_f32_bf16(const float* src, long long n, unsigned short* dst, int vec) {
+    if (vec) {
+        GRID_STRIDE(c, n >> 2) st4_bf16(dst, c, reinterpret_cast<const float4*>(src)[c]);
+    } else {
+        GRID_STRIDE(i, n) dst[i] = bf16_rn(src[i]);
+    }
+}
+
+__global__ void convert_bf16_f32(const unsigned short* src, long long n, float* dst, int vec) {
+    if (vec) {
+        GRID_STRIDE(c, n >> 2) {
+            uint2 p = reinterpret_cast<const uint2*>(src)[c];
+            reinterpret_cast<float4*>(dst)[c] = make_float4(__uint_as_float(p.x << 16), __uint_as_float(p.x & 0xffff0000u),
+                                                            __uint_as_float(p.y << 16), __uint_as_float(p.y & 0xffff0000u));
+        }
+    } else {
+        GRID_STRIDE(i, n) dst[i] = __uint_as_float((unsigned int)src[i] << 16);
     }
 }
 

@@ -223,21 +223,31 @@ final class StepReplay {
     }
 
     /**
-     * FusedLinearCrossEntropy.run: the head input's gradient [N, H] and the head weight's [V, H], then per chunk of
-     * rows the logits (their gradient written over them) and the chunk's targets; no [N, V] tensor. Returns the head
-     * input's gradient; the weight's goes to the pass.
+     * FusedLinearCrossEntropy.run: the head input's gradient [N, H] and the head weight's [V, H]; on bf16 GEMM
+     * operands (CUDA at bf16) the weight's and the input's bf16 copies; then per chunk of rows the logits (in f32;
+     * their gradient written over them, or on bf16 operands into a bf16 buffer of its own) and the chunk's targets;
+     * no [N, V] tensor. Returns the head input's gradient; the weight's goes to the pass.
      */
     private Buf fusedLoss(Pass p) {
         long rows = r.lossChunkRows((int) p.n);
         Buf dHidden = f32(Category.LOSS, p.n * h, "final norm output gradient [N, H]");
         p.dHeadWeight = f32(Category.UNIT_GRADIENTS, (long) v * h, "gradient of " + units.lmHead.name);
-        Buf chunk = f32(Category.LOSS, rows * v, "logits chunk [C, V]");
-        Buf chunkTargets = f32(Category.LOSS, rows, "targets of a chunk");
         if (units.lmHead == units.embed) {
-            fsdp.readAsF32(units.embedding); // tied: the head's GEMMs read the embedding
+            fsdp.readAsF32(units.embedding); // tied: the head's GEMMs (or its bf16 copy) read the embedding
         }
+        boolean copies = r.bf16Device();
+        List<Buf> made = new ArrayList<>();
+        if (copies) {
+            made.add(mem.alloc(Category.LOSS, (long) v * h, 2, "bf16 copy of " + units.lmHead.name));
+            made.add(mem.alloc(Category.LOSS, p.n * h, 2, "bf16 copy of the final norm output [N, H]"));
+        }
+        made.add(f32(Category.LOSS, rows * v, "logits chunk [C, V]"));
+        if (copies) {
+            made.add(mem.alloc(Category.LOSS, rows * v, 2, "bf16 gradient of the logits chunk [C, V]"));
+        }
+        made.add(f32(Category.LOSS, rows, "targets of a chunk"));
         dev.crossEntropy(rows);
-        mem.free(chunk, chunkTargets);
+        mem.free(made.toArray(new Buf[0]));
         return dHidden;
     }
 

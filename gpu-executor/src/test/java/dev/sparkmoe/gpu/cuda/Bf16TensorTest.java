@@ -1,0 +1,189 @@
+package dev.sparkmoe.gpu.cuda;
+
+import dev.sparkmoe.core.backend.CpuBackend;
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+
+import java.util.Arrays;
+import java.util.Random;
+
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.assertClose;
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.host;
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.rnd;
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.roundedToBf16;
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * BF16 device tensors (2 bytes an element; {@link CudaBackend#gemmDType}) against the CPU backend, which holds the
+ * same bf16 values as f32: upload rounds and download widens exactly; {@code convert} both ways bit for bit with the
+ * CPU (odd sizes and offsets take the scalar kernels, aligned ones the vector kernels); a GEMM on bf16 pairs (all
+ * four transposes, offsets, strides, beta 0 and 1) against the CPU's f32 GEMM on the same values, 1e-5 (f32
+ * accumulation both); the cross-entropy's bf16 gradient is the f32 kernel's rounded, bit for bit (block-per-row and
+ * float4 kernels); and an F32 op given a BF16 tensor, or a GEMM on a mixed pair, is refused by name. Skipped where no
+ * GPU or CUDA library is present.
+ */
+class Bf16TensorTest {
+    private final CpuBackend cpu = new CpuBackend();
+    private CudaBackend gpu;
+    private Random r;
+
+    @BeforeEach
+    void setUp() {
+        gpu = GpuTestSupport.backend();
+        r = new Random(System.nanoTime());
+    }
+
+    private Tensor upBf16(float[] a, int... shape) {
+        return gpu.upload(Tensor.ofFloating(DType.BF16, a.clone(), shape));
+    }
+
+    @Test
+    void uploadRoundsDownloadWidensAndConvertMatchesTheCpu() {
+        for (int n : new int[] {1, 7, 4096, 100_003}) {
+            float[] f = rnd(r, n, 3);
+            f[0] = Float.NaN;
+            Tensor g16 = gpu.upload(Tensor.ofFloating(DType.BF16, f.clone(), n));
+            Tensor back = gpu.download(g16);
+            assertEquals(DType.BF16, back.dtype());
+            float[] want = roundedToBf16(f);
+            assertTrue(Float.isNaN(back.floats()[0]));
+            assertArrayEquals(Arrays.copyOfRange(want, 1, n), Arrays.copyOfRange(back.floats(), 1, n), "n=" + n);
+
+            Tensor g32 = gpu.upload(host(f.clone(), n));
+            Tensor c16 = gpu.empty(DType.BF16, n);
+            gpu.convert(g32, c16);
+            Tensor cpu16 = Tensor.zeros(DType.BF16, n);
+            cpu.convert(host(f.clone(), n), cpu16);
+            assertTrue(cpu16.bitwiseEquals(gpu.download(c16)), "f32 -> bf16, n=" + n);
+            Tensor w32 = gpu.empty(DType.F32, n);
+            gpu.convert(c16, w32);
+            assertTrue(gpu.download(w32).bitwiseEquals(Tensor.of(cpu16.floats().clone(), n)), "bf16 -> f32, n=" + n);
+            if (n > 100_000) {
+                long bytes = ((DeviceBuffer) c16.deviceHandle()).bytes();
+                assertTrue(bytes >= 2L * n && bytes < 3L * n, "a BF16 tensor takes 2 bytes an element: " + bytes);
+            }
+        }
+    }
+
+    @Test
+    void gemmOnBf16PairsMatchesTheCpuOnTheSameValues() {
+        int m = 37, n = 53, k = 71;
+        for (boolean ta : new boolean[] {false, true}) {
+            for (boolean tb : new boolean[] {false, true}) {
+                int lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 2, ldc = n + 5;
+                int aOff = 5, bOff = 7, cOff = 2;
+                float[] a = roundedToBf16(rnd(r, aOff + (ta ? k : m) * lda, 1));
+                float[] b = roundedToBf16(rnd(r, bOff + (tb ? n : k) * ldb, 1));
+                float[] c = rnd(r, cOff + m * ldc, 1);
+                for (float beta : new float[] {1f, 0f}) {
+                    Tensor cc = host(c.clone(), c.length);
+                    cpu.gemm(ta, tb, m, n, k, 0.7f, host(a, a.length), aOff, lda, host(b, b.length), bOff, ldb, beta,
+                            cc, cOff, ldc);
+                    Tensor gc = gpu.upload(host(c.clone(), c.length));
+                    gpu.gemm(ta, tb, m, n, k, 0.7f, upBf16(a, a.length), aOff, lda, upBf16(b, b.length), bOff, ldb,
+                            beta, gc, cOff, ldc);
+                    assertClose(cc.floats(), gpu.download(gc).floats(), 1e-5,
+                            "bf16 pair gemm ta=" + ta + " tb=" + tb + " beta=" + beta);
+                }
+            }
+        }
+        Tensor a32 = gpu.upload(host(new float[6], 2, 3));
+        Tensor b16 = upBf16(new float[6], 3, 2);
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> gpu.gemm(false, false, 2, 2, 3, 1f, a32, 0, 3, b16, 0, 2, 0f, gpu.empty(DType.F32, 4), 0, 2));
+        assertTrue(e.getMessage().contains("F32 A, BF16 B") && e.getMessage().contains("convert"), e.getMessage());
+    }
+
+    @Test
+    void crossEntropyWritesTheF32GradientRoundedToBf16() {
+        for (int vocab : new int[] {5003, 5004}) { // block per row; float4
+            int rows = 41;
+            float[] l = rnd(r, rows * vocab, 4);
+            int[] t = r.ints(rows, 0, vocab).toArray();
+            t[3] = -100;
+            Tensor g32 = gpu.empty(DType.F32, rows * vocab);
+            double l32 = gpu.crossEntropy(gpu.upload(host(l, l.length)), gpu.upload(Tensor.ofInts(t.clone(), rows)),
+                    rows, vocab, 0.01f, g32);
+            Tensor g16 = gpu.empty(DType.BF16, rows * vocab);
+            double l16 = gpu.crossEntropy(gpu.upload(host(l, l.length)), gpu.upload(Tensor.ofInts(t.clone(), rows)),
+                    rows, vocab, 0.01f, g16);
+            assertEquals(l32, l16, "the loss does not depend on the gradient's dtype (vocab " + vocab + ")");
+            float[] want = roundedToBf16(gpu.download(g32).floats());
+            float[] got = gpu.download(g16).floats();
+            assertArrayEquals(want, got, "vocab " + vocab);
+        }
+    }
+
+    /**
+     * The fused LM-head loss at bf16 precision (bf16 copies of the weight and the input, the chunk's gradient in
+     * bf16) against the CPU backend taking the same bf16 path (its GEMM dtype answered as BF16): the same loss and
+     * gradients up to f32 summation order and the odd gradient element rounded the other way.
+     */
+    @Test
+    void theFusedLossOnBf16OperandsMatchesTheCpuOnTheSamePath() {
+        int n = 300, h = 64, v = 5004, chunk = 128;
+        float[] hid = rnd(r, n * h, 1);
+        float[] w = rnd(r, v * h, 0.5f);
+        int[] t = r.ints(n, 0, v).toArray();
+        t[7] = -100;
+        dev.sparkmoe.core.backend.Backend cpu16 = bf16Gemms(cpu);
+        dev.sparkmoe.core.model.LmHeadLoss.Result want = dev.sparkmoe.core.model.LmHeadLoss.LOCAL.run(cpu16,
+                host(hid.clone(), n, h), Tensor.ofInts(t.clone(), n), n, host(w.clone(), v, h), 1f / n, true, false,
+                chunk);
+        CudaBackend.GemmPrecision was = gpu.gemmPrecision();
+        gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
+        try {
+            dev.sparkmoe.core.model.LmHeadLoss.Result got = dev.sparkmoe.core.model.LmHeadLoss.LOCAL.run(gpu,
+                    gpu.upload(host(hid.clone(), n, h)), gpu.upload(Tensor.ofInts(t.clone(), n)), n,
+                    gpu.upload(host(w.clone(), v, h)), 1f / n, true, false, chunk);
+            assertEquals(want.lossSum(), got.lossSum(), 1e-5 * want.lossSum(), "loss");
+            assertClose(want.dHidden().floats(), gpu.download(got.dHidden()).floats(), 1e-3, "dHidden");
+            assertClose(want.dWeight().floats(), gpu.download(got.dWeight()).floats(), 1e-3, "dW");
+        } finally {
+            gpu.setGemmPrecision(was);
+        }
+    }
+
+    /** The CPU backend, except that its GEMMs take bf16 operands. */
+    private static dev.sparkmoe.core.backend.Backend bf16Gemms(CpuBackend cpu) {
+        return (dev.sparkmoe.core.backend.Backend) java.lang.reflect.Proxy.newProxyInstance(
+                dev.sparkmoe.core.backend.Backend.class.getClassLoader(),
+                new Class<?>[] {dev.sparkmoe.core.backend.Backend.class}, (proxy, method, args) -> {
+                    if (method.getName().equals("gemmDType")) {
+                        return DType.BF16;
+                    }
+                    try {
+                        return method.invoke(cpu, args);
+                    } catch (java.lang.reflect.InvocationTargetException e) {
+                        throw e.getCause();
+                    }
+                });
+    }
+
+    @Test
+    void f32OpsRefuseABf16TensorByName() {
+        Tensor b16 = upBf16(new float[8], 8);
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> gpu.scale(b16, 2f));
+        assertTrue(e.getMessage().contains("BF16") && e.getMessage().contains("Backend.convert"), e.getMessage());
+    }
+
+    @Test
+    void theGemmDtypeFollowsThePrecision() {
+        CudaBackend.GemmPrecision was = gpu.gemmPrecision();
+        try {
+            gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
+            assertEquals(DType.BF16, gpu.gemmDType());
+            gpu.setGemmPrecision(CudaBackend.GemmPrecision.TF32);
+            assertEquals(DType.F32, gpu.gemmDType());
+            gpu.setGemmPrecision(CudaBackend.GemmPrecision.F32);
+            assertEquals(DType.F32, gpu.gemmDType());
+        } finally {
+            gpu.setGemmPrecision(was);
+        }
+    }
+}
