@@ -1,7 +1,7 @@
 package dev.sparkmoe.gpu.cuda;
 
 import static dev.sparkmoe.gpu.cuda.KernelBenchProblems.model;
-import static dev.sparkmoe.gpu.cuda.KernelBenchProblems.modelRows;
+import static dev.sparkmoe.gpu.cuda.KernelBenchProblems.c2Rows;
 
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -24,13 +24,16 @@ import java.util.Random;
  *   <li>{@code attention}: at B=4, T=2048, Hq=16, Hkv=4, D=64: the batched-GEMM path (BF16 and TF32 products) and each
  *       flash kernel set ({@link CudaBackend.FlashKernels}) with its backward in parts (bf16 copies and Di, dk/dv,
  *       dq), each path's largest difference from the GEMM path's outputs, and the memory peak;</li>
- *   <li>{@code grouped}: the grouped GEMM kernel (its operand casts included), the casts alone and the cuBLAS loop on
- *       the model's six expert GEMM shapes (32 experts, 32,768 rows); with {@code --variants}, the kernel compiled with
- *       each {@code sparkmoe.cuda.defines} set too (e.g. {@code GB_BN=256;GB_BK=32,GB_STAGES=4}), on a backend of its
- *       own, after checking its result on every shape against the default kernel's (within 1e-6 of the largest
- *       value, plus 1e-5).</li>
+ *   <li>{@code grouped}: on the six expert GEMM shapes of one Qwen3-30B-A3B MoE layer (C2: 128 experts, 65,536
+ *       routed rows, ragged 34 to 1,139 per expert, H = 2048, I = 768), each grouped GEMM kernel the device has
+ *       (the sm90 wgmma kernel on compute capability 9.0, the mma.sync kernel; operand casts included, and alone),
+ *       the casts alone and the cuBLAS loop, each kernel's result checked against the default kernel's (within 1e-3
+ *       of the largest value: the kernels sum in different orders); with {@code --variants}, the default kernel
+ *       compiled with each {@code sparkmoe.cuda.defines} set too (e.g. {@code GB_BN=256;GS_STAGES=4}), on a backend
+ *       of its own, after checking its result against the default kernel's (within 1e-6 of the largest value, plus
+ *       1e-5).</li>
  * </ul>
- * Exit status 1 where a variant's result differs from the default's.
+ * Exit status 1 where a kernel's or a variant's result differs from the default's.
  */
 public final class KernelBench {
     private final CudaBackend gpu;
@@ -303,50 +306,82 @@ public final class KernelBench {
         CudaBackend.GemmPrecision savedPrecision = gpu.gemmPrecision();
         String baseDefines = System.getProperty("sparkmoe.cuda.defines", "");
         CudaBackend[] vb = new CudaBackend[variants.size()];
-        int[] rows = modelRows(new Random(1));
-        int hidden = 1024, inter = 512;
-        Problem[] shapes = {model("NT", rows, inter, hidden), model("NT", rows, hidden, inter),
-            model("NN", rows, inter, hidden), model("NN", rows, hidden, inter), model("TN", rows, hidden, inter),
-            model("TN", rows, inter, hidden)};
-        out.append("grouped GEMM, defines '" + baseDefines + "', 32 experts, rows " + Arrays.toString(rows) + "\n");
-        String[] labels = {"KERNEL (casts incl.)", "  of which the bf16 casts", "  bf16 kernel alone (difference)",
-            "LOOP   BF16 (cuBLAS per group)"};
-        double[] total = new double[labels.length];
+        int[] rows = c2Rows(new Random(1));
+        int hidden = 2048, inter = 768;
+        Problem[] shapes = {model("NT", rows, 2 * inter, hidden), model("NT", rows, hidden, inter),
+            model("NN", rows, inter, hidden), model("NN", rows, hidden, 2 * inter), model("TN", rows, 2 * inter, hidden),
+            model("TN", rows, hidden, inter)};
+        out.append("grouped GEMM, defines '" + baseDefines + "', " + rows.length + " experts, "
+                + Arrays.stream(rows).sum() + " rows (" + Arrays.stream(rows).min().getAsInt() + " to "
+                + Arrays.stream(rows).max().getAsInt() + " per expert), H " + hidden + ", I " + inter + "\n");
+        List<GroupedGemm.Kernel> kernels = new ArrayList<>();
+        if (gpu.groupedSm90Supported()) {
+            kernels.add(GroupedGemm.Kernel.SM90);
+        }
+        kernels.add(GroupedGemm.Kernel.MMA_SYNC);
+        List<String> labels = new ArrayList<>();
+        for (GroupedGemm.Kernel kind : kernels) {
+            labels.add("KERNEL " + kind + " (casts incl.)");
+            labels.add("  " + kind + " kernel alone (difference)");
+        }
+        labels.add("  the bf16 casts alone");
+        labels.add("LOOP   BF16 (cuBLAS per group)");
+        double[] total = new double[labels.size()];
         double[][] vTotal = new double[variants.size()][2];
         List<String> failures = new ArrayList<>();
         try {
             for (Problem p : shapes) {
                 float[] ha = fastRnd(p.aLen(), 11), hb = fastRnd(p.bLen(), 12), hc = fastRnd(p.cLen(), 13);
                 float beta = p.tA() ? 1f : 0f;
-                float[] reference;
+                float[] reference = null;
                 try (var scope = gpu.openScope()) {
                     Tensor a = gpu.upload(Tensor.of(ha, p.aLen()));
                     Tensor b = gpu.upload(Tensor.of(hb, p.bLen()));
                     Tensor c = gpu.upload(Tensor.of(hc.clone(), p.cLen()));
+                    Tensor c0 = gpu.upload(Tensor.of(hc, p.cLen()));
                     Runnable call = () -> gpu.groupedGemm(p.tA(), p.tB(), p.groups(), p.m(), p.n(), p.k(), 1f, a, p.aOff(), p.lda(),
                             b, p.bOff(), p.ldb(), beta, c, p.cOff(), p.ldc());
                     Runnable cast = () -> gpu.groupedOperandCastOnly(p.tA(), p.tB(), p.groups(), p.m(), p.n(), p.k(), a,
                             p.aOff(), p.lda(), b, p.bOff(), p.ldb());
                     gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
                     gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
-                    call.run();
-                    reference = gpu.download(c).floats();
-                    double[] ms = new double[labels.length];
-                    ms[0] = medianMillis(gpu, call, 3, 11);
-                    ms[1] = medianMillis(gpu, cast, 3, 11);
-                    ms[2] = ms[0] - ms[1];
+                    double[] ms = new double[labels.size()];
+                    double castMs = medianMillis(gpu, cast, 3, 11);
+                    for (int i = 0; i < kernels.size(); i++) {
+                        gpu.setGroupedKernel(kernels.get(i));
+                        gpu.copy(c0, 0, c, 0, p.cLen());
+                        call.run();
+                        float[] got = gpu.download(c).floats();
+                        if (reference == null) {
+                            reference = got;
+                        } else {
+                            // the same bf16 products summed in another order: within 1e-3 of the largest value
+                            double diff = maxDiff(reference, got), bound = 1e-3 * maxAbs(reference) + 1e-5;
+                            if (!(diff <= bound)) {
+                                String f = p.name() + ": kernel " + kernels.get(i) + " differs from " + kernels.get(0)
+                                        + " by " + diff + " (bound " + bound + ")";
+                                failures.add(f);
+                                out.append("MISMATCH ").append(f).append('\n');
+                            }
+                        }
+                        ms[2 * i] = medianMillis(gpu, call, 3, 20);
+                        ms[2 * i + 1] = ms[2 * i] - castMs;
+                    }
+                    gpu.setGroupedKernel(GroupedGemm.Kernel.AUTO);
+                    ms[labels.size() - 2] = castMs;
                     gpu.setGroupedMode(CudaBackend.GroupedMode.LOOP);
-                    ms[3] = medianMillis(gpu, call, 3, 11);
+                    ms[labels.size() - 1] = medianMillis(gpu, call, 3, 11);
                     for (int i = 0; i < ms.length; i++) {
                         total[i] += ms[i];
-                        out.append(String.format(Locale.ROOT, "%-30s %-34s beta=%.0f: %8.3f ms", p.name(), labels[i],
-                                beta, ms[i]));
-                        out.append(i == 1 ? String.format("%n")
+                        out.append(String.format(Locale.ROOT, "%-30s %-38s beta=%.0f: %8.3f ms", p.name(),
+                                labels.get(i), beta, ms[i]));
+                        out.append(i == labels.size() - 2 ? String.format("%n")
                                 : String.format(Locale.ROOT, "  %7.1f TFLOP/s%n", p.flops() / ms[i] / 1e9));
                     }
                 } finally {
                     gpu.setGroupedMode(savedMode);
                     gpu.setGemmPrecision(savedPrecision);
+                    gpu.setGroupedKernel(GroupedGemm.Kernel.AUTO);
                 }
                 for (int v = 0; v < vb.length; v++) {
                     System.setProperty("sparkmoe.cuda.defines", variants.get(v));
@@ -396,14 +431,14 @@ public final class KernelBench {
             }
         }
         for (int i = 0; i < total.length; i++) {
-            out.append(String.format(Locale.ROOT, "six shapes, %-34s %8.3f ms%n", labels[i], total[i]));
+            out.append(String.format(Locale.ROOT, "six shapes, %-38s %8.3f ms%n", labels.get(i), total[i]));
         }
         for (int v = 0; v < vb.length; v++) {
             out.append(String.format(Locale.ROOT, "six shapes, bf16 [%s]: %8.3f ms (kernels alone %8.3f ms)%n",
                     variants.get(v), vTotal[v][0], vTotal[v][1]));
         }
         if (!failures.isEmpty()) {
-            out.append("variants that differ from the default kernel: ").append(failures).append('\n');
+            out.append("kernels or variants that differ from the default kernel: ").append(failures).append('\n');
         }
         return failures.isEmpty();
     }

@@ -74,6 +74,31 @@ public final class KernelBenchProblems {
         }
     }
 
+    /**
+     * Qwen3-30B-A3B's routing at 8,192 tokens (C2): 128 ragged expert row counts summing to 65,536 (8 per token),
+     * weights 0.4 + 1.2 * uniform, with expert 5 at 34 rows and expert 11 at 1,139 (the extremes a trained router gave
+     * in the seventh session's profile).
+     */
+    public static int[] c2Rows(Random r) {
+        int experts = 128, total = 65536, low = 34, high = 1139;
+        double[] w = new double[experts];
+        double sum = 0;
+        for (int e = 0; e < experts; e++) {
+            w[e] = e == 5 || e == 11 ? 0 : 0.4 + 1.2 * r.nextDouble();
+            sum += w[e];
+        }
+        int rest = total - low - high, used = 0;
+        int[] rows = new int[experts];
+        for (int e = 0; e < experts; e++) {
+            rows[e] = (int) Math.floor(w[e] / sum * rest);
+            used += rows[e];
+        }
+        rows[0] += rest - used;
+        rows[5] = low;
+        rows[11] = high;
+        return rows;
+    }
+
     /** 32 ragged expert row counts summing to 32768, one of them 0 and one near 3000. */
     public static int[] modelRows(Random r) {
         int experts = 32, total = 32768;

@@ -179,9 +179,9 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.embeddingAndLoss = new EmbeddingAndLoss(this.device, memory, launcher, errors);
         this.routing = new MoeRouting(this.device, memory, launcher, errors, images);
         this.adamw = new AdamWKernel(memory, launcher);
-        LOG.info(String.format("CUDA backend %s: %s, %s, %d SMs, gemm %s, grouped gemm %s (now %s), attention %s "
-                        + "(score chunk %d MiB)", name(), deviceName(), arch(), this.device.smCount(),
-                dense.precision(), grouped.mode(), effectiveGroupedMode(), attention.mode(),
+        LOG.info(String.format("CUDA backend %s: %s, %s, %d SMs, gemm %s, grouped gemm %s (now %s, kernel %s), "
+                        + "attention %s (score chunk %d MiB)", name(), deviceName(), arch(), this.device.smCount(),
+                dense.precision(), grouped.mode(), effectiveGroupedMode(), grouped.effectiveKernel(), attention.mode(),
                 attention.chunkBytes() >> 20));
     }
 
@@ -239,6 +239,21 @@ public final class CudaBackend implements Backend, AutoCloseable {
     /** Whether {@link GroupedMode#KERNEL} can run here: bf16 tensor cores (sm_80+) and the kernel's shared memory. */
     synchronized boolean groupedKernelSupported() {
         return grouped.kernelSupported();
+    }
+
+    /** Test and benchmark hook: which kernel {@link GroupedMode#KERNEL} launches (default AUTO: sm90 on sm_90). */
+    synchronized void setGroupedKernel(GroupedGemm.Kernel k) {
+        grouped.setKernelChoice(k);
+    }
+
+    /** The kernel {@link GroupedMode#KERNEL} launches now (never AUTO). */
+    synchronized GroupedGemm.Kernel effectiveGroupedKernel() {
+        return grouped.effectiveKernel();
+    }
+
+    /** Whether the sm90 (wgmma) grouped kernel runs here: compute capability 9.0 with its shared memory. */
+    synchronized boolean groupedSm90Supported() {
+        return grouped.sm90Supported();
     }
 
     public synchronized void setAttentionMode(AttentionMode m) {

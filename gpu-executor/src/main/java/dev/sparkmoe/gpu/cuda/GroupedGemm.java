@@ -11,15 +11,17 @@ import java.util.List;
 
 /**
  * The grouped GEMM of a MoE layer's experts ({@link dev.sparkmoe.core.backend.Backend#groupedGemm}): by default
- * ({@link CudaBackend.GroupedMode#AUTO}) ONE launch (per 64 groups) of the bf16 tensor-core kernel of
- * {@code grouped_gemm_bf16.cu} ({@link CudaBackend.GroupedMode#KERNEL}) when the precision is
- * {@link CudaBackend.GemmPrecision#BF16} and the device is sm_80 or newer with the kernel's shared memory, and
- * otherwise ({@link CudaBackend.GroupedMode#LOOP}: F32 and TF32, the exact-parity modes) one {@code cublasGemmEx} per
- * non-empty group on the stream. The kernel reads bf16 operands ({@link GroupedGemmOperands}), accumulates in f32,
- * never reads C when beta == 0 and scales C_g by beta where k == 0. Called under the backend's lock.
+ * ({@link CudaBackend.GroupedMode#AUTO}) ONE launch (per 64 groups) of a bf16 tensor-core kernel
+ * ({@link CudaBackend.GroupedMode#KERNEL}) when the precision is {@link CudaBackend.GemmPrecision#BF16} and the device
+ * is sm_80 or newer with the kernel's shared memory, and otherwise ({@link CudaBackend.GroupedMode#LOOP}: F32 and
+ * TF32, the exact-parity modes) one {@code cublasGemmEx} per non-empty group on the stream. The kernel is
+ * {@code grouped_gemm_sm90.cu} (wgmma, compiled for sm_90a) on compute capability 9.0 and {@code grouped_gemm_bf16.cu}
+ * (mma.sync) elsewhere ({@link Kernel}); both take the same GBParams, filled here by one code path. They read bf16
+ * operands ({@link GroupedGemmOperands}), accumulate in f32, never read C when beta == 0 and scale C_g by beta where
+ * k == 0. Called under the backend's lock.
  */
 final class GroupedGemm {
-    /** Groups per launch of the grouped GEMM kernel and the byte layout of its GBParams (see grouped_gemm_bf16.cu). */
+    /** Groups per launch of the grouped GEMM kernels and the byte layout of their GBParams (grouped_gemm_params.cuh). */
     static final int MAX_GROUPS = 64;
     private static final int TILE_M = 128;
     private static final long OFF_A = 24;
@@ -46,14 +48,34 @@ final class GroupedGemm {
     /** The kernel's only parameter, a GBParams struct passed by value, and its kernelParams array. */
     private final BytePointer params = new BytePointer(PARAMS_BYTES);
     private final PointerPointer<Pointer> argPtrs = new PointerPointer<>(1);
+    /** grouped_gemm_sm90.cu's tile columns and dynamic shared memory, and whether this device runs it. */
+    private final int sm90TileN;
+    private final int sm90SharedBytes;
+    private final boolean sm90Fits;
     private CudaBackend.GroupedMode mode = CudaBackend.GroupedMode.AUTO;
+    private Kernel kernelChoice = Kernel.AUTO;
+
+    /** Which kernel {@link CudaBackend.GroupedMode#KERNEL} launches. */
+    enum Kernel {
+        /** {@link #SM90} on compute capability 9.0 with its shared memory, else {@link #MMA_SYNC}. */
+        AUTO,
+        /** {@code grouped_gemm_bf16_*} (mma.sync m16n8k16; sm_80 or newer). */
+        MMA_SYNC,
+        /** {@code grouped_gemm_sm90_*} (wgmma; compute capability 9.0 only). */
+        SM90
+    }
+
+    /** Threads of a grouped_gemm_sm90 CTA (two warpgroups: GS_THREADS). */
+    private static final int SM90_THREADS = 256;
 
     /**
-     * The host's mirror of the kernel's tuning macros (defaults, or as {@code -Dsparkmoe.cuda.defines} sets them):
+     * The host's mirror of the kernels' tuning macros (defaults, or as {@code -Dsparkmoe.cuda.defines} sets them):
      * GB_BN (tile columns), the block size (64 x GB_WARPS_N), the dynamic shared memory (GB_STAGES stages of bf16 A
-     * and B tiles of GB_BK: the default 3 x 36 KB) and the cast's GC_UNROLL.
+     * and B tiles of GB_BK: the default 3 x 36 KB) and the cast's GC_UNROLL of grouped_gemm_bf16.cu; GS_BN and the
+     * dynamic shared memory (GS_STAGES stages of 128 x 64 and GS_BN x 64 bf16 tiles, plus 1 KB of alignment slack) of
+     * grouped_gemm_sm90.cu.
      */
-    record Tiles(int tileN, int threads, int sharedBytes, int castUnroll) {
+    record Tiles(int tileN, int threads, int sharedBytes, int castUnroll, int sm90TileN, int sm90SharedBytes) {
         static Tiles fromDefines() {
             int pad = 8;
             int tileN = KernelLibrary.defineValue("GB_BN", 128);
@@ -63,7 +85,9 @@ final class GroupedGemm {
             int sharedBytes = KernelLibrary.defineValue("GB_STAGES", 3) * 2
                     * (Math.max(TILE_M * (bk + pad), bk * (TILE_M + pad))
                     + Math.max(tileN * (bk + pad), bk * (tileN + pad)));
-            return new Tiles(tileN, threads, sharedBytes, castUnroll);
+            int sm90TileN = KernelLibrary.defineValue("GS_BN", 128);
+            int sm90SharedBytes = KernelLibrary.defineValue("GS_STAGES", 6) * 2 * (TILE_M * 64 + sm90TileN * 64) + 1024;
+            return new Tiles(tileN, threads, sharedBytes, castUnroll, sm90TileN, sm90SharedBytes);
         }
     }
 
@@ -78,6 +102,10 @@ final class GroupedGemm {
         this.threads = tiles.threads();
         this.sharedBytes = tiles.sharedBytes();
         this.fits = device.smMajor() >= 8 && device.sharedMemPerBlockOptin() >= sharedBytes;
+        this.sm90TileN = tiles.sm90TileN();
+        this.sm90SharedBytes = tiles.sm90SharedBytes();
+        this.sm90Fits = device.smMajor() == 9 && device.smMinor() == 0
+                && device.sharedMemPerBlockOptin() >= sm90SharedBytes;
         argPtrs.put(0, params);
     }
 
@@ -98,10 +126,32 @@ final class GroupedGemm {
                 ? CudaBackend.GroupedMode.KERNEL : CudaBackend.GroupedMode.LOOP;
     }
 
-    /** Whether {@link CudaBackend.GroupedMode#KERNEL} can run here: bf16 tensor cores (sm_80+) and the kernel's
-     *  shared memory. */
+    /** Whether {@link CudaBackend.GroupedMode#KERNEL} can run here: bf16 tensor cores (sm_80+) and the shared
+     *  memory of one of the kernels. */
     boolean kernelSupported() {
-        return launcher.smMajor() >= 8 && fits;
+        return launcher.smMajor() >= 8 && (fits || sm90Fits);
+    }
+
+    Kernel kernelChoice() {
+        return kernelChoice;
+    }
+
+    /** Forces a kernel (tests and benchmarks compare them); {@link Kernel#AUTO} is the default. */
+    void setKernelChoice(Kernel k) {
+        this.kernelChoice = java.util.Objects.requireNonNull(k, "grouped kernel");
+    }
+
+    /** The kernel {@link CudaBackend.GroupedMode#KERNEL} launches now: never {@link Kernel#AUTO}. */
+    Kernel effectiveKernel() {
+        if (kernelChoice != Kernel.AUTO) {
+            return kernelChoice;
+        }
+        return sm90Fits ? Kernel.SM90 : Kernel.MMA_SYNC;
+    }
+
+    /** Whether {@link Kernel#SM90} runs here: compute capability 9.0 with its shared memory. */
+    boolean sm90Supported() {
+        return sm90Fits;
     }
 
     void groupedGemm(boolean transA, boolean transB, int groups, int[] m, int[] n, int[] k, float alpha, Tensor a,
@@ -111,6 +161,20 @@ final class GroupedGemm {
             throw new IllegalStateException("GroupedMode.KERNEL needs bf16 tensor cores (sm_80 or newer) and "
                     + sharedBytes + " bytes of shared memory per block; " + device.name() + " is " + launcher.arch()
                     + " (with less shared memory, try -Dsparkmoe.cuda.defines=GB_STAGES=2)");
+        }
+        if (mode == CudaBackend.GroupedMode.KERNEL) {
+            Kernel kind = effectiveKernel();
+            if (kind == Kernel.SM90 && !sm90Fits) {
+                throw new IllegalStateException("the sm90 grouped GEMM kernel needs compute capability 9.0 (wgmma) and "
+                        + sm90SharedBytes + " bytes of shared memory per block; " + device.name() + " is "
+                        + launcher.arch() + " with " + device.sharedMemPerBlockOptin() + " (use Kernel.AUTO or "
+                        + "MMA_SYNC there, or fewer stages: -Dsparkmoe.cuda.defines=GS_STAGES=4)");
+            }
+            if (kind == Kernel.MMA_SYNC && !fits) {
+                throw new IllegalStateException("the mma.sync grouped GEMM kernel needs " + sharedBytes + " bytes of "
+                        + "shared memory per block; " + device.name() + " grants " + device.sharedMemPerBlockOptin()
+                        + " (try -Dsparkmoe.cuda.defines=GB_STAGES=2)");
+            }
         }
         // The kernel computes row * ld + col in 32 bits inside a 256-row slice of its bf16 operands, whose padded
         // strides stay below max(lda, ldb) + 8; absurd strides take the loop.
@@ -151,7 +215,8 @@ final class GroupedGemm {
     }
 
     /**
-     * {@link CudaBackend.GroupedMode#KERNEL}: one launch of {@code grouped_gemm_bf16_<ta><tb>} per 64 groups (the
+     * {@link CudaBackend.GroupedMode#KERNEL}: one launch of {@code grouped_gemm_sm90_<ta><tb>} or
+     * {@code grouped_gemm_bf16_<ta><tb>} ({@link #effectiveKernel}) per 64 groups (the
      * active ones: m, n > 0; k may be 0), on bf16 operands ({@link GroupedGemmOperands#bf16Operand}: an image read in
      * place, or a copy made by its cast, released stream-ordered after the launch unless kept for the next call; a
      * and b then address them and lda, ldb are their strides). The per-group descriptors travel BY VALUE as the
@@ -159,18 +224,22 @@ final class GroupedGemm {
      * device table, upload or stream-ordered allocation is needed, and the launch is the only host cost):
      * cuLaunchKernel copies it from {@link #params} at launch time, so the buffer is reused by the next launch.
      * Layout: int lda, ldb, ldc, groups; float alpha, beta; then arrays of 64: long long a, b, c (device byte
-     * addresses of A_g, B_g, C_g); int m, n, k, tileStart (prefix sum of the groups' 128 x tileN tiles; the grid is
+     * addresses of A_g, B_g, C_g); int m, n, k, tileStart (prefix sum of the groups' 128 x tileN tiles, in the
+     * launched kernel's tileN; the grid is
      * the total) and flags (unused by this kernel: bit 0, A_g's address is 16-byte aligned and the caller's lda a
      * multiple of 4; bit 1, the same for B_g). Groups write disjoint C_g in parallel (overlapping C_g would race, where
-     * the loop would apply them in order). The kernel takes {@link #sharedBytes} of dynamic shared memory (raised once
-     * per function); groups are passed largest k first.
+     * the loop would apply them in order). The kernel takes {@link #sharedBytes} (mma.sync) or {@link #sm90SharedBytes}
+     * of dynamic shared memory (raised once per function); groups are passed largest k first.
      */
     private void kernel(boolean transA, boolean transB, int[] active, int count, int[] m, int[] n, int[] k,
                         float alpha, Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta,
                         Tensor c, int[] cOff, int ldc) {
-        String kernel = "grouped_gemm_bf16_" + (transA ? "t" : "n") + (transB ? "t" : "n");
-        String file = KernelLauncher.GROUPED_GEMM;
-        int shared = sharedBytes;
+        boolean sm90 = effectiveKernel() == Kernel.SM90;
+        String kernel = (sm90 ? "grouped_gemm_sm90_" : "grouped_gemm_bf16_") + (transA ? "t" : "n") + (transB ? "t" : "n");
+        String file = sm90 ? KernelLauncher.GROUPED_GEMM_SM90 : KernelLauncher.GROUPED_GEMM;
+        int shared = sm90 ? sm90SharedBytes : sharedBytes;
+        int tileCols = sm90 ? sm90TileN : tileN;
+        int blockThreads = sm90 ? SM90_THREADS : threads;
         CUfunc_st f = launcher.function(file, kernel);
         launcher.raiseSharedOnce(file, kernel, f, shared);
         // Largest k first (stable): a CTA's time grows with k, so the longest tiles start in the first wave and the
@@ -227,12 +296,12 @@ final class GroupedGemm {
                     params.putInt(OFF_K + 4L * q, k[g]);
                     params.putInt(OFF_TILE + 4L * q, (int) tiles);
                     params.putInt(OFF_FLAGS + 4L * q, flags);
-                    tiles += (long) ((m[g] + TILE_M - 1) / TILE_M) * ((n[g] + tileN - 1) / tileN);
+                    tiles += (long) ((m[g] + TILE_M - 1) / TILE_M) * ((n[g] + tileCols - 1) / tileCols);
                     if (tiles > Integer.MAX_VALUE) {
                         throw new IllegalArgumentException("groupedGemm: more than 2^31 - 1 tiles in one launch");
                     }
                 }
-                Cuda.checkDriver(cudart.cuLaunchKernel(f, (int) tiles, 1, 1, threads, 1, 1, shared, device.stream(),
+                Cuda.checkDriver(cudart.cuLaunchKernel(f, (int) tiles, 1, 1, blockThreads, 1, 1, shared, device.stream(),
                         argPtrs, (PointerPointer<?>) null), "cuLaunchKernel(" + kernel + ", " + here + " groups, "
                         + tiles + " tiles)");
                 if (keep) {

@@ -23,6 +23,8 @@ final class KernelLauncher {
     static final String ATTENTION = "attention.cu";
     static final String FLASH_ATTENTION = "flash_attention.cu";
     static final String GROUPED_GEMM = "grouped_gemm_bf16.cu";
+    /** The wgmma grouped GEMM, compiled for sm_90a ({@link KernelLibrary#arch(String)}). */
+    static final String GROUPED_GEMM_SM90 = "grouped_gemm_sm90.cu";
     /** Threads per block of the element-wise kernels. */
     static final int THREADS = 256;
 

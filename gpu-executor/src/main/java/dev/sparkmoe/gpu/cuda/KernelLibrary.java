@@ -20,6 +20,7 @@ import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
 import java.util.HashMap;
 import java.util.HexFormat;
+import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.logging.Logger;
@@ -32,11 +33,19 @@ import java.util.logging.Logger;
  * {@code -Dsparkmoe.cuda.cacheDir=} (empty) turns the disk cache off). A compile error throws with NVRTC's log.
  *
  * <p>The include path is {@code $CUDA_HOME/include} (else {@code /usr/local/cuda/include}):
- * {@code grouped_gemm_bf16.cu} includes {@code cuda_bf16.h} from it; the other kernels need no header.
+ * {@code grouped_gemm_bf16.cu} and {@code grouped_gemm_sm90.cu} include {@code cuda_bf16.h} from it; the other kernels
+ * need no header. The package's own headers ({@link #HEADERS}, e.g. the grouped GEMMs' shared parameter struct) go to
+ * NVRTC as in-memory headers with every program, their text part of the cache key.
+ *
+ * <p>A file whose name ends in {@code _sm90.cu} uses sm_90a's architecture-specific instructions (wgmma): on a
+ * compute capability 9.0 device it is compiled for {@code sm_90a} ({@link #arch(String)}), whose cubin loads only
+ * there; its callers launch it on nothing else.
  */
 final class KernelLibrary {
     private static final Logger LOG = Logger.getLogger(KernelLibrary.class.getName());
     private static final Map<String, byte[]> PROCESS_CACHE = new ConcurrentHashMap<>();
+    /** The package's {@code .cuh} resources that kernel files may {@code #include "name"}. */
+    static final List<String> HEADERS = List.of("grouped_gemm_params.cuh");
 
     private final int smMajor;
     private final int smMinor;
@@ -50,6 +59,14 @@ final class KernelLibrary {
 
     String arch() {
         return "sm_" + smMajor + smMinor;
+    }
+
+    /**
+     * The target {@code file} is compiled for: {@link #arch()}, or {@code sm_90a} for a {@code *_sm90.cu} file on a
+     * compute capability 9.0 device (wgmma and the other sm_90a instructions exist only there).
+     */
+    String arch(String file) {
+        return file.endsWith("_sm90.cu") && smMajor == 9 && smMinor == 0 ? "sm_90a" : arch();
     }
 
     /** The compute capability's major number (8 for sm_80 and sm_86, 9 for sm_90). */
@@ -70,7 +87,7 @@ final class KernelLibrary {
             mod = new CUmod_st();
             BytePointer image = new BytePointer(cubin.length);
             image.put(cubin);
-            Cuda.checkDriver(cudart.cuModuleLoadData(mod, image), "cuModuleLoadData(" + file + ", " + arch() + ")");
+            Cuda.checkDriver(cudart.cuModuleLoadData(mod, image), "cuModuleLoadData(" + file + ", " + arch(file) + ")");
             image.close();
             modules.put(file, mod);
         }
@@ -123,11 +140,13 @@ final class KernelLibrary {
 
     private byte[] cubin(String file) {
         String source = readResource(file);
-        java.util.List<String> opts = new java.util.ArrayList<>(java.util.List.of("--gpu-architecture=" + arch(),
+        String[] headers = HEADERS.stream().map(KernelLibrary::readResource).toArray(String[]::new);
+        java.util.List<String> opts = new java.util.ArrayList<>(java.util.List.of("--gpu-architecture=" + arch(file),
                 "--include-path=" + includePath(), "--std=c++17", "-default-device", "-lineinfo"));
         opts.addAll(defines(System.getProperty("sparkmoe.cuda.defines", "")));
         String[] options = opts.toArray(new String[0]);
-        String key = sha256(source + "\n" + String.join(" ", options) + "\n" + nvrtcVersion());
+        String key = sha256(source + "\n" + String.join("\n", headers) + "\n" + String.join(" ", options) + "\n"
+                + nvrtcVersion());
         byte[] cached = PROCESS_CACHE.get(key);
         if (cached != null) {
             return cached;
@@ -143,8 +162,8 @@ final class KernelLibrary {
             }
         }
         long t0 = System.nanoTime();
-        byte[] bin = compile(file, source, options);
-        LOG.info(String.format("NVRTC compiled %s for %s in %.0f ms (%d bytes of cubin)", file, arch(),
+        byte[] bin = compile(file, source, headers, options);
+        LOG.info(String.format("NVRTC compiled %s for %s in %.0f ms (%d bytes of cubin)", file, arch(file),
                 (System.nanoTime() - t0) / 1e6, bin.length));
         PROCESS_CACHE.put(key, bin);
         if (disk != null) {
@@ -166,13 +185,15 @@ final class KernelLibrary {
         if (dir.isEmpty()) {
             return null;
         }
-        return Paths.get(dir, file.replace('.', '_') + "-" + arch() + "-" + key.substring(0, 24) + ".cubin");
+        return Paths.get(dir, file.replace('.', '_') + "-" + arch(file) + "-" + key.substring(0, 24) + ".cubin");
     }
 
-    static byte[] compile(String file, String source, String[] options) {
+    /** Compiles {@code source} with {@code headers} (the texts of {@link #HEADERS}, in that order) to a cubin. */
+    static byte[] compile(String file, String source, String[] headers, String[] options) {
         _nvrtcProgram prog = new _nvrtcProgram();
-        Cuda.checkNvrtc(nvrtc.nvrtcCreateProgram(prog, new BytePointer(source), new BytePointer(file), 0,
-                (PointerPointer<?>) null, (PointerPointer<?>) null), "nvrtcCreateProgram(" + file + ")");
+        Cuda.checkNvrtc(nvrtc.nvrtcCreateProgram(prog, new BytePointer(source), new BytePointer(file), headers.length,
+                new PointerPointer<>(headers), new PointerPointer<>(HEADERS.toArray(new String[0]))),
+                "nvrtcCreateProgram(" + file + ", headers " + HEADERS + ")");
         try {
             PointerPointer<BytePointer> opts = new PointerPointer<>(options);
             int st = nvrtc.nvrtcCompileProgram(prog, options.length, opts);

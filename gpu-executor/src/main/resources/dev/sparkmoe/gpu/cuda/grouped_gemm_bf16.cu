@@ -18,9 +18,9 @@
 //     16-byte chunk that starts inside a row holds only valid elements or zeros: the GEMM needs no alignment cases.
 //     (An operand held as a bf16 image, CudaBackend.adoptBf16Images / emptyGemmOperand, is read in place when its
 //     stride and blocks meet the same rules.)
-//   grouped_gemm_bf16_{nn,nt,tn,tt}: the GEMM on those bf16 operands. GBParams (passed BY VALUE as the only kernel
-//     parameter, 2840 bytes, under the classic 4 KB parameter limit): lda / ldb are the bf16 operands' strides, a / b
-//     their addresses, flags unused.
+//   grouped_gemm_bf16_{nn,nt,tn,tt}: the GEMM on those bf16 operands. GBParams (grouped_gemm_params.cuh, shared with
+//     grouped_gemm_sm90.cu; passed BY VALUE as the only kernel parameter, 2840 bytes, under the classic 4 KB
+//     parameter limit): lda / ldb are the bf16 operands' strides, a / b their addresses, flags unused.
 //
 // Group mapping: blockIdx.x is a flat tile index over all groups of the launch. GBParams holds per group the device
 // addresses of A_g, B_g, C_g, m, n, k and the prefix sum of tiles before the group (tileStart, strictly increasing:
@@ -52,7 +52,8 @@
 
 #include <cuda_bf16.h>
 
-#define GB_MAX_GROUPS 64
+#include "grouped_gemm_params.cuh"  // GBParams, GB_MAX_GROUPS, gb_group_of, gb_store_pair
+
 #define GB_BM 128
 #ifndef GB_BN
 #define GB_BN 128
@@ -73,21 +74,6 @@
 #ifndef GB_MIN_BLOCKS  // 2 caps the registers at 128 a thread (8 warps of 64 x 32: no spills)
 #define GB_MIN_BLOCKS (GB_BN == 128 ? 2 : 1)
 #endif
-
-// The launch's groups (see the header); CudaBackend.groupedKernel fills it.
-struct GBParams {
-    int lda, ldb, ldc, groups;
-    float alpha, beta;
-    long long a[GB_MAX_GROUPS];
-    long long b[GB_MAX_GROUPS];
-    long long c[GB_MAX_GROUPS];
-    int m[GB_MAX_GROUPS];
-    int n[GB_MAX_GROUPS];
-    int k[GB_MAX_GROUPS];
-    int tileStart[GB_MAX_GROUPS];
-    int flags[GB_MAX_GROUPS];
-};
-static_assert(sizeof(GBParams) == 2840, "GBParams layout changed: update CudaBackend.groupedKernel");
 
 // grouped_cast_bf16's parameter (by value). Byte offsets: srcLd 0, dstLd 4, count 8, pad 12, src 16, dst 528,
 // rows 1040, cols 1296; size 1552.
@@ -248,36 +234,13 @@ struct GbSteps {
     }
 };
 
-__device__ __forceinline__ void gb_store_pair(float* crow, int col, int N, float v0, float v1, float alpha,
-                                              float beta, bool vecC) {
-    v0 *= alpha;
-    v1 *= alpha;
-    if (vecC && col + 1 < N) {
-        float2* q = reinterpret_cast<float2*>(crow + col);
-        if (beta != 0.f) {
-            const float2 o = *q;
-            v0 = fmaf(beta, o.x, v0);
-            v1 = fmaf(beta, o.y, v1);
-        }
-        *q = make_float2(v0, v1);
-    } else {
-        if (col < N) crow[col] = beta != 0.f ? fmaf(beta, crow[col], v0) : v0;
-        if (col + 1 < N) crow[col + 1] = beta != 0.f ? fmaf(beta, crow[col + 1], v1) : v1;
-    }
-}
-
 extern __shared__ __align__(128) unsigned char gb_smem[];
 
 template <bool TA, bool TB>
 __device__ __forceinline__ void gb_impl(const GBParams& p) {
 #if __CUDA_ARCH__ >= 800
     const int t = blockIdx.x;
-    int lo = 0, hi = p.groups - 1;
-    while (lo < hi) {  // largest g with tileStart[g] <= t
-        const int mid = (lo + hi + 1) >> 1;
-        if (p.tileStart[mid] <= t) lo = mid; else hi = mid - 1;
-    }
-    const int g = lo;
+    const int g = gb_group_of(p, t);
     const int M = p.m[g], N = p.n[g], K = p.k[g];
     const int tilesN = (N + GB_BN - 1) / GB_BN;
     const int local = t - p.tileStart[g];

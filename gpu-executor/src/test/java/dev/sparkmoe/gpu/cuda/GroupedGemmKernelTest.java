@@ -6,7 +6,9 @@ import dev.sparkmoe.core.tensor.Tensor;
 import dev.sparkmoe.gpu.cuda.KernelBenchProblems.Problem;
 import org.junit.jupiter.api.Test;
 
+import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.List;
 import java.util.Random;
 
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.host;
@@ -20,7 +22,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * {@link CudaBackend.GroupedMode#KERNEL} (the one-launch bf16 tensor-core grouped GEMM: the operand casts plus
- * {@code grouped_gemm_bf16.cu}) against {@link CpuBackend#groupedGemm} on random data. Each case is checked twice:
+ * {@code grouped_gemm_bf16.cu}, mma.sync, and on compute capability 9.0 also {@code grouped_gemm_sm90.cu}, wgmma:
+ * every case runs on each kernel the device has, {@link #kernels}) against {@link CpuBackend#groupedGemm} on random
+ * data. Each case is checked twice:
  * <ul>
  *   <li>tight: against the CPU reference computed on the bf16-ROUNDED inputs ({@link DType#roundToBf16}, the same
  *       rounding as the kernel's {@code __float2bfloat16}): bf16 x bf16 products are exact in f32, so only the f32
@@ -96,8 +100,19 @@ class GroupedGemmKernelTest {
                 Tensor.of(b, b.length), p.bOff(), p.ldb(), beta, Tensor.of(c, c.length), p.cOff(), p.ldc());
     }
 
+    /** The kernels KERNEL mode can launch here: mma.sync, and the sm90 (wgmma) kernel on compute capability 9.0. */
+    static List<GroupedGemm.Kernel> kernels(CudaBackend gpu) {
+        List<GroupedGemm.Kernel> out = new ArrayList<>();
+        out.add(GroupedGemm.Kernel.MMA_SYNC);
+        if (gpu.groupedSm90Supported()) {
+            out.add(GroupedGemm.Kernel.SM90);
+        }
+        return out;
+    }
+
     /**
-     * Runs p in KERNEL mode on random A, B and C (C all NaN when nanC) and checks it against both CPU references.
+     * Runs p in KERNEL mode on random A, B and C (C all NaN when nanC) with each of {@link #kernels} and checks it
+     * against both CPU references.
      */
     private void check(CudaBackend gpu, Problem p, float alpha, float beta, boolean nanC, long seed) {
         Random r = new Random(seed);
@@ -112,15 +127,19 @@ class GroupedGemmKernelTest {
         float[] rounded = c0.clone();
         cpuGroupedGemm(p, alpha, roundedToBf16(a), roundedToBf16(b), beta, rounded);
 
-        float[] x = runKernel(gpu, p, alpha, a, b, beta, c0);
-        assertMatches(rounded, x, TIGHT, what + ": vs the CPU on bf16-rounded inputs");
-        assertMatches(exact, x, LOOSE, what + ": vs the CPU on f32 inputs");
+        for (GroupedGemm.Kernel kind : kernels(gpu)) {
+            float[] x = runKernel(gpu, kind, p, alpha, a, b, beta, c0);
+            assertMatches(rounded, x, TIGHT, what + " [" + kind + "]: vs the CPU on bf16-rounded inputs");
+            assertMatches(exact, x, LOOSE, what + " [" + kind + "]: vs the CPU on f32 inputs");
+        }
     }
 
-    private static float[] runKernel(CudaBackend gpu, Problem p, float alpha, float[] a, float[] b, float beta,
-                                     float[] c0) {
+    private static float[] runKernel(CudaBackend gpu, GroupedGemm.Kernel kind, Problem p, float alpha, float[] a,
+                                     float[] b, float beta, float[] c0) {
         CudaBackend.GroupedMode saved = gpu.groupedMode();
+        GroupedGemm.Kernel savedKernel = gpu.effectiveGroupedKernel();
         gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
+        gpu.setGroupedKernel(kind);
         try (var scope = gpu.openScope()) {
             Tensor gc = gpu.upload(host(c0, c0.length));
             gpu.groupedGemm(p.tA(), p.tB(), p.groups(), p.m(), p.n(), p.k(), alpha, gpu.upload(host(a, a.length)), p.aOff(),
@@ -128,6 +147,8 @@ class GroupedGemmKernelTest {
             return gpu.download(gc).floats();
         } finally {
             gpu.setGroupedMode(saved);
+            gpu.setGroupedKernel(GroupedGemm.Kernel.AUTO);
+            assertEquals(savedKernel, gpu.effectiveGroupedKernel());
         }
     }
 
@@ -250,6 +271,20 @@ class GroupedGemmKernelTest {
         }
     }
 
+    /** K far longer than the kernels' rings of stages (the sm90 kernel's 6 slices of 64, mma.sync's 3), ragged. */
+    @Test
+    void longKWrapsTheStageRingManyTimes() {
+        CudaBackend gpu = GpuTestSupport.backend();
+        int[] m = {256, 129, 40};
+        int[] n = {256, 384, 100};
+        int[] k = {2049, 1537, 777};
+        long seed = System.nanoTime();
+        for (boolean[] t : TRANS) {
+            check(gpu, packed("long k", t[0], t[1], m, n, k, true), 1f, 0f, true, seed++);
+            check(gpu, packed("long k", t[0], t[1], m, n, k, false), 0.5f, 1f, false, seed++);
+        }
+    }
+
     @Test
     void moreGroupsThanOneLaunchHolds() {
         CudaBackend gpu = GpuTestSupport.backend();
@@ -356,6 +391,22 @@ class GroupedGemmKernelTest {
             assertTrue(!sm80 || Integer.parseInt(gpu.arch().substring(3)) >= 80);
             assertEquals(sm80 ? CudaBackend.GroupedMode.KERNEL : CudaBackend.GroupedMode.LOOP,
                     gpu.effectiveGroupedMode());
+            // the wgmma kernel exactly on compute capability 9.0 (H100 / H200 grant it the shared memory)
+            assertEquals(gpu.arch().equals("sm_90"), gpu.groupedSm90Supported(), gpu.arch());
+            assertEquals(gpu.groupedSm90Supported() ? GroupedGemm.Kernel.SM90 : GroupedGemm.Kernel.MMA_SYNC,
+                    gpu.effectiveGroupedKernel());
+            if (sm80 && !gpu.groupedSm90Supported()) { // forcing it elsewhere fails with the reason
+                gpu.setGroupedKernel(GroupedGemm.Kernel.SM90);
+                try (var scope = gpu.openScope()) {
+                    Tensor a = gpu.zeros(DType.F32, 8 * 8);
+                    IllegalStateException e = assertThrows(IllegalStateException.class, () -> gpu.groupedGemm(false,
+                            false, 1, new int[] {8}, new int[] {8}, new int[] {8}, 1f, a, new int[] {0}, 8, a,
+                            new int[] {0}, 8, 0f, gpu.zeros(DType.F32, 64), new int[] {0}, 8));
+                    assertTrue(e.getMessage().contains("compute capability 9.0"), e.getMessage());
+                } finally {
+                    gpu.setGroupedKernel(GroupedGemm.Kernel.AUTO);
+                }
+            }
             gpu.setGroupedMode(CudaBackend.GroupedMode.LOOP);
             assertEquals(CudaBackend.GroupedMode.LOOP, gpu.effectiveGroupedMode());
             // The span checks still run in KERNEL mode.

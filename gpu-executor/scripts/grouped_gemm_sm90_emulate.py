@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""CPU emulation of grouped_gemm_sm90.cu's index arithmetic, for checking kernel edits where no GPU is at hand.
+
+A translation of the kernel and of GroupedGemm's host side: 64 groups per launch, largest k first, tileStart in the
+kernel's 128 x GS_BN tiles, the binary search; per K slice the two fills exactly as the threads run them (16-byte
+cp.async chunks, zero fill past a group's rows / k, the 128-byte swizzle of the destination, source alignment and
+bounds asserted) into a stage that starts as NaN; the 64-bit wgmma descriptors as the kernel packs them, decoded and
+read back element by element through the canonical layouts of the PTX ISA ("Shared Memory Matrix Layout": K-major
+((8,m),(T,2k)):((8T,SBO),(1,T)), MN-major ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)), T = 8 bf16, then Swizzle<3,4,3> on
+the byte address), with the transpose bits choosing the layout; every element a wgmma reads must have been written
+(no NaN); the m64nNk16 accumulator fragment (CUTLASS's SM90 C layout) and the epilogue's guarded pair stores. Run on
+small ragged problems for all four transpositions and compared with numpy on the same bf16 inputs. It checks the
+arithmetic against the documented layouts, not the hardware, nor the ring's timing (each slice gets a fresh stage):
+keep it in step with the .cu when either changes. Needs numpy:  [GS_BN=256] python3 grouped_gemm_sm90_emulate.py
+"""
+import numpy as np, os
+BM = 128; BN = int(os.environ.get("GS_BN", 128)); BK = 64; THREADS = 256; MAXG = 64
+A_BYTES = BM * BK * 2; B_BYTES = BN * BK * 2; STAGE = A_BYTES + B_BYTES
+NAN16 = 0x7FC0
+
+def bf16_bits(x):
+    u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF).astype(np.uint16)
+
+def bits_f32(b):
+    return (np.asarray(b, dtype=np.uint32) << 16).view(np.float32)
+
+def cp16(S, dst, G, src, in_):
+    """cp.async.cg 16 bytes: src / dst byte addresses (src into the global uint16 array G, 16-byte aligned)"""
+    assert dst % 16 == 0 and 0 <= dst and dst + 16 <= len(S) * 2
+    if in_:
+        assert src % 16 == 0 and 0 <= src and src + 16 <= len(G) * 2, "unaligned or out-of-bounds source"
+        S[dst // 2: dst // 2 + 8] = G[src // 2: src // 2 + 8]
+    else:
+        S[dst // 2: dst // 2 + 8] = 0
+
+def fill_kmajor(S, tile, G, base, ld, rowsLeft, kLeft, ROWS):
+    N = ROWS * 8 // THREADS
+    for tid in range(THREADS):
+        c = tid & 7; r0 = tid >> 3; kIn = c * 8 < kLeft
+        dst = tile + r0 * 128 + ((c ^ (r0 & 7)) << 4)
+        for i in range(N):
+            row = r0 + 32 * i; in_ = kIn and row < rowsLeft
+            cp16(S, dst + i * 32 * 128, G, 2 * (base + (row * ld + c * 8)) if in_ else 2 * base, in_)
+
+def fill_mnmajor(S, tile, G, base, ld, kLeft, colsLeft, COLS):
+    CPR = COLS // 8; RPP = THREADS // CPR; N = BK // RPP
+    assert RPP % 8 == 0
+    for tid in range(THREADS):
+        cc = tid % CPR; k0 = tid // CPR; c = cc & 7; colIn = cc * 8 < colsLeft
+        dst = tile + (cc >> 3) * (BK * 128) + k0 * 128 + ((c ^ (k0 & 7)) << 4)
+        for i in range(N):
+            kr = k0 + RPP * i; in_ = colIn and kr < kLeft
+            cp16(S, dst + i * RPP * 128, G, 2 * (base + (kr * ld + cc * 8)) if in_ else 2 * base, in_)
+
+def desc(start, lbo, sbo):
+    return ((start & 0x3FFFF) >> 4) | (((lbo & 0x3FFFF) >> 4) << 16) | (((sbo & 0x3FFFF) >> 4) << 32) | (1 << 62)
+
+def swz(addr):  # Swizzle<3,4,3> on a byte address: bits 4-6 ^= bits 7-9
+    return addr ^ (((addr >> 7) & 7) << 4)
+
+def read_operand(S, d, mn_extent, trans):
+    """the [mn_extent, 16] matrix (A: [m, k]; B: [n, k]) that a wgmma reads through descriptor d"""
+    assert (d >> 62) == 1 and ((d >> 49) & 7) == 0, "128-byte swizzle, base offset 0"
+    start = (d & 0x3FFF) << 4; lbo = ((d >> 16) & 0x3FFF) << 4; sbo = ((d >> 32) & 0x3FFF) << 4
+    out = np.empty((mn_extent, 16), dtype=np.uint16)
+    for mn in range(mn_extent):
+        for k in range(16):
+            if not trans:  # K-major: ((8,m),(8,2k)):((64 el, SBO),(1 el, 8 el))
+                off = 2 * ((mn % 8) * 64 + (k % 8) + 8 * (k // 8)) + sbo * (mn // 8)
+            else:          # MN-major: ((8,8,m),(8,k)):((1,8,LBO),(64,SBO))
+                off = 2 * ((mn % 8) + 8 * ((mn // 8) % 8) + 64 * (k % 8)) + lbo * (mn // 64) + sbo * (k // 8)
+            out[mn, k] = S[swz(start + off) // 2]
+    return out
+
+def store_pair(C, ci, col, N, v0, v1, alpha, beta, vecC):
+    v0 = np.float32(v0) * np.float32(alpha); v1 = np.float32(v1) * np.float32(alpha)
+    if vecC and col + 1 < N:
+        assert (ci + col) % 2 == 0
+        if beta != 0:
+            v0 = np.float32(beta) * C[ci + col] + v0; v1 = np.float32(beta) * C[ci + col + 1] + v1
+        C[ci + col] = v0; C[ci + col + 1] = v1
+    else:
+        if col < N: C[ci + col] = np.float32(beta) * C[ci + col] + v0 if beta != 0 else v0
+        if col + 1 < N: C[ci + col + 1] = np.float32(beta) * C[ci + col + 1] + v1 if beta != 0 else v1
+
+def cta(p, t, TA, TB, Ag, Bg, C):
+    lo, hi = 0, p["groups"] - 1
+    while lo < hi:
+        mid = (lo + hi + 1) >> 1
+        if p["tileStart"][mid] <= t: lo = mid
+        else: hi = mid - 1
+    g = lo; M, N, K = p["m"][g], p["n"][g], p["k"][g]
+    tilesN = (N + BN - 1) // BN; local = t - p["tileStart"][g]
+    m0 = (local // tilesN) * BM; n0 = (local % tilesN) * BN
+    lda, ldb = p["lda"], p["ldb"]
+    acc = np.zeros((2, 64, BN), dtype=np.float64)
+    numK = (K + BK - 1) // BK
+    smem = 1024 * 3  # a 1024-aligned ring start
+    A0 = p["a"][g]; B0 = p["b"][g]  # element offsets into Ag / Bg
+    aPtr = A0 + m0 if TA else A0 + m0 * lda
+    bPtr = B0 + n0 * ldb if TB else B0 + n0
+    aStep = BK * lda if TA else BK; bStep = BK if TB else BK * ldb
+    for kt in range(numK):
+        S = np.full((smem + STAGE) // 2, NAN16, dtype=np.uint16)
+        as_ = smem; bs = as_ + A_BYTES; kLeft = K - kt * BK
+        if not TA: fill_kmajor(S, as_, Ag, aPtr + kt * aStep, lda, M - m0, kLeft, BM)
+        else: fill_mnmajor(S, as_, Ag, aPtr + kt * aStep, lda, kLeft, M - m0, BM)
+        if TB: fill_kmajor(S, bs, Bg, bPtr + kt * bStep, ldb, N - n0, kLeft, BN)
+        else: fill_mnmajor(S, bs, Bg, bPtr + kt * bStep, ldb, kLeft, N - n0, BN)
+        for wg in range(2):
+            dA0 = desc(smem + wg * (BK * 128), BK * 128, 1024) if TA else desc(smem + wg * 64 * 128, 16, 1024)
+            dB0 = desc(smem + A_BYTES, 16, 1024) if TB else desc(smem + A_BYTES, BK * 128, 1024)
+            AK = 2048 if TA else 32; BKs = 32 if TB else 2048
+            for kk in range(BK // 16):
+                a = bits_f32(read_operand(S, dA0 + (kk * AK >> 4), 64, TA))
+                b = bits_f32(read_operand(S, dB0 + (kk * BKs >> 4), BN, not TB))
+                assert not np.isnan(a).any() and not np.isnan(b).any(), "a wgmma read an element no copy wrote"
+                acc[wg] += a.astype(np.float64) @ b.astype(np.float64).T
+    ldc = p["ldc"]; Cg = p["c"][g]; vecC = Cg % 2 == 0 and ldc % 2 == 0
+    for tid in range(THREADS):
+        wg = tid >> 7; q = (tid >> 5) & 3; lane = tid & 31
+        # the m64nNk16 D fragment: d[4j + 2h + e] = D[16 q + lane/4 + 8 h][8 j + 2 (lane % 4) + e]
+        d = np.empty(BN // 2)
+        for j in range(BN // 8):
+            for h in range(2):
+                for e in range(2):
+                    d[4 * j + 2 * h + e] = acc[wg][16 * q + (lane >> 2) + 8 * h][8 * j + 2 * (lane & 3) + e]
+        rowBase = m0 + wg * 64 + q * 16 + (lane >> 2); colBase = n0 + 2 * (lane & 3)
+        for h in range(2):
+            row = rowBase + h * 8
+            if row < M:
+                for j in range(BN // 8):
+                    store_pair(C, Cg + row * ldc, colBase + j * 8, N, d[4 * j + 2 * h], d[4 * j + 2 * h + 1],
+                               p["alpha"], p["beta"], vecC)
+
+def r8(x): return (x + 7) // 8 * 8
+
+def run_case(TA, TB, m, n, k, alpha, beta, rng):
+    G = len(m)
+    arows = [k[g] if TA else m[g] for g in range(G)]; acols = [m[g] if TA else k[g] for g in range(G)]
+    brows = [n[g] if TB else k[g] for g in range(G)]; bcols = [k[g] if TB else n[g] for g in range(G)]
+    lda = r8(max(acols + [1])) + 8; ldb = r8(max(bcols + [1])) + 8; ldc = max(n) + 3
+    def pack(rows, cols, ld):
+        offs, at, blocks = [], 8, []
+        for g in range(G):
+            offs.append(at); at += max(rows[g], 1) * ld + 16
+        buf = np.full(at + 16, NAN16, dtype=np.uint16)
+        for g in range(G):
+            x = rng.uniform(-1, 1, (rows[g], cols[g])).astype(np.float32)
+            for r in range(rows[g]):
+                buf[offs[g] + r * ld: offs[g] + r * ld + r8(cols[g])] = 0
+                buf[offs[g] + r * ld: offs[g] + r * ld + cols[g]] = bf16_bits(x[r])
+            blocks.append(bits_f32(bf16_bits(x)).astype(np.float64))
+        return buf, offs, blocks
+    Ag, aOff, Ab = pack(arows, acols, lda); Bg, bOff, Bb = pack(brows, bcols, ldb)
+    cOff, at = [], 1
+    for g in range(G):
+        if at % 2 == 0 and (g % 2 == 0): at += 1
+        cOff.append(at); at += max(m[g], 1) * ldc + 5
+    C0 = rng.uniform(-1, 1, at + 8).astype(np.float32)
+    if beta == 0: C0[:] = np.nan
+    want = C0.copy().astype(np.float64)
+    for g in range(G):
+        if m[g] == 0 or n[g] == 0: continue
+        a = Ab[g].T if TA else Ab[g]; b = Bb[g].T if TB else Bb[g]
+        prod = a @ b if k[g] > 0 else np.zeros((m[g], n[g]))
+        for r in range(m[g]):
+            old = C0[cOff[g] + r * ldc: cOff[g] + r * ldc + n[g]].astype(np.float64)
+            want[cOff[g] + r * ldc: cOff[g] + r * ldc + n[g]] = alpha * prod[r] + (beta * old if beta != 0 else 0)
+    C = C0.copy()
+    active = sorted([g for g in range(G) if m[g] > 0 and n[g] > 0], key=lambda g: -k[g])  # stable
+    for s in range(0, len(active), MAXG):
+        here = active[s:s + MAXG]; tiles = 0; p = dict(lda=lda, ldb=ldb, ldc=ldc, groups=len(here), alpha=alpha,
+                                                      beta=beta, a=[], b=[], c=[], m=[], n=[], k=[], tileStart=[])
+        for g in here:
+            p["a"].append(aOff[g]); p["b"].append(bOff[g]); p["c"].append(cOff[g])
+            p["m"].append(m[g]); p["n"].append(n[g]); p["k"].append(k[g]); p["tileStart"].append(tiles)
+            tiles += ((m[g] + BM - 1) // BM) * ((n[g] + BN - 1) // BN)
+        for t in range(tiles):
+            cta(p, t, TA, TB, Ag, Bg, C)
+    bad = np.isnan(want) != np.isnan(C)
+    assert not bad.any(), "NaN pattern differs (untouched elements written, or NaN leaked) at %s" % np.nonzero(bad)[0][:5]
+    ok = ~np.isnan(want)
+    err = np.abs(C[ok] - want[ok]).max() if ok.any() else 0
+    scale = np.abs(want[ok]).max() if ok.any() else 1
+    assert err <= 1e-5 * scale + 1e-5, "max error %g of scale %g" % (err, scale)
+    return err
+
+if __name__ == "__main__":
+    rng = np.random.default_rng(1)
+    cases = [([37, 0, 3, 130, 5], [40, 72, 129, 72, 200], [72, 50, 33, 150, 1]),
+             ([1, 129, 64], [257, 8, 1], [0, 97, 16])]
+    for TA in (False, True):
+        for TB in (False, True):
+            for m, n, k in cases:
+                for alpha, beta in ((1.3, 0.5), (0.9, 0.0)):
+                    err = run_case(TA, TB, m, n, k, alpha, beta, rng)
+                    print("ok TA=%d TB=%d m=%s n=%s k=%s alpha=%.1f beta=%.1f: max error %.2e"
+                          % (TA, TB, m, n, k, alpha, beta, err), flush=True)
+    print("all cases match (GS_BN=%d)" % BN)
