@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.backend.Bf16Gemms;
 import dev.sparkmoe.core.backend.CpuBackend;
 import dev.sparkmoe.core.backend.MemoryTracker;
 import dev.sparkmoe.core.io.HfCheckpoint;
@@ -116,7 +117,7 @@ class FusedLinearCrossEntropyTest {
     @ValueSource(ints = {3, 0})
     void bf16GemmOperandsRoundTheInputsAndTheChunkGradientOnly(int rows) {
         Backend cpu = new CpuBackend();
-        Backend be = MemoryTracker.wrap(bf16Gemms(cpu));
+        Backend be = MemoryTracker.wrap(Bf16Gemms.over(cpu));
         MemoryTracker mem = MemoryTracker.of(be);
         SplittableRandom r = new SplittableRandom(23);
         Tensor hidden = random(r, N, H);
@@ -155,21 +156,6 @@ class FusedLinearCrossEntropyTest {
         Fixtures.assertClose("dW", dW16, out.dWeight(), 1e-6);
         Fixtures.assertClose("dHidden against the unrounded gradient", rounded.dHidden, out.dHidden(), 1e-2);
         assertTrue(!out.dWeight().bitwiseEquals(rounded.dW), "the chunk's gradient was rounded to bf16");
-    }
-
-    /** The CPU backend, except that its GEMMs take bf16 operands ({@link Backend#gemmDType}). */
-    static Backend bf16Gemms(Backend cpu) {
-        return (Backend) java.lang.reflect.Proxy.newProxyInstance(Backend.class.getClassLoader(),
-                new Class<?>[] {Backend.class}, (proxy, method, args) -> {
-                    if (method.getName().equals("gemmDType")) {
-                        return DType.BF16;
-                    }
-                    try {
-                        return method.invoke(cpu, args);
-                    } catch (java.lang.reflect.InvocationTargetException e) {
-                        throw e.getCause();
-                    }
-                });
     }
 
     static Tensor roundedCopy(Tensor t) {

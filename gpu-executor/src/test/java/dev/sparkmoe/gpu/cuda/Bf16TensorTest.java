@@ -131,7 +131,7 @@ class Bf16TensorTest {
         float[] w = rnd(r, v * h, 0.5f);
         int[] t = r.ints(n, 0, v).toArray();
         t[7] = -100;
-        dev.sparkmoe.core.backend.Backend cpu16 = bf16Gemms(cpu);
+        dev.sparkmoe.core.backend.Backend cpu16 = dev.sparkmoe.core.backend.Bf16Gemms.over(cpu);
         dev.sparkmoe.core.model.LmHeadLoss.Result want = dev.sparkmoe.core.model.LmHeadLoss.LOCAL.run(cpu16,
                 host(hid.clone(), n, h), Tensor.ofInts(t.clone(), n), n, host(w.clone(), v, h), 1f / n, true, false,
                 chunk);
@@ -147,22 +147,6 @@ class Bf16TensorTest {
         } finally {
             gpu.setGemmPrecision(was);
         }
-    }
-
-    /** The CPU backend, except that its GEMMs take bf16 operands. */
-    private static dev.sparkmoe.core.backend.Backend bf16Gemms(CpuBackend cpu) {
-        return (dev.sparkmoe.core.backend.Backend) java.lang.reflect.Proxy.newProxyInstance(
-                dev.sparkmoe.core.backend.Backend.class.getClassLoader(),
-                new Class<?>[] {dev.sparkmoe.core.backend.Backend.class}, (proxy, method, args) -> {
-                    if (method.getName().equals("gemmDType")) {
-                        return DType.BF16;
-                    }
-                    try {
-                        return method.invoke(cpu, args);
-                    } catch (java.lang.reflect.InvocationTargetException e) {
-                        throw e.getCause();
-                    }
-                });
     }
 
     @Test
