@@ -46,14 +46,16 @@
 // gpu-executor/scripts/grouped_gemm_sm90_emulate.py emulates the fills, descriptors, ring and epilogue on the CPU.
 // The epilogue writes straight from the accumulators (the m64nNk16 D fragment: warp q of the warpgroup holds rows
 // 16 q .. 16 q + 15, lane (r = lane / 4, c = lane % 4) rows r and r + 8, columns 8 j + 2 c and + 1 of each 8-wide
-// block j) with gb_store_pair: float2 where C_g is 8-byte aligned and ldc even, scalar at the last odd column.
+// block j): float2 where C_g is 8-byte aligned and ldc even, scalar at the last odd column. Where beta != 0 it reads
+// C: the tile's rows are prefetched into L2 (prefetch.global.L2) when the tile starts, and a thread loads GS_EPI
+// pairs before storing them, so that its loads are in flight together.
 // Tuning macros (-Dsparkmoe.cuda.defines=...; GroupedGemm mirrors GS_BN and GS_STAGES in its tile count and dynamic
 // shared-memory size): GS_BN (128 or 256), GS_STAGES (3 or more within the 227 KB a block may have: stages x
 // (16 KB + GS_BN x 128 bytes) + 1 KB of alignment slack).
 
 #include <cuda_bf16.h>
 
-#include "grouped_gemm_params.cuh"  // GBParams, GB_MAX_GROUPS, gb_group_of, gb_store_pair
+#include "grouped_gemm_params.cuh"  // GBParams, GB_MAX_GROUPS, gb_group_of
 
 #define GS_BM 128
 #ifndef GS_BN
@@ -69,6 +71,7 @@
 #define GS_STAGE_BYTES (GS_A_BYTES + GS_B_BYTES)
 #define GS_SMEM_BYTES (GS_STAGES * GS_STAGE_BYTES + 1024)  // + slack to align the ring to 1024 bytes
 #define GS_ACC (GS_BN / 2)                                 // f32 accumulators a thread
+#define GS_EPI (GS_BN == 256 ? 4 : 8)                      // C pairs a thread loads at once in the beta != 0 epilogue
 static_assert(GS_BN == 128 || GS_BN == 256, "GS_BN: 128 or 256");
 static_assert(GS_STAGES >= 3, "GS_STAGES: 3 or more (copies run GS_STAGES - 2 slices ahead)");
 static_assert(GS_SMEM_BYTES <= 227 * 1024, "GS_STAGES x (16 KB + GS_BN x 128 bytes) exceeds sm_90's 227 KB a block");
@@ -98,6 +101,10 @@ __device__ __forceinline__ void gs_wgmma_commit() { asm volatile("wgmma.commit_g
 template <int N>
 __device__ __forceinline__ void gs_wgmma_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void gs_prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
 }
 
 // Keeps the compiler from moving accesses of the accumulators across the asynchronous wgmma (it does not know that
@@ -186,6 +193,40 @@ __device__ __forceinline__ void gs_wgmma(float (&d)[GS_ACC], unsigned long long 
 #else
     gs_wgmma_n128<TRANS_A, TRANS_B>(d, descA, descB);
 #endif
+}
+
+// ---------------------------------------------------------------- the epilogue's C pairs
+
+// C[row, col] and C[row, col + 1] (crow = C_g + row * ldc) where beta != 0 (else 0, C never read): float2 where vecC
+// (C_g 8-byte aligned, ldc even) and both columns are inside N, else scalar loads of the columns below N.
+__device__ __forceinline__ float2 gs_load_pair(const float* crow, int col, int N, float beta, bool vecC) {
+    float2 o = make_float2(0.f, 0.f);
+    if (beta != 0.f) {
+        if (vecC && col + 1 < N) {
+            o = *reinterpret_cast<const float2*>(crow + col);
+        } else {
+            if (col < N) o.x = crow[col];
+            if (col + 1 < N) o.y = crow[col + 1];
+        }
+    }
+    return o;
+}
+
+// alpha * v + beta * old into the pair's columns below N (gb_store_pair's arithmetic, with C loaded beforehand).
+__device__ __forceinline__ void gs_store_pair(float* crow, int col, int N, float v0, float v1, float alpha,
+                                              float beta, float2 old, bool vecC) {
+    v0 *= alpha;
+    v1 *= alpha;
+    if (beta != 0.f) {
+        v0 = fmaf(beta, old.x, v0);
+        v1 = fmaf(beta, old.y, v1);
+    }
+    if (vecC && col + 1 < N) {
+        *reinterpret_cast<float2*>(crow + col) = make_float2(v0, v1);
+    } else {
+        if (col < N) crow[col] = v0;
+        if (col + 1 < N) crow[col + 1] = v1;
+    }
 }
 
 // ---------------------------------------------------------------- stage fills
@@ -335,6 +376,25 @@ __device__ __forceinline__ void gs_impl(const GBParams& p) {
         const int m0 = (local / tilesN) * GS_BM;
         const int n0 = (local % tilesN) * GS_BN;
 
+        float* __restrict__ C = reinterpret_cast<float*>(p.c[g]);
+        const int rowBase = m0 + wg * 64 + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
+        const int colBase = n0 + 2 * (lane & 3);
+        if (beta != 0.f) {
+            // the epilogue reads this tile of C: fetch it into L2 while the tile's K steps run (the 4 lanes of a row
+            // take one 128-byte line in 4 each)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int row = rowBase + h * 8;
+                if (row < M) {
+#pragma unroll
+                    for (int l = 0; l < GS_BN / 128; l++) {
+                        const int col = n0 + l * 128 + (lane & 3) * 32;
+                        if (col < N) gs_prefetch_l2(C + (long long)row * ldc + col);
+                    }
+                }
+            }
+        }
+
         float acc[GS_ACC];
 #pragma unroll
         for (int i = 0; i < GS_ACC; i++) acc[i] = 0.f;
@@ -362,19 +422,23 @@ __device__ __forceinline__ void gs_impl(const GBParams& p) {
         gs_wgmma_wait<0>();
         gs_fence_acc(acc);
 
-        float* __restrict__ C = reinterpret_cast<float*>(p.c[g]);
         const bool vecC = (reinterpret_cast<unsigned long long>(C) & 7) == 0 && (ldc & 1) == 0;
-        const int rowBase = m0 + wg * 64 + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
-        const int colBase = n0 + 2 * (lane & 3);
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const int row = rowBase + h * 8;
             if (row < M) {
                 float* crow = C + (long long)row * ldc;
+                // GS_EPI pairs at a time: their C loads (beta != 0) in flight together, then the stores
 #pragma unroll
-                for (int j = 0; j < GS_BN / 8; j++) {
-                    gb_store_pair(crow, colBase + j * 8, N, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1], alpha, beta,
-                                  vecC);
+                for (int j0 = 0; j0 < GS_BN / 8; j0 += GS_EPI) {
+                    float2 old[GS_EPI];
+#pragma unroll
+                    for (int j = 0; j < GS_EPI; j++) old[j] = gs_load_pair(crow, colBase + (j0 + j) * 8, N, beta, vecC);
+#pragma unroll
+                    for (int j = 0; j < GS_EPI; j++) {
+                        const int i = 4 * (j0 + j) + 2 * h;
+                        gs_store_pair(crow, colBase + (j0 + j) * 8, N, acc[i], acc[i + 1], alpha, beta, old[j], vecC);
+                    }
                 }
             }
         }
