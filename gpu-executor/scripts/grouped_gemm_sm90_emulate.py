@@ -8,13 +8,17 @@ bounds asserted) into a stage that starts as NaN; the 64-bit wgmma descriptors a
 read back element by element through the canonical layouts of the PTX ISA ("Shared Memory Matrix Layout": K-major
 ((8,m),(T,2k)):((8T,SBO),(1,T)), MN-major ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)), T = 8 bf16, then Swizzle<3,4,3> on
 the byte address), with the transpose bits choosing the layout; every element a wgmma reads must have been written
-(no NaN); the m64nNk16 accumulator fragment (CUTLASS's SM90 C layout) and the epilogue's guarded pair stores. Run on
+(no NaN); the m64nNk16 accumulator fragment (CUTLASS's SM90 C layout) and the epilogue's guarded pair stores; the persistent
+CTAs (GRID of them, default 3, so that each runs several tiles; 0: one a tile) with their fill cursor and the ring of
+GS_STAGES stages across tiles, each stage tagged with the slice it holds (a step must read its own slice, a fill must
+not hit a stage that a wgmma still in flight reads: the current step's and, before wait_group 1, the previous one's). Run on
 small ragged problems for all four transpositions and compared with numpy on the same bf16 inputs. It checks the
-arithmetic against the documented layouts, not the hardware, nor the ring's timing (each slice gets a fresh stage):
-keep it in step with the .cu when either changes. Needs numpy:  [GS_BN=256] python3 grouped_gemm_sm90_emulate.py
+arithmetic against the documented layouts, not the hardware (copies land at once here): keep it in step with the .cu
+when either changes. Needs numpy:  [GS_BN=256] [GS_STAGES=4] [GRID=0] python3 grouped_gemm_sm90_emulate.py
 """
 import numpy as np, os
 BM = 128; BN = int(os.environ.get("GS_BN", 128)); BK = 64; THREADS = 256; MAXG = 64
+STAGES = int(os.environ.get("GS_STAGES", 6)); GRID = int(os.environ.get("GRID", 3))  # persistent CTAs a launch
 A_BYTES = BM * BK * 2; B_BYTES = BN * BK * 2; STAGE = A_BYTES + B_BYTES
 NAN16 = 0x7FC0
 
@@ -84,55 +88,97 @@ def store_pair(C, ci, col, N, v0, v1, alpha, beta, vecC):
         if col < N: C[ci + col] = np.float32(beta) * C[ci + col] + v0 if beta != 0 else v0
         if col + 1 < N: C[ci + col + 1] = np.float32(beta) * C[ci + col + 1] + v1 if beta != 0 else v1
 
-def cta(p, t, TA, TB, Ag, Bg, C):
+def group_of(p, t):
     lo, hi = 0, p["groups"] - 1
     while lo < hi:
         mid = (lo + hi + 1) >> 1
         if p["tileStart"][mid] <= t: lo = mid
         else: hi = mid - 1
-    g = lo; M, N, K = p["m"][g], p["n"][g], p["k"][g]
-    tilesN = (N + BN - 1) // BN; local = t - p["tileStart"][g]
-    m0 = (local // tilesN) * BM; n0 = (local % tilesN) * BN
+    return lo
+
+def tile_origin(p, g, t):
+    tilesN = (p["n"][g] + BN - 1) // BN; local = t - p["tileStart"][g]
+    return (local // tilesN) * BM, (local % tilesN) * BN
+
+def cta(p, b, grid, TA, TB, Ag, Bg, C):
+    """one persistent CTA (blockIdx.x = b of grid): tiles b, b + grid, ...; the ring of stages runs across tiles"""
+    last = p["groups"] - 1
+    total = p["tileStart"][last] + ((p["m"][last] + BM - 1) // BM) * ((p["n"][last] + BN - 1) // BN)
     lda, ldb = p["lda"], p["ldb"]
-    acc = np.zeros((2, 64, BN), dtype=np.float64)
-    numK = (K + BK - 1) // BK
-    smem = 1024 * 3  # a 1024-aligned ring start
-    A0 = p["a"][g]; B0 = p["b"][g]  # element offsets into Ag / Bg
-    aPtr = A0 + m0 if TA else A0 + m0 * lda
-    bPtr = B0 + n0 * ldb if TB else B0 + n0
     aStep = BK * lda if TA else BK; bStep = BK if TB else BK * ldb
-    for kt in range(numK):
-        S = np.full((smem + STAGE) // 2, NAN16, dtype=np.uint16)
-        as_ = smem; bs = as_ + A_BYTES; kLeft = K - kt * BK
-        if not TA: fill_kmajor(S, as_, Ag, aPtr + kt * aStep, lda, M - m0, kLeft, BM)
-        else: fill_mnmajor(S, as_, Ag, aPtr + kt * aStep, lda, kLeft, M - m0, BM)
-        if TB: fill_kmajor(S, bs, Bg, bPtr + kt * bStep, ldb, N - n0, kLeft, BN)
-        else: fill_mnmajor(S, bs, Bg, bPtr + kt * bStep, ldb, kLeft, N - n0, BN)
-        for wg in range(2):
-            dA0 = desc(smem + wg * (BK * 128), BK * 128, 1024) if TA else desc(smem + wg * 64 * 128, 16, 1024)
-            dB0 = desc(smem + A_BYTES, 16, 1024) if TB else desc(smem + A_BYTES, BK * 128, 1024)
-            AK = 2048 if TA else 32; BKs = 32 if TB else 2048
-            for kk in range(BK // 16):
-                a = bits_f32(read_operand(S, dA0 + (kk * AK >> 4), 64, TA))
-                b = bits_f32(read_operand(S, dB0 + (kk * BKs >> 4), BN, not TB))
-                assert not np.isnan(a).any() and not np.isnan(b).any(), "a wgmma read an element no copy wrote"
-                acc[wg] += a.astype(np.float64) @ b.astype(np.float64).T
-    ldc = p["ldc"]; Cg = p["c"][g]; vecC = Cg % 2 == 0 and ldc % 2 == 0
-    for tid in range(THREADS):
-        wg = tid >> 7; q = (tid >> 5) & 3; lane = tid & 31
-        # the m64nNk16 D fragment: d[4j + 2h + e] = D[16 q + lane/4 + 8 h][8 j + 2 (lane % 4) + e]
-        d = np.empty(BN // 2)
-        for j in range(BN // 8):
+    smem = 1024 * 3  # a 1024-aligned ring start
+    S = np.full((smem + STAGES * STAGE) // 2, NAN16, dtype=np.uint16)
+    tag = [None] * STAGES  # the slice number each stage holds (the emulator's check of the ring's accounting)
+    cur = dict(t=b)
+    def seek():
+        while cur["t"] < total:
+            g = group_of(p, cur["t"])
+            if p["k"][g] > 0:
+                m0, n0 = tile_origin(p, g, cur["t"])
+                cur.update(a=p["a"][g] + (m0 if TA else m0 * lda), b=p["b"][g] + (n0 * ldb if TB else n0),
+                           aRows=p["m"][g] - m0, bRows=p["n"][g] - n0, K=p["k"][g],
+                           numK=(p["k"][g] + BK - 1) // BK, kt=0)
+                return
+            cur["t"] += grid
+    seek()
+    st = dict(fill=0, issued=0)
+    busy = set()  # stages that in-flight wgmmas may still read (steps u and u - 1 at step u's fill)
+    def issue():
+        if cur["t"] < total:
+            kLeft = cur["K"] - cur["kt"] * BK
+            assert st["fill"] not in busy, "a fill overwrote a stage that a wgmma in flight still reads"
+            as_ = smem + st["fill"] * STAGE; bs = as_ + A_BYTES
+            S[as_ // 2: (as_ + STAGE) // 2] = NAN16
+            if not TA: fill_kmajor(S, as_, Ag, cur["a"] + cur["kt"] * aStep, lda, cur["aRows"], kLeft, BM)
+            else: fill_mnmajor(S, as_, Ag, cur["a"] + cur["kt"] * aStep, lda, kLeft, cur["aRows"], BM)
+            if TB: fill_kmajor(S, bs, Bg, cur["b"] + cur["kt"] * bStep, ldb, cur["bRows"], kLeft, BN)
+            else: fill_mnmajor(S, bs, Bg, cur["b"] + cur["kt"] * bStep, ldb, kLeft, cur["bRows"], BN)
+            tag[st["fill"]] = st["issued"]; st["issued"] += 1
+            st["fill"] = 0 if st["fill"] + 1 == STAGES else st["fill"] + 1
+            cur["kt"] += 1
+            if cur["kt"] == cur["numK"]:
+                cur["t"] += grid; seek()
+    for _ in range(STAGES - 2): issue()
+    mma = 0; u = 0; prev = None
+    t = b
+    while t < total:
+        g = group_of(p, t); M, N, K = p["m"][g], p["n"][g], p["k"][g]; m0, n0 = tile_origin(p, g, t)
+        acc = np.zeros((2, 64, BN), dtype=np.float64)
+        for kt in range((K + BK - 1) // BK):
+            assert tag[mma] == u, "step %d reads stage %d holding slice %s" % (u, mma, tag[mma])
+            for wg in range(2):
+                dA0 = desc(smem + wg * (BK * 128), BK * 128, 1024) if TA else desc(smem + wg * 64 * 128, 16, 1024)
+                dB0 = desc(smem + A_BYTES, 16, 1024) if TB else desc(smem + A_BYTES, BK * 128, 1024)
+                stage = (mma * STAGE) >> 4
+                AK = 2048 if TA else 32; BKs = 32 if TB else 2048
+                for kk in range(BK // 16):
+                    a = bits_f32(read_operand(S, dA0 + stage + (kk * AK >> 4), 64, TA))
+                    b_ = bits_f32(read_operand(S, dB0 + stage + (kk * BKs >> 4), BN, not TB))
+                    assert not np.isnan(a).any() and not np.isnan(b_).any(), "a wgmma read an element no copy wrote"
+                    acc[wg] += a.astype(np.float64) @ b_.astype(np.float64).T
+            busy = {mma} | ({prev} if prev is not None else set())  # wgmma(u) and wgmma(u - 1) may be in flight
+            issue()
+            prev = mma  # after wait_group 1 only wgmma(u) may be in flight
+            mma = 0 if mma + 1 == STAGES else mma + 1; u += 1
+        prev = None; busy = set()  # wait_group 0 at the tile's end
+        ldc = p["ldc"]; Cg = p["c"][g]; vecC = Cg % 2 == 0 and ldc % 2 == 0
+        for tid in range(THREADS):
+            wg = tid >> 7; q = (tid >> 5) & 3; lane = tid & 31
+            # the m64nNk16 D fragment: d[4j + 2h + e] = D[16 q + lane/4 + 8 h][8 j + 2 (lane % 4) + e]
+            d = np.empty(BN // 2)
+            for j in range(BN // 8):
+                for h in range(2):
+                    for e in range(2):
+                        d[4 * j + 2 * h + e] = acc[wg][16 * q + (lane >> 2) + 8 * h][8 * j + 2 * (lane & 3) + e]
+            rowBase = m0 + wg * 64 + q * 16 + (lane >> 2); colBase = n0 + 2 * (lane & 3)
             for h in range(2):
-                for e in range(2):
-                    d[4 * j + 2 * h + e] = acc[wg][16 * q + (lane >> 2) + 8 * h][8 * j + 2 * (lane & 3) + e]
-        rowBase = m0 + wg * 64 + q * 16 + (lane >> 2); colBase = n0 + 2 * (lane & 3)
-        for h in range(2):
-            row = rowBase + h * 8
-            if row < M:
-                for j in range(BN // 8):
-                    store_pair(C, Cg + row * ldc, colBase + j * 8, N, d[4 * j + 2 * h], d[4 * j + 2 * h + 1],
-                               p["alpha"], p["beta"], vecC)
+                row = rowBase + h * 8
+                if row < M:
+                    for j in range(BN // 8):
+                        store_pair(C, Cg + row * ldc, colBase + j * 8, N, d[4 * j + 2 * h], d[4 * j + 2 * h + 1],
+                                   p["alpha"], p["beta"], vecC)
+        t += grid
+    assert st["issued"] == u, "copies issued for %d slices, %d consumed" % (st["issued"], u)
 
 def r8(x): return (x + 7) // 8 * 8
 
@@ -177,8 +223,9 @@ def run_case(TA, TB, m, n, k, alpha, beta, rng):
             p["a"].append(aOff[g]); p["b"].append(bOff[g]); p["c"].append(cOff[g])
             p["m"].append(m[g]); p["n"].append(n[g]); p["k"].append(k[g]); p["tileStart"].append(tiles)
             tiles += ((m[g] + BM - 1) // BM) * ((n[g] + BN - 1) // BN)
-        for t in range(tiles):
-            cta(p, t, TA, TB, Ag, Bg, C)
+        grid = min(tiles, GRID) if GRID > 0 else tiles
+        for b in range(grid):
+            cta(p, b, grid, TA, TB, Ag, Bg, C)
     bad = np.isnan(want) != np.isnan(C)
     assert not bad.any(), "NaN pattern differs (untouched elements written, or NaN leaked) at %s" % np.nonzero(bad)[0][:5]
     ok = ~np.isnan(want)
@@ -190,7 +237,8 @@ def run_case(TA, TB, m, n, k, alpha, beta, rng):
 if __name__ == "__main__":
     rng = np.random.default_rng(1)
     cases = [([37, 0, 3, 130, 5], [40, 72, 129, 72, 200], [72, 50, 33, 150, 1]),
-             ([1, 129, 64], [257, 8, 1], [0, 97, 16])]
+             ([1, 129, 64], [257, 8, 1], [0, 97, 16]),
+             ([70, 20], [100, 30], [700, 260])]
     for TA in (False, True):
         for TB in (False, True):
             for m, n, k in cases:
@@ -198,4 +246,4 @@ if __name__ == "__main__":
                     err = run_case(TA, TB, m, n, k, alpha, beta, rng)
                     print("ok TA=%d TB=%d m=%s n=%s k=%s alpha=%.1f beta=%.1f: max error %.2e"
                           % (TA, TB, m, n, k, alpha, beta, err), flush=True)
-    print("all cases match (GS_BN=%d)" % BN)
+    print("all cases match (GS_BN=%d, GS_STAGES=%d, GRID=%d)" % (BN, STAGES, GRID))

@@ -276,23 +276,25 @@ struct KernelSet {
     const char* name;
     KernelFn fn[4];  // nn, nt, tn, tt
     int tileM, tileN, threads, smem;
+    bool persistent;  // CTAs loop over tiles: the grid is min(tiles, SMs x CTAs an SM holds)
+    int maxGrid;      // SMs x CTAs an SM holds (persistent kernels)
 };
 
 static KernelSet sm90Set() {
     return {"sm90 wgmma",
             {grouped_gemm_sm90_nn, grouped_gemm_sm90_nt, grouped_gemm_sm90_tn, grouped_gemm_sm90_tt},
-            GS_BM, GS_BN, GS_THREADS, GS_SMEM_BYTES};
+            GS_BM, GS_BN, GS_THREADS, GS_SMEM_BYTES, true, 0};
 }
 
 static KernelSet mmaSet() {
     return {"mma.sync",
             {grouped_gemm_bf16_nn, grouped_gemm_bf16_nt, grouped_gemm_bf16_tn, grouped_gemm_bf16_tt},
-            GB_BM, GB_BN, GB_THREADS, GB_SMEM_BYTES};
+            GB_BM, GB_BN, GB_THREADS, GB_SMEM_BYTES, false, 0};
 }
 
 struct Launch {
     GBParams p;
-    int tiles;
+    int grid;
 };
 
 // GroupedGemm.kernel's plan: groups with m, n > 0, stably sorted largest k first, GB_MAX_GROUPS a launch.
@@ -329,7 +331,7 @@ static std::vector<Launch> plan(const Problem& P, const KernelSet& ks, const __n
             L.p.flags[q] = (aa % 16 == 0 && P.lda % 4 == 0 ? 1 : 0) | (bb % 16 == 0 && P.ldb % 4 == 0 ? 2 : 0);
             tiles += (long long)((P.m[g] + ks.tileM - 1) / ks.tileM) * ((P.n[g] + ks.tileN - 1) / ks.tileN);
         }
-        L.tiles = (int)tiles;
+        L.grid = ks.persistent ? (int)std::min<long long>(tiles, ks.maxGrid) : (int)tiles;
         out.push_back(L);
     }
     return out;
@@ -338,7 +340,7 @@ static std::vector<Launch> plan(const Problem& P, const KernelSet& ks, const __n
 static void run(const std::vector<Launch>& launches, const KernelSet& ks, bool tA, bool tB) {
     KernelFn f = ks.fn[(tA ? 2 : 0) + (tB ? 1 : 0)];
     for (const Launch& L : launches) {
-        f<<<L.tiles, ks.threads, ks.smem>>>(L.p);
+        f<<<L.grid, ks.threads, ks.smem>>>(L.p);
         CK(cudaGetLastError());
     }
 }
@@ -554,8 +556,8 @@ static bool timing(const std::vector<KernelSet>& sets, int reps) {
             ok &= report(ks.name, P, 1.f, beta, false, B);
             float ms = medianMs(L, ks, P, 3, reps);
             total[s] += ms;
-            std::printf("  %-10s %-24s beta=%.0f: %8.3f ms  %7.1f TFLOP/s  (%zu launches, %d CTAs)\n", ks.name,
-                        P.name.c_str(), beta, ms, P.flops() / ms / 1e9, L.size(), L.empty() ? 0 : L[0].tiles);
+            std::printf("  %-10s %-24s beta=%.0f: %8.3f ms  %7.1f TFLOP/s  (%zu launches, grid %d)\n", ks.name,
+                        P.name.c_str(), beta, ms, P.flops() / ms / 1e9, L.size(), L.empty() ? 0 : L[0].grid);
         }
         B.free();
     }
@@ -592,12 +594,29 @@ int main(int argc, char** argv) {
         return 2;
     }
     std::vector<KernelSet> sets = {sm90Set(), mmaSet()};
-    for (const KernelSet& ks : sets) {
+    for (KernelSet& ks : sets) {
         for (KernelFn f : ks.fn)
             CK(cudaFuncSetAttribute((const void*)f, cudaFuncAttributeMaxDynamicSharedMemorySize, ks.smem));
+        int perSm = 0;
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, (const void*)ks.fn[0], ks.threads, ks.smem));
+        ks.maxGrid = perSm * prop.multiProcessorCount;
+        std::printf("%s: %d CTAs of %d threads an SM (%d B shared)%s\n", ks.name, perSm, ks.threads, ks.smem,
+                    ks.persistent ? ", persistent" : "");
+        if (perSm < 1) {
+            std::fprintf(stderr, "%s fits no CTA on an SM\n", ks.name);
+            return 2;
+        }
     }
     bool ok = true;
-    if (check) ok &= correctness(sets);
+    if (check) {
+        // the persistent kernel once more with 3 CTAs a launch: every CTA runs many tiles through one ring
+        std::vector<KernelSet> checked = sets;
+        KernelSet few = sets[0];
+        few.name = "sm90 grid3";
+        few.maxGrid = 3;
+        checked.push_back(few);
+        ok &= correctness(checked);
+    }
     if (time) ok &= timing(sets, reps);
     std::printf("%s\n", ok ? "ALL PASS" : "SOME FAILED");
     return ok ? 0 : 1;

@@ -54,6 +54,8 @@ final class GroupedGemm {
     private final boolean sm90Fits;
     private CudaBackend.GroupedMode mode = CudaBackend.GroupedMode.AUTO;
     private Kernel kernelChoice = Kernel.AUTO;
+    /** CTAs of each sm90 kernel an SM holds (cuOccupancyMaxActiveBlocksPerMultiprocessor, asked once a kernel). */
+    private final java.util.Map<String, Integer> sm90BlocksPerSm = new java.util.HashMap<>();
 
     /** Which kernel {@link CudaBackend.GroupedMode#KERNEL} launches. */
     enum Kernel {
@@ -301,9 +303,12 @@ final class GroupedGemm {
                         throw new IllegalArgumentException("groupedGemm: more than 2^31 - 1 tiles in one launch");
                     }
                 }
-                Cuda.checkDriver(cudart.cuLaunchKernel(f, (int) tiles, 1, 1, blockThreads, 1, 1, shared, device.stream(),
+                // the sm90 kernel's CTAs are persistent (each runs every grid-th tile); mma.sync's run one tile each
+                int grid = sm90 ? (int) Math.min(tiles, (long) device.smCount() * sm90BlocksPerSm(kernel, f, shared))
+                        : (int) tiles;
+                Cuda.checkDriver(cudart.cuLaunchKernel(f, grid, 1, 1, blockThreads, 1, 1, shared, device.stream(),
                         argPtrs, (PointerPointer<?>) null), "cuLaunchKernel(" + kernel + ", " + here + " groups, "
-                        + tiles + " tiles)");
+                        + tiles + " tiles, " + grid + " CTAs)");
                 if (keep) {
                     operands.hold(aCast, bCast);
                 }
@@ -312,5 +317,21 @@ final class GroupedGemm {
             }
         }
         operands.releaseUnused(offered);
+    }
+
+    private int sm90BlocksPerSm(String kernel, CUfunc_st f, int shared) {
+        Integer n = sm90BlocksPerSm.get(kernel);
+        if (n == null) {
+            int[] blocks = new int[1];
+            Cuda.checkDriver(cudart.cuOccupancyMaxActiveBlocksPerMultiprocessor(blocks, f, SM90_THREADS, shared),
+                    "cuOccupancyMaxActiveBlocksPerMultiprocessor(" + kernel + ", " + shared + " bytes shared)");
+            if (blocks[0] < 1) {
+                throw new IllegalStateException(kernel + " fits no CTA on an SM of " + device.name() + " with "
+                        + shared + " bytes of dynamic shared memory (fewer stages: -Dsparkmoe.cuda.defines=GS_STAGES=4)");
+            }
+            n = blocks[0];
+            sm90BlocksPerSm.put(kernel, n);
+        }
+        return n;
     }
 }

@@ -52,7 +52,7 @@
 
 #include <cuda_bf16.h>
 
-#include "grouped_gemm_params.cuh"  // GBParams, GB_MAX_GROUPS, gb_group_of, gb_store_pair
+#include "grouped_gemm_params.cuh"  // GBParams, GB_MAX_GROUPS, gb_group_of
 
 #define GB_BM 128
 #ifndef GB_BN
@@ -233,6 +233,24 @@ struct GbSteps {
         if constexpr (KS + 16 < GB_BK) GbSteps<KS + 16>::template run<TA, TB>(acc, aLane, bLane);
     }
 };
+
+__device__ __forceinline__ void gb_store_pair(float* crow, int col, int N, float v0, float v1, float alpha,
+                                              float beta, bool vecC) {
+    v0 *= alpha;
+    v1 *= alpha;
+    if (vecC && col + 1 < N) {
+        float2* q = reinterpret_cast<float2*>(crow + col);
+        if (beta != 0.f) {
+            const float2 o = *q;
+            v0 = fmaf(beta, o.x, v0);
+            v1 = fmaf(beta, o.y, v1);
+        }
+        *q = make_float2(v0, v1);
+    } else {
+        if (col < N) crow[col] = beta != 0.f ? fmaf(beta, crow[col], v0) : v0;
+        if (col + 1 < N) crow[col + 1] = beta != 0.f ? fmaf(beta, crow[col + 1], v1) : v1;
+    }
+}
 
 extern __shared__ __align__(128) unsigned char gb_smem[];
 

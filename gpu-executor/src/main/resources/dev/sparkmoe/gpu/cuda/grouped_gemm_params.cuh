@@ -34,25 +34,4 @@ __device__ __forceinline__ int gb_group_of(const GBParams& p, int t) {
     return lo;
 }
 
-// The epilogue's store of C[row, col] and C[row, col + 1] (crow = C_g + row * ldc): alpha * v + beta * C, C never
-// read when beta == 0; float2 where vecC (C_g 8-byte aligned, ldc even) and both columns are inside N, else scalar
-// stores of the columns below N.
-__device__ __forceinline__ void gb_store_pair(float* crow, int col, int N, float v0, float v1, float alpha,
-                                              float beta, bool vecC) {
-    v0 *= alpha;
-    v1 *= alpha;
-    if (vecC && col + 1 < N) {
-        float2* q = reinterpret_cast<float2*>(crow + col);
-        if (beta != 0.f) {
-            const float2 o = *q;
-            v0 = fmaf(beta, o.x, v0);
-            v1 = fmaf(beta, o.y, v1);
-        }
-        *q = make_float2(v0, v1);
-    } else {
-        if (col < N) crow[col] = beta != 0.f ? fmaf(beta, crow[col], v0) : v0;
-        if (col + 1 < N) crow[col + 1] = beta != 0.f ? fmaf(beta, crow[col + 1], v1) : v1;
-    }
-}
-
 #endif  // SPARKMOE_GROUPED_GEMM_PARAMS_CUH

@@ -12,10 +12,12 @@
 // NaN); k == 0 gives C_g = beta * C_g. Ragged m and k, any n.
 //
 // Parameter and group mapping: GBParams by value (grouped_gemm_params.cuh, the same struct and byte layout as the
-// mma.sync kernel). blockIdx.x is a flat tile index over the launch's groups: tileStart holds the prefix sum of each
-// group's GS_BM x GS_BN tiles (the host counts them with this file's tile shape), the groups come largest k first so
-// that the longest tiles start in the first wave; a CTA finds its group by binary search (gb_group_of), then its
-// tile row-major inside the group (consecutive CTAs share A's row block; B_g stays in L2).
+// mma.sync kernel). Tiles carry a flat index over the launch's groups: tileStart holds the prefix sum of each group's
+// GS_BM x GS_BN tiles (the host counts them with this file's tile shape), the groups come largest k first so that the
+// longest tiles start first; a tile's group is found by binary search (gb_group_of), the tile row-major inside the
+// group (neighbouring indices share A's row block; B_g stays in L2). The CTAs are persistent: the host launches
+// min(tiles, SMs x CTAs an SM holds) of them and CTA b runs tiles b, b + gridDim.x, b + 2 gridDim.x, ... (any grid
+// of 1 or more is right: with one CTA a tile it is the plain mapping).
 //
 // Tiling: a CTA of two warpgroups (256 threads) computes a GS_BM x GS_BN = 128 x GS_BN tile of C_g (GS_BN 128 or
 // 256); warpgroup w owns rows 64 w .. 64 w + 63 and issues wgmma.mma_async.m64nGS_BNk16 (bf16 in, f32 accumulators
@@ -33,21 +35,31 @@
 //   In both, 16-byte chunk c of line l lies at l * 128 + ((c ^ (l % 8)) * 16) from a 1024-byte aligned tile: the
 //   128-byte swizzle (address bits 4-6 XOR bits 7-9) that the descriptors' swizzle mode 1 undoes.
 // The stages are filled by cp.async.cg (16 bytes; src-size 0 zero-fills chunks past a group's rows or k, so edge
-// tiles need no other case), GS_STAGES - 2 slices ahead. Step kt: wait for this thread's copies of slice kt
-// (cp.async.wait_group GS_STAGES - 3), fence.proxy.async (make them visible to wgmma's async proxy), the step's ONE
-// barrier (every copy of slice kt landed; every warpgroup has retired its wgmma of step kt - 2), issue the four k16
-// wgmmas of slice kt and commit them, issue the copies of slice kt + GS_STAGES - 2 into the stage of slice kt - 2,
-// then wgmma.wait_group 1 (step kt - 1's wgmmas retired: the tensor cores always hold one step's group queued).
+// tiles need no other case), GS_STAGES - 2 slices ahead, through one ring for all of a CTA's tiles: a fill cursor
+// walks the slices of the CTA's tiles in order (skipping k == 0 tiles, which have none), so the next tile's first
+// slices load during the current tile's last steps and its epilogue. Step u (the u-th slice of the CTA): wait for
+// this thread's copies of slice u (cp.async.wait_group GS_STAGES - 3), fence.proxy.async (make them visible to
+// wgmma's async proxy), the step's ONE barrier (every copy of slice u landed; every warpgroup has retired its wgmma
+// of step u - 2), issue the four k16 wgmmas of slice u and commit them, issue the copies of slice u + GS_STAGES - 2
+// into the stage of slice u - 2, then wgmma.wait_group 1 (step u - 1's wgmmas retired: the tensor cores always hold
+// one step's group queued); wgmma.wait_group 0 ends a tile before its epilogue.
+// gpu-executor/scripts/grouped_gemm_sm90_emulate.py emulates the fills, descriptors, ring and epilogue on the CPU.
 // The epilogue writes straight from the accumulators (the m64nNk16 D fragment: warp q of the warpgroup holds rows
 // 16 q .. 16 q + 15, lane (r = lane / 4, c = lane % 4) rows r and r + 8, columns 8 j + 2 c and + 1 of each 8-wide
-// block j) with gb_store_pair: float2 where C_g is 8-byte aligned and ldc even, scalar at the last odd column.
+// block j): float2 where C_g is 8-byte aligned and ldc even, scalar at the last odd column. Where beta != 0 it reads
+// C: the tile's rows are prefetched into L2 (prefetch.global.L2) when the tile starts, and a thread loads GS_EPI
+// pairs before storing them, so that its loads are in flight together.
 // Tuning macros (-Dsparkmoe.cuda.defines=...; GroupedGemm mirrors GS_BN and GS_STAGES in its tile count and dynamic
 // shared-memory size): GS_BN (128 or 256), GS_STAGES (3 or more within the 227 KB a block may have: stages x
 // (16 KB + GS_BN x 128 bytes) + 1 KB of alignment slack).
 
 #include <cuda_bf16.h>
 
-#include "grouped_gemm_params.cuh"  // GBParams, GB_MAX_GROUPS, gb_group_of, gb_store_pair
+#include "grouped_gemm_params.cuh"  // GBParams, GB_MAX_GROUPS, gb_group_of
+
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#error "grouped_gemm_sm90.cu uses wgmma: compile it for sm_90a (KernelLibrary does on compute capability 9.0)"
+#endif
 
 #define GS_BM 128
 #ifndef GS_BN
@@ -63,6 +75,7 @@
 #define GS_STAGE_BYTES (GS_A_BYTES + GS_B_BYTES)
 #define GS_SMEM_BYTES (GS_STAGES * GS_STAGE_BYTES + 1024)  // + slack to align the ring to 1024 bytes
 #define GS_ACC (GS_BN / 2)                                 // f32 accumulators a thread
+#define GS_EPI (GS_BN == 256 ? 4 : 8)                      // C pairs a thread loads at once in the beta != 0 epilogue
 static_assert(GS_BN == 128 || GS_BN == 256, "GS_BN: 128 or 256");
 static_assert(GS_STAGES >= 3, "GS_STAGES: 3 or more (copies run GS_STAGES - 2 slices ahead)");
 static_assert(GS_SMEM_BYTES <= 227 * 1024, "GS_STAGES x (16 KB + GS_BN x 128 bytes) exceeds sm_90's 227 KB a block");
@@ -92,6 +105,10 @@ __device__ __forceinline__ void gs_wgmma_commit() { asm volatile("wgmma.commit_g
 template <int N>
 __device__ __forceinline__ void gs_wgmma_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void gs_prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
 }
 
 // Keeps the compiler from moving accesses of the accumulators across the asynchronous wgmma (it does not know that
@@ -182,6 +199,40 @@ __device__ __forceinline__ void gs_wgmma(float (&d)[GS_ACC], unsigned long long 
 #endif
 }
 
+// ---------------------------------------------------------------- the epilogue's C pairs
+
+// C[row, col] and C[row, col + 1] (crow = C_g + row * ldc) where beta != 0 (else 0, C never read): float2 where vecC
+// (C_g 8-byte aligned, ldc even) and both columns are inside N, else scalar loads of the columns below N.
+__device__ __forceinline__ float2 gs_load_pair(const float* crow, int col, int N, float beta, bool vecC) {
+    float2 o = make_float2(0.f, 0.f);
+    if (beta != 0.f) {
+        if (vecC && col + 1 < N) {
+            o = *reinterpret_cast<const float2*>(crow + col);
+        } else {
+            if (col < N) o.x = crow[col];
+            if (col + 1 < N) o.y = crow[col + 1];
+        }
+    }
+    return o;
+}
+
+// alpha * v + beta * old into the pair's columns below N (gb_store_pair's arithmetic, with C loaded beforehand).
+__device__ __forceinline__ void gs_store_pair(float* crow, int col, int N, float v0, float v1, float alpha,
+                                              float beta, float2 old, bool vecC) {
+    v0 *= alpha;
+    v1 *= alpha;
+    if (beta != 0.f) {
+        v0 = fmaf(beta, old.x, v0);
+        v1 = fmaf(beta, old.y, v1);
+    }
+    if (vecC && col + 1 < N) {
+        *reinterpret_cast<float2*>(crow + col) = make_float2(v0, v1);
+    } else {
+        if (col < N) crow[col] = v0;
+        if (col + 1 < N) crow[col + 1] = v1;
+    }
+}
+
 // ---------------------------------------------------------------- stage fills
 
 // A K-major slice: ROWS rows (of m or n) x 64 k of an operand stored [rows, k] (row stride ld elements), from base
@@ -230,65 +281,134 @@ __device__ __forceinline__ void gs_fill_mnmajor(unsigned tile, const __nv_bfloat
 
 extern __shared__ __align__(1024) unsigned char gs_smem[];
 
+// The fill cursor: the next K slice that this CTA's copies fetch (tile t, slice kt) and that tile's operands.
+struct GsCursor {
+    int t;                   // flat tile index (blockIdx.x + i * gridDim.x); >= the launch's tiles when exhausted
+    int kt, numK, K;
+    int aRows, bRows;        // the tile's rows of A and columns of B inside its group: M - m0, N - n0
+    const __nv_bfloat16* a;  // the tile's A and B at k = 0
+    const __nv_bfloat16* b;
+};
+
+// The first tile at or after c.t (stepping by gridDim.x) that has a K slice (k > 0), or c.t >= total.
+template <bool TA, bool TB>
+__device__ __forceinline__ void gs_seek(GsCursor& c, const GBParams& p, int total) {
+    for (; c.t < total; c.t += gridDim.x) {
+        const int g = gb_group_of(p, c.t);
+        const int K = p.k[g];
+        if (K > 0) {
+            const int N = p.n[g];
+            const int tilesN = (N + GS_BN - 1) / GS_BN;
+            const int local = c.t - p.tileStart[g];
+            const int m0 = (local / tilesN) * GS_BM, n0 = (local % tilesN) * GS_BN;
+            const __nv_bfloat16* A = reinterpret_cast<const __nv_bfloat16*>(p.a[g]);
+            const __nv_bfloat16* B = reinterpret_cast<const __nv_bfloat16*>(p.b[g]);
+            c.a = TA ? A + m0 : A + (long long)m0 * p.lda;
+            c.b = TB ? B + (long long)n0 * p.ldb : B + n0;
+            c.aRows = p.m[g] - m0;
+            c.bRows = N - n0;
+            c.K = K;
+            c.numK = (K + GS_BK - 1) / GS_BK;
+            c.kt = 0;
+            return;
+        }
+    }
+}
+
 template <bool TA, bool TB>
 __device__ __forceinline__ void gs_impl(const GBParams& p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    const int t = blockIdx.x;
-    const int g = gb_group_of(p, t);
-    const int M = p.m[g], N = p.n[g], K = p.k[g];
-    const int tilesN = (N + GS_BN - 1) / GS_BN;
-    const int local = t - p.tileStart[g];
-    const int m0 = (local / tilesN) * GS_BM;
-    const int n0 = (local % tilesN) * GS_BN;
-    const __nv_bfloat16* __restrict__ A = reinterpret_cast<const __nv_bfloat16*>(p.a[g]);
-    const __nv_bfloat16* __restrict__ B = reinterpret_cast<const __nv_bfloat16*>(p.b[g]);
-    float* __restrict__ C = reinterpret_cast<float*>(p.c[g]);
+    const int last = p.groups - 1;
+    const int total = p.tileStart[last] + ((p.m[last] + GS_BM - 1) / GS_BM) * ((p.n[last] + GS_BN - 1) / GS_BN);
     const int lda = p.lda, ldb = p.ldb;
-    const int wg = threadIdx.x >> 7;  // rows 64 wg .. 64 wg + 63 of the tile
+    const long long aStep = TA ? (long long)GS_BK * lda : GS_BK;  // elements from one K slice to the next
+    const long long bStep = TB ? GS_BK : (long long)GS_BK * ldb;
+    const int wg = threadIdx.x >> 7;  // rows 64 wg .. 64 wg + 63 of every tile
+    const unsigned smem = (gs_shared_addr(gs_smem) + 1023u) & ~1023u;
 
-    float acc[GS_ACC];
-#pragma unroll
-    for (int i = 0; i < GS_ACC; i++) acc[i] = 0.f;
-
-    const int numK = (K + GS_BK - 1) / GS_BK;
-    if (numK > 0) {
-        const unsigned smem = (gs_shared_addr(gs_smem) + 1023u) & ~1023u;
-        const __nv_bfloat16* aPtr = TA ? A + m0 : A + (long long)m0 * lda;
-        const __nv_bfloat16* bPtr = TB ? B + (long long)n0 * ldb : B + n0;
-        const long long aStep = TA ? (long long)GS_BK * lda : GS_BK;
-        const long long bStep = TB ? GS_BK : (long long)GS_BK * ldb;
-        auto issue = [&](int kt) {  // slice kt into stage kt % GS_STAGES (an empty group past the end)
-            if (kt < numK) {
-                const int kLeft = K - kt * GS_BK;
-                const unsigned as = smem + (kt % GS_STAGES) * GS_STAGE_BYTES;
-                const unsigned bs = as + GS_A_BYTES;
-                if constexpr (!TA) gs_fill_kmajor<GS_BM>(as, aPtr + kt * aStep, lda, M - m0, kLeft);
-                else gs_fill_mnmajor<GS_BM>(as, aPtr + kt * aStep, lda, kLeft, M - m0);
-                if constexpr (TB) gs_fill_kmajor<GS_BN>(bs, bPtr + kt * bStep, ldb, N - n0, kLeft);
-                else gs_fill_mnmajor<GS_BN>(bs, bPtr + kt * bStep, ldb, kLeft, N - n0);
+    // The copies: slice after slice of this CTA's tiles in order, the v-th into stage v % GS_STAGES, one commit group
+    // a call (empty once every slice is issued).
+    GsCursor cur;
+    cur.t = blockIdx.x;
+    gs_seek<TA, TB>(cur, p, total);
+    int fillStage = 0;
+    auto issue = [&]() {
+        if (cur.t < total) {
+            const int kLeft = cur.K - cur.kt * GS_BK;
+            const unsigned as = smem + fillStage * GS_STAGE_BYTES;
+            const unsigned bs = as + GS_A_BYTES;
+            if constexpr (!TA) gs_fill_kmajor<GS_BM>(as, cur.a + cur.kt * aStep, lda, cur.aRows, kLeft);
+            else gs_fill_mnmajor<GS_BM>(as, cur.a + cur.kt * aStep, lda, kLeft, cur.aRows);
+            if constexpr (TB) gs_fill_kmajor<GS_BN>(bs, cur.b + cur.kt * bStep, ldb, cur.bRows, kLeft);
+            else gs_fill_mnmajor<GS_BN>(bs, cur.b + cur.kt * bStep, ldb, kLeft, cur.bRows);
+            fillStage = fillStage + 1 == GS_STAGES ? 0 : fillStage + 1;
+            if (++cur.kt == cur.numK) {
+                cur.t += gridDim.x;
+                gs_seek<TA, TB>(cur, p, total);
             }
-            gs_cp_commit();
-        };
-        // Descriptors of stage 0 at k16 step 0; a stage and a k16 step add their byte offsets >> 4 to the start field
-        // (which cannot carry: shared addresses stay below 2^18).
-        const unsigned long long descA0 =
-            TA ? gs_desc(smem + wg * (GS_BK * 128), GS_BK * 128, 1024) : gs_desc(smem + wg * 64 * 128, 16, 1024);
-        const unsigned long long descB0 =
-            TB ? gs_desc(smem + GS_A_BYTES, 16, 1024) : gs_desc(smem + GS_A_BYTES, GS_BK * 128, 1024);
-        constexpr unsigned A_KSTEP = TA ? 2048 : 32;  // bytes from one k16 step to the next
-        constexpr unsigned B_KSTEP = TB ? 32 : 2048;
+        }
+        gs_cp_commit();
+    };
+#pragma unroll 1
+    for (int s = 0; s < GS_STAGES - 2; s++) issue();
 
+    // Descriptors of stage 0 at k16 step 0; a stage and a k16 step add their byte offsets >> 4 to the start field
+    // (which cannot carry: shared addresses stay below 2^18).
+    const unsigned long long descA0 =
+        TA ? gs_desc(smem + wg * (GS_BK * 128), GS_BK * 128, 1024) : gs_desc(smem + wg * 64 * 128, 16, 1024);
+    const unsigned long long descB0 =
+        TB ? gs_desc(smem + GS_A_BYTES, 16, 1024) : gs_desc(smem + GS_A_BYTES, GS_BK * 128, 1024);
+    constexpr unsigned A_KSTEP = TA ? 2048 : 32;  // bytes from one k16 step to the next
+    constexpr unsigned B_KSTEP = TB ? 32 : 2048;
+    const float alpha = p.alpha, beta = p.beta;
+    const int ldc = p.ldc;
+    const int lane = threadIdx.x & 31;
+    int mmaStage = 0;
+
+    // Steps run over the slices of all of this CTA's tiles: the u-th step waits for the u-th slice (committed copy
+    // groups before its wait: GS_STAGES - 2 + u; wait_group GS_STAGES - 3 leaves slice u complete, this thread's
+    // copies), and after its barrier every warpgroup has passed step u - 1's wgmma wait (or a tile's final wait), so
+    // step u - 2's wgmmas, the last readers of stage (u - 2) % GS_STAGES, have retired and that stage takes slice
+    // u + GS_STAGES - 2, whichever tile it belongs to: the next tile's first slices load during this tile's last steps
+    // and its epilogue.
+#pragma unroll 1
+    for (int t = blockIdx.x; t < total; t += gridDim.x) {
+        const int g = gb_group_of(p, t);
+        const int M = p.m[g], N = p.n[g], K = p.k[g];
+        const int tilesN = (N + GS_BN - 1) / GS_BN;
+        const int local = t - p.tileStart[g];
+        const int m0 = (local / tilesN) * GS_BM;
+        const int n0 = (local % tilesN) * GS_BN;
+
+        float* __restrict__ C = reinterpret_cast<float*>(p.c[g]);
+        const int rowBase = m0 + wg * 64 + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
+        const int colBase = n0 + 2 * (lane & 3);
+        if (beta != 0.f) {
+            // the epilogue reads this tile of C: fetch it into L2 while the tile's K steps run (the 4 lanes of a row
+            // take one 128-byte line in 4 each)
 #pragma unroll
-        for (int s = 0; s < GS_STAGES - 2; s++) issue(s);
-        // Step kt: committed copy groups before its wait: GS_STAGES - 2 + kt; wait_group GS_STAGES - 3 leaves slice kt
-        // complete (this thread's copies). After the barrier every warpgroup has passed step kt - 1's wgmma wait, so
-        // step kt - 2's wgmmas (the last readers of stage (kt - 2) % GS_STAGES) have retired and that stage is
-        // refilled with slice kt + GS_STAGES - 2.
+            for (int h = 0; h < 2; h++) {
+                const int row = rowBase + h * 8;
+                if (row < M) {
+#pragma unroll
+                    for (int l = 0; l < GS_BN / 128; l++) {
+                        const int col = n0 + l * 128 + (lane & 3) * 32;
+                        if (col < N) gs_prefetch_l2(C + (long long)row * ldc + col);
+                    }
+                }
+            }
+        }
+
+        float acc[GS_ACC];
+#pragma unroll
+        for (int i = 0; i < GS_ACC; i++) acc[i] = 0.f;
+        const int numK = (K + GS_BK - 1) / GS_BK;
+#pragma unroll 1
         for (int kt = 0; kt < numK; kt++) {
             gs_cp_wait<GS_STAGES - 3>();
             gs_fence_proxy_async();
             __syncthreads();
-            const unsigned long long stage = (unsigned long long)((kt % GS_STAGES) * GS_STAGE_BYTES) >> 4;
+            const unsigned long long stage = (unsigned long long)(mmaStage * GS_STAGE_BYTES) >> 4;
             gs_fence_acc(acc);
             gs_wgmma_fence();
 #pragma unroll
@@ -298,35 +418,36 @@ __device__ __forceinline__ void gs_impl(const GBParams& p) {
             }
             gs_wgmma_commit();
             gs_fence_acc(acc);
-            issue(kt + GS_STAGES - 2);
+            issue();
             gs_wgmma_wait<1>();
             gs_fence_acc(acc);
+            mmaStage = mmaStage + 1 == GS_STAGES ? 0 : mmaStage + 1;
         }
         gs_wgmma_wait<0>();
         gs_fence_acc(acc);
-        gs_cp_wait<0>();  // no copy (only empty groups remain) outlives the CTA
-    }
 
-    const float alpha = p.alpha, beta = p.beta;
-    const int ldc = p.ldc;
-    const bool vecC = (reinterpret_cast<unsigned long long>(C) & 7) == 0 && (ldc & 1) == 0;
-    const int lane = threadIdx.x & 31;
-    const int rowBase = m0 + wg * 64 + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
-    const int colBase = n0 + 2 * (lane & 3);
+        const bool vecC = (reinterpret_cast<unsigned long long>(C) & 7) == 0 && (ldc & 1) == 0;
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const int row = rowBase + h * 8;
-        if (row < M) {
-            float* crow = C + (long long)row * ldc;
+        for (int h = 0; h < 2; h++) {
+            const int row = rowBase + h * 8;
+            if (row < M) {
+                float* crow = C + (long long)row * ldc;
+                // GS_EPI pairs at a time: their C loads (beta != 0) in flight together, then the stores
 #pragma unroll
-            for (int j = 0; j < GS_BN / 8; j++) {
-                gb_store_pair(crow, colBase + j * 8, N, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1], alpha, beta,
-                              vecC);
+                for (int j0 = 0; j0 < GS_BN / 8; j0 += GS_EPI) {
+                    float2 old[GS_EPI];
+#pragma unroll
+                    for (int j = 0; j < GS_EPI; j++) old[j] = gs_load_pair(crow, colBase + (j0 + j) * 8, N, beta, vecC);
+#pragma unroll
+                    for (int j = 0; j < GS_EPI; j++) {
+                        const int i = 4 * (j0 + j) + 2 * h;
+                        gs_store_pair(crow, colBase + (j0 + j) * 8, N, acc[i], acc[i + 1], alpha, beta, old[j], vecC);
+                    }
+                }
             }
         }
     }
-#else
-    __trap();  // wgmma needs sm_90a; GroupedGemm launches this kernel only on compute capability 9.0
+    gs_cp_wait<0>();  // no copy (only empty groups remain) outlives the CTA
 #endif
 }
 
