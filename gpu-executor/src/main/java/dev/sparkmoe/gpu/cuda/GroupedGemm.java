@@ -134,10 +134,6 @@ final class GroupedGemm {
         return launcher.smMajor() >= 8 && (fits || sm90Fits);
     }
 
-    Kernel kernelChoice() {
-        return kernelChoice;
-    }
-
     /** Forces a kernel (tests and benchmarks compare them); {@link Kernel#AUTO} is the default. */
     void setKernelChoice(Kernel k) {
         this.kernelChoice = java.util.Objects.requireNonNull(k, "grouped kernel");

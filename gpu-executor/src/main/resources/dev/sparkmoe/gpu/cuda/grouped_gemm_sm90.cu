@@ -43,12 +43,12 @@
 // of step u - 2), issue the four k16 wgmmas of slice u and commit them, issue the copies of slice u + GS_STAGES - 2
 // into the stage of slice u - 2, then wgmma.wait_group 1 (step u - 1's wgmmas retired: the tensor cores always hold
 // one step's group queued); wgmma.wait_group 0 ends a tile before its epilogue.
-// gpu-executor/scripts/grouped_gemm_sm90_emulate.py emulates the fills, descriptors, ring and epilogue on the CPU.
 // The epilogue writes straight from the accumulators (the m64nNk16 D fragment: warp q of the warpgroup holds rows
 // 16 q .. 16 q + 15, lane (r = lane / 4, c = lane % 4) rows r and r + 8, columns 8 j + 2 c and + 1 of each 8-wide
 // block j): float2 where C_g is 8-byte aligned and ldc even, scalar at the last odd column. Where beta != 0 it reads
 // C: the tile's rows are prefetched into L2 (prefetch.global.L2) when the tile starts, and a thread loads GS_EPI
 // pairs before storing them, so that its loads are in flight together.
+// gpu-executor/scripts/grouped_gemm_sm90_emulate.py emulates the fills, descriptors, ring and epilogue on the CPU.
 // Tuning macros (-Dsparkmoe.cuda.defines=...; GroupedGemm mirrors GS_BN and GS_STAGES in its tile count and dynamic
 // shared-memory size): GS_BN (128 or 256), GS_STAGES (3 or more within the 227 KB a block may have: stages x
 // (16 KB + GS_BN x 128 bytes) + 1 KB of alignment slack).
