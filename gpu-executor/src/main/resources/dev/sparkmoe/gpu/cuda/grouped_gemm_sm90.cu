@@ -50,8 +50,10 @@
 // pairs before storing them, so that its loads are in flight together.
 // gpu-executor/scripts/grouped_gemm_sm90_emulate.py emulates the fills, descriptors, ring and epilogue on the CPU.
 // Tuning macros (-Dsparkmoe.cuda.defines=...; GroupedGemm mirrors GS_BN and GS_STAGES in its tile count and dynamic
-// shared-memory size): GS_BN (128 or 256), GS_STAGES (3 or more within the 227 KB a block may have: stages x
-// (16 KB + GS_BN x 128 bytes) + 1 KB of alignment slack).
+// shared-memory size): GS_BN (256, or 128), GS_STAGES (3 or more within the 227 KB a block may have: stages x
+// (16 KB + GS_BN x 128 bytes) + 1 KB of alignment slack; the defaults 256 and 4 take 193 KB, 128 and 6 take 197 KB).
+// The default tile is the wider one: per FLOP a 128 x 256 tile moves 3/4 of the operand bytes from L2 to shared memory
+// that a 128 x 128 tile moves, and at 128 x 128 that traffic is of the order of L2's bandwidth on the experts' shapes.
 
 #include <cuda_bf16.h>
 
@@ -59,11 +61,11 @@
 
 #define GS_BM 128
 #ifndef GS_BN
-#define GS_BN 128
+#define GS_BN 256
 #endif
 #define GS_BK 64
 #ifndef GS_STAGES
-#define GS_STAGES 6
+#define GS_STAGES 4
 #endif
 #define GS_THREADS 256  // two warpgroups; GroupedGemm mirrors it in the launch
 #define GS_A_BYTES (GS_BM * GS_BK * 2)
