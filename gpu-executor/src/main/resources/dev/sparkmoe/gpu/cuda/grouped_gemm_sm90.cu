@@ -1,7 +1,8 @@
 // Grouped GEMM on Hopper's warpgroup tensor-core instructions (wgmma.mma_async, sm_90a): the same launches, semantics
 // and parameter as grouped_gemm_bf16.cu's grouped_gemm_bf16_{nn,nt,tn,tt}, which GroupedGemm runs instead on sm_80,
 // sm_86, sm_89 and other cards. KernelLibrary compiles this file (a name ending in _sm90.cu) for sm_90a, the
-// architecture-specific target that wgmma needs; its cubin loads only on compute capability 9.0.
+// architecture-specific target that wgmma needs, with -DSPARKMOE_SM90A (nvcc's and NVRTC's own macro for the target,
+// __CUDA_ARCH_FEAT_SM90_ALL, enables the code as well); its cubin loads only on compute capability 9.0.
 //
 // Semantics (as grouped_gemm_bf16.cu; Backend.groupedGemm): for each group g, row-major f32 C_g [m, n] (ldc)
 //     C_g = alpha * op(A_g) * op(B_g) + beta * C_g,   op(A_g) [m, k], op(B_g) [k, n]
@@ -315,7 +316,7 @@ __device__ __forceinline__ void gs_seek(GsCursor& c, const GBParams& p, int tota
 
 template <bool TA, bool TB>
 __device__ __forceinline__ void gs_impl(const GBParams& p) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if defined(__CUDA_ARCH__) && (defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(SPARKMOE_SM90A))
     const int last = p.groups - 1;
     const int total = p.tileStart[last] + ((p.m[last] + GS_BM - 1) / GS_BM) * ((p.n[last] + GS_BN - 1) / GS_BN);
     const int lda = p.lda, ldb = p.ldb;
