@@ -52,7 +52,9 @@
 // gpu-executor/scripts/grouped_gemm_sm90_emulate.py emulates the fills, descriptors, ring and epilogue on the CPU.
 // Tuning macros (-Dsparkmoe.cuda.defines=...; GroupedGemm mirrors GS_BN and GS_STAGES in its tile count and dynamic
 // shared-memory size): GS_BN (256, or 128), GS_STAGES (3 or more within the 227 KB a block may have: stages x
-// (16 KB + GS_BN x 128 bytes) + 1 KB of alignment slack; the defaults 256 and 4 take 193 KB, 128 and 6 take 197 KB).
+// (16 KB + GS_BN x 128 bytes) + 1 KB of alignment slack; the defaults 256 and 4 take 193 KB, 128 and 6 take 197 KB),
+// GS_MIN_BLOCKS (2 keeps the registers at 128 a thread so that two CTAs of 97 KB (GS_BN 128, GS_STAGES 3) share an SM,
+// one's epilogue overlapping the other's K steps; the host asks the occupancy API how many CTAs an SM holds).
 // The default tile is the wider one: per FLOP a 128 x 256 tile moves 3/4 of the operand bytes from L2 to shared memory
 // that a 128 x 128 tile moves, and at 128 x 128 that traffic is of the order of L2's bandwidth on the experts' shapes.
 
@@ -69,6 +71,9 @@
 #define GS_STAGES 4
 #endif
 #define GS_THREADS 256  // two warpgroups; GroupedGemm mirrors it in the launch
+#ifndef GS_MIN_BLOCKS  // CTAs an SM must hold (registers): 2 with GS_BN 128 and GS_STAGES 3 (97 KB each)
+#define GS_MIN_BLOCKS 1
+#endif
 #define GS_A_BYTES (GS_BM * GS_BK * 2)
 #define GS_B_BYTES (GS_BN * GS_BK * 2)
 #define GS_STAGE_BYTES (GS_A_BYTES + GS_B_BYTES)
@@ -456,9 +461,9 @@ __device__ __forceinline__ void gs_impl(const GBParams& p) {
 
 extern "C" {
 
-__global__ void __launch_bounds__(GS_THREADS, 1) grouped_gemm_sm90_nn(const GBParams p) { gs_impl<false, false>(p); }
-__global__ void __launch_bounds__(GS_THREADS, 1) grouped_gemm_sm90_nt(const GBParams p) { gs_impl<false, true>(p); }
-__global__ void __launch_bounds__(GS_THREADS, 1) grouped_gemm_sm90_tn(const GBParams p) { gs_impl<true, false>(p); }
-__global__ void __launch_bounds__(GS_THREADS, 1) grouped_gemm_sm90_tt(const GBParams p) { gs_impl<true, true>(p); }
+__global__ void __launch_bounds__(GS_THREADS, GS_MIN_BLOCKS) grouped_gemm_sm90_nn(const GBParams p) { gs_impl<false, false>(p); }
+__global__ void __launch_bounds__(GS_THREADS, GS_MIN_BLOCKS) grouped_gemm_sm90_nt(const GBParams p) { gs_impl<false, true>(p); }
+__global__ void __launch_bounds__(GS_THREADS, GS_MIN_BLOCKS) grouped_gemm_sm90_tn(const GBParams p) { gs_impl<true, false>(p); }
+__global__ void __launch_bounds__(GS_THREADS, GS_MIN_BLOCKS) grouped_gemm_sm90_tt(const GBParams p) { gs_impl<true, true>(p); }
 
 }  // extern "C"
