@@ -14,11 +14,11 @@ GS_STAGES stages across tiles, each stage tagged with the slice it holds (a step
 not hit a stage that a wgmma still in flight reads: the current step's and, before wait_group 1, the previous one's). Run on
 small ragged problems for all four transpositions and compared with numpy on the same bf16 inputs. It checks the
 arithmetic against the documented layouts, not the hardware (copies land at once here): keep it in step with the .cu
-when either changes. Needs numpy:  [GS_BN=256] [GS_STAGES=4] [GRID=0] python3 grouped_gemm_sm90_emulate.py
+when either changes. Needs numpy:  [GS_BN=128] [GS_STAGES=6] [GRID=0] python3 grouped_gemm_sm90_emulate.py
 """
 import numpy as np, os
-BM = 128; BN = int(os.environ.get("GS_BN", 128)); BK = 64; THREADS = 256; MAXG = 64
-STAGES = int(os.environ.get("GS_STAGES", 6)); GRID = int(os.environ.get("GRID", 3))  # persistent CTAs a launch
+BM = 128; BN = int(os.environ.get("GS_BN", 256)); BK = 64; THREADS = 256; MAXG = 64
+STAGES = int(os.environ.get("GS_STAGES", 4)); GRID = int(os.environ.get("GRID", 3))  # persistent CTAs a launch
 A_BYTES = BM * BK * 2; B_BYTES = BN * BK * 2; STAGE = A_BYTES + B_BYTES
 NAN16 = 0x7FC0
 

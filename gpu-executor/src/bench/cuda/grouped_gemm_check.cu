@@ -244,9 +244,10 @@ __global__ void reference_gemm(const __nv_bfloat16* A, const __nv_bfloat16* B, c
 }
 
 // Over every element of C: tol < 0 (outside every group) must be bit-identical to ref (the untouched C0); inside,
-// |got - ref| <= tol and finite. Counts failures, keeps the first and the worst |got - ref| / tol (as float bits).
+// |got - ref| <= tol and finite. Counts failures, keeps the first, the worst |got - ref| / tol and the largest
+// |got - ref| (both as float bits: non-negative floats order as their bits do).
 __global__ void compare(const float* got, const float* ref, const float* tol, long long n, unsigned long long* fails,
-                        unsigned long long* first, unsigned* worstBits) {
+                        unsigned long long* first, unsigned* worstBits, unsigned* maxErrBits) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         const float t = tol[i];
         bool bad;
@@ -262,7 +263,11 @@ __global__ void compare(const float* got, const float* ref, const float* tol, lo
             atomicAdd(fails, 1ull);
             atomicMin(first, (unsigned long long)i);
         }
-        if (t >= 0.f) atomicMax(worstBits, __float_as_uint(fminf(ratio, 3.0e38f)));  // non-negative: order of bits
+        if (t >= 0.f) {
+            atomicMax(worstBits, __float_as_uint(fminf(ratio, 3.0e38f)));
+            const float d = fabsf(got[i] - ref[i]);
+            atomicMax(maxErrBits, __float_as_uint(d == d ? fminf(d, 3.0e38f) : 3.0e38f));
+        }
     }
 }
 
@@ -400,24 +405,25 @@ static void makeReference(const Problem& P, Buffers& B, float alpha, float beta)
 
 struct Verdict {
     unsigned long long fails, first;
-    float worst;
+    float worst, maxErr;
 };
 
 static Verdict verify(const Problem& P, Buffers& B) {
     unsigned long long* d;
-    CK(cudaMalloc(&d, 24));
-    unsigned long long init[3] = {0, ~0ull, 0};
-    CK(cudaMemcpy(d, init, 24, cudaMemcpyHostToDevice));
-    compare<<<gridFor(P.cLen), 256>>>(B.c, B.ref, B.tol, P.cLen, d, d + 1, (unsigned*)(d + 2));
+    CK(cudaMalloc(&d, 32));
+    unsigned long long init[4] = {0, ~0ull, 0, 0};
+    CK(cudaMemcpy(d, init, 32, cudaMemcpyHostToDevice));
+    compare<<<gridFor(P.cLen), 256>>>(B.c, B.ref, B.tol, P.cLen, d, d + 1, (unsigned*)(d + 2), (unsigned*)(d + 3));
     CK(cudaGetLastError());
-    unsigned long long h[3];
-    CK(cudaMemcpy(h, d, 24, cudaMemcpyDeviceToHost));
+    unsigned long long h[4];
+    CK(cudaMemcpy(h, d, 32, cudaMemcpyDeviceToHost));
     CK(cudaFree(d));
     Verdict v;
     v.fails = h[0];
     v.first = h[1];
-    unsigned wb = (unsigned)h[2];
+    unsigned wb = (unsigned)h[2], eb = (unsigned)h[3];
     std::memcpy(&v.worst, &wb, 4);
+    std::memcpy(&v.maxErr, &eb, 4);
     return v;
 }
 
@@ -426,8 +432,8 @@ static bool report(const char* kernel, const Problem& P, float alpha, float beta
     char tag[64];
     std::snprintf(tag, sizeof tag, "%s%s", P.tA ? "T" : "N", P.tB ? "T" : "N");
     if (v.fails == 0) {
-        std::printf("PASS %-10s %s %-44s alpha=%.2f beta=%.2f%s  worst |err| / tol = %.3g\n", kernel, tag,
-                    P.name.c_str(), alpha, beta, nanC ? " (C NaN)" : "", v.worst);
+        std::printf("PASS %-10s %s %-44s alpha=%.2f beta=%.2f%s  max |err| %.3g, worst |err| / tol %.3g\n", kernel,
+                    tag, P.name.c_str(), alpha, beta, nanC ? " (C NaN)" : "", v.maxErr, v.worst);
         return true;
     }
     float got, ref, tol;
@@ -447,9 +453,9 @@ static bool report(const char* kernel, const Problem& P, float alpha, float beta
         }
     }
     std::printf("FAIL %-10s %s %-44s alpha=%.2f beta=%.2f%s  %llu bad elements; first at %llu, %s: got %g, want %g "
-                "(tol %g); worst |err| / tol = %.3g\n",
+                "(tol %g); max |err| %.3g, worst |err| / tol %.3g\n",
                 kernel, tag, P.name.c_str(), alpha, beta, nanC ? " (C NaN)" : "", v.fails, v.first, where.c_str(), got,
-                ref, tol, v.worst);
+                ref, tol, v.maxErr, v.worst);
     return false;
 }
 

@@ -87,8 +87,8 @@ final class GroupedGemm {
             int sharedBytes = KernelLibrary.defineValue("GB_STAGES", 3) * 2
                     * (Math.max(TILE_M * (bk + pad), bk * (TILE_M + pad))
                     + Math.max(tileN * (bk + pad), bk * (tileN + pad)));
-            int sm90TileN = KernelLibrary.defineValue("GS_BN", 128);
-            int sm90SharedBytes = KernelLibrary.defineValue("GS_STAGES", 6) * 2 * (TILE_M * 64 + sm90TileN * 64) + 1024;
+            int sm90TileN = KernelLibrary.defineValue("GS_BN", 256);
+            int sm90SharedBytes = KernelLibrary.defineValue("GS_STAGES", 4) * 2 * (TILE_M * 64 + sm90TileN * 64) + 1024;
             return new Tiles(tileN, threads, sharedBytes, castUnroll, sm90TileN, sm90SharedBytes);
         }
     }
@@ -132,10 +132,6 @@ final class GroupedGemm {
      *  memory of one of the kernels. */
     boolean kernelSupported() {
         return launcher.smMajor() >= 8 && (fits || sm90Fits);
-    }
-
-    Kernel kernelChoice() {
-        return kernelChoice;
     }
 
     /** Forces a kernel (tests and benchmarks compare them); {@link Kernel#AUTO} is the default. */

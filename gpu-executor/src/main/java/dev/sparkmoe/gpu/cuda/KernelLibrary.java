@@ -38,8 +38,8 @@ import java.util.logging.Logger;
  * NVRTC as in-memory headers with every program, their text part of the cache key.
  *
  * <p>A file whose name ends in {@code _sm90.cu} uses sm_90a's architecture-specific instructions (wgmma): on a
- * compute capability 9.0 device it is compiled for {@code sm_90a} ({@link #arch(String)}), whose cubin loads only
- * there; its callers launch it on nothing else.
+ * compute capability 9.0 device it is compiled for {@code sm_90a} ({@link #arch(String)}) with
+ * {@code -DSPARKMOE_SM90A}, whose cubin loads only there; its callers launch it on nothing else.
  */
 final class KernelLibrary {
     private static final Logger LOG = Logger.getLogger(KernelLibrary.class.getName());
@@ -143,6 +143,9 @@ final class KernelLibrary {
         String[] headers = HEADERS.stream().map(KernelLibrary::readResource).toArray(String[]::new);
         java.util.List<String> opts = new java.util.ArrayList<>(java.util.List.of("--gpu-architecture=" + arch(file),
                 "--include-path=" + includePath(), "--std=c++17", "-default-device", "-lineinfo"));
+        if (arch(file).equals("sm_90a")) {
+            opts.add("-DSPARKMOE_SM90A"); // the file's wgmma code is enabled by it (or by __CUDA_ARCH_FEAT_SM90_ALL)
+        }
         opts.addAll(defines(System.getProperty("sparkmoe.cuda.defines", "")));
         String[] options = opts.toArray(new String[0]);
         String key = sha256(source + "\n" + String.join("\n", headers) + "\n" + String.join(" ", options) + "\n"

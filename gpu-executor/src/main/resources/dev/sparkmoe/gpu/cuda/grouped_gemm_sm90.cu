@@ -1,7 +1,8 @@
 // Grouped GEMM on Hopper's warpgroup tensor-core instructions (wgmma.mma_async, sm_90a): the same launches, semantics
 // and parameter as grouped_gemm_bf16.cu's grouped_gemm_bf16_{nn,nt,tn,tt}, which GroupedGemm runs instead on sm_80,
 // sm_86, sm_89 and other cards. KernelLibrary compiles this file (a name ending in _sm90.cu) for sm_90a, the
-// architecture-specific target that wgmma needs; its cubin loads only on compute capability 9.0.
+// architecture-specific target that wgmma needs, with -DSPARKMOE_SM90A (nvcc's and NVRTC's own macro for the target,
+// __CUDA_ARCH_FEAT_SM90_ALL, enables the code as well); its cubin loads only on compute capability 9.0.
 //
 // Semantics (as grouped_gemm_bf16.cu; Backend.groupedGemm): for each group g, row-major f32 C_g [m, n] (ldc)
 //     C_g = alpha * op(A_g) * op(B_g) + beta * C_g,   op(A_g) [m, k], op(B_g) [k, n]
@@ -43,33 +44,36 @@
 // of step u - 2), issue the four k16 wgmmas of slice u and commit them, issue the copies of slice u + GS_STAGES - 2
 // into the stage of slice u - 2, then wgmma.wait_group 1 (step u - 1's wgmmas retired: the tensor cores always hold
 // one step's group queued); wgmma.wait_group 0 ends a tile before its epilogue.
-// gpu-executor/scripts/grouped_gemm_sm90_emulate.py emulates the fills, descriptors, ring and epilogue on the CPU.
 // The epilogue writes straight from the accumulators (the m64nNk16 D fragment: warp q of the warpgroup holds rows
 // 16 q .. 16 q + 15, lane (r = lane / 4, c = lane % 4) rows r and r + 8, columns 8 j + 2 c and + 1 of each 8-wide
 // block j): float2 where C_g is 8-byte aligned and ldc even, scalar at the last odd column. Where beta != 0 it reads
 // C: the tile's rows are prefetched into L2 (prefetch.global.L2) when the tile starts, and a thread loads GS_EPI
 // pairs before storing them, so that its loads are in flight together.
+// gpu-executor/scripts/grouped_gemm_sm90_emulate.py emulates the fills, descriptors, ring and epilogue on the CPU.
 // Tuning macros (-Dsparkmoe.cuda.defines=...; GroupedGemm mirrors GS_BN and GS_STAGES in its tile count and dynamic
-// shared-memory size): GS_BN (128 or 256), GS_STAGES (3 or more within the 227 KB a block may have: stages x
-// (16 KB + GS_BN x 128 bytes) + 1 KB of alignment slack).
+// shared-memory size): GS_BN (256, or 128), GS_STAGES (3 or more within the 227 KB a block may have: stages x
+// (16 KB + GS_BN x 128 bytes) + 1 KB of alignment slack; the defaults 256 and 4 take 193 KB, 128 and 6 take 197 KB),
+// GS_MIN_BLOCKS (2 keeps the registers at 128 a thread so that two CTAs of 97 KB (GS_BN 128, GS_STAGES 3) share an SM,
+// one's epilogue overlapping the other's K steps; the host asks the occupancy API how many CTAs an SM holds).
+// The default tile is the wider one: per FLOP a 128 x 256 tile moves 3/4 of the operand bytes from L2 to shared memory
+// that a 128 x 128 tile moves, and at 128 x 128 that traffic is of the order of L2's bandwidth on the experts' shapes.
 
 #include <cuda_bf16.h>
 
 #include "grouped_gemm_params.cuh"  // GBParams, GB_MAX_GROUPS, gb_group_of
 
-#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#error "grouped_gemm_sm90.cu uses wgmma: compile it for sm_90a (KernelLibrary does on compute capability 9.0)"
-#endif
-
 #define GS_BM 128
 #ifndef GS_BN
-#define GS_BN 128
+#define GS_BN 256
 #endif
 #define GS_BK 64
 #ifndef GS_STAGES
-#define GS_STAGES 6
+#define GS_STAGES 4
 #endif
 #define GS_THREADS 256  // two warpgroups; GroupedGemm mirrors it in the launch
+#ifndef GS_MIN_BLOCKS  // CTAs an SM must hold (registers): 2 with GS_BN 128 and GS_STAGES 3 (97 KB each)
+#define GS_MIN_BLOCKS 1
+#endif
 #define GS_A_BYTES (GS_BM * GS_BK * 2)
 #define GS_B_BYTES (GS_BN * GS_BK * 2)
 #define GS_STAGE_BYTES (GS_A_BYTES + GS_B_BYTES)
@@ -317,7 +321,7 @@ __device__ __forceinline__ void gs_seek(GsCursor& c, const GBParams& p, int tota
 
 template <bool TA, bool TB>
 __device__ __forceinline__ void gs_impl(const GBParams& p) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if defined(__CUDA_ARCH__) && (defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(SPARKMOE_SM90A))
     const int last = p.groups - 1;
     const int total = p.tileStart[last] + ((p.m[last] + GS_BM - 1) / GS_BM) * ((p.n[last] + GS_BN - 1) / GS_BN);
     const int lda = p.lda, ldb = p.ldb;
@@ -448,14 +452,18 @@ __device__ __forceinline__ void gs_impl(const GBParams& p) {
         }
     }
     gs_cp_wait<0>();  // no copy (only empty groups remain) outlives the CTA
+#else
+    // Not sm_90a (nvcc also runs a plain compute_90 pass over this file): no wgmma here. GroupedGemm launches these
+    // kernels only on compute capability 9.0, where KernelLibrary compiles the file for sm_90a.
+    __trap();
 #endif
 }
 
 extern "C" {
 
-__global__ void __launch_bounds__(GS_THREADS, 1) grouped_gemm_sm90_nn(const GBParams p) { gs_impl<false, false>(p); }
-__global__ void __launch_bounds__(GS_THREADS, 1) grouped_gemm_sm90_nt(const GBParams p) { gs_impl<false, true>(p); }
-__global__ void __launch_bounds__(GS_THREADS, 1) grouped_gemm_sm90_tn(const GBParams p) { gs_impl<true, false>(p); }
-__global__ void __launch_bounds__(GS_THREADS, 1) grouped_gemm_sm90_tt(const GBParams p) { gs_impl<true, true>(p); }
+__global__ void __launch_bounds__(GS_THREADS, GS_MIN_BLOCKS) grouped_gemm_sm90_nn(const GBParams p) { gs_impl<false, false>(p); }
+__global__ void __launch_bounds__(GS_THREADS, GS_MIN_BLOCKS) grouped_gemm_sm90_nt(const GBParams p) { gs_impl<false, true>(p); }
+__global__ void __launch_bounds__(GS_THREADS, GS_MIN_BLOCKS) grouped_gemm_sm90_tn(const GBParams p) { gs_impl<true, false>(p); }
+__global__ void __launch_bounds__(GS_THREADS, GS_MIN_BLOCKS) grouped_gemm_sm90_tt(const GBParams p) { gs_impl<true, true>(p); }
 
 }  // extern "C"

@@ -271,7 +271,7 @@ class GroupedGemmKernelTest {
         }
     }
 
-    /** K far longer than the kernels' rings of stages (the sm90 kernel's 6 slices of 64, mma.sync's 3), ragged. */
+    /** K far longer than the kernels' rings of stages (the sm90 kernel's 4 slices of 64, mma.sync's 3), ragged. */
     @Test
     void longKWrapsTheStageRingManyTimes() {
         CudaBackend gpu = GpuTestSupport.backend();
