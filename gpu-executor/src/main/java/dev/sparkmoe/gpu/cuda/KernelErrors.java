@@ -51,8 +51,6 @@ final class KernelErrors {
                     + " is outside the vocabulary [0, " + w[3] + ")"; break;
             case 2: msg = "crossEntropy: target id " + w[2] + " at row " + w[1] + " is outside the vocabulary [0, "
                     + w[3] + ") (use -100 to ignore a position)"; break;
-            case 3: msg = "embeddingBackward: token id " + w[2] + " at position " + w[1]
-                    + " is outside the table [0, " + w[3] + ")"; break;
             case 4: msg = "gatherRows: index " + w[2] + " at " + w[1] + " selects a row outside the source [0, "
                     + w[3] + ") (after division by the divisor)"; break;
             case 5: msg = "scatterRows: index " + w[2] + " at " + w[1] + " is outside the destination rows [0, "

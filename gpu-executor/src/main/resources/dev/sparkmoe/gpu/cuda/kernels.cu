@@ -10,7 +10,6 @@
 
 #define ERR_EMBED_ID 1
 #define ERR_CE_TARGET 2
-#define ERR_EMBED_BWD_ID 3
 #define ERR_GATHER_INDEX 4
 #define ERR_SCATTER_INDEX 5
 #define ERR_STATS_INDEX 6
@@ -714,17 +713,18 @@ __global__ void embedding_fwd(const float* table, int tableRows, const int* ids,
     }
 }
 
-// dTable[ids[n]] += dOut[n]: atomicAdd, so the summation order of repeated ids is not fixed.
-__global__ void embedding_bwd(const float* dOut, const int* ids, int tokens, int hidden, float* dTable, int tableRows,
-                              int* err) {
-    GRID_STRIDE(i, (long long)tokens * hidden) {
-        int n = (int)(i / hidden), j = (int)(i % hidden);
-        int id = ids[n];
-        if (id < 0 || id >= tableRows) {
-            if (j == 0) report(err, ERR_EMBED_BWD_ID, n, id, tableRows);
-            continue;
-        }
-        atomicAdd(dTable + (long long)id * hidden + j, dOut[i]);
+// dTable[ids[n]] += dOut[n], deterministically: block r owns the table row runId[r] and adds to it, column by column,
+// the rows order[runStart[r]] .. order[runStart[r + 1] - 1] of dOut (the tokens holding that id, in token order, as
+// the host's stable sort lists them): no atomics, and the CPU reference's order of additions, so its sums bit for bit.
+__global__ void embedding_bwd_runs(const float* dOut, const int* order, const int* runStart, const int* runId,
+                                   int hidden, float* dTable) {
+    int r = blockIdx.x;
+    int p0 = runStart[r], p1 = runStart[r + 1];
+    float* t = dTable + (long long)runId[r] * hidden;
+    for (int j = threadIdx.x; j < hidden; j += blockDim.x) {
+        float acc = t[j];
+        for (int p = p0; p < p1; p++) acc += dOut[(long long)order[p] * hidden + j];
+        t[j] = acc;
     }
 }
 

@@ -570,7 +570,13 @@ class CudaBackendTest {
         cpu.embeddingBackward(host(dOut, dOut.length), Tensor.ofInts(ids.clone(), tokens), tokens, hidden, cdt);
         Tensor gdt = up(dt0, dt0.length);
         gpu.embeddingBackward(up(dOut, dOut.length), upInts(ids), tokens, hidden, gdt);
-        assertClose(cdt.floats(), down(gdt), 1e-6, "embedding backward");
+        // each row's sum in token order, as the CPU adds: the same bits (and so at every run)
+        assertArrayEquals(cdt.floats(), down(gdt), "embedding backward");
+        int[] bad = ids.clone();
+        bad[11] = -2;
+        IllegalArgumentException b = assertThrows(IllegalArgumentException.class, () -> gpu.embeddingBackward(
+                up(dOut, dOut.length), upInts(bad), tokens, hidden, up(dt0, dt0.length)));
+        assertTrue(b.getMessage().contains("token id -2 at position 11"), b.getMessage());
         ids[9] = vocab;
         gpu.embeddingForward(up(table, table.length), upInts(ids), tokens, hidden, go);
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class, gpu::synchronize);
