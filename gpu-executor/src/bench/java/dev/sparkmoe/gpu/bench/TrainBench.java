@@ -155,7 +155,7 @@ public final class TrainBench implements RankEntry {
             CudaBackend cuda = cudaBackend(ctx, gemm);
             cudaBackend = cuda;
             System.out.println("grouped GEMM kernel: "
-                    + dev.sparkmoe.gpu.cuda.BenchHooks.setGroupedKernel(cuda, a.groupedKernel));
+                    + dev.sparkmoe.gpu.cuda.KernelBenchHooks.setGroupedKernel(cuda, a.groupedKernel));
             backend = a.profile > 0 ? profiled = OpProfiler.wrap(cuda) : cuda;
         } else {
             backend = new CpuBackend(blasThreads);

@@ -6,8 +6,8 @@ import java.util.Locale;
  * What the benchmark entries outside this package may set on a {@link CudaBackend} to compare kernels in one run
  * (package-private hooks of the backend, not user settings).
  */
-public final class BenchHooks {
-    private BenchHooks() {
+public final class KernelBenchHooks {
+    private KernelBenchHooks() {
     }
 
     /**
