@@ -88,28 +88,28 @@ final class CublasGemm {
      */
     void gemmBf16(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b, int ldb,
                   float beta, long c, int ldc) {
-        alphaP.put(alpha);
-        betaP.put(beta);
-        Cuda.checkCublas(cublas.cublasGemmEx(handle, transB ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N,
-                transA ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N, n, m, k, alphaP, RawPointer.of(b, 0),
-                cudart.CUDA_R_16BF, ldb, RawPointer.of(a, 0), cudart.CUDA_R_16BF, lda, betaP, RawPointer.of(c, 0),
-                cudart.CUDA_R_32F, ldc, cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_GEMM_DEFAULT),
-                "cublasGemmEx(bf16, m=" + m + ", n=" + n + ", k=" + k + ", transA=" + transA + ", transB=" + transB
-                        + ")");
+        cublasGemmEx(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, cudart.CUDA_R_16BF,
+                cublas.CUBLAS_COMPUTE_32F, "bf16");
     }
 
     /** One cublasGemmEx on device addresses (row-major, strides in elements). */
     void gemmEx(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b, int ldb,
                 float beta, long c, int ldc) {
+        cublasGemmEx(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, cudart.CUDA_R_32F,
+                precision.cublasCompute, precision.toString());
+    }
+
+    /** Row-major C = op(A) op(B) as column-major C^T = op(B)^T op(A)^T: A and B of {@code abType}, C f32. */
+    private void cublasGemmEx(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b,
+                              int ldb, float beta, long c, int ldc, int abType, int compute, String what) {
         alphaP.put(alpha);
         betaP.put(beta);
-        // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
         Cuda.checkCublas(cublas.cublasGemmEx(handle, transB ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N,
-                transA ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N, n, m, k, alphaP, RawPointer.of(b, 0),
-                cudart.CUDA_R_32F, ldb, RawPointer.of(a, 0), cudart.CUDA_R_32F, lda, betaP, RawPointer.of(c, 0),
-                cudart.CUDA_R_32F, ldc, precision.cublasCompute, cublas.CUBLAS_GEMM_DEFAULT),
+                transA ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N, n, m, k, alphaP, RawPointer.of(b, 0), abType, ldb,
+                RawPointer.of(a, 0), abType, lda, betaP, RawPointer.of(c, 0), cudart.CUDA_R_32F, ldc, compute,
+                cublas.CUBLAS_GEMM_DEFAULT),
                 "cublasGemmEx(m=" + m + ", n=" + n + ", k=" + k + ", transA=" + transA + ", transB=" + transB + ", "
-                        + precision + ")");
+                        + what + ")");
     }
 
     /**
