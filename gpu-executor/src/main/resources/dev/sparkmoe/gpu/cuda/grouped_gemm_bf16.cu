@@ -99,19 +99,7 @@ static_assert(GB_STAGES >= 2 && (GB_BK == 32 || GB_BK == 64), "ring of 2+ stages
 
 // ---------------------------------------------------------------- PTX wrappers
 
-__device__ __forceinline__ unsigned gb_shared_addr(const void* p) {
-    return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared; src_bytes 0 fills them with zeros (src must still be a valid address).
-__device__ __forceinline__ void gb_cp16(unsigned dst, const void* src, int srcBytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(srcBytes) : "memory");
-}
-
-__device__ __forceinline__ void gb_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-
-template <int N>
-__device__ __forceinline__ void gb_cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+// (gg_shared_addr, gg_cp16, gg_cp_commit, gg_cp_wait: grouped_gemm_params.cuh)
 
 template <bool TRANS>
 __device__ __forceinline__ void gb_ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
@@ -202,7 +190,7 @@ __device__ __forceinline__ void gb_copy(unsigned tile, const __nv_bfloat16* base
         const int row = v / CPR;
         const int col = (v % CPR) * 8;
         const bool in = row < rows && col < cols;
-        gb_cp16(tile + (row * LD + col) * 2, in ? base + (row * ld + col) : base, in ? 16 : 0);
+        gg_cp16(tile + (row * LD + col) * 2, in ? base + (row * ld + col) : base, in ? 16 : 0);
     }
 }
 
@@ -287,7 +275,7 @@ __device__ __forceinline__ void gb_impl(const GBParams& p) {
     if (numK > 0) {
         constexpr int LDA_S = TA ? GB_BM + GB_PAD : GB_BK + GB_PAD;
         constexpr int LDB_S = TB ? GB_BK + GB_PAD : GB_BN + GB_PAD;
-        const unsigned smem = gb_shared_addr(gb_smem);
+        const unsigned smem = gg_shared_addr(gb_smem);
         const int r8 = lane & 7, j0 = (lane >> 3) & 1, j1 = lane >> 4;
         const int aRow = wm * 64, bCol = wn * GB_WN;
         const unsigned aLane = 2 * (TA ? (j1 * 8 + r8) * LDA_S + aRow + j0 * 8
@@ -310,7 +298,7 @@ __device__ __forceinline__ void gb_impl(const GBParams& p) {
                 if constexpr (!TB) gb_copy<GB_BK, GB_BN, LDB_S>(bs, b, ldb, kLeft, N - n0);
                 else gb_copy<GB_BN, GB_BK, LDB_S>(bs, b, ldb, N - n0, kLeft);
             }
-            gb_cp_commit();
+            gg_cp_commit();
         };
 #pragma unroll
         for (int s = 0; s < GB_STAGES - 1; s++) issue(s);
@@ -318,13 +306,13 @@ __device__ __forceinline__ void gb_impl(const GBParams& p) {
         // complete (this thread's copies); the barrier makes every thread's copies visible and ends step kt - 1,
         // the last reader of stage (kt - 1) % STAGES == (kt + STAGES - 1) % STAGES, which is refilled next.
         for (int kt = 0; kt < numK; kt++) {
-            gb_cp_wait<GB_STAGES - 2>();
+            gg_cp_wait<GB_STAGES - 2>();
             __syncthreads();
             issue(kt + GB_STAGES - 1);
             const unsigned as = smem + (kt % GB_STAGES) * (GB_STAGE * 2);
             GbSteps<0>::template run<TA, TB>(acc, as + aLane, as + GB_A_TILE * 2 + bLane);
         }
-        gb_cp_wait<0>();  // no copy (only empty groups remain) outlives the CTA
+        gg_cp_wait<0>();  // no copy (only empty groups remain) outlives the CTA
     }
 
     const float alpha = p.alpha, beta = p.beta;

@@ -1,5 +1,5 @@
 // The parameter of the grouped GEMM kernels (grouped_gemm_bf16.cu: mma.sync, sm_80+; grouped_gemm_sm90.cu: wgmma,
-// sm_90a), included by both. KernelLibrary hands it to NVRTC as an in-memory header; GroupedGemm fills it (one code
+// sm_90a) and the cp.async wrappers both fill their shared-memory stages with, included by both. KernelLibrary hands it to NVRTC as an in-memory header; GroupedGemm fills it (one code
 // path for both kernels) and mirrors its byte layout.
 #ifndef SPARKMOE_GROUPED_GEMM_PARAMS_CUH
 #define SPARKMOE_GROUPED_GEMM_PARAMS_CUH
@@ -33,5 +33,19 @@ __device__ __forceinline__ int gb_group_of(const GBParams& p, int t) {
     }
     return lo;
 }
+
+__device__ __forceinline__ unsigned gg_shared_addr(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared; srcBytes 0 fills them with zeros (src must still be a valid address).
+__device__ __forceinline__ void gg_cp16(unsigned dst, const void* src, int srcBytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(srcBytes) : "memory");
+}
+
+__device__ __forceinline__ void gg_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void gg_cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
 #endif  // SPARKMOE_GROUPED_GEMM_PARAMS_CUH

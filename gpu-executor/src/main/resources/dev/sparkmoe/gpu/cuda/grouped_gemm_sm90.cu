@@ -86,19 +86,7 @@ static_assert(GS_SMEM_BYTES <= 227 * 1024, "GS_STAGES x (16 KB + GS_BN x 128 byt
 
 // ---------------------------------------------------------------- PTX wrappers
 
-__device__ __forceinline__ unsigned gs_shared_addr(const void* p) {
-    return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared; srcBytes 0 fills them with zeros (src must still be a valid address).
-__device__ __forceinline__ void gs_cp16(unsigned dst, const void* src, int srcBytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(srcBytes) : "memory");
-}
-
-__device__ __forceinline__ void gs_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-
-template <int N>
-__device__ __forceinline__ void gs_cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+// (gg_shared_addr, gg_cp16, gg_cp_commit, gg_cp_wait: grouped_gemm_params.cuh)
 
 // This thread's generic-proxy writes to shared memory (its landed cp.async copies) made visible to the async proxy,
 // through which wgmma reads its operands.
@@ -254,7 +242,7 @@ __device__ __forceinline__ void gs_fill_kmajor(unsigned tile, const __nv_bfloat1
     for (int i = 0; i < N; i++) {
         const int row = r0 + 32 * i;
         const bool in = kIn && row < rowsLeft;
-        gs_cp16(dst + i * 32 * 128, in ? base + (row * ld + c * 8) : base, in ? 16 : 0);
+        gg_cp16(dst + i * 32 * 128, in ? base + (row * ld + c * 8) : base, in ? 16 : 0);
     }
 }
 
@@ -277,7 +265,7 @@ __device__ __forceinline__ void gs_fill_mnmajor(unsigned tile, const __nv_bfloat
     for (int i = 0; i < N; i++) {
         const int kr = k0 + RPP * i;
         const bool in = colIn && kr < kLeft;
-        gs_cp16(dst + i * RPP * 128, in ? base + (kr * ld + cc * 8) : base, in ? 16 : 0);
+        gg_cp16(dst + i * RPP * 128, in ? base + (kr * ld + cc * 8) : base, in ? 16 : 0);
     }
 }
 
@@ -328,7 +316,7 @@ __device__ __forceinline__ void gs_impl(const GBParams& p) {
     const long long aStep = TA ? (long long)GS_BK * lda : GS_BK;  // elements from one K slice to the next
     const long long bStep = TB ? GS_BK : (long long)GS_BK * ldb;
     const int wg = threadIdx.x >> 7;  // rows 64 wg .. 64 wg + 63 of every tile
-    const unsigned smem = (gs_shared_addr(gs_smem) + 1023u) & ~1023u;
+    const unsigned smem = (gg_shared_addr(gs_smem) + 1023u) & ~1023u;
 
     // The copies: slice after slice of this CTA's tiles in order, the v-th into stage v % GS_STAGES, one commit group
     // a call (empty once every slice is issued).
@@ -351,7 +339,7 @@ __device__ __forceinline__ void gs_impl(const GBParams& p) {
                 gs_seek<TA, TB>(cur, p, total);
             }
         }
-        gs_cp_commit();
+        gg_cp_commit();
     };
 #pragma unroll 1
     for (int s = 0; s < GS_STAGES - 2; s++) issue();
@@ -409,7 +397,7 @@ __device__ __forceinline__ void gs_impl(const GBParams& p) {
         const int numK = (K + GS_BK - 1) / GS_BK;
 #pragma unroll 1
         for (int kt = 0; kt < numK; kt++) {
-            gs_cp_wait<GS_STAGES - 3>();
+            gg_cp_wait<GS_STAGES - 3>();
             gs_fence_proxy_async();
             __syncthreads();
             const unsigned long long stage = (unsigned long long)(mmaStage * GS_STAGE_BYTES) >> 4;
@@ -451,7 +439,7 @@ __device__ __forceinline__ void gs_impl(const GBParams& p) {
             }
         }
     }
-    gs_cp_wait<0>();  // no copy (only empty groups remain) outlives the CTA
+    gg_cp_wait<0>();  // no copy (only empty groups remain) outlives the CTA
 #else
     // Not sm_90a (nvcc also runs a plain compute_90 pass over this file): no wgmma here. GroupedGemm launches these
     // kernels only on compute capability 9.0, where KernelLibrary compiles the file for sm_90a.
