@@ -9,7 +9,7 @@
 #      KERNELS (kernels: ops|attention|grouped|all, default all), VARIANTS (kernels: "DEFINES;DEFINES" grouped GEMM
 #      tile variants, each as -Dsparkmoe.cuda.defines),
 #      OURS/BASE/STEPS/GEMM/BENCH_ARGS (bench runs; LAUNCH_ARGS: extra launcher options such as
-#      "--jvm-opt -XX:StartFlightRecording=filename=/tmp/jfr/,settings=profile"), CURVE_GPUS/CURVE_STEPS (curve).
+#      "--jvm-opt -XX:StartFlightRecording=filename=/tmp/jfr/,settings=profile"), CURVE_GPUS/CURVE_STEPS/CURVE_RUNS (curve).
 set -o pipefail
 D=${D:-.device-carry/run}
 OUT=${OUT:-/tmp/out}
@@ -69,15 +69,19 @@ if [ "$MODE" = kernels ]; then
   grep -vE "^(INFO|WARNING|[A-Z][a-z]{2} [0-9]+, )" "$OUT/kernels.log" | head -80
 fi
 if [ "$MODE" = curve ]; then
-  # Convergence: PyTorch FSDP2 exports its initial weights and trains; spark-moe starts from them on the same data.
-  N=${CURVE_GPUS:-2}; LC=/tmp/lc; mkdir -p $LC
-  timeout ${CURVE_LIMIT:-240} torchrun --standalone --nproc_per_node=$N gpu-executor/scripts/torch_loss_curve.py \
-    $D/bench/qwen3moe-c1.json data/europarl-en.txt $LC ${CURVE_STEPS:-200} 4 2048 > "$OUT/torch-curve.log" 2>&1 \
-    || { rc=1; tail -20 "$OUT/torch-curve.log"; }
+  # Convergence: PyTorch FSDP2 exports its initial weights and trains, CURVE_RUNS times (default 3: their band);
+  # spark-moe starts from the same weights on the same data and LossCurve decides against the band (LossBand).
+  N=${CURVE_GPUS:-2}; LC=/tmp/lc; mkdir -p $LC; RUNS=""
+  for k in $(seq ${CURVE_RUNS:-3}); do
+    RUN=$k timeout ${CURVE_LIMIT:-240} torchrun --standalone --nproc_per_node=$N gpu-executor/scripts/torch_loss_curve.py \
+      $D/bench/qwen3moe-c1.json data/europarl-en.txt $LC ${CURVE_STEPS:-200} 4 2048 > "$OUT/torch-curve-$k.log" 2>&1 \
+      || { rc=1; tail -20 "$OUT/torch-curve-$k.log"; }
+    RUNS=$RUNS${RUNS:+,}$LC/torch_losses_$k.json
+  done
   timeout ${CURVE_LIMIT:-240} $B/bin/spark-moe-gpu launch --nproc $N --backend cuda \
     --entry dev.sparkmoe.gpu.bench.LossCurve -- --init $LC/init --data data/europarl-en.txt --out $LC/ours.json \
-    --steps ${CURVE_STEPS:-200} --torch $LC/torch_losses.json > "$OUT/ours-curve.log" 2>&1 || rc=1
-  grep -E "losses|loss curve|Exception|FAILED" "$OUT/torch-curve.log" "$OUT/ours-curve.log" | head -20
+    --steps ${CURVE_STEPS:-200} --torch "$RUNS" > "$OUT/ours-curve.log" 2>&1 || rc=1
+  grep -E "losses|loss curve|Exception|FAILED" "$OUT"/torch-curve-*.log "$OUT/ours-curve.log" | head -20
   cp $LC/*.json "$OUT/" 2>/dev/null
 fi
 exit $rc

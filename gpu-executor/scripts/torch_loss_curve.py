@@ -3,7 +3,9 @@ AdamW) on byte tokens of a text file, from weights it exports first, so that spa
 weights and data and the two loss curves can be compared step by step.
 
 usage: torchrun --nproc_per_node=N torch_loss_curve.py CONFIG.json TEXT OUTDIR [STEPS] [B] [T]
-writes OUTDIR/init/{config.json,model.safetensors} (Hub layout, per-expert tensors) and OUTDIR/torch_losses.json.
+writes OUTDIR/init/{config.json,model.safetensors} (Hub layout, per-expert tensors) and OUTDIR/torch_losses.json, or
+with RUN=k set OUTDIR/torch_losses_k.json: the convergence check runs the script several times (the same weights and
+data; the runs differ by the GPU's own run-to-run variation) and LossCurve decides against their band.
 Data: step s, rank r, row b reads T+1 bytes from offset ((s*world + r)*B + b)*(T+1) modulo the file length;
 inputs are the first T, labels the last T; the loss is the mean over the global batch.
 """
@@ -62,6 +64,7 @@ for s in range(steps):
     l = loss.detach().clone(); dist.all_reduce(l); losses.append(l.item() / world)
 if rank == 0:
     json.dump({"impl": "pytorch-fsdp2-hf" + ("" if os.environ.get("MP", "1") == "1" else "-f32"), "world": world, "B": B, "T": T, "losses": losses,
-               "seconds": time.time() - t0}, open(f"{out}/torch_losses.json", "w"))
+               "seconds": time.time() - t0},
+              open(f"{out}/torch_losses" + (f"_{os.environ['RUN']}" if os.environ.get("RUN") else "") + ".json", "w"))
     print("torch losses", [round(x, 4) for x in losses[:5]], "...", [round(x, 4) for x in losses[-3:]])
 dist.destroy_process_group()

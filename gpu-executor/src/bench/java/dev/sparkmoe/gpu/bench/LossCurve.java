@@ -22,11 +22,13 @@ import picocli.CommandLine;
  * The spark-moe side of the convergence check against PyTorch ({@code gpu-executor/scripts/torch_loss_curve.py}):
  * starts from the weights that script exported, trains on the same byte tokens in the same order with the same
  * AdamW settings (lr 3e-4 constant, betas 0.9/0.95, eps 1e-8, weight decay 0.1, no clipping) and bf16 tensor-core
- * GEMMs, and writes the LM loss of every step. With {@code --torch FILE} it compares the two curves: the relative
- * difference at every step after {@code --after} (20) must stay within {@code --tolerance} (0.02).
+ * GEMMs, and writes the LM loss of every step. With {@code --torch FILE,FILE,...} (several runs of that script) it
+ * decides ({@link LossBand}): the curve must lie inside the band of the PyTorch runs widened by {@code --widen} (1%)
+ * at no fewer than {@code --inside} (90%) of the steps after {@code --after} (20), and its final loss inside it; the
+ * exit code says which.
  *
  * <p>Options: --init DIR, --data FILE, --out FILE, --steps (200), --batch (4), --seq (2048), --ep (1),
- * --gemm f32|tf32|bf16 (bf16), --torch FILE, --after N, --tolerance X.
+ * --gemm f32|tf32|bf16 (bf16), --torch FILES, --after N, --widen X, --inside X.
  */
 public final class LossCurve implements RankEntry {
 
@@ -50,14 +52,18 @@ public final class LossCurve implements RankEntry {
         int ep = 1;
         @CommandLine.Option(names = "--gemm", paramLabel = "P", description = "f32, tf32 or bf16 (${DEFAULT-VALUE})")
         TrainBench.Gemm gemm = TrainBench.Gemm.bf16;
-        @CommandLine.Option(names = "--torch", paramLabel = "FILE", description = "PyTorch's losses to compare with")
-        Path torch;
-        @CommandLine.Option(names = "--after", paramLabel = "N", description = "compare from this step on "
+        @CommandLine.Option(names = "--torch", paramLabel = "FILES", split = ",",
+                description = "the losses of PyTorch runs (torch_loss_curve.py), comma-separated: their band")
+        List<Path> torch;
+        @CommandLine.Option(names = "--after", paramLabel = "N", description = "compare after this step "
                 + "(${DEFAULT-VALUE})")
         int after = 20;
-        @CommandLine.Option(names = "--tolerance", paramLabel = "X", description = "largest relative difference "
+        @CommandLine.Option(names = "--widen", paramLabel = "X", description = "relative margin around the band "
                 + "(${DEFAULT-VALUE})")
-        double tolerance = 0.02;
+        double widen = 0.01;
+        @CommandLine.Option(names = "--inside", paramLabel = "X", description = "share of the steps that must lie "
+                + "in the band (${DEFAULT-VALUE})")
+        double inside = 0.9;
     }
 
     @Override
@@ -116,21 +122,29 @@ public final class LossCurve implements RankEntry {
         if (opts.torch == null) {
             return 0;
         }
-        List<?> ref = (List<?>) Json.parseObject(Files.readString(opts.torch)).get("losses");
-        int after = opts.after;
-        double tol = opts.tolerance;
-        double worst = 0;
-        int worstStep = -1;
-        for (int s = after; s < Math.min(ref.size(), losses.size()); s++) {
-            double a = ((Number) ref.get(s)).doubleValue();
-            double d = Math.abs((Double) losses.get(s) - a) / a;
-            if (d > worst) {
-                worst = d;
-                worstStep = s + 1;
-            }
+        List<double[]> runs = new ArrayList<>();
+        for (Path p : opts.torch) {
+            runs.add(losses(Files.readString(p), p.toString()));
         }
-        System.out.printf("loss curve vs PyTorch after step %d: worst relative difference %.4f at step %d (%s %.2f)%n",
-                after, worst, worstStep, worst <= tol ? "within" : "OVER", tol);
-        return worst <= tol ? 0 : 1;
+        double[] ours = new double[losses.size()];
+        for (int i = 0; i < ours.length; i++) {
+            ours[i] = (Double) losses.get(i);
+        }
+        LossBand.Decision d = LossBand.decide(runs, ours, opts.after, opts.widen, opts.inside);
+        System.out.println(d.describe(opts.after, opts.widen, opts.inside) + " (" + runs.size() + " PyTorch runs)");
+        return d.pass() ? 0 : 1;
+    }
+
+    /** The "losses" array of a loss-curve JSON file ({@code what} names it in an error). */
+    static double[] losses(String json, String what) {
+        Object l = Json.parseObject(json).get("losses");
+        if (!(l instanceof List<?> list) || list.isEmpty()) {
+            throw new IllegalArgumentException(what + " has no \"losses\" array: write it with torch_loss_curve.py");
+        }
+        double[] out = new double[list.size()];
+        for (int i = 0; i < out.length; i++) {
+            out[i] = ((Number) list.get(i)).doubleValue();
+        }
+        return out;
     }
 }

@@ -88,7 +88,10 @@ class TrainBenchTest {
         e = assertThrows(Cli.UsageException.class, () -> Cli.parse(new LossCurve.Args(), "--init", "d"));
         assertTrue(e.getMessage().contains("'--data=FILE'") && e.getMessage().contains("'--out=FILE'"),
                 e.getMessage());
-        assertEquals(0.05, Cli.parse(new LossCurve.Args(), "--init", "d", "--data", "t", "--out", "o",
-                "--tolerance", "0.05").tolerance);
+        LossCurve.Args lc = Cli.parse(new LossCurve.Args(), "--init", "d", "--data", "t", "--out", "o",
+                "--torch", "a.json,b.json,c.json", "--widen", "0.02");
+        assertEquals(java.util.List.of(Path.of("a.json"), Path.of("b.json"), Path.of("c.json")), lc.torch);
+        assertEquals(0.02, lc.widen);
+        assertEquals(0.9, lc.inside);
     }
 }
