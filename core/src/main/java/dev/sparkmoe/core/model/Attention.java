@@ -1,6 +1,7 @@
 package dev.sparkmoe.core.model;
 
 import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.backend.GemmOperand;
 import dev.sparkmoe.core.nn.Module;
 import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.tensor.DType;
@@ -67,11 +68,11 @@ public final class Attention extends Module {
     Tensor forward(Backend be, Tensor x, int batch, int seqLen, Cache c) {
         int n = batch * seqLen;
         c.x = x;
-        Tensor xg = Linear.operand(be, x); // converted once for the three projections
+        Tensor xg = GemmOperand.of(be, x); // converted once for the three projections
         c.qRaw = Linear.forward(be, xg, n, qProj);
         c.kRaw = Linear.forward(be, xg, n, kProj);
         c.v = Linear.forward(be, xg, n, vProj);
-        Linear.release(be, xg, x);
+        GemmOperand.release(be, xg, x);
         c.q = be.empty(DType.F32, n, qHeads * headDim);
         c.k = be.empty(DType.F32, n, kvHeads * headDim);
         c.qRstd = be.empty(DType.F32, n * qHeads);
@@ -116,11 +117,11 @@ public final class Attention extends Module {
         be.rmsNormBackward(dq, c.qRaw, qNorm.value(), c.qRstd, n * qHeads, headDim, dqRaw, qNorm.grad());
         be.rmsNormBackward(dk, c.kRaw, kNorm.value(), c.kRstd, n * kvHeads, headDim, dkRaw, kNorm.grad());
         Release.all(be, dq, dk, c.qRaw, c.kRaw, c.qRstd, c.kRstd);
-        Tensor xg = Linear.operand(be, c.x);
+        Tensor xg = GemmOperand.of(be, c.x);
         Tensor dx = Linear.backward(be, dqRaw, xg, n, qProj);
         Linear.backward(be, dkRaw, xg, n, kProj, dx, 1f);
         Linear.backward(be, dv, xg, n, vProj, dx, 1f);
-        Linear.release(be, xg, c.x);
+        GemmOperand.release(be, xg, c.x);
         Release.all(be, dqRaw, dkRaw, dv);
         return dx;
     }

@@ -1,6 +1,7 @@
 package dev.sparkmoe.core.model;
 
 import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.backend.GemmOperand;
 import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -73,16 +74,10 @@ final class FusedLinearCrossEntropy {
             return new LmHeadLoss.Result(0, dHidden, dWeight, logits);
         }
         int rows = LmHeadLoss.chunkRows(n, h, v, requestedRows);
-        DType gemmType = be.gemmDType();
-        boolean copies = gemmType != DType.F32;
-        Tensor wg = copies ? be.empty(gemmType, v, h) : w;           // the GEMMs' weight and input
-        Tensor hg = copies ? be.empty(gemmType, n, h) : hidden;
-        if (copies) {
-            be.convert(w, wg);
-            be.convert(hidden, hg);
-        }
+        Tensor wg = GemmOperand.of(be, w);                           // the GEMMs' weight and input
+        Tensor hg = GemmOperand.of(be, hidden);
         Tensor chunk = be.empty(DType.F32, rows, v);                 // a chunk's logits (in f32, then their gradient)
-        Tensor grad = copies && withGrad ? be.empty(gemmType, rows, v) : chunk;
+        Tensor grad = be.gemmDType() != DType.F32 && withGrad ? be.empty(be.gemmDType(), rows, v) : chunk;
         Tensor chunkTargets = be.empty(DType.I32, rows);
         double loss = 0;
         for (int r0 = 0; r0 < n; r0 += rows) {
@@ -98,10 +93,9 @@ final class FusedLinearCrossEntropy {
                 be.gemm(true, false, v, h, c, 1f, grad, 0, v, hg, r0 * h, h, r0 == 0 ? 0f : 1f, dWeight, 0, h);
             }
         }
-        Release.all(be, chunk, chunkTargets);
-        if (copies) {
-            Release.all(be, wg, hg, grad != chunk ? grad : null);
-        }
+        Release.all(be, chunk, chunkTargets, grad != chunk ? grad : null);
+        GemmOperand.release(be, wg, w);
+        GemmOperand.release(be, hg, hidden);
         return new LmHeadLoss.Result(loss, dHidden, dWeight, logits);
     }
 }

@@ -1,6 +1,7 @@
 package dev.sparkmoe.core.model;
 
 import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.backend.GemmOperand;
 import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -8,8 +9,8 @@ import dev.sparkmoe.core.tensor.Tensor;
 /**
  * y = x W^T for W [out, in] (no bias), with the matching backward; weights may be slices of a stacked tensor. Where
  * the backend's GEMMs take bf16 operands ({@link Backend#gemmDType()}: CUDA at bf16 precision) each GEMM reads bf16
- * copies of its two operands, made just before it and given back after it (FSDP2's param dtype: the values such a
- * GEMM rounds its operands to anyway); in f32 it reads the tensors themselves.
+ * copies of its two operands ({@link GemmOperand}), made just before it and given back after it (FSDP2's param
+ * dtype: the values such a GEMM rounds its operands to anyway); in f32 it reads the tensors themselves.
  */
 final class Linear {
     private Linear() {
@@ -18,34 +19,13 @@ final class Linear {
     /** {@link Backend#gemm} on whole tensors a and b, through copies in the backend's GEMM dtype where it is not F32. */
     private static void gemm(Backend be, boolean transA, boolean transB, int m, int n, int k, Tensor a, int aOff,
                              int lda, Tensor b, int bOff, int ldb, float beta, Tensor c, int cOff, int ldc) {
-        Tensor a16 = operand(be, a);
-        Tensor b16 = operand(be, b);
+        Tensor a16 = GemmOperand.of(be, a);
+        Tensor b16 = GemmOperand.of(be, b);
         be.gemm(transA, transB, m, n, k, 1f, a16, aOff, lda, b16, bOff, ldb, beta, c, cOff, ldc);
-        release(be, a16, a);
-        release(be, b16, b);
+        GemmOperand.release(be, a16, a);
+        GemmOperand.release(be, b16, b);
     }
 
-    /**
-     * {@code x} as this backend's GEMMs take it: x itself where it is in {@link Backend#gemmDType()} already (and
-     * always in f32), else a new copy in that dtype, which the caller gives back with {@link #release}. For an
-     * input that several projections read (q, k and v of one x), so that it is converted once.
-     */
-    static Tensor operand(Backend be, Tensor x) {
-        DType t = be.gemmDType();
-        if (x.dtype() == t || t == DType.F32) {
-            return x;
-        }
-        Tensor y = be.empty(t, x.shape());
-        be.convert(x, y);
-        return y;
-    }
-
-    /** Gives back a copy made by {@link #operand} (nothing where it is the original itself). */
-    static void release(Backend be, Tensor copy, Tensor original) {
-        if (copy != original) {
-            be.release(copy);
-        }
-    }
 
     /** y [rows, out] = x [rows, in] * W^T, W at element offset {@code wOff}. */
     static Tensor forward(Backend be, Tensor x, int xOff, int rows, Tensor w, int wOff, int in, int out) {
@@ -89,9 +69,9 @@ final class Linear {
      */
     static void backward(Backend be, Tensor dy, Tensor x, int rows, Parameter w, Tensor dx, float beta) {
         int[] s = w.shape();
-        Tensor dy16 = operand(be, dy); // read by both GEMMs
+        Tensor dy16 = GemmOperand.of(be, dy); // read by both GEMMs
         backwardInput(be, dy16, 0, rows, w.value(), 0, s[1], s[0], dx, 0, beta);
         backwardWeight(be, dy16, rows, x, w);
-        release(be, dy16, dy);
+        GemmOperand.release(be, dy16, dy);
     }
 }

@@ -1,6 +1,7 @@
 package dev.sparkmoe.parallel.loss;
 
 import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.backend.GemmOperand;
 import dev.sparkmoe.core.model.LmHeadLoss;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -54,6 +55,11 @@ import java.util.Arrays;
  *
  * <p>Retained logits: each rank keeps its columns of every gathered row and one all-to-all gives every rank its own
  * rows over the whole vocabulary ([N, V], as the local loss returns them).
+ *
+ * <p>Dtypes, as the local loss: where the backend's GEMMs take bf16 operands ({@link Backend#gemmDType()}) the
+ * GEMMs read bf16 copies of this rank's rows of the head and of the gathered hidden states ({@link GemmOperand}),
+ * and the last cross-entropy of a chunk writes the gradient in bf16 into a buffer of its own for the two gradient
+ * GEMMs; the logits, the statistics and the loss stay f32.
  */
 public final class VocabParallelCrossEntropy implements LmHeadLoss {
     /** What the extra columns hold when they carry nothing: exp underflows to 0, and 0 times it is 0. */
@@ -126,15 +132,20 @@ public final class VocabParallelCrossEntropy implements LmHeadLoss {
         Tensor logitsMine = retainLogits ? be.empty(DType.F32, rowsAll, vr) : null; // my columns of every row
         double[] lossByOwner = new double[world];
         if (rowsAll > 0) {
-            Chunks chunks = new Chunks(be, LmHeadLoss.chunkRows(rowsAll, h, widestChunkColumns(), requestedRows), vr + 2);
+            Tensor wg = compute ? GemmOperand.of(be, weight) : weight; // the GEMMs' operands
+            Tensor hg = compute ? GemmOperand.of(be, hiddenAll) : hiddenAll;
+            Chunks chunks = new Chunks(be, LmHeadLoss.chunkRows(rowsAll, h, widestChunkColumns(), requestedRows), vr + 2,
+                    compute && withGrad);
             try {
                 for (int r0 = 0; r0 < rowsAll; r0 += chunks.rows) {
                     int c = Math.min(chunks.rows, rowsAll - r0);
-                    chunk(be, chunks, r0, c, maxN, h, weight, hiddenAll, allTargets, gradScale, withGrad,
-                            dHiddenAll, dWeight, logitsMine, lossByOwner);
+                    chunk(be, chunks, r0, c, maxN, h, wg, hg, allTargets, gradScale, withGrad, dHiddenAll, dWeight,
+                            logitsMine, lossByOwner);
                 }
             } finally {
                 chunks.release(be);
+                GemmOperand.release(be, wg, weight);
+                GemmOperand.release(be, hg, hiddenAll);
             }
         }
         be.release(hiddenAll);
@@ -209,7 +220,8 @@ public final class VocabParallelCrossEntropy implements LmHeadLoss {
     private static final class Chunks {
         final int rows;
         final int width;
-        final Tensor z;        // [rows, width]: logits | two extra columns; then their gradient
+        final Tensor z;        // [rows, width]: logits | two extra columns; then their gradient (in f32)
+        final Tensor grad;     // [rows, width] the gradient in the GEMMs' dtype where that is not F32, else z
         final Tensor softmax;  // [rows, width]: the statistics' softmax
         final Tensor column;   // [rows] a column's values on their way in or out
         final Tensor noMass;   // [rows] NO_MASS
@@ -220,10 +232,11 @@ public final class VocabParallelCrossEntropy implements LmHeadLoss {
         final Tensor topWeights;
         final Tensor picked;
 
-        Chunks(Backend be, int rows, int width) {
+        Chunks(Backend be, int rows, int width, boolean withGrad) {
             this.rows = rows;
             this.width = width;
             z = be.empty(DType.F32, rows, width);
+            grad = withGrad && be.gemmDType() != DType.F32 ? be.empty(be.gemmDType(), rows, width) : z;
             softmax = be.empty(DType.F32, rows, width);
             column = be.empty(DType.F32, rows);
             float[] none = new float[rows];
@@ -241,6 +254,9 @@ public final class VocabParallelCrossEntropy implements LmHeadLoss {
             for (Tensor t : new Tensor[] {z, softmax, column, noMass, zeroTargets, chunkTargets, topIdx, topVal,
                     topWeights, picked}) {
                 be.release(t);
+            }
+            if (grad != z) {
+                be.release(grad);
             }
         }
     }
@@ -328,9 +344,9 @@ public final class VocabParallelCrossEntropy implements LmHeadLoss {
         be.copyFromHost(Tensor.of(b2, c), k.column);
         be.copyRows(k.column, 0, 1, k.z, vr + 1, w, c, 1);
         be.copyFromHost(Tensor.ofInts(target, c), k.chunkTargets);
-        be.crossEntropy(k.z, k.chunkTargets, c, w, gradScale, k.z);
-        be.gemm(false, false, c, h, vr, 1f, k.z, 0, w, weight, 0, h, 0f, dHiddenAll, r0 * h, h);
-        be.gemm(true, false, vr, h, c, 1f, k.z, 0, w, hiddenAll, r0 * h, h, r0 == 0 ? 0f : 1f, dWeight, 0, h);
+        be.crossEntropy(k.z, k.chunkTargets, c, w, gradScale, k.grad);
+        be.gemm(false, false, c, h, vr, 1f, k.grad, 0, w, weight, 0, h, 0f, dHiddenAll, r0 * h, h);
+        be.gemm(true, false, vr, h, c, 1f, k.grad, 0, w, hiddenAll, r0 * h, h, r0 == 0 ? 0f : 1f, dWeight, 0, h);
     }
 
     /** log sum exp of {@code x} without entry {@code skip} (-1: all); -inf when nothing is left. */

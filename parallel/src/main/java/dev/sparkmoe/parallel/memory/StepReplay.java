@@ -255,8 +255,10 @@ final class StepReplay {
      * VocabParallelCrossEntropy.run over the FSDP group of G ranks (balanced: N rows each): every rank's final norm
      * outputs gathered [G*N, H], their partial gradient [G*N, H] and this rank's rows of the head's gradient
      * [V_r, H]; per chunk of the gathered rows the local logits with two extra columns and the statistics' softmax
-     * ([C, V_r + 2] each) and a few per-row vectors, one of them uploaded at a time; then the gathered rows go, and
-     * the reduce-scatter gives this rank's input gradient [N, H]. Returns it; the weight's gradient goes to the pass.
+     * ([C, V_r + 2] each) and a few per-row vectors, one of them uploaded at a time; on bf16 GEMM operands (CUDA at
+     * bf16) also the bf16 copies of this rank's head rows and of the gathered rows, and the chunk's gradient in bf16;
+     * then the gathered rows go, and the reduce-scatter gives this rank's input gradient [N, H]. Returns it; the
+     * weight's gradient goes to the pass.
      */
     private Buf vocabParallelLoss(Pass p) {
         int g = units.lmHead.groupSize;
@@ -273,11 +275,19 @@ final class StepReplay {
         Buf dHiddenAll = f32(Category.LOSS, all * h, "their partial input gradient [G*N, H]");
         p.dHeadWeight = f32(Category.GRADIENT_SHARDS, vr * h, "gradient of " + units.lmHead.name + " (its rows)");
         List<Buf> chunk = new ArrayList<>();
+        boolean copies = r.bf16Device() && vr > 0;
+        if (copies) {
+            chunk.add(mem.alloc(Category.LOSS, vr * h, 2, "bf16 copy of " + units.lmHead.name + " (its rows)"));
+            chunk.add(mem.alloc(Category.LOSS, all * h, 2, "bf16 copy of the gathered rows [G*N, H]"));
+        }
         chunk.add(f32(Category.LOSS, rows * width, "local logits chunk [C, V_r + 2]"));
         chunk.add(f32(Category.LOSS, rows * width, "its statistics' softmax [C, V_r + 2]"));
         for (String v : new String[] {"a column", "no-mass column", "zero targets", "chunk targets", "top index",
                 "top value", "top weight", "picked target logits"}) {
             chunk.add(f32(Category.LOSS, rows, v + " [C]"));
+        }
+        if (copies) {
+            chunk.add(mem.alloc(Category.LOSS, rows * width, 2, "bf16 gradient of the chunk [C, V_r + 2]"));
         }
         mem.free(f32(Category.WORKSPACE, rows, "a column uploaded"));
         dev.crossEntropy(rows);

@@ -5,8 +5,11 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.backend.Bf16Gemms;
 import dev.sparkmoe.core.backend.CpuBackend;
+import dev.sparkmoe.core.backend.MemoryTracker;
 import dev.sparkmoe.core.model.LmHeadLoss;
+import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import dev.sparkmoe.parallel.comm.InJvmRanks;
 import dev.sparkmoe.parallel.fsdp.ShardLayout;
@@ -108,6 +111,69 @@ class VocabParallelCrossEntropyTest {
         }
     }
 
+    /**
+     * On a backend whose GEMMs take bf16 operands ({@link Bf16Gemms}: the CPU backend with CUDA's bf16 GEMM dtype):
+     * the GEMMs read bf16 copies of the head rows and the gathered rows and the chunk's gradient is written in bf16,
+     * as the local fused loss does on the same backend: the same loss (1e-6) and gradients (bf16 rounding of the
+     * chunk's gradient, which the two computations may round on either side: 1e-2), unlike the f32 loss; and every
+     * copy is given back.
+     */
+    @Test
+    void onBf16GemmOperandsEqualsTheLocalLossOnTheSameOperands() {
+        int v = 40;
+        int[] counts = {5, 4, 3};
+        int world = counts.length;
+        SplittableRandom r = new SplittableRandom(99);
+        float[] weight = random(r, v * H, 0.5);
+        float[][] hidden = new float[world][];
+        int[][] targets = new int[world][];
+        for (int q = 0; q < world; q++) {
+            hidden[q] = random(r, counts[q] * H, 1.0);
+            targets[q] = r.ints(counts[q], 0, v).toArray();
+        }
+        float scale = 1f / 12;
+        Backend local16 = Bf16Gemms.over(new CpuBackend());
+        Out[] ref = new Out[world];
+        double[] f32Loss = new double[world];
+        for (int q = 0; q < world; q++) {
+            LmHeadLoss.Result res = LmHeadLoss.LOCAL.run(local16, Tensor.of(hidden[q].clone(), counts[q], H),
+                    Tensor.ofInts(targets[q].clone(), counts[q]), counts[q], Tensor.of(weight.clone(), v, H), scale,
+                    true, false, 0);
+            ref[q] = new Out(res.lossSum(), res.dHidden().floats(), res.dWeight().floats(), null);
+            f32Loss[q] = LmHeadLoss.LOCAL.run(new CpuBackend(), Tensor.of(hidden[q].clone(), counts[q], H),
+                    Tensor.ofInts(targets[q].clone(), counts[q]), counts[q], Tensor.of(weight.clone(), v, H), scale,
+                    false, false, 0).lossSum();
+        }
+        ShardLayout layout = new ShardLayout(new int[] {v, H}, 0, world);
+        List<Out> outs = InJvmRanks.run(world, Duration.ofMinutes(1), comm -> {
+            Backend be = MemoryTracker.wrap(Bf16Gemms.over(new CpuBackend()));
+            MemoryTracker mem = MemoryTracker.of(be);
+            int q = comm.rank();
+            int[] rg = layout.range(q);
+            Tensor shard = Tensor.of(Arrays.copyOfRange(weight, rg[0] * H, rg[1] * H), rg[1] - rg[0], H);
+            LmHeadLoss.Result res = new VocabParallelCrossEntropy(comm, layout).run(be,
+                    Tensor.of(hidden[q].clone(), counts[q], H), Tensor.ofInts(targets[q].clone(), counts[q]),
+                    counts[q], shard, scale, true, false, 0);
+            long results = MemoryTracker.deviceBytes(DType.F32, (long) (counts[q] + rg[1] - rg[0]) * H);
+            assertEquals(results, mem.liveBytes(), "rank " + q + ": only the two gradients are left");
+            return new Out(res.lossSum(), res.dHidden().floats(), res.dWeight().floats(), null);
+        });
+        float[] dW = new float[v * H];
+        for (Out o : ref) {
+            for (int i = 0; i < dW.length; i++) {
+                dW[i] += o.dWeight[i];
+            }
+        }
+        for (int q = 0; q < world; q++) {
+            assertEquals(ref[q].loss, outs.get(q).loss, 1e-6 * ref[q].loss, "loss of rank " + q);
+            assertTrue(Math.abs(f32Loss[q] - outs.get(q).loss) > 0, "rank " + q + ": the GEMMs read bf16 copies");
+            closeTo("dHidden of rank " + q, ref[q].dHidden, outs.get(q).dHidden, 1e-2);
+            int[] rg = layout.range(q);
+            closeTo("LM head gradient rows of rank " + q, Arrays.copyOfRange(dW, rg[0] * H, rg[1] * H),
+                    outs.get(q).dWeight, 1e-2);
+        }
+    }
+
     @Test
     void aTargetOutsideTheVocabularyFailsOnEveryRank() {
         ShardLayout layout = new ShardLayout(new int[] {10, H}, 0, 2);
@@ -151,6 +217,11 @@ class VocabParallelCrossEntropyTest {
 
     /** Equal within 2e-6 of the largest reference value (f32 sums in another order). */
     private static void close(String what, float[] want, float[] got) {
+        closeTo(what, want, got, 2e-6);
+    }
+
+    /** Equal within {@code tol} of the largest reference value. */
+    private static void closeTo(String what, float[] want, float[] got, double tol) {
         assertEquals(want.length, got.length, what + ": length");
         double max = 0;
         double diff = 0;
@@ -158,6 +229,6 @@ class VocabParallelCrossEntropyTest {
             max = Math.max(max, Math.abs(want[i]));
             diff = Math.max(diff, Math.abs(want[i] - got[i]));
         }
-        assertTrue(diff <= 2e-6 * Math.max(max, 1e-30), what + ": max |diff| " + diff + " against max |value| " + max);
+        assertTrue(diff <= tol * Math.max(max, 1e-30), what + ": max |diff| " + diff + " against max |value| " + max);
     }
 }
