@@ -1,0 +1,111 @@
+package dev.sparkmoe.core.backend;
+
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+
+/**
+ * The CPU backend's element-wise kernels: dtype conversion (rounding to the destination dtype), fill, the SwiGLU
+ * product (forward and backward), axpy, scaling, and the sum of squares behind gradient clipping (fixed blocks summed
+ * in order).
+ */
+final class CpuElementwise {
+    private CpuElementwise() {
+    }
+
+    static void convert(Tensor src, Tensor dst) {
+        if (!src.dtype().isFloating() || !dst.dtype().isFloating() || src.numel() != dst.numel()) {
+            throw new IllegalArgumentException("convert from " + src + " to " + dst + ": both must be floating "
+                    + "(F32, BF16, F16) with the same number of elements");
+        }
+        float[] s = src.floats();
+        float[] d = dst.floats();
+        Par.range(s.length, 4, (from, to) -> {
+            for (int i = from; i < to; i++) {
+                d[i] = DType.round(dst.dtype(), s[i]);
+            }
+        });
+    }
+
+    static void fill(Tensor t, float value) {
+        switch (t.dtype()) {
+            case I32: java.util.Arrays.fill(t.ints(), (int) value); break;
+            case I64: java.util.Arrays.fill(t.longs(), (long) value); break;
+            default: java.util.Arrays.fill(t.floats(), value);
+        }
+    }
+
+    private static float sigmoid(float x) {
+        return (float) (1.0 / (1.0 + Math.exp(-x)));
+    }
+
+    static void siluMulForward(Tensor gate, Tensor up, Tensor out, int off, int n) {
+        float[] gf = gate.floats();
+        float[] uf = up.floats();
+        float[] of = out.floats();
+        Par.range(n, 20, (from, to) -> {
+            for (int i = off + from; i < off + to; i++) {
+                float g = gf[i];
+                of[i] = g * sigmoid(g) * uf[i];
+            }
+        });
+    }
+
+    static void siluMulBackward(Tensor dOut, Tensor gate, Tensor up, Tensor dGate, Tensor dUp, int off, int n) {
+        float[] df = dOut.floats();
+        float[] gf = gate.floats();
+        float[] uf = up.floats();
+        float[] dgf = dGate.floats();
+        float[] duf = dUp.floats();
+        Par.range(n, 25, (from, to) -> {
+            for (int i = off + from; i < off + to; i++) {
+                float g = gf[i];
+                float s = sigmoid(g);
+                float silu = g * s;
+                duf[i] = df[i] * silu;
+                dgf[i] = df[i] * uf[i] * (s * (1f + g * (1f - s)));
+            }
+        });
+    }
+
+    static void axpy(float alpha, Tensor x, int xOff, Tensor y, int yOff, int n) {
+        float[] xf = x.floats();
+        float[] yf = y.floats();
+        Par.range(n, 2, (from, to) -> {
+            for (int i = from; i < to; i++) {
+                yf[yOff + i] += alpha * xf[xOff + i];
+            }
+        });
+    }
+
+    static void scale(Tensor x, float alpha) {
+        float[] xf = x.floats();
+        Par.range(xf.length, 1, (from, to) -> {
+            for (int i = from; i < to; i++) {
+                xf[i] *= alpha;
+            }
+        });
+    }
+
+    static double sumSquares(Tensor x) {
+        float[] xf = x.floats();
+        // Fixed blocks summed in order: the result does not depend on the thread count.
+        int block = 4096;
+        int blocks = (xf.length + block - 1) / block;
+        double[] partial = new double[blocks];
+        Par.range(blocks, block, (from, to) -> {
+            for (int bIdx = from; bIdx < to; bIdx++) {
+                double s = 0;
+                int end = Math.min(xf.length, (bIdx + 1) * block);
+                for (int i = bIdx * block; i < end; i++) {
+                    s += (double) xf[i] * xf[i];
+                }
+                partial[bIdx] = s;
+            }
+        });
+        double total = 0;
+        for (double p : partial) {
+            total += p;
+        }
+        return total;
+    }
+}
