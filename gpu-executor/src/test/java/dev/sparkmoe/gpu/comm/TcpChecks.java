@@ -37,7 +37,7 @@ public final class TcpChecks {
         check(r >= 0 && r < n, "rank " + r + " in [0," + n + ")");
 
         // all-reduce, small (direct) and large (reduce-scatter + all-gather, uneven chunks)
-        for (int len : new int[] {0, 1, 37, TcpCommunicator.DIRECT_ALL_REDUCE_MAX + 1003}) {
+        for (int len : new int[] {0, 1, 37, TcpCollectives.DIRECT_ALL_REDUCE_MAX + 1003}) {
             float[] buf = new float[len + 5];
             for (int i = 0; i < len; i++) {
                 buf[i + 3] = fval(r, i);
