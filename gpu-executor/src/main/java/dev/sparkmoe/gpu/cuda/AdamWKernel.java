@@ -11,7 +11,7 @@ import dev.sparkmoe.core.tensor.Tensor;
  * backend's lock.
  */
 final class AdamWKernel {
-    private static final String K = KernelLauncher.KERNELS;
+    private static final String K = KernelLauncher.ADAMW;
 
     private final CudaMemory memory;
     private final KernelLauncher launcher;

@@ -9,13 +9,13 @@ import org.bytedeco.javacpp.PointerPointer;
 /**
  * Part-wise bf16 conversions on device addresses: {@code n[i]} f32 values at {@code src[i]} rounded (nearest even) to
  * bf16 at {@code dst[i]}, or bf16 widened to f32 (exactly), for every part i, in one launch per {@link #MAX} parts
- * ({@code f32_to_bf16_parts}, {@code bf16_to_f32_parts} in kernels.cu), whatever their sizes: a unit's parameters are
+ * ({@code f32_to_bf16_parts}, {@code bf16_to_f32_parts} in bf16_conversions.cu), whatever their sizes: a unit's parameters are
  * a handful of large tensors and many small ones, and a launch per part cost more host time than the large ones'
  * conversion. The parts travel by value as the kernel's only parameter (struct BfParts, 2320 bytes). Used by the bf16
  * wire of the NCCL all-gathers and by the widening of bf16 images. Called under the backend's lock.
  */
 final class Bf16Parts {
-    /** Parts per launch of the part-wise conversions (BFP_MAX in kernels.cu). */
+    /** Parts per launch of the part-wise conversions (BFP_MAX in bf16_conversions.cu). */
     static final int MAX = 64;
     private static final long UNITS = 8, SRC = UNITS + 8L * (MAX + 1), DST = SRC + 8L * MAX, N = DST + 8L * MAX,
             VEC = N + 8L * MAX, BYTES = VEC + 4L * MAX;
@@ -30,15 +30,15 @@ final class Bf16Parts {
 
     /** Rounds f32 parts to bf16 on stream {@code on} of this device. */
     void round(long[] src, long[] dst, long[] n, CUstream_st on) {
-        launch("f32_to_bf16_parts", src, dst, n, on, true);
+        launch(KernelLauncher.BF16_CONVERSIONS, "f32_to_bf16_parts", src, dst, n, on, true);
     }
 
     /** Widens bf16 parts to f32 on stream {@code on} of this device. */
     void widen(long[] src, long[] dst, long[] n, CUstream_st on) {
-        launch("bf16_to_f32_parts", src, dst, n, on, false);
+        launch(KernelLauncher.BF16_CONVERSIONS, "bf16_to_f32_parts", src, dst, n, on, false);
     }
 
-    private void launch(String kernel, long[] src, long[] dst, long[] n, CUstream_st on, boolean toBf16) {
+    private void launch(String file, String kernel, long[] src, long[] dst, long[] n, CUstream_st on, boolean toBf16) {
         if (src.length != dst.length || src.length != n.length) {
             throw new IllegalArgumentException(kernel + ": " + src.length + " sources, " + dst.length
                     + " destinations and " + n.length + " lengths");
@@ -66,7 +66,7 @@ final class Bf16Parts {
             }
             params.putInt(0, count);
             params.putLong(UNITS + 8L * count, units);
-            int st = cudart.cuLaunchKernel(launcher.function(KernelLauncher.KERNELS, kernel),
+            int st = cudart.cuLaunchKernel(launcher.function(file, kernel),
                     KernelLauncher.blocksFor(units, KernelLauncher.THREADS), 1, 1, KernelLauncher.THREADS, 1, 1, 0, on,
                     argPtrs, (PointerPointer<?>) null);
             if (st != 0) {

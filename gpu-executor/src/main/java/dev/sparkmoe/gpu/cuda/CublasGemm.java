@@ -15,7 +15,7 @@ import org.bytedeco.javacpp.FloatPointer;
  * under the backend's lock.
  */
 final class CublasGemm {
-    private static final String K = KernelLauncher.KERNELS;
+    private static final String K = KernelLauncher.GEMM_SCALE;
 
     private final CudaMemory memory;
     private final KernelLauncher launcher;

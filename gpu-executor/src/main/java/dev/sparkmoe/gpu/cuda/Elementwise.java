@@ -10,13 +10,14 @@ import org.bytedeco.javacpp.DoublePointer;
 import org.bytedeco.javacpp.LongPointer;
 
 /**
- * The element-wise kernels of {@code kernels.cu}: fill, axpy, scale, the experts' silu(gate) * up and its gradient
+ * The element-wise kernels of {@code elementwise.cu}: fill, axpy, scale, the experts' silu(gate) * up and its gradient
  * (written in bf16 where the output is a bf16 operand image, {@link Bf16Images#target}), and sums of squares (the
  * gradient norm: every tensor of a list in one launch per pass, summed in f64 in a fixed order). float4 forms where
- * every address is 16-byte aligned. Called under the backend's lock.
+ * every address is 16-byte aligned; f32 to bf16 conversions from {@code bf16_conversions.cu}. Called under the
+ * backend's lock.
  */
 final class Elementwise {
-    private static final String K = KernelLauncher.KERNELS;
+    private static final String K = KernelLauncher.ELEMENTWISE;
 
     private final CudaDevice device;
     private final CudaMemory memory;
@@ -65,11 +66,11 @@ final class Elementwise {
         if (from == DType.F32 && to == DType.BF16) {
             long s = memory.addr(src, "convert src", 0, n), d = memory.addrOf(dst, DType.BF16, "convert dst", 0, n);
             int vec = n % 4 == 0 && s % 16 == 0 && d % 8 == 0 ? 1 : 0;
-            launcher.launch1D(K, "convert_f32_bf16", vec == 1 ? n / 4 : n, s, n, d, vec);
+            launcher.launch1D(KernelLauncher.BF16_CONVERSIONS, "convert_f32_bf16", vec == 1 ? n / 4 : n, s, n, d, vec);
         } else if (from == DType.BF16 && to == DType.F32) {
             long s = memory.addrOf(src, DType.BF16, "convert src", 0, n), d = memory.addr(dst, "convert dst", 0, n);
             int vec = n % 4 == 0 && s % 8 == 0 && d % 16 == 0 ? 1 : 0;
-            launcher.launch1D(K, "convert_bf16_f32", vec == 1 ? n / 4 : n, s, n, d, vec);
+            launcher.launch1D(KernelLauncher.BF16_CONVERSIONS, "convert_bf16_f32", vec == 1 ? n / 4 : n, s, n, d, vec);
         } else {
             throw new IllegalArgumentException("convert from " + from + " to " + to + " is not on the GPU: it "
                     + "converts between F32 and BF16");

@@ -18,7 +18,7 @@ import org.bytedeco.javacpp.IntPointer;
  * reads them. Called under the backend's lock.
  */
 final class EmbeddingAndLoss {
-    private static final String K = KernelLauncher.KERNELS;
+    private static final String K = KernelLauncher.EMBEDDING_LOSS;
 
     private final CudaDevice device;
     private final CudaMemory memory;
@@ -129,7 +129,7 @@ final class EmbeddingAndLoss {
             launcher.launch(K, (vec ? "cross_entropy_fwd_bwd_v4" : "cross_entropy_fwd_bwd") + (half ? "_bf16" : ""),
                     rows, 1, vocab >= 4096 ? 512 : rowThreads(vocab), 0, la,
                     memory.addr(targets, "targets", 0, rows), rows, vocab, gradScale, da, rl, errors.address());
-            launcher.launch(K, "sum_partials_f64", 1, 1, 1024, 0, rl, rows, rl + 8L * rows);
+            launcher.launch(KernelLauncher.ELEMENTWISE, "sum_partials_f64", 1, 1, 1024, 0, rl, rows, rl + 8L * rows);
             return readDouble(rl + 8L * rows);
         } finally {
             memory.release(rowLoss);

@@ -102,7 +102,7 @@ final class FlashAttention {
     /** A dense bf16 copy of the [rows, cols] block of {@code t} at {@code off} with row stride {@code ld}. */
     private DeviceBuffer bf16Copy(Tensor t, String what, int off, int ld, int rows, int cols) {
         DeviceBuffer d = memory.allocate(2L * rows * cols);
-        launcher.launch1D(KernelLauncher.KERNELS, "f32_to_bf16_rows", (long) rows * ((cols + 1) / 2),
+        launcher.launch1D(KernelLauncher.BF16_CONVERSIONS, "f32_to_bf16_rows", (long) rows * ((cols + 1) / 2),
                 memory.addr(t, what, off, 0), (long) ld, rows, cols, d.address());
         return d;
     }

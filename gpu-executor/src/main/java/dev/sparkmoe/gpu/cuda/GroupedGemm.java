@@ -189,7 +189,7 @@ final class GroupedGemm {
                 if (kernel) {
                     active[count++] = g; // the kernel scales C_g by beta itself (and never reads it when beta == 0)
                 } else {
-                    launcher.launch1D(KernelLauncher.KERNELS, "scale_rows_f32", (long) m[g] * n[g],
+                    launcher.launch1D(KernelLauncher.GEMM_SCALE, "scale_rows_f32", (long) m[g] * n[g],
                             memory.addr(c, "C", cOff[g], 0), m[g], n[g], ldc, beta);
                 }
                 continue;

@@ -18,8 +18,16 @@ import java.util.Map;
  * backend's lock.
  */
 final class KernelLauncher {
-    /** The kernel sources (resources of this package). */
-    static final String KERNELS = "kernels.cu";
+    /** The kernel sources (resources of this package), one per concern; each part launches from its own. */
+    static final String ELEMENTWISE = "elementwise.cu";
+    static final String NORM_ROPE = "norm_rope.cu";
+    static final String EMBEDDING_LOSS = "embedding_loss.cu";
+    static final String MOE_ROUTING = "moe_routing.cu";
+    static final String ADAMW = "adamw.cu";
+    /** f32 to bf16 and back: Elementwise's convert, FlashAttention's operand copies, Bf16Parts. */
+    static final String BF16_CONVERSIONS = "bf16_conversions.cu";
+    /** The k == 0 case of a GEMM (CublasGemm, GroupedGemm). */
+    static final String GEMM_SCALE = "gemm_scale.cu";
     static final String ATTENTION = "attention.cu";
     static final String FLASH_ATTENTION = "flash_attention.cu";
     static final String GROUPED_GEMM = "grouped_gemm_bf16.cu";

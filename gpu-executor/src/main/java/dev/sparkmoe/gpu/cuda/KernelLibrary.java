@@ -34,8 +34,9 @@ import java.util.logging.Logger;
  *
  * <p>The include path is {@code $CUDA_HOME/include} (else {@code /usr/local/cuda/include}):
  * {@code grouped_gemm_bf16.cu} and {@code grouped_gemm_sm90.cu} include {@code cuda_bf16.h} from it; the other kernels
- * need no header. The package's own headers ({@link #HEADERS}, e.g. the grouped GEMMs' shared parameter struct) go to
- * NVRTC as in-memory headers with every program, their text part of the cache key.
+ * need no system header. The package's own headers ({@link #HEADERS}: the grouped GEMMs' shared parameter struct, and
+ * {@code kernels_common.cuh}, the reductions and helpers of the f32 kernel files) go to NVRTC as in-memory headers
+ * with every program, their text part of the cache key.
  *
  * <p>A file whose name ends in {@code _sm90.cu} uses sm_90a's architecture-specific instructions (wgmma): on a
  * compute capability 9.0 device it is compiled for {@code sm_90a} ({@link #arch(String)}) with
@@ -45,7 +46,7 @@ final class KernelLibrary {
     private static final Logger LOG = Logger.getLogger(KernelLibrary.class.getName());
     private static final Map<String, byte[]> PROCESS_CACHE = new ConcurrentHashMap<>();
     /** The package's {@code .cuh} resources that kernel files may {@code #include "name"}. */
-    static final List<String> HEADERS = List.of("grouped_gemm_params.cuh");
+    static final List<String> HEADERS = List.of("grouped_gemm_params.cuh", "kernels_common.cuh");
 
     private final int smMajor;
     private final int smMinor;
@@ -74,7 +75,7 @@ final class KernelLibrary {
         return smMajor;
     }
 
-    /** The kernel {@code name} of resource {@code file} (e.g. "kernels.cu"), compiling and loading it on first use. */
+    /** The kernel {@code name} of resource {@code file} (e.g. "elementwise.cu"), compiling and loading it on first use. */
     synchronized CUfunc_st function(String file, String name) {
         String key = file + "#" + name;
         CUfunc_st f = functions.get(key);

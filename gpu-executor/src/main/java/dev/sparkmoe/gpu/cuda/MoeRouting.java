@@ -20,8 +20,8 @@ import org.bytedeco.javacpp.IntPointer;
  * ({@link KernelErrors}). Called under the backend's lock.
  */
 final class MoeRouting {
-    private static final String K = KernelLauncher.KERNELS;
-    /** router_topk_warp's experts per lane (TOPK_EPL in kernels.cu). */
+    private static final String K = KernelLauncher.MOE_ROUTING;
+    /** router_topk_warp's experts per lane (TOPK_EPL in moe_routing.cu). */
     private static final int TOPK_EPL = 8;
 
     private final CudaDevice device;

@@ -20,7 +20,7 @@ import java.util.Map;
  * backend's life; the direct form where no table fits). Called under the backend's lock.
  */
 final class NormAndRope {
-    private static final String K = KernelLauncher.KERNELS;
+    private static final String K = KernelLauncher.NORM_ROPE;
     /** Row blocks of the vectorised RMSNorm backward (and so dW partials) aimed at: fixed, so the sum order is. */
     private static final int RMSNORM_BWD_BLOCKS = 512;
     /** The largest rope table, in (position, i) cells: 16 MiB of cos and sin. */

@@ -3,6 +3,8 @@ package dev.sparkmoe.gpu.cuda;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.util.Map;
+import java.util.TreeMap;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import org.junit.jupiter.api.Test;
@@ -18,7 +20,7 @@ class KernelLibraryArchTest {
         KernelLibrary h100 = new KernelLibrary(9, 0);
         assertEquals("sm_90a", h100.arch(KernelLauncher.GROUPED_GEMM_SM90));
         assertEquals("sm_90", h100.arch(KernelLauncher.GROUPED_GEMM));
-        assertEquals("sm_90", h100.arch(KernelLauncher.KERNELS));
+        assertEquals("sm_90", h100.arch(KernelLauncher.ELEMENTWISE));
         assertEquals("sm_86", new KernelLibrary(8, 6).arch(KernelLauncher.GROUPED_GEMM_SM90));
         assertEquals("sm_100", new KernelLibrary(10, 0).arch(KernelLauncher.GROUPED_GEMM_SM90));
     }
@@ -27,20 +29,19 @@ class KernelLibraryArchTest {
     @Test
     void everyQuotedIncludeIsAnInMemoryHeader() {
         Pattern include = Pattern.compile("#include\\s+\"([^\"]+)\"");
-        int found = 0;
-        for (String file : new String[] {KernelLauncher.KERNELS, KernelLauncher.ATTENTION, KernelLauncher.FLASH_ATTENTION,
-            KernelLauncher.GROUPED_GEMM, KernelLauncher.GROUPED_GEMM_SM90}) {
+        Map<String, Integer> includes = new TreeMap<>();
+        for (String file : KernelLaunchSitesTest.fileConstants().values()) {
             Matcher m = include.matcher(KernelLibrary.readResource(file));
             while (m.find()) {
-                found++;
+                includes.merge(m.group(1), 1, Integer::sum);
                 assertTrue(KernelLibrary.HEADERS.contains(m.group(1)), file + " includes \"" + m.group(1)
                         + "\", which is not in KernelLibrary.HEADERS " + KernelLibrary.HEADERS);
             }
         }
-        assertEquals(2, found, "both grouped GEMM files include grouped_gemm_params.cuh");
-        for (String h : KernelLibrary.HEADERS) {
-            assertTrue(KernelLibrary.readResource(h).contains("struct GBParams"), h);
-        }
+        assertEquals(Map.of("grouped_gemm_params.cuh", 2, "kernels_common.cuh", 7), includes,
+                "both grouped GEMM files include grouped_gemm_params.cuh, the seven f32 kernel files kernels_common.cuh");
+        assertTrue(KernelLibrary.readResource("grouped_gemm_params.cuh").contains("struct GBParams"));
+        assertTrue(KernelLibrary.readResource("kernels_common.cuh").contains("void report(int* err"));
     }
 
     /** GroupedGemm.Tiles' defaults for the sm90 kernel are the file's GS_BN and GS_STAGES defaults. */

@@ -1,0 +1,56 @@
+// AdamWKernel's fused torch.optim.AdamW step (f32 and float4 forms). Compiled at run time by NVRTC (see
+// KernelLibrary); CudaBackendTest compares it with CpuBackend.adamw.
+
+#include "kernels_common.cuh"  // error word, reductions, grid-stride loop, float4 and bf16 helpers
+
+extern "C" {
+
+// ------------------------------------------------------------------ AdamW (scalars prepared on the host as CpuBackend)
+
+// One element of torch.optim.AdamW as CpuBackend.adamw; sqrtf is correctly rounded, as (float) Math.sqrt(float).
+__device__ __forceinline__ float adamw_one(float p, float g, float& mi, float& vi, float decay, int doDecay, float w1,
+                                           float beta2, float w2, float stepSize, float bc2Sqrt, float eps) {
+    p = doDecay ? p * decay : p;
+    mi = w1 < 0.5f ? mi + w1 * (g - mi) : g - (g - mi) * (1.f - w1);
+    vi = vi * beta2 + w2 * g * g;
+    float denom = sqrtf(vi) / bc2Sqrt + eps;
+    return p + (-stepSize) * (mi / denom);
+}
+
+__global__ void adamw_f32(float* param, const float* grad, float* m, float* v, int n, float decay, int doDecay,
+                          float w1, float beta2, float w2, float stepSize, float bc2Sqrt, float eps) {
+    GRID_STRIDE(i, n) {
+        float mi = m[i], vi = v[i];
+        param[i] = adamw_one(param[i], grad[i], mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+// float4 form (all four 16-byte aligned); the n % 4 tail by the first threads of the grid.
+__global__ void adamw_f32x4(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m,
+                            float* __restrict__ v, int n, float decay, int doDecay, float w1, float beta2, float w2,
+                            float stepSize, float bc2Sqrt, float eps) {
+    int n4 = n >> 2;
+    GRID_STRIDE(i, n4) {
+        int c = (int)i;
+        float4 p = ld4(param, c), g = ld4(grad, c), mi = ld4(m, c), vi = ld4(v, c);
+        p.x = adamw_one(p.x, g.x, mi.x, vi.x, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        p.y = adamw_one(p.y, g.y, mi.y, vi.y, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        p.z = adamw_one(p.z, g.z, mi.z, vi.z, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        p.w = adamw_one(p.w, g.w, mi.w, vi.w, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        st4(param, c, p);
+        st4(m, c, mi);
+        st4(v, c, vi);
+    }
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < n - 4 * n4) {
+        int i = 4 * n4 + (int)t;
+        float mi = m[i], vi = v[i];
+        param[i] = adamw_one(param[i], grad[i], mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+}  // extern "C"

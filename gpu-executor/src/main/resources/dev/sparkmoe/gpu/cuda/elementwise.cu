@@ -1,0 +1,178 @@
+// Element-wise and reduction kernels of Elementwise: fill, axpy, scale, the two-pass sum of squares (one tensor or
+// many per launch; sum_partials_f64 is also EmbeddingAndLoss's sum of the per-row losses) and the experts'
+// silu(gate) * up with its gradient (f32, float4 forms, bf16 outputs). Compiled at run time by NVRTC for the device's
+// architecture (see KernelLibrary); every kernel has a plain-Java twin in dev.sparkmoe.core.backend.CpuBackend,
+// CudaBackendTest compares them.
+
+#include "kernels_common.cuh"  // error word, reductions, grid-stride loop, float4 and bf16 helpers
+
+extern "C" {
+
+// ------------------------------------------------------------------ memory and BLAS-1
+
+__global__ void fill_f32(float* x, long long n, float v) { GRID_STRIDE(i, n) x[i] = v; }
+__global__ void fill_i32(int* x, long long n, int v) { GRID_STRIDE(i, n) x[i] = v; }
+__global__ void fill_i64(long long* x, long long n, long long v) { GRID_STRIDE(i, n) x[i] = v; }
+
+__global__ void axpy_f32(float alpha, const float* x, float* y, int n) { GRID_STRIDE(i, n) y[i] += alpha * x[i]; }
+
+// axpy with float4 moves (x and y 16-byte aligned); the n % 4 tail by the first threads of the grid.
+__global__ void axpy_f32x4(float alpha, const float* __restrict__ x, float* __restrict__ y, int n) {
+    int n4 = n >> 2;
+    GRID_STRIDE(i, n4) {
+        float4 a = ld4(x, (int)i), b = ld4(y, (int)i);
+        b.x += alpha * a.x; b.y += alpha * a.y; b.z += alpha * a.z; b.w += alpha * a.w;
+        st4(y, (int)i, b);
+    }
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < n - 4 * n4) y[4 * n4 + t] += alpha * x[4 * n4 + t];
+}
+
+__global__ void scale_f32(float* x, long long n, float alpha) { GRID_STRIDE(i, n) x[i] *= alpha; }
+
+// Pass 1 of sumSquares: partial[block] = sum of squares (in double) of a grid-stride share. Fixed grid: deterministic.
+__global__ void sum_squares_partial(const float* x, long long n, double* partial) {
+    double s = 0;
+    GRID_STRIDE(i, n) { double v = x[i]; s += v * v; }
+    s = blockSumD(s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+// Pass 2: out[0] = sum of n partials, one block.
+__global__ void sum_partials_f64(const double* partial, int n, double* out) {
+    double s = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
+    s = blockSumD(s);
+    if (threadIdx.x == 0) out[0] = s;
+}
+
+// Both passes for many tensors in one launch each. desc[4 * i ..] = {x, n, blocks, partial} of tensor i (grid y);
+// every tensor's arithmetic is sum_squares_partial's with its own grid of `blocks` and sum_partials_f64's, so the
+// results equal those of the two kernels launched per tensor, whatever else is in the list.
+__global__ void sum_squares_partial_multi(const long long* desc) {
+    const long long* d = desc + 4LL * blockIdx.y;
+    const float* x = reinterpret_cast<const float*>(d[0]);
+    long long n = d[1];
+    int blocks = (int)d[2];
+    if ((int)blockIdx.x >= blocks) return;  // the whole block
+    double* partial = reinterpret_cast<double*>(d[3]);
+    double s = 0;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)blocks * blockDim.x) {
+        double v = x[i];
+        s += v * v;
+    }
+    s = blockSumD(s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+// grid (count), 1024 threads: out[i] = sum of tensor i's partials.
+__global__ void sum_partials_f64_multi(const long long* desc, double* out) {
+    const long long* d = desc + 4LL * blockIdx.x;
+    int n = (int)d[2];
+    const double* partial = reinterpret_cast<const double*>(d[3]);
+    double s = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
+    s = blockSumD(s);
+    if (threadIdx.x == 0) out[blockIdx.x] = s;
+}
+
+// ------------------------------------------------------------------ element-wise activations
+
+__global__ void silu_mul_fwd(const float* gate, const float* up, float* out, int n) {
+    GRID_STRIDE(i, n) {
+        float g = gate[i];
+        float s = (float)(1.0 / (1.0 + exp(-(double)g)));
+        out[i] = g * s * up[i];
+    }
+}
+
+__global__ void silu_mul_bwd(const float* dOut, const float* gate, const float* up, float* dGate, float* dUp, int n) {
+    GRID_STRIDE(i, n) {
+        float g = gate[i];
+        float s = (float)(1.0 / (1.0 + exp(-(double)g)));
+        float silu = g * s;
+        float d = dOut[i];
+        dUp[i] = d * silu;
+        dGate[i] = d * up[i] * (s * (1.f + g * (1.f - s)));
+    }
+}
+
+__device__ __forceinline__ float silu_sig(float g) { return (float)(1.0 / (1.0 + exp(-(double)g))); }
+
+__device__ __forceinline__ void silu_bwd_one(float d, float g, float u, float& dg, float& du) {
+    float s = silu_sig(g);
+    float silu = g * s;
+    du = d * silu;
+    dg = d * u * (s * (1.f + g * (1.f - s)));
+}
+
+}  // extern "C" (the templates below cannot have C linkage)
+
+// float4 forms of silu_mul_fwd/bwd (inputs 16-byte aligned); the n % 4 tail by the first threads of the grid.
+template <typename O>
+__device__ __forceinline__ void silu_mul_fwd_x4_body(const float* __restrict__ gate, const float* __restrict__ up,
+                                                     O* __restrict__ out, int n) {
+    int n4 = n >> 2;
+    GRID_STRIDE(i, n4) {
+        float4 g = ld4(gate, (int)i), u = ld4(up, (int)i), o;
+        o.x = g.x * silu_sig(g.x) * u.x;
+        o.y = g.y * silu_sig(g.y) * u.y;
+        o.z = g.z * silu_sig(g.z) * u.z;
+        o.w = g.w * silu_sig(g.w) * u.w;
+        st4o(out, i, o);
+    }
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < n - 4 * n4) {
+        int i = 4 * n4 + (int)t;
+        float g = gate[i];
+        st1o(out, i, g * silu_sig(g) * up[i]);
+    }
+}
+
+template <typename O>
+__device__ __forceinline__ void silu_mul_bwd_x4_body(const float* __restrict__ dOut, const float* __restrict__ gate,
+                                                     const float* __restrict__ up, O* __restrict__ dGate,
+                                                     O* __restrict__ dUp, int n) {
+    int n4 = n >> 2;
+    GRID_STRIDE(i, n4) {
+        float4 d = ld4(dOut, (int)i), g = ld4(gate, (int)i), u = ld4(up, (int)i), dg, du;
+        silu_bwd_one(d.x, g.x, u.x, dg.x, du.x);
+        silu_bwd_one(d.y, g.y, u.y, dg.y, du.y);
+        silu_bwd_one(d.z, g.z, u.z, dg.z, du.z);
+        silu_bwd_one(d.w, g.w, u.w, dg.w, du.w);
+        st4o(dUp, i, du);
+        st4o(dGate, i, dg);
+    }
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < n - 4 * n4) {
+        int i = 4 * n4 + (int)t;
+        float dg, du;
+        silu_bwd_one(dOut[i], gate[i], up[i], dg, du);
+        st1o(dGate, i, dg);
+        st1o(dUp, i, du);
+    }
+}
+
+extern "C" {
+
+__global__ void silu_mul_fwd_x4(const float* __restrict__ gate, const float* __restrict__ up, float* __restrict__ out,
+                                int n) {
+    silu_mul_fwd_x4_body(gate, up, out, n);
+}
+
+__global__ void silu_mul_fwd_x4_bf16(const float* __restrict__ gate, const float* __restrict__ up,
+                                     unsigned short* __restrict__ out, int n) {
+    silu_mul_fwd_x4_body(gate, up, out, n);
+}
+
+__global__ void silu_mul_bwd_x4(const float* __restrict__ dOut, const float* __restrict__ gate,
+                                const float* __restrict__ up, float* __restrict__ dGate, float* __restrict__ dUp,
+                                int n) {
+    silu_mul_bwd_x4_body(dOut, gate, up, dGate, dUp, n);
+}
+
+__global__ void silu_mul_bwd_x4_bf16(const float* __restrict__ dOut, const float* __restrict__ gate,
+                                     const float* __restrict__ up, unsigned short* __restrict__ dGate,
+                                     unsigned short* __restrict__ dUp, int n) {
+    silu_mul_bwd_x4_body(dOut, gate, up, dGate, dUp, n);
+}
+
+}  // extern "C"

@@ -1,0 +1,205 @@
+// Kernels of EmbeddingAndLoss: the embedding lookup and its deterministic backward (block per table row, no
+// atomics), and the fused cross-entropy forward and backward (block per row; a one-pass float4 form; f32 or bf16
+// gradient). The per-row losses are summed by elementwise.cu's sum_partials_f64. Compiled at run time by NVRTC (see
+// KernelLibrary); every kernel has a plain-Java twin in dev.sparkmoe.core.backend.CpuBackend, CudaBackendTest
+// compares them.
+
+#include "kernels_common.cuh"  // error word, reductions, grid-stride loop, float4 and bf16 helpers
+
+// Streaming (evict-first) forms, for data read or written for the last time by the kernel: the load may move
+// like any load (no volatile), the store is kept (volatile) but claims no other memory, so that loads of later
+// iterations can be issued before it; neither may touch memory the kernel accesses otherwise.
+__device__ __forceinline__ float4 ld4cs(const float* p, int c) {
+    float4 v;
+    asm("ld.global.cs.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+        : "l"(p + 4LL * c));
+    return v;
+}
+__device__ __forceinline__ void st4cs(float* p, int c, float4 v) {
+    asm volatile("st.global.cs.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p + 4LL * c), "f"(v.x), "f"(v.y), "f"(v.z),
+                 "f"(v.w));
+}
+
+// Streaming stores of four results at float4 c: f32 (16-byte aligned) or bf16 (8-byte aligned).
+__device__ __forceinline__ void st4cso(float* p, int c, float4 v) { st4cs(p, c, v); }
+__device__ __forceinline__ void st4cso(unsigned short* p, int c, float4 v) { st4_bf16(p, c, v); }
+
+// Cross-entropy bodies, templated over the gradient's type O (float or bf16 bits); kernels in the extern "C" block.
+template <typename O>
+__device__ __forceinline__ void cross_entropy_body(const float* logits, const int* targets, int rows, int vocab,
+                                                   float gradScale, O* dLogits, double* rowLoss, int* err) {
+    int r = blockIdx.x;
+    long long o = (long long)r * vocab;
+    int t = targets[r];
+    if (t == -100) {
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x) st1o(dLogits, o + j, 0.f);
+        if (threadIdx.x == 0) rowLoss[r] = 0.0;
+        return;
+    }
+    if (t < 0 || t >= vocab) {
+        if (threadIdx.x == 0) { report(err, ERR_CE_TARGET, r, t, vocab); rowLoss[r] = 0.0; }
+        return;
+    }
+    // dLogits may alias logits: the target's logit is read before the reductions' barriers, after which threads
+    // start overwriting the row.
+    float target = logits[o + t];
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) mx = fmaxf(mx, logits[o + j]);
+    mx = blockMax(mx);
+    double sum = 0.0;
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) sum += exp((double)(logits[o + j] - mx));
+    sum = blockSumD(sum);
+    double logSum = log(sum);
+    if (threadIdx.x == 0) rowLoss[r] = logSum - (double)(target - mx);
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+        float d = (float)exp((double)(logits[o + j] - mx) - logSum) * gradScale;
+        if (j == t) d -= gradScale;
+        st1o(dLogits, o + j, d);
+    }
+}
+
+// One read of the row from DRAM: (vocab % 4 == 0, 16-byte aligned rows) each thread keeps a running max m and a
+// double sum of exp(x - m) over its float4s (rescaled when m grows); the block combines them as sum * exp(m - M).
+// The loss is the double log-sum-exp as above; the gradient pass re-reads the row (from L2) and takes
+// expf(x - M) * (1 / sum) in f32 (a few ulp from the double exp of cross_entropy_fwd_bwd).
+__device__ __forceinline__ void ce_acc(float v, float m, double& s) { s += exp((double)(v - m)); }
+#define CE_U 4
+
+// dLogits may alias logits (no __restrict__ on either): each element is read by the thread that later writes it, and
+// the target's logit is read before the first barrier.
+template <typename O>
+__device__ __forceinline__ void cross_entropy_v4_body(const float* logits, const int* __restrict__ targets, int rows,
+                                                      int vocab, float gradScale, O* dLogits, double* rowLoss,
+                                                      int* err) {
+    int r = blockIdx.x;
+    long long o = (long long)r * vocab;
+    const float* lr = logits + o;
+    O* dr = dLogits + o;
+    int v4 = vocab >> 2;
+    int t = targets[r];
+    if (t == -100) {
+        for (int c = threadIdx.x; c < v4; c += blockDim.x) st4cso(dr, c, make_float4(0.f, 0.f, 0.f, 0.f));
+        if (threadIdx.x == 0) rowLoss[r] = 0.0;
+        return;
+    }
+    if (t < 0 || t >= vocab) {
+        if (threadIdx.x == 0) { report(err, ERR_CE_TARGET, r, t, vocab); rowLoss[r] = 0.0; }
+        return;
+    }
+    float target = lr[t];
+    float m = -INFINITY;
+    double s = 0.0;
+    // CE_U float4 loads in flight per thread, then their values in order
+    for (int c0 = threadIdx.x; c0 < v4; c0 += CE_U * blockDim.x) {
+        float4 b[CE_U];
+#pragma unroll
+        for (int u = 0; u < CE_U; u++) {
+            int c = c0 + u * blockDim.x;
+            b[u] = c < v4 ? ld4(lr, c) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+        }
+#pragma unroll
+        for (int u = 0; u < CE_U; u++) {
+            if (c0 + u * blockDim.x >= v4) break;
+            float4 a = b[u];
+            float m4 = fmaxf(fmaxf(a.x, a.y), fmaxf(a.z, a.w));
+            if (m4 > m) {
+                if (s != 0.0) s *= exp((double)m - (double)m4);
+                m = m4;
+            }
+            if (m != -INFINITY) {  // else all values so far are -inf: they add exp(-inf) = 0 once the max is finite
+                ce_acc(a.x, m, s); ce_acc(a.y, m, s); ce_acc(a.z, m, s); ce_acc(a.w, m, s);
+            }
+        }
+    }
+    float mx = blockMax(m);
+    double part = s == 0.0 ? 0.0 : s * exp((double)m - (double)mx);
+    double sum = blockSumD(part);
+    if (mx == -INFINITY || mx != mx) sum = __longlong_as_double(0x7ff8000000000000LL);  // as exp(-inf - -inf): NaN
+    double logSum = log(sum);
+    if (threadIdx.x == 0) rowLoss[r] = logSum - (double)(target - mx);
+    float inv = (float)(1.0 / sum);
+    for (int c0 = threadIdx.x; c0 < v4; c0 += CE_U * blockDim.x) {
+        float4 b[CE_U];
+#pragma unroll
+        for (int u = 0; u < CE_U; u++) {
+            int c = c0 + u * blockDim.x;
+            if (c < v4) b[u] = ld4cs(lr, c);
+        }
+#pragma unroll
+        for (int u = 0; u < CE_U; u++) {
+            int c = c0 + u * blockDim.x;
+            if (c >= v4) break;
+            float4 a = b[u], d;
+            d.x = expf(a.x - mx) * inv * gradScale;
+            d.y = expf(a.y - mx) * inv * gradScale;
+            d.z = expf(a.z - mx) * inv * gradScale;
+            d.w = expf(a.w - mx) * inv * gradScale;
+            int j = 4 * c;
+            if (t >= j && t < j + 4) {
+                if (t == j) d.x -= gradScale; else if (t == j + 1) d.y -= gradScale;
+                else if (t == j + 2) d.z -= gradScale; else d.w -= gradScale;
+            }
+            st4cso(dr, c, d);
+        }
+    }
+}
+
+extern "C" {
+
+// ------------------------------------------------------------------ embedding
+
+__global__ void embedding_fwd(const float* table, int tableRows, const int* ids, int tokens, int hidden, float* out,
+                              int* err) {
+    GRID_STRIDE(i, (long long)tokens * hidden) {
+        int n = (int)(i / hidden), j = (int)(i % hidden);
+        int id = ids[n];
+        if (id < 0 || id >= tableRows) {
+            if (j == 0) report(err, ERR_EMBED_ID, n, id, tableRows);
+            continue;
+        }
+        out[i] = table[(long long)id * hidden + j];
+    }
+}
+
+// dTable[ids[n]] += dOut[n], deterministically: block r owns the table row runId[r] and adds to it, column by column,
+// the rows order[runStart[r]] .. order[runStart[r + 1] - 1] of dOut (the tokens holding that id, in token order, as
+// the host's stable sort lists them): no atomics, and the CPU reference's order of additions, so its sums bit for bit.
+__global__ void embedding_bwd_runs(const float* dOut, const int* order, const int* runStart, const int* runId,
+                                   int hidden, float* dTable) {
+    int r = blockIdx.x;
+    int p0 = runStart[r], p1 = runStart[r + 1];
+    float* t = dTable + (long long)runId[r] * hidden;
+    for (int j = threadIdx.x; j < hidden; j += blockDim.x) {
+        float acc = t[j];
+        for (int p = p0; p < p1; p++) acc += dOut[(long long)order[p] * hidden + j];
+        t[j] = acc;
+    }
+}
+
+// ------------------------------------------------------------------ cross-entropy (block per row)
+
+// The bodies are above (templates over the gradient's type); dLogits f32 (may alias the logits) or bf16 (the
+// gradient in the GEMMs' dtype, Backend.gemmDType: a buffer of its own).
+__global__ void cross_entropy_fwd_bwd(const float* logits, const int* targets, int rows, int vocab, float gradScale,
+                                      float* dLogits, double* rowLoss, int* err) {
+    cross_entropy_body(logits, targets, rows, vocab, gradScale, dLogits, rowLoss, err);
+}
+
+__global__ void cross_entropy_fwd_bwd_bf16(const float* logits, const int* targets, int rows, int vocab,
+                                           float gradScale, unsigned short* dLogits, double* rowLoss, int* err) {
+    cross_entropy_body(logits, targets, rows, vocab, gradScale, dLogits, rowLoss, err);
+}
+
+__global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4(const float* logits,
+        const int* __restrict__ targets, int rows, int vocab, float gradScale, float* dLogits,
+        double* rowLoss, int* err) {
+    cross_entropy_v4_body(logits, targets, rows, vocab, gradScale, dLogits, rowLoss, err);
+}
+
+__global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4_bf16(const float* logits,
+        const int* __restrict__ targets, int rows, int vocab, float gradScale, unsigned short* dLogits,
+        double* rowLoss, int* err) {
+    cross_entropy_v4_body(logits, targets, rows, vocab, gradScale, dLogits, rowLoss, err);
+}
+
+}  // extern "C"
