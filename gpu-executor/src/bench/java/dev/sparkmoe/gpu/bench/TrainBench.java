@@ -46,8 +46,7 @@ import picocli.CommandLine;
  * live tensor bytes and who held them at that moment, see {@link MemoryTracker}; works on the CPU backend too),
  * --ac none|full|selective (activation checkpointing, as the key {@code training.activation_checkpointing}; none),
  * --loss-chunk N (token rows per chunk of the fused LM head and cross-entropy; 0, the default, chooses them from the
- * hidden size; B*T or more computes the loss in one chunk, with [B*T, V] logits as the unfused loss held them),
- * --grouped-kernel auto|mma_sync|sm90 (the experts' grouped GEMM kernel on CUDA, to compare them in one call).
+ * hidden size; B*T or more computes the loss in one chunk, with [B*T, V] logits as the unfused loss held them).
  */
 public final class TrainBench implements RankEntry {
 
@@ -109,9 +108,6 @@ public final class TrainBench implements RankEntry {
         @CommandLine.Option(names = "--loss-chunk", paramLabel = "ROWS",
                 description = "token rows per chunk of the fused LM-head loss; 0: the model's rule (${DEFAULT-VALUE})")
         int lossChunk = 0;
-        @CommandLine.Option(names = "--grouped-kernel", paramLabel = "K",
-                description = "the experts' grouped GEMM kernel on CUDA: auto, mma_sync or sm90 (${DEFAULT-VALUE})")
-        String groupedKernel = "auto";
         @CommandLine.Option(names = "--profile", paramLabel = "1", description = "1: profile one step after the timed ones")
         int profile;
         @CommandLine.Option(names = "--memory", paramLabel = "1", description = "1: follow one step's allocations")
@@ -154,8 +150,6 @@ public final class TrainBench implements RankEntry {
         if (ctx.isCuda()) {
             CudaBackend cuda = cudaBackend(ctx, gemm);
             cudaBackend = cuda;
-            System.out.println("grouped GEMM kernel: "
-                    + dev.sparkmoe.gpu.cuda.KernelBenchHooks.setGroupedKernel(cuda, a.groupedKernel));
             backend = a.profile > 0 ? profiled = OpProfiler.wrap(cuda) : cuda;
         } else {
             backend = new CpuBackend(blasThreads);
