@@ -174,9 +174,9 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.transfers = new Transfers(this.device, memory, errors);
         this.flash = new FlashAttention(this.device, memory, launcher);
         this.attention = new Attention(this.device, memory, launcher, dense, flash);
-        this.elementwise = new Elementwise(this.device, memory, launcher, errors, images);
+        this.elementwise = new Elementwise(this.device, memory, launcher, errors, images, transfers);
         this.normAndRope = new NormAndRope(this.device, memory, launcher);
-        this.embeddingAndLoss = new EmbeddingAndLoss(this.device, memory, launcher, errors);
+        this.embeddingAndLoss = new EmbeddingAndLoss(this.device, memory, launcher, errors, transfers);
         this.routing = new MoeRouting(this.device, memory, launcher, errors, images);
         this.adamw = new AdamWKernel(memory, launcher);
         LOG.info(String.format("CUDA backend %s: %s, %s, %d SMs, gemm %s, grouped gemm %s (now %s, kernel %s), "

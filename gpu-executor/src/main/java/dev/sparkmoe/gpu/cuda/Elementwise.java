@@ -24,14 +24,16 @@ final class Elementwise {
     private final KernelLauncher launcher;
     private final KernelErrors errors;
     private final Bf16Images images;
+    private final Transfers transfers;
 
     Elementwise(CudaDevice device, CudaMemory memory, KernelLauncher launcher, KernelErrors errors,
-                Bf16Images images) {
+                Bf16Images images, Transfers transfers) {
         this.device = device;
         this.memory = memory;
         this.launcher = launcher;
         this.errors = errors;
         this.images = images;
+        this.transfers = transfers;
     }
 
     void fill(Tensor t, float value) {
@@ -58,9 +60,7 @@ final class Elementwise {
         }
         DType from = src.dtype(), to = dst.dtype();
         if (from == to) {
-            Cuda.check(cudart.cudaMemcpyAsync(memory.ptr(dst, "convert dst", 0, n), memory.ptr(src, "convert src", 0,
-                    n), n * CudaMemory.elementBytes(from), cudart.cudaMemcpyDeviceToDevice, device.stream()),
-                    "cudaMemcpyAsync(convert " + src + " -> " + dst + ")");
+            transfers.copy(src, 0, dst, 0, src.numel());
             return;
         }
         if (from == DType.F32 && to == DType.BF16) {

@@ -5,9 +5,9 @@ import static dev.sparkmoe.gpu.cuda.KernelLauncher.rowThreads;
 
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
+import java.util.Arrays;
 import org.bytedeco.cuda.global.cudart;
 import org.bytedeco.javacpp.DoublePointer;
-import org.bytedeco.javacpp.IntPointer;
 
 /**
  * The ends of the model: the token embedding (forward: a row gather; backward: each table row that a token holds
@@ -24,12 +24,15 @@ final class EmbeddingAndLoss {
     private final CudaMemory memory;
     private final KernelLauncher launcher;
     private final KernelErrors errors;
+    private final Transfers transfers;
 
-    EmbeddingAndLoss(CudaDevice device, CudaMemory memory, KernelLauncher launcher, KernelErrors errors) {
+    EmbeddingAndLoss(CudaDevice device, CudaMemory memory, KernelLauncher launcher, KernelErrors errors,
+                     Transfers transfers) {
         this.device = device;
         this.memory = memory;
         this.launcher = launcher;
         this.errors = errors;
+        this.transfers = transfers;
     }
 
     void embeddingForward(Tensor table, Tensor ids, int tokens, int hidden, Tensor out) {
@@ -52,23 +55,15 @@ final class EmbeddingAndLoss {
         long n = (long) tokens * hidden;
         long dOutAt = memory.addr(dOut, "dOut", 0, n);
         long table = memory.addr(dTable, "dTable", 0, (long) rows * hidden);
-        int[] id = new int[tokens];
-        try (IntPointer h = new IntPointer(tokens)) {
-            Cuda.check(cudart.cudaMemcpyAsync(h, RawPointer.of(memory.addr(ids, "ids", 0, tokens), 0), 4L * tokens,
-                    cudart.cudaMemcpyDeviceToHost, device.stream()), "cudaMemcpyAsync(ids -> host)");
-            errors.syncAndCheck();
-            h.get(id);
+        if (ids.numel() < tokens) {
+            throw new IndexOutOfBoundsException("ids: elements [0, " + tokens + ") of " + ids + " (" + ids.numel()
+                    + " elements)");
         }
-        int[] plan = runsById(id, rows);
+        int[] plan = runsById(Arrays.copyOf(transfers.download(ids).ints(), tokens), rows);
         int runs = (plan.length - tokens - 1) / 2;
-        Tensor p = memory.scratch(DType.I32, plan.length);
+        Tensor p = transfers.upload(Tensor.ofInts(plan, plan.length));
         try {
             long pa = memory.addr(p, "embedding runs", 0, plan.length);
-            try (IntPointer h = new IntPointer(plan)) {
-                // pageable source: the copy is staged before the call returns, so h may be freed after it
-                Cuda.check(cudart.cudaMemcpyAsync(RawPointer.of(pa, 0), h, 4L * plan.length,
-                        cudart.cudaMemcpyHostToDevice, device.stream()), "cudaMemcpyAsync(embedding runs)");
-            }
             launcher.launch(K, "embedding_bwd_runs", runs, 1, Math.min(256, (hidden + 31) / 32 * 32), 0, dOutAt, pa,
                     pa + 4L * tokens, pa + 4L * (tokens + runs + 1), hidden, table);
         } finally {
