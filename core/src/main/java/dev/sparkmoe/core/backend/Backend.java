@@ -282,4 +282,24 @@ public interface Backend {
      */
     void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, int n, float lr, float beta1, float beta2, float eps,
                float weightDecay, long step);
+
+    /**
+     * As {@link #adamw(Tensor, Tensor, Tensor, Tensor, int, float, float, float, float, float, long)} on the whole
+     * parameter ({@code n} is its element count), then, where {@code compute} is not null, the updated parameter
+     * written into it in its dtype ({@link #convert}): the compute copy that FSDP computes with under a narrower param
+     * dtype, kept current by the step that changes the master values. The default converts after the step; a device
+     * backend writes both in one pass.
+     */
+    default void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, int n, float lr, float beta1, float beta2,
+                       float eps, float weightDecay, long step, Tensor compute) {
+        if (compute != null && (n != param.numel() || compute.numel() != param.numel())) {
+            throw new IllegalArgumentException("adamw with a compute copy updates the whole parameter: n = " + n
+                    + ", the parameter " + param + " and the compute copy " + compute + " must all hold "
+                    + param.numel() + " elements");
+        }
+        adamw(param, grad, m, v, n, lr, beta1, beta2, eps, weightDecay, step);
+        if (compute != null) {
+            convert(param, compute);
+        }
+    }
 }

@@ -34,10 +34,10 @@ public final class Attention extends Module {
         headDim = c.headDim();
         eps = (float) c.rmsNormEps();
         theta = (float) c.ropeTheta();
-        qProj = new Parameter(path + ".q_proj.weight", be, qHeads * headDim, hidden);
-        kProj = new Parameter(path + ".k_proj.weight", be, kvHeads * headDim, hidden);
-        vProj = new Parameter(path + ".v_proj.weight", be, kvHeads * headDim, hidden);
-        oProj = new Parameter(path + ".o_proj.weight", be, hidden, qHeads * headDim);
+        qProj = new Parameter(path + ".q_proj.weight", be, qHeads * headDim, hidden).readByGemmsOnly();
+        kProj = new Parameter(path + ".k_proj.weight", be, kvHeads * headDim, hidden).readByGemmsOnly();
+        vProj = new Parameter(path + ".v_proj.weight", be, kvHeads * headDim, hidden).readByGemmsOnly();
+        oProj = new Parameter(path + ".o_proj.weight", be, hidden, qHeads * headDim).readByGemmsOnly();
         qNorm = new Parameter(path + ".q_norm.weight", be, headDim);
         kNorm = new Parameter(path + ".k_norm.weight", be, headDim);
     }

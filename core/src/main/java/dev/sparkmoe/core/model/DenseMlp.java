@@ -18,9 +18,9 @@ public final class DenseMlp extends Module {
         super(path);
         int hidden = c.hiddenSize();
         inter = c.intermediateSize();
-        gateProj = new Parameter(path + ".gate_proj.weight", be, inter, hidden);
-        upProj = new Parameter(path + ".up_proj.weight", be, inter, hidden);
-        downProj = new Parameter(path + ".down_proj.weight", be, hidden, inter);
+        gateProj = new Parameter(path + ".gate_proj.weight", be, inter, hidden).readByGemmsOnly();
+        upProj = new Parameter(path + ".up_proj.weight", be, inter, hidden).readByGemmsOnly();
+        downProj = new Parameter(path + ".down_proj.weight", be, hidden, inter).readByGemmsOnly();
     }
 
     @Override

@@ -33,9 +33,9 @@ public final class Experts extends Module {
         inter = c.moeIntermediateSize();
         numExperts = c.numExperts();
         localExperts = numExperts;
-        gateProj = new Parameter(path + ".gate_proj", be, numExperts, inter, hidden);
-        upProj = new Parameter(path + ".up_proj", be, numExperts, inter, hidden);
-        downProj = new Parameter(path + ".down_proj", be, numExperts, hidden, inter);
+        gateProj = new Parameter(path + ".gate_proj", be, numExperts, inter, hidden).readByGemmsOnly();
+        upProj = new Parameter(path + ".up_proj", be, numExperts, inter, hidden).readByGemmsOnly();
+        downProj = new Parameter(path + ".down_proj", be, numExperts, hidden, inter).readByGemmsOnly();
     }
 
     @Override

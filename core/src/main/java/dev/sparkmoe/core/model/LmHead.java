@@ -29,7 +29,7 @@ public final class LmHead extends Module {
         int h = c.hiddenSize();
         tied = c.tieWordEmbeddings();
         norm = new Parameter("model.norm.weight", be, h);
-        weight = tied ? embed : new Parameter("lm_head.weight", be, c.vocabSize(), h);
+        weight = tied ? embed : new Parameter("lm_head.weight", be, c.vocabSize(), h).readByGemmsOnly();
     }
 
     /** The final norm, and the LM head weight unless it is the (tied) embedding, which the root owns. */

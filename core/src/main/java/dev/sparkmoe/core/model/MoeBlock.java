@@ -25,7 +25,7 @@ public final class MoeBlock extends Module {
         numExperts = c.numExperts();
         topK = c.numExpertsPerTok();
         normTopk = c.normTopkProb();
-        router = new Parameter(path + ".gate.weight", be, numExperts, hidden);
+        router = new Parameter(path + ".gate.weight", be, numExperts, hidden).readByGemmsOnly();
         experts = new Experts(path + ".experts", c, be);
     }
 

@@ -18,6 +18,7 @@ public final class Parameter {
     private Tensor value;
     private Tensor grad;
     private final Backend backend;
+    private boolean readByGemmsOnly;
 
     /** A parameter whose value and gradient live on {@code backend}. */
     public Parameter(String name, Tensor value, Backend backend) {
@@ -37,6 +38,22 @@ public final class Parameter {
 
     public Backend backend() {
         return backend;
+    }
+
+    /**
+     * Marks the value as read only as a GEMM operand (projection and expert weights, an untied LM head; not norms or
+     * an embedding table), so that a value held in the backend's GEMM dtype ({@link Backend#gemmDType()}) may stand in
+     * for the f32 one: FSDP then computes with a param-dtype compute copy of the shard (FSDP2's bf16 param dtype)
+     * instead of converting the f32 value at every GEMM. Returns this parameter.
+     */
+    public Parameter readByGemmsOnly() {
+        this.readByGemmsOnly = true;
+        return this;
+    }
+
+    /** Whether {@link #readByGemmsOnly()} marked this parameter. */
+    public boolean isReadByGemmsOnly() {
+        return readByGemmsOnly;
     }
 
     /** Hub-style name with stacked experts, e.g. "model.layers.0.mlp.experts.gate_proj". */

@@ -561,12 +561,37 @@ public final class CudaBackend implements Backend, AutoCloseable {
                                          float alpha, Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb,
                                          float beta, Tensor c, int[] cOff, int ldc) {
         current();
-        grouped.groupedGemm(transA, transB, groups, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+        boolean[] asIs = grouped.takesAsIs(transA, transB, m, n, k, a, aOff, lda, b, bOff, ldb);
+        Tensor aIn = asIs[0] ? a : widened(a);
+        Tensor bIn = asIs[1] ? b : widened(b);
+        try {
+            grouped.groupedGemm(transA, transB, groups, m, n, k, alpha, aIn, aOff, lda, bIn, bOff, ldb, beta, c, cOff,
+                    ldc);
+        } finally { // stream-ordered: a later user of the block queues behind the GEMM that reads it
+            if (aIn != a) {
+                release(aIn);
+            }
+            if (bIn != b) {
+                release(bIn);
+            }
+        }
+    }
+
+    /** An F32 copy of a BF16 operand that the grouped GEMM cannot read in place (exact: widening). */
+    private Tensor widened(Tensor t) {
+        Tensor w = transfers.empty(DType.F32, t.shape());
+        elementwise.convert(t, w);
+        return w;
     }
 
     /** Number of kept grouped GEMM operand copies (tests). */
     synchronized int heldOperandCopies() {
         return operands.heldOperandCopies();
+    }
+
+    /** BF16 grouped GEMM operands read in place so far (tests). */
+    synchronized long groupedBf16InPlace() {
+        return operands.bf16InPlace();
     }
 
     /** Operand blocks converted to bf16 so far (grouped_cast_bf16 launches; tests). */
@@ -754,7 +779,19 @@ public final class CudaBackend implements Backend, AutoCloseable {
     public synchronized void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, int n, float lr, float beta1,
                                    float beta2, float eps, float weightDecay, long step) {
         current();
-        adamw.adamw(param, grad, m, v, n, lr, beta1, beta2, eps, weightDecay, step);
+        adamw.adamw(param, grad, m, v, n, lr, beta1, beta2, eps, weightDecay, step, null);
+    }
+
+    /** One pass: the BF16 compute copy is written by the step's kernel ({@link AdamWKernel}), not converted after. */
+    @Override
+    public synchronized void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, int n, float lr, float beta1,
+                                   float beta2, float eps, float weightDecay, long step, Tensor compute) {
+        if (compute != null && compute.dtype() != DType.BF16) {
+            Backend.super.adamw(param, grad, m, v, n, lr, beta1, beta2, eps, weightDecay, step, compute);
+            return;
+        }
+        current();
+        adamw.adamw(param, grad, m, v, n, lr, beta1, beta2, eps, weightDecay, step, compute);
     }
 
     @Override

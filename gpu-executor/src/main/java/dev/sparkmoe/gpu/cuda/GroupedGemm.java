@@ -1,5 +1,6 @@
 package dev.sparkmoe.gpu.cuda;
 
+import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import org.bytedeco.cuda.cudart.CUfunc_st;
 import org.bytedeco.cuda.global.cudart;
@@ -150,6 +151,23 @@ final class GroupedGemm {
     /** Whether {@link Kernel#SM90} runs here: compute capability 9.0 with its shared memory. */
     boolean sm90Supported() {
         return sm90Fits;
+    }
+
+    /**
+     * Whether {@link #groupedGemm} reads {@code a} and {@code b} as they are: true for an F32 operand, and for a BF16
+     * one (a weight's compute copy) where the kernel runs and can read it in place
+     * ({@link GroupedGemmOperands#readableInPlace}); the caller widens the others to F32 first.
+     */
+    boolean[] takesAsIs(boolean transA, boolean transB, int[] m, int[] n, int[] k, Tensor a, int[] aOff, int lda,
+                        Tensor b, int[] bOff, int ldb) {
+        boolean kernel = a.dtype() == DType.BF16 || b.dtype() == DType.BF16
+                ? effectiveMode() == CudaBackend.GroupedMode.KERNEL && kernelSupported()
+                && (effectiveKernel() != Kernel.SM90 || sm90Fits)
+                && 256L * (Math.max(Math.max(lda, ldb), 1) + 8) <= Integer.MAX_VALUE : false;
+        int[][] dims = GroupedGemmOperands.operandDims(transA, transB, m, n, k);
+        return new boolean[] {
+            a.dtype() != DType.BF16 || kernel && operands.readableInPlace(a, aOff, lda, dims[0], dims[1], m, n, k),
+            b.dtype() != DType.BF16 || kernel && operands.readableInPlace(b, bOff, ldb, dims[2], dims[3], m, n, k)};
     }
 
     void groupedGemm(boolean transA, boolean transB, int groups, int[] m, int[] n, int[] k, float alpha, Tensor a,

@@ -1,5 +1,6 @@
 package dev.sparkmoe.gpu.cuda;
 
+import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import org.bytedeco.cuda.cudart.CUfunc_st;
 import org.bytedeco.cuda.global.cudart;
@@ -50,6 +51,7 @@ final class GroupedGemmOperands {
     private long heldAt; // the backend call that made or last used the kept copies
     private long ops; // backend calls so far
     private long operandCasts; // grouped_cast_bf16 launches so far
+    private long bf16InPlace; // BF16 tensors read in place so far
 
     /** An operand copy and what it converted ({@link #castKey}). */
     record HeldCast(DeviceBuffer copy, long[] key) {
@@ -120,6 +122,16 @@ final class GroupedGemmOperands {
      */
     Bf16Operand bf16Operand(Tensor t, String what, int[] off, int ld, int[] rows, int[] cols, int[] k, int[] active,
                             int start, int here, long[] at, List<HeldCast> offered) {
+        if (t.dtype() == DType.BF16) { // a BF16 tensor (a weight's compute copy): read in place (see readableInPlace)
+            long base = memory.addrOf(t, DType.BF16, what, 0, t.numel());
+            for (int q = 0; q < here; q++) {
+                int g = active[start + q];
+                at[q] = k[g] > 0 ? off[g] : 0;
+            }
+            at[MAX_GROUPS] = ld;
+            bf16InPlace++;
+            return new Bf16Operand(base, ld, null);
+        }
         Bf16Images.Image img = imageOperand(t, off, ld, rows, cols, k, active, start, here, at);
         if (img != null) {
             return new Bf16Operand(img.address(), ld, null);
@@ -176,6 +188,31 @@ final class GroupedGemmOperands {
         at[MAX_GROUPS] = ld;
         images.countOperandRead();
         return found;
+    }
+
+    /**
+     * Whether the kernel can read the BF16 tensor {@code t} in place as an operand whose group g is the [rows[g],
+     * cols[g]] block at element off[g] with stride ld, for every group that reads it (m, n, k > 0): the kernel reads
+     * rows in 16-byte chunks and expects zeros past a row's end, so ld and every block's cols must be multiples of 8
+     * and every block must start 16-byte aligned (the cast copies are laid out so; a compute copy of a weight whose
+     * dims are multiples of 8 is too). Otherwise the caller widens it to f32 first, and it is cast as any f32 operand.
+     */
+    boolean readableInPlace(Tensor t, int[] off, int ld, int[] rows, int[] cols, int[] m, int[] n, int[] k) {
+        if (t.dtype() != DType.BF16 || ld % 8 != 0) {
+            return false;
+        }
+        long base = memory.addrOf(t, DType.BF16, "grouped GEMM operand", 0, t.numel());
+        for (int g = 0; g < m.length; g++) {
+            if (m[g] > 0 && n[g] > 0 && k[g] > 0 && (rows[g] <= 0 || cols[g] % 8 != 0 || (base + 2L * off[g]) % 16 != 0)) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /** BF16 operands the kernel read in place so far (tests). */
+    long bf16InPlace() {
+        return bf16InPlace;
     }
 
     /** Releases the kept operand copies (stream-ordered). */

@@ -1,9 +1,9 @@
-// AdamWKernel's fused torch.optim.AdamW step (f32 and float4 forms). Compiled at run time by NVRTC (see
-// KernelLibrary); CudaBackendTest compares it with CpuBackend.adamw.
+// AdamWKernel's fused torch.optim.AdamW step (f32 and float4 forms; the _bf16 forms also write the updated parameter
+// rounded to bf16 into its compute copy, FSDP's param dtype). Compiled at run time by NVRTC (see KernelLibrary);
+// CudaBackendTest compares it with CpuBackend.adamw and CpuBackend.convert.
 
 #include "kernels_common.cuh"  // error word, reductions, grid-stride loop, float4 and bf16 helpers
 
-extern "C" {
 
 // ------------------------------------------------------------------ AdamW (scalars prepared on the host as CpuBackend)
 
@@ -17,20 +17,32 @@ __device__ __forceinline__ float adamw_one(float p, float g, float& mi, float& v
     return p + (-stepSize) * (mi / denom);
 }
 
-__global__ void adamw_f32(float* param, const float* grad, float* m, float* v, int n, float decay, int doDecay,
-                          float w1, float beta2, float w2, float stepSize, float bc2Sqrt, float eps) {
+// The f32 body, with the compute copy (OUT = unsigned short: bf16) or without it (OUT = void: nothing more written).
+__device__ __forceinline__ void adamw_out(void*, long long, float) {}
+__device__ __forceinline__ void adamw_out(unsigned short* out, long long i, float p) { out[i] = bf16_rn(p); }
+__device__ __forceinline__ void adamw_out4(void*, long long, float4) {}
+__device__ __forceinline__ void adamw_out4(unsigned short* out, long long c, float4 p) { st4_bf16(out, c, p); }
+
+template <class OUT>
+__device__ __forceinline__ void adamw_body(float* param, const float* grad, float* m, float* v, OUT* out, int n,
+                                           float decay, int doDecay, float w1, float beta2, float w2, float stepSize,
+                                           float bc2Sqrt, float eps) {
     GRID_STRIDE(i, n) {
         float mi = m[i], vi = v[i];
-        param[i] = adamw_one(param[i], grad[i], mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        float p = adamw_one(param[i], grad[i], mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        param[i] = p;
         m[i] = mi;
         v[i] = vi;
+        adamw_out(out, i, p);
     }
 }
 
-// float4 form (all four 16-byte aligned); the n % 4 tail by the first threads of the grid.
-__global__ void adamw_f32x4(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m,
-                            float* __restrict__ v, int n, float decay, int doDecay, float w1, float beta2, float w2,
-                            float stepSize, float bc2Sqrt, float eps) {
+// float4 form (param, grad, m, v 16-byte aligned, out 8-byte aligned); the n % 4 tail by the first threads of the grid.
+template <class OUT>
+__device__ __forceinline__ void adamw_body4(float* __restrict__ param, const float* __restrict__ grad,
+                                            float* __restrict__ m, float* __restrict__ v, OUT* __restrict__ out, int n,
+                                            float decay, int doDecay, float w1, float beta2, float w2, float stepSize,
+                                            float bc2Sqrt, float eps) {
     int n4 = n >> 2;
     GRID_STRIDE(i, n4) {
         int c = (int)i;
@@ -42,15 +54,44 @@ __global__ void adamw_f32x4(float* __restrict__ param, const float* __restrict__
         st4(param, c, p);
         st4(m, c, mi);
         st4(v, c, vi);
+        adamw_out4(out, c, p);
     }
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t < n - 4 * n4) {
         int i = 4 * n4 + (int)t;
         float mi = m[i], vi = v[i];
-        param[i] = adamw_one(param[i], grad[i], mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        float p = adamw_one(param[i], grad[i], mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        param[i] = p;
         m[i] = mi;
         v[i] = vi;
+        adamw_out(out, i, p);
     }
+}
+
+extern "C" {
+
+__global__ void adamw_f32(float* param, const float* grad, float* m, float* v, int n, float decay, int doDecay,
+                          float w1, float beta2, float w2, float stepSize, float bc2Sqrt, float eps) {
+    adamw_body<void>(param, grad, m, v, nullptr, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+}
+
+__global__ void adamw_f32x4(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m,
+                            float* __restrict__ v, int n, float decay, int doDecay, float w1, float beta2, float w2,
+                            float stepSize, float bc2Sqrt, float eps) {
+    adamw_body4<void>(param, grad, m, v, nullptr, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+}
+
+__global__ void adamw_f32_bf16(float* param, const float* grad, float* m, float* v, unsigned short* out, int n,
+                               float decay, int doDecay, float w1, float beta2, float w2, float stepSize,
+                               float bc2Sqrt, float eps) {
+    adamw_body<unsigned short>(param, grad, m, v, out, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+}
+
+__global__ void adamw_f32x4_bf16(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m,
+                                 float* __restrict__ v, unsigned short* __restrict__ out, int n, float decay,
+                                 int doDecay, float w1, float beta2, float w2, float stepSize, float bc2Sqrt,
+                                 float eps) {
+    adamw_body4<unsigned short>(param, grad, m, v, out, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
 }
 
 }  // extern "C"

@@ -6,6 +6,7 @@ import dev.sparkmoe.core.tensor.Tensor;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 
+import java.util.Arrays;
 import java.util.Random;
 
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.assertClose;
@@ -761,6 +762,22 @@ class CudaBackendTest {
             assertClose(cp.floats(), down(gp), 1e-6, "adamw param wd=" + wd);
             assertClose(cm.floats(), down(gm), 1e-6, "adamw m");
             assertClose(cv.floats(), down(gv), 1e-6, "adamw v");
+        }
+        // with a bf16 compute copy: the same step, and the copy holds the updated values rounded to nearest even,
+        // bit for bit what convert makes of them (float4 and scalar forms: n = 10,000 and 10,001)
+        for (int len : new int[] {n - 1, n}) {
+            float[] pl = Arrays.copyOf(p, len), gl = Arrays.copyOf(g, len), ml = Arrays.copyOf(m, len);
+            float[] vl = Arrays.copyOf(v, len);
+            Tensor cp = host(pl, len), cm = host(ml, len), cv = host(vl, len);
+            cpu.adamw(cp, host(gl, len), cm, cv, len, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7);
+            Tensor gp = up(pl, len), gm = up(ml, len), gv = up(vl, len);
+            Tensor copy = gpu.empty(DType.BF16, len);
+            gpu.adamw(gp, up(gl, len), gm, gv, len, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7, copy);
+            assertClose(cp.floats(), down(gp), 1e-6, "adamw param with a compute copy, n=" + len);
+            assertClose(cm.floats(), down(gm), 1e-6, "adamw m with a compute copy");
+            Tensor rounded = gpu.empty(DType.BF16, len);
+            gpu.convert(gp, rounded);
+            assertArrayEquals(down(rounded), down(copy), "the compute copy is the updated parameter in bf16, n=" + len);
         }
     }
 }

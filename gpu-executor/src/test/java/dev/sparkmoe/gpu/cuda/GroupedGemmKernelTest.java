@@ -200,6 +200,86 @@ class GroupedGemmKernelTest {
 
     // ------------------------------------------------------------------ tests
 
+    /**
+     * BF16 operands (a weight's compute copy, {@code FsdpParam}): the kernel reads them in place where every block
+     * starts 16-byte aligned and rows are multiples of 8 values (the layout below, as a stacked weight of dims that
+     * are multiples of 8), the backend widens them to f32 first where not (odd offsets and strides) and for the loop;
+     * every result is the product of the bf16 values, as for f32 operands that the kernel rounds to the same values.
+     */
+    @Test
+    void bf16OperandsAreReadInPlaceOrWidened() {
+        CudaBackend gpu = GpuTestSupport.backend();
+        int[] m = {40, 0, 16, 136, 8};
+        int[] n = {40, 72, 48, 64, 8};
+        int[] k = {72, 48, 0, 136, 24};
+        long seed = System.nanoTime();
+        for (boolean[] t : TRANS) {
+            for (boolean inPlace : new boolean[] {true, false}) {
+                Problem p = inPlace ? packed16Bytes("bf16 operands in place", t[0], t[1], m, n, k)
+                        : packed("bf16 operands widened", t[0], t[1], m, n, k, false);
+                Random r = new Random(seed++);
+                float[] a = roundedToBf16(rnd(r, p.aLen(), 1));
+                float[] b = roundedToBf16(rnd(r, p.bLen(), 1));
+                float[] c0 = rnd(r, p.cLen(), 1);
+                float[] want = c0.clone();
+                cpuGroupedGemm(p, 0.8f, a, b, 0.5f, want);
+                List<CudaBackend.GroupedMode> modes = List.of(CudaBackend.GroupedMode.KERNEL,
+                        CudaBackend.GroupedMode.LOOP);
+                for (CudaBackend.GroupedMode mode : modes) {
+                    for (GroupedGemm.Kernel kind : mode == CudaBackend.GroupedMode.KERNEL ? kernels(gpu)
+                            : List.of(GroupedGemm.Kernel.AUTO)) {
+                        CudaBackend.GroupedMode saved = gpu.groupedMode();
+                        gpu.setGroupedMode(mode);
+                        gpu.setGroupedKernel(kind);
+                        try (var scope = gpu.openScope()) {
+                            Tensor a16 = gpu.empty(DType.BF16, p.aLen());
+                            Tensor b16 = gpu.empty(DType.BF16, p.bLen());
+                            gpu.convert(gpu.upload(host(a, a.length)), a16);
+                            gpu.convert(gpu.upload(host(b, b.length)), b16);
+                            Tensor gc = gpu.upload(host(c0, c0.length));
+                            long before = gpu.groupedBf16InPlace();
+                            gpu.groupedGemm(p.tA(), p.tB(), p.groups(), p.m(), p.n(), p.k(), 0.8f, a16, p.aOff(),
+                                    p.lda(), b16, p.bOff(), p.ldb(), 0.5f, gc, p.cOff(), p.ldc());
+                            String what = p.name() + " tA=" + p.tA() + " tB=" + p.tB() + " " + mode + " " + kind;
+                            assertMatches(want, gpu.download(gc).floats(), TIGHT, what);
+                            boolean read = mode == CudaBackend.GroupedMode.KERNEL && inPlace;
+                            assertEquals(read ? 2 : 0, gpu.groupedBf16InPlace() - before,
+                                    what + ": operands read in place");
+                        } finally {
+                            gpu.setGroupedMode(saved);
+                            gpu.setGroupedKernel(GroupedGemm.Kernel.AUTO);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /** Blocks packed with strides and offsets that are multiples of 8 elements (16 bytes of bf16). */
+    private static Problem packed16Bytes(String name, boolean tA, boolean tB, int[] m, int[] n, int[] k) {
+        int groups = m.length;
+        int[] aOff = new int[groups], bOff = new int[groups], cOff = new int[groups];
+        int lda = 0, ldb = 0, ldc = 0;
+        for (int g = 0; g < groups; g++) {
+            lda = Math.max(lda, tA ? m[g] : k[g]);
+            ldb = Math.max(ldb, tB ? k[g] : n[g]);
+            ldc = Math.max(ldc, n[g]);
+        }
+        lda = (lda + 7) / 8 * 8 + 8;
+        ldb = (ldb + 7) / 8 * 8 + 8;
+        ldc = ldc + 3;
+        int aAt = 8, bAt = 16, cAt = 1;
+        for (int g = 0; g < groups; g++) {
+            aOff[g] = aAt;
+            bOff[g] = bAt;
+            cOff[g] = cAt;
+            aAt += (tA ? k[g] : m[g]) * lda + 8;
+            bAt += (tB ? n[g] : k[g]) * ldb + 8;
+            cAt += m[g] * ldc + 5;
+        }
+        return new Problem(name, tA, tB, m, n, k, aOff, lda, aAt + 8, bOff, ldb, bAt + 8, cOff, ldc, cAt + 8);
+    }
+
     @Test
     void raggedGroupsEveryTransposition() {
         CudaBackend gpu = GpuTestSupport.backend();

@@ -157,6 +157,48 @@ class GpuTrainingTest {
         }).get(0);
     }
 
+    /**
+     * bf16 on one GPU: every weight read only by GEMMs computes with a bf16 compute copy of its shard, which the
+     * fused AdamW kernel writes in the optimizer's pass: after each step it holds the master weights rounded to nearest
+     * even, bit for bit what convert makes of them; the losses stay those of the f32 run within bf16 rounding.
+     */
+    @org.junit.jupiter.api.Test
+    void bf16ComputeCopiesFollowTheMasterWeights() {
+        TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-5, 1, 3, "cosine", 0.9, 0.95,
+                1e-6, 0.1, 1.0, 1); // run()'s
+        TrainerSpec spec = new TrainerSpec(configJson, null, 0, 1, 1, 16, opt, "cuda", -1, "bf16", "none");
+        Result f32 = run(1, 1);
+        InJvmRanks.run(1, Duration.ofMinutes(2), host -> {
+            try (CudaBackend be = new CudaBackend(0);
+                 NcclCommunicator world = GpuWorld.create(host, be, Duration.ofMinutes(2))) {
+                be.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
+                try (DistributedTrainer t = new DistributedTrainer(spec, world, be, full)) {
+                    int copies = 0;
+                    for (int step = 0; step < 3; step++) {
+                        double loss = t.step(batch()).loss();
+                        assertEquals(f32.lm[step], loss, 3e-2 * f32.lm[step], "bf16 loss of step " + (step + 1));
+                        copies = 0;
+                        for (FsdpParam p : t.shardedParameters()) {
+                            Tensor copy = p.computeCopy();
+                            assertEquals(p.keepsComputeCopy(), copy != null, p.parameter().name());
+                            if (copy == null) {
+                                continue;
+                            }
+                            copies++;
+                            Tensor rounded = be.empty(dev.sparkmoe.core.tensor.DType.BF16, p.shard().shape());
+                            be.convert(p.shard(), rounded);
+                            org.junit.jupiter.api.Assertions.assertArrayEquals(be.download(rounded).floats(),
+                                    be.download(copy).floats(), p.parameter().name() + " after step " + (step + 1));
+                            be.release(rounded);
+                        }
+                    }
+                    assertTrue(copies >= 4 * config.numHiddenLayers(), "compute copies kept: " + copies);
+                }
+            }
+            return null;
+        });
+    }
+
     @ParameterizedTest(name = "dp_shard={0}, ep={1}")
     @CsvSource({"2,1", "2,2", "4,1", "4,2", "4,4"})
     void severalGpusMatchOneGpu(int dp, int ep) {

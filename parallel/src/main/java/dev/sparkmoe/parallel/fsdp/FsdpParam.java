@@ -17,6 +17,15 @@ import java.util.List;
  * the parameter takes its shard's shape, its value is the shard itself, and its gradient is the shard's gradient,
  * accumulated without a reduce-scatter, as in a group of one. Its layout still describes the whole tensor, so
  * checkpoints, loading and export see it as any FSDP shard.
+ *
+ * <p>A parameter that computes with its shard (alone in its group, or {@link #computesOnShard()}) under a param dtype
+ * that the backend's GEMMs take ({@link Backend#gemmDType()}: BF16 on CUDA at bf16) and that only GEMMs read
+ * ({@link Parameter#isReadByGemmsOnly()}) computes with a <em>compute copy</em>: the shard in the param dtype, kept
+ * from step to step. The optimizer step writes it in the same pass as the master shard ({@link #computeCopyToUpdate});
+ * anything else that writes the shard ({@link #setShard}) has it made again before the next use. FSDP2 rounds the
+ * master weights into its bf16 all-gather buffer at every unshard, before the forward and again before the backward;
+ * GEMMs reading the compute copy see those same values, made once per step instead of twice, and the copies each GEMM
+ * made of an f32 value are gone.
  */
 public final class FsdpParam {
     private final Parameter param;
@@ -30,6 +39,9 @@ public final class FsdpParam {
     private final boolean computesOnShard;
     private Communicator self;  // a group of this rank alone, whose wire rounds the compute copy (null: none)
     private DType wire = DType.F32;
+    private DType paramDtype = DType.F32;
+    private Tensor computeCopy;   // the shard in paramDtype, or null (none kept, or not made yet)
+    private boolean computeStale; // the shard was written since computeCopy was
 
     /**
      * The shard of a full weight is sliced from it; an unmaterialised parameter gets a zero shard of this rank's
@@ -61,6 +73,53 @@ public final class FsdpParam {
     void computeThrough(Communicator self, DType wire) {
         this.self = self;
         this.wire = wire;
+    }
+
+    /**
+     * The FSDP unit's param dtype: what the weights are gathered and computed in. Where it makes this parameter keep a
+     * compute copy (see the class comment), the copy is allocated here, with the shards, outside any step's
+     * allocation scope (which would release it at the step's end); it is filled from the shard at its first use.
+     */
+    void paramDtype(DType dtype) {
+        this.paramDtype = dtype;
+        if (keepsComputeCopy() && computeCopy == null) {
+            computeCopy = param.backend().empty(paramDtype, shard.shape());
+            computeStale = true;
+        }
+    }
+
+    /**
+     * Whether this parameter computes with a compute copy kept from step to step (see the class comment): alone with
+     * its shard, a param dtype narrower than f32 that the backend's GEMMs take, and read by GEMMs only.
+     */
+    public boolean keepsComputeCopy() {
+        return alone() && paramDtype != DType.F32 && param.isReadByGemmsOnly()
+                && param.backend().gemmDType() == paramDtype;
+    }
+
+    /**
+     * For the optimizer step that is about to update the shard: the kept compute copy, which that step must write
+     * too (it then counts as current), or null where none is kept.
+     */
+    public Tensor computeCopyToUpdate() {
+        if (computeCopy != null) {
+            computeStale = false;
+        }
+        return computeCopy;
+    }
+
+    /** The kept compute copy as it is now (null where none is kept); read it only while it is current. */
+    public Tensor computeCopy() {
+        return computeCopy;
+    }
+
+    /** The kept compute copy, made again from the shard where the shard was written since (no allocation). */
+    private Tensor currentComputeCopy() {
+        if (computeStale) {
+            param.backend().convert(shard, computeCopy);
+            computeStale = false;
+        }
+        return computeCopy;
     }
 
     /**
@@ -96,6 +155,7 @@ public final class FsdpParam {
         }
         Backend be = param.backend();
         be.copyFromHost(t, shard);
+        computeStale = true;
     }
 
     /** The accumulated gradient shard, zero when none was reduced since the last {@link #zeroGrad()}. */
@@ -144,6 +204,10 @@ public final class FsdpParam {
         if (param.isMaterialised()) {
             return;
         }
+        if (keepsComputeCopy()) {
+            param.setValue(currentComputeCopy());
+            return;
+        }
         if (computesOnShard && self != null && wire != DType.F32 && shard.numel() > 0) {
             Tensor copy = param.backend().empty(DType.F32, shard.shape());
             self.allGatherStart(List.of(new Communicator.Part(shard, 0, copy, 0, shard.numel())), wire)
@@ -156,7 +220,7 @@ public final class FsdpParam {
 
     void reshard() {
         finishGather(); // prefetched but never used: order the release after the gather
-        if (param.isMaterialised() && param.value() != shard) {
+        if (param.isMaterialised() && param.value() != shard && param.value() != computeCopy) {
             param.backend().release(param.value());
         }
         param.setValue(null);

@@ -74,6 +74,7 @@ public final class FullyShard {
             }
             boolean onShard = computedOnShard.contains(p);
             FsdpParam fp = new FsdpParam(p, group, shardPlacement.applyAsInt(p), onShard);
+            fp.paramDtype(policy.paramDtype());
             if (onShard && policy.paramDtype() != dev.sparkmoe.core.tensor.DType.F32) {
                 Communicator self = group.split(group.rank(), 0, group.name() + "-self");
                 selfGroups.add(self);

@@ -299,7 +299,7 @@ public final class DistributedTrainer implements RankTrainer {
             }
         }
         for (FsdpParam p : params) {
-            adamw.step(model.backend(), p.shard(), p.shardGrad(), optState.get(p), lr, step);
+            adamw.step(model.backend(), p.shard(), p.shardGrad(), optState.get(p), lr, step, p.computeCopyToUpdate());
             p.zeroGrad();
         }
         steps = step;
