@@ -284,22 +284,54 @@ public interface Backend {
                float weightDecay, long step);
 
     /**
-     * As {@link #adamw(Tensor, Tensor, Tensor, Tensor, int, float, float, float, float, float, long)} on the whole
-     * parameter ({@code n} is its element count), then, where {@code compute} is not null, the updated parameter
-     * written into it in its dtype ({@link #convert}): the compute copy that FSDP computes with under a narrower param
-     * dtype, kept current by the step that changes the master values. The default converts after the step; a device
-     * backend writes both in one pass.
+     * One tensor of an optimizer step ({@link #adamwStep}): the parameter (its master values, updated in place), its
+     * gradient, both moments, and the compute copy that receives the updated values in its own dtype (FSDP's compute
+     * copy under a narrower param dtype; null for none). All hold the parameter's element count.
      */
-    default void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, int n, float lr, float beta1, float beta2,
-                       float eps, float weightDecay, long step, Tensor compute) {
-        if (compute != null && (n != param.numel() || compute.numel() != param.numel())) {
-            throw new IllegalArgumentException("adamw with a compute copy updates the whole parameter: n = " + n
-                    + ", the parameter " + param + " and the compute copy " + compute + " must all hold "
-                    + param.numel() + " elements");
+    record AdamWSlot(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor compute) {
+    }
+
+    /**
+     * One AdamW step over many tensors, as {@link #adamw(Tensor, Tensor, Tensor, Tensor, int, float, float, float,
+     * float, float, long)} on each slot's whole parameter with its gradient read times {@code gradScale} (gradient
+     * clipping's coefficient, 1 for none: the f32 products {@link #scale} would store; the gradient tensors may be left
+     * scaled or not), then the updated parameter written into the slot's compute copy where it has one
+     * ({@link #convert}). Where {@code squares} is not null it receives, slot by slot, the sum of squares of each
+     * gradient as given (before {@code gradScale}), as {@link #sumSquares} computes it (f64; a device may add in
+     * another fixed order): the gradient norm of a step that clips nothing, measured in the optimizer's pass. The
+     * default runs sumSquares, then scale, adamw and convert slot by slot; a device backend does each slot in one pass.
+     */
+    default void adamwStep(java.util.List<AdamWSlot> slots, float lr, float beta1, float beta2, float eps,
+                           float weightDecay, long step, float gradScale, double[] squares) {
+        for (int i = 0; i < slots.size(); i++) {
+            AdamWSlot s = slots.get(i);
+            long n = s.param().numel();
+            for (Tensor t : new Tensor[] {s.grad(), s.m(), s.v(), s.compute()}) {
+                if (t != null && t.numel() != n) {
+                    throw new IllegalArgumentException("adamwStep slot " + i + ": " + t + " does not hold the " + n
+                            + " elements of the parameter " + s.param());
+                }
+            }
         }
-        adamw(param, grad, m, v, n, lr, beta1, beta2, eps, weightDecay, step);
-        if (compute != null) {
-            convert(param, compute);
+        if (squares != null) {
+            if (squares.length != slots.size()) {
+                throw new IllegalArgumentException("adamwStep: " + squares.length + " sums of squares asked for "
+                        + slots.size() + " slots");
+            }
+            java.util.List<Tensor> grads = new java.util.ArrayList<>(slots.size());
+            for (AdamWSlot s : slots) {
+                grads.add(s.grad());
+            }
+            System.arraycopy(sumSquares(grads), 0, squares, 0, slots.size());
+        }
+        for (AdamWSlot s : slots) {
+            if (gradScale != 1f) {
+                scale(s.grad(), gradScale);
+            }
+            adamw(s.param(), s.grad(), s.m(), s.v(), s.param().numel(), lr, beta1, beta2, eps, weightDecay, step);
+            if (s.compute() != null) {
+                convert(s.param(), s.compute());
+            }
         }
     }
 }

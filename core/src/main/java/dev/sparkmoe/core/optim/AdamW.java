@@ -78,16 +78,18 @@ public final class AdamW {
 
     /** One update of {@code param} with {@code grad}; {@code step} is 1-based and counts updates so far. */
     public void step(Backend be, Tensor param, Tensor grad, State s, double lr, long step) {
-        step(be, param, grad, s, lr, step, null);
+        be.adamw(param, grad, s.m, s.v, param.numel(), (float) lr, (float) hyper.beta1, (float) hyper.beta2,
+                (float) hyper.eps, (float) hyper.weightDecay, step);
     }
 
     /**
-     * As above, and the updated parameter also written into {@code compute} (when not null) in its dtype: the
-     * param-dtype compute copy FSDP computes with ({@link Backend#adamw(Tensor, Tensor, Tensor, Tensor, int, float,
-     * float, float, float, float, long, Tensor)}).
+     * One step over many tensors ({@link Backend#adamwStep}): the gradients read times {@code gradScale} (clipping's
+     * coefficient, 1 for none), each slot's compute copy written, and, where {@code squares} is not null, each
+     * gradient's sum of squares measured in the same pass.
      */
-    public void step(Backend be, Tensor param, Tensor grad, State s, double lr, long step, Tensor compute) {
-        be.adamw(param, grad, s.m, s.v, param.numel(), (float) lr, (float) hyper.beta1, (float) hyper.beta2,
-                (float) hyper.eps, (float) hyper.weightDecay, step, compute);
+    public void step(Backend be, java.util.List<Backend.AdamWSlot> slots, double lr, long step, float gradScale,
+                     double[] squares) {
+        be.adamwStep(slots, (float) lr, (float) hyper.beta1, (float) hyper.beta2, (float) hyper.eps,
+                (float) hyper.weightDecay, step, gradScale, squares);
     }
 }

@@ -1,53 +1,112 @@
 package dev.sparkmoe.gpu.cuda;
 
+import static dev.sparkmoe.gpu.cuda.KernelLauncher.THREADS;
 import static dev.sparkmoe.gpu.cuda.KernelLauncher.aligned16;
 
+import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.optim.AdamW;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
+import java.util.List;
 
 /**
  * The optimizer step on the device: AdamW on a parameter shard and its moments in one pass (float4 where all four are
- * 16-byte aligned), with the coefficients the CPU reference computes ({@link AdamW.Coefficients}); given a BF16
- * compute copy of the shard, the same pass writes the updated values into it, rounded to nearest even (what
- * {@link CudaBackend#convert} would write after the step, without reading the shard again). Called under the
+ * 16-byte aligned), with the coefficients the CPU reference computes ({@link AdamW.Coefficients}). The same pass
+ * reads the gradient times the clipping coefficient, writes the updated values rounded to nearest even into a BF16
+ * compute copy where one is given (what {@link CudaBackend#convert} would write after the step, without reading the
+ * shard again), and, for a step that measures the gradient norm on its way, writes per-block sums of squares of the
+ * gradient for {@link SquareSums} (a grid of at most {@link #NORM_BLOCKS_PER_SM} blocks an SM then). Called under the
  * backend's lock.
  */
 final class AdamWKernel {
     private static final String K = KernelLauncher.ADAMW;
+    /** Blocks an SM of a step that sums squares: grid-stride over the rest, few partials to add. */
+    static final int NORM_BLOCKS_PER_SM = 8;
 
+    private final CudaDevice device;
     private final CudaMemory memory;
     private final KernelLauncher launcher;
+    private final KernelErrors errors;
 
-    AdamWKernel(CudaMemory memory, KernelLauncher launcher) {
+    AdamWKernel(CudaDevice device, CudaMemory memory, KernelLauncher launcher, KernelErrors errors) {
+        this.device = device;
         this.memory = memory;
         this.launcher = launcher;
+        this.errors = errors;
     }
 
-    /** {@code compute}: null, or a BF16 tensor of the parameter's element count that receives the updated values. */
-    void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, int n, float lr, float beta1, float beta2, float eps,
-               float weightDecay, long step, Tensor compute) {
-        if (compute != null && compute.numel() != param.numel()) {
-            throw new IllegalArgumentException("adamw: the compute copy " + compute + " does not hold the "
-                    + param.numel() + " elements of the parameter " + param);
-        }
-        if (n == 0) {
-            return;
+    /** {@link Backend#adamwStep}: one launch per slot, then (squares) one for the sums. */
+    void step(List<Backend.AdamWSlot> slots, float lr, float beta1, float beta2, float eps, float weightDecay,
+              long step, float gradScale, double[] squares) {
+        int count = slots.size();
+        if (squares != null && squares.length != count) {
+            throw new IllegalArgumentException("adamwStep: " + squares.length + " sums of squares asked for "
+                    + count + " slots");
         }
         AdamW.Coefficients c = AdamW.Coefficients.of(lr, beta1, beta2, weightDecay, step);
-        long pa = memory.addr(param, "param", 0, n), ga = memory.addr(grad, "grad", 0, n);
-        long ma = memory.addr(m, "m", 0, n);
-        long va = memory.addr(v, "v", 0, n);
-        int doDecay = weightDecay != 0f ? 1 : 0;
-        if (compute == null) {
-            boolean vec = aligned16(pa, ga, ma, va);
-            launcher.launch1D(K, vec ? "adamw_f32x4" : "adamw_f32", vec ? Math.max(n / 4, n % 4) : n, pa, ga, ma, va,
-                    n, c.decay(), doDecay, c.w1(), beta2, c.w2(), c.stepSize(), c.bc2Sqrt(), eps);
-            return;
+        long[][] at = new long[count][];
+        int[] grid = new int[count];
+        long[] work = new long[count];
+        for (int i = 0; i < count; i++) { // every slot checked before anything runs
+            Backend.AdamWSlot s = slots.get(i);
+            at[i] = addresses(s, i);
+            long n = s.param().numel();
+            work[i] = vector(at[i]) ? Math.max(n / 4, n % 4) : n;
+            grid[i] = KernelLauncher.blocksFor(work[i], THREADS);
+            if (squares != null) {
+                grid[i] = (int) Math.max(1, Math.min(grid[i], (long) NORM_BLOCKS_PER_SM * device.smCount()));
+            }
         }
-        long oa = memory.addrOf(compute, DType.BF16, "the compute copy", 0, n);
-        boolean vec = aligned16(pa, ga, ma, va) && oa % 8 == 0;
-        launcher.launch1D(K, vec ? "adamw_f32x4_bf16" : "adamw_f32_bf16", vec ? Math.max(n / 4, n % 4) : n, pa, ga,
-                ma, va, oa, n, c.decay(), doDecay, c.w1(), beta2, c.w2(), c.stepSize(), c.bc2Sqrt(), eps);
+        SquareSums sums = squares != null ? new SquareSums(device, memory, launcher, errors, grid) : null;
+        try {
+            int doDecay = weightDecay != 0f ? 1 : 0;
+            for (int i = 0; i < count; i++) {
+                long[] a = at[i];
+                int n = slots.get(i).param().numel();
+                if (n == 0 && sums == null) {
+                    continue;
+                }
+                long partial = sums == null ? 0L : sums.partials(i);
+                boolean vec = vector(a);
+                if (a[4] == 0) {
+                    launcher.launch(K, vec ? "adamw_f32x4" : "adamw_f32", grid[i], 1, THREADS, 0, a[0], a[1], a[2],
+                            a[3], n, c.decay(), doDecay, c.w1(), beta2, c.w2(), c.stepSize(), c.bc2Sqrt(), eps,
+                            gradScale, partial);
+                } else {
+                    launcher.launch(K, vec ? "adamw_f32x4_bf16" : "adamw_f32_bf16", grid[i], 1, THREADS, 0, a[0],
+                            a[1], a[2], a[3], a[4], n, c.decay(), doDecay, c.w1(), beta2, c.w2(), c.stepSize(),
+                            c.bc2Sqrt(), eps, gradScale, partial);
+                }
+            }
+            if (sums != null) {
+                System.arraycopy(sums.finish(), 0, squares, 0, count);
+            }
+        } finally {
+            if (sums != null) {
+                sums.close();
+            }
+        }
+    }
+
+    /** {param, grad, m, v, compute (0: none)} device addresses of slot i, checked. */
+    private long[] addresses(Backend.AdamWSlot s, int i) {
+        Tensor p = s.param();
+        long n = p.numel();
+        for (Tensor t : new Tensor[] {s.grad(), s.m(), s.v(), s.compute()}) {
+            if (t != null && t.numel() != n) {
+                throw new IllegalArgumentException("adamwStep slot " + i + ": " + t + " does not hold the " + n
+                        + " elements of the parameter " + p);
+            }
+        }
+        if (n == 0) {
+            return new long[5];
+        }
+        long oa = s.compute() == null ? 0 : memory.addrOf(s.compute(), DType.BF16, "the compute copy of slot " + i, 0, n);
+        return new long[] {memory.addr(p, "param " + i, 0, n), memory.addr(s.grad(), "grad " + i, 0, n),
+            memory.addr(s.m(), "m " + i, 0, n), memory.addr(s.v(), "v " + i, 0, n), oa};
+    }
+
+    private static boolean vector(long[] a) {
+        return aligned16(a[0], a[1], a[2], a[3]) && a[4] % 8 == 0;
     }
 }

@@ -178,7 +178,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.normAndRope = new NormAndRope(this.device, memory, launcher);
         this.embeddingAndLoss = new EmbeddingAndLoss(this.device, memory, launcher, errors, transfers);
         this.routing = new MoeRouting(this.device, memory, launcher, errors, images);
-        this.adamw = new AdamWKernel(memory, launcher);
+        this.adamw = new AdamWKernel(this.device, memory, launcher, errors);
         LOG.info(String.format("CUDA backend %s: %s, %s, %d SMs, gemm %s, grouped gemm %s (now %s, kernel %s), "
                         + "attention %s (score chunk %d MiB)", name(), deviceName(), arch(), this.device.smCount(),
                 dense.precision(), grouped.mode(), effectiveGroupedMode(), grouped.effectiveKernel(), attention.mode(),
@@ -778,20 +778,28 @@ public final class CudaBackend implements Backend, AutoCloseable {
     @Override
     public synchronized void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, int n, float lr, float beta1,
                                    float beta2, float eps, float weightDecay, long step) {
-        current();
-        adamw.adamw(param, grad, m, v, n, lr, beta1, beta2, eps, weightDecay, step, null);
+        if (n != param.numel()) {
+            throw new IllegalArgumentException("adamw on the GPU updates whole tensors: n = " + n + " for " + param);
+        }
+        adamwStep(java.util.List.of(new AdamWSlot(param, grad, m, v, null)), lr, beta1, beta2, eps, weightDecay,
+                step, 1f, null);
     }
 
-    /** One pass: the BF16 compute copy is written by the step's kernel ({@link AdamWKernel}), not converted after. */
+    /**
+     * One pass per slot ({@link AdamWKernel}): the clipping coefficient, the BF16 compute copy and the sums of squares
+     * in the step's kernel; a compute copy of another dtype is converted after it.
+     */
     @Override
-    public synchronized void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, int n, float lr, float beta1,
-                                   float beta2, float eps, float weightDecay, long step, Tensor compute) {
-        if (compute != null && compute.dtype() != DType.BF16) {
-            Backend.super.adamw(param, grad, m, v, n, lr, beta1, beta2, eps, weightDecay, step, compute);
-            return;
+    public synchronized void adamwStep(java.util.List<AdamWSlot> slots, float lr, float beta1, float beta2,
+                                       float eps, float weightDecay, long step, float gradScale, double[] squares) {
+        for (AdamWSlot s : slots) {
+            if (s.compute() != null && s.compute().dtype() != DType.BF16) {
+                Backend.super.adamwStep(slots, lr, beta1, beta2, eps, weightDecay, step, gradScale, squares);
+                return;
+            }
         }
         current();
-        adamw.adamw(param, grad, m, v, n, lr, beta1, beta2, eps, weightDecay, step, compute);
+        adamw.step(slots, lr, beta1, beta2, eps, weightDecay, step, gradScale, squares);
     }
 
     @Override

@@ -98,68 +98,39 @@ final class Elementwise {
         launcher.launch1D(K, "scale_f32", n, memory.addr(x, "x", 0, n), n, alpha);
     }
 
-    /** The sum of squares of every tensor of {@code xs} (waits for the device). */
+    /**
+     * The sum of squares of every tensor of {@code xs} (waits for the device): one launch for the partials of the
+     * whole list (a step's gradient norm: hundreds of tensors), one for the sums ({@link SquareSums}).
+     */
     double[] sumSquares(java.util.List<Tensor> xs) {
         int count = xs.size();
         if (count == 0) {
             return new double[0];
         }
         int[] blocks = new int[count];
-        long total = count;
+        int maxBlocks = 1;
         for (int i = 0; i < count; i++) {
             long n = xs.get(i).numel();
             blocks[i] = (int) Math.max(1, Math.min((n + THREADS - 1) / THREADS, 4L * device.smCount()));
-            total += blocks[i];
+            maxBlocks = Math.max(maxBlocks, blocks[i]);
         }
-        boolean multi = count > 1 && count <= 65535;
-        // 8-byte elements: the sums (doubles) first, then the partials, then (multi) {x, n, blocks, partial} per tensor
-        long cells = total + (multi ? 4L * count : 0);
-        Tensor partial = memory.scratch(DType.I64, (int) cells);
-        try {
-            long base = memory.addr(partial, "partial", 0, cells);
-            long p = base + 8L * count;
-            if (multi) {
-                // one launch per pass for the whole list (a step's gradient norm: hundreds of tensors)
-                long[] desc = new long[4 * count];
-                int maxBlocks = 1;
-                for (int i = 0; i < count; i++) {
-                    Tensor x = xs.get(i);
-                    long n = x.numel();
-                    desc[4 * i] = n == 0 ? 0 : memory.addr(x, "x[" + i + "]", 0, n);
-                    desc[4 * i + 1] = n;
-                    desc[4 * i + 2] = blocks[i];
-                    desc[4 * i + 3] = p;
-                    maxBlocks = Math.max(maxBlocks, blocks[i]);
-                    p += 8L * blocks[i];
-                }
-                long d = base + 8L * total;
-                try (LongPointer h = new LongPointer(desc)) {
-                    Cuda.check(cudart.cudaMemcpyAsync(RawPointer.of(d, 0), h, 8L * desc.length,
-                            cudart.cudaMemcpyHostToDevice, device.stream()), "cudaMemcpyAsync(sum of squares table)");
-                }
-                launcher.launch(K, "sum_squares_partial_multi", maxBlocks, count, THREADS, 0, d);
-                launcher.launch(K, "sum_partials_f64_multi", count, 1, 1024, 0, d, base);
+        try (SquareSums sums = new SquareSums(device, memory, launcher, errors, blocks)) {
+            for (int i = 0; i < count; i++) {
+                Tensor x = xs.get(i);
+                long n = x.numel();
+                sums.describe(i, n == 0 ? 0 : memory.addr(x, "x[" + i + "]", 0, n), n);
+            }
+            if (count <= 65535) { // grid y
+                launcher.launch(K, "sum_squares_partial_multi", maxBlocks, count, THREADS, 0, sums.table());
             } else {
                 for (int i = 0; i < count; i++) {
                     Tensor x = xs.get(i);
                     long n = x.numel();
                     launcher.launch(K, "sum_squares_partial", blocks[i], 1, THREADS, 0,
-                            memory.addr(x, "x[" + i + "]", 0, n), n, p);
-                    launcher.launch(K, "sum_partials_f64", 1, 1, 1024, 0, p, blocks[i], base + 8L * i);
-                    p += 8L * blocks[i];
+                            n == 0 ? 0L : memory.addr(x, "x[" + i + "]", 0, n), n, sums.partials(i));
                 }
             }
-            double[] out = new double[count];
-            try (DoublePointer d = new DoublePointer(Math.max(1, count))) {
-                Cuda.check(cudart.cudaMemcpyAsync(d, RawPointer.of(base, 0), 8L * count,
-                        cudart.cudaMemcpyDeviceToHost, device.stream()),
-                        "cudaMemcpyAsync(device -> host, sums of squares)");
-                errors.syncAndCheck();
-                d.get(out);
-            }
-            return out;
-        } finally {
-            memory.release(partial);
+            return sums.finish();
         }
     }
 

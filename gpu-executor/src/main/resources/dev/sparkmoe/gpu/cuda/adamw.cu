@@ -1,6 +1,9 @@
 // AdamWKernel's fused torch.optim.AdamW step (f32 and float4 forms; the _bf16 forms also write the updated parameter
-// rounded to bf16 into its compute copy, FSDP's param dtype). Compiled at run time by NVRTC (see KernelLibrary);
-// CudaBackendTest compares it with CpuBackend.adamw and CpuBackend.convert.
+// rounded to bf16 into its compute copy, FSDP's param dtype). Every form reads the gradient times gradScale (gradient
+// clipping's coefficient: the product scale_f32 would have stored) and, given partial, writes each block's sum of
+// squares of the gradient as read (before gradScale, in f64) for SquareSums: the gradient norm of a step that clips
+// nothing, in the optimizer's pass. Compiled at run time by NVRTC (see KernelLibrary); CudaBackendTest compares it
+// with CpuBackend's adamw, scale, convert and sumSquares.
 
 #include "kernels_common.cuh"  // error word, reductions, grid-stride loop, float4 and bf16 helpers
 
@@ -23,18 +26,30 @@ __device__ __forceinline__ void adamw_out(unsigned short* out, long long i, floa
 __device__ __forceinline__ void adamw_out4(void*, long long, float4) {}
 __device__ __forceinline__ void adamw_out4(unsigned short* out, long long c, float4 p) { st4_bf16(out, c, p); }
 
+// The block's sum of squares into partial[blockIdx.x] (every thread of the block calls it; partial null: nothing).
+__device__ __forceinline__ void adamw_squares(double sq, double* partial) {
+    if (partial) {
+        sq = blockSumD(sq);
+        if (threadIdx.x == 0) partial[blockIdx.x] = sq;
+    }
+}
+
 template <class OUT>
 __device__ __forceinline__ void adamw_body(float* param, const float* grad, float* m, float* v, OUT* out, int n,
                                            float decay, int doDecay, float w1, float beta2, float w2, float stepSize,
-                                           float bc2Sqrt, float eps) {
+                                           float bc2Sqrt, float eps, float gradScale, double* partial) {
+    double sq = 0;
     GRID_STRIDE(i, n) {
+        float g = grad[i];
+        sq += (double)g * g;
         float mi = m[i], vi = v[i];
-        float p = adamw_one(param[i], grad[i], mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        float p = adamw_one(param[i], g * gradScale, mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
         param[i] = p;
         m[i] = mi;
         v[i] = vi;
         adamw_out(out, i, p);
     }
+    adamw_squares(sq, partial);
 }
 
 // float4 form (param, grad, m, v 16-byte aligned, out 8-byte aligned); the n % 4 tail by the first threads of the grid.
@@ -42,11 +57,20 @@ template <class OUT>
 __device__ __forceinline__ void adamw_body4(float* __restrict__ param, const float* __restrict__ grad,
                                             float* __restrict__ m, float* __restrict__ v, OUT* __restrict__ out, int n,
                                             float decay, int doDecay, float w1, float beta2, float w2, float stepSize,
-                                            float bc2Sqrt, float eps) {
+                                            float bc2Sqrt, float eps, float gradScale, double* partial) {
     int n4 = n >> 2;
+    double sq = 0;
     GRID_STRIDE(i, n4) {
         int c = (int)i;
         float4 p = ld4(param, c), g = ld4(grad, c), mi = ld4(m, c), vi = ld4(v, c);
+        sq += (double)g.x * g.x;
+        sq += (double)g.y * g.y;
+        sq += (double)g.z * g.z;
+        sq += (double)g.w * g.w;
+        g.x *= gradScale;
+        g.y *= gradScale;
+        g.z *= gradScale;
+        g.w *= gradScale;
         p.x = adamw_one(p.x, g.x, mi.x, vi.x, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
         p.y = adamw_one(p.y, g.y, mi.y, vi.y, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
         p.z = adamw_one(p.z, g.z, mi.z, vi.z, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
@@ -59,39 +83,47 @@ __device__ __forceinline__ void adamw_body4(float* __restrict__ param, const flo
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t < n - 4 * n4) {
         int i = 4 * n4 + (int)t;
+        float g = grad[i];
+        sq += (double)g * g;
         float mi = m[i], vi = v[i];
-        float p = adamw_one(param[i], grad[i], mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+        float p = adamw_one(param[i], g * gradScale, mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
         param[i] = p;
         m[i] = mi;
         v[i] = vi;
         adamw_out(out, i, p);
     }
+    adamw_squares(sq, partial);
 }
 
 extern "C" {
 
 __global__ void adamw_f32(float* param, const float* grad, float* m, float* v, int n, float decay, int doDecay,
-                          float w1, float beta2, float w2, float stepSize, float bc2Sqrt, float eps) {
-    adamw_body<void>(param, grad, m, v, nullptr, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+                          float w1, float beta2, float w2, float stepSize, float bc2Sqrt, float eps, float gradScale,
+                          double* partial) {
+    adamw_body<void>(param, grad, m, v, nullptr, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps, gradScale,
+                     partial);
 }
 
 __global__ void adamw_f32x4(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m,
                             float* __restrict__ v, int n, float decay, int doDecay, float w1, float beta2, float w2,
-                            float stepSize, float bc2Sqrt, float eps) {
-    adamw_body4<void>(param, grad, m, v, nullptr, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+                            float stepSize, float bc2Sqrt, float eps, float gradScale, double* partial) {
+    adamw_body4<void>(param, grad, m, v, nullptr, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps, gradScale,
+                      partial);
 }
 
 __global__ void adamw_f32_bf16(float* param, const float* grad, float* m, float* v, unsigned short* out, int n,
                                float decay, int doDecay, float w1, float beta2, float w2, float stepSize,
-                               float bc2Sqrt, float eps) {
-    adamw_body<unsigned short>(param, grad, m, v, out, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+                               float bc2Sqrt, float eps, float gradScale, double* partial) {
+    adamw_body<unsigned short>(param, grad, m, v, out, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps,
+                               gradScale, partial);
 }
 
 __global__ void adamw_f32x4_bf16(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m,
                                  float* __restrict__ v, unsigned short* __restrict__ out, int n, float decay,
                                  int doDecay, float w1, float beta2, float w2, float stepSize, float bc2Sqrt,
-                                 float eps) {
-    adamw_body4<unsigned short>(param, grad, m, v, out, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+                                 float eps, float gradScale, double* partial) {
+    adamw_body4<unsigned short>(param, grad, m, v, out, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps,
+                                gradScale, partial);
 }
 
 }  // extern "C"

@@ -37,17 +37,10 @@ __global__ void sum_squares_partial(const float* x, long long n, double* partial
     s = blockSumD(s);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
-// Pass 2: out[0] = sum of n partials, one block.
-__global__ void sum_partials_f64(const double* partial, int n, double* out) {
-    double s = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
-    s = blockSumD(s);
-    if (threadIdx.x == 0) out[0] = s;
-}
 
-// Both passes for many tensors in one launch each. desc[4 * i ..] = {x, n, blocks, partial} of tensor i (grid y);
-// every tensor's arithmetic is sum_squares_partial's with its own grid of `blocks` and sum_partials_f64's, so the
-// results equal those of the two kernels launched per tensor, whatever else is in the list.
+// Pass 1 for many tensors in one launch (SquareSums' table). desc[4 * i ..] = {x, n, blocks, partial} of tensor i
+// (grid y); every tensor's arithmetic is sum_squares_partial's with its own grid of `blocks`, so the partials equal
+// those of sum_squares_partial launched per tensor, whatever else is in the list.
 __global__ void sum_squares_partial_multi(const long long* desc) {
     const long long* d = desc + 4LL * blockIdx.y;
     const float* x = reinterpret_cast<const float*>(d[0]);
@@ -63,7 +56,7 @@ __global__ void sum_squares_partial_multi(const long long* desc) {
     s = blockSumD(s);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
-// grid (count), 1024 threads: out[i] = sum of tensor i's partials.
+// Pass 2 (SquareSums.finish), grid (count), 1024 threads: out[i] = sum of tensor i's partials, in a fixed order.
 __global__ void sum_partials_f64_multi(const long long* desc, double* out) {
     const long long* d = desc + 4LL * blockIdx.x;
     int n = (int)d[2];

@@ -1,12 +1,15 @@
 package dev.sparkmoe.gpu.cuda;
 
 import dev.sparkmoe.core.backend.CpuBackend;
+import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 
 import java.util.Arrays;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.Random;
 
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.assertClose;
@@ -763,21 +766,40 @@ class CudaBackendTest {
             assertClose(cm.floats(), down(gm), 1e-6, "adamw m");
             assertClose(cv.floats(), down(gv), 1e-6, "adamw v");
         }
-        // with a bf16 compute copy: the same step, and the copy holds the updated values rounded to nearest even,
-        // bit for bit what convert makes of them (float4 and scalar forms: n = 10,000 and 10,001)
-        for (int len : new int[] {n - 1, n}) {
-            float[] pl = Arrays.copyOf(p, len), gl = Arrays.copyOf(g, len), ml = Arrays.copyOf(m, len);
-            float[] vl = Arrays.copyOf(v, len);
-            Tensor cp = host(pl, len), cm = host(ml, len), cv = host(vl, len);
-            cpu.adamw(cp, host(gl, len), cm, cv, len, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7);
-            Tensor gp = up(pl, len), gm = up(ml, len), gv = up(vl, len);
-            Tensor copy = gpu.empty(DType.BF16, len);
-            gpu.adamw(gp, up(gl, len), gm, gv, len, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7, copy);
-            assertClose(cp.floats(), down(gp), 1e-6, "adamw param with a compute copy, n=" + len);
-            assertClose(cm.floats(), down(gm), 1e-6, "adamw m with a compute copy");
-            Tensor rounded = gpu.empty(DType.BF16, len);
-            gpu.convert(gp, rounded);
-            assertArrayEquals(down(rounded), down(copy), "the compute copy is the updated parameter in bf16, n=" + len);
+        // adamwStep: three slots in one step (float4 and scalar forms, with and without a bf16 compute copy), the
+        // gradients read times a clipping coefficient, the sums of squares measured in the same pass: the CPU's
+        // step (sumSquares, scale, adamw, convert) within f32 rounding, the copies bit for bit convert's
+        int[] lens = {n - 1, n, 4096};
+        for (double[] squares : new double[][] {null, new double[3]}) {
+            List<Backend.AdamWSlot> cpuSlots = new ArrayList<>(), gpuSlots = new ArrayList<>();
+            List<Tensor> copies = new ArrayList<>();
+            for (int s = 0; s < 3; s++) {
+                int len = lens[s];
+                float[] pl = Arrays.copyOf(p, len), gl = Arrays.copyOf(g, len), ml = Arrays.copyOf(m, len);
+                float[] vl = Arrays.copyOf(v, len);
+                Tensor copy = s == 2 ? null : gpu.empty(DType.BF16, len);
+                copies.add(copy);
+                cpuSlots.add(new Backend.AdamWSlot(host(pl, len), host(gl, len), host(ml, len), host(vl, len),
+                        s == 2 ? null : Tensor.zeros(DType.BF16, len)));
+                gpuSlots.add(new Backend.AdamWSlot(up(pl, len), up(gl, len), up(ml, len), up(vl, len), copy));
+            }
+            double[] cpuSquares = squares == null ? null : new double[3];
+            cpu.adamwStep(cpuSlots, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7, 0.37f, cpuSquares);
+            gpu.adamwStep(gpuSlots, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7, 0.37f, squares);
+            for (int s = 0; s < 3; s++) {
+                String what = "adamwStep slot " + s + (squares == null ? "" : " (with sums of squares)");
+                assertClose(cpuSlots.get(s).param().floats(), down(gpuSlots.get(s).param()), 1e-6, what + " param");
+                assertClose(cpuSlots.get(s).m().floats(), down(gpuSlots.get(s).m()), 1e-6, what + " m");
+                assertClose(cpuSlots.get(s).v().floats(), down(gpuSlots.get(s).v()), 1e-6, what + " v");
+                if (copies.get(s) != null) {
+                    Tensor rounded = gpu.empty(DType.BF16, lens[s]);
+                    gpu.convert(gpuSlots.get(s).param(), rounded);
+                    assertArrayEquals(down(rounded), down(copies.get(s)), what + ": the compute copy");
+                }
+                if (squares != null) {
+                    assertEquals(cpuSquares[s], squares[s], 1e-12 * cpuSquares[s], what + ": sum of squares");
+                }
+            }
         }
     }
 }

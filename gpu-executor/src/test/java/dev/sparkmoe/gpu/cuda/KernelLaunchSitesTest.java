@@ -35,8 +35,14 @@ import org.junit.jupiter.api.Test;
  * {@code .cu} sources, with the function-like macros that define kernels expanded.
  */
 class KernelLaunchSitesTest {
-    private static final Path JAVA = Paths.get("src/main/java/dev/sparkmoe/gpu/cuda");
-    private static final Path CUDA = Paths.get("src/main/resources/dev/sparkmoe/gpu/cuda");
+    private static final Path JAVA = sources("src/main/java/dev/sparkmoe/gpu/cuda");
+    private static final Path CUDA = sources("src/main/resources/dev/sparkmoe/gpu/cuda");
+
+    /** The module's folder {@code rel}: from gpu-executor (Maven) or from the repository root (the GPU host's runs). */
+    private static Path sources(String rel) {
+        Path inModule = Paths.get(rel);
+        return Files.isDirectory(inModule) ? inModule : Paths.get("gpu-executor").resolve(rel);
+    }
 
     /** Kernels that no launch site of the package asks for, each with the reason it is kept. None today. */
     static final Map<String, String> NOT_LAUNCHED = Map.of();
@@ -476,7 +482,7 @@ class KernelLaunchSitesTest {
     }
 
     private static Map<String, String> read(Path dir, String suffix) throws IOException {
-        assertTrue(Files.isDirectory(dir), dir.toAbsolutePath() + " is missing: run the test from gpu-executor");
+        assertTrue(Files.isDirectory(dir), dir.toAbsolutePath() + " is missing: run the test from gpu-executor or the repository root");
         Map<String, String> out = new TreeMap<>();
         try (Stream<Path> files = Files.list(dir)) {
             for (Path p : files.filter(p -> p.getFileName().toString().endsWith(suffix)).sorted().toList()) {

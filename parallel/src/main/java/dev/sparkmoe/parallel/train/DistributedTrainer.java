@@ -235,6 +235,12 @@ public final class DistributedTrainer implements RankTrainer {
      */
     public Gradients computeGradients(List<int[]> inputs, List<int[]> targets, int seqLen,
                                       java.util.function.Consumer<Qwen3MoeModel.Pass> afterForward) {
+        return computeGradients(inputs, targets, seqLen, afterForward, true);
+    }
+
+    /** As above; without {@code norm} the gradient norm is left to the optimizer step (NaN here). */
+    private Gradients computeGradients(List<int[]> inputs, List<int[]> targets, int seqLen,
+                                       java.util.function.Consumer<Qwen3MoeModel.Pass> afterForward, boolean norm) {
         for (FsdpParam p : params) {
             p.zeroGrad();
         }
@@ -271,39 +277,61 @@ public final class DistributedTrainer implements RankTrainer {
         }
         double[] loss = {lmSum};
         world.allReduceSum(loss, 0, 1);
-        List<Tensor> grads = new ArrayList<>(params.size());
-        for (FsdpParam p : params) {
-            grads.add(p.shardGrad());
+        double gradNorm = Double.NaN;
+        if (norm) {
+            List<Tensor> grads = new ArrayList<>(params.size());
+            for (FsdpParam p : params) {
+                grads.add(p.shardGrad());
+            }
+            gradNorm = globalNorm(model.backend().sumSquares(grads)); // one device round trip
         }
+        return new Gradients(loss[0] / Math.max(1, globalPredicted), auxSum / micro, globalPredicted, gradNorm);
+    }
+
+    /** The global gradient norm from this rank's sums of squares (summed in parameter order, then over the world). */
+    private double globalNorm(double[] squares) {
         double sq = 0;
-        for (double v : model.backend().sumSquares(grads)) { // one device round trip; summed in parameter order
+        for (double v : squares) {
             sq += v;
         }
         double[] norm = {sq};
         world.allReduceSum(norm, 0, 1);
-        return new Gradients(loss[0] / Math.max(1, globalPredicted), auxSum / micro, globalPredicted,
-                Math.sqrt(norm[0]));
+        return Math.sqrt(norm[0]);
     }
 
     /** Clips by the global norm (as torch.nn.utils.clip_grad_norm_) and takes one AdamW step on the shards. */
     public double applyGradients(double gradNorm) {
+        return applyGradients(gradNorm, null)[0];
+    }
+
+    /**
+     * One AdamW step on the shards ({@link AdamW#step(Backend, List, double, long, float, double[])}: one pass per
+     * tensor, the clipping coefficient, where clipping is on and the norm exceeds it, applied as the gradient is read,
+     * the compute copies written). With {@code squares} (clipping off) the pass also measures the gradient norm.
+     * Returns {lr, the norm measured (NaN without squares)}.
+     */
+    private double[] applyGradients(double gradNorm, double[] squares) {
         long step = steps + 1;
         double lr = schedule.lr(step);
         double clip = spec.optimizer().clipNorm();
+        float gradScale = 1f;
         if (clip > 0) {
             double coef = clip / (gradNorm + 1e-6);
             if (coef < 1.0) {
-                for (FsdpParam p : params) {
-                    model.backend().scale(p.shardGrad(), (float) coef);
-                }
+                gradScale = (float) coef;
             }
         }
+        List<Backend.AdamWSlot> slots = new ArrayList<>(params.size());
         for (FsdpParam p : params) {
-            adamw.step(model.backend(), p.shard(), p.shardGrad(), optState.get(p), lr, step, p.computeCopyToUpdate());
+            AdamW.State s = optState.get(p);
+            slots.add(new Backend.AdamWSlot(p.shard(), p.shardGrad(), s.m, s.v, p.computeCopyToUpdate()));
+        }
+        adamw.step(model.backend(), slots, lr, step, gradScale, squares);
+        for (FsdpParam p : params) {
             p.zeroGrad();
         }
         steps = step;
-        return lr;
+        return new double[] {lr, squares == null ? Double.NaN : globalNorm(squares)};
     }
 
     @Override
@@ -321,14 +349,17 @@ public final class DistributedTrainer implements RankTrainer {
             targets.add(java.util.Arrays.copyOfRange(s, 1, seqLen + 1));
         }
         Gradients g;
-        double lr;
-        // One step is one allocation scope: activations, gathered weights and gradients are released at its end.
+        double[] applied;
+        // Clipping needs the norm before the update; without it the optimizer's pass measures the norm (one pass
+        // over the gradients fewer). One step is one allocation scope: activations, gathered weights and gradients
+        // are released at its end.
+        boolean normInStep = !(spec.optimizer().clipNorm() > 0);
         try (Backend.Scope scope = model.backend().openScope()) {
-            g = computeGradients(inputs, targets, seqLen);
-            lr = applyGradients(g.gradNorm());
+            g = computeGradients(inputs, targets, seqLen, null, !normInStep);
+            applied = applyGradients(g.gradNorm(), normInStep ? new double[params.size()] : null);
         }
-        return new StepMetrics(steps, g.lmLoss(), g.auxLoss(), lr, g.gradNorm(), g.globalPredicted(),
-                (System.nanoTime() - t0) / 1e9);
+        return new StepMetrics(steps, g.lmLoss(), g.auxLoss(), applied[0], normInStep ? applied[1] : g.gradNorm(),
+                g.globalPredicted(), (System.nanoTime() - t0) / 1e9);
     }
 
     @Override
