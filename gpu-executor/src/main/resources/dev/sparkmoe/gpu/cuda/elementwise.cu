@@ -38,6 +38,14 @@ __global__ void sum_squares_partial(const float* x, long long n, double* partial
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
+// out[0] = sum of n partials, one block (the cross-entropy's row losses).
+__global__ void sum_partials_f64(const double* partial, int n, double* out) {
+    double s = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
+    s = blockSumD(s);
+    if (threadIdx.x == 0) out[0] = s;
+}
+
 // Pass 1 for many tensors in one launch (SquareSums' table). desc[4 * i ..] = {x, n, blocks, partial} of tensor i
 // (grid y); every tensor's arithmetic is sum_squares_partial's with its own grid of `blocks`, so the partials equal
 // those of sum_squares_partial launched per tensor, whatever else is in the list.
