@@ -114,7 +114,9 @@ public interface Backend {
 
     /**
      * C = alpha * op(A) * op(B) + beta * C, row-major, as BLAS sgemm. op(A) is [m, k], op(B) is [k, n], C is [m, n];
-     * lda/ldb/ldc are the row strides of A, B and C as stored.
+     * lda/ldb/ldc are the row strides of A, B and C as stored. A and B are both F32 or both in {@link #gemmDType()};
+     * C is F32, or in the GEMM dtype too where A and B are (the f32-accumulated product rounded to it once: a chunk of
+     * the LM head's logits).
      */
     void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, Tensor a, int aOff, int lda,
               Tensor b, int bOff, int ldb, float beta, Tensor c, int cOff, int ldc);

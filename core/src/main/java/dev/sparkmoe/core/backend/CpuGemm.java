@@ -1,5 +1,6 @@
 package dev.sparkmoe.core.backend;
 
+import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import org.bytedeco.javacpp.FloatPointer;
 import org.bytedeco.openblas.global.openblas_nolapack;
@@ -34,6 +35,7 @@ final class CpuGemm {
         float[] cf = c.floats();
         if (k == 0) {
             scaleRange(cf, cOff, m, n, ldc, beta);
+            roundC(c, cf, cOff, m, n, ldc);
             return;
         }
         // Bounds are checked here so that a wrong shape is a Java exception, never a native crash.
@@ -65,6 +67,19 @@ final class CpuGemm {
             // (the heads of one attention row), and writing the whole span back would undo their updates.
             for (int i = 0; i < m; i++) {
                 cp.position((long) i * ldc).get(cf, cOff + i * ldc, n);
+            }
+        }
+        roundC(c, cf, cOff, m, n, ldc);
+    }
+
+    /** C held in the GEMMs' dtype (Backend.gemmDType): its block rounded to that dtype. */
+    private static void roundC(Tensor c, float[] cf, int cOff, int m, int n, int ldc) {
+        if (c.dtype() == DType.F32) {
+            return;
+        }
+        for (int i = 0; i < m; i++) {
+            for (int j = 0, at = cOff + i * ldc; j < n; j++, at++) {
+                cf[at] = DType.round(c.dtype(), cf[at]);
             }
         }
     }

@@ -29,12 +29,14 @@ import dev.sparkmoe.core.tensor.Tensor;
  * tokens, where the unfused loss held [N, V]. It also gives each chunk's weight-gradient GEMM {@code k = H} rows, so
  * that it is not dominated by reading and writing dW once per chunk.
  *
- * <p>Dtypes: the logits and the loss are F32. Where the backend's GEMMs take bf16 operands
- * ({@link Backend#gemmDType()}: CUDA at bf16 precision), the GEMMs read the weight and the head input as bf16 compute
- * copies made once per call (FSDP2's param dtype: the values those GEMMs round to anyway), and the cross-entropy
- * writes each chunk's gradient as bf16 into a buffer of its own, which is all the two gradient GEMMs read: a
- * [rows, V] bf16 buffer and a [V, H] bf16 copy more than in f32, and no GEMM reads an f32 [rows, V] operand. In f32
- * (the CPU, the exact precisions) the gradient is written over the logits and every operand is the f32 tensor itself.
+ * <p>Dtypes: the loss is summed in f64 from f32 arithmetic. Where the backend's GEMMs take bf16 operands
+ * ({@link Backend#gemmDType()}: CUDA at bf16 precision), the GEMMs read the weight and the head input in bf16 (the
+ * weight's compute copy, or a copy made once per call: FSDP2's param dtype), the logits GEMM writes each chunk in
+ * bf16 (the f32-accumulated logits rounded once, as FSDP2's bf16 head returns them; the cross-entropy reads them in
+ * f32 arithmetic) and the cross-entropy writes the chunk's gradient over them in bf16, which is all the two gradient
+ * GEMMs read: half the bytes of an f32 chunk, written once and read three times. Logits retained for the caller are
+ * f32 (the chunk then is f32 and the gradient a bf16 buffer of its own). In f32 (the CPU, the exact precisions) the
+ * chunk, its gradient and every operand are f32.
  */
 final class FusedLinearCrossEntropy {
     private FusedLinearCrossEntropy() {
@@ -76,8 +78,11 @@ final class FusedLinearCrossEntropy {
         int rows = LmHeadLoss.chunkRows(n, h, v, requestedRows);
         Tensor wg = GemmOperand.of(be, w);                           // the GEMMs' weight and input
         Tensor hg = GemmOperand.of(be, hidden);
-        Tensor chunk = be.empty(DType.F32, rows, v);                 // a chunk's logits (in f32, then their gradient)
-        Tensor grad = be.gemmDType() != DType.F32 && withGrad ? be.empty(be.gemmDType(), rows, v) : chunk;
+        // A chunk's logits, then their gradient in place: in the GEMMs' dtype (bf16 on CUDA at bf16, as FSDP2's bf16
+        // head computes them), f32 where the logits are retained (they are handed out in f32) or the GEMMs take f32.
+        DType chunkType = retainLogits ? DType.F32 : be.gemmDType();
+        Tensor chunk = be.empty(chunkType, rows, v);
+        Tensor grad = be.gemmDType() != chunkType && withGrad ? be.empty(be.gemmDType(), rows, v) : chunk;
         Tensor chunkTargets = be.empty(DType.I32, rows);
         double loss = 0;
         for (int r0 = 0; r0 < n; r0 += rows) {

@@ -108,10 +108,10 @@ class FusedLinearCrossEntropyTest {
 
     /**
      * A backend whose GEMMs take bf16 operands ({@link Backend#gemmDType}: CUDA at bf16 precision), played by the CPU
-     * backend with that one answer changed: the loss reads the weight and the input as bf16 copies, so its loss is
-     * bit for bit the f32 path's on inputs rounded to bf16; the gradients differ from that only by the rounding of
-     * the chunk's gradient to bf16 (relative 2^-9 an element); the copies and the bf16 gradient are BF16 tensors of
-     * 2 bytes an element, all given back.
+     * backend with that one answer changed: the loss reads the weight and the input as bf16 copies and the logits
+     * GEMM writes each chunk in bf16, so its loss is the f32 path's on inputs rounded to bf16 with the logits rounded
+     * to bf16 once; the gradients are those of the chunk's gradient written over the bf16 logits in bf16; the copies
+     * and the chunk are BF16 tensors of 2 bytes an element, all given back.
      */
     @ParameterizedTest(name = "rows per chunk {0}")
     @ValueSource(ints = {3, 0})
@@ -128,9 +128,11 @@ class FusedLinearCrossEntropyTest {
         Tensor w16 = roundedCopy(w);
         Unfused rounded = unfused(cpu, hidden16, targets, w16, scale);
         Unfused exact = unfused(cpu, hidden, targets, w, scale);
-        // the gradients from the chunk gradient rounded to bf16 (the cross-entropy writing a BF16 tensor)
+        // the logits rounded to bf16 once, their gradient rounded to bf16 (the cross-entropy writing a BF16 tensor)
+        Tensor logits16 = roundedCopy(rounded.logits);
         Tensor dLogits16 = Tensor.zeros(DType.BF16, N, V);
-        assertEquals(rounded.loss, cpu.crossEntropy(rounded.logits, targets, N, V, scale, dLogits16));
+        double loss16 = cpu.crossEntropy(logits16, targets, N, V, scale, dLogits16);
+        assertTrue(Math.abs(loss16 - rounded.loss) > 0, "the logits were rounded");
         for (float v : dLogits16.floats()) {
             assertEquals(DType.roundToBf16(v), v, "a BF16 gradient holds bf16 values");
         }
@@ -144,16 +146,18 @@ class FusedLinearCrossEntropyTest {
         LmHeadLoss.Result out = FusedLinearCrossEntropy.run(be, hidden, targets, N, w, scale, true, false, rows);
         int chunk = LmHeadLoss.chunkRows(N, H, V, rows);
         long results = 4L * (N * H + V * H);
-        // at the peak: the results, the bf16 copies of the weight and the input, the f32 logits chunk, its bf16
-        // gradient and the chunk's targets
-        assertEquals(results + 2L * (V * H + N * H) + 4L * chunk * V + 2L * chunk * V + 4L * chunk,
+        // at the peak: the results, the bf16 copies of the weight and the input, the bf16 logits chunk (its
+        // gradient written over it) and the chunk's targets
+        assertEquals(results + 2L * (V * H + N * H) + 2L * chunk * V + 4L * chunk,
                 mem.peakBytes() - before, "peak bytes of the fused loss on bf16 operands (chunk " + chunk + ")");
         assertEquals(results, mem.liveBytes() - before, "bytes left: the results only");
 
-        assertEquals(rounded.loss, out.lossSum(), 1e-12 * rounded.loss, "loss: the f32 path's on rounded inputs");
+        // a chunk's GEMM may sum in another order than the whole one (OpenBLAS picks its kernel by shape), which can
+        // move a logit by one bf16 step
+        assertEquals(loss16, out.lossSum(), 1e-6 * loss16, "loss: the f32 path's on rounded inputs and logits");
         assertTrue(Math.abs(exact.loss - out.lossSum()) > 0, "the inputs were rounded");
-        Fixtures.assertClose("dHidden", dHidden16, out.dHidden(), 1e-6);
-        Fixtures.assertClose("dW", dW16, out.dWeight(), 1e-6);
+        Fixtures.assertClose("dHidden", dHidden16, out.dHidden(), 1e-3);
+        Fixtures.assertClose("dW", dW16, out.dWeight(), 1e-3);
         Fixtures.assertClose("dHidden against the unrounded gradient", rounded.dHidden, out.dHidden(), 1e-2);
         assertTrue(!out.dWeight().bitwiseEquals(rounded.dW), "the chunk's gradient was rounded to bf16");
     }

@@ -62,6 +62,10 @@ final class CublasGemm {
             return;
         }
         checkSpan("C", c, cOff, m, n, ldc);
+        if (k == 0 && c.dtype() != DType.F32) {
+            throw new IllegalArgumentException("gemm with k = 0 scales C by beta, which runs on F32 C only; C is "
+                    + c + " (make C F32, or do not call a GEMM with an empty inner dimension)");
+        }
         if (k == 0) {
             launcher.launch1D(K, "scale_rows_f32", (long) m * n, memory.addr(c, "C", cOff, 0), m, n, ldc, beta);
             return;
@@ -69,44 +73,43 @@ final class CublasGemm {
         checkSpan("A", a, aOff, transA ? k : m, transA ? m : k, lda);
         checkSpan("B", b, bOff, transB ? n : k, transB ? k : n, ldb);
         if (a.dtype() == DType.BF16 || b.dtype() == DType.BF16) {
-            if (a.dtype() != DType.BF16 || b.dtype() != DType.BF16 || c.dtype() != DType.F32) {
+            if (a.dtype() != DType.BF16 || b.dtype() != DType.BF16
+                    || c.dtype() != DType.F32 && c.dtype() != DType.BF16) {
                 throw new IllegalArgumentException("gemm on " + a.dtype() + " A, " + b.dtype() + " B and "
-                        + c.dtype() + " C: bf16 operands go in pairs (both A and B BF16, C F32); convert the "
+                        + c.dtype() + " C: bf16 operands go in pairs (both A and B BF16, C F32 or BF16); convert the "
                         + "other operand to BF16 first (Backend.convert)");
             }
-            gemmBf16(transA, transB, m, n, k, alpha, memory.addrOf(a, DType.BF16, "A", aOff, 0), lda,
-                    memory.addrOf(b, DType.BF16, "B", bOff, 0), ldb, beta, memory.addr(c, "C", cOff, 0), ldc);
+            boolean c16 = c.dtype() == DType.BF16;
+            cublasGemmEx(transA, transB, m, n, k, alpha, memory.addrOf(a, DType.BF16, "A", aOff, 0), lda,
+                    memory.addrOf(b, DType.BF16, "B", bOff, 0), ldb, beta,
+                    c16 ? memory.addrOf(c, DType.BF16, "C", cOff, 0) : memory.addr(c, "C", cOff, 0), ldc,
+                    cudart.CUDA_R_16BF, c16 ? cudart.CUDA_R_16BF : cudart.CUDA_R_32F, cublas.CUBLAS_COMPUTE_32F,
+                    c16 ? "bf16, bf16 C" : "bf16");
             return;
+        }
+        if (c.dtype() != DType.F32) {
+            throw new IllegalArgumentException("gemm on F32 A and B writes F32 C, not " + c + " (BF16 C takes BF16 A "
+                    + "and B: Backend.convert them first)");
         }
         gemmEx(transA, transB, m, n, k, alpha, memory.addr(a, "A", aOff, 0), lda, memory.addr(b, "B", bOff, 0), ldb,
                 beta, memory.addr(c, "C", cOff, 0), ldc);
-    }
-
-    /**
-     * One cublasGemmEx on bf16 A and B with f32 C and f32 accumulation (CUBLAS_COMPUTE_32F), whatever the
-     * precision: the operands are bf16 already (row-major, strides in elements, byte addresses).
-     */
-    void gemmBf16(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b, int ldb,
-                  float beta, long c, int ldc) {
-        cublasGemmEx(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, cudart.CUDA_R_16BF,
-                cublas.CUBLAS_COMPUTE_32F, "bf16");
     }
 
     /** One cublasGemmEx on device addresses (row-major, strides in elements). */
     void gemmEx(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b, int ldb,
                 float beta, long c, int ldc) {
         cublasGemmEx(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, cudart.CUDA_R_32F,
-                precision.cublasCompute, precision.toString());
+                cudart.CUDA_R_32F, precision.cublasCompute, precision.toString());
     }
 
-    /** Row-major C = op(A) op(B) as column-major C^T = op(B)^T op(A)^T: A and B of {@code abType}, C f32. */
+    /** Row-major C = op(A) op(B) as column-major C^T = op(B)^T op(A)^T: A and B of {@code abType}, C of {@code cType}. */
     private void cublasGemmEx(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda, long b,
-                              int ldb, float beta, long c, int ldc, int abType, int compute, String what) {
+                              int ldb, float beta, long c, int ldc, int abType, int cType, int compute, String what) {
         alphaP.put(alpha);
         betaP.put(beta);
         Cuda.checkCublas(cublas.cublasGemmEx(handle, transB ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N,
                 transA ? cublas.CUBLAS_OP_T : cublas.CUBLAS_OP_N, n, m, k, alphaP, RawPointer.of(b, 0), abType, ldb,
-                RawPointer.of(a, 0), abType, lda, betaP, RawPointer.of(c, 0), cudart.CUDA_R_32F, ldc, compute,
+                RawPointer.of(a, 0), abType, lda, betaP, RawPointer.of(c, 0), cType, ldc, compute,
                 cublas.CUBLAS_GEMM_DEFAULT),
                 "cublasGemmEx(m=" + m + ", n=" + n + ", k=" + k + ", transA=" + transA + ", transB=" + transB + ", "
                         + what + ")");

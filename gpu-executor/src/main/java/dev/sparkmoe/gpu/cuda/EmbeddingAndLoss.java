@@ -117,11 +117,17 @@ final class EmbeddingAndLoss {
         Tensor rowLoss = memory.scratch(DType.I64, rows + 1); // doubles
         try {
             long rl = memory.addr(rowLoss, "rowLoss", 0, rows + 1);
-            long la = memory.addr(logits, "logits", 0, n);
+            boolean halfIn = logits.dtype() == DType.BF16; // a chunk written by the GEMMs in their dtype
             boolean half = dLogits.dtype() == DType.BF16; // the gradient in the GEMMs' dtype (Backend.gemmDType)
+            if (halfIn && !half) {
+                throw new IllegalArgumentException("crossEntropy on BF16 logits " + logits + " writes a BF16 gradient, "
+                        + "not " + dLogits + " (pass a BF16 dLogits, the logits themselves included)");
+            }
+            long la = halfIn ? memory.addrOf(logits, DType.BF16, "logits", 0, n) : memory.addr(logits, "logits", 0, n);
             long da = half ? memory.addrOf(dLogits, DType.BF16, "dLogits", 0, n) : memory.addr(dLogits, "dLogits", 0, n);
-            boolean vec = vocab % 4 == 0 && vocab >= 4096 && aligned16(la) && da % (half ? 8 : 16) == 0;
-            launcher.launch(K, (vec ? "cross_entropy_fwd_bwd_v4" : "cross_entropy_fwd_bwd") + (half ? "_bf16" : ""),
+            boolean vec = vocab % 4 == 0 && vocab >= 4096 && la % (halfIn ? 8 : 16) == 0 && da % (half ? 8 : 16) == 0;
+            launcher.launch(K, (vec ? "cross_entropy_fwd_bwd_v4" : "cross_entropy_fwd_bwd")
+                            + (halfIn ? "_bf16in" : half ? "_bf16" : ""),
                     rows, 1, vocab >= 4096 ? 512 : rowThreads(vocab), 0, la,
                     memory.addr(targets, "targets", 0, rows), rows, vocab, gradScale, da, rl, errors.address());
             launcher.launch(KernelLauncher.ELEMENTWISE, "sum_partials_f64", 1, 1, 1024, 0, rl, rows, rl + 8L * rows);

@@ -1,6 +1,6 @@
 // Kernels of EmbeddingAndLoss: the embedding lookup and its deterministic backward (block per table row, no
 // atomics), and the fused cross-entropy forward and backward (block per row; a one-pass float4 form; f32 or bf16
-// gradient). The per-row losses are summed by elementwise.cu's sum_partials_f64. Compiled at run time by NVRTC (see
+// gradient; f32 or bf16 logits). The per-row losses are summed by elementwise.cu's sum_partials_f64. Compiled at run time by NVRTC (see
 // KernelLibrary); every kernel has a plain-Java twin in dev.sparkmoe.core.backend.CpuBackend, CudaBackendTest
 // compares them.
 
@@ -21,12 +21,33 @@ __device__ __forceinline__ void st4cs(float* p, int c, float4 v) {
 }
 
 // Streaming stores of four results at float4 c: f32 (16-byte aligned) or bf16 (8-byte aligned).
+// Loads of the logits, f32 or bf16 (the LM head's chunk in the GEMMs' dtype, Backend.gemmDType), as f32.
+__device__ __forceinline__ float ldin(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ float ldin(const unsigned short* p, long long i) {
+    return __uint_as_float((unsigned int)p[i] << 16);
+}
+__device__ __forceinline__ float4 bf16x4_f32(unsigned int lo, unsigned int hi) {
+    return make_float4(__uint_as_float(lo << 16), __uint_as_float(lo & 0xffff0000u), __uint_as_float(hi << 16),
+                       __uint_as_float(hi & 0xffff0000u));
+}
+__device__ __forceinline__ float4 ld4in(const float* p, int c) { return ld4(p, c); }
+__device__ __forceinline__ float4 ld4in(const unsigned short* p, int c) {
+    uint2 u = reinterpret_cast<const uint2*>(p)[c];
+    return bf16x4_f32(u.x, u.y);
+}
+__device__ __forceinline__ float4 ld4csin(const float* p, int c) { return ld4cs(p, c); }
+__device__ __forceinline__ float4 ld4csin(const unsigned short* p, int c) {
+    unsigned int lo, hi;
+    asm("ld.global.cs.v2.u32 {%0, %1}, [%2];" : "=r"(lo), "=r"(hi) : "l"(p + 4LL * c));
+    return bf16x4_f32(lo, hi);
+}
+
 __device__ __forceinline__ void st4cso(float* p, int c, float4 v) { st4cs(p, c, v); }
 __device__ __forceinline__ void st4cso(unsigned short* p, int c, float4 v) { st4_bf16(p, c, v); }
 
 // Cross-entropy bodies, templated over the gradient's type O (float or bf16 bits); kernels in the extern "C" block.
-template <typename O>
-__device__ __forceinline__ void cross_entropy_body(const float* logits, const int* targets, int rows, int vocab,
+template <typename IN, typename O>
+__device__ __forceinline__ void cross_entropy_body(const IN* logits, const int* targets, int rows, int vocab,
                                                    float gradScale, O* dLogits, double* rowLoss, int* err) {
     int r = blockIdx.x;
     long long o = (long long)r * vocab;
@@ -42,17 +63,17 @@ __device__ __forceinline__ void cross_entropy_body(const float* logits, const in
     }
     // dLogits may alias logits: the target's logit is read before the reductions' barriers, after which threads
     // start overwriting the row.
-    float target = logits[o + t];
+    float target = ldin(logits, o + t);
     float mx = -INFINITY;
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x) mx = fmaxf(mx, logits[o + j]);
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) mx = fmaxf(mx, ldin(logits, o + j));
     mx = blockMax(mx);
     double sum = 0.0;
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x) sum += exp((double)(logits[o + j] - mx));
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) sum += exp((double)(ldin(logits, o + j) - mx));
     sum = blockSumD(sum);
     double logSum = log(sum);
     if (threadIdx.x == 0) rowLoss[r] = logSum - (double)(target - mx);
     for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
-        float d = (float)exp((double)(logits[o + j] - mx) - logSum) * gradScale;
+        float d = (float)exp((double)(ldin(logits, o + j) - mx) - logSum) * gradScale;
         if (j == t) d -= gradScale;
         st1o(dLogits, o + j, d);
     }
@@ -67,13 +88,13 @@ __device__ __forceinline__ void ce_acc(float v, float m, double& s) { s += exp((
 
 // dLogits may alias logits (no __restrict__ on either): each element is read by the thread that later writes it, and
 // the target's logit is read before the first barrier.
-template <typename O>
-__device__ __forceinline__ void cross_entropy_v4_body(const float* logits, const int* __restrict__ targets, int rows,
+template <typename IN, typename O>
+__device__ __forceinline__ void cross_entropy_v4_body(const IN* logits, const int* __restrict__ targets, int rows,
                                                       int vocab, float gradScale, O* dLogits, double* rowLoss,
                                                       int* err) {
     int r = blockIdx.x;
     long long o = (long long)r * vocab;
-    const float* lr = logits + o;
+    const IN* lr = logits + o;
     O* dr = dLogits + o;
     int v4 = vocab >> 2;
     int t = targets[r];
@@ -86,7 +107,7 @@ __device__ __forceinline__ void cross_entropy_v4_body(const float* logits, const
         if (threadIdx.x == 0) { report(err, ERR_CE_TARGET, r, t, vocab); rowLoss[r] = 0.0; }
         return;
     }
-    float target = lr[t];
+    float target = ldin(lr, t);
     float m = -INFINITY;
     double s = 0.0;
     // CE_U float4 loads in flight per thread, then their values in order
@@ -95,7 +116,7 @@ __device__ __forceinline__ void cross_entropy_v4_body(const float* logits, const
 #pragma unroll
         for (int u = 0; u < CE_U; u++) {
             int c = c0 + u * blockDim.x;
-            b[u] = c < v4 ? ld4(lr, c) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+            b[u] = c < v4 ? ld4in(lr, c) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
         }
 #pragma unroll
         for (int u = 0; u < CE_U; u++) {
@@ -123,7 +144,7 @@ __device__ __forceinline__ void cross_entropy_v4_body(const float* logits, const
 #pragma unroll
         for (int u = 0; u < CE_U; u++) {
             int c = c0 + u * blockDim.x;
-            if (c < v4) b[u] = ld4cs(lr, c);
+            if (c < v4) b[u] = ld4csin(lr, c);
         }
 #pragma unroll
         for (int u = 0; u < CE_U; u++) {
@@ -197,6 +218,19 @@ __global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4(const float* 
 }
 
 __global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4_bf16(const float* logits,
+        const int* __restrict__ targets, int rows, int vocab, float gradScale, unsigned short* dLogits,
+        double* rowLoss, int* err) {
+    cross_entropy_v4_body(logits, targets, rows, vocab, gradScale, dLogits, rowLoss, err);
+}
+
+// bf16 logits (the chunk written by the LM head's GEMM in the GEMMs' dtype) and their bf16 gradient, which may alias
+// them (each element is read before the same thread writes it).
+__global__ void cross_entropy_fwd_bwd_bf16in(const unsigned short* logits, const int* targets, int rows, int vocab,
+                                             float gradScale, unsigned short* dLogits, double* rowLoss, int* err) {
+    cross_entropy_body(logits, targets, rows, vocab, gradScale, dLogits, rowLoss, err);
+}
+
+__global__ void __launch_bounds__(512, 2) cross_entropy_fwd_bwd_v4_bf16in(const unsigned short* logits,
         const int* __restrict__ targets, int rows, int vocab, float gradScale, unsigned short* dLogits,
         double* rowLoss, int* err) {
     cross_entropy_v4_body(logits, targets, rows, vocab, gradScale, dLogits, rowLoss, err);

@@ -137,6 +137,42 @@ class Bf16TensorTest {
     }
 
     /**
+     * bf16 logits (a chunk the LM head's GEMM wrote in bf16) with the gradient written over them in bf16: the loss and
+     * gradient of the f32 kernels on the same values (the logits widened exactly), and a BF16 C from a GEMM on bf16
+     * pairs is the f32 product rounded once.
+     */
+    @Test
+    void crossEntropyOnBf16LogitsInPlaceIsTheF32KernelsOnTheSameValues() {
+        for (int vocab : new int[] {5003, 5004}) { // block per row; float4
+            int rows = 41;
+            float[] l = roundedToBf16(rnd(r, rows * vocab, 4));
+            int[] t = r.ints(rows, 0, vocab).toArray();
+            t[3] = -100;
+            Tensor g16 = gpu.empty(DType.BF16, rows * vocab);
+            double want = gpu.crossEntropy(gpu.upload(host(l.clone(), l.length)),
+                    gpu.upload(Tensor.ofInts(t.clone(), rows)), rows, vocab, 0.01f, g16);
+            Tensor in16 = gpu.upload(Tensor.ofFloating(DType.BF16, l.clone(), l.length));
+            double got = gpu.crossEntropy(in16, gpu.upload(Tensor.ofInts(t.clone(), rows)), rows, vocab, 0.01f, in16);
+            assertEquals(want, got, "the loss from bf16 logits (vocab " + vocab + ")");
+            assertArrayEquals(gpu.download(g16).floats(), gpu.download(in16).floats(),
+                    "the gradient written over the bf16 logits (vocab " + vocab + ")");
+        }
+        int m = 33, n = 40, k = 72;
+        float[] a = roundedToBf16(rnd(r, m * k, 1)), b = roundedToBf16(rnd(r, k * n, 1));
+        Tensor a16 = gpu.upload(Tensor.ofFloating(DType.BF16, a.clone(), m * k));
+        Tensor b16 = gpu.upload(Tensor.ofFloating(DType.BF16, b.clone(), k * n));
+        Tensor c32 = gpu.empty(DType.F32, m * n);
+        Tensor c16 = gpu.empty(DType.BF16, m * n);
+        gpu.gemm(false, false, m, n, k, 1f, a16, 0, k, b16, 0, n, 0f, c32, 0, n);
+        gpu.gemm(false, false, m, n, k, 1f, a16, 0, k, b16, 0, n, 0f, c16, 0, n);
+        float[] want = gpu.download(c32).floats(), got = gpu.download(c16).floats();
+        for (int i = 0; i < want.length; i++) { // rounded once (cuBLAS may pick another kernel for a bf16 C)
+            assertEquals(DType.roundToBf16(got[i]), got[i], "a BF16 C holds bf16 values");
+            assertEquals(want[i], got[i], Math.abs(want[i]) / 256 + 1e-6, "C[" + i + "]: the f32 product, rounded");
+        }
+    }
+
+    /**
      * The fused LM-head loss at bf16 precision (bf16 copies of the weight and the input, the chunk's gradient in
      * bf16) against the CPU backend taking the same bf16 path (its GEMM dtype answered as BF16): the same loss and
      * gradients up to f32 summation order and the odd gradient element rounded the other way.
