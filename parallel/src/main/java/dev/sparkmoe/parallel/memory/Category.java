@@ -3,6 +3,7 @@ package dev.sparkmoe.parallel.memory;
 /** What a planned allocation holds, as the plan reports bytes at the peak. */
 public enum Category {
     PARAMETERS("parameters (f32 master shards)"),
+    COMPUTE_COPIES("compute copies (bf16 shards of the weights only GEMMs read)"),
     OPTIMIZER("optimizer state (AdamW m and v, f32 shards)"),
     GRADIENT_SHARDS("gradient shards (f32)"),
     UNIT_GRADIENTS("unit gradients before reduce-scatter (f32, unsharded)"),

@@ -7,8 +7,10 @@ import java.util.List;
  * What the backend itself allocates, beyond the tensors the model asks for. The CPU backend's kernels allocate
  * nothing a {@code MemoryTracker} sees; the CUDA backend ({@code CudaBackend}) holds the experts' GEMM operands as
  * bf16 at bf16 precision ({@code emptyGemmOperand}), copies attention's operands to bf16 for its flash kernels (or
- * uses T x T score buffers under a 512 MiB budget in its f32 path), rounds the grouped GEMM's other operands into bf16
- * copies that it keeps for the very next grouped GEMM, and takes a row buffer for the cross-entropy.
+ * uses T x T score buffers under a 512 MiB budget in its f32 path), reads a BF16 weight (a kept compute copy) in
+ * place where the grouped GEMM kernel can and widens it into an f32 copy where it cannot, rounds the grouped GEMM's
+ * other operands into bf16 copies that it keeps for the very next grouped GEMM, and takes a row buffer for the
+ * cross-entropy.
  */
 final class DeviceModel {
     /** CudaBackend.DEFAULT_ATTENTION_CHUNK_BYTES: the budget of the f32 attention path's score buffers. */
@@ -20,12 +22,31 @@ final class DeviceModel {
     private final boolean cuda;
     private final boolean bf16;
     private final List<Cast> heldCasts = new ArrayList<>();
+    private long weightCasts;   // cast copies made of the experts' weights (UnitLayout.Param operands)
+    private long bf16InPlace;   // BF16 weights (compute copies) the kernel read in place
+    private long widened;       // BF16 weights widened into f32 copies first
 
-    /** An operand of a grouped GEMM: its identity, its elements, and whether it is held as a bf16 image. */
-    record Operand(Object key, long elements, boolean image) {
+    /**
+     * An operand of a grouped GEMM: its identity, its elements, whether the kernel reads it in place (a bf16 image,
+     * or a BF16 tensor it can read: {@code GroupedGemmOperands.readableInPlace}), and whether it is a BF16 tensor that
+     * the kernel cannot read in place, which the backend widens into a new f32 tensor first.
+     */
+    record Operand(Object key, long elements, boolean image, boolean widen) {
+        Operand(Object key, long elements, boolean image) {
+            this(key, elements, image, false);
+        }
+
+        /** A BF16 weight (its compute copy): read in place where {@code inPlace}, else widened. */
+        static Operand bf16(Object key, long elements, boolean inPlace) {
+            return new Operand(key, elements, inPlace, !inPlace);
+        }
     }
 
     private record Cast(Object key, Ledger.Buf copy) {
+    }
+
+    /** The key of a widened operand: a new f32 tensor at each call, so never a kept copy's. */
+    private record Widened(Object of) {
     }
 
     DeviceModel(Ledger mem, PlanRequest r) {
@@ -61,20 +82,47 @@ final class DeviceModel {
         if (!bf16) {
             return;
         }
+        // CudaBackend.groupedGemm: a BF16 operand the kernel cannot read in place becomes a new f32 tensor first,
+        // cast as any f32 operand, and released after the call; those releases are backend calls, so the next call
+        // drops the copies this one keeps
+        List<Ledger.Buf> wide = new ArrayList<>();
+        Operand[] in = operands.clone();
+        for (int i = 0; i < in.length; i++) {
+            Operand o = in[i];
+            if (o.widen()) {
+                wide.add(mem.f32(Category.WORKSPACE, o.elements(), "f32 copy of a bf16 grouped GEMM operand"));
+                in[i] = new Operand(new Widened(o.key()), o.elements(), false);
+                widened++;
+            } else if (o.image() && o.key() instanceof UnitLayout.Param p && p.computeCopy != null) {
+                bf16InPlace++;
+            }
+        }
         if (groups > GROUPED_MAX_GROUPS) { // several launches, each with its own copies, freed after it
             dropCasts();
             double share = (double) GROUPED_MAX_GROUPS / groups;
             List<Ledger.Buf> made = new ArrayList<>();
-            for (Operand o : operands) {
+            for (Operand o : in) {
                 if (!o.image()) {
                     made.add(mem.bytes(Category.WORKSPACE, 2 * (long) Math.ceil(o.elements() * share)));
+                    countCast(o);
                 }
             }
             for (Ledger.Buf b : made) {
                 mem.free(b);
             }
-            return;
+        } else {
+            castAndKeep(in);
         }
+        if (!wide.isEmpty()) {
+            for (Ledger.Buf b : wide) {
+                mem.free(b);
+            }
+            dropCasts();
+        }
+    }
+
+    /** A single launch: casts the operands not read in place, reusing the previous call's copy of the same one. */
+    private void castAndKeep(Operand[] operands) {
         List<Cast> offered = new ArrayList<>(heldCasts);
         heldCasts.clear();
         for (Operand o : operands) {
@@ -92,11 +140,34 @@ final class DeviceModel {
                 heldCasts.add(reuse);
             } else {
                 heldCasts.add(new Cast(o.key(), mem.bytes(Category.WORKSPACE, 2 * o.elements())));
+                countCast(o);
             }
         }
         for (Cast h : offered) {
             mem.free(h.copy());
         }
+    }
+
+    private void countCast(Operand o) {
+        Object key = o.key() instanceof Widened w ? w.of() : o.key();
+        if (key instanceof UnitLayout.Param) {
+            weightCasts++;
+        }
+    }
+
+    /** Cast copies made of the experts' weights (widened ones included) so far (tests). */
+    long weightCasts() {
+        return weightCasts;
+    }
+
+    /** Compute copies of the experts' weights the kernel read in place so far (tests). */
+    long bf16InPlace() {
+        return bf16InPlace;
+    }
+
+    /** Compute copies of the experts' weights widened into f32 copies so far (tests). */
+    long widened() {
+        return widened;
     }
 
     /** Any other backend call but the next drops the kept copies. */

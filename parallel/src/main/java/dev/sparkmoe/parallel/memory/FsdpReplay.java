@@ -21,7 +21,10 @@ import java.util.List;
  * shard and allocate nothing; parameters whose shards are not even contiguous slices (experts split on dim 1, or
  * uneven chunks) are gathered by the blocking, padded collective instead. A parameter computed on its shard (the
  * vocabulary-parallel LM head) is never gathered and its gradient is its shard's, as in a group of one; under a bf16
- * param dtype its compute copy is the shard's size.
+ * param dtype it computes with an f32 copy of the shard made through the wire of a group of its rank alone, at every
+ * unshard. A parameter that keeps a bf16 compute copy ({@code FsdpParam.keepsComputeCopy}: alone with its shard, read
+ * only by GEMMs, on a backend whose GEMMs take bf16) computes with that copy, which construction made
+ * ({@link StepReplay#construct}): its unshard allocates nothing and its reshard frees nothing.
  */
 final class FsdpReplay {
     private final Ledger mem;
@@ -154,8 +157,10 @@ final class FsdpReplay {
         for (Param p : u.params) {
             if (!materialised(p) && !p.alone()) {
                 blockingGather(p);
-            } else if (p.computesOnShard && narrowParams && p.shardElements() > 0 && p.value == null) {
-                // its compute copy, through the wire of a group of its rank alone (FsdpParam.unshard)
+            } else if (p.computesOnShard && narrowParams && p.shardElements() > 0 && p.value == null
+                    && p.computeCopy == null) {
+                // its compute copy, through the wire of a group of its rank alone (FsdpParam.unshard), where it keeps
+                // no bf16 one
                 p.value = mem.f32(Category.GATHERED, p.shardElements(), p.name + " (compute copy of the shard)");
             }
         }

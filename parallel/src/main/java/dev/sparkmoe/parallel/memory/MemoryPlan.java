@@ -12,8 +12,10 @@ import java.util.Map;
  * @param request                the question
  * @param parameters             parameters of the whole model
  * @param activeParameters       parameters one token uses (experts it is not routed to left out)
- * @param persistentBytes        what lives between steps: parameter shards and AdamW moments
- * @param constructionPeakBytes  the peak while the trainer allocates its shards, loads them and makes the AdamW state
+ * @param persistentBytes        what lives between steps: parameter shards, their bf16 compute copies where kept, and
+ *                               AdamW moments
+ * @param constructionPeakBytes  the peak while the trainer allocates its shards (and compute copies), loads them and
+ *                               makes the AdamW state
  * @param stepPeakBytes          the peak of a training step (after the first, which records FSDP's unit order)
  * @param atStepPeak             what was live at the step's peak
  * @param stepPeakPhase          where in the step the peak falls

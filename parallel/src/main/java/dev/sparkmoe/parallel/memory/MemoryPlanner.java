@@ -19,7 +19,20 @@ public final class MemoryPlanner {
 
     /** The plan of one request. */
     public static MemoryPlan plan(PlanRequest r) {
-        StepReplay replay = new StepReplay(r);
+        return plan(new StepReplay(r));
+    }
+
+    /**
+     * The plan of {@code r} on a backend whose GEMMs take bf16 operands or not, whatever its device: the CPU backend
+     * made to take bf16 ({@code Bf16Gemms} in tests) keeps the compute copies and makes the GEMMs' bf16 copies as the
+     * CUDA backend at bf16 does, without the CUDA backend's own buffers.
+     */
+    static MemoryPlan plan(PlanRequest r, boolean bf16Gemms) {
+        return plan(new StepReplay(r, bf16Gemms));
+    }
+
+    private static MemoryPlan plan(StepReplay replay) {
+        PlanRequest r = replay.request();
         Ledger mem = replay.mem;
         replay.construct();
         long construction = mem.peak();
@@ -36,6 +49,13 @@ public final class MemoryPlanner {
                 atPeak = mem.atPeak();
                 phase = mem.peakPhase();
                 gathered = mem.peakContext();
+            }
+            if (mem.live() != persistent) { // what a step makes it gives back: a replay that does not is wrong
+                throw new IllegalStateException(String.format(Locale.ROOT, "the planner's replay of step %d ends "
+                        + "with %d B live, not the %d B it began with (world %d, ep %d, %d x %d tokens, grad_accum "
+                        + "%d, %s on %s, checkpointing %s): a planner bug, please report it with this line",
+                        step + 1, mem.live(), persistent, r.worldSize(), r.ep(), r.batch(), r.seqLen(),
+                        r.gradAccum(), r.precision(), r.device(), r.checkpointing().configName()));
             }
         }
         Map<Category, Long> by = new EnumMap<>(Category.class);

@@ -33,8 +33,8 @@ public final class PlanReport {
         sb.append('\n');
         sb.append(String.format(Locale.ROOT, "rank 0 at the step's peak (%s)%n", p.stepPeakPhase()));
         row(sb, "", "GB");
-        for (Category cat : new Category[] {Category.PARAMETERS, Category.OPTIMIZER, Category.GRADIENT_SHARDS,
-            Category.UNIT_GRADIENTS, Category.GATHERED}) {
+        for (Category cat : new Category[] {Category.PARAMETERS, Category.COMPUTE_COPIES, Category.OPTIMIZER,
+            Category.GRADIENT_SHARDS, Category.UNIT_GRADIENTS, Category.GATHERED}) {
             row(sb, cat.label(), gb(p.bytes(cat)));
         }
         sb.append("    ").append(p.gatheredAtStepPeak()).append('\n');
@@ -49,7 +49,7 @@ public final class PlanReport {
             }
         }
         row(sb, "step peak", gb(p.stepPeakBytes()));
-        row(sb, "between steps (parameters and AdamW state)", gb(p.persistentBytes()));
+        row(sb, "between steps (parameters, compute copies and AdamW state)", gb(p.persistentBytes()));
         row(sb, "model construction peak (each rank's shards, loaded a piece at a time)",
                 gb(p.constructionPeakBytes()));
         sb.append('\n');

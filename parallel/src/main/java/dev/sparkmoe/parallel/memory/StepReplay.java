@@ -24,6 +24,12 @@ import java.util.List;
  * all in the head's forward), what the backward pass makes and releases, and when FSDP gathers, reshards and reduces
  * ({@link FsdpReplay}) and the backend adds its own buffers ({@link DeviceModel}). The {@link Ledger} keeps the peak
  * and what was live at that moment.
+ *
+ * <p>Where the backend's GEMMs take bf16 operands ({@code Backend.gemmDType()}: the CUDA backend at bf16 precision)
+ * the model's dense GEMMs read bf16 copies of their f32 operands ({@code GemmOperand}, made just before the GEMM and
+ * given back after it, one copy of an input shared by q, k and v), and a weight that keeps a bf16 compute copy
+ * ({@code FsdpParam.keepsComputeCopy}: alone with its shard, read only by GEMMs, under the bf16 param dtype) is read
+ * as that copy: no copy of it is made, and the grouped GEMM reads the experts' in place.
  */
 final class StepReplay {
     private final PlanRequest r;
@@ -32,7 +38,7 @@ final class StepReplay {
     final UnitLayout units;
     final Ledger mem;
     private final FsdpReplay fsdp;
-    private final DeviceModel dev;
+    final DeviceModel dev;
     private final int h;
     private final int v;
     private final int e;
@@ -43,9 +49,23 @@ final class StepReplay {
     private final int headDim;
     private final long qDim;
     private final long kvDim;
+    private final boolean bf16Gemms;     // Backend.gemmDType() is BF16
+    private final boolean computeCopies; // the policy's param dtype is the GEMMs' dtype (bf16 on both sides)
+    private long denseWeightCopies;
 
+    /** The replay of {@code r} on its device: the CUDA backend's GEMMs take bf16 at bf16 precision, the CPU's f32. */
     StepReplay(PlanRequest r) {
+        this(r, r.bf16Device());
+    }
+
+    /**
+     * The replay of {@code r} on a backend whose GEMMs take bf16 operands or not, whatever its device (the CPU backend
+     * that {@code Bf16Gemms} makes take bf16 in tests; on CUDA they do exactly at bf16 precision).
+     */
+    StepReplay(PlanRequest r, boolean bf16Gemms) {
         this.r = r;
+        this.bf16Gemms = bf16Gemms;
+        this.computeCopies = bf16Gemms && r.precision() == PlanRequest.Precision.BF16;
         this.c = r.model();
         this.mode = r.checkpointing();
         units = new UnitLayout(c, r.worldSize(), r.ep());
@@ -65,6 +85,10 @@ final class StepReplay {
         kvDim = (long) kvHeads * headDim;
     }
 
+    PlanRequest request() {
+        return r;
+    }
+
     private Buf f32(Category cat, long elements, String what) {
         return mem.f32(cat, elements, what);
     }
@@ -72,16 +96,21 @@ final class StepReplay {
     // ------------------------------------------------------------------ construction (DistributedTrainer)
 
     /**
-     * Builds rank 0's part of the model: FullyShard gives every parameter a zero shard (units in creation order),
-     * then each shard is filled from the weights a piece of at most {@code Qwen3MoeModel.LOAD_PIECE} floats at a time
-     * (WeightSource.copyInto uploads each piece and gives it back), then AdamW makes the moments of each shard. Returns
-     * with shards and moments live.
+     * Builds rank 0's part of the model: FullyShard gives every parameter a zero shard (units in creation order) and,
+     * where it keeps one, its bf16 compute copy right after it (FsdpParam.paramDtype), then each shard is filled from
+     * the weights a piece of at most {@code Qwen3MoeModel.LOAD_PIECE} floats at a time (WeightSource.copyInto uploads
+     * each piece and gives it back), then AdamW makes the moments of each shard. Returns with shards, compute copies
+     * and moments live: they live as long as the trainer.
      */
     void construct() {
         List<Param> params = units.params();
         mem.phase("construction: each rank's shards, filled a piece at a time");
         for (Param p : params) {
             f32(Category.PARAMETERS, p.shardElements(), p.name);
+            if (p.keepsComputeCopy(computeCopies)) {
+                p.computeCopy = mem.alloc(Category.COMPUTE_COPIES, p.shardElements(), 2,
+                        "bf16 compute copy of " + p.name);
+            }
         }
         for (Param p : params) {
             for (long off = 0; off < p.shardElements(); off += Qwen3MoeModel.LOAD_PIECE) {
@@ -196,7 +225,7 @@ final class StepReplay {
             Cache cache = new Cache();
             cache.x = x;
             attentionHalf(l, cache, batch, n);
-            Buf out = l.moe ? moeForward(l, cache, n) : denseForward(cache, n);
+            Buf out = l.moe ? moeForward(l, cache, n) : denseForward(l, cache, n);
             p.caches[i] = cache;
             if (cache.routerLogits != null) {
                 p.kept.add(cache.routerLogits); // the pass's router-logits output
@@ -210,7 +239,7 @@ final class StepReplay {
         Buf finalOut = f32(Category.LOSS, n * h, "final norm output [N, H]");
         Buf finalRstd = f32(Category.LOSS, n, "final norm rstd");
         fsdp.readAsF32(units.head); // rmsNormForward reads the final norm
-        Buf dHidden = units.lmHead.computesOnShard ? vocabParallelLoss(p) : fusedLoss(p);
+        Buf dHidden = units.lmHead.computesOnShard ? vocabParallelLoss(p) : fusedLoss(p, units.lmHead.computeCopy != null);
         mem.free(finalOut);
         // the final norm's backward, in the head's forward
         p.dResidual = f32(Category.LOSS, n * h, "final norm input gradient [N, H]");
@@ -224,21 +253,24 @@ final class StepReplay {
 
     /**
      * FusedLinearCrossEntropy.run: the head input's gradient [N, H] and the head weight's [V, H]; on bf16 GEMM
-     * operands (CUDA at bf16) the weight's and the input's bf16 copies; then per chunk of rows the logits (in f32;
-     * their gradient written over them, or on bf16 operands into a bf16 buffer of its own) and the chunk's targets;
-     * no [N, V] tensor. Returns the head input's gradient; the weight's goes to the pass.
+     * operands (CUDA at bf16) the input's bf16 copy and the weight's, unless the weight is its compute copy
+     * ({@code weightIsBf16}); then per chunk of rows the logits (in f32; their gradient written over them, or on bf16
+     * operands into a bf16 buffer of its own) and the chunk's targets; no [N, V] tensor. Returns the head input's
+     * gradient; the weight's goes to the pass.
      */
-    private Buf fusedLoss(Pass p) {
+    private Buf fusedLoss(Pass p, boolean weightIsBf16) {
         long rows = r.lossChunkRows((int) p.n);
         Buf dHidden = f32(Category.LOSS, p.n * h, "final norm output gradient [N, H]");
         p.dHeadWeight = f32(Category.UNIT_GRADIENTS, (long) v * h, "gradient of " + units.lmHead.name);
         if (units.lmHead == units.embed) {
             fsdp.readAsF32(units.embedding); // tied: the head's GEMMs (or its bf16 copy) read the embedding
         }
-        boolean copies = r.bf16Device();
+        boolean copies = bf16Gemms;
         List<Buf> made = new ArrayList<>();
         if (copies) {
-            made.add(mem.alloc(Category.LOSS, (long) v * h, 2, "bf16 copy of " + units.lmHead.name));
+            if (!weightIsBf16) {
+                made.add(mem.alloc(Category.LOSS, (long) v * h, 2, "bf16 copy of " + units.lmHead.name));
+            }
             made.add(mem.alloc(Category.LOSS, p.n * h, 2, "bf16 copy of the final norm output [N, H]"));
         }
         made.add(f32(Category.LOSS, rows * v, "logits chunk [C, V]"));
@@ -256,9 +288,9 @@ final class StepReplay {
      * outputs gathered [G*N, H], their partial gradient [G*N, H] and this rank's rows of the head's gradient
      * [V_r, H]; per chunk of the gathered rows the local logits with two extra columns and the statistics' softmax
      * ([C, V_r + 2] each) and a few per-row vectors, one of them uploaded at a time; on bf16 GEMM operands (CUDA at
-     * bf16) also the bf16 copies of this rank's head rows and of the gathered rows, and the chunk's gradient in bf16;
-     * then the gathered rows go, and the reduce-scatter gives this rank's input gradient [N, H]. Returns it; the
-     * weight's gradient goes to the pass.
+     * bf16) also the bf16 copies of the gathered rows and of this rank's head rows (none where the head computes with
+     * its compute copy), and the chunk's gradient in bf16; then the gathered rows go, and the reduce-scatter gives
+     * this rank's input gradient [N, H]. Returns it; the weight's gradient goes to the pass.
      */
     private Buf vocabParallelLoss(Pass p) {
         int g = units.lmHead.groupSize;
@@ -275,9 +307,11 @@ final class StepReplay {
         Buf dHiddenAll = f32(Category.LOSS, all * h, "their partial input gradient [G*N, H]");
         p.dHeadWeight = f32(Category.GRADIENT_SHARDS, vr * h, "gradient of " + units.lmHead.name + " (its rows)");
         List<Buf> chunk = new ArrayList<>();
-        boolean copies = r.bf16Device() && vr > 0;
+        boolean copies = bf16Gemms && vr > 0;
         if (copies) {
-            chunk.add(mem.alloc(Category.LOSS, vr * h, 2, "bf16 copy of " + units.lmHead.name + " (its rows)"));
+            if (units.lmHead.computeCopy == null) {
+                chunk.add(mem.alloc(Category.LOSS, vr * h, 2, "bf16 copy of " + units.lmHead.name + " (its rows)"));
+            }
             chunk.add(mem.alloc(Category.LOSS, all * h, 2, "bf16 copy of the gathered rows [G*N, H]"));
         }
         chunk.add(f32(Category.LOSS, rows * width, "local logits chunk [C, V_r + 2]"));
@@ -289,7 +323,9 @@ final class StepReplay {
         if (copies) {
             chunk.add(mem.alloc(Category.LOSS, rows * width, 2, "bf16 gradient of the chunk [C, V_r + 2]"));
         }
-        mem.free(f32(Category.WORKSPACE, rows, "a column uploaded"));
+        if (dev.cuda()) { // Backend.copyFromHost uploads it on CUDA; the CPU backend writes from the host array
+            mem.free(f32(Category.WORKSPACE, rows, "a column uploaded"));
+        }
         dev.crossEntropy(rows);
         for (Buf b : chunk) {
             mem.free(b);
@@ -302,8 +338,8 @@ final class StepReplay {
 
     /**
      * VocabParallelCrossEntropy's gathered path (more gathered rows than words): the head gathered (ShardLayout's
-     * blocking all-gather), the local fused loss with it, the head freed, then its gradient reduce-scattered to this
-     * rank's rows (padded buffers when the rows are uneven) and the full gradient freed.
+     * blocking all-gather, into an f32 tensor), the local fused loss with it, the head freed, then its gradient
+     * reduce-scattered to this rank's rows (padded buffers when the rows are uneven) and the full gradient freed.
      */
     private Buf gatheredHeadLoss(Pass p, long vr) {
         UnitLayout.Param head = units.lmHead;
@@ -314,7 +350,7 @@ final class StepReplay {
         if (!even) {
             mem.free(f32(Category.WORKSPACE, piece * g, "all-gather receive buffer"));
         }
-        Buf dHidden = fusedLoss(p);
+        Buf dHidden = fusedLoss(p, false);
         mem.free(full);
         Buf fullGrad = p.dHeadWeight;
         p.dHeadWeight = f32(Category.GRADIENT_SHARDS, vr * h, "gradient of " + head.name + " (its rows)");
@@ -332,9 +368,14 @@ final class StepReplay {
         c.h1 = f32(Category.RESIDUAL, n * h, "input norm output");
         c.rstd1 = f32(Category.RESIDUAL, n, "input norm rstd");
         fsdp.readAsF32(l.unit); // rmsNormForward reads the input norm
+        Buf xg = gemmCopy(n * h, "the input norm output"); // made once for the three projections
         c.qRaw = f32(Category.ATTENTION, n * qDim, "q before q_norm");
+        linearForward(0, l.q);
         c.kRaw = f32(Category.ATTENTION, n * kvDim, "k before k_norm");
+        linearForward(0, l.k);
         c.v = f32(Category.ATTENTION, n * kvDim, "v");
+        linearForward(0, l.v);
+        mem.free(xg);
         c.q = f32(Category.ATTENTION, n * qDim, "q");
         c.k = f32(Category.ATTENTION, n * kvDim, "k");
         c.qRstd = f32(Category.ATTENTION, n * qHeads, "q_norm rstd");
@@ -343,6 +384,7 @@ final class StepReplay {
         c.lse = f32(Category.ATTENTION, n * qHeads, "attention lse");
         dev.attentionForward(batch, seq, qHeads, kvHeads, headDim);
         c.x2 = f32(Category.RESIDUAL, n * h, "o_proj output, the residual stream after attention");
+        linearForward(n * qDim, l.o);
         c.h2 = f32(Category.RESIDUAL, n * h, "post-attention norm output");
         c.rstd2 = f32(Category.RESIDUAL, n, "post-attention norm rstd");
     }
@@ -355,6 +397,7 @@ final class StepReplay {
     /** MoeBlock.forward: router, routing, the experts (in their own unit's hooks), the combine's output. */
     private Buf moeForward(Layer l, Cache c, long n) {
         c.routerLogits = f32(Category.MOE, n * e, "router logits [N, E]");
+        linearForward(n * h, l.router);
         route(c, n);
         fsdp.beforeForward(l.experts);
         c.slots = expertsForward(l, c, n);
@@ -437,21 +480,75 @@ final class StepReplay {
         return l.moe ? c.moeIntermediateSize() : c.intermediateSize();
     }
 
+    /**
+     * An expert weight as the grouped GEMM reads it: its compute copy (read in place where every row of the [E, r, c]
+     * stack is whole 16-byte chunks, c a multiple of 8, else widened: {@code GroupedGemm.takesAsIs}; the plan assumes
+     * the grouped GEMM kernel runs, as it does for the images), its gathered bf16 image, or an f32 tensor.
+     */
     private Operand weight(Param p) {
+        if (p.computeCopy != null) {
+            return Operand.bf16(p, p.elements(), p.shape[p.shape.length - 1] % 8 == 0);
+        }
         return new Operand(p, p.elements(), fsdp.heldAsImage(p));
     }
 
     /** DenseMlp.forward: gate, up and their SwiGLU kept, the down projection's output returned. */
-    private Buf denseForward(Cache c, long n) {
-        denseActivations(c, n);
-        return f32(Category.RESIDUAL, n * h, "MLP output, the residual stream after the layer");
+    private Buf denseForward(Layer l, Cache c, long n) {
+        denseActivations(l, c, n);
+        Buf out = f32(Category.RESIDUAL, n * h, "MLP output, the residual stream after the layer");
+        linearForward(n * this.c.intermediateSize(), l.down);
+        return out;
     }
 
-    private void denseActivations(Cache c, long n) {
+    private void denseActivations(Layer l, Cache c, long n) {
         long inter = this.c.intermediateSize();
         c.gate = f32(Category.MOE, n * inter, "dense MLP gate projection");
+        linearForward(n * h, l.gate);
         c.up = f32(Category.MOE, n * inter, "dense MLP up projection");
+        linearForward(n * h, l.up);
         c.act = f32(Category.MOE, n * inter, "dense MLP silu(gate) * up");
+    }
+
+    // ------------------------------------------------------------------ the dense GEMMs' operands (GemmOperand)
+
+    /** GemmOperand.of on an f32 tensor: its bf16 copy where the GEMMs take bf16, else nothing (null). */
+    private Buf gemmCopy(long elements, String what) {
+        return bf16Gemms ? mem.alloc(Category.WORKSPACE, elements, 2, "bf16 copy of " + what) : null;
+    }
+
+    /** GemmOperand.of on a weight's value: nothing where it is its bf16 compute copy. */
+    private Buf weightCopy(Param w) {
+        Buf copy = w.computeCopy != null ? null : gemmCopy(w.valueElements(), w.name);
+        denseWeightCopies += copy != null ? 1 : 0;
+        return copy;
+    }
+
+    /** The bf16 copies of weights the dense GEMMs (Linear) made so far (tests). */
+    long denseWeightCopies() {
+        return denseWeightCopies;
+    }
+
+    /**
+     * Linear.forward's GEMM, after its output: the copies of the input ({@code xElements}; 0 where the caller made
+     * its bf16 copy) and of the weight, made for the GEMM and given back after it.
+     */
+    private void linearForward(long xElements, Param w) {
+        Buf x16 = xElements > 0 ? gemmCopy(xElements, "a GEMM input") : null;
+        Buf w16 = weightCopy(w);
+        mem.free(x16, w16);
+    }
+
+    /**
+     * Linear.backward into the input gradient that the caller made: the output gradient's copy (read by both GEMMs),
+     * the weight's for the input gradient's GEMM, then the weight's gradient and the input's copy ({@code xElements};
+     * 0 where the caller made its bf16 copy) for the weight gradient's.
+     */
+    private void linearBackward(long dyElements, long xElements, Param w) {
+        Buf dy16 = gemmCopy(dyElements, "an output gradient");
+        mem.free(weightCopy(w));
+        fsdp.grad(w);
+        mem.free(xElements > 0 ? gemmCopy(xElements, "a GEMM input") : null);
+        mem.free(dy16);
     }
 
     /**
@@ -524,7 +621,7 @@ final class StepReplay {
         }
         attentionHalf(l, c, batch, n);
         if (!l.moe) {
-            denseActivations(c, n);
+            denseActivations(l, c, n);
             return;
         }
         if (mode == ActivationCheckpointing.FULL) {
@@ -571,7 +668,7 @@ final class StepReplay {
         Buf dLogits = f32(Category.TEMPORARIES, n * e, "router logits gradient");
         mem.free(dWeights, c.topIdx, c.topVal, c.probs);
         fsdp.readAsF32(l.unit); // the router's backward reads its weight
-        fsdp.grad(l.router);
+        linearBackward(n * e, n * h, l.router);
         mem.free(dLogits);
         return dx;
     }
@@ -634,20 +731,20 @@ final class StepReplay {
         long inter = this.c.intermediateSize();
         fsdp.readAsF32(l.unit);
         Buf dAct = f32(Category.TEMPORARIES, n * inter, "dense MLP activation gradient");
-        fsdp.grad(l.down);
+        linearBackward(n * h, n * inter, l.down);
         Buf dGate = f32(Category.TEMPORARIES, n * inter, "dense MLP gate gradient");
         Buf dUp = f32(Category.TEMPORARIES, n * inter, "dense MLP up gradient");
         mem.free(dAct, c.act, c.gate, c.up);
         Buf dx = f32(Category.TEMPORARIES, n * h, "MLP input gradient");
-        fsdp.grad(l.gate);
-        fsdp.grad(l.up);
+        linearBackward(n * inter, n * h, l.gate);
+        linearBackward(n * inter, n * h, l.up);
         mem.free(dGate, dUp);
         return dx;
     }
 
     private Buf attentionBackward(Layer l, Cache c, int batch, long n) {
         Buf dAttn = f32(Category.TEMPORARIES, n * qDim, "attention output gradient");
-        fsdp.grad(l.o);
+        linearBackward(n * h, n * qDim, l.o);
         Buf dq = f32(Category.TEMPORARIES, n * qDim, "q gradient");
         Buf dk = f32(Category.TEMPORARIES, n * kvDim, "k gradient");
         Buf dv = f32(Category.TEMPORARIES, n * kvDim, "v gradient");
@@ -658,10 +755,12 @@ final class StepReplay {
         fsdp.grad(l.qNorm);
         fsdp.grad(l.kNorm);
         mem.free(dq, dk, c.qRaw, c.kRaw, c.qRstd, c.kRstd);
+        Buf xg = gemmCopy(n * h, "the input norm output"); // made once for the three projections
         Buf dx = f32(Category.TEMPORARIES, n * h, "attention input gradient");
-        fsdp.grad(l.q);
-        fsdp.grad(l.k);
-        fsdp.grad(l.v);
+        linearBackward(n * qDim, 0, l.q);
+        linearBackward(n * kvDim, 0, l.k);
+        linearBackward(n * kvDim, 0, l.v);
+        mem.free(xg);
         mem.free(dqRaw, dkRaw, dv);
         return dx;
     }

@@ -9,7 +9,8 @@ import java.util.List;
 /**
  * The parameters of a Qwen3-MoE model and the FSDP units the {@code qwen3_moe} plan makes of them, for rank 0 of a
  * layout (the rank with the largest shards: torch.chunk gives the first ranks the full chunks). Mirrors
- * {@code Qwen3MoeModel} (parameter names, shapes and construction order), {@code ExpertParallel} (each MoE layer keeps
+ * {@code Qwen3MoeModel} (parameter names, shapes and construction order, and which it marks read only by GEMMs:
+ * the projections, the router, the experts and an untied LM head), {@code ExpertParallel} (each MoE layer keeps
  * experts [0, E/ep) on rank 0) and {@code Qwen3MoeParallelizer} with {@code FullyShard} (per MoE layer an experts unit
  * on dp_shard_mod_ep and a layer unit on the whole world, then the head, then the embedding when untied, then the
  * root, which holds the embedding when tied; the last layer's units stay gathered from forward to backward, the head,
@@ -26,8 +27,10 @@ final class UnitLayout {
         final int groupSize;
         final ShardLayout layout;
         boolean computesOnShard; // the LM head under the vocabulary-parallel loss: never gathered, its gradient its own
+        boolean readByGemmsOnly; // Parameter.readByGemmsOnly: projections, router, experts, an untied LM head
         Unit unit;
         // replay state (FsdpReplay)
+        Ledger.Buf computeCopy;  // the kept bf16 compute copy of the shard (FsdpParam.keepsComputeCopy), or null
         Ledger.Buf value;        // the gathered f32 value, or null while resharded or held only as a bf16 image
         boolean imaged;          // held as a bf16 image in its unit's wire buffer
         boolean pendingGather;   // part of a started all-gather not completed yet
@@ -60,6 +63,20 @@ final class UnitLayout {
         /** Whether the value is the shard itself (a group of one, or computed on its shard). */
         boolean alone() {
             return groupSize == 1 || computesOnShard;
+        }
+
+        /**
+         * FsdpParam.keepsComputeCopy: alone with its shard, read only by GEMMs, under a param dtype that the
+         * backend's GEMMs take ({@code paramDtypeIsGemmDtype}: bf16 on a backend whose {@code gemmDType()} is BF16,
+         * the CUDA backend at bf16 precision).
+         */
+        boolean keepsComputeCopy(boolean paramDtypeIsGemmDtype) {
+            return paramDtypeIsGemmDtype && alone() && readByGemmsOnly;
+        }
+
+        /** Elements of the value the module computes with: the shard where computed on it, else the whole. */
+        long valueElements() {
+            return computesOnShard ? shardElements() : elements();
         }
 
         /** Elements one rank sends in the padded all-gather and reduce-scatter of an uneven or strided layout. */
@@ -166,7 +183,7 @@ final class UnitLayout {
         int expertDim = Qwen3MoeParallelizer.expertShardDim(localExperts, expertGroup);
         embed = param("model.embed_tokens.weight", world, 0, v, h);
         headNorm = param("model.norm.weight", world, 0, h);
-        lmHead = c.tieWordEmbeddings() ? embed : param("lm_head.weight", world, 0, v, h);
+        lmHead = c.tieWordEmbeddings() ? embed : gemmOnly(param("lm_head.weight", world, 0, v, h));
         lmHead.computesOnShard = !c.tieWordEmbeddings() && world > 1; // Qwen3MoeParallelizer: vocabulary-parallel
         layers = new Layer[c.numHiddenLayers()];
         for (int i = 0; i < layers.length; i++) {
@@ -176,23 +193,23 @@ final class UnitLayout {
             int hkv = c.numKeyValueHeads() * c.headDim();
             l.inputNorm = param(p + ".input_layernorm.weight", world, 0, h);
             l.postNorm = param(p + ".post_attention_layernorm.weight", world, 0, h);
-            l.q = param(p + ".self_attn.q_proj.weight", world, 0, hq, h);
-            l.k = param(p + ".self_attn.k_proj.weight", world, 0, hkv, h);
-            l.v = param(p + ".self_attn.v_proj.weight", world, 0, hkv, h);
-            l.o = param(p + ".self_attn.o_proj.weight", world, 0, h, hq);
+            l.q = gemmOnly(param(p + ".self_attn.q_proj.weight", world, 0, hq, h));
+            l.k = gemmOnly(param(p + ".self_attn.k_proj.weight", world, 0, hkv, h));
+            l.v = gemmOnly(param(p + ".self_attn.v_proj.weight", world, 0, hkv, h));
+            l.o = gemmOnly(param(p + ".self_attn.o_proj.weight", world, 0, h, hq));
             l.qNorm = param(p + ".self_attn.q_norm.weight", world, 0, c.headDim());
             l.kNorm = param(p + ".self_attn.k_norm.weight", world, 0, c.headDim());
             if (l.moe) {
                 int in = c.moeIntermediateSize();
-                l.router = param(p + ".mlp.gate.weight", world, 0, e, h);
-                l.gate = expert(p + ".mlp.experts.gate_proj", expertGroup, expertDim, e, in, h);
-                l.up = expert(p + ".mlp.experts.up_proj", expertGroup, expertDim, e, in, h);
-                l.down = expert(p + ".mlp.experts.down_proj", expertGroup, expertDim, e, h, in);
+                l.router = gemmOnly(param(p + ".mlp.gate.weight", world, 0, e, h));
+                l.gate = gemmOnly(expert(p + ".mlp.experts.gate_proj", expertGroup, expertDim, e, in, h));
+                l.up = gemmOnly(expert(p + ".mlp.experts.up_proj", expertGroup, expertDim, e, in, h));
+                l.down = gemmOnly(expert(p + ".mlp.experts.down_proj", expertGroup, expertDim, e, h, in));
             } else {
                 int in = c.intermediateSize();
-                l.gate = param(p + ".mlp.gate_proj.weight", world, 0, in, h);
-                l.up = param(p + ".mlp.up_proj.weight", world, 0, in, h);
-                l.down = param(p + ".mlp.down_proj.weight", world, 0, h, in);
+                l.gate = gemmOnly(param(p + ".mlp.gate_proj.weight", world, 0, in, h));
+                l.up = gemmOnly(param(p + ".mlp.up_proj.weight", world, 0, in, h));
+                l.down = gemmOnly(param(p + ".mlp.down_proj.weight", world, 0, h, in));
             }
             layers[i] = l;
         }
@@ -231,6 +248,12 @@ final class UnitLayout {
     private Param param(String name, int group, int dim, int... shape) {
         Param p = new Param(name, shape, shape, dim, group);
         constructionOrder.add(p);
+        return p;
+    }
+
+    /** Marks a parameter as the model marks it read only by GEMMs ({@code Parameter.readByGemmsOnly}). */
+    private static Param gemmOnly(Param p) {
+        p.readByGemmsOnly = true;
         return p;
     }
 

@@ -1,6 +1,7 @@
 package dev.sparkmoe.parallel.memory;
 
 import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.backend.Bf16Gemms;
 import dev.sparkmoe.core.backend.CpuBackend;
 import dev.sparkmoe.core.backend.MemoryTracker;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
@@ -14,15 +15,17 @@ import java.util.SplittableRandom;
 
 /**
  * Peaks of real training steps on the CPU backend, each rank's backend wrapped in a {@link MemoryTracker}: the peak
- * of building the trainer, what is live between steps, and the peak of the second step (the first records FSDP's
- * unit order), as TrainBench --memory measures them.
+ * of building the trainer, what is live between steps (before the first and after the second), and the peak of the
+ * second step (the first records FSDP's unit order), as TrainBench --memory measures them. The CPU backend may be
+ * made to take bf16 GEMM operands ({@link Bf16Gemms}, as the CUDA backend at bf16 precision): at bf16 precision the
+ * trainer then keeps the compute copies and the model makes the GEMMs' bf16 copies for real.
  */
 final class MeasuredPeaks {
     private MeasuredPeaks() {
     }
 
-    /** One rank's measurements. */
-    record Rank(long construction, long persistent, long step) {
+    /** One rank's measurements; {@code afterSteps}: what is live after the second step. */
+    record Rank(long construction, long persistent, long step, long afterSteps) {
     }
 
     static Qwen3MoeConfig.Builder tiny() { // ModelPresets' qwen3-moe-tiny
@@ -42,13 +45,18 @@ final class MeasuredPeaks {
      * checkpointing, FSDP prefetch and loss chunks on the CPU.
      */
     static List<Rank> measure(PlanRequest r) {
+        return measure(r, false);
+    }
+
+    /** As {@link #measure(PlanRequest)}, on a CPU backend whose GEMMs take bf16 where {@code bf16Gemms}. */
+    static List<Rank> measure(PlanRequest r, boolean bf16Gemms) {
         TrainerSpec.OptimizerSettings opt = new TrainerSpec.OptimizerSettings(1e-4, 1e-4, 0, 10, "constant", 0.9,
                 0.95, 1e-8, 0.1, 1.0, r.gradAccum());
         TrainerSpec spec = new TrainerSpec(r.model().toJson(), null, 3, r.worldSize(), r.ep(), r.seqLen(), opt, "cpu",
                 -1, r.precision().name().toLowerCase(java.util.Locale.ROOT), r.prefetch(),
                 TrainerSpec.DEFAULT_CPU_BLAS_THREADS, r.checkpointing().configName());
         return InJvmRanks.run(r.worldSize(), Duration.ofMinutes(3), world -> {
-            Backend be = MemoryTracker.wrap(new CpuBackend());
+            Backend be = MemoryTracker.wrap(bf16Gemms ? Bf16Gemms.over(new CpuBackend()) : new CpuBackend());
             MemoryTracker tracker = MemoryTracker.of(be);
             tracker.setFollowing(false);
             try (DistributedTrainer t = new DistributedTrainer(spec, world, be, null)) {
@@ -67,7 +75,7 @@ final class MeasuredPeaks {
                 t.step(data); // records FSDP's unit order; prefetching starts with the next step
                 tracker.resetPeak();
                 t.step(data);
-                return new Rank(construction, persistent, tracker.peakBytes());
+                return new Rank(construction, persistent, tracker.peakBytes(), tracker.liveBytes());
             }
         });
     }

@@ -27,6 +27,13 @@ import org.junit.jupiter.params.provider.MethodSource;
  * model's rule (uneven chunks, one chunk of all rows; with and without expert parallelism), the vocabulary-parallel
  * loss of an untied head over a group whose size does not divide the vocabulary (with the bf16 param dtype's compute
  * copy of its rows), and FSDP prefetching one unit ahead instead of two.
+ *
+ * <p>The same on a CPU backend whose GEMMs take bf16 operands ({@code Bf16Gemms}: what the CUDA backend does at bf16
+ * precision, without its own buffers), at bf16 precision, against the planner's replay of such a backend: every
+ * weight read only by GEMMs that is alone with its shard keeps a bf16 compute copy from construction on (one rank;
+ * the experts in expert parallelism's groups of one; the vocabulary-parallel head), the GEMMs read the copies as they
+ * are and make bf16 copies of their other operands. Construction, the bytes between steps and the step's peak exact
+ * as above; after two steps exactly what lived before them (the copies stay).
  */
 class MemoryPlannerTest {
 
@@ -88,11 +95,45 @@ class MemoryPlannerTest {
                 .withPrecision(PlanRequest.Precision.parse(precision), PlanRequest.Device.CPU);
     }
 
+    static Stream<Arguments> bf16GemmCases() {
+        Qwen3MoeConfig tiny = MeasuredPeaks.tiny().build();
+        Qwen3MoeConfig tiedDense = MeasuredPeaks.tiny().tieWordEmbeddings(true).mlpOnlyLayers(List.of(0)).build();
+        Qwen3MoeConfig words = MeasuredPeaks.tiny().vocabSize(8192).build(); // the loss holds the peak
+        return Stream.of(
+                Arguments.of("tiny, 1 rank: every GEMM weight keeps a copy", request(tiny, 1, 1, 2, 64, 1, "bf16"),
+                        true),
+                Arguments.of("tied, dense layer 0, 1 rank, selective, grad_accum 2", request(tiedDense, 1, 1, 4, 64, 2,
+                        "bf16").withCheckpointing(ActivationCheckpointing.SELECTIVE), true),
+                Arguments.of("vocab 8192, 1 rank: the loss's peak", request(words, 1, 1, 2, 64, 1, "bf16"), true),
+                Arguments.of("vocab 8192, 1 rank, loss in one chunk, full", request(words, 1, 1, 2, 64, 1, "bf16")
+                        .withLossChunk(128).withCheckpointing(ActivationCheckpointing.FULL), true),
+                Arguments.of("tied, dense layer 0, fsdp 2: no copy", request(tiedDense, 2, 1, 2, 64, 1, "bf16"),
+                        false),
+                Arguments.of("vocab 8000, fsdp 3: the vocabulary-parallel head's copy, chunks of 40", request(
+                        MeasuredPeaks.tiny().vocabSize(8000).build(), 3, 1, 3, 64, 1, "bf16").withLossChunk(40), true),
+                Arguments.of("vocab 16384, fsdp 2: the vocabulary-parallel loss's peak, one chunk", request(
+                        MeasuredPeaks.tiny().vocabSize(16384).build(), 2, 1, 2, 64, 1, "bf16").withLossChunk(256),
+                        true),
+                Arguments.of("tiny, fsdp 2, ep 2: the experts' groups of one and the head", request(tiny, 2, 2, 2, 128,
+                        1, "bf16"), true));
+    }
+
     @ParameterizedTest(name = "{0}")
     @MethodSource("cases")
     void planMatchesTheMeasuredPeaks(String name, PlanRequest r) {
-        MemoryPlan plan = MemoryPlanner.plan(r);
-        List<MeasuredPeaks.Rank> ranks = MeasuredPeaks.measure(r);
+        assertMatches(name, r, MemoryPlanner.plan(r), MeasuredPeaks.measure(r));
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("bf16GemmCases")
+    void planMatchesTheMeasuredPeaksOfBf16Gemms(String name, PlanRequest r, boolean copies) {
+        MemoryPlan plan = MemoryPlanner.plan(r, true);
+        assertEquals(copies, plan.bytes(Category.COMPUTE_COPIES) > 0, "compute copies planned");
+        assertEquals(0, MemoryPlanner.plan(r).bytes(Category.COMPUTE_COPIES), "the CPU backend's GEMMs take f32");
+        assertMatches(name + " (bf16 GEMMs)", r, plan, MeasuredPeaks.measure(r, true));
+    }
+
+    private static void assertMatches(String name, PlanRequest r, MemoryPlan plan, List<MeasuredPeaks.Rank> ranks) {
         long step = ranks.stream().mapToLong(MeasuredPeaks.Rank::step).max().orElseThrow();
         MeasuredPeaks.Rank rank0 = ranks.get(0);
         double error = (double) plan.stepPeakBytes() / step - 1;
@@ -102,6 +143,7 @@ class MemoryPlannerTest {
                 plan.persistentBytes(), rank0.persistent(), plan.stepPeakPhase());
         assertEquals(rank0.construction(), plan.constructionPeakBytes(), "construction peak of rank 0");
         assertEquals(rank0.persistent(), plan.persistentBytes(), "bytes between steps on rank 0");
+        assertEquals(rank0.persistent(), rank0.afterSteps(), "bytes live on rank 0 after two steps");
         double tolerance = r.ep() == 1 ? 0.01 : 0.10;
         assertTrue(Math.abs(error) <= tolerance, () -> String.format(Locale.ROOT, "%s: planned step peak %d B is "
                 + "%+.2f%% off the measured %d B (tolerance %.0f%%); phase of the planned peak: %s", name,
