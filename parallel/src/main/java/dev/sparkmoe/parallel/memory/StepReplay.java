@@ -254,9 +254,9 @@ final class StepReplay {
     /**
      * FusedLinearCrossEntropy.run: the head input's gradient [N, H] and the head weight's [V, H]; on bf16 GEMM
      * operands (CUDA at bf16) the input's bf16 copy and the weight's, unless the weight is its compute copy
-     * ({@code weightIsBf16}); then per chunk of rows the logits (in f32; their gradient written over them, or on bf16
-     * operands into a bf16 buffer of its own) and the chunk's targets; no [N, V] tensor. Returns the head input's
-     * gradient; the weight's goes to the pass.
+     * ({@code weightIsBf16}); then per chunk of rows the logits (in the GEMMs' dtype: f32, or bf16 on bf16 operands;
+     * their gradient written over them) and the chunk's targets; no [N, V] tensor. Returns the head input's gradient;
+     * the weight's goes to the pass.
      */
     private Buf fusedLoss(Pass p, boolean weightIsBf16) {
         long rows = r.lossChunkRows((int) p.n);
@@ -273,9 +273,10 @@ final class StepReplay {
             }
             made.add(mem.alloc(Category.LOSS, p.n * h, 2, "bf16 copy of the final norm output [N, H]"));
         }
-        made.add(f32(Category.LOSS, rows * v, "logits chunk [C, V]"));
-        if (copies) {
-            made.add(mem.alloc(Category.LOSS, rows * v, 2, "bf16 gradient of the logits chunk [C, V]"));
+        if (copies) { // the chunk in the GEMMs' dtype, its gradient written over it
+            made.add(mem.alloc(Category.LOSS, rows * v, 2, "bf16 logits chunk [C, V]"));
+        } else {
+            made.add(f32(Category.LOSS, rows * v, "logits chunk [C, V]"));
         }
         made.add(f32(Category.LOSS, rows, "targets of a chunk"));
         dev.crossEntropy(rows);
@@ -338,7 +339,7 @@ final class StepReplay {
 
     /**
      * VocabParallelCrossEntropy's gathered path (more gathered rows than words): the head gathered (ShardLayout's
-     * blocking all-gather, into an f32 tensor), the local fused loss with it, the head freed, then its gradient
+     * blocking all-gather, into an f32 tensor; a compute copy widened to f32 rows first), the local fused loss with it, the head freed, then its gradient
      * reduce-scattered to this rank's rows (padded buffers when the rows are uneven) and the full gradient freed.
      */
     private Buf gatheredHeadLoss(Pass p, long vr) {
@@ -346,9 +347,14 @@ final class StepReplay {
         int g = head.groupSize;
         long piece = head.pieceElements();
         boolean even = (long) vr * g == v;
+        // a compute copy is widened into f32 rows first: the head travels in f32
+        Buf wide = head.computeCopy != null ? f32(Category.WORKSPACE, vr * h, "the head's rows widened") : null;
         Buf full = f32(Category.GATHERED, (long) v * h, units.lmHead.name + " gathered for the loss");
         if (!even) {
             mem.free(f32(Category.WORKSPACE, piece * g, "all-gather receive buffer"));
+        }
+        if (wide != null) {
+            mem.free(wide);
         }
         Buf dHidden = fusedLoss(p, false);
         mem.free(full);

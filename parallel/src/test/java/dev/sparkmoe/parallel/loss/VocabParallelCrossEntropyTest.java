@@ -1,5 +1,6 @@
 package dev.sparkmoe.parallel.loss;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -11,6 +12,7 @@ import dev.sparkmoe.core.backend.MemoryTracker;
 import dev.sparkmoe.core.model.LmHeadLoss;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
+import dev.sparkmoe.parallel.comm.Communicator;
 import dev.sparkmoe.parallel.comm.InJvmRanks;
 import dev.sparkmoe.parallel.fsdp.ShardLayout;
 import java.time.Duration;
@@ -136,9 +138,11 @@ class VocabParallelCrossEntropyTest {
         Out[] ref = new Out[world];
         double[] f32Loss = new double[world];
         for (int q = 0; q < world; q++) {
+            // logits retained: the local loss then keeps its chunk in f32, as the vocabulary-parallel loss computes
+            // its logits (without, the local chunk is bf16: FusedLinearCrossEntropy)
             LmHeadLoss.Result res = LmHeadLoss.LOCAL.run(local16, Tensor.of(hidden[q].clone(), counts[q], H),
                     Tensor.ofInts(targets[q].clone(), counts[q]), counts[q], Tensor.of(weight.clone(), v, H), scale,
-                    true, false, 0);
+                    true, true, 0);
             ref[q] = new Out(res.lossSum(), res.dHidden().floats(), res.dWeight().floats(), null);
             f32Loss[q] = LmHeadLoss.LOCAL.run(new CpuBackend(), Tensor.of(hidden[q].clone(), counts[q], H),
                     Tensor.ofInts(targets[q].clone(), counts[q]), counts[q], Tensor.of(weight.clone(), v, H), scale,
@@ -171,6 +175,59 @@ class VocabParallelCrossEntropyTest {
             int[] rg = layout.range(q);
             closeTo("LM head gradient rows of rank " + q, Arrays.copyOfRange(dW, rg[0] * H, rg[1] * H),
                     outs.get(q).dWeight, 1e-2);
+        }
+    }
+
+    /**
+     * The gathered path with the head as a bf16 compute copy (FsdpParam at bf16, world 1 per group): the rows travel
+     * in f32 (a device communicator gathers only between equal dtypes, as this one checks), and the loss and
+     * gradients are those of an f32 head holding the same values.
+     */
+    @Test
+    void theGatheredPathGathersABf16HeadInF32() {
+        int v = 6;
+        int[] counts = {5, 4, 3}; // 12 gathered rows > 6 words: the gathered path
+        int world = counts.length;
+        SplittableRandom r = new SplittableRandom(5);
+        float[] weight = random(r, v * H, 0.5);
+        for (int i = 0; i < weight.length; i++) {
+            weight[i] = DType.roundToBf16(weight[i]);
+        }
+        float[][] hidden = new float[world][];
+        int[][] targets = new int[world][];
+        for (int q = 0; q < world; q++) {
+            hidden[q] = random(r, counts[q] * H, 1.0);
+            targets[q] = r.ints(counts[q], 0, v).toArray();
+        }
+        ShardLayout layout = new ShardLayout(new int[] {v, H}, 0, world);
+        java.util.function.Function<Boolean, List<Out>> run = bf16Head -> InJvmRanks.run(world,
+                Duration.ofMinutes(1), comm -> {
+                    Communicator checked = new dev.sparkmoe.parallel.comm.ForwardingCommunicator(comm) {
+                        @Override
+                        public void allGather(Tensor send, int sOff, int len, Tensor recv, int rOff) {
+                            if (send.dtype() != recv.dtype()) {
+                                throw new IllegalArgumentException("allGather from " + send + " into " + recv);
+                            }
+                            super.allGather(send, sOff, len, recv, rOff);
+                        }
+                    };
+                    Backend be = Bf16Gemms.over(new CpuBackend());
+                    int q = comm.rank();
+                    int[] rg = layout.range(q);
+                    float[] rows = Arrays.copyOfRange(weight, rg[0] * H, rg[1] * H);
+                    Tensor shard = bf16Head ? Tensor.ofFloating(DType.BF16, rows, rg[1] - rg[0], H)
+                            : Tensor.of(rows, rg[1] - rg[0], H);
+                    LmHeadLoss.Result res = new VocabParallelCrossEntropy(checked, layout).run(be,
+                            Tensor.of(hidden[q].clone(), counts[q], H), Tensor.ofInts(targets[q].clone(), counts[q]),
+                            counts[q], shard, 1f / 12, true, false, 0);
+                    return new Out(res.lossSum(), res.dHidden().floats(), res.dWeight().floats(), null);
+                });
+        List<Out> f32 = run.apply(false);
+        List<Out> bf16 = run.apply(true);
+        for (int q = 0; q < world; q++) {
+            assertEquals(f32.get(q).loss, bf16.get(q).loss, 0.0, "loss of rank " + q);
+            assertArrayEquals(f32.get(q).dHidden, bf16.get(q).dHidden, "dHidden of rank " + q);
+            assertArrayEquals(f32.get(q).dWeight, bf16.get(q).dWeight, "head gradient rows of rank " + q);
         }
     }
 
