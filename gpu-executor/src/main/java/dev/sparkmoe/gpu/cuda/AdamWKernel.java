@@ -21,7 +21,7 @@ import java.util.List;
 final class AdamWKernel {
     private static final String K = KernelLauncher.ADAMW;
     /** Blocks an SM of a step that sums squares: grid-stride over the rest, few partials to add. */
-    static final int NORM_BLOCKS_PER_SM = 8;
+    static final int NORM_BLOCKS_PER_SM = 32;
 
     private final CudaDevice device;
     private final CudaMemory memory;
