@@ -34,20 +34,28 @@ __device__ __forceinline__ void adamw_squares(double sq, double* partial) {
     }
 }
 
+// Element i: the step on the gradient read times gradScale, its square (as read) added to sq, the compute copy.
+template <class OUT>
+__device__ __forceinline__ void adamw_element(float* param, const float* grad, float* m, float* v, OUT* out,
+                                              long long i, float decay, int doDecay, float w1, float beta2, float w2,
+                                              float stepSize, float bc2Sqrt, float eps, float gradScale, double& sq) {
+    float g = grad[i];
+    sq += (double)g * g;
+    float mi = m[i], vi = v[i];
+    float p = adamw_one(param[i], g * gradScale, mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+    param[i] = p;
+    m[i] = mi;
+    v[i] = vi;
+    adamw_out(out, i, p);
+}
+
 template <class OUT>
 __device__ __forceinline__ void adamw_body(float* param, const float* grad, float* m, float* v, OUT* out, int n,
                                            float decay, int doDecay, float w1, float beta2, float w2, float stepSize,
                                            float bc2Sqrt, float eps, float gradScale, double* partial) {
     double sq = 0;
     GRID_STRIDE(i, n) {
-        float g = grad[i];
-        sq += (double)g * g;
-        float mi = m[i], vi = v[i];
-        float p = adamw_one(param[i], g * gradScale, mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
-        param[i] = p;
-        m[i] = mi;
-        v[i] = vi;
-        adamw_out(out, i, p);
+        adamw_element(param, grad, m, v, out, i, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps, gradScale, sq);
     }
     adamw_squares(sq, partial);
 }
@@ -82,15 +90,8 @@ __device__ __forceinline__ void adamw_body4(float* __restrict__ param, const flo
     }
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t < n - 4 * n4) {
-        int i = 4 * n4 + (int)t;
-        float g = grad[i];
-        sq += (double)g * g;
-        float mi = m[i], vi = v[i];
-        float p = adamw_one(param[i], g * gradScale, mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
-        param[i] = p;
-        m[i] = mi;
-        v[i] = vi;
-        adamw_out(out, i, p);
+        adamw_element(param, grad, m, v, out, 4 * n4 + (int)t, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps,
+                      gradScale, sq);
     }
     adamw_squares(sq, partial);
 }
