@@ -291,6 +291,26 @@ public interface Backend {
      * copy under a narrower param dtype; null for none). All hold the parameter's element count.
      */
     record AdamWSlot(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor compute) {
+        /**
+         * Checks a step's slots (each tensor holds its parameter's element count) and {@code squares} (null, or one
+         * entry a slot) before anything is updated, naming the first that does not fit.
+         */
+        public static void check(java.util.List<AdamWSlot> slots, double[] squares) {
+            for (int i = 0; i < slots.size(); i++) {
+                AdamWSlot s = slots.get(i);
+                long n = s.param().numel();
+                for (Tensor t : new Tensor[] {s.grad(), s.m(), s.v(), s.compute()}) {
+                    if (t != null && t.numel() != n) {
+                        throw new IllegalArgumentException("adamwStep slot " + i + ": " + t + " does not hold the "
+                                + n + " elements of the parameter " + s.param());
+                    }
+                }
+            }
+            if (squares != null && squares.length != slots.size()) {
+                throw new IllegalArgumentException("adamwStep: " + squares.length + " sums of squares asked for "
+                        + slots.size() + " slots");
+            }
+        }
     }
 
     /**
@@ -305,21 +325,8 @@ public interface Backend {
      */
     default void adamwStep(java.util.List<AdamWSlot> slots, float lr, float beta1, float beta2, float eps,
                            float weightDecay, long step, float gradScale, double[] squares) {
-        for (int i = 0; i < slots.size(); i++) {
-            AdamWSlot s = slots.get(i);
-            long n = s.param().numel();
-            for (Tensor t : new Tensor[] {s.grad(), s.m(), s.v(), s.compute()}) {
-                if (t != null && t.numel() != n) {
-                    throw new IllegalArgumentException("adamwStep slot " + i + ": " + t + " does not hold the " + n
-                            + " elements of the parameter " + s.param());
-                }
-            }
-        }
+        AdamWSlot.check(slots, squares);
         if (squares != null) {
-            if (squares.length != slots.size()) {
-                throw new IllegalArgumentException("adamwStep: " + squares.length + " sums of squares asked for "
-                        + slots.size() + " slots");
-            }
             java.util.List<Tensor> grads = new java.util.ArrayList<>(slots.size());
             for (AdamWSlot s : slots) {
                 grads.add(s.grad());

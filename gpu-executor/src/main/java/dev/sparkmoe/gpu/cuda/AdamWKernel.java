@@ -38,16 +38,13 @@ final class AdamWKernel {
     /** {@link Backend#adamwStep}: one launch per slot, then (squares) one for the sums. */
     void step(List<Backend.AdamWSlot> slots, float lr, float beta1, float beta2, float eps, float weightDecay,
               long step, float gradScale, double[] squares) {
+        Backend.AdamWSlot.check(slots, squares);
         int count = slots.size();
-        if (squares != null && squares.length != count) {
-            throw new IllegalArgumentException("adamwStep: " + squares.length + " sums of squares asked for "
-                    + count + " slots");
-        }
         AdamW.Coefficients c = AdamW.Coefficients.of(lr, beta1, beta2, weightDecay, step);
         long[][] at = new long[count][];
         int[] grid = new int[count];
         long[] work = new long[count];
-        for (int i = 0; i < count; i++) { // every slot checked before anything runs
+        for (int i = 0; i < count; i++) { // every address taken before anything runs
             Backend.AdamWSlot s = slots.get(i);
             at[i] = addresses(s, i);
             long n = s.param().numel();
@@ -88,16 +85,10 @@ final class AdamWKernel {
         }
     }
 
-    /** {param, grad, m, v, compute (0: none)} device addresses of slot i, checked. */
+    /** {param, grad, m, v, compute (0: none)} device addresses of slot i (its sizes checked already). */
     private long[] addresses(Backend.AdamWSlot s, int i) {
         Tensor p = s.param();
         long n = p.numel();
-        for (Tensor t : new Tensor[] {s.grad(), s.m(), s.v(), s.compute()}) {
-            if (t != null && t.numel() != n) {
-                throw new IllegalArgumentException("adamwStep slot " + i + ": " + t + " does not hold the " + n
-                        + " elements of the parameter " + p);
-            }
-        }
         if (n == 0) {
             return new long[5];
         }

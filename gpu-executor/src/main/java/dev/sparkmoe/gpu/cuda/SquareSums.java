@@ -23,7 +23,8 @@ final class SquareSums implements AutoCloseable {
     private final Tensor scratch;
     private final long base;
     private final long[] desc;
-    private long table; // the table's device address once uploaded (0 before)
+    private final long tableAddress; // where the table goes, after the partials
+    private boolean uploaded;
 
     SquareSums(CudaDevice device, CudaMemory memory, KernelLauncher launcher, KernelErrors errors, int[] blocks) {
         this.device = device;
@@ -38,7 +39,7 @@ final class SquareSums implements AutoCloseable {
             }
             cells += b;
         }
-        long total = cells;
+        long tableCell = cells;
         cells += 4L * count;
         if (cells > Integer.MAX_VALUE) {
             throw new IllegalArgumentException("sums of squares: " + cells + " cells of partials and table");
@@ -52,8 +53,7 @@ final class SquareSums implements AutoCloseable {
             desc[4 * i + 3] = p;
             p += 8L * blocks[i];
         }
-        this.table = 0;
-        assert p == base + 8L * total;
+        this.tableAddress = base + 8L * tableCell;
     }
 
     /** Device address of tensor i's {@code blocks[i]} partial sums (f64). */
@@ -69,23 +69,14 @@ final class SquareSums implements AutoCloseable {
 
     /** The table {x, n, blocks, partial} per tensor on the device (uploaded on first call). */
     long table() {
-        if (table == 0) {
-            long d = base + 8L * (count + totalBlocks());
+        if (!uploaded) {
             try (LongPointer h = new LongPointer(desc)) {
-                Cuda.check(cudart.cudaMemcpyAsync(RawPointer.of(d, 0), h, 8L * desc.length,
+                Cuda.check(cudart.cudaMemcpyAsync(RawPointer.of(tableAddress, 0), h, 8L * desc.length,
                         cudart.cudaMemcpyHostToDevice, device.stream()), "cudaMemcpyAsync(sum of squares table)");
             }
-            table = d;
+            uploaded = true;
         }
-        return table;
-    }
-
-    private long totalBlocks() {
-        long t = 0;
-        for (int i = 0; i < count; i++) {
-            t += desc[4 * i + 2];
-        }
-        return t;
+        return tableAddress;
     }
 
     /** Adds every tensor's partials in order and returns the sums (waits for the device). */
