@@ -19,6 +19,7 @@ public final class Parameter {
     private Tensor grad;
     private final Backend backend;
     private boolean readByGemmsOnly;
+    private DType gradDType = DType.F32;
 
     /** A parameter whose value and gradient live on {@code backend}. */
     public Parameter(String name, Tensor value, Backend backend) {
@@ -54,6 +55,31 @@ public final class Parameter {
     /** Whether {@link #readByGemmsOnly()} marked this parameter. */
     public boolean isReadByGemmsOnly() {
         return readByGemmsOnly;
+    }
+
+    /**
+     * The dtype of the gradient buffer this parameter makes ({@link #gradBetaForFullWrite}, {@link #grad}): F32, or
+     * the param dtype where FSDP computes with a compute copy and nothing reduces the gradient after the backward
+     * (FSDP2 makes the unsharded gradient in the param dtype: the GEMM that writes it rounds its f32 accumulators once).
+     * Only for a parameter whose gradient is written whole by GEMMs ({@link #isReadByGemmsOnly()}), never accumulated
+     * by an elementwise op. A gradient made already keeps its dtype until {@link #clearGrad()}.
+     */
+    public void gradDType(DType dtype) {
+        if (dtype != DType.F32 && dtype != DType.BF16) {
+            throw new IllegalArgumentException("parameter " + name + ": a gradient in " + dtype + " is not supported "
+                    + "(F32, or BF16 for a weight read by GEMMs only)");
+        }
+        if (dtype != DType.F32 && !readByGemmsOnly) {
+            throw new IllegalArgumentException("parameter " + name + ": a " + dtype + " gradient needs a weight read "
+                    + "by GEMMs only (readByGemmsOnly), whose gradient GEMMs write whole; this one's gradient is "
+                    + "accumulated by other ops and stays F32");
+        }
+        this.gradDType = dtype;
+    }
+
+    /** The dtype {@link #gradBetaForFullWrite} and {@link #grad} make the gradient in (see {@link #gradDType(DType)}). */
+    public DType gradDType() {
+        return gradDType;
     }
 
     /** Hub-style name with stacked experts, e.g. "model.layers.0.mlp.experts.gate_proj". */
@@ -97,10 +123,10 @@ public final class Parameter {
         this.grad = null;
     }
 
-    /** The full-size gradient accumulator, created zeroed on first use. */
+    /** The full-size gradient accumulator, created zeroed (in {@link #gradDType()}) on first use. */
     public Tensor grad() {
         if (grad == null) {
-            grad = backend.zeros(DType.F32, shape);
+            grad = backend.zeros(gradDType, shape);
         }
         return grad;
     }
@@ -113,7 +139,7 @@ public final class Parameter {
      */
     public float gradBetaForFullWrite() {
         if (grad == null) {
-            grad = backend.empty(DType.F32, shape);
+            grad = backend.empty(gradDType, shape);
             return 0f;
         }
         return 1f;
@@ -121,7 +147,8 @@ public final class Parameter {
 
     /**
      * Adds a full-size gradient computed elsewhere (the fused loss's LM head gradient) and takes it over: it becomes
-     * the gradient when there is none yet (no copy), else it is added to it and released.
+     * the gradient when there is none yet (no copy), else it is added to it and released (in F32:
+     * {@link GradAccumulation#add}).
      */
     public void accumulateGrad(Tensor g) {
         if (!Arrays.equals(g.shape(), shape)) {
@@ -131,8 +158,7 @@ public final class Parameter {
         if (grad == null) {
             grad = g;
         } else {
-            backend.axpy(1f, g, 0, grad, 0, grad.numel());
-            backend.release(g);
+            grad = GradAccumulation.add(backend, grad, g);
         }
     }
 

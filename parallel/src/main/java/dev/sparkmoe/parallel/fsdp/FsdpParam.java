@@ -1,6 +1,7 @@
 package dev.sparkmoe.parallel.fsdp;
 
 import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.nn.GradAccumulation;
 import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
@@ -26,6 +27,12 @@ import java.util.List;
  * master weights into its bf16 all-gather buffer at every unshard, before the forward and again before the backward;
  * GEMMs reading the compute copy see those same values, made once per step instead of twice, and the copies each GEMM
  * made of an f32 value are gone.
+ *
+ * <p>Such a parameter's gradient is made in the param dtype too ({@link Parameter#gradDType(DType)}), as FSDP2 makes
+ * the unsharded gradient: its GEMMs write it in bf16, and since nothing reduces it (the parameter is alone with its
+ * shard) it is the shard gradient the optimizer reads, widened as it reads it. Under gradient accumulation the first
+ * micro-batch's gradient is widened to f32 when the second is added ({@link GradAccumulation}), as FSDP2 accumulates
+ * its f32 reduce dtype: a sum of micro-batches is never rounded to bf16.
  */
 public final class FsdpParam {
     private final Parameter param;
@@ -86,6 +93,7 @@ public final class FsdpParam {
             computeCopy = param.backend().empty(paramDtype, shard.shape());
             computeStale = true;
         }
+        param.gradDType(keepsComputeCopy() ? paramDtype : DType.F32);
     }
 
     /**
@@ -158,7 +166,10 @@ public final class FsdpParam {
         computeStale = true;
     }
 
-    /** The accumulated gradient shard, zero when none was reduced since the last {@link #zeroGrad()}. */
+    /**
+     * The accumulated gradient shard, zero when none was reduced since the last {@link #zeroGrad()}: F32, or the param
+     * dtype for a parameter with a compute copy after a single micro-batch (see the class comment).
+     */
     public Tensor shardGrad() {
         finishReduce();
         if (shardGrad == null) {
@@ -247,12 +258,7 @@ public final class FsdpParam {
         if (part != full) {
             be.release(full);
         }
-        if (shardGrad == null) {
-            shardGrad = part;
-        } else {
-            be.axpy(1f, part, 0, shardGrad, 0, part.numel());
-            be.release(part);
-        }
+        shardGrad = shardGrad == null ? part : GradAccumulation.add(be, shardGrad, part);
         return null;
     }
 

@@ -238,8 +238,28 @@ final class FsdpReplay {
     void grad(Param p) {
         if (p.grad == null) {
             Category c = p.alone() && p.shardGrad == null ? Category.GRADIENT_SHARDS : Category.UNIT_GRADIENTS;
-            p.grad = mem.f32(c, p.elements(), "gradient of " + p.name);
+            // Parameter.gradDType: the param dtype (bf16) where the parameter keeps a compute copy
+            p.grad = mem.alloc(c, p.elements(), p.computeCopy != null ? 2 : 4, "gradient of " + p.name);
         }
+    }
+
+    /**
+     * GradAccumulation.add: acc + part in f32. A bf16 acc is widened into a new f32 sum (acc freed), a bf16 part into
+     * an f32 copy (part freed, the copy freed after the add); an f32 part is freed after the add. Returns the sum.
+     */
+    private Ledger.Buf accumulate(Ledger.Buf acc, Ledger.Buf part, long elements, String name) {
+        Ledger.Buf sum = acc;
+        if (acc.elementBytes < 4) {
+            sum = mem.f32(Category.GRADIENT_SHARDS, elements, "gradient of " + name + " widened");
+            mem.free(acc);
+        }
+        Ledger.Buf x = part;
+        if (part.elementBytes < 4) {
+            x = mem.f32(Category.UNIT_GRADIENTS, elements, "gradient of " + name + " widened");
+            mem.free(part);
+        }
+        mem.free(x);
+        return sum;
     }
 
     /**
@@ -247,11 +267,7 @@ final class FsdpReplay {
      * unsharded gradient when there is none yet, else it is added and given back.
      */
     void adoptGrad(Param p, Ledger.Buf g) {
-        if (p.grad == null) {
-            p.grad = g;
-        } else {
-            mem.free(g);
-        }
+        p.grad = p.grad == null ? g : accumulate(p.grad, g, p.elements(), p.name);
     }
 
     private void beginReduce(Param p) {
@@ -268,11 +284,7 @@ final class FsdpReplay {
         if (part != full) {
             mem.free(full);
         }
-        if (p.shardGrad == null) {
-            p.shardGrad = part;
-        } else {
-            mem.free(part); // added into the shard gradient
-        }
+        p.shardGrad = p.shardGrad == null ? part : accumulate(p.shardGrad, part, p.shardElements(), p.name);
     }
 
     /** ShardLayout.reduceScatter: the shard of the sum; uneven or strided layouts go through padded buffers. */

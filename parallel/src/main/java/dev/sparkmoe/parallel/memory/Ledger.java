@@ -16,6 +16,7 @@ final class Ledger {
     static final class Buf {
         final Category category;
         final long bytes;
+        int elementBytes = 1; // of a tensor made by alloc: 4 for f32, 2 for bf16
         boolean freed;
 
         Buf(Category category, long bytes) {
@@ -70,6 +71,7 @@ final class Ledger {
         }
         long bytes = elements * elementBytes;
         Buf b = new Buf(c, deviceBlocks ? blockBytes(bytes) : bytes);
+        b.elementBytes = elementBytes;
         live[c.ordinal()] += b.bytes;
         liveTotal += b.bytes;
         if (!scopes.isEmpty()) {
