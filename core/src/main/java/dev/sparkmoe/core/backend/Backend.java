@@ -266,15 +266,29 @@ public interface Backend {
     /** dst[index[j]] = src[j] for j in [0, n), rows of {@code width}. */
     void scatterRows(Tensor src, Tensor index, int n, int width, Tensor dst);
 
-    /** y[t] = sum over k of weights[t*K + k] * slots[t*K + k], rows of {@code width}; y is written. */
-    void moeCombine(Tensor slots, Tensor weights, int tokens, int k, int width, Tensor y);
+    /** inverse[index[j]] = j for j in [0, n): the inverse of a permutation of [0, n) (I32 tensors). */
+    void invertIndex(Tensor index, int n, Tensor inverse);
 
-    /** Backward of {@link #moeCombine}: dSlots = w * dy (written), dWeights[s] = dot(dy[t], slots[s]) (written). */
-    void moeCombineBackward(Tensor dy, Tensor slots, Tensor weights, int tokens, int k, int width, Tensor dSlots,
-                            Tensor dWeights);
+    /**
+     * y[t] = sum over k of weights[t*K + k] * slot(t*K + k), rows of {@code width}; y is written. Slot s is row
+     * {@code rowOfSlot[s]} of {@code rows} (I32 [tokens*K]: the experts' outputs where they are, no copy in slot
+     * order), or row s where {@code rowOfSlot} is null.
+     */
+    void moeCombine(Tensor rows, Tensor rowOfSlot, Tensor weights, int tokens, int k, int width, Tensor y);
 
-    /** dst[t] += sum over k of src[t*K + k], rows of {@code width} (the gradient of copying a token K times). */
-    void sumSlots(Tensor src, int tokens, int k, int width, Tensor dst);
+    /**
+     * Backward of {@link #moeCombine}, slot s at row r(s) = {@code rowOfSlot[s]} (s where null) of {@code rows} and of
+     * {@code dRows}: dRows[r(s)] = w[s] * dy[t] (written; dRows may be a GEMM operand, {@link #emptyGemmOperand}),
+     * dWeights[s] = dot(dy[t], rows[r(s)]) (written).
+     */
+    void moeCombineBackward(Tensor dy, Tensor rows, Tensor rowOfSlot, Tensor weights, int tokens, int k, int width,
+                            Tensor dRows, Tensor dWeights);
+
+    /**
+     * dst[t] += sum over k of slot(t*K + k), rows of {@code width} (the gradient of copying a token K times), slot s
+     * at row {@code rowOfSlot[s]} of {@code src} (row s where null).
+     */
+    void sumSlots(Tensor src, Tensor rowOfSlot, int tokens, int k, int width, Tensor dst);
 
     // ------------------------------------------------------------------ optimizer
 

@@ -229,19 +229,24 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
-    public void moeCombine(Tensor slots, Tensor weights, int tokens, int k, int width, Tensor y) {
-        CpuMoeRouting.moeCombine(slots, weights, tokens, k, width, y);
+    public void invertIndex(Tensor index, int n, Tensor inverse) {
+        CpuMoeRouting.invertIndex(index, n, inverse);
     }
 
     @Override
-    public void moeCombineBackward(Tensor dy, Tensor slots, Tensor weights, int tokens, int k, int width,
-                                   Tensor dSlots, Tensor dWeights) {
-        CpuMoeRouting.moeCombineBackward(dy, slots, weights, tokens, k, width, dSlots, dWeights);
+    public void moeCombine(Tensor rows, Tensor rowOfSlot, Tensor weights, int tokens, int k, int width, Tensor y) {
+        CpuMoeRouting.moeCombine(rows, rowOfSlot, weights, tokens, k, width, y);
     }
 
     @Override
-    public void sumSlots(Tensor src, int tokens, int k, int width, Tensor dst) {
-        CpuMoeRouting.sumSlots(src, tokens, k, width, dst);
+    public void moeCombineBackward(Tensor dy, Tensor rows, Tensor rowOfSlot, Tensor weights, int tokens, int k,
+                                   int width, Tensor dRows, Tensor dWeights) {
+        CpuMoeRouting.moeCombineBackward(dy, rows, rowOfSlot, weights, tokens, k, width, dRows, dWeights);
+    }
+
+    @Override
+    public void sumSlots(Tensor src, Tensor rowOfSlot, int tokens, int k, int width, Tensor dst) {
+        CpuMoeRouting.sumSlots(src, rowOfSlot, tokens, k, width, dst);
     }
 
     // ------------------------------------------------------------------ optimizer and helpers

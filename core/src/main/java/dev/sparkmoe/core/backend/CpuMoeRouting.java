@@ -1,5 +1,6 @@
 package dev.sparkmoe.core.backend;
 
+import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 
 /**
@@ -148,8 +149,27 @@ final class CpuMoeRouting {
         });
     }
 
-    static void moeCombine(Tensor slots, Tensor weights, int tokens, int k, int width, Tensor y) {
-        float[] sf = slots.floats();
+    static void invertIndex(Tensor index, int n, Tensor inverse) {
+        int[] idx = index.ints();
+        int[] inv = inverse.ints();
+        for (int j = 0; j < n; j++) {
+            int s = idx[j];
+            if (s < 0 || s >= n) {
+                throw new IllegalArgumentException("invertIndex: index[" + j + "] = " + s + " is not in [0, " + n
+                        + "): not a permutation");
+            }
+            inv[s] = j;
+        }
+    }
+
+    /** Row of slot s: rowOfSlot[s], or s without an index. */
+    private static int row(int[] rowOfSlot, int s) {
+        return rowOfSlot == null ? s : rowOfSlot[s];
+    }
+
+    static void moeCombine(Tensor rows, Tensor rowOfSlot, Tensor weights, int tokens, int k, int width, Tensor y) {
+        float[] sf = rows.floats();
+        int[] r = rowOfSlot == null ? null : rowOfSlot.ints();
         float[] w = weights.floats();
         float[] yf = y.floats();
         Par.range(tokens, (long) k * width, (from, to) -> {
@@ -159,7 +179,7 @@ final class CpuMoeRouting {
                 }
                 for (int q = 0; q < k; q++) {
                     float wq = w[t * k + q];
-                    int so = (t * k + q) * width;
+                    int so = row(r, t * k + q) * width;
                     for (int j = 0; j < width; j++) {
                         yf[t * width + j] += wq * sf[so + j];
                     }
@@ -168,21 +188,24 @@ final class CpuMoeRouting {
         });
     }
 
-    static void moeCombineBackward(Tensor dy, Tensor slots, Tensor weights, int tokens, int k, int width,
-                                   Tensor dSlots, Tensor dWeights) {
+    static void moeCombineBackward(Tensor dy, Tensor rows, Tensor rowOfSlot, Tensor weights, int tokens, int k,
+                                   int width, Tensor dRows, Tensor dWeights) {
         float[] dyf = dy.floats();
-        float[] sf = slots.floats();
+        float[] sf = rows.floats();
+        int[] r = rowOfSlot == null ? null : rowOfSlot.ints();
         float[] w = weights.floats();
-        float[] dsf = dSlots.floats();
+        float[] dsf = dRows.floats();
+        DType dt = dRows.dtype();
         float[] dwf = dWeights.floats();
         Par.range(tokens, (long) k * width * 2, (from, to) -> {
             for (int t = from; t < to; t++) {
                 for (int q = 0; q < k; q++) {
                     int s = t * k + q;
+                    int ro = row(r, s) * width;
                     float dot = 0f;
                     for (int j = 0; j < width; j++) {
-                        dsf[s * width + j] = w[s] * dyf[t * width + j];
-                        dot += dyf[t * width + j] * sf[s * width + j];
+                        dsf[ro + j] = DType.round(dt, w[s] * dyf[t * width + j]);
+                        dot += dyf[t * width + j] * sf[ro + j];
                     }
                     dwf[s] = dot;
                 }
@@ -190,13 +213,14 @@ final class CpuMoeRouting {
         });
     }
 
-    static void sumSlots(Tensor src, int tokens, int k, int width, Tensor dst) {
+    static void sumSlots(Tensor src, Tensor rowOfSlot, int tokens, int k, int width, Tensor dst) {
         float[] sf = src.floats();
+        int[] r = rowOfSlot == null ? null : rowOfSlot.ints();
         float[] df = dst.floats();
         Par.range(tokens, (long) k * width, (from, to) -> {
             for (int t = from; t < to; t++) {
                 for (int q = 0; q < k; q++) {
-                    int so = (t * k + q) * width;
+                    int so = row(r, t * k + q) * width;
                     for (int j = 0; j < width; j++) {
                         df[t * width + j] += sf[so + j];
                     }

@@ -4,6 +4,7 @@ import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.model.moe.LocalTokenDispatcher;
 import dev.sparkmoe.core.model.moe.TokenDispatcher;
 import dev.sparkmoe.core.model.moe.TokenDispatcher.Dispatch;
+import dev.sparkmoe.core.model.moe.TokenDispatcher.SlotRows;
 import dev.sparkmoe.core.nn.Module;
 import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.tensor.DType;
@@ -128,8 +129,11 @@ public final class Experts extends Module {
         }
     }
 
-    /** hidden [N, H], expertIds (I32 [N*K], on the backend) -> expert outputs in slot order [N*K, H]. */
-    Tensor forward(Backend be, Tensor hiddenStates, Tensor expertIds, int tokens, int topK, Cache c) {
+    /**
+     * hidden [N, H], expertIds (I32 [N*K], on the backend) -> the expert outputs as the token slots read them
+     * ({@link TokenDispatcher#combine}: in slot order, or the experts' rows with each slot's row).
+     */
+    SlotRows forward(Backend be, Tensor hiddenStates, Tensor expertIds, int tokens, int topK, Cache c) {
         Dispatch d = dispatcher.dispatch(be, hiddenStates, expertIds, tokens, topK, hidden, numExperts);
         if (d.localCounts().length != localExperts || d.firstExpert() != firstExpert) {
             throw new IllegalStateException(path() + " holds experts [" + firstExpert + ", " + (firstExpert
@@ -152,8 +156,10 @@ public final class Experts extends Module {
         be.groupedGemm(false, true, g.n, g.rows, g.hid, g.inter, 1f, act, g.iOff, inter, downProj.value(),
                 g.wHI, inter, 0f, out, g.xOff, hidden);
         be.release(act);
-        Tensor slots = dispatcher.combine(be, out, d);
-        be.release(out);
+        SlotRows slots = dispatcher.combine(be, out, d);
+        if (slots.rows() != out) {
+            be.release(out);
+        }
         return slots;
     }
 
@@ -213,12 +219,33 @@ public final class Experts extends Module {
     }
 
     /**
-     * dSlots [N*K, H] -> accumulates into dHidden [N, H] and the expert weight gradients. Releases the cache (the
-     * dispatcher's index tensors through {@link TokenDispatcher#release}) and temporaries; dSlots stays the caller's.
+     * The combine's backward ({@link Backend#moeCombineBackward}: dy [N, H] and the {@code slots} of
+     * {@link #forward}, combined with {@code weights} [N*K]): writes dWeights [N*K] and returns the gradient of the
+     * expert outputs in the experts' row order [rows, H], a grouped GEMM operand for {@link #backward}. Where the slots
+     * are the experts' rows (all experts here) it is written in that order at once; else in slot order and moved by
+     * the dispatcher ({@link TokenDispatcher#combineBackward}).
      */
-    void backward(Backend be, Tensor dSlots, Cache c, Tensor dHidden) {
+    Tensor combineBackward(Backend be, Tensor dy, SlotRows slots, Tensor weights, int tokens, int topK,
+                           Tensor dWeights, Cache c) {
+        if (slots.rowOfSlot() != null) {
+            Tensor dOut = be.emptyGemmOperand(c.dispatch.rows(), hidden); // read only by the grouped GEMMs
+            be.moeCombineBackward(dy, slots.rows(), slots.rowOfSlot(), weights, tokens, topK, hidden, dOut, dWeights);
+            return dOut;
+        }
+        Tensor dSlots = be.empty(DType.F32, tokens * topK, hidden);
+        be.moeCombineBackward(dy, slots.rows(), null, weights, tokens, topK, hidden, dSlots, dWeights);
+        Tensor dOut = dispatcher.combineBackward(be, dSlots, c.dispatch);
+        be.release(dSlots);
+        return dOut;
+    }
+
+    /**
+     * dOut [rows, H] (the gradient of the expert outputs in the experts' row order, {@link #combineBackward}; taken
+     * over) -> accumulates into dHidden [N, H] and the expert weight gradients. Releases the cache (the dispatcher's
+     * index tensors through {@link TokenDispatcher#release}) and temporaries.
+     */
+    void backward(Backend be, Tensor dOut, Cache c, Tensor dHidden) {
         Dispatch d = c.dispatch;
-        Tensor dOut = dispatcher.combineBackward(be, dSlots, d);
         int rows = d.rows();
         Groups g = new Groups(d.localCounts());
         Tensor dAct = be.empty(DType.F32, rows, inter);

@@ -1,6 +1,7 @@
 package dev.sparkmoe.core.model;
 
 import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.model.moe.TokenDispatcher.SlotRows;
 import dev.sparkmoe.core.nn.Module;
 import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.tensor.DType;
@@ -50,7 +51,7 @@ public final class MoeBlock extends Module {
         Tensor topIdx;        // I32 [N*K] expert of each slot
         Tensor topVal;        // [N*K] router probability of each slot (before renormalisation)
         Tensor weights;       // [N*K] combine weight of each slot
-        Tensor slots;         // [N*K, H] expert outputs in slot order
+        SlotRows slots;       // [N*K, H] expert outputs as the slots read them (in slot order, or by row)
         boolean expertsInBackward; // the recompute ran the experts' backward hooks already
         final Experts.Cache experts = new Experts.Cache();
     }
@@ -67,7 +68,7 @@ public final class MoeBlock extends Module {
         c.slots = experts.forward(be, x, c.topIdx, tokens, topK, c.experts);
         experts.afterForward();
         Tensor y = be.empty(DType.F32, tokens, hidden);
-        be.moeCombine(c.slots, c.weights, tokens, topK, hidden, y);
+        be.moeCombine(c.slots.rows(), c.slots.rowOfSlot(), c.weights, tokens, topK, hidden, y);
         return y;
     }
 
@@ -89,8 +90,9 @@ public final class MoeBlock extends Module {
     void drop(Backend be, Cache c, ActivationCheckpointing mode) {
         c.x = null;
         if (mode == ActivationCheckpointing.FULL) {
-            Release.all(be, c.probs, c.topIdx, c.topVal, c.weights, c.slots);
-            c.probs = c.topIdx = c.topVal = c.weights = c.slots = null;
+            Release.all(be, c.probs, c.topIdx, c.topVal, c.weights, c.slots.rows());
+            c.probs = c.topIdx = c.topVal = c.weights = null;
+            c.slots = null;
         }
         experts.drop(be, c.experts, mode);
     }
@@ -127,18 +129,17 @@ public final class MoeBlock extends Module {
      * every token n of this layer).
      */
     Tensor backward(Backend be, Tensor dy, int tokens, Cache c, Tensor auxGrad) {
-        Tensor dSlots = be.empty(DType.F32, tokens * topK, hidden);
         Tensor dWeights = be.empty(DType.F32, tokens * topK);
-        be.moeCombineBackward(dy, c.slots, c.weights, tokens, topK, hidden, dSlots, dWeights);
-        Release.all(be, c.slots, c.weights);
+        Tensor dOut = experts.combineBackward(be, dy, c.slots, c.weights, tokens, topK, dWeights, c.experts);
+        Release.all(be, c.slots.rows(), c.weights);
+        c.slots = null;
         Tensor dx = be.zeros(DType.F32, tokens, hidden);
         if (!c.expertsInBackward) {
             experts.beforeBackward();
         }
         c.expertsInBackward = false;
-        experts.backward(be, dSlots, c.experts, dx);
+        experts.backward(be, dOut, c.experts, dx);
         experts.afterBackward();
-        be.release(dSlots);
         Tensor dLogits = be.empty(DType.F32, tokens, numExperts);
         be.routerBackward(dWeights, c.topIdx, c.topVal, c.probs, auxGrad, tokens, numExperts, topK, normTopk,
                 dLogits);

@@ -112,7 +112,7 @@ class ActivationCheckpointingTest {
      * Bytes held after the forward pass, exactly: the pass's own (ids, targets, the aux gradient, and the head's
      * gradients, all made in its forward: the last layer's output gradient, the final norm's and the LM head's
      * weight gradients), plus per layer its input, plus per MoE layer its router logits
-     * (returned by the pass), plus under selective each MoE layer's routing, dispatch permutation and slots.
+     * (returned by the pass), plus under selective each MoE layer's routing, dispatch permutations and slots.
      */
     @Test
     void aLayerKeepsWhatItsSettingSays() {
@@ -125,8 +125,9 @@ class ActivationCheckpointingTest {
         int moeLayers = layers - 1;
         long pass = 4L * (2 * n + e + n * h + h + (long) c.vocabSize() * h);
         long full = pass + 4L * layers * n * h + 4L * moeLayers * n * e;
-        // probs [N, E], top-k ids, values and weights [N*K], slots [N*K, H], the dispatch's slot order [N*K]
-        long selective = full + 4L * moeLayers * (n * e + 4L * n * k + (long) n * k * h);
+        // probs [N, E], top-k ids, values and weights [N*K], slots [N*K, H], the dispatch's slot order and each
+        // slot's row [N*K]
+        long selective = full + 4L * moeLayers * (n * e + 5L * n * k + (long) n * k * h);
         Run none = run(c, ActivationCheckpointing.NONE);
         Run fullRun = run(c, ActivationCheckpointing.FULL);
         Run selectiveRun = run(c, ActivationCheckpointing.SELECTIVE);

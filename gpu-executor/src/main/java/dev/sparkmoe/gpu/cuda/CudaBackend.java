@@ -755,22 +755,29 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     @Override
-    public synchronized void moeCombine(Tensor slots, Tensor weights, int tokens, int k, int width, Tensor y) {
+    public synchronized void invertIndex(Tensor index, int n, Tensor inverse) {
         current();
-        routing.moeCombine(slots, weights, tokens, k, width, y);
+        routing.invertIndex(index, n, inverse);
     }
 
     @Override
-    public synchronized void moeCombineBackward(Tensor dy, Tensor slots, Tensor weights, int tokens, int k, int width,
-                                                Tensor dSlots, Tensor dWeights) {
+    public synchronized void moeCombine(Tensor rows, Tensor rowOfSlot, Tensor weights, int tokens, int k, int width,
+                                        Tensor y) {
         current();
-        routing.moeCombineBackward(dy, slots, weights, tokens, k, width, dSlots, dWeights);
+        routing.moeCombine(rows, rowOfSlot, weights, tokens, k, width, y);
     }
 
     @Override
-    public synchronized void sumSlots(Tensor src, int tokens, int k, int width, Tensor dst) {
+    public synchronized void moeCombineBackward(Tensor dy, Tensor rows, Tensor rowOfSlot, Tensor weights, int tokens,
+                                                int k, int width, Tensor dRows, Tensor dWeights) {
         current();
-        routing.sumSlots(src, tokens, k, width, dst);
+        routing.moeCombineBackward(dy, rows, rowOfSlot, weights, tokens, k, width, dRows, dWeights);
+    }
+
+    @Override
+    public synchronized void sumSlots(Tensor src, Tensor rowOfSlot, int tokens, int k, int width, Tensor dst) {
+        current();
+        routing.sumSlots(src, rowOfSlot, tokens, k, width, dst);
     }
 
     // ------------------------------------------------------------------ Backend: optimizer

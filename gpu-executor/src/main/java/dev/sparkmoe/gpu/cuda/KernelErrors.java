@@ -58,6 +58,8 @@ final class KernelErrors {
             case 6: msg = "routerStats: expert id " + w[2] + " at " + w[1] + " is outside [0, " + w[3] + ")"; break;
             case 7: msg = "groupByExpert: expert id " + w[2] + " at slot " + w[1] + " is outside [0, " + w[3] + ")";
                 break;
+            case 8: msg = "invertIndex: index " + w[2] + " at " + w[1] + " is outside [0, " + w[3] + "): not a "
+                    + "permutation"; break;
             default: msg = "kernel error code " + w[0] + " (" + w[1] + ", " + w[2] + ", " + w[3] + ")";
         }
         throw new IllegalArgumentException(msg + " (found on " + device.name()

@@ -210,49 +210,85 @@ final class MoeRouting {
                 memory.addr(index, "index", 0, n), n, width, to, dstRows, errors.address(), vec);
     }
 
-    void moeCombine(Tensor slots, Tensor weights, int tokens, int k, int width, Tensor y) {
+    void invertIndex(Tensor index, int n, Tensor inverse) {
+        CudaMemory.requireI32(index, "index");
+        CudaMemory.requireI32(inverse, "inverse");
+        if (n == 0) {
+            return;
+        }
+        launcher.launch1D(K, "invert_index", n, memory.addr(index, "index", 0, n), n,
+                memory.addr(inverse, "inverse", 0, n), errors.address());
+    }
+
+    /** The device address of {@code rowOfSlot} (I32, one entry a slot), or 0 (null: rows in slot order). */
+    private long rowOfSlot(Tensor rowOfSlot, long slots) {
+        if (rowOfSlot == null) {
+            return 0;
+        }
+        CudaMemory.requireI32(rowOfSlot, "rowOfSlot");
+        return memory.addr(rowOfSlot, "rowOfSlot", 0, slots);
+    }
+
+    void moeCombine(Tensor rows, Tensor rowOfSlot, Tensor weights, int tokens, int k, int width, Tensor y) {
         if (tokens == 0 || width == 0) {
             return;
         }
         long nt = (long) tokens * width;
-        long sa = memory.addr(slots, "slots", 0, nt * k), wa = memory.addr(weights, "weights", 0, (long) tokens * k);
+        long ns = (long) tokens * k;
+        long sa = memory.addr(rows, "rows", 0, ns * width);
+        long ra = rowOfSlot(rowOfSlot, ns), wa = memory.addr(weights, "weights", 0, ns);
         long ya = memory.addr(y, "y", 0, nt);
         if (width % 4 == 0 && aligned16(sa, ya)) {
-            launcher.launch1D(K, "moe_combine_v4", nt / 4, sa, wa, tokens, k, width, ya);
+            launcher.launch1D(K, "moe_combine_v4", nt / 4, sa, ra, wa, tokens, k, width, ya);
         } else {
-            launcher.launch1D(K, "moe_combine", nt, sa, wa, tokens, k, width, ya);
+            launcher.launch1D(K, "moe_combine", nt, sa, ra, wa, tokens, k, width, ya);
         }
     }
 
-    void moeCombineBackward(Tensor dy, Tensor slots, Tensor weights, int tokens, int k, int width, Tensor dSlots,
-                            Tensor dWeights) {
+    void moeCombineBackward(Tensor dy, Tensor rows, Tensor rowOfSlot, Tensor weights, int tokens, int k, int width,
+                            Tensor dRows, Tensor dWeights) {
         if (tokens == 0 || k == 0) {
             return;
         }
         long nt = (long) tokens * width;
         long ns = (long) tokens * k;
-        long dya = memory.addr(dy, "dy", 0, nt), sa = memory.addr(slots, "slots", 0, ns * width);
-        long wa = memory.addr(weights, "weights", 0, ns), dsa = memory.addr(dSlots, "dSlots", 0, ns * width);
+        long dya = memory.addr(dy, "dy", 0, nt), sa = memory.addr(rows, "rows", 0, ns * width);
+        long ra = rowOfSlot(rowOfSlot, ns), wa = memory.addr(weights, "weights", 0, ns);
         long dwa = memory.addr(dWeights, "dWeights", 0, ns);
+        long to16 = images.target(dRows, 0, ns * width); // a grouped GEMM operand held as a bf16 image
+        if (to16 != 0) {
+            images.countWrite();
+            if (width % 4 == 0 && aligned16(dya, sa) && to16 % 8 == 0) {
+                launcher.launch(K, "moe_combine_bwd_warp_bf16", blocksFor(32L * ns, THREADS), 1, THREADS, 0, dya,
+                        sa, ra, wa, tokens, k, width, to16, dwa);
+            } else {
+                launcher.launch(K, "moe_combine_bwd_bf16", (int) ns, 1, rowThreads(width), 0, dya, sa, ra, wa,
+                        tokens, k, width, to16, dwa);
+            }
+            return;
+        }
+        long dsa = memory.addr(dRows, "dRows", 0, ns * width);
         if (width % 4 == 0 && aligned16(dya, sa, dsa)) {
-            launcher.launch(K, "moe_combine_bwd_warp", blocksFor(32L * ns, THREADS), 1, THREADS, 0, dya, sa, wa,
+            launcher.launch(K, "moe_combine_bwd_warp", blocksFor(32L * ns, THREADS), 1, THREADS, 0, dya, sa, ra, wa,
                     tokens, k, width, dsa, dwa);
         } else {
-            launcher.launch(K, "moe_combine_bwd", (int) ns, 1, rowThreads(width), 0, dya, sa, wa, tokens, k, width,
-                    dsa, dwa);
+            launcher.launch(K, "moe_combine_bwd", (int) ns, 1, rowThreads(width), 0, dya, sa, ra, wa, tokens, k,
+                    width, dsa, dwa);
         }
     }
 
-    void sumSlots(Tensor src, int tokens, int k, int width, Tensor dst) {
+    void sumSlots(Tensor src, Tensor rowOfSlot, int tokens, int k, int width, Tensor dst) {
         if (tokens == 0 || width == 0) {
             return;
         }
         long nt = (long) tokens * width;
-        long sa = memory.addr(src, "src", 0, nt * k), da = memory.addr(dst, "dst", 0, nt);
+        long ns = (long) tokens * k;
+        long sa = memory.addr(src, "src", 0, ns * width), da = memory.addr(dst, "dst", 0, nt);
+        long ra = rowOfSlot(rowOfSlot, ns);
         if (width % 4 == 0 && aligned16(sa, da)) {
-            launcher.launch1D(K, "sum_slots_v4", nt / 4, sa, tokens, k, width, da);
+            launcher.launch1D(K, "sum_slots_v4", nt / 4, sa, ra, tokens, k, width, da);
         } else {
-            launcher.launch1D(K, "sum_slots", nt, sa, tokens, k, width, da);
+            launcher.launch1D(K, "sum_slots", nt, sa, ra, tokens, k, width, da);
         }
     }
 }

@@ -35,6 +35,62 @@ __device__ __forceinline__ void gather_rows_warp_body(const float* src, int srcR
     }
 }
 
+// The combine and its backward read slot s of token t at row rowOfSlot[s] of the experts' outputs (Backend.moeCombine:
+// the experts' rows in place, no copy in slot order), or at row s where rowOfSlot is null.
+__device__ __forceinline__ long long slot_row(const int* rowOfSlot, long long s) {
+    return rowOfSlot ? (long long)rowOfSlot[s] : s;
+}
+
+// Block per slot s at row r: dRows[r] = w[s] * dy[t] (f32, or bf16 into a grouped GEMM operand's image),
+// dWeights[s] = dot(dy[t], rows[r]).
+template <class OUT>
+__device__ __forceinline__ void moe_combine_bwd_body(const float* dy, const float* rows, const int* rowOfSlot,
+                                                     const float* weights, int k, int width, OUT* dRows,
+                                                     float* dWeights) {
+    long long s = blockIdx.x;
+    long long t = s / k;
+    long long r = slot_row(rowOfSlot, s);
+    float ws = weights[s];
+    float dot = 0.f;
+    for (int c = threadIdx.x; c < width; c += blockDim.x) {
+        float d = dy[t * width + c];
+        st1o(dRows, r * width + c, ws * d);
+        dot += d * rows[r * width + c];
+    }
+    dot = blockSum(dot);
+    if (threadIdx.x == 0) dWeights[s] = dot;
+}
+
+// Warp per slot, float4 loads (width % 4 == 0; dy and rows 16-byte aligned, dRows 16 (f32) or 8 (bf16)).
+template <class OUT>
+__device__ __forceinline__ void moe_combine_bwd_warp_body(const float* __restrict__ dy,
+                                                          const float* __restrict__ rows,
+                                                          const int* __restrict__ rowOfSlot,
+                                                          const float* __restrict__ weights, int tokens, int k,
+                                                          int width, OUT* __restrict__ dRows,
+                                                          float* __restrict__ dWeights) {
+    int lane = threadIdx.x & 31;
+    int w4 = width >> 2;
+    WARP_STRIDE(s, (long long)tokens * k) {
+        long long t = s / k;
+        long long r = slot_row(rowOfSlot, s);
+        float ws = weights[s];
+        const float* dyr = dy + t * width;
+        const float* sr = rows + r * width;
+        OUT* dsr = dRows + r * width;
+        float dot = 0.f;
+#pragma unroll 4
+        for (int c = lane; c < w4; c += 32) {
+            float4 d = ld4(dyr, c), v = ld4(sr, c), o;
+            o.x = ws * d.x; o.y = ws * d.y; o.z = ws * d.z; o.w = ws * d.w;
+            st4o(dsr, c, o);
+            dot += d.x * v.x; dot += d.y * v.y; dot += d.z * v.z; dot += d.w * v.w;
+        }
+        dot = warpSum(dot);
+        if (lane == 0) dWeights[s] = dot;
+    }
+}
+
 extern "C" {
 
 // ------------------------------------------------------------------ softmax / router (warp per row)
@@ -305,18 +361,34 @@ __global__ void scatter_rows_warp(const float* src, const int* index, int n, int
     }
 }
 
-__global__ void moe_combine(const float* slots, const float* weights, int tokens, int k, int width, float* y) {
+// inverse[index[j]] = j (a permutation of [0, n); an entry out of range is reported, not written).
+__global__ void invert_index(const int* index, int n, int* inverse, int* err) {
+    GRID_STRIDE(j, n) {
+        int s = index[j];
+        if (s < 0 || s >= n) {
+            report(err, ERR_INVERT_INDEX, (int)j, s, n);
+            continue;
+        }
+        inverse[s] = (int)j;
+    }
+}
+
+__global__ void moe_combine(const float* rows, const int* rowOfSlot, const float* weights, int tokens, int k,
+                            int width, float* y) {
     GRID_STRIDE(i, (long long)tokens * width) {
         long long t = i / width, c = i % width;
         float acc = 0.f;
-        for (int q = 0; q < k; q++) acc += weights[t * k + q] * slots[(t * k + q) * width + c];
+        for (int q = 0; q < k; q++) {
+            long long s = t * k + q;
+            acc += weights[s] * rows[slot_row(rowOfSlot, s) * width + c];
+        }
         y[i] = acc;
     }
 }
 
 // float4 form (width % 4 == 0, 16-byte aligned): thread per (token, 4 columns), the same order over q.
-__global__ void moe_combine_v4(const float* __restrict__ slots, const float* __restrict__ weights, int tokens, int k,
-                               int width, float* __restrict__ y) {
+__global__ void moe_combine_v4(const float* __restrict__ rows, const int* __restrict__ rowOfSlot,
+                               const float* __restrict__ weights, int tokens, int k, int width, float* __restrict__ y) {
     int w4 = width >> 2;
     GRID_STRIDE(i, (long long)tokens * w4) {
         int t = (int)(i / w4), c = (int)(i - (long long)t * w4);
@@ -324,71 +396,54 @@ __global__ void moe_combine_v4(const float* __restrict__ slots, const float* __r
         for (int q = 0; q < k; q++) {
             long long s = (long long)t * k + q;
             float wq = weights[s];
-            float4 v = ld4(slots + s * width, c);
+            float4 v = ld4(rows + slot_row(rowOfSlot, s) * width, c);
             acc.x += wq * v.x; acc.y += wq * v.y; acc.z += wq * v.z; acc.w += wq * v.w;
         }
         st4(y + (long long)t * width, c, acc);
     }
 }
 
-// Block per slot s: dSlots[s] = w[s] * dy[t], dWeights[s] = dot(dy[t], slots[s]).
-__global__ void moe_combine_bwd(const float* dy, const float* slots, const float* weights, int tokens, int k,
-                                int width, float* dSlots, float* dWeights) {
-    long long s = blockIdx.x;
-    long long t = s / k;
-    float ws = weights[s];
-    float dot = 0.f;
-    for (int c = threadIdx.x; c < width; c += blockDim.x) {
-        float d = dy[t * width + c];
-        dSlots[s * width + c] = ws * d;
-        dot += d * slots[s * width + c];
-    }
-    dot = blockSum(dot);
-    if (threadIdx.x == 0) dWeights[s] = dot;
+__global__ void moe_combine_bwd(const float* dy, const float* rows, const int* rowOfSlot, const float* weights,
+                                int tokens, int k, int width, float* dRows, float* dWeights) {
+    moe_combine_bwd_body(dy, rows, rowOfSlot, weights, k, width, dRows, dWeights);
 }
 
-// Warp per slot, float4 moves (width % 4 == 0, 16-byte aligned).
-__global__ void moe_combine_bwd_warp(const float* __restrict__ dy, const float* __restrict__ slots,
-                                     const float* __restrict__ weights, int tokens, int k, int width,
-                                     float* __restrict__ dSlots, float* __restrict__ dWeights) {
-    int lane = threadIdx.x & 31;
-    int w4 = width >> 2;
-    WARP_STRIDE(s, (long long)tokens * k) {
-        long long t = s / k;
-        float ws = weights[s];
-        const float* dyr = dy + t * width;
-        const float* sr = slots + s * width;
-        float* dsr = dSlots + s * width;
-        float dot = 0.f;
-#pragma unroll 4
-        for (int c = lane; c < w4; c += 32) {
-            float4 d = ld4(dyr, c), v = ld4(sr, c), o;
-            o.x = ws * d.x; o.y = ws * d.y; o.z = ws * d.z; o.w = ws * d.w;
-            st4(dsr, c, o);
-            dot += d.x * v.x; dot += d.y * v.y; dot += d.z * v.z; dot += d.w * v.w;
-        }
-        dot = warpSum(dot);
-        if (lane == 0) dWeights[s] = dot;
-    }
+__global__ void moe_combine_bwd_bf16(const float* dy, const float* rows, const int* rowOfSlot, const float* weights,
+                                     int tokens, int k, int width, unsigned short* dRows, float* dWeights) {
+    moe_combine_bwd_body(dy, rows, rowOfSlot, weights, k, width, dRows, dWeights);
 }
 
-__global__ void sum_slots(const float* src, int tokens, int k, int width, float* dst) {
+__global__ void moe_combine_bwd_warp(const float* __restrict__ dy, const float* __restrict__ rows,
+                                     const int* __restrict__ rowOfSlot, const float* __restrict__ weights, int tokens,
+                                     int k, int width, float* __restrict__ dRows, float* __restrict__ dWeights) {
+    moe_combine_bwd_warp_body(dy, rows, rowOfSlot, weights, tokens, k, width, dRows, dWeights);
+}
+
+__global__ void moe_combine_bwd_warp_bf16(const float* __restrict__ dy, const float* __restrict__ rows,
+                                          const int* __restrict__ rowOfSlot, const float* __restrict__ weights,
+                                          int tokens, int k, int width, unsigned short* __restrict__ dRows,
+                                          float* __restrict__ dWeights) {
+    moe_combine_bwd_warp_body(dy, rows, rowOfSlot, weights, tokens, k, width, dRows, dWeights);
+}
+
+__global__ void sum_slots(const float* src, const int* rowOfSlot, int tokens, int k, int width, float* dst) {
     GRID_STRIDE(i, (long long)tokens * width) {
         long long t = i / width, c = i % width;
         float acc = dst[i];
-        for (int q = 0; q < k; q++) acc += src[(t * k + q) * width + c];
+        for (int q = 0; q < k; q++) acc += src[slot_row(rowOfSlot, t * k + q) * width + c];
         dst[i] = acc;
     }
 }
 
-__global__ void sum_slots_v4(const float* __restrict__ src, int tokens, int k, int width, float* __restrict__ dst) {
+__global__ void sum_slots_v4(const float* __restrict__ src, const int* __restrict__ rowOfSlot, int tokens, int k,
+                             int width, float* __restrict__ dst) {
     int w4 = width >> 2;
     GRID_STRIDE(i, (long long)tokens * w4) {
         int t = (int)(i / w4), c = (int)(i - (long long)t * w4);
         float* dr = dst + (long long)t * width;
         float4 acc = ld4(dr, c);
         for (int q = 0; q < k; q++) {
-            float4 v = ld4(src + ((long long)t * k + q) * width, c);
+            float4 v = ld4(src + slot_row(rowOfSlot, (long long)t * k + q) * width, c);
             acc.x += v.x; acc.y += v.y; acc.z += v.z; acc.w += v.w;
         }
         st4(dr, c, acc);

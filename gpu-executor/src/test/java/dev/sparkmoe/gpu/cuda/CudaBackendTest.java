@@ -724,30 +724,78 @@ class CudaBackendTest {
         assertClose(cs.floats(), down(gs), 0, "scatterRows");
 
         float[] w = rnd(r, n, 1);
-        Tensor cy = Tensor.zeros(DType.F32, tokens * width);
-        cpu.moeCombine(host(slots, slots.length), host(w, n), tokens, k, width, cy);
-        Tensor gy = poisoned(tokens * width);
-        gpu.moeCombine(up(slots, slots.length), up(w, n), tokens, k, width, gy);
-        assertClose(cy.floats(), down(gy), 1e-6, "moeCombine");
-
         float[] dy = rnd(r, tokens * width, 1);
-        Tensor cds = Tensor.zeros(DType.F32, n * width), cdw = Tensor.zeros(DType.F32, n);
-        cpu.moeCombineBackward(host(dy, dy.length), host(slots, slots.length), host(w, n), tokens, k, width, cds, cdw);
-        Tensor gds = poisoned(n * width), gdw = poisoned(n);
-        gpu.moeCombineBackward(up(dy, dy.length), up(slots, slots.length), up(w, n), tokens, k, width, gds, gdw);
-        assertClose(cds.floats(), down(gds), 1e-6, "moeCombineBackward dSlots");
-        assertClose(cdw.floats(), down(gdw), 1e-5, "moeCombineBackward dWeights");
-
         float[] d0 = rnd(r, tokens * width, 1);
-        Tensor cd = host(d0, d0.length);
-        cpu.sumSlots(host(slots, slots.length), tokens, k, width, cd);
-        Tensor gd = up(d0, d0.length);
-        gpu.sumSlots(up(slots, slots.length), tokens, k, width, gd);
-        assertClose(cd.floats(), down(gd), 1e-6, "sumSlots (accumulated)");
+        int[] rowOfSlot = new int[n];
+        for (int j = 0; j < n; j++) {
+            rowOfSlot[perm[j]] = j;
+        }
+        Tensor gInv = upInts(new int[n]);
+        gpu.invertIndex(upInts(perm), n, gInv);
+        assertArrayEquals(rowOfSlot, gpu.download(gInv).ints(), "invertIndex");
+        // the slots in slot order (rowOfSlot null), and the same slots read where the experts wrote them
+        for (boolean byRow : new boolean[] {false, true}) {
+            String how = byRow ? " (by row)" : "";
+            float[] rows = byRow ? slotsByRow(slots, rowOfSlot, width) : slots;
+            Tensor cIdx = byRow ? Tensor.ofInts(rowOfSlot.clone(), n) : null;
+            Tensor gIdx = byRow ? gInv : null;
+            Tensor cy = Tensor.zeros(DType.F32, tokens * width);
+            cpu.moeCombine(host(rows, rows.length), cIdx, host(w, n), tokens, k, width, cy);
+            Tensor gy = poisoned(tokens * width);
+            gpu.moeCombine(up(rows, rows.length), gIdx, up(w, n), tokens, k, width, gy);
+            assertClose(cy.floats(), down(gy), 1e-6, "moeCombine" + how);
+
+            Tensor cds = Tensor.zeros(DType.F32, n * width), cdw = Tensor.zeros(DType.F32, n);
+            cpu.moeCombineBackward(host(dy, dy.length), host(rows, rows.length), cIdx, host(w, n), tokens, k, width,
+                    cds, cdw);
+            Tensor gds = poisoned(n * width), gdw = poisoned(n);
+            gpu.moeCombineBackward(up(dy, dy.length), up(rows, rows.length), gIdx, up(w, n), tokens, k, width, gds,
+                    gdw);
+            assertClose(cds.floats(), down(gds), 1e-6, "moeCombineBackward dRows" + how);
+            assertClose(cdw.floats(), down(gdw), 1e-5, "moeCombineBackward dWeights" + how);
+
+            Tensor cd = host(d0, d0.length);
+            cpu.sumSlots(host(rows, rows.length), cIdx, tokens, k, width, cd);
+            Tensor gd = up(d0, d0.length);
+            gpu.sumSlots(up(rows, rows.length), gIdx, tokens, k, width, gd);
+            assertClose(cd.floats(), down(gd), 1e-6, "sumSlots (accumulated)" + how);
+        }
+        // the output-row gradient written into a grouped GEMM operand (a bf16 image at bf16): the f32 products
+        // rounded once, bit for bit
+        CudaBackend.GemmPrecision prec = gpu.gemmPrecision();
+        gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
+        try {
+            float[] rows = slotsByRow(slots, rowOfSlot, width);
+            Tensor cds = Tensor.zeros(DType.BF16, n * width), cdw = Tensor.zeros(DType.F32, n);
+            cpu.moeCombineBackward(host(dy, dy.length), host(rows, rows.length), Tensor.ofInts(rowOfSlot.clone(), n),
+                    host(w, n), tokens, k, width, cds, cdw);
+            Tensor gds = gpu.emptyGemmOperand(n, width), gdw = poisoned(n);
+            gpu.moeCombineBackward(up(dy, dy.length), up(rows, rows.length), gInv, up(w, n), tokens, k, width, gds,
+                    gdw);
+            assertArrayEquals(cds.floats(), gpu.download(gds).floats(), "moeCombineBackward into a GEMM operand");
+            assertClose(cdw.floats(), down(gdw), 1e-5, "moeCombineBackward dWeights (GEMM operand)");
+        } finally {
+            gpu.setGemmPrecision(prec);
+        }
+        int[] notAPermutation = perm.clone();
+        notAPermutation[5] = n;
+        gpu.invertIndex(upInts(notAPermutation), n, gInv);
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, gpu::synchronize);
+        assertTrue(e.getMessage().contains("invertIndex") && e.getMessage().contains("not a permutation"),
+                e.getMessage());
 
         idx[3] = -1;
         gpu.gatherRows(up(x, x.length), upInts(idx), n, width, k, gg);
         assertThrows(IllegalArgumentException.class, gpu::synchronize);
+    }
+
+    /** Slot-order rows placed where rowOfSlot says (row rowOfSlot[s] holds slot s). */
+    private static float[] slotsByRow(float[] slots, int[] rowOfSlot, int width) {
+        float[] rows = new float[slots.length];
+        for (int s = 0; s < rowOfSlot.length; s++) {
+            System.arraycopy(slots, s * width, rows, rowOfSlot[s] * width, width);
+        }
+        return rows;
     }
 
     @Test

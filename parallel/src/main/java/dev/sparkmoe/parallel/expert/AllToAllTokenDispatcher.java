@@ -180,8 +180,8 @@ public final class AllToAllTokenDispatcher implements TokenDispatcher {
     }
 
     @Override
-    public Tensor combine(Backend backend, Tensor expertOut, Dispatch d) {
-        return homeInSlotOrder(backend, expertOut, (Meta) d.meta());
+    public SlotRows combine(Backend backend, Tensor expertOut, Dispatch d) {
+        return new SlotRows(homeInSlotOrder(backend, expertOut, (Meta) d.meta()), null);
     }
 
     @Override
@@ -193,7 +193,7 @@ public final class AllToAllTokenDispatcher implements TokenDispatcher {
     public void dispatchBackward(Backend backend, Tensor dRouted, Dispatch d, Tensor dHidden) {
         Meta m = (Meta) d.meta();
         Tensor dSlots = homeInSlotOrder(backend, dRouted, m);
-        backend.sumSlots(dSlots, m.tokens, m.topK, dRouted.dim(1), dHidden);
+        backend.sumSlots(dSlots, null, m.tokens, m.topK, dRouted.dim(1), dHidden);
         backend.release(dSlots);
     }
 }

@@ -195,6 +195,7 @@ final class StepReplay {
         Buf weights;
         Buf slots;
         Buf slotOfRow;
+        Buf rowOfSlot;   // LocalTokenDispatcher: the inverse of slotOfRow
         Buf localOfRecv;
         Buf routed;      // kept only where the dispatcher cannot regather (all-to-all)
         Buf gate;
@@ -436,20 +437,20 @@ final class StepReplay {
         }
         Buf act = dev.operand(Category.TEMPORARIES, rows * inter, "silu(gate) * up");
         dev.dropCasts();
-        Buf out = f32(Category.TEMPORARIES, rows * h, "expert outputs");
+        // LocalTokenDispatcher.combine: the outputs are the slots, read where the experts wrote them
+        Buf out = r.ep() == 1 ? f32(Category.MOE, rows * h, "expert outputs (the slots, by row)")
+                : f32(Category.TEMPORARIES, rows * h, "expert outputs");
         dev.groupedGemm(local, new Operand(act, rows * inter, dev.operandsAreImages()), weight(l.down));
         mem.free(act);
         dev.dropCasts();
-        Buf slotRows;
         if (r.ep() == 1) {
-            slotRows = f32(Category.MOE, slots * h, "expert outputs in slot order");
-        } else {
-            Buf back = f32(Category.TEMPORARIES, rows * h, "all-to-all send buffer");
-            Buf recv = f32(Category.TEMPORARIES, slots * h, "all-to-all receive buffer");
-            mem.free(back);
-            slotRows = f32(Category.MOE, slots * h, "expert outputs in slot order");
-            mem.free(recv);
+            return out;
         }
+        Buf back = f32(Category.TEMPORARIES, rows * h, "all-to-all send buffer");
+        Buf recv = f32(Category.TEMPORARIES, slots * h, "all-to-all receive buffer");
+        mem.free(back);
+        Buf slotRows = f32(Category.MOE, slots * h, "expert outputs in slot order");
+        mem.free(recv);
         mem.free(out);
         return slotRows;
     }
@@ -459,7 +460,8 @@ final class StepReplay {
         long slots = n * k;
         long rows = expertRows(n);
         c.slotOfRow = f32(Category.MOE, slots, "slots grouped by expert");
-        if (r.ep() == 1) { // LocalTokenDispatcher: the routed rows as a GEMM operand
+        if (r.ep() == 1) { // LocalTokenDispatcher: each slot's row, the routed rows as a GEMM operand
+            c.rowOfSlot = f32(Category.MOE, slots, "each slot's row");
             return dev.operand(Category.MOE, rows * h, "routed rows");
         }
         // AllToAllTokenDispatcher: rows to their experts' ranks
@@ -574,8 +576,8 @@ final class StepReplay {
             }
             mem.free(c.gate, c.up);
             if (mode == ActivationCheckpointing.FULL) {
-                mem.free(c.routed, c.slotOfRow, c.localOfRecv);
-                c.routed = c.slotOfRow = c.localOfRecv = null;
+                mem.free(c.routed, c.slotOfRow, c.rowOfSlot, c.localOfRecv);
+                c.routed = c.slotOfRow = c.rowOfSlot = c.localOfRecv = null;
             }
         } else {
             mem.free(c.gate, c.up, c.act);
@@ -661,16 +663,15 @@ final class StepReplay {
     }
 
     private Buf moeBackward(Layer l, Cache c, long n) {
-        Buf dSlots = f32(Category.TEMPORARIES, n * k * h, "expert output gradients in slot order");
         Buf dWeights = f32(Category.TEMPORARIES, n * k, "combine weight gradients");
+        Buf dOut = combineBackward(n);
         mem.free(c.slots, c.weights);
         Buf dx = f32(Category.TEMPORARIES, n * h, "MoE input gradient");
         if (mode == ActivationCheckpointing.NONE) { // else the recompute ran the experts' backward hooks
             fsdp.beforeBackward(l.experts);
         }
-        expertsBackward(l, c, n);
+        expertsBackward(l, c, n, dOut);
         fsdp.afterBackward(l.experts);
-        mem.free(dSlots);
         Buf dLogits = f32(Category.TEMPORARIES, n * e, "router logits gradient");
         mem.free(dWeights, c.topIdx, c.topVal, c.probs);
         fsdp.readAsF32(l.unit); // the router's backward reads its weight
@@ -679,22 +680,32 @@ final class StepReplay {
         return dx;
     }
 
-    private void expertsBackward(Layer l, Cache c, long n) {
+    /**
+     * Experts.combineBackward: the expert outputs' gradient in the experts' row order, written there directly
+     * (LocalTokenDispatcher) or in slot order and sent to the experts' ranks.
+     */
+    private Buf combineBackward(long n) {
+        long slots = n * k;
+        long rows = expertRows(n);
+        if (r.ep() == 1) {
+            return dev.operand(Category.TEMPORARIES, rows * h, "expert output gradients");
+        }
+        Buf dSlots = f32(Category.TEMPORARIES, slots * h, "expert output gradients in slot order");
+        Buf send = f32(Category.TEMPORARIES, slots * h, "all-to-all send buffer");
+        Buf recv = f32(Category.TEMPORARIES, rows * h, "all-to-all receive buffer");
+        mem.free(send);
+        Buf dOut = f32(Category.TEMPORARIES, rows * h, "expert output gradients");
+        mem.free(recv);
+        mem.free(dSlots);
+        return dOut;
+    }
+
+    private void expertsBackward(Layer l, Cache c, long n, Buf dOut) {
         long slots = n * k;
         long rows = expertRows(n);
         int local = units.localExperts;
         int inter = inter(l);
         boolean images = dev.operandsAreImages();
-        Buf dOut;
-        if (r.ep() == 1) {
-            dOut = dev.operand(Category.TEMPORARIES, rows * h, "expert output gradients");
-        } else {
-            Buf send = f32(Category.TEMPORARIES, slots * h, "all-to-all send buffer");
-            Buf recv = f32(Category.TEMPORARIES, rows * h, "all-to-all receive buffer");
-            mem.free(send);
-            dOut = f32(Category.TEMPORARIES, rows * h, "expert output gradients");
-            mem.free(recv);
-        }
         boolean dOutImage = r.ep() == 1 && images;
         Buf dAct = f32(Category.TEMPORARIES, rows * inter, "silu(gate) * up gradient");
         Buf dGate = dev.operand(Category.TEMPORARIES, rows * inter, "gate gradient");
@@ -718,9 +729,7 @@ final class StepReplay {
         dev.groupedGemm(local, new Operand(dUp, rows * inter, images), weight(l.up));
         mem.free(dGate, dUp, routed);
         dev.dropCasts();
-        if (r.ep() == 1) {
-            mem.free(f32(Category.TEMPORARIES, slots * h, "routed rows gradient in slot order"));
-        } else {
+        if (r.ep() != 1) { // LocalTokenDispatcher sums each token's rows where they are
             Buf back = f32(Category.TEMPORARIES, rows * h, "all-to-all send buffer");
             Buf recv = f32(Category.TEMPORARIES, slots * h, "all-to-all receive buffer");
             mem.free(back);
@@ -729,8 +738,8 @@ final class StepReplay {
             mem.free(home);
         }
         mem.free(dRouted);
-        mem.free(c.slotOfRow, c.localOfRecv);
-        c.routed = c.slotOfRow = c.localOfRecv = null;
+        mem.free(c.slotOfRow, c.rowOfSlot, c.localOfRecv);
+        c.routed = c.slotOfRow = c.rowOfSlot = c.localOfRecv = null;
     }
 
     private Buf denseBackward(Layer l, Cache c, long n) {

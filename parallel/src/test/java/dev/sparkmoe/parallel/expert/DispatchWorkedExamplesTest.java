@@ -78,7 +78,7 @@ class DispatchWorkedExamplesTest {
                 out[2 * r] += 100 * (r + 1);
                 out[2 * r + 1] += 100 * (r + 1);
             }
-            Tensor slots = d.combine(be, Tensor.of(out, disp.rows(), 2), disp);
+            Tensor slots = d.combine(be, Tensor.of(out, disp.rows(), 2), disp).rows(); // in slot order
             return slots.floats();
         });
         // token 0 went to expert 3 (local row 1 on rank 1: +200), token 1 to expert 2 (local row 0: +100)

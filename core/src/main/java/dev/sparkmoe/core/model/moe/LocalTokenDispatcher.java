@@ -8,8 +8,11 @@ import dev.sparkmoe.core.tensor.Tensor;
 public final class LocalTokenDispatcher implements TokenDispatcher {
     public static final LocalTokenDispatcher INSTANCE = new LocalTokenDispatcher();
 
-    /** Row j of the routed tensor holds slot {@code slotOfRow[j]} (I32 on the backend). */
-    record Meta(Tensor slotOfRow, int rows, int tokens, int topK) {
+    /**
+     * Row j of the routed tensor holds slot {@code slotOfRow[j]}, slot s is row {@code rowOfSlot[s]} (both I32 on the
+     * backend, inverse permutations).
+     */
+    record Meta(Tensor slotOfRow, Tensor rowOfSlot, int rows, int tokens, int topK) {
     }
 
     @Override
@@ -17,7 +20,9 @@ public final class LocalTokenDispatcher implements TokenDispatcher {
                              int numExperts) {
         int rows = tokens * topK;
         Grouping g = group(backend, expertIds, rows, numExperts);
-        Meta meta = new Meta(g.slotOfRow(), rows, tokens, topK);
+        Tensor rowOfSlot = backend.empty(DType.I32, rows);
+        backend.invertIndex(g.slotOfRow(), rows, rowOfSlot);
+        Meta meta = new Meta(g.slotOfRow(), rowOfSlot, rows, tokens, topK);
         return new Dispatch(gather(backend, hidden, meta, hiddenSize), g.counts(), 0, meta);
     }
 
@@ -57,16 +62,15 @@ public final class LocalTokenDispatcher implements TokenDispatcher {
 
     @Override
     public void release(Backend backend, Dispatch d) {
-        backend.release(((Meta) d.meta()).slotOfRow());
+        Meta m = (Meta) d.meta();
+        backend.release(m.slotOfRow());
+        backend.release(m.rowOfSlot());
     }
 
+    /** The experts' rows themselves: the combine reads each slot where its expert wrote it (no copy). */
     @Override
-    public Tensor combine(Backend backend, Tensor expertOut, Dispatch d) {
-        Meta m = (Meta) d.meta();
-        int h = expertOut.dim(1);
-        Tensor slots = backend.empty(DType.F32, m.tokens * m.topK, h);
-        backend.scatterRows(expertOut, m.slotOfRow, m.rows, h, slots);
-        return slots;
+    public SlotRows combine(Backend backend, Tensor expertOut, Dispatch d) {
+        return new SlotRows(expertOut, ((Meta) d.meta()).rowOfSlot());
     }
 
     @Override
@@ -81,9 +85,7 @@ public final class LocalTokenDispatcher implements TokenDispatcher {
     @Override
     public void dispatchBackward(Backend backend, Tensor dRouted, Dispatch d, Tensor dHidden) {
         Meta m = (Meta) d.meta();
-        Tensor dSlots = combine(backend, dRouted, d);
         // Each token adds its K contributions in slot order, whatever rank its experts ran on.
-        backend.sumSlots(dSlots, m.tokens, m.topK, dRouted.dim(1), dHidden);
-        backend.release(dSlots);
+        backend.sumSlots(dRouted, m.rowOfSlot, m.tokens, m.topK, dRouted.dim(1), dHidden);
     }
 }

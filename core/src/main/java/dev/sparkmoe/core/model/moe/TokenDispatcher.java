@@ -26,10 +26,19 @@ public interface TokenDispatcher {
     Dispatch dispatch(Backend backend, Tensor hidden, Tensor expertIds, int tokens, int topK, int hiddenSize,
                       int numExperts);
 
-    /** expertOut [rows, H] (rows as in the dispatch) back to slot order: [N * topK, H]. */
-    Tensor combine(Backend backend, Tensor expertOut, Dispatch d);
+    /**
+     * expertOut [rows, H] (rows as in the dispatch) back to the token slots: [N * topK, H] in slot order, or, where
+     * the slots are the experts' rows themselves (all experts on this rank), {@code expertOut} with the row of each
+     * slot, which the combine ({@link Backend#moeCombine}) reads in place. The returned rows are the caller's to
+     * release; {@code expertOut} is the caller's too and may be them.
+     */
+    SlotRows combine(Backend backend, Tensor expertOut, Dispatch d);
 
-    /** Gradient of {@link #combine}: dSlots [N * topK, H] to [rows, H]. */
+    /**
+     * Gradient of {@link #combine} where it returned rows in slot order: dSlots [N * topK, H] to [rows, H]. Where it
+     * returned the experts' rows with their {@link SlotRows#rowOfSlot}, the combine's backward writes the gradient in
+     * the experts' order directly ({@link Backend#moeCombineBackward}) and this is not called.
+     */
     Tensor combineBackward(Backend backend, Tensor dSlots, Dispatch d);
 
     /** Gradient of {@link #dispatch}: dRouted [rows, H] summed back into dHidden [N, H] (accumulated). */
@@ -54,6 +63,13 @@ public interface TokenDispatcher {
      * dispatch (the routed rows are the experts' to release); the dispatch must not be used afterwards.
      */
     default void release(Backend backend, Dispatch d) {
+    }
+
+    /**
+     * The experts' outputs as the token slots read them: slot s is row {@code rowOfSlot[s]} of {@code rows} (I32
+     * [N * topK], owned by the dispatch), or row s where {@code rowOfSlot} is null (rows in slot order).
+     */
+    record SlotRows(Tensor rows, Tensor rowOfSlot) {
     }
 
     /**

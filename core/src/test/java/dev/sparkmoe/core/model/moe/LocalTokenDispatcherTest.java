@@ -2,6 +2,7 @@ package dev.sparkmoe.core.model.moe;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
 import dev.sparkmoe.core.backend.Backend;
@@ -63,10 +64,24 @@ class LocalTokenDispatcherTest {
         for (int j = 0; j < 6; j++) {
             out.floats()[2 * j] += 10 * j;
         }
-        Tensor slots = LocalTokenDispatcher.INSTANCE.combine(be, out, d);
-        // slot s holds routed row j with slotOfRow[j] = s: slot 0 <- row 2, 1 <- 0, 2 <- 4, 3 <- 3, 4 <- 1, 5 <- 5.
-        assertArrayEquals(new float[] {20f, 0.5f, 0f, 0.5f, 41f, 1.5f, 31f, 1.5f, 12f, 2.5f, 52f, 2.5f},
-                slots.floats());
+        TokenDispatcher.SlotRows slots = LocalTokenDispatcher.INSTANCE.combine(be, out, d);
+        // the slots are the experts' rows where they are: slot s is routed row j with slotOfRow[j] = s
+        assertSame(out, slots.rows());
+        assertArrayEquals(new int[] {2, 0, 4, 3, 1, 5}, slots.rowOfSlot().ints());
+        // the combine reads slot 0 <- row 2, 1 <- 0, 2 <- 4, 3 <- 3, 4 <- 1, 5 <- 5; weights 1 and 0.5
+        Tensor weights = Tensor.of(new float[] {1f, 0.5f, 1f, 0.5f, 1f, 0.5f}, 6);
+        Tensor y = Tensor.zeros(DType.F32, 3, 2);
+        be.moeCombine(slots.rows(), slots.rowOfSlot(), weights, 3, 2, 2, y);
+        assertArrayEquals(new float[] {20f + 0f, 0.75f, 41f + 15.5f, 2.25f, 12f + 26f, 3.75f}, y.floats());
+        // its backward writes each slot's gradient at that slot's row
+        Tensor dRows = Tensor.zeros(DType.F32, 6, 2);
+        Tensor dWeights = Tensor.zeros(DType.F32, 6);
+        be.moeCombineBackward(Tensor.of(new float[] {1f, 0f, 0f, 2f, 4f, 0f}, 3, 2), slots.rows(),
+                slots.rowOfSlot(), weights, 3, 2, 2, dRows, dWeights);
+        // row j holds slot slotOfRow[j] = {1, 4, 0, 3, 2, 5}: weights 0.5, 1, 1, 0.5, 1, 0.5 times its token's dy
+        assertArrayEquals(new float[] {0.5f, 0f, 4f, 0f, 1f, 0f, 0f, 1f, 0f, 2f, 2f, 0f}, dRows.floats());
+        // dWeights[s] = dot(dy[token], slot s's row): token 0 {1, 0}, 1 {0, 2}, 2 {4, 0}
+        assertArrayEquals(new float[] {20f, 0f, 3f, 3f, 48f, 208f}, dWeights.floats());
         // dispatchBackward sums each token's two slots back into its row.
         Tensor dHidden = Tensor.zeros(DType.F32, 3, 2);
         LocalTokenDispatcher.INSTANCE.dispatchBackward(be, out, d, dHidden);
