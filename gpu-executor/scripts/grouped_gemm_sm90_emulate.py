@@ -8,7 +8,10 @@ bounds asserted) into a stage that starts as NaN; the 64-bit wgmma descriptors a
 read back element by element through the canonical layouts of the PTX ISA ("Shared Memory Matrix Layout": K-major
 ((8,m),(T,2k)):((8T,SBO),(1,T)), MN-major ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)), T = 8 bf16, then Swizzle<3,4,3> on
 the byte address), with the transpose bits choosing the layout; every element a wgmma reads must have been written
-(no NaN); the m64nNk16 accumulator fragment (CUTLASS's SM90 C layout) and the epilogue's guarded pair stores; the persistent
+(no NaN); the m64nNk16 accumulator fragment (CUTLASS's SM90 C layout) and the epilogue's guarded pair stores, into an
+f32 C or a bf16 one (GB_FLAG_C_BF16: the same f32 value rounded to nearest even; each case runs both on C0 rounded to
+bf16 values and the bf16 C must equal the f32 C rounded, bit for bit), and where beta != 0 the L2 prefetch of C (its
+byte addresses, in C's dtype, must step through the tile row's bytes 128 at a time from its first); the persistent
 CTAs (GRID of them, default 3, so that each runs several tiles; 0: one a tile) with their fill cursor and the ring of
 GS_STAGES stages across tiles, each stage tagged with the slice it holds (a step must read its own slice, a fill must
 not hit a stage that a wgmma still in flight reads: the current step's and, before wait_group 1, the previous one's). Run on
@@ -77,16 +80,47 @@ def read_operand(S, d, mn_extent, trans):
             out[mn, k] = S[swz(start + off) // 2]
     return out
 
-def store_pair(C, ci, col, N, v0, v1, alpha, beta, vecC):
+def fma32(a, b, c):  # fmaf: one rounding of the exact a * b + c to f32
+    return np.float32(np.float64(np.float32(a)) * np.float64(np.float32(b)) + np.float64(np.float32(c)))
+
+def store_pair(C, ci, col, N, v0, v1, alpha, beta, vecC, c16=False):
+    """C holds f32 values; with c16 it stands for a bf16 C (values bf16 holds), written rounded to nearest even"""
+    out = (lambda v: bits_f32(bf16_bits(v))) if c16 else np.float32
     v0 = np.float32(v0) * np.float32(alpha); v1 = np.float32(v1) * np.float32(alpha)
     if vecC and col + 1 < N:
-        assert (ci + col) % 2 == 0
+        assert (ci + col) % 2 == 0  # 8 bytes of f32, 4 of bf16
         if beta != 0:
-            v0 = np.float32(beta) * C[ci + col] + v0; v1 = np.float32(beta) * C[ci + col + 1] + v1
-        C[ci + col] = v0; C[ci + col + 1] = v1
+            v0 = fma32(beta, C[ci + col], v0); v1 = fma32(beta, C[ci + col + 1], v1)
+        C[ci + col] = out(v0); C[ci + col + 1] = out(v1)
     else:
-        if col < N: C[ci + col] = np.float32(beta) * C[ci + col] + v0 if beta != 0 else v0
-        if col + 1 < N: C[ci + col + 1] = np.float32(beta) * C[ci + col + 1] + v1 if beta != 0 else v1
+        if col < N: C[ci + col] = out(fma32(beta, C[ci + col], v0) if beta != 0 else v0)
+        if col + 1 < N: C[ci + col + 1] = out(fma32(beta, C[ci + col + 1], v1) if beta != 0 else v1)
+
+def check_prefetch(p, g, m0, n0, c16):
+    """the beta != 0 prefetch of a tile's C rows, per thread as the kernel computes it: byte addresses that walk each
+    row's bytes of the tile (columns n0 .. min(n0 + BN, N)) 128 at a time from the first, each once"""
+    M, N, ldc, Cg = p["m"][g], p["n"][g], p["ldc"], p["c"][g]
+    eb = 2 if c16 else 4
+    rows = {}
+    for tid in range(THREADS):
+        wg = tid >> 7; q = (tid >> 5) & 3; lane = tid & 31
+        rowBase = m0 + wg * 64 + q * 16 + (lane >> 2)
+        for h in range(2):
+            row = rowBase + h * 8
+            if row >= M: continue
+            if not c16:
+                cols = [n0 + l * 128 + (lane & 3) * 32 for l in range(BN // 128)]
+                cols = [c for c in cols if c < N]
+            else:
+                cols = []
+                for l in range((BN // 64 + 3) // 4):
+                    line = 4 * l + (lane & 3); col = n0 + line * 64
+                    if line < BN // 64 and col < N: cols.append(col)
+            rows.setdefault(row, []).extend((Cg + row * ldc + c) * eb for c in cols)
+    for row, addrs in rows.items():
+        start = (Cg + row * ldc + n0) * eb; end = (Cg + row * ldc + min(n0 + BN, N)) * eb
+        assert sorted(addrs) == list(range(start, end, 128)), "prefetch of row %d: %s, want %s" % (
+            row, sorted(addrs)[:6], list(range(start, end, 128))[:6])
 
 def group_of(p, t):
     lo, hi = 0, p["groups"] - 1
@@ -161,7 +195,9 @@ def cta(p, b, grid, TA, TB, Ag, Bg, C):
             prev = mma  # after wait_group 1 only wgmma(u) may be in flight
             mma = 0 if mma + 1 == STAGES else mma + 1; u += 1
         prev = None; busy = set()  # wait_group 0 at the tile's end
-        ldc = p["ldc"]; Cg = p["c"][g]; vecC = Cg % 2 == 0 and ldc % 2 == 0
+        ldc = p["ldc"]; Cg = p["c"][g]; vecC = Cg % 2 == 0 and ldc % 2 == 0  # element offsets: 8 (4) bytes
+        c16 = p.get("c16", False)
+        if p["beta"] != 0: check_prefetch(p, g, m0, n0, c16)
         for tid in range(THREADS):
             wg = tid >> 7; q = (tid >> 5) & 3; lane = tid & 31
             # the m64nNk16 D fragment: d[4j + 2h + e] = D[16 q + lane/4 + 8 h][8 j + 2 (lane % 4) + e]
@@ -176,7 +212,7 @@ def cta(p, b, grid, TA, TB, Ag, Bg, C):
                 if row < M:
                     for j in range(BN // 8):
                         store_pair(C, Cg + row * ldc, colBase + j * 8, N, d[4 * j + 2 * h], d[4 * j + 2 * h + 1],
-                                   p["alpha"], p["beta"], vecC)
+                                   p["alpha"], p["beta"], vecC, c16)
         t += grid
     assert st["issued"] == u, "copies issued for %d slices, %d consumed" % (st["issued"], u)
 
@@ -204,7 +240,7 @@ def run_case(TA, TB, m, n, k, alpha, beta, rng):
     for g in range(G):
         if at % 2 == 0 and (g % 2 == 0): at += 1
         cOff.append(at); at += max(m[g], 1) * ldc + 5
-    C0 = rng.uniform(-1, 1, at + 8).astype(np.float32)
+    C0 = bits_f32(bf16_bits(rng.uniform(-1, 1, at + 8).astype(np.float32)))  # values a bf16 C holds too
     if beta == 0: C0[:] = np.nan
     want = C0.copy().astype(np.float64)
     for g in range(G):
@@ -214,18 +250,29 @@ def run_case(TA, TB, m, n, k, alpha, beta, rng):
         for r in range(m[g]):
             old = C0[cOff[g] + r * ldc: cOff[g] + r * ldc + n[g]].astype(np.float64)
             want[cOff[g] + r * ldc: cOff[g] + r * ldc + n[g]] = alpha * prod[r] + (beta * old if beta != 0 else 0)
-    C = C0.copy()
-    active = sorted([g for g in range(G) if m[g] > 0 and n[g] > 0], key=lambda g: -k[g])  # stable
-    for s in range(0, len(active), MAXG):
-        here = active[s:s + MAXG]; tiles = 0; p = dict(lda=lda, ldb=ldb, ldc=ldc, groups=len(here), alpha=alpha,
-                                                      beta=beta, a=[], b=[], c=[], m=[], n=[], k=[], tileStart=[])
-        for g in here:
-            p["a"].append(aOff[g]); p["b"].append(bOff[g]); p["c"].append(cOff[g])
-            p["m"].append(m[g]); p["n"].append(n[g]); p["k"].append(k[g]); p["tileStart"].append(tiles)
-            tiles += ((m[g] + BM - 1) // BM) * ((n[g] + BN - 1) // BN)
-        grid = min(tiles, GRID) if GRID > 0 else tiles
-        for b in range(grid):
-            cta(p, b, grid, TA, TB, Ag, Bg, C)
+    def launch(c16):
+        C = C0.copy()
+        active = sorted([g for g in range(G) if m[g] > 0 and n[g] > 0], key=lambda g: -k[g])  # stable
+        for s in range(0, len(active), MAXG):
+            here = active[s:s + MAXG]; tiles = 0
+            p = dict(lda=lda, ldb=ldb, ldc=ldc, groups=len(here), alpha=alpha, beta=beta, c16=c16, a=[], b=[], c=[],
+                     m=[], n=[], k=[], tileStart=[])
+            for g in here:
+                p["a"].append(aOff[g]); p["b"].append(bOff[g]); p["c"].append(cOff[g])
+                p["m"].append(m[g]); p["n"].append(n[g]); p["k"].append(k[g]); p["tileStart"].append(tiles)
+                tiles += ((m[g] + BM - 1) // BM) * ((n[g] + BN - 1) // BN)
+            grid = min(tiles, GRID) if GRID > 0 else tiles
+            for b in range(grid):
+                cta(p, b, grid, TA, TB, Ag, Bg, C)
+        return C
+    C = launch(False)
+    C16 = launch(True)
+    inside = np.zeros(len(C0), dtype=bool)
+    for g in range(G):
+        for r in range(m[g]): inside[cOff[g] + r * ldc: cOff[g] + r * ldc + n[g]] = True
+    want16 = np.where(inside, bits_f32(bf16_bits(C)), C0)
+    same = (want16.view(np.uint32) == C16.view(np.uint32)) | (np.isnan(want16) & np.isnan(C16))
+    assert same.all(), "bf16 C differs from the f32 C rounded at %s" % np.nonzero(~same)[0][:5]
     bad = np.isnan(want) != np.isnan(C)
     assert not bad.any(), "NaN pattern differs (untouched elements written, or NaN leaked) at %s" % np.nonzero(bad)[0][:5]
     ok = ~np.isnan(want)
@@ -244,6 +291,6 @@ if __name__ == "__main__":
             for m, n, k in cases:
                 for alpha, beta in ((1.3, 0.5), (0.9, 0.0)):
                     err = run_case(TA, TB, m, n, k, alpha, beta, rng)
-                    print("ok TA=%d TB=%d m=%s n=%s k=%s alpha=%.1f beta=%.1f: max error %.2e"
+                    print("ok TA=%d TB=%d m=%s n=%s k=%s alpha=%.1f beta=%.1f: max error %.2e; bf16 C == f32 C rounded"
                           % (TA, TB, m, n, k, alpha, beta, err), flush=True)
     print("all cases match (GS_BN=%d, GS_STAGES=%d, GRID=%d)" % (BN, STAGES, GRID))

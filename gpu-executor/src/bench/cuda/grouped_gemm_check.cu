@@ -10,11 +10,19 @@
 //   (a) checks small ragged cases on all four transpositions (m, n, k off the tile grid, k == 0, empty groups, more
 //       than 64 groups, k longer than the ring, beta 0 over NaN-filled C, beta 0.5 / 1, odd ldc and C offsets)
 //       against a plain reference kernel (f32 sums of the same bf16 products): |got - ref| <= 1e-3 * |alpha| *
-//       sum_k |a_ik b_kj| + 1e-6 * |beta c|, and every C element outside the groups left bit-identical;
+//       sum_k |a_ik b_kj| + 1e-6 * |beta c|, and every C element outside the groups left bit-identical; and the same
+//       cases into a bf16 C (GBParams.flags GB_FLAG_C_BF16; the ragged, tile-edge, k = 0 and 150-group cases, beta 0
+//       over NaN, 0.5 and 1, odd ldc and offsets): C0 rounded to bf16 values, the f32 C checked as above, then the
+//       bf16 C of the same launch must equal that f32 C rounded to nearest even BIT FOR BIT (same accumulators, one
+//       rounding), and every bf16 element outside the groups keep its bits ("bf16 C" lines);
 //   (b) times the six expert GEMMs of one Qwen3-30B-A3B MoE layer (128 experts, 65,536 routed rows, ragged 34 to
 //       1,139 per expert, H = 2048, I = 768; laid out as KernelBenchProblems.model: NT forward with B = weights
 //       [E, n, k], NN data gradients with B = weights [E, k, n], TN weight gradients with beta 1) for both kernels:
-//       median of 20 by CUDA events after 3 warm-ups, and checks each result against the reference.
+//       median of 20 by CUDA events after 3 warm-ups, and checks each result against the reference; then the two
+//       weight-gradient shapes as C2's Experts.backward runs them per projection (TN 768 x 2048 x rows: gate / up,
+//       TN 2048 x 768 x rows: down; the same ragged rows) with beta 0 into an f32 C and into a bf16 C (half the bytes
+//       the epilogue writes: FSDP's bf16 gradient), each timed the same way, the bf16 C checked against the f32 C
+//       rounded, and the f32 / bf16 time ratio printed.
 // Prints PASS / FAIL per case with the worst error (as a multiple of its tolerance); exit status 1 on any FAIL.
 
 #include <cuda_runtime.h>
@@ -303,8 +311,9 @@ struct Launch {
 };
 
 // GroupedGemm.kernel's plan: groups with m, n > 0, stably sorted largest k first, GB_MAX_GROUPS a launch.
+// c: C's device address, f32 elements or, with c16, bf16 ones (GB_FLAG_C_BF16 on every group).
 static std::vector<Launch> plan(const Problem& P, const KernelSet& ks, const __nv_bfloat16* a, const __nv_bfloat16* b,
-                                float* c, float alpha, float beta) {
+                                void* c, float alpha, float beta, bool c16 = false) {
     std::vector<int> active;
     for (int g = 0; g < P.groups(); g++)
         if (P.m[g] > 0 && P.n[g] > 0) active.push_back(g);
@@ -328,12 +337,13 @@ static std::vector<Launch> plan(const Problem& P, const KernelSet& ks, const __n
             long long bb = reads ? (long long)(uintptr_t)(b + P.bOff[g]) : 0;
             L.p.a[q] = aa;
             L.p.b[q] = bb;
-            L.p.c[q] = (long long)(uintptr_t)(c + P.cOff[g]);
+            L.p.c[q] = (long long)(uintptr_t)c + P.cOff[g] * (c16 ? 2 : 4);
             L.p.m[q] = P.m[g];
             L.p.n[q] = P.n[g];
             L.p.k[q] = P.k[g];
             L.p.tileStart[q] = (int)tiles;
-            L.p.flags[q] = (aa % 16 == 0 && P.lda % 4 == 0 ? 1 : 0) | (bb % 16 == 0 && P.ldb % 4 == 0 ? 2 : 0);
+            L.p.flags[q] = (aa % 16 == 0 && P.lda % 4 == 0 ? 1 : 0) | (bb % 16 == 0 && P.ldb % 4 == 0 ? 2 : 0) |
+                           (c16 ? GB_FLAG_C_BF16 : 0);
             tiles += (long long)((P.m[g] + ks.tileM - 1) / ks.tileM) * ((P.n[g] + ks.tileN - 1) / ks.tileN);
         }
         L.grid = ks.persistent ? (int)std::min<long long>(tiles, ks.maxGrid) : (int)tiles;
@@ -470,6 +480,88 @@ static bool checkCase(const KernelSet& ks, const Problem& P, float alpha, float 
     return ok;
 }
 
+// ---------------------------------------------------------------- bf16 C
+
+// x[i] = x rounded to bf16 and widened (NaN stays NaN): C0 as a bf16 C holds it, so that the f32 and the bf16 launch
+// start from the same values.
+__global__ void round_f32_values(float* x, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        x[i] = __bfloat162float(__float2bfloat16_rn(x[i]));
+}
+
+__global__ void f32_to_bf16(const float* x, long long n, __nv_bfloat16* y) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        y[i] = __float2bfloat16_rn(x[i]);
+}
+
+// The bf16 C against the f32 C of the same launch: inside the groups (tol >= 0) bits == the f32 C rounded to nearest
+// even; outside, bits == C0's (NaN: any NaN). Counts failures and keeps the first.
+__global__ void compare_bf16(const __nv_bfloat16* got, const float* c32, const float* c0, const float* tol,
+                             long long n, unsigned long long* fails, unsigned long long* first) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const float want = __bfloat162float(__float2bfloat16_rn(tol[i] < 0.f ? c0[i] : c32[i]));
+        const float g = __bfloat162float(got[i]);
+        const bool bad = (want != want) ? (g == g) : __float_as_uint(g) != __float_as_uint(want);
+        if (bad) {
+            atomicAdd(fails, 1ull);
+            atomicMin(first, (unsigned long long)i);
+        }
+    }
+}
+
+// 0 when the bf16 C equals the f32 C (in B.c) rounded everywhere as compare_bf16 says, else the failures (the first
+// one printed).
+static unsigned long long verifyBf16(const Problem& P, Buffers& B, const __nv_bfloat16* c16, const char* kernel,
+                                     float alpha, float beta) {
+    unsigned long long* d;
+    CK(cudaMalloc(&d, 16));
+    unsigned long long init[2] = {0, ~0ull};
+    CK(cudaMemcpy(d, init, 16, cudaMemcpyHostToDevice));
+    compare_bf16<<<gridFor(P.cLen), 256>>>(c16, B.c, B.c0, B.tol, P.cLen, d, d + 1);
+    CK(cudaGetLastError());
+    unsigned long long h[2];
+    CK(cudaMemcpy(h, d, 16, cudaMemcpyDeviceToHost));
+    CK(cudaFree(d));
+    if (h[0] != 0) {
+        float c32;
+        __nv_bfloat16 g;
+        CK(cudaMemcpy(&c32, B.c + h[1], 4, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(&g, c16 + h[1], 2, cudaMemcpyDeviceToHost));
+        std::printf("FAIL %-10s %s%s %-44s alpha=%.2f beta=%.2f bf16 C: %llu elements differ from the f32 C rounded; "
+                    "first at %llu: bf16 %g, f32 %g\n",
+                    kernel, P.tA ? "T" : "N", P.tB ? "T" : "N", P.name.c_str(), alpha, beta, h[0], h[1],
+                    __bfloat162float(g), c32);
+    }
+    return h[0];
+}
+
+// The f32 case (checked against the reference as checkCase does) on C0 rounded to bf16 values, then the same launch
+// into a bf16 copy of C0, checked against the f32 C rounded.
+static bool checkCaseBf16(const KernelSet& ks, const Problem& P, float alpha, float beta, bool nanC,
+                          unsigned long long seed) {
+    Buffers B = makeBuffers(P, nanC, seed);
+    round_f32_values<<<gridFor(P.cLen), 256>>>(B.c0, P.cLen);
+    makeReference(P, B, alpha, beta);
+    CK(cudaMemcpy(B.c, B.c0, P.cLen * 4, cudaMemcpyDeviceToDevice));
+    run(plan(P, ks, B.a, B.b, B.c, alpha, beta), ks, P.tA, P.tB);
+    CK(cudaDeviceSynchronize());
+    bool ok = report(ks.name, P, alpha, beta, nanC, B);
+    __nv_bfloat16* c16;
+    CK(cudaMalloc(&c16, P.cLen * 2));
+    f32_to_bf16<<<gridFor(P.cLen), 256>>>(B.c0, P.cLen, c16);
+    run(plan(P, ks, B.a, B.b, c16, alpha, beta, true), ks, P.tA, P.tB);
+    CK(cudaDeviceSynchronize());
+    if (verifyBf16(P, B, c16, ks.name, alpha, beta) == 0) {
+        std::printf("PASS %-10s %s%s %-44s alpha=%.2f beta=%.2f%s  bf16 C == the f32 C rounded, bit for bit\n",
+                    ks.name, P.tA ? "T" : "N", P.tB ? "T" : "N", P.name.c_str(), alpha, beta, nanC ? " (C NaN)" : "");
+    } else {
+        ok = false;
+    }
+    CK(cudaFree(c16));
+    B.free();
+    return ok;
+}
+
 static bool correctness(const std::vector<KernelSet>& sets) {
     bool ok = true;
     const bool T[4][2] = {{false, false}, {false, true}, {true, false}, {true, true}};
@@ -511,6 +603,28 @@ static bool correctness(const std::vector<KernelSet>& sets) {
                             seed++);
             // more groups than one launch holds
             ok &= checkCase(ks, packed("150 groups", a, b, m150, n150, k150, (seed & 1) == 0), 1.f, 0.5f, false, seed++);
+            // bf16 C: beta 0 over NaN, 1 and 0.5 (read widened), k = 0 groups, tile edges, odd ldc and offsets (the
+            // scalar path) and aligned ones (bf16x2), more groups than a launch holds
+            ok &= checkCaseBf16(ks, packed("ragged", a, b, {37, 0, 1, 3, 17, 130, 256, 5, 64},
+                                           {40, 72, 40, 129, 16, 72, 40, 200, 8}, {72, 50, 0, 33, 40, 300, 31, 1, 129},
+                                           true),
+                                1.3f, 1.f, false, seed++);
+            ok &= checkCaseBf16(ks, packed("ragged", a, b, {37, 0, 1, 3, 17, 130, 256, 5, 64},
+                                           {40, 72, 40, 129, 16, 72, 40, 200, 8}, {72, 50, 0, 33, 40, 300, 31, 1, 129},
+                                           false),
+                                0.9f, 0.f, true, seed++);
+            ok &= checkCaseBf16(ks, packed("tile edges", a, b, {1, 15, 127, 129, 255, 257, 64, 65, 9},
+                                           {257, 255, 7, 264, 520, 1, 256, 63, 130}, {31, 0, 64, 17, 96, 97, 16, 1, 48},
+                                           false),
+                                -0.7f, 0.5f, false, seed++);
+            ok &= checkCaseBf16(ks, packed("tile edges", a, b, {1, 15, 127, 129, 255, 257, 64, 65, 9},
+                                           {257, 255, 7, 264, 520, 1, 256, 63, 130}, {31, 0, 64, 17, 96, 97, 16, 1, 48},
+                                           true),
+                                1.1f, 0.f, true, seed++);
+            ok &= checkCaseBf16(ks, packed("k = 0", a, b, {20, 33, 130}, {40, 129, 7}, {0, 64, 0}, false), 1.3f, 0.5f,
+                                false, seed++);
+            ok &= checkCaseBf16(ks, packed("150 groups", a, b, m150, n150, k150, (seed & 1) == 0), 1.f, 1.f, false,
+                                seed++);
         }
     }
     return ok;
@@ -569,6 +683,35 @@ static bool timing(const std::vector<KernelSet>& sets, int reps) {
     }
     for (size_t s = 0; s < sets.size(); s++)
         std::printf("six shapes, %-10s %8.3f ms\n", sets[s].name, total[s]);
+
+    // The weight gradients as Experts.backward runs them per projection, beta 0, into an f32 and into a bf16 C.
+    std::printf("C2 weight gradients, beta 0: f32 C vs bf16 C (same launches, GB_FLAG_C_BF16)\n");
+    Problem grads[2] = {model("TN", rows, I, H), model("TN", rows, H, I)};
+    for (const Problem& P : grads) {
+        Buffers B = makeBuffers(P, true, seed++);
+        makeReference(P, B, 1.f, 0.f);
+        __nv_bfloat16* c16;
+        CK(cudaMalloc(&c16, P.cLen * 2));
+        for (const KernelSet& ks : sets) {
+            CK(cudaMemcpy(B.c, B.c0, P.cLen * 4, cudaMemcpyDeviceToDevice));
+            std::vector<Launch> L32 = plan(P, ks, B.a, B.b, B.c, 1.f, 0.f);
+            std::vector<Launch> L16 = plan(P, ks, B.a, B.b, c16, 1.f, 0.f, true);
+            run(L32, ks, P.tA, P.tB);
+            CK(cudaMemset(c16, 0xff, P.cLen * 2));  // NaN bits: beta 0 must never read them
+            run(L16, ks, P.tA, P.tB);
+            CK(cudaDeviceSynchronize());
+            ok &= report(ks.name, P, 1.f, 0.f, true, B);
+            ok &= verifyBf16(P, B, c16, ks.name, 1.f, 0.f) == 0;
+            float ms32 = medianMs(L32, ks, P, 3, reps);
+            float ms16 = medianMs(L16, ks, P, 3, reps);
+            std::printf("  %-10s %-24s f32 C: %8.3f ms %7.1f TFLOP/s   bf16 C: %8.3f ms %7.1f TFLOP/s   "
+                        "f32 / bf16 %.3f  (C %.0f MB f32, %.0f MB bf16)\n",
+                        ks.name, P.name.c_str(), ms32, P.flops() / ms32 / 1e9, ms16, P.flops() / ms16 / 1e9,
+                        ms32 / ms16, P.cLen * 4 / 1e6, P.cLen * 2 / 1e6);
+        }
+        CK(cudaFree(c16));
+        B.free();
+    }
     return ok;
 }
 

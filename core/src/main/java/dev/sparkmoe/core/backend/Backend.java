@@ -125,6 +125,9 @@ public interface Backend {
      * Many independent GEMMs of possibly different sizes in one call (the experts of a rank): for each group g with
      * m[g], n[g] and k[g] all positive, C_g = alpha * op(A_g) * op(B_g) + beta * C_g with A_g at aOff[g], B_g at
      * bOff[g], C_g at cOff[g]. Groups with m, n or k = 0 are skipped (with k = 0, C_g is scaled by beta).
+     * C is F32 or BF16 (a weight gradient in FSDP's param dtype); a BF16 C_g holds the f32 result alpha * op(A_g) *
+     * op(B_g) + beta * C_g (C_g read as bf16 widened to f32 where beta != 0, never read where beta == 0) rounded to
+     * nearest even once, as cuBLAS writes a bf16 C; with k = 0, beta * C_g rounded. Any other C dtype is refused.
      */
     void groupedGemm(boolean transA, boolean transB, int groups, int[] m, int[] n, int[] k, float alpha, Tensor a,
                      int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta, Tensor c, int[] cOff, int ldc);

@@ -7,7 +7,8 @@ import org.bytedeco.openblas.global.openblas_nolapack;
 
 /**
  * The CPU backend's matrix products: row-major {@code cblas_sgemm} through OpenBLAS on per-thread native copies of the
- * operand spans, and the grouped GEMM as one such product per non-empty group. Shapes, offsets and leading dimensions
+ * operand spans, and the grouped GEMM as one such product per non-empty group. A C held in a narrower dtype (BF16: a
+ * grouped GEMM's weight gradient, a dense GEMM's chunk of logits) gets the f32 result rounded once. Shapes, offsets and leading dimensions
  * are checked against the heap arrays before the native call, so that a wrong shape is a Java exception.
  */
 final class CpuGemm {
@@ -17,6 +18,11 @@ final class CpuGemm {
     static void groupedGemm(boolean transA, boolean transB, int groups, int[] m, int[] n, int[] k, float alpha,
                             Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta, Tensor c,
                             int[] cOff, int ldc) {
+        if (c.dtype() != DType.F32 && c.dtype() != DType.BF16) {
+            throw new IllegalArgumentException("groupedGemm writes C in F32 or BF16 (the f32 result rounded once); C is "
+                    + c + " of dtype " + c.dtype() + ": pass an F32 or BF16 C and convert it afterwards "
+                    + "(Backend.convert)");
+        }
         for (int g = 0; g < groups; g++) {
             if (m[g] > 0 && n[g] > 0) {
                 gemm(transA, transB, m[g], n[g], k[g], alpha, a, aOff[g], lda, b, bOff[g], ldb, beta, c, cOff[g],

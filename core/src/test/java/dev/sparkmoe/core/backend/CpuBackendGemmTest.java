@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
@@ -93,6 +94,90 @@ class CpuBackendGemmTest {
         be.gemm(false, false, 2, 3, 0, 1f, a, 0, 1, a, 0, 3, 0.5f, c, 0, 3);
         for (int i = 0; i < 6; i++) {
             assertEquals(c0[i] * 0.5f, c.floats()[i]);
+        }
+    }
+
+    /**
+     * groupedGemm into a BF16 C (a weight gradient in FSDP's param dtype): every group's C_g is the F32 C of the same
+     * call rounded to bf16 once, bit for bit, for beta 0 over NaN (C never read), beta 1 and 0.5 over bf16 values (read
+     * widened) and groups with k = 0 (beta * C rounded); ragged and empty groups, padded strides, every transposition.
+     * Elements outside every group keep their bits. An F16 or integer C is refused, naming its dtype.
+     */
+    @Test
+    void groupedGemmIntoBf16CIsTheF32CRoundedOnce() {
+        int[] m = {5, 0, 3, 9, 1, 4, 6};
+        int[] n = {7, 3, 1, 6, 9, 2, 3};
+        int[] k = {4, 2, 0, 11, 3, 0, 1};
+        int groups = m.length;
+        int rounded = 0;
+        for (int t = 0; t < 4; t++) {
+            boolean transA = (t & 2) != 0;
+            boolean transB = (t & 1) != 0;
+            for (float beta : new float[] {0f, 1f, 0.5f}) {
+                Rand rnd = new Rand(100L * t + (long) (beta * 10));
+                int lda = 14;
+                int ldb = 13;
+                int ldc = 11;
+                int[] aOff = new int[groups];
+                int[] bOff = new int[groups];
+                int[] cOff = new int[groups];
+                int aLen = 3;
+                int bLen = 1;
+                int cLen = 2;
+                for (int g = 0; g < groups; g++) {
+                    aOff[g] = aLen;
+                    bOff[g] = bLen;
+                    cOff[g] = cLen;
+                    aLen += (transA ? k[g] : m[g]) * lda + 2;
+                    bLen += (transB ? n[g] : k[g]) * ldb + 1;
+                    cLen += m[g] * ldc + 3;
+                }
+                Tensor a = rnd.tensor(1, aLen);
+                Tensor b = rnd.tensor(1, bLen);
+                float[] c0 = new float[cLen];
+                float[] init = rnd.floats(cLen, 2);
+                for (int i = 0; i < cLen; i++) {
+                    c0[i] = beta == 0f ? Float.NaN : DType.roundToBf16(init[i]);
+                }
+                Tensor c32 = Tensor.of(c0.clone(), cLen);
+                Tensor c16 = Tensor.ofFloating(DType.BF16, c0.clone(), cLen);
+                be.groupedGemm(transA, transB, groups, m, n, k, 0.75f, a, aOff, lda, b, bOff, ldb, beta, c32, cOff,
+                        ldc);
+                be.groupedGemm(transA, transB, groups, m, n, k, 0.75f, a, aOff, lda, b, bOff, ldb, beta, c16, cOff,
+                        ldc);
+                boolean[] inGroup = new boolean[cLen];
+                for (int g = 0; g < groups; g++) {
+                    for (int i = 0; i < m[g]; i++) {
+                        for (int j = 0; j < n[g]; j++) {
+                            inGroup[cOff[g] + i * ldc + j] = true;
+                        }
+                    }
+                }
+                float[] f32 = c32.floats();
+                float[] bf = c16.floats();
+                for (int i = 0; i < cLen; i++) {
+                    float want = inGroup[i] ? DType.roundToBf16(f32[i]) : c0[i];
+                    String where = "transA=" + transA + " transB=" + transB + " beta=" + beta + " element " + i;
+                    assertEquals(Float.floatToRawIntBits(want), Float.floatToRawIntBits(bf[i]),
+                            where + ": " + bf[i] + ", want " + want + (inGroup[i] ? " (the F32 C " + f32[i]
+                            + " rounded)" : " (untouched)"));
+                    if (inGroup[i]) {
+                        assertTrue(Float.isFinite(bf[i]), where + " is " + bf[i]);
+                        rounded += f32[i] != bf[i] ? 1 : 0;
+                    }
+                }
+            }
+        }
+        assertTrue(rounded > 100, "only " + rounded + " results needed rounding: the check is too weak");
+
+        Tensor a = Tensor.of(new float[4], 4);
+        for (DType bad : new DType[] {DType.F16, DType.I32}) {
+            Tensor c = Tensor.zeros(bad, 4);
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> be.groupedGemm(false,
+                    false, 1, new int[] {2}, new int[] {2}, new int[] {2}, 1f, a, new int[] {0}, 2, a, new int[] {0},
+                    2, 0f, c, new int[] {0}, 2));
+            assertTrue(e.getMessage().contains(bad.toString()) && e.getMessage().contains("F32 or BF16"),
+                    e.getMessage());
         }
     }
 

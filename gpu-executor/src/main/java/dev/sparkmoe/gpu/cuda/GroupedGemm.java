@@ -19,7 +19,9 @@ import java.util.List;
  * {@code grouped_gemm_sm90.cu} (wgmma, compiled for sm_90a) on compute capability 9.0 and {@code grouped_gemm_bf16.cu}
  * (mma.sync) elsewhere ({@link Kernel}); both take the same GBParams, filled here by one code path. They read bf16
  * operands ({@link GroupedGemmOperands}), accumulate in f32, never read C when beta == 0 and scale C_g by beta where
- * k == 0. Called under the backend's lock.
+ * k == 0. C is F32 or BF16 (a weight gradient in FSDP's param dtype): a BF16 C holds the f32 result alpha * AB + beta *
+ * C (C widened where beta != 0) rounded to nearest even once, as cuBLAS writes a bf16 C; the kernels take it through
+ * {@link #FLAG_C_BF16}, the loop through an f32 block ({@link #loopBf16C}). Called under the backend's lock.
  */
 final class GroupedGemm {
     /** Groups per launch of the grouped GEMM kernels and the byte layout of their GBParams (grouped_gemm_params.cuh). */
@@ -34,6 +36,8 @@ final class GroupedGemm {
     private static final long OFF_TILE = OFF_K + 4L * MAX_GROUPS;
     private static final long OFF_FLAGS = OFF_TILE + 4L * MAX_GROUPS;
     private static final long PARAMS_BYTES = OFF_FLAGS + 4L * MAX_GROUPS; // 2840, as static_assert'ed there
+    /** GBParams.flags bit 2 (GB_FLAG_C_BF16): C_g is bf16 (ldc in elements either way). */
+    static final int FLAG_C_BF16 = 4;
 
     private final CudaDevice device;
     private final CudaMemory memory;
@@ -172,6 +176,12 @@ final class GroupedGemm {
 
     void groupedGemm(boolean transA, boolean transB, int groups, int[] m, int[] n, int[] k, float alpha, Tensor a,
                      int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta, Tensor c, int[] cOff, int ldc) {
+        if (c.dtype() != DType.F32 && c.dtype() != DType.BF16) {
+            throw new IllegalArgumentException("groupedGemm writes C in F32 or BF16 (the f32 result rounded once); C is "
+                    + c + " of dtype " + c.dtype() + ": pass an F32 or BF16 C and convert it afterwards "
+                    + "(Backend.convert)");
+        }
+        boolean c16 = c.dtype() == DType.BF16;
         CudaBackend.GroupedMode mode = effectiveMode();
         if (mode == CudaBackend.GroupedMode.KERNEL && !kernelSupported()) {
             throw new IllegalStateException("GroupedMode.KERNEL needs bf16 tensor cores (sm_80 or newer) and "
@@ -207,8 +217,8 @@ final class GroupedGemm {
                 if (kernel) {
                     active[count++] = g; // the kernel scales C_g by beta itself (and never reads it when beta == 0)
                 } else {
-                    launcher.launch1D(KernelLauncher.GEMM_SCALE, "scale_rows_f32", (long) m[g] * n[g],
-                            memory.addr(c, "C", cOff[g], 0), m[g], n[g], ldc, beta);
+                    launcher.launch1D(KernelLauncher.GEMM_SCALE, c16 ? "scale_rows_bf16" : "scale_rows_f32",
+                            (long) m[g] * n[g], memory.addrOf(c, c.dtype(), "C", cOff[g], 0), m[g], n[g], ldc, beta);
                 }
                 continue;
             }
@@ -223,10 +233,51 @@ final class GroupedGemm {
             kernel(transA, transB, active, count, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
             return;
         }
+        if (c16) {
+            loopBf16C(transA, transB, active, count, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+            return;
+        }
         for (int q = 0; q < count; q++) {
             int g = active[q];
             cublas.gemmEx(transA, transB, m[g], n[g], k[g], alpha, memory.addr(a, "A", aOff[g], 0), lda,
                     memory.addr(b, "B", bOff[g], 0), ldb, beta, memory.addr(c, "C", cOff[g], 0), ldc);
+        }
+    }
+
+    /**
+     * {@link CudaBackend.GroupedMode#LOOP} into a BF16 C (the active groups, k > 0). The loop's A and B are F32 (the
+     * backend widens BF16 operands for it), and cublasGemmEx writes a bf16 C only from bf16 A and B, which would round
+     * the operands; so each C_g is computed by the same f32 {@code cublasGemmEx} as for an F32 C, into one f32 block
+     * of C_g's row stride (C_g widened into it first where beta != 0: exact), and rounded into C_g once
+     * ({@code round_rows_bf16}). The block starts at C_g's element offset's byte alignment as an F32 C would have it
+     * (modulo 256), so that cuBLAS sees the same shapes, strides and alignment and the result is the F32 C's, rounded.
+     * The block is released stream-ordered after the last group.
+     */
+    private void loopBf16C(boolean transA, boolean transB, int[] active, int count, int[] m, int[] n, int[] k,
+                           float alpha, Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta,
+                           Tensor c, int[] cOff, int ldc) {
+        long span = 0;
+        for (int q = 0; q < count; q++) {
+            int g = active[q];
+            span = Math.max(span, (long) (m[g] - 1) * ldc + n[g]);
+        }
+        DeviceBuffer block = memory.allocate(4 * span + 256);
+        try {
+            for (int q = 0; q < count; q++) {
+                int g = active[q];
+                long f32 = block.address() + (4L * cOff[g]) % 256;
+                long cAt = memory.addrOf(c, DType.BF16, "C", cOff[g], 0);
+                long elements = (long) m[g] * n[g];
+                if (beta != 0f) {
+                    launcher.launch1D(KernelLauncher.GEMM_SCALE, "widen_rows_bf16", elements, cAt, m[g], n[g], ldc,
+                            f32);
+                }
+                cublas.gemmEx(transA, transB, m[g], n[g], k[g], alpha, memory.addr(a, "A", aOff[g], 0), lda,
+                        memory.addr(b, "B", bOff[g], 0), ldb, beta, f32, ldc);
+                launcher.launch1D(KernelLauncher.GEMM_SCALE, "round_rows_bf16", elements, f32, m[g], n[g], ldc, cAt);
+            }
+        } finally {
+            memory.release(block);
         }
     }
 
@@ -242,8 +293,9 @@ final class GroupedGemm {
      * Layout: int lda, ldb, ldc, groups; float alpha, beta; then arrays of 64: long long a, b, c (device byte
      * addresses of A_g, B_g, C_g); int m, n, k, tileStart (prefix sum of the groups' 128 x tileN tiles, in the
      * launched kernel's tileN; the grid is
-     * the total) and flags (unused by this kernel: bit 0, A_g's address is 16-byte aligned and the caller's lda a
-     * multiple of 4; bit 1, the same for B_g). Groups write disjoint C_g in parallel (overlapping C_g would race, where
+     * the total) and flags (bit 0, A_g's address is 16-byte aligned and the caller's lda a multiple of 4; bit 1, the
+     * same for B_g: read by no kernel; bit 2, {@link #FLAG_C_BF16}: C_g is bf16, set on every group where C is BF16;
+     * ldc counts elements of C's dtype either way). Groups write disjoint C_g in parallel (overlapping C_g would race, where
      * the loop would apply them in order). The kernel takes {@link #sharedBytes} (mma.sync) or {@link #sm90SharedBytes}
      * of dynamic shared memory (raised once per function); groups are passed largest k first.
      */
@@ -303,10 +355,11 @@ final class GroupedGemm {
                         aAddr = aBase + 2 * aAt[q];
                         bAddr = bBase + 2 * bAt[q];
                     }
-                    int flags = (aAddr % 16 == 0 && lda % 4 == 0 ? 1 : 0) | (bAddr % 16 == 0 && ldb % 4 == 0 ? 2 : 0);
+                    int flags = (aAddr % 16 == 0 && lda % 4 == 0 ? 1 : 0) | (bAddr % 16 == 0 && ldb % 4 == 0 ? 2 : 0)
+                            | (c.dtype() == DType.BF16 ? FLAG_C_BF16 : 0);
                     params.putLong(OFF_A + 8L * q, aAddr);
                     params.putLong(OFF_B + 8L * q, bAddr);
-                    params.putLong(OFF_C + 8L * q, memory.addr(c, "C", cOff[g], 0));
+                    params.putLong(OFF_C + 8L * q, memory.addrOf(c, c.dtype(), "C", cOff[g], 0));
                     params.putInt(OFF_M + 4L * q, m[g]);
                     params.putInt(OFF_N + 4L * q, n[g]);
                     params.putInt(OFF_K + 4L * q, k[g]);

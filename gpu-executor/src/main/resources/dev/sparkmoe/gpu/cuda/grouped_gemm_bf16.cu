@@ -2,12 +2,14 @@
 // CudaBackend.groupedGemm (GroupedMode.KERNEL). Compiled at run time by NVRTC (see KernelLibrary); needs sm_80 or
 // newer (bf16 mma.sync, cp.async).
 //
-// Semantics (row-major f32 C, as Backend.groupedGemm): for each group g
+// Semantics (row-major C, f32, or bf16 where the group's flags have GB_FLAG_C_BF16, as Backend.groupedGemm): for each
+// group g
 //     C_g = alpha * op(A_g) * op(B_g) + beta * C_g,   op(A_g) [m, k], op(B_g) [k, n], C_g [m, n]
 // A_g is stored [m, k] (row stride lda) or, transposed, [k, m]; B_g is stored [k, n] (ldb) or [n, k]; C_g [m, n]
-// (ldc). A and B are bf16 here (rounded to nearest even by whoever made them); products accumulate in f32
-// (mma.sync m16n8k16 bf16); the epilogue applies alpha and beta in f32. With beta == 0, C is never read (it may hold
-// NaN). k == 0 gives C_g = beta * C_g (0 where beta == 0).
+// (ldc elements). A and B are bf16 here (rounded to nearest even by whoever made them); products accumulate in f32
+// (mma.sync m16n8k16 bf16); the epilogue applies alpha and beta in f32 (a bf16 C read widened), and a bf16 C is that
+// f32 value rounded to nearest even once. With beta == 0, C is never read (it may hold NaN). k == 0 gives
+// C_g = beta * C_g (0 where beta == 0).
 //
 // This file holds
 //   grouped_cast_bf16: the cast that the host runs first for an operand that is not held in bf16 already, once per
@@ -41,7 +43,8 @@
 // B stored [k, n]), and issues mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32. The epilogue writes straight from the
 // accumulators: lane (g = lane / 4, q = lane % 4) holds rows g and g + 8, columns 2q and 2q + 1 of each 16 x 8
 // block; float2 loads / stores where C_g is 8-byte aligned and ldc even, scalar ones otherwise and at the last odd
-// column.
+// column; a bf16 C_g the same with bf16x2 (4 bytes) where C_g is 4-byte aligned and ldc even (one uniform branch a
+// CTA: gb_epilogue's two instantiations).
 // Tuning macros (-Dsparkmoe.cuda.defines=...; GroupedGemm mirrors GB_BN, GB_BK, GB_STAGES, GB_WARPS_N and GC_UNROLL
 // in its tile count, dynamic shared-memory size, block size and cast grid): GB_BN (128 or 256), GB_BK (32 or 64),
 // GB_STAGES (2 or more, within the shared memory: GB_STAGES=2 needs 72 KB, for devices that grant a block less than
@@ -240,6 +243,50 @@ __device__ __forceinline__ void gb_store_pair(float* crow, int col, int N, float
     }
 }
 
+// The bf16 C form: the pair widened from bf16 where beta != 0 (one bf16x2 load where vecC: C_g 4-byte aligned, ldc
+// even), the f32 store's arithmetic, rounded to nearest even once (one bf16x2 store; scalar at the last odd column).
+__device__ __forceinline__ void gb_store_pair(__nv_bfloat16* crow, int col, int N, float v0, float v1, float alpha,
+                                              float beta, bool vecC) {
+    v0 *= alpha;
+    v1 *= alpha;
+    if (vecC && col + 1 < N) {
+        __nv_bfloat162* q = reinterpret_cast<__nv_bfloat162*>(crow + col);
+        if (beta != 0.f) {
+            const float2 o = __bfloat1622float2(*q);
+            v0 = fmaf(beta, o.x, v0);
+            v1 = fmaf(beta, o.y, v1);
+        }
+        *q = __floats2bfloat162_rn(v0, v1);
+    } else {
+        if (col < N) crow[col] = __float2bfloat16_rn(beta != 0.f ? fmaf(beta, __bfloat162float(crow[col]), v0) : v0);
+        if (col + 1 < N) {
+            crow[col + 1] = __float2bfloat16_rn(beta != 0.f ? fmaf(beta, __bfloat162float(crow[col + 1]), v1) : v1);
+        }
+    }
+}
+
+// A CTA's epilogue into C_g of element type CT (float or __nv_bfloat16), straight from the accumulators.
+template <typename CT>
+__device__ __forceinline__ void gb_epilogue(const float (&acc)[4][GB_NJ][4], CT* __restrict__ C, int ldc, int M,
+                                            int N, int rowBase, int colBase, float alpha, float beta) {
+    const bool vecC = (reinterpret_cast<unsigned long long>(C) & (2 * sizeof(CT) - 1)) == 0 && (ldc & 1) == 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int row = rowBase + i * 16 + h * 8;
+            if (row < M) {
+                CT* crow = C + (long long)row * ldc;
+#pragma unroll
+                for (int j = 0; j < GB_NJ; j++) {
+                    gb_store_pair(crow, colBase + j * 8, N, acc[i][j][2 * h], acc[i][j][2 * h + 1], alpha, beta,
+                                  vecC);
+                }
+            }
+        }
+    }
+}
+
 extern __shared__ __align__(128) unsigned char gb_smem[];
 
 template <bool TA, bool TB>
@@ -254,7 +301,6 @@ __device__ __forceinline__ void gb_impl(const GBParams& p) {
     const int n0 = (local % tilesN) * GB_BN;
     const __nv_bfloat16* __restrict__ A = reinterpret_cast<const __nv_bfloat16*>(p.a[g]);
     const __nv_bfloat16* __restrict__ B = reinterpret_cast<const __nv_bfloat16*>(p.b[g]);
-    float* __restrict__ C = reinterpret_cast<float*>(p.c[g]);
     const int lda = p.lda, ldb = p.ldb;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -315,24 +361,12 @@ __device__ __forceinline__ void gb_impl(const GBParams& p) {
         gg_cp_wait<0>();  // no copy (only empty groups remain) outlives the CTA
     }
 
-    const float alpha = p.alpha, beta = p.beta;
-    const int ldc = p.ldc;
-    const bool vecC = (reinterpret_cast<unsigned long long>(C) & 7) == 0 && (ldc & 1) == 0;
+    const int rowBase = m0 + wm * 64 + (lane >> 2);
     const int colBase = n0 + wn * GB_WN + 2 * (lane & 3);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int row = m0 + wm * 64 + i * 16 + h * 8 + (lane >> 2);
-            if (row < M) {
-                float* crow = C + (long long)row * ldc;
-#pragma unroll
-                for (int j = 0; j < GB_NJ; j++) {
-                    gb_store_pair(crow, colBase + j * 8, N, acc[i][j][2 * h], acc[i][j][2 * h + 1], alpha, beta,
-                                  vecC);
-                }
-            }
-        }
+    if (p.flags[g] & GB_FLAG_C_BF16) {
+        gb_epilogue(acc, reinterpret_cast<__nv_bfloat16*>(p.c[g]), p.ldc, M, N, rowBase, colBase, p.alpha, p.beta);
+    } else {
+        gb_epilogue(acc, reinterpret_cast<float*>(p.c[g]), p.ldc, M, N, rowBase, colBase, p.alpha, p.beta);
     }
 #else
     __trap();  // bf16 tensor cores need sm_80; CudaBackend never launches this kernel below it

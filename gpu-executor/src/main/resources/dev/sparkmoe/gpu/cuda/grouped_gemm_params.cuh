@@ -5,11 +5,16 @@
 #define SPARKMOE_GROUPED_GEMM_PARAMS_CUH
 
 #define GB_MAX_GROUPS 64
+#define GB_FLAG_C_BF16 4  // GBParams.flags: C_g is bf16
 
 // One launch's groups, passed BY VALUE as the kernels' only parameter (2840 bytes, under the classic 4 KB limit).
-// lda / ldb: the bf16 operands' row strides (elements); ldc: C's (f32). Per group g: a, b, c the device byte addresses
-// of A_g, B_g, C_g; m, n, k; tileStart the prefix sum of the tiles (of the kernel's tile shape) of the groups before
-// g, strictly increasing: the host passes only groups with m, n > 0, largest k first; flags unused by the kernels.
+// lda / ldb: the bf16 operands' row strides (elements); ldc: C's, in elements of C's dtype (f32 or bf16). Per group g:
+// a, b, c the device byte addresses of A_g, B_g, C_g; m, n, k; tileStart the prefix sum of the tiles (of the kernel's
+// tile shape) of the groups before g, strictly increasing: the host passes only groups with m, n > 0, largest k first;
+// flags: bit 0, A_g's address is 16-byte aligned and lda a multiple of 4, bit 1 the same for B_g (both set by the
+// host, read by no kernel); bit 2 (GB_FLAG_C_BF16), C_g holds bf16 (the f32 result alpha * AB + beta * C, C read as
+// bf16 widened where beta != 0, rounded to nearest even once) instead of f32. GroupedGemm sets bit 2 on every group of
+// a launch or on none.
 struct GBParams {
     int lda, ldb, ldc, groups;
     float alpha, beta;

@@ -4,13 +4,15 @@
 // architecture-specific target that wgmma needs, with -DSPARKMOE_SM90A (nvcc's and NVRTC's own macro for the target,
 // __CUDA_ARCH_FEAT_SM90_ALL, enables the code as well); its cubin loads only on compute capability 9.0.
 //
-// Semantics (as grouped_gemm_bf16.cu; Backend.groupedGemm): for each group g, row-major f32 C_g [m, n] (ldc)
+// Semantics (as grouped_gemm_bf16.cu; Backend.groupedGemm): for each group g, row-major C_g [m, n] (ldc elements), f32,
+// or bf16 where the group's flags have GB_FLAG_C_BF16 (grouped_gemm_params.cuh)
 //     C_g = alpha * op(A_g) * op(B_g) + beta * C_g,   op(A_g) [m, k], op(B_g) [k, n]
 // A_g is stored [m, k] (lda) or, transposed, [k, m]; B_g [k, n] (ldb) or [n, k]. A and B are bf16 as
 // grouped_cast_bf16 packs them or as images read in place: every group's block 16-byte aligned, row strides multiples
 // of 8 elements, and a 16-byte chunk that starts inside a row holds only valid elements or zeros. Products accumulate
-// in f32 (wgmma .f32.bf16.bf16); the epilogue applies alpha and beta in f32. beta == 0 never reads C (it may hold
-// NaN); k == 0 gives C_g = beta * C_g. Ragged m and k, any n.
+// in f32 (wgmma .f32.bf16.bf16); the epilogue applies alpha and beta in f32 (a bf16 C read widened) and a bf16 C is
+// that f32 value rounded to nearest even once, as cuBLAS writes a bf16 C. beta == 0 never reads C (it may hold NaN);
+// k == 0 gives C_g = beta * C_g. Ragged m and k, any n.
 //
 // Parameter and group mapping: GBParams by value (grouped_gemm_params.cuh, the same struct and byte layout as the
 // mma.sync kernel). Tiles carry a flat index over the launch's groups: tileStart holds the prefix sum of each group's
@@ -46,9 +48,11 @@
 // one step's group queued); wgmma.wait_group 0 ends a tile before its epilogue.
 // The epilogue writes straight from the accumulators (the m64nNk16 D fragment: warp q of the warpgroup holds rows
 // 16 q .. 16 q + 15, lane (r = lane / 4, c = lane % 4) rows r and r + 8, columns 8 j + 2 c and + 1 of each 8-wide
-// block j): float2 where C_g is 8-byte aligned and ldc even, scalar at the last odd column. Where beta != 0 it reads
-// C: the tile's rows are prefetched into L2 (prefetch.global.L2) when the tile starts, and a thread loads GS_EPI
-// pairs before storing them, so that its loads are in flight together.
+// block j): float2 where C_g is 8-byte aligned and ldc even, scalar at the last odd column; a bf16 C_g the same way
+// with bf16x2 (4 bytes) where C_g is 4-byte aligned and ldc even. Where beta != 0 it reads C: the tile's rows are
+// prefetched into L2 (prefetch.global.L2, the 128-byte lines of the row's bytes in C's dtype) when the tile starts,
+// and a thread loads GS_EPI pairs before storing them, so that its loads are in flight together. The dtype is one
+// uniform branch a tile (gs_epilogue's two instantiations).
 // gpu-executor/scripts/grouped_gemm_sm90_emulate.py emulates the fills, descriptors, ring and epilogue on the CPU.
 // Tuning macros (-Dsparkmoe.cuda.defines=...; GroupedGemm mirrors GS_BN and GS_STAGES in its tile count and dynamic
 // shared-memory size): GS_BN (256, or 128), GS_STAGES (3 or more within the 227 KB a block may have: stages x
@@ -225,6 +229,65 @@ __device__ __forceinline__ void gs_store_pair(float* crow, int col, int N, float
     }
 }
 
+// The bf16 C forms: the pair widened from bf16 (one 4-byte bf16x2 load where vecC: C_g 4-byte aligned, ldc even),
+// and the same f32 arithmetic as the f32 store, rounded to nearest even once into one bf16x2 store (scalar bf16 at
+// the last odd column or where not vecC).
+__device__ __forceinline__ float2 gs_load_pair(const __nv_bfloat16* crow, int col, int N, float beta, bool vecC) {
+    float2 o = make_float2(0.f, 0.f);
+    if (beta != 0.f) {
+        if (vecC && col + 1 < N) {
+            o = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(crow + col));
+        } else {
+            if (col < N) o.x = __bfloat162float(crow[col]);
+            if (col + 1 < N) o.y = __bfloat162float(crow[col + 1]);
+        }
+    }
+    return o;
+}
+
+__device__ __forceinline__ void gs_store_pair(__nv_bfloat16* crow, int col, int N, float v0, float v1, float alpha,
+                                              float beta, float2 old, bool vecC) {
+    v0 *= alpha;
+    v1 *= alpha;
+    if (beta != 0.f) {
+        v0 = fmaf(beta, old.x, v0);
+        v1 = fmaf(beta, old.y, v1);
+    }
+    if (vecC && col + 1 < N) {
+        *reinterpret_cast<__nv_bfloat162*>(crow + col) = __floats2bfloat162_rn(v0, v1);
+    } else {
+        if (col < N) crow[col] = __float2bfloat16_rn(v0);
+        if (col + 1 < N) crow[col + 1] = __float2bfloat16_rn(v1);
+    }
+}
+
+// A tile's epilogue into C_g of element type CT (float or __nv_bfloat16): this thread's rows rowBase and rowBase + 8,
+// the column pairs colBase + 8 j; vector pairs where C_g's address and ldc allow them (8 bytes of f32, 4 of bf16).
+template <typename CT>
+__device__ __forceinline__ void gs_epilogue(const float (&acc)[GS_ACC], CT* __restrict__ C, int ldc, int M, int N,
+                                            int rowBase, int colBase, float alpha, float beta) {
+    const bool vecC = (reinterpret_cast<unsigned long long>(C) & (2 * sizeof(CT) - 1)) == 0 && (ldc & 1) == 0;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int row = rowBase + h * 8;
+        if (row < M) {
+            CT* crow = C + (long long)row * ldc;
+            // GS_EPI pairs at a time: their C loads (beta != 0) in flight together, then the stores
+#pragma unroll
+            for (int j0 = 0; j0 < GS_BN / 8; j0 += GS_EPI) {
+                float2 old[GS_EPI];
+#pragma unroll
+                for (int j = 0; j < GS_EPI; j++) old[j] = gs_load_pair(crow, colBase + (j0 + j) * 8, N, beta, vecC);
+#pragma unroll
+                for (int j = 0; j < GS_EPI; j++) {
+                    const int i = 4 * (j0 + j) + 2 * h;
+                    gs_store_pair(crow, colBase + (j0 + j) * 8, N, acc[i], acc[i + 1], alpha, beta, old[j], vecC);
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------- stage fills
 
 // A K-major slice: ROWS rows (of m or n) x 64 k of an operand stored [rows, k] (row stride ld elements), from base
@@ -372,20 +435,31 @@ __device__ __forceinline__ void gs_impl(const GBParams& p) {
         const int m0 = (local / tilesN) * GS_BM;
         const int n0 = (local % tilesN) * GS_BN;
 
-        float* __restrict__ C = reinterpret_cast<float*>(p.c[g]);
+        const bool c16 = (p.flags[g] & GB_FLAG_C_BF16) != 0;
         const int rowBase = m0 + wg * 64 + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
         const int colBase = n0 + 2 * (lane & 3);
         if (beta != 0.f) {
             // the epilogue reads this tile of C: fetch it into L2 while the tile's K steps run (the 4 lanes of a row
-            // take one 128-byte line in 4 each)
+            // take one 128-byte line in 4 each: 32 f32 or 64 bf16 columns a line)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const int row = rowBase + h * 8;
                 if (row < M) {
+                    if (!c16) {
+                        const float* C = reinterpret_cast<const float*>(p.c[g]);
 #pragma unroll
-                    for (int l = 0; l < GS_BN / 128; l++) {
-                        const int col = n0 + l * 128 + (lane & 3) * 32;
-                        if (col < N) gs_prefetch_l2(C + (long long)row * ldc + col);
+                        for (int l = 0; l < GS_BN / 128; l++) {
+                            const int col = n0 + l * 128 + (lane & 3) * 32;
+                            if (col < N) gs_prefetch_l2(C + (long long)row * ldc + col);
+                        }
+                    } else {
+                        const __nv_bfloat16* C = reinterpret_cast<const __nv_bfloat16*>(p.c[g]);
+#pragma unroll
+                        for (int l = 0; l < (GS_BN / 64 + 3) / 4; l++) {
+                            const int line = 4 * l + (lane & 3);
+                            const int col = n0 + line * 64;
+                            if (line < GS_BN / 64 && col < N) gs_prefetch_l2(C + (long long)row * ldc + col);
+                        }
                     }
                 }
             }
@@ -418,25 +492,10 @@ __device__ __forceinline__ void gs_impl(const GBParams& p) {
         gs_wgmma_wait<0>();
         gs_fence_acc(acc);
 
-        const bool vecC = (reinterpret_cast<unsigned long long>(C) & 7) == 0 && (ldc & 1) == 0;
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int row = rowBase + h * 8;
-            if (row < M) {
-                float* crow = C + (long long)row * ldc;
-                // GS_EPI pairs at a time: their C loads (beta != 0) in flight together, then the stores
-#pragma unroll
-                for (int j0 = 0; j0 < GS_BN / 8; j0 += GS_EPI) {
-                    float2 old[GS_EPI];
-#pragma unroll
-                    for (int j = 0; j < GS_EPI; j++) old[j] = gs_load_pair(crow, colBase + (j0 + j) * 8, N, beta, vecC);
-#pragma unroll
-                    for (int j = 0; j < GS_EPI; j++) {
-                        const int i = 4 * (j0 + j) + 2 * h;
-                        gs_store_pair(crow, colBase + (j0 + j) * 8, N, acc[i], acc[i + 1], alpha, beta, old[j], vecC);
-                    }
-                }
-            }
+        if (c16) {
+            gs_epilogue(acc, reinterpret_cast<__nv_bfloat16*>(p.c[g]), ldc, M, N, rowBase, colBase, alpha, beta);
+        } else {
+            gs_epilogue(acc, reinterpret_cast<float*>(p.c[g]), ldc, M, N, rowBase, colBase, alpha, beta);
         }
     }
     gg_cp_wait<0>();  // no copy (only empty groups remain) outlives the CTA

@@ -440,6 +440,110 @@ class GroupedGemmKernelTest {
         assertEquals(0, gpu.heldOperandCopies(), "closing the scope drops kept copies");
     }
 
+    // ------------------------------------------------------------------ BF16 C
+
+    /**
+     * A BF16 C (a weight gradient in FSDP's param dtype) holds the F32 C of the same call rounded to bf16, BIT FOR
+     * BIT: the same accumulators, one rounding of the same f32 value alpha * acc + beta * C (the F32 call starts from
+     * C's values as bf16 holds them). For every kernel ({@link #kernels}) and the loop (cuBLAS into an f32 block,
+     * rounded), every transposition: beta 0 over C filled with NaN (never read), beta 1 (accumulation) and 0.5, k = 0
+     * groups (beta * C rounded), edges of the 128 x 128 / 128 x 256 tiles, odd n, and odd ldc and odd offsets (the
+     * scalar path, where a bf16x2 store cannot be used) besides even ones. Elements outside every C_g keep their values.
+     * The kernels' F32 results are checked against the CPU on bf16-rounded inputs as well, so that two equally wrong
+     * results cannot pass.
+     */
+    @Test
+    void bf16CIsTheF32CRoundedOnce() {
+        CudaBackend gpu = GpuTestSupport.backend();
+        int[] rm = {37, 0, 1, 3, 17, 130, 256, 5, 64};
+        int[] rn = {40, 72, 40, 129, 16, 72, 40, 200, 8};
+        int[] rk = {72, 50, 0, 33, 40, 300, 31, 1, 129};
+        int[] em = {1, 15, 127, 129, 255, 257, 64, 65, 9};
+        int[] en = {257, 255, 7, 264, 520, 1, 256, 63, 130};
+        int[] ek = {31, 0, 64, 17, 96, 97, 16, 1, 48};
+        long seed = System.nanoTime();
+        for (boolean[] t : TRANS) {
+            for (boolean aligned : new boolean[] {true, false}) {
+                checkBf16C(gpu, packed("ragged", t[0], t[1], rm, rn, rk, aligned), 1.3f, 1f, seed++);
+                checkBf16C(gpu, packed("ragged", t[0], t[1], rm, rn, rk, aligned), 0.9f, 0f, seed++);
+                checkBf16C(gpu, packed("tile edges", t[0], t[1], em, en, ek, aligned), -0.7f, 0.5f, seed++);
+                checkBf16C(gpu, packed("tile edges", t[0], t[1], em, en, ek, aligned), 1.1f, 0f, seed++);
+            }
+        }
+        try (var scope = gpu.openScope()) {
+            Tensor a = gpu.zeros(DType.F32, 64);
+            Tensor c = gpu.empty(DType.F16, 64);
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> gpu.groupedGemm(false,
+                    false, 1, new int[] {8}, new int[] {8}, new int[] {8}, 1f, a, new int[] {0}, 8, a, new int[] {0},
+                    8, 0f, c, new int[] {0}, 8));
+            assertTrue(e.getMessage().contains("F16") && e.getMessage().contains("F32 or BF16"), e.getMessage());
+        }
+    }
+
+    /** p with an F32 and then a BF16 C in each mode and kernel; beta == 0: C filled with NaN, else bf16 values. */
+    private void checkBf16C(CudaBackend gpu, Problem p, float alpha, float beta, long seed) {
+        Random r = new Random(seed);
+        float[] a = rnd(r, p.aLen(), 1);
+        float[] b = rnd(r, p.bLen(), 1);
+        float[] c0 = beta == 0f ? nans(p.cLen()) : roundedToBf16(rnd(r, p.cLen(), 1));
+        boolean[] inGroup = new boolean[p.cLen()];
+        for (int g = 0; g < p.groups(); g++) {
+            for (int i = 0; i < p.m()[g]; i++) {
+                Arrays.fill(inGroup, p.cOff()[g] + i * p.ldc(), p.cOff()[g] + i * p.ldc() + p.n()[g], true);
+            }
+        }
+        float[] rounded = c0.clone();
+        cpuGroupedGemm(p, alpha, roundedToBf16(a), roundedToBf16(b), beta, rounded);
+        List<Object[]> runs = new ArrayList<>();
+        for (GroupedGemm.Kernel kind : kernels(gpu)) {
+            runs.add(new Object[] {CudaBackend.GroupedMode.KERNEL, kind});
+        }
+        runs.add(new Object[] {CudaBackend.GroupedMode.LOOP, GroupedGemm.Kernel.AUTO});
+        for (Object[] run : runs) {
+            CudaBackend.GroupedMode mode = (CudaBackend.GroupedMode) run[0];
+            GroupedGemm.Kernel kind = (GroupedGemm.Kernel) run[1];
+            String what = p.name() + " tA=" + p.tA() + " tB=" + p.tB() + " alpha=" + alpha + " beta=" + beta + " "
+                    + mode + (mode == CudaBackend.GroupedMode.KERNEL ? " " + kind : "") + " seed=" + seed;
+            CudaBackend.GroupedMode saved = gpu.groupedMode();
+            gpu.setGroupedMode(mode);
+            gpu.setGroupedKernel(kind);
+            float[] f32;
+            float[] bf16;
+            try (var scope = gpu.openScope()) {
+                Tensor ga = gpu.upload(host(a, a.length));
+                Tensor gb = gpu.upload(host(b, b.length));
+                Tensor c32 = gpu.upload(host(c0, c0.length));
+                Tensor c16 = gpu.empty(DType.BF16, c0.length);
+                gpu.convert(gpu.upload(host(c0, c0.length)), c16);
+                gpu.groupedGemm(p.tA(), p.tB(), p.groups(), p.m(), p.n(), p.k(), alpha, ga, p.aOff(), p.lda(), gb,
+                        p.bOff(), p.ldb(), beta, c32, p.cOff(), p.ldc());
+                gpu.groupedGemm(p.tA(), p.tB(), p.groups(), p.m(), p.n(), p.k(), alpha, ga, p.aOff(), p.lda(), gb,
+                        p.bOff(), p.ldb(), beta, c16, p.cOff(), p.ldc());
+                f32 = gpu.download(c32).floats();
+                bf16 = gpu.download(c16).floats();
+            } finally {
+                gpu.setGroupedMode(saved);
+                gpu.setGroupedKernel(GroupedGemm.Kernel.AUTO);
+            }
+            if (mode == CudaBackend.GroupedMode.KERNEL) {
+                assertMatches(rounded, f32, TIGHT, what + ": the F32 C vs the CPU on bf16-rounded inputs");
+            }
+            int changed = 0;
+            for (int i = 0; i < c0.length; i++) {
+                float want = inGroup[i] ? DType.roundToBf16(f32[i]) : c0[i];
+                if (Float.floatToIntBits(want) != Float.floatToIntBits(bf16[i])) {
+                    throw new AssertionError(what + ": element " + i + " of the BF16 C is " + bf16[i] + ", want "
+                            + want + (inGroup[i] ? " (the F32 C " + f32[i] + " rounded)" : " (untouched)"));
+                }
+                if (inGroup[i] && !Float.isFinite(bf16[i])) {
+                    throw new AssertionError(what + ": element " + i + " of the BF16 C is " + bf16[i]);
+                }
+                changed += inGroup[i] && f32[i] != bf16[i] ? 1 : 0;
+            }
+            assertTrue(changed > 0, what + ": no result needed rounding (the check proves nothing)");
+        }
+    }
+
     @Test
     void modelShapes() {
         CudaBackend gpu = GpuTestSupport.backend();
