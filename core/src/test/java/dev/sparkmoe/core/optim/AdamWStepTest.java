@@ -178,7 +178,8 @@ class AdamWStepTest {
         Backend.AdamWSlot s1 = ok.get(1);
         for (DType d : new DType[] {DType.F16, DType.I32}) {
             Tensor g = Tensor.zeros(d, 6);
-            List<Backend.AdamWSlot> bad = List.of(ok.get(0), new Backend.AdamWSlot(s1.param(), g, s1.m(), s1.v(), null));
+            List<Backend.AdamWSlot> bad = List.of(ok.get(0),
+                    new Backend.AdamWSlot(s1.param(), g, s1.m(), s1.v(), null));
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
                     () -> cpu.adamwStep(bad, 1e-3f, 0.9f, 0.95f, 1e-8f, 0f, 1, 0.5f, new double[2]));
             assertTrue(e.getMessage().contains("slot 1") && e.getMessage().contains(d.toString())

@@ -14,7 +14,7 @@ import java.util.List;
  * parameter, the moments and an F32 gradient are 16-byte aligned, a BF16 gradient 8-byte aligned), with the
  * coefficients the CPU reference computes ({@link AdamW.Coefficients}). The gradient is F32 or BF16 (FSDP2's gradient
  * in the param dtype: the {@code adamw_gbf16} kernels widen it as they read it, exactly, so it steps as the F32
- * gradient holding the same values, and it reads half the bytes). The same pass reads the gradient times the clipping
+ * gradient holding the same values, in half the gradient's bytes). The same pass reads the gradient times the clipping
  * coefficient, writes the updated values rounded to nearest even into a BF16
  * compute copy where one is given (what {@link CudaBackend#convert} would write after the step, without reading the
  * shard again), and, for a step that measures the gradient norm on its way, writes per-block sums of squares of the
@@ -109,7 +109,8 @@ final class AdamWKernel {
         }
         long oa = s.compute() == null ? 0 : memory.addrOf(s.compute(), DType.BF16, "the compute copy of slot " + i, 0, n);
         boolean g16 = s.grad().dtype() == DType.BF16;
-        long ga = g16 ? memory.addrOf(s.grad(), DType.BF16, "grad " + i, 0, n) : memory.addr(s.grad(), "grad " + i, 0, n);
+        long ga = g16 ? memory.addrOf(s.grad(), DType.BF16, "grad " + i, 0, n)
+                : memory.addr(s.grad(), "grad " + i, 0, n);
         return new long[] {memory.addr(p, "param " + i, 0, n), ga, memory.addr(s.m(), "m " + i, 0, n),
             memory.addr(s.v(), "v " + i, 0, n), oa, g16 ? 1 : 0};
     }

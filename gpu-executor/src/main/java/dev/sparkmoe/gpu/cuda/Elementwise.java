@@ -12,9 +12,9 @@ import org.bytedeco.javacpp.LongPointer;
 /**
  * The element-wise kernels of {@code elementwise.cu}: fill, axpy, scale, the experts' silu(gate) * up and its gradient
  * (written in bf16 where the output is a bf16 operand image, {@link Bf16Images#target}), and sums of squares (the
- * gradient norm: every tensor of a list, F32 or BF16, in one launch per pass, summed in f64 in a fixed order). float4 forms where
- * every address is 16-byte aligned; f32 to bf16 conversions from {@code bf16_conversions.cu}. Called under the
- * backend's lock.
+ * gradient norm: every tensor of a list, F32 or BF16, in one launch per pass, summed in f64 in a fixed order). float4
+ * forms where every address is 16-byte aligned; f32 to bf16 conversions from {@code bf16_conversions.cu}. Called under
+ * the backend's lock.
  */
 final class Elementwise {
     private static final String K = KernelLauncher.ELEMENTWISE;

@@ -1,11 +1,12 @@
 // AdamWKernel's fused torch.optim.AdamW step: adamw_<gradient dtype>[x4][_bf16], the gradient f32 (adamw_f32...) or
-// bf16 (adamw_gbf16...: FSDP2's gradient in the param dtype, widened to f32 as it is read, which is exact: the step
-// of the f32 gradient holding the same values), scalar or float4 form, and with _bf16 the updated parameter also
-// written rounded to bf16 into its compute copy (FSDP's param dtype). Every form reads the gradient times gradScale
-// (gradient clipping's coefficient: the product scale_f32 would have stored) and, given partial, writes each block's
-// sum of squares of the gradient as read (widened, before gradScale, in f64) for SquareSums: the gradient norm of a
-// step that clips nothing, in the optimizer's pass. Compiled at run time by NVRTC (see KernelLibrary); CudaBackendTest compares it
-// with CpuBackend's adamw, scale, convert and sumSquares.
+// bf16 (adamw_gbf16...: FSDP2's gradient in the param dtype, widened to f32 as it is read, which is exact: the step of
+// the f32 gradient holding the same values), scalar or float4 form, and with _bf16 the updated parameter also written
+// rounded to bf16 into its compute copy (FSDP's param dtype). Every form reads the gradient times gradScale (gradient
+// clipping's coefficient: the product scale_f32 would have stored) and, given partial, writes each block's sum of
+// squares of the gradient as read (widened, before gradScale, in f64) for SquareSums: the gradient norm of a step that
+// clips nothing, in the optimizer's pass. Compiled at run time by NVRTC (see KernelLibrary); CudaBackendTest compares
+// it with CpuBackend's adamw, scale, convert and sumSquares, Bf16GradientStepTest its bf16-gradient forms with the
+// f32 ones.
 
 #include "kernels_common.cuh"  // error word, reductions, grid-stride loop, float4 and bf16 helpers
 

@@ -1,7 +1,7 @@
 // What the f32 kernel files of this package share (elementwise.cu, norm_rope.cu, embedding_loss.cu, moe_routing.cu,
 // adamw.cu, bf16_conversions.cu, gemm_scale.cu): the error word and its codes, the warp and block reductions, the
-// grid-stride loop, the float4 moves, the f32 -> bf16 rounding stores and the loads that widen bf16 to f32. KernelLibrary hands it to NVRTC as an
-// in-memory header (its text is part of the cubin cache key).
+// grid-stride loop, the float4 moves, the f32 -> bf16 rounding stores and the loads that widen bf16 to f32.
+// KernelLibrary hands it to NVRTC as an in-memory header (its text is part of the cubin cache key).
 // Conventions of those files: element counts are int (the SPI's tensors hold < 2^31 elements), products that can pass
 // 2^31 are computed in long long. Index errors are recorded in the error word err[4] = {code, a, b, c} (first one
 // wins) and thrown by the Java side (KernelErrors decodes the codes) at its next synchronisation point.
