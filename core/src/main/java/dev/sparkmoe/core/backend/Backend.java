@@ -138,12 +138,15 @@ public interface Backend {
     /** x *= alpha over all elements. */
     void scale(Tensor x, float alpha);
 
-    /** Sum of squares of all elements, in double. */
+    /**
+     * Sum of squares of all elements, in double. {@code x} is F32 or BF16 (a bf16 gradient: its values widened to
+     * f32, which is exact, so a BF16 tensor gives what an F32 tensor holding the same values gives).
+     */
     double sumSquares(Tensor x);
 
     /**
      * {@link #sumSquares(Tensor)} of each tensor, in one round trip where the backend can (a GPU reads all the sums
-     * back at once instead of waiting once per tensor).
+     * back at once instead of waiting once per tensor); the list may mix F32 and BF16 tensors.
      */
     default double[] sumSquares(java.util.List<Tensor> xs) {
         double[] out = new double[xs.size()];
@@ -297,7 +300,9 @@ public interface Backend {
 
     /**
      * One AdamW step (torch.optim.AdamW semantics, single-tensor path) on n elements: decoupled weight decay,
-     * moments updated in place, bias correction for step {@code step} (1-based).
+     * moments updated in place, bias correction for step {@code step} (1-based). The parameter and the moments are F32;
+     * the gradient is F32 or BF16 (FSDP2's gradient in the param dtype, read widened to f32: the same step as an F32
+     * gradient holding the same values).
      */
     void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, int n, float lr, float beta1, float beta2, float eps,
                float weightDecay, long step);
@@ -305,16 +310,20 @@ public interface Backend {
     /**
      * One tensor of an optimizer step ({@link #adamwStep}): the parameter (its master values, updated in place), its
      * gradient, both moments, and the compute copy that receives the updated values in its own dtype (FSDP's compute
-     * copy under a narrower param dtype; null for none). All hold the parameter's element count.
+     * copy under a narrower param dtype; null for none). All hold the parameter's element count. The parameter and
+     * the moments are F32; the gradient is F32 or BF16 (a weight whose gradient the GEMMs write in the param dtype,
+     * as FSDP2 with {@code param_dtype=bf16} hands it to the optimizer: read widened to f32, which is exact).
      */
     record AdamWSlot(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor compute) {
         /**
-         * Checks a step's slots (each tensor holds its parameter's element count) and {@code squares} (null, or one
-         * entry a slot) before anything is updated, naming the first that does not fit.
+         * Checks a step's slots (each tensor holds its parameter's element count; the parameter and moments are F32,
+         * the gradient F32 or BF16) and {@code squares} (null, or one entry a slot) before anything is updated,
+         * naming the first that does not fit.
          */
         public static void check(java.util.List<AdamWSlot> slots, double[] squares) {
             for (int i = 0; i < slots.size(); i++) {
                 AdamWSlot s = slots.get(i);
+                checkDTypes(s.param(), s.grad(), s.m(), s.v(), "adamwStep slot " + i);
                 long n = s.param().numel();
                 for (Tensor t : new Tensor[] {s.grad(), s.m(), s.v(), s.compute()}) {
                     if (t != null && t.numel() != n) {
@@ -328,6 +337,27 @@ public interface Backend {
                         + slots.size() + " slots");
             }
         }
+
+        /**
+         * Refuses a parameter or moment that is not F32 or a gradient that is neither F32 nor BF16, naming
+         * {@code where}.
+         */
+        public static void checkDTypes(Tensor param, Tensor grad, Tensor m, Tensor v, String where) {
+            String[] names = {"parameter", "m", "v"};
+            Tensor[] master = {param, m, v};
+            for (int t = 0; t < 3; t++) {
+                if (master[t] == null || master[t].dtype() != DType.F32) {
+                    throw new IllegalArgumentException(where + ": the " + names[t] + " " + master[t] + " must be F32 "
+                            + "(master weights and optimizer state stay f32 under every MixedPrecisionPolicy); keep "
+                            + "an F32 copy and convert into it");
+                }
+            }
+            if (grad == null || (grad.dtype() != DType.F32 && grad.dtype() != DType.BF16)) {
+                throw new IllegalArgumentException(where + ": the gradient " + grad + " must be F32 or BF16 (the "
+                        + "optimizer reads a gradient in f32 or in a bf16 param dtype); convert it to F32 first "
+                        + "(Backend.convert)");
+            }
+        }
     }
 
     /**
@@ -337,8 +367,10 @@ public interface Backend {
      * scaled or not), then the updated parameter written into the slot's compute copy where it has one
      * ({@link #convert}). Where {@code squares} is not null it receives, slot by slot, the sum of squares of each
      * gradient as given (before {@code gradScale}), as {@link #sumSquares} computes it (f64; a device may add in
-     * another fixed order): the gradient norm of a step that clips nothing, measured in the optimizer's pass. The
-     * default runs sumSquares, then scale, adamw and convert slot by slot; a device backend does each slot in one pass.
+     * another fixed order): the gradient norm of a step that clips nothing, measured in the optimizer's pass. A BF16
+     * gradient (see {@link AdamWSlot}) gives, bit for bit, what an F32 gradient holding the same values gives, and
+     * keeps bf16 values. The default runs sumSquares, then scale, adamw and convert slot by slot (a BF16 gradient is
+     * scaled in an F32 copy, since the f32 products are not bf16 values); a device backend does each slot in one pass.
      */
     default void adamwStep(java.util.List<AdamWSlot> slots, float lr, float beta1, float beta2, float eps,
                            float weightDecay, long step, float gradScale, double[] squares) {
@@ -351,10 +383,23 @@ public interface Backend {
             System.arraycopy(sumSquares(grads), 0, squares, 0, slots.size());
         }
         for (AdamWSlot s : slots) {
+            Tensor grad = s.grad();
+            Tensor scaled = null; // the f32 products of a BF16 gradient
             if (gradScale != 1f) {
-                scale(s.grad(), gradScale);
+                if (grad.dtype() == DType.BF16) {
+                    scaled = empty(DType.F32, grad.shape());
+                    convert(grad, scaled);
+                    grad = scaled;
+                }
+                scale(grad, gradScale);
             }
-            adamw(s.param(), s.grad(), s.m(), s.v(), s.param().numel(), lr, beta1, beta2, eps, weightDecay, step);
+            try {
+                adamw(s.param(), grad, s.m(), s.v(), s.param().numel(), lr, beta1, beta2, eps, weightDecay, step);
+            } finally {
+                if (scaled != null) {
+                    release(scaled);
+                }
+            }
             if (s.compute() != null) {
                 convert(s.param(), s.compute());
             }

@@ -5,7 +5,8 @@ import dev.sparkmoe.core.tensor.Tensor;
 
 /**
  * The CPU backend's AdamW step on one flat tensor, with the coefficients of {@link AdamW.Coefficients} and torch's
- * {@code lerp} for the first moment.
+ * {@code lerp} for the first moment. The gradient may be BF16: a CPU tensor keeps its bf16 values as f32 values, so it
+ * is read as an F32 gradient holding the same values is.
  */
 final class CpuAdamW {
     private CpuAdamW() {
@@ -13,6 +14,7 @@ final class CpuAdamW {
 
     static void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, int n, float lr, float beta1, float beta2,
                       float eps, float weightDecay, long step) {
+        Backend.AdamWSlot.checkDTypes(param, grad, m, v, "adamw");
         float[] pf = param.floats();
         float[] gf = grad.floats();
         float[] mf = m.floats();

@@ -26,6 +26,12 @@ final class CpuElementwise {
         });
     }
 
+    private static void requireFloating(Tensor x, String op) {
+        if (!x.dtype().isFloating()) {
+            throw new IllegalArgumentException(op + " of " + x + ": the tensor must be floating (F32, BF16, F16)");
+        }
+    }
+
     static void fill(Tensor t, float value) {
         switch (t.dtype()) {
             case I32: java.util.Arrays.fill(t.ints(), (int) value); break;
@@ -77,16 +83,30 @@ final class CpuElementwise {
         });
     }
 
+    /** x *= alpha; in a BF16 or F16 tensor each product is rounded to that dtype (the values it can hold). */
     static void scale(Tensor x, float alpha) {
+        requireFloating(x, "scale");
         float[] xf = x.floats();
+        DType d = x.dtype();
         Par.range(xf.length, 1, (from, to) -> {
-            for (int i = from; i < to; i++) {
-                xf[i] *= alpha;
+            if (d == DType.F32) {
+                for (int i = from; i < to; i++) {
+                    xf[i] *= alpha;
+                }
+            } else {
+                for (int i = from; i < to; i++) {
+                    xf[i] = DType.round(d, xf[i] * alpha);
+                }
             }
         });
     }
 
+    /** The sum of squares of an F32 or BF16 tensor (whose values are read as the f32 values they are). */
     static double sumSquares(Tensor x) {
+        if (x.dtype() != DType.F32 && x.dtype() != DType.BF16) {
+            throw new IllegalArgumentException("sumSquares of " + x + ": the tensor must be F32 or BF16; convert it "
+                    + "to F32 first (Backend.convert)");
+        }
         float[] xf = x.floats();
         // Fixed blocks summed in order: the result does not depend on the thread count.
         int block = 4096;

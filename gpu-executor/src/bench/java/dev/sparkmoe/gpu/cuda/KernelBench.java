@@ -20,7 +20,8 @@ import java.util.Random;
  * ({@code gpu-host-run.sh kernels}).
  * <ul>
  *   <li>{@code ops}: dense GEMMs in each {@link CudaBackend.GemmPrecision} (tokens 8192, hidden 1024 shapes and
- *       8192^3), the cuBLAS loop of a grouped GEMM, attention forward and backward, RMSNorm, a 256 MiB device copy;</li>
+ *       8192^3), the cuBLAS loop of a grouped GEMM, attention forward and backward, RMSNorm, a 256 MiB device copy,
+ *       the optimizer pass and the sum of squares on 64M elements with an F32 and with a BF16 gradient;</li>
  *   <li>{@code attention}: at B=4, T=2048, Hq=16, Hkv=4, D=64: the batched-GEMM path (BF16 and TF32 products) and each
  *       flash kernel set ({@link CudaBackend.FlashKernels}) with its backward in parts (bf16 copies and Di, dk/dv,
  *       dq), each path's largest difference from the GEMM path's outputs, and the memory peak;</li>
@@ -200,10 +201,47 @@ public final class KernelBench {
             float cp = medianMillis(gpu, () -> gpu.copy(big, 0, big2, 0, 64 << 20), 2, 10);
             out.append(String.format(Locale.ROOT, "device copy 256 MiB: %8.3f ms  %7.1f GB/s (read + write)%n", cp,
                     2.0 * 4 * (64 << 20) / cp / 1e6));
+            gpu.release(big);
+            gpu.release(big2);
+            optimizerPass();
             out.append("memory: ").append(gpu.memoryStats()).append('\n');
         } finally {
             gpu.setGemmPrecision(prec0);
             gpu.setGroupedMode(mode0);
+        }
+    }
+
+    /**
+     * The optimizer pass as the trainer takes it (adamwStep with a bf16 compute copy and the sum of squares measured
+     * on the way) on one tensor of 64M elements, its gradient F32 or BF16 (FSDP2's gradient in the param dtype: 2 of
+     * the pass's 30 bytes an element fewer), and the sum of squares of that gradient alone (clipping's first pass).
+     */
+    private void optimizerPass() {
+        int n = 64 << 20;
+        Tensor p = gpu.upload(Tensor.of(fastRnd(n, 11), n));
+        Tensor m = gpu.zeros(DType.F32, n), v = gpu.zeros(DType.F32, n), copy = gpu.empty(DType.BF16, n);
+        float[] gv = fastRnd(n, 12);
+        for (int i = 0; i < n; i++) {
+            gv[i] *= 1e-3f;
+        }
+        Tensor g32 = gpu.upload(Tensor.of(gv, n));
+        Tensor g16 = gpu.upload(Tensor.ofFloating(DType.BF16, gv.clone(), n));
+        for (Tensor g : new Tensor[] {g32, g16}) {
+            List<dev.sparkmoe.core.backend.Backend.AdamWSlot> slot =
+                    List.of(new dev.sparkmoe.core.backend.Backend.AdamWSlot(p, g, m, v, copy));
+            double[] sq = new double[1];
+            float ms = medianMillis(gpu, () -> gpu.adamwStep(slot, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 10, 1f, sq), 2,
+                    10);
+            int bytes = 3 * 8 + CudaMemory.elementBytes(g.dtype()) + 2;
+            out.append(String.format(Locale.ROOT, "adamwStep %dM elements, %s gradient, bf16 copy, squares: %8.3f ms"
+                    + "  %7.1f GB/s (%d bytes an element)%n", n >> 20, g.dtype(), ms, (double) bytes * n / ms / 1e6,
+                    bytes));
+            float sms = medianMillis(gpu, () -> gpu.sumSquares(List.of(g)), 2, 10);
+            out.append(String.format(Locale.ROOT, "sumSquares %dM elements, %s: %8.3f ms  %7.1f GB/s%n", n >> 20,
+                    g.dtype(), sms, (double) CudaMemory.elementBytes(g.dtype()) * n / sms / 1e6));
+        }
+        for (Tensor t : new Tensor[] {p, m, v, copy, g32, g16}) {
+            gpu.release(t);
         }
     }
 

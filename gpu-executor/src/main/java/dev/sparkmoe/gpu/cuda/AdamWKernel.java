@@ -10,9 +10,12 @@ import dev.sparkmoe.core.tensor.Tensor;
 import java.util.List;
 
 /**
- * The optimizer step on the device: AdamW on a parameter shard and its moments in one pass (float4 where all four are
- * 16-byte aligned), with the coefficients the CPU reference computes ({@link AdamW.Coefficients}). The same pass
- * reads the gradient times the clipping coefficient, writes the updated values rounded to nearest even into a BF16
+ * The optimizer step on the device: AdamW on a parameter shard and its moments in one pass (float4 where the
+ * parameter, the moments and an F32 gradient are 16-byte aligned, a BF16 gradient 8-byte aligned), with the
+ * coefficients the CPU reference computes ({@link AdamW.Coefficients}). The gradient is F32 or BF16 (FSDP2's gradient
+ * in the param dtype: the {@code adamw_gbf16} kernels widen it as they read it, exactly, so it steps as the F32
+ * gradient holding the same values, in half the gradient's bytes). The same pass reads the gradient times the clipping
+ * coefficient, writes the updated values rounded to nearest even into a BF16
  * compute copy where one is given (what {@link CudaBackend#convert} would write after the step, without reading the
  * shard again), and, for a step that measures the gradient norm on its way, writes per-block sums of squares of the
  * gradient for {@link SquareSums} (a grid of at most {@link #NORM_BLOCKS_PER_SM} blocks an SM then). Called under the
@@ -65,13 +68,22 @@ final class AdamWKernel {
                 }
                 long partial = sums == null ? 0L : sums.partials(i);
                 boolean vec = vector(a);
-                if (a[4] == 0) {
+                boolean g16 = a[5] != 0;
+                if (a[4] == 0 && !g16) {
                     launcher.launch(K, vec ? "adamw_f32x4" : "adamw_f32", grid[i], 1, THREADS, 0, a[0], a[1], a[2],
                             a[3], n, c.decay(), doDecay, c.w1(), beta2, c.w2(), c.stepSize(), c.bc2Sqrt(), eps,
                             gradScale, partial);
-                } else {
+                } else if (!g16) {
                     launcher.launch(K, vec ? "adamw_f32x4_bf16" : "adamw_f32_bf16", grid[i], 1, THREADS, 0, a[0],
                             a[1], a[2], a[3], a[4], n, c.decay(), doDecay, c.w1(), beta2, c.w2(), c.stepSize(),
+                            c.bc2Sqrt(), eps, gradScale, partial);
+                } else if (a[4] == 0) {
+                    launcher.launch(K, vec ? "adamw_gbf16x4" : "adamw_gbf16", grid[i], 1, THREADS, 0, a[0], a[1],
+                            a[2], a[3], n, c.decay(), doDecay, c.w1(), beta2, c.w2(), c.stepSize(), c.bc2Sqrt(), eps,
+                            gradScale, partial);
+                } else {
+                    launcher.launch(K, vec ? "adamw_gbf16x4_bf16" : "adamw_gbf16_bf16", grid[i], 1, THREADS, 0,
+                            a[0], a[1], a[2], a[3], a[4], n, c.decay(), doDecay, c.w1(), beta2, c.w2(), c.stepSize(),
                             c.bc2Sqrt(), eps, gradScale, partial);
                 }
             }
@@ -85,19 +97,26 @@ final class AdamWKernel {
         }
     }
 
-    /** {param, grad, m, v, compute (0: none)} device addresses of slot i (its sizes checked already). */
+    /**
+     * {param, grad, m, v, compute (0: none), gradient is BF16 (1) or F32 (0)} device addresses of slot i (its sizes and
+     * dtypes checked already).
+     */
     private long[] addresses(Backend.AdamWSlot s, int i) {
         Tensor p = s.param();
         long n = p.numel();
         if (n == 0) {
-            return new long[5];
+            return new long[6];
         }
         long oa = s.compute() == null ? 0 : memory.addrOf(s.compute(), DType.BF16, "the compute copy of slot " + i, 0, n);
-        return new long[] {memory.addr(p, "param " + i, 0, n), memory.addr(s.grad(), "grad " + i, 0, n),
-            memory.addr(s.m(), "m " + i, 0, n), memory.addr(s.v(), "v " + i, 0, n), oa};
+        boolean g16 = s.grad().dtype() == DType.BF16;
+        long ga = g16 ? memory.addrOf(s.grad(), DType.BF16, "grad " + i, 0, n)
+                : memory.addr(s.grad(), "grad " + i, 0, n);
+        return new long[] {memory.addr(p, "param " + i, 0, n), ga, memory.addr(s.m(), "m " + i, 0, n),
+            memory.addr(s.v(), "v " + i, 0, n), oa, g16 ? 1 : 0};
     }
 
+    /** Whether slot a takes the float4 form: four f32 (16 bytes) or four bf16 gradient values (8) at a time. */
     private static boolean vector(long[] a) {
-        return aligned16(a[0], a[1], a[2], a[3]) && a[4] % 8 == 0;
+        return aligned16(a[0], a[2], a[3]) && a[1] % (a[5] != 0 ? 8 : 16) == 0 && a[4] % 8 == 0;
     }
 }

@@ -782,6 +782,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
 
     // ------------------------------------------------------------------ Backend: optimizer
 
+    /** The step of {@link #adamwStep} on one whole tensor without clipping (F32 or BF16 gradient). */
     @Override
     public synchronized void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, int n, float lr, float beta1,
                                    float beta2, float eps, float weightDecay, long step) {
@@ -794,7 +795,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
 
     /**
      * One pass per slot ({@link AdamWKernel}): the clipping coefficient, the BF16 compute copy and the sums of squares
-     * in the step's kernel; a compute copy of another dtype is converted after it.
+     * in the step's kernel, for F32 and BF16 gradients; a compute copy of another dtype is converted after it.
      */
     @Override
     public synchronized void adamwStep(java.util.List<AdamWSlot> slots, float lr, float beta1, float beta2,

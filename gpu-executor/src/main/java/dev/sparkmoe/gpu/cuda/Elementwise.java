@@ -12,9 +12,9 @@ import org.bytedeco.javacpp.LongPointer;
 /**
  * The element-wise kernels of {@code elementwise.cu}: fill, axpy, scale, the experts' silu(gate) * up and its gradient
  * (written in bf16 where the output is a bf16 operand image, {@link Bf16Images#target}), and sums of squares (the
- * gradient norm: every tensor of a list in one launch per pass, summed in f64 in a fixed order). float4 forms where
- * every address is 16-byte aligned; f32 to bf16 conversions from {@code bf16_conversions.cu}. Called under the
- * backend's lock.
+ * gradient norm: every tensor of a list, F32 or BF16, in one launch per pass, summed in f64 in a fixed order). float4
+ * forms where every address is 16-byte aligned; f32 to bf16 conversions from {@code bf16_conversions.cu}. Called under
+ * the backend's lock.
  */
 final class Elementwise {
     private static final String K = KernelLauncher.ELEMENTWISE;
@@ -99,8 +99,10 @@ final class Elementwise {
     }
 
     /**
-     * The sum of squares of every tensor of {@code xs} (waits for the device): one launch for the partials of the
-     * whole list (a step's gradient norm: hundreds of tensors), one for the sums ({@link SquareSums}).
+     * The sum of squares of every tensor of {@code xs}, each F32 or BF16 (waits for the device): one launch for the
+     * partials of the whole list (a step's gradient norm: hundreds of tensors; the f32 kernel where every tensor is
+     * F32, the one that reads each tensor's dtype from the table where some are BF16), one for the sums
+     * ({@link SquareSums}). A BF16 tensor gives what an F32 tensor of the same values gives.
      */
     double[] sumSquares(java.util.List<Tensor> xs) {
         int count = xs.size();
@@ -109,25 +111,34 @@ final class Elementwise {
         }
         int[] blocks = new int[count];
         int maxBlocks = 1;
+        boolean mixed = false;
         for (int i = 0; i < count; i++) {
-            long n = xs.get(i).numel();
+            Tensor x = xs.get(i);
+            if (x == null || (x.dtype() != DType.F32 && x.dtype() != DType.BF16)) {
+                throw new IllegalArgumentException("sumSquares: x[" + i + "] " + x + " must be F32 or BF16; convert "
+                        + "it to F32 first (Backend.convert)");
+            }
+            mixed |= x.dtype() == DType.BF16;
+            long n = x.numel();
             blocks[i] = (int) Math.max(1, Math.min((n + THREADS - 1) / THREADS, 4L * device.smCount()));
             maxBlocks = Math.max(maxBlocks, blocks[i]);
         }
         try (SquareSums sums = new SquareSums(device, memory, launcher, errors, blocks)) {
+            long[] at = new long[count];
             for (int i = 0; i < count; i++) {
                 Tensor x = xs.get(i);
                 long n = x.numel();
-                sums.describe(i, n == 0 ? 0 : memory.addr(x, "x[" + i + "]", 0, n), n);
+                at[i] = n == 0 ? 0 : memory.addrOf(x, x.dtype(), "x[" + i + "]", 0, n);
+                sums.describe(i, at[i], n, x.dtype() == DType.BF16);
             }
             if (count <= 65535) { // grid y
-                launcher.launch(K, "sum_squares_partial_multi", maxBlocks, count, THREADS, 0, sums.table());
+                launcher.launch(K, mixed ? "sum_squares_partial_multi_mixed" : "sum_squares_partial_multi", maxBlocks,
+                        count, THREADS, 0, sums.table());
             } else {
                 for (int i = 0; i < count; i++) {
-                    Tensor x = xs.get(i);
-                    long n = x.numel();
-                    launcher.launch(K, "sum_squares_partial", blocks[i], 1, THREADS, 0,
-                            n == 0 ? 0L : memory.addr(x, "x[" + i + "]", 0, n), n, sums.partials(i));
+                    boolean bf16 = xs.get(i).dtype() == DType.BF16;
+                    launcher.launch(K, bf16 ? "sum_squares_partial_bf16" : "sum_squares_partial", blocks[i], 1,
+                            THREADS, 0, at[i], (long) xs.get(i).numel(), sums.partials(i));
                 }
             }
             return sums.finish();

@@ -12,7 +12,8 @@ import org.bytedeco.javacpp.LongPointer;
  * partials in order (one launch for all of them) and brings the sums to the host. The gradient norm's two users share
  * it: {@link Elementwise#sumSquares}, whose kernels do nothing else, and {@link AdamWKernel}, whose step reads the
  * gradients anyway. Scratch (8-byte cells): the sums, the partials, then the table {x, n, blocks, partial} of every
- * tensor that the kernels read ({@link #describe}, {@link #table}). Called under the backend's lock.
+ * tensor that the kernels read ({@link #describe}, {@link #table}); the high half of the blocks cell says whether x is
+ * bf16 (1) or f32 (0), for {@code sum_squares_partial_multi_mixed}. Called under the backend's lock.
  */
 final class SquareSums implements AutoCloseable {
     private final CudaDevice device;
@@ -61,10 +62,11 @@ final class SquareSums implements AutoCloseable {
         return desc[4 * i + 3];
     }
 
-    /** Records tensor i's address and element count for the kernels that read the table. */
-    void describe(int i, long x, long n) {
+    /** Records tensor i's address, element count and element type for the kernels that read the table. */
+    void describe(int i, long x, long n, boolean bf16) {
         desc[4 * i] = x;
         desc[4 * i + 1] = n;
+        desc[4 * i + 2] = (desc[4 * i + 2] & 0xffffffffL) | (bf16 ? 1L << 32 : 0L);
     }
 
     /** The table {x, n, blocks, partial} per tensor on the device (uploaded on first call). */

@@ -1,9 +1,12 @@
-// AdamWKernel's fused torch.optim.AdamW step (f32 and float4 forms; the _bf16 forms also write the updated parameter
-// rounded to bf16 into its compute copy, FSDP's param dtype). Every form reads the gradient times gradScale (gradient
+// AdamWKernel's fused torch.optim.AdamW step: adamw_<gradient dtype>[x4][_bf16], the gradient f32 (adamw_f32...) or
+// bf16 (adamw_gbf16...: FSDP2's gradient in the param dtype, widened to f32 as it is read, which is exact: the step of
+// the f32 gradient holding the same values), scalar or float4 form, and with _bf16 the updated parameter also written
+// rounded to bf16 into its compute copy (FSDP's param dtype). Every form reads the gradient times gradScale (gradient
 // clipping's coefficient: the product scale_f32 would have stored) and, given partial, writes each block's sum of
-// squares of the gradient as read (before gradScale, in f64) for SquareSums: the gradient norm of a step that clips
-// nothing, in the optimizer's pass. Compiled at run time by NVRTC (see KernelLibrary); CudaBackendTest compares it
-// with CpuBackend's adamw, scale, convert and sumSquares.
+// squares of the gradient as read (widened, before gradScale, in f64) for SquareSums: the gradient norm of a step that
+// clips nothing, in the optimizer's pass. Compiled at run time by NVRTC (see KernelLibrary); CudaBackendTest compares
+// it with CpuBackend's adamw, scale, convert and sumSquares, Bf16GradientStepTest its bf16-gradient forms with the
+// f32 ones.
 
 #include "kernels_common.cuh"  // error word, reductions, grid-stride loop, float4 and bf16 helpers
 
@@ -34,12 +37,13 @@ __device__ __forceinline__ void adamw_squares(double sq, double* partial) {
     }
 }
 
-// Element i: the step on the gradient read times gradScale, its square (as read) added to sq, the compute copy.
-template <class OUT>
-__device__ __forceinline__ void adamw_element(float* param, const float* grad, float* m, float* v, OUT* out,
+// Element i: the step on the gradient (G: float or bf16 bits) read times gradScale, its square (as read) added to
+// sq, the compute copy.
+template <class G, class OUT>
+__device__ __forceinline__ void adamw_element(float* param, const G* grad, float* m, float* v, OUT* out,
                                               long long i, float decay, int doDecay, float w1, float beta2, float w2,
                                               float stepSize, float bc2Sqrt, float eps, float gradScale, double& sq) {
-    float g = grad[i];
+    float g = ld1(grad, i);
     sq += (double)g * g;
     float mi = m[i], vi = v[i];
     float p = adamw_one(param[i], g * gradScale, mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
@@ -49,8 +53,8 @@ __device__ __forceinline__ void adamw_element(float* param, const float* grad, f
     adamw_out(out, i, p);
 }
 
-template <class OUT>
-__device__ __forceinline__ void adamw_body(float* param, const float* grad, float* m, float* v, OUT* out, int n,
+template <class G, class OUT>
+__device__ __forceinline__ void adamw_body(float* param, const G* grad, float* m, float* v, OUT* out, int n,
                                            float decay, int doDecay, float w1, float beta2, float w2, float stepSize,
                                            float bc2Sqrt, float eps, float gradScale, double* partial) {
     double sq = 0;
@@ -60,9 +64,10 @@ __device__ __forceinline__ void adamw_body(float* param, const float* grad, floa
     adamw_squares(sq, partial);
 }
 
-// float4 form (param, grad, m, v 16-byte aligned, out 8-byte aligned); the n % 4 tail by the first threads of the grid.
-template <class OUT>
-__device__ __forceinline__ void adamw_body4(float* __restrict__ param, const float* __restrict__ grad,
+// float4 form (param, m, v 16-byte aligned, grad 16-byte (f32) or 8-byte (bf16), out 8-byte aligned); the n % 4 tail
+// by the first threads of the grid.
+template <class G, class OUT>
+__device__ __forceinline__ void adamw_body4(float* __restrict__ param, const G* __restrict__ grad,
                                             float* __restrict__ m, float* __restrict__ v, OUT* __restrict__ out, int n,
                                             float decay, int doDecay, float w1, float beta2, float w2, float stepSize,
                                             float bc2Sqrt, float eps, float gradScale, double* partial) {
@@ -101,30 +106,61 @@ extern "C" {
 __global__ void adamw_f32(float* param, const float* grad, float* m, float* v, int n, float decay, int doDecay,
                           float w1, float beta2, float w2, float stepSize, float bc2Sqrt, float eps, float gradScale,
                           double* partial) {
-    adamw_body<void>(param, grad, m, v, nullptr, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps, gradScale,
-                     partial);
+    adamw_body<float, void>(param, grad, m, v, nullptr, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps,
+                            gradScale, partial);
 }
 
 __global__ void adamw_f32x4(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m,
                             float* __restrict__ v, int n, float decay, int doDecay, float w1, float beta2, float w2,
                             float stepSize, float bc2Sqrt, float eps, float gradScale, double* partial) {
-    adamw_body4<void>(param, grad, m, v, nullptr, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps, gradScale,
-                      partial);
+    adamw_body4<float, void>(param, grad, m, v, nullptr, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps,
+                             gradScale, partial);
 }
 
 __global__ void adamw_f32_bf16(float* param, const float* grad, float* m, float* v, unsigned short* out, int n,
                                float decay, int doDecay, float w1, float beta2, float w2, float stepSize,
                                float bc2Sqrt, float eps, float gradScale, double* partial) {
-    adamw_body<unsigned short>(param, grad, m, v, out, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps,
-                               gradScale, partial);
+    adamw_body<float, unsigned short>(param, grad, m, v, out, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt,
+                                      eps, gradScale, partial);
 }
 
 __global__ void adamw_f32x4_bf16(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m,
                                  float* __restrict__ v, unsigned short* __restrict__ out, int n, float decay,
                                  int doDecay, float w1, float beta2, float w2, float stepSize, float bc2Sqrt,
                                  float eps, float gradScale, double* partial) {
-    adamw_body4<unsigned short>(param, grad, m, v, out, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps,
-                                gradScale, partial);
+    adamw_body4<float, unsigned short>(param, grad, m, v, out, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt,
+                                       eps, gradScale, partial);
+}
+
+// The same four forms for a bf16 gradient (grad: bf16 bits; its float4 form needs it 8-byte aligned).
+__global__ void adamw_gbf16(float* param, const unsigned short* grad, float* m, float* v, int n, float decay,
+                            int doDecay, float w1, float beta2, float w2, float stepSize, float bc2Sqrt, float eps,
+                            float gradScale, double* partial) {
+    adamw_body<unsigned short, void>(param, grad, m, v, nullptr, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt,
+                                     eps, gradScale, partial);
+}
+
+__global__ void adamw_gbf16x4(float* __restrict__ param, const unsigned short* __restrict__ grad,
+                              float* __restrict__ m, float* __restrict__ v, int n, float decay, int doDecay, float w1,
+                              float beta2, float w2, float stepSize, float bc2Sqrt, float eps, float gradScale,
+                              double* partial) {
+    adamw_body4<unsigned short, void>(param, grad, m, v, nullptr, n, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt,
+                                      eps, gradScale, partial);
+}
+
+__global__ void adamw_gbf16_bf16(float* param, const unsigned short* grad, float* m, float* v, unsigned short* out,
+                                 int n, float decay, int doDecay, float w1, float beta2, float w2, float stepSize,
+                                 float bc2Sqrt, float eps, float gradScale, double* partial) {
+    adamw_body<unsigned short, unsigned short>(param, grad, m, v, out, n, decay, doDecay, w1, beta2, w2, stepSize,
+                                               bc2Sqrt, eps, gradScale, partial);
+}
+
+__global__ void adamw_gbf16x4_bf16(float* __restrict__ param, const unsigned short* __restrict__ grad,
+                                   float* __restrict__ m, float* __restrict__ v, unsigned short* __restrict__ out,
+                                   int n, float decay, int doDecay, float w1, float beta2, float w2, float stepSize,
+                                   float bc2Sqrt, float eps, float gradScale, double* partial) {
+    adamw_body4<unsigned short, unsigned short>(param, grad, m, v, out, n, decay, doDecay, w1, beta2, w2, stepSize,
+                                                bc2Sqrt, eps, gradScale, partial);
 }
 
 }  // extern "C"

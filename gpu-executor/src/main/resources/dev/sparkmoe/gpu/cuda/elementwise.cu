@@ -1,5 +1,6 @@
 // Element-wise and reduction kernels of Elementwise: fill, axpy, scale, the two-pass sum of squares (one tensor or
-// many per launch; sum_partials_f64 is also EmbeddingAndLoss's sum of the per-row losses) and the experts'
+// many per launch, of f32 or bf16 tensors: a bf16 gradient is widened as it is read, exactly; sum_partials_f64 is also
+// EmbeddingAndLoss's sum of the per-row losses) and the experts'
 // silu(gate) * up with its gradient (f32, float4 forms, bf16 outputs). Compiled at run time by NVRTC for the device's
 // architecture (see KernelLibrary); every kernel has a plain-Java twin in dev.sparkmoe.core.backend.CpuBackend,
 // CudaBackendTest compares them.
@@ -30,12 +31,42 @@ __global__ void axpy_f32x4(float alpha, const float* __restrict__ x, float* __re
 
 __global__ void scale_f32(float* x, long long n, float alpha) { GRID_STRIDE(i, n) x[i] *= alpha; }
 
-// Pass 1 of sumSquares: partial[block] = sum of squares (in double) of a grid-stride share. Fixed grid: deterministic.
-__global__ void sum_squares_partial(const float* x, long long n, double* partial) {
+}  // extern "C" (the templates below cannot have C linkage)
+
+// Pass 1 of sumSquares: partial[block] = sum of squares (in double) of a grid-stride share of x (T: float, or bf16
+// bits read widened). Fixed grid: deterministic.
+template <class T> __device__ __forceinline__ void sum_squares_partial_body(const T* x, long long n, double* partial) {
     double s = 0;
-    GRID_STRIDE(i, n) { double v = x[i]; s += v * v; }
+    GRID_STRIDE(i, n) { double v = ld1(x, i); s += v * v; }
     s = blockSumD(s);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// Pass 1 for tensor d = {x, n, blocks, partial} of SquareSums' table: sum_squares_partial_body's arithmetic with the
+// tensor's own grid of `blocks`, so its partials equal those of sum_squares_partial launched for it alone.
+template <class T> __device__ __forceinline__ void sum_squares_multi_body(const long long* d) {
+    const T* x = reinterpret_cast<const T*>(d[0]);
+    long long n = d[1];
+    int blocks = (int)d[2];
+    if ((int)blockIdx.x >= blocks) return;  // the whole block
+    double* partial = reinterpret_cast<double*>(d[3]);
+    double s = 0;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)blocks * blockDim.x) {
+        double v = ld1(x, i);
+        s += v * v;
+    }
+    s = blockSumD(s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+extern "C" {
+
+__global__ void sum_squares_partial(const float* x, long long n, double* partial) {
+    sum_squares_partial_body(x, n, partial);
+}
+
+__global__ void sum_squares_partial_bf16(const unsigned short* x, long long n, double* partial) {
+    sum_squares_partial_body(x, n, partial);
 }
 
 // out[0] = sum of n partials, one block (the cross-entropy's row losses).
@@ -48,21 +79,19 @@ __global__ void sum_partials_f64(const double* partial, int n, double* out) {
 
 // Pass 1 for many tensors in one launch (SquareSums' table). desc[4 * i ..] = {x, n, blocks, partial} of tensor i
 // (grid y); every tensor's arithmetic is sum_squares_partial's with its own grid of `blocks`, so the partials equal
-// those of sum_squares_partial launched per tensor, whatever else is in the list.
+// those of sum_squares_partial launched per tensor, whatever else is in the list. _multi: f32 tensors only;
+// _multi_mixed: f32 and bf16 tensors, the high half of a tensor's blocks cell saying which (1: bf16).
 __global__ void sum_squares_partial_multi(const long long* desc) {
+    sum_squares_multi_body<float>(desc + 4LL * blockIdx.y);
+}
+
+__global__ void sum_squares_partial_multi_mixed(const long long* desc) {
     const long long* d = desc + 4LL * blockIdx.y;
-    const float* x = reinterpret_cast<const float*>(d[0]);
-    long long n = d[1];
-    int blocks = (int)d[2];
-    if ((int)blockIdx.x >= blocks) return;  // the whole block
-    double* partial = reinterpret_cast<double*>(d[3]);
-    double s = 0;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)blocks * blockDim.x) {
-        double v = x[i];
-        s += v * v;
+    if (d[2] >> 32) {
+        sum_squares_multi_body<unsigned short>(d);
+    } else {
+        sum_squares_multi_body<float>(d);
     }
-    s = blockSumD(s);
-    if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 // Pass 2 (SquareSums.finish), grid (count), 1024 threads: out[i] = sum of tensor i's partials, in a fixed order.
 __global__ void sum_partials_f64_multi(const long long* desc, double* out) {

@@ -1,7 +1,7 @@
 // What the f32 kernel files of this package share (elementwise.cu, norm_rope.cu, embedding_loss.cu, moe_routing.cu,
 // adamw.cu, bf16_conversions.cu, gemm_scale.cu): the error word and its codes, the warp and block reductions, the
-// grid-stride loop, the float4 moves and the f32 -> bf16 rounding stores. KernelLibrary hands it to NVRTC as an
-// in-memory header (its text is part of the cubin cache key).
+// grid-stride loop, the float4 moves, the f32 -> bf16 rounding stores and the loads that widen bf16 to f32.
+// KernelLibrary hands it to NVRTC as an in-memory header (its text is part of the cubin cache key).
 // Conventions of those files: element counts are int (the SPI's tensors hold < 2^31 elements), products that can pass
 // 2^31 are computed in long long. Index errors are recorded in the error word err[4] = {code, a, b, c} (first one
 // wins) and thrown by the Java side (KernelErrors decodes the codes) at its next synchronisation point.
@@ -79,6 +79,19 @@ __device__ __forceinline__ unsigned int bf16x2_rn(float lo, float hi) {
 __device__ __forceinline__ unsigned short bf16_rn(float x) { return (unsigned short)(bf16x2_rn(x, 0.f) & 0xffffu); }
 __device__ __forceinline__ void st4_bf16(unsigned short* p, long long c, float4 v) {
     reinterpret_cast<uint2*>(p)[c] = make_uint2(bf16x2_rn(v.x, v.y), bf16x2_rn(v.z, v.w));
+}
+
+// Loads of an input held as f32 or as bf16 (a gradient in the param dtype), as f32: widening bf16 is exact (its bits
+// are the f32's high half), so a bf16 input reads as an f32 input holding the same values. ld1 loads element i; the
+// bf16 ld4 loads four at element 4c (8-byte aligned), as the f32 ld4 above does (16-byte aligned).
+__device__ __forceinline__ float ld1(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ float ld1(const unsigned short* p, long long i) {
+    return __uint_as_float((unsigned int)p[i] << 16);
+}
+__device__ __forceinline__ float4 ld4(const unsigned short* p, int c) {
+    uint2 u = reinterpret_cast<const uint2*>(p)[c];
+    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                       __uint_as_float(u.y & 0xffff0000u));
 }
 
 // Stores of an f32 result into f32 (st4o: 16-byte aligned) or bf16 outputs (8-byte aligned: a grouped GEMM operand
