@@ -145,6 +145,10 @@ public interface Backend {
     default void groupedGemmSplitB(boolean transB, int groups, int[] m, int[] n, int[] k, float alpha, Tensor a,
                                    int[] aOff, int lda, Tensor b, int[] bOff, Tensor b2, int[] b2Off, int ldb,
                                    int split, float beta, Tensor c, int[] cOff, int ldc) {
+        if (split < 0) {
+            throw new IllegalArgumentException("groupedGemmSplitB: split " + split + " is negative: pass the number of "
+                    + "B's stored rows in the first block (0 to every group's " + (transB ? "n" : "k") + ")");
+        }
         int[] first = new int[groups];
         int[] rest = new int[groups];
         int[] off2 = new int[groups];
@@ -152,10 +156,11 @@ public interface Backend {
             int along = transB ? n[g] : k[g];
             if (m[g] > 0 && along < split) {
                 throw new IllegalArgumentException("groupedGemmSplitB: group " + g + " has " + (transB ? "n" : "k")
-                        + " = " + along + ", fewer than the split " + split + " (B's first block alone is larger)");
+                        + " = " + along + ", fewer than the split " + split + " (B's first block alone is larger): "
+                        + "pass the split of the stacked weights, at most every group's " + (transB ? "n" : "k"));
             }
             first[g] = split;
-            rest[g] = along - split;
+            rest[g] = Math.max(0, along - split); // a group with m == 0 may end before the split
             off2[g] = transB ? cOff[g] + split : aOff[g] + split;
         }
         if (transB) { // C's first split columns from B1, the rest from B2
