@@ -15,13 +15,15 @@ byte addresses, in C's dtype, must step through the tile row's bytes 128 at a ti
 CTAs (GRID of them, default 3, so that each runs several tiles; 0: one a tile) with their fill cursor and the ring of
 GS_STAGES stages across tiles, each stage tagged with the slice it holds (a step must read its own slice, a fill must
 not hit a stage that a wgmma still in flight reads: the current step's and, before wait_group 1, the previous one's). Run on
-small ragged problems for all four transpositions and compared with numpy on the same bf16 inputs. It checks the
+small ragged problems for all four transpositions and compared with numpy on the same bf16 inputs, and with B in two
+blocks (GBParams.bSplit: B_g's stored rows at or past the split read from b2[g], splits inside tiles and K slices). It checks the
 arithmetic against the documented layouts, not the hardware (copies land at once here): keep it in step with the .cu
 when either changes. Needs numpy:  [GS_BN=128] [GS_STAGES=6] [GRID=0] python3 grouped_gemm_sm90_emulate.py
 """
 import numpy as np, os
 BM = 128; BN = int(os.environ.get("GS_BN", 256)); BK = 64; THREADS = 256; MAXG = 64
 STAGES = int(os.environ.get("GS_STAGES", 4)); GRID = int(os.environ.get("GRID", 3))  # persistent CTAs a launch
+NO_SPLIT = 0x7fffffff
 A_BYTES = BM * BK * 2; B_BYTES = BN * BK * 2; STAGE = A_BYTES + B_BYTES
 NAN16 = 0x7FC0
 
@@ -39,26 +41,31 @@ def cp16(S, dst, G, src, in_):
         assert src % 16 == 0 and 0 <= src and src + 16 <= len(G) * 2, "unaligned or out-of-bounds source"
         S[dst // 2: dst // 2 + 8] = G[src // 2: src // 2 + 8]
     else:
+        assert 0 <= src < len(G) * 2, "a zero fill names an address outside the operand"
         S[dst // 2: dst // 2 + 8] = 0
 
-def fill_kmajor(S, tile, G, base, ld, rowsLeft, kLeft, ROWS):
+def fill_kmajor(S, tile, G, base, base2, split, ld, rowsLeft, kLeft, ROWS):
     N = ROWS * 8 // THREADS
+    none = base if split > 0 else base2
     for tid in range(THREADS):
         c = tid & 7; r0 = tid >> 3; kIn = c * 8 < kLeft
         dst = tile + r0 * 128 + ((c ^ (r0 & 7)) << 4)
         for i in range(N):
             row = r0 + 32 * i; in_ = kIn and row < rowsLeft
-            cp16(S, dst + i * 32 * 128, G, 2 * (base + (row * ld + c * 8)) if in_ else 2 * base, in_)
+            src = base + (row * ld + c * 8) if row < split else base2 + ((row - split) * ld + c * 8)
+            cp16(S, dst + i * 32 * 128, G, 2 * src if in_ else 2 * none, in_)
 
-def fill_mnmajor(S, tile, G, base, ld, kLeft, colsLeft, COLS):
+def fill_mnmajor(S, tile, G, base, base2, split, ld, kLeft, colsLeft, COLS):
     CPR = COLS // 8; RPP = THREADS // CPR; N = BK // RPP
     assert RPP % 8 == 0
+    none = base if split > 0 else base2
     for tid in range(THREADS):
         cc = tid % CPR; k0 = tid // CPR; c = cc & 7; colIn = cc * 8 < colsLeft
         dst = tile + (cc >> 3) * (BK * 128) + k0 * 128 + ((c ^ (k0 & 7)) << 4)
         for i in range(N):
             kr = k0 + RPP * i; in_ = colIn and kr < kLeft
-            cp16(S, dst + i * RPP * 128, G, 2 * (base + (kr * ld + cc * 8)) if in_ else 2 * base, in_)
+            src = base + (kr * ld + cc * 8) if kr < split else base2 + ((kr - split) * ld + cc * 8)
+            cp16(S, dst + i * RPP * 128, G, 2 * src if in_ else 2 * none, in_)
 
 def desc(start, lbo, sbo):
     return ((start & 0x3FFFF) >> 4) | (((lbo & 0x3FFFF) >> 4) << 16) | (((sbo & 0x3FFFF) >> 4) << 32) | (1 << 62)
@@ -152,6 +159,11 @@ def cta(p, b, grid, TA, TB, Ag, Bg, C):
                 cur.update(a=p["a"][g] + (m0 if TA else m0 * lda), b=p["b"][g] + (n0 * ldb if TB else n0),
                            aRows=p["m"][g] - m0, bRows=p["n"][g] - n0, K=p["k"][g],
                            numK=(p["k"][g] + BK - 1) // BK, kt=0)
+                if p["bSplit"] > 0:  # the second block: K-major split relative to the tile's n0, MN-major to k 0
+                    cur.update(b2=p["b2"][g] if TB else p["b2"][g] + n0,
+                               bSplit=p["bSplit"] - n0 if TB else p["bSplit"])
+                else:
+                    cur.update(b2=cur["b"], bSplit=NO_SPLIT)
                 return
             cur["t"] += grid
     seek()
@@ -163,10 +175,13 @@ def cta(p, b, grid, TA, TB, Ag, Bg, C):
             assert st["fill"] not in busy, "a fill overwrote a stage that a wgmma in flight still reads"
             as_ = smem + st["fill"] * STAGE; bs = as_ + A_BYTES
             S[as_ // 2: (as_ + STAGE) // 2] = NAN16
-            if not TA: fill_kmajor(S, as_, Ag, cur["a"] + cur["kt"] * aStep, lda, cur["aRows"], kLeft, BM)
-            else: fill_mnmajor(S, as_, Ag, cur["a"] + cur["kt"] * aStep, lda, kLeft, cur["aRows"], BM)
-            if TB: fill_kmajor(S, bs, Bg, cur["b"] + cur["kt"] * bStep, ldb, cur["bRows"], kLeft, BN)
-            else: fill_mnmajor(S, bs, Bg, cur["b"] + cur["kt"] * bStep, ldb, kLeft, cur["bRows"], BN)
+            a = cur["a"] + cur["kt"] * aStep
+            if not TA: fill_kmajor(S, as_, Ag, a, a, NO_SPLIT, lda, cur["aRows"], kLeft, BM)
+            else: fill_mnmajor(S, as_, Ag, a, a, NO_SPLIT, lda, kLeft, cur["aRows"], BM)
+            if TB: fill_kmajor(S, bs, Bg, cur["b"] + cur["kt"] * bStep, cur["b2"] + cur["kt"] * bStep, cur["bSplit"],
+                               ldb, cur["bRows"], kLeft, BN)
+            else: fill_mnmajor(S, bs, Bg, cur["b"] + cur["kt"] * bStep, cur["b2"], cur["bSplit"] - cur["kt"] * BK,
+                               ldb, kLeft, cur["bRows"], BN)
             tag[st["fill"]] = st["issued"]; st["issued"] += 1
             st["fill"] = 0 if st["fill"] + 1 == STAGES else st["fill"] + 1
             cur["kt"] += 1
@@ -218,24 +233,33 @@ def cta(p, b, grid, TA, TB, Ag, Bg, C):
 
 def r8(x): return (x + 7) // 8 * 8
 
-def run_case(TA, TB, m, n, k, alpha, beta, rng):
+def run_case(TA, TB, m, n, k, alpha, beta, rng, split=0):
+    """split > 0: B_g's stored rows [0, split) and [split, ...) packed as two separate blocks (b, b2), as
+    Backend.groupedGemmSplitB passes the gate and up weights"""
     G = len(m)
     arows = [k[g] if TA else m[g] for g in range(G)]; acols = [m[g] if TA else k[g] for g in range(G)]
     brows = [n[g] if TB else k[g] for g in range(G)]; bcols = [k[g] if TB else n[g] for g in range(G)]
     lda = r8(max(acols + [1])) + 8; ldb = r8(max(bcols + [1])) + 8; ldc = max(n) + 3
     def pack(rows, cols, ld):
         offs, at, blocks = [], 8, []
-        for g in range(G):
+        for g in range(len(rows)):
             offs.append(at); at += max(rows[g], 1) * ld + 16
         buf = np.full(at + 16, NAN16, dtype=np.uint16)
-        for g in range(G):
+        for g in range(len(rows)):
             x = rng.uniform(-1, 1, (rows[g], cols[g])).astype(np.float32)
             for r in range(rows[g]):
                 buf[offs[g] + r * ld: offs[g] + r * ld + r8(cols[g])] = 0
                 buf[offs[g] + r * ld: offs[g] + r * ld + cols[g]] = bf16_bits(x[r])
             blocks.append(bits_f32(bf16_bits(x)).astype(np.float64))
         return buf, offs, blocks
-    Ag, aOff, Ab = pack(arows, acols, lda); Bg, bOff, Bb = pack(brows, bcols, ldb)
+    Ag, aOff, Ab = pack(arows, acols, lda)
+    if split > 0:  # the second blocks after the first ones in the same buffer, each group's B_g their row stack
+        assert all(brows[g] >= split for g in range(G) if m[g] > 0)
+        Bg, offs, blocks = pack([split] * G + [max(brows[g] - split, 0) for g in range(G)], bcols + bcols, ldb)
+        bOff, b2Off = offs[:G], offs[G:]
+        Bb = [np.vstack([blocks[g], blocks[G + g]]) for g in range(G)]
+    else:
+        Bg, bOff, Bb = pack(brows, bcols, ldb); b2Off = [0] * G
     cOff, at = [], 1
     for g in range(G):
         if at % 2 == 0 and (g % 2 == 0): at += 1
@@ -256,9 +280,9 @@ def run_case(TA, TB, m, n, k, alpha, beta, rng):
         for s in range(0, len(active), MAXG):
             here = active[s:s + MAXG]; tiles = 0
             p = dict(lda=lda, ldb=ldb, ldc=ldc, groups=len(here), alpha=alpha, beta=beta, c16=c16, a=[], b=[], c=[],
-                     m=[], n=[], k=[], tileStart=[])
+                     m=[], n=[], k=[], tileStart=[], b2=[], bSplit=split)
             for g in here:
-                p["a"].append(aOff[g]); p["b"].append(bOff[g]); p["c"].append(cOff[g])
+                p["a"].append(aOff[g]); p["b"].append(bOff[g]); p["c"].append(cOff[g]); p["b2"].append(b2Off[g])
                 p["m"].append(m[g]); p["n"].append(n[g]); p["k"].append(k[g]); p["tileStart"].append(tiles)
                 tiles += ((m[g] + BM - 1) // BM) * ((n[g] + BN - 1) // BN)
             grid = min(tiles, GRID) if GRID > 0 else tiles
@@ -293,4 +317,16 @@ if __name__ == "__main__":
                     err = run_case(TA, TB, m, n, k, alpha, beta, rng)
                     print("ok TA=%d TB=%d m=%s n=%s k=%s alpha=%.1f beta=%.1f: max error %.2e; bf16 C == f32 C rounded"
                           % (TA, TB, m, n, k, alpha, beta, err), flush=True)
+    # B in two blocks (groupedGemmSplitB: no transA): splits inside a tile's n rows (NT: 100, 200, 300 against 256-wide
+    # tiles) and inside K slices (NN: 100, 200 against 64-deep slices), a group exactly at the split, m = 0, k = 0
+    split_cases = [(True, [37, 0, 130, 5, 64], [300, 300, 420, 200, 200], [72, 50, 150, 0, 129], 200),
+                   (True, [129, 3], [100, 356], [97, 16], 100),
+                   (True, [70], [600], [260], 300),
+                   (False, [37, 0, 130, 5, 64], [40, 72, 129, 200, 8], [300, 300, 420, 200, 230], 200),
+                   (False, [129, 3, 70], [257, 16, 100], [100, 356, 700], 100)]
+    for TB, m, n, k, split in split_cases:
+        for alpha, beta in ((1.3, 0.5), (0.9, 0.0)):
+            err = run_case(False, TB, m, n, k, alpha, beta, rng, split)
+            print("ok split=%d TB=%d m=%s n=%s k=%s alpha=%.1f beta=%.1f: max error %.2e; bf16 C == f32 C rounded"
+                  % (split, TB, m, n, k, alpha, beta, err), flush=True)
     print("all cases match (GS_BN=%d, GS_STAGES=%d, GRID=%d)" % (BN, STAGES, GRID))

@@ -22,7 +22,14 @@
 //       weight-gradient shapes as C2's Experts.backward runs them per projection (TN 768 x 2048 x rows: gate / up,
 //       TN 2048 x 768 x rows: down; the same ragged rows) with beta 0 into an f32 C and into a bf16 C (half the bytes
 //       the epilogue writes: FSDP's bf16 gradient), each timed the same way, the bf16 C checked against the f32 C
-//       rounded, and the f32 / bf16 time ratio printed.
+//       rounded, and the f32 / bf16 time ratio printed;
+//   (c) B in two blocks (GBParams.b2 / bSplit, Backend.groupedGemmSplitB: the experts' gate and up weights as one
+//       operand; sm90 only): checks NT and NN expert shapes whose split lies inside a tile's n rows or a K slice
+//       (I = 200, 100; ragged rows with empty experts), beta 0 over NaN and beta 1, f32 and bf16 C, against the
+//       reference on the stacked B; the second blocks are copied to a buffer of their own and NaN written over them
+//       in the stacked B, so that a row read from the wrong block fails; and in --time, C2's fused shapes (NT rows x
+//       1536 x 2048 and NN rows x 2048 x 1536, split at 768) against the same GEMM with B in one block and against
+//       the two GEMMs they replace (NT rows x 768 x 2048 twice; NN rows x 2048 x 768, then again with beta 1).
 // Prints PASS / FAIL per case with the worst error (as a multiple of its tolerance); exit status 1 on any FAIL.
 
 #include <cuda_runtime.h>
@@ -312,8 +319,10 @@ struct Launch {
 
 // GroupedGemm.kernel's plan: groups with m, n > 0, stably sorted largest k first, GB_MAX_GROUPS a launch.
 // c: C's device address, f32 elements or, with c16, bf16 ones (GB_FLAG_C_BF16 on every group).
+// With b2 (sm90 only): B's stored rows at or past split from b2 + b2Off[g] (GBParams.b2, bSplit).
 static std::vector<Launch> plan(const Problem& P, const KernelSet& ks, const __nv_bfloat16* a, const __nv_bfloat16* b,
-                                void* c, float alpha, float beta, bool c16 = false) {
+                                void* c, float alpha, float beta, bool c16 = false, const __nv_bfloat16* b2 = nullptr,
+                                const std::vector<long long>* b2Off = nullptr, int split = 0) {
     std::vector<int> active;
     for (int g = 0; g < P.groups(); g++)
         if (P.m[g] > 0 && P.n[g] > 0) active.push_back(g);
@@ -337,6 +346,7 @@ static std::vector<Launch> plan(const Problem& P, const KernelSet& ks, const __n
             long long bb = reads ? (long long)(uintptr_t)(b + P.bOff[g]) : 0;
             L.p.a[q] = aa;
             L.p.b[q] = bb;
+            L.p.b2[q] = reads && b2 ? (long long)(uintptr_t)(b2 + (*b2Off)[g]) : 0;
             L.p.c[q] = (long long)(uintptr_t)c + P.cOff[g] * (c16 ? 2 : 4);
             L.p.m[q] = P.m[g];
             L.p.n[q] = P.n[g];
@@ -346,6 +356,7 @@ static std::vector<Launch> plan(const Problem& P, const KernelSet& ks, const __n
                            (c16 ? GB_FLAG_C_BF16 : 0);
             tiles += (long long)((P.m[g] + ks.tileM - 1) / ks.tileM) * ((P.n[g] + ks.tileN - 1) / ks.tileN);
         }
+        L.p.bSplit = b2 ? split : 0;
         L.grid = ks.persistent ? (int)std::min<long long>(tiles, ks.maxGrid) : (int)tiles;
         out.push_back(L);
     }
@@ -562,6 +573,81 @@ static bool checkCaseBf16(const KernelSet& ks, const Problem& P, float alpha, fl
     return ok;
 }
 
+// ---------------------------------------------------------------- B in two blocks
+
+// Moves B's stored rows [split, bRows) of every group into a buffer of their own (group after group, 64 NaN elements
+// between) and writes NaN over them in P's B, so that only a launch that reads them from the second block is right.
+// Returns the buffer and the offsets of the groups' second blocks. B's rows are contiguous (ldb = the stored width).
+static __nv_bfloat16* splitOff(const Problem& P, Buffers& B, int split, std::vector<long long>& b2Off) {
+    long long at = 0;
+    b2Off.clear();
+    for (int g = 0; g < P.groups(); g++) {
+        b2Off.push_back(at);
+        at += (long long)std::max(P.bRows(g) - split, 0) * P.ldb + 64;
+    }
+    __nv_bfloat16* b2;
+    CK(cudaMalloc(&b2, at * 2));
+    CK(cudaMemset(b2, 0xff, at * 2));  // NaN in the gaps
+    for (int g = 0; g < P.groups(); g++) {
+        long long n = (long long)std::max(P.bRows(g) - split, 0) * P.ldb;
+        if (n == 0) continue;
+        const __nv_bfloat16* from = B.b + P.bOff[g] + (long long)split * P.ldb;
+        CK(cudaMemcpy(b2 + b2Off[g], from, n * 2, cudaMemcpyDeviceToDevice));
+        CK(cudaMemset((void*)from, 0xff, n * 2));
+    }
+    return b2;
+}
+
+// The split launch (f32 C, checked against the reference on the stacked B), then the same into a bf16 C, checked
+// against that f32 C rounded (C0 rounded to bf16 values first).
+static bool checkSplit(const KernelSet& ks, const Problem& P, int split, float alpha, float beta, bool nanC,
+                       unsigned long long seed) {
+    Buffers B = makeBuffers(P, nanC, seed);
+    round_f32_values<<<gridFor(P.cLen), 256>>>(B.c0, P.cLen);
+    makeReference(P, B, alpha, beta);
+    std::vector<long long> b2Off;
+    __nv_bfloat16* b2 = splitOff(P, B, split, b2Off);
+    CK(cudaMemcpy(B.c, B.c0, P.cLen * 4, cudaMemcpyDeviceToDevice));
+    run(plan(P, ks, B.a, B.b, B.c, alpha, beta, false, b2, &b2Off, split), ks, P.tA, P.tB);
+    CK(cudaDeviceSynchronize());
+    std::string name = ks.name;
+    name += " split";
+    bool ok = report(name.c_str(), P, alpha, beta, nanC, B);
+    __nv_bfloat16* c16;
+    CK(cudaMalloc(&c16, P.cLen * 2));
+    f32_to_bf16<<<gridFor(P.cLen), 256>>>(B.c0, P.cLen, c16);
+    run(plan(P, ks, B.a, B.b, c16, alpha, beta, true, b2, &b2Off, split), ks, P.tA, P.tB);
+    CK(cudaDeviceSynchronize());
+    if (verifyBf16(P, B, c16, name.c_str(), alpha, beta) == 0) {
+        std::printf("PASS %-10s %s%s %-44s alpha=%.2f beta=%.2f%s  split at %d, bf16 C == the f32 C rounded\n",
+                    name.c_str(), P.tA ? "T" : "N", P.tB ? "T" : "N", P.name.c_str(), alpha, beta,
+                    nanC ? " (C NaN)" : "", split);
+    } else {
+        ok = false;
+    }
+    CK(cudaFree(c16));
+    CK(cudaFree(b2));
+    B.free();
+    return ok;
+}
+
+static bool correctnessSplit(const KernelSet& ks) {
+    bool ok = true;
+    unsigned long long seed = 500;
+    const std::vector<int> rows = {37, 0, 130, 5, 300, 0, 64, 1};
+    for (int I : {200, 100}) {
+        const int H = 136;
+        // NT: C [rows, 2I] = X [rows, H] x [Wg; Wu]^T (split inside a 256-wide tile); NN: dX [rows, H] = dH [rows, 2I]
+        // x [Wg; Wu] (split inside a 64-deep K slice)
+        for (const char* kind : {"NT", "NN"}) {
+            Problem P = std::string(kind) == "NT" ? model("NT", rows, 2 * I, H) : model("NN", rows, H, 2 * I);
+            ok &= checkSplit(ks, P, I, 1.f, 0.f, true, seed++);
+            ok &= checkSplit(ks, P, I, 0.7f, 1.f, false, seed++);
+        }
+    }
+    return ok;
+}
+
 static bool correctness(const std::vector<KernelSet>& sets) {
     bool ok = true;
     const bool T[4][2] = {{false, false}, {false, true}, {true, false}, {true, true}};
@@ -715,6 +801,54 @@ static bool timing(const std::vector<KernelSet>& sets, int reps) {
     return ok;
 }
 
+// C2's gate and up projections fused (B in two blocks, split at I) against the same GEMM on B in one block and against
+// the two GEMMs they replace, as Experts runs them unfused: NT, gate and up each rows x I x H into their own C; NN,
+// dX = dH_gate Wg (beta 0) then += dH_up Wu (beta 1: the second reads and writes C again).
+static bool timingSplit(const KernelSet& ks, int reps) {
+    std::vector<int> rows = c2Rows(1);
+    const int H = 2048, I = 768;
+    std::printf("C2 gate + up fused (B in two blocks, split at %d) vs one block vs two GEMMs, %s; median of %d\n", I,
+                ks.name, reps);
+    bool ok = true;
+    unsigned long long seed = 900;
+    for (const char* kind : {"NT", "NN"}) {
+        bool nt = std::string(kind) == "NT";
+        Problem F = nt ? model("NT", rows, 2 * I, H) : model("NN", rows, H, 2 * I);
+        Buffers B = makeBuffers(F, false, seed++);
+        makeReference(F, B, 1.f, 0.f);
+        // one block: the stacked B as it is
+        CK(cudaMemcpy(B.c, B.c0, F.cLen * 4, cudaMemcpyDeviceToDevice));
+        std::vector<Launch> one = plan(F, ks, B.a, B.b, B.c, 1.f, 0.f);
+        float msOne = medianMs(one, ks, F, 3, reps);
+        // fused: the second halves in a buffer of their own (NaN left behind in the stacked B)
+        std::vector<long long> b2Off;
+        __nv_bfloat16* b2 = splitOff(F, B, I, b2Off);
+        CK(cudaMemcpy(B.c, B.c0, F.cLen * 4, cudaMemcpyDeviceToDevice));
+        std::vector<Launch> fused = plan(F, ks, B.a, B.b, B.c, 1.f, 0.f, false, b2, &b2Off, I);
+        run(fused, ks, F.tA, F.tB);
+        CK(cudaDeviceSynchronize());
+        std::string name = std::string(ks.name) + " split";
+        ok &= report(name.c_str(), F, 1.f, 0.f, false, B);
+        float msFused = medianMs(fused, ks, F, 3, reps);
+        CK(cudaFree(b2));
+        B.free();
+        // the two GEMMs: their own operands (gate and up weights, and for NN dH_gate and dH_up)
+        Problem P = nt ? model("NT", rows, I, H) : model("NN", rows, H, I);
+        Buffers G = makeBuffers(P, false, seed++), U = makeBuffers(P, false, seed++);
+        std::vector<Launch> two = plan(P, ks, G.a, G.b, G.c, 1.f, 0.f);
+        std::vector<Launch> second = nt ? plan(P, ks, U.a, U.b, U.c, 1.f, 0.f) : plan(P, ks, U.a, U.b, G.c, 1.f, 1.f);
+        two.insert(two.end(), second.begin(), second.end());
+        float msTwo = medianMs(two, ks, P, 3, reps);
+        G.free();
+        U.free();
+        std::printf("  %s %-24s fused %8.3f ms %7.1f TFLOP/s   one block %8.3f ms   two GEMMs (%s) %8.3f ms   "
+                    "two / fused %.3f   fused / one block %.3f\n",
+                    kind, F.name.c_str(), msFused, F.flops() / msFused / 1e9, msOne, P.name.c_str(), msTwo,
+                    msTwo / msFused, msFused / msOne);
+    }
+    return ok;
+}
+
 int main(int argc, char** argv) {
     bool check = false, time = false;
     int reps = 20;
@@ -765,8 +899,13 @@ int main(int argc, char** argv) {
         few.maxGrid = 3;
         checked.push_back(few);
         ok &= correctness(checked);
+        ok &= correctnessSplit(sets[0]);
+        ok &= correctnessSplit(few);
     }
-    if (time) ok &= timing(sets, reps);
+    if (time) {
+        ok &= timing(sets, reps);
+        ok &= timingSplit(sets[0], reps);
+    }
     std::printf("%s\n", ok ? "ALL PASS" : "SOME FAILED");
     return ok ? 0 : 1;
 }

@@ -132,6 +132,46 @@ public interface Backend {
     void groupedGemm(boolean transA, boolean transB, int groups, int[] m, int[] n, int[] k, float alpha, Tensor a,
                      int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta, Tensor c, int[] cOff, int ldc);
 
+    /**
+     * {@link #groupedGemm} without transA whose B_g is two blocks stacked along its stored rows: rows [0, split) at
+     * bOff[g] of {@code b}, rows [split, ...) at b2Off[g] of {@code b2}, both with row stride {@code ldb}. The stored
+     * rows are B's k rows where B is stored [k, n] (transB false: the k of every group is at least split, so that C_g
+     * = alpha * (A_g[:, :split] B1_g + A_g[:, split:] B2_g) + beta * C_g), its n rows where it is stored [n, k] (transB
+     * true: n[g] at least split; C_g's first split columns come from B1_g, the rest from B2_g). The experts' gate and
+     * up projections are one GEMM this way, on their two weights as they are. The default runs one
+     * {@link #groupedGemm} a block (without transB the second adds into C with beta 1); a device backend may run both
+     * blocks in one kernel, whose sums then accumulate in another order (f32 either way).
+     */
+    default void groupedGemmSplitB(boolean transB, int groups, int[] m, int[] n, int[] k, float alpha, Tensor a,
+                                   int[] aOff, int lda, Tensor b, int[] bOff, Tensor b2, int[] b2Off, int ldb,
+                                   int split, float beta, Tensor c, int[] cOff, int ldc) {
+        if (split < 0) {
+            throw new IllegalArgumentException("groupedGemmSplitB: split " + split + " is negative: pass the number of "
+                    + "B's stored rows in the first block (0 to every group's " + (transB ? "n" : "k") + ")");
+        }
+        int[] first = new int[groups];
+        int[] rest = new int[groups];
+        int[] off2 = new int[groups];
+        for (int g = 0; g < groups; g++) {
+            int along = transB ? n[g] : k[g];
+            if (m[g] > 0 && along < split) {
+                throw new IllegalArgumentException("groupedGemmSplitB: group " + g + " has " + (transB ? "n" : "k")
+                        + " = " + along + ", fewer than the split " + split + " (B's first block alone is larger): "
+                        + "pass the split of the stacked weights, at most every group's " + (transB ? "n" : "k"));
+            }
+            first[g] = split;
+            rest[g] = Math.max(0, along - split); // a group with m == 0 may end before the split
+            off2[g] = transB ? cOff[g] + split : aOff[g] + split;
+        }
+        if (transB) { // C's first split columns from B1, the rest from B2
+            groupedGemm(false, true, groups, m, first, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+            groupedGemm(false, true, groups, m, rest, k, alpha, a, aOff, lda, b2, b2Off, ldb, beta, c, off2, ldc);
+        } else { // A's first split columns times B1, then the rest times B2 added
+            groupedGemm(false, false, groups, m, n, first, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+            groupedGemm(false, false, groups, m, n, rest, alpha, a, off2, lda, b2, b2Off, ldb, 1f, c, cOff, ldc);
+        }
+    }
+
     /** y[yOff..] += alpha * x[xOff..] over n elements. */
     void axpy(float alpha, Tensor x, int xOff, Tensor y, int yOff, int n);
 

@@ -577,6 +577,40 @@ public final class CudaBackend implements Backend, AutoCloseable {
         }
     }
 
+    /**
+     * One launch of the sm90 kernel with B in two blocks where {@link GroupedGemm#fusesSplitB} (BF16 blocks read in
+     * place, KERNEL mode on compute capability 9.0; A as {@link #groupedGemm} takes it), else the two grouped GEMMs of
+     * {@link Backend#groupedGemmSplitB}'s default; a split of 0 is one grouped GEMM on the second block.
+     */
+    @Override
+    public synchronized void groupedGemmSplitB(boolean transB, int groups, int[] m, int[] n, int[] k, float alpha,
+                                               Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, Tensor b2,
+                                               int[] b2Off, int ldb, int split, float beta, Tensor c, int[] cOff,
+                                               int ldc) {
+        current();
+        if (split == 0) {
+            groupedGemm(false, transB, groups, m, n, k, alpha, a, aOff, lda, b2, b2Off, ldb, beta, c, cOff, ldc);
+        } else if (!grouped.fusesSplitB(transB, m, n, k, lda, b, bOff, b2, b2Off, ldb, split)) {
+            Backend.super.groupedGemmSplitB(transB, groups, m, n, k, alpha, a, aOff, lda, b, bOff, b2, b2Off, ldb,
+                    split, beta, c, cOff, ldc);
+        } else {
+            Tensor aIn = grouped.takesAsIs(false, transB, m, n, k, a, aOff, lda, b, bOff, ldb)[0] ? a : widened(a);
+            try {
+                grouped.groupedGemmSplitB(transB, groups, m, n, k, alpha, aIn, aOff, lda, b, bOff, b2, b2Off, ldb,
+                        split, beta, c, cOff, ldc);
+            } finally {
+                if (aIn != a) {
+                    release(aIn);
+                }
+            }
+        }
+    }
+
+    /** Launches of the grouped GEMM kernel with B in two blocks so far (tests). */
+    synchronized long groupedSplitLaunches() {
+        return grouped.splitLaunches();
+    }
+
     /** An F32 copy of a BF16 operand that the grouped GEMM cannot read in place (exact: widening). */
     private Tensor widened(Tensor t) {
         Tensor w = transfers.empty(DType.F32, t.shape());

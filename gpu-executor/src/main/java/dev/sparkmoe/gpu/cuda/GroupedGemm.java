@@ -21,21 +21,26 @@ import java.util.List;
  * operands ({@link GroupedGemmOperands}), accumulate in f32, never read C when beta == 0 and scale C_g by beta where
  * k == 0. C is F32 or BF16 (a weight gradient in FSDP's param dtype): a BF16 C holds the f32 result alpha * AB + beta *
  * C (C widened where beta != 0) rounded to nearest even once, as cuBLAS writes a bf16 C; the kernels take it through
- * {@link #FLAG_C_BF16}, the loop through an f32 block ({@link #loopBf16C}). Called under the backend's lock.
+ * {@link #FLAG_C_BF16}, the loop through an f32 block ({@link #loopBf16C}). A B in two blocks
+ * ({@link dev.sparkmoe.core.backend.Backend#groupedGemmSplitB}) is one launch of the sm90 kernel where
+ * {@link #fusesSplitB} says so ({@link #groupedGemmSplitB}); the backend runs it as two grouped GEMMs otherwise.
+ * Called under the backend's lock.
  */
 final class GroupedGemm {
     /** Groups per launch of the grouped GEMM kernels and the byte layout of their GBParams (grouped_gemm_params.cuh). */
     static final int MAX_GROUPS = 64;
     private static final int TILE_M = 128;
-    private static final long OFF_A = 24;
-    private static final long OFF_B = OFF_A + 8L * MAX_GROUPS;
-    private static final long OFF_C = OFF_B + 8L * MAX_GROUPS;
-    private static final long OFF_M = OFF_C + 8L * MAX_GROUPS;
-    private static final long OFF_N = OFF_M + 4L * MAX_GROUPS;
-    private static final long OFF_K = OFF_N + 4L * MAX_GROUPS;
-    private static final long OFF_TILE = OFF_K + 4L * MAX_GROUPS;
-    private static final long OFF_FLAGS = OFF_TILE + 4L * MAX_GROUPS;
-    private static final long PARAMS_BYTES = OFF_FLAGS + 4L * MAX_GROUPS; // 2840, as static_assert'ed there
+    static final long OFF_A = 24;
+    static final long OFF_B = OFF_A + 8L * MAX_GROUPS;
+    static final long OFF_C = OFF_B + 8L * MAX_GROUPS;
+    static final long OFF_M = OFF_C + 8L * MAX_GROUPS;
+    static final long OFF_N = OFF_M + 4L * MAX_GROUPS;
+    static final long OFF_K = OFF_N + 4L * MAX_GROUPS;
+    static final long OFF_TILE = OFF_K + 4L * MAX_GROUPS;
+    static final long OFF_FLAGS = OFF_TILE + 4L * MAX_GROUPS;
+    static final long OFF_B2 = OFF_FLAGS + 4L * MAX_GROUPS;
+    static final long OFF_SPLIT = OFF_B2 + 8L * MAX_GROUPS;
+    static final long PARAMS_BYTES = OFF_SPLIT + 8; // bSplit and pad: 3360, as static_assert'ed there
     /** GBParams.flags bit 2 (GB_FLAG_C_BF16): C_g is bf16 (ldc in elements either way). */
     static final int FLAG_C_BF16 = 4;
 
@@ -61,6 +66,8 @@ final class GroupedGemm {
     private Kernel kernelChoice = Kernel.AUTO;
     /** CTAs of each sm90 kernel an SM holds (cuOccupancyMaxActiveBlocksPerMultiprocessor, asked once a kernel). */
     private final java.util.Map<String, Integer> sm90BlocksPerSm = new java.util.HashMap<>();
+    /** Launches of the sm90 kernel with B in two blocks so far (tests). */
+    private long splitLaunches;
 
     /** Which kernel {@link CudaBackend.GroupedMode#KERNEL} launches. */
     enum Kernel {
@@ -174,13 +181,17 @@ final class GroupedGemm {
             b.dtype() != DType.BF16 || kernel && operands.readableInPlace(b, bOff, ldb, dims[2], dims[3], m, n, k)};
     }
 
-    void groupedGemm(boolean transA, boolean transB, int groups, int[] m, int[] n, int[] k, float alpha, Tensor a,
-                     int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta, Tensor c, int[] cOff, int ldc) {
+    private static void checkC(Tensor c) {
         if (c.dtype() != DType.F32 && c.dtype() != DType.BF16) {
             throw new IllegalArgumentException("groupedGemm writes C in F32 or BF16 (the f32 result rounded once); C is "
                     + c + " of dtype " + c.dtype() + ": pass an F32 or BF16 C and convert it afterwards "
                     + "(Backend.convert)");
         }
+    }
+
+    void groupedGemm(boolean transA, boolean transB, int groups, int[] m, int[] n, int[] k, float alpha, Tensor a,
+                     int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta, Tensor c, int[] cOff, int ldc) {
+        checkC(c);
         boolean c16 = c.dtype() == DType.BF16;
         CudaBackend.GroupedMode mode = effectiveMode();
         if (mode == CudaBackend.GroupedMode.KERNEL && !kernelSupported()) {
@@ -230,7 +241,8 @@ final class GroupedGemm {
             return;
         }
         if (kernel) {
-            kernel(transA, transB, active, count, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+            kernel(transA, transB, active, count, m, n, k, alpha, a, aOff, lda, b, bOff, null, null, 0, ldb, beta, c,
+                    cOff, ldc);
             return;
         }
         if (c16) {
@@ -242,6 +254,89 @@ final class GroupedGemm {
             cublas.gemmEx(transA, transB, m[g], n[g], k[g], alpha, memory.addr(a, "A", aOff[g], 0), lda,
                     memory.addr(b, "B", bOff[g], 0), ldb, beta, memory.addr(c, "C", cOff[g], 0), ldc);
         }
+    }
+
+    /**
+     * Whether {@link #groupedGemmSplitB} runs these operands as one launch: a split of 1 or more, KERNEL mode on the
+     * sm90 kernel, and both blocks of B BF16 tensors that it reads in place
+     * ({@link GroupedGemmOperands#readableInPlace}: ldb a multiple of 8, every block of every group that reads B
+     * 16-byte aligned with whole 16-byte rows; a group whose B_g lies wholly in the first block does not read the
+     * second); strides within the kernel's 32-bit slice arithmetic. A may be anything {@link #groupedGemm} takes.
+     */
+    boolean fusesSplitB(boolean transB, int[] m, int[] n, int[] k, int lda, Tensor b, int[] bOff, Tensor b2,
+                        int[] b2Off, int ldb, int split) {
+        if (split <= 0 || b.dtype() != DType.BF16 || b2.dtype() != DType.BF16
+                || effectiveMode() != CudaBackend.GroupedMode.KERNEL || !kernelSupported()
+                || effectiveKernel() != Kernel.SM90 || !sm90Fits
+                || 256L * (Math.max(Math.max(lda, ldb), 1) + 8) > Integer.MAX_VALUE) {
+            return false;
+        }
+        int groups = m.length;
+        int[] rows1 = new int[groups], rows2 = new int[groups], cols = new int[groups], m2 = m.clone();
+        for (int g = 0; g < groups; g++) {
+            int along = transB ? n[g] : k[g];
+            rows1[g] = split;
+            rows2[g] = along - split;
+            cols[g] = transB ? k[g] : n[g];
+            if (rows2[g] <= 0) {
+                m2[g] = 0; // B_g ends at the split: its second block is not read
+            }
+        }
+        return operands.readableInPlace(b, bOff, ldb, rows1, cols, m, n, k)
+                && operands.readableInPlace(b2, b2Off, ldb, rows2, cols, m2, n, k);
+    }
+
+    /**
+     * {@link dev.sparkmoe.core.backend.Backend#groupedGemmSplitB} as ONE launch of {@code grouped_gemm_sm90_n<tb>}
+     * per 64 groups, where {@link #fusesSplitB} (the caller checks it; A is F32 or a BF16 tensor it reads in place,
+     * as for {@link #groupedGemm}): B_g's stored rows below {@code split} from {@code b} at bOff[g], the rest from
+     * {@code b2} at b2Off[g] (GBParams.b2 and bSplit), tiles and k walk of the whole GEMM (n and k are the whole
+     * group's). Checks the split rules (every group with m > 0 reaches the split along B's stored rows) and the spans
+     * of C, A and both blocks.
+     */
+    void groupedGemmSplitB(boolean transB, int groups, int[] m, int[] n, int[] k, float alpha, Tensor a, int[] aOff,
+                           int lda, Tensor b, int[] bOff, Tensor b2, int[] b2Off, int ldb, int split, float beta,
+                           Tensor c, int[] cOff, int ldc) {
+        checkC(c);
+        if (!fusesSplitB(transB, m, n, k, lda, b, bOff, b2, b2Off, ldb, split)) {
+            throw new IllegalStateException("groupedGemmSplitB: these operands do not run as one launch here (split "
+                    + split + ", B " + b.dtype() + " and " + b2.dtype() + ", mode " + effectiveMode() + ", kernel "
+                    + effectiveKernel() + "): ask fusesSplitB first and run two groupedGemm calls otherwise");
+        }
+        int[] active = new int[groups];
+        int count = 0;
+        for (int g = 0; g < groups; g++) {
+            int along = transB ? n[g] : k[g];
+            if (m[g] > 0 && along < split) {
+                throw new IllegalArgumentException("groupedGemmSplitB: group " + g + " has " + (transB ? "n" : "k")
+                        + " = " + along + ", fewer than the split " + split + " (B's first block alone is larger): "
+                        + "pass the split of the stacked weights, at most every group's " + (transB ? "n" : "k"));
+            }
+            if (m[g] == 0 || n[g] == 0) {
+                continue;
+            }
+            CublasGemm.checkSpan("C[" + g + "]", c, cOff[g], m[g], n[g], ldc);
+            if (k[g] > 0) {
+                int cols = transB ? k[g] : n[g];
+                CublasGemm.checkSpan("A[" + g + "]", a, aOff[g], m[g], k[g], lda);
+                CublasGemm.checkSpan("B[" + g + "] (first block, rows 0.." + split + ")", b, bOff[g], split, cols,
+                        ldb);
+                if (along > split) {
+                    CublasGemm.checkSpan("B[" + g + "] (second block, rows " + split + ".." + along + ")", b2,
+                            b2Off[g], along - split, cols, ldb);
+                }
+            }
+            active[count++] = g; // k == 0 (transB): the kernel scales C_g by beta
+        }
+        if (count > 0) {
+            kernel(false, transB, active, count, m, n, k, alpha, a, aOff, lda, b, bOff, b2, b2Off, split, ldb, beta,
+                    c, cOff, ldc);
+        }
+    }
+
+    /** Launches of the sm90 kernel with B in two blocks so far (tests: the fused path really ran). */
+    long splitLaunches() {
+        return splitLaunches;
     }
 
     /**
@@ -287,7 +382,7 @@ final class GroupedGemm {
      * active ones: m, n > 0; k may be 0), on bf16 operands ({@link GroupedGemmOperands#bf16Operand}: an image read in
      * place, or a copy made by its cast, released stream-ordered after the launch unless kept for the next call; a
      * and b then address them and lda, ldb are their strides). The per-group descriptors travel BY VALUE as the
-     * kernel's only parameter, a 2840-byte GBParams struct (under the classic 4 KB kernel-parameter limit, so no
+     * kernel's only parameter, a 3360-byte GBParams struct (under the classic 4 KB kernel-parameter limit, so no
      * device table, upload or stream-ordered allocation is needed, and the launch is the only host cost):
      * cuLaunchKernel copies it from {@link #params} at launch time, so the buffer is reused by the next launch.
      * Layout: int lda, ldb, ldc, groups; float alpha, beta; then arrays of 64: long long a, b, c (device byte
@@ -297,12 +392,19 @@ final class GroupedGemm {
      * same for B_g: read by no kernel; bit 2, {@link #FLAG_C_BF16}: C_g is bf16, set on every group where C is BF16;
      * ldc counts elements of C's dtype either way). Groups write disjoint C_g in parallel (overlapping C_g would race, where
      * the loop would apply them in order). The kernel takes {@link #sharedBytes} (mma.sync) or {@link #sm90SharedBytes}
-     * of dynamic shared memory (raised once per function); groups are passed largest k first.
+     * of dynamic shared memory (raised once per function); groups are passed largest k first. Then long long b2[64]
+     * and int bSplit (+ 4 bytes of padding: 3360 bytes): where {@code b2} is given (sm90 only, both B blocks BF16
+     * read in place), B_g's stored rows at or past {@code split} are read at b2[g] (0 for a group whose B_g ends at
+     * the split); otherwise bSplit is 0 (one block, b2 unread).
      */
     private void kernel(boolean transA, boolean transB, int[] active, int count, int[] m, int[] n, int[] k,
-                        float alpha, Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, int ldb, float beta,
-                        Tensor c, int[] cOff, int ldc) {
+                        float alpha, Tensor a, int[] aOff, int lda, Tensor b, int[] bOff, Tensor b2, int[] b2Off,
+                        int split, int ldb, float beta, Tensor c, int[] cOff, int ldc) {
         boolean sm90 = effectiveKernel() == Kernel.SM90;
+        if (b2 != null && (!sm90 || transA)) {
+            throw new IllegalStateException("a B in two blocks runs on the sm90 kernel without transA only (kernel "
+                    + effectiveKernel() + ", transA " + transA + ")");
+        }
         String kernel = (sm90 ? "grouped_gemm_sm90_" : "grouped_gemm_bf16_") + (transA ? "t" : "n") + (transB ? "t" : "n");
         String file = sm90 ? KernelLauncher.GROUPED_GEMM_SM90 : KernelLauncher.GROUPED_GEMM;
         int shared = sm90 ? sm90SharedBytes : sharedBytes;
@@ -320,7 +422,7 @@ final class GroupedGemm {
             active[j] = g;
         }
         int[][] dims = GroupedGemmOperands.operandDims(transA, transB, m, n, k);
-        long[] aAt = new long[MAX_GROUPS + 1], bAt = new long[MAX_GROUPS + 1];
+        long[] aAt = new long[MAX_GROUPS + 1], bAt = new long[MAX_GROUPS + 1], b2At = new long[MAX_GROUPS + 1];
         boolean keep = count <= MAX_GROUPS; // one launch: its copies may serve the next call
         List<GroupedGemmOperands.HeldCast> offered = operands.takeHeld();
         for (int start = 0; start < count; start += MAX_GROUPS) {
@@ -336,6 +438,18 @@ final class GroupedGemm {
                         active, start, here, bAt, offered);
                 bCast = bo.cast();
                 b16 = bCast == null ? null : bCast.copy();
+                long b2Base = 0;
+                if (b2 != null) {
+                    GroupedGemmOperands.Bf16Operand b2o = operands.bf16Operand(b2, "B2", b2Off, ldb, dims[2], dims[3],
+                            k, active, start, here, b2At, offered);
+                    if (bCast != null || b2o.cast() != null || bo.ld() != ldb || b2o.ld() != ldb) {
+                        throw new IllegalStateException("a B in two blocks must be read in place (BF16, ldb " + ldb
+                                + "), not cast: check fusesSplitB first");
+                    }
+                    b2Base = b2o.base();
+                }
+                params.putInt(OFF_SPLIT, b2 != null ? split : 0);
+                params.putInt(OFF_SPLIT + 4, 0);
                 long aBase = ao.base(), bBase = bo.base(); // where aAt / bAt count from
                 params.putInt(0, ao.ld());
                 params.putInt(4, bo.ld());
@@ -359,6 +473,8 @@ final class GroupedGemm {
                             | (c.dtype() == DType.BF16 ? FLAG_C_BF16 : 0);
                     params.putLong(OFF_A + 8L * q, aAddr);
                     params.putLong(OFF_B + 8L * q, bAddr);
+                    boolean readsB2 = b2 != null && readsAB && (transB ? n[g] : k[g]) > split;
+                    params.putLong(OFF_B2 + 8L * q, readsB2 ? b2Base + 2 * b2At[q] : 0);
                     params.putLong(OFF_C + 8L * q, memory.addrOf(c, c.dtype(), "C", cOff[g], 0));
                     params.putInt(OFF_M + 4L * q, m[g]);
                     params.putInt(OFF_N + 4L * q, n[g]);
@@ -375,7 +491,10 @@ final class GroupedGemm {
                         : (int) tiles;
                 Cuda.checkDriver(cudart.cuLaunchKernel(f, grid, 1, 1, blockThreads, 1, 1, shared, device.stream(),
                         argPtrs, (PointerPointer<?>) null), "cuLaunchKernel(" + kernel + ", " + here + " groups, "
-                        + tiles + " tiles, " + grid + " CTAs)");
+                        + tiles + " tiles, " + grid + " CTAs" + (b2 != null ? ", B split at " + split : "") + ")");
+                if (b2 != null) {
+                    splitLaunches++;
+                }
                 if (keep) {
                     operands.hold(aCast, bCast);
                 }

@@ -21,8 +21,9 @@
 //     (An operand held as a bf16 image, CudaBackend.adoptBf16Images / emptyGemmOperand, is read in place when its
 //     stride and blocks meet the same rules.)
 //   grouped_gemm_bf16_{nn,nt,tn,tt}: the GEMM on those bf16 operands. GBParams (grouped_gemm_params.cuh, shared with
-//     grouped_gemm_sm90.cu; passed BY VALUE as the only kernel parameter, 2840 bytes, under the classic 4 KB
-//     parameter limit): lda / ldb are the bf16 operands' strides, a / b their addresses, flags unused.
+//     grouped_gemm_sm90.cu; passed BY VALUE as the only kernel parameter, 3360 bytes, under the classic 4 KB
+//     parameter limit): lda / ldb are the bf16 operands' strides, a / b their addresses, flags unused; b2 / bSplit
+//     (a B in two blocks) are never set for this kernel (bSplit 0) and never read.
 //
 // Group mapping: blockIdx.x is a flat tile index over all groups of the launch. GBParams holds per group the device
 // addresses of A_g, B_g, C_g, m, n, k and the prefix sum of tiles before the group (tileStart, strictly increasing:

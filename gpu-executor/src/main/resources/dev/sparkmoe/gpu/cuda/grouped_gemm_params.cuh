@@ -7,7 +7,7 @@
 #define GB_MAX_GROUPS 64
 #define GB_FLAG_C_BF16 4  // GBParams.flags: C_g is bf16
 
-// One launch's groups, passed BY VALUE as the kernels' only parameter (2840 bytes, under the classic 4 KB limit).
+// One launch's groups, passed BY VALUE as the kernels' only parameter (3360 bytes, under the classic 4 KB limit).
 // lda / ldb: the bf16 operands' row strides (elements); ldc: C's, in elements of C's dtype (f32 or bf16). Per group g:
 // a, b, c the device byte addresses of A_g, B_g, C_g; m, n, k; tileStart the prefix sum of the tiles (of the kernel's
 // tile shape) of the groups before g, strictly increasing: the host passes only groups with m, n > 0, largest k first;
@@ -15,6 +15,10 @@
 // host, read by no kernel); bit 2 (GB_FLAG_C_BF16), C_g holds bf16 (the f32 result alpha * AB + beta * C, C read as
 // bf16 widened where beta != 0, rounded to nearest even once) instead of f32. GroupedGemm sets bit 2 on every group of
 // a launch or on none.
+// B split in two blocks (Backend.groupedGemmSplitB; grouped_gemm_sm90.cu only, the mma.sync kernel never gets one):
+// where bSplit > 0, B_g's stored rows (n rows of a B stored [n, k], k rows of one stored [k, n]) at or past bSplit
+// come from b2[g]: stored row r is at b[g] + r * ldb for r < bSplit and at b2[g] + (r - bSplit) * ldb after it (the
+// same ldb). bSplit == 0: one block (b2 unread). Appended after flags so that every older offset stays.
 struct GBParams {
     int lda, ldb, ldc, groups;
     float alpha, beta;
@@ -26,8 +30,12 @@ struct GBParams {
     int k[GB_MAX_GROUPS];
     int tileStart[GB_MAX_GROUPS];
     int flags[GB_MAX_GROUPS];
+    long long b2[GB_MAX_GROUPS];
+    int bSplit;
+    int pad;
 };
-static_assert(sizeof(GBParams) == 2840, "GBParams layout changed: update GroupedGemm's offsets");
+static_assert(sizeof(GBParams) == 3360, "GBParams layout changed: update GroupedGemm's offsets");
+static_assert(sizeof(GBParams) <= 4096, "GBParams must stay under the classic 4 KB kernel-parameter limit");
 
 // The group of flat tile index t (blockIdx.x): the largest g with tileStart[g] <= t (binary search).
 __device__ __forceinline__ int gb_group_of(const GBParams& p, int t) {

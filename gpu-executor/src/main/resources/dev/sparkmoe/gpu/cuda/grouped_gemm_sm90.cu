@@ -13,6 +13,10 @@
 // in f32 (wgmma .f32.bf16.bf16); the epilogue applies alpha and beta in f32 (a bf16 C read widened) and a bf16 C is
 // that f32 value rounded to nearest even once, as cuBLAS writes a bf16 C. beta == 0 never reads C (it may hold NaN);
 // k == 0 gives C_g = beta * C_g. Ragged m and k, any n.
+// B in two blocks (GBParams.bSplit > 0: Backend.groupedGemmSplitB, the experts' gate and up weights as one operand):
+// B_g's stored rows at or past bSplit come from b2[g] (grouped_gemm_params.cuh); only the B fills see it, each stored
+// row of a slice reading from the block it lies in, so a split anywhere (inside a tile's n rows, inside a K slice)
+// costs one compare a row copied and nothing else changes: the tiles, the k walk and the sums are the whole GEMM's.
 //
 // Parameter and group mapping: GBParams by value (grouped_gemm_params.cuh, the same struct and byte layout as the
 // mma.sync kernel). Tiles carry a flat index over the launch's groups: tileStart holds the prefix sum of each group's
@@ -84,6 +88,7 @@
 #define GS_SMEM_BYTES (GS_STAGES * GS_STAGE_BYTES + 1024)  // + slack to align the ring to 1024 bytes
 #define GS_ACC (GS_BN / 2)                                 // f32 accumulators a thread
 #define GS_EPI (GS_BN == 256 ? 4 : 8)                      // C pairs a thread loads at once in the beta != 0 epilogue
+#define GS_NO_SPLIT 0x7fffffff                             // a fill's split where every row comes from its first block
 static_assert(GS_BN == 128 || GS_BN == 256, "GS_BN: 128 or 256");
 static_assert(GS_STAGES >= 3, "GS_STAGES: 3 or more (copies run GS_STAGES - 2 slices ahead)");
 static_assert(GS_SMEM_BYTES <= 227 * 1024, "GS_STAGES x (16 KB + GS_BN x 128 bytes) exceeds sm_90's 227 KB a block");
@@ -291,30 +296,38 @@ __device__ __forceinline__ void gs_epilogue(const float (&acc)[GS_ACC], CT* __re
 // ---------------------------------------------------------------- stage fills
 
 // A K-major slice: ROWS rows (of m or n) x 64 k of an operand stored [rows, k] (row stride ld elements), from base
-// (element (row 0, k 0) of the slice); rows at or past rowsLeft and chunks at or past kLeft are zero-filled. Thread
-// x copies chunk x % 8 of rows x / 8 + 32 i (8 threads read one row's 128 bytes).
+// (element (row 0, k 0) of the slice); rows at or past rowsLeft and chunks at or past kLeft are zero-filled. Rows at
+// or past split (counted from the slice's first row; may be <= 0, GS_NO_SPLIT for none) come from the second block:
+// row r at base2 + (r - split) * ld (base2: that block's row 0 at the slice's k). Zero-filled chunks name base, or
+// base2 where the slice lies wholly in the second block (base may lie past the first). Thread x copies chunk x % 8 of
+// rows x / 8 + 32 i (8 threads read one row's 128 bytes).
 template <int ROWS>
-__device__ __forceinline__ void gs_fill_kmajor(unsigned tile, const __nv_bfloat16* base, int ld, int rowsLeft,
-                                               int kLeft) {
+__device__ __forceinline__ void gs_fill_kmajor(unsigned tile, const __nv_bfloat16* base, const __nv_bfloat16* base2,
+                                               int split, int ld, int rowsLeft, int kLeft) {
     constexpr int N = ROWS * 8 / GS_THREADS;
     const int c = threadIdx.x & 7;
     const int r0 = threadIdx.x >> 3;
     const bool kIn = c * 8 < kLeft;
     const unsigned dst = tile + r0 * 128 + ((c ^ (r0 & 7)) << 4);
+    const __nv_bfloat16* none = split > 0 ? base : base2;
 #pragma unroll
     for (int i = 0; i < N; i++) {
         const int row = r0 + 32 * i;
         const bool in = kIn && row < rowsLeft;
-        gg_cp16(dst + i * 32 * 128, in ? base + (row * ld + c * 8) : base, in ? 16 : 0);
+        const __nv_bfloat16* src = row < split ? base + (row * ld + c * 8) : base2 + ((row - split) * ld + c * 8);
+        gg_cp16(dst + i * 32 * 128, in ? src : none, in ? 16 : 0);
     }
 }
 
 // An MN-major slice: 64 k rows x COLS (m or n) of an operand stored [k, cols] (row stride ld), from base (element
 // (k 0, col 0) of the slice), as COLS / 64 blocks of 64 k rows x 64 columns; k rows at or past kLeft and chunks at or
-// past colsLeft are zero-filled. Consecutive threads copy consecutive chunks of one k row.
+// past colsLeft are zero-filled. k rows at or past split (counted from the slice's first k row; may be <= 0,
+// GS_NO_SPLIT for none) come from the second block: k row r at base2 + (r - split) * ld (base2: that block's k row 0
+// at the slice's first column); zero-filled chunks name base, or base2 where the slice lies wholly in the second
+// block. Consecutive threads copy consecutive chunks of one k row.
 template <int COLS>
-__device__ __forceinline__ void gs_fill_mnmajor(unsigned tile, const __nv_bfloat16* base, int ld, int kLeft,
-                                                int colsLeft) {
+__device__ __forceinline__ void gs_fill_mnmajor(unsigned tile, const __nv_bfloat16* base, const __nv_bfloat16* base2,
+                                                int split, int ld, int kLeft, int colsLeft) {
     constexpr int CPR = COLS / 8;            // chunks a k row: 16 or 32
     constexpr int RPP = GS_THREADS / CPR;    // k rows a pass: 16 or 8
     constexpr int N = GS_BK / RPP;
@@ -324,11 +337,13 @@ __device__ __forceinline__ void gs_fill_mnmajor(unsigned tile, const __nv_bfloat
     const int c = cc & 7;
     const bool colIn = cc * 8 < colsLeft;
     const unsigned dst = tile + (cc >> 3) * (GS_BK * 128) + k0 * 128 + ((c ^ (k0 & 7)) << 4);
+    const __nv_bfloat16* none = split > 0 ? base : base2;
 #pragma unroll
     for (int i = 0; i < N; i++) {
         const int kr = k0 + RPP * i;
         const bool in = colIn && kr < kLeft;
-        gg_cp16(dst + i * RPP * 128, in ? base + (kr * ld + cc * 8) : base, in ? 16 : 0);
+        const __nv_bfloat16* src = kr < split ? base + (kr * ld + cc * 8) : base2 + ((kr - split) * ld + cc * 8);
+        gg_cp16(dst + i * RPP * 128, in ? src : none, in ? 16 : 0);
     }
 }
 
@@ -343,6 +358,11 @@ struct GsCursor {
     int aRows, bRows;        // the tile's rows of A and columns of B inside its group: M - m0, N - n0
     const __nv_bfloat16* a;  // the tile's A and B at k = 0
     const __nv_bfloat16* b;
+    // B's second block (GBParams.bSplit > 0) and where it starts: K-major (TB), b2 = B2_g at k = 0 and bSplit =
+    // split - n0 (tile rows); MN-major, b2 = B2_g + n0 and bSplit = split (k rows, the fill subtracts the slice's
+    // start). Without a split b2 = b and bSplit = GS_NO_SPLIT.
+    const __nv_bfloat16* b2;
+    int bSplit;
 };
 
 // The first tile at or after c.t (stepping by gridDim.x) that has a K slice (k > 0), or c.t >= total.
@@ -360,6 +380,14 @@ __device__ __forceinline__ void gs_seek(GsCursor& c, const GBParams& p, int tota
             const __nv_bfloat16* B = reinterpret_cast<const __nv_bfloat16*>(p.b[g]);
             c.a = TA ? A + m0 : A + (long long)m0 * p.lda;
             c.b = TB ? B + (long long)n0 * p.ldb : B + n0;
+            if (p.bSplit > 0) {
+                const __nv_bfloat16* B2 = reinterpret_cast<const __nv_bfloat16*>(p.b2[g]);
+                c.b2 = TB ? B2 : B2 + n0;
+                c.bSplit = TB ? p.bSplit - n0 : p.bSplit;
+            } else {
+                c.b2 = c.b;
+                c.bSplit = GS_NO_SPLIT;
+            }
             c.aRows = p.m[g] - m0;
             c.bRows = N - n0;
             c.K = K;
@@ -392,10 +420,16 @@ __device__ __forceinline__ void gs_impl(const GBParams& p) {
             const int kLeft = cur.K - cur.kt * GS_BK;
             const unsigned as = smem + fillStage * GS_STAGE_BYTES;
             const unsigned bs = as + GS_A_BYTES;
-            if constexpr (!TA) gs_fill_kmajor<GS_BM>(as, cur.a + cur.kt * aStep, lda, cur.aRows, kLeft);
-            else gs_fill_mnmajor<GS_BM>(as, cur.a + cur.kt * aStep, lda, kLeft, cur.aRows);
-            if constexpr (TB) gs_fill_kmajor<GS_BN>(bs, cur.b + cur.kt * bStep, ldb, cur.bRows, kLeft);
-            else gs_fill_mnmajor<GS_BN>(bs, cur.b + cur.kt * bStep, ldb, kLeft, cur.bRows);
+            const __nv_bfloat16* a = cur.a + cur.kt * aStep;
+            if constexpr (!TA) gs_fill_kmajor<GS_BM>(as, a, a, GS_NO_SPLIT, lda, cur.aRows, kLeft);
+            else gs_fill_mnmajor<GS_BM>(as, a, a, GS_NO_SPLIT, lda, kLeft, cur.aRows);
+            if constexpr (TB) {
+                gs_fill_kmajor<GS_BN>(bs, cur.b + cur.kt * bStep, cur.b2 + cur.kt * bStep, cur.bSplit, ldb, cur.bRows,
+                                      kLeft);
+            } else {
+                gs_fill_mnmajor<GS_BN>(bs, cur.b + cur.kt * bStep, cur.b2, cur.bSplit - cur.kt * GS_BK, ldb, kLeft,
+                                       cur.bRows);
+            }
             fillStage = fillStage + 1 == GS_STAGES ? 0 : fillStage + 1;
             if (++cur.kt == cur.numK) {
                 cur.t += gridDim.x;
