@@ -168,12 +168,14 @@ final class Elementwise {
         if (o16 != 0) {
             images.countWrite();
             boolean vec = vectorRows(rows, cols, ld) && aligned16(g, u) && o16 % 8 == 0;
-            launch(vec ? "silu_mul_fwd_x4_bf16" : "silu_mul_fwd_bf16", vec, rows, cols, g, u, o16, rows, cols, ld);
+            launcher.launch1D(K, vec ? "silu_mul_fwd_x4_bf16" : "silu_mul_fwd_bf16", threads(vec, rows, cols), g, u,
+                    o16, rows, cols, ld);
             return;
         }
         long o = memory.addr(out, "out", 0, n);
         boolean vec = vectorRows(rows, cols, ld) && aligned16(g, u, o);
-        launch(vec ? "silu_mul_fwd_x4" : "silu_mul_fwd", vec, rows, cols, g, u, o, rows, cols, ld);
+        launcher.launch1D(K, vec ? "silu_mul_fwd_x4" : "silu_mul_fwd", threads(vec, rows, cols), g, u, o, rows, cols,
+                ld);
     }
 
     /**
@@ -200,13 +202,14 @@ final class Elementwise {
         if (dg16 != 0 && du16 != 0) {
             images.countWrite();
             boolean vec = vectorRows(rows, cols, ld) && aligned16(d, g, u) && dg16 % 8 == 0 && du16 % 8 == 0;
-            launch(vec ? "silu_mul_bwd_x4_bf16" : "silu_mul_bwd_bf16", vec, rows, cols, d, g, u, dg16, du16, rows,
-                    cols, ld);
+            launcher.launch1D(K, vec ? "silu_mul_bwd_x4_bf16" : "silu_mul_bwd_bf16", threads(vec, rows, cols), d, g, u,
+                    dg16, du16, rows, cols, ld);
             return;
         }
         long dg = memory.addr(dGate, "dGate", gateOff, span), du = memory.addr(dUp, "dUp", upOff, span);
         boolean vec = vectorRows(rows, cols, ld) && aligned16(d, g, u, dg, du);
-        launch(vec ? "silu_mul_bwd_x4" : "silu_mul_bwd", vec, rows, cols, d, g, u, dg, du, rows, cols, ld);
+        launcher.launch1D(K, vec ? "silu_mul_bwd_x4" : "silu_mul_bwd", threads(vec, rows, cols), d, g, u, dg, du,
+                rows, cols, ld);
     }
 
     /**
@@ -217,9 +220,8 @@ final class Elementwise {
         return rows == 1 || (cols % 4 == 0 && ld % 4 == 0);
     }
 
-    /** The float4 forms take a thread a vector and the first threads the rows' tails; the others one an element. */
-    private void launch(String kernel, boolean vec, int rows, int cols, Object... args) {
-        long threads = vec ? Math.max((long) rows * (cols / 4), (long) rows * (cols % 4)) : (long) rows * cols;
-        launcher.launch1D(K, kernel, threads, args);
+    /** Threads of a launch: float4 forms one a vector (the first also the rows' tails), the others one an element. */
+    private static long threads(boolean vec, int rows, int cols) {
+        return vec ? Math.max((long) rows * (cols / 4), (long) rows * (cols % 4)) : (long) rows * cols;
     }
 }
