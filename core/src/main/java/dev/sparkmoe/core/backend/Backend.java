@@ -222,11 +222,23 @@ public interface Backend {
     void attentionBackward(Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int batch, int seqLen,
                            int qHeads, int kvHeads, int headDim, float scale, Tensor dq, Tensor dk, Tensor dv);
 
-    /** out = silu(gate) * up over n elements at the given offset. */
-    void siluMulForward(Tensor gate, Tensor up, Tensor out, int off, int n);
+    /**
+     * out = silu(gate) * up over [rows, cols] blocks: element (r, c) of gate is at {@code gateOff + r * ld + c} of
+     * {@code gate}, of up at {@code upOff + r * ld + c} of {@code up} (the two may be one tensor: the column blocks of
+     * the experts' fused [rows, 2I] gate-and-up projection), of out at {@code r * cols + c} (contiguous, written). A
+     * contiguous gate and up are {@code ld = cols} at offset 0. Geometry that does not fit is refused
+     * ({@link SiluMulBlocks}).
+     */
+    void siluMulForward(Tensor gate, int gateOff, Tensor up, int upOff, int rows, int cols, int ld, Tensor out);
 
-    /** dGate, dUp of the above given dOut (written). */
-    void siluMulBackward(Tensor dOut, Tensor gate, Tensor up, Tensor dGate, Tensor dUp, int off, int n);
+    /**
+     * dGate and dUp of {@link #siluMulForward} given dOut (contiguous [rows, cols]): dGate's element (r, c) is written
+     * at {@code gateOff + r * ld + c} of {@code dGate}, dUp's at {@code upOff + r * ld + c} of {@code dUp}, the gate
+     * and up blocks read as in the forward. dGate and dUp may be one tensor (one [rows, 2I] GEMM operand,
+     * {@link #emptyGemmOperand}) whose blocks do not overlap.
+     */
+    void siluMulBackward(Tensor dOut, Tensor gate, int gateOff, Tensor up, int upOff, int rows, int cols, int ld,
+                         Tensor dGate, Tensor dUp);
 
     /** out[n] = table[ids[n]] for rows of width H; ids is I32 [N]. Out-of-range ids are an error. */
     void embeddingForward(Tensor table, Tensor ids, int tokens, int hidden, Tensor out);

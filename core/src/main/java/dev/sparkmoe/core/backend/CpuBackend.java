@@ -169,13 +169,15 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
-    public void siluMulForward(Tensor gate, Tensor up, Tensor out, int off, int n) {
-        CpuElementwise.siluMulForward(gate, up, out, off, n);
+    public void siluMulForward(Tensor gate, int gateOff, Tensor up, int upOff, int rows, int cols, int ld,
+                               Tensor out) {
+        CpuElementwise.siluMulForward(gate, gateOff, up, upOff, rows, cols, ld, out);
     }
 
     @Override
-    public void siluMulBackward(Tensor dOut, Tensor gate, Tensor up, Tensor dGate, Tensor dUp, int off, int n) {
-        CpuElementwise.siluMulBackward(dOut, gate, up, dGate, dUp, off, n);
+    public void siluMulBackward(Tensor dOut, Tensor gate, int gateOff, Tensor up, int upOff, int rows, int cols,
+                                int ld, Tensor dGate, Tensor dUp) {
+        CpuElementwise.siluMulBackward(dOut, gate, gateOff, up, upOff, rows, cols, ld, dGate, dUp);
     }
 
     @Override

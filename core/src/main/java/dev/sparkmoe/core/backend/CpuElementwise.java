@@ -44,31 +44,70 @@ final class CpuElementwise {
         return (float) (1.0 / (1.0 + Math.exp(-x)));
     }
 
-    static void siluMulForward(Tensor gate, Tensor up, Tensor out, int off, int n) {
+    /**
+     * {@link Backend#siluMulForward}: element i of out is (r, c) = (i / cols, i % cols) of the gate and up blocks;
+     * chunks of out run in parallel, each walking its rows' strided elements.
+     */
+    static void siluMulForward(Tensor gate, int gateOff, Tensor up, int upOff, int rows, int cols, int ld,
+                               Tensor out) {
+        SiluMulBlocks.checkForward(gate, gateOff, up, upOff, rows, cols, ld, out);
+        if (rows == 0 || cols == 0) {
+            return;
+        }
         float[] gf = gate.floats();
         float[] uf = up.floats();
         float[] of = out.floats();
-        Par.range(n, 20, (from, to) -> {
-            for (int i = off + from; i < off + to; i++) {
-                float g = gf[i];
-                of[i] = g * sigmoid(g) * uf[i];
+        int skip = ld - cols; // from a row's end to the next row's start
+        Par.range(rows * cols, 20, (from, to) -> {
+            int r = from / cols;
+            int c = from - r * cols;
+            int gi = gateOff + r * ld + c;
+            int ui = upOff + r * ld + c;
+            for (int i = from; i < to; i++) {
+                float g = gf[gi];
+                of[i] = g * sigmoid(g) * uf[ui];
+                gi++;
+                ui++;
+                if (++c == cols) {
+                    c = 0;
+                    gi += skip;
+                    ui += skip;
+                }
             }
         });
     }
 
-    static void siluMulBackward(Tensor dOut, Tensor gate, Tensor up, Tensor dGate, Tensor dUp, int off, int n) {
+    /** {@link Backend#siluMulBackward}, walking the blocks as {@link #siluMulForward} does. */
+    static void siluMulBackward(Tensor dOut, Tensor gate, int gateOff, Tensor up, int upOff, int rows, int cols,
+                                int ld, Tensor dGate, Tensor dUp) {
+        SiluMulBlocks.checkBackward(dOut, gate, gateOff, up, upOff, rows, cols, ld, dGate, dUp);
+        if (rows == 0 || cols == 0) {
+            return;
+        }
         float[] df = dOut.floats();
         float[] gf = gate.floats();
         float[] uf = up.floats();
         float[] dgf = dGate.floats();
         float[] duf = dUp.floats();
-        Par.range(n, 25, (from, to) -> {
-            for (int i = off + from; i < off + to; i++) {
-                float g = gf[i];
+        int skip = ld - cols;
+        Par.range(rows * cols, 25, (from, to) -> {
+            int r = from / cols;
+            int c = from - r * cols;
+            int gi = gateOff + r * ld + c;
+            int ui = upOff + r * ld + c;
+            for (int i = from; i < to; i++) {
+                float g = gf[gi];
                 float s = sigmoid(g);
                 float silu = g * s;
-                duf[i] = df[i] * silu;
-                dgf[i] = df[i] * uf[i] * (s * (1f + g * (1f - s)));
+                duf[ui] = df[i] * silu;
+                dgf[gi] = df[i] * uf[ui] * (s * (1f + g * (1f - s)));
+                gi++;
+                ui++;
+                if (++c == cols) {
+                    c = 0;
+                    gi += skip;
+                    ui += skip;
+                }
             }
         });
     }

@@ -46,7 +46,7 @@ public final class DenseMlp extends Module {
         c.gate = Linear.forward(be, x, tokens, gateProj);
         c.up = Linear.forward(be, x, tokens, upProj);
         c.act = be.empty(DType.F32, tokens, inter);
-        be.siluMulForward(c.gate, c.up, c.act, 0, tokens * inter);
+        be.siluMulForward(c.gate, 0, c.up, 0, tokens, inter, inter, c.act);
     }
 
     /** Gives back the cache's activations ({@link #activations} makes them again); the input is only forgotten. */
@@ -61,7 +61,7 @@ public final class DenseMlp extends Module {
         Tensor dAct = Linear.backward(be, dy, c.act, tokens, downProj);
         Tensor dGate = be.empty(DType.F32, tokens, inter);
         Tensor dUp = be.empty(DType.F32, tokens, inter);
-        be.siluMulBackward(dAct, c.gate, c.up, dGate, dUp, 0, tokens * inter);
+        be.siluMulBackward(dAct, c.gate, 0, c.up, 0, tokens, inter, inter, dGate, dUp);
         Release.all(be, dAct, c.act, c.gate, c.up);
         Tensor dx = Linear.backward(be, dGate, c.x, tokens, gateProj);
         Linear.backward(be, dUp, c.x, tokens, upProj, dx, 1f);

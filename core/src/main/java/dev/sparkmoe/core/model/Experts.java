@@ -93,8 +93,7 @@ public final class Experts extends Module {
         Dispatch dispatch;
         Tensor hidden; // [N, H] the input (the caller's)
         Tensor routed; // [rows, H] the dispatch's routed rows, or null when the dispatcher regathers them
-        Tensor gate;   // [rows, I]
-        Tensor up;     // [rows, I]
+        Tensor gateUp; // [rows, 2I] each row's gate projection in columns [0, I), its up projection in [I, 2I)
     }
 
     /** Per-expert GEMM geometry of one dispatch: row counts and element offsets of each expert's blocks. */
@@ -102,28 +101,38 @@ public final class Experts extends Module {
         final int n = localExperts;
         final int[] rows;       // tokens of each local expert
         final int[] inter;      // I for every expert (a GEMM dimension)
+        final int[] inter2;     // 2I for every expert (gate and up side by side)
         final int[] hid;        // H for every expert
         final int[] xOff;       // offset of the expert's first row in [rows, H] buffers
         final int[] iOff;       // offset of the expert's first row in [rows, I] buffers
+        final int[] guOff;      // offset of the expert's first row in [rows, 2I] buffers (its gate block)
+        final int[] upOff;      // guOff + I: the up block of the same rows
         final int[] wIH;        // offset of the expert's [I, H] weight
         final int[] wHI;        // offset of the expert's [H, I] weight
 
         Groups(int[] counts) {
             rows = counts.clone();
             inter = new int[n];
+            inter2 = new int[n];
             hid = new int[n];
             xOff = new int[n];
             iOff = new int[n];
+            guOff = new int[n];
+            upOff = new int[n];
             wIH = new int[n];
             wHI = new int[n];
+            int i = Experts.this.inter;
             int row = 0;
             for (int e = 0; e < n; e++) {
-                inter[e] = Experts.this.inter;
+                inter[e] = i;
+                inter2[e] = 2 * i;
                 hid[e] = hidden;
                 xOff[e] = row * hidden;
-                iOff[e] = row * Experts.this.inter;
-                wIH[e] = e * Experts.this.inter * hidden;
-                wHI[e] = e * hidden * Experts.this.inter;
+                iOff[e] = row * i;
+                guOff[e] = row * 2 * i;
+                upOff[e] = guOff[e] + i;
+                wIH[e] = e * i * hidden;
+                wHI[e] = e * hidden * i;
                 row += counts[e];
             }
         }
@@ -144,7 +153,7 @@ public final class Experts extends Module {
         c.hidden = hiddenStates;
         int rows = d.rows();
         Groups g = new Groups(d.localCounts());
-        // gate/up [rows_e, I] = x_e [rows_e, H] * W_e^T ; out [rows_e, H] = act_e [rows_e, I] * Wd_e^T
+        // gateUp [rows_e, 2I] = x_e [rows_e, H] * [Wg_e; Wu_e]^T ; out [rows_e, H] = act_e [rows_e, I] * Wd_e^T
         gateAndUp(be, d.routed(), g, c);
         if (dispatcher.canRegather()) {
             be.release(d.routed());
@@ -163,27 +172,27 @@ public final class Experts extends Module {
         return slots;
     }
 
-    /** c.gate and c.up [rows, I] (new tensors) from the routed rows [rows, H]. */
+    /**
+     * c.gateUp [rows, 2I] (a new tensor) from the routed rows [rows, H]: one grouped GEMM whose B is the gate and up
+     * weights stacked, [Wg_e; Wu_e] [2I, H], split at n = I.
+     */
     private void gateAndUp(Backend be, Tensor routed, Groups g, Cache c) {
         int rows = routed.dim(0);
-        c.gate = be.empty(DType.F32, rows, inter);
-        c.up = be.empty(DType.F32, rows, inter);
-        be.groupedGemm(false, true, g.n, g.rows, g.inter, g.hid, 1f, routed, g.xOff, hidden, gateProj.value(),
-                g.wIH, hidden, 0f, c.gate, g.iOff, inter);
-        be.groupedGemm(false, true, g.n, g.rows, g.inter, g.hid, 1f, routed, g.xOff, hidden, upProj.value(),
-                g.wIH, hidden, 0f, c.up, g.iOff, inter);
+        c.gateUp = be.empty(DType.F32, rows, 2 * inter);
+        be.groupedGemmSplitB(true, g.n, g.rows, g.inter2, g.hid, 1f, routed, g.xOff, hidden, gateProj.value(), g.wIH,
+                upProj.value(), g.wIH, hidden, inter, 0f, c.gateUp, g.guOff, 2 * inter);
     }
 
     /**
-     * Activation checkpointing, after {@link #forward}: gives back the gate and up projections and, under
+     * Activation checkpointing, after {@link #forward}: gives back the gate and up projections ([rows, 2I]) and, under
      * {@link ActivationCheckpointing#FULL}, the dispatch too (its routed rows and index tensors: the recompute
      * dispatches again). {@link ActivationCheckpointing#SELECTIVE} keeps the dispatch, so that
      * {@link #recomputeActivations} neither routes nor moves tokens. The hidden states are the caller's and only
      * forgotten.
      */
     void drop(Backend be, Cache c, ActivationCheckpointing mode) {
-        Release.all(be, c.gate, c.up);
-        c.gate = c.up = null;
+        Release.all(be, c.gateUp);
+        c.gateUp = null;
         c.hidden = null;
         if (mode == ActivationCheckpointing.FULL) {
             Release.all(be, c.routed);
@@ -211,10 +220,10 @@ public final class Experts extends Module {
         }
     }
 
-    /** silu(gate) * up [rows, I], a new tensor, read only as a grouped GEMM operand. */
+    /** silu(gate) * up [rows, I] from c.gateUp's column blocks, a new tensor read only as a grouped GEMM operand. */
     private Tensor activation(Backend be, Cache c, int rows) {
         Tensor act = be.emptyGemmOperand(rows, inter);
-        be.siluMulForward(c.gate, c.up, act, 0, rows * inter);
+        be.siluMulForward(c.gateUp, 0, c.gateUp, inter, rows, inter, 2 * inter, act);
         return act;
     }
 
@@ -249,10 +258,10 @@ public final class Experts extends Module {
         int rows = d.rows();
         Groups g = new Groups(d.localCounts());
         Tensor dAct = be.empty(DType.F32, rows, inter);
-        Tensor dGate = be.emptyGemmOperand(rows, inter); // both read only as grouped GEMM operands
-        Tensor dUp = be.emptyGemmOperand(rows, inter);
+        // [rows, 2I]: dGate in columns [0, I), dUp in [I, 2I); read only as grouped GEMM operands
+        Tensor dGateUp = be.emptyGemmOperand(rows, 2 * inter);
         Tensor dRouted = be.empty(DType.F32, rows, hidden);
-        // Neighbouring grouped GEMMs share an operand (dOut; dGate; the routed rows; dUp), so that a backend that
+        // Neighbouring grouped GEMMs share an operand (dOut; dGateUp; the routed rows), so that a backend that
         // converts operands (CudaBackend's bf16 copies) converts each once: act and the routed rows are made first.
         // dAct = dOut Wd_e ; dWd_e += dOut^T act
         Tensor act = activation(be, c, rows);
@@ -263,19 +272,17 @@ public final class Experts extends Module {
         be.groupedGemm(true, false, g.n, g.hid, g.inter, g.rows, 1f, dOut, g.xOff, hidden, act, g.iOff, inter,
                 downProj.gradBetaForFullWrite(), downProj.grad(), g.wHI, inter);
         Release.all(be, dOut, act);
-        be.siluMulBackward(dAct, c.gate, c.up, dGate, dUp, 0, rows * inter);
-        Release.all(be, dAct, c.gate, c.up);
-        // dRouted = dGate Wg_e + dUp Wu_e ; dWg_e += dGate^T x ; dWu_e += dUp^T x
+        be.siluMulBackward(dAct, c.gateUp, 0, c.gateUp, inter, rows, inter, 2 * inter, dGateUp, dGateUp);
+        Release.all(be, dAct, c.gateUp);
+        // dRouted = [dGate dUp]_e [Wg_e; Wu_e] (k = 2I split at I) ; dWg_e += dGate^T x ; dWu_e += dUp^T x
         Tensor routed = c.routed != null ? c.routed : dispatcher.regather(be, c.hidden, d);
-        be.groupedGemm(false, false, g.n, g.rows, g.hid, g.inter, 1f, dGate, g.iOff, inter, gateProj.value(),
-                g.wIH, hidden, 0f, dRouted, g.xOff, hidden);
-        be.groupedGemm(true, false, g.n, g.inter, g.hid, g.rows, 1f, dGate, g.iOff, inter, routed, g.xOff,
+        be.groupedGemmSplitB(false, g.n, g.rows, g.hid, g.inter2, 1f, dGateUp, g.guOff, 2 * inter, gateProj.value(),
+                g.wIH, upProj.value(), g.wIH, hidden, inter, 0f, dRouted, g.xOff, hidden);
+        be.groupedGemm(true, false, g.n, g.inter, g.hid, g.rows, 1f, dGateUp, g.guOff, 2 * inter, routed, g.xOff,
                 hidden, gateProj.gradBetaForFullWrite(), gateProj.grad(), g.wIH, hidden);
-        be.groupedGemm(true, false, g.n, g.inter, g.hid, g.rows, 1f, dUp, g.iOff, inter, routed, g.xOff,
+        be.groupedGemm(true, false, g.n, g.inter, g.hid, g.rows, 1f, dGateUp, g.upOff, 2 * inter, routed, g.xOff,
                 hidden, upProj.gradBetaForFullWrite(), upProj.grad(), g.wIH, hidden);
-        be.groupedGemm(false, false, g.n, g.rows, g.hid, g.inter, 1f, dUp, g.iOff, inter, upProj.value(),
-                g.wIH, hidden, 1f, dRouted, g.xOff, hidden);
-        Release.all(be, dGate, dUp, routed);
+        Release.all(be, dGateUp, routed);
         dispatcher.dispatchBackward(be, dRouted, d, dHidden);
         be.release(dRouted);
         dispatcher.release(be, d);

@@ -190,13 +190,14 @@ class CpuBackendForwardTest {
         float[] u = r.floats(n + 10, 2);
         Tensor out = Tensor.of(r.floats(n + 10, 1), n + 10);
         float[] before = out.floats().clone();
-        be.siluMulForward(Tensor.of(g, n + 10), Tensor.of(u, n + 10), out, 4, n);
+        // gate and up one row of n at element 4, out contiguous from 0
+        be.siluMulForward(Tensor.of(g, n + 10), 4, Tensor.of(u, n + 10), 4, 1, n, n, out);
         double[] ref = Refs.siluMul(toDouble(g), toDouble(u));
         for (int i = 0; i < n + 10; i++) {
-            if (i < 4 || i >= n + 4) {
-                assertEquals(before[i], out.floats()[i], "siluMul wrote outside [off, off + n)");
+            if (i >= n) {
+                assertEquals(before[i], out.floats()[i], "siluMul wrote past [0, n)");
             } else {
-                assertEquals(ref[i], out.floats()[i], 1e-6 * (1 + Math.abs(ref[i])), "siluMul " + i);
+                assertEquals(ref[i + 4], out.floats()[i], 1e-6 * (1 + Math.abs(ref[i + 4])), "siluMul " + i);
             }
         }
 

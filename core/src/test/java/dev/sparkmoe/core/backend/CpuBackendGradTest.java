@@ -139,14 +139,14 @@ class CpuBackendGradTest {
         int off = 3;
         float[] gf = r.floats(n + 2 * off, 6);
         float[] uf = r.floats(n + 2 * off, 2);
-        double[] wts = toDouble(r.floats(n + 2 * off, 1));
+        double[] w = toDouble(r.floats(n, 1));
         Tensor dg = Tensor.zeros(DType.F32, n + 2 * off);
         Tensor du = Tensor.zeros(DType.F32, n + 2 * off);
-        be.siluMulBackward(Tensor.of(toFloat(wts), n + 2 * off), Tensor.of(gf, n + 2 * off),
-                Tensor.of(uf, n + 2 * off), dg, du, off, n);
+        // gate and up one row of n at element off (dGate and dUp written there), dOut contiguous
+        be.siluMulBackward(Tensor.of(toFloat(w), n), Tensor.of(gf, n + 2 * off), off, Tensor.of(uf, n + 2 * off), off,
+                1, n, n, dg, du);
         double[] g = slice(toDouble(gf), off, n);
         double[] u = slice(toDouble(uf), off, n);
-        double[] w = slice(wts, off, n);
         assertGrad("siluMul dGate", numericGrad(g, x -> Refs.dot(w, Refs.siluMul(x, u))), dg.floats(), off);
         assertGrad("siluMul dUp", numericGrad(u, x -> Refs.dot(w, Refs.siluMul(g, x))), du.floats(), off);
         assertEquals(0f, dg.floats()[0], "siluMulBackward wrote before its offset");

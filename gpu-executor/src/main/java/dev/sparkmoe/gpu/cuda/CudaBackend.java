@@ -709,16 +709,17 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     @Override
-    public synchronized void siluMulForward(Tensor gate, Tensor up, Tensor out, int off, int n) {
+    public synchronized void siluMulForward(Tensor gate, int gateOff, Tensor up, int upOff, int rows, int cols,
+                                            int ld, Tensor out) {
         current();
-        elementwise.siluMulForward(gate, up, out, off, n);
+        elementwise.siluMulForward(gate, gateOff, up, upOff, rows, cols, ld, out);
     }
 
     @Override
-    public synchronized void siluMulBackward(Tensor dOut, Tensor gate, Tensor up, Tensor dGate, Tensor dUp, int off,
-                                             int n) {
+    public synchronized void siluMulBackward(Tensor dOut, Tensor gate, int gateOff, Tensor up, int upOff, int rows,
+                                             int cols, int ld, Tensor dGate, Tensor dUp) {
         current();
-        elementwise.siluMulBackward(dOut, gate, up, dGate, dUp, off, n);
+        elementwise.siluMulBackward(dOut, gate, gateOff, up, upOff, rows, cols, ld, dGate, dUp);
     }
 
     @Override

@@ -3,6 +3,7 @@ package dev.sparkmoe.gpu.cuda;
 import static dev.sparkmoe.gpu.cuda.KernelLauncher.THREADS;
 import static dev.sparkmoe.gpu.cuda.KernelLauncher.aligned16;
 
+import dev.sparkmoe.core.backend.SiluMulBlocks;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 import org.bytedeco.cuda.global.cudart;
@@ -10,11 +11,11 @@ import org.bytedeco.javacpp.DoublePointer;
 import org.bytedeco.javacpp.LongPointer;
 
 /**
- * The element-wise kernels of {@code elementwise.cu}: fill, axpy, scale, the experts' silu(gate) * up and its gradient
- * (written in bf16 where the output is a bf16 operand image, {@link Bf16Images#target}), and sums of squares (the
- * gradient norm: every tensor of a list, F32 or BF16, in one launch per pass, summed in f64 in a fixed order). float4
- * forms where every address is 16-byte aligned; f32 to bf16 conversions from {@code bf16_conversions.cu}. Called under
- * the backend's lock.
+ * The element-wise kernels of {@code elementwise.cu}: fill, axpy, scale, the SwiGLU product silu(gate) * up and its
+ * gradient on row blocks of a row stride (written in bf16 where the output is a bf16 operand image,
+ * {@link Bf16Images#target}), and sums of squares (the gradient norm: every tensor of a list, F32 or BF16, in one
+ * launch per pass, summed in f64 in a fixed order). float4 forms where every address is 16-byte aligned; f32 to bf16
+ * conversions from {@code bf16_conversions.cu}. Called under the backend's lock.
  */
 final class Elementwise {
     private static final String K = KernelLauncher.ELEMENTWISE;
@@ -145,42 +146,82 @@ final class Elementwise {
         }
     }
 
-    void siluMulForward(Tensor gate, Tensor up, Tensor out, int off, int n) {
-        if (n == 0) {
+    /**
+     * {@link dev.sparkmoe.core.backend.Backend#siluMulForward}: out written as bf16 where it is held as a bf16 image
+     * ({@link Bf16Images#target}), else f32; the float4 form where every row of every block starts aligned
+     * ({@link #vectorRows}), else one thread an element. Contiguous blocks run as one row.
+     */
+    void siluMulForward(Tensor gate, int gateOff, Tensor up, int upOff, int rows, int cols, int ld, Tensor out) {
+        SiluMulBlocks.checkForward(gate, gateOff, up, upOff, rows, cols, ld, out);
+        if (rows == 0 || cols == 0) {
             return;
         }
-        long g = memory.addr(gate, "gate", off, n), u = memory.addr(up, "up", off, n);
-        long o16 = images.target(out, off, n);
-        if (o16 != 0 && aligned16(g, u) && o16 % 8 == 0) {
+        if (ld == cols) { // every block contiguous: one row
+            cols = rows * cols;
+            ld = cols;
+            rows = 1;
+        }
+        long span = (long) (rows - 1) * ld + cols;
+        long n = (long) rows * cols;
+        long g = memory.addr(gate, "gate", gateOff, span), u = memory.addr(up, "up", upOff, span);
+        long o16 = images.target(out, 0, n);
+        if (o16 != 0) {
             images.countWrite();
-            launcher.launch1D(K, "silu_mul_fwd_x4_bf16", Math.max(n / 4, n % 4), g, u, o16, n);
+            boolean vec = vectorRows(rows, cols, ld) && aligned16(g, u) && o16 % 8 == 0;
+            launcher.launch1D(K, vec ? "silu_mul_fwd_x4_bf16" : "silu_mul_fwd_bf16", threads(vec, rows, cols), g, u,
+                    o16, rows, cols, ld);
             return;
         }
-        long o = memory.addr(out, "out", off, n);
-        if (aligned16(g, u, o)) {
-            launcher.launch1D(K, "silu_mul_fwd_x4", Math.max(n / 4, n % 4), g, u, o, n);
-        } else {
-            launcher.launch1D(K, "silu_mul_fwd", n, g, u, o, n);
-        }
+        long o = memory.addr(out, "out", 0, n);
+        boolean vec = vectorRows(rows, cols, ld) && aligned16(g, u, o);
+        launcher.launch1D(K, vec ? "silu_mul_fwd_x4" : "silu_mul_fwd", threads(vec, rows, cols), g, u, o, rows, cols,
+                ld);
     }
 
-    void siluMulBackward(Tensor dOut, Tensor gate, Tensor up, Tensor dGate, Tensor dUp, int off, int n) {
-        if (n == 0) {
+    /**
+     * {@link dev.sparkmoe.core.backend.Backend#siluMulBackward}: dGate and dUp written as bf16 where both are held as
+     * bf16 images (one [rows, 2I] GEMM operand holds both), else f32; float4 and scalar forms as
+     * {@link #siluMulForward}.
+     */
+    void siluMulBackward(Tensor dOut, Tensor gate, int gateOff, Tensor up, int upOff, int rows, int cols, int ld,
+                         Tensor dGate, Tensor dUp) {
+        SiluMulBlocks.checkBackward(dOut, gate, gateOff, up, upOff, rows, cols, ld, dGate, dUp);
+        if (rows == 0 || cols == 0) {
             return;
         }
-        long d = memory.addr(dOut, "dOut", off, n), g = memory.addr(gate, "gate", off, n);
-        long u = memory.addr(up, "up", off, n);
-        long dg16 = images.target(dGate, off, n), du16 = images.target(dUp, off, n);
-        if (dg16 != 0 && du16 != 0 && aligned16(d, g, u) && dg16 % 8 == 0 && du16 % 8 == 0) {
+        if (ld == cols) {
+            cols = rows * cols;
+            ld = cols;
+            rows = 1;
+        }
+        long span = (long) (rows - 1) * ld + cols;
+        long n = (long) rows * cols;
+        long d = memory.addr(dOut, "dOut", 0, n), g = memory.addr(gate, "gate", gateOff, span);
+        long u = memory.addr(up, "up", upOff, span);
+        long dg16 = images.target(dGate, gateOff, span), du16 = images.target(dUp, upOff, span);
+        if (dg16 != 0 && du16 != 0) {
             images.countWrite();
-            launcher.launch1D(K, "silu_mul_bwd_x4_bf16", Math.max(n / 4, n % 4), d, g, u, dg16, du16, n);
+            boolean vec = vectorRows(rows, cols, ld) && aligned16(d, g, u) && dg16 % 8 == 0 && du16 % 8 == 0;
+            launcher.launch1D(K, vec ? "silu_mul_bwd_x4_bf16" : "silu_mul_bwd_bf16", threads(vec, rows, cols), d, g, u,
+                    dg16, du16, rows, cols, ld);
             return;
         }
-        long dg = memory.addr(dGate, "dGate", off, n), du = memory.addr(dUp, "dUp", off, n);
-        if (aligned16(d, g, u, dg, du)) {
-            launcher.launch1D(K, "silu_mul_bwd_x4", Math.max(n / 4, n % 4), d, g, u, dg, du, n);
-        } else {
-            launcher.launch1D(K, "silu_mul_bwd", n, d, g, u, dg, du, n);
-        }
+        long dg = memory.addr(dGate, "dGate", gateOff, span), du = memory.addr(dUp, "dUp", upOff, span);
+        boolean vec = vectorRows(rows, cols, ld) && aligned16(d, g, u, dg, du);
+        launcher.launch1D(K, vec ? "silu_mul_bwd_x4" : "silu_mul_bwd", threads(vec, rows, cols), d, g, u, dg, du,
+                rows, cols, ld);
+    }
+
+    /**
+     * Whether rows of the blocks start where their first one does modulo 4 elements (the float4 forms' condition,
+     * with aligned pointers): one row, or a row stride and a contiguous row length (out, dOut) that are multiples of 4.
+     */
+    private static boolean vectorRows(int rows, int cols, int ld) {
+        return rows == 1 || (cols % 4 == 0 && ld % 4 == 0);
+    }
+
+    /** Threads of a launch: float4 forms one a vector (the first also the rows' tails), the others one an element. */
+    private static long threads(boolean vec, int rows, int cols) {
+        return vec ? Math.max((long) rows * (cols / 4), (long) rows * (cols % 4)) : (long) rows * cols;
     }
 }

@@ -1,7 +1,7 @@
 // Element-wise and reduction kernels of Elementwise: fill, axpy, scale, the two-pass sum of squares (one tensor or
 // many per launch, of f32 or bf16 tensors: a bf16 gradient is widened as it is read, exactly; sum_partials_f64 is also
-// EmbeddingAndLoss's sum of the per-row losses) and the experts'
-// silu(gate) * up with its gradient (f32, float4 forms, bf16 outputs). Compiled at run time by NVRTC for the device's
+// EmbeddingAndLoss's sum of the per-row losses) and the experts' silu(gate) * up with its gradient on row blocks of a
+// row stride (f32 and bf16 outputs, scalar and float4 forms). Compiled at run time by NVRTC for the device's
 // architecture (see KernelLibrary); every kernel has a plain-Java twin in dev.sparkmoe.core.backend.CpuBackend,
 // CudaBackendTest compares them.
 
@@ -106,24 +106,12 @@ __global__ void sum_partials_f64_multi(const long long* desc, double* out) {
 
 // ------------------------------------------------------------------ element-wise activations
 
-__global__ void silu_mul_fwd(const float* gate, const float* up, float* out, int n) {
-    GRID_STRIDE(i, n) {
-        float g = gate[i];
-        float s = (float)(1.0 / (1.0 + exp(-(double)g)));
-        out[i] = g * s * up[i];
-    }
-}
-
-__global__ void silu_mul_bwd(const float* dOut, const float* gate, const float* up, float* dGate, float* dUp, int n) {
-    GRID_STRIDE(i, n) {
-        float g = gate[i];
-        float s = (float)(1.0 / (1.0 + exp(-(double)g)));
-        float silu = g * s;
-        float d = dOut[i];
-        dUp[i] = d * silu;
-        dGate[i] = d * up[i] * (s * (1.f + g * (1.f - s)));
-    }
-}
+// silu(gate) * up and its gradient on [rows, cols] blocks (Backend.siluMulForward/siluMulBackward): element (r, c) of
+// gate, up, dGate and dUp is at r * ld + c from its pointer (the block's first element: gate and up may be the column
+// blocks of one [rows, 2I] tensor, dGate and dUp those of one GEMM operand), of out and dOut at r * cols + c
+// (contiguous). Elementwise.java passes contiguous blocks as one row (rows 1, cols = ld = n). rows * cols fits an int
+// (SiluMulBlocks checks it). O is the output type: float, or bf16 bits (a grouped GEMM operand held as a bf16 image)
+// rounded to nearest even from the same f32 value.
 
 __device__ __forceinline__ float silu_sig(float g) { return (float)(1.0 / (1.0 + exp(-(double)g))); }
 
@@ -136,73 +124,129 @@ __device__ __forceinline__ void silu_bwd_one(float d, float g, float u, float& d
 
 }  // extern "C" (the templates below cannot have C linkage)
 
-// float4 forms of silu_mul_fwd/bwd (inputs 16-byte aligned); the n % 4 tail by the first threads of the grid.
+// One thread an element.
+template <typename O>
+__device__ __forceinline__ void silu_mul_fwd_body(const float* __restrict__ gate, const float* __restrict__ up,
+                                                  O* __restrict__ out, int rows, int cols, int ld) {
+    GRID_STRIDE(i, (long long)rows * cols) {
+        int r = (int)i / cols;
+        long long at = (long long)r * ld + ((int)i - r * cols);
+        float g = gate[at];
+        st1o(out, i, g * silu_sig(g) * up[at]);
+    }
+}
+
+template <typename O>
+__device__ __forceinline__ void silu_mul_bwd_body(const float* __restrict__ dOut, const float* __restrict__ gate,
+                                                  const float* __restrict__ up, O* __restrict__ dGate,
+                                                  O* __restrict__ dUp, int rows, int cols, int ld) {
+    GRID_STRIDE(i, (long long)rows * cols) {
+        int r = (int)i / cols;
+        long long at = (long long)r * ld + ((int)i - r * cols);
+        float dg, du;
+        silu_bwd_one(dOut[i], gate[at], up[at], dg, du);
+        st1o(dUp, at, du);
+        st1o(dGate, at, dg);
+    }
+}
+
+// float4 forms: every row of every block starts 16-byte aligned (8-byte for bf16 outputs: the pointers aligned, ld
+// and cols multiples of 4, or one row). Each row's cols / 4 vectors, then the cols % 4 tail of each row (one row in
+// practice) by the first threads of the grid.
 template <typename O>
 __device__ __forceinline__ void silu_mul_fwd_x4_body(const float* __restrict__ gate, const float* __restrict__ up,
-                                                     O* __restrict__ out, int n) {
-    int n4 = n >> 2;
-    GRID_STRIDE(i, n4) {
-        float4 g = ld4(gate, (int)i), u = ld4(up, (int)i), o;
+                                                     O* __restrict__ out, int rows, int cols, int ld) {
+    int c4 = cols >> 2;
+    GRID_STRIDE(v, (long long)rows * c4) {
+        int r = (int)v / c4, c = (int)v - r * c4;
+        long long at = (long long)r * ld;
+        float4 g = ld4(gate + at, c), u = ld4(up + at, c), o;
         o.x = g.x * silu_sig(g.x) * u.x;
         o.y = g.y * silu_sig(g.y) * u.y;
         o.z = g.z * silu_sig(g.z) * u.z;
         o.w = g.w * silu_sig(g.w) * u.w;
-        st4o(out, i, o);
+        st4o(out + (long long)r * cols, c, o);
     }
-    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t < n - 4 * n4) {
-        int i = 4 * n4 + (int)t;
-        float g = gate[i];
-        st1o(out, i, g * silu_sig(g) * up[i]);
+    int tail = cols & 3;
+    GRID_STRIDE(t, (long long)rows * tail) {
+        int r = (int)t / tail, c = 4 * c4 + ((int)t - r * tail);
+        long long at = (long long)r * ld + c;
+        float g = gate[at];
+        st1o(out, (long long)r * cols + c, g * silu_sig(g) * up[at]);
     }
 }
 
 template <typename O>
 __device__ __forceinline__ void silu_mul_bwd_x4_body(const float* __restrict__ dOut, const float* __restrict__ gate,
                                                      const float* __restrict__ up, O* __restrict__ dGate,
-                                                     O* __restrict__ dUp, int n) {
-    int n4 = n >> 2;
-    GRID_STRIDE(i, n4) {
-        float4 d = ld4(dOut, (int)i), g = ld4(gate, (int)i), u = ld4(up, (int)i), dg, du;
+                                                     O* __restrict__ dUp, int rows, int cols, int ld) {
+    int c4 = cols >> 2;
+    GRID_STRIDE(v, (long long)rows * c4) {
+        int r = (int)v / c4, c = (int)v - r * c4;
+        long long at = (long long)r * ld;
+        float4 d = ld4(dOut + (long long)r * cols, c), g = ld4(gate + at, c), u = ld4(up + at, c), dg, du;
         silu_bwd_one(d.x, g.x, u.x, dg.x, du.x);
         silu_bwd_one(d.y, g.y, u.y, dg.y, du.y);
         silu_bwd_one(d.z, g.z, u.z, dg.z, du.z);
         silu_bwd_one(d.w, g.w, u.w, dg.w, du.w);
-        st4o(dUp, i, du);
-        st4o(dGate, i, dg);
+        st4o(dUp + at, c, du);
+        st4o(dGate + at, c, dg);
     }
-    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t < n - 4 * n4) {
-        int i = 4 * n4 + (int)t;
+    int tail = cols & 3;
+    GRID_STRIDE(t, (long long)rows * tail) {
+        int r = (int)t / tail, c = 4 * c4 + ((int)t - r * tail);
+        long long at = (long long)r * ld + c;
         float dg, du;
-        silu_bwd_one(dOut[i], gate[i], up[i], dg, du);
-        st1o(dGate, i, dg);
-        st1o(dUp, i, du);
+        silu_bwd_one(dOut[(long long)r * cols + c], gate[at], up[at], dg, du);
+        st1o(dGate, at, dg);
+        st1o(dUp, at, du);
     }
 }
 
 extern "C" {
 
+__global__ void silu_mul_fwd(const float* __restrict__ gate, const float* __restrict__ up, float* __restrict__ out,
+                             int rows, int cols, int ld) {
+    silu_mul_fwd_body(gate, up, out, rows, cols, ld);
+}
+
+__global__ void silu_mul_fwd_bf16(const float* __restrict__ gate, const float* __restrict__ up,
+                                  unsigned short* __restrict__ out, int rows, int cols, int ld) {
+    silu_mul_fwd_body(gate, up, out, rows, cols, ld);
+}
+
 __global__ void silu_mul_fwd_x4(const float* __restrict__ gate, const float* __restrict__ up, float* __restrict__ out,
-                                int n) {
-    silu_mul_fwd_x4_body(gate, up, out, n);
+                                int rows, int cols, int ld) {
+    silu_mul_fwd_x4_body(gate, up, out, rows, cols, ld);
 }
 
 __global__ void silu_mul_fwd_x4_bf16(const float* __restrict__ gate, const float* __restrict__ up,
-                                     unsigned short* __restrict__ out, int n) {
-    silu_mul_fwd_x4_body(gate, up, out, n);
+                                     unsigned short* __restrict__ out, int rows, int cols, int ld) {
+    silu_mul_fwd_x4_body(gate, up, out, rows, cols, ld);
+}
+
+__global__ void silu_mul_bwd(const float* __restrict__ dOut, const float* __restrict__ gate,
+                             const float* __restrict__ up, float* __restrict__ dGate, float* __restrict__ dUp,
+                             int rows, int cols, int ld) {
+    silu_mul_bwd_body(dOut, gate, up, dGate, dUp, rows, cols, ld);
+}
+
+__global__ void silu_mul_bwd_bf16(const float* __restrict__ dOut, const float* __restrict__ gate,
+                                  const float* __restrict__ up, unsigned short* __restrict__ dGate,
+                                  unsigned short* __restrict__ dUp, int rows, int cols, int ld) {
+    silu_mul_bwd_body(dOut, gate, up, dGate, dUp, rows, cols, ld);
 }
 
 __global__ void silu_mul_bwd_x4(const float* __restrict__ dOut, const float* __restrict__ gate,
                                 const float* __restrict__ up, float* __restrict__ dGate, float* __restrict__ dUp,
-                                int n) {
-    silu_mul_bwd_x4_body(dOut, gate, up, dGate, dUp, n);
+                                int rows, int cols, int ld) {
+    silu_mul_bwd_x4_body(dOut, gate, up, dGate, dUp, rows, cols, ld);
 }
 
 __global__ void silu_mul_bwd_x4_bf16(const float* __restrict__ dOut, const float* __restrict__ gate,
                                      const float* __restrict__ up, unsigned short* __restrict__ dGate,
-                                     unsigned short* __restrict__ dUp, int n) {
-    silu_mul_bwd_x4_body(dOut, gate, up, dGate, dUp, n);
+                                     unsigned short* __restrict__ dUp, int rows, int cols, int ld) {
+    silu_mul_bwd_x4_body(dOut, gate, up, dGate, dUp, rows, cols, ld);
 }
 
 }  // extern "C"

@@ -280,12 +280,12 @@ class Bf16ImageTest {
             Tensor dAct = gpu.upload(host(rnd(r, n, 1), n));
             Tensor act16 = gpu.emptyGemmOperand(rows, inter);
             Tensor act32 = gpu.empty(DType.F32, rows, inter);
-            gpu.siluMulForward(gate, up, act16, 0, n);
-            gpu.siluMulForward(gate, up, act32, 0, n);
+            gpu.siluMulForward(gate, 0, up, 0, rows, inter, inter, act16);
+            gpu.siluMulForward(gate, 0, up, 0, rows, inter, inter, act32);
             Tensor dg16 = gpu.emptyGemmOperand(rows, inter), du16 = gpu.emptyGemmOperand(rows, inter);
             Tensor dg32 = gpu.empty(DType.F32, rows, inter), du32 = gpu.empty(DType.F32, rows, inter);
-            gpu.siluMulBackward(dAct, gate, up, dg16, du16, 0, n);
-            gpu.siluMulBackward(dAct, gate, up, dg32, du32, 0, n);
+            gpu.siluMulBackward(dAct, gate, 0, up, 0, rows, inter, inter, dg16, du16);
+            gpu.siluMulBackward(dAct, gate, 0, up, 0, rows, inter, inter, dg32, du32);
             assertEquals(c0[4] + 3, gpu.imageCounts()[4], "three bf16 writes");
             long widened = gpu.imageCounts()[1];
             assertSameBits(roundedDownload(gpu, act32), gpu.download(act16).floats(), "silu * up");

@@ -45,6 +45,10 @@ final class DeviceModel {
     private record Cast(Object key, Ledger.Buf copy) {
     }
 
+    /** The key of the second column block of a [rows, 2I] operand (its first block's key is the tensor's). */
+    private record SecondBlock(Object of) {
+    }
+
     /** The key of a widened operand: a new f32 tensor at each call, so never a kept copy's. */
     private record Widened(Object of) {
     }
@@ -168,6 +172,22 @@ final class DeviceModel {
     /** Compute copies of the experts' weights widened into f32 copies so far (tests). */
     long widened() {
         return widened;
+    }
+
+    /**
+     * Backend.groupedGemmSplitB as the CUDA backend runs it (the interface's default: one {@link #groupedGemm} a block
+     * of B). With transB both read {@code a} whole (the routed rows: cast once, the copy kept for the second);
+     * without, {@code a} is A's first column block [rows, split] and the second reads the other one
+     * ({@link #secondBlock}), a copy of its own where A is not an image.
+     */
+    void groupedGemmSplitB(int groups, boolean transB, Operand a, Operand b1, Operand b2) {
+        groupedGemm(groups, a, b1);
+        groupedGemm(groups, transB ? a : secondBlock(a), b2);
+    }
+
+    /** The other column block of the same size of the [rows, 2 * cols] operand whose first block is {@code first}. */
+    static Operand secondBlock(Operand first) {
+        return new Operand(new SecondBlock(first.key()), first.elements(), first.image(), first.widen());
     }
 
     /** Any other backend call but the next drops the kept copies. */

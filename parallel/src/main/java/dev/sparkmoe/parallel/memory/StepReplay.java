@@ -198,9 +198,10 @@ final class StepReplay {
         Buf rowOfSlot;   // LocalTokenDispatcher: the inverse of slotOfRow
         Buf localOfRecv;
         Buf routed;      // kept only where the dispatcher cannot regather (all-to-all)
+        Buf gateUp;      // the experts' gate and up projections, [rows, 2I]
+        // dense MLP
         Buf gate;
         Buf up;
-        // dense MLP
         Buf act;
     }
 
@@ -474,14 +475,12 @@ final class StepReplay {
         return routed;
     }
 
-    /** Experts.gateAndUp: c.gate and c.up [rows, I] from the routed rows. */
+    /** Experts.gateAndUp: c.gateUp [rows, 2I] from the routed rows, one grouped GEMM on both weights. */
     private void gateAndUp(Layer l, Cache c, Buf routed, long rows, boolean routedImage) {
         int inter = inter(l);
-        int local = units.localExperts;
-        c.gate = f32(Category.MOE, rows * inter, "gate projections");
-        c.up = f32(Category.MOE, rows * inter, "up projections");
-        dev.groupedGemm(local, new Operand(routed, rows * h, routedImage), weight(l.gate));
-        dev.groupedGemm(local, new Operand(routed, rows * h, routedImage), weight(l.up));
+        c.gateUp = f32(Category.MOE, rows * 2 * inter, "gate and up projections");
+        dev.groupedGemmSplitB(units.localExperts, true, new Operand(routed, rows * h, routedImage), weight(l.gate),
+                weight(l.up));
     }
 
     private int inter(Layer l) {
@@ -574,7 +573,7 @@ final class StepReplay {
             if (mode == ActivationCheckpointing.FULL) {
                 mem.free(c.probs, c.topIdx, c.topVal, c.weights, c.slots);
             }
-            mem.free(c.gate, c.up);
+            mem.free(c.gateUp);
             if (mode == ActivationCheckpointing.FULL) {
                 mem.free(c.routed, c.slotOfRow, c.rowOfSlot, c.localOfRecv);
                 c.routed = c.slotOfRow = c.rowOfSlot = c.localOfRecv = null;
@@ -708,8 +707,7 @@ final class StepReplay {
         boolean images = dev.operandsAreImages();
         boolean dOutImage = r.ep() == 1 && images;
         Buf dAct = f32(Category.TEMPORARIES, rows * inter, "silu(gate) * up gradient");
-        Buf dGate = dev.operand(Category.TEMPORARIES, rows * inter, "gate gradient");
-        Buf dUp = dev.operand(Category.TEMPORARIES, rows * inter, "up gradient");
+        Buf dGateUp = dev.operand(Category.TEMPORARIES, rows * 2 * inter, "gate and up gradients");
         Buf dRouted = f32(Category.TEMPORARIES, rows * h, "routed rows gradient");
         Buf act = dev.operand(Category.TEMPORARIES, rows * inter, "silu(gate) * up");
         dev.groupedGemm(local, new Operand(dOut, rows * h, dOutImage), weight(l.down));
@@ -717,17 +715,18 @@ final class StepReplay {
         dev.groupedGemm(local, new Operand(dOut, rows * h, dOutImage), new Operand(act, rows * inter, images));
         mem.free(dOut, act);
         dev.dropCasts();
-        mem.free(dAct, c.gate, c.up);
+        mem.free(dAct, c.gateUp);
         Buf routed = r.ep() == 1 ? dev.operand(Category.TEMPORARIES, rows * h, "routed rows (regathered)")
                 : c.routed;
         boolean routedImage = r.ep() == 1 && images;
-        dev.groupedGemm(local, new Operand(dGate, rows * inter, images), weight(l.gate));
+        // dRouted from both blocks at once; then each weight's gradient from its column block of dGateUp
+        Operand dGate = new Operand(dGateUp, rows * inter, images);
+        dev.groupedGemmSplitB(local, false, dGate, weight(l.gate), weight(l.up));
         fsdp.grad(l.gate);
-        dev.groupedGemm(local, new Operand(dGate, rows * inter, images), new Operand(routed, rows * h, routedImage));
+        dev.groupedGemm(local, dGate, new Operand(routed, rows * h, routedImage));
         fsdp.grad(l.up);
-        dev.groupedGemm(local, new Operand(dUp, rows * inter, images), new Operand(routed, rows * h, routedImage));
-        dev.groupedGemm(local, new Operand(dUp, rows * inter, images), weight(l.up));
-        mem.free(dGate, dUp, routed);
+        dev.groupedGemm(local, DeviceModel.secondBlock(dGate), new Operand(routed, rows * h, routedImage));
+        mem.free(dGateUp, routed);
         dev.dropCasts();
         if (r.ep() != 1) { // LocalTokenDispatcher sums each token's rows where they are
             Buf back = f32(Category.TEMPORARIES, rows * h, "all-to-all send buffer");
