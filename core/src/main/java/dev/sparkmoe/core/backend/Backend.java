@@ -145,20 +145,12 @@ public interface Backend {
     default void groupedGemmSplitB(boolean transB, int groups, int[] m, int[] n, int[] k, float alpha, Tensor a,
                                    int[] aOff, int lda, Tensor b, int[] bOff, Tensor b2, int[] b2Off, int ldb,
                                    int split, float beta, Tensor c, int[] cOff, int ldc) {
-        if (split < 0) {
-            throw new IllegalArgumentException("groupedGemmSplitB: split " + split + " is negative: pass the number of "
-                    + "B's stored rows in the first block (0 to every group's " + (transB ? "n" : "k") + ")");
-        }
+        checkSplitB(transB, groups, m, n, k, split);
         int[] first = new int[groups];
         int[] rest = new int[groups];
         int[] off2 = new int[groups];
         for (int g = 0; g < groups; g++) {
             int along = transB ? n[g] : k[g];
-            if (m[g] > 0 && along < split) {
-                throw new IllegalArgumentException("groupedGemmSplitB: group " + g + " has " + (transB ? "n" : "k")
-                        + " = " + along + ", fewer than the split " + split + " (B's first block alone is larger): "
-                        + "pass the split of the stacked weights, at most every group's " + (transB ? "n" : "k"));
-            }
             first[g] = split;
             rest[g] = Math.max(0, along - split); // a group with m == 0 may end before the split
             off2[g] = transB ? cOff[g] + split : aOff[g] + split;
@@ -169,6 +161,26 @@ public interface Backend {
         } else { // A's first split columns times B1, then the rest times B2 added
             groupedGemm(false, false, groups, m, n, first, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
             groupedGemm(false, false, groups, m, n, rest, alpha, a, off2, lda, b2, b2Off, ldb, 1f, c, cOff, ldc);
+        }
+    }
+
+    /**
+     * The split rules of {@link #groupedGemmSplitB}: a split of 0 or more that every group with rows (m > 0) reaches
+     * along B's stored rows (n with transB, else k); an error naming the group and the fix otherwise.
+     */
+    static void checkSplitB(boolean transB, int groups, int[] m, int[] n, int[] k, int split) {
+        String along = transB ? "n" : "k";
+        if (split < 0) {
+            throw new IllegalArgumentException("groupedGemmSplitB: split " + split + " is negative: pass the number of "
+                    + "B's stored rows in the first block (0 to every group's " + along + ")");
+        }
+        for (int g = 0; g < groups; g++) {
+            int rows = transB ? n[g] : k[g];
+            if (m[g] > 0 && rows < split) {
+                throw new IllegalArgumentException("groupedGemmSplitB: group " + g + " has " + along + " = " + rows
+                        + ", fewer than the split " + split + " (B's first block alone is larger): pass the split of "
+                        + "the stacked weights, at most every group's " + along);
+            }
         }
     }
 

@@ -303,15 +303,11 @@ final class GroupedGemm {
                     + split + ", B " + b.dtype() + " and " + b2.dtype() + ", mode " + effectiveMode() + ", kernel "
                     + effectiveKernel() + "): ask fusesSplitB first and run two groupedGemm calls otherwise");
         }
+        dev.sparkmoe.core.backend.Backend.checkSplitB(transB, groups, m, n, k, split);
         int[] active = new int[groups];
         int count = 0;
         for (int g = 0; g < groups; g++) {
             int along = transB ? n[g] : k[g];
-            if (m[g] > 0 && along < split) {
-                throw new IllegalArgumentException("groupedGemmSplitB: group " + g + " has " + (transB ? "n" : "k")
-                        + " = " + along + ", fewer than the split " + split + " (B's first block alone is larger): "
-                        + "pass the split of the stacked weights, at most every group's " + (transB ? "n" : "k"));
-            }
             if (m[g] == 0 || n[g] == 0) {
                 continue;
             }
