@@ -13,14 +13,18 @@
 
 // ------------------------------------------------------------------ AdamW (scalars prepared on the host as CpuBackend)
 
-// One element of torch.optim.AdamW as CpuBackend.adamw; sqrtf is correctly rounded, as (float) Math.sqrt(float).
+// One element of torch.optim.AdamW as CpuBackend.adamw computes it, operation for operation: every product, sum and
+// quotient rounded on its own (the _rn intrinsics, which the compiler never contracts into an fma, as Java never
+// does), so that every form of the step (f32 or bf16 gradient, with or without the compute copy, scalar or float4)
+// gives the CPU's bits whatever the compiler fuses elsewhere; sqrt.rn is correctly rounded, as (float) Math.sqrt.
 __device__ __forceinline__ float adamw_one(float p, float g, float& mi, float& vi, float decay, int doDecay, float w1,
                                            float beta2, float w2, float stepSize, float bc2Sqrt, float eps) {
-    p = doDecay ? p * decay : p;
-    mi = w1 < 0.5f ? mi + w1 * (g - mi) : g - (g - mi) * (1.f - w1);
-    vi = vi * beta2 + w2 * g * g;
-    float denom = sqrtf(vi) / bc2Sqrt + eps;
-    return p + (-stepSize) * (mi / denom);
+    p = doDecay ? __fmul_rn(p, decay) : p;
+    mi = w1 < 0.5f ? __fadd_rn(mi, __fmul_rn(w1, __fsub_rn(g, mi)))
+                   : __fsub_rn(g, __fmul_rn(__fsub_rn(g, mi), __fsub_rn(1.f, w1)));
+    vi = __fadd_rn(__fmul_rn(vi, beta2), __fmul_rn(__fmul_rn(w2, g), g));
+    float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2Sqrt), eps);
+    return __fadd_rn(p, __fmul_rn(-stepSize, __fdiv_rn(mi, denom)));
 }
 
 // The f32 body, with the compute copy (OUT = unsigned short: bf16) or without it (OUT = void: nothing more written).
@@ -46,7 +50,7 @@ __device__ __forceinline__ void adamw_element(float* param, const G* grad, float
     float g = ld1(grad, i);
     sq += (double)g * g;
     float mi = m[i], vi = v[i];
-    float p = adamw_one(param[i], g * gradScale, mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
+    float p = adamw_one(param[i], __fmul_rn(g, gradScale), mi, vi, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
     param[i] = p;
     m[i] = mi;
     v[i] = vi;
@@ -80,10 +84,10 @@ __device__ __forceinline__ void adamw_body4(float* __restrict__ param, const G* 
         sq += (double)g.y * g.y;
         sq += (double)g.z * g.z;
         sq += (double)g.w * g.w;
-        g.x *= gradScale;
-        g.y *= gradScale;
-        g.z *= gradScale;
-        g.w *= gradScale;
+        g.x = __fmul_rn(g.x, gradScale);
+        g.y = __fmul_rn(g.y, gradScale);
+        g.z = __fmul_rn(g.z, gradScale);
+        g.w = __fmul_rn(g.w, gradScale);
         p.x = adamw_one(p.x, g.x, mi.x, vi.x, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
         p.y = adamw_one(p.y, g.y, mi.y, vi.y, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);
         p.z = adamw_one(p.z, g.z, mi.z, vi.z, decay, doDecay, w1, beta2, w2, stepSize, bc2Sqrt, eps);

@@ -82,7 +82,7 @@ class SiluMulKernelsTest {
                 Tensor co = Tensor.zeros(DType.F32, n);
                 cpu.siluMulForward(cg, b.gateOff, cu, b.upOff, b.rows, b.cols, b.ld, co);
                 Tensor cdg = Tensor.zeros(DType.F32, N), cdu = b.fused ? cdg : Tensor.zeros(DType.F32, N);
-                Tensor cd = host(d, n);
+                Tensor cd = host(java.util.Arrays.copyOf(d, n), n);
                 cpu.siluMulBackward(cd, cg, b.gateOff, cu, b.upOff, b.rows, b.cols, b.ld, cdg, cdu);
 
                 Tensor gg = gpu.upload(host(g, N)), gu = b.fused ? gg : gpu.upload(host(u, N));
@@ -90,7 +90,7 @@ class SiluMulKernelsTest {
                 gpu.siluMulForward(gg, b.gateOff, gu, b.upOff, b.rows, b.cols, b.ld, go);
                 assertClose(co.floats(), down(gpu, go), 1e-6, "forward, " + b.what);
                 Tensor gdg = gpu.zeros(DType.F32, N), gdu = b.fused ? gdg : gpu.zeros(DType.F32, N);
-                Tensor gd = gpu.upload(host(d, n));
+                Tensor gd = gpu.upload(host(java.util.Arrays.copyOf(d, n), n));
                 gpu.siluMulBackward(gd, gg, b.gateOff, gu, b.upOff, b.rows, b.cols, b.ld, gdg, gdu);
                 // whole tensors: nothing written outside the blocks
                 assertClose(cdg.floats(), down(gpu, gdg), 1e-6, "dGate, " + b.what);
@@ -123,7 +123,7 @@ class SiluMulKernelsTest {
             for (Blocks b : CASES) {
                 int n = b.rows * b.cols;
                 Tensor gg = gpu.upload(host(g, N)), gu = b.fused ? gg : gpu.upload(host(u, N));
-                Tensor gd = gpu.upload(host(d, n));
+                Tensor gd = gpu.upload(host(java.util.Arrays.copyOf(d, n), n));
                 Tensor o32 = gpu.empty(DType.F32, n);
                 gpu.siluMulForward(gg, b.gateOff, gu, b.upOff, b.rows, b.cols, b.ld, o32);
                 Tensor dg32 = gpu.zeros(DType.F32, N), du32 = b.fused ? dg32 : gpu.zeros(DType.F32, N);
