@@ -177,10 +177,9 @@ final class DeviceModel {
     /**
      * Backend.groupedGemmSplitB as one {@link #groupedGemm} a block of B (the interface's default). The CUDA backend's
      * fused launch (sm90, both blocks bf16 compute copies read in place) takes A as {@link #groupedGemm} does, so
-     * where A is an image (the experts at ep 1) both ways hold the same memory; on C1 and C2 the planned peaks equal
-     * the measured ones with the fused launch. With transB both read {@code a} whole (the routed rows: cast once, the
-     * copy kept for the second); without, {@code a} is A's first column block [rows, split] and the second reads the
-     * other one ({@link #secondBlock}), a copy of its own where A is not an image.
+     * where A is an image (the experts at ep 1) both ways hold the same memory. With transB both read {@code a} whole
+     * (the routed rows: cast once, the copy kept for the second); without, {@code a} is A's first column block [rows,
+     * split] and the second reads the other one ({@link #secondBlock}), a copy of its own where A is not an image.
      */
     void groupedGemmSplitB(int groups, boolean transB, Operand a, Operand b1, Operand b2) {
         groupedGemm(groups, a, b1);
