@@ -109,8 +109,21 @@ public final class ShardLayout {
         }
     }
 
-    /** Collective over {@code group}: every rank's shard to the full tensor on every rank. */
+    /**
+     * Collective over {@code group}: every rank's shard to the full tensor on every rank, in F32 (the wire and the full
+     * tensor are f32, as every gathered weight travels: a narrower shard, a bf16 compute copy or gradient, is widened
+     * first, exactly).
+     */
     public Tensor allGather(Backend be, Communicator group, Tensor shard) {
+        if (shard.dtype() != DType.F32) {
+            Tensor wide = be.empty(DType.F32, shard.shape());
+            be.convert(shard, wide);
+            try {
+                return allGather(be, group, wide);
+            } finally {
+                be.release(wide);
+            }
+        }
         Tensor full = be.empty(DType.F32, fullShape);
         int piece = outer * chunk * inner;
         if (contiguousEven()) {

@@ -164,16 +164,8 @@ public final class VocabParallelCrossEntropy implements LmHeadLoss {
     private Result gathered(Backend be, Tensor hidden, Tensor targets, int n, Tensor weight, float gradScale,
                             boolean withGrad, boolean retainLogits, int requestedRows) {
         // The head's rows travel in f32, as every gathered weight: a bf16 compute copy (FsdpParam) is widened first,
-        // exactly, so the gathered head holds the values the copy holds.
-        Tensor wide = weight;
-        if (weight.dtype() != DType.F32) {
-            wide = be.empty(DType.F32, weight.shape());
-            be.convert(weight, wide);
-        }
-        Tensor full = layout.allGather(be, group, wide);
-        if (wide != weight) {
-            be.release(wide);
-        }
+        // exactly (ShardLayout.allGather), so the gathered head holds the values the copy holds.
+        Tensor full = layout.allGather(be, group, weight);
         Result local = LmHeadLoss.LOCAL.run(be, hidden, targets, n, full, gradScale, withGrad, retainLogits,
                 requestedRows);
         be.release(full);

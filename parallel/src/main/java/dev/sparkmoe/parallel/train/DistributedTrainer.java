@@ -11,7 +11,6 @@ import dev.sparkmoe.core.model.WeightInit;
 import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.optim.AdamW;
 import dev.sparkmoe.core.optim.LrSchedule;
-import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Region;
 import dev.sparkmoe.core.tensor.Tensor;
 import dev.sparkmoe.core.tensor.TensorSpec;
@@ -532,19 +531,11 @@ public final class DistributedTrainer implements RankTrainer {
 
     /**
      * Collective. The full value of one sharded tensor (a weight, an optimizer moment, a gradient), on every rank, in
-     * F32 (a bf16 gradient is widened first: exact).
+     * F32 ({@link ShardLayout#allGather} widens a bf16 gradient first: exact).
      */
     public Tensor gatherFull(FsdpParam p, Tensor shardOfP) {
         Backend be = model.backend();
-        Tensor wide = shardOfP;
-        if (shardOfP.dtype() != DType.F32) {
-            wide = be.empty(DType.F32, shardOfP.shape());
-            be.convert(shardOfP, wide);
-        }
-        Tensor local = p.layout().allGather(be, p.group(), wide);
-        if (wide != shardOfP && local != wide) {
-            be.release(wide);
-        }
+        Tensor local = p.layout().allGather(be, p.group(), shardOfP);
         Parameter param = p.parameter();
         if (isExpertParam(param) && dims.epEnabled() && model.moeLayerCount() > 0) {
             Communicator ep = mesh.get(DeviceMesh.EP).communicator();
