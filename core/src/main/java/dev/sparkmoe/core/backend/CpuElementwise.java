@@ -44,10 +44,7 @@ final class CpuElementwise {
         return (float) (1.0 / (1.0 + Math.exp(-x)));
     }
 
-    /**
-     * {@link Backend#siluMulForward}: element i of out is (r, c) = (i / cols, i % cols) of the gate and up blocks;
-     * chunks of out run in parallel, each walking its rows' strided elements.
-     */
+    /** {@link Backend#siluMulForward}: rows in parallel, each row's gate and up read at its offset in the blocks. */
     static void siluMulForward(Tensor gate, int gateOff, Tensor up, int upOff, int rows, int cols, int ld,
                                Tensor out) {
         SiluMulBlocks.checkForward(gate, gateOff, up, upOff, rows, cols, ld, out);
@@ -57,27 +54,20 @@ final class CpuElementwise {
         float[] gf = gate.floats();
         float[] uf = up.floats();
         float[] of = out.floats();
-        int skip = ld - cols; // from a row's end to the next row's start
-        Par.range(rows * cols, 20, (from, to) -> {
-            int r = from / cols;
-            int c = from - r * cols;
-            int gi = gateOff + r * ld + c;
-            int ui = upOff + r * ld + c;
-            for (int i = from; i < to; i++) {
-                float g = gf[gi];
-                of[i] = g * sigmoid(g) * uf[ui];
-                gi++;
-                ui++;
-                if (++c == cols) {
-                    c = 0;
-                    gi += skip;
-                    ui += skip;
+        Par.range(rows, 20L * cols, (from, to) -> {
+            for (int r = from; r < to; r++) {
+                int g0 = gateOff + r * ld;
+                int u0 = upOff + r * ld;
+                int o0 = r * cols;
+                for (int c = 0; c < cols; c++) {
+                    float g = gf[g0 + c];
+                    of[o0 + c] = g * sigmoid(g) * uf[u0 + c];
                 }
             }
         });
     }
 
-    /** {@link Backend#siluMulBackward}, walking the blocks as {@link #siluMulForward} does. */
+    /** {@link Backend#siluMulBackward}, row by row as {@link #siluMulForward}. */
     static void siluMulBackward(Tensor dOut, Tensor gate, int gateOff, Tensor up, int upOff, int rows, int cols,
                                 int ld, Tensor dGate, Tensor dUp) {
         SiluMulBlocks.checkBackward(dOut, gate, gateOff, up, upOff, rows, cols, ld, dGate, dUp);
@@ -89,24 +79,17 @@ final class CpuElementwise {
         float[] uf = up.floats();
         float[] dgf = dGate.floats();
         float[] duf = dUp.floats();
-        int skip = ld - cols;
-        Par.range(rows * cols, 25, (from, to) -> {
-            int r = from / cols;
-            int c = from - r * cols;
-            int gi = gateOff + r * ld + c;
-            int ui = upOff + r * ld + c;
-            for (int i = from; i < to; i++) {
-                float g = gf[gi];
-                float s = sigmoid(g);
-                float silu = g * s;
-                duf[ui] = df[i] * silu;
-                dgf[gi] = df[i] * uf[ui] * (s * (1f + g * (1f - s)));
-                gi++;
-                ui++;
-                if (++c == cols) {
-                    c = 0;
-                    gi += skip;
-                    ui += skip;
+        Par.range(rows, 25L * cols, (from, to) -> {
+            for (int r = from; r < to; r++) {
+                int g0 = gateOff + r * ld;
+                int u0 = upOff + r * ld;
+                int d0 = r * cols;
+                for (int c = 0; c < cols; c++) {
+                    float g = gf[g0 + c];
+                    float s = sigmoid(g);
+                    float silu = g * s;
+                    duf[u0 + c] = df[d0 + c] * silu;
+                    dgf[g0 + c] = df[d0 + c] * uf[u0 + c] * (s * (1f + g * (1f - s)));
                 }
             }
         });
