@@ -226,43 +226,25 @@ struct GbSteps {
     }
 };
 
-__device__ __forceinline__ void gb_store_pair(float* crow, int col, int N, float v0, float v1, float alpha,
-                                              float beta, bool vecC) {
+// alpha * v + beta * C into the pair C[row, col], C[row, col + 1] below N (crow = C_g + row * ldc, CT float or
+// __nv_bfloat16): C read widened where beta != 0, the result stored in C's dtype (a bf16 C rounded to nearest even
+// once); one pair load and store where vecC (C_g aligned to the pair: 8 bytes of f32, 4 of bf16; ldc even), scalar at
+// the last odd column.
+template <typename CT>
+__device__ __forceinline__ void gb_store_pair(CT* crow, int col, int N, float v0, float v1, float alpha, float beta,
+                                              bool vecC) {
     v0 *= alpha;
     v1 *= alpha;
     if (vecC && col + 1 < N) {
-        float2* q = reinterpret_cast<float2*>(crow + col);
         if (beta != 0.f) {
-            const float2 o = *q;
+            const float2 o = gg_ld2(crow + col);
             v0 = fmaf(beta, o.x, v0);
             v1 = fmaf(beta, o.y, v1);
         }
-        *q = make_float2(v0, v1);
+        gg_st2(crow + col, v0, v1);
     } else {
-        if (col < N) crow[col] = beta != 0.f ? fmaf(beta, crow[col], v0) : v0;
-        if (col + 1 < N) crow[col + 1] = beta != 0.f ? fmaf(beta, crow[col + 1], v1) : v1;
-    }
-}
-
-// The bf16 C form: the pair widened from bf16 where beta != 0 (one bf16x2 load where vecC: C_g 4-byte aligned, ldc
-// even), the f32 store's arithmetic, rounded to nearest even once (one bf16x2 store; scalar at the last odd column).
-__device__ __forceinline__ void gb_store_pair(__nv_bfloat16* crow, int col, int N, float v0, float v1, float alpha,
-                                              float beta, bool vecC) {
-    v0 *= alpha;
-    v1 *= alpha;
-    if (vecC && col + 1 < N) {
-        __nv_bfloat162* q = reinterpret_cast<__nv_bfloat162*>(crow + col);
-        if (beta != 0.f) {
-            const float2 o = __bfloat1622float2(*q);
-            v0 = fmaf(beta, o.x, v0);
-            v1 = fmaf(beta, o.y, v1);
-        }
-        *q = __floats2bfloat162_rn(v0, v1);
-    } else {
-        if (col < N) crow[col] = __float2bfloat16_rn(beta != 0.f ? fmaf(beta, __bfloat162float(crow[col]), v0) : v0);
-        if (col + 1 < N) {
-            crow[col + 1] = __float2bfloat16_rn(beta != 0.f ? fmaf(beta, __bfloat162float(crow[col + 1]), v1) : v1);
-        }
+        if (col < N) gg_st1(crow + col, beta != 0.f ? fmaf(beta, gg_ld1(crow + col), v0) : v0);
+        if (col + 1 < N) gg_st1(crow + col + 1, beta != 0.f ? fmaf(beta, gg_ld1(crow + col + 1), v1) : v1);
     }
 }
 

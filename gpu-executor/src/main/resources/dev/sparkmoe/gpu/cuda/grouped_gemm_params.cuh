@@ -1,5 +1,6 @@
 // The parameter of the grouped GEMM kernels (grouped_gemm_bf16.cu: mma.sync, sm_80+; grouped_gemm_sm90.cu: wgmma,
-// sm_90a) and the cp.async wrappers both fill their shared-memory stages with, included by both. KernelLibrary hands it to NVRTC as an in-memory header; GroupedGemm fills it (one code
+// sm_90a), the cp.async wrappers both fill their shared-memory stages with and the C element loads and stores of
+// both epilogues, included by both. KernelLibrary hands it to NVRTC as an in-memory header; GroupedGemm fills it (one code
 // path for both kernels) and mirrors its byte layout.
 #ifndef SPARKMOE_GROUPED_GEMM_PARAMS_CUH
 #define SPARKMOE_GROUPED_GEMM_PARAMS_CUH
@@ -60,5 +61,23 @@ __device__ __forceinline__ void gg_cp_commit() { asm volatile("cp.async.commit_g
 
 template <int N>
 __device__ __forceinline__ void gg_cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// C's elements in either dtype (both kernels' epilogues; the files include cuda_bf16.h before this header): a pair at
+// p (8 bytes of f32 or 4 of bf16, aligned so), one element, read widened to f32 or written from f32 (rounded to
+// nearest even once for bf16).
+__device__ __forceinline__ float2 gg_ld2(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ float2 gg_ld2(const __nv_bfloat16* p) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+__device__ __forceinline__ void gg_st2(float* p, float v0, float v1) {
+    *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
+}
+__device__ __forceinline__ void gg_st2(__nv_bfloat16* p, float v0, float v1) {
+    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(v0, v1);
+}
+__device__ __forceinline__ float gg_ld1(const float* p) { return *p; }
+__device__ __forceinline__ float gg_ld1(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void gg_st1(float* p, float v) { *p = v; }
+__device__ __forceinline__ void gg_st1(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 #endif  // SPARKMOE_GROUPED_GEMM_PARAMS_CUH

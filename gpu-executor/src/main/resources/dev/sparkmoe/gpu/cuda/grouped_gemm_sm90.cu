@@ -202,24 +202,28 @@ __device__ __forceinline__ void gs_wgmma(float (&d)[GS_ACC], unsigned long long 
 
 // ---------------------------------------------------------------- the epilogue's C pairs
 
-// C[row, col] and C[row, col + 1] (crow = C_g + row * ldc) where beta != 0 (else 0, C never read): float2 where vecC
-// (C_g 8-byte aligned, ldc even) and both columns are inside N, else scalar loads of the columns below N.
-__device__ __forceinline__ float2 gs_load_pair(const float* crow, int col, int N, float beta, bool vecC) {
+// C[row, col] and C[row, col + 1] (crow = C_g + row * ldc, CT float or __nv_bfloat16: widened) where beta != 0
+// (else 0, C never read): one pair load where vecC (C_g aligned to the pair: 8 bytes of f32, 4 of bf16; ldc even) and
+// both columns are inside N, else scalar loads of the columns below N.
+template <typename CT>
+__device__ __forceinline__ float2 gs_load_pair(const CT* crow, int col, int N, float beta, bool vecC) {
     float2 o = make_float2(0.f, 0.f);
     if (beta != 0.f) {
         if (vecC && col + 1 < N) {
-            o = *reinterpret_cast<const float2*>(crow + col);
+            o = gg_ld2(crow + col);
         } else {
-            if (col < N) o.x = crow[col];
-            if (col + 1 < N) o.y = crow[col + 1];
+            if (col < N) o.x = gg_ld1(crow + col);
+            if (col + 1 < N) o.y = gg_ld1(crow + col + 1);
         }
     }
     return o;
 }
 
-// alpha * v + beta * old into the pair's columns below N (gb_store_pair's arithmetic, with C loaded beforehand).
-__device__ __forceinline__ void gs_store_pair(float* crow, int col, int N, float v0, float v1, float alpha,
-                                              float beta, float2 old, bool vecC) {
+// alpha * v + beta * old into the pair's columns below N (gb_store_pair's arithmetic, with C loaded beforehand), in
+// f32, stored in C's dtype (a bf16 C rounded to nearest even once).
+template <typename CT>
+__device__ __forceinline__ void gs_store_pair(CT* crow, int col, int N, float v0, float v1, float alpha, float beta,
+                                              float2 old, bool vecC) {
     v0 *= alpha;
     v1 *= alpha;
     if (beta != 0.f) {
@@ -227,42 +231,10 @@ __device__ __forceinline__ void gs_store_pair(float* crow, int col, int N, float
         v1 = fmaf(beta, old.y, v1);
     }
     if (vecC && col + 1 < N) {
-        *reinterpret_cast<float2*>(crow + col) = make_float2(v0, v1);
+        gg_st2(crow + col, v0, v1);
     } else {
-        if (col < N) crow[col] = v0;
-        if (col + 1 < N) crow[col + 1] = v1;
-    }
-}
-
-// The bf16 C forms: the pair widened from bf16 (one 4-byte bf16x2 load where vecC: C_g 4-byte aligned, ldc even),
-// and the same f32 arithmetic as the f32 store, rounded to nearest even once into one bf16x2 store (scalar bf16 at
-// the last odd column or where not vecC).
-__device__ __forceinline__ float2 gs_load_pair(const __nv_bfloat16* crow, int col, int N, float beta, bool vecC) {
-    float2 o = make_float2(0.f, 0.f);
-    if (beta != 0.f) {
-        if (vecC && col + 1 < N) {
-            o = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(crow + col));
-        } else {
-            if (col < N) o.x = __bfloat162float(crow[col]);
-            if (col + 1 < N) o.y = __bfloat162float(crow[col + 1]);
-        }
-    }
-    return o;
-}
-
-__device__ __forceinline__ void gs_store_pair(__nv_bfloat16* crow, int col, int N, float v0, float v1, float alpha,
-                                              float beta, float2 old, bool vecC) {
-    v0 *= alpha;
-    v1 *= alpha;
-    if (beta != 0.f) {
-        v0 = fmaf(beta, old.x, v0);
-        v1 = fmaf(beta, old.y, v1);
-    }
-    if (vecC && col + 1 < N) {
-        *reinterpret_cast<__nv_bfloat162*>(crow + col) = __floats2bfloat162_rn(v0, v1);
-    } else {
-        if (col < N) crow[col] = __float2bfloat16_rn(v0);
-        if (col + 1 < N) crow[col + 1] = __float2bfloat16_rn(v1);
+        if (col < N) gg_st1(crow + col, v0);
+        if (col + 1 < N) gg_st1(crow + col + 1, v1);
     }
 }
 
