@@ -15,7 +15,7 @@ D=${D:-.device-carry/run}
 OUT=${OUT:-/tmp/out}
 MODE=${1:-all}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-mkdir -p /tmp/sm "$OUT" && tar xzf "$D/spark-moe-bundle.tgz" -C /tmp/sm || { echo "cannot unpack the bundle"; exit 1; }
+mkdir -p /tmp/sm "$OUT" && tar xf "$D/spark-moe-bundle.tgz" -C /tmp/sm || { echo "cannot unpack the bundle"; exit 1; }
 B=/tmp/sm/spark-moe
 NCCL=$(python3 -c 'import nvidia.nccl,os;print(os.path.dirname(nvidia.nccl.__file__)+"/lib")' 2>/dev/null)
 export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:$NCCL${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
