@@ -79,11 +79,12 @@ __device__ __forceinline__ void cross_entropy_body(const IN* logits, const int* 
     }
 }
 
-// One read of the row from DRAM: (vocab % 4 == 0, 16-byte aligned rows) each thread keeps a running max m and a
-// double sum of exp(x - m) over its float4s (rescaled when m grows); the block combines them as sum * exp(m - M).
-// The loss is the double log-sum-exp as above; the gradient pass re-reads the row (from L2) and takes
-// expf(x - M) * (1 / sum) in f32 (a few ulp from the double exp of cross_entropy_fwd_bwd).
-__device__ __forceinline__ void ce_acc(float v, float m, double& s) { s += exp((double)(v - m)); }
+// One read of the row from DRAM: (vocab % 4 == 0, 16-byte aligned rows) each thread keeps a running max m and an
+// f32 sum of expf(x - m) over its float4s (rescaled when m grows: a thread's few hundred terms, each at most 1); the
+// block combines them in double as sum * exp(m - M). A double exp an element made this pass bound by the FP64 units
+// rather than by the read (152k-wide rows). The loss is the double log of that sum, as above; the gradient pass
+// re-reads the row and takes expf(x - M) * (1 / sum) in f32 (a few ulp from the double exp of cross_entropy_fwd_bwd).
+__device__ __forceinline__ void ce_acc(float v, float m, float& s) { s += expf(v - m); }
 #define CE_U 4
 
 // dLogits may alias logits (no __restrict__ on either): each element is read by the thread that later writes it, and
@@ -109,7 +110,7 @@ __device__ __forceinline__ void cross_entropy_v4_body(const IN* logits, const in
     }
     float target = ldin(lr, t);
     float m = -INFINITY;
-    double s = 0.0;
+    float s = 0.f;
     // CE_U float4 loads in flight per thread, then their values in order
     for (int c0 = threadIdx.x; c0 < v4; c0 += CE_U * blockDim.x) {
         float4 b[CE_U];
@@ -124,7 +125,7 @@ __device__ __forceinline__ void cross_entropy_v4_body(const IN* logits, const in
             float4 a = b[u];
             float m4 = fmaxf(fmaxf(a.x, a.y), fmaxf(a.z, a.w));
             if (m4 > m) {
-                if (s != 0.0) s *= exp((double)m - (double)m4);
+                if (s != 0.f) s *= expf(m - m4);
                 m = m4;
             }
             if (m != -INFINITY) {  // else all values so far are -inf: they add exp(-inf) = 0 once the max is finite
@@ -133,7 +134,7 @@ __device__ __forceinline__ void cross_entropy_v4_body(const IN* logits, const in
         }
     }
     float mx = blockMax(m);
-    double part = s == 0.0 ? 0.0 : s * exp((double)m - (double)mx);
+    double part = s == 0.f ? 0.0 : (double)s * exp((double)m - (double)mx);
     double sum = blockSumD(part);
     if (mx == -INFINITY || mx != mx) sum = __longlong_as_double(0x7ff8000000000000LL);  // as exp(-inf - -inf): NaN
     double logSum = log(sum);
