@@ -38,12 +38,12 @@ public interface Backend {
     }
 
     /**
-     * A new F32 tensor, contents unspecified as {@link #empty}, whose values the caller reads only as operands of
-     * {@link #groupedGemm} (the expert GEMMs' inputs: routed rows, activations and their gradients). A backend whose
-     * grouped GEMM rounds its operands to bf16 anyway may hold such a tensor as bf16 (the CUDA backend at bf16
-     * precision): an op that writes it then rounds each value to bf16 (nearest even), so the GEMM reads it as it is
-     * instead of casting it at every call, and any other read sees the rounded values. The default is
-     * {@link #empty}, exact f32.
+     * A new tensor, contents unspecified as {@link #empty}, whose values the caller reads only as operands of
+     * {@link #groupedGemm} (the expert GEMMs' inputs: routed rows, activations and their gradients): F32, or BF16 on a
+     * backend whose grouped GEMM reads bf16 operands (the CUDA backend at bf16 precision), 2 bytes an element. The ops
+     * that write such a tensor ({@link #gatherRows}, {@link #siluMulForward}, {@link #siluMulBackward},
+     * {@link #moeCombineBackward}'s dRows) then round each value to bf16 (nearest even), and the grouped GEMM reads it
+     * as it is instead of rounding it at every call. The default is {@link #empty} in F32, exact.
      */
     default Tensor emptyGemmOperand(int... shape) {
         return empty(DType.F32, shape);
@@ -247,7 +247,7 @@ public interface Backend {
      * dGate and dUp of {@link #siluMulForward} given dOut (contiguous [rows, cols]): dGate's element (r, c) is written
      * at {@code gateOff + r * ld + c} of {@code dGate}, dUp's at {@code upOff + r * ld + c} of {@code dUp}, the gate
      * and up blocks read as in the forward. dGate and dUp may be one tensor (one [rows, 2I] GEMM operand,
-     * {@link #emptyGemmOperand}) whose blocks do not overlap.
+     * {@link #emptyGemmOperand}, so F32 or BF16 as {@link #siluMulForward}'s out) whose blocks do not overlap.
      */
     void siluMulBackward(Tensor dOut, Tensor gate, int gateOff, Tensor up, int upOff, int rows, int cols, int ld,
                          Tensor dGate, Tensor dUp);
@@ -330,7 +330,10 @@ public interface Backend {
         return slotOfRow;
     }
 
-    /** dst[j] = src[index[j] / divisor] for j in [0, n), rows of {@code width}. */
+    /**
+     * dst[j] = src[index[j] / divisor] for j in [0, n), rows of {@code width}. {@code dst} is F32, or BF16 where it is
+     * a GEMM operand of a backend that makes them so ({@link #emptyGemmOperand}: each value rounded as written).
+     */
     void gatherRows(Tensor src, Tensor index, int n, int width, int divisor, Tensor dst);
 
     /** dst[index[j]] = src[j] for j in [0, n), rows of {@code width}. */

@@ -1,21 +1,19 @@
 package dev.sparkmoe.gpu.cuda;
 
-import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
-import org.bytedeco.cuda.global.cudart;
 
 import java.util.ArrayList;
 import java.util.List;
 
 /**
- * The registry of bf16 images: bf16 values that stand for f32 elements of a tensor not written yet. The bf16 wire's
- * all-gathers leave their results so ({@link #adopt}): FSDP's bf16 param dtype computes from bf16 values anyway, so
- * the grouped GEMM reads an image in place of rounding the f32 weights into a copy at every call, and the widening
- * pass back to f32 runs only if something reads the f32 values: {@link DeviceBuffer#address()}, which every f32
- * access goes through, widens the images into place first ({@link #materialize}). The experts' GEMM operands are made
- * as images from the start ({@link #newOperand}) and written in bf16 by the kernels that make them
- * ({@link #target}). A tensor wholly held by images gives its f32 block back until they are widened. Called under
- * the backend's lock.
+ * The registry of bf16 images: bf16 values that stand for f32 elements of a tensor not written yet. What remains of
+ * them is the multi-GPU bf16 wire: its all-gathers ({@code Bf16WireGather}) leave the gathered f32 parameters so
+ * ({@link #adopt}): FSDP's bf16 param dtype computes from bf16 values anyway, so the grouped GEMM reads an image in
+ * place of rounding the f32 weights into a copy at every call, and the widening pass back to f32 runs only if
+ * something reads the f32 values: {@link DeviceBuffer#address()}, which every f32 access goes through, widens the
+ * images into place first ({@link #materialize}). A tensor wholly held by images gives its f32 block back until they
+ * are widened. (The experts' activations are real BF16 tensors instead, {@link CudaBackend#emptyGemmOperand}.)
+ * Called under the backend's lock.
  */
 final class Bf16Images {
     private final CudaDevice device;
@@ -24,8 +22,6 @@ final class Bf16Images {
     private long imagesAdopted; // images taken so far (tests)
     private long imagesWidened; // images written out to f32 so far (tests)
     private long imageOperands; // grouped GEMM operands read from an image (tests)
-    private long gemmOperands; // tensors made by newOperand as bf16 images (tests)
-    private long bf16Writes; // ops that wrote such a tensor in bf16 (tests)
 
     /**
      * A bf16 image: {@code count} bf16 values at device address {@code address} (inside {@code scratch}) that stand
@@ -192,57 +188,13 @@ final class Bf16Images {
         }
     }
 
-    /**
-     * A tensor of {@code n > 0} f32 elements held as one bf16 image from the start: no f32 block behind it, 2 bytes an
-     * element (poisoned to bf16 NaN under {@link Transfers#POISON}).
-     */
-    Tensor newOperand(long n, int... shape) {
-        // the tensor first, then its scratch: a scope closing frees the tensor (and with it the scratch) first
-        DeviceBuffer t = memory.unbacked(4 * n);
-        DeviceBuffer scratch = memory.allocate((2 * n + 15) & ~15L);
-        if (Transfers.POISON) { // 0xffff: a bf16 NaN
-            Cuda.check(cudart.cudaMemsetAsync(CudaMemory.ptr(scratch, 0), 0xff, scratch.bytes(), device.stream()),
-                    "cudaMemsetAsync(" + scratch + ")");
-        }
-        Image img = new Image(t, 0, n, scratch, scratch.rawAddress());
-        t.images = new ArrayList<>(List.of(img));
-        scratch.imagesIn = new ArrayList<>(List.of(img));
-        gemmOperands++;
-        return Tensor.onDevice(DType.F32, t, shape);
-    }
-
-    /**
-     * Where an op may write elements [off, off + n) of {@code t} as bf16: the address of element off's bf16 value when
-     * {@code t} is held wholly by one image ({@link #newOperand}) that covers them, else 0 (write f32 through
-     * {@link CudaMemory#addr}, which widens any image first). Does not widen anything.
-     */
-    long target(Tensor t, long off, long n) {
-        DeviceBuffer b = memory.buf(t, "output");
-        if (b.backed || b.images == null || b.images.size() != 1) {
-            return 0;
-        }
-        Image img = b.images.get(0);
-        if (off < img.element() || off + n > img.element() + img.count()) {
-            return 0;
-        }
-        return img.address() + 2 * (off - img.element());
-    }
-
-    /** An op wrote a {@link #newOperand} tensor in bf16 (tests count them). */
-    void countWrite() {
-        bf16Writes++;
-    }
-
     /** The grouped GEMM read an operand from an image (tests count them). */
     void countOperandRead() {
         imageOperands++;
     }
 
-    /**
-     * Images adopted, images widened, grouped GEMM operands read from images, tensors made as bf16 images by
-     * {@link #newOperand}, ops that wrote bf16 into them, so far (tests).
-     */
+    /** Images adopted, images widened, grouped GEMM operands read from images, so far (tests). */
     long[] counts() {
-        return new long[] {imagesAdopted, imagesWidened, imageOperands, gemmOperands, bf16Writes};
+        return new long[] {imagesAdopted, imagesWidened, imageOperands};
     }
 }

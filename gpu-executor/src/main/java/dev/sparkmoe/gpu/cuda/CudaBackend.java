@@ -25,8 +25,8 @@ import java.util.logging.Logger;
  *   <li>{@link Attention} (mode choice, the batched-GEMM path) and {@link FlashAttention};</li>
  *   <li>{@link Elementwise}, {@link NormAndRope}, {@link EmbeddingAndLoss}: the other layers' kernels;
  *       {@link MoeRouting}: routing, grouping by expert, gathers, scatters and the combine; {@link AdamWKernel};</li>
- *   <li>{@link Bf16Images} and {@link Bf16Parts}: bf16 values standing for f32 tensors not written yet, and the
- *       part-wise conversions behind them and the NCCL bf16 wire.</li>
+ *   <li>{@link Bf16Images} and {@link Bf16Parts}: bf16 values standing for f32 tensors not written yet (what the
+ *       NCCL bf16 wire's all-gathers leave), and the part-wise conversions behind them and that wire.</li>
  * </ul>
  *
  * <p>Matrix products run in the {@link GemmPrecision} set by {@link #setGemmPrecision} ({@code CUBLAS_COMPUTE_32F},
@@ -71,8 +71,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
         /** One {@code cublasGemmEx} per group with the current {@link GemmPrecision}. */
         LOOP,
         /**
-         * One launch of the grouped GEMM kernel per 64 groups ({@code grouped_gemm_bf16.cu}, on bf16 operands: images
-         * read in place, anything else cast first): bf16 inputs (rounded to nearest even), f32 accumulation and
+         * One launch of the grouped GEMM kernel per 64 groups ({@code grouped_gemm_bf16.cu}, on bf16 operands: BF16
+         * tensors and images read in place, anything else cast first): bf16 inputs (rounded to nearest even), f32 accumulation and
          * output, whatever the {@link GemmPrecision}; needs sm_80 or newer.
          */
         KERNEL,
@@ -174,10 +174,10 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.transfers = new Transfers(this.device, memory, errors);
         this.flash = new FlashAttention(this.device, memory, launcher);
         this.attention = new Attention(this.device, memory, launcher, dense, flash);
-        this.elementwise = new Elementwise(this.device, memory, launcher, errors, images, transfers);
+        this.elementwise = new Elementwise(this.device, memory, launcher, errors, transfers);
         this.normAndRope = new NormAndRope(this.device, memory, launcher);
         this.embeddingAndLoss = new EmbeddingAndLoss(this.device, memory, launcher, errors, transfers);
-        this.routing = new MoeRouting(this.device, memory, launcher, errors, images);
+        this.routing = new MoeRouting(this.device, memory, launcher, errors, elementwise);
         this.adamw = new AdamWKernel(this.device, memory, launcher, errors);
         LOG.info(String.format("CUDA backend %s: %s, %s, %d SMs, gemm %s, grouped gemm %s (now %s, kernel %s), "
                         + "attention %s (score chunk %d MiB)", name(), deviceName(), arch(), this.device.smCount(),
@@ -412,10 +412,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
         images.materialize(b);
     }
 
-    /**
-     * Images adopted, images widened, grouped GEMM operands read from images, tensors made as bf16 images by
-     * {@link #emptyGemmOperand}, ops that wrote bf16 into them, so far (tests).
-     */
+    /** Images adopted, images widened, grouped GEMM operands read from images, so far (tests). */
     synchronized long[] imageCounts() {
         return images.counts();
     }
@@ -457,24 +454,16 @@ public final class CudaBackend implements Backend, AutoCloseable {
     }
 
     /**
-     * At {@link GemmPrecision#BF16} with the grouped GEMM kernel (the benchmark setting), the tensor is held as a bf16
-     * image from the start ({@link Bf16Images#newOperand}): no f32 block behind it, 2 bytes an element. The ops that
-     * write the experts' operands ({@link #gatherRows}, {@link #siluMulForward}, {@link #siluMulBackward}) write bf16
-     * into it, rounded to nearest even, and the grouped GEMM reads it in place of casting it; any other access widens
-     * it into a new f32 block first ({@link DeviceBuffer#address()}). Otherwise {@link #empty}.
+     * A {@link DType#BF16} tensor at {@link GemmPrecision#BF16} with the grouped GEMM kernel (the benchmark setting),
+     * whose bf16 operands it reads in place (2 bytes an element); else F32 ({@link #empty}). The ops that write the
+     * experts' operands ({@link #gatherRows}, {@link #siluMulForward}, {@link #siluMulBackward},
+     * {@link #moeCombineBackward}'s dRows) round each value to bf16 (nearest even) into a BF16 output.
      */
     @Override
     public synchronized Tensor emptyGemmOperand(int... shape) {
-        if (dense.precision() != GemmPrecision.BF16 || grouped.effectiveMode() != GroupedMode.KERNEL
-                || !grouped.kernelSupported()) {
-            return empty(DType.F32, shape);
-        }
-        current();
-        long n = Tensor.numel(shape);
-        if (n == 0) {
-            return empty(DType.F32, shape);
-        }
-        return images.newOperand(n, shape);
+        boolean bf16 = dense.precision() == GemmPrecision.BF16 && grouped.effectiveMode() == GroupedMode.KERNEL
+                && grouped.kernelSupported();
+        return empty(bf16 ? DType.BF16 : DType.F32, shape);
     }
 
     @Override
@@ -508,8 +497,11 @@ public final class CudaBackend implements Backend, AutoCloseable {
     /**
      * {@link DType#BF16} at {@link GemmPrecision#BF16} (whose GEMMs round F32 operands to bf16 as they read them), else
      * F32. BF16 device tensors are real: 2 bytes an element ({@link #upload} rounds, {@link #download} widens). The
-     * ops that take them: {@link #gemm} (A and B both BF16, C F32: bf16 storage, f32 accumulation), {@link #convert},
-     * {@link #copy}, {@link #copyRows} and {@link #crossEntropy}'s gradient; any other op refuses one by name.
+     * ops that take them: {@link #gemm} (A and B both BF16, C F32: bf16 storage, f32 accumulation),
+     * {@link #groupedGemm} (operands and C), {@link #convert}, {@link #copy}, {@link #copyRows}, {@link #crossEntropy}'s
+     * gradient and the grouped GEMM operands ({@link #emptyGemmOperand}) that {@link #gatherRows},
+     * {@link #siluMulForward}, {@link #siluMulBackward} and {@link #moeCombineBackward} write (rounded as written); any
+     * other op refuses one by name.
      */
     @Override
     public synchronized DType gemmDType() {

@@ -12,7 +12,7 @@ import java.util.ArrayDeque;
  * scope; a buffer made while scopes are open belongs to the innermost and is released when it closes). Also the
  * checked way from a tensor to device addresses ({@link #buf}, {@link #addr}): every part resolves its arguments
  * through it, so a host tensor, another backend's or a released one is refused by name. Releasing a buffer lets
- * {@link Bf16Images} settle the images that live in it or stand for it first. Called under the backend's lock.
+ * {@link Bf16Images} settle the images (the bf16 wire's gathers) that live in it or stand for it first. Called under the backend's lock.
  */
 final class CudaMemory {
     private final CudaBackend owner;
@@ -59,13 +59,6 @@ final class CudaMemory {
         } finally {
             scopes.addAll(hold);
         }
-    }
-
-    /** A buffer with no block behind it yet ({@link Bf16Images#newOperand}: its values live in a bf16 image). */
-    DeviceBuffer unbacked(long bytes) {
-        DeviceBuffer b = inScope(new DeviceBuffer(0, bytes, 0, owner, nextBufferId++));
-        b.backed = false;
-        return b;
     }
 
     /** Registers a new buffer with the innermost open scope, if any (closing it releases the buffer). */
@@ -160,8 +153,9 @@ final class CudaMemory {
     long addr(Tensor t, String what, long off, long n) {
         if (t != null && (t.dtype() == DType.BF16 || t.dtype() == DType.F16)) {
             throw new IllegalArgumentException(what + " is " + t + ": this op reads and writes F32 on the GPU; a "
-                    + t.dtype() + " tensor is taken only by gemm (both operands), convert, copy and crossEntropy's "
-                    + "gradient. Convert it to F32 first (Backend.convert)");
+                    + t.dtype() + " tensor is taken only by gemm (both operands), groupedGemm, convert, copy, "
+                    + "crossEntropy's gradient and the grouped GEMM operands that gatherRows, siluMulForward, "
+                    + "siluMulBackward and moeCombineBackward write. Convert it to F32 first (Backend.convert)");
         }
         return ptr(t, what, off, n).address();
     }
@@ -176,6 +170,19 @@ final class CudaMemory {
 
     static Pointer ptr(DeviceBuffer b, long byteOff) {
         return RawPointer.of(b.address() + byteOff, 0);
+    }
+
+    /**
+     * Whether an op's output that may be a grouped GEMM operand ({@link CudaBackend#emptyGemmOperand}) is BF16 (the
+     * op writes each value rounded to nearest even) rather than F32; any other dtype is refused, naming the op.
+     */
+    static boolean operandOutput(Tensor t, String op, String what) {
+        if (t == null || (t.dtype() != DType.F32 && t.dtype() != DType.BF16)) {
+            throw new IllegalArgumentException(op + ": " + what + " is " + t + "; it writes F32 or BF16 (a grouped "
+                    + "GEMM operand, Backend.emptyGemmOperand): pass an F32 or BF16 " + what + " and convert it "
+                    + "afterwards (Backend.convert)");
+        }
+        return t.dtype() == DType.BF16;
     }
 
     static void requireI32(Tensor t, String what) {

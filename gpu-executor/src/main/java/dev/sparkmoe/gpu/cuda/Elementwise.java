@@ -12,8 +12,8 @@ import org.bytedeco.javacpp.LongPointer;
 
 /**
  * The element-wise kernels of {@code elementwise.cu}: fill, axpy, scale, the SwiGLU product silu(gate) * up and its
- * gradient on row blocks of a row stride (written in bf16 where the output is a bf16 operand image,
- * {@link Bf16Images#target}), and sums of squares (the gradient norm: every tensor of a list, F32 or BF16, in one
+ * gradient on row blocks of a row stride (written in F32, or in BF16 where the output is a BF16 grouped GEMM operand,
+ * {@link CudaBackend#emptyGemmOperand}), and sums of squares (the gradient norm: every tensor of a list, F32 or BF16, in one
  * launch per pass, summed in f64 in a fixed order). float4 forms where every address is 16-byte aligned; f32 to bf16
  * conversions from {@code bf16_conversions.cu}. Called under the backend's lock.
  */
@@ -24,16 +24,14 @@ final class Elementwise {
     private final CudaMemory memory;
     private final KernelLauncher launcher;
     private final KernelErrors errors;
-    private final Bf16Images images;
     private final Transfers transfers;
 
     Elementwise(CudaDevice device, CudaMemory memory, KernelLauncher launcher, KernelErrors errors,
-                Bf16Images images, Transfers transfers) {
+                Transfers transfers) {
         this.device = device;
         this.memory = memory;
         this.launcher = launcher;
         this.errors = errors;
-        this.images = images;
         this.transfers = transfers;
     }
 
@@ -65,9 +63,7 @@ final class Elementwise {
             return;
         }
         if (from == DType.F32 && to == DType.BF16) {
-            long s = memory.addr(src, "convert src", 0, n), d = memory.addrOf(dst, DType.BF16, "convert dst", 0, n);
-            int vec = n % 4 == 0 && s % 16 == 0 && d % 8 == 0 ? 1 : 0;
-            launcher.launch1D(KernelLauncher.BF16_CONVERSIONS, "convert_f32_bf16", vec == 1 ? n / 4 : n, s, n, d, vec);
+            roundToBf16(memory.addr(src, "convert src", 0, n), memory.addrOf(dst, DType.BF16, "convert dst", 0, n), n);
         } else if (from == DType.BF16 && to == DType.F32) {
             long s = memory.addrOf(src, DType.BF16, "convert src", 0, n), d = memory.addr(dst, "convert dst", 0, n);
             int vec = n % 4 == 0 && s % 8 == 0 && d % 16 == 0 ? 1 : 0;
@@ -76,6 +72,12 @@ final class Elementwise {
             throw new IllegalArgumentException("convert from " + from + " to " + to + " is not on the GPU: it "
                     + "converts between F32 and BF16");
         }
+    }
+
+    /** {@code n > 0} f32 values at device address {@code s} rounded to bf16 (nearest even) at {@code d}. */
+    void roundToBf16(long s, long d, long n) {
+        int vec = n % 4 == 0 && s % 16 == 0 && d % 8 == 0 ? 1 : 0;
+        launcher.launch1D(KernelLauncher.BF16_CONVERSIONS, "convert_f32_bf16", vec == 1 ? n / 4 : n, s, n, d, vec);
     }
 
     void axpy(float alpha, Tensor x, int xOff, Tensor y, int yOff, int n) {
@@ -147,12 +149,13 @@ final class Elementwise {
     }
 
     /**
-     * {@link dev.sparkmoe.core.backend.Backend#siluMulForward}: out written as bf16 where it is held as a bf16 image
-     * ({@link Bf16Images#target}), else f32; the float4 form where every row of every block starts aligned
+     * {@link dev.sparkmoe.core.backend.Backend#siluMulForward}: out F32, or BF16 (a grouped GEMM operand: each value
+     * the f32 result rounded to nearest even); the float4 form where every row of every block starts aligned
      * ({@link #vectorRows}), else one thread an element. Contiguous blocks run as one row.
      */
     void siluMulForward(Tensor gate, int gateOff, Tensor up, int upOff, int rows, int cols, int ld, Tensor out) {
         SiluMulBlocks.checkForward(gate, gateOff, up, upOff, rows, cols, ld, out);
+        boolean bf16 = CudaMemory.operandOutput(out, "siluMulForward", "out");
         if (rows == 0 || cols == 0) {
             return;
         }
@@ -164,9 +167,8 @@ final class Elementwise {
         long span = (long) (rows - 1) * ld + cols;
         long n = (long) rows * cols;
         long g = memory.addr(gate, "gate", gateOff, span), u = memory.addr(up, "up", upOff, span);
-        long o16 = images.target(out, 0, n);
-        if (o16 != 0) {
-            images.countWrite();
+        if (bf16) {
+            long o16 = memory.addrOf(out, DType.BF16, "out", 0, n);
             boolean vec = vectorRows(rows, cols, ld) && aligned16(g, u) && o16 % 8 == 0;
             launcher.launch1D(K, vec ? "silu_mul_fwd_x4_bf16" : "silu_mul_fwd_bf16", threads(vec, rows, cols), g, u,
                     o16, rows, cols, ld);
@@ -179,13 +181,19 @@ final class Elementwise {
     }
 
     /**
-     * {@link dev.sparkmoe.core.backend.Backend#siluMulBackward}: dGate and dUp written as bf16 where both are held as
-     * bf16 images (one [rows, 2I] GEMM operand holds both), else f32; float4 and scalar forms as
-     * {@link #siluMulForward}.
+     * {@link dev.sparkmoe.core.backend.Backend#siluMulBackward}: dGate and dUp both F32, or both BF16 (a grouped GEMM
+     * operand; one [rows, 2I] tensor may hold both), written as {@link #siluMulForward} writes out; one of each is
+     * refused. float4 and scalar forms as {@link #siluMulForward}.
      */
     void siluMulBackward(Tensor dOut, Tensor gate, int gateOff, Tensor up, int upOff, int rows, int cols, int ld,
                          Tensor dGate, Tensor dUp) {
         SiluMulBlocks.checkBackward(dOut, gate, gateOff, up, upOff, rows, cols, ld, dGate, dUp);
+        boolean bf16 = CudaMemory.operandOutput(dGate, "siluMulBackward", "dGate");
+        if (bf16 != CudaMemory.operandOutput(dUp, "siluMulBackward", "dUp")) {
+            throw new IllegalArgumentException("siluMulBackward: dGate is " + dGate + " and dUp is " + dUp + "; "
+                    + "they are written in one dtype: pass both F32 or both BF16 (one [rows, 2 * cols] operand holds "
+                    + "both)");
+        }
         if (rows == 0 || cols == 0) {
             return;
         }
@@ -198,9 +206,9 @@ final class Elementwise {
         long n = (long) rows * cols;
         long d = memory.addr(dOut, "dOut", 0, n), g = memory.addr(gate, "gate", gateOff, span);
         long u = memory.addr(up, "up", upOff, span);
-        long dg16 = images.target(dGate, gateOff, span), du16 = images.target(dUp, upOff, span);
-        if (dg16 != 0 && du16 != 0) {
-            images.countWrite();
+        if (bf16) {
+            long dg16 = memory.addrOf(dGate, DType.BF16, "dGate", gateOff, span);
+            long du16 = memory.addrOf(dUp, DType.BF16, "dUp", upOff, span);
             boolean vec = vectorRows(rows, cols, ld) && aligned16(d, g, u) && dg16 % 8 == 0 && du16 % 8 == 0;
             launcher.launch1D(K, vec ? "silu_mul_bwd_x4_bf16" : "silu_mul_bwd_bf16", threads(vec, rows, cols), d, g, u,
                     dg16, du16, rows, cols, ld);

@@ -14,8 +14,9 @@ import java.util.HashMap;
 import java.util.List;
 
 /**
- * The bf16 operands of the grouped GEMM kernel ({@link GroupedGemm}): an operand held as a bf16 image (the FSDP
- * gathers' weights, {@link CudaBackend#emptyGemmOperand}'s tensors) is read in place; any other is rounded into a
+ * The bf16 operands of the grouped GEMM kernel ({@link GroupedGemm}): a BF16 tensor (a weight's compute copy,
+ * {@link CudaBackend#emptyGemmOperand}'s activations) or an operand held as a bf16 image (the FSDP bf16 wire's gathered
+ * weights) is read in place where the kernel can ({@link #readableInPlace}); any other is rounded into a
  * stream-ordered scratch copy by one {@code grouped_cast_bf16} launch (groups packed, rows padded to 16 bytes with
  * zeros, so any offset and stride works).
  *
@@ -116,13 +117,14 @@ final class GroupedGemmOperands {
     }
 
     /**
-     * One operand of a {@link CudaBackend.GroupedMode#KERNEL} launch: an operand held as a bf16 image (the FSDP
-     * gathers' weights, {@link CudaBackend#emptyGemmOperand}'s tensors) is read in place ({@link #imageOperand}); any
-     * other is cast ({@link #castGroupedOperand}, which widens images first). Fills at[] as both do.
+     * One operand of a {@link CudaBackend.GroupedMode#KERNEL} launch: a BF16 tensor (a weight's compute copy,
+     * {@link CudaBackend#emptyGemmOperand}'s activations; the caller widened any it cannot read in place) and an
+     * operand held as a bf16 image (the FSDP bf16 wire's gathered weights, {@link #imageOperand}) are read in place;
+     * any other is cast ({@link #castGroupedOperand}, which widens images first). Fills at[] as all three do.
      */
     Bf16Operand bf16Operand(Tensor t, String what, int[] off, int ld, int[] rows, int[] cols, int[] k, int[] active,
                             int start, int here, long[] at, List<HeldCast> offered) {
-        if (t.dtype() == DType.BF16) { // a BF16 tensor (a weight's compute copy): read in place (see readableInPlace)
+        if (t.dtype() == DType.BF16) { // a compute copy or an activation: read in place (see readableInPlace)
             long base = memory.addrOf(t, DType.BF16, what, 0, t.numel());
             for (int q = 0; q < here; q++) {
                 int g = active[start + q];

@@ -15,9 +15,9 @@ import org.bytedeco.javacpp.IntPointer;
  * The MoE layer's routing and token movement: the router's softmax, top-k (a warp per row up to 256 experts) and
  * backward, the load-balancing statistics, grouping the routed slots by expert on the device (a stable counting sort:
  * only the expert counts come back to the host), the row gathers and scatters between tokens and experts (the gather
- * writes bf16 where its output is a bf16 operand image, {@link Bf16Images#target}) and the weighted combine of the
- * experts' outputs with its backward. Out-of-range ids and indices are recorded in the error word
- * ({@link KernelErrors}). Called under the backend's lock.
+ * writes an F32 or a BF16 output: a grouped GEMM operand, {@link CudaBackend#emptyGemmOperand}) and the weighted
+ * combine of the experts' outputs with its backward (whose dRows is F32 or BF16 likewise). Out-of-range ids and
+ * indices are recorded in the error word ({@link KernelErrors}). Called under the backend's lock.
  */
 final class MoeRouting {
     private static final String K = KernelLauncher.MOE_ROUTING;
@@ -28,14 +28,15 @@ final class MoeRouting {
     private final CudaMemory memory;
     private final KernelLauncher launcher;
     private final KernelErrors errors;
-    private final Bf16Images images;
+    private final Elementwise elementwise;
 
-    MoeRouting(CudaDevice device, CudaMemory memory, KernelLauncher launcher, KernelErrors errors, Bf16Images images) {
+    MoeRouting(CudaDevice device, CudaMemory memory, KernelLauncher launcher, KernelErrors errors,
+               Elementwise elementwise) {
         this.device = device;
         this.memory = memory;
         this.launcher = launcher;
         this.errors = errors;
-        this.images = images;
+        this.elementwise = elementwise;
     }
 
     void softmaxRows(Tensor x, int rows, int cols, Tensor out) {
@@ -167,18 +168,34 @@ final class MoeRouting {
         return Math.max(32, Math.min(256, (units + 31) / 32 * 32));
     }
 
+    /**
+     * {@link dev.sparkmoe.core.backend.Backend#gatherRows}: dst F32 (copied), or BF16 (a grouped GEMM operand, each
+     * value rounded to nearest even): written by the bf16 warp kernel where rows are whole float4s (width a multiple
+     * of 4), else gathered into an f32 scratch and converted (the same rounding). Any other dst dtype is refused.
+     */
     void gatherRows(Tensor src, Tensor index, int n, int width, int divisor, Tensor dst) {
         CudaMemory.requireI32(index, "index");
+        boolean bf16 = CudaMemory.operandOutput(dst, "gatherRows", "dst");
         if (n == 0 || width == 0) {
             return;
         }
         int srcRows = src.numel() / width;
         long from = memory.addr(src, "src", 0, (long) srcRows * width);
-        long to16 = images.target(dst, 0, (long) n * width);
-        if (to16 != 0 && width % 4 == 0 && from % 16 == 0 && to16 % 8 == 0) {
-            images.countWrite();
-            launcher.launch(K, "gather_rows_warp_bf16", blocksFor(32L * n, THREADS), 1, THREADS, 0, from, srcRows,
-                    memory.addr(index, "index", 0, n), n, width, divisor, to16, errors.address());
+        if (bf16) {
+            long to16 = memory.addrOf(dst, DType.BF16, "dst", 0, (long) n * width);
+            if (width % 4 == 0 && from % 16 == 0 && to16 % 8 == 0) {
+                launcher.launch(K, "gather_rows_warp_bf16", blocksFor(32L * n, THREADS), 1, THREADS, 0, from,
+                        srcRows, memory.addr(index, "index", 0, n), n, width, divisor, to16, errors.address());
+                return;
+            }
+            Tensor rows = memory.scratch(DType.F32, n * width); // n * width fits dst, an int-sized tensor
+            try {
+                gatherRows(src, index, n, width, divisor, rows);
+                elementwise.roundToBf16(memory.addr(rows, "gathered rows", 0, (long) n * width), to16,
+                        (long) n * width);
+            } finally {
+                memory.release(rows); // stream-ordered: a later user queues behind the conversion
+            }
             return;
         }
         long to = memory.addr(dst, "dst", 0, (long) n * width);
@@ -247,6 +264,7 @@ final class MoeRouting {
 
     void moeCombineBackward(Tensor dy, Tensor rows, Tensor rowOfSlot, Tensor weights, int tokens, int k, int width,
                             Tensor dRows, Tensor dWeights) {
+        boolean out16 = CudaMemory.operandOutput(dRows, "moeCombineBackward", "dRows");
         if (tokens == 0 || k == 0) {
             return;
         }
@@ -255,9 +273,8 @@ final class MoeRouting {
         long dya = memory.addr(dy, "dy", 0, nt), sa = memory.addr(rows, "rows", 0, ns * width);
         long ra = rowOfSlot(rowOfSlot, ns), wa = memory.addr(weights, "weights", 0, ns);
         long dwa = memory.addr(dWeights, "dWeights", 0, ns);
-        long to16 = images.target(dRows, 0, ns * width); // a grouped GEMM operand held as a bf16 image
-        if (to16 != 0) {
-            images.countWrite();
+        if (out16) { // a grouped GEMM operand in bf16
+            long to16 = memory.addrOf(dRows, DType.BF16, "dRows", 0, ns * width);
             if (width % 4 == 0 && aligned16(dya, sa) && to16 % 8 == 0) {
                 launcher.launch(K, "moe_combine_bwd_warp_bf16", blocksFor(32L * ns, THREADS), 1, THREADS, 0, dya,
                         sa, ra, wa, tokens, k, width, to16, dwa);

@@ -110,7 +110,7 @@ __global__ void sum_partials_f64_multi(const long long* desc, double* out) {
 // gate, up, dGate and dUp is at r * ld + c from its pointer (the block's first element: gate and up may be the column
 // blocks of one [rows, 2I] tensor, dGate and dUp those of one GEMM operand), of out and dOut at r * cols + c
 // (contiguous). Elementwise.java passes contiguous blocks as one row (rows 1, cols = ld = n). rows * cols fits an int
-// (SiluMulBlocks checks it). O is the output type: float, or bf16 bits (a grouped GEMM operand held as a bf16 image)
+// (SiluMulBlocks checks it). O is the output type: float, or bf16 bits (a BF16 grouped GEMM operand)
 // rounded to nearest even from the same f32 value.
 
 __device__ __forceinline__ float silu_sig(float g) { return (float)(1.0 / (1.0 + exp(-(double)g))); }

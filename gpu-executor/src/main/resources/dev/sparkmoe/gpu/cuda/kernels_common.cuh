@@ -94,8 +94,8 @@ __device__ __forceinline__ float4 ld4(const unsigned short* p, int c) {
                        __uint_as_float(u.y & 0xffff0000u));
 }
 
-// Stores of an f32 result into f32 (st4o: 16-byte aligned) or bf16 outputs (8-byte aligned: a grouped GEMM operand
-// held as a bf16 image, CudaBackend.emptyGemmOperand), one kernel body for both.
+// Stores of an f32 result into f32 (st4o: 16-byte aligned) or bf16 outputs (8-byte aligned: a BF16 grouped GEMM
+// operand, CudaBackend.emptyGemmOperand), one kernel body for both.
 __device__ __forceinline__ void st4o(float* p, long long c, float4 v) { reinterpret_cast<float4*>(p)[c] = v; }
 __device__ __forceinline__ void st4o(unsigned short* p, long long c, float4 v) { st4_bf16(p, c, v); }
 __device__ __forceinline__ void st1o(float* p, long long i, float v) { p[i] = v; }

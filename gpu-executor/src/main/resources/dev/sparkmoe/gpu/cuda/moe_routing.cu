@@ -41,7 +41,7 @@ __device__ __forceinline__ long long slot_row(const int* rowOfSlot, long long s)
     return rowOfSlot ? (long long)rowOfSlot[s] : s;
 }
 
-// Block per slot s at row r: dRows[r] = w[s] * dy[t] (f32, or bf16 into a grouped GEMM operand's image),
+// Block per slot s at row r: dRows[r] = w[s] * dy[t] (f32, or bf16 into a BF16 grouped GEMM operand),
 // dWeights[s] = dot(dy[t], rows[r]).
 template <class OUT>
 __device__ __forceinline__ void moe_combine_bwd_body(const float* dy, const float* rows, const int* rowOfSlot,

@@ -5,8 +5,8 @@ import java.util.List;
 
 /**
  * What the backend itself allocates, beyond the tensors the model asks for. The CPU backend's kernels allocate
- * nothing a {@code MemoryTracker} sees; the CUDA backend ({@code CudaBackend}) holds the experts' GEMM operands as
- * bf16 at bf16 precision ({@code emptyGemmOperand}), copies attention's operands to bf16 for its flash kernels (or
+ * nothing a {@code MemoryTracker} sees; the CUDA backend ({@code CudaBackend}) makes the experts' GEMM operands BF16
+ * tensors at bf16 precision ({@code emptyGemmOperand}), copies attention's operands to bf16 for its flash kernels (or
  * uses T x T score buffers under a 512 MiB budget in its f32 path), reads a BF16 weight (a kept compute copy) in
  * place where the grouped GEMM kernel can and widens it into an f32 copy where it cannot, rounds the grouped GEMM's
  * other operands into bf16 copies that it keeps for the very next grouped GEMM, and takes a row buffer for the
@@ -36,7 +36,7 @@ final class DeviceModel {
             this(key, elements, image, false);
         }
 
-        /** A BF16 weight (its compute copy): read in place where {@code inPlace}, else widened. */
+        /** A BF16 tensor (a weight's compute copy, an activation): read in place where {@code inPlace}, else widened. */
         static Operand bf16(Object key, long elements, boolean inPlace) {
             return new Operand(key, elements, inPlace, !inPlace);
         }
@@ -63,17 +63,18 @@ final class DeviceModel {
         return cuda;
     }
 
-    /** Backend.emptyGemmOperand: a bf16 image (2 bytes an element, 16-byte aligned) at bf16 on CUDA, else f32. */
+    /** Backend.emptyGemmOperand: a BF16 tensor (2 bytes an element) at bf16 on CUDA, else f32. */
     Ledger.Buf operand(Category c, long elements, String what) {
-        if (bf16 && elements > 0) {
-            return mem.bytes(c, (2 * elements + 15) & ~15L);
-        }
-        return mem.f32(c, elements, what);
+        return bf16 ? mem.alloc(c, elements, 2, what) : mem.f32(c, elements, what);
     }
 
-    /** Whether {@link #operand} makes bf16 images, which the grouped GEMM reads in place. */
-    boolean operandsAreImages() {
-        return bf16;
+    /**
+     * A tensor made by {@link #operand} as a grouped GEMM reads it, its blocks {@code cols} wide: at bf16 a BF16
+     * tensor, read in place where its rows are whole 16-byte chunks (cols a multiple of 8, as
+     * {@code GroupedGemm.takesAsIs} asks), else widened; in f32 an f32 tensor (cast by nothing here).
+     */
+    Operand gemmOperand(Ledger.Buf b, long elements, int cols) {
+        return bf16 ? Operand.bf16(b, elements, cols % 8 == 0) : new Operand(b, elements, false);
     }
 
     /**
@@ -96,7 +97,9 @@ final class DeviceModel {
             if (o.widen()) {
                 wide.add(mem.f32(Category.WORKSPACE, o.elements(), "f32 copy of a bf16 grouped GEMM operand"));
                 in[i] = new Operand(new Widened(o.key()), o.elements(), false);
-                widened++;
+                if (o.key() instanceof UnitLayout.Param) {
+                    widened++;
+                }
             } else if (o.image() && o.key() instanceof UnitLayout.Param p && p.computeCopy != null) {
                 bf16InPlace++;
             }

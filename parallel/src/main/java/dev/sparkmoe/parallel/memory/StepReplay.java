@@ -29,7 +29,9 @@ import java.util.List;
  * the model's dense GEMMs read bf16 copies of their f32 operands ({@code GemmOperand}, made just before the GEMM and
  * given back after it, one copy of an input shared by q, k and v), and a weight that keeps a bf16 compute copy
  * ({@code FsdpParam.keepsComputeCopy}: alone with its shard, read only by GEMMs, under the bf16 param dtype) is read
- * as that copy: no copy of it is made, and the grouped GEMM reads the experts' in place.
+ * as that copy: no copy of it is made, and the grouped GEMM reads the experts' in place. On the CUDA backend at bf16
+ * the experts' GEMM operands (the routed rows, the SwiGLU activations and their gradients:
+ * {@code Backend.emptyGemmOperand}) are BF16 tensors, which the grouped GEMM reads in place ({@link DeviceModel}).
  */
 final class StepReplay {
     private final PlanRequest r;
@@ -428,8 +430,7 @@ final class StepReplay {
         int local = units.localExperts;
         int inter = inter(l);
         Buf routed = dispatch(c, n);
-        boolean routedImage = r.ep() == 1 && dev.operandsAreImages();
-        gateAndUp(l, c, routed, rows, routedImage);
+        gateAndUp(l, c, routedOperand(routed, rows, r.ep() == 1), rows);
         if (r.ep() == 1) { // LocalTokenDispatcher regathers the routed rows in backward
             mem.free(routed);
             dev.dropCasts();
@@ -441,7 +442,7 @@ final class StepReplay {
         // LocalTokenDispatcher.combine: the outputs are the slots, read where the experts wrote them
         Buf out = r.ep() == 1 ? f32(Category.MOE, rows * h, "expert outputs (the slots, by row)")
                 : f32(Category.TEMPORARIES, rows * h, "expert outputs");
-        dev.groupedGemm(local, new Operand(act, rows * inter, dev.operandsAreImages()), weight(l.down));
+        dev.groupedGemm(local, dev.gemmOperand(act, rows * inter, inter), weight(l.down));
         mem.free(act);
         dev.dropCasts();
         if (r.ep() == 1) {
@@ -476,11 +477,18 @@ final class StepReplay {
     }
 
     /** Experts.gateAndUp: c.gateUp [rows, 2I] from the routed rows, one grouped GEMM on both weights. */
-    private void gateAndUp(Layer l, Cache c, Buf routed, long rows, boolean routedImage) {
+    private void gateAndUp(Layer l, Cache c, Operand routed, long rows) {
         int inter = inter(l);
         c.gateUp = f32(Category.MOE, rows * 2 * inter, "gate and up projections");
-        dev.groupedGemmSplitB(units.localExperts, true, new Operand(routed, rows * h, routedImage), weight(l.gate),
-                weight(l.up));
+        dev.groupedGemmSplitB(units.localExperts, true, routed, weight(l.gate), weight(l.up));
+    }
+
+    /**
+     * The routed rows [rows, H] as the experts' grouped GEMMs read them: a GEMM operand where LocalTokenDispatcher made
+     * them ({@code operand}: BF16 at bf16 on CUDA), else the all-to-all's f32 rows.
+     */
+    private Operand routedOperand(Buf routed, long rows, boolean operand) {
+        return operand ? dev.gemmOperand(routed, rows * h, h) : new Operand(routed, rows * h, false);
     }
 
     private int inter(Layer l) {
@@ -641,7 +649,7 @@ final class StepReplay {
             long rows = expertRows(n);
             Buf routed = c.routed != null ? c.routed
                     : dev.operand(Category.TEMPORARIES, rows * h, "routed rows (regathered)");
-            gateAndUp(l, c, routed, rows, c.routed == null && dev.operandsAreImages());
+            gateAndUp(l, c, routedOperand(routed, rows, c.routed == null), rows);
             if (routed != c.routed) {
                 mem.free(routed);
             }
@@ -704,28 +712,27 @@ final class StepReplay {
         long rows = expertRows(n);
         int local = units.localExperts;
         int inter = inter(l);
-        boolean images = dev.operandsAreImages();
-        boolean dOutImage = r.ep() == 1 && images;
         Buf dAct = f32(Category.TEMPORARIES, rows * inter, "silu(gate) * up gradient");
         Buf dGateUp = dev.operand(Category.TEMPORARIES, rows * 2 * inter, "gate and up gradients");
         Buf dRouted = f32(Category.TEMPORARIES, rows * h, "routed rows gradient");
         Buf act = dev.operand(Category.TEMPORARIES, rows * inter, "silu(gate) * up");
-        dev.groupedGemm(local, new Operand(dOut, rows * h, dOutImage), weight(l.down));
+        Operand dOutRows = r.ep() == 1 ? dev.gemmOperand(dOut, rows * h, h) : new Operand(dOut, rows * h, false);
+        dev.groupedGemm(local, dOutRows, weight(l.down));
         fsdp.grad(l.down);
-        dev.groupedGemm(local, new Operand(dOut, rows * h, dOutImage), new Operand(act, rows * inter, images));
+        dev.groupedGemm(local, dOutRows, dev.gemmOperand(act, rows * inter, inter));
         mem.free(dOut, act);
         dev.dropCasts();
         mem.free(dAct, c.gateUp);
         Buf routed = r.ep() == 1 ? dev.operand(Category.TEMPORARIES, rows * h, "routed rows (regathered)")
                 : c.routed;
-        boolean routedImage = r.ep() == 1 && images;
+        Operand routedRows = routedOperand(routed, rows, r.ep() == 1);
         // dRouted from both blocks at once; then each weight's gradient from its column block of dGateUp
-        Operand dGate = new Operand(dGateUp, rows * inter, images);
+        Operand dGate = dev.gemmOperand(dGateUp, rows * inter, inter);
         dev.groupedGemmSplitB(local, false, dGate, weight(l.gate), weight(l.up));
         fsdp.grad(l.gate);
-        dev.groupedGemm(local, dGate, new Operand(routed, rows * h, routedImage));
+        dev.groupedGemm(local, dGate, routedRows);
         fsdp.grad(l.up);
-        dev.groupedGemm(local, DeviceModel.secondBlock(dGate), new Operand(routed, rows * h, routedImage));
+        dev.groupedGemm(local, DeviceModel.secondBlock(dGate), routedRows);
         mem.free(dGateUp, routed);
         dev.dropCasts();
         if (r.ep() != 1) { // LocalTokenDispatcher sums each token's rows where they are
