@@ -19,7 +19,7 @@ import org.junit.jupiter.api.Test;
  * f32 ranges that are not written yet. The grouped GEMM must read them in place (no operand cast, no widening) and
  * give bit for bit what it gives on the widened f32 values; anything else that touches the f32 values must find them
  * widened exactly; the scratch must go back to the allocator with its last image, whichever way that image goes.
- * Skipped where no GPU is.
+ * (The experts' activations are real BF16 tensors, {@link GemmOperandBf16Test}.) Skipped where no GPU is.
  */
 class Bf16ImageTest {
     private static final int[] ROWS = {40, 0, 70, 9};
@@ -228,91 +228,6 @@ class Bf16ImageTest {
         assertSameBits(rounded(a), gpu.download(outside).floats(), "widened when its scratch went");
         gpu.release(outside);
         assertEquals(start, gpu.memoryStats().bytesInUse(), "at the end");
-    }
-
-    /** rounded values of a device tensor, as the host rounds them */
-    private static float[] roundedDownload(CudaBackend gpu, Tensor t) {
-        return rounded(gpu.download(t).floats());
-    }
-
-    @Test
-    void gemmOperandsAreWrittenAsBf16AndReadInPlaceAtBf16Precision() {
-        CudaBackend gpu = kernelBackend();
-        CudaBackend.GemmPrecision saved = gpu.gemmPrecision();
-        gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
-        int inter = 40;
-        int rows = TOTAL;
-        float[] h = rnd(r, 300 * HIDDEN, 1);
-        float[] w = rnd(r, E * HIDDEN * inter, 1);
-        int[] index = new int[rows];
-        for (int i = 0; i < rows; i++) {
-            index[i] = r.nextInt(300 * 2); // slots of two per token (divisor 2), in any order
-        }
-        try (Backend.Scope scope = gpu.openScope()) {
-            Tensor hidden = gpu.upload(host(h, h.length));
-            Tensor idx = gpu.upload(Tensor.ofInts(index, rows));
-            Tensor weights = gpu.upload(host(w, w.length));
-            long[] c0 = gpu.imageCounts();
-            Tensor routed = gpu.emptyGemmOperand(rows, HIDDEN);
-            assertEquals(c0[3] + 1, gpu.imageCounts()[3], "made as a bf16 image");
-            assertFalse(((DeviceBuffer) routed.deviceHandle()).backed, "no f32 block behind it");
-            gpu.gatherRows(hidden, idx, rows, HIDDEN, 2, routed);
-            assertEquals(c0[4] + 1, gpu.imageCounts()[4], "gathered as bf16");
-            Tensor exact = gpu.empty(DType.F32, rows, HIDDEN);
-            gpu.gatherRows(hidden, idx, rows, HIDDEN, 2, exact);
-
-            // the experts' forward on it: A read in place, only the weights cast; the same bits as on the f32 rows
-            Tensor viaImage = gpu.empty(DType.F32, rows * inter);
-            Tensor viaF32 = gpu.empty(DType.F32, rows * inter);
-            long casts = gpu.operandCasts();
-            long reads = gpu.imageCounts()[2];
-            gemm(gpu, false, inter, routed, weights, viaImage);
-            assertEquals(reads + 1, gpu.imageCounts()[2], "A read from the image");
-            assertEquals(casts + 1, gpu.operandCasts(), "only B cast");
-            gemm(gpu, false, inter, exact, weights, viaF32);
-            assertSameBits(gpu.download(viaF32).floats(), gpu.download(viaImage).floats(), "bf16 rows vs f32 rows");
-            assertEquals(c0[1], gpu.imageCounts()[1], "nothing widened so far");
-
-            // silu(gate) * up and its backward, written as bf16: the f32 kernels' values rounded
-            int n = rows * inter;
-            Tensor gate = gpu.upload(host(rnd(r, n, 2), n));
-            Tensor up = gpu.upload(host(rnd(r, n, 2), n));
-            Tensor dAct = gpu.upload(host(rnd(r, n, 1), n));
-            Tensor act16 = gpu.emptyGemmOperand(rows, inter);
-            Tensor act32 = gpu.empty(DType.F32, rows, inter);
-            gpu.siluMulForward(gate, 0, up, 0, rows, inter, inter, act16);
-            gpu.siluMulForward(gate, 0, up, 0, rows, inter, inter, act32);
-            Tensor dg16 = gpu.emptyGemmOperand(rows, inter), du16 = gpu.emptyGemmOperand(rows, inter);
-            Tensor dg32 = gpu.empty(DType.F32, rows, inter), du32 = gpu.empty(DType.F32, rows, inter);
-            gpu.siluMulBackward(dAct, gate, 0, up, 0, rows, inter, inter, dg16, du16);
-            gpu.siluMulBackward(dAct, gate, 0, up, 0, rows, inter, inter, dg32, du32);
-            assertEquals(c0[4] + 3, gpu.imageCounts()[4], "three bf16 writes");
-            long widened = gpu.imageCounts()[1];
-            assertSameBits(roundedDownload(gpu, act32), gpu.download(act16).floats(), "silu * up");
-            assertSameBits(roundedDownload(gpu, dg32), gpu.download(dg16).floats(), "d gate");
-            assertSameBits(roundedDownload(gpu, du32), gpu.download(du16).floats(), "d up");
-            assertSameBits(roundedDownload(gpu, exact), gpu.download(routed).floats(), "the routed rows");
-            assertEquals(widened + 4, gpu.imageCounts()[1], "each widened on its first f32 read");
-
-            // a width the bf16 kernel does not take: written as f32 (exact), through the widening
-            Tensor odd = gpu.emptyGemmOperand(rows, HIDDEN - 2);
-            long writes = gpu.imageCounts()[4];
-            Tensor narrow = gpu.upload(host(Arrays.copyOf(h, 600 * (HIDDEN - 2)), 600 * (HIDDEN - 2)));
-            gpu.gatherRows(narrow, idx, rows, HIDDEN - 2, 1, odd);
-            assertEquals(writes, gpu.imageCounts()[4], "not written as bf16");
-            Tensor oddExact = gpu.empty(DType.F32, rows, HIDDEN - 2);
-            gpu.gatherRows(narrow, idx, rows, HIDDEN - 2, 1, oddExact);
-            assertSameBits(gpu.download(oddExact).floats(), gpu.download(odd).floats(), "f32 fallback");
-
-            // exact f32 precision: a plain f32 tensor
-            gpu.setGemmPrecision(CudaBackend.GemmPrecision.F32);
-            long made = gpu.imageCounts()[3];
-            Tensor plain = gpu.emptyGemmOperand(rows, HIDDEN);
-            assertEquals(made, gpu.imageCounts()[3], "f32 precision: no image");
-            assertTrue(((DeviceBuffer) plain.deviceHandle()).backed);
-        } finally {
-            gpu.setGemmPrecision(saved);
-        }
     }
 
     @Test

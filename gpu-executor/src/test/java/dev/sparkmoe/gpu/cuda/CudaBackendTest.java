@@ -738,7 +738,7 @@ class CudaBackendTest {
             gpu.sumSlots(up(rows, rows.length), gIdx, tokens, k, width, gd);
             assertClose(cd.floats(), down(gd), 1e-6, "sumSlots (accumulated)" + how);
         }
-        // the output-row gradient written into a grouped GEMM operand (a bf16 image at bf16): the f32 products
+        // the output-row gradient written into a grouped GEMM operand (a BF16 tensor at bf16): the f32 products
         // rounded once, bit for bit
         CudaBackend.GemmPrecision prec = gpu.gemmPrecision();
         gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
@@ -748,6 +748,8 @@ class CudaBackendTest {
             cpu.moeCombineBackward(host(dy, dy.length), host(rows, rows.length), Tensor.ofInts(rowOfSlot.clone(), n),
                     host(w, n), tokens, k, width, cds, cdw);
             Tensor gds = gpu.emptyGemmOperand(n, width), gdw = poisoned(n);
+            assertEquals(gpu.effectiveGroupedMode() == CudaBackend.GroupedMode.KERNEL ? DType.BF16 : DType.F32,
+                    gds.dtype(), "the GEMM operand's dtype");
             gpu.moeCombineBackward(up(dy, dy.length), up(rows, rows.length), gInv, up(w, n), tokens, k, width, gds,
                     gdw);
             assertArrayEquals(cds.floats(), gpu.download(gds).floats(), "moeCombineBackward into a GEMM operand");

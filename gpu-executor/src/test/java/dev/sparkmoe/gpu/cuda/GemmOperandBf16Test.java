@@ -1,0 +1,265 @@
+package dev.sparkmoe.gpu.cuda;
+
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.assertClose;
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.host;
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.rnd;
+import static dev.sparkmoe.gpu.cuda.GpuTestSupport.roundedToBf16;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.model.ActivationCheckpointing;
+import dev.sparkmoe.core.model.Qwen3MoeConfig;
+import dev.sparkmoe.core.model.Qwen3MoeModel;
+import dev.sparkmoe.core.model.StatsReducer;
+import dev.sparkmoe.core.nn.Parameter;
+import dev.sparkmoe.core.tensor.DType;
+import dev.sparkmoe.core.tensor.Tensor;
+import java.lang.reflect.InvocationTargetException;
+import java.lang.reflect.Proxy;
+import java.util.Arrays;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Random;
+import java.util.SplittableRandom;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The experts' grouped GEMM operands as real BF16 tensors ({@link CudaBackend#emptyGemmOperand} at bf16 precision with
+ * the grouped GEMM kernel; F32 otherwise): 2 bytes an element; the row gather writes the f32 rows rounded to nearest
+ * even, bit for bit, in its bf16 kernel and in its fallback for rows that are not whole float4s (which leaves the rest
+ * of the tensor alone and gives its scratch back); the grouped GEMM reads such an operand in place where its blocks
+ * are whole 16-byte rows, and widens it where not, giving bit for bit the product of the widened values and of the
+ * f32 values it would round itself; other output dtypes are refused by name. And a whole model step on the GPU
+ * gives the same losses and gradients, bit for bit, with BF16 operands as with F32 operands that the grouped GEMM
+ * rounds as it reads them (the arithmetic of the bf16 image path these tensors replace), under every activation
+ * checkpointing mode. (The SwiGLU outputs: {@code SiluMulKernelsTest}; the combine backward's: {@code
+ * MoeCombineBf16RowsTest}, {@code CudaBackendTest}.) Skipped where no GPU is.
+ */
+class GemmOperandBf16Test {
+    private static final int[] ROWS = {40, 0, 70, 9};
+    private static final int E = ROWS.length, HIDDEN = 64, TOTAL = Arrays.stream(ROWS).sum();
+
+    private final Random r = new Random(17);
+
+    private static void assertSameBits(float[] want, float[] got, String what) {
+        assertEquals(want.length, got.length, what + ": lengths");
+        for (int i = 0; i < want.length; i++) {
+            if (Float.floatToRawIntBits(want[i]) != Float.floatToRawIntBits(got[i])) {
+                throw new AssertionError(what + ": element " + i + " is " + got[i] + ", expected " + want[i]);
+            }
+        }
+    }
+
+    /** The backend at bf16 precision with the grouped GEMM kernel; {@code body} runs, the settings are restored. */
+    private static void atBf16(CudaBackend gpu, Runnable body) {
+        CudaBackend.GemmPrecision precision = gpu.gemmPrecision();
+        CudaBackend.GroupedMode mode = gpu.groupedMode();
+        gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
+        gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
+        try {
+            body.run();
+        } finally {
+            gpu.setGemmPrecision(precision);
+            gpu.setGroupedMode(mode);
+        }
+    }
+
+    /** The experts' forward (NT): x [TOTAL, hidden] grouped by ROWS, w [E, inter, hidden], c [TOTAL, inter]. */
+    private static void forward(CudaBackend gpu, int hidden, int inter, Tensor x, Tensor w, Tensor c) {
+        GpuTestSupport.ExpertLayout l = GpuTestSupport.ExpertLayout.of(ROWS, hidden, inter);
+        gpu.groupedGemm(false, true, E, ROWS, l.in(), l.hid(), 1f, x, l.xOff(), hidden, w, l.wOff(), hidden, 0f, c,
+                l.iOff(), inter);
+    }
+
+    @Test
+    void bf16AtBf16PrecisionWithTheKernelElseF32() {
+        CudaBackend gpu = GpuTestSupport.backend();
+        try (Backend.Scope scope = gpu.openScope()) {
+            atBf16(gpu, () -> {
+                Tensor t = gpu.emptyGemmOperand(7, 24);
+                assertEquals(DType.BF16, t.dtype());
+                assertEquals(2L * 7 * 24, ((DeviceBuffer) t.deviceHandle()).bytes(), "2 bytes an element");
+                assertEquals(DType.BF16, gpu.emptyGemmOperand(0, 24).dtype(), "an empty one too");
+                gpu.setGroupedMode(CudaBackend.GroupedMode.LOOP); // cuBLAS products on f32 operands
+                assertEquals(DType.F32, gpu.emptyGemmOperand(7, 24).dtype(), "the loop");
+                gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
+                gpu.setGemmPrecision(CudaBackend.GemmPrecision.F32);
+                assertEquals(DType.F32, gpu.emptyGemmOperand(7, 24).dtype(), "exact f32 precision");
+            });
+        }
+    }
+
+    @Test
+    void gatheredRowsAreTheF32RowsRoundedInBothForms() {
+        CudaBackend gpu = GpuTestSupport.backend();
+        int rows = TOTAL;
+        int[] index = new int[rows];
+        for (int i = 0; i < rows; i++) {
+            index[i] = r.nextInt(300 * 2); // slots of two per token (divisor 2), in any order
+        }
+        atBf16(gpu, () -> {
+            try (Backend.Scope scope = gpu.openScope()) {
+                Tensor idx = gpu.upload(Tensor.ofInts(index, rows));
+                for (int width : new int[] {HIDDEN, HIDDEN - 2}) { // float4 rows (the bf16 kernel), and not
+                    String what = "width " + width;
+                    float[] h = rnd(r, 300 * width, 1);
+                    Tensor hidden = gpu.upload(host(h, 300, width));
+                    Tensor exact = gpu.empty(DType.F32, rows, width);
+                    gpu.gatherRows(hidden, idx, rows, width, 2, exact);
+                    // five rows more than the gather writes, holding known values
+                    float[] tail = rnd(r, (rows + 5) * width, 1);
+                    Tensor dst = gpu.emptyGemmOperand(rows + 5, width);
+                    assertEquals(DType.BF16, dst.dtype(), what);
+                    Tensor pre = gpu.upload(host(tail, tail.length));
+                    gpu.convert(pre, dst);
+                    gpu.release(pre);
+                    gpu.synchronize();
+                    long before = gpu.memoryStats().bytesInUse();
+                    gpu.gatherRows(hidden, idx, rows, width, 2, dst);
+                    gpu.synchronize();
+                    assertEquals(before, gpu.memoryStats().bytesInUse(), what + ": nothing left behind");
+                    float[] got = gpu.download(dst).floats();
+                    assertSameBits(roundedToBf16(gpu.download(exact).floats()), Arrays.copyOf(got, rows * width),
+                            what + ": the gathered rows");
+                    assertSameBits(Arrays.copyOfRange(roundedToBf16(tail), rows * width, tail.length),
+                            Arrays.copyOfRange(got, rows * width, got.length), what + ": the rows past n untouched");
+                }
+            }
+        });
+    }
+
+    @Test
+    void theGroupedGemmReadsABf16OperandInPlaceOrWidensItWithTheSameBits() {
+        CudaBackend gpu = GpuTestSupport.backend();
+        atBf16(gpu, () -> {
+            try (Backend.Scope scope = gpu.openScope()) {
+                int inter = 40;
+                for (int hidden : new int[] {HIDDEN, HIDDEN - 4}) { // rows of whole 16-byte chunks, and not
+                    boolean inPlace = hidden % 8 == 0;
+                    String what = "hidden " + hidden;
+                    float[] x = rnd(r, TOTAL * hidden, 1);
+                    float[] w = rnd(r, E * inter * hidden, 1);
+                    Tensor weights = gpu.upload(host(w, w.length));
+                    Tensor f32 = gpu.upload(host(x, x.length));
+                    Tensor bf16 = gpu.emptyGemmOperand(TOTAL, hidden);
+                    gpu.convert(f32, bf16);
+                    Tensor viaBf16 = gpu.empty(DType.F32, TOTAL * inter);
+                    Tensor viaF32 = gpu.empty(DType.F32, TOTAL * inter);
+                    Tensor viaRounded = gpu.empty(DType.F32, TOTAL * inter);
+                    long read = gpu.groupedBf16InPlace();
+                    long casts = gpu.operandCasts();
+                    forward(gpu, hidden, inter, bf16, weights, viaBf16);
+                    assertEquals(read + (inPlace ? 1 : 0), gpu.groupedBf16InPlace(), what + ": read in place");
+                    assertEquals(casts + (inPlace ? 1 : 2), gpu.operandCasts(), what + ": operands cast");
+                    gpu.scale(viaF32, 0f); // a call in between: the next GEMM casts its own copies
+                    forward(gpu, hidden, inter, f32, weights, viaF32);
+                    assertSameBits(gpu.download(viaF32).floats(), gpu.download(viaBf16).floats(),
+                            what + ": BF16 operand against the f32 values the kernel rounds itself");
+                    forward(gpu, hidden, inter, gpu.upload(host(roundedToBf16(x), x.length)), weights, viaRounded);
+                    assertSameBits(gpu.download(viaRounded).floats(), gpu.download(viaBf16).floats(),
+                            what + ": BF16 operand against its widened values");
+                }
+            }
+        });
+    }
+
+    @Test
+    void operandOutputsOfAnotherDtypeAreRefusedNamingTheOp() {
+        CudaBackend gpu = GpuTestSupport.backend();
+        try (Backend.Scope scope = gpu.openScope()) {
+            int tokens = 3, k = 2, width = 8, n = tokens * k;
+            Tensor src = gpu.zeros(DType.F32, tokens, width);
+            Tensor idx = gpu.upload(Tensor.ofInts(new int[] {0, 1, 2, 3, 4, 5}, n));
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> gpu.gatherRows(src, idx, n, width, k, gpu.zeros(DType.I32, n, width)));
+            assertTrue(e.getMessage().contains("gatherRows") && e.getMessage().contains("I32"), e.getMessage());
+            e = assertThrows(IllegalArgumentException.class, () -> gpu.moeCombineBackward(src, gpu.zeros(DType.F32, n,
+                    width), null, gpu.zeros(DType.F32, n), tokens, k, width, gpu.zeros(DType.F16, n, width),
+                    gpu.zeros(DType.F32, n)));
+            assertTrue(e.getMessage().contains("moeCombineBackward") && e.getMessage().contains("dRows")
+                    && e.getMessage().contains("F16"), e.getMessage());
+        }
+    }
+
+    // ------------------------------------------------------------------ a model step
+
+    /** What one step computed: the losses and every gradient. */
+    record Step(double lm, double aux, Map<String, float[]> grads) {
+    }
+
+    /** {@code gpu} making every GEMM operand an F32 tensor, which the grouped GEMM rounds into its bf16 copies. */
+    private static Backend f32Operands(CudaBackend gpu) {
+        return (Backend) Proxy.newProxyInstance(Backend.class.getClassLoader(), new Class<?>[] {Backend.class},
+                (proxy, method, args) -> {
+                    if (method.getName().equals("emptyGemmOperand")) {
+                        return gpu.empty(DType.F32, (int[]) args[0]);
+                    }
+                    try {
+                        return method.invoke(gpu, args);
+                    } catch (InvocationTargetException e) {
+                        throw e.getCause();
+                    }
+                });
+    }
+
+    private static Qwen3MoeConfig config(int moeInter) {
+        return Qwen3MoeConfig.builder().vocabSize(256).hiddenSize(64).intermediateSize(96).moeIntermediateSize(moeInter)
+                .numHiddenLayers(3).numAttentionHeads(4).numKeyValueHeads(2).headDim(64).numExperts(8)
+                .numExpertsPerTok(2).mlpOnlyLayers(List.of(0)).normTopkProb(true).maxPositionEmbeddings(64)
+                .ropeTheta(10000).rmsNormEps(1e-6).routerAuxLossCoef(0.01).build();
+    }
+
+    private static Step step(CudaBackend gpu, Backend be, Qwen3MoeConfig config, ActivationCheckpointing mode) {
+        int b = 2, t = 32;
+        try (Backend.Scope scope = gpu.openScope()) {
+            Qwen3MoeModel model = new Qwen3MoeModel(config, be);
+            model.initRandom(21, 0.2);
+            model.setActivationCheckpointing(mode);
+            SplittableRandom r = new SplittableRandom(8);
+            int[] ids = new int[b * t];
+            int[] targets = new int[b * t];
+            for (int i = 0; i < ids.length; i++) {
+                ids[i] = r.nextInt(config.vocabSize());
+                targets[i] = r.nextInt(config.vocabSize());
+            }
+            Qwen3MoeModel.Pass pass = model.forward(ids, targets, b, t, b * t, config.routerAuxLossCoef(),
+                    StatsReducer.LOCAL);
+            model.backward(pass);
+            Map<String, float[]> grads = new LinkedHashMap<>();
+            for (Parameter p : model.parameters()) {
+                grads.put(p.name(), gpu.download(p.grad()).floats());
+            }
+            return new Step(pass.lmLossSum(), pass.auxLoss(), grads);
+        }
+    }
+
+    @Test
+    void aModelStepOnBf16OperandsIsTheStepOnF32OperandsTheKernelRounds() {
+        CudaBackend gpu = GpuTestSupport.backend();
+        atBf16(gpu, () -> {
+            for (int moeInter : new int[] {32, 36}) { // read in place; widened for the kernel (36 % 8 != 0)
+                Qwen3MoeConfig config = config(moeInter);
+                for (ActivationCheckpointing mode : ActivationCheckpointing.values()) {
+                    String what = "moe intermediate " + moeInter + ", " + mode;
+                    Step f32 = step(gpu, f32Operands(gpu), config, mode);
+                    Step bf16 = step(gpu, gpu, config, mode);
+                    assertTrue(Double.isFinite(bf16.lm) && bf16.lm > 0, what + ": lm loss " + bf16.lm);
+                    assertEquals(Double.doubleToRawLongBits(f32.lm), Double.doubleToRawLongBits(bf16.lm),
+                            what + ": lm loss " + bf16.lm + " vs " + f32.lm);
+                    assertEquals(Double.doubleToRawLongBits(f32.aux), Double.doubleToRawLongBits(bf16.aux),
+                            what + ": aux loss");
+                    for (String k : f32.grads.keySet()) {
+                        if (k.contains("embed_tokens")) { // embeddingBackward adds repeated rows with atomicAdd
+                            assertClose(f32.grads.get(k), bf16.grads.get(k), 1e-6, what + ": grad " + k);
+                        } else {
+                            assertSameBits(f32.grads.get(k), bf16.grads.get(k), what + ": grad " + k);
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
