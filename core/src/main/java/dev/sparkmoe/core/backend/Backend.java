@@ -351,8 +351,8 @@ public interface Backend {
 
     /**
      * Backward of {@link #moeCombine}, slot s at row r(s) = {@code rowOfSlot[s]} (s where null) of {@code rows} and of
-     * {@code dRows}: dRows[r(s)] = w[s] * dy[t] (written; dRows may be a GEMM operand, {@link #emptyGemmOperand}),
-     * dWeights[s] = dot(dy[t], rows[r(s)]) (written).
+     * {@code dRows}: dRows[r(s)] = w[s] * dy[t] (written; dRows may be a GEMM operand, {@link #emptyGemmOperand}, so
+     * F32 or BF16, each value rounded as written), dWeights[s] = dot(dy[t], rows[r(s)]) (written).
      */
     void moeCombineBackward(Tensor dy, Tensor rows, Tensor rowOfSlot, Tensor weights, int tokens, int k, int width,
                             Tensor dRows, Tensor dWeights);
