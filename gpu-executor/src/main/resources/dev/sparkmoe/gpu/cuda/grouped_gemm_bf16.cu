@@ -18,8 +18,8 @@
 //     with row stride dstLd = cols of the widest group rounded up to 8 (16 bytes); columns cols .. dstLd - 1 are
 //     written as ZEROS. So every group's bf16 block starts 16-byte aligned, its rows are 16-byte aligned, and a
 //     16-byte chunk that starts inside a row holds only valid elements or zeros: the GEMM needs no alignment cases.
-//     (An operand held as a bf16 image, CudaBackend.adoptBf16Images / emptyGemmOperand, is read in place when its
-//     stride and blocks meet the same rules.)
+//     (A BF16 operand tensor, CudaBackend.emptyGemmOperand's or a compute copy, and a bf16 image of
+//     CudaBackend.adoptBf16Images are read in place when their stride and blocks meet the same rules.)
 //   grouped_gemm_bf16_{nn,nt,tn,tt}: the GEMM on those bf16 operands. GBParams (grouped_gemm_params.cuh, shared with
 //     grouped_gemm_sm90.cu; passed BY VALUE as the only kernel parameter, 3360 bytes, under the classic 4 KB
 //     parameter limit): lda / ldb are the bf16 operands' strides, a / b their addresses, flags unused; b2 / bSplit
