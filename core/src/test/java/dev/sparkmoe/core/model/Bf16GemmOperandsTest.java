@@ -1,5 +1,6 @@
 package dev.sparkmoe.core.model;
 
+import dev.sparkmoe.core.testing.TokenBatch;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -37,12 +38,9 @@ class Bf16GemmOperandsTest {
         model.initRandom(21, 0.2);
         model.setLossChunkRows(5);
         SplittableRandom r = new SplittableRandom(8);
-        int[] ids = new int[B * T];
-        int[] targets = new int[B * T];
-        for (int i = 0; i < ids.length; i++) {
-            ids[i] = r.nextInt(config.vocabSize());
-            targets[i] = r.nextInt(config.vocabSize());
-        }
+        TokenBatch batch = TokenBatch.random(r, config.vocabSize(), B * T);
+        int[] ids = batch.ids();
+        int[] targets = batch.targets();
         long before = mem.liveBytes();
         Qwen3MoeModel.Pass pass = model.forward(ids, targets, B, T, B * T, 0.01, StatsReducer.LOCAL);
         double lm = pass.lmLossSum();

@@ -1,5 +1,6 @@
 package dev.sparkmoe.core.model;
 
+import dev.sparkmoe.core.testing.TokenBatch;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertSame;
 
@@ -50,12 +51,9 @@ class ExpertsGateUpGemmTest {
         model.setActivationCheckpointing(mode);
         SplittableRandom r = new SplittableRandom(8);
         int n = ActivationCheckpointingTest.B * ActivationCheckpointingTest.T;
-        int[] ids = new int[n];
-        int[] targets = new int[n];
-        for (int i = 0; i < n; i++) {
-            ids[i] = r.nextInt(config.vocabSize());
-            targets[i] = r.nextInt(config.vocabSize());
-        }
+        TokenBatch batch = TokenBatch.random(r, config.vocabSize(), n);
+        int[] ids = batch.ids();
+        int[] targets = batch.targets();
         Qwen3MoeModel.Pass pass = model.forward(ids, targets, ActivationCheckpointingTest.B,
                 ActivationCheckpointingTest.T, n, 0.01, StatsReducer.LOCAL);
         model.backward(pass);

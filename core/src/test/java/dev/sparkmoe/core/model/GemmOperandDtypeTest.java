@@ -1,5 +1,7 @@
 package dev.sparkmoe.core.model;
 
+import dev.sparkmoe.core.testing.TokenBatch;
+import static dev.sparkmoe.core.testing.Bits.assertSameBits;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -121,12 +123,9 @@ class GemmOperandDtypeTest {
         model.initRandom(21, 0.2);
         model.setActivationCheckpointing(mode);
         SplittableRandom r = new SplittableRandom(8);
-        int[] ids = new int[B * T];
-        int[] targets = new int[B * T];
-        for (int i = 0; i < ids.length; i++) {
-            ids[i] = r.nextInt(config.vocabSize());
-            targets[i] = r.nextInt(config.vocabSize());
-        }
+        TokenBatch batch = TokenBatch.random(r, config.vocabSize(), B * T);
+        int[] ids = batch.ids();
+        int[] targets = batch.targets();
         Qwen3MoeModel.Pass pass = model.forward(ids, targets, B, T, B * T, 0.01, StatsReducer.LOCAL);
         model.backward(pass);
         Map<String, float[]> grads = new LinkedHashMap<>();
@@ -134,15 +133,6 @@ class GemmOperandDtypeTest {
             grads.put(p.name(), p.grad().floats().clone());
         }
         return new Step(pass.lmLossSum(), pass.auxLoss(), grads, seen);
-    }
-
-    private static void assertSameBits(float[] want, float[] got, String what) {
-        assertEquals(want.length, got.length, what + ": lengths");
-        for (int i = 0; i < want.length; i++) {
-            if (Float.floatToRawIntBits(want[i]) != Float.floatToRawIntBits(got[i])) {
-                throw new AssertionError(what + ": element " + i + " is " + got[i] + ", expected " + want[i]);
-            }
-        }
     }
 
     @Test

@@ -1,5 +1,6 @@
 package dev.sparkmoe.gpu.cuda;
 
+import static dev.sparkmoe.core.testing.Bits.assertSameBits;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.host;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.rnd;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -66,15 +67,6 @@ class Bf16ImageTest {
 
     private static float[] rounded(float[] a) {
         return GpuTestSupport.roundedToBf16(a);
-    }
-
-    private static void assertSameBits(float[] want, float[] got, String what) {
-        assertEquals(want.length, got.length, what + ": lengths");
-        for (int i = 0; i < want.length; i++) {
-            if (Float.floatToRawIntBits(want[i]) != Float.floatToRawIntBits(got[i])) {
-                throw new AssertionError(what + ": element " + i + " is " + got[i] + ", expected " + want[i]);
-            }
-        }
     }
 
     private static CudaBackend kernelBackend() {

@@ -1,5 +1,6 @@
 package dev.sparkmoe.gpu.cuda;
 
+import static dev.sparkmoe.core.testing.Bits.assertSameBits;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.assertClose;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.host;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.rnd;
@@ -59,15 +60,6 @@ class SiluMulKernelsTest {
 
     private static float[] down(CudaBackend gpu, Tensor t) {
         return gpu.download(t).floats();
-    }
-
-    private static void assertSameBits(float[] want, float[] got, String what) {
-        assertEquals(want.length, got.length, what + ": lengths");
-        for (int i = 0; i < want.length; i++) {
-            if (Float.floatToRawIntBits(want[i]) != Float.floatToRawIntBits(got[i])) {
-                throw new AssertionError(what + ": element " + i + " is " + got[i] + ", expected " + want[i]);
-            }
-        }
     }
 
     @Test
