@@ -430,7 +430,7 @@ final class StepReplay {
         int local = units.localExperts;
         int inter = inter(l);
         Buf routed = dispatch(c, n);
-        gateAndUp(l, c, routedOperand(routed, rows, r.ep() == 1), rows);
+        gateAndUp(l, c, rowsOperand(routed, rows, r.ep() == 1), rows);
         if (r.ep() == 1) { // LocalTokenDispatcher regathers the routed rows in backward
             mem.free(routed);
             dev.dropCasts();
@@ -484,11 +484,12 @@ final class StepReplay {
     }
 
     /**
-     * The routed rows [rows, H] as the experts' grouped GEMMs read them: a GEMM operand where LocalTokenDispatcher made
-     * them ({@code operand}: BF16 at bf16 on CUDA), else the all-to-all's f32 rows.
+     * Hidden-wide expert rows [rows, H] (the routed rows, the output gradients) as the experts' grouped GEMMs read
+     * them: a GEMM operand where LocalTokenDispatcher made them ({@code operand}: BF16 at bf16 on CUDA), else the
+     * all-to-all's f32 rows.
      */
-    private Operand routedOperand(Buf routed, long rows, boolean operand) {
-        return operand ? dev.gemmOperand(routed, rows * h, h) : new Operand(routed, rows * h, false);
+    private Operand rowsOperand(Buf b, long rows, boolean operand) {
+        return operand ? dev.gemmOperand(b, rows * h, h) : new Operand(b, rows * h, false);
     }
 
     private int inter(Layer l) {
@@ -649,7 +650,7 @@ final class StepReplay {
             long rows = expertRows(n);
             Buf routed = c.routed != null ? c.routed
                     : dev.operand(Category.TEMPORARIES, rows * h, "routed rows (regathered)");
-            gateAndUp(l, c, routedOperand(routed, rows, c.routed == null), rows);
+            gateAndUp(l, c, rowsOperand(routed, rows, c.routed == null), rows);
             if (routed != c.routed) {
                 mem.free(routed);
             }
@@ -716,7 +717,7 @@ final class StepReplay {
         Buf dGateUp = dev.operand(Category.TEMPORARIES, rows * 2 * inter, "gate and up gradients");
         Buf dRouted = f32(Category.TEMPORARIES, rows * h, "routed rows gradient");
         Buf act = dev.operand(Category.TEMPORARIES, rows * inter, "silu(gate) * up");
-        Operand dOutRows = r.ep() == 1 ? dev.gemmOperand(dOut, rows * h, h) : new Operand(dOut, rows * h, false);
+        Operand dOutRows = rowsOperand(dOut, rows, r.ep() == 1);
         dev.groupedGemm(local, dOutRows, weight(l.down));
         fsdp.grad(l.down);
         dev.groupedGemm(local, dOutRows, dev.gemmOperand(act, rows * inter, inter));
@@ -725,7 +726,7 @@ final class StepReplay {
         mem.free(dAct, c.gateUp);
         Buf routed = r.ep() == 1 ? dev.operand(Category.TEMPORARIES, rows * h, "routed rows (regathered)")
                 : c.routed;
-        Operand routedRows = routedOperand(routed, rows, r.ep() == 1);
+        Operand routedRows = rowsOperand(routed, rows, r.ep() == 1);
         // dRouted from both blocks at once; then each weight's gradient from its column block of dGateUp
         Operand dGate = dev.gemmOperand(dGateUp, rows * inter, inter);
         dev.groupedGemmSplitB(local, false, dGate, weight(l.gate), weight(l.up));
