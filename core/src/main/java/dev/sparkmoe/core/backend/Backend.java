@@ -210,7 +210,11 @@ public interface Backend {
 
     // ------------------------------------------------------------------ transformer layers
 
-    /** y[r] = w * x[r] / sqrt(mean(x[r]^2) + eps) for each of {@code rows} rows of {@code dim}; rstd[r] saved. */
+    /**
+     * y[r] = w * x[r] / sqrt(mean(x[r]^2) + eps) for each of {@code rows} rows of {@code dim}; rstd[r] saved. y is F32,
+     * or in {@link #gemmDType()} where only GEMMs read it ({@link GemmOperand#empty}): each value computed in f32 and
+     * rounded to nearest even once.
+     */
     void rmsNormForward(Tensor x, Tensor w, float eps, int rows, int dim, Tensor y, Tensor rstd);
 
     /** dx of the above given dy (written), dw += its weight gradient (accumulated). */
@@ -333,6 +337,8 @@ public interface Backend {
     /**
      * dst[j] = src[index[j] / divisor] for j in [0, n), rows of {@code width}. {@code dst} is F32, or BF16 where it is
      * a GEMM operand of a backend that makes them so ({@link #emptyGemmOperand}: each value rounded as written).
+     * {@code src} is F32, or in {@link #gemmDType()} ({@link GemmOperand#empty}: a norm's output), whose values an F32
+     * or BF16 dst holds exactly.
      */
     void gatherRows(Tensor src, Tensor index, int n, int width, int divisor, Tensor dst);
 

@@ -1,5 +1,6 @@
 package dev.sparkmoe.core.backend;
 
+import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
 
 /**
@@ -15,6 +16,7 @@ final class CpuNormAndRope {
         float[] wf = w.floats();
         float[] yf = y.floats();
         float[] rf = rstd.floats();
+        DType out = y.dtype(); // F32, or the GEMMs' dtype (Backend.rmsNormForward): each value rounded to it
         Par.range(rows, dim * 3L, (from, to) -> {
             for (int r = from; r < to; r++) {
                 int o = r * dim;
@@ -25,7 +27,7 @@ final class CpuNormAndRope {
                 float rs = (float) (1.0 / Math.sqrt(ss / dim + eps));
                 rf[r] = rs;
                 for (int j = 0; j < dim; j++) {
-                    yf[o + j] = wf[j] * (xf[o + j] * rs);
+                    yf[o + j] = DType.round(out, wf[j] * (xf[o + j] * rs));
                 }
             }
         });

@@ -23,6 +23,16 @@ public final class GemmOperand {
         return y;
     }
 
+    /**
+     * A new tensor (contents unspecified) whose values only dense GEMMs read, and the row gathers that make the
+     * experts' operands ({@link Backend#gatherRows}): in the GEMMs' dtype, so that no GEMM copies it. The decoder
+     * layers' norm outputs are such tensors: written rounded once ({@link Backend#rmsNormForward}), the values every
+     * GEMM on an F32 copy rounded them to before.
+     */
+    public static Tensor empty(Backend be, int... shape) {
+        return be.empty(be.gemmDType(), shape);
+    }
+
     /** Gives back a copy made by {@link #of} (nothing where it is the original itself). */
     public static void release(Backend be, Tensor copy, Tensor original) {
         if (copy != null && copy != original) {

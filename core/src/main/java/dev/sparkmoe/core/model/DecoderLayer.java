@@ -1,6 +1,7 @@
 package dev.sparkmoe.core.model;
 
 import dev.sparkmoe.core.backend.Backend;
+import dev.sparkmoe.core.backend.GemmOperand;
 import dev.sparkmoe.core.nn.Module;
 import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.tensor.DType;
@@ -75,13 +76,13 @@ public final class DecoderLayer extends Module {
     /** From the input {@code c.x}: h1 = norm1(x), x2 = x + attn(h1), h2 = norm2(x2), with what their backward needs. */
     private void attentionHalf(Backend be, int batch, int seqLen, Cache c) {
         int n = batch * seqLen;
-        c.h1 = be.empty(DType.F32, n, hidden);
+        c.h1 = GemmOperand.empty(be, n, hidden); // read by the q, k and v projections only
         c.rstd1 = be.empty(DType.F32, n);
         be.rmsNormForward(c.x, inputNorm.value(), eps, n, hidden, c.h1, c.rstd1);
         Tensor a = attention.forward(be, c.h1, batch, seqLen, c.attn);
         c.x2 = a; // x2 = x + attn(norm(x)), accumulated in place into the attention output
         be.axpy(1f, c.x, 0, c.x2, 0, c.x2.numel());
-        c.h2 = be.empty(DType.F32, n, hidden);
+        c.h2 = GemmOperand.empty(be, n, hidden); // read by the router and the experts' (or MLP's) projections
         c.rstd2 = be.empty(DType.F32, n);
         be.rmsNormForward(c.x2, postNorm.value(), eps, n, hidden, c.h2, c.rstd2);
     }

@@ -175,7 +175,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.flash = new FlashAttention(this.device, memory, launcher);
         this.attention = new Attention(this.device, memory, launcher, dense, flash);
         this.elementwise = new Elementwise(this.device, memory, launcher, errors, transfers);
-        this.normAndRope = new NormAndRope(this.device, memory, launcher);
+        this.normAndRope = new NormAndRope(this.device, memory, launcher, elementwise);
         this.embeddingAndLoss = new EmbeddingAndLoss(this.device, memory, launcher, errors, transfers);
         this.routing = new MoeRouting(this.device, memory, launcher, errors, elementwise);
         this.adamw = new AdamWKernel(this.device, memory, launcher, errors);

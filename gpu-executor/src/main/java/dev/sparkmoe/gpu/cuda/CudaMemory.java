@@ -154,8 +154,9 @@ final class CudaMemory {
         if (t != null && (t.dtype() == DType.BF16 || t.dtype() == DType.F16)) {
             throw new IllegalArgumentException(what + " is " + t + ": this op reads and writes F32 on the GPU; a "
                     + t.dtype() + " tensor is taken only by gemm (both operands), groupedGemm, convert, copy, "
-                    + "crossEntropy's gradient and the grouped GEMM operands that gatherRows, siluMulForward, "
-                    + "siluMulBackward and moeCombineBackward write. Convert it to F32 first (Backend.convert)");
+                    + "crossEntropy's gradient, the grouped GEMM operands that gatherRows, siluMulForward, "
+                    + "siluMulBackward and moeCombineBackward write, rmsNormForward's output and gatherRows' source. "
+                    + "Convert it to F32 first (Backend.convert)");
         }
         return ptr(t, what, off, n).address();
     }

@@ -180,6 +180,10 @@ final class MoeRouting {
             return;
         }
         int srcRows = src.numel() / width;
+        if (src.dtype() == DType.BF16) {
+            gatherBf16Rows(src, srcRows, index, n, width, divisor, dst, bf16);
+            return;
+        }
         long from = memory.addr(src, "src", 0, (long) srcRows * width);
         if (bf16) {
             long to16 = memory.addrOf(dst, DType.BF16, "dst", 0, (long) n * width);
@@ -207,6 +211,31 @@ final class MoeRouting {
         }
         launcher.launch(K, "gather_rows", n, 1, rowThreadsFor(width, vec), 0, from, srcRows,
                 memory.addr(index, "index", 0, n), n, width, divisor, to, errors.address(), vec);
+    }
+
+    /**
+     * gatherRows from BF16 rows (a norm's output in the GEMMs' dtype) into BF16 or F32 rows, the same values: the warp
+     * kernels where rows are whole groups of four with 8-byte aligned bf16 rows (16-byte f32 ones), else the source
+     * widened into an f32 scratch (exact) and gathered from there.
+     */
+    private void gatherBf16Rows(Tensor src, int srcRows, Tensor index, int n, int width, int divisor, Tensor dst,
+                                boolean bf16) {
+        long from = memory.addrOf(src, DType.BF16, "src", 0, (long) srcRows * width);
+        long to = bf16 ? memory.addrOf(dst, DType.BF16, "dst", 0, (long) n * width)
+                : memory.addr(dst, "dst", 0, (long) n * width);
+        if (width % 4 == 0 && from % 8 == 0 && to % (bf16 ? 8 : 16) == 0) {
+            launcher.launch(K, bf16 ? "gather_rows_warp_b16_bf16" : "gather_rows_warp_b16_f32",
+                    blocksFor(32L * n, THREADS), 1, THREADS, 0, from, srcRows, memory.addr(index, "index", 0, n), n,
+                    width, divisor, to, errors.address());
+            return;
+        }
+        Tensor wide = memory.scratch(DType.F32, src.numel());
+        try {
+            elementwise.convert(src, wide);
+            gatherRows(wide, index, n, width, divisor, dst);
+        } finally {
+            memory.release(wide); // stream-ordered: a later user queues behind the gather
+        }
     }
 
     void scatterRows(Tensor src, Tensor index, int n, int width, Tensor dst) {

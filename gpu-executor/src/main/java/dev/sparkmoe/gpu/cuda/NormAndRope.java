@@ -14,8 +14,9 @@ import java.util.HashMap;
 import java.util.Map;
 
 /**
- * RMSNorm forward and backward (a row per lane group in registers where the row is float4-aligned and at most 1024
- * wide, else a block per row; the weight gradient summed from per-block partials in a fixed order) and rotary
+ * RMSNorm forward and backward (a row per lane group in registers where the row is float4-aligned and at most 2048
+ * wide, else a block per row; the weight gradient summed from per-block partials in a fixed order; the forward's
+ * output f32 or rounded to bf16) and rotary
  * position embeddings (from a cos/sin table made once per theta, head dim and sequence length, kept for the
  * backend's life; the direct form where no table fits). Called under the backend's lock.
  */
@@ -23,22 +24,31 @@ final class NormAndRope {
     private static final String K = KernelLauncher.NORM_ROPE;
     /** Row blocks of the vectorised RMSNorm backward (and so dW partials) aimed at: fixed, so the sum order is. */
     private static final int RMSNORM_BWD_BLOCKS = 512;
+    /** The widest row of the vectorised RMSNorm kernels: 32 lanes of 16 float4 (norm_rope.cu's RMSNORM_VEC(32, 16)). */
+    static final int RMSNORM_VEC_DIM = 2048;
     /** The largest rope table, in (position, i) cells: 16 MiB of cos and sin. */
     private static final long ROPE_TABLE_MAX = 1L << 21;
 
     private final CudaDevice device;
     private final CudaMemory memory;
     private final KernelLauncher launcher;
+    private final Elementwise elementwise;
     private final Map<String, DeviceBuffer> ropeFreqs = new HashMap<>();
     /** rope's cos and sin tables (seqLen x headDim / 2 each, one buffer) by theta / headDim / seqLen. */
     private final Map<String, DeviceBuffer> ropeTables = new HashMap<>();
 
-    NormAndRope(CudaDevice device, CudaMemory memory, KernelLauncher launcher) {
+    NormAndRope(CudaDevice device, CudaMemory memory, KernelLauncher launcher, Elementwise elementwise) {
         this.device = device;
         this.memory = memory;
         this.launcher = launcher;
+        this.elementwise = elementwise;
     }
 
+    /**
+     * y F32, or BF16 (a norm output that only GEMMs read, Backend.rmsNormForward): the vectorised kernel writes it
+     * rounded; where rows do not fit it, the block-per-row kernel writes an f32 scratch that is then rounded (the same
+     * values).
+     */
     void rmsNormForward(Tensor x, Tensor w, float eps, int rows, int dim, Tensor y, Tensor rstd) {
         if (rows == 0) {
             return;
@@ -46,24 +56,35 @@ final class NormAndRope {
         long n = (long) rows * dim;
         long xA = memory.addr(x, "x", 0, n);
         long wA = memory.addr(w, "w", 0, dim);
-        long yA = memory.addr(y, "y", 0, n);
+        boolean bf16 = y != null && y.dtype() == DType.BF16;
+        long yA = bf16 ? memory.addrOf(y, DType.BF16, "y", 0, n) : memory.addr(y, "y", 0, n);
         long rA = memory.addr(rstd, "rstd", 0, rows);
         int[] lv = rmsNormVec(dim, xA, wA, yA);
         if (lv != null) {
             int rowsPerBlock = THREADS / lv[0];
-            launcher.launch(K, "rmsnorm_fwd_l" + lv[0] + "v" + lv[1], ceilDiv(rows, rowsPerBlock), 1, THREADS, 0, xA,
-                    wA, eps, rows, dim, yA, rA);
+            launcher.launch(K, (bf16 ? "rmsnorm_fwd_bf16_l" : "rmsnorm_fwd_l") + lv[0] + "v" + lv[1],
+                    ceilDiv(rows, rowsPerBlock), 1, THREADS, 0, xA, wA, eps, rows, dim, yA, rA);
             return;
         }
-        launcher.launch(K, "rmsnorm_fwd", rows, 1, rowThreads(dim), 0, xA, wA, eps, rows, dim, yA, rA);
+        if (!bf16) {
+            launcher.launch(K, "rmsnorm_fwd", rows, 1, rowThreads(dim), 0, xA, wA, eps, rows, dim, yA, rA);
+            return;
+        }
+        Tensor wide = memory.scratch(DType.F32, (int) n); // y is an int-sized tensor
+        try {
+            rmsNormForward(x, w, eps, rows, dim, wide, rstd);
+            elementwise.roundToBf16(memory.addr(wide, "norm output", 0, n), yA, n);
+        } finally {
+            memory.release(wide); // stream-ordered: a later user queues behind the rounding
+        }
     }
 
     /**
      * The vectorised RMSNorm kernels' {lanes per row, float4 per lane} for rows of {@code dim} floats (dim % 4 == 0,
-     * at most 1024, every address 16-byte aligned), else null (the block-per-row kernels).
+     * at most {@link #RMSNORM_VEC_DIM}, every address 16-byte aligned), else null (the block-per-row kernels).
      */
     private static int[] rmsNormVec(int dim, long... addresses) {
-        if (dim % 4 != 0 || dim > 1024 || !aligned16(addresses)) {
+        if (dim % 4 != 0 || dim > RMSNORM_VEC_DIM || !aligned16(addresses)) {
             return null;
         }
         int d4 = dim / 4;

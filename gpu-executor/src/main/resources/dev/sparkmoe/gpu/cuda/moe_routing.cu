@@ -8,20 +8,21 @@
 // Warp-stride loop: warp-uniform, so the whole warp stays together for shuffles.
 #define WARP_STRIDE(j, n) for (long long j = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; j < (n); \
                                j += ((long long)gridDim.x * blockDim.x) >> 5)
-// Warp per row, float4 loads (width % 4 == 0, 16-byte aligned source rows), four in flight per lane; f32 or bf16 out.
-template <typename O>
-__device__ __forceinline__ void copy_row_warp(const float* __restrict__ from, O* __restrict__ to, int w4, int lane) {
-    const float4* f = reinterpret_cast<const float4*>(from);
+// Warp per row, four elements a load (width % 4 == 0; source rows 16-byte aligned for f32, 8-byte for bf16), four
+// loads in flight per lane; f32 or bf16 in, f32 or bf16 out (a bf16 source's values, widened exactly, are stored
+// unchanged into either).
+template <typename I, typename O>
+__device__ __forceinline__ void copy_row_warp(const I* __restrict__ from, O* __restrict__ to, int w4, int lane) {
     int c = lane;
     for (; c + 96 < w4; c += 128) {
-        float4 a = f[c], b = f[c + 32], d = f[c + 64], e = f[c + 96];
+        float4 a = ld4(from, c), b = ld4(from, c + 32), d = ld4(from, c + 64), e = ld4(from, c + 96);
         st4o(to, c, a); st4o(to, c + 32, b); st4o(to, c + 64, d); st4o(to, c + 96, e);
     }
-    for (; c < w4; c += 32) st4o(to, c, f[c]);
+    for (; c < w4; c += 32) st4o(to, c, ld4(from, c));
 }
 
-template <typename O>
-__device__ __forceinline__ void gather_rows_warp_body(const float* src, int srcRows, const int* index, int n,
+template <typename I, typename O>
+__device__ __forceinline__ void gather_rows_warp_body(const I* src, int srcRows, const int* index, int n,
                                                       int width, int divisor, O* dst, int* err) {
     int lane = threadIdx.x & 31;
     WARP_STRIDE(j, n) {
@@ -345,6 +346,18 @@ __global__ void gather_rows_warp(const float* src, int srcRows, const int* index
 // gather_rows_warp writing bf16 rows (dst rows 8-byte aligned)
 __global__ void gather_rows_warp_bf16(const float* src, int srcRows, const int* index, int n, int width, int divisor,
                                       unsigned short* dst, int* err) {
+    gather_rows_warp_body(src, srcRows, index, n, width, divisor, dst, err);
+}
+
+// gather_rows_warp from bf16 rows (a norm's output in the GEMMs' dtype; source rows 8-byte aligned) into bf16 rows
+// (a grouped GEMM operand) or f32 rows (an all-to-all's send buffer): the same values, exactly
+__global__ void gather_rows_warp_b16_bf16(const unsigned short* src, int srcRows, const int* index, int n, int width,
+                                          int divisor, unsigned short* dst, int* err) {
+    gather_rows_warp_body(src, srcRows, index, n, width, divisor, dst, err);
+}
+
+__global__ void gather_rows_warp_b16_f32(const unsigned short* src, int srcRows, const int* index, int n, int width,
+                                         int divisor, float* dst, int* err) {
     gather_rows_warp_body(src, srcRows, index, n, width, divisor, dst, err);
 }
 

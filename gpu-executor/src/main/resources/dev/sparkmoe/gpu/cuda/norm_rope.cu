@@ -14,9 +14,10 @@ template <int L> __device__ __forceinline__ float groupSum(float v) {
 
 // ------------------------------------------------------------------ RMSNorm, vectorised (dim % 4 == 0, 16-byte
 // aligned rows): a group of L lanes per row, each lane holding V float4 of the row in registers (column float4
-// c = lane + q * L), so dim <= 4 * L * V. A block of 256 threads holds 256 / L row groups.
-template <int L, int V> __device__ __forceinline__ void rmsnorm_fwd_vec(const float* __restrict__ x,
-        const float* __restrict__ w, float eps, int rows, int dim, float* __restrict__ y, float* __restrict__ rstd) {
+// c = lane + q * L), so dim <= 4 * L * V. A block of 256 threads holds 256 / L row groups. The forward writes y in
+// f32 or, O = unsigned short, rounded once to bf16 (a norm output that only GEMMs read: Backend.rmsNormForward).
+template <int L, int V, typename O> __device__ __forceinline__ void rmsnorm_fwd_vec(const float* __restrict__ x,
+        const float* __restrict__ w, float eps, int rows, int dim, O* __restrict__ y, float* __restrict__ rstd) {
     int lane = threadIdx.x % L;
     int r = blockIdx.x * (blockDim.x / L) + threadIdx.x / L;
     bool ok = r < rows;
@@ -37,7 +38,7 @@ template <int L, int V> __device__ __forceinline__ void rmsnorm_fwd_vec(const fl
     if (!ok) return;
     float rs = (float)(1.0 / sqrt((double)(ss / dim + eps)));
     if (lane == 0) rstd[r] = rs;
-    float* yr = y + (long long)r * dim;
+    O* yr = y + (long long)r * dim;
 #pragma unroll
     for (int q = 0; q < V; q++) {
         int c = lane + q * L;
@@ -47,7 +48,7 @@ template <int L, int V> __device__ __forceinline__ void rmsnorm_fwd_vec(const fl
             o.y = wv.y * (xv[q].y * rs);
             o.z = wv.z * (xv[q].z * rs);
             o.w = wv.w * (xv[q].w * rs);
-            st4(yr, c, o);
+            st4o(yr, c, o);
         }
     }
 }
@@ -55,19 +56,30 @@ template <int L, int V> __device__ __forceinline__ void rmsnorm_fwd_vec(const fl
 // Backward, same layout: dx per row with x and dy kept in registers between the dot and the write, and the dW
 // contribution of the rows of this block (a contiguous chunk of rowsPerBlock rows) reduced in a fixed order into
 // partial[blockIdx.x * dim + col]: per lane over its rows, then over the block's row groups through shared memory.
+// The per-lane sums live in registers up to V = 8 and in the group's row of shared memory from V = 16 on (x and dy
+// of a row already take 8 V registers a lane); a lane alone owns its columns there, so the order is the same.
 template <int L, int V> __device__ __forceinline__ void rmsnorm_bwd_vec(const float* __restrict__ dy,
         const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ rstd, int rows, int dim,
         int rowsPerBlock, float* __restrict__ dx, float* __restrict__ partial) {
     extern __shared__ float4 shDw[];  // [groups][d4]
     constexpr int MAXG = 256 / L;
+    constexpr bool SH = V >= 16;  // the per-lane sums in shared memory
+    constexpr int VA = SH ? 1 : V;
     int groups = blockDim.x / L;
     int g = threadIdx.x / L, lane = threadIdx.x % L;
     int d4 = dim >> 2;
     int r0 = blockIdx.x * rowsPerBlock;
     int r1 = min(rows, r0 + rowsPerBlock);
-    float4 acc[V];
+    float4 acc[VA];
 #pragma unroll
-    for (int q = 0; q < V; q++) acc[q] = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int q = 0; q < VA; q++) acc[q] = make_float4(0.f, 0.f, 0.f, 0.f);
+    if constexpr (SH) {
+#pragma unroll
+        for (int q = 0; q < V; q++) {
+            int c = lane + q * L;
+            if (c < d4) shDw[g * d4 + c] = make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    }
     // every group runs the same number of iterations (shuffles need the whole warp)
     for (int rb = r0; rb < r1; rb += groups) {
         int r = rb + g;
@@ -106,18 +118,23 @@ template <int L, int V> __device__ __forceinline__ void rmsnorm_bwd_vec(const fl
                     out.z = rs * (dv[q].z * wv.z - xh.z * mean);
                     out.w = rs * (dv[q].w * wv.w - xh.w * mean);
                     st4(dx + o, c, out);
-                    acc[q].x += dv[q].x * xh.x;
-                    acc[q].y += dv[q].y * xh.y;
-                    acc[q].z += dv[q].z * xh.z;
-                    acc[q].w += dv[q].w * xh.w;
+                    float4 a;
+                    if constexpr (SH) a = shDw[g * d4 + c]; else a = acc[q];
+                    a.x += dv[q].x * xh.x;
+                    a.y += dv[q].y * xh.y;
+                    a.z += dv[q].z * xh.z;
+                    a.w += dv[q].w * xh.w;
+                    if constexpr (SH) shDw[g * d4 + c] = a; else acc[q] = a;
                 }
             }
         }
     }
+    if constexpr (!SH) {
 #pragma unroll
-    for (int q = 0; q < V; q++) {
-        int c = lane + q * L;
-        if (c < d4) shDw[g * d4 + c] = acc[q];
+        for (int q = 0; q < VA; q++) {
+            int c = lane + q * L;
+            if (c < d4) shDw[g * d4 + c] = acc[q];
+        }
     }
     __syncthreads();
     for (int c = threadIdx.x; c < d4; c += blockDim.x) {
@@ -214,6 +231,10 @@ __global__ void sum_chunks_accumulate_2d(const float* partial, int chunks, int d
 #define RMSNORM_VEC(L, V)                                                                                             \
     __global__ void __launch_bounds__(256) rmsnorm_fwd_l##L##v##V(const float* x, const float* w, float eps,      \
             int rows, int dim, float* y, float* rstd) { rmsnorm_fwd_vec<L, V>(x, w, eps, rows, dim, y, rstd); }    \
+    __global__ void __launch_bounds__(256) rmsnorm_fwd_bf16_l##L##v##V(const float* x, const float* w, float eps, \
+            int rows, int dim, unsigned short* y, float* rstd) {                                                   \
+        rmsnorm_fwd_vec<L, V>(x, w, eps, rows, dim, y, rstd);                                                      \
+    }                                                                                                              \
     __global__ void __launch_bounds__(256) rmsnorm_bwd_l##L##v##V(const float* dy, const float* x, const float* w, \
             const float* rstd, int rows, int dim, int rowsPerBlock, float* dx, float* partial) {                   \
         rmsnorm_bwd_vec<L, V>(dy, x, w, rstd, rows, dim, rowsPerBlock, dx, partial);                               \
@@ -225,6 +246,7 @@ RMSNORM_VEC(32, 1)
 RMSNORM_VEC(32, 2)
 RMSNORM_VEC(32, 4)
 RMSNORM_VEC(32, 8)
+RMSNORM_VEC(32, 16)
 
 // ------------------------------------------------------------------ RoPE (rotate-half), in place
 

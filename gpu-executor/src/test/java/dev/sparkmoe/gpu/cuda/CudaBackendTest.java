@@ -404,9 +404,10 @@ class CudaBackendTest {
 
     @Test
     void rmsNormForwardBackward() {
-        // {dim, rows}: lanes per row 16 and 32 (float4 kernels, several row blocks and rows per block), and 2048
-        // (block per row)
-        for (int[] dr : new int[][] {{64, 300}, {1000, 300}, {2048, 300}, {64, 9001}, {1024, 4500}, {12, 77}}) {
+        // {dim, rows}: lanes per row 16 and 32 (float4 kernels, several row blocks and rows per block; 1536 and 2048
+        // with 16 float4 a lane, the sums in shared memory), and 2052 and 12 (block per row)
+        for (int[] dr : new int[][] {{64, 300}, {1000, 300}, {2048, 300}, {1536, 700}, {2052, 300}, {64, 9001},
+                {1024, 4500}, {2048, 8192}, {12, 77}}) {
             int dim = dr[0];
             int rows = dr[1];
             float[] x = rnd(r, rows * dim, 1);

@@ -375,17 +375,15 @@ final class StepReplay {
 
     /** DecoderLayer.attentionHalf: h1 = norm1(x), x2 = x + attn(h1), h2 = norm2(x2). */
     private void attentionHalf(Layer l, Cache c, int batch, long n) {
-        c.h1 = f32(Category.RESIDUAL, n * h, "input norm output");
+        c.h1 = gemmInput(Category.RESIDUAL, n * h, "input norm output");
         c.rstd1 = f32(Category.RESIDUAL, n, "input norm rstd");
         fsdp.readAsF32(l.unit); // rmsNormForward reads the input norm
-        Buf xg = gemmCopy(n * h, "the input norm output"); // made once for the three projections
         c.qRaw = f32(Category.ATTENTION, n * qDim, "q before q_norm");
         linearForward(0, l.q);
         c.kRaw = f32(Category.ATTENTION, n * kvDim, "k before k_norm");
         linearForward(0, l.k);
         c.v = f32(Category.ATTENTION, n * kvDim, "v");
         linearForward(0, l.v);
-        mem.free(xg);
         c.q = f32(Category.ATTENTION, n * qDim, "q");
         c.k = f32(Category.ATTENTION, n * kvDim, "k");
         c.qRstd = f32(Category.ATTENTION, n * qHeads, "q_norm rstd");
@@ -395,7 +393,7 @@ final class StepReplay {
         dev.attentionForward(batch, seq, qHeads, kvHeads, headDim);
         c.x2 = f32(Category.RESIDUAL, n * h, "o_proj output, the residual stream after attention");
         linearForward(n * qDim, l.o);
-        c.h2 = f32(Category.RESIDUAL, n * h, "post-attention norm output");
+        c.h2 = gemmInput(Category.RESIDUAL, n * h, "post-attention norm output");
         c.rstd2 = f32(Category.RESIDUAL, n, "post-attention norm rstd");
     }
 
@@ -407,7 +405,7 @@ final class StepReplay {
     /** MoeBlock.forward: router, routing, the experts (in their own unit's hooks), the combine's output. */
     private Buf moeForward(Layer l, Cache c, long n) {
         c.routerLogits = f32(Category.MOE, n * e, "router logits [N, E]");
-        linearForward(n * h, l.router);
+        linearForward(0, l.router);
         route(c, n);
         fsdp.beforeForward(l.experts);
         c.slots = expertsForward(l, c, n);
@@ -519,13 +517,21 @@ final class StepReplay {
     private void denseActivations(Layer l, Cache c, long n) {
         long inter = this.c.intermediateSize();
         c.gate = f32(Category.MOE, n * inter, "dense MLP gate projection");
-        linearForward(n * h, l.gate);
+        linearForward(0, l.gate);
         c.up = f32(Category.MOE, n * inter, "dense MLP up projection");
-        linearForward(n * h, l.up);
+        linearForward(0, l.up);
         c.act = f32(Category.MOE, n * inter, "dense MLP silu(gate) * up");
     }
 
     // ------------------------------------------------------------------ the dense GEMMs' operands (GemmOperand)
+
+    /**
+     * GemmOperand.empty: a tensor that only GEMMs (and the experts' row gathers) read, in the GEMMs' dtype (the decoder
+     * layers' norm outputs): 2 bytes an element where they take bf16.
+     */
+    private Buf gemmInput(Category cat, long elements, String what) {
+        return bf16Gemms ? mem.alloc(cat, elements, 2, what + " (bf16)") : f32(cat, elements, what);
+    }
 
     /** GemmOperand.of on an f32 tensor: its bf16 copy where the GEMMs take bf16, else nothing (null). */
     private Buf gemmCopy(long elements, String what) {
@@ -545,8 +551,9 @@ final class StepReplay {
     }
 
     /**
-     * Linear.forward's GEMM, after its output: the copies of the input ({@code xElements}; 0 where the caller made
-     * its bf16 copy) and of the weight, made for the GEMM and given back after it.
+     * Linear.forward's GEMM, after its output: the copies of the input ({@code xElements}; 0 where it needs none: the
+     * caller made its bf16 copy, or it is in the GEMMs' dtype already) and of the weight, made for the GEMM and given
+     * back after it.
      */
     private void linearForward(long xElements, Param w) {
         Buf x16 = xElements > 0 ? gemmCopy(xElements, "a GEMM input") : null;
@@ -557,7 +564,7 @@ final class StepReplay {
     /**
      * Linear.backward into the input gradient that the caller made: the output gradient's copy (read by both GEMMs),
      * the weight's for the input gradient's GEMM, then the weight's gradient and the input's copy ({@code xElements};
-     * 0 where the caller made its bf16 copy) for the weight gradient's.
+     * 0 where it needs none, as in {@link #linearForward}) for the weight gradient's.
      */
     private void linearBackward(long dyElements, long xElements, Param w) {
         Buf dy16 = gemmCopy(dyElements, "an output gradient");
@@ -683,7 +690,7 @@ final class StepReplay {
         Buf dLogits = f32(Category.TEMPORARIES, n * e, "router logits gradient");
         mem.free(dWeights, c.topIdx, c.topVal, c.probs);
         fsdp.readAsF32(l.unit); // the router's backward reads its weight
-        linearBackward(n * e, n * h, l.router);
+        linearBackward(n * e, 0, l.router);
         mem.free(dLogits);
         return dx;
     }
@@ -758,8 +765,8 @@ final class StepReplay {
         Buf dUp = f32(Category.TEMPORARIES, n * inter, "dense MLP up gradient");
         mem.free(dAct, c.act, c.gate, c.up);
         Buf dx = f32(Category.TEMPORARIES, n * h, "MLP input gradient");
-        linearBackward(n * inter, n * h, l.gate);
-        linearBackward(n * inter, n * h, l.up);
+        linearBackward(n * inter, 0, l.gate);
+        linearBackward(n * inter, 0, l.up);
         mem.free(dGate, dUp);
         return dx;
     }
@@ -777,12 +784,10 @@ final class StepReplay {
         fsdp.grad(l.qNorm);
         fsdp.grad(l.kNorm);
         mem.free(dq, dk, c.qRaw, c.kRaw, c.qRstd, c.kRstd);
-        Buf xg = gemmCopy(n * h, "the input norm output"); // made once for the three projections
         Buf dx = f32(Category.TEMPORARIES, n * h, "attention input gradient");
         linearBackward(n * qDim, 0, l.q);
         linearBackward(n * kvDim, 0, l.k);
         linearBackward(n * kvDim, 0, l.v);
-        mem.free(xg);
         mem.free(dqRaw, dkRaw, dv);
         return dx;
     }
