@@ -221,6 +221,26 @@ public interface Backend {
     void rmsNormBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, int rows, int dim, Tensor dx, Tensor dw);
 
     /**
+     * The residual add before a norm: x += residual (in place: x becomes the residual stream), then
+     * {@link #rmsNormForward} of it. A backend may do both in one pass; the sums are axpy's, rounded once each.
+     */
+    default void residualRmsNormForward(Tensor x, Tensor residual, Tensor w, float eps, int rows, int dim, Tensor y,
+                                        Tensor rstd) {
+        axpy(1f, residual, 0, x, 0, rows * dim);
+        rmsNormForward(x, w, eps, rows, dim, y, rstd);
+    }
+
+    /**
+     * {@link #rmsNormBackward}, then dx += residualGrad (the gradient that reaches the norm's input through the
+     * residual path as well). A backend may do both in one pass; the sums are axpy's, rounded once each.
+     */
+    default void rmsNormBackwardResidual(Tensor dy, Tensor x, Tensor w, Tensor rstd, int rows, int dim,
+                                         Tensor residualGrad, Tensor dx, Tensor dw) {
+        rmsNormBackward(dy, x, w, rstd, rows, dim, dx, dw);
+        axpy(1f, residualGrad, 0, dx, 0, rows * dim);
+    }
+
+    /**
      * Rotary embedding in place on x [B*T, heads, D] with the rotate-half convention of Hugging Face; token n has
      * position n % seqLen. {@code inverse} applies the transpose rotation (the backward pass).
      */

@@ -79,12 +79,11 @@ public final class DecoderLayer extends Module {
         c.h1 = GemmOperand.empty(be, n, hidden); // read by the q, k and v projections only
         c.rstd1 = be.empty(DType.F32, n);
         be.rmsNormForward(c.x, inputNorm.value(), eps, n, hidden, c.h1, c.rstd1);
-        Tensor a = attention.forward(be, c.h1, batch, seqLen, c.attn);
-        c.x2 = a; // x2 = x + attn(norm(x)), accumulated in place into the attention output
-        be.axpy(1f, c.x, 0, c.x2, 0, c.x2.numel());
+        c.x2 = attention.forward(be, c.h1, batch, seqLen, c.attn);
         c.h2 = GemmOperand.empty(be, n, hidden); // read by the router and the experts' (or MLP's) projections
         c.rstd2 = be.empty(DType.F32, n);
-        be.rmsNormForward(c.x2, postNorm.value(), eps, n, hidden, c.h2, c.rstd2);
+        // x2 = x + attn(norm(x)), accumulated in place into the attention output, and its norm
+        be.residualRmsNormForward(c.x2, c.x, postNorm.value(), eps, n, hidden, c.h2, c.rstd2);
     }
 
     /**
@@ -143,17 +142,15 @@ public final class DecoderLayer extends Module {
         int n = batch * seqLen;
         Tensor dh2 = moe != null ? moe.backward(be, dOut, n, c.moe, auxGrad)
                 : mlp.backward(be, dOut, n, c.mlp);
-        // dx2 = dOut + norm2'(dh2), accumulated into the norm's output buffer
+        // dx2 = norm2'(dh2) + dOut
         Tensor dx2 = be.empty(DType.F32, n, hidden);
-        be.rmsNormBackward(dh2, c.x2, postNorm.value(), c.rstd2, n, hidden, dx2, postNorm.grad());
+        be.rmsNormBackwardResidual(dh2, c.x2, postNorm.value(), c.rstd2, n, hidden, dOut, dx2, postNorm.grad());
         Release.all(be, dh2, c.x2, c.rstd2, c.h2);
-        be.axpy(1f, dOut, 0, dx2, 0, dx2.numel());
         Tensor dh1 = attention.backward(be, dx2, batch, seqLen, c.attn);
-        // dx = dx2 + norm1'(dh1)
+        // dx = norm1'(dh1) + dx2
         Tensor dx = be.empty(DType.F32, n, hidden);
-        be.rmsNormBackward(dh1, c.x, inputNorm.value(), c.rstd1, n, hidden, dx, inputNorm.grad());
+        be.rmsNormBackwardResidual(dh1, c.x, inputNorm.value(), c.rstd1, n, hidden, dx2, dx, inputNorm.grad());
         Release.all(be, dh1, c.h1, c.rstd1, c.x);
-        be.axpy(1f, dx2, 0, dx, 0, dx.numel());
         be.release(dx2);
         return dx;
     }

@@ -37,6 +37,7 @@ class NormOutputDtypeTest {
     /** The calls a norm output may appear in, and in which argument positions. */
     private static final Map<String, int[]> ALLOWED = Map.of(
             "rmsNormForward", new int[] {5}, // y
+            "residualRmsNormForward", new int[] {6}, // y
             "gemm", new int[] {6, 9},        // a, b
             "gatherRows", new int[] {0},     // src
             "release", new int[] {0});
@@ -73,20 +74,26 @@ class NormOutputDtypeTest {
                             seen.misuse.add(name + " argument " + i + " " + t);
                         } else if (name.equals("release")) {
                             seen.released++;
-                        } else if (!name.equals("rmsNormForward")) {
+                        } else if (!name.equals("rmsNormForward") && !name.equals("residualRmsNormForward")) {
                             seen.outputs.merge(t, 1, Integer::sum);
                         }
                     }
-                    if (name.equals("rmsNormForward")) {
-                        Tensor y = (Tensor) args[5];
+                    boolean residual = name.equals("residualRmsNormForward");
+                    if (residual || name.equals("rmsNormForward")) {
+                        int at = residual ? 1 : 0; // the arguments after x (and the residual)
+                        Tensor y = (Tensor) args[at + 5];
                         if (y.dtype() != DType.BF16) {
                             seen.f32Norms++;
                         } else {
                             seen.outputs.put(y, 0);
                             if (viaF32) {
+                                Tensor x = (Tensor) args[0];
                                 Tensor wide = inner.empty(DType.F32, y.shape());
-                                inner.rmsNormForward((Tensor) args[0], (Tensor) args[1], (float) args[2],
-                                        (int) args[3], (int) args[4], wide, (Tensor) args[6]);
+                                if (residual) {
+                                    inner.axpy(1f, (Tensor) args[1], 0, x, 0, x.numel());
+                                }
+                                inner.rmsNormForward(x, (Tensor) args[at + 1], (float) args[at + 2],
+                                        (int) args[at + 3], (int) args[at + 4], wide, (Tensor) args[at + 6]);
                                 inner.convert(wide, y);
                                 inner.release(wide);
                                 return null;

@@ -663,14 +663,28 @@ public final class CudaBackend implements Backend, AutoCloseable {
     @Override
     public synchronized void rmsNormForward(Tensor x, Tensor w, float eps, int rows, int dim, Tensor y, Tensor rstd) {
         current();
-        normAndRope.rmsNormForward(x, w, eps, rows, dim, y, rstd);
+        normAndRope.rmsNormForward(x, null, w, eps, rows, dim, y, rstd);
+    }
+
+    @Override
+    public synchronized void residualRmsNormForward(Tensor x, Tensor residual, Tensor w, float eps, int rows, int dim,
+                                                    Tensor y, Tensor rstd) {
+        current();
+        normAndRope.rmsNormForward(x, residual, w, eps, rows, dim, y, rstd);
     }
 
     @Override
     public synchronized void rmsNormBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, int rows, int dim, Tensor dx,
                                              Tensor dw) {
         current();
-        normAndRope.rmsNormBackward(dy, x, w, rstd, rows, dim, dx, dw);
+        normAndRope.rmsNormBackward(dy, x, w, rstd, rows, dim, null, dx, dw);
+    }
+
+    @Override
+    public synchronized void rmsNormBackwardResidual(Tensor dy, Tensor x, Tensor w, Tensor rstd, int rows, int dim,
+                                                     Tensor residualGrad, Tensor dx, Tensor dw) {
+        current();
+        normAndRope.rmsNormBackward(dy, x, w, rstd, rows, dim, residualGrad, dx, dw);
     }
 
     @Override

@@ -47,24 +47,29 @@ final class NormAndRope {
     /**
      * y F32, or BF16 (a norm output that only GEMMs read, Backend.rmsNormForward): the vectorised kernel writes it
      * rounded; where rows do not fit it, the block-per-row kernel writes an f32 scratch that is then rounded (the same
-     * values).
+     * values). With {@code residual} (else null) x += residual first (Backend.residualRmsNormForward): in the
+     * vectorised kernel's pass, else by axpy before the norm (the same sums).
      */
-    void rmsNormForward(Tensor x, Tensor w, float eps, int rows, int dim, Tensor y, Tensor rstd) {
+    void rmsNormForward(Tensor x, Tensor residual, Tensor w, float eps, int rows, int dim, Tensor y, Tensor rstd) {
         if (rows == 0) {
             return;
         }
         long n = (long) rows * dim;
         long xA = memory.addr(x, "x", 0, n);
+        long resA = residual == null ? 0L : memory.addr(residual, "residual", 0, n);
         long wA = memory.addr(w, "w", 0, dim);
         boolean bf16 = y != null && y.dtype() == DType.BF16;
         long yA = bf16 ? memory.addrOf(y, DType.BF16, "y", 0, n) : memory.addr(y, "y", 0, n);
         long rA = memory.addr(rstd, "rstd", 0, rows);
-        int[] lv = rmsNormVec(dim, xA, wA, yA);
+        int[] lv = residual == null ? rmsNormVec(dim, xA, wA, yA) : rmsNormVec(dim, xA, resA, wA, yA);
         if (lv != null) {
             int rowsPerBlock = THREADS / lv[0];
             launcher.launch(K, (bf16 ? "rmsnorm_fwd_bf16_l" : "rmsnorm_fwd_l") + lv[0] + "v" + lv[1],
-                    ceilDiv(rows, rowsPerBlock), 1, THREADS, 0, xA, wA, eps, rows, dim, yA, rA);
+                    ceilDiv(rows, rowsPerBlock), 1, THREADS, 0, xA, resA, wA, eps, rows, dim, yA, rA);
             return;
+        }
+        if (residual != null) {
+            elementwise.axpy(1f, residual, 0, x, 0, (int) n);
         }
         if (!bf16) {
             launcher.launch(K, "rmsnorm_fwd", rows, 1, rowThreads(dim), 0, xA, wA, eps, rows, dim, yA, rA);
@@ -72,7 +77,7 @@ final class NormAndRope {
         }
         Tensor wide = memory.scratch(DType.F32, (int) n); // y is an int-sized tensor
         try {
-            rmsNormForward(x, w, eps, rows, dim, wide, rstd);
+            rmsNormForward(x, null, w, eps, rows, dim, wide, rstd);
             elementwise.roundToBf16(memory.addr(wide, "norm output", 0, n), yA, n);
         } finally {
             memory.release(wide); // stream-ordered: a later user queues behind the rounding
@@ -99,7 +104,12 @@ final class NormAndRope {
         return new int[] {lanes, v};
     }
 
-    void rmsNormBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, int rows, int dim, Tensor dx, Tensor dw) {
+    /**
+     * dx (written) and dw (accumulated); with {@code residualGrad} (else null) dx also gets it added
+     * (Backend.rmsNormBackwardResidual): in the vectorised kernel's pass, else by axpy after the norm's backward.
+     */
+    void rmsNormBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, int rows, int dim, Tensor residualGrad, Tensor dx,
+                         Tensor dw) {
         if (rows == 0) {
             return;
         }
@@ -109,7 +119,8 @@ final class NormAndRope {
         long rA = memory.addr(rstd, "rstd", 0, rows);
         long wA = memory.addr(w, "w", 0, dim);
         long dxA = memory.addr(dx, "dx", 0, n);
-        int[] lv = rmsNormVec(dim, dyA, xA, wA, dxA);
+        long resA = residualGrad == null ? 0L : memory.addr(residualGrad, "residualGrad", 0, n);
+        int[] lv = residualGrad == null ? rmsNormVec(dim, dyA, xA, wA, dxA) : rmsNormVec(dim, dyA, xA, wA, dxA, resA);
         if (lv != null) {
             // dx and each block's dW partial in one pass over x and dy; then the partials summed in a fixed order
             int groups = THREADS / lv[0];
@@ -119,7 +130,7 @@ final class NormAndRope {
             try {
                 long pA = memory.addr(partial, "partial", 0, (long) blocks * dim);
                 launcher.launch(K, "rmsnorm_bwd_l" + lv[0] + "v" + lv[1], blocks, 1, THREADS, 4 * groups * dim, dyA,
-                        xA, wA, rA, rows, dim, rowsPerBlock, dxA, pA);
+                        xA, wA, rA, rows, dim, rowsPerBlock, resA, dxA, pA);
                 launcher.launch2D(K, "sum_chunks_accumulate_2d", ceilDiv(dim, 32), 1, 32, 32, pA, blocks, dim,
                         memory.addr(dw, "dw", 0, dim));
             } finally {
@@ -128,6 +139,9 @@ final class NormAndRope {
             return;
         }
         launcher.launch(K, "rmsnorm_bwd_dx", rows, 1, rowThreads(dim), 0, dyA, xA, wA, rA, rows, dim, dxA);
+        if (residualGrad != null) {
+            elementwise.axpy(1f, residualGrad, 0, dx, 0, (int) n);
+        }
         int rowsPerChunk = 256;
         int chunks = (rows + rowsPerChunk - 1) / rowsPerChunk;
         Tensor partial = memory.scratch(DType.F32, chunks * dim);

@@ -16,19 +16,30 @@ template <int L> __device__ __forceinline__ float groupSum(float v) {
 // aligned rows): a group of L lanes per row, each lane holding V float4 of the row in registers (column float4
 // c = lane + q * L), so dim <= 4 * L * V. A block of 256 threads holds 256 / L row groups. The forward writes y in
 // f32 or, O = unsigned short, rounded once to bf16 (a norm output that only GEMMs read: Backend.rmsNormForward).
-template <int L, int V, typename O> __device__ __forceinline__ void rmsnorm_fwd_vec(const float* __restrict__ x,
-        const float* __restrict__ w, float eps, int rows, int dim, O* __restrict__ y, float* __restrict__ rstd) {
+// With res (else null) the row is first x + res, written back into x (Backend.residualRmsNormForward: the residual
+// add in the same pass, each sum rounded once as axpy rounds it).
+template <int L, int V, typename O> __device__ __forceinline__ void rmsnorm_fwd_vec(float* __restrict__ x,
+        const float* __restrict__ res, const float* __restrict__ w, float eps, int rows, int dim, O* __restrict__ y,
+        float* __restrict__ rstd) {
     int lane = threadIdx.x % L;
     int r = blockIdx.x * (blockDim.x / L) + threadIdx.x / L;
     bool ok = r < rows;
     int d4 = dim >> 2;
-    const float* xr = x + (long long)(ok ? r : 0) * dim;
+    float* xr = x + (long long)(ok ? r : 0) * dim;
     float4 xv[V];
     float ss = 0.f;
 #pragma unroll
     for (int q = 0; q < V; q++) {
         int c = lane + q * L;
         xv[q] = ok && c < d4 ? ld4(xr, c) : make_float4(0.f, 0.f, 0.f, 0.f);
+        if (res && ok && c < d4) {
+            float4 rv = ld4(res + (long long)r * dim, c);
+            xv[q].x = __fadd_rn(xv[q].x, rv.x);
+            xv[q].y = __fadd_rn(xv[q].y, rv.y);
+            xv[q].z = __fadd_rn(xv[q].z, rv.z);
+            xv[q].w = __fadd_rn(xv[q].w, rv.w);
+            st4(xr, c, xv[q]);
+        }
         ss += xv[q].x * xv[q].x;
         ss += xv[q].y * xv[q].y;
         ss += xv[q].z * xv[q].z;
@@ -58,9 +69,11 @@ template <int L, int V, typename O> __device__ __forceinline__ void rmsnorm_fwd_
 // partial[blockIdx.x * dim + col]: per lane over its rows, then over the block's row groups through shared memory.
 // The per-lane sums live in registers up to V = 8 and in the group's row of shared memory from V = 16 on (x and dy
 // of a row already take 8 V registers a lane); a lane alone owns its columns there, so the order is the same.
+// With dres (else null) dx is the norm's input gradient plus dres (Backend.rmsNormBackwardResidual: the residual
+// stream's gradient added in the same pass, rounded once as axpy rounds it).
 template <int L, int V> __device__ __forceinline__ void rmsnorm_bwd_vec(const float* __restrict__ dy,
         const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ rstd, int rows, int dim,
-        int rowsPerBlock, float* __restrict__ dx, float* __restrict__ partial) {
+        int rowsPerBlock, const float* __restrict__ dres, float* __restrict__ dx, float* __restrict__ partial) {
     extern __shared__ float4 shDw[];  // [groups][d4]
     constexpr int MAXG = 256 / L;
     constexpr bool SH = V >= 16;  // the per-lane sums in shared memory
@@ -117,6 +130,13 @@ template <int L, int V> __device__ __forceinline__ void rmsnorm_bwd_vec(const fl
                     out.y = rs * (dv[q].y * wv.y - xh.y * mean);
                     out.z = rs * (dv[q].z * wv.z - xh.z * mean);
                     out.w = rs * (dv[q].w * wv.w - xh.w * mean);
+                    if (dres) {
+                        float4 d = ld4(dres + o, c);
+                        out.x = __fadd_rn(out.x, d.x);
+                        out.y = __fadd_rn(out.y, d.y);
+                        out.z = __fadd_rn(out.z, d.z);
+                        out.w = __fadd_rn(out.w, d.w);
+                    }
                     st4(dx + o, c, out);
                     float4 a;
                     if constexpr (SH) a = shDw[g * d4 + c]; else a = acc[q];
@@ -228,16 +248,19 @@ __global__ void sum_chunks_accumulate_2d(const float* partial, int chunks, int d
 }
 
 // Vectorised RMSNorm (see rmsnorm_fwd_vec / rmsnorm_bwd_vec): L lanes per row, V float4 per lane, 256 threads.
+// res / dres: the residual add (null: none).
 #define RMSNORM_VEC(L, V)                                                                                             \
-    __global__ void __launch_bounds__(256) rmsnorm_fwd_l##L##v##V(const float* x, const float* w, float eps,      \
-            int rows, int dim, float* y, float* rstd) { rmsnorm_fwd_vec<L, V>(x, w, eps, rows, dim, y, rstd); }    \
-    __global__ void __launch_bounds__(256) rmsnorm_fwd_bf16_l##L##v##V(const float* x, const float* w, float eps, \
-            int rows, int dim, unsigned short* y, float* rstd) {                                                   \
-        rmsnorm_fwd_vec<L, V>(x, w, eps, rows, dim, y, rstd);                                                      \
+    __global__ void __launch_bounds__(256) rmsnorm_fwd_l##L##v##V(float* x, const float* res, const float* w,     \
+            float eps, int rows, int dim, float* y, float* rstd) {                                                 \
+        rmsnorm_fwd_vec<L, V>(x, res, w, eps, rows, dim, y, rstd);                                                 \
+    }                                                                                                              \
+    __global__ void __launch_bounds__(256) rmsnorm_fwd_bf16_l##L##v##V(float* x, const float* res, const float* w, \
+            float eps, int rows, int dim, unsigned short* y, float* rstd) {                                        \
+        rmsnorm_fwd_vec<L, V>(x, res, w, eps, rows, dim, y, rstd);                                                 \
     }                                                                                                              \
     __global__ void __launch_bounds__(256) rmsnorm_bwd_l##L##v##V(const float* dy, const float* x, const float* w, \
-            const float* rstd, int rows, int dim, int rowsPerBlock, float* dx, float* partial) {                   \
-        rmsnorm_bwd_vec<L, V>(dy, x, w, rstd, rows, dim, rowsPerBlock, dx, partial);                               \
+            const float* rstd, int rows, int dim, int rowsPerBlock, const float* dres, float* dx, float* partial) { \
+        rmsnorm_bwd_vec<L, V>(dy, x, w, rstd, rows, dim, rowsPerBlock, dres, dx, partial);                         \
     }
 RMSNORM_VEC(4, 1)
 RMSNORM_VEC(8, 1)

@@ -12,6 +12,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Random;
 
+import static dev.sparkmoe.core.testing.Bits.assertSameBits;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.assertClose;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.host;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.rnd;
@@ -432,6 +433,47 @@ class CudaBackendTest {
             gpu.rmsNormBackward(up(dy, dy.length), gx, gw, gr, rows, dim, gdx, gdw);
             assertClose(cdx.floats(), down(gdx), 1e-5, "rmsNorm dx dim " + dim);
             assertClose(cdw.floats(), down(gdw), 1e-5, "rmsNorm dw (accumulated) dim " + dim);
+        }
+    }
+
+    @Test
+    void theResidualNormsAreTheAxpyAndTheNormBitForBit() {
+        // the vectorised kernels (the add in their pass) and the block-per-row ones (axpy, then the norm)
+        for (int[] dr : new int[][] {{64, 300}, {1024, 700}, {2048, 513}, {2052, 65}, {12, 77}}) {
+            int dim = dr[0];
+            int rows = dr[1];
+            int n = rows * dim;
+            String what = "dim " + dim;
+            float[] a = rnd(r, n, 1);
+            float[] x = rnd(r, n, 1);
+            float[] w = rnd(r, dim, 1);
+            float[] dy = rnd(r, n, 1);
+            float[] dres = rnd(r, n, 1);
+            float[] dw0 = rnd(r, dim, 1);
+            Tensor gw = up(w, dim);
+            // forward: x2 = a + x in place, y = norm(x2)
+            Tensor sep = up(a, n);
+            Tensor sepY = poisoned(n);
+            Tensor sepR = poisoned(rows);
+            gpu.axpy(1f, up(x, n), 0, sep, 0, n);
+            gpu.rmsNormForward(sep, gw, 1e-6f, rows, dim, sepY, sepR);
+            Tensor fused = up(a, n);
+            Tensor fusedY = poisoned(n);
+            Tensor fusedR = poisoned(rows);
+            gpu.residualRmsNormForward(fused, up(x, n), gw, 1e-6f, rows, dim, fusedY, fusedR);
+            assertSameBits(down(sep), down(fused), what + ": the residual stream");
+            assertSameBits(down(sepY), down(fusedY), what + ": y");
+            assertSameBits(down(sepR), down(fusedR), what + ": rstd");
+            // backward: dx = norm'(dy) + dres, dw accumulated
+            Tensor sepDx = poisoned(n);
+            Tensor sepDw = up(dw0, dim);
+            gpu.rmsNormBackward(up(dy, n), sep, gw, sepR, rows, dim, sepDx, sepDw);
+            gpu.axpy(1f, up(dres, n), 0, sepDx, 0, n);
+            Tensor fusedDx = poisoned(n);
+            Tensor fusedDw = up(dw0, dim);
+            gpu.rmsNormBackwardResidual(up(dy, n), sep, gw, sepR, rows, dim, up(dres, n), fusedDx, fusedDw);
+            assertSameBits(down(sepDx), down(fusedDx), what + ": dx");
+            assertSameBits(down(sepDw), down(fusedDw), what + ": dw");
         }
     }
 

@@ -114,13 +114,19 @@ class NormOutputBf16Test {
         return (Backend) Proxy.newProxyInstance(Backend.class.getClassLoader(), new Class<?>[] {Backend.class},
                 (proxy, method, args) -> {
                     String name = method.getName();
-                    if (name.equals("rmsNormForward") && ((Tensor) args[5]).dtype() == DType.BF16) {
+                    boolean residual = name.equals("residualRmsNormForward");
+                    int at = residual ? 1 : 0; // the arguments after x (and the residual)
+                    if ((residual || name.equals("rmsNormForward")) && ((Tensor) args[at + 5]).dtype() == DType.BF16) {
                         bf16Norms[0]++;
                         if (viaF32) {
-                            Tensor y = (Tensor) args[5];
+                            Tensor x = (Tensor) args[0];
+                            Tensor y = (Tensor) args[at + 5];
                             Tensor wide = gpu.empty(DType.F32, y.shape());
-                            gpu.rmsNormForward((Tensor) args[0], (Tensor) args[1], (float) args[2], (int) args[3],
-                                    (int) args[4], wide, (Tensor) args[6]);
+                            if (residual) {
+                                gpu.axpy(1f, (Tensor) args[1], 0, x, 0, x.numel());
+                            }
+                            gpu.rmsNormForward(x, (Tensor) args[at + 1], (float) args[at + 2], (int) args[at + 3],
+                                    (int) args[at + 4], wide, (Tensor) args[at + 6]);
                             gpu.convert(wide, y);
                             gpu.release(wide);
                             return null;
