@@ -9,7 +9,9 @@
 #      KERNELS (kernels: ops|attention|grouped|all, default all), VARIANTS (kernels: "DEFINES;DEFINES" grouped GEMM
 #      tile variants, each as -Dsparkmoe.cuda.defines),
 #      OURS/BASE/STEPS/GEMM/BENCH_ARGS (bench runs; LAUNCH_ARGS: extra launcher options such as
-#      "--jvm-opt -XX:StartFlightRecording=filename=/tmp/jfr/,settings=profile"), CURVE_GPUS/CURVE_STEPS/CURVE_RUNS (curve).
+#      "--jvm-opt -XX:StartFlightRecording=filename=/tmp/jfr/,settings=profile"), CURVE_GPUS/CURVE_STEPS/CURVE_RUNS (curve;
+#      CURVE_PRIOR: comma-separated torch_losses files of earlier runs of torch_loss_curve.py on the same data and
+#      config, added to the band).
 set -o pipefail
 D=${D:-.device-carry/run}
 OUT=${OUT:-/tmp/out}
@@ -78,6 +80,7 @@ if [ "$MODE" = curve ]; then
       || { rc=1; tail -20 "$OUT/torch-curve-$k.log"; }
     RUNS=$RUNS${RUNS:+,}$LC/torch_losses_$k.json
   done
+  RUNS=$RUNS${CURVE_PRIOR:+,$CURVE_PRIOR}  # earlier runs' torch_losses_K.json of the same script and data, if given
   timeout ${CURVE_LIMIT:-240} $B/bin/spark-moe-gpu launch --nproc $N --backend cuda \
     --entry dev.sparkmoe.gpu.bench.LossCurve -- --init $LC/init --data data/europarl-en.txt --out $LC/ours.json \
     --steps ${CURVE_STEPS:-200} --torch "$RUNS" > "$OUT/ours-curve.log" 2>&1 || rc=1

@@ -247,9 +247,53 @@ public interface Backend {
     void rope(Tensor x, int tokens, int heads, int headDim, int seqLen, float theta, boolean inverse);
 
     /**
+     * y = rope(rmsNorm(x)) over the {@code tokens * heads} rows of {@code headDim} (the q and k norms of Qwen3 before
+     * attention; rstd as {@link #rmsNormForward}). y is F32 or in {@link #attentionInputDType}: each value computed in
+     * f32 and rounded once. A backend may do it in one pass; the values are those of the ops one by one.
+     */
+    default void rmsNormRopeForward(Tensor x, Tensor w, float eps, int tokens, int heads, int headDim, int seqLen,
+                                    float theta, Tensor y, Tensor rstd) {
+        int rows = tokens * heads;
+        Tensor wide = y.dtype() == DType.F32 ? y : empty(DType.F32, y.shape());
+        rmsNormForward(x, w, eps, rows, headDim, wide, rstd);
+        rope(wide, tokens, heads, headDim, seqLen, theta, false);
+        if (wide != y) {
+            convert(wide, y);
+            release(wide);
+        }
+    }
+
+    /**
+     * Backward of {@link #rmsNormRopeForward}: dy is the gradient of y (F32; its contents may be overwritten), dx
+     * the gradient of x (written: F32, or in {@link #gemmDType()} where only GEMMs read it, rounded once), dw
+     * accumulated. A backend may do it in one pass; the values are those of the ops one by one.
+     */
+    default void rmsNormRopeBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, int tokens, int heads, int headDim,
+                                     int seqLen, float theta, Tensor dx, Tensor dw) {
+        int rows = tokens * heads;
+        rope(dy, tokens, heads, headDim, seqLen, theta, true);
+        Tensor wide = dx.dtype() == DType.F32 ? dx : empty(DType.F32, dx.shape());
+        rmsNormBackward(dy, x, w, rstd, rows, headDim, wide, dw);
+        if (wide != dx) {
+            convert(wide, dx);
+            release(wide);
+        }
+    }
+
+    /**
+     * The dtype in which {@link #attentionForward} and {@link #attentionBackward} read q, k and v at this head dim:
+     * F32 by default; BF16 where the attention kernels multiply bf16 copies of them anyway (the CUDA flash kernels),
+     * so that tensors made only for attention may be held in it (no copy, the same values).
+     */
+    default DType attentionInputDType(int headDim) {
+        return DType.F32;
+    }
+
+    /**
      * Causal grouped-query attention. q [B*T, Hq*D], k and v [B*T, Hkv*D], out [B*T, Hq*D]; query head h reads kv
      * head h / (Hq/Hkv). lse [B*Hq*T] receives the log-sum-exp of each score row (scores scaled by {@code scale}),
-     * which is all the backward pass keeps: no T x T matrix outlives a call.
+     * which is all the backward pass keeps: no T x T matrix outlives a call. q, k and v are F32 or in
+     * {@link #attentionInputDType} (in both passes); out and lse are F32.
      */
     void attentionForward(Tensor q, Tensor k, Tensor v, int batch, int seqLen, int qHeads, int kvHeads, int headDim,
                           float scale, Tensor out, Tensor lse);

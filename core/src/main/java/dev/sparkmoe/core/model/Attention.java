@@ -54,9 +54,9 @@ public final class Attention extends Module {
         Tensor kRaw;     // [N, Hkv*D] before k_norm
         Tensor qRstd;    // [N*Hq]
         Tensor kRstd;    // [N*Hkv]
-        Tensor q;        // [N, Hq*D] after norm and rope
-        Tensor k;        // [N, Hkv*D] after norm and rope
-        Tensor v;        // [N, Hkv*D]
+        Tensor q;        // [N, Hq*D] after norm and rope, in the attention's input dtype
+        Tensor k;        // [N, Hkv*D] after norm and rope, in the attention's input dtype
+        Tensor v;        // [N, Hkv*D] in the attention's input dtype
         Tensor lse;      // [B*Hq*T] log-sum-exp of each attention score row
         Tensor attn;     // [N, Hq*D] attention output before o_proj
     }
@@ -71,16 +71,23 @@ public final class Attention extends Module {
         Tensor xg = GemmOperand.of(be, x); // converted once for the three projections
         c.qRaw = Linear.forward(be, xg, n, qProj);
         c.kRaw = Linear.forward(be, xg, n, kProj);
-        c.v = Linear.forward(be, xg, n, vProj);
+        Tensor v = Linear.forward(be, xg, n, vProj);
         GemmOperand.release(be, xg, x);
-        c.q = be.empty(DType.F32, n, qHeads * headDim);
-        c.k = be.empty(DType.F32, n, kvHeads * headDim);
+        // q, k and v as attention reads them (bf16 where its kernels multiply bf16 copies: the same values)
+        DType inDType = be.attentionInputDType(headDim);
+        if (inDType == DType.F32) {
+            c.v = v;
+        } else {
+            c.v = be.empty(inDType, n, kvHeads * headDim);
+            be.convert(v, c.v);
+            be.release(v);
+        }
+        c.q = be.empty(inDType, n, qHeads * headDim);
+        c.k = be.empty(inDType, n, kvHeads * headDim);
         c.qRstd = be.empty(DType.F32, n * qHeads);
         c.kRstd = be.empty(DType.F32, n * kvHeads);
-        be.rmsNormForward(c.qRaw, qNorm.value(), eps, n * qHeads, headDim, c.q, c.qRstd);
-        be.rmsNormForward(c.kRaw, kNorm.value(), eps, n * kvHeads, headDim, c.k, c.kRstd);
-        be.rope(c.q, n, qHeads, headDim, seqLen, theta, false);
-        be.rope(c.k, n, kvHeads, headDim, seqLen, theta, false);
+        be.rmsNormRopeForward(c.qRaw, qNorm.value(), eps, n, qHeads, headDim, seqLen, theta, c.q, c.qRstd);
+        be.rmsNormRopeForward(c.kRaw, kNorm.value(), eps, n, kvHeads, headDim, seqLen, theta, c.k, c.kRstd);
         c.attn = be.empty(DType.F32, n, qHeads * headDim);
         c.lse = be.empty(DType.F32, batch * qHeads * seqLen);
         be.attentionForward(c.q, c.k, c.v, batch, seqLen, qHeads, kvHeads, headDim, scale(), c.attn, c.lse);
@@ -110,12 +117,13 @@ public final class Attention extends Module {
         be.attentionBackward(dAttn, c.q, c.k, c.v, c.attn, c.lse, batch, seqLen, qHeads, kvHeads, headDim, scale(),
                 dq, dk, dv);
         Release.all(be, dAttn, c.attn, c.q, c.k, c.v, c.lse);
-        be.rope(dq, n, qHeads, headDim, seqLen, theta, true);
-        be.rope(dk, n, kvHeads, headDim, seqLen, theta, true);
-        Tensor dqRaw = be.empty(DType.F32, n, qHeads * headDim);
-        Tensor dkRaw = be.empty(DType.F32, n, kvHeads * headDim);
-        be.rmsNormBackward(dq, c.qRaw, qNorm.value(), c.qRstd, n * qHeads, headDim, dqRaw, qNorm.grad());
-        be.rmsNormBackward(dk, c.kRaw, kNorm.value(), c.kRstd, n * kvHeads, headDim, dkRaw, kNorm.grad());
+        // the projections' output gradients, read only by their GEMMs
+        Tensor dqRaw = GemmOperand.empty(be, n, qHeads * headDim);
+        Tensor dkRaw = GemmOperand.empty(be, n, kvHeads * headDim);
+        be.rmsNormRopeBackward(dq, c.qRaw, qNorm.value(), c.qRstd, n, qHeads, headDim, seqLen, theta, dqRaw,
+                qNorm.grad());
+        be.rmsNormRopeBackward(dk, c.kRaw, kNorm.value(), c.kRstd, n, kvHeads, headDim, seqLen, theta, dkRaw,
+                kNorm.grad());
         Release.all(be, dq, dk, c.qRaw, c.kRaw, c.qRstd, c.kRstd);
         Tensor xg = GemmOperand.of(be, c.x);
         Tensor dx = Linear.backward(be, dqRaw, xg, n, qProj);

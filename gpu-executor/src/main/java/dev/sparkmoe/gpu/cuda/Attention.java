@@ -35,15 +35,18 @@ final class Attention {
     private final KernelLauncher launcher;
     private final CublasGemm cublas;
     private final FlashAttention flash;
+    private final Elementwise elementwise;
     private CudaBackend.AttentionMode mode = CudaBackend.AttentionMode.AUTO;
     private long chunkBytes = CudaBackend.DEFAULT_ATTENTION_CHUNK_BYTES;
 
-    Attention(CudaDevice device, CudaMemory memory, KernelLauncher launcher, CublasGemm cublas, FlashAttention flash) {
+    Attention(CudaDevice device, CudaMemory memory, KernelLauncher launcher, CublasGemm cublas, FlashAttention flash,
+              Elementwise elementwise) {
         this.device = device;
         this.memory = memory;
         this.launcher = launcher;
         this.cublas = cublas;
         this.flash = flash;
+        this.elementwise = elementwise;
     }
 
     CudaBackend.AttentionMode mode() {
@@ -103,7 +106,40 @@ final class Attention {
         if (mode != CudaBackend.AttentionMode.FLASH
                 || !flash.forward(q, k, v, batch, seqLen, qHeads, kvHeads, headDim, scale, out, lse)) {
             // GEMM, or FLASH where the flash kernels cannot take these tensors (see FlashAttention.usable)
-            forwardGemm(q, k, v, batch, seqLen, qHeads, kvHeads, headDim, scale, out, lse);
+            Tensor q32 = widened(q), k32 = widened(k), v32 = widened(v);
+            try {
+                forwardGemm(q32, k32, v32, batch, seqLen, qHeads, kvHeads, headDim, scale, out, lse);
+            } finally {
+                releaseWidened(q32, q, k32, k, v32, v);
+            }
+        }
+    }
+
+    /**
+     * The dtype attention reads q, k and v in at this head dim (Backend.attentionInputDType): BF16 where the flash
+     * kernels run and read bf16 copies of them (the v2 kernels), else F32.
+     */
+    DType inputDType(int headDim) {
+        return effectiveMode(headDim) == CudaBackend.AttentionMode.FLASH
+                && flash.kernels() != CudaBackend.FlashKernels.V1 ? DType.BF16 : DType.F32;
+    }
+
+    /** q, k or v as the f32 paths read it: itself, or where it is BF16 an f32 scratch of its values (exact). */
+    private Tensor widened(Tensor t) {
+        if (t.dtype() != DType.BF16) {
+            return t;
+        }
+        Tensor w = memory.scratch(DType.F32, t.numel());
+        elementwise.convert(t, w);
+        return w;
+    }
+
+    /** Gives back the scratch copies of {@link #widened}: pairs (copy, original). */
+    private void releaseWidened(Tensor... pairs) {
+        for (int i = 0; i < pairs.length; i += 2) {
+            if (pairs[i] != pairs[i + 1]) {
+                memory.release(pairs[i]); // stream-ordered: a later user queues behind the kernels that read it
+            }
         }
     }
 
@@ -118,7 +154,13 @@ final class Attention {
         if (mode != CudaBackend.AttentionMode.FLASH || !flash.backward(dOut, q, k, v, out, lse, batch, seqLen,
                 qHeads, kvHeads, headDim, scale, dq, dk, dv)) {
             // GEMM, or FLASH where the flash kernels cannot take these tensors (see FlashAttention.usable)
-            backwardGemm(dOut, q, k, v, out, lse, batch, seqLen, qHeads, kvHeads, headDim, scale, dq, dk, dv);
+            Tensor q32 = widened(q), k32 = widened(k), v32 = widened(v);
+            try {
+                backwardGemm(dOut, q32, k32, v32, out, lse, batch, seqLen, qHeads, kvHeads, headDim, scale, dq, dk,
+                        dv);
+            } finally {
+                releaseWidened(q32, q, k32, k, v32, v);
+            }
         }
     }
 

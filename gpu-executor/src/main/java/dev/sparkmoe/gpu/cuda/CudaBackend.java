@@ -173,8 +173,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.errors = new KernelErrors(this.device, memory);
         this.transfers = new Transfers(this.device, memory, errors);
         this.flash = new FlashAttention(this.device, memory, launcher);
-        this.attention = new Attention(this.device, memory, launcher, dense, flash);
         this.elementwise = new Elementwise(this.device, memory, launcher, errors, transfers);
+        this.attention = new Attention(this.device, memory, launcher, dense, flash, elementwise);
         this.normAndRope = new NormAndRope(this.device, memory, launcher, elementwise);
         this.embeddingAndLoss = new EmbeddingAndLoss(this.device, memory, launcher, errors, transfers);
         this.routing = new MoeRouting(this.device, memory, launcher, errors, elementwise);
@@ -685,6 +685,26 @@ public final class CudaBackend implements Backend, AutoCloseable {
                                                      Tensor residualGrad, Tensor dx, Tensor dw) {
         current();
         normAndRope.rmsNormBackward(dy, x, w, rstd, rows, dim, residualGrad, dx, dw);
+    }
+
+    @Override
+    public synchronized void rmsNormRopeForward(Tensor x, Tensor w, float eps, int tokens, int heads, int headDim,
+                                                int seqLen, float theta, Tensor y, Tensor rstd) {
+        current();
+        normAndRope.rmsNormRopeForward(x, w, eps, tokens, heads, headDim, seqLen, theta, y, rstd);
+    }
+
+    @Override
+    public synchronized void rmsNormRopeBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, int tokens, int heads,
+                                                 int headDim, int seqLen, float theta, Tensor dx, Tensor dw) {
+        current();
+        normAndRope.rmsNormRopeBackward(dy, x, w, rstd, tokens, heads, headDim, seqLen, theta, dx, dw);
+    }
+
+    /** BF16 where the flash kernels run at this head dim (they multiply bf16 copies of q, k and v), else F32. */
+    @Override
+    public synchronized DType attentionInputDType(int headDim) {
+        return attention.inputDType(headDim);
     }
 
     @Override

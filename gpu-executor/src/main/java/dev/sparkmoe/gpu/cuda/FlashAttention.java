@@ -99,6 +99,41 @@ final class FlashAttention {
         return ceilDiv(seqLen, 64) <= 65535;
     }
 
+    /** The device address of q, k or v: F32, or BF16 (Backend.attentionInputDType: read as it is). */
+    private long input(Tensor t, String what, long n) {
+        return t != null && t.dtype() == DType.BF16 ? memory.addrOf(t, DType.BF16, what, 0, n)
+                : memory.addr(t, what, 0, n);
+    }
+
+    private static boolean anyBf16(Tensor... ts) {
+        for (Tensor t : ts) {
+            if (t.dtype() == DType.BF16) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /**
+     * The bf16 [rows, cols] matrix of {@code t} (dense, row stride cols) that the v2 kernels read: {@code t} itself
+     * where it is BF16 (null: nothing to give back), else a new copy, rounded.
+     */
+    private DeviceBuffer bf16Of(Tensor t, String what, int rows, int cols) {
+        return t.dtype() == DType.BF16 ? null : bf16Copy(t, what, 0, cols, rows, cols);
+    }
+
+    private static long address(DeviceBuffer copy, long original) {
+        return copy != null ? copy.address() : original;
+    }
+
+    private void release(DeviceBuffer... copies) {
+        for (DeviceBuffer d : copies) {
+            if (d != null) {
+                memory.release(d);
+            }
+        }
+    }
+
     /** A dense bf16 copy of the [rows, cols] block of {@code t} at {@code off} with row stride {@code ld}. */
     private DeviceBuffer bf16Copy(Tensor t, String what, int off, int ld, int rows, int cols) {
         DeviceBuffer d = memory.allocate(2L * rows * cols);
@@ -107,15 +142,18 @@ final class FlashAttention {
         return d;
     }
 
-    /** The forward pass; false (nothing queued) where the kernels cannot take these tensors. */
+    /**
+     * The forward pass; false (nothing queued) where the kernels cannot take these tensors (BF16 inputs included for
+     * the V1 kernels, which read f32).
+     */
     boolean forward(Tensor q, Tensor k, Tensor v, int batch, int seqLen, int qHeads, int kvHeads, int headDim,
                     float scale, Tensor out, Tensor lse) {
         final int T = seqLen, D = headDim, ld = D + 8;
         long nq = (long) batch * T * qHeads * D;
         long nkv = (long) batch * T * kvHeads * D;
-        long qA = memory.addr(q, "q", 0, nq), kA = memory.addr(k, "k", 0, nkv), vA = memory.addr(v, "v", 0, nkv);
+        long qA = input(q, "q", nq), kA = input(k, "k", nkv), vA = input(v, "v", nkv);
         long oA = memory.addr(out, "out", 0, nq), lseA = memory.addr(lse, "lse", 0, (long) batch * qHeads * T);
-        if (!usable(T, qA, kA, vA, oA)) {
+        if (!usable(T, qA, kA, vA, oA) || kernels == CudaBackend.FlashKernels.V1 && anyBf16(q, k, v)) {
             return false;
         }
         int bm = 16 * FLASH_FWD_WARPS;
@@ -124,40 +162,38 @@ final class FlashAttention {
                     4 * FLASH_FWD_BN * ld, qA, kA, vA, T, qHeads, kvHeads, scale, oA, lseA);
             return true;
         }
-        DeviceBuffer q16 = bf16Copy(q, "q", 0, qHeads * D, batch * T, qHeads * D);
-        DeviceBuffer k16 = bf16Copy(k, "k", 0, kvHeads * D, batch * T, kvHeads * D);
-        DeviceBuffer v16 = bf16Copy(v, "v", 0, kvHeads * D, batch * T, kvHeads * D);
+        DeviceBuffer q16 = bf16Of(q, "q", batch * T, qHeads * D);
+        DeviceBuffer k16 = bf16Of(k, "k", batch * T, kvHeads * D);
+        DeviceBuffer v16 = bf16Of(v, "v", batch * T, kvHeads * D);
         try {
             launcher.launch(FA, "fa_fwd2_d" + D, batch * qHeads, ceilDiv(T, bm),
                     32 * FLASH_FWD_WARPS, 4 * kernels.stages * FLASH_FWD_BN * ld,
-                    q16.address(), k16.address(), v16.address(), T, qHeads, kvHeads, scale, oA, lseA);
+                    address(q16, qA), address(k16, kA), address(v16, vA), T, qHeads, kvHeads, scale, oA, lseA);
         } finally {
             // stream-ordered: a later user of these blocks queues behind the kernel that reads them
-            memory.release(q16);
-            memory.release(k16);
-            memory.release(v16);
+            release(q16, k16, v16);
         }
         return true;
     }
 
-    /** The backward pass; false (nothing queued) where the kernels cannot take these tensors. */
+    /** The backward pass; false (nothing queued) where the kernels cannot take these tensors (as the forward). */
     boolean backward(Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int batch, int seqLen,
                      int qHeads, int kvHeads, int headDim, float scale, Tensor dq, Tensor dk, Tensor dv) {
         final int T = seqLen, D = headDim, ld = D + 8;
         long nq = (long) batch * T * qHeads * D;
         long nkv = (long) batch * T * kvHeads * D;
         int rowsL = batch * qHeads * T;
-        long dOA = memory.addr(dOut, "dOut", 0, nq), qA = memory.addr(q, "q", 0, nq);
-        long kA = memory.addr(k, "k", 0, nkv);
-        long vA = memory.addr(v, "v", 0, nkv), lseA = memory.addr(lse, "lse", 0, rowsL);
+        long dOA = memory.addr(dOut, "dOut", 0, nq), qA = input(q, "q", nq);
+        long kA = input(k, "k", nkv);
+        long vA = input(v, "v", nkv), lseA = memory.addr(lse, "lse", 0, rowsL);
         long outA = memory.addr(out, "out", 0, nq);
         long dqA = memory.addr(dq, "dq", 0, nq), dkA = memory.addr(dk, "dk", 0, nkv);
         long dvA = memory.addr(dv, "dv", 0, nkv);
-        if (!usable(T, dOA, qA, kA, vA, dqA, dkA, dvA)) {
+        if (!usable(T, dOA, qA, kA, vA, dqA, dkA, dvA) || kernels == CudaBackend.FlashKernels.V1 && anyBf16(q, k, v)) {
             return false;
         }
         if (kernels != CudaBackend.FlashKernels.V1) {
-            backward2(dOA, outA, q, k, v, lseA, batch, T, qHeads, kvHeads, D, scale, dqA, dkA, dvA);
+            backward2(dOA, outA, q, qA, k, kA, v, vA, lseA, batch, T, qHeads, kvHeads, D, scale, dqA, dkA, dvA);
             return true;
         }
         Tensor di = memory.scratch(DType.F32, rowsL);
@@ -184,9 +220,13 @@ final class FlashAttention {
         return true;
     }
 
-    /** The backward of {@link CudaBackend.FlashKernels#V2_W8}: bf16 copies, dO copy with Di, dk/dv, dq. */
-    private void backward2(long dOA, long outA, Tensor q, Tensor k, Tensor v, long lseA, int batch, int T, int qHeads,
-                           int kvHeads, int D, float scale, long dqA, long dkA, long dvA) {
+    /**
+     * The backward of {@link CudaBackend.FlashKernels#V2_W8}: bf16 copies (of F32 inputs), dO copy with Di, dk/dv,
+     * dq.
+     */
+    private void backward2(long dOA, long outA, Tensor q, long qA, Tensor k, long kA, Tensor v, long vA, long lseA,
+                           int batch, int T, int qHeads, int kvHeads, int D, float scale, long dqA, long dkA,
+                           long dvA) {
         final int ld = D + 8, rowsL = batch * qHeads * T;
         String suf = kernels.backwardSuffix;
         int warps = kernels.backwardWarps, stages = kernels.stages;
@@ -194,16 +234,19 @@ final class FlashAttention {
         DeviceBuffer di = memory.allocate(4L * rowsL);
         DeviceBuffer dO16 = memory.allocate(2L * rows * qCols);
         boolean prep = (backwardStages & 1) != 0;  // else (timing hook) the copies are left unwritten
-        DeviceBuffer q16 = prep ? bf16Copy(q, "q", 0, qCols, rows, qCols) : memory.allocate(2L * rows * qCols);
-        DeviceBuffer k16 = prep ? bf16Copy(k, "k", 0, kvCols, rows, kvCols) : memory.allocate(2L * rows * kvCols);
-        DeviceBuffer v16 = prep ? bf16Copy(v, "v", 0, kvCols, rows, kvCols) : memory.allocate(2L * rows * kvCols);
+        DeviceBuffer q16 = prep ? bf16Of(q, "q", rows, qCols) : q.dtype() == DType.BF16 ? null
+                : memory.allocate(2L * rows * qCols);
+        DeviceBuffer k16 = prep ? bf16Of(k, "k", rows, kvCols) : k.dtype() == DType.BF16 ? null
+                : memory.allocate(2L * rows * kvCols);
+        DeviceBuffer v16 = prep ? bf16Of(v, "v", rows, kvCols) : v.dtype() == DType.BF16 ? null
+                : memory.allocate(2L * rows * kvCols);
         try {
             long diA = di.address();
             if (prep) {
                 launcher.launch(FA, "fa_bwd_prep", blocksFor((long) rowsL * 32, THREADS), 1, THREADS, 0, dOA, outA,
                         batch, T, qHeads, D, diA, dO16.address());
             }
-            long dO16A = dO16.address(), q16A = q16.address(), k16A = k16.address(), v16A = v16.address();
+            long dO16A = dO16.address(), q16A = address(q16, qA), k16A = address(k16, kA), v16A = address(v16, vA);
             int bnKv = 16 * warps, bmKv = flashDkdvBm(D);
             if ((backwardStages & 2) != 0) {
                 launcher.launch(FA, "fa_bwd_dkdv2" + suf + "_d" + D, batch * kvHeads, ceilDiv(T, bnKv), 32 * warps,
@@ -220,9 +263,7 @@ final class FlashAttention {
             // stream-ordered: a later user of these blocks queues behind the kernels that read them
             memory.release(di);
             memory.release(dO16);
-            memory.release(q16);
-            memory.release(k16);
-            memory.release(v16);
+            release(q16, k16, v16);
         }
     }
 }

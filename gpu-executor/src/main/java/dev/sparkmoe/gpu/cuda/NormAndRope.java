@@ -155,10 +155,8 @@ final class NormAndRope {
         }
     }
 
-    void rope(Tensor x, int tokens, int heads, int headDim, int seqLen, float theta, boolean inverse) {
-        if (tokens == 0) {
-            return;
-        }
+    /** The inverse frequencies of (theta, headDim), made once, computed on the host exactly as CpuBackend does. */
+    private DeviceBuffer ropeFreqs(float theta, int headDim) {
         int half = headDim / 2;
         String key = theta + "/" + headDim;
         DeviceBuffer freq = ropeFreqs.get(key);
@@ -174,24 +172,150 @@ final class NormAndRope {
             }
             ropeFreqs.put(key, freq);
         }
+        return freq;
+    }
+
+    /**
+     * The cos and sin table of (theta, headDim, seqLen): cos of (position, i) at {@code address + 4 (position * half
+     * + i)}, sin {@code 4 seqLen half} bytes on; made once with rope_f32's arithmetic and kept; null where it would
+     * pass {@link #ROPE_TABLE_MAX} cells.
+     */
+    private DeviceBuffer ropeTable(float theta, int headDim, int seqLen) {
+        int half = headDim / 2;
+        long cells = (long) seqLen * half;
+        if (cells > ROPE_TABLE_MAX) {
+            return null;
+        }
+        String tkey = theta + "/" + headDim + "/" + seqLen;
+        DeviceBuffer table = ropeTables.get(tkey);
+        if (table == null) {
+            DeviceBuffer freq = ropeFreqs(theta, headDim);
+            table = memory.allocateUnscoped(8L * Math.max(1, cells));
+            launcher.launch1D(K, "rope_table", cells, freq.address(), seqLen, half, table.address(),
+                    table.address() + 4L * cells);
+            ropeTables.put(tkey, table);
+        }
+        return table;
+    }
+
+    void rope(Tensor x, int tokens, int heads, int headDim, int seqLen, float theta, boolean inverse) {
+        if (tokens == 0) {
+            return;
+        }
+        int half = headDim / 2;
         long n = (long) tokens * heads * headDim;
         long xA = memory.addr(x, "x", 0, n);
         long cells = (long) seqLen * half;
-        if (half % 4 == 0 && aligned16(xA) && cells <= ROPE_TABLE_MAX) {
-            // cos and sin per (position, i) computed once per (theta, headDim, seqLen) with rope_f32's arithmetic
-            String tkey = key + "/" + seqLen;
-            DeviceBuffer table = ropeTables.get(tkey);
-            if (table == null) {
-                table = memory.allocateUnscoped(8L * cells);
-                launcher.launch1D(K, "rope_table", cells, freq.address(), seqLen, half, table.address(),
-                        table.address() + 4L * cells);
-                ropeTables.put(tkey, table);
-            }
+        DeviceBuffer table = half % 4 == 0 && aligned16(xA) ? ropeTable(theta, headDim, seqLen) : null;
+        if (table != null) {
             launcher.launch1D(K, "rope_tab_v4", (long) tokens * heads * (half / 4), xA, table.address(),
                     table.address() + 4L * cells, tokens, heads, headDim, seqLen, inverse ? -1f : 1f);
             return;
         }
-        launcher.launch1D(K, "rope_f32", (long) tokens * half, xA, freq.address(), tokens, heads, headDim,
-                seqLen, inverse ? -1f : 1f);
+        launcher.launch1D(K, "rope_f32", (long) tokens * half, xA, ropeFreqs(theta, headDim).address(), tokens, heads,
+                headDim, seqLen, inverse ? -1f : 1f);
+    }
+
+    /**
+     * The fused norm-with-rope kernels' lanes per row (a row one float4 a lane: head dims 64 and 128) where the
+     * addresses are 16-byte aligned and the rope table fits, else 0 (the norm, rope and conversion one by one).
+     */
+    private int ropeLanes(int headDim, float theta, int seqLen, long... addresses) {
+        if ((headDim != 64 && headDim != 128) || !aligned16(addresses)) {
+            return 0;
+        }
+        return ropeTable(theta, headDim, seqLen) == null ? 0 : headDim / 4;
+    }
+
+    /**
+     * Backend.rmsNormRopeForward: y = rope(norm(x)) over rows of (token, head), y F32 or BF16 (rounded once). The
+     * fused kernel where {@link #ropeLanes} allows, else the norm into y (or an f32 scratch for a BF16 y), rope in
+     * place, and the rounding: the same values.
+     */
+    void rmsNormRopeForward(Tensor x, Tensor w, float eps, int tokens, int heads, int headDim, int seqLen, float theta,
+                            Tensor y, Tensor rstd) {
+        int rows = tokens * heads;
+        if (rows == 0) {
+            return;
+        }
+        long n = (long) rows * headDim;
+        long xA = memory.addr(x, "x", 0, n);
+        long wA = memory.addr(w, "w", 0, headDim);
+        boolean bf16 = y != null && y.dtype() == DType.BF16;
+        long yA = bf16 ? memory.addrOf(y, DType.BF16, "y", 0, n) : memory.addr(y, "y", 0, n);
+        long rA = memory.addr(rstd, "rstd", 0, rows);
+        int lanes = ropeLanes(headDim, theta, seqLen, xA, wA, yA);
+        if (lanes > 0) {
+            DeviceBuffer table = ropeTable(theta, headDim, seqLen);
+            long cells = (long) seqLen * (headDim / 2);
+            launcher.launch(K, "rmsnorm_rope_fwd" + (bf16 ? "_bf16" : "") + "_l" + lanes, ceilDiv(rows, THREADS / lanes),
+                    1, THREADS, 0, xA, wA, eps, rows, headDim, yA, rA, table.address(), table.address() + 4L * cells,
+                    heads, seqLen);
+            return;
+        }
+        Tensor wide = bf16 ? memory.scratch(DType.F32, (int) n) : y;
+        try {
+            rmsNormForward(x, null, w, eps, rows, headDim, wide, rstd);
+            rope(wide, tokens, heads, headDim, seqLen, theta, false);
+            if (bf16) {
+                elementwise.roundToBf16(memory.addr(wide, "norm output", 0, n), yA, n);
+            }
+        } finally {
+            if (bf16) {
+                memory.release(wide); // stream-ordered: a later user queues behind the rounding
+            }
+        }
+    }
+
+    /**
+     * Backend.rmsNormRopeBackward: dx of rmsNormRopeForward given dy, the gradient of its output (dx F32 or BF16,
+     * rounded once), dw accumulated. The fused kernel where {@link #ropeLanes} allows (dy left as it is), else rope
+     * backward in place on dy, the norm's backward (into an f32 scratch for a BF16 dx) and the rounding.
+     */
+    void rmsNormRopeBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, int tokens, int heads, int headDim,
+                             int seqLen, float theta, Tensor dx, Tensor dw) {
+        int rows = tokens * heads;
+        if (rows == 0) {
+            return;
+        }
+        long n = (long) rows * headDim;
+        long dyA = memory.addr(dy, "dy", 0, n);
+        long xA = memory.addr(x, "x", 0, n);
+        long rA = memory.addr(rstd, "rstd", 0, rows);
+        long wA = memory.addr(w, "w", 0, headDim);
+        boolean bf16 = dx != null && dx.dtype() == DType.BF16;
+        long dxA = bf16 ? memory.addrOf(dx, DType.BF16, "dx", 0, n) : memory.addr(dx, "dx", 0, n);
+        int lanes = ropeLanes(headDim, theta, seqLen, dyA, xA, wA, dxA);
+        if (lanes > 0) {
+            DeviceBuffer table = ropeTable(theta, headDim, seqLen);
+            long cells = (long) seqLen * (headDim / 2);
+            int groups = THREADS / lanes;
+            int rowsPerBlock = groups * Math.max(1, ceilDiv(rows, groups * RMSNORM_BWD_BLOCKS));
+            int blocks = ceilDiv(rows, rowsPerBlock);
+            Tensor partial = memory.scratch(DType.F32, blocks * headDim);
+            try {
+                long pA = memory.addr(partial, "partial", 0, (long) blocks * headDim);
+                launcher.launch(K, "rmsnorm_rope_bwd" + (bf16 ? "_bf16" : "") + "_l" + lanes, blocks, 1, THREADS,
+                        4 * groups * headDim, dyA, xA, wA, rA, rows, headDim, rowsPerBlock, dxA, pA, table.address(),
+                        table.address() + 4L * cells, heads, seqLen);
+                launcher.launch2D(K, "sum_chunks_accumulate_2d", ceilDiv(headDim, 32), 1, 32, 32, pA, blocks, headDim,
+                        memory.addr(dw, "dw", 0, headDim));
+            } finally {
+                memory.release(partial);
+            }
+            return;
+        }
+        rope(dy, tokens, heads, headDim, seqLen, theta, true);
+        Tensor wide = bf16 ? memory.scratch(DType.F32, (int) n) : dx;
+        try {
+            rmsNormBackward(dy, x, w, rstd, rows, headDim, null, wide, dw);
+            if (bf16) {
+                elementwise.roundToBf16(memory.addr(wide, "norm input gradient", 0, n), dxA, n);
+            }
+        } finally {
+            if (bf16) {
+                memory.release(wide);
+            }
+        }
     }
 }

@@ -12,15 +12,63 @@ template <int L> __device__ __forceinline__ float groupSum(float v) {
     return v;
 }
 
+// ------------------------------------------------------------------ RoPE arithmetic (rotate-half)
+
+// One rotation of the pair (a, b) = (x[i], x[i + half]) by (c, s): the new x[i] and x[i + half], each product and sum
+// rounded on its own (no fma), as CpuBackend.rope computes them; every rope kernel below goes through these two, so
+// the table kernel, the direct one and the norms with rope give the same bits.
+__device__ __forceinline__ float rope_lo(float a, float b, float c, float s) {
+    return __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+}
+__device__ __forceinline__ float rope_hi(float a, float b, float c, float s) {
+    return __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+}
+
+// The rope of a norm's row (Backend.rmsNormRopeForward / rmsNormRopeBackward): rows are (token, head) pairs of heads
+// each, token n at position n % seqLen; cos and sin from rope_table; sign -1 rotates back (the backward).
+struct RopeArgs {
+    const float* cosT;
+    const float* sinT;
+    int heads, seqLen;
+    float sign;
+};
+
+// A row of dim = 4 L held one float4 a lane (lane l: elements 4l .. 4l + 3; half = 2 L, so the partner of element
+// i < half, i + half, sits L / 2 lanes on in the same aligned group): the row rotated. Every lane of the warp calls it.
+template <int L>
+__device__ __forceinline__ float4 rope_row(float4 v, int lane, int pos, const RopeArgs& ra) {
+    float4 p;
+    p.x = __shfl_xor_sync(0xffffffffu, v.x, L / 2);
+    p.y = __shfl_xor_sync(0xffffffffu, v.y, L / 2);
+    p.z = __shfl_xor_sync(0xffffffffu, v.z, L / 2);
+    p.w = __shfl_xor_sync(0xffffffffu, v.w, L / 2);
+    const int half = 2 * L;
+    const bool lo = lane < L / 2;
+    const int i4 = lo ? lane : lane - L / 2;
+    float4 c = ld4(ra.cosT + (long long)pos * half, i4), sn = ld4(ra.sinT + (long long)pos * half, i4);
+    sn.x *= ra.sign; sn.y *= ra.sign; sn.z *= ra.sign; sn.w *= ra.sign;
+    float4 o;
+    if (lo) {  // v = x[i], p = x[i + half]
+        o.x = rope_lo(v.x, p.x, c.x, sn.x); o.y = rope_lo(v.y, p.y, c.y, sn.y);
+        o.z = rope_lo(v.z, p.z, c.z, sn.z); o.w = rope_lo(v.w, p.w, c.w, sn.w);
+    } else {   // v = x[i + half], p = x[i]
+        o.x = rope_hi(p.x, v.x, c.x, sn.x); o.y = rope_hi(p.y, v.y, c.y, sn.y);
+        o.z = rope_hi(p.z, v.z, c.z, sn.z); o.w = rope_hi(p.w, v.w, c.w, sn.w);
+    }
+    return o;
+}
+
 // ------------------------------------------------------------------ RMSNorm, vectorised (dim % 4 == 0, 16-byte
 // aligned rows): a group of L lanes per row, each lane holding V float4 of the row in registers (column float4
 // c = lane + q * L), so dim <= 4 * L * V. A block of 256 threads holds 256 / L row groups. The forward writes y in
 // f32 or, O = unsigned short, rounded once to bf16 (a norm output that only GEMMs read: Backend.rmsNormForward).
 // With res (else null) the row is first x + res, written back into x (Backend.residualRmsNormForward: the residual
-// add in the same pass, each sum rounded once as axpy rounds it).
-template <int L, int V, typename O> __device__ __forceinline__ void rmsnorm_fwd_vec(float* __restrict__ x,
-        const float* __restrict__ res, const float* __restrict__ w, float eps, int rows, int dim, O* __restrict__ y,
-        float* __restrict__ rstd) {
+// add in the same pass, each sum rounded once as axpy rounds it). With ROPE (V = 1, dim = 4 L) the output row is
+// rotated (rope_row) before it is stored.
+template <int L, int V, typename O, bool ROPE = false> __device__ __forceinline__ void rmsnorm_fwd_vec(
+        float* __restrict__ x, const float* __restrict__ res, const float* __restrict__ w, float eps, int rows,
+        int dim, O* __restrict__ y, float* __restrict__ rstd, RopeArgs ra = RopeArgs{}) {
+    static_assert(!ROPE || V == 1, "the rope form holds a row one float4 a lane");
     int lane = threadIdx.x % L;
     int r = blockIdx.x * (blockDim.x / L) + threadIdx.x / L;
     bool ok = r < rows;
@@ -46,20 +94,21 @@ template <int L, int V, typename O> __device__ __forceinline__ void rmsnorm_fwd_
         ss += xv[q].w * xv[q].w;
     }
     ss = groupSum<L>(ss);
-    if (!ok) return;
+    if (!ROPE && !ok) return;  // the rope form keeps every lane for its shuffles
     float rs = (float)(1.0 / sqrt((double)(ss / dim + eps)));
-    if (lane == 0) rstd[r] = rs;
-    O* yr = y + (long long)r * dim;
+    if (ok && lane == 0) rstd[r] = rs;
+    O* yr = y + (long long)(ok ? r : 0) * dim;
 #pragma unroll
     for (int q = 0; q < V; q++) {
         int c = lane + q * L;
-        if (c < d4) {
+        if (ROPE || c < d4) {
             float4 wv = ld4(w, c), o;
             o.x = wv.x * (xv[q].x * rs);
             o.y = wv.y * (xv[q].y * rs);
             o.z = wv.z * (xv[q].z * rs);
             o.w = wv.w * (xv[q].w * rs);
-            st4o(yr, c, o);
+            if constexpr (ROPE) o = rope_row<L>(o, lane, ((ok ? r : 0) / ra.heads) % ra.seqLen, ra);
+            if (ok) st4o(yr, c, o);
         }
     }
 }
@@ -70,10 +119,14 @@ template <int L, int V, typename O> __device__ __forceinline__ void rmsnorm_fwd_
 // The per-lane sums live in registers up to V = 8 and in the group's row of shared memory from V = 16 on (x and dy
 // of a row already take 8 V registers a lane); a lane alone owns its columns there, so the order is the same.
 // With dres (else null) dx is the norm's input gradient plus dres (Backend.rmsNormBackwardResidual: the residual
-// stream's gradient added in the same pass, rounded once as axpy rounds it).
-template <int L, int V> __device__ __forceinline__ void rmsnorm_bwd_vec(const float* __restrict__ dy,
-        const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ rstd, int rows, int dim,
-        int rowsPerBlock, const float* __restrict__ dres, float* __restrict__ dx, float* __restrict__ partial) {
+// stream's gradient added in the same pass, rounded once as axpy rounds it). With ROPE (V = 1, dim = 4 L, ra.sign
+// -1) dy is the gradient of the rotated output, rotated back as it is read; dx is f32 or, O = unsigned short, rounded
+// once to bf16 (an input gradient that only GEMMs read).
+template <int L, int V, typename O = float, bool ROPE = false> __device__ __forceinline__ void rmsnorm_bwd_vec(
+        const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ w,
+        const float* __restrict__ rstd, int rows, int dim, int rowsPerBlock, const float* __restrict__ dres,
+        O* __restrict__ dx, float* __restrict__ partial, RopeArgs ra = RopeArgs{}) {
+    static_assert(!ROPE || V == 1, "the rope form holds a row one float4 a lane");
     extern __shared__ float4 shDw[];  // [groups][d4]
     constexpr int MAXG = 256 / L;
     constexpr bool SH = V >= 16;  // the per-lane sums in shared memory
@@ -107,6 +160,7 @@ template <int L, int V> __device__ __forceinline__ void rmsnorm_bwd_vec(const fl
             bool in = ok && c < d4;
             xv[q] = in ? ld4(x + o, c) : make_float4(0.f, 0.f, 0.f, 0.f);
             dv[q] = in ? ld4(dy + o, c) : make_float4(0.f, 0.f, 0.f, 0.f);
+            if constexpr (ROPE) dv[q] = rope_row<L>(dv[q], lane, ((ok ? r : r0) / ra.heads) % ra.seqLen, ra);
         }
 #pragma unroll
         for (int q = 0; q < V; q++) {
@@ -137,7 +191,7 @@ template <int L, int V> __device__ __forceinline__ void rmsnorm_bwd_vec(const fl
                         out.z = __fadd_rn(out.z, d.z);
                         out.w = __fadd_rn(out.w, d.w);
                     }
-                    st4(dx + o, c, out);
+                    st4o(dx + o, c, out);
                     float4 a;
                     if constexpr (SH) a = shDw[g * d4 + c]; else a = acc[q];
                     a.x += dv[q].x * xh.x;
@@ -271,6 +325,25 @@ RMSNORM_VEC(32, 4)
 RMSNORM_VEC(32, 8)
 RMSNORM_VEC(32, 16)
 
+// RMSNorm with rope (Backend.rmsNormRopeForward / rmsNormRopeBackward): rows of dim = 4 L (head dims 64 and 128),
+// forward output and backward input gradient in f32 or bf16; cosT, sinT from rope_table.
+#define RMSNORM_ROPE(L, SUF, O)                                                                                       \
+    __global__ void __launch_bounds__(256) rmsnorm_rope_fwd##SUF##_l##L(const float* x, const float* w, float eps, \
+            int rows, int dim, O* y, float* rstd, const float* cosT, const float* sinT, int heads, int seqLen) {    \
+        rmsnorm_fwd_vec<L, 1, O, true>(const_cast<float*>(x), nullptr, w, eps, rows, dim, y, rstd,                \
+                                       RopeArgs{cosT, sinT, heads, seqLen, 1.f});                                  \
+    }                                                                                                              \
+    __global__ void __launch_bounds__(256) rmsnorm_rope_bwd##SUF##_l##L(const float* dy, const float* x,           \
+            const float* w, const float* rstd, int rows, int dim, int rowsPerBlock, O* dx, float* partial,          \
+            const float* cosT, const float* sinT, int heads, int seqLen) {                                         \
+        rmsnorm_bwd_vec<L, 1, O, true>(dy, x, w, rstd, rows, dim, rowsPerBlock, nullptr, dx, partial,              \
+                                       RopeArgs{cosT, sinT, heads, seqLen, -1.f});                                 \
+    }
+RMSNORM_ROPE(16, , float)
+RMSNORM_ROPE(32, , float)
+RMSNORM_ROPE(16, _bf16, unsigned short)
+RMSNORM_ROPE(32, _bf16, unsigned short)
+
 // ------------------------------------------------------------------ RoPE (rotate-half), in place
 
 // One thread per (token, i < half); loops over heads. invFreq[half] computed on the host exactly as CpuBackend does.
@@ -285,8 +358,8 @@ __global__ void rope_f32(float* x, const float* invFreq, int tokens, int heads, 
         for (int h = 0; h < heads; h++) {
             long long o = ((long long)n * heads + h) * headDim;
             float a = x[o + i], b = x[o + i + half];
-            x[o + i] = a * c - b * s;
-            x[o + i + half] = b * c + a * s;
+            x[o + i] = rope_lo(a, b, c, s);
+            x[o + i + half] = rope_hi(a, b, c, s);
         }
     }
 }
@@ -313,10 +386,10 @@ __global__ void rope_tab_v4(float* __restrict__ x, const float* __restrict__ cos
         sn.x *= sign; sn.y *= sign; sn.z *= sign; sn.w *= sign;
         float* xr = x + (long long)nh * headDim;
         float4 a = ld4(xr, i4), b = ld4(xr + half, i4), p, q;
-        p.x = a.x * c.x - b.x * sn.x; q.x = b.x * c.x + a.x * sn.x;
-        p.y = a.y * c.y - b.y * sn.y; q.y = b.y * c.y + a.y * sn.y;
-        p.z = a.z * c.z - b.z * sn.z; q.z = b.z * c.z + a.z * sn.z;
-        p.w = a.w * c.w - b.w * sn.w; q.w = b.w * c.w + a.w * sn.w;
+        p.x = rope_lo(a.x, b.x, c.x, sn.x); q.x = rope_hi(a.x, b.x, c.x, sn.x);
+        p.y = rope_lo(a.y, b.y, c.y, sn.y); q.y = rope_hi(a.y, b.y, c.y, sn.y);
+        p.z = rope_lo(a.z, b.z, c.z, sn.z); q.z = rope_hi(a.z, b.z, c.z, sn.z);
+        p.w = rope_lo(a.w, b.w, c.w, sn.w); q.w = rope_hi(a.w, b.w, c.w, sn.w);
         st4(xr, i4, p);
         st4(xr + half, i4, q);
     }

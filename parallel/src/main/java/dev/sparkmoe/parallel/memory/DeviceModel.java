@@ -6,8 +6,9 @@ import java.util.List;
 /**
  * What the backend itself allocates, beyond the tensors the model asks for. The CPU backend's kernels allocate
  * nothing a {@code MemoryTracker} sees; the CUDA backend ({@code CudaBackend}) makes the experts' GEMM operands BF16
- * tensors at bf16 precision ({@code emptyGemmOperand}), copies attention's operands to bf16 for its flash kernels (or
- * uses T x T score buffers under a 512 MiB budget in its f32 path), reads a BF16 weight (a kept compute copy) in
+ * tensors at bf16 precision ({@code emptyGemmOperand}), reads attention's operands in bf16 for its flash kernels (the
+ * model holds them so; a bf16 copy of the output gradient in the backward) (or uses T x T score buffers under a
+ * 512 MiB budget in its f32 path), reads a BF16 weight (a kept compute copy) in
  * place where the grouped GEMM kernel can and widens it into an f32 copy where it cannot, rounds the grouped GEMM's
  * other operands into bf16 copies that it keeps for the very next grouped GEMM, and takes a row buffer for the
  * cross-entropy.
@@ -206,14 +207,22 @@ final class DeviceModel {
         return bf16 && (headDim == 64 || headDim == 128);
     }
 
+    /**
+     * Backend.attentionInputDType is BF16 at this head dim: the flash kernels run, and the model holds q, k and v in
+     * bf16 for them (no copies made inside attention).
+     */
+    boolean attentionInBf16(int headDim) {
+        return cuda && flash(headDim);
+    }
+
     /** The transient scratch of attentionForward. */
     void attentionForward(int batch, int seqLen, int qHeads, int kvHeads, int headDim) {
         if (!cuda) {
             return;
         }
         long n = (long) batch * seqLen;
-        if (flash(headDim)) { // bf16 copies of q, k and v for the kernel
-            scratch(2 * n * qHeads * headDim, 2 * n * kvHeads * headDim, 2 * n * kvHeads * headDim);
+        if (flash(headDim)) { // q, k and v held in bf16 by the model: read as they are
+            return;
         } else {
             scratch(4 * chunkElements(seqLen, qHeads / kvHeads, kvHeads, 1));
         }
@@ -226,9 +235,8 @@ final class DeviceModel {
         }
         long n = (long) batch * seqLen;
         long di = 4 * n * qHeads;
-        if (flash(headDim)) { // Di, bf16 dO, q, k, v
-            scratch(di, 2 * n * qHeads * headDim, 2 * n * qHeads * headDim, 2 * n * kvHeads * headDim,
-                    2 * n * kvHeads * headDim);
+        if (flash(headDim)) { // Di and bf16 dO (q, k and v held in bf16 by the model)
+            scratch(di, 2 * n * qHeads * headDim);
         } else { // Di and two [heads, T, T] buffers sharing the budget
             long chunk = 4 * chunkElements(seqLen, qHeads / kvHeads, kvHeads, 2);
             scratch(di, chunk, chunk);

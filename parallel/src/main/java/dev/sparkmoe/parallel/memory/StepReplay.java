@@ -384,8 +384,16 @@ final class StepReplay {
         linearForward(0, l.k);
         c.v = f32(Category.ATTENTION, n * kvDim, "v");
         linearForward(0, l.v);
-        c.q = f32(Category.ATTENTION, n * qDim, "q");
-        c.k = f32(Category.ATTENTION, n * kvDim, "k");
+        boolean bf16Attention = dev.attentionInBf16(headDim); // Backend.attentionInputDType
+        if (bf16Attention) { // v converted, the f32 projection given back
+            Buf v16 = mem.alloc(Category.ATTENTION, n * kvDim, 2, "v (bf16)");
+            mem.free(c.v);
+            c.v = v16;
+        }
+        c.q = bf16Attention ? mem.alloc(Category.ATTENTION, n * qDim, 2, "q (bf16)")
+                : f32(Category.ATTENTION, n * qDim, "q");
+        c.k = bf16Attention ? mem.alloc(Category.ATTENTION, n * kvDim, 2, "k (bf16)")
+                : f32(Category.ATTENTION, n * kvDim, "k");
         c.qRstd = f32(Category.ATTENTION, n * qHeads, "q_norm rstd");
         c.kRstd = f32(Category.ATTENTION, n * kvHeads, "k_norm rstd");
         c.attn = f32(Category.ATTENTION, n * qDim, "attention output");
@@ -535,7 +543,7 @@ final class StepReplay {
 
     /** GemmOperand.of on an f32 tensor: its bf16 copy where the GEMMs take bf16, else nothing (null). */
     private Buf gemmCopy(long elements, String what) {
-        return bf16Gemms ? mem.alloc(Category.WORKSPACE, elements, 2, "bf16 copy of " + what) : null;
+        return bf16Gemms && elements > 0 ? mem.alloc(Category.WORKSPACE, elements, 2, "bf16 copy of " + what) : null;
     }
 
     /** GemmOperand.of on a weight's value: nothing where it is its bf16 compute copy. */
@@ -566,7 +574,7 @@ final class StepReplay {
      * the weight's for the input gradient's GEMM, then the weight's gradient and the input's copy ({@code xElements};
      * 0 where it needs none, as in {@link #linearForward}) for the weight gradient's.
      */
-    private void linearBackward(long dyElements, long xElements, Param w) {
+    private void linearBackward(long dyElements, long xElements, Param w) { // dyElements 0: dy in the GEMMs' dtype
         Buf dy16 = gemmCopy(dyElements, "an output gradient");
         mem.free(weightCopy(w));
         fsdp.grad(w);
@@ -779,14 +787,15 @@ final class StepReplay {
         Buf dv = f32(Category.TEMPORARIES, n * kvDim, "v gradient");
         dev.attentionBackward(batch, seq, qHeads, kvHeads, headDim);
         mem.free(dAttn, c.attn, c.q, c.k, c.v, c.lse);
-        Buf dqRaw = f32(Category.TEMPORARIES, n * qDim, "q gradient before q_norm");
-        Buf dkRaw = f32(Category.TEMPORARIES, n * kvDim, "k gradient before k_norm");
+        // read only by the projections' GEMMs: in their dtype (no copies of them)
+        Buf dqRaw = gemmInput(Category.TEMPORARIES, n * qDim, "q gradient before q_norm");
+        Buf dkRaw = gemmInput(Category.TEMPORARIES, n * kvDim, "k gradient before k_norm");
         fsdp.grad(l.qNorm);
         fsdp.grad(l.kNorm);
         mem.free(dq, dk, c.qRaw, c.kRaw, c.qRstd, c.kRstd);
         Buf dx = f32(Category.TEMPORARIES, n * h, "attention input gradient");
-        linearBackward(n * qDim, 0, l.q);
-        linearBackward(n * kvDim, 0, l.k);
+        linearBackward(0, 0, l.q);
+        linearBackward(0, 0, l.k);
         linearBackward(n * kvDim, 0, l.v);
         mem.free(dqRaw, dkRaw, dv);
         return dx;

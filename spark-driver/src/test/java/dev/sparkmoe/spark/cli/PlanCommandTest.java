@@ -127,7 +127,7 @@ class PlanCommandTest {
 
     @Test
     void aRunThatDoesNotFitExitsOneAndSaysWhatToChange() {
-        Run r = plan("--model", "qwen3-moe-small", "--batch", "16", "--seq", "2048", "--gpu-memory", "12GB");
+        Run r = plan("--model", "qwen3-moe-small", "--batch", "16", "--seq", "2048", "--gpu-memory", "11GB");
         assertEquals(1, r.rc(), r.out() + r.err());
         assertTrue(r.out().contains("DOES NOT FIT"), r.out());
         assertTrue(r.out().contains("what would fit:"), r.out());
