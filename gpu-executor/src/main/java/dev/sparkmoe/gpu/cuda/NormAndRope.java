@@ -104,6 +104,32 @@ final class NormAndRope {
         return new int[] {lanes, v};
     }
 
+    /** A launch of a vectorised backward kernel: its blocks, rows per block, shared bytes and dW partials. */
+    @FunctionalInterface
+    private interface BackwardLaunch {
+        void launch(int blocks, int rowsPerBlock, int sharedBytes, long partials);
+    }
+
+    /**
+     * The vectorised RMSNorm backward's shape: blocks of {@code lanes}-wide row groups over contiguous rows (a fixed
+     * count aimed at, so that the sum order is fixed), dx and each block's dW partial in one pass over x and dy, then
+     * the partials summed in a fixed order into dw.
+     */
+    private void vectorisedBackward(int lanes, int rows, int dim, Tensor dw, BackwardLaunch kernel) {
+        int groups = THREADS / lanes;
+        int rowsPerBlock = groups * Math.max(1, ceilDiv(rows, groups * RMSNORM_BWD_BLOCKS));
+        int blocks = ceilDiv(rows, rowsPerBlock);
+        Tensor partial = memory.scratch(DType.F32, blocks * dim);
+        try {
+            long pA = memory.addr(partial, "partial", 0, (long) blocks * dim);
+            kernel.launch(blocks, rowsPerBlock, 4 * groups * dim, pA);
+            launcher.launch2D(K, "sum_chunks_accumulate_2d", ceilDiv(dim, 32), 1, 32, 32, pA, blocks, dim,
+                    memory.addr(dw, "dw", 0, dim));
+        } finally {
+            memory.release(partial);
+        }
+    }
+
     /**
      * dx (written) and dw (accumulated); with {@code residualGrad} (else null) dx also gets it added
      * (Backend.rmsNormBackwardResidual): in the vectorised kernel's pass, else by axpy after the norm's backward.
@@ -122,20 +148,9 @@ final class NormAndRope {
         long resA = residualGrad == null ? 0L : memory.addr(residualGrad, "residualGrad", 0, n);
         int[] lv = residualGrad == null ? rmsNormVec(dim, dyA, xA, wA, dxA) : rmsNormVec(dim, dyA, xA, wA, dxA, resA);
         if (lv != null) {
-            // dx and each block's dW partial in one pass over x and dy; then the partials summed in a fixed order
-            int groups = THREADS / lv[0];
-            int rowsPerBlock = groups * Math.max(1, ceilDiv(rows, groups * RMSNORM_BWD_BLOCKS));
-            int blocks = ceilDiv(rows, rowsPerBlock);
-            Tensor partial = memory.scratch(DType.F32, blocks * dim);
-            try {
-                long pA = memory.addr(partial, "partial", 0, (long) blocks * dim);
-                launcher.launch(K, "rmsnorm_bwd_l" + lv[0] + "v" + lv[1], blocks, 1, THREADS, 4 * groups * dim, dyA,
-                        xA, wA, rA, rows, dim, rowsPerBlock, resA, dxA, pA);
-                launcher.launch2D(K, "sum_chunks_accumulate_2d", ceilDiv(dim, 32), 1, 32, 32, pA, blocks, dim,
-                        memory.addr(dw, "dw", 0, dim));
-            } finally {
-                memory.release(partial);
-            }
+            vectorisedBackward(lv[0], rows, dim, dw, (blocks, rowsPerBlock, shared, pA) -> launcher.launch(K,
+                    "rmsnorm_bwd_l" + lv[0] + "v" + lv[1], blocks, 1, THREADS, shared, dyA, xA, wA, rA, rows, dim,
+                    rowsPerBlock, resA, dxA, pA));
             return;
         }
         launcher.launch(K, "rmsnorm_bwd_dx", rows, 1, rowThreads(dim), 0, dyA, xA, wA, rA, rows, dim, dxA);
@@ -289,20 +304,10 @@ final class NormAndRope {
         if (lanes > 0) {
             DeviceBuffer table = ropeTable(theta, headDim, seqLen);
             long cells = (long) seqLen * (headDim / 2);
-            int groups = THREADS / lanes;
-            int rowsPerBlock = groups * Math.max(1, ceilDiv(rows, groups * RMSNORM_BWD_BLOCKS));
-            int blocks = ceilDiv(rows, rowsPerBlock);
-            Tensor partial = memory.scratch(DType.F32, blocks * headDim);
-            try {
-                long pA = memory.addr(partial, "partial", 0, (long) blocks * headDim);
-                launcher.launch(K, "rmsnorm_rope_bwd" + (bf16 ? "_bf16" : "") + "_l" + lanes, blocks, 1, THREADS,
-                        4 * groups * headDim, dyA, xA, wA, rA, rows, headDim, rowsPerBlock, dxA, pA, table.address(),
-                        table.address() + 4L * cells, heads, seqLen);
-                launcher.launch2D(K, "sum_chunks_accumulate_2d", ceilDiv(headDim, 32), 1, 32, 32, pA, blocks, headDim,
-                        memory.addr(dw, "dw", 0, headDim));
-            } finally {
-                memory.release(partial);
-            }
+            vectorisedBackward(lanes, rows, headDim, dw, (blocks, rowsPerBlock, shared, pA) -> launcher.launch(K,
+                    "rmsnorm_rope_bwd" + (bf16 ? "_bf16" : "") + "_l" + lanes, blocks, 1, THREADS, shared, dyA, xA, wA,
+                    rA, rows, headDim, rowsPerBlock, dxA, pA, table.address(), table.address() + 4L * cells, heads,
+                    seqLen));
             return;
         }
         rope(dy, tokens, heads, headDim, seqLen, theta, true);

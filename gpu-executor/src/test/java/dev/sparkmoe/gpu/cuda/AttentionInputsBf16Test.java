@@ -5,24 +5,15 @@ import static dev.sparkmoe.gpu.cuda.GpuTestSupport.host;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.rnd;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.roundedToBf16;
 import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.model.ActivationCheckpointing;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
-import dev.sparkmoe.core.model.Qwen3MoeModel;
-import dev.sparkmoe.core.model.StatsReducer;
-import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
-import dev.sparkmoe.core.testing.TokenBatch;
-import java.lang.reflect.InvocationTargetException;
-import java.lang.reflect.Proxy;
-import java.util.LinkedHashMap;
-import java.util.List;
-import java.util.Map;
+import dev.sparkmoe.core.testing.Intercept;
+import dev.sparkmoe.core.testing.ModelStep;
 import java.util.Random;
-import java.util.SplittableRandom;
 import org.junit.jupiter.api.Test;
 
 /**
@@ -164,51 +155,25 @@ class AttentionInputsBf16Test {
 
     // ------------------------------------------------------------------ a model step
 
-    record Step(double lm, double aux, Map<String, float[]> grads) {
-    }
-
     /** {@code gpu} with attention reading F32 inputs, made by the norm, rope and conversion one by one. */
     private static Backend f32Inputs(CudaBackend gpu) {
-        return (Backend) Proxy.newProxyInstance(Backend.class.getClassLoader(), new Class<?>[] {Backend.class},
-                (proxy, method, args) -> {
-                    switch (method.getName()) {
-                        case "attentionInputDType":
-                            return DType.F32;
-                        case "rmsNormRopeForward":
-                            normRopeOneByOne(gpu, (Tensor) args[0], (Tensor) args[1], (int) args[3], (int) args[4],
-                                    (int) args[5], (int) args[6], (Tensor) args[8], (Tensor) args[9]);
-                            return null;
-                        case "rmsNormRopeBackward":
-                            normRopeBackwardOneByOne(gpu, (Tensor) args[0], (Tensor) args[1], (Tensor) args[2],
-                                    (Tensor) args[3], (int) args[4], (int) args[5], (int) args[6], (int) args[7],
-                                    (Tensor) args[9], (Tensor) args[10]);
-                            return null;
-                        default:
-                            try {
-                                return method.invoke(gpu, args);
-                            } catch (InvocationTargetException e) {
-                                throw e.getCause();
-                            }
-                    }
-                });
-    }
-
-    private static Step step(CudaBackend gpu, Backend be, Qwen3MoeConfig config, ActivationCheckpointing mode) {
-        int b = 2, t = 32;
-        try (Backend.Scope scope = gpu.openScope()) {
-            Qwen3MoeModel model = new Qwen3MoeModel(config, be);
-            model.initRandom(21, 0.2);
-            model.setActivationCheckpointing(mode);
-            TokenBatch batch = TokenBatch.random(new SplittableRandom(8), config.vocabSize(), b * t);
-            Qwen3MoeModel.Pass pass = model.forward(batch.ids(), batch.targets(), b, t, b * t,
-                    config.routerAuxLossCoef(), StatsReducer.LOCAL);
-            model.backward(pass);
-            Map<String, float[]> grads = new LinkedHashMap<>();
-            for (Parameter p : model.parameters()) {
-                grads.put(p.name(), gpu.download(p.grad()).floats());
+        return Intercept.over(gpu, (name, args) -> {
+            switch (name) {
+                case "attentionInputDType":
+                    return DType.F32;
+                case "rmsNormRopeForward":
+                    normRopeOneByOne(gpu, (Tensor) args[0], (Tensor) args[1], (int) args[3], (int) args[4],
+                            (int) args[5], (int) args[6], (Tensor) args[8], (Tensor) args[9]);
+                    return null;
+                case "rmsNormRopeBackward":
+                    normRopeBackwardOneByOne(gpu, (Tensor) args[0], (Tensor) args[1], (Tensor) args[2],
+                            (Tensor) args[3], (int) args[4], (int) args[5], (int) args[6], (int) args[7],
+                            (Tensor) args[9], (Tensor) args[10]);
+                    return null;
+                default:
+                    return Intercept.PASS;
             }
-            return new Step(pass.lmLossSum(), pass.auxLoss(), grads);
-        }
+        });
     }
 
     @Test
@@ -217,22 +182,11 @@ class AttentionInputsBf16Test {
         CudaBackend.GemmPrecision precision = gpu.gemmPrecision();
         gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
         try {
-            Qwen3MoeConfig config = Qwen3MoeConfig.builder().vocabSize(256).hiddenSize(64).intermediateSize(96)
-                    .moeIntermediateSize(32).numHiddenLayers(3).numAttentionHeads(4).numKeyValueHeads(2).headDim(64)
-                    .numExperts(8).numExpertsPerTok(2).mlpOnlyLayers(List.of(0)).normTopkProb(true)
-                    .maxPositionEmbeddings(64).ropeTheta(THETA).rmsNormEps(1e-6).routerAuxLossCoef(0.01).build();
+            Qwen3MoeConfig config = GpuTestSupport.smallMoe(32, THETA);
             assertEquals(DType.BF16, gpu.attentionInputDType(64));
             for (ActivationCheckpointing mode : ActivationCheckpointing.values()) {
-                Step f32 = step(gpu, f32Inputs(gpu), config, mode);
-                Step bf16 = step(gpu, gpu, config, mode);
-                assertTrue(Double.isFinite(bf16.lm) && bf16.lm > 0, mode + ": lm loss " + bf16.lm);
-                assertEquals(Double.doubleToRawLongBits(f32.lm), Double.doubleToRawLongBits(bf16.lm),
-                        mode + ": lm loss " + bf16.lm + " vs " + f32.lm);
-                assertEquals(Double.doubleToRawLongBits(f32.aux), Double.doubleToRawLongBits(bf16.aux),
-                        mode + ": aux loss");
-                for (String k : f32.grads.keySet()) {
-                    assertSameBits(f32.grads.get(k), bf16.grads.get(k), mode + ": grad " + k);
-                }
+                ModelStep.run(gpu, f32Inputs(gpu), config, mode, 2, 32).assertSameBitsAs(
+                        ModelStep.run(gpu, gpu, config, mode, 2, 32), mode.toString());
             }
         } finally {
             gpu.setGemmPrecision(precision);

@@ -1,6 +1,5 @@
 package dev.sparkmoe.gpu.cuda;
 
-import dev.sparkmoe.core.testing.TokenBatch;
 import static dev.sparkmoe.core.testing.Bits.assertSameBits;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.host;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.rnd;
@@ -12,19 +11,12 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.model.ActivationCheckpointing;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
-import dev.sparkmoe.core.model.Qwen3MoeModel;
-import dev.sparkmoe.core.model.StatsReducer;
-import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
-import java.lang.reflect.InvocationTargetException;
-import java.lang.reflect.Proxy;
+import dev.sparkmoe.core.testing.Intercept;
+import dev.sparkmoe.core.testing.ModelStep;
 import java.util.Arrays;
-import java.util.LinkedHashMap;
-import java.util.List;
-import java.util.Map;
 import java.util.Random;
-import java.util.SplittableRandom;
 import org.junit.jupiter.api.Test;
 
 /**
@@ -178,51 +170,10 @@ class GemmOperandBf16Test {
 
     // ------------------------------------------------------------------ a model step
 
-    /** What one step computed: the losses and every gradient. */
-    record Step(double lm, double aux, Map<String, float[]> grads) {
-    }
-
     /** {@code gpu} making every GEMM operand an F32 tensor, which the grouped GEMM rounds into its bf16 copies. */
     private static Backend f32Operands(CudaBackend gpu) {
-        return (Backend) Proxy.newProxyInstance(Backend.class.getClassLoader(), new Class<?>[] {Backend.class},
-                (proxy, method, args) -> {
-                    if (method.getName().equals("emptyGemmOperand")) {
-                        return gpu.empty(DType.F32, (int[]) args[0]);
-                    }
-                    try {
-                        return method.invoke(gpu, args);
-                    } catch (InvocationTargetException e) {
-                        throw e.getCause();
-                    }
-                });
-    }
-
-    private static Qwen3MoeConfig config(int moeInter) {
-        return Qwen3MoeConfig.builder().vocabSize(256).hiddenSize(64).intermediateSize(96).moeIntermediateSize(moeInter)
-                .numHiddenLayers(3).numAttentionHeads(4).numKeyValueHeads(2).headDim(64).numExperts(8)
-                .numExpertsPerTok(2).mlpOnlyLayers(List.of(0)).normTopkProb(true).maxPositionEmbeddings(64)
-                .ropeTheta(10000).rmsNormEps(1e-6).routerAuxLossCoef(0.01).build();
-    }
-
-    private static Step step(CudaBackend gpu, Backend be, Qwen3MoeConfig config, ActivationCheckpointing mode) {
-        int b = 2, t = 32;
-        try (Backend.Scope scope = gpu.openScope()) {
-            Qwen3MoeModel model = new Qwen3MoeModel(config, be);
-            model.initRandom(21, 0.2);
-            model.setActivationCheckpointing(mode);
-            SplittableRandom r = new SplittableRandom(8);
-            TokenBatch batch = TokenBatch.random(r, config.vocabSize(), b * t);
-            int[] ids = batch.ids();
-            int[] targets = batch.targets();
-            Qwen3MoeModel.Pass pass = model.forward(ids, targets, b, t, b * t, config.routerAuxLossCoef(),
-                    StatsReducer.LOCAL);
-            model.backward(pass);
-            Map<String, float[]> grads = new LinkedHashMap<>();
-            for (Parameter p : model.parameters()) {
-                grads.put(p.name(), gpu.download(p.grad()).floats());
-            }
-            return new Step(pass.lmLossSum(), pass.auxLoss(), grads);
-        }
+        return Intercept.over(gpu, (name, args) -> name.equals("emptyGemmOperand")
+                ? gpu.empty(DType.F32, (int[]) args[0]) : Intercept.PASS);
     }
 
     @Test
@@ -230,19 +181,11 @@ class GemmOperandBf16Test {
         CudaBackend gpu = GpuTestSupport.backend();
         atBf16(gpu, () -> {
             for (int moeInter : new int[] {32, 36}) { // read in place; widened for the kernel (36 % 8 != 0)
-                Qwen3MoeConfig config = config(moeInter);
+                Qwen3MoeConfig config = GpuTestSupport.smallMoe(moeInter, 10000);
                 for (ActivationCheckpointing mode : ActivationCheckpointing.values()) {
-                    String what = "moe intermediate " + moeInter + ", " + mode;
-                    Step f32 = step(gpu, f32Operands(gpu), config, mode);
-                    Step bf16 = step(gpu, gpu, config, mode);
-                    assertTrue(Double.isFinite(bf16.lm) && bf16.lm > 0, what + ": lm loss " + bf16.lm);
-                    assertEquals(Double.doubleToRawLongBits(f32.lm), Double.doubleToRawLongBits(bf16.lm),
-                            what + ": lm loss " + bf16.lm + " vs " + f32.lm);
-                    assertEquals(Double.doubleToRawLongBits(f32.aux), Double.doubleToRawLongBits(bf16.aux),
-                            what + ": aux loss");
-                    for (String k : f32.grads.keySet()) { // the embedding's backward too: runs by id, no atomics
-                        assertSameBits(f32.grads.get(k), bf16.grads.get(k), what + ": grad " + k);
-                    }
+                    // the embedding's backward too: runs by id, no atomics
+                    ModelStep.run(gpu, f32Operands(gpu), config, mode, 2, 32).assertSameBitsAs(
+                            ModelStep.run(gpu, gpu, config, mode, 2, 32), "moe intermediate " + moeInter + ", " + mode);
                 }
             }
         });

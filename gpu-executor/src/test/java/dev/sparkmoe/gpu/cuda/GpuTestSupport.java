@@ -1,7 +1,9 @@
 package dev.sparkmoe.gpu.cuda;
 
+import dev.sparkmoe.core.model.Qwen3MoeConfig;
 import dev.sparkmoe.core.tensor.Tensor;
 
+import java.util.List;
 import java.util.Random;
 
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -20,6 +22,17 @@ final class GpuTestSupport {
             backend = new CudaBackend();
         }
         return backend;
+    }
+
+    /**
+     * The model of the GPU tests that compare two ways of computing a step: 3 layers (a dense one first), hidden 64,
+     * 8 experts top-2 of {@code moeInter}, head dim 64 (the flash kernels), rope theta {@code theta}.
+     */
+    static Qwen3MoeConfig smallMoe(int moeInter, double theta) {
+        return Qwen3MoeConfig.builder().vocabSize(256).hiddenSize(64).intermediateSize(96).moeIntermediateSize(moeInter)
+                .numHiddenLayers(3).numAttentionHeads(4).numKeyValueHeads(2).headDim(64).numExperts(8)
+                .numExpertsPerTok(2).mlpOnlyLayers(List.of(0)).normTopkProb(true).maxPositionEmbeddings(64)
+                .ropeTheta(theta).rmsNormEps(1e-6).routerAuxLossCoef(0.01).build();
     }
 
     static float[] rnd(Random r, int n, float scale) {

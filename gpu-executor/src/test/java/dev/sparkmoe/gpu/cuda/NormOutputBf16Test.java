@@ -5,24 +5,16 @@ import static dev.sparkmoe.gpu.cuda.GpuTestSupport.host;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.rnd;
 import static dev.sparkmoe.gpu.cuda.GpuTestSupport.roundedToBf16;
 import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.sparkmoe.core.backend.Backend;
 import dev.sparkmoe.core.model.ActivationCheckpointing;
 import dev.sparkmoe.core.model.Qwen3MoeConfig;
-import dev.sparkmoe.core.model.Qwen3MoeModel;
-import dev.sparkmoe.core.model.StatsReducer;
-import dev.sparkmoe.core.nn.Parameter;
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
-import dev.sparkmoe.core.testing.TokenBatch;
-import java.lang.reflect.InvocationTargetException;
-import java.lang.reflect.Proxy;
-import java.util.LinkedHashMap;
-import java.util.List;
-import java.util.Map;
+import dev.sparkmoe.core.testing.F32NormOutputs;
+import dev.sparkmoe.core.testing.Intercept;
+import dev.sparkmoe.core.testing.ModelStep;
 import java.util.Random;
-import java.util.SplittableRandom;
 import org.junit.jupiter.api.Test;
 
 /**
@@ -103,70 +95,17 @@ class NormOutputBf16Test {
 
     // ------------------------------------------------------------------ a model step
 
-    record Step(double lm, double aux, Map<String, float[]> grads, int bf16Norms) {
-    }
-
     /**
-     * {@code gpu} recording its BF16 norm outputs; with {@code viaF32} computing each in f32 and converting it, and
+     * {@code gpu} counting its BF16 norm outputs; with {@code viaF32} computing each in f32 and converting it, and
      * gathering from a BF16 source through its widened copy (the arithmetic of f32 norm outputs).
      */
     private static Backend recording(CudaBackend gpu, boolean viaF32, int[] bf16Norms) {
-        return (Backend) Proxy.newProxyInstance(Backend.class.getClassLoader(), new Class<?>[] {Backend.class},
-                (proxy, method, args) -> {
-                    String name = method.getName();
-                    boolean residual = name.equals("residualRmsNormForward");
-                    int at = residual ? 1 : 0; // the arguments after x (and the residual)
-                    if ((residual || name.equals("rmsNormForward")) && ((Tensor) args[at + 5]).dtype() == DType.BF16) {
-                        bf16Norms[0]++;
-                        if (viaF32) {
-                            Tensor x = (Tensor) args[0];
-                            Tensor y = (Tensor) args[at + 5];
-                            Tensor wide = gpu.empty(DType.F32, y.shape());
-                            if (residual) {
-                                gpu.axpy(1f, (Tensor) args[1], 0, x, 0, x.numel());
-                            }
-                            gpu.rmsNormForward(x, (Tensor) args[at + 1], (float) args[at + 2], (int) args[at + 3],
-                                    (int) args[at + 4], wide, (Tensor) args[at + 6]);
-                            gpu.convert(wide, y);
-                            gpu.release(wide);
-                            return null;
-                        }
-                    }
-                    if (viaF32 && name.equals("gatherRows") && ((Tensor) args[0]).dtype() == DType.BF16) {
-                        Tensor src = (Tensor) args[0];
-                        Tensor wide = gpu.empty(DType.F32, src.shape());
-                        gpu.convert(src, wide);
-                        gpu.gatherRows(wide, (Tensor) args[1], (int) args[2], (int) args[3], (int) args[4],
-                                (Tensor) args[5]);
-                        gpu.release(wide);
-                        return null;
-                    }
-                    try {
-                        return method.invoke(gpu, args);
-                    } catch (InvocationTargetException e) {
-                        throw e.getCause();
-                    }
-                });
-    }
-
-    private static Step step(CudaBackend gpu, boolean viaF32, Qwen3MoeConfig config, ActivationCheckpointing mode) {
-        int b = 2, t = 32;
-        int[] bf16Norms = {0};
-        Backend be = recording(gpu, viaF32, bf16Norms);
-        try (Backend.Scope scope = gpu.openScope()) {
-            Qwen3MoeModel model = new Qwen3MoeModel(config, be);
-            model.initRandom(21, 0.2);
-            model.setActivationCheckpointing(mode);
-            TokenBatch batch = TokenBatch.random(new SplittableRandom(8), config.vocabSize(), b * t);
-            Qwen3MoeModel.Pass pass = model.forward(batch.ids(), batch.targets(), b, t, b * t,
-                    config.routerAuxLossCoef(), StatsReducer.LOCAL);
-            model.backward(pass);
-            Map<String, float[]> grads = new LinkedHashMap<>();
-            for (Parameter p : model.parameters()) {
-                grads.put(p.name(), gpu.download(p.grad()).floats());
+        return Intercept.over(gpu, (name, args) -> {
+            if (F32NormOutputs.bf16Output(name, args) != null) {
+                bf16Norms[0]++;
             }
-            return new Step(pass.lmLossSum(), pass.auxLoss(), grads, bf16Norms[0]);
-        }
+            return viaF32 ? F32NormOutputs.handle(gpu, name, args) : Intercept.PASS;
+        });
     }
 
     @Test
@@ -175,23 +114,15 @@ class NormOutputBf16Test {
         CudaBackend.GemmPrecision precision = gpu.gemmPrecision();
         gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
         try {
-            Qwen3MoeConfig config = Qwen3MoeConfig.builder().vocabSize(256).hiddenSize(64).intermediateSize(96)
-                    .moeIntermediateSize(32).numHiddenLayers(3).numAttentionHeads(4).numKeyValueHeads(2).headDim(64)
-                    .numExperts(8).numExpertsPerTok(2).mlpOnlyLayers(List.of(0)).normTopkProb(true)
-                    .maxPositionEmbeddings(64).ropeTheta(10000).rmsNormEps(1e-6).routerAuxLossCoef(0.01).build();
+            Qwen3MoeConfig config = GpuTestSupport.smallMoe(32, 10000);
             for (ActivationCheckpointing mode : ActivationCheckpointing.values()) {
-                Step viaF32 = step(gpu, true, config, mode);
-                Step bf16 = step(gpu, false, config, mode);
+                int[] viaF32Norms = {0}, bf16Norms = {0};
+                ModelStep viaF32 = ModelStep.run(gpu, recording(gpu, true, viaF32Norms), config, mode, 2, 32);
+                ModelStep bf16 = ModelStep.run(gpu, recording(gpu, false, bf16Norms), config, mode, 2, 32);
                 int passes = mode == ActivationCheckpointing.NONE ? 1 : 2;
-                assertEquals(2 * 3 * passes, bf16.bf16Norms, mode + ": two BF16 norm outputs a layer and pass");
-                assertTrue(Double.isFinite(bf16.lm) && bf16.lm > 0, mode + ": lm loss " + bf16.lm);
-                assertEquals(Double.doubleToRawLongBits(viaF32.lm), Double.doubleToRawLongBits(bf16.lm),
-                        mode + ": lm loss " + bf16.lm + " vs " + viaF32.lm);
-                assertEquals(Double.doubleToRawLongBits(viaF32.aux), Double.doubleToRawLongBits(bf16.aux),
-                        mode + ": aux loss");
-                for (String k : viaF32.grads.keySet()) {
-                    assertSameBits(viaF32.grads.get(k), bf16.grads.get(k), mode + ": grad " + k);
-                }
+                assertEquals(2 * 3 * passes, bf16Norms[0], mode + ": two BF16 norm outputs a layer and pass");
+                assertEquals(bf16Norms[0], viaF32Norms[0], mode + ": the same norms");
+                viaF32.assertSameBitsAs(bf16, mode.toString());
             }
         } finally {
             gpu.setGemmPrecision(precision);
