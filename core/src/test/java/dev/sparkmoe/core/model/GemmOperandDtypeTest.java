@@ -1,5 +1,6 @@
 package dev.sparkmoe.core.model;
 
+import dev.sparkmoe.core.testing.TensorUses;
 import dev.sparkmoe.core.testing.TokenBatch;
 import static dev.sparkmoe.core.testing.Bits.assertSameBits;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -71,15 +72,7 @@ class GemmOperandDtypeTest {
                         seen.operands.put(t, false);
                         return t;
                     }
-                    int[] allowed = ALLOWED.get(name);
-                    for (int i = 0; args != null && i < args.length; i++) {
-                        if (!(args[i] instanceof Tensor t) || !seen.operands.containsKey(t)) {
-                            continue;
-                        }
-                        boolean ok = false;
-                        for (int a = 0; allowed != null && a < allowed.length; a++) {
-                            ok |= allowed[a] == i;
-                        }
+                    TensorUses.each(name, args, ALLOWED, seen.operands::containsKey, (t, i, ok) -> {
                         if (!ok) {
                             seen.misuse.add(name + " argument " + i + " " + t);
                         } else if (name.startsWith("groupedGemm")) {
@@ -89,7 +82,7 @@ class GemmOperandDtypeTest {
                         } else {
                             seen.writers.add(name);
                         }
-                    }
+                    });
                     Object result;
                     try {
                         result = method.invoke(inner, args);

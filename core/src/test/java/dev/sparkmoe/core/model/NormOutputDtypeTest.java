@@ -12,6 +12,7 @@ import dev.sparkmoe.core.tensor.Tensor;
 import dev.sparkmoe.core.testing.F32NormOutputs;
 import dev.sparkmoe.core.testing.Intercept;
 import dev.sparkmoe.core.testing.ModelStep;
+import dev.sparkmoe.core.testing.TensorUses;
 import java.util.ArrayList;
 import java.util.IdentityHashMap;
 import java.util.List;
@@ -53,15 +54,7 @@ class NormOutputDtypeTest {
      */
     private static Backend recording(Backend inner, boolean viaF32, Seen seen) {
         return Intercept.over(inner, (name, args) -> {
-            int[] allowed = ALLOWED.get(name);
-            for (int i = 0; args != null && i < args.length; i++) {
-                if (!(args[i] instanceof Tensor t) || !seen.outputs.containsKey(t)) {
-                    continue;
-                }
-                boolean ok = false;
-                for (int a = 0; allowed != null && a < allowed.length; a++) {
-                    ok |= allowed[a] == i;
-                }
+            TensorUses.each(name, args, ALLOWED, seen.outputs::containsKey, (t, i, ok) -> {
                 if (!ok) {
                     seen.misuse.add(name + " argument " + i + " " + t);
                 } else if (name.equals("release")) {
@@ -69,7 +62,7 @@ class NormOutputDtypeTest {
                 } else if (!name.equals("rmsNormForward") && !name.equals("residualRmsNormForward")) {
                     seen.outputs.merge(t, 1, Integer::sum);
                 }
-            }
+            });
             if (name.equals("rmsNormRopeForward") && ((Tensor) args[8]).dtype() == DType.F32) {
                 seen.ropeNorms++;
             }

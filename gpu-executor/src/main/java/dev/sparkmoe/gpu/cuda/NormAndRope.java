@@ -59,7 +59,7 @@ final class NormAndRope {
         long resA = residual == null ? 0L : memory.addr(residual, "residual", 0, n);
         long wA = memory.addr(w, "w", 0, dim);
         boolean bf16 = y != null && y.dtype() == DType.BF16;
-        long yA = bf16 ? memory.addrOf(y, DType.BF16, "y", 0, n) : memory.addr(y, "y", 0, n);
+        long yA = output(y, "y", n);
         long rA = memory.addr(rstd, "rstd", 0, rows);
         int[] lv = residual == null ? rmsNormVec(dim, xA, wA, yA) : rmsNormVec(dim, xA, resA, wA, yA);
         if (lv != null) {
@@ -71,17 +71,8 @@ final class NormAndRope {
         if (residual != null) {
             elementwise.axpy(1f, residual, 0, x, 0, (int) n);
         }
-        if (!bf16) {
-            launcher.launch(K, "rmsnorm_fwd", rows, 1, rowThreads(dim), 0, xA, wA, eps, rows, dim, yA, rA);
-            return;
-        }
-        Tensor wide = memory.scratch(DType.F32, (int) n); // y is an int-sized tensor
-        try {
-            rmsNormForward(x, null, w, eps, rows, dim, wide, rstd);
-            elementwise.roundToBf16(memory.addr(wide, "norm output", 0, n), yA, n);
-        } finally {
-            memory.release(wide); // stream-ordered: a later user queues behind the rounding
-        }
+        viaF32(y, yA, n, out -> launcher.launch(K, "rmsnorm_fwd", rows, 1, rowThreads(dim), 0, xA, wA, eps, rows, dim,
+                memory.addr(out, "y", 0, n), rA));
     }
 
     /**
@@ -102,6 +93,30 @@ final class NormAndRope {
             v *= 2;
         }
         return new int[] {lanes, v};
+    }
+
+    /** The address of an output that is F32 or BF16 (rounded as written). */
+    private long output(Tensor t, String what, long n) {
+        return t != null && t.dtype() == DType.BF16 ? memory.addrOf(t, DType.BF16, what, 0, n)
+                : memory.addr(t, what, 0, n);
+    }
+
+    /**
+     * {@code f32Op} writing {@code out} (F32; n elements at outA): into it where it is F32, else into an f32 scratch
+     * that is then rounded into the BF16 {@code out}: the same values a kernel that writes bf16 gives.
+     */
+    private void viaF32(Tensor out, long outA, long n, java.util.function.Consumer<Tensor> f32Op) {
+        if (out.dtype() != DType.BF16) {
+            f32Op.accept(out);
+            return;
+        }
+        Tensor wide = memory.scratch(DType.F32, (int) n); // out is an int-sized tensor
+        try {
+            f32Op.accept(wide);
+            elementwise.roundToBf16(memory.addr(wide, "f32 result", 0, n), outA, n);
+        } finally {
+            memory.release(wide); // stream-ordered: a later user queues behind the rounding
+        }
     }
 
     /** A launch of a vectorised backward kernel: its blocks, rows per block, shared bytes and dW partials. */
@@ -257,7 +272,7 @@ final class NormAndRope {
         long xA = memory.addr(x, "x", 0, n);
         long wA = memory.addr(w, "w", 0, headDim);
         boolean bf16 = y != null && y.dtype() == DType.BF16;
-        long yA = bf16 ? memory.addrOf(y, DType.BF16, "y", 0, n) : memory.addr(y, "y", 0, n);
+        long yA = output(y, "y", n);
         long rA = memory.addr(rstd, "rstd", 0, rows);
         int lanes = ropeLanes(headDim, theta, seqLen, xA, wA, yA);
         if (lanes > 0) {
@@ -268,18 +283,10 @@ final class NormAndRope {
                     heads, seqLen);
             return;
         }
-        Tensor wide = bf16 ? memory.scratch(DType.F32, (int) n) : y;
-        try {
-            rmsNormForward(x, null, w, eps, rows, headDim, wide, rstd);
-            rope(wide, tokens, heads, headDim, seqLen, theta, false);
-            if (bf16) {
-                elementwise.roundToBf16(memory.addr(wide, "norm output", 0, n), yA, n);
-            }
-        } finally {
-            if (bf16) {
-                memory.release(wide); // stream-ordered: a later user queues behind the rounding
-            }
-        }
+        viaF32(y, yA, n, out -> {
+            rmsNormForward(x, null, w, eps, rows, headDim, out, rstd);
+            rope(out, tokens, heads, headDim, seqLen, theta, false);
+        });
     }
 
     /**
@@ -299,7 +306,7 @@ final class NormAndRope {
         long rA = memory.addr(rstd, "rstd", 0, rows);
         long wA = memory.addr(w, "w", 0, headDim);
         boolean bf16 = dx != null && dx.dtype() == DType.BF16;
-        long dxA = bf16 ? memory.addrOf(dx, DType.BF16, "dx", 0, n) : memory.addr(dx, "dx", 0, n);
+        long dxA = output(dx, "dx", n);
         int lanes = ropeLanes(headDim, theta, seqLen, dyA, xA, wA, dxA);
         if (lanes > 0) {
             DeviceBuffer table = ropeTable(theta, headDim, seqLen);
@@ -311,16 +318,6 @@ final class NormAndRope {
             return;
         }
         rope(dy, tokens, heads, headDim, seqLen, theta, true);
-        Tensor wide = bf16 ? memory.scratch(DType.F32, (int) n) : dx;
-        try {
-            rmsNormBackward(dy, x, w, rstd, rows, headDim, null, wide, dw);
-            if (bf16) {
-                elementwise.roundToBf16(memory.addr(wide, "norm input gradient", 0, n), dxA, n);
-            }
-        } finally {
-            if (bf16) {
-                memory.release(wide);
-            }
-        }
+        viaF32(dx, dxA, n, out -> rmsNormBackward(dy, x, w, rstd, rows, headDim, null, out, dw));
     }
 }
