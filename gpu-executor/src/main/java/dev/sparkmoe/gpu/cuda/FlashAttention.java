@@ -30,11 +30,13 @@ import dev.sparkmoe.core.tensor.Tensor;
  * dq = scale dS K. bf16 operands and f32 accumulation as in the forward pass.
  *
  * <p>Two kernel sets ({@link CudaBackend.FlashKernels}), the same bits: {@link CudaBackend.FlashKernels#V2_W8}, which
- * runs, copies q, k, v to bf16 once per call (scratch, released stream-ordered) and a prep kernel writes bf16 dO with
+ * runs, reads q, k, v as they are where they are BF16 (the model holds them so: Backend.attentionInputDType) or
+ * copies F32 ones to bf16 once per call (scratch, released stream-ordered), and a prep kernel writes bf16 dO with
  * Di; its kernels stage their streamed tiles by {@code cp.async} in a ring of 3, read B operands by ldmatrix, and its
  * backward CTAs have 8 warps (128 key rows per dk/dv CTA, 128 query rows per dq CTA).
  * {@link CudaBackend.FlashKernels#V1}, the tests' reference (the one the emulator transliterates), rounds f32 inputs
- * while staging each tile, with 4-warp backward CTAs (64 rows; dk/dv's key blocks and dq's key tiles 32 at D=128).
+ * while staging each tile, with 4-warp backward CTAs (64 rows; dk/dv's key blocks and dq's key tiles 32 at D=128); it
+ * takes no BF16 inputs (the GEMM path widens them).
  */
 final class FlashAttention {
     private static final String FA = KernelLauncher.FLASH_ATTENTION;
