@@ -23,7 +23,8 @@ import org.junit.jupiter.api.Test;
  * The decoder layers' norm outputs in the GEMMs' dtype ({@code GemmOperand.empty}) on a backend whose GEMMs take bf16
  * operands, played on the CPU ({@link Bf16Gemms}): each is written rounded once by {@code rmsNormForward} and read
  * only by dense GEMMs and the experts' row gather, as it is (no copy), and given back; the final norm stays F32, and
- * so do the q and k norms (with rope) on a backend whose attention reads F32. The step is bit for bit the step in which each such output is computed in f32 and then converted,
+ * so do the q and k norms (with rope) on a backend whose attention reads F32. The step is bit for bit the step in
+ * which each such output is computed in f32 and then converted,
  * which is what every GEMM on an f32 norm output read before (its bf16 copy), under every activation checkpointing
  * mode.
  */
@@ -41,7 +42,8 @@ class NormOutputDtypeTest {
 
     /** What the recording backend saw. */
     static final class Seen {
-        final Map<Tensor, Integer> outputs = new IdentityHashMap<>(); // bf16 norm output -> GEMMs and gathers reading it
+        // bf16 norm output -> the GEMMs and gathers reading it
+        final Map<Tensor, Integer> outputs = new IdentityHashMap<>();
         final List<String> misuse = new ArrayList<>();
         int f32Norms;
         int ropeNorms; // the q and k norms (with rope), F32 on the CPU

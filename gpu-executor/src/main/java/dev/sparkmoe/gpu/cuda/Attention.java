@@ -124,14 +124,9 @@ final class Attention {
                 && flash.kernels() != CudaBackend.FlashKernels.V1 ? DType.BF16 : DType.F32;
     }
 
-    /** q, k or v as the f32 paths read it: itself, or where it is BF16 an f32 scratch of its values (exact). */
+    /** q, k or v as the f32 paths read it: itself, or where it is BF16 an f32 copy of its values (exact). */
     private Tensor widened(Tensor t) {
-        if (t.dtype() != DType.BF16) {
-            return t;
-        }
-        Tensor w = memory.scratch(DType.F32, t.numel());
-        elementwise.convert(t, w);
-        return w;
+        return t.dtype() == DType.BF16 ? elementwise.widened(t) : t;
     }
 
     /** Gives back the scratch copies of {@link #widened}: pairs (copy, original). */

@@ -72,8 +72,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
         LOOP,
         /**
          * One launch of the grouped GEMM kernel per 64 groups ({@code grouped_gemm_bf16.cu}, on bf16 operands: BF16
-         * tensors and images read in place, anything else cast first): bf16 inputs (rounded to nearest even), f32 accumulation and
-         * output, whatever the {@link GemmPrecision}; needs sm_80 or newer.
+         * tensors and images read in place, anything else cast first): bf16 inputs (rounded to nearest even), f32
+         * accumulation and output, whatever the {@link GemmPrecision}; needs sm_80 or newer.
          */
         KERNEL,
         /** {@link #KERNEL} when the precision is {@link GemmPrecision#BF16} on sm_80 or newer, else {@link #LOOP}. */
@@ -498,10 +498,11 @@ public final class CudaBackend implements Backend, AutoCloseable {
      * {@link DType#BF16} at {@link GemmPrecision#BF16} (whose GEMMs round F32 operands to bf16 as they read them), else
      * F32. BF16 device tensors are real: 2 bytes an element ({@link #upload} rounds, {@link #download} widens). The
      * ops that take them: {@link #gemm} (A and B both BF16, C F32: bf16 storage, f32 accumulation),
-     * {@link #groupedGemm} (operands and C), {@link #convert}, {@link #copy}, {@link #copyRows}, {@link #crossEntropy}'s
-     * gradient and the grouped GEMM operands ({@link #emptyGemmOperand}) that {@link #gatherRows},
-     * {@link #siluMulForward}, {@link #siluMulBackward} and {@link #moeCombineBackward} write (rounded as written); any
-     * other op refuses one by name.
+     * {@link #groupedGemm} (operands and C), {@link #convert}, {@link #copy}, {@link #copyRows},
+     * {@link #crossEntropy}'s gradient, the grouped GEMM operands ({@link #emptyGemmOperand}) that
+     * {@link #gatherRows}, {@link #siluMulForward}, {@link #siluMulBackward} and {@link #moeCombineBackward} write
+     * (rounded as written), {@link #rmsNormForward}'s and the norms with rope's outputs, {@link #gatherRows}' source
+     * and attention's q, k and v ({@link #attentionInputDType}); any other op refuses one by name.
      */
     @Override
     public synchronized DType gemmDType() {
@@ -554,8 +555,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
                                          float beta, Tensor c, int[] cOff, int ldc) {
         current();
         boolean[] asIs = grouped.takesAsIs(transA, transB, m, n, k, a, aOff, lda, b, bOff, ldb);
-        Tensor aIn = asIs[0] ? a : widened(a);
-        Tensor bIn = asIs[1] ? b : widened(b);
+        Tensor aIn = asIs[0] ? a : elementwise.widened(a);
+        Tensor bIn = asIs[1] ? b : elementwise.widened(b);
         try {
             grouped.groupedGemm(transA, transB, groups, m, n, k, alpha, aIn, aOff, lda, bIn, bOff, ldb, beta, c, cOff,
                     ldc);
@@ -586,7 +587,8 @@ public final class CudaBackend implements Backend, AutoCloseable {
             Backend.super.groupedGemmSplitB(transB, groups, m, n, k, alpha, a, aOff, lda, b, bOff, b2, b2Off, ldb,
                     split, beta, c, cOff, ldc);
         } else {
-            Tensor aIn = grouped.takesAsIs(false, transB, m, n, k, a, aOff, lda, b, bOff, ldb)[0] ? a : widened(a);
+            Tensor aIn = grouped.takesAsIs(false, transB, m, n, k, a, aOff, lda, b, bOff, ldb)[0] ? a
+                    : elementwise.widened(a);
             try {
                 grouped.groupedGemmSplitB(transB, groups, m, n, k, alpha, aIn, aOff, lda, b, bOff, b2, b2Off, ldb,
                         split, beta, c, cOff, ldc);
@@ -601,13 +603,6 @@ public final class CudaBackend implements Backend, AutoCloseable {
     /** Launches of the grouped GEMM kernel with B in two blocks so far (tests). */
     synchronized long groupedSplitLaunches() {
         return grouped.splitLaunches();
-    }
-
-    /** An F32 copy of a BF16 operand that the grouped GEMM cannot read in place (exact: widening). */
-    private Tensor widened(Tensor t) {
-        Tensor w = transfers.empty(DType.F32, t.shape());
-        elementwise.convert(t, w);
-        return w;
     }
 
     /** Number of kept grouped GEMM operand copies (tests). */

@@ -12,7 +12,8 @@ import java.util.ArrayDeque;
  * scope; a buffer made while scopes are open belongs to the innermost and is released when it closes). Also the
  * checked way from a tensor to device addresses ({@link #buf}, {@link #addr}): every part resolves its arguments
  * through it, so a host tensor, another backend's or a released one is refused by name. Releasing a buffer lets
- * {@link Bf16Images} settle the images (the bf16 wire's gathers) that live in it or stand for it first. Called under the backend's lock.
+ * {@link Bf16Images} settle the images (the bf16 wire's gathers) that live in it or stand for it first. Called under
+ * the backend's lock.
  */
 final class CudaMemory {
     private final CudaBackend owner;
@@ -155,8 +156,9 @@ final class CudaMemory {
             throw new IllegalArgumentException(what + " is " + t + ": this op reads and writes F32 on the GPU; a "
                     + t.dtype() + " tensor is taken only by gemm (both operands), groupedGemm, convert, copy, "
                     + "crossEntropy's gradient, the grouped GEMM operands that gatherRows, siluMulForward, "
-                    + "siluMulBackward and moeCombineBackward write, rmsNormForward's output and gatherRows' source. "
-                    + "Convert it to F32 first (Backend.convert)");
+                    + "siluMulBackward and moeCombineBackward write, rmsNormForward's output, rmsNormRopeForward's "
+                    + "output, rmsNormRopeBackward's dx, gatherRows' source and attention's q, k and v. Convert it to "
+                    + "F32 first (Backend.convert)");
         }
         return ptr(t, what, off, n).address();
     }
@@ -167,6 +169,14 @@ final class CudaMemory {
             throw new IllegalArgumentException(what + " must be " + expected + ", got " + t);
         }
         return ptr(t, what, off, n).address();
+    }
+
+    /**
+     * The address of an F32 or BF16 tensor, for the ops that take either (a BF16 input read as it is, a BF16 output
+     * written rounded); other dtypes are refused as {@link #addr} refuses them.
+     */
+    long addrF32OrBf16(Tensor t, String what, long off, long n) {
+        return t != null && t.dtype() == DType.BF16 ? addrOf(t, DType.BF16, what, off, n) : addr(t, what, off, n);
     }
 
     static Pointer ptr(DeviceBuffer b, long byteOff) {

@@ -13,9 +13,9 @@ import org.bytedeco.javacpp.LongPointer;
 /**
  * The element-wise kernels of {@code elementwise.cu}: fill, axpy, scale, the SwiGLU product silu(gate) * up and its
  * gradient on row blocks of a row stride (written in F32, or in BF16 where the output is a BF16 grouped GEMM operand,
- * {@link CudaBackend#emptyGemmOperand}), and sums of squares (the gradient norm: every tensor of a list, F32 or BF16, in one
- * launch per pass, summed in f64 in a fixed order). float4 forms where every address is 16-byte aligned; f32 to bf16
- * conversions from {@code bf16_conversions.cu}. Called under the backend's lock.
+ * {@link CudaBackend#emptyGemmOperand}), and sums of squares (the gradient norm: every tensor of a list, F32 or BF16,
+ * in one launch per pass, summed in f64 in a fixed order). float4 forms where every address is 16-byte aligned; f32
+ * to bf16 conversions from {@code bf16_conversions.cu}. Called under the backend's lock.
  */
 final class Elementwise {
     private static final String K = KernelLauncher.ELEMENTWISE;
@@ -71,6 +71,34 @@ final class Elementwise {
         } else {
             throw new IllegalArgumentException("convert from " + from + " to " + to + " is not on the GPU: it "
                     + "converts between F32 and BF16");
+        }
+    }
+
+    /**
+     * A new F32 tensor of {@code t}'s shape holding a BF16 tensor's values (exact: widening), for a path that reads
+     * f32; the caller gives it back ({@link CudaMemory#release}, stream-ordered).
+     */
+    Tensor widened(Tensor t) {
+        Tensor w = memory.newTensor(DType.F32, t.shape());
+        convert(t, w);
+        return w;
+    }
+
+    /**
+     * {@code f32Op} writing {@code out} (n elements at outA): into it where it is F32, else into an f32 scratch that
+     * is then rounded into the BF16 {@code out}: the values a kernel that writes bf16 writes.
+     */
+    void viaF32(Tensor out, long outA, long n, java.util.function.Consumer<Tensor> f32Op) {
+        if (out.dtype() != DType.BF16) {
+            f32Op.accept(out);
+            return;
+        }
+        Tensor wide = memory.scratch(DType.F32, (int) n); // at most out's elements: int-sized
+        try {
+            f32Op.accept(wide);
+            roundToBf16(memory.addr(wide, "f32 result", 0, n), outA, n);
+        } finally {
+            memory.release(wide); // stream-ordered: a later user queues behind the rounding
         }
     }
 

@@ -101,12 +101,6 @@ final class FlashAttention {
         return ceilDiv(seqLen, 64) <= 65535;
     }
 
-    /** The device address of q, k or v: F32, or BF16 (Backend.attentionInputDType: read as it is). */
-    private long input(Tensor t, String what, long n) {
-        return t != null && t.dtype() == DType.BF16 ? memory.addrOf(t, DType.BF16, what, 0, n)
-                : memory.addr(t, what, 0, n);
-    }
-
     private static boolean anyBf16(Tensor... ts) {
         for (Tensor t : ts) {
             if (t.dtype() == DType.BF16) {
@@ -153,7 +147,8 @@ final class FlashAttention {
         final int T = seqLen, D = headDim, ld = D + 8;
         long nq = (long) batch * T * qHeads * D;
         long nkv = (long) batch * T * kvHeads * D;
-        long qA = input(q, "q", nq), kA = input(k, "k", nkv), vA = input(v, "v", nkv);
+        long qA = memory.addrF32OrBf16(q, "q", 0, nq), kA = memory.addrF32OrBf16(k, "k", 0, nkv);
+        long vA = memory.addrF32OrBf16(v, "v", 0, nkv);
         long oA = memory.addr(out, "out", 0, nq), lseA = memory.addr(lse, "lse", 0, (long) batch * qHeads * T);
         if (!usable(T, qA, kA, vA, oA) || kernels == CudaBackend.FlashKernels.V1 && anyBf16(q, k, v)) {
             return false;
@@ -185,9 +180,9 @@ final class FlashAttention {
         long nq = (long) batch * T * qHeads * D;
         long nkv = (long) batch * T * kvHeads * D;
         int rowsL = batch * qHeads * T;
-        long dOA = memory.addr(dOut, "dOut", 0, nq), qA = input(q, "q", nq);
-        long kA = input(k, "k", nkv);
-        long vA = input(v, "v", nkv), lseA = memory.addr(lse, "lse", 0, rowsL);
+        long dOA = memory.addr(dOut, "dOut", 0, nq), qA = memory.addrF32OrBf16(q, "q", 0, nq);
+        long kA = memory.addrF32OrBf16(k, "k", 0, nkv);
+        long vA = memory.addrF32OrBf16(v, "v", 0, nkv), lseA = memory.addr(lse, "lse", 0, rowsL);
         long outA = memory.addr(out, "out", 0, nq);
         long dqA = memory.addr(dq, "dq", 0, nq), dkA = memory.addr(dk, "dk", 0, nkv);
         long dvA = memory.addr(dv, "dv", 0, nkv);

@@ -192,14 +192,7 @@ final class MoeRouting {
                         srcRows, memory.addr(index, "index", 0, n), n, width, divisor, to16, errors.address());
                 return;
             }
-            Tensor rows = memory.scratch(DType.F32, n * width); // n * width fits dst, an int-sized tensor
-            try {
-                gatherRows(src, index, n, width, divisor, rows);
-                elementwise.roundToBf16(memory.addr(rows, "gathered rows", 0, (long) n * width), to16,
-                        (long) n * width);
-            } finally {
-                memory.release(rows); // stream-ordered: a later user queues behind the conversion
-            }
+            elementwise.viaF32(dst, to16, (long) n * width, rows -> gatherRows(src, index, n, width, divisor, rows));
             return;
         }
         long to = memory.addr(dst, "dst", 0, (long) n * width);
@@ -221,17 +214,15 @@ final class MoeRouting {
     private void gatherBf16Rows(Tensor src, int srcRows, Tensor index, int n, int width, int divisor, Tensor dst,
                                 boolean bf16) {
         long from = memory.addrOf(src, DType.BF16, "src", 0, (long) srcRows * width);
-        long to = bf16 ? memory.addrOf(dst, DType.BF16, "dst", 0, (long) n * width)
-                : memory.addr(dst, "dst", 0, (long) n * width);
+        long to = memory.addrF32OrBf16(dst, "dst", 0, (long) n * width);
         if (width % 4 == 0 && from % 8 == 0 && to % (bf16 ? 8 : 16) == 0) {
             launcher.launch(K, bf16 ? "gather_rows_warp_b16_bf16" : "gather_rows_warp_b16_f32",
                     blocksFor(32L * n, THREADS), 1, THREADS, 0, from, srcRows, memory.addr(index, "index", 0, n), n,
                     width, divisor, to, errors.address());
             return;
         }
-        Tensor wide = memory.scratch(DType.F32, src.numel());
+        Tensor wide = elementwise.widened(src);
         try {
-            elementwise.convert(src, wide);
             gatherRows(wide, index, n, width, divisor, dst);
         } finally {
             memory.release(wide); // stream-ordered: a later user queues behind the gather

@@ -59,7 +59,7 @@ final class NormAndRope {
         long resA = residual == null ? 0L : memory.addr(residual, "residual", 0, n);
         long wA = memory.addr(w, "w", 0, dim);
         boolean bf16 = y != null && y.dtype() == DType.BF16;
-        long yA = output(y, "y", n);
+        long yA = memory.addrF32OrBf16(y, "y", 0, n);
         long rA = memory.addr(rstd, "rstd", 0, rows);
         int[] lv = residual == null ? rmsNormVec(dim, xA, wA, yA) : rmsNormVec(dim, xA, resA, wA, yA);
         if (lv != null) {
@@ -71,8 +71,8 @@ final class NormAndRope {
         if (residual != null) {
             elementwise.axpy(1f, residual, 0, x, 0, (int) n);
         }
-        viaF32(y, yA, n, out -> launcher.launch(K, "rmsnorm_fwd", rows, 1, rowThreads(dim), 0, xA, wA, eps, rows, dim,
-                memory.addr(out, "y", 0, n), rA));
+        elementwise.viaF32(y, yA, n, out -> launcher.launch(K, "rmsnorm_fwd", rows, 1, rowThreads(dim), 0, xA, wA,
+                eps, rows, dim, memory.addr(out, "y", 0, n), rA));
     }
 
     /**
@@ -93,30 +93,6 @@ final class NormAndRope {
             v *= 2;
         }
         return new int[] {lanes, v};
-    }
-
-    /** The address of an output that is F32 or BF16 (rounded as written). */
-    private long output(Tensor t, String what, long n) {
-        return t != null && t.dtype() == DType.BF16 ? memory.addrOf(t, DType.BF16, what, 0, n)
-                : memory.addr(t, what, 0, n);
-    }
-
-    /**
-     * {@code f32Op} writing {@code out} (F32; n elements at outA): into it where it is F32, else into an f32 scratch
-     * that is then rounded into the BF16 {@code out}: the same values a kernel that writes bf16 gives.
-     */
-    private void viaF32(Tensor out, long outA, long n, java.util.function.Consumer<Tensor> f32Op) {
-        if (out.dtype() != DType.BF16) {
-            f32Op.accept(out);
-            return;
-        }
-        Tensor wide = memory.scratch(DType.F32, (int) n); // out is an int-sized tensor
-        try {
-            f32Op.accept(wide);
-            elementwise.roundToBf16(memory.addr(wide, "f32 result", 0, n), outA, n);
-        } finally {
-            memory.release(wide); // stream-ordered: a later user queues behind the rounding
-        }
     }
 
     /** A launch of a vectorised backward kernel: its blocks, rows per block, shared bytes and dW partials. */
@@ -247,19 +223,20 @@ final class NormAndRope {
     }
 
     /**
-     * The fused norm-with-rope kernels' lanes per row (a row one float4 a lane: head dims 64 and 128) where the
-     * addresses are 16-byte aligned and the rope table fits, else 0 (the norm, rope and conversion one by one).
+     * The rope table for the fused norm-with-rope kernels (a row one float4 a lane, so headDim / 4 lanes: head dims 64
+     * and 128) where the addresses are 16-byte aligned and the table fits, else null (the norm, rope and conversion
+     * one by one).
      */
-    private int ropeLanes(int headDim, float theta, int seqLen, long... addresses) {
+    private DeviceBuffer fusedRopeTable(int headDim, float theta, int seqLen, long... addresses) {
         if ((headDim != 64 && headDim != 128) || !aligned16(addresses)) {
-            return 0;
+            return null;
         }
-        return ropeTable(theta, headDim, seqLen) == null ? 0 : headDim / 4;
+        return ropeTable(theta, headDim, seqLen);
     }
 
     /**
      * Backend.rmsNormRopeForward: y = rope(norm(x)) over rows of (token, head), y F32 or BF16 (rounded once). The
-     * fused kernel where {@link #ropeLanes} allows, else the norm into y (or an f32 scratch for a BF16 y), rope in
+     * fused kernel where {@link #fusedRopeTable} allows, else the norm into y (or an f32 scratch for a BF16 y), rope in
      * place, and the rounding: the same values.
      */
     void rmsNormRopeForward(Tensor x, Tensor w, float eps, int tokens, int heads, int headDim, int seqLen, float theta,
@@ -272,18 +249,18 @@ final class NormAndRope {
         long xA = memory.addr(x, "x", 0, n);
         long wA = memory.addr(w, "w", 0, headDim);
         boolean bf16 = y != null && y.dtype() == DType.BF16;
-        long yA = output(y, "y", n);
+        long yA = memory.addrF32OrBf16(y, "y", 0, n);
         long rA = memory.addr(rstd, "rstd", 0, rows);
-        int lanes = ropeLanes(headDim, theta, seqLen, xA, wA, yA);
-        if (lanes > 0) {
-            DeviceBuffer table = ropeTable(theta, headDim, seqLen);
+        DeviceBuffer table = fusedRopeTable(headDim, theta, seqLen, xA, wA, yA);
+        if (table != null) {
+            int lanes = headDim / 4;
             long cells = (long) seqLen * (headDim / 2);
-            launcher.launch(K, "rmsnorm_rope_fwd" + (bf16 ? "_bf16" : "") + "_l" + lanes, ceilDiv(rows, THREADS / lanes),
-                    1, THREADS, 0, xA, wA, eps, rows, headDim, yA, rA, table.address(), table.address() + 4L * cells,
-                    heads, seqLen);
+            launcher.launch(K, "rmsnorm_rope_fwd" + (bf16 ? "_bf16" : "") + "_l" + lanes,
+                    ceilDiv(rows, THREADS / lanes), 1, THREADS, 0, xA, wA, eps, rows, headDim, yA, rA, table.address(),
+                    table.address() + 4L * cells, heads, seqLen);
             return;
         }
-        viaF32(y, yA, n, out -> {
+        elementwise.viaF32(y, yA, n, out -> {
             rmsNormForward(x, null, w, eps, rows, headDim, out, rstd);
             rope(out, tokens, heads, headDim, seqLen, theta, false);
         });
@@ -291,8 +268,8 @@ final class NormAndRope {
 
     /**
      * Backend.rmsNormRopeBackward: dx of rmsNormRopeForward given dy, the gradient of its output (dx F32 or BF16,
-     * rounded once), dw accumulated. The fused kernel where {@link #ropeLanes} allows (dy left as it is), else rope
-     * backward in place on dy, the norm's backward (into an f32 scratch for a BF16 dx) and the rounding.
+     * rounded once), dw accumulated. The fused kernel where {@link #fusedRopeTable} allows (dy left as it is), else
+     * rope backward in place on dy, the norm's backward (into an f32 scratch for a BF16 dx) and the rounding.
      */
     void rmsNormRopeBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, int tokens, int heads, int headDim,
                              int seqLen, float theta, Tensor dx, Tensor dw) {
@@ -306,10 +283,10 @@ final class NormAndRope {
         long rA = memory.addr(rstd, "rstd", 0, rows);
         long wA = memory.addr(w, "w", 0, headDim);
         boolean bf16 = dx != null && dx.dtype() == DType.BF16;
-        long dxA = output(dx, "dx", n);
-        int lanes = ropeLanes(headDim, theta, seqLen, dyA, xA, wA, dxA);
-        if (lanes > 0) {
-            DeviceBuffer table = ropeTable(theta, headDim, seqLen);
+        long dxA = memory.addrF32OrBf16(dx, "dx", 0, n);
+        DeviceBuffer table = fusedRopeTable(headDim, theta, seqLen, dyA, xA, wA, dxA);
+        if (table != null) {
+            int lanes = headDim / 4;
             long cells = (long) seqLen * (headDim / 2);
             vectorisedBackward(lanes, rows, headDim, dw, (blocks, rowsPerBlock, shared, pA) -> launcher.launch(K,
                     "rmsnorm_rope_bwd" + (bf16 ? "_bf16" : "") + "_l" + lanes, blocks, 1, THREADS, shared, dyA, xA, wA,
@@ -318,6 +295,6 @@ final class NormAndRope {
             return;
         }
         rope(dy, tokens, heads, headDim, seqLen, theta, true);
-        viaF32(dx, dxA, n, out -> rmsNormBackward(dy, x, w, rstd, rows, headDim, null, out, dw));
+        elementwise.viaF32(dx, dxA, n, out -> rmsNormBackward(dy, x, w, rstd, rows, headDim, null, out, dw));
     }
 }

@@ -94,37 +94,36 @@ class AttentionInputsBf16Test {
     @Test
     void attentionOnBf16InputsIsAttentionOnF32InputsOfTheSameValues() {
         CudaBackend gpu = GpuTestSupport.backend();
-        CudaBackend.GemmPrecision precision = gpu.gemmPrecision();
         CudaBackend.AttentionMode mode = gpu.attentionMode();
-        gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
-        try {
-            int b = 2, t = 80, hq = 4, hkv = 2;
-            for (int d : new int[] {64, 128}) {
-                for (CudaBackend.AttentionMode m : new CudaBackend.AttentionMode[] {CudaBackend.AttentionMode.AUTO,
-                        CudaBackend.AttentionMode.GEMM}) {
-                    gpu.setAttentionMode(m);
-                    String what = "head dim " + d + ", " + m;
-                    assertEquals(m == CudaBackend.AttentionMode.AUTO ? DType.BF16 : DType.F32,
-                            gpu.attentionInputDType(d), what + ": the input dtype");
-                    try (Backend.Scope scope = gpu.openScope()) {
-                        int nq = b * t * hq * d, nkv = b * t * hkv * d;
-                        float[] q = roundedToBf16(rnd(r, nq, 1));
-                        float[] k = roundedToBf16(rnd(r, nkv, 1));
-                        float[] v = roundedToBf16(rnd(r, nkv, 1));
-                        float[] dOut = rnd(r, nq, 1);
-                        float[][] f32 = run(gpu, q, k, v, dOut, DType.F32, b, t, hq, hkv, d);
-                        float[][] bf16 = run(gpu, q, k, v, dOut, DType.BF16, b, t, hq, hkv, d);
-                        String[] names = {"out", "lse", "dq", "dk", "dv"};
-                        for (int i = 0; i < names.length; i++) {
-                            assertSameBits(f32[i], bf16[i], what + ": " + names[i]);
+        GpuTestSupport.atBf16(gpu, () -> {
+            try {
+                int b = 2, t = 80, hq = 4, hkv = 2;
+                for (int d : new int[] {64, 128}) {
+                    for (CudaBackend.AttentionMode m : new CudaBackend.AttentionMode[] {CudaBackend.AttentionMode.AUTO,
+                            CudaBackend.AttentionMode.GEMM}) {
+                        gpu.setAttentionMode(m);
+                        String what = "head dim " + d + ", " + m;
+                        assertEquals(m == CudaBackend.AttentionMode.AUTO ? DType.BF16 : DType.F32,
+                                gpu.attentionInputDType(d), what + ": the input dtype");
+                        try (Backend.Scope scope = gpu.openScope()) {
+                            int nq = b * t * hq * d, nkv = b * t * hkv * d;
+                            float[] q = roundedToBf16(rnd(r, nq, 1));
+                            float[] k = roundedToBf16(rnd(r, nkv, 1));
+                            float[] v = roundedToBf16(rnd(r, nkv, 1));
+                            float[] dOut = rnd(r, nq, 1);
+                            float[][] f32 = run(gpu, q, k, v, dOut, DType.F32, b, t, hq, hkv, d);
+                            float[][] bf16 = run(gpu, q, k, v, dOut, DType.BF16, b, t, hq, hkv, d);
+                            String[] names = {"out", "lse", "dq", "dk", "dv"};
+                            for (int i = 0; i < names.length; i++) {
+                                assertSameBits(f32[i], bf16[i], what + ": " + names[i]);
+                            }
                         }
                     }
                 }
+            } finally {
+                gpu.setAttentionMode(mode);
             }
-        } finally {
-            gpu.setGemmPrecision(precision);
-            gpu.setAttentionMode(mode);
-        }
+        });
     }
 
     /** Attention forward and backward on q, k, v held in {@code dtype}: out, lse, dq, dk, dv. */
@@ -179,17 +178,13 @@ class AttentionInputsBf16Test {
     @Test
     void aModelStepOnBf16AttentionInputsIsTheStepOnF32Inputs() {
         CudaBackend gpu = GpuTestSupport.backend();
-        CudaBackend.GemmPrecision precision = gpu.gemmPrecision();
-        gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
-        try {
+        GpuTestSupport.atBf16(gpu, () -> {
             Qwen3MoeConfig config = GpuTestSupport.smallMoe(32, THETA);
             assertEquals(DType.BF16, gpu.attentionInputDType(64));
             for (ActivationCheckpointing mode : ActivationCheckpointing.values()) {
                 ModelStep.run(gpu, f32Inputs(gpu), config, mode, 2, 32).assertSameBitsAs(
                         ModelStep.run(gpu, gpu, config, mode, 2, 32), mode.toString());
             }
-        } finally {
-            gpu.setGemmPrecision(precision);
-        }
+        });
     }
 }

@@ -37,20 +37,6 @@ class GemmOperandBf16Test {
 
     private final Random r = new Random(17);
 
-    /** The backend at bf16 precision with the grouped GEMM kernel; {@code body} runs, the settings are restored. */
-    private static void atBf16(CudaBackend gpu, Runnable body) {
-        CudaBackend.GemmPrecision precision = gpu.gemmPrecision();
-        CudaBackend.GroupedMode mode = gpu.groupedMode();
-        gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
-        gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
-        try {
-            body.run();
-        } finally {
-            gpu.setGemmPrecision(precision);
-            gpu.setGroupedMode(mode);
-        }
-    }
-
     /** The experts' forward (NT): x [TOTAL, hidden] grouped by ROWS, w [E, inter, hidden], c [TOTAL, inter]. */
     private static void forward(CudaBackend gpu, int hidden, int inter, Tensor x, Tensor w, Tensor c) {
         GpuTestSupport.ExpertLayout l = GpuTestSupport.ExpertLayout.of(ROWS, hidden, inter);
@@ -62,7 +48,7 @@ class GemmOperandBf16Test {
     void bf16AtBf16PrecisionWithTheKernelElseF32() {
         CudaBackend gpu = GpuTestSupport.backend();
         try (Backend.Scope scope = gpu.openScope()) {
-            atBf16(gpu, () -> {
+            GpuTestSupport.atBf16(gpu, () -> {
                 Tensor t = gpu.emptyGemmOperand(7, 24);
                 assertEquals(DType.BF16, t.dtype());
                 assertEquals(2L * 7 * 24, ((DeviceBuffer) t.deviceHandle()).bytes(), "2 bytes an element");
@@ -84,7 +70,7 @@ class GemmOperandBf16Test {
         for (int i = 0; i < rows; i++) {
             index[i] = r.nextInt(300 * 2); // slots of two per token (divisor 2), in any order
         }
-        atBf16(gpu, () -> {
+        GpuTestSupport.atBf16(gpu, () -> {
             try (Backend.Scope scope = gpu.openScope()) {
                 Tensor idx = gpu.upload(Tensor.ofInts(index, rows));
                 for (int width : new int[] {HIDDEN, HIDDEN - 2}) { // float4 rows (the bf16 kernel), and not
@@ -118,7 +104,7 @@ class GemmOperandBf16Test {
     @Test
     void theGroupedGemmReadsABf16OperandInPlaceOrWidensItWithTheSameBits() {
         CudaBackend gpu = GpuTestSupport.backend();
-        atBf16(gpu, () -> {
+        GpuTestSupport.atBf16(gpu, () -> {
             try (Backend.Scope scope = gpu.openScope()) {
                 int inter = 40;
                 for (int hidden : new int[] {HIDDEN, HIDDEN - 4}) { // rows of whole 16-byte chunks, and not
@@ -179,7 +165,7 @@ class GemmOperandBf16Test {
     @Test
     void aModelStepOnBf16OperandsIsTheStepOnF32OperandsTheKernelRounds() {
         CudaBackend gpu = GpuTestSupport.backend();
-        atBf16(gpu, () -> {
+        GpuTestSupport.atBf16(gpu, () -> {
             for (int moeInter : new int[] {32, 36}) { // read in place; widened for the kernel (36 % 8 != 0)
                 Qwen3MoeConfig config = GpuTestSupport.smallMoe(moeInter, 10000);
                 for (ActivationCheckpointing mode : ActivationCheckpointing.values()) {

@@ -25,6 +25,23 @@ final class GpuTestSupport {
     }
 
     /**
+     * Runs {@code body} with {@code gpu} at bf16 precision with the grouped GEMM kernel (the benchmark setting: BF16
+     * GEMM operands), then restores both settings.
+     */
+    static void atBf16(CudaBackend gpu, Runnable body) {
+        CudaBackend.GemmPrecision precision = gpu.gemmPrecision();
+        CudaBackend.GroupedMode mode = gpu.groupedMode();
+        gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
+        gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
+        try {
+            body.run();
+        } finally {
+            gpu.setGemmPrecision(precision);
+            gpu.setGroupedMode(mode);
+        }
+    }
+
+    /**
      * The model of the GPU tests that compare two ways of computing a step: 3 layers (a dense one first), hidden 64,
      * 8 experts top-2 of {@code moeInter}, head dim 64 (the flash kernels), rope theta {@code theta}.
      */

@@ -58,39 +58,38 @@ class NormOutputBf16Test {
     @Test
     void gatheringBf16RowsGivesTheirValuesExactly() {
         CudaBackend gpu = GpuTestSupport.backend();
-        CudaBackend.GemmPrecision precision = gpu.gemmPrecision();
-        gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
-        try (Backend.Scope scope = gpu.openScope()) {
-            int srcRows = 300, n = 517;
-            int[] index = new int[n];
-            for (int i = 0; i < n; i++) {
-                index[i] = r.nextInt(srcRows * 2); // slots of two per token (divisor 2)
-            }
-            Tensor idx = gpu.upload(Tensor.ofInts(index, n));
-            for (int width : new int[] {64, 2048, 62}) { // the warp kernels, and rows that are not whole groups of 4
-                String what = "width " + width;
-                Tensor wide = gpu.upload(host(roundedToBf16(rnd(r, srcRows * width, 2)), srcRows, width));
-                Tensor src = gpu.empty(DType.BF16, srcRows, width);
-                gpu.convert(wide, src); // exact: the values are bf16 already
-                Tensor expect = gpu.empty(DType.F32, n, width);
-                gpu.gatherRows(wide, idx, n, width, 2, expect);
-                float[] want = gpu.download(expect).floats();
-                Tensor to16 = gpu.emptyGemmOperand(n, width);
-                Tensor to32 = gpu.empty(DType.F32, n, width);
-                gpu.synchronize();
-                long before = gpu.memoryStats().bytesInUse();
-                gpu.gatherRows(src, idx, n, width, 2, to32);
-                gpu.synchronize();
-                assertEquals(before, gpu.memoryStats().bytesInUse(), what + ": nothing left behind");
-                assertSameBits(want, gpu.download(to32).floats(), what + ": into f32 rows");
-                if (to16.dtype() == DType.BF16) { // the grouped GEMM kernel's operands (not the cuBLAS loop's)
-                    gpu.gatherRows(src, idx, n, width, 2, to16);
-                    assertSameBits(want, gpu.download(to16).floats(), what + ": into bf16 rows");
+        GpuTestSupport.atBf16(gpu, () -> {
+            try (Backend.Scope scope = gpu.openScope()) {
+                int srcRows = 300, n = 517;
+                int[] index = new int[n];
+                for (int i = 0; i < n; i++) {
+                    index[i] = r.nextInt(srcRows * 2); // slots of two per token (divisor 2)
+                }
+                Tensor idx = gpu.upload(Tensor.ofInts(index, n));
+                // the warp kernels, and rows that are not whole groups of 4
+                for (int width : new int[] {64, 2048, 62}) {
+                    String what = "width " + width;
+                    Tensor wide = gpu.upload(host(roundedToBf16(rnd(r, srcRows * width, 2)), srcRows, width));
+                    Tensor src = gpu.empty(DType.BF16, srcRows, width);
+                    gpu.convert(wide, src); // exact: the values are bf16 already
+                    Tensor expect = gpu.empty(DType.F32, n, width);
+                    gpu.gatherRows(wide, idx, n, width, 2, expect);
+                    float[] want = gpu.download(expect).floats();
+                    Tensor to16 = gpu.emptyGemmOperand(n, width);
+                    Tensor to32 = gpu.empty(DType.F32, n, width);
+                    gpu.synchronize();
+                    long before = gpu.memoryStats().bytesInUse();
+                    gpu.gatherRows(src, idx, n, width, 2, to32);
+                    gpu.synchronize();
+                    assertEquals(before, gpu.memoryStats().bytesInUse(), what + ": nothing left behind");
+                    assertSameBits(want, gpu.download(to32).floats(), what + ": into f32 rows");
+                    if (to16.dtype() == DType.BF16) { // the grouped GEMM kernel's operands (not the cuBLAS loop's)
+                        gpu.gatherRows(src, idx, n, width, 2, to16);
+                        assertSameBits(want, gpu.download(to16).floats(), what + ": into bf16 rows");
+                    }
                 }
             }
-        } finally {
-            gpu.setGemmPrecision(precision);
-        }
+        });
     }
 
     // ------------------------------------------------------------------ a model step
@@ -111,9 +110,7 @@ class NormOutputBf16Test {
     @Test
     void aModelStepOnBf16NormOutputsIsTheStepOnF32OutputsConverted() {
         CudaBackend gpu = GpuTestSupport.backend();
-        CudaBackend.GemmPrecision precision = gpu.gemmPrecision();
-        gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
-        try {
+        GpuTestSupport.atBf16(gpu, () -> {
             Qwen3MoeConfig config = GpuTestSupport.smallMoe(32, 10000);
             for (ActivationCheckpointing mode : ActivationCheckpointing.values()) {
                 int[] viaF32Norms = {0}, bf16Norms = {0};
@@ -124,8 +121,6 @@ class NormOutputBf16Test {
                 assertEquals(bf16Norms[0], viaF32Norms[0], mode + ": the same norms");
                 viaF32.assertSameBitsAs(bf16, mode.toString());
             }
-        } finally {
-            gpu.setGemmPrecision(precision);
-        }
+        });
     }
 }

@@ -107,40 +107,35 @@ class SiluMulKernelsTest {
     @Test
     void bf16OutputsGetTheF32ValuesRounded() {
         CudaBackend gpu = GpuTestSupport.backend();
-        CudaBackend.GemmPrecision precision = gpu.gemmPrecision();
-        CudaBackend.GroupedMode mode = gpu.groupedMode();
-        gpu.setGroupedMode(CudaBackend.GroupedMode.KERNEL);
-        gpu.setGemmPrecision(CudaBackend.GemmPrecision.BF16);
         float[] g = rnd(r, N, 3), u = rnd(r, N, 1), d = rnd(r, N, 1);
-        try (Backend.Scope scope = gpu.openScope()) {
-            for (Blocks b : CASES) {
-                int n = b.rows * b.cols;
-                Tensor gg = gpu.upload(host(g, N)), gu = b.fused ? gg : gpu.upload(host(u, N));
-                Tensor gd = gpu.upload(host(java.util.Arrays.copyOf(d, n), n));
-                Tensor o32 = gpu.empty(DType.F32, n);
-                gpu.siluMulForward(gg, b.gateOff, gu, b.upOff, b.rows, b.cols, b.ld, o32);
-                Tensor dg32 = gpu.zeros(DType.F32, N), du32 = b.fused ? dg32 : gpu.zeros(DType.F32, N);
-                gpu.siluMulBackward(gd, gg, b.gateOff, gu, b.upOff, b.rows, b.cols, b.ld, dg32, du32);
+        GpuTestSupport.atBf16(gpu, () -> {
+            try (Backend.Scope scope = gpu.openScope()) {
+                for (Blocks b : CASES) {
+                    int n = b.rows * b.cols;
+                    Tensor gg = gpu.upload(host(g, N)), gu = b.fused ? gg : gpu.upload(host(u, N));
+                    Tensor gd = gpu.upload(host(java.util.Arrays.copyOf(d, n), n));
+                    Tensor o32 = gpu.empty(DType.F32, n);
+                    gpu.siluMulForward(gg, b.gateOff, gu, b.upOff, b.rows, b.cols, b.ld, o32);
+                    Tensor dg32 = gpu.zeros(DType.F32, N), du32 = b.fused ? dg32 : gpu.zeros(DType.F32, N);
+                    gpu.siluMulBackward(gd, gg, b.gateOff, gu, b.upOff, b.rows, b.cols, b.ld, dg32, du32);
 
-                Tensor o16 = gpu.emptyGemmOperand(n);
-                // one operand holding both blocks (the experts' [rows, 2I]), or one each
-                Tensor dg16 = gpu.emptyGemmOperand(N), du16 = b.fused ? dg16 : gpu.emptyGemmOperand(N);
-                for (Tensor t : new Tensor[] {o16, dg16, du16}) {
-                    assertEquals(DType.BF16, t.dtype(), "a GEMM operand at bf16 is BF16, " + b.what);
-                    assertEquals(2L * t.numel(), ((DeviceBuffer) t.deviceHandle()).bytes(), "2 bytes an element");
+                    Tensor o16 = gpu.emptyGemmOperand(n);
+                    // one operand holding both blocks (the experts' [rows, 2I]), or one each
+                    Tensor dg16 = gpu.emptyGemmOperand(N), du16 = b.fused ? dg16 : gpu.emptyGemmOperand(N);
+                    for (Tensor t : new Tensor[] {o16, dg16, du16}) {
+                        assertEquals(DType.BF16, t.dtype(), "a GEMM operand at bf16 is BF16, " + b.what);
+                        assertEquals(2L * t.numel(), ((DeviceBuffer) t.deviceHandle()).bytes(), "2 bytes an element");
+                    }
+                    gpu.siluMulForward(gg, b.gateOff, gu, b.upOff, b.rows, b.cols, b.ld, o16);
+                    gpu.siluMulBackward(gd, gg, b.gateOff, gu, b.upOff, b.rows, b.cols, b.ld, dg16, du16);
+                    assertSameBits(roundedToBf16(down(gpu, o32)), down(gpu, o16), "forward, " + b.what);
+                    assertSameBits(roundedToBf16(b.gather(down(gpu, dg32), b.gateOff)),
+                            b.gather(down(gpu, dg16), b.gateOff), "dGate, " + b.what);
+                    assertSameBits(roundedToBf16(b.gather(down(gpu, du32), b.upOff)),
+                            b.gather(down(gpu, du16), b.upOff), "dUp, " + b.what);
                 }
-                gpu.siluMulForward(gg, b.gateOff, gu, b.upOff, b.rows, b.cols, b.ld, o16);
-                gpu.siluMulBackward(gd, gg, b.gateOff, gu, b.upOff, b.rows, b.cols, b.ld, dg16, du16);
-                assertSameBits(roundedToBf16(down(gpu, o32)), down(gpu, o16), "forward, " + b.what);
-                assertSameBits(roundedToBf16(b.gather(down(gpu, dg32), b.gateOff)),
-                        b.gather(down(gpu, dg16), b.gateOff), "dGate, " + b.what);
-                assertSameBits(roundedToBf16(b.gather(down(gpu, du32), b.upOff)),
-                        b.gather(down(gpu, du16), b.upOff), "dUp, " + b.what);
             }
-        } finally {
-            gpu.setGemmPrecision(precision);
-            gpu.setGroupedMode(mode);
-        }
+        });
     }
 
     @Test

@@ -37,7 +37,9 @@ final class DeviceModel {
             this(key, elements, image, false);
         }
 
-        /** A BF16 tensor (a weight's compute copy, an activation): read in place where {@code inPlace}, else widened. */
+        /**
+         * A BF16 tensor (a weight's compute copy, an activation): read in place where {@code inPlace}, else widened.
+         */
         static Operand bf16(Object key, long elements, boolean inPlace) {
             return new Operand(key, elements, inPlace, !inPlace);
         }
@@ -66,7 +68,7 @@ final class DeviceModel {
 
     /** Backend.emptyGemmOperand: a BF16 tensor (2 bytes an element) at bf16 on CUDA, else f32. */
     Ledger.Buf operand(Category c, long elements, String what) {
-        return bf16 ? mem.alloc(c, elements, 2, what) : mem.f32(c, elements, what);
+        return mem.floats(c, elements, bf16, what);
     }
 
     /**

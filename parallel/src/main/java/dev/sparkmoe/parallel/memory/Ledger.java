@@ -91,6 +91,11 @@ final class Ledger {
         return alloc(c, elements, 4, what);
     }
 
+    /** A tensor of {@code elements} in bf16 (2 bytes an element) where {@code bf16}, else in f32. */
+    Buf floats(Category c, long elements, boolean bf16, String what) {
+        return alloc(c, elements, bf16 ? 2 : 4, what);
+    }
+
     /** A raw byte buffer (bf16 scratch and copies). */
     Buf bytes(Category c, long bytes) {
         return alloc(c, bytes, 1, null);

@@ -386,14 +386,12 @@ final class StepReplay {
         linearForward(0, l.v);
         boolean bf16Attention = dev.attentionInBf16(headDim); // Backend.attentionInputDType
         if (bf16Attention) { // v converted, the f32 projection given back
-            Buf v16 = mem.alloc(Category.ATTENTION, n * kvDim, 2, "v (bf16)");
+            Buf v16 = floats(Category.ATTENTION, n * kvDim, true, "v");
             mem.free(c.v);
             c.v = v16;
         }
-        c.q = bf16Attention ? mem.alloc(Category.ATTENTION, n * qDim, 2, "q (bf16)")
-                : f32(Category.ATTENTION, n * qDim, "q");
-        c.k = bf16Attention ? mem.alloc(Category.ATTENTION, n * kvDim, 2, "k (bf16)")
-                : f32(Category.ATTENTION, n * kvDim, "k");
+        c.q = floats(Category.ATTENTION, n * qDim, bf16Attention, "q");
+        c.k = floats(Category.ATTENTION, n * kvDim, bf16Attention, "k");
         c.qRstd = f32(Category.ATTENTION, n * qHeads, "q_norm rstd");
         c.kRstd = f32(Category.ATTENTION, n * kvHeads, "k_norm rstd");
         c.attn = f32(Category.ATTENTION, n * qDim, "attention output");
@@ -538,7 +536,12 @@ final class StepReplay {
      * layers' norm outputs): 2 bytes an element where they take bf16.
      */
     private Buf gemmInput(Category cat, long elements, String what) {
-        return bf16Gemms ? mem.alloc(cat, elements, 2, what + " (bf16)") : f32(cat, elements, what);
+        return floats(cat, elements, bf16Gemms, what);
+    }
+
+    /** A tensor in bf16 where {@code bf16} (named so), else in f32. */
+    private Buf floats(Category cat, long elements, boolean bf16, String what) {
+        return mem.floats(cat, elements, bf16, bf16 ? what + " (bf16)" : what);
     }
 
     /** GemmOperand.of on an f32 tensor: its bf16 copy where the GEMMs take bf16, else nothing (null). */
@@ -570,11 +573,12 @@ final class StepReplay {
     }
 
     /**
-     * Linear.backward into the input gradient that the caller made: the output gradient's copy (read by both GEMMs),
-     * the weight's for the input gradient's GEMM, then the weight's gradient and the input's copy ({@code xElements};
-     * 0 where it needs none, as in {@link #linearForward}) for the weight gradient's.
+     * Linear.backward into the input gradient that the caller made: the output gradient's copy (read by both GEMMs;
+     * {@code dyElements} 0 where it is in the GEMMs' dtype already), the weight's for the input gradient's GEMM, then
+     * the weight's gradient and the input's copy ({@code xElements}; 0 where it needs none, as in
+     * {@link #linearForward}) for the weight gradient's.
      */
-    private void linearBackward(long dyElements, long xElements, Param w) { // dyElements 0: dy in the GEMMs' dtype
+    private void linearBackward(long dyElements, long xElements, Param w) {
         Buf dy16 = gemmCopy(dyElements, "an output gradient");
         mem.free(weightCopy(w));
         fsdp.grad(w);
