@@ -41,8 +41,8 @@ import java.util.logging.Logger;
  * {@link #crossEntropy}, {@link #sumSquares}, {@link #routerStats}) rather than at the call, so that no kernel
  * launch waits for the device. Shapes and offsets are checked on the host before launch.
  *
- * <p>Determinism: every kernel sums in a fixed order except {@link #embeddingBackward} (atomicAdd into repeated
- * rows) and the expert counts of {@link #routerStats} (exact integer counts, so order does not matter).
+ * <p>Determinism: every kernel sums in a fixed order ({@link #embeddingBackward} too: each table row's tokens in token
+ * order) except the expert counts of {@link #routerStats} (exact integer counts, so order does not matter).
  *
  * <p>Threads: the backend may be called from any thread but not from two at once (its methods are synchronized, and
  * the parts are used only under its lock); the device is made current for the calling thread when it changes.
@@ -176,7 +176,7 @@ public final class CudaBackend implements Backend, AutoCloseable {
         this.elementwise = new Elementwise(this.device, memory, launcher, errors, transfers);
         this.attention = new Attention(this.device, memory, launcher, dense, flash, elementwise);
         this.normAndRope = new NormAndRope(this.device, memory, launcher, elementwise);
-        this.embeddingAndLoss = new EmbeddingAndLoss(this.device, memory, launcher, errors, transfers);
+        this.embeddingAndLoss = new EmbeddingAndLoss(this.device, memory, launcher, errors);
         this.routing = new MoeRouting(this.device, memory, launcher, errors, elementwise);
         this.adamw = new AdamWKernel(this.device, memory, launcher, errors);
         LOG.info(String.format("CUDA backend %s: %s, %s, %d SMs, gemm %s, grouped gemm %s (now %s, kernel %s), "

@@ -5,34 +5,31 @@ import static dev.sparkmoe.gpu.cuda.KernelLauncher.rowThreads;
 
 import dev.sparkmoe.core.tensor.DType;
 import dev.sparkmoe.core.tensor.Tensor;
-import java.util.Arrays;
 import org.bytedeco.cuda.global.cudart;
 import org.bytedeco.javacpp.DoublePointer;
 
 /**
  * The ends of the model: the token embedding (forward: a row gather; backward: each table row that a token holds
- * gets its tokens' gradient rows added in token order by one block, from a stable sort of the ids made on the host,
- * so that a step's gradients are the same bits at every run) and the cross-entropy loss with its gradient in one pass
+ * gets its tokens' gradient rows added in token order by the block of its first token, which finds them on the
+ * device, so that a step's gradients are the same bits at every run and the host never waits for the ids) and the cross-entropy loss with its gradient in one pass
  * (written over the logits when the caller passes them as dLogits; the loss summed in f64 in a fixed order). Ids
- * outside the vocabulary are recorded in the error word ({@link KernelErrors}), or refused by name where the host
- * reads them. Called under the backend's lock.
+ * outside the vocabulary are recorded in the error word ({@link KernelErrors}). Called under the backend's lock.
  */
 final class EmbeddingAndLoss {
     private static final String K = KernelLauncher.EMBEDDING_LOSS;
+    /** embedding_bwd_tokens's largest block (EMBED_BWD_THREADS in embedding_loss.cu). */
+    private static final int EMBED_BWD_THREADS = 256;
 
     private final CudaDevice device;
     private final CudaMemory memory;
     private final KernelLauncher launcher;
     private final KernelErrors errors;
-    private final Transfers transfers;
 
-    EmbeddingAndLoss(CudaDevice device, CudaMemory memory, KernelLauncher launcher, KernelErrors errors,
-                     Transfers transfers) {
+    EmbeddingAndLoss(CudaDevice device, CudaMemory memory, KernelLauncher launcher, KernelErrors errors) {
         this.device = device;
         this.memory = memory;
         this.launcher = launcher;
         this.errors = errors;
-        this.transfers = transfers;
     }
 
     void embeddingForward(Tensor table, Tensor ids, int tokens, int hidden, Tensor out) {
@@ -53,57 +50,9 @@ final class EmbeddingAndLoss {
         }
         int rows = dTable.numel() / hidden;
         long n = (long) tokens * hidden;
-        long dOutAt = memory.addr(dOut, "dOut", 0, n);
-        long table = memory.addr(dTable, "dTable", 0, (long) rows * hidden);
-        if (ids.numel() < tokens) {
-            throw new IndexOutOfBoundsException("ids: elements [0, " + tokens + ") of " + ids + " (" + ids.numel()
-                    + " elements)");
-        }
-        int[] plan = runsById(Arrays.copyOf(transfers.download(ids).ints(), tokens), rows);
-        int runs = (plan.length - tokens - 1) / 2;
-        Tensor p = transfers.upload(Tensor.ofInts(plan, plan.length));
-        try {
-            long pa = memory.addr(p, "embedding runs", 0, plan.length);
-            launcher.launch(K, "embedding_bwd_runs", runs, 1, Math.min(256, (hidden + 31) / 32 * 32), 0, dOutAt, pa,
-                    pa + 4L * tokens, pa + 4L * (tokens + runs + 1), hidden, table);
-        } finally {
-            memory.release(p);
-        }
-    }
-
-    /**
-     * The token positions sorted by id, each id's positions in token order, and the runs of equal ids in that order:
-     * {@code [order (tokens) | runStart (runs + 1) | runId (runs)]}. An id outside [0, rows) is refused, naming it.
-     */
-    static int[] runsById(int[] id, int rows) {
-        int tokens = id.length;
-        long[] key = new long[tokens]; // (id, position): sorted, the positions of each id stay in token order
-        for (int n = 0; n < tokens; n++) {
-            if (id[n] < 0 || id[n] >= rows) {
-                throw new IllegalArgumentException("embeddingBackward: token id " + id[n] + " at position " + n
-                        + " is outside the table [0, " + rows + ")");
-            }
-            key[n] = ((long) id[n] << 32) | n;
-        }
-        java.util.Arrays.sort(key);
-        int runs = 0;
-        for (int p = 0; p < tokens; p++) {
-            if (p == 0 || key[p] >>> 32 != key[p - 1] >>> 32) {
-                runs++;
-            }
-        }
-        int[] plan = new int[tokens + 2 * runs + 1];
-        int r = 0;
-        for (int p = 0; p < tokens; p++) {
-            plan[p] = (int) key[p];
-            if (p == 0 || key[p] >>> 32 != key[p - 1] >>> 32) {
-                plan[tokens + r] = p;
-                plan[tokens + runs + 1 + r] = (int) (key[p] >>> 32);
-                r++;
-            }
-        }
-        plan[tokens + runs] = tokens;
-        return plan;
+        launcher.launch(K, "embedding_bwd_tokens", tokens, 1, Math.min(EMBED_BWD_THREADS, (hidden + 31) / 32 * 32), 0,
+                memory.addr(dOut, "dOut", 0, n), memory.addr(ids, "ids", 0, tokens), tokens, hidden, rows,
+                memory.addr(dTable, "dTable", 0, (long) rows * hidden), errors.address());
     }
 
     /** The summed loss over {@code rows} (waits for the device); dLogits = gradScale * d(loss)/d(logits). */

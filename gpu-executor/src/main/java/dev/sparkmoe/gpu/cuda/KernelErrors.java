@@ -4,8 +4,8 @@ import org.bytedeco.cuda.global.cudart;
 import org.bytedeco.javacpp.IntPointer;
 
 /**
- * Index errors found by kernels (an embedding id, a cross-entropy target, a gather/scatter index, an expert id out of
- * range) are recorded in a device error word of four ints {code, position, value, bound}, and thrown as
+ * Index errors found by kernels (an embedding id forward or backward, a cross-entropy target, a gather/scatter index,
+ * an expert id out of range) are recorded in a device error word of four ints {code, position, value, bound}, and thrown as
  * {@link IllegalArgumentException} at the next synchronisation point ({@link #syncAndCheck}) rather than at the call,
  * so that no kernel launch waits for the device. Called under the backend's lock.
  */
@@ -60,6 +60,8 @@ final class KernelErrors {
                 break;
             case 8: msg = "invertIndex: index " + w[2] + " at " + w[1] + " is outside [0, " + w[3] + "): not a "
                     + "permutation"; break;
+            case 9: msg = "embeddingBackward: token id " + w[2] + " at position " + w[1]
+                    + " is outside the table [0, " + w[3] + ")"; break;
             default: msg = "kernel error code " + w[0] + " (" + w[1] + ", " + w[2] + ", " + w[3] + ")";
         }
         throw new IllegalArgumentException(msg + " (found on " + device.name()

@@ -1,5 +1,5 @@
-// Kernels of EmbeddingAndLoss: the embedding lookup and its deterministic backward (block per table row, no
-// atomics), and the fused cross-entropy forward and backward (block per row; a one-pass float4 form; f32 or bf16
+// Kernels of EmbeddingAndLoss: the embedding lookup and its deterministic backward (the block of each id's first
+// token adds its tokens' rows in token order, no atomics), and the fused cross-entropy forward and backward (block per row; a one-pass float4 form; f32 or bf16
 // gradient; f32 or bf16 logits). The per-row losses are summed by elementwise.cu's sum_partials_f64. Compiled at run time by NVRTC (see
 // KernelLibrary); every kernel has a plain-Java twin in dev.sparkmoe.core.backend.CpuBackend, CudaBackendTest
 // compares them.
@@ -183,18 +183,50 @@ __global__ void embedding_fwd(const float* table, int tableRows, const int* ids,
     }
 }
 
-// dTable[ids[n]] += dOut[n], deterministically: block r owns the table row runId[r] and adds to it, column by column,
-// the rows order[runStart[r]] .. order[runStart[r + 1] - 1] of dOut (the tokens holding that id, in token order, as
-// the host's stable sort lists them): no atomics, and the CPU reference's order of additions, so its sums bit for bit.
-__global__ void embedding_bwd_runs(const float* dOut, const int* order, const int* runStart, const int* runId,
-                                   int hidden, float* dTable) {
-    int r = blockIdx.x;
-    int p0 = runStart[r], p1 = runStart[r + 1];
-    float* t = dTable + (long long)runId[r] * hidden;
-    for (int j = threadIdx.x; j < hidden; j += blockDim.x) {
-        float acc = t[j];
-        for (int p = p0; p < p1; p++) acc += dOut[(long long)order[p] * hidden + j];
-        t[j] = acc;
+// dTable[ids[n]] += dOut[n], deterministically and without the host: block n returns unless token n is the first
+// that holds its id; that block owns the table row and adds to it, column by column, the dOut rows of the tokens
+// holding the id in token order (no atomics: the CPU reference's order of additions, so its sums bit for bit). It
+// walks the ids from n in chunks of blockDim (a multiple of 32, at most EMBED_BWD_THREADS), lists each chunk's
+// matches in order in shared memory (a ballot per warp, then the warps' counts before it), and adds them; a row is
+// read and written once per chunk that holds its id (storing and reloading an f32 keeps its bits).
+#define EMBED_BWD_THREADS 256
+__global__ void __launch_bounds__(EMBED_BWD_THREADS) embedding_bwd_tokens(const float* dOut, const int* ids,
+        int tokens, int hidden, int tableRows, float* dTable, int* err) {
+    __shared__ int list[EMBED_BWD_THREADS];
+    __shared__ int warpHits[EMBED_BWD_THREADS / 32];
+    int n = blockIdx.x;
+    int id = ids[n];
+    if (id < 0 || id >= tableRows) {
+        if (threadIdx.x == 0) report(err, ERR_EMBED_BWD_ID, n, id, tableRows);
+        return;
+    }
+    int earlier = 0;
+    for (int m = threadIdx.x; m < n && !earlier; m += blockDim.x) earlier = ids[m] == id;
+    if (__syncthreads_or(earlier)) return;  // an earlier token's block owns the row
+    float* t = dTable + (long long)id * hidden;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int m0 = n; m0 < tokens; m0 += blockDim.x) {
+        int m = m0 + threadIdx.x;
+        bool hit = m < tokens && ids[m] == id;
+        unsigned mask = __ballot_sync(0xffffffffu, hit);
+        if (lane == 0) warpHits[warp] = __popc(mask);
+        __syncthreads();
+        int before = 0, hits = 0;
+        for (int w = 0; w < warps; w++) {
+            int c = warpHits[w];
+            before += w < warp ? c : 0;
+            hits += c;
+        }
+        if (hit) list[before + __popc(mask & ((1u << lane) - 1u))] = m;
+        __syncthreads();
+        if (hits > 0) {  // the same for every thread of the block
+            for (int j = threadIdx.x; j < hidden; j += blockDim.x) {
+                float acc = t[j];
+                for (int k = 0; k < hits; k++) acc += dOut[(long long)list[k] * hidden + j];
+                t[j] = acc;
+            }
+        }
+        __syncthreads();  // list and warpHits are rewritten by the next chunk
     }
 }
 

@@ -19,6 +19,7 @@
 #define ERR_STATS_INDEX 6
 #define ERR_SORT_INDEX 7
 #define ERR_INVERT_INDEX 8
+#define ERR_EMBED_BWD_ID 9
 
 __device__ __forceinline__ void report(int* err, int code, int a, int b, int c) {
     if (atomicCAS(err, 0, code) == 0) {
