@@ -8,9 +8,11 @@
 # Env: TEST_SELECT (console-launcher selectors, default the GPU test packages), TEST_PROPS (extra -D for tests),
 #      KERNELS (kernels: ops|attention|grouped|all, default all), VARIANTS (kernels: "DEFINES;DEFINES" grouped GEMM
 #      tile variants, each as -Dsparkmoe.cuda.defines),
-#      OURS/BASE/STEPS/GEMM/BENCH_ARGS (bench runs; LAUNCH_ARGS: extra launcher options such as
+#      OURS/BASE/STEPS/GEMM/BENCH_ARGS (bench runs; BENCH_CONFIG: a config file of $D/bench, default qwen3moe-c1.json,
+#      with BATCH x SEQ tokens per GPU, default 4 x 2048; LAUNCH_ARGS: extra launcher options such as
 #      "--jvm-opt -XX:StartFlightRecording=filename=/tmp/jfr/,settings=profile"), CURVE_GPUS/CURVE_STEPS/CURVE_RUNS (curve;
-#      CURVE_PRIOR: comma-separated torch_losses files of earlier runs of torch_loss_curve.py on the same data and
+#      CURVE_ARGS: extra LossCurve options such as "--loss-chunk 1024"; CURVE_PRIOR: comma-separated torch_losses
+#      files of earlier runs of torch_loss_curve.py on the same data and
 #      config, added to the band).
 set -o pipefail
 D=${D:-.device-carry/run}
@@ -45,20 +47,21 @@ fi
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   # OURS: "gpus:ep" runs of spark-moe; BASE: "script:gpus" runs of the PyTorch baselines (fsdp2 = Hugging Face +
   # FSDP2, native = the grouped-GEMM trainer), all in this one call so that they share the machine.
-  CFG=$D/bench/qwen3moe-c1.json
-  OURS=${OURS:-"1:1 $GPUS:1"}
-  BASE=${BASE:-"fsdp2:1 fsdp2:$GPUS native:$GPUS"}
+  CFG=$D/bench/${BENCH_CONFIG:-qwen3moe-c1.json}; BATCH=${BATCH:-4}; SEQ=${SEQ:-2048}
+  [ -f "$CFG" ] || { echo "no $CFG: BENCH_CONFIG names a file of $D/bench"; exit 1; }
+  OURS=${OURS-"1:1 $GPUS:1"}  # set and empty: none
+  BASE=${BASE-"fsdp2:1 fsdp2:$GPUS native:$GPUS"}
   for run in $OURS; do
     n=${run%%:*}; ep=${run##*:}
     timeout ${BENCH_LIMIT:-240} $B/bin/spark-moe-gpu launch --nproc $n --backend cuda ${LAUNCH_ARGS:-} \
-      --entry dev.sparkmoe.gpu.bench.TrainBench -- --config "$CFG" --batch 4 --seq 2048 --steps ${STEPS:-8} \
+      --entry dev.sparkmoe.gpu.bench.TrainBench -- --config "$CFG" --batch $BATCH --seq $SEQ --steps ${STEPS:-8} \
       --gemm ${GEMM:-bf16} --ep $ep ${BENCH_ARGS:-} > "$OUT/ours-$n-$ep.log" 2>&1 || { rc=1; tail -20 "$OUT/ours-$n-$ep.log"; }
     grep '"impl"' "$OUT/ours-$n-$ep.log" | sed 's/^\[rank 0\] //' | tee -a "$OUT/bench.jsonl"
   done
   for run in $BASE; do
     py=${run%%:*}; n=${run##*:}
     [ "$py" = fsdp2 ] && script=torch_fsdp2_baseline.py || script=torch_native_moe_baseline.py
-    BENCH_CFG=$CFG B=4 T=2048 STEPS=${STEPS:-8} timeout ${BENCH_LIMIT:-240} torchrun --standalone \
+    BENCH_CFG=$CFG B=$BATCH T=$SEQ STEPS=${STEPS:-8} timeout ${BENCH_LIMIT:-240} torchrun --standalone \
       --nproc_per_node=$n "$D/bench/$script" > "$OUT/$py-$n.log" 2>&1 || { rc=1; tail -5 "$OUT/$py-$n.log"; }
     grep '"impl"' "$OUT/$py-$n.log" | tee -a "$OUT/bench.jsonl"
   done
@@ -83,7 +86,7 @@ if [ "$MODE" = curve ]; then
   RUNS=$RUNS${CURVE_PRIOR:+,$CURVE_PRIOR}  # earlier runs' torch_losses_K.json of the same script and data, if given
   timeout ${CURVE_LIMIT:-240} $B/bin/spark-moe-gpu launch --nproc $N --backend cuda \
     --entry dev.sparkmoe.gpu.bench.LossCurve -- --init $LC/init --data data/europarl-en.txt --out $LC/ours.json \
-    --steps ${CURVE_STEPS:-200} --torch "$RUNS" > "$OUT/ours-curve.log" 2>&1 || rc=1
+    --steps ${CURVE_STEPS:-200} --torch "$RUNS" ${CURVE_ARGS:-} > "$OUT/ours-curve.log" 2>&1 || rc=1
   grep -E "losses|loss curve|Exception|FAILED" "$OUT"/torch-curve-*.log "$OUT/ours-curve.log" | head -20
   cp $LC/*.json "$OUT/" 2>/dev/null
 fi

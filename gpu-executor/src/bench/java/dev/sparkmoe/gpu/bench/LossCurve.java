@@ -64,6 +64,9 @@ public final class LossCurve implements RankEntry {
         @CommandLine.Option(names = "--inside", paramLabel = "X", description = "share of the steps that must lie "
                 + "in the band (${DEFAULT-VALUE})")
         double inside = 0.9;
+        @CommandLine.Option(names = "--loss-chunk", paramLabel = "ROWS",
+                description = "token rows per chunk of the fused LM-head loss; 0: the model's rule (${DEFAULT-VALUE})")
+        int lossChunk = 0;
     }
 
     @Override
@@ -91,6 +94,7 @@ public final class LossCurve implements RankEntry {
         List<Object> losses = new ArrayList<>();
         long t0 = System.nanoTime();
         try (DistributedTrainer trainer = new DistributedTrainer(spec, ctx.world(), backend)) {
+            trainer.model().setLossChunkRows(opts.lossChunk);
             long span = text.length - seq - 1;
             for (int s = 0; s < steps; s++) {
                 List<int[]> rows = new ArrayList<>();
