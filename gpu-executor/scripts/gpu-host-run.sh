@@ -12,8 +12,9 @@
 #      with BATCH x SEQ tokens per GPU, default 4 x 2048; LAUNCH_ARGS: extra launcher options such as
 #      "--jvm-opt -XX:StartFlightRecording=filename=/tmp/jfr/,settings=profile"), CURVE_GPUS/CURVE_STEPS/CURVE_RUNS (curve;
 #      CURVE_ARGS: extra LossCurve options such as "--loss-chunk 1024"; CURVE_PRIOR: comma-separated torch_losses
-#      files of earlier runs of torch_loss_curve.py on the same data and
-#      config, added to the band).
+#      files of earlier runs of torch_loss_curve.py on the same data and config, added to the band; CURVE_OWN=0: the
+#      band is CURVE_PRIOR's alone, this call's PyTorch runs (CURVE_RUNS=1 will do) give the initial weights only, so
+#      that two builds are put against one band, e.g. gpu-executor/results/c1-curve-callC's).
 set -o pipefail
 D=${D:-.device-carry/run}
 OUT=${OUT:-/tmp/out}
@@ -84,6 +85,10 @@ if [ "$MODE" = curve ]; then
     RUNS=$RUNS${RUNS:+,}$LC/torch_losses_$k.json
   done
   RUNS=$RUNS${CURVE_PRIOR:+,$CURVE_PRIOR}  # earlier runs' torch_losses_K.json of the same script and data, if given
+  if [ "${CURVE_OWN:-1}" = 0 ]; then  # this call's runs give the initial weights only: the band is CURVE_PRIOR's
+    [ -n "${CURVE_PRIOR:-}" ] || { echo "CURVE_OWN=0 needs CURVE_PRIOR (the runs of the band)"; exit 1; }
+    RUNS=$CURVE_PRIOR
+  fi
   timeout ${CURVE_LIMIT:-240} $B/bin/spark-moe-gpu launch --nproc $N --backend cuda \
     --entry dev.sparkmoe.gpu.bench.LossCurve -- --init $LC/init --data data/europarl-en.txt --out $LC/ours.json \
     --steps ${CURVE_STEPS:-200} --torch "$RUNS" ${CURVE_ARGS:-} > "$OUT/ours-curve.log" 2>&1 || rc=1
