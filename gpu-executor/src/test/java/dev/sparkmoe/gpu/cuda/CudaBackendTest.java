@@ -591,12 +591,7 @@ class CudaBackendTest {
         assertClose(co.floats(), down(go), 0, "embedding forward");
         float[] dOut = rnd(r, tokens * hidden, 1);
         float[] dt0 = rnd(r, vocab * hidden, 1);
-        Tensor cdt = host(dt0, dt0.length);
-        cpu.embeddingBackward(host(dOut, dOut.length), Tensor.ofInts(ids.clone(), tokens), tokens, hidden, cdt);
-        Tensor gdt = up(dt0, dt0.length);
-        gpu.embeddingBackward(up(dOut, dOut.length), upInts(ids), tokens, hidden, gdt);
-        // each row's sum in token order, as the CPU adds: the same bits (and so at every run)
-        assertArrayEquals(cdt.floats(), down(gdt), "embedding backward");
+        assertEmbeddingBackwardIsTheCpus(dOut, ids, hidden, dt0);
         int[] bad = ids.clone();
         bad[11] = -2;
         gpu.embeddingBackward(up(dOut, dOut.length), upInts(bad), tokens, hidden, up(dt0, dt0.length));
@@ -623,13 +618,20 @@ class CudaBackendTest {
         ids[tokens - 1] = 3;
         ids[1] = 49; // held by the second and the last-but-one token only
         ids[tokens - 2] = 49;
-        float[] dOut = rnd(r, tokens * hidden, 1);
-        float[] dt0 = rnd(r, vocab * hidden, 1);
-        Tensor cdt = host(dt0, dt0.length);
-        cpu.embeddingBackward(host(dOut, dOut.length), Tensor.ofInts(ids.clone(), tokens), tokens, hidden, cdt);
-        Tensor gdt = up(dt0, dt0.length);
-        gpu.embeddingBackward(up(dOut, dOut.length), upInts(ids), tokens, hidden, gdt);
-        assertArrayEquals(cdt.floats(), down(gdt), "embedding backward");
+        assertEmbeddingBackwardIsTheCpus(rnd(r, tokens * hidden, 1), ids, hidden, rnd(r, vocab * hidden, 1));
+    }
+
+    /**
+     * dTable0 + the rows of dOut added by id on the device equals the CPU's sum bit for bit: each row's tokens in
+     * token order, as the CPU adds them (and so the same bits at every run).
+     */
+    private void assertEmbeddingBackwardIsTheCpus(float[] dOut, int[] ids, int hidden, float[] dTable0) {
+        int tokens = ids.length;
+        Tensor cpuTable = host(dTable0, dTable0.length);
+        cpu.embeddingBackward(host(dOut, dOut.length), Tensor.ofInts(ids.clone(), tokens), tokens, hidden, cpuTable);
+        Tensor gpuTable = up(dTable0, dTable0.length);
+        gpu.embeddingBackward(up(dOut, dOut.length), upInts(ids), tokens, hidden, gpuTable);
+        assertArrayEquals(cpuTable.floats(), down(gpuTable), "embedding backward");
     }
 
     @Test
