@@ -66,6 +66,8 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
       --nproc_per_node=$n "$D/bench/$script" > "$OUT/$py-$n.log" 2>&1 || { rc=1; tail -5 "$OUT/$py-$n.log"; }
     grep '"impl"' "$OUT/$py-$n.log" | tee -a "$OUT/bench.jsonl"
   done
+  # the runs side by side: ratios against the baselines of the same world size, scaling against one GPU
+  [ -s "$OUT/bench.jsonl" ] && python3 "$(dirname "$0")/bench_summary.py" "$OUT/bench.jsonl"
 fi
 if [ "$MODE" = kernels ]; then
   # kernel timings on GPU 0 (dev.sparkmoe.gpu.cuda.KernelBench, from the bundle's -bench jar)
