@@ -253,14 +253,10 @@ public interface Backend {
      */
     default void rmsNormRopeForward(Tensor x, Tensor w, float eps, int tokens, int heads, int headDim, int seqLen,
                                     float theta, Tensor y, Tensor rstd) {
-        int rows = tokens * heads;
-        Tensor wide = y.dtype() == DType.F32 ? y : empty(DType.F32, y.shape());
-        rmsNormForward(x, w, eps, rows, headDim, wide, rstd);
-        rope(wide, tokens, heads, headDim, seqLen, theta, false);
-        if (wide != y) {
-            convert(wide, y);
-            release(wide);
-        }
+        intoF32(y, wide -> {
+            rmsNormForward(x, w, eps, tokens * heads, headDim, wide, rstd);
+            rope(wide, tokens, heads, headDim, seqLen, theta, false);
+        });
     }
 
     /**
@@ -270,14 +266,23 @@ public interface Backend {
      */
     default void rmsNormRopeBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, int tokens, int heads, int headDim,
                                      int seqLen, float theta, Tensor dx, Tensor dw) {
-        int rows = tokens * heads;
         rope(dy, tokens, heads, headDim, seqLen, theta, true);
-        Tensor wide = dx.dtype() == DType.F32 ? dx : empty(DType.F32, dx.shape());
-        rmsNormBackward(dy, x, w, rstd, rows, headDim, wide, dw);
-        if (wide != dx) {
-            convert(wide, dx);
-            release(wide);
+        intoF32(dx, wide -> rmsNormBackward(dy, x, w, rstd, tokens * heads, headDim, wide, dw));
+    }
+
+    /**
+     * {@code f32Op} writing an F32 tensor of {@code out}'s shape: {@code out} itself where it is F32, else a scratch
+     * that is then converted into {@code out} (each value rounded once) and given back.
+     */
+    private void intoF32(Tensor out, java.util.function.Consumer<Tensor> f32Op) {
+        if (out.dtype() == DType.F32) {
+            f32Op.accept(out);
+            return;
         }
+        Tensor wide = empty(DType.F32, out.shape());
+        f32Op.accept(wide);
+        convert(wide, out);
+        release(wide);
     }
 
     /**

@@ -11,8 +11,8 @@ import org.bytedeco.javacpp.DoublePointer;
 /**
  * The ends of the model: the token embedding (forward: a row gather; backward: each table row that a token holds
  * gets its tokens' gradient rows added in token order by the block of its first token, which finds them on the
- * device, so that a step's gradients are the same bits at every run and the host never waits for the ids) and the cross-entropy loss with its gradient in one pass
- * (written over the logits when the caller passes them as dLogits; the loss summed in f64 in a fixed order). Ids
+ * device, so that a step's gradients are the same bits at every run and the host never waits for the ids) and the
+ * cross-entropy loss with its gradient in one pass (written over the logits when the caller passes them as dLogits; the loss summed in f64 in a fixed order). Ids
  * outside the vocabulary are recorded in the error word ({@link KernelErrors}). Called under the backend's lock.
  */
 final class EmbeddingAndLoss {

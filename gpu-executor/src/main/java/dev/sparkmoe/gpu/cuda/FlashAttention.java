@@ -112,10 +112,14 @@ final class FlashAttention {
 
     /**
      * The bf16 [rows, cols] matrix of {@code t} (dense, row stride cols) that the v2 kernels read: {@code t} itself
-     * where it is BF16 (null: nothing to give back), else a new copy, rounded.
+     * where it is BF16 (null: nothing to give back), else a new copy, rounded where {@code write} (else left unwritten:
+     * backward2's timing hook).
      */
-    private DeviceBuffer bf16Of(Tensor t, String what, int rows, int cols) {
-        return t.dtype() == DType.BF16 ? null : bf16Copy(t, what, 0, cols, rows, cols);
+    private DeviceBuffer bf16Of(Tensor t, String what, int rows, int cols, boolean write) {
+        if (t.dtype() == DType.BF16) {
+            return null;
+        }
+        return write ? bf16Copy(t, what, 0, cols, rows, cols) : memory.allocate(2L * rows * cols);
     }
 
     private static long address(DeviceBuffer copy, long original) {
@@ -159,9 +163,9 @@ final class FlashAttention {
                     4 * FLASH_FWD_BN * ld, qA, kA, vA, T, qHeads, kvHeads, scale, oA, lseA);
             return true;
         }
-        DeviceBuffer q16 = bf16Of(q, "q", batch * T, qHeads * D);
-        DeviceBuffer k16 = bf16Of(k, "k", batch * T, kvHeads * D);
-        DeviceBuffer v16 = bf16Of(v, "v", batch * T, kvHeads * D);
+        DeviceBuffer q16 = bf16Of(q, "q", batch * T, qHeads * D, true);
+        DeviceBuffer k16 = bf16Of(k, "k", batch * T, kvHeads * D, true);
+        DeviceBuffer v16 = bf16Of(v, "v", batch * T, kvHeads * D, true);
         try {
             launcher.launch(FA, "fa_fwd2_d" + D, batch * qHeads, ceilDiv(T, bm),
                     32 * FLASH_FWD_WARPS, 4 * kernels.stages * FLASH_FWD_BN * ld,
@@ -231,12 +235,9 @@ final class FlashAttention {
         DeviceBuffer di = memory.allocate(4L * rowsL);
         DeviceBuffer dO16 = memory.allocate(2L * rows * qCols);
         boolean prep = (backwardStages & 1) != 0;  // else (timing hook) the copies are left unwritten
-        DeviceBuffer q16 = prep ? bf16Of(q, "q", rows, qCols) : q.dtype() == DType.BF16 ? null
-                : memory.allocate(2L * rows * qCols);
-        DeviceBuffer k16 = prep ? bf16Of(k, "k", rows, kvCols) : k.dtype() == DType.BF16 ? null
-                : memory.allocate(2L * rows * kvCols);
-        DeviceBuffer v16 = prep ? bf16Of(v, "v", rows, kvCols) : v.dtype() == DType.BF16 ? null
-                : memory.allocate(2L * rows * kvCols);
+        DeviceBuffer q16 = bf16Of(q, "q", rows, qCols, prep);
+        DeviceBuffer k16 = bf16Of(k, "k", rows, kvCols, prep);
+        DeviceBuffer v16 = bf16Of(v, "v", rows, kvCols, prep);
         try {
             long diA = di.address();
             if (prep) {
